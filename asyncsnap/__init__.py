@@ -1,0 +1,21 @@
+"""asyncsnap: consistent, concurrent PostgreSQL exports to checksummed NDJSON, and back.
+
+The library API; the ``asyncsnap`` command is a thin layer over it::
+
+    import anyio, asyncsnap
+
+    result = anyio.run(lambda: asyncsnap.dump("postgresql:///app", output="backups"))
+    print(result.path, result.rows)
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("asyncsnap")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+from .dump import DumpResult, TableResult, dump
+from .errors import AsyncsnapError, ExitCode
+
+__all__ = ["AsyncsnapError", "DumpResult", "ExitCode", "TableResult", "__version__", "dump"]

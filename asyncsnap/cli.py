@@ -1,0 +1,241 @@
+"""The ``asyncsnap`` command: parses options, calls one library function, renders results.
+
+No SQL here. Library errors (``AsyncsnapError``) become ``error:``/``hint:`` lines on stderr
+and the documented exit code; anything else is a bug (exit 70; ``--debug`` shows the
+traceback). SIGINT and SIGTERM cancel the run; cleanup is the library's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import anyio
+import typer
+from rich.console import Console
+
+from . import __version__
+from .dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
+from .errors import AsyncsnapError, ExitCode, Interrupted
+from .progress import DumpFinished, Event, LiveDisplay, PlainLog, summary_table
+from .storage import Compression
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="asyncsnap",
+    help="Consistent, concurrent PostgreSQL exports to checksummed NDJSON.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"asyncsnap {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """asyncsnap: consistent, concurrent PostgreSQL exports to checksummed NDJSON."""
+
+
+def _secrets(dsn: str | None) -> list[str]:
+    found = []
+    for candidate in (dsn, os.environ.get("DATABASE_URL")):
+        if candidate and "://" in candidate:
+            password = urlsplit(candidate).password
+            if password:
+                found += [password, unquote(password)]
+        elif candidate:
+            for item in candidate.split():
+                key, _, value = item.partition("=")
+                if key == "password" and value:
+                    found.append(value.strip("'"))
+    if os.environ.get("PGPASSWORD"):
+        found.append(os.environ["PGPASSWORD"])
+    return [s for s in found if s]
+
+
+def redact(text: str, dsn: str | None) -> str:
+    """Remove any password we know of from text about to be printed."""
+    for secret in sorted(set(_secrets(dsn)), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _fail(exc: BaseException, *, dsn: str | None, debug: bool) -> typer.Exit:
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if debug:
+        err.print(redact("".join(traceback.format_exception(exc)), dsn), markup=False)
+    if isinstance(exc, AsyncsnapError):
+        err.print(f"error: {redact(exc.message, dsn)}", markup=False)
+        if exc.hint:
+            err.print(f"hint: {redact(exc.hint, dsn)}", markup=False)
+        return typer.Exit(exc.exit_code)
+    err.print(f"error: internal error: {type(exc).__name__}: {redact(str(exc), dsn)}", markup=False)
+    err.print("hint: run again with --debug and report the traceback", markup=False)
+    return typer.Exit(ExitCode.INTERNAL)
+
+
+def run_cancellable(work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` on asyncio; SIGINT/SIGTERM cancel it and raise ``Interrupted``."""
+    received: list[int] = []
+
+    async def main() -> T | None:
+        result: T | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        received.append(signum)
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(watch)
+            result = await work()
+            tg.cancel_scope.cancel()
+        return result
+
+    outcome = anyio.run(main, backend="asyncio")
+    if received:
+        signum = received[0]
+        name = signal.Signals(signum).name
+        raise Interrupted(
+            f"interrupted by {name}; nothing was kept",
+            exit_code=ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM,
+        )
+    assert outcome is not None
+    return outcome
+
+
+@app.command("dump")
+def dump_command(
+    dsn: Annotated[
+        str | None,
+        typer.Argument(
+            help="Connection string. Default: $DATABASE_URL, then DATABASE_URL in ./.env, "
+            "then libpq's PG* variables and ~/.pgpass.",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Directory to put the backup in.")
+    ] = Path("."),
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Connections copying at once.")
+    ] = 2,
+    table: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--table", "-t", help="Only tables matching PATTERN (repeatable).", metavar="PATTERN"
+        ),
+    ] = None,
+    exclude_table: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-table",
+            "-T",
+            help="Skip tables matching PATTERN (repeatable).",
+            metavar="PATTERN",
+        ),
+    ] = None,
+    schema: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--schema", "-n", help="Only schemas matching PATTERN (repeatable).", metavar="PATTERN"
+        ),
+    ] = None,
+    exclude_schema: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-schema",
+            "-N",
+            help="Skip schemas matching PATTERN (repeatable).",
+            metavar="PATTERN",
+        ),
+    ] = None,
+    compress: Annotated[
+        Compression, typer.Option("--compress", help="zstd, gzip or none.")
+    ] = "zstd",
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Backup directory name [default: backup_YYYYMMDDTHHMMSSZ]."),
+    ] = None,
+    lock_timeout: Annotated[
+        float,
+        typer.Option("--lock-timeout", min=0, help="Seconds to wait for each table lock; 0 waits."),
+    ] = DEFAULT_LOCK_TIMEOUT,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    """Dump tables at one moment to NDJSON files with a checksummed manifest.
+
+    Example: asyncsnap dump postgresql://app@db/app -o /backups -j 4 -t 'public.order*'
+    """
+    interactive = sys.stderr.isatty() and not quiet
+    err = Console(stderr=True)
+    live = LiveDisplay(err) if interactive else None
+    log = PlainLog(sys.stderr) if not interactive and not quiet else None
+    finished: list[DumpFinished] = []
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, DumpFinished):
+            finished.append(event)
+        if live is not None:
+            live(event)
+        elif log is not None:
+            log(event)
+
+    async def work() -> DumpResult:
+        return await dump(
+            dsn,
+            output=output,
+            jobs=jobs,
+            tables=table or (),
+            exclude_tables=exclude_table or (),
+            schemas=schema or (),
+            exclude_schemas=exclude_schema or (),
+            compression=compress,
+            name=name,
+            lock_timeout=lock_timeout,
+            on_event=on_event,
+        )
+
+    try:
+        if live is not None:
+            with live:
+                result = run_cancellable(work)
+        else:
+            result = run_cancellable(work)
+    except BaseException as exc:
+        if isinstance(exc, typer.Exit | SystemExit):
+            raise
+        if isinstance(exc, KeyboardInterrupt):
+            exc = Interrupted("interrupted by SIGINT; nothing was kept", exit_code=ExitCode.SIGINT)
+        raise _fail(exc, dsn=dsn, debug=debug) from None
+    if quiet:
+        return
+    if live is not None and finished:
+        Console().print(summary_table(live.finished, finished[0]))
+    else:
+        typer.echo(str(result.path))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,557 @@
+"""The dump: every selected table, read at one moment, to NDJSON files and a manifest.
+
+Flow: the coordinator opens and exports a snapshot, reads the catalog, locks the tables;
+a pool of ``jobs`` connections copies chunks (largest first), each in a transaction that
+imports the snapshot; the server renders each row as JSON and COPY streams it here, where
+it is only counted, compressed, hashed and written. Then SHA256SUMS, then the manifest,
+then the rename from ``<name>.partial`` to ``<name>``. Any failure removes the
+``.partial`` directory: nothing half-done is left looking done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import asyncpg
+
+from . import __version__, manifest
+from .catalog import (
+    Catalog,
+    Table,
+    TypeInfo,
+    describe_tables,
+    list_tables,
+    read_sequences,
+    read_server_info,
+    read_types,
+    sql_name,
+)
+from .catalog import (
+    Sequence as SequenceInfo,
+)
+from .connection import (
+    RENDER_SETTINGS,
+    connect,
+    connect_kwargs,
+    describe_target,
+    resolve_dsn,
+    translate_connect_error,
+)
+from .errors import (
+    AsyncsnapError,
+    DataIntegrityError,
+    DumpFailed,
+    LockTimeout,
+    PermissionDenied,
+    UsageError,
+)
+from .patterns import Selection
+from .plan import Chunk, RestoreOrder, plan_chunks, restore_order
+from .progress import (
+    PROGRESS_INTERVAL,
+    ChunkFinished,
+    ChunkProgress,
+    ChunkStarted,
+    DumpFinished,
+    DumpStarted,
+    EventCallback,
+)
+from .render import COPY_OPTIONS_KWARGS, encodings, select_rows_sql
+from .snapshot import Coordinator, snapshot_transaction
+from .storage import COMPRESSIONS, BackupDirectory, Compression, StoredFile
+
+DEFAULT_LOCK_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class TableResult:
+    """What was written for one table."""
+
+    schema: str
+    name: str
+    rows: int
+    bytes: int  # uncompressed NDJSON
+    stored_bytes: int  # on disk
+    files: tuple[str, ...]  # relative to the backup directory
+    seconds: float  # summed over the table's chunks
+
+
+@dataclass(frozen=True)
+class DumpResult:
+    """What ``dump`` did. The CLI renders it; tests assert on it."""
+
+    path: Path  # the finished backup directory
+    snapshot_id: str
+    tables: list[TableResult]
+    rows: int
+    bytes: int
+    stored_bytes: int
+    files: int
+    seconds: float
+    manifest: dict[str, Any] = field(repr=False)
+
+
+def default_backup_name(now: datetime | None = None) -> str:
+    """``backup_YYYYMMDDTHHMMSSZ`` in UTC."""
+    return (now or datetime.now(UTC)).strftime("backup_%Y%m%dT%H%M%SZ")
+
+
+def _utc_iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+async def dump(
+    dsn: str | None = None,
+    *,
+    output: str | Path,
+    jobs: int = 2,
+    tables: Iterable[str] = (),
+    exclude_tables: Iterable[str] = (),
+    schemas: Iterable[str] = (),
+    exclude_schemas: Iterable[str] = (),
+    compression: Compression = "zstd",
+    name: str | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    on_event: EventCallback | None = None,
+) -> DumpResult:
+    """Export the selected tables at one moment into ``<output>/<name>``.
+
+    :param dsn: connection string; ``None`` uses ``$DATABASE_URL``, ``./.env``, then
+        libpq's ``PG*`` variables and ``~/.pgpass``.
+    :param output: directory that receives the backup directory (created if missing).
+    :param jobs: connections copying at once (besides the coordinator).
+    :param tables, exclude_tables, schemas, exclude_schemas: pg_dump-style patterns
+        (-t, -T, -n, -N).
+    :param compression: ``"zstd"`` (default), ``"gzip"`` or ``"none"``.
+    :param name: backup directory name; default ``backup_YYYYMMDDTHHMMSSZ`` (UTC).
+    :param lock_timeout: seconds to wait for each table's ACCESS SHARE lock; 0 waits.
+    :param on_event: called with progress events (see ``asyncsnap.progress``).
+
+    Example::
+
+        result = anyio.run(lambda: asyncsnap.dump("postgresql:///app", output="backups"))
+        print(result.path, result.rows)
+    """
+    if not isinstance(jobs, int) or jobs < 1:
+        raise UsageError(f"-j must be at least 1, not {jobs!r}", hint="try -j 2")
+    if compression not in COMPRESSIONS:
+        raise UsageError(f"unknown compression {compression!r}", hint="use zstd, gzip or none")
+    if lock_timeout < 0:
+        raise UsageError("--lock-timeout cannot be negative", hint="0 waits forever")
+    selection = Selection.from_strings(
+        include=tables, exclude=exclude_tables, schemas=schemas, exclude_schemas=exclude_schemas
+    )
+    emit: EventCallback = on_event or (lambda event: None)
+    dsn = resolve_dsn(dsn)
+    output = Path(output)
+    name = name or default_backup_name()
+    # Fail on a bad or taken name before connecting; create() checks again later.
+    BackupDirectory.check_free(output, name)
+
+    started = time.monotonic()
+    started_at = datetime.now(UTC)
+    conn = await connect(dsn)
+    backup: BackupDirectory | None = None
+    try:
+        coordinator = await Coordinator.begin(conn)
+        server = await read_server_info(conn)
+        selected = selection.require(await list_tables(conn))
+        _refuse_unreadable(selected)
+        await coordinator.lock(selected, lock_timeout=lock_timeout)
+        described = await describe_tables(conn, selected)
+        catalog = Catalog(server=server, tables=described, types=await read_types(conn))
+        sequences = await read_sequences(conn, described)
+        chunks = plan_chunks(described)
+        order = restore_order(described)
+
+        backup = BackupDirectory.create(output, name)
+        emit(
+            DumpStarted(
+                snapshot_id=coordinator.snapshot_id,
+                target=str(describe_target(dsn)),
+                tables=sum(1 for t in described if t.has_data),
+                chunks=len(chunks),
+                est_rows=sum(c.table.est_rows for c in chunks),
+                jobs=jobs,
+                path=str(backup.path),
+            )
+        )
+        stored = await _copy_all(
+            dsn, coordinator.snapshot_id, chunks, catalog.types, backup, compression, jobs, emit
+        )
+        # The data is only consistent if the snapshot outlived every import.
+        await coordinator.ensure_alive()
+        finished_at = datetime.now(UTC)
+        snapshot_held = time.monotonic() - started
+        body = _manifest_body(
+            catalog=catalog,
+            chunks=chunks,
+            stored=stored,
+            sequences=sequences,
+            order=order,
+            snapshot_id=coordinator.snapshot_id,
+            snapshot_taken_at=coordinator.taken_at,
+            started_at=started_at,
+            finished_at=finished_at,
+            compression=compression,
+        )
+        files = [(s.path, s.sha256) for c in chunks for s in [stored[c.stem]]]
+        backup.write_small_file(manifest.SUMS_NAME, manifest.sha256sums(sorted(files)))
+        backup.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body))
+        await _end_snapshot(conn)
+        final_path = await anyio.to_thread.run_sync(backup.commit)
+    except BaseException:
+        if backup is not None:
+            backup.remove()
+        conn.terminate()
+        raise
+    finally:
+        if not conn.is_closed():
+            conn.terminate()
+
+    results = _table_results(described, chunks, stored)
+    result = DumpResult(
+        path=final_path,
+        snapshot_id=coordinator.snapshot_id,
+        tables=results,
+        rows=sum(r.rows for r in results),
+        bytes=sum(r.bytes for r in results),
+        stored_bytes=sum(r.stored_bytes for r in results),
+        files=len(stored),
+        seconds=time.monotonic() - started,
+        manifest=body,
+    )
+    emit(
+        DumpFinished(
+            path=str(final_path),
+            tables=len(results),
+            rows=result.rows,
+            bytes=result.bytes,
+            stored_bytes=result.stored_bytes,
+            seconds=result.seconds,
+            snapshot_held_seconds=snapshot_held,
+        )
+    )
+    return result
+
+
+def _refuse_unreadable(tables: Sequence[Table]) -> None:
+    """Name every selected table the role cannot read, before anything is written."""
+    unreadable = [t.qualified for t in tables if t.has_data and not t.readable]
+    if not unreadable:
+        return
+    shown = ", ".join(unreadable[:5])
+    if len(unreadable) > 5:
+        shown += f" and {len(unreadable) - 5} more"
+    raise PermissionDenied(
+        f"permission denied for {'table' if len(unreadable) == 1 else 'tables'} {shown}",
+        hint="GRANT SELECT to this role, or leave them out with -T",
+    )
+
+
+async def _end_snapshot(conn: asyncpg.Connection) -> None:
+    # Read-only: ROLLBACK and COMMIT are the same; ROLLBACK says so.
+    await conn.execute("ROLLBACK")
+    await conn.close()
+
+
+async def _copy_all(
+    dsn: str | None,
+    snapshot_id: str,
+    chunks: Sequence[Chunk],
+    types: dict[int, TypeInfo],
+    backup: BackupDirectory,
+    compression: Compression,
+    jobs: int,
+    emit: EventCallback,
+) -> dict[str, StoredFile]:
+    """Copy every chunk with ``jobs`` connections; returns the stored files by stem."""
+    workers = max(1, min(jobs, len(chunks)))
+    try:
+        pool = await asyncpg.create_pool(**connect_kwargs(dsn), min_size=workers, max_size=workers)
+    except BaseException as exc:
+        translated = translate_connect_error(exc, describe_target(dsn))
+        if translated is None:
+            raise
+        raise translated from exc
+    stored: dict[str, StoredFile] = {}
+    queue: Iterator[Chunk] = iter(chunks)  # shared: each worker takes the next largest
+
+    async def worker() -> None:
+        async with pool.acquire() as conn:
+            for chunk in queue:
+                stored[chunk.stem] = await _copy_chunk(
+                    conn, chunk, snapshot_id, types, backup, compression, emit
+                )
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(workers):
+                tg.start_soon(worker)
+    except BaseExceptionGroup as group:
+        raise _most_telling(group) from None
+    finally:
+        # terminate, not close: after a failure, close would wait for cancelled COPYs.
+        pool.terminate()
+    return stored
+
+
+def _most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception to report from a failed task group.
+
+    Sibling tasks die of cancellation once one fails; the first of our own errors is the
+    cause, then any other error, then whatever is left (e.g. the cancellation itself).
+    """
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for kind in (AsyncsnapError, Exception):
+        for exc in leaves:
+            if isinstance(exc, kind):
+                return exc
+    return leaves[0]
+
+
+async def _copy_chunk(
+    conn: asyncpg.Connection,
+    chunk: Chunk,
+    snapshot_id: str,
+    types: dict[int, TypeInfo],
+    backup: BackupDirectory,
+    compression: Compression,
+    emit: EventCallback,
+) -> StoredFile:
+    """Stream one chunk into its file inside a transaction that imports the snapshot."""
+    table = chunk.table
+    emit(ChunkStarted(label=chunk.label, est_rows=table.est_rows))
+    started = time.monotonic()
+    writer = backup.data_writer(chunk.stem, compression)
+    next_report = started + PROGRESS_INTERVAL
+
+    async def sink(data: bytes) -> None:
+        # Runs between two reads of the socket: asyncpg pauses reading until it
+        # returns, so a slow disk slows the server down instead of filling memory.
+        nonlocal next_report
+        writer.write(data)
+        now = time.monotonic()
+        if now >= next_report:
+            next_report = now + PROGRESS_INTERVAL
+            emit(ChunkProgress(label=chunk.label, rows=writer.rows, bytes=writer.raw_bytes))
+
+    try:
+        try:
+            async with snapshot_transaction(conn, snapshot_id):
+                # pg_dump's guard: if someone queued an ACCESS EXCLUSIVE lock behind the
+                # coordinator's ACCESS SHARE, waiting here would deadlock undetected
+                # (we wait for them, they wait for the coordinator, which waits for us).
+                await conn.execute(
+                    f"LOCK TABLE ONLY {sql_name(table.schema, table.name)} "
+                    "IN ACCESS SHARE MODE NOWAIT"
+                )
+                status = await conn.copy_from_query(
+                    select_rows_sql(table, types), output=sink, **COPY_OPTIONS_KWARGS
+                )
+        except asyncpg.LockNotAvailableError as exc:
+            raise LockTimeout(
+                f"table {table.qualified} has a lock request waiting behind the dump",
+                hint="someone asked for an ACCESS EXCLUSIVE lock (ALTER, DROP, VACUUM FULL?) "
+                "after the dump started; run the dump when it is done",
+            ) from exc
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise PermissionDenied(
+                f"permission denied reading {table.qualified}: {exc.message}",
+                hint="GRANT SELECT to this role, or leave the table out with -T",
+            ) from exc
+        except (
+            asyncpg.ConnectionDoesNotExistError,
+            asyncpg.AdminShutdownError,
+            ConnectionError,
+        ) as exc:
+            raise DumpFailed(
+                f"lost the connection while copying {chunk.label}: {exc}",
+                hint="check the server log; nothing was kept",
+            ) from exc
+        except asyncpg.PostgresError as exc:
+            raise DumpFailed(
+                f"server error while copying {chunk.label}: {exc}",
+                hint=getattr(exc, "hint", None) or "see the server log",
+            ) from exc
+        expected = _copy_count(status)
+        if writer.rows != expected or (writer.raw_bytes and writer.last_byte != b"\n"):
+            raise DataIntegrityError(
+                f"{chunk.label}: the server sent {expected} rows but {writer.rows} lines arrived",
+                hint="a value broke the one-row-per-line rule; please report this as a bug",
+            )
+        writer.close_data()
+        stored = await anyio.to_thread.run_sync(writer.sync_and_rename)
+    except BaseException:
+        writer.discard()
+        raise
+    stored = replace(stored, seconds=time.monotonic() - started)
+    emit(
+        ChunkFinished(
+            label=chunk.label,
+            rows=stored.rows,
+            bytes=stored.bytes,
+            stored_bytes=stored.stored_bytes,
+            seconds=stored.seconds,
+        )
+    )
+    return stored
+
+
+def _copy_count(status: str) -> int:
+    """The row count from a ``COPY n`` command tag."""
+    word, _, count = status.partition(" ")
+    if word != "COPY" or not count.isdigit():
+        raise DumpFailed(f"unexpected COPY status {status!r} from the server")
+    return int(count)
+
+
+def _manifest_body(
+    *,
+    catalog: Catalog,
+    chunks: Sequence[Chunk],
+    stored: dict[str, StoredFile],
+    sequences: Sequence[SequenceInfo],
+    order: RestoreOrder,
+    snapshot_id: str,
+    snapshot_taken_at: datetime,
+    started_at: datetime,
+    finished_at: datetime,
+    compression: Compression,
+) -> dict[str, Any]:
+    server = catalog.server
+    files_by_table: dict[tuple[str, str], list[StoredFile]] = {}
+    for chunk in sorted(chunks, key=lambda c: (c.table.key, c.index)):
+        files_by_table.setdefault(chunk.table.key, []).append(stored[chunk.stem])
+
+    def ref(key: tuple[str, str]) -> dict[str, str]:
+        return {"schema": key[0], "name": key[1]}
+
+    tables = []
+    for t in sorted(catalog.tables, key=lambda t: t.key):
+        encs = encodings(t, catalog.types)
+        files = files_by_table.get(t.key, [])
+        tables.append(
+            {
+                "schema": t.schema,
+                "name": t.name,
+                "kind": t.kind,
+                "parent": ref(t.parent) if t.parent else None,
+                "rows": sum(f.rows for f in files),
+                "columns": [
+                    {
+                        "name": c.name,
+                        "type": c.type,
+                        "encoding": encs[c.name],
+                        "not_null": c.not_null,
+                        "generated": c.generated,
+                        "identity": c.identity,
+                    }
+                    for c in t.columns
+                ],
+                "primary_key": list(t.primary_key),
+                "foreign_keys": [
+                    {
+                        "name": fk.name,
+                        "columns": list(fk.columns),
+                        "references": {
+                            "schema": fk.ref_schema,
+                            "name": fk.ref_table,
+                            "columns": list(fk.ref_columns),
+                        },
+                        "deferrable": fk.deferrable,
+                        "initially_deferred": fk.initially_deferred,
+                    }
+                    for fk in t.foreign_keys
+                ],
+                "files": [
+                    {
+                        "path": f.path,
+                        "rows": f.rows,
+                        "bytes": f.bytes,
+                        "stored_bytes": f.stored_bytes,
+                        "sha256": f.sha256,
+                    }
+                    for f in files
+                ],
+            }
+        )
+    return {
+        "format": manifest.FORMAT_NAME,
+        "format_version": manifest.FORMAT_VERSION,
+        "tool": {"name": "asyncsnap", "version": __version__},
+        "started_at": _utc_iso(started_at),
+        "finished_at": _utc_iso(finished_at),
+        "snapshot": {"id": snapshot_id, "taken_at": _utc_iso(snapshot_taken_at)},
+        "server": {
+            "version": server.version,
+            "version_num": server.version_num,
+            "database": server.database,
+            "host": server.host,
+            "port": server.port,
+            "user": server.user,
+        },
+        "settings": dict(RENDER_SETTINGS),
+        "compression": compression,
+        "tables": tables,
+        "sequences": [
+            {
+                "schema": s.schema,
+                "name": s.name,
+                "table": ref(s.table),
+                "column": s.column,
+                "last_value": s.last_value,
+                "is_called": s.is_called,
+            }
+            for s in sequences
+        ],
+        "restore_order": {
+            "levels": [[ref(k) for k in level] for level in order.levels],
+            "cycles": [[ref(k) for k in cycle] for cycle in order.cycles],
+            "self_referencing": [ref(k) for k in order.self_referencing],
+        },
+        "totals": {
+            "tables": sum(1 for t in catalog.tables if t.has_data),
+            "files": len(stored),
+            "rows": sum(s.rows for s in stored.values()),
+            "bytes": sum(s.bytes for s in stored.values()),
+            "stored_bytes": sum(s.stored_bytes for s in stored.values()),
+        },
+    }
+
+
+def _table_results(
+    tables: Sequence[Table], chunks: Sequence[Chunk], stored: dict[str, StoredFile]
+) -> list[TableResult]:
+    results = []
+    for t in sorted((t for t in tables if t.has_data), key=lambda t: t.key):
+        mine = sorted((c for c in chunks if c.table.key == t.key), key=lambda c: c.index)
+        files = [stored[c.stem] for c in mine]
+        results.append(
+            TableResult(
+                schema=t.schema,
+                name=t.name,
+                rows=sum(f.rows for f in files),
+                bytes=sum(f.bytes for f in files),
+                stored_bytes=sum(f.stored_bytes for f in files),
+                files=tuple(f.path for f in files),
+                seconds=sum(f.seconds for f in files),
+            )
+        )
+    return results

@@ -1,0 +1,123 @@
+"""Errors a user can act on, each with a one-line message, a hint and an exit code.
+
+Every class says who raises it and when. The CLI prints ``error: <message>`` and
+``hint: <hint>`` and exits with ``exit_code``; the library raises them with the original
+exception kept as ``__cause__``. Messages never contain a password.
+
+The exit codes are a documented promise (README, "Exit codes"); scripts must treat any
+code they do not know as a failure.
+"""
+
+from __future__ import annotations
+
+
+class ExitCode:
+    """The process exit codes of the ``asyncsnap`` command (documented in the README)."""
+
+    OK = 0
+    FAILED = 1  # the dump started but a database or runtime error stopped it
+    USAGE = 2  # bad options or filters; nothing was contacted or written
+    CONNECTION = 3  # server unreachable, authentication failed, database missing
+    OUTPUT = 4  # output directory not writable, name taken, disk full
+    VERIFY = 5  # a backup failed verification (reserved for verify/restore)
+    INTERNAL = 70  # a bug: an unexpected exception (EX_SOFTWARE)
+    SIGINT = 130  # interrupted by SIGINT (Ctrl-C)
+    SIGTERM = 143  # interrupted by SIGTERM
+
+
+class AsyncsnapError(Exception):
+    """Base class of every error asyncsnap raises on purpose.
+
+    Raised by the library; caught by the CLI, which prints ``message`` and ``hint`` and
+    exits with ``exit_code``.
+    """
+
+    exit_code: int = ExitCode.FAILED
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(AsyncsnapError):
+    """Raised before any work starts when arguments are invalid (bad pattern, bad -j)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class NoTablesMatched(UsageError):
+    """Raised by dump when the -t/-T/-n/-N filters leave no table to export."""
+
+
+class ConnectionFailed(AsyncsnapError):
+    """Raised when the server cannot be reached (refused, unknown host, timeout)."""
+
+    exit_code = ExitCode.CONNECTION
+
+
+class AuthenticationFailed(ConnectionFailed):
+    """Raised when the server rejects the user or password."""
+
+
+class DatabaseMissing(ConnectionFailed):
+    """Raised when the server answers but the named database does not exist."""
+
+
+class OutputError(AsyncsnapError):
+    """Raised when the backup cannot be written where asked."""
+
+    exit_code = ExitCode.OUTPUT
+
+
+class OutputExists(OutputError):
+    """Raised by dump when ``<DIR>/<NAME>`` or ``<DIR>/<NAME>.partial`` already exists."""
+
+
+class OutputNotWritable(OutputError):
+    """Raised by dump when the output directory cannot be created or written."""
+
+
+class DiskFull(OutputError):
+    """Raised by dump when a write fails with ENOSPC or EDQUOT."""
+
+
+class DumpFailed(AsyncsnapError):
+    """Raised when the server reports an error during a dump (after connecting)."""
+
+    exit_code = ExitCode.FAILED
+
+
+class PermissionDenied(DumpFailed):
+    """Raised when the role may not lock or read a selected table or sequence."""
+
+
+class LockTimeout(DumpFailed):
+    """Raised when ACCESS SHARE on a table is not granted within the lock timeout."""
+
+
+class SnapshotLost(DumpFailed):
+    """Raised when the coordinating connection holding the exported snapshot dies."""
+
+
+class DataIntegrityError(DumpFailed):
+    """Raised when a file's rows do not match what the server reported (a safety check)."""
+
+
+class VerificationFailed(AsyncsnapError):
+    """Raised when a backup's manifest or a data file fails its checks (reader side)."""
+
+    exit_code = ExitCode.VERIFY
+
+
+class Interrupted(AsyncsnapError):
+    """Raised by the CLI's signal handling when SIGINT or SIGTERM cancelled the run."""
+
+    exit_code = ExitCode.SIGINT
+
+    def __init__(self, message: str, *, exit_code: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code

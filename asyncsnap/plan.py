@@ -1,0 +1,192 @@
+"""Pure planning: what to copy in which order, file names, and the restore order.
+
+No I/O here, so all of it is tested without a server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .catalog import Table
+
+TableKey = tuple[str, str]
+
+_UNSAFE = re.compile(r"[^a-z0-9_-]+")
+_SLUG_MAX = 40
+
+
+def file_stem(schema: str, name: str) -> str:
+    """A file-name stem for a table that is safe on any filesystem.
+
+    Lower-case ASCII letters, digits, ``_`` and ``-`` from the names (so it reads well in a
+    listing), then a hash of the exact names, so that tables differing only in case, in
+    characters outside that set or beyond the length limit never collide, even on
+    case-insensitive filesystems. At most 40+1+40+1+12 characters.
+
+    >>> file_stem("public", "Order Items")
+    'public.order_items-6f25da249ea5'
+    """
+    digest = hashlib.sha256(f"{schema}\x00{name}".encode()).hexdigest()[:12]
+    return f"{_slug(schema)}.{_slug(name)}-{digest}"
+
+
+def _slug(text: str) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    slug = _UNSAFE.sub("_", ascii_text).strip("_")[:_SLUG_MAX]
+    return slug or "_"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One unit of work: a table, or a page range of it, copied into one file."""
+
+    table: Table
+    index: int  # position of this chunk within its table, from 0
+    count: int  # how many chunks the table has
+    stem: str  # file name without extension
+
+    @property
+    def label(self) -> str:
+        if self.count == 1:
+            return self.table.qualified
+        return f"{self.table.qualified} [{self.index + 1}/{self.count}]"
+
+
+def plan_chunks(tables: Iterable[Table]) -> list[Chunk]:
+    """The chunks to copy, largest first so the longest copy starts earliest.
+
+    Partitioned parents hold no rows and get no chunk; each partition is its own table.
+    """
+    chunks = [
+        Chunk(table=t, index=0, count=1, stem=file_stem(t.schema, t.name))
+        for t in tables
+        if t.has_data
+    ]
+    stems = [c.stem for c in chunks]
+    if len(set(stems)) != len(stems):  # 48 bits of hash: cannot happen by accident
+        raise AssertionError("file name collision between two tables")
+    return sorted(chunks, key=lambda c: (-c.table.table_bytes, c.table.key))
+
+
+@dataclass(frozen=True)
+class RestoreOrder:
+    """Tables in levels: every table's referenced tables are in an earlier level or, for
+    tables in a foreign-key cycle, in the same level.
+
+    ``cycles`` lists each set of tables whose foreign keys form a cycle (two or more
+    tables); ``self_referencing`` the tables with a foreign key to themselves. A restore
+    has to handle both explicitly (deferred constraints or dropping and re-adding them).
+    """
+
+    levels: list[list[TableKey]]
+    cycles: list[list[TableKey]]
+    self_referencing: list[TableKey]
+
+
+def restore_order(tables: Sequence[Table]) -> RestoreOrder:
+    """Order ``tables`` so that parents (referenced tables) load before children.
+
+    Partitions take the place of their top-most selected ancestor in the graph, since
+    foreign keys are declared on the partitioned table. References to tables outside the
+    selection are ignored: they cannot be ordered, and the restore of those rows needs
+    the referenced data to be there already.
+    """
+    by_key = {t.key: t for t in tables}
+
+    def root(key: TableKey) -> TableKey:
+        seen = 0
+        while (parent := by_key[key].parent) is not None and parent in by_key and seen < 1000:
+            key = parent
+            seen += 1
+        return key
+
+    nodes = sorted({root(t.key) for t in tables})
+    edges: dict[TableKey, set[TableKey]] = {n: set() for n in nodes}  # child -> parents
+    self_ref: set[TableKey] = set()
+    for t in tables:
+        for fk in t.foreign_keys:
+            ref = (fk.ref_schema, fk.ref_table)
+            if ref not in by_key:
+                continue
+            child, parent = root(t.key), root(ref)
+            if child == parent:
+                self_ref.add(child)
+            else:
+                edges[child].add(parent)
+
+    components = _strongly_connected(nodes, edges)
+    component_of = {n: i for i, comp in enumerate(components) for n in comp}
+    level_of_component: dict[int, int] = {}
+
+    # Tarjan emits components in reverse topological order of the child->parent graph:
+    # a component comes after every component it points to, so parents are done first.
+    for i, comp in enumerate(components):
+        parents = {component_of[p] for n in comp for p in edges[n]} - {i}
+        level_of_component[i] = 1 + max((level_of_component[p] for p in parents), default=-1)
+
+    # Leaves with data, grouped by the level of their root.
+    data_tables_by_root: dict[TableKey, list[TableKey]] = {}
+    for t in tables:
+        if t.has_data:
+            data_tables_by_root.setdefault(root(t.key), []).append(t.key)
+    depth = max(level_of_component.values(), default=-1) + 1
+    levels: list[list[TableKey]] = [[] for _ in range(depth)]
+    for node in nodes:
+        level = level_of_component[component_of[node]]
+        levels[level].extend(data_tables_by_root.get(node, []))
+    return RestoreOrder(
+        levels=[sorted(level) for level in levels if level],
+        cycles=sorted(sorted(c) for c in components if len(c) > 1),
+        self_referencing=sorted(self_ref),
+    )
+
+
+def _strongly_connected(
+    nodes: Sequence[TableKey], edges: Mapping[TableKey, set[TableKey]]
+) -> list[list[TableKey]]:
+    """Tarjan's algorithm without recursion (schemas can have thousands of tables)."""
+    index: dict[TableKey, int] = {}
+    low: dict[TableKey, int] = {}
+    on_stack: set[TableKey] = set()
+    stack: list[TableKey] = []
+    result: list[list[TableKey]] = []
+    counter = 0
+    for start in nodes:
+        if start in index:
+            continue
+        work: list[tuple[TableKey, list[TableKey]]] = [(start, sorted(edges[start]))]
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, pending = work[-1]
+            if pending:
+                succ = pending.pop()
+                if succ not in index:
+                    index[succ] = low[succ] = counter
+                    counter += 1
+                    stack.append(succ)
+                    on_stack.add(succ)
+                    work.append((succ, sorted(edges[succ])))
+                elif succ in on_stack:
+                    low[node] = min(low[node], index[succ])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                result.append(sorted(component))
+    return result

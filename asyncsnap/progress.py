@@ -1,0 +1,203 @@
+"""Progress events from the library, and the ways the CLI shows them.
+
+The library reports what happens through a callback taking an ``Event``; it never prints.
+The CLI picks a renderer: a live rich display on a terminal, one plain line per event
+otherwise (cron mail, CI logs), or nothing with ``--quiet``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table as RichTable
+
+
+@dataclass(frozen=True)
+class DumpStarted:
+    snapshot_id: str
+    target: str
+    tables: int
+    chunks: int
+    est_rows: int
+    jobs: int
+    path: str  # the .partial directory being written
+
+
+@dataclass(frozen=True)
+class ChunkStarted:
+    label: str
+    est_rows: int
+
+
+@dataclass(frozen=True)
+class ChunkProgress:
+    label: str
+    rows: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class ChunkFinished:
+    label: str
+    rows: int
+    bytes: int
+    stored_bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DumpFinished:
+    path: str
+    tables: int
+    rows: int
+    bytes: int
+    stored_bytes: int
+    seconds: float
+    snapshot_held_seconds: float
+
+
+Event = DumpStarted | ChunkStarted | ChunkProgress | ChunkFinished | DumpFinished
+EventCallback = Callable[[Event], None]
+
+# How often a running chunk reports progress; keeps the callback off the hot path.
+PROGRESS_INTERVAL = 0.25
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+class PlainLog:
+    """One line per event, for logs and cron mail. No colour, no cursor movement."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, event: Event) -> None:
+        line: str | None = None
+        match event:
+            case DumpStarted():
+                line = (
+                    f"dump started: {event.tables} tables, {event.chunks} files, "
+                    f"~{event.est_rows} rows, -j {event.jobs}, snapshot {event.snapshot_id}, "
+                    f"from {event.target} into {event.path}"
+                )
+            case ChunkStarted():
+                line = f"copying {event.label} (~{event.est_rows} rows)"
+            case ChunkFinished():
+                line = (
+                    f"copied {event.label}: {event.rows} rows, {human_bytes(event.bytes)} "
+                    f"-> {human_bytes(event.stored_bytes)} in {event.seconds:.2f}s"
+                )
+            case DumpFinished():
+                line = (
+                    f"dump complete: {event.path}: {event.tables} tables, {event.rows} rows, "
+                    f"{human_bytes(event.stored_bytes)} in {event.seconds:.2f}s "
+                    f"(snapshot held {event.snapshot_held_seconds:.2f}s)"
+                )
+            case ChunkProgress():
+                line = None
+        if line is not None:
+            print(
+                f"{time.strftime('%Y-%m-%dT%H:%M:%S')} asyncsnap: {line}",
+                file=self._stream,
+                flush=True,
+            )
+
+
+class LiveDisplay:
+    """A rich live display: one bar per running table (rows against the catalog's
+    estimate) and an overall bar with ETA. Use as a context manager."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}", justify="left"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[size]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._overall: TaskID | None = None
+        self._tasks: dict[str, TaskID] = {}
+        self._done_rows: dict[str, int] = {}
+        self.finished: list[ChunkFinished] = []
+
+    def __enter__(self) -> LiveDisplay:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(None, None, None)
+
+    def _overall_rows(self) -> int:
+        return sum(self._done_rows.values())
+
+    def __call__(self, event: Event) -> None:
+        p = self._progress
+        match event:
+            case DumpStarted():
+                self._overall = p.add_task(
+                    f"total ({event.tables} tables, -j {event.jobs})",
+                    total=max(event.est_rows, 1),
+                    size="",
+                )
+            case ChunkStarted():
+                self._tasks[event.label] = p.add_task(
+                    event.label, total=event.est_rows or None, size=""
+                )
+            case ChunkProgress():
+                task = self._tasks.get(event.label)
+                if task is not None:
+                    p.update(task, completed=event.rows, size=human_bytes(event.bytes))
+                self._done_rows[event.label] = event.rows
+            case ChunkFinished():
+                task = self._tasks.pop(event.label, None)
+                if task is not None:
+                    p.remove_task(task)
+                self._done_rows[event.label] = event.rows
+                self.finished.append(event)
+            case DumpFinished():
+                pass
+        if self._overall is not None:
+            total = p.tasks[self._overall].total or 1
+            done = self._overall_rows()
+            p.update(self._overall, completed=done, total=max(total, done))
+
+
+def summary_table(finished: list[ChunkFinished], done: DumpFinished) -> RichTable:
+    """The closing table: one row per file, then the totals."""
+    table = RichTable(title=f"asyncsnap dump: {done.path}", title_justify="left")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    table.add_column("file bytes", justify="right")
+    table.add_column("seconds", justify="right")
+    for f in sorted(finished, key=lambda f: f.label):
+        table.add_row(f.label, f"{f.rows:,}", human_bytes(f.stored_bytes), f"{f.seconds:.2f}")
+    table.add_section()
+    table.add_row(
+        f"{done.tables} tables",
+        f"{done.rows:,}",
+        human_bytes(done.stored_bytes),
+        f"{done.seconds:.2f}",
+    )
+    return table

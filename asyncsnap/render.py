@@ -1,0 +1,120 @@
+"""How a row becomes one line of JSON, rendered by the server. Pure SQL building, no I/O.
+
+PostgreSQL's ``row_to_json`` is exact for most types (DESIGN.md lists the probe). Where it
+is not, the column gets another *encoding*, recorded per column in the manifest so that a
+reader knows how to take the value back:
+
+``json``
+    the value as ``to_json`` renders it (numbers, strings, booleans, nested arrays).
+``text``
+    a JSON string holding the value's PostgreSQL text form (``value::text``); the type's
+    input function reads it back exactly. Used for ``json`` (duplicate keys, whitespace
+    and raw newlines survive), ``jsonb`` (so the JSON ``null`` stays distinct from SQL
+    NULL), composite types, arrays of those, and base types from extensions (whose casts
+    to json, such as PostGIS's, may lose information).
+``array``
+    a JSON array when every dimension starts at 1 (the usual case); otherwise a JSON
+    string holding the text form, e.g. ``"[0:2]={1,2,3}"``, which keeps the bounds.
+
+Every line then holds no raw newline, carriage return, ``\\x01`` or ``\\x02``: JSON escapes
+them in strings, and no ``json`` value is embedded verbatim. That is what lets the data
+pass through ``COPY ... (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')`` unchanged; the
+text format would double every backslash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from .catalog import Column, Table, TypeInfo, quote_ident, sql_name
+
+Encoding = Literal["json", "text", "array"]
+
+# Types created after initdb have OIDs from here on (FirstNormalObjectId).
+_FIRST_USER_OID = 16384
+_TEXT_BASE_TYPES = {"json", "jsonb"}
+_MAX_DOMAIN_DEPTH = 64
+
+
+def _resolve_domain(type_oid: int, types: Mapping[int, TypeInfo]) -> TypeInfo | None:
+    info = types.get(type_oid)
+    depth = 0
+    while info is not None and info.typtype == "d" and depth < _MAX_DOMAIN_DEPTH:
+        info = types.get(info.base_type)
+        depth += 1
+    return info
+
+
+def _needs_text(info: TypeInfo | None, types: Mapping[int, TypeInfo]) -> bool:
+    """Whether values of this (non-array) type must travel as their text form."""
+    if info is None:
+        return True  # unknown type: the text form is always exact
+    if info.typtype == "c":
+        return True
+    if info.typtype == "b":
+        if info.schema == "pg_catalog" and info.name in _TEXT_BASE_TYPES:
+            return True
+        return info.oid >= _FIRST_USER_OID
+    return False
+
+
+def _is_array(info: TypeInfo | None) -> bool:
+    return info is not None and info.category == "A" and info.element != 0
+
+
+def column_encoding(column: Column, types: Mapping[int, TypeInfo]) -> Encoding:
+    """Decide how ``column``'s values are written (see the module docstring)."""
+    info = _resolve_domain(column.type_oid, types)
+    if _is_array(info):
+        assert info is not None
+        element = _resolve_domain(info.element, types)
+        if _is_array(element) or _needs_text(element, types):
+            return "text"
+        return "array"
+    return "text" if _needs_text(info, types) else "json"
+
+
+def _select_expression(column: Column, encoding: Encoding) -> str:
+    col = quote_ident(column.name)
+    if encoding == "json":
+        return col
+    if encoding == "text":
+        return f"{col}::text AS {col}"
+    # Arrays: array_lower() rules out the common 1-D case cheaply; the regular
+    # expression catches any later dimension that does not start at 1.
+    return (
+        f"CASE WHEN array_lower({col}, 1) <> 1 OR (array_ndims({col}) > 1 AND "
+        f"array_dims({col}) !~ '^(\\[1:[0-9]+\\])+$') "
+        f"THEN to_json({col}::text) ELSE to_json({col}) END AS {col}"
+    )
+
+
+def encodings(table: Table, types: Mapping[int, TypeInfo]) -> dict[str, Encoding]:
+    return {c.name: column_encoding(c, types) for c in table.columns}
+
+
+def select_rows_sql(table: Table, types: Mapping[int, TypeInfo]) -> str:
+    """A query returning one ``text`` column: each row of ``table`` as a JSON object.
+
+    ``FROM ONLY``: rows of inheritance children belong to the children's own files.
+    """
+    source = f"FROM ONLY {sql_name(table.schema, table.name)}"
+    encs = encodings(table, types)
+    if not table.columns:
+        return f"SELECT '{{}}'::text {source}"
+    if all(e == "json" for e in encs.values()):
+        return f"SELECT row_to_json(r.*)::text {source} AS r"
+    exprs = ", ".join(_select_expression(c, encs[c.name]) for c in table.columns)
+    return f"SELECT row_to_json(r.*)::text FROM (SELECT {exprs} {source}) AS r"
+
+
+# \x01 and \x02 never occur raw in the rendered JSON (see above), so with them as quote
+# and delimiter the CSV writer never quotes or escapes: each line is the JSON unchanged.
+COPY_OPTIONS = "(FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')"
+COPY_OPTIONS_KWARGS = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}  # for asyncpg
+
+
+def copy_sql(table: Table, types: Mapping[int, TypeInfo]) -> str:
+    """The ``COPY ... TO STDOUT`` statement that streams ``table`` as NDJSON."""
+    return f"COPY ({select_rows_sql(table, types)}) TO STDOUT {COPY_OPTIONS}"

@@ -1,0 +1,106 @@
+"""One moment in time for the whole dump.
+
+The coordinator opens a REPEATABLE READ, READ ONLY transaction, exports its snapshot,
+reads the catalog in it and takes ACCESS SHARE locks on the selected tables (as pg_dump
+does, so nobody can drop or rewrite them mid-dump). It stays open, idle in transaction,
+until every file is written: the exported snapshot only exists while that transaction
+does. ``idle_in_transaction_session_timeout`` is set to 0 on its session for that reason.
+
+Each worker transaction imports the snapshot with ``SET TRANSACTION SNAPSHOT`` as its
+first statement; asyncpg's pool ``setup``/``init`` hooks run outside the transaction,
+so they are the wrong place for it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+import asyncpg
+
+from .catalog import Table, sql_name
+from .errors import DumpFailed, LockTimeout, PermissionDenied, SnapshotLost
+
+# pg_export_snapshot() returns e.g. 00000003-0000001B-1; checked before we put it in SQL.
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
+
+
+class Coordinator:
+    """The connection that holds the exported snapshot (see the module docstring)."""
+
+    def __init__(self, conn: asyncpg.Connection, snapshot_id: str, taken_at: datetime) -> None:
+        self.conn = conn
+        self.snapshot_id = snapshot_id
+        self.taken_at = taken_at
+
+    @classmethod
+    async def begin(cls, conn: asyncpg.Connection) -> Coordinator:
+        """Start the snapshot transaction on ``conn`` and export it."""
+        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = await conn.fetchrow("SELECT pg_export_snapshot() AS id, now() AS taken_at")
+        assert row is not None
+        snapshot_id = row["id"]
+        if not _SNAPSHOT_ID.fullmatch(snapshot_id):
+            raise DumpFailed(f"unexpected snapshot identifier {snapshot_id!r} from the server")
+        return cls(conn, snapshot_id, row["taken_at"])
+
+    async def lock(self, tables: Sequence[Table], *, lock_timeout: float) -> None:
+        """ACCESS SHARE on every table, one at a time so a failure names its table.
+
+        ``lock_timeout`` (seconds, 0 = wait forever) bounds the wait for each lock, e.g. behind
+        a migration's ACCESS EXCLUSIVE.
+        """
+        await self.conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout * 1000)}")
+        for table in tables:
+            try:
+                await self.conn.execute(
+                    f"LOCK TABLE ONLY {sql_name(table.schema, table.name)} IN ACCESS SHARE MODE"
+                )
+            except asyncpg.LockNotAvailableError as exc:
+                raise LockTimeout(
+                    f"could not lock table {table.qualified} within {lock_timeout:g}s",
+                    hint="another session holds a conflicting lock (a migration?); "
+                    "retry later or raise --lock-timeout",
+                ) from exc
+            except asyncpg.InsufficientPrivilegeError as exc:
+                raise PermissionDenied(
+                    f"permission denied for table {table.qualified}",
+                    hint="GRANT SELECT on it to this role, or leave it out with -T",
+                ) from exc
+            except asyncpg.UndefinedTableError as exc:
+                raise DumpFailed(
+                    f"table {table.qualified} was dropped while the dump started",
+                    hint="run the dump again",
+                ) from exc
+        # Later statements in this transaction must not inherit the timeout.
+        await self.conn.execute("SET LOCAL lock_timeout = 0")
+
+    async def ensure_alive(self) -> None:
+        """Raise ``SnapshotLost`` unless the snapshot transaction is still open."""
+        try:
+            await self.conn.fetchval("SELECT 1")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise snapshot_lost() from exc
+
+
+def snapshot_lost() -> SnapshotLost:
+    return SnapshotLost(
+        "the connection holding the dump's snapshot was lost; the data could no longer be "
+        "read at one moment",
+        hint="nothing was kept; check the server log (terminated backend? restart?) and "
+        "run the dump again",
+    )
+
+
+@asynccontextmanager
+async def snapshot_transaction(conn: asyncpg.Connection, snapshot_id: str) -> AsyncIterator[None]:
+    """A read-only transaction on ``conn`` that sees exactly the exported snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        try:
+            await conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
+        except (asyncpg.InvalidParameterValueError, asyncpg.ObjectNotInPrerequisiteStateError) as e:
+            # "invalid snapshot identifier": the exporting transaction has ended.
+            raise snapshot_lost() from e
+        yield

@@ -1,0 +1,303 @@
+"""Files on disk: the backup directory, atomic writes, compression and hashing.
+
+Write order (docs/format.md): every data file is written under a temporary name, fsynced
+and renamed; then SHA256SUMS; then manifest.json; the directory is built as
+``<NAME>.partial`` and renamed to ``<NAME>`` only after the manifest is in. Files are
+created 0600 and directories 0700: backups hold whatever the database holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import zstandard
+
+from .errors import DiskFull, OutputError, OutputExists, OutputNotWritable, UsageError
+
+Compression = Literal["zstd", "gzip", "none"]
+COMPRESSIONS: tuple[Compression, ...] = ("zstd", "gzip", "none")
+EXTENSIONS: dict[Compression, str] = {
+    "zstd": ".ndjson.zst",
+    "gzip": ".ndjson.gz",
+    "none": ".ndjson",
+}
+PARTIAL_SUFFIX = ".partial"
+DATA_DIR = "data"
+
+# zstd level 3, one thread: measured as free next to the server's JSON rendering
+# (DESIGN.md). zstd's own worker threads would compete with the server for the cores.
+_ZSTD_LEVEL = 3
+_GZIP_LEVEL = 6
+# Bytes handed to write() at once; bounds memory per open file.
+_WRITE_BUFFER = 1 << 20
+
+
+class _Compressor(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+class _Identity:
+    def compress(self, data: bytes, /) -> bytes:
+        return data
+
+    def flush(self) -> bytes:
+        return b""
+
+
+def _compressor(kind: Compression) -> _Compressor:
+    if kind == "zstd":
+        # write_content_size is impossible when streaming; the checksum lets `zstd -t`
+        # and `zstd -dc` detect corruption on their own.
+        compressor: _Compressor = zstandard.ZstdCompressor(
+            level=_ZSTD_LEVEL, write_checksum=True
+        ).compressobj()
+        return compressor
+    if kind == "gzip":
+        # wbits=31: gzip framing, mtime 0 and no file name, so output is reproducible.
+        return zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)
+    return _Identity()
+
+
+def _output_error(exc: OSError, path: Path) -> OutputError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(
+            f"no space left on device while writing {path}",
+            hint="free space or choose another -o directory; nothing was kept",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputNotWritable(
+            f"cannot write {path}: {exc.strerror}",
+            hint="choose a directory you can write to with -o",
+        )
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}", hint=None)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """What was written for one data file; becomes the file's manifest entry."""
+
+    path: str  # relative to the backup directory, with '/' separators
+    rows: int
+    bytes: int  # uncompressed NDJSON bytes
+    stored_bytes: int  # bytes on disk
+    sha256: str  # of the file as stored
+    seconds: float = 0.0  # time spent producing it
+
+
+class DataFileWriter:
+    """Streams bytes into one data file: counts rows, compresses, hashes, writes.
+
+    Not thread-safe; one writer per chunk. ``finish`` makes the file durable under its
+    final name; ``discard`` removes what was written. Memory is bounded by the write
+    buffer, whatever the file's size.
+    """
+
+    def __init__(self, root: Path, relpath: str, compression: Compression) -> None:
+        self._root = root
+        self.relpath = relpath
+        self.final_path = root / relpath
+        self.temp_path = self.final_path.with_name("." + self.final_path.name + ".tmp")
+        self._compressor = _compressor(compression)
+        self._hash = hashlib.sha256()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self.rows = 0
+        self.raw_bytes = 0
+        self.stored_bytes = 0
+        self.last_byte = b"\n"
+        try:
+            self._fd: int | None = os.open(
+                self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            raise _output_error(exc, self.temp_path) from exc
+
+    def write(self, data: bytes) -> None:
+        """Add NDJSON bytes (any split: lines may cross calls)."""
+        self.rows += data.count(b"\n")
+        self.raw_bytes += len(data)
+        if data:
+            self.last_byte = data[-1:]
+        self._stage(self._compressor.compress(data))
+
+    def _stage(self, out: bytes) -> None:
+        if not out:
+            return
+        self._pending.append(out)
+        self._pending_size += len(out)
+        if self._pending_size >= _WRITE_BUFFER:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        if not self._pending:
+            return
+        block = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        self._hash.update(block)
+        self.stored_bytes += len(block)
+        assert self._fd is not None
+        view = memoryview(block)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise _output_error(exc, self.final_path) from exc
+
+    def close_data(self) -> None:
+        """Flush the compressor and write everything; call before ``sync_and_rename``."""
+        self._stage(self._compressor.flush())
+        self._flush_pending()
+
+    def sync_and_rename(self) -> StoredFile:
+        """fsync and rename to the final name (blocking: run it in a worker thread)."""
+        assert self._fd is not None
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            os.rename(self.temp_path, self.final_path)
+        except OSError as exc:
+            raise _output_error(exc, self.final_path) from exc
+        return StoredFile(
+            path=self.relpath,
+            rows=self.rows,
+            bytes=self.raw_bytes,
+            stored_bytes=self.stored_bytes,
+            sha256=self._hash.hexdigest(),
+        )
+
+    def discard(self) -> None:
+        """Close and delete whatever was written. Safe to call more than once."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for path in (self.temp_path, self.final_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def write_file_atomic(root: Path, relpath: str, content: bytes) -> None:
+    """Write a small file under a temporary name, fsync it, rename it into place."""
+    final = root / relpath
+    temp = final.with_name("." + final.name + ".tmp")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, final)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise _output_error(exc, final) from exc
+
+
+class BackupDirectory:
+    """A backup being built: ``<parent>/<name>.partial`` until ``commit`` renames it."""
+
+    def __init__(self, parent: Path, name: str) -> None:
+        self.parent = parent
+        self.name = name
+        self.final_path = parent / name
+        self.path = parent / (name + PARTIAL_SUFFIX)
+
+    @classmethod
+    def check_free(cls, parent: Path, name: str) -> None:
+        """Raise unless ``name`` is valid and neither it nor its ``.partial`` exists."""
+        validate_backup_name(name)
+        backup = cls(parent, name)
+        for taken in (backup.final_path, backup.path):
+            if taken.exists() or taken.is_symlink():
+                raise OutputExists(
+                    f"{taken} already exists",
+                    hint="choose another --name or -o directory, or remove the old one",
+                )
+
+    @classmethod
+    def create(cls, parent: Path, name: str) -> BackupDirectory:
+        """Create ``<parent>/<name>.partial`` (and ``parent`` if missing), mode 0700."""
+        cls.check_free(parent, name)
+        backup = cls(parent, name)
+        try:
+            parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.mkdir(backup.path, 0o700)
+            os.chmod(backup.path, 0o700)  # mkdir's mode is filtered by the umask
+            os.mkdir(backup.path / DATA_DIR, 0o700)
+            os.chmod(backup.path / DATA_DIR, 0o700)
+        except FileExistsError as exc:
+            raise OutputExists(
+                f"{backup.path} already exists",
+                hint="another dump may be writing there; choose another --name",
+            ) from exc
+        except NotADirectoryError as exc:
+            raise OutputNotWritable(
+                f"{parent} is not a directory", hint="-o takes a directory"
+            ) from exc
+        except OSError as exc:
+            raise _output_error(exc, parent) from exc
+        return backup
+
+    def data_writer(self, stem: str, compression: Compression) -> DataFileWriter:
+        return DataFileWriter(self.path, f"{DATA_DIR}/{stem}{EXTENSIONS[compression]}", compression)
+
+    def write_small_file(self, relpath: str, content: bytes) -> None:
+        write_file_atomic(self.path, relpath, content)
+
+    def commit(self) -> Path:
+        """Make the backup visible under its final name; durable once this returns."""
+        try:
+            fsync_dir(self.path / DATA_DIR)
+            fsync_dir(self.path)
+            if self.final_path.exists():
+                raise OutputExists(
+                    f"{self.final_path} appeared while the dump ran",
+                    hint=f"the finished backup is left at {self.path}",
+                )
+            os.rename(self.path, self.final_path)
+            fsync_dir(self.parent)
+        except OSError as exc:
+            raise _output_error(exc, self.final_path) from exc
+        return self.final_path
+
+    def remove(self) -> None:
+        """Delete the ``.partial`` directory and everything in it."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def validate_backup_name(name: str) -> None:
+    """A backup name is one path component without the reserved suffix."""
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\x00" in name
+        or name.endswith(PARTIAL_SUFFIX)
+        or len(name.encode()) > 200
+    ):
+        raise UsageError(
+            f"invalid backup name {name!r}",
+            hint="--name takes one directory name (no '/', not ending in .partial)",
+        )
