@@ -150,7 +150,7 @@ async def dump(
     )
     emit: EventCallback = on_event or (lambda event: None)
     dsn = resolve_dsn(dsn)
-    output = Path(output)
+    output = Path(output).absolute()
     name = name or default_backup_name()
     # Fail on a bad or taken name before connecting; create() checks again later.
     BackupDirectory.check_free(output, name)

@@ -1,0 +1,150 @@
+"""Fixtures: a real PostgreSQL (ours, or the one ASYNCSNAP_TEST_DSN names), a fresh
+database per test that is dropped afterwards, and a runner for the real CLI process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import asyncpg
+import pytest
+
+from .pgserver import Server, throwaway_server, unprivileged_user
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # asyncpg is asyncio-only
+
+
+@dataclass
+class Postgres:
+    """Where the test server is and how to reach it."""
+
+    admin_dsn: str
+    server: Server | None  # None when ASYNCSNAP_TEST_DSN points at an existing server
+
+    def dsn(self, database: str, *, user: str | None = None, password: str | None = None) -> str:
+        parts = urlsplit(self.admin_dsn)
+        netloc = parts.netloc
+        if user is not None:
+            host = netloc.rsplit("@", 1)[-1]
+            netloc = f"{user}:{password}@{host}" if password is not None else f"{user}@{host}"
+        return urlunsplit(parts._replace(netloc=netloc, path="/" + database))
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.admin_dsn).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.admin_dsn).port or 5432
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    external = os.environ.get("ASYNCSNAP_TEST_DSN")
+    if external:
+        yield Postgres(admin_dsn=external, server=None)
+        return
+    with throwaway_server() as server:
+        yield Postgres(admin_dsn=server.dsn(), server=server)
+
+
+async def execute(dsn: str, sql: str, *args: Any) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Database:
+    """A database made for one test."""
+
+    name: str
+    dsn: str
+    postgres: Postgres
+
+    def execute(self, sql: str, *args: Any) -> None:
+        anyio.run(execute, self.dsn, sql, *args, backend="asyncio")
+
+    def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        return anyio.run(fetch, self.dsn, sql, *args, backend="asyncio")
+
+    def fetchval(self, sql: str, *args: Any) -> Any:
+        rows = self.fetch(sql, *args)
+        return rows[0][0] if rows else None
+
+
+@pytest.fixture
+def db(postgres: Postgres) -> Iterator[Database]:
+    name = f"asyncsnap_test_{uuid.uuid4().hex[:12]}"
+    anyio.run(execute, postgres.admin_dsn, f'CREATE DATABASE "{name}"', backend="asyncio")
+    try:
+        yield Database(name=name, dsn=postgres.dsn(name), postgres=postgres)
+    finally:
+        anyio.run(
+            execute, postgres.admin_dsn, f'DROP DATABASE "{name}" WITH (FORCE)', backend="asyncio"
+        )
+
+
+@pytest.fixture
+def role(postgres: Postgres) -> Iterator[tuple[str, str]]:
+    """A login role without privileges, dropped afterwards: (name, password)."""
+    name, password = f"asyncsnap_role_{uuid.uuid4().hex[:8]}", "role-pw-" + uuid.uuid4().hex[:6]
+    anyio.run(
+        execute, postgres.admin_dsn, f"CREATE ROLE {name} LOGIN PASSWORD '{password}'",
+        backend="asyncio",
+    )
+    try:
+        yield name, password
+    finally:
+        anyio.run(execute, postgres.admin_dsn, f"DROP OWNED BY {name} CASCADE; DROP ROLE {name}",
+                  backend="asyncio")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a CLI run: no DATABASE_URL or PG* variables from outside."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PG") and k not in ("DATABASE_URL", "ASYNCSNAP_TEST_DSN")}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            as_unprivileged: bool = False, timeout: float = 120) -> CliRun:
+    """Run the real ``asyncsnap`` command in a child process."""
+    kwargs: dict[str, Any] = {}
+    if as_unprivileged and (user := unprivileged_user()) is not None:
+        kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    proc = subprocess.run(
+        [sys.executable, "-m", "asyncsnap", *args],
+        capture_output=True, text=True, cwd=cwd, env=env if env is not None else clean_env(),
+        timeout=timeout, **kwargs,
+    )
+    return CliRun(proc.returncode, proc.stdout, proc.stderr)

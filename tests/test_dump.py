@@ -1,0 +1,303 @@
+"""The dump against a real PostgreSQL: output, format promises, filters, values."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+
+import asyncsnap
+from asyncsnap import manifest
+from asyncsnap.errors import NoTablesMatched
+
+from .conftest import Database, clean_env, run_cli
+from .helpers import decompress, manifest_of, read_rows, table_entry
+
+SHOP = """
+CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);
+CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                     customer_id int NOT NULL REFERENCES customers(id),
+                     total numeric(12,2), created timestamptz DEFAULT now());
+CREATE TABLE order_lines (order_id bigint REFERENCES orders(id) DEFERRABLE INITIALLY DEFERRED,
+                          line int, qty int, PRIMARY KEY (order_id, line));
+CREATE SCHEMA audit;
+CREATE TABLE audit.log (id bigserial, msg text);
+INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 50) g;
+INSERT INTO orders (customer_id, total) SELECT 1 + g % 50, g * 1.5 FROM generate_series(1, 500) g;
+INSERT INTO order_lines SELECT o, l, l FROM generate_series(1, 500) o, generate_series(1, 3) l;
+INSERT INTO audit.log (msg) SELECT 'm' || g FROM generate_series(1, 20) g;
+"""
+
+
+def run_dump(db: Database, out: Path, **kwargs: object) -> asyncsnap.DumpResult:
+    async def go() -> asyncsnap.DumpResult:
+        return await asyncsnap.dump(db.dsn, output=out, **kwargs)  # type: ignore[arg-type]
+
+    return anyio.run(go, backend="asyncio")
+
+
+def test_dump_output_opens_in_plain_tools(db: Database, tmp_path: Path) -> None:
+    """Each line parses as a JSON object, sha256sum -c passes, counts match count(*)."""
+    db.execute(SHOP)
+    result = run_dump(db, tmp_path, jobs=2)
+    backup = result.path
+    assert backup.parent == tmp_path and backup.name.startswith("backup_")
+    assert not list(tmp_path.glob("*.partial"))
+
+    if shutil.which("sha256sum"):
+        check = subprocess.run(["sha256sum", "-c", "--strict", manifest.SUMS_NAME], cwd=backup,
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert check.stdout.count(": OK") == 4
+    rows = read_rows(backup)
+    for (schema, name), lines in rows.items():
+        count = db.fetchval(f'SELECT count(*) FROM "{schema}"."{name}"')
+        assert len(lines) == count, (schema, name)
+        entry = table_entry(backup, schema, name)
+        assert entry["rows"] == count
+        assert all(list(r) == [c["name"] for c in entry["columns"]] for r in lines)
+    if shutil.which("zstd") and shutil.which("jq"):
+        f = backup / table_entry(backup, "public", "orders")["files"][0]["path"]
+        jq = subprocess.run(f"zstd -dc '{f}' | jq -c .customer_id | wc -l", shell=True,
+                            capture_output=True, text=True, check=True)
+        assert int(jq.stdout) == 500
+
+
+def test_dump_result_matches_manifest(db: Database, tmp_path: Path) -> None:
+    db.execute(SHOP)
+    result = run_dump(db, tmp_path, name="nightly")
+    assert result.path == tmp_path / "nightly"
+    m = manifest.load(result.path)
+    assert m["totals"]["rows"] == result.rows == 50 + 500 + 1500 + 20
+    assert result.files == len(result.tables) == 4
+    assert {(t.schema, t.name) for t in result.tables} == {
+        ("public", "customers"), ("public", "orders"), ("public", "order_lines"), ("audit", "log")
+    }
+    for t in result.tables:
+        for f in t.files:
+            assert (result.path / f).stat().st_size == table_entry(
+                result.path, t.schema, t.name)["files"][0]["stored_bytes"]
+    assert m["snapshot"]["id"] == result.snapshot_id
+    assert m["server"]["database"] == db.name and m["server"]["user"] == "postgres"
+    assert "password" not in json.dumps(m).lower()
+    assert m["settings"]["TimeZone"] == "UTC"
+
+
+def test_manifest_describes_tables_keys_and_sequences(db: Database, tmp_path: Path) -> None:
+    db.execute(SHOP)
+    db.execute("SELECT nextval('audit.log_id_seq') FROM generate_series(1, 5)")
+    backup = run_dump(db, tmp_path).path
+    orders = table_entry(backup, "public", "orders")
+    assert orders["kind"] == "table" and orders["parent"] is None
+    assert orders["primary_key"] == ["id"]
+    cols = {c["name"]: c for c in orders["columns"]}
+    assert cols["id"]["identity"] == "always" and cols["id"]["type"] == "bigint"
+    assert cols["total"]["type"] == "numeric(12,2)" and not cols["total"]["not_null"]
+    assert cols["customer_id"]["not_null"]
+    assert orders["foreign_keys"] == [{
+        "name": "orders_customer_id_fkey", "columns": ["customer_id"],
+        "references": {"schema": "public", "name": "customers", "columns": ["id"]},
+        "deferrable": False, "initially_deferred": False,
+    }]
+    lines = table_entry(backup, "public", "order_lines")
+    assert lines["foreign_keys"][0]["deferrable"] and lines["foreign_keys"][0]["initially_deferred"]
+
+    seqs = {(s["schema"], s["name"]): s for s in manifest_of(backup)["sequences"]}
+    assert seqs[("public", "customers_id_seq")]["last_value"] == 50
+    assert seqs[("public", "customers_id_seq")]["is_called"] is True
+    assert seqs[("public", "orders_id_seq")]["last_value"] == 500  # identity
+    assert seqs[("audit", "log_id_seq")]["last_value"] == 25
+    assert seqs[("audit", "log_id_seq")]["table"] == {"schema": "audit", "name": "log"}
+
+    levels = manifest_of(backup)["restore_order"]["levels"]
+    names = [[t["name"] for t in level] for level in levels]
+    assert names == [["log", "customers"], ["orders"], ["order_lines"]]
+
+
+def test_filters_select_tables_like_pg_dump(db: Database, tmp_path: Path) -> None:
+    db.execute(SHOP)
+
+    def tables_of(**kw: object) -> set[str]:
+        out = tmp_path / os.urandom(4).hex()
+        return {f"{t.schema}.{t.name}" for t in run_dump(db, out, **kw).tables}
+
+    assert tables_of(tables=["order*"]) == {"public.orders", "public.order_lines"}
+    assert tables_of(tables=["public.*"], exclude_tables=["*lines"]) == {
+        "public.customers", "public.orders"}
+    assert tables_of(schemas=["audit"]) == {"audit.log"}
+    assert tables_of(exclude_schemas=["public"]) == {"audit.log"}
+    assert tables_of(tables=["ORDERS"]) == {"public.orders"}  # unquoted: folded
+    with pytest.raises(NoTablesMatched, match=r"-t \"ORDERS\""):
+        run_dump(db, tmp_path / "x", tables=['"ORDERS"'])  # quoted: exact
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_partitioned_table_rows_written_once(db: Database, tmp_path: Path) -> None:
+    db.execute("""
+        CREATE TABLE m (id int, day date, v text) PARTITION BY RANGE (day);
+        CREATE TABLE m_2024 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')
+            PARTITION BY LIST (v);
+        CREATE TABLE m_2024_a PARTITION OF m_2024 FOR VALUES IN ('a');
+        CREATE TABLE m_2024_other PARTITION OF m_2024 DEFAULT;
+        CREATE TABLE m_2025 PARTITION OF m FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+        INSERT INTO m SELECT g, date '2024-01-01' + g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END
+          FROM generate_series(0, 599) g;
+        CREATE TABLE plain (id int);
+    """)
+    result = run_dump(db, tmp_path, tables=["m"])
+    rows = read_rows(result.path)
+    ids = sorted(r["id"] for lines in rows.values() for r in lines)
+    assert ids == list(range(600))  # every row once, none twice
+    kinds = {t["name"]: (t["kind"], t["parent"], len(t["files"]))
+             for t in manifest_of(result.path)["tables"]}
+    assert kinds == {
+        "m": ("partitioned", None, 0),
+        "m_2024": ("partitioned", {"schema": "public", "name": "m"}, 0),
+        "m_2024_a": ("partition", {"schema": "public", "name": "m_2024"}, 1),
+        "m_2024_other": ("partition", {"schema": "public", "name": "m_2024"}, 1),
+        "m_2025": ("partition", {"schema": "public", "name": "m"}, 1),
+    }
+    excluded = run_dump(db, tmp_path / "b", exclude_tables=["m_2024"])
+    assert {t.name for t in excluded.tables} == {"m_2025", "plain"}
+
+
+def test_lossy_values_are_written_distinguishably(db: Database, tmp_path: Path) -> None:
+    """The four classes row_to_json loses (DESIGN.md) are written so restore can recover
+    them: jsonb 'null' vs SQL NULL, float8 -0, array lower bounds, json duplicate keys."""
+    db.execute("""
+        CREATE TABLE v (id int, jb jsonb, j json, f float8, a int[], a2 text[][], t text);
+        INSERT INTO v VALUES
+          (1, 'null', '{"k": 1, "k": 2}', '-0', '[0:2]={1,2,3}', '[-5:-5][1:2]={{x,NULL}}', 'x'),
+          (2, NULL, E'{\\n "a":\\t[1, 2]\\n}', 'NaN', '{1,NULL}', '{{"NULL",b}}', E'q"\\\\\\n'),
+          (3, '{"a": null}', NULL, '1e-310', NULL, '{}', NULL);
+    """)
+    backup = run_dump(db, tmp_path).path
+    encodings = {c["name"]: c["encoding"] for c in table_entry(backup, "public", "v")["columns"]}
+    assert encodings == {"id": "json", "jb": "text", "j": "text", "f": "json", "a": "array",
+                         "a2": "array", "t": "json"}
+    r1, r2, r3 = sorted(read_rows(backup)[("public", "v")], key=lambda r: r["id"])
+    assert r1["jb"] == "null" and r2["jb"] is None and r3["jb"] == '{"a": null}'
+    assert r1["j"] == '{"k": 1, "k": 2}'  # duplicate keys survive as text
+    assert r2["j"] == '{\n "a":\t[1, 2]\n}'  # so do whitespace and newlines
+    assert r1["a"] == "[0:2]={1,2,3}" and r2["a"] == [1, None]
+    assert r1["a2"] == "[-5:-5][1:2]={{x,NULL}}" and r2["a2"] == [["NULL", "b"]]
+    assert r3["a2"] == []
+    assert r2["f"] == "NaN" and r3["f"] == 1e-310
+    assert r2["t"] == 'q"\\\n'
+    raw = decompress(backup / table_entry(backup, "public", "v")["files"][0]["path"])
+    assert b'"f":-0,' in raw  # the sign of zero is in the file, not lost
+
+
+def test_hostile_table_and_column_names_round_through(db: Database, tmp_path: Path) -> None:
+    """Quotes, '/', '.', spaces, unicode, 63-byte names, names differing in case."""
+    long_name = "x" * 63
+    names = ['we"ird', "a/b", "..", ".hidden", "with space", "таблица😀", long_name,
+             "Users", "users", "select", "; DROP TABLE users; --"]
+    schema = 'sch.ema "q"'
+    db.execute(f'CREATE SCHEMA "{schema.replace(chr(34), chr(34) * 2)}"')
+    for i, name in enumerate(names):
+        q = name.replace('"', '""')
+        db.execute(
+            f'CREATE TABLE "{schema.replace(chr(34), chr(34) * 2)}"."{q}" '
+            f'(r int, "a""b" text, "col with space" int, "ünï" text, "select" int)'
+        )
+        db.execute(
+            f'INSERT INTO "{schema.replace(chr(34), chr(34) * 2)}"."{q}" '
+            f"VALUES ({i}, 'v{i}', {i}, 'ü', {i})"
+        )
+    backup = run_dump(db, tmp_path).path
+    m = manifest_of(backup)
+    assert sorted(t["name"] for t in m["tables"]) == sorted(names)
+    assert {t["schema"] for t in m["tables"]} == {schema}
+    paths = [f["path"] for t in m["tables"] for f in t["files"]]
+    assert len(set(p.lower() for p in paths)) == len(names)  # distinct, even ignoring case
+    for p in paths:
+        assert p.startswith("data/") and all(c.isascii() and (c.isalnum() or c in "._-")
+                                             for c in p[5:]), p
+        assert len(p.encode()) < 120
+    rows = read_rows(backup)
+    for i, name in enumerate(names):
+        assert rows[(schema, name)] == [
+            {"r": i, 'a"b': f"v{i}", "col with space": i, "ünï": "ü", "select": i}]
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_other_compressions(db: Database, tmp_path: Path, compression: str) -> None:
+    db.execute(SHOP)
+    backup = run_dump(db, tmp_path, compression=compression).path
+    suffix = {"gzip": ".ndjson.gz", "none": ".ndjson"}[compression]
+    paths = [f["path"] for t in manifest_of(backup)["tables"] for f in t["files"]]
+    assert all(p.endswith(suffix) for p in paths)
+    assert sum(len(v) for v in read_rows(backup).values()) == 2070
+    if compression == "gzip" and shutil.which("gzip"):
+        subprocess.run(["gzip", "-t", *paths], cwd=backup, check=True)
+
+
+def test_files_are_private_whatever_the_umask(db: Database, tmp_path: Path) -> None:
+    db.execute(SHOP)
+    old = os.umask(0)
+    try:
+        backup = run_dump(db, tmp_path).path
+    finally:
+        os.umask(old)
+    for path in [backup, *backup.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+
+
+def test_database_url_from_dotenv_file(db: Database, tmp_path: Path) -> None:
+    """What the old script did: DATABASE_URL from ./.env."""
+    db.execute(SHOP)
+    (tmp_path / ".env").write_text(f"DATABASE_URL={db.dsn}\n")
+    run = run_cli("dump", "-o", "out", "--name", "b", "-t", "customers", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(tmp_path / "out" / "b")
+    assert table_entry(tmp_path / "out" / "b", "public", "customers")["rows"] == 50
+    assert "s3cret" not in run.stdout + run.stderr
+
+
+def test_database_url_from_environment_and_pg_variables(db: Database, tmp_path: Path) -> None:
+    db.execute(SHOP)
+    env = clean_env(DATABASE_URL=db.dsn)
+    run = run_cli("dump", "-o", str(tmp_path), "--name", "a", "-t", "customers", env=env)
+    assert run.returncode == 0, run.stderr
+    pg = db.postgres
+    env = clean_env(PGHOST=pg.host, PGPORT=str(pg.port), PGUSER="postgres",
+                    PGPASSWORD="s3cret-test-pw", PGDATABASE=db.name)
+    run = run_cli("dump", "-o", str(tmp_path), "--name", "b", "-t", "customers", env=env)
+    assert run.returncode == 0, run.stderr
+    assert "s3cret" not in run.stdout + run.stderr
+
+
+def test_plain_log_off_a_terminal_and_quiet(db: Database, tmp_path: Path) -> None:
+    db.execute(SHOP)
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "a")
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert any("dump started: 4 tables" in line for line in lines)
+    assert sum("copied " in line for line in lines) == 4
+    assert any("dump complete" in line for line in lines)
+    assert "\x1b[" not in run.stderr  # no colour or cursor movement in logs
+    quiet = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "b", "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+
+
+def test_empty_and_columnless_tables(db: Database, tmp_path: Path) -> None:
+    db.execute("CREATE TABLE empty (id int); CREATE TABLE nocols (); "
+               "INSERT INTO nocols DEFAULT VALUES; INSERT INTO nocols DEFAULT VALUES;")
+    backup = run_dump(db, tmp_path).path
+    rows = read_rows(backup)
+    assert rows[("public", "empty")] == []
+    assert rows[("public", "nocols")] == [{}, {}]
+
+
+def test_no_tables_in_database_is_an_error(db: Database, tmp_path: Path) -> None:
+    with pytest.raises(NoTablesMatched):
+        run_dump(db, tmp_path)
+    assert list(tmp_path.iterdir()) == []
