@@ -298,9 +298,24 @@ async def _copy_all(
     except BaseExceptionGroup as group:
         raise _most_telling(group) from None
     finally:
-        # terminate, not close: after a failure, close would wait for cancelled COPYs.
-        pool.terminate()
+        await _close_pool(pool)
     return stored
+
+
+# How long a failed or cancelled dump waits for the server to cancel its COPYs and for
+# the connections to close cleanly before it cuts them.
+_CLOSE_GRACE = 5.0
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    """Close the pool, shielded from cancellation: cancelled COPYs get a cancel request
+    from asyncpg; closing waits for the server to acknowledge it, so no backend keeps
+    streaming into a closed socket. Terminate if that takes too long."""
+    with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(_CLOSE_GRACE) as grace:
+            await pool.close()
+        if grace.cancelled_caught:
+            pool.terminate()
 
 
 def _most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:

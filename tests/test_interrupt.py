@@ -1,0 +1,95 @@
+"""Interrupted dumps leave nothing that looks complete, and release the server."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+import asyncsnap
+from asyncsnap.progress import ChunkProgress, Event
+
+from .conftest import Database, clean_env
+
+BIG = """
+CREATE TABLE big (id int, pad text);
+INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 300000) g;
+CREATE TABLE small (id int);
+INSERT INTO small SELECT generate_series(1, 10);
+ANALYZE;
+"""
+
+
+async def _asyncsnap_backends(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for _ in range(50):
+            count: int = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'asyncsnap'"
+            )
+            if count == 0:
+                return 0
+            await anyio.sleep(0.1)
+        return count
+    finally:
+        await conn.close()
+
+
+def test_interrupted_dump_cancel_mid_copy_leaves_no_manifest(db: Database, tmp_path: Path) -> None:
+    """Cancelling the library call during a COPY removes the .partial directory, leaves
+    no manifest and no final-named directory, and closes every server session."""
+    db.execute(BIG)
+    seen: list[ChunkProgress] = []
+
+    async def go() -> None:
+        with anyio.CancelScope() as scope:
+
+            def on_event(event: Event) -> None:
+                if isinstance(event, ChunkProgress) and event.label == "public.big":
+                    seen.append(event)
+                    scope.cancel()
+
+            await asyncsnap.dump(db.dsn, output=tmp_path, name="cancelled", on_event=on_event)
+            pytest.fail("the dump finished before it could be cancelled")
+        assert await _asyncsnap_backends(db.dsn) == 0
+
+    anyio.run(go, backend="asyncio")
+    assert seen and 0 < seen[0].rows < 300_000  # it really was mid-COPY
+    assert list(tmp_path.iterdir()) == []
+    assert not list(tmp_path.rglob("manifest.json"))
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_mid_dump_exits_with_signal_code_and_keeps_nothing(
+    db: Database, tmp_path: Path, signum: int, code: int
+) -> None:
+    db.execute(BIG)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", str(tmp_path), "--name", "b",
+         "--compress", "none"],
+        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        partial_data = tmp_path / "b.partial" / "data"
+        # Wait until the big table's file is being written.
+        while not any(p.stat().st_size > 1_000_000 for p in partial_data.glob(".*big*.tmp")
+                      if p.exists()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the dump never started writing"
+            time.sleep(0.01)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert f"interrupted by {signal.Signals(signum).name}" in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+    assert anyio.run(_asyncsnap_backends, db.dsn, backend="asyncio") == 0
