@@ -63,8 +63,7 @@ class Table:
     kind: TableKind
     parent: tuple[str, str] | None  # (schema, name) of the partitioned parent
     est_rows: int  # pg_class.reltuples, never negative; an estimate for progress only
-    heap_bytes: int  # main fork size, for largest-first scheduling
-    table_bytes: int  # heap + TOAST, no indexes: what a reader has to scan
+    table_bytes: int  # heap + TOAST, no indexes (estimate until describe_tables)
     readable: bool  # the role has SELECT on it
     columns: tuple[Column, ...] = ()
     primary_key: tuple[str, ...] = ()
@@ -147,11 +146,14 @@ SELECT c.oid,
        pn.nspname AS parent_schema,
        pc.relname AS parent_name,
        greatest(c.reltuples, 0)::bigint AS est_rows,
-       pg_relation_size(c.oid) AS heap_bytes,
-       pg_table_size(c.oid) AS table_bytes,
+       -- relpages, not pg_table_size(): size functions lock the table, and this runs
+       -- before our lock_timeout-bounded LOCKs (it would wait behind a migration).
+       (c.relpages::bigint + coalesce(tc.relpages, 0))
+           * current_setting('block_size')::bigint AS table_bytes,
        has_table_privilege(c.oid, 'SELECT') AS readable
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_class tc ON tc.oid = c.reltoastrelid
 LEFT JOIN pg_inherits i ON c.relispartition AND i.inhrelid = c.oid
 LEFT JOIN pg_class pc ON pc.oid = i.inhparent
 LEFT JOIN pg_namespace pn ON pn.oid = pc.relnamespace
@@ -187,7 +189,6 @@ async def list_tables(conn: asyncpg.Connection) -> list[Table]:
                 kind=kind,
                 parent=parent,
                 est_rows=r["est_rows"],
-                heap_bytes=r["heap_bytes"],
                 table_bytes=r["table_bytes"],
                 readable=r["readable"],
             )
@@ -224,6 +225,11 @@ WHERE con.conrelid = ANY($1::oid[]) AND con.contype IN ('p', 'f')
 ORDER BY con.conrelid, con.conname
 """
 
+_SIZES_SQL = """
+SELECT c.oid, pg_table_size(c.oid) AS table_bytes
+FROM pg_class c WHERE c.oid = ANY($1::oid[])
+"""
+
 _TYPES_SQL = """
 SELECT t.oid, n.nspname AS schema, t.typname AS name, t.typtype::text AS typtype, t.typcategory::text AS category,
        t.typbasetype AS base_type, t.typelem AS element
@@ -232,8 +238,12 @@ FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
 
 
 async def describe_tables(conn: asyncpg.Connection, tables: list[Table]) -> list[Table]:
-    """Return ``tables`` with columns, primary keys and foreign keys filled in."""
+    """Return ``tables`` with columns, keys and exact sizes filled in.
+
+    Call it after the tables are locked: the size functions take a lock of their own.
+    """
     oids = [t.oid for t in tables]
+    sizes = {r["oid"]: r["table_bytes"] for r in await conn.fetch(_SIZES_SQL, oids)}
     columns: dict[int, list[Column]] = {}
     for r in await conn.fetch(_COLUMNS_SQL, oids):
         columns.setdefault(r["oid"], []).append(
@@ -269,6 +279,7 @@ async def describe_tables(conn: asyncpg.Connection, tables: list[Table]) -> list
             columns=tuple(columns.get(t.oid, ())),
             primary_key=pkeys.get(t.oid, ()),
             foreign_keys=tuple(fkeys.get(t.oid, ())),
+            table_bytes=sizes.get(t.oid, t.table_bytes),
         )
         for t in tables
     ]

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from . import __version__
 from .dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
-from .errors import AsyncsnapError, ExitCode, Interrupted
+from .errors import AsyncsnapError, ExitCode, Interrupted, most_telling
 from .progress import DumpFinished, Event, LiveDisplay, PlainLog, summary_table
 from .storage import Compression
 
@@ -111,7 +111,10 @@ def run_cancellable(work: Callable[[], Awaitable[T]]) -> T:
             tg.cancel_scope.cancel()
         return result
 
-    outcome = anyio.run(main, backend="asyncio")
+    try:
+        outcome = anyio.run(main, backend="asyncio")
+    except BaseExceptionGroup as group:
+        raise most_telling(group) from None
     if received:
         signum = received[0]
         name = signal.Signals(signum).name

@@ -51,6 +51,7 @@ from .errors import (
     LockTimeout,
     PermissionDenied,
     UsageError,
+    most_telling,
 )
 from .patterns import Selection
 from .plan import Chunk, RestoreOrder, plan_chunks, restore_order
@@ -296,7 +297,7 @@ async def _copy_all(
             for _ in range(workers):
                 tg.start_soon(worker)
     except BaseExceptionGroup as group:
-        raise _most_telling(group) from None
+        raise most_telling(group) from None
     finally:
         await _close_pool(pool)
     return stored
@@ -316,29 +317,6 @@ async def _close_pool(pool: asyncpg.Pool) -> None:
             await pool.close()
         if grace.cancelled_caught:
             pool.terminate()
-
-
-def _most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The exception to report from a failed task group.
-
-    Sibling tasks die of cancellation once one fails; the first of our own errors is the
-    cause, then any other error, then whatever is left (e.g. the cancellation itself).
-    """
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for kind in (AsyncsnapError, Exception):
-        for exc in leaves:
-            if isinstance(exc, kind):
-                return exc
-    return leaves[0]
 
 
 async def _copy_chunk(

@@ -121,3 +121,26 @@ class Interrupted(AsyncsnapError):
     def __init__(self, message: str, *, exit_code: int, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.exit_code = exit_code
+
+
+def most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception to report from a failed task group.
+
+    Sibling tasks die of cancellation once one fails; the first of our own errors is the
+    cause, then any other error, then whatever is left (e.g. the cancellation itself).
+    """
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for kind in (AsyncsnapError, Exception):
+        for exc in leaves:
+            if isinstance(exc, kind):
+                return exc
+    return leaves[0]

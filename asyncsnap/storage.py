@@ -73,6 +73,11 @@ def _output_error(exc: OSError, path: Path) -> OutputError:
             f"no space left on device while writing {path}",
             hint="free space or choose another -o directory; nothing was kept",
         )
+    if exc.errno == errno.EFBIG:
+        return DiskFull(
+            f"file too large while writing {path} (file size limit)",
+            hint="raise the limit (ulimit -f) or choose another -o directory; nothing was kept",
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputNotWritable(
             f"cannot write {path}: {exc.strerror}",
@@ -241,6 +246,8 @@ class BackupDirectory:
         """Create ``<parent>/<name>.partial`` (and ``parent`` if missing), mode 0700."""
         cls.check_free(parent, name)
         backup = cls(parent, name)
+        if parent.exists() and not parent.is_dir():
+            raise OutputNotWritable(f"{parent} is not a directory", hint="-o takes a directory")
         try:
             parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.mkdir(backup.path, 0o700)

@@ -17,7 +17,7 @@ import anyio
 import asyncpg
 import pytest
 
-from .pgserver import Server, throwaway_server, unprivileged_user
+from .pgserver import Server, throwaway_server
 
 
 @pytest.fixture
@@ -107,8 +107,8 @@ def db(postgres: Postgres) -> Iterator[Database]:
 
 
 @pytest.fixture
-def role(postgres: Postgres) -> Iterator[tuple[str, str]]:
-    """A login role without privileges, dropped afterwards: (name, password)."""
+def role(postgres: Postgres, db: Database) -> Iterator[tuple[str, str]]:
+    """A login role without privileges, for ``db``; dropped afterwards: (name, password)."""
     name, password = f"asyncsnap_role_{uuid.uuid4().hex[:8]}", "role-pw-" + uuid.uuid4().hex[:6]
     anyio.run(
         execute, postgres.admin_dsn, f"CREATE ROLE {name} LOGIN PASSWORD '{password}'",
@@ -117,8 +117,8 @@ def role(postgres: Postgres) -> Iterator[tuple[str, str]]:
     try:
         yield name, password
     finally:
-        anyio.run(execute, postgres.admin_dsn, f"DROP OWNED BY {name} CASCADE; DROP ROLE {name}",
-                  backend="asyncio")
+        db.execute(f"DROP OWNED BY {name} CASCADE")
+        anyio.run(execute, postgres.admin_dsn, f"DROP ROLE {name}", backend="asyncio")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -137,14 +137,11 @@ class CliRun:
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            as_unprivileged: bool = False, timeout: float = 120) -> CliRun:
+            timeout: float = 120) -> CliRun:
     """Run the real ``asyncsnap`` command in a child process."""
-    kwargs: dict[str, Any] = {}
-    if as_unprivileged and (user := unprivileged_user()) is not None:
-        kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
     proc = subprocess.run(
         [sys.executable, "-m", "asyncsnap", *args],
         capture_output=True, text=True, cwd=cwd, env=env if env is not None else clean_env(),
-        timeout=timeout, **kwargs,
+        timeout=timeout,
     )
     return CliRun(proc.returncode, proc.stdout, proc.stderr)

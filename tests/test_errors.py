@@ -1,0 +1,209 @@
+"""Every expected failure: one error line, a hint, its documented exit code, no traceback,
+no password, and nothing left that looks like a backup."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from .conftest import CliRun, Database, Postgres, clean_env, run_cli
+from .pgserver import PASSWORD, free_port
+
+
+def assert_failure(run: CliRun, code: int, message: str) -> None:
+    assert run.returncode == code, (run.returncode, run.stdout, run.stderr)
+    lines = run.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], run.stderr
+    assert any(line.startswith("hint: ") for line in lines), run.stderr
+    assert "Traceback" not in run.stderr
+    assert PASSWORD not in run.stdout + run.stderr
+    assert run.stdout == ""
+
+
+def assert_nothing_written(out: Path) -> None:
+    assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
+
+
+def test_server_unreachable_exit_3(tmp_path: Path) -> None:
+    dsn = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{free_port()}/x"
+    run = run_cli("dump", dsn, "-o", str(tmp_path / "out"))
+    assert_failure(run, 3, "could not connect to 127.0.0.1")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_unknown_host_exit_3(tmp_path: Path) -> None:
+    run = run_cli("dump", "postgresql://u@no-such-host.invalid/x", "-o", str(tmp_path))
+    assert_failure(run, 3, "could not resolve host 'no-such-host.invalid'")
+
+
+def test_authentication_failed_exit_3(db: Database, tmp_path: Path) -> None:
+    dsn = db.postgres.dsn(db.name, user="postgres", password="wrong-" + PASSWORD)
+    run = run_cli("dump", dsn, "-o", str(tmp_path))
+    assert_failure(run, 3, "authentication failed for user 'postgres'")
+    assert "wrong-" not in run.stderr
+    assert_nothing_written(tmp_path)
+
+
+def test_database_missing_exit_3(postgres: Postgres, tmp_path: Path) -> None:
+    run = run_cli("dump", postgres.dsn("no_such_db"), "-o", str(tmp_path))
+    assert_failure(run, 3, "database 'no_such_db' does not exist")
+
+
+def test_no_table_matches_exit_2(db: Database, tmp_path: Path) -> None:
+    db.execute("CREATE TABLE t (id int)")
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), "-t", "nope*", "-N", "public")
+    assert_failure(run, 2, "no table matches the filters: -t nope* -N public")
+    assert_nothing_written(tmp_path)
+
+
+def test_bad_pattern_and_bad_options_exit_2(db: Database, tmp_path: Path) -> None:
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), "-t", '"unterminated')
+    assert_failure(run, 2, "unterminated double quote")
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), "-j", "0")
+    assert run.returncode == 2 and "Invalid value" in run.stderr
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--compress", "lz4")
+    assert run.returncode == 2
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "../escape")
+    assert_failure(run, 2, "invalid backup name")
+    assert_nothing_written(tmp_path)
+
+
+def test_permission_denied_on_a_table_exit_1(
+    db: Database, role: tuple[str, str], tmp_path: Path
+) -> None:
+    name, password = role
+    db.execute(f"CREATE TABLE open (id int); CREATE TABLE secret (id int); "
+               f"CREATE TABLE secret2 (id int); GRANT SELECT ON open TO {name}")
+    dsn = db.postgres.dsn(db.name, user=name, password=password)
+    run = run_cli("dump", dsn, "-o", str(tmp_path))
+    assert_failure(run, 1, "permission denied for tables public.secret, public.secret2")
+    assert password not in run.stderr
+    assert_nothing_written(tmp_path)
+    ok = run_cli("dump", dsn, "-o", str(tmp_path), "-T", "secret*")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_lock_timeout_names_the_table_exit_1(db: Database, tmp_path: Path) -> None:
+    db.execute("CREATE TABLE busy (id int); CREATE TABLE calm (id int)")
+
+    async def scenario() -> CliRun:
+        holder = await asyncpg.connect(db.dsn)
+        try:
+            await holder.execute("BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")
+            return await anyio.to_thread.run_sync(
+                lambda: run_cli("dump", db.dsn, "-o", str(tmp_path), "--lock-timeout", "0.5"))
+        finally:
+            await holder.close()
+
+    run = anyio.run(scenario, backend="asyncio")
+    assert_failure(run, 1, "could not lock table public.busy within 0.5s")
+    assert_nothing_written(tmp_path)
+
+
+def test_output_name_taken_exit_4(db: Database, tmp_path: Path) -> None:
+    db.execute("CREATE TABLE t (id int)")
+    (tmp_path / "nightly").mkdir()
+    (tmp_path / "nightly" / "keep.txt").write_text("mine")
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "nightly")
+    assert_failure(run, 4, "nightly already exists")
+    assert (tmp_path / "nightly" / "keep.txt").read_text() == "mine"
+    (tmp_path / "other.partial").mkdir()
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "other")
+    assert_failure(run, 4, "other.partial already exists")
+
+
+@contextlib.contextmanager
+def readonly_directory() -> Iterator[Path]:
+    """A directory we cannot write to. Root ignores permission bits, so as root it is a
+    read-only tmpfs (EROFS); as anyone else a mode 0555 directory (EACCES)."""
+    path = Path(tempfile.mkdtemp(prefix="asyncsnap-ro-"))
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True
+    ).returncode == 0
+    if os.geteuid() == 0 and not mounted:
+        subprocess.run(["rm", "-rf", str(path)], check=False)
+        pytest.skip("root without permission to mount: no directory is unwritable for us")
+    try:
+        if not mounted:
+            path.chmod(0o555)
+        yield path
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(path)], check=False)
+        else:
+            path.chmod(0o755)
+        subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+def test_output_not_writable_exit_4(db: Database, tmp_path: Path) -> None:
+    db.execute("CREATE TABLE t (id int)")
+    with readonly_directory() as ro:
+        run = run_cli("dump", db.dsn, "-o", str(ro / "sub"))
+        assert_failure(run, 4, "cannot write")
+        assert list(ro.iterdir()) == []
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    run = run_cli("dump", db.dsn, "-o", str(not_a_dir))
+    assert_failure(run, 4, "is not a directory")
+
+
+@contextlib.contextmanager
+def small_filesystem() -> Iterator[tuple[Path, dict[str, object]]]:
+    """A 1 MiB tmpfs when we may mount one; else a 1 MiB file-size limit (EFBIG)."""
+    path = Path(tempfile.mkdtemp(prefix="asyncsnap-full-"))
+    mounted = False
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
+                                 capture_output=True).returncode == 0
+    try:
+        if mounted:
+            yield path, {}
+        else:
+            def limit() -> None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+            yield path, {"preexec_fn": limit}
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(path)], check=False)
+        subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+def test_disk_full_exit_4_and_no_manifest(db: Database) -> None:
+    db.execute("CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS v "
+               "FROM generate_series(1, 100000) g")
+    with small_filesystem() as (path, kwargs):
+        proc = subprocess.run(
+            [sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", str(path / "out"),
+             "--compress", "none"],
+            capture_output=True, text=True, env=clean_env(), timeout=120, **kwargs,  # type: ignore[call-overload]
+        )
+        run = CliRun(proc.returncode, proc.stdout, proc.stderr)
+        assert_failure(run, 4, "no space left on device" if not kwargs else "file too large")
+        assert not list(path.rglob("manifest.json"))
+        assert not (path / "out").exists() or list((path / "out").iterdir()) == []
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    dsn = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{free_port()}/x"
+    run = run_cli("dump", dsn, "-o", str(tmp_path), "--debug")
+    assert run.returncode == 3 and "Traceback" in run.stderr
+    assert PASSWORD not in run.stderr
+
+
+def test_password_never_printed_with_pgpassword(db: Database, tmp_path: Path) -> None:
+    env = clean_env(PGPASSWORD="wrong-" + PASSWORD, PGHOST=db.postgres.host,
+                    PGPORT=str(db.postgres.port), PGUSER="postgres", PGDATABASE=db.name)
+    run = run_cli("dump", "-o", str(tmp_path), "--debug", env=env)
+    assert run.returncode == 3
+    assert "wrong-" not in run.stderr + run.stdout
