@@ -231,7 +231,8 @@ FROM pg_class c WHERE c.oid = ANY($1::oid[])
 """
 
 _TYPES_SQL = """
-SELECT t.oid, n.nspname AS schema, t.typname AS name, t.typtype::text AS typtype, t.typcategory::text AS category,
+SELECT t.oid, n.nspname AS schema, t.typname AS name,
+       t.typtype::text AS typtype, t.typcategory::text AS category,
        t.typbasetype AS base_type, t.typelem AS element
 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
 """

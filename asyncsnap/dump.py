@@ -45,7 +45,6 @@ from .connection import (
     translate_connect_error,
 )
 from .errors import (
-    AsyncsnapError,
     DataIntegrityError,
     DumpFailed,
     LockTimeout,
@@ -140,21 +139,19 @@ async def dump(
         result = anyio.run(lambda: asyncsnap.dump("postgresql:///app", output="backups"))
         print(result.path, result.rows)
     """
-    if not isinstance(jobs, int) or jobs < 1:
-        raise UsageError(f"-j must be at least 1, not {jobs!r}", hint="try -j 2")
-    if compression not in COMPRESSIONS:
-        raise UsageError(f"unknown compression {compression!r}", hint="use zstd, gzip or none")
-    if lock_timeout < 0:
-        raise UsageError("--lock-timeout cannot be negative", hint="0 waits forever")
-    selection = Selection.from_strings(
-        include=tables, exclude=exclude_tables, schemas=schemas, exclude_schemas=exclude_schemas
+    selection, output, name = _check_arguments(
+        output=output,
+        jobs=jobs,
+        tables=tables,
+        exclude_tables=exclude_tables,
+        schemas=schemas,
+        exclude_schemas=exclude_schemas,
+        compression=compression,
+        name=name,
+        lock_timeout=lock_timeout,
     )
     emit: EventCallback = on_event or (lambda event: None)
     dsn = resolve_dsn(dsn)
-    output = Path(output).absolute()
-    name = name or default_backup_name()
-    # Fail on a bad or taken name before connecting; create() checks again later.
-    BackupDirectory.check_free(output, name)
 
     started = time.monotonic()
     started_at = datetime.now(UTC)
@@ -241,6 +238,34 @@ async def dump(
         )
     )
     return result
+
+
+def _check_arguments(
+    *,
+    output: str | Path,
+    jobs: int,
+    tables: Iterable[str],
+    exclude_tables: Iterable[str],
+    schemas: Iterable[str],
+    exclude_schemas: Iterable[str],
+    compression: str,
+    name: str | None,
+    lock_timeout: float,
+) -> tuple[Selection, Path, str]:
+    """Everything that can be wrong before connecting: fail fast, write nothing."""
+    if not isinstance(jobs, int) or jobs < 1:
+        raise UsageError(f"-j must be at least 1, not {jobs!r}", hint="try -j 2")
+    if compression not in COMPRESSIONS:
+        raise UsageError(f"unknown compression {compression!r}", hint="use zstd, gzip or none")
+    if lock_timeout < 0:
+        raise UsageError("--lock-timeout cannot be negative", hint="0 waits forever")
+    selection = Selection.from_strings(
+        include=tables, exclude=exclude_tables, schemas=schemas, exclude_schemas=exclude_schemas
+    )
+    output_dir = Path(output).absolute()
+    name = name or default_backup_name()
+    BackupDirectory.check_free(output_dir, name)  # create() checks again later
+    return selection, output_dir, name
 
 
 def _refuse_unreadable(tables: Sequence[Table]) -> None:

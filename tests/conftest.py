@@ -111,7 +111,9 @@ def role(postgres: Postgres, db: Database) -> Iterator[tuple[str, str]]:
     """A login role without privileges, for ``db``; dropped afterwards: (name, password)."""
     name, password = f"asyncsnap_role_{uuid.uuid4().hex[:8]}", "role-pw-" + uuid.uuid4().hex[:6]
     anyio.run(
-        execute, postgres.admin_dsn, f"CREATE ROLE {name} LOGIN PASSWORD '{password}'",
+        execute,
+        postgres.admin_dsn,
+        f"CREATE ROLE {name} LOGIN PASSWORD '{password}'",
         backend="asyncio",
     )
     try:
@@ -123,8 +125,11 @@ def role(postgres: Postgres, db: Database) -> Iterator[tuple[str, str]]:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a CLI run: no DATABASE_URL or PG* variables from outside."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PG") and k not in ("DATABASE_URL", "ASYNCSNAP_TEST_DSN")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PG") and k not in ("DATABASE_URL", "ASYNCSNAP_TEST_DSN")
+    }
     env.update(extra)
     return env
 
@@ -136,12 +141,16 @@ class CliRun:
     stderr: str
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 120) -> CliRun:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> CliRun:
     """Run the real ``asyncsnap`` command in a child process."""
     proc = subprocess.run(
         [sys.executable, "-m", "asyncsnap", *args],
-        capture_output=True, text=True, cwd=cwd, env=env if env is not None else clean_env(),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env if env is not None else clean_env(),
         timeout=timeout,
     )
     return CliRun(proc.returncode, proc.stdout, proc.stderr)

@@ -72,8 +72,9 @@ class Server:
     def datadir(self) -> Path:
         return self.root / "data"
 
-    def dsn(self, database: str = "postgres", *, user: str = SUPERUSER,
-            password: str = PASSWORD) -> str:
+    def dsn(
+        self, database: str = "postgres", *, user: str = SUPERUSER, password: str = PASSWORD
+    ) -> str:
         return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -81,8 +82,12 @@ class Server:
         if self.user is not None:
             kwargs = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
         return subprocess.run(  # type: ignore[call-overload,no-any-return]
-            [str(a) for a in args], capture_output=True, text=True, check=True,
-            cwd=self.root, **kwargs
+            [str(a) for a in args],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=self.root,
+            **kwargs,
         )
 
     def start(self) -> None:
@@ -93,9 +98,19 @@ class Server:
         if self.user is not None:
             os.chown(pwfile, self.user.pw_uid, self.user.pw_gid)
         self._run(
-            self.bindir / "initdb", "-D", self.datadir, "-U", SUPERUSER, "--pwfile", pwfile,
-            "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
-            "--locale=C", "--no-sync",
+            self.bindir / "initdb",
+            "-D",
+            self.datadir,
+            "-U",
+            SUPERUSER,
+            "--pwfile",
+            pwfile,
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
         )
         # A non-UTC zone, so tests see that output does not depend on it.
         options = (
@@ -104,8 +119,19 @@ class Server:
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60 "
             "-c timezone=America/Sao_Paulo"
         )
-        self._run(self.bindir / "pg_ctl", "-D", self.datadir, "-o", options,
-                  "-l", self.root / "server.log", "-w", "-t", "60", "start")
+        self._run(
+            self.bindir / "pg_ctl",
+            "-D",
+            self.datadir,
+            "-o",
+            options,
+            "-l",
+            self.root / "server.log",
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):

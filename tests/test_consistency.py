@@ -52,9 +52,11 @@ async def test_consistency_under_concurrent_transfers(db: Database, tmp_path: Pa
                 a, b, amount = rng.randint(1, ROWS), rng.randint(1, ROWS), rng.randint(1, 50)
                 async with mover.transaction():
                     await mover.execute(
-                        f"UPDATE {src} SET balance = balance - $1 WHERE id = $2", amount, a)
+                        f"UPDATE {src} SET balance = balance - $1 WHERE id = $2", amount, a
+                    )
                     await mover.execute(
-                        f"UPDATE {dst} SET balance = balance + $1 WHERE id = $2", amount, b)
+                        f"UPDATE {dst} SET balance = balance + $1 WHERE id = $2", amount, b
+                    )
                 commits += 1
         finally:
             await mover.close()

@@ -51,8 +51,12 @@ def test_dump_output_opens_in_plain_tools(db: Database, tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.partial"))
 
     if shutil.which("sha256sum"):
-        check = subprocess.run(["sha256sum", "-c", "--strict", manifest.SUMS_NAME], cwd=backup,
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            ["sha256sum", "-c", "--strict", manifest.SUMS_NAME],
+            cwd=backup,
+            capture_output=True,
+            text=True,
+        )
         assert check.returncode == 0, check.stdout + check.stderr
         assert check.stdout.count(": OK") == 4
     rows = read_rows(backup)
@@ -64,8 +68,13 @@ def test_dump_output_opens_in_plain_tools(db: Database, tmp_path: Path) -> None:
         assert all(list(r) == [c["name"] for c in entry["columns"]] for r in lines)
     if shutil.which("zstd") and shutil.which("jq"):
         f = backup / table_entry(backup, "public", "orders")["files"][0]["path"]
-        jq = subprocess.run(f"zstd -dc '{f}' | jq -c .customer_id | wc -l", shell=True,
-                            capture_output=True, text=True, check=True)
+        jq = subprocess.run(
+            f"zstd -dc '{f}' | jq -c .customer_id | wc -l",
+            shell=True,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert int(jq.stdout) == 500
 
 
@@ -77,12 +86,16 @@ def test_dump_result_matches_manifest(db: Database, tmp_path: Path) -> None:
     assert m["totals"]["rows"] == result.rows == 50 + 500 + 1500 + 20
     assert result.files == len(result.tables) == 4
     assert {(t.schema, t.name) for t in result.tables} == {
-        ("public", "customers"), ("public", "orders"), ("public", "order_lines"), ("audit", "log")
+        ("public", "customers"),
+        ("public", "orders"),
+        ("public", "order_lines"),
+        ("audit", "log"),
     }
     for t in result.tables:
         for f in t.files:
-            assert (result.path / f).stat().st_size == table_entry(
-                result.path, t.schema, t.name)["files"][0]["stored_bytes"]
+            assert (result.path / f).stat().st_size == table_entry(result.path, t.schema, t.name)[
+                "files"
+            ][0]["stored_bytes"]
     assert m["snapshot"]["id"] == result.snapshot_id
     assert m["server"]["database"] == db.name and m["server"]["user"] == "postgres"
     assert "password" not in json.dumps(m).lower()
@@ -100,11 +113,15 @@ def test_manifest_describes_tables_keys_and_sequences(db: Database, tmp_path: Pa
     assert cols["id"]["identity"] == "always" and cols["id"]["type"] == "bigint"
     assert cols["total"]["type"] == "numeric(12,2)" and not cols["total"]["not_null"]
     assert cols["customer_id"]["not_null"]
-    assert orders["foreign_keys"] == [{
-        "name": "orders_customer_id_fkey", "columns": ["customer_id"],
-        "references": {"schema": "public", "name": "customers", "columns": ["id"]},
-        "deferrable": False, "initially_deferred": False,
-    }]
+    assert orders["foreign_keys"] == [
+        {
+            "name": "orders_customer_id_fkey",
+            "columns": ["customer_id"],
+            "references": {"schema": "public", "name": "customers", "columns": ["id"]},
+            "deferrable": False,
+            "initially_deferred": False,
+        }
+    ]
     lines = table_entry(backup, "public", "order_lines")
     assert lines["foreign_keys"][0]["deferrable"] and lines["foreign_keys"][0]["initially_deferred"]
 
@@ -129,7 +146,9 @@ def test_filters_select_tables_like_pg_dump(db: Database, tmp_path: Path) -> Non
 
     assert tables_of(tables=["order*"]) == {"public.orders", "public.order_lines"}
     assert tables_of(tables=["public.*"], exclude_tables=["*lines"]) == {
-        "public.customers", "public.orders"}
+        "public.customers",
+        "public.orders",
+    }
     assert tables_of(schemas=["audit"]) == {"audit.log"}
     assert tables_of(exclude_schemas=["public"]) == {"audit.log"}
     assert tables_of(tables=["ORDERS"]) == {"public.orders"}  # unquoted: folded
@@ -154,8 +173,10 @@ def test_partitioned_table_rows_written_once(db: Database, tmp_path: Path) -> No
     rows = read_rows(result.path)
     ids = sorted(r["id"] for lines in rows.values() for r in lines)
     assert ids == list(range(600))  # every row once, none twice
-    kinds = {t["name"]: (t["kind"], t["parent"], len(t["files"]))
-             for t in manifest_of(result.path)["tables"]}
+    kinds = {
+        t["name"]: (t["kind"], t["parent"], len(t["files"]))
+        for t in manifest_of(result.path)["tables"]
+    }
     assert kinds == {
         "m": ("partitioned", None, 0),
         "m_2024": ("partitioned", {"schema": "public", "name": "m"}, 0),
@@ -179,8 +200,15 @@ def test_lossy_values_are_written_distinguishably(db: Database, tmp_path: Path) 
     """)
     backup = run_dump(db, tmp_path).path
     encodings = {c["name"]: c["encoding"] for c in table_entry(backup, "public", "v")["columns"]}
-    assert encodings == {"id": "json", "jb": "text", "j": "text", "f": "json", "a": "array",
-                         "a2": "array", "t": "json"}
+    assert encodings == {
+        "id": "json",
+        "jb": "text",
+        "j": "text",
+        "f": "json",
+        "a": "array",
+        "a2": "array",
+        "t": "json",
+    }
     r1, r2, r3 = sorted(read_rows(backup)[("public", "v")], key=lambda r: r["id"])
     assert r1["jb"] == "null" and r2["jb"] is None and r3["jb"] == '{"a": null}'
     assert r1["j"] == '{"k": 1, "k": 2}'  # duplicate keys survive as text
@@ -197,8 +225,19 @@ def test_lossy_values_are_written_distinguishably(db: Database, tmp_path: Path) 
 def test_hostile_table_and_column_names_round_through(db: Database, tmp_path: Path) -> None:
     """Quotes, '/', '.', spaces, unicode, 63-byte names, names differing in case."""
     long_name = "x" * 63
-    names = ['we"ird', "a/b", "..", ".hidden", "with space", "таблица😀", long_name,
-             "Users", "users", "select", "; DROP TABLE users; --"]
+    names = [
+        'we"ird',
+        "a/b",
+        "..",
+        ".hidden",
+        "with space",
+        "таблица😀",
+        long_name,
+        "Users",
+        "users",
+        "select",
+        "; DROP TABLE users; --",
+    ]
     schema = 'sch.ema "q"'
     db.execute(f'CREATE SCHEMA "{schema.replace(chr(34), chr(34) * 2)}"')
     for i, name in enumerate(names):
@@ -218,13 +257,15 @@ def test_hostile_table_and_column_names_round_through(db: Database, tmp_path: Pa
     paths = [f["path"] for t in m["tables"] for f in t["files"]]
     assert len(set(p.lower() for p in paths)) == len(names)  # distinct, even ignoring case
     for p in paths:
-        assert p.startswith("data/") and all(c.isascii() and (c.isalnum() or c in "._-")
-                                             for c in p[5:]), p
+        assert p.startswith("data/") and all(
+            c.isascii() and (c.isalnum() or c in "._-") for c in p[5:]
+        ), p
         assert len(p.encode()) < 120
     rows = read_rows(backup)
     for i, name in enumerate(names):
         assert rows[(schema, name)] == [
-            {"r": i, 'a"b': f"v{i}", "col with space": i, "ünï": "ü", "select": i}]
+            {"r": i, 'a"b': f"v{i}", "col with space": i, "ünï": "ü", "select": i}
+        ]
 
 
 @pytest.mark.parametrize("compression", ["gzip", "none"])
@@ -268,8 +309,13 @@ def test_database_url_from_environment_and_pg_variables(db: Database, tmp_path: 
     run = run_cli("dump", "-o", str(tmp_path), "--name", "a", "-t", "customers", env=env)
     assert run.returncode == 0, run.stderr
     pg = db.postgres
-    env = clean_env(PGHOST=pg.host, PGPORT=str(pg.port), PGUSER="postgres",
-                    PGPASSWORD="s3cret-test-pw", PGDATABASE=db.name)
+    env = clean_env(
+        PGHOST=pg.host,
+        PGPORT=str(pg.port),
+        PGUSER="postgres",
+        PGPASSWORD="s3cret-test-pw",
+        PGDATABASE=db.name,
+    )
     run = run_cli("dump", "-o", str(tmp_path), "--name", "b", "-t", "customers", env=env)
     assert run.returncode == 0, run.stderr
     assert "s3cret" not in run.stdout + run.stderr
@@ -289,8 +335,10 @@ def test_plain_log_off_a_terminal_and_quiet(db: Database, tmp_path: Path) -> Non
 
 
 def test_empty_and_columnless_tables(db: Database, tmp_path: Path) -> None:
-    db.execute("CREATE TABLE empty (id int); CREATE TABLE nocols (); "
-               "INSERT INTO nocols DEFAULT VALUES; INSERT INTO nocols DEFAULT VALUES;")
+    db.execute(
+        "CREATE TABLE empty (id int); CREATE TABLE nocols (); "
+        "INSERT INTO nocols DEFAULT VALUES; INSERT INTO nocols DEFAULT VALUES;"
+    )
     backup = run_dump(db, tmp_path).path
     rows = read_rows(backup)
     assert rows[("public", "empty")] == []

@@ -83,8 +83,10 @@ def test_permission_denied_on_a_table_exit_1(
     db: Database, role: tuple[str, str], tmp_path: Path
 ) -> None:
     name, password = role
-    db.execute(f"CREATE TABLE open (id int); CREATE TABLE secret (id int); "
-               f"CREATE TABLE secret2 (id int); GRANT SELECT ON open TO {name}")
+    db.execute(
+        f"CREATE TABLE open (id int); CREATE TABLE secret (id int); "
+        f"CREATE TABLE secret2 (id int); GRANT SELECT ON open TO {name}"
+    )
     dsn = db.postgres.dsn(db.name, user=name, password=password)
     run = run_cli("dump", dsn, "-o", str(tmp_path))
     assert_failure(run, 1, "permission denied for tables public.secret, public.secret2")
@@ -102,7 +104,8 @@ def test_lock_timeout_names_the_table_exit_1(db: Database, tmp_path: Path) -> No
         try:
             await holder.execute("BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")
             return await anyio.to_thread.run_sync(
-                lambda: run_cli("dump", db.dsn, "-o", str(tmp_path), "--lock-timeout", "0.5"))
+                lambda: run_cli("dump", db.dsn, "-o", str(tmp_path), "--lock-timeout", "0.5")
+            )
         finally:
             await holder.close()
 
@@ -128,9 +131,13 @@ def readonly_directory() -> Iterator[Path]:
     """A directory we cannot write to. Root ignores permission bits, so as root it is a
     read-only tmpfs (EROFS); as anyone else a mode 0555 directory (EACCES)."""
     path = Path(tempfile.mkdtemp(prefix="asyncsnap-ro-"))
-    mounted = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True
-    ).returncode == 0
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
     if os.geteuid() == 0 and not mounted:
         subprocess.run(["rm", "-rf", str(path)], check=False)
         pytest.skip("root without permission to mount: no directory is unwritable for us")
@@ -164,14 +171,20 @@ def small_filesystem() -> Iterator[tuple[Path, dict[str, object]]]:
     path = Path(tempfile.mkdtemp(prefix="asyncsnap-full-"))
     mounted = False
     if os.geteuid() == 0:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
-                                 capture_output=True).returncode == 0
+        mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True
+            ).returncode
+            == 0
+        )
     try:
         if mounted:
             yield path, {}
         else:
+
             def limit() -> None:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
             yield path, {"preexec_fn": limit}
     finally:
         if mounted:
@@ -180,13 +193,28 @@ def small_filesystem() -> Iterator[tuple[Path, dict[str, object]]]:
 
 
 def test_disk_full_exit_4_and_no_manifest(db: Database) -> None:
-    db.execute("CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS v "
-               "FROM generate_series(1, 100000) g")
+    db.execute(
+        "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS v "
+        "FROM generate_series(1, 100000) g"
+    )
     with small_filesystem() as (path, kwargs):
         proc = subprocess.run(
-            [sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", str(path / "out"),
-             "--compress", "none"],
-            capture_output=True, text=True, env=clean_env(), timeout=120, **kwargs,  # type: ignore[call-overload]
+            [
+                sys.executable,
+                "-m",
+                "asyncsnap",
+                "dump",
+                db.dsn,
+                "-o",
+                str(path / "out"),
+                "--compress",
+                "none",
+            ],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=120,
+            **kwargs,  # type: ignore[call-overload]
         )
         run = CliRun(proc.returncode, proc.stdout, proc.stderr)
         assert_failure(run, 4, "no space left on device" if not kwargs else "file too large")
@@ -202,8 +230,13 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 
 
 def test_password_never_printed_with_pgpassword(db: Database, tmp_path: Path) -> None:
-    env = clean_env(PGPASSWORD="wrong-" + PASSWORD, PGHOST=db.postgres.host,
-                    PGPORT=str(db.postgres.port), PGUSER="postgres", PGDATABASE=db.name)
+    env = clean_env(
+        PGPASSWORD="wrong-" + PASSWORD,
+        PGHOST=db.postgres.host,
+        PGPORT=str(db.postgres.port),
+        PGUSER="postgres",
+        PGDATABASE=db.name,
+    )
     run = run_cli("dump", "-o", str(tmp_path), "--debug", env=env)
     assert run.returncode == 3
     assert "wrong-" not in run.stderr + run.stdout

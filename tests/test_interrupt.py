@@ -71,21 +71,36 @@ def test_signal_mid_dump_exits_with_signal_code_and_keeps_nothing(
 ) -> None:
     db.execute(BIG)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", str(tmp_path), "--name", "b",
-         "--compress", "none"],
-        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "asyncsnap",
+            "dump",
+            db.dsn,
+            "-o",
+            str(tmp_path),
+            "--name",
+            "b",
+            "--compress",
+            "none",
+        ],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
         partial_data = tmp_path / "b.partial" / "data"
         # Wait until the big table's file is being written.
-        while not any(p.stat().st_size > 1_000_000 for p in partial_data.glob(".*big*.tmp")
-                      if p.exists()):
+        while not any(
+            p.stat().st_size > 1_000_000 for p in partial_data.glob(".*big*.tmp") if p.exists()
+        ):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the dump never started writing"
             time.sleep(0.01)
         proc.send_signal(signum)
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == code, err

@@ -1,0 +1,127 @@
+"""Pure planning: restore order from the foreign-key graph, chunk order, file names."""
+
+from __future__ import annotations
+
+import re
+
+from asyncsnap.catalog import ForeignKey, Table
+from asyncsnap.plan import file_stem, plan_chunks, restore_order
+
+
+def table(
+    name: str, *refs: str, size: int = 0, parent: str | None = None, kind: str = "table"
+) -> Table:
+    fks = tuple(
+        ForeignKey(
+            name=f"{name}_{r}_fk",
+            columns=("x",),
+            ref_schema="s",
+            ref_table=r,
+            ref_columns=("id",),
+            deferrable=False,
+            initially_deferred=False,
+        )
+        for r in refs
+    )
+    return Table(
+        oid=abs(hash(name)) % 10**6,
+        schema="s",
+        name=name,
+        kind=kind,  # type: ignore[arg-type]
+        parent=("s", parent) if parent else None,
+        est_rows=0,
+        table_bytes=size,
+        readable=True,
+        foreign_keys=fks,
+    )
+
+
+def names(levels: list[list[tuple[str, str]]]) -> list[list[str]]:
+    return [[n for _, n in level] for level in levels]
+
+
+def test_chain_loads_parents_first() -> None:
+    order = restore_order([table("c", "b"), table("b", "a"), table("a")])
+    assert names(order.levels) == [["a"], ["b"], ["c"]]
+    assert order.cycles == [] and order.self_referencing == []
+
+
+def test_diamond_puts_siblings_in_one_level() -> None:
+    order = restore_order([table("d", "b", "c"), table("b", "a"), table("c", "a"), table("a")])
+    assert names(order.levels) == [["a"], ["b", "c"], ["d"]]
+
+
+def test_longest_path_decides_the_level() -> None:
+    order = restore_order([table("c", "a", "b"), table("b", "a"), table("a")])
+    assert names(order.levels) == [["a"], ["b"], ["c"]]
+
+
+def test_self_reference_is_reported_not_a_cycle() -> None:
+    order = restore_order([table("tree", "tree"), table("leaf", "tree")])
+    assert names(order.levels) == [["tree"], ["leaf"]]
+    assert order.self_referencing == [("s", "tree")]
+    assert order.cycles == []
+
+
+def test_two_table_cycle_is_one_level_and_reported() -> None:
+    order = restore_order([table("a", "b"), table("b", "a"), table("c", "a"), table("z")])
+    assert names(order.levels) == [["a", "b", "z"], ["c"]]
+    assert order.cycles == [[("s", "a"), ("s", "b")]]
+
+
+def test_references_outside_the_selection_are_ignored() -> None:
+    order = restore_order([table("orders", "customers")])
+    assert names(order.levels) == [["orders"]]
+
+
+def test_partitions_follow_their_root_and_parents_hold_no_data() -> None:
+    tables = [
+        table("m", "dim", kind="partitioned"),
+        table("m_1", parent="m", kind="partition"),
+        table("m_2", parent="m", kind="partition"),
+        table("dim"),
+    ]
+    order = restore_order(tables)
+    assert names(order.levels) == [["dim"], ["m_1", "m_2"]]
+    assert [c.table.name for c in plan_chunks(tables)] == ["dim", "m_1", "m_2"]
+
+
+def test_long_chain_does_not_recurse() -> None:
+    tables = [table(f"t{i:05d}", f"t{i - 1:05d}") for i in range(1, 5000)] + [table("t00000")]
+    order = restore_order(tables)
+    assert len(order.levels) == 5000 and order.levels[0] == [("s", "t00000")]
+
+
+def test_chunks_largest_first() -> None:
+    chunks = plan_chunks([table("small", size=10), table("big", size=10**9), table("mid", size=5)])
+    assert [c.table.name for c in chunks] == ["big", "small", "mid"]
+    assert all(c.count == 1 and c.label == f"s.{c.table.name}" for c in chunks)
+
+
+def test_file_stems_are_safe_distinct_and_bounded() -> None:
+    hostile = [
+        "Users",
+        "users",
+        "USERS",
+        "a/b",
+        "..",
+        ".",
+        "",
+        "a b",
+        "таблица",
+        "😀",
+        "x" * 63,
+        "x" * 62 + "y",
+        'q"uote',
+        "con",
+        "nul",
+        "a\\b",
+        "tab\tname",
+    ]
+    stems = [file_stem("public", n) for n in hostile]
+    assert len({s.lower() for s in stems}) == len(hostile)  # even on case-insensitive disks
+    for s in stems:
+        assert re.fullmatch(r"[a-z0-9_-]+\.[a-z0-9_-]+-[0-9a-f]{12}", s), s
+        assert len(s) <= 94
+    assert file_stem("public", "Order Items").startswith("public.order_items-")
+    assert file_stem("public", "x") == file_stem("public", "x")  # stable across runs
