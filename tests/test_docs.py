@@ -1,0 +1,44 @@
+"""Documented promises match the code: commands, exit codes, the manifest's keys."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import typer.main
+
+from asyncsnap.cli import app
+from asyncsnap.errors import ExitCode
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+FORMAT = (ROOT / "docs" / "format.md").read_text()
+
+
+def test_every_command_is_documented_with_an_example() -> None:
+    group = typer.main.get_group(app)
+    for name, command in group.commands.items():
+        assert f"asyncsnap {name}" in README, name
+        assert "Example:" in (command.help or ""), name
+
+
+def test_exit_code_table_matches_the_code() -> None:
+    table = dict(re.findall(r"^\| (\d+) \| (.+?) \|$", README, re.M))
+    codes = {v for k, v in vars(ExitCode).items() if not k.startswith("_")}
+    assert {int(c) for c in table} == codes
+
+
+def test_format_documents_every_manifest_key() -> None:
+    from asyncsnap.dump import _manifest_body  # the one place the manifest is built
+
+    source = Path(_manifest_body.__code__.co_filename).read_text()
+    body = source[source.index("def _manifest_body") : source.index("def _table_results")]
+    keys = set(re.findall(r'^\s+"([a-z_0-9]+)": ', body, re.M))
+    missing = sorted(k for k in keys if f"`{k}`" not in FORMAT)
+    assert not missing, missing
+
+
+def test_readme_setup_commands_are_the_ci_commands() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python -m pytest" in README and ci.rstrip().endswith("python -m pytest")
+    assert "pip install -e '.[test]'" in README and "-e '.[test]'" in ci
