@@ -28,7 +28,7 @@ def find_bindir() -> Path:
     """Where initdb and pg_ctl are: PATH, then ``pg_config --bindir``, then Debian's."""
     initdb = shutil.which("initdb")
     if initdb:
-        return Path(initdb).parent
+        return Path(initdb).resolve().parent  # Debian links initdb into /usr/local/bin
     pg_config = shutil.which("pg_config")
     if pg_config:
         bindir = subprocess.run(
