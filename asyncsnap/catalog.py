@@ -12,6 +12,8 @@ from typing import Literal
 
 import asyncpg
 
+from .errors import PermissionDenied
+
 TableKind = Literal["table", "partitioned", "partition"]
 
 
@@ -324,11 +326,18 @@ async def read_sequences(conn: asyncpg.Connection, tables: list[Table]) -> list[
     by_oid = {t.oid: t for t in tables}
     result = []
     for r in await conn.fetch(_SEQUENCES_SQL, list(by_oid)):
-        state = await conn.fetchrow(
-            f"SELECT last_value, is_called FROM {sql_name(r['schema'], r['name'])}"
-        )
-        assert state is not None
         table = by_oid[r["table_oid"]]
+        try:
+            state = await conn.fetchrow(
+                f"SELECT last_value, is_called FROM {sql_name(r['schema'], r['name'])}"
+            )
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise PermissionDenied(
+                f"permission denied for sequence {r['schema']}.{r['name']} "
+                f"(of table {table.qualified})",
+                hint="GRANT SELECT ON SEQUENCE to this role, or leave the table out with -T",
+            ) from exc
+        assert state is not None
         result.append(
             Sequence(
                 schema=r["schema"],

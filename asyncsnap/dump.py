@@ -64,7 +64,7 @@ from .progress import (
     EventCallback,
 )
 from .render import COPY_OPTIONS_KWARGS, encodings, select_rows_sql
-from .snapshot import Coordinator, snapshot_transaction
+from .snapshot import Coordinator, snapshot_lost, snapshot_transaction
 from .storage import COMPRESSIONS, BackupDirectory, Compression, StoredFile
 
 DEFAULT_LOCK_TIMEOUT = 30.0
@@ -158,57 +158,64 @@ async def dump(
     conn = await connect(dsn)
     backup: BackupDirectory | None = None
     try:
-        coordinator = await Coordinator.begin(conn)
-        server = await read_server_info(conn)
-        selected = selection.require(await list_tables(conn))
-        _refuse_unreadable(selected)
-        await coordinator.lock(selected, lock_timeout=lock_timeout)
-        described = await describe_tables(conn, selected)
-        catalog = Catalog(server=server, tables=described, types=await read_types(conn))
-        sequences = await read_sequences(conn, described)
-        chunks = plan_chunks(described)
-        order = restore_order(described)
+        try:
+            coordinator = await Coordinator.begin(conn)
+            server = await read_server_info(conn)
+            selected = selection.require(await list_tables(conn))
+            _refuse_unreadable(selected)
+            await coordinator.lock(selected, lock_timeout=lock_timeout)
+            described = await describe_tables(conn, selected)
+            catalog = Catalog(server=server, tables=described, types=await read_types(conn))
+            sequences = await read_sequences(conn, described)
+            chunks = plan_chunks(described)
+            order = restore_order(described)
 
-        backup = BackupDirectory.create(output, name)
-        emit(
-            DumpStarted(
-                snapshot_id=coordinator.snapshot_id,
-                target=str(describe_target(dsn)),
-                tables=sum(1 for t in described if t.has_data),
-                chunks=len(chunks),
-                est_rows=sum(c.table.est_rows for c in chunks),
-                jobs=jobs,
-                path=str(backup.path),
+            backup = BackupDirectory.create(output, name)
+            emit(
+                DumpStarted(
+                    snapshot_id=coordinator.snapshot_id,
+                    target=str(describe_target(dsn)),
+                    tables=sum(1 for t in described if t.has_data),
+                    chunks=len(chunks),
+                    est_rows=sum(c.table.est_rows for c in chunks),
+                    jobs=jobs,
+                    path=str(backup.path),
+                )
             )
-        )
-        stored = await _copy_all(
-            dsn, coordinator.snapshot_id, chunks, catalog.types, backup, compression, jobs, emit
-        )
-        # The data is only consistent if the snapshot outlived every import.
-        await coordinator.ensure_alive()
-        finished_at = datetime.now(UTC)
-        snapshot_held = time.monotonic() - started
-        body = _manifest_body(
-            catalog=catalog,
-            chunks=chunks,
-            stored=stored,
-            sequences=sequences,
-            order=order,
-            snapshot_id=coordinator.snapshot_id,
-            snapshot_taken_at=coordinator.taken_at,
-            started_at=started_at,
-            finished_at=finished_at,
-            compression=compression,
-        )
-        files = [(s.path, s.sha256) for c in chunks for s in [stored[c.stem]]]
-        backup.write_small_file(manifest.SUMS_NAME, manifest.sha256sums(sorted(files)))
-        backup.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body))
-        await _end_snapshot(conn)
-        final_path = await anyio.to_thread.run_sync(backup.commit)
+            stored = await _copy_all(
+                dsn, coordinator.snapshot_id, chunks, catalog.types, backup, compression, jobs, emit
+            )
+            # The data is only consistent if the snapshot outlived every import.
+            await coordinator.ensure_alive()
+            finished_at = datetime.now(UTC)
+            snapshot_held = time.monotonic() - coordinator.began
+            body = _manifest_body(
+                catalog=catalog,
+                chunks=chunks,
+                stored=stored,
+                sequences=sequences,
+                order=order,
+                snapshot_id=coordinator.snapshot_id,
+                snapshot_taken_at=coordinator.taken_at,
+                started_at=started_at,
+                finished_at=finished_at,
+                compression=compression,
+            )
+            files = [(s.path, s.sha256) for c in chunks for s in [stored[c.stem]]]
+            backup.write_small_file(manifest.SUMS_NAME, manifest.sha256sums(sorted(files)))
+            backup.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body))
+            await _end_snapshot(conn)
+            final_path = await anyio.to_thread.run_sync(backup.commit)
+        except asyncpg.PostgresError as exc:
+            # Catalog reads and locks failing for a reason not translated nearer the cause.
+            raise DumpFailed(
+                f"server error: {exc}", hint=getattr(exc, "hint", None) or "see the server log"
+            ) from exc
+        except (asyncpg.ConnectionDoesNotExistError, ConnectionError) as exc:
+            raise snapshot_lost() from exc  # the coordinator's own connection died
     except BaseException:
         if backup is not None:
             backup.remove()
-        conn.terminate()
         raise
     finally:
         if not conn.is_closed():

@@ -14,6 +14,7 @@ so they are the wrong place for it.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -34,6 +35,7 @@ class Coordinator:
         self.conn = conn
         self.snapshot_id = snapshot_id
         self.taken_at = taken_at
+        self.began = time.monotonic()  # for "snapshot held for N s"
 
     @classmethod
     async def begin(cls, conn: asyncpg.Connection) -> Coordinator:

@@ -240,3 +240,14 @@ def test_password_never_printed_with_pgpassword(db: Database, tmp_path: Path) ->
     run = run_cli("dump", "-o", str(tmp_path), "--debug", env=env)
     assert run.returncode == 3
     assert "wrong-" not in run.stderr + run.stdout
+
+
+def test_permission_denied_on_a_sequence_names_it_exit_1(
+    db: Database, role: tuple[str, str], tmp_path: Path
+) -> None:
+    name, password = role
+    db.execute(f"CREATE TABLE items (id serial PRIMARY KEY); GRANT SELECT ON items TO {name}")
+    dsn = db.postgres.dsn(db.name, user=name, password=password)
+    run = run_cli("dump", dsn, "-o", str(tmp_path))
+    assert_failure(run, 1, "permission denied for sequence public.items_id_seq")
+    assert_nothing_written(tmp_path)

@@ -1,0 +1,83 @@
+"""The renderers: plain log lines, the live display and the closing summary table."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from asyncsnap.progress import (
+    ChunkFinished,
+    ChunkProgress,
+    ChunkStarted,
+    DumpFinished,
+    DumpStarted,
+    LiveDisplay,
+    PlainLog,
+    human_bytes,
+    summary_table,
+)
+
+EVENTS = [
+    DumpStarted(
+        snapshot_id="00000003-0000001B-1",
+        target="u@h:5432/db",
+        tables=2,
+        chunks=2,
+        est_rows=1000,
+        jobs=2,
+        path="/b/x.partial",
+    ),
+    ChunkStarted(label="public.big", est_rows=900),
+    ChunkStarted(label="public.small", est_rows=100),
+    ChunkProgress(label="public.big", rows=450, bytes=45_000),
+    ChunkFinished(label="public.small", rows=100, bytes=10_000, stored_bytes=2_000, seconds=0.1),
+]
+DONE = DumpFinished(
+    path="/b/x",
+    tables=2,
+    rows=1000,
+    bytes=100_000,
+    stored_bytes=20_000,
+    seconds=1.5,
+    snapshot_held_seconds=1.4,
+)
+
+
+def test_plain_log_one_line_per_event_without_progress_noise() -> None:
+    out = io.StringIO()
+    log = PlainLog(out)
+    for event in [*EVENTS, DONE]:
+        log(event)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 5  # ChunkProgress is not logged
+    assert "dump started: 2 tables" in lines[0] and "snapshot 00000003-0000001B-1" in lines[0]
+    assert "copied public.small: 100 rows" in lines[3]
+    assert "dump complete: /b/x: 2 tables, 1000 rows" in lines[4] and "held 1.40s" in lines[4]
+
+
+def test_live_display_tracks_running_tables() -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    with LiveDisplay(console) as live:
+        for event in EVENTS:
+            live(event)
+        tasks = {t.description: t for t in live._progress.tasks}
+        assert tasks["public.big"].completed == 450 and tasks["public.big"].total == 900
+        assert "public.small" not in tasks  # finished tables leave the display
+        overall = next(t for d, t in tasks.items() if d.startswith("total"))
+        assert overall.completed == 550 and overall.total == 1000
+        live(DONE)
+    assert [f.label for f in live.finished] == ["public.small"]
+
+
+def test_summary_table_lists_files_and_totals() -> None:
+    screen = io.StringIO()
+    Console(file=screen, width=120).print(summary_table([EVENTS[-1]], DONE))  # type: ignore[list-item]
+    text = screen.getvalue()
+    assert "public.small" in text and "1,000" in text and human_bytes(20_000) in text
+
+
+def test_human_bytes() -> None:
+    assert human_bytes(512) == "512 B" and human_bytes(2048) == "2.0 KiB"
+    assert human_bytes(5 * 2**40) == "5.0 TiB"
