@@ -17,14 +17,19 @@ from typing import Annotated, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import anyio
+import orjson
 import typer
 from rich.console import Console
 
 from . import __version__
+from .backup import open_backup
 from .dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
-from .errors import AsyncsnapError, ExitCode, Interrupted, most_telling
+from .errors import AsyncsnapError, ExitCode, Interrupted, UsageError, most_telling
+from .inspect import summary, summary_tables
 from .progress import DumpFinished, Event, LiveDisplay, PlainLog, summary_table
+from .restore import RestoreResult, restore
 from .storage import Compression
+from .verify import verify
 
 T = TypeVar("T")
 
@@ -190,19 +195,13 @@ def dump_command(
 
     Example: asyncsnap dump postgresql://app@db/app -o /backups -j 4 -t 'public.order*'
     """
-    interactive = sys.stderr.isatty() and not quiet
-    err = Console(stderr=True)
-    live = LiveDisplay(err) if interactive else None
-    log = PlainLog(sys.stderr) if not interactive and not quiet else None
+    live, render = _renderers(quiet)
     finished: list[DumpFinished] = []
 
     def on_event(event: Event) -> None:
         if isinstance(event, DumpFinished):
             finished.append(event)
-        if live is not None:
-            live(event)
-        elif log is not None:
-            log(event)
+        render(event)
 
     async def work() -> DumpResult:
         return await dump(
@@ -242,3 +241,163 @@ def dump_command(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+def _renderers(quiet: bool) -> tuple[LiveDisplay | None, Callable[[Event], None]]:
+    """A live display on a terminal, plain lines elsewhere, nothing with --quiet."""
+    if quiet:
+        return None, lambda event: None
+    if sys.stderr.isatty():
+        live = LiveDisplay(Console(stderr=True))
+        return live, live
+    return None, PlainLog(sys.stderr)
+
+
+def _run_rendered(work: Callable[[], Awaitable[T]], live: LiveDisplay | None) -> T:
+    if live is None:
+        return run_cancellable(work)
+    with live:
+        return run_cancellable(work)
+
+
+@app.command("restore")
+def restore_command(
+    backup_dir: Annotated[Path, typer.Argument(help="A backup directory made by dump.")],
+    dsn: Annotated[
+        str | None,
+        typer.Argument(help="Target database. Default as for dump.", show_default=False),
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Connections loading.")] = 2,
+    table: Annotated[
+        list[str] | None,
+        typer.Option("--table", "-t", help="Only tables matching PATTERN.", metavar="PATTERN"),
+    ] = None,
+    exclude_table: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-table", "-T", help="Skip tables matching PATTERN.", metavar="PATTERN"
+        ),
+    ] = None,
+    truncate: Annotated[
+        bool, typer.Option("--truncate", help="Empty the selected tables first.")
+    ] = False,
+    append: Annotated[bool, typer.Option("--append", help="Add to rows already there.")] = False,
+    single_transaction: Annotated[
+        bool, typer.Option("--single-transaction", help="All or nothing, on one connection.")
+    ] = False,
+    disable_triggers: Annotated[
+        bool, typer.Option("--disable-triggers", help="Disable triggers (FK checks) while loading.")
+    ] = False,
+    verify_first: Annotated[
+        bool, typer.Option("--verify-first", help="Check every file before loading anything.")
+    ] = False,
+    ignore_missing_columns: Annotated[
+        bool,
+        typer.Option("--ignore-missing-columns", help="Drop backup columns the target lacks."),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; load nothing.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    """Load a backup into existing tables, parents before children.
+
+    Example: asyncsnap restore /backups/backup_20261124T021500Z postgresql:///shop_copy -j 4
+    """
+    if truncate and append:
+        raise _fail(
+            UsageError("--truncate and --append exclude each other", hint="choose one"),
+            dsn=dsn,
+            debug=debug,
+        )
+    live, on_event = _renderers(quiet and not dry_run)
+
+    async def work() -> RestoreResult:
+        return await restore(
+            backup_dir,
+            dsn,
+            jobs=jobs,
+            tables=table or (),
+            exclude_tables=exclude_table or (),
+            mode="truncate" if truncate else "append" if append else "refuse",
+            single_transaction=single_transaction,
+            disable_triggers=disable_triggers,
+            verify_first=verify_first,
+            ignore_missing_columns=ignore_missing_columns,
+            dry_run=dry_run,
+            on_event=on_event,
+        )
+
+    try:
+        result = _run_rendered(work, live)
+    except BaseException as exc:
+        raise _handle(exc, dsn=dsn, debug=debug) from None
+    if dry_run:
+        for line in result.plan.describe():
+            typer.echo(line)
+    elif not quiet:
+        typer.echo(
+            f"restored {len(result.tables)} tables, {result.rows} rows, "
+            f"{result.sequences} sequences in {result.seconds:.2f}s"
+        )
+
+
+@app.command("verify")
+def verify_command(
+    backup_dir: Annotated[Path, typer.Argument(help="A backup directory made by dump.")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only problems.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    """Check a backup completely, offline: manifest, checksums, rows, every line.
+
+    Example: asyncsnap verify /backups/backup_20261124T021500Z && echo good
+    """
+    try:
+        result = verify(backup_dir)
+    except BaseException as exc:
+        raise _handle(exc, dsn=None, debug=debug) from None
+    if not result.ok:
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        for problem in result.problems:
+            err.print(f"error: {problem}", markup=False)
+        err.print(
+            f"hint: {len(result.problems)} problem(s); do not restore from this backup",
+            markup=False,
+        )
+        raise typer.Exit(ExitCode.VERIFY)
+    if not quiet:
+        typer.echo(
+            f"OK {result.path}: {result.tables} tables, {result.files} files, "
+            f"{result.rows} rows, {result.bytes} bytes checked in {result.seconds:.2f}s"
+        )
+
+
+@app.command("inspect")
+def inspect_command(
+    backup_dir: Annotated[Path, typer.Argument(help="A backup directory made by dump.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    """Summarise a backup: snapshot, server, tables, rows, sizes, restore order.
+
+    Example: asyncsnap inspect /backups/backup_20261124T021500Z --json | jq .totals
+    """
+    try:
+        backup = open_backup(backup_dir)
+    except BaseException as exc:
+        raise _handle(exc, dsn=None, debug=debug) from None
+    if as_json:
+        typer.echo(orjson.dumps(summary(backup), option=orjson.OPT_INDENT_2).decode())
+        return
+    console = Console()
+    for renderable in summary_tables(backup):
+        console.print(renderable)
+
+
+def _handle(exc: BaseException, *, dsn: str | None, debug: bool) -> BaseException:
+    if isinstance(exc, typer.Exit | SystemExit):
+        return exc
+    if isinstance(exc, KeyboardInterrupt):
+        exc = Interrupted("interrupted by SIGINT; nothing was kept", exit_code=ExitCode.SIGINT)
+    return _fail(exc, dsn=dsn, debug=debug)

@@ -39,6 +39,7 @@ RENDER_SETTINGS: Mapping[str, str] = {
     "extra_float_digits": "3",
     "bytea_output": "hex",
     "lc_monetary": "C",
+    "xmloption": "content",  # how xml text is read back: fragments as well as documents
 }
 
 # Session settings that keep a long export alive whatever the role's defaults are.

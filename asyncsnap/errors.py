@@ -107,6 +107,21 @@ class DataIntegrityError(DumpFailed):
     """Raised when a file's rows do not match what the server reported (a safety check)."""
 
 
+class RestoreFailed(AsyncsnapError):
+    """Raised by restore when the server rejects the load (after connecting)."""
+
+    exit_code = ExitCode.FAILED
+
+
+class SchemaMismatch(RestoreFailed):
+    """Raised by restore when target tables or columns the backup needs are missing."""
+
+
+class TargetNotEmpty(RestoreFailed):
+    """Raised by restore when a target table has rows and neither --truncate nor --append
+    was given."""
+
+
 class VerificationFailed(AsyncsnapError):
     """Raised when a backup's manifest or a data file fails its checks (reader side)."""
 

@@ -190,3 +190,46 @@ def _strongly_connected(
                         break
                 result.append(sorted(component))
     return result
+
+
+@dataclass(frozen=True)
+class CyclePlan:
+    """How the foreign keys among ``tables`` (a cycle, or one self-referencing table) are
+    kept from failing while rows arrive in batches in any order.
+
+    ``defer``: every such constraint is DEFERRABLE; the tables load in one transaction with
+    ``SET CONSTRAINTS ... DEFERRED`` and are checked at commit. ``drop-and-recreate``: the
+    constraints are dropped, the data loaded, and the constraints added back (which
+    validates every row). ``disable-triggers``: with --disable-triggers, the tables' triggers
+    (foreign-key checks included) are off during the load and nothing is validated.
+    """
+
+    tables: tuple[TableKey, ...]
+    constraints: tuple[tuple[TableKey, str], ...]  # (table, constraint name)
+    strategy: str  # "defer" | "drop-and-recreate" | "disable-triggers"
+
+
+def plan_cycles(
+    tables: Sequence[Table], order: RestoreOrder, *, disable_triggers: bool
+) -> list[CyclePlan]:
+    """A plan for each cycle and self-referencing table in ``order``."""
+    by_key = {t.key: t for t in tables}
+    groups = [tuple(c) for c in order.cycles] + [(k,) for k in order.self_referencing]
+    plans = []
+    for group in groups:
+        members = set(group)
+        constraints = []
+        all_deferrable = True
+        for key in group:
+            for fk in by_key[key].foreign_keys:
+                if (fk.ref_schema, fk.ref_table) in members:
+                    constraints.append((key, fk.name))
+                    all_deferrable &= fk.deferrable
+        if disable_triggers:
+            strategy = "disable-triggers"
+        elif all_deferrable:
+            strategy = "defer"
+        else:
+            strategy = "drop-and-recreate"
+        plans.append(CyclePlan(tables=group, constraints=tuple(constraints), strategy=strategy))
+    return plans

@@ -40,6 +40,7 @@ class DumpStarted:
 class ChunkStarted:
     label: str
     est_rows: int
+    verb: str = "copying"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class ChunkFinished:
     bytes: int
     stored_bytes: int
     seconds: float
+    verb: str = "copied"
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,39 @@ class DumpFinished:
     snapshot_held_seconds: float
 
 
-Event = DumpStarted | ChunkStarted | ChunkProgress | ChunkFinished | DumpFinished
+@dataclass(frozen=True)
+class RestoreStarted:
+    target: str
+    tables: int
+    rows: int
+    jobs: int
+
+
+@dataclass(frozen=True)
+class RestoreFinished:
+    tables: int
+    rows: int
+    sequences: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something a user should read: the restore plan, a skipped sequence."""
+
+    message: str
+
+
+Event = (
+    DumpStarted
+    | ChunkStarted
+    | ChunkProgress
+    | ChunkFinished
+    | DumpFinished
+    | RestoreStarted
+    | RestoreFinished
+    | Notice
+)
 EventCallback = Callable[[Event], None]
 
 # How often a running chunk reports progress; keeps the callback off the hot path.
@@ -100,12 +134,26 @@ class PlainLog:
                     f"from {event.target} into {event.path}"
                 )
             case ChunkStarted():
-                line = f"copying {event.label} (~{event.est_rows} rows)"
-            case ChunkFinished():
+                line = f"{event.verb} {event.label} (~{event.est_rows} rows)"
+            case ChunkFinished() if event.verb == "copied":
                 line = (
                     f"copied {event.label}: {event.rows} rows, {human_bytes(event.bytes)} "
                     f"-> {human_bytes(event.stored_bytes)} in {event.seconds:.2f}s"
                 )
+            case ChunkFinished():
+                line = f"{event.verb} {event.label}: {event.rows} rows in {event.seconds:.2f}s"
+            case RestoreStarted():
+                line = (
+                    f"restore started: {event.tables} tables, {event.rows} rows, "
+                    f"-j {event.jobs}, into {event.target}"
+                )
+            case RestoreFinished():
+                line = (
+                    f"restore complete: {event.tables} tables, {event.rows} rows, "
+                    f"{event.sequences} sequences set in {event.seconds:.2f}s"
+                )
+            case Notice():
+                line = event.message
             case DumpFinished():
                 line = (
                     f"dump complete: {event.path}: {event.tables} tables, {event.rows} rows, "
@@ -176,7 +224,15 @@ class LiveDisplay:
                     p.remove_task(task)
                 self._done_rows[event.label] = event.rows
                 self.finished.append(event)
-            case DumpFinished():
+            case RestoreStarted():
+                self._overall = p.add_task(
+                    f"total ({event.tables} tables, -j {event.jobs})",
+                    total=max(event.rows, 1),
+                    size="",
+                )
+            case Notice():
+                p.console.print(event.message, markup=False, highlight=False)
+            case DumpFinished() | RestoreFinished():
                 pass
         if self._overall is not None:
             total = p.tasks[self._overall].total or 1

@@ -1,0 +1,636 @@
+"""Restore: load a backup's rows into existing tables, parents before children.
+
+The server does the per-row work: Python reads each file in blocks of whole lines, turns a
+block into one JSON array by replacing newlines with commas, and sends it as a single
+``bytea`` parameter; ``json_array_elements`` and ``json_populate_record`` (``json``, not
+``jsonb``: ``jsonb`` would turn ``-0`` into ``0``) make rows of it, one LATERAL call per
+row. Columns written with the ``text`` encoding are cast from their text form instead.
+
+Every table loads in one transaction, while its files are hashed and counted: a file
+that does not match the manifest rolls its table back and fails the run. Order comes from
+the *target's* foreign keys (the schema may have moved on since the dump); cycles and
+self-references are planned explicitly (see ``plan.CyclePlan``) and reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import asyncpg
+
+from .backup import Backup, BackupTable, DataFileReader, open_backup
+from .catalog import Table, describe_tables, list_tables, quote_ident, sql_name
+from .connection import SESSION_SETTINGS, describe_target, resolve_dsn, translate_connect_error
+from .errors import (
+    PermissionDenied,
+    RestoreFailed,
+    SchemaMismatch,
+    TargetNotEmpty,
+    UsageError,
+    VerificationFailed,
+    most_telling,
+)
+from .patterns import Selection
+from .plan import CyclePlan, TableKey, plan_cycles, restore_order
+from .progress import (
+    ChunkFinished,
+    ChunkProgress,
+    ChunkStarted,
+    EventCallback,
+    Notice,
+    RestoreFinished,
+    RestoreStarted,
+)
+
+Mode = str  # "refuse" | "truncate" | "append"
+BATCH_BYTES = 4 << 20  # per INSERT: measured in DESIGN.md at ~5 MB
+
+
+@dataclass(frozen=True)
+class TableLoad:
+    """How one backup table goes into its target table."""
+
+    source: BackupTable
+    target: Table
+    columns: tuple[str, ...]  # target columns written, in order
+    text_columns: frozenset[str]  # of those, the ones read back from their text form
+    dropped: tuple[str, ...]  # backup columns the target lacks (--ignore-missing-columns)
+    defaulted: tuple[str, ...]  # target columns the backup lacks: they take defaults
+    overriding: bool  # an identity GENERATED ALWAYS column is written
+
+    def insert_sql(self) -> str:
+        """One INSERT taking a JSON array of row objects as ``$1`` (bytea, UTF-8)."""
+        target = sql_name(self.target.schema, self.target.name)
+        exprs = []
+        for name in self.columns:
+            if name in self.text_columns:
+                column = next(c for c in self.target.columns if c.name == name)
+                exprs.append(f"(e.j ->> {_literal(name)})::{column.type}")
+            else:
+                exprs.append(f"p.{quote_ident(name)}")
+        cols = ", ".join(quote_ident(c) for c in self.columns)
+        overriding = " OVERRIDING SYSTEM VALUE" if self.overriding else ""
+        return (
+            f"INSERT INTO {target} ({cols}){overriding} SELECT {', '.join(exprs)} "
+            f"FROM json_array_elements(convert_from($1::bytea, 'UTF8')::json) AS e(j) "
+            f"CROSS JOIN LATERAL json_populate_record(NULL::{target}, e.j) AS p"
+        )
+
+
+def _literal(text: str) -> str:
+    # standard_conforming_strings is on for our sessions (SESSION_SETTINGS).
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """What a restore will do; ``--dry-run`` prints it and stops."""
+
+    levels: list[list[TableLoad]]
+    cycles: list[CyclePlan]
+    sequences: list[tuple[str, str, int, bool]]  # schema, name, last_value, is_called
+    mode: Mode
+    roots: dict[TableKey, TableKey]  # partition -> its top-most partitioned ancestor
+
+    @property
+    def loads(self) -> list[TableLoad]:
+        return [load for level in self.levels for load in level]
+
+    def describe(self) -> list[str]:
+        lines = []
+        for i, level in enumerate(self.levels, 1):
+            names = ", ".join(f"{ld.source.qualified} ({ld.source.rows} rows)" for ld in level)
+            lines.append(f"level {i}: {names}")
+        for cycle in self.cycles:
+            tables = ", ".join(f"{s}.{n}" for s, n in cycle.tables)
+            cons = ", ".join(name for _, name in cycle.constraints)
+            lines.append(f"cycle {tables}: constraints {cons}: {cycle.strategy}")
+        for load in self.loads:
+            if load.defaulted:
+                lines.append(
+                    f"{load.source.qualified}: not in the backup, defaults used: "
+                    + ", ".join(load.defaulted)
+                )
+            if load.dropped:
+                lines.append(
+                    f"{load.source.qualified}: not in the target, ignored: "
+                    + ", ".join(load.dropped)
+                )
+        lines.append(f"then {len(self.sequences)} sequences are set")
+        return lines
+
+
+@dataclass(frozen=True)
+class RestoredTable:
+    schema: str
+    name: str
+    rows: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What ``restore`` did. With ``dry_run`` nothing was loaded and ``tables`` is empty."""
+
+    plan: RestorePlan
+    tables: list[RestoredTable] = field(default_factory=list)
+    rows: int = 0
+    sequences: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+
+
+def plan_loads(
+    backup: Backup,
+    target_tables: Sequence[Table],
+    selection: Selection,
+    *,
+    ignore_missing_columns: bool,
+) -> list[TableLoad]:
+    """Match every selected backup table with data to its target table, column by name."""
+    by_key = {t.key: t for t in target_tables}
+    picked = {t.key for t in selection.apply([_as_catalog_table(t) for t in backup.tables])}
+    chosen = [t for t in backup.tables if t.has_data and t.key in picked]
+    if not chosen:
+        raise UsageError(
+            f"no table in the backup matches the filters: {selection.describe()}",
+            hint="`asyncsnap inspect BACKUP_DIR` lists the tables",
+        )
+    missing = [t.qualified for t in chosen if t.key not in by_key]
+    if missing:
+        raise SchemaMismatch(
+            f"the target database has no table {', '.join(missing[:5])}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""),
+            hint="create the schema first (restore loads data into existing tables), "
+            "or leave them out with -T",
+        )
+    loads = []
+    problems = []
+    for source in chosen:
+        target = by_key[source.key]
+        target_cols = {c.name: c for c in target.columns}
+        backup_cols = [c.name for c in source.columns]
+        dropped = tuple(c for c in backup_cols if c not in target_cols)
+        if dropped and not ignore_missing_columns:
+            problems.append(f"{source.qualified} ({', '.join(dropped)})")
+        written = tuple(
+            c for c in backup_cols if c in target_cols and target_cols[c].generated is None
+        )
+        loads.append(
+            TableLoad(
+                source=source,
+                target=target,
+                columns=written,
+                text_columns=frozenset(
+                    c.name for c in source.columns if c.encoding == "text" and c.name in written
+                ),
+                dropped=dropped,
+                defaulted=tuple(
+                    c.name
+                    for c in target.columns
+                    if c.name not in backup_cols and c.generated is None
+                ),
+                overriding=any(target_cols[c].identity == "always" for c in written),
+            )
+        )
+    if problems:
+        raise SchemaMismatch(
+            "the target lacks columns the backup has: " + "; ".join(problems),
+            hint="add them, or pass --ignore-missing-columns to drop their values",
+        )
+    return loads
+
+
+def _as_catalog_table(t: BackupTable) -> Table:
+    return Table(
+        oid=0,
+        schema=t.schema,
+        name=t.name,
+        kind=t.kind,  # type: ignore[arg-type]
+        parent=t.parent,
+        est_rows=t.rows,
+        table_bytes=0,
+        readable=True,
+    )
+
+
+async def restore(
+    backup_dir: str | Path,
+    dsn: str | None = None,
+    *,
+    jobs: int = 2,
+    tables: Iterable[str] = (),
+    exclude_tables: Iterable[str] = (),
+    mode: Mode = "refuse",
+    single_transaction: bool = False,
+    disable_triggers: bool = False,
+    verify_first: bool = False,
+    ignore_missing_columns: bool = False,
+    dry_run: bool = False,
+    on_event: EventCallback | None = None,
+) -> RestoreResult:
+    """Load a backup into existing tables of the database ``dsn`` points at.
+
+    :param backup_dir: a complete backup directory (with its manifest).
+    :param dsn: target; ``None`` uses ``$DATABASE_URL``, ``./.env``, then ``PG*``.
+    :param jobs: connections loading at once (tables of one level run in parallel).
+    :param tables, exclude_tables: -t/-T patterns, applied to the backup's tables.
+    :param mode: ``"refuse"`` non-empty targets (default), ``"truncate"`` them first, or
+        ``"append"``.
+    :param single_transaction: everything in one transaction on one connection.
+    :param disable_triggers: disable the tables' triggers (and so foreign-key checks)
+        while loading; needs the privileges ALTER TABLE ... DISABLE TRIGGER ALL needs.
+    :param verify_first: check every file completely before touching the database.
+    :param ignore_missing_columns: drop backup columns the target lacks, not an error.
+    :param dry_run: plan and report, load nothing.
+
+    Example::
+
+        anyio.run(lambda: asyncsnap.restore("backups/backup_20261124T021500Z",
+                                            "postgresql:///shop_copy", jobs=4))
+    """
+    if jobs < 1:
+        raise UsageError(f"-j must be at least 1, not {jobs!r}", hint="try -j 2")
+    if mode not in ("refuse", "truncate", "append"):
+        raise UsageError(f"unknown mode {mode!r}", hint="use refuse, truncate or append")
+    started = time.monotonic()
+    emit: EventCallback = on_event or (lambda event: None)
+    selection = Selection.from_strings(include=tables, exclude=exclude_tables)
+    backup = await anyio.to_thread.run_sync(open_backup, backup_dir)
+    if verify_first:
+        from .verify import verify
+
+        checked = await anyio.to_thread.run_sync(verify, backup.path)
+        if not checked.ok:
+            raise VerificationFailed(
+                f"verification failed: {checked.problems[0]}",
+                hint="nothing was loaded; `asyncsnap verify` lists every problem",
+            )
+    dsn = resolve_dsn(dsn)
+    kwargs = {
+        "dsn": dsn,
+        "server_settings": {**backup.settings, **SESSION_SETTINGS},
+        "statement_cache_size": 0,
+    }
+    try:
+        conn = await asyncpg.connect(**kwargs)
+    except BaseException as exc:
+        translated = translate_connect_error(exc, describe_target(dsn))
+        if translated is None:
+            raise
+        raise translated from exc
+    try:
+        plan = await _plan(
+            conn,
+            backup,
+            selection,
+            mode=mode,
+            disable_triggers=disable_triggers,
+            ignore_missing_columns=ignore_missing_columns,
+        )
+        for line in plan.describe():
+            emit(Notice(line))
+        if dry_run:
+            return RestoreResult(plan=plan, dry_run=True, seconds=time.monotonic() - started)
+        emit(
+            RestoreStarted(
+                tables=len(plan.loads),
+                rows=sum(ld.source.rows for ld in plan.loads),
+                jobs=1 if single_transaction else jobs,
+                target=str(describe_target(dsn)),
+            )
+        )
+        if single_transaction:
+            async with conn.transaction():
+                done = await _run(plan, [conn], backup, emit, single_transaction=True, mode=mode)
+        else:
+            done = await _run_with_pool(plan, conn, kwargs, backup, emit, jobs=jobs, mode=mode)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise PermissionDenied(
+            f"permission denied: {exc}", hint="restore as the tables' owner or grant INSERT"
+        ) from exc
+    except asyncpg.PostgresError as exc:
+        raise RestoreFailed(
+            f"server error: {exc}", hint=getattr(exc, "hint", None) or "see the server log"
+        ) from exc
+    finally:
+        if not conn.is_closed():
+            conn.terminate()
+    result_tables, sequences = done
+    result = RestoreResult(
+        plan=plan,
+        tables=result_tables,
+        rows=sum(t.rows for t in result_tables),
+        sequences=sequences,
+        seconds=time.monotonic() - started,
+    )
+    emit(
+        RestoreFinished(
+            tables=len(result.tables), rows=result.rows, sequences=sequences, seconds=result.seconds
+        )
+    )
+    return result
+
+
+_FK_DEFS_SQL = """
+SELECT con.conname AS name, pg_get_constraintdef(con.oid) AS definition
+FROM pg_constraint con WHERE con.conrelid = $1 AND con.contype = 'f'
+"""
+
+
+async def _plan(
+    conn: asyncpg.Connection,
+    backup: Backup,
+    selection: Selection,
+    *,
+    mode: Mode,
+    disable_triggers: bool,
+    ignore_missing_columns: bool,
+) -> RestorePlan:
+    listed = await list_tables(conn)
+    described = await describe_tables(conn, listed)
+    loads = plan_loads(backup, described, selection, ignore_missing_columns=ignore_missing_columns)
+    target_keys = {ld.target.key for ld in loads}
+    # The target's foreign keys decide the order; partitioned parents come along so that
+    # partitions take their parent's place.
+    by_key = {t.key: t for t in described}
+    involved = dict.fromkeys(target_keys)
+    for key in list(involved):
+        parent = by_key[key].parent
+        while parent is not None and parent in by_key:
+            involved[parent] = None
+            parent = by_key[parent].parent
+    graph_tables = [by_key[k] for k in involved]
+    order = restore_order(graph_tables)
+    cycles = plan_cycles(graph_tables, order, disable_triggers=disable_triggers)
+    load_by_key = {ld.target.key: ld for ld in loads}
+    levels = [[load_by_key[k] for k in level if k in load_by_key] for level in order.levels]
+    sequences = [
+        (s.schema, s.name, s.last_value, s.is_called)
+        for s in backup.sequences
+        if s.table in load_by_key
+    ]
+    roots = {}
+    for key in target_keys:
+        root = key
+        while (parent := by_key[root].parent) is not None and parent in by_key:
+            root = parent
+        roots[key] = root
+    return RestorePlan(
+        levels=[lv for lv in levels if lv],
+        cycles=cycles,
+        sequences=sequences,
+        mode=mode,
+        roots=roots,
+    )
+
+
+@dataclass
+class _Unit:
+    """Tables that load together in one transaction: one table, or a whole cycle."""
+
+    loads: list[TableLoad]
+    cycle: CyclePlan | None = None
+
+
+def _units(plan: RestorePlan, level: list[TableLoad]) -> list[_Unit]:
+    in_cycle = {k: c for c in plan.cycles for k in c.tables}
+    units: dict[object, _Unit] = {}
+    for load in level:
+        cycle = in_cycle.get(plan.roots[load.target.key])
+        key: object = id(cycle) if cycle is not None else load.target.key
+        units.setdefault(key, _Unit(loads=[], cycle=cycle)).loads.append(load)
+    # The biggest units first, so the longest load starts earliest.
+    return sorted(units.values(), key=lambda u: -sum(ld.source.rows for ld in u.loads))
+
+
+async def _run_with_pool(
+    plan: RestorePlan,
+    conn: asyncpg.Connection,
+    kwargs: dict[str, Any],
+    backup: Backup,
+    emit: EventCallback,
+    *,
+    jobs: int,
+    mode: Mode,
+) -> tuple[list[RestoredTable], int]:
+    size = max(1, min(jobs, max((len(lv) for lv in plan.levels), default=1)))
+    others = [await asyncpg.connect(**kwargs) for _ in range(size - 1)]
+    try:
+        return await _run(plan, [conn, *others], backup, emit, single_transaction=False, mode=mode)
+    finally:
+        for other in others:
+            other.terminate()
+
+
+async def _run(
+    plan: RestorePlan,
+    conns: list[asyncpg.Connection],
+    backup: Backup,
+    emit: EventCallback,
+    *,
+    single_transaction: bool,
+    mode: Mode,
+) -> tuple[list[RestoredTable], int]:
+    main = conns[0]
+    loads = plan.loads
+    await _check_empty(main, loads, mode)
+    if mode == "truncate":
+        names = ", ".join(sql_name(ld.target.schema, ld.target.name) for ld in loads)
+        try:
+            await main.execute(f"TRUNCATE ONLY {names}")
+        except asyncpg.FeatureNotSupportedError as exc:
+            raise RestoreFailed(
+                f"cannot truncate: {exc}",
+                hint="another table references one being restored; include it with -t or "
+                "empty it yourself (asyncsnap never truncates tables you did not select)",
+            ) from exc
+    dropped = await _drop_cycle_constraints(main, plan)
+    results: list[RestoredTable] = []
+    try:
+        for level in plan.levels:
+            units = _units(plan, level)
+            if single_transaction:
+                for unit in units:
+                    results += await _load_unit(main, unit, backup, emit, own_transaction=False)
+                continue
+            queue = iter(units)  # shared: each connection takes the next unit
+            try:
+                async with anyio.create_task_group() as tg:
+                    for conn in conns[: len(units)]:
+                        tg.start_soon(_worker, conn, queue, results, backup, emit)
+            except BaseExceptionGroup as group:
+                raise most_telling(group) from None
+    finally:
+        if dropped:
+            with anyio.CancelScope(shield=True):
+                await _recreate_constraints(main, dropped, emit)
+    sequences = await _set_sequences(main, plan, emit)
+    return results, sequences
+
+
+async def _worker(
+    conn: asyncpg.Connection,
+    queue: Iterator[_Unit],
+    results: list[RestoredTable],
+    backup: Backup,
+    emit: EventCallback,
+) -> None:
+    """Take units from the shared queue until it is empty."""
+    for unit in queue:
+        results.extend(await _load_unit(conn, unit, backup, emit, own_transaction=True))
+
+
+async def _check_empty(conn: asyncpg.Connection, loads: list[TableLoad], mode: Mode) -> None:
+    if mode != "refuse":
+        return
+    busy = []
+    for load in loads:
+        if await conn.fetchval(
+            f"SELECT EXISTS (SELECT 1 FROM ONLY {sql_name(load.target.schema, load.target.name)})"
+        ):
+            busy.append(load.target.qualified)
+    if busy:
+        raise TargetNotEmpty(
+            f"the target already has rows in {', '.join(busy[:5])}"
+            + (f" and {len(busy) - 5} more" if len(busy) > 5 else ""),
+            hint="pass --truncate to empty them first or --append to add to them",
+        )
+
+
+async def _drop_cycle_constraints(
+    conn: asyncpg.Connection, plan: RestorePlan
+) -> list[tuple[TableKey, str, str]]:
+    """Drop the constraints of cycles planned as drop-and-recreate; return them."""
+    dropped = []
+    for cycle in plan.cycles:
+        if cycle.strategy != "drop-and-recreate":
+            continue
+        for key, name in cycle.constraints:
+            oid = await conn.fetchval("SELECT $1::regclass::oid", sql_name(*key))
+            defs = {r["name"]: r["definition"] for r in await conn.fetch(_FK_DEFS_SQL, oid)}
+            await conn.execute(f"ALTER TABLE {sql_name(*key)} DROP CONSTRAINT {quote_ident(name)}")
+            dropped.append((key, name, defs[name]))
+    return dropped
+
+
+async def _recreate_constraints(
+    conn: asyncpg.Connection, dropped: list[tuple[TableKey, str, str]], emit: EventCallback
+) -> None:
+    failures = []
+    for key, name, definition in dropped:
+        statement = f"ALTER TABLE {sql_name(*key)} ADD CONSTRAINT {quote_ident(name)} {definition}"
+        try:
+            await conn.execute(statement)
+            emit(Notice(f"re-created and validated constraint {name} on {key[0]}.{key[1]}"))
+        except asyncpg.PostgresError as exc:
+            failures.append(f"{statement}; -- {exc}")
+    if failures:
+        raise RestoreFailed(
+            "could not re-create foreign keys dropped for a cycle: " + " | ".join(failures),
+            hint="the data violates them; fix it and run the statements shown",
+        )
+
+
+async def _load_unit(
+    conn: asyncpg.Connection,
+    unit: _Unit,
+    backup: Backup,
+    emit: EventCallback,
+    *,
+    own_transaction: bool,
+) -> list[RestoredTable]:
+    strategy = unit.cycle.strategy if unit.cycle is not None else None
+    tx = conn.transaction() if own_transaction else None
+    if tx is not None:
+        await tx.start()
+    try:
+        if strategy == "defer":
+            assert unit.cycle is not None
+            names = ", ".join(
+                f"{quote_ident(key[0])}.{quote_ident(name)}" for key, name in unit.cycle.constraints
+            )
+            await conn.execute(f"SET CONSTRAINTS {names} DEFERRED")
+        results = []
+        for load in unit.loads:
+            target = sql_name(load.target.schema, load.target.name)
+            if strategy == "disable-triggers":
+                await conn.execute(f"ALTER TABLE {target} DISABLE TRIGGER ALL")
+            results.append(await _load_table(conn, load, backup, emit))
+            if strategy == "disable-triggers":
+                await conn.execute(f"ALTER TABLE {target} ENABLE TRIGGER ALL")
+        if tx is not None:
+            await tx.commit()
+        return results
+    except BaseException:
+        if tx is not None:
+            with anyio.CancelScope(shield=True):
+                if not conn.is_closed():
+                    await tx.rollback()
+        raise
+
+
+async def _load_table(
+    conn: asyncpg.Connection, load: TableLoad, backup: Backup, emit: EventCallback
+) -> RestoredTable:
+    label = load.source.qualified
+    emit(ChunkStarted(label=label, est_rows=load.source.rows, verb="loading"))
+    started = time.monotonic()
+    sql = load.insert_sql()
+    rows = raw = 0
+    for entry in load.source.files:
+        reader = DataFileReader(backup, entry, block_size=BATCH_BYTES)
+        try:
+            blocks = iter(reader)
+            while True:
+                block = await anyio.to_thread.run_sync(next, blocks, None)
+                if block is None:
+                    break
+                batch = b"[" + block[:-1].replace(b"\n", b",") + b"]"
+                await conn.execute(sql, batch)
+                rows += block.count(b"\n")
+                raw += len(block)
+                emit(ChunkProgress(label=label, rows=rows, bytes=raw))
+        except asyncpg.PostgresError as exc:
+            await anyio.to_thread.run_sync(reader.drain)
+            if reader.damaged():
+                raise VerificationFailed(
+                    f"{entry.path} does not match its SHA-256 in the manifest",
+                    hint=f"the backup is damaged; {label} was rolled back",
+                ) from exc
+            raise RestoreFailed(
+                f"loading {label} from {entry.path}: {exc}",
+                hint=getattr(exc, "hint", None) or f"{label} was rolled back",
+            ) from exc
+        finally:
+            reader.close()
+        reader.finish()  # size, SHA-256 and rows; raising rolls the table back
+    seconds = time.monotonic() - started
+    emit(
+        ChunkFinished(
+            label=label, rows=rows, bytes=raw, stored_bytes=0, seconds=seconds, verb="loaded"
+        )
+    )
+    return RestoredTable(
+        schema=load.target.schema, name=load.target.name, rows=rows, seconds=seconds
+    )
+
+
+async def _set_sequences(conn: asyncpg.Connection, plan: RestorePlan, emit: EventCallback) -> int:
+    count = 0
+    for schema, name, value, is_called in plan.sequences:
+        exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", sql_name(schema, name))
+        if not exists:
+            emit(Notice(f"sequence {schema}.{name} does not exist in the target; not set"))
+            continue
+        await conn.execute(
+            "SELECT setval($1::regclass, $2, $3)", sql_name(schema, name), value, is_called
+        )
+        count += 1
+    return count
