@@ -1,0 +1,171 @@
+"""verify and inspect, offline: every kind of damage is named; a good backup passes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from asyncsnap import manifest
+from asyncsnap.backup import open_backup
+from asyncsnap.errors import VerificationFailed
+from asyncsnap.verify import verify
+
+from .conftest import Database, run_cli
+from .test_dump import SHOP, run_dump
+
+
+@pytest.fixture
+def backup(db: Database, tmp_path: Path) -> Path:
+    db.execute(SHOP)
+    return run_dump(db, tmp_path / "out", name="b").path
+
+
+def orders_file(backup: Path) -> Path:
+    return next((backup / "data").glob("public.orders-*"))
+
+
+def reseal(backup: Path, edit: Callable[[dict[str, object]], None]) -> None:
+    """Edit the manifest and give it a valid checksum again (a forged manifest)."""
+    body = json.loads((backup / manifest.MANIFEST_NAME).read_text())
+    edit(body)
+    (backup / manifest.MANIFEST_NAME).write_bytes(manifest.serialize(body))
+
+
+def test_good_backup_verifies(backup: Path) -> None:
+    result = verify(backup)
+    assert result.ok and result.files == 4 and result.rows == 2070 and result.tables == 4
+    run = run_cli("verify", str(backup))
+    assert run.returncode == 0 and run.stdout.startswith(
+        f"OK {backup}: 4 tables, 4 files, 2070 rows"
+    )
+
+
+def test_corrupted_byte_names_the_file(backup: Path) -> None:
+    f = orders_file(backup)
+    raw = bytearray(f.read_bytes())
+    raw[-10] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    result = verify(backup)
+    assert [p.file for p in result.problems] == [f"data/{f.name}"]
+    run = run_cli("verify", str(backup))
+    assert run.returncode == 5 and f"error: data/{f.name}" in run.stderr
+
+
+def test_truncated_file(backup: Path) -> None:
+    f = orders_file(backup)
+    f.write_bytes(f.read_bytes()[:-100])
+    [problem] = verify(backup).problems
+    assert problem.file == f"data/{f.name}"
+
+
+def test_missing_file(backup: Path) -> None:
+    f = orders_file(backup)
+    f.unlink()
+    [problem] = verify(backup).problems
+    assert problem.file == f"data/{f.name}" and "missing" in problem.message
+
+
+def test_extra_file(backup: Path) -> None:
+    (backup / "data" / "sneaky.ndjson").write_text("{}\n")
+    [problem] = verify(backup).problems
+    assert problem.file == "data/sneaky.ndjson" and "not listed" in problem.message
+
+
+def test_edited_manifest(backup: Path) -> None:
+    path = backup / manifest.MANIFEST_NAME
+    path.write_text(path.read_text().replace('"rows": 500', '"rows": 501', 1))
+    with pytest.raises(VerificationFailed, match="does not match its own checksum"):
+        verify(backup)
+    run = run_cli("verify", str(backup))
+    assert run.returncode == 5 and "checksum" in run.stderr
+
+
+def test_row_count_mismatch_with_valid_hash(backup: Path) -> None:
+    """A forged manifest whose sums are right but counts wrong is still caught."""
+
+    def edit(body: dict[str, object]) -> None:
+        for t in body["tables"]:  # type: ignore[attr-defined]
+            if t["name"] == "orders":
+                t["rows"] = t["files"][0]["rows"] = 499
+
+    reseal(backup, edit)
+    [problem] = verify(backup).problems
+    assert "has 500 rows, the manifest says 499" in problem.message
+
+
+def test_line_with_wrong_keys_is_reported_with_its_number(backup: Path) -> None:
+    def edit(body: dict[str, object]) -> None:
+        for t in body["tables"]:  # type: ignore[attr-defined]
+            if t["name"] == "customers":
+                t["columns"][1]["name"] = "renamed"
+
+    reseal(backup, edit)
+    [problem] = verify(backup).problems
+    assert problem.line == 1 and "renamed" in problem.message
+
+
+@pytest.mark.parametrize(
+    "path", ["/etc/passwd", "../outside.ndjson", "data/../../x", "data\\x.ndjson", "", "data//x"]
+)
+def test_malicious_paths_rejected_before_any_file_is_opened(backup: Path, path: str) -> None:
+    def edit(body: dict[str, object]) -> None:
+        body["tables"][0]["files"][0]["path"] = path  # type: ignore[index]
+
+    reseal(backup, edit)
+    with pytest.raises(VerificationFailed, match=r"unsafe path|leaves the backup"):
+        open_backup(backup)
+
+
+def test_symlink_out_of_the_backup_rejected(backup: Path, tmp_path: Path) -> None:
+    f = orders_file(backup)
+    outside = tmp_path / "outside.ndjson.zst"
+    shutil.copy(f, outside)
+    f.unlink()
+    os.symlink(outside, f)
+    with pytest.raises(VerificationFailed, match="symlink"):
+        open_backup(backup)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("rows", -1, "non-negative integer"),
+        ("rows", "12", "non-negative integer"),
+        ("rows", 2.0**70, "non-negative integer"),  # what JSON readers make of 2**70
+        ("rows", 1.5, "non-negative integer"),
+        ("sha256", "abc", "SHA-256"),
+        ("stored_bytes", True, "non-negative integer"),
+    ],
+)
+def test_wrong_types_and_absurd_values_rejected(
+    backup: Path, field: str, value: object, message: str
+) -> None:
+    def edit(body: dict[str, object]) -> None:
+        body["tables"][0]["files"][0][field] = value  # type: ignore[index]
+
+    reseal(backup, edit)
+    with pytest.raises(VerificationFailed, match=message):
+        open_backup(backup)
+
+
+def test_partial_directory_refused(backup: Path) -> None:
+    partial = backup.with_name(backup.name + ".partial")
+    backup.rename(partial)
+    run = run_cli("verify", str(partial))
+    assert run.returncode == 5 and "incomplete backup" in run.stderr
+
+
+def test_inspect_table_and_json(backup: Path) -> None:
+    run = run_cli("inspect", str(backup))
+    assert run.returncode == 0, run.stderr
+    assert "public.orders" in run.stdout and "restore order" in run.stdout
+    run = run_cli("inspect", str(backup), "--json")
+    summary = json.loads(run.stdout)
+    assert summary["totals"]["rows"] == 2070
+    assert {t["name"]: t["rows"] for t in summary["tables"]}["order_lines"] == 1500
+    assert summary["snapshot"]["id"]
