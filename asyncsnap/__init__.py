@@ -17,5 +17,18 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 from .dump import DumpResult, TableResult, dump
 from .errors import AsyncsnapError, ExitCode
+from .restore import RestoreResult, restore
+from .verify import VerifyResult, verify
 
-__all__ = ["AsyncsnapError", "DumpResult", "ExitCode", "TableResult", "__version__", "dump"]
+__all__ = [
+    "AsyncsnapError",
+    "DumpResult",
+    "ExitCode",
+    "RestoreResult",
+    "TableResult",
+    "VerifyResult",
+    "__version__",
+    "dump",
+    "restore",
+    "verify",
+]

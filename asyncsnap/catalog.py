@@ -67,6 +67,7 @@ class Table:
     est_rows: int  # pg_class.reltuples, never negative; an estimate for progress only
     table_bytes: int  # heap + TOAST, no indexes (estimate until describe_tables)
     readable: bool  # the role has SELECT on it
+    heap_pages: int = 0  # main fork pages, exact once describe_tables ran (after locking)
     columns: tuple[Column, ...] = ()
     primary_key: tuple[str, ...] = ()
     foreign_keys: tuple[ForeignKey, ...] = ()
@@ -228,7 +229,8 @@ ORDER BY con.conrelid, con.conname
 """
 
 _SIZES_SQL = """
-SELECT c.oid, pg_table_size(c.oid) AS table_bytes
+SELECT c.oid, pg_table_size(c.oid) AS table_bytes,
+       pg_relation_size(c.oid, 'main') / current_setting('block_size')::bigint AS heap_pages
 FROM pg_class c WHERE c.oid = ANY($1::oid[])
 """
 
@@ -246,7 +248,9 @@ async def describe_tables(conn: asyncpg.Connection, tables: list[Table]) -> list
     Call it after the tables are locked: the size functions take a lock of their own.
     """
     oids = [t.oid for t in tables]
-    sizes = {r["oid"]: r["table_bytes"] for r in await conn.fetch(_SIZES_SQL, oids)}
+    sizes = {
+        r["oid"]: (r["table_bytes"], r["heap_pages"]) for r in await conn.fetch(_SIZES_SQL, oids)
+    }
     columns: dict[int, list[Column]] = {}
     for r in await conn.fetch(_COLUMNS_SQL, oids):
         columns.setdefault(r["oid"], []).append(
@@ -282,7 +286,8 @@ async def describe_tables(conn: asyncpg.Connection, tables: list[Table]) -> list
             columns=tuple(columns.get(t.oid, ())),
             primary_key=pkeys.get(t.oid, ()),
             foreign_keys=tuple(fkeys.get(t.oid, ())),
-            table_bytes=sizes.get(t.oid, t.table_bytes),
+            table_bytes=sizes.get(t.oid, (t.table_bytes, 0))[0],
+            heap_pages=sizes.get(t.oid, (0, t.heap_pages))[1],
         )
         for t in tables
     ]

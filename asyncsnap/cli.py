@@ -7,13 +7,14 @@ traceback). SIGINT and SIGTERM cancel the run; cleanup is the library's.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import anyio
@@ -40,6 +41,45 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1024**4,
+    "tib": 1024**4,
+}
+
+
+def parse_size(text: str) -> int | None:
+    """``256MB``, ``1.5GiB``, ``1024`` (bytes) or ``off``; units are 1024-based, as in
+    PostgreSQL's own settings.
+
+    >>> parse_size("1GB")
+    1073741824
+    """
+    cleaned = text.strip().lower().replace(" ", "")
+    if cleaned in ("off", "none", "never"):
+        return None
+    number = cleaned.rstrip("kmgtib")
+    unit = cleaned[len(number) :]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value < 0:
+        raise typer.BadParameter(f"{text!r} is not a size; try 256MB, 2GB or off")
+    return int(value * _UNITS[unit])
 
 
 def _version(value: bool) -> None:
@@ -96,11 +136,27 @@ def _fail(exc: BaseException, *, dsn: str | None, debug: bool) -> typer.Exit:
     return typer.Exit(ExitCode.INTERNAL)
 
 
+def _quiet_lost_connection_noise() -> None:
+    """asyncpg leaves a future holding ConnectionError('unexpected connection_lost() call')
+    when a backend dies mid-COPY; asyncio would print it at exit although the library has
+    already handled the loss (retried the chunk, or reported it). Drop only that."""
+    loop = asyncio.get_running_loop()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, ConnectionError) and "connection_lost" in str(exc):
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 def run_cancellable(work: Callable[[], Awaitable[T]]) -> T:
     """Run ``work`` on asyncio; SIGINT/SIGTERM cancel it and raise ``Interrupted``."""
     received: list[int] = []
 
     async def main() -> T | None:
+        _quiet_lost_connection_noise()
         result: T | None = None
         async with anyio.create_task_group() as tg:
 
@@ -188,6 +244,15 @@ def dump_command(
         float,
         typer.Option("--lock-timeout", min=0, help="Seconds to wait for each table lock; 0 waits."),
     ] = DEFAULT_LOCK_TIMEOUT,
+    split_larger_than: Annotated[
+        str,
+        typer.Option(
+            "--split-larger-than",
+            metavar="SIZE",
+            help="Read tables larger than SIZE in page ranges over several connections "
+            "(e.g. 256MB, 2GB, off).",
+        ),
+    ] = "256MB",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
@@ -195,6 +260,7 @@ def dump_command(
 
     Example: asyncsnap dump postgresql://app@db/app -o /backups -j 4 -t 'public.order*'
     """
+    split_bytes = parse_size(split_larger_than)
     live, render = _renderers(quiet)
     finished: list[DumpFinished] = []
 
@@ -215,6 +281,7 @@ def dump_command(
             compression=compress,
             name=name,
             lock_timeout=lock_timeout,
+            split_larger_than=split_bytes,
             on_event=on_event,
         )
 

@@ -49,6 +49,10 @@ SESSION_SETTINGS: Mapping[str, str] = {
     "application_name": "asyncsnap",
     "statement_timeout": "0",
     "idle_in_transaction_session_timeout": "0",
+    # Concurrent scans of a big table would otherwise start mid-table to share I/O,
+    # making row order (and so file hashes) differ from run to run.
+    "synchronize_seqscans": "off",
+    "standard_conforming_strings": "on",
 }
 
 

@@ -62,12 +62,17 @@ from .progress import (
     DumpFinished,
     DumpStarted,
     EventCallback,
+    Notice,
 )
 from .render import COPY_OPTIONS_KWARGS, encodings, select_rows_sql
 from .snapshot import Coordinator, snapshot_lost, snapshot_transaction
 from .storage import COMPRESSIONS, BackupDirectory, Compression, StoredFile
 
 DEFAULT_LOCK_TIMEOUT = 30.0
+# One stream renders JSON at roughly 100-150 MB/s of table (DESIGN.md): above this a table
+# is worth several backends.
+DEFAULT_SPLIT_LARGER_THAN = 256 * 1024 * 1024
+TID_RANGE_SCAN_VERSION = 140000
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ async def dump(
     compression: Compression = "zstd",
     name: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    split_larger_than: int | None = DEFAULT_SPLIT_LARGER_THAN,
     on_event: EventCallback | None = None,
 ) -> DumpResult:
     """Export the selected tables at one moment into ``<output>/<name>``.
@@ -132,6 +138,8 @@ async def dump(
     :param compression: ``"zstd"`` (default), ``"gzip"`` or ``"none"``.
     :param name: backup directory name; default ``backup_YYYYMMDDTHHMMSSZ`` (UTC).
     :param lock_timeout: seconds to wait for each table's ACCESS SHARE lock; 0 waits.
+    :param split_larger_than: tables larger than this many bytes (heap + TOAST) are read
+        in ctid page ranges by several connections, one file each; ``None`` never splits.
     :param on_event: called with progress events (see ``asyncsnap.progress``).
 
     Example::
@@ -167,7 +175,15 @@ async def dump(
             described = await describe_tables(conn, selected)
             catalog = Catalog(server=server, tables=described, types=await read_types(conn))
             sequences = await read_sequences(conn, described)
-            chunks = plan_chunks(described)
+            if split_larger_than is not None and server.version_num < TID_RANGE_SCAN_VERSION:
+                emit(
+                    Notice(
+                        f"PostgreSQL {server.version} has no TID Range Scan (14+): "
+                        "large tables are copied in one stream each"
+                    )
+                )
+                split_larger_than = None
+            chunks = plan_chunks(described, split_larger_than=split_larger_than, jobs=jobs)
             order = restore_order(described)
 
             backup = BackupDirectory.create(output, name)
@@ -182,8 +198,18 @@ async def dump(
                     path=str(backup.path),
                 )
             )
+            coordinator_lost = anyio.Event()
+            conn.add_termination_listener(lambda _: coordinator_lost.set())
             stored = await _copy_all(
-                dsn, coordinator.snapshot_id, chunks, catalog.types, backup, compression, jobs, emit
+                dsn,
+                coordinator.snapshot_id,
+                chunks,
+                catalog.types,
+                backup,
+                compression,
+                jobs,
+                emit,
+                coordinator_lost,
             )
             # The data is only consistent if the snapshot outlived every import.
             await coordinator.ensure_alive()
@@ -304,6 +330,7 @@ async def _copy_all(
     compression: Compression,
     jobs: int,
     emit: EventCallback,
+    coordinator_lost: anyio.Event,
 ) -> dict[str, StoredFile]:
     """Copy every chunk with ``jobs`` connections; returns the stored files by stem."""
     workers = max(1, min(jobs, len(chunks)))
@@ -318,21 +345,67 @@ async def _copy_all(
     queue: Iterator[Chunk] = iter(chunks)  # shared: each worker takes the next largest
 
     async def worker() -> None:
-        async with pool.acquire() as conn:
-            for chunk in queue:
-                stored[chunk.stem] = await _copy_chunk(
-                    conn, chunk, snapshot_id, types, backup, compression, emit
-                )
+        for chunk in queue:
+            stored[chunk.stem] = await _copy_chunk_with_retries(
+                pool, chunk, snapshot_id, types, backup, compression, emit
+            )
+
+    async def watch_coordinator() -> None:
+        # Fail fast: once the snapshot holder is gone no further chunk can import it.
+        await coordinator_lost.wait()
+        raise snapshot_lost()
 
     try:
         async with anyio.create_task_group() as tg:
-            for _ in range(workers):
-                tg.start_soon(worker)
+            tg.start_soon(watch_coordinator)
+            async with anyio.create_task_group() as copying:
+                for _ in range(workers):
+                    copying.start_soon(worker)
+            tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         raise most_telling(group) from None
     finally:
         await _close_pool(pool)
     return stored
+
+
+# A chunk whose connection dies (backend terminated, network reset) is copied again on a
+# fresh connection that imports the same snapshot, at most this many times in all.
+CHUNK_ATTEMPTS = 3
+_RETRY_PAUSE = 0.5
+
+
+class _ConnectionLost(DumpFailed):
+    """A worker's connection died mid-chunk; the chunk may be retried."""
+
+
+async def _copy_chunk_with_retries(
+    pool: asyncpg.Pool,
+    chunk: Chunk,
+    snapshot_id: str,
+    types: dict[int, TypeInfo],
+    backup: BackupDirectory,
+    compression: Compression,
+    emit: EventCallback,
+) -> StoredFile:
+    for attempt in range(1, CHUNK_ATTEMPTS + 1):
+        try:
+            # Acquired per chunk: the pool replaces a connection that died.
+            async with pool.acquire() as conn:
+                return await _copy_chunk(conn, chunk, snapshot_id, types, backup, compression, emit)
+        except _ConnectionLost as exc:
+            if attempt == CHUNK_ATTEMPTS:
+                raise DumpFailed(
+                    f"{exc.message} (gave up after {CHUNK_ATTEMPTS} attempts)", hint=exc.hint
+                ) from exc
+            emit(
+                Notice(
+                    f"{exc.message}; its file was discarded, retrying on a new "
+                    f"connection in the same snapshot ({attempt + 1}/{CHUNK_ATTEMPTS})"
+                )
+            )
+            await anyio.sleep(_RETRY_PAUSE * attempt)
+    raise AssertionError("unreachable")
 
 
 # How long a failed or cancelled dump waits for the server to cancel its COPYs and for
@@ -388,7 +461,7 @@ async def _copy_chunk(
                     "IN ACCESS SHARE MODE NOWAIT"
                 )
                 status = await conn.copy_from_query(
-                    select_rows_sql(table, types), output=sink, **COPY_OPTIONS_KWARGS
+                    select_rows_sql(table, types, chunk.pages), output=sink, **COPY_OPTIONS_KWARGS
                 )
         except asyncpg.LockNotAvailableError as exc:
             raise LockTimeout(
@@ -406,11 +479,18 @@ async def _copy_chunk(
             asyncpg.AdminShutdownError,
             ConnectionError,
         ) as exc:
-            raise DumpFailed(
+            raise _ConnectionLost(
                 f"lost the connection while copying {chunk.label}: {exc}",
                 hint="check the server log; nothing was kept",
             ) from exc
-        except asyncpg.PostgresError as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if _connection_gone(conn):  # e.g. the transaction's exit after the backend died
+                raise _ConnectionLost(
+                    f"lost the connection while copying {chunk.label}: {exc}",
+                    hint="check the server log; nothing was kept",
+                ) from exc
+            if isinstance(exc, asyncpg.InterfaceError):
+                raise
             raise DumpFailed(
                 f"server error while copying {chunk.label}: {exc}",
                 hint=getattr(exc, "hint", None) or "see the server log",
@@ -439,6 +519,15 @@ async def _copy_chunk(
     return stored
 
 
+def _connection_gone(conn: asyncpg.Connection) -> bool:
+    """Whether ``conn`` died. The pool detaches a proxy whose connection was lost, and
+    then even ``is_closed()`` raises."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
 def _copy_count(status: str) -> int:
     """The row count from a ``COPY n`` command tag."""
     word, _, count = status.partition(" ")
@@ -461,9 +550,9 @@ def _manifest_body(
     compression: Compression,
 ) -> dict[str, Any]:
     server = catalog.server
-    files_by_table: dict[tuple[str, str], list[StoredFile]] = {}
+    files_by_table: dict[tuple[str, str], list[tuple[StoredFile, Chunk]]] = {}
     for chunk in sorted(chunks, key=lambda c: (c.table.key, c.index)):
-        files_by_table.setdefault(chunk.table.key, []).append(stored[chunk.stem])
+        files_by_table.setdefault(chunk.table.key, []).append((stored[chunk.stem], chunk))
 
     def ref(key: tuple[str, str]) -> dict[str, str]:
         return {"schema": key[0], "name": key[1]}
@@ -478,7 +567,7 @@ def _manifest_body(
                 "name": t.name,
                 "kind": t.kind,
                 "parent": ref(t.parent) if t.parent else None,
-                "rows": sum(f.rows for f in files),
+                "rows": sum(f.rows for f, _ in files),
                 "columns": [
                     {
                         "name": c.name,
@@ -512,8 +601,9 @@ def _manifest_body(
                         "bytes": f.bytes,
                         "stored_bytes": f.stored_bytes,
                         "sha256": f.sha256,
+                        "pages": list(chunk.pages) if chunk.pages is not None else None,
                     }
-                    for f in files
+                    for f, chunk in files
                 ],
             }
         )

@@ -42,12 +42,18 @@ def _slug(text: str) -> str:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One unit of work: a table, or a page range of it, copied into one file."""
+    """One unit of work: a table, or a page range of it, copied into one file.
+
+    ``pages`` is ``None`` for a whole table, else ``(first, end)``: the rows whose ctid
+    block number is ``>= first`` and ``< end``; ``end`` is ``None`` for the last range,
+    which so also covers pages added past the size measured when planning.
+    """
 
     table: Table
     index: int  # position of this chunk within its table, from 0
     count: int  # how many chunks the table has
     stem: str  # file name without extension
+    pages: tuple[int, int | None] | None = None
 
     @property
     def label(self) -> str:
@@ -56,20 +62,57 @@ class Chunk:
         return f"{self.table.qualified} [{self.index + 1}/{self.count}]"
 
 
-def plan_chunks(tables: Iterable[Table]) -> list[Chunk]:
+# Never more files for one table than this, however small --split-larger-than is.
+MAX_CHUNKS_PER_TABLE = 1024
+
+
+def page_ranges(pages: int, count: int) -> list[tuple[int, int | None]]:
+    """``count`` contiguous ranges over ``pages`` heap pages, the last one open-ended.
+
+    >>> page_ranges(10, 3)
+    [(0, 3), (3, 6), (6, None)]
+    """
+    count = max(1, min(count, pages, MAX_CHUNKS_PER_TABLE))
+    bounds = [pages * i // count for i in range(count)]
+    return [(start, bounds[i + 1] if i + 1 < count else None) for i, start in enumerate(bounds)]
+
+
+def chunk_count(table: Table, *, split_larger_than: int | None, jobs: int) -> int:
+    """How many ranges a table is read in: one, unless it is larger than the threshold;
+    then at least ``jobs`` (every connection helps) and at most one per threshold's worth."""
+    if split_larger_than is None or table.table_bytes <= split_larger_than:
+        return 1
+    wanted = max(jobs, -(-table.table_bytes // split_larger_than))
+    return len(page_ranges(table.heap_pages, wanted))
+
+
+def plan_chunks(
+    tables: Iterable[Table], *, split_larger_than: int | None = None, jobs: int = 1
+) -> list[Chunk]:
     """The chunks to copy, largest first so the longest copy starts earliest.
 
     Partitioned parents hold no rows and get no chunk; each partition is its own table.
+    Tables larger than ``split_larger_than`` bytes (heap and TOAST) are read in ctid page
+    ranges, each its own chunk and file; ``None`` never splits.
     """
-    chunks = [
-        Chunk(table=t, index=0, count=1, stem=file_stem(t.schema, t.name))
-        for t in tables
-        if t.has_data
-    ]
+    chunks = []
+    for t in tables:
+        if not t.has_data:
+            continue
+        stem = file_stem(t.schema, t.name)
+        count = chunk_count(t, split_larger_than=split_larger_than, jobs=jobs)
+        if count == 1:
+            chunks.append(Chunk(table=t, index=0, count=1, stem=stem))
+            continue
+        for i, pages in enumerate(page_ranges(t.heap_pages, count)):
+            chunks.append(
+                Chunk(table=t, index=i, count=count, stem=f"{stem}.{i + 1:04d}", pages=pages)
+            )
     stems = [c.stem for c in chunks]
     if len(set(stems)) != len(stems):  # 48 bits of hash: cannot happen by accident
         raise AssertionError("file name collision between two tables")
-    return sorted(chunks, key=lambda c: (-c.table.table_bytes, c.table.key))
+    per_chunk = {c.stem: c.table.table_bytes / c.count for c in chunks}
+    return sorted(chunks, key=lambda c: (-per_chunk[c.stem], c.table.key, c.index))
 
 
 @dataclass(frozen=True)

@@ -94,19 +94,32 @@ def encodings(table: Table, types: Mapping[int, TypeInfo]) -> dict[str, Encoding
     return {c.name: column_encoding(c, types) for c in table.columns}
 
 
-def select_rows_sql(table: Table, types: Mapping[int, TypeInfo]) -> str:
+def ctid_condition(pages: tuple[int, int | None]) -> str:
+    """Rows on heap pages ``[first, end)``: a TID Range Scan on PostgreSQL 14+."""
+    first, end = pages
+    condition = f"ctid >= '({int(first)},0)'::tid"
+    if end is not None:
+        condition += f" AND ctid < '({int(end)},0)'::tid"
+    return condition
+
+
+def select_rows_sql(
+    table: Table, types: Mapping[int, TypeInfo], pages: tuple[int, int | None] | None = None
+) -> str:
     """A query returning one ``text`` column: each row of ``table`` as a JSON object.
 
     ``FROM ONLY``: rows of inheritance children belong to the children's own files.
+    ``pages`` restricts it to a ctid page range (see ``plan.Chunk``).
     """
     source = f"FROM ONLY {sql_name(table.schema, table.name)}"
+    where = f" WHERE {ctid_condition(pages)}" if pages is not None else ""
     encs = encodings(table, types)
     if not table.columns:
-        return f"SELECT '{{}}'::text {source}"
+        return f"SELECT '{{}}'::text {source}{where}"
     if all(e == "json" for e in encs.values()):
-        return f"SELECT row_to_json(r.*)::text {source} AS r"
+        return f"SELECT row_to_json(r.*)::text {source} AS r{where}"
     exprs = ", ".join(_select_expression(c, encs[c.name]) for c in table.columns)
-    return f"SELECT row_to_json(r.*)::text FROM (SELECT {exprs} {source}) AS r"
+    return f"SELECT row_to_json(r.*)::text FROM (SELECT {exprs} {source}{where}) AS r"
 
 
 # \x01 and \x02 never occur raw in the rendered JSON (see above), so with them as quote
@@ -115,6 +128,8 @@ COPY_OPTIONS = "(FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')"
 COPY_OPTIONS_KWARGS = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}  # for asyncpg
 
 
-def copy_sql(table: Table, types: Mapping[int, TypeInfo]) -> str:
-    """The ``COPY ... TO STDOUT`` statement that streams ``table`` as NDJSON."""
-    return f"COPY ({select_rows_sql(table, types)}) TO STDOUT {COPY_OPTIONS}"
+def copy_sql(
+    table: Table, types: Mapping[int, TypeInfo], pages: tuple[int, int | None] | None = None
+) -> str:
+    """The ``COPY ... TO STDOUT`` statement that streams ``table`` (or a range) as NDJSON."""
+    return f"COPY ({select_rows_sql(table, types, pages)}) TO STDOUT {COPY_OPTIONS}"

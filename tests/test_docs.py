@@ -42,3 +42,11 @@ def test_readme_setup_commands_are_the_ci_commands() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest" in README and ci.rstrip().endswith("python -m pytest")
     assert "pip install -e '.[test]'" in README and "-e '.[test]'" in ci
+
+
+def test_public_api_is_callable_as_the_readme_shows() -> None:
+    import asyncsnap
+    import asyncsnap.cli  # importing submodules must not shadow the functions
+
+    for name in ("dump", "restore", "verify"):
+        assert callable(getattr(asyncsnap, name)) and f"asyncsnap.{name}(" in README, name

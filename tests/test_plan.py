@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from asyncsnap.catalog import ForeignKey, Table
@@ -125,3 +126,52 @@ def test_file_stems_are_safe_distinct_and_bounded() -> None:
         assert len(s) <= 94
     assert file_stem("public", "Order Items").startswith("public.order_items-")
     assert file_stem("public", "x") == file_stem("public", "x")  # stable across runs
+
+
+def test_page_ranges_are_contiguous_and_open_ended() -> None:
+    from asyncsnap.plan import MAX_CHUNKS_PER_TABLE, page_ranges
+
+    for pages, count in [(10, 3), (7, 7), (3, 10), (1, 4), (0, 2), (2**32 - 1, 5), (10**6, 5000)]:
+        ranges = page_ranges(pages, count)
+        assert ranges[0][0] == 0 and ranges[-1][1] is None  # past-the-end pages are covered
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+        assert all(end is None or start < end for start, end in ranges)  # none empty
+        assert len(ranges) <= min(max(pages, 1), count, MAX_CHUNKS_PER_TABLE)
+
+
+def test_split_only_above_threshold_and_at_least_one_range_per_job() -> None:
+    from asyncsnap.plan import chunk_count
+
+    big = Table(
+        oid=1,
+        schema="s",
+        name="big",
+        kind="table",
+        parent=None,
+        est_rows=0,
+        table_bytes=10 * 2**30,
+        readable=True,
+        heap_pages=1_000_000,
+    )
+    small = Table(
+        oid=2,
+        schema="s",
+        name="small",
+        kind="table",
+        parent=None,
+        est_rows=0,
+        table_bytes=100,
+        readable=True,
+        heap_pages=1,
+    )
+    assert chunk_count(big, split_larger_than=None, jobs=4) == 1
+    assert chunk_count(small, split_larger_than=1, jobs=4) == 1  # one page: nothing to split
+    assert chunk_count(big, split_larger_than=20 * 2**30, jobs=4) == 1
+    assert chunk_count(big, split_larger_than=8 * 2**30, jobs=4) == 4  # at least -j ranges
+    assert chunk_count(big, split_larger_than=2**30, jobs=2) == 10  # one per threshold
+    chunks = plan_chunks([big, small], split_larger_than=2**30, jobs=2)
+    assert [c.stem.rsplit(".", 1)[-1] for c in chunks if c.table.name == "big"][:2] == [
+        "0001",
+        "0002",
+    ]
+    assert chunks[-1].table.name == "small" and chunks[-1].pages is None
