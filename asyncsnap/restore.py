@@ -7,7 +7,10 @@ block into one JSON array by replacing newlines with commas, and sends it as a s
 row. Columns written with the ``text`` encoding are cast from their text form instead.
 
 Every table loads in one transaction, while its files are hashed and counted: a file
-that does not match the manifest rolls its table back and fails the run. Order comes from
+that does not match the manifest rolls its table back and fails the run. A table split at
+dump time loads over several connections, one transaction per file; a failure then
+leaves the files already committed (the run fails and says so; rerun with --truncate), and
+--single-transaction loads everything in one transaction instead. Order comes from
 the *target's* foreign keys (the schema may have moved on since the dump); cycles and
 self-references are planned explicitly (see ``plan.CyclePlan``) and reported.
 """
@@ -393,21 +396,48 @@ async def _plan(
 
 @dataclass
 class _Unit:
-    """Tables that load together in one transaction: one table, or a whole cycle."""
+    """What one connection loads in one transaction: a table, one file of a split table,
+    or every table of a foreign-key cycle."""
 
     loads: list[TableLoad]
     cycle: CyclePlan | None = None
+    file_index: int | None = None  # one file of a split table, loaded on its own
+
+    @property
+    def rows(self) -> int:
+        if self.file_index is not None:
+            return self.loads[0].source.files[self.file_index].rows
+        return sum(ld.source.rows for ld in self.loads)
 
 
-def _units(plan: RestorePlan, level: list[TableLoad]) -> list[_Unit]:
+def _units(plan: RestorePlan, level: list[TableLoad], *, split_files: bool) -> list[_Unit]:
+    """The level's units. With ``split_files``, a table of several files (split at dump
+    time) loads over several connections, a transaction per file; cycles stay whole, their
+    constraints need one transaction."""
     in_cycle = {k: c for c in plan.cycles for k in c.tables}
-    units: dict[object, _Unit] = {}
+    grouped: dict[object, _Unit] = {}
+    units: list[_Unit] = []
     for load in level:
         cycle = in_cycle.get(plan.roots[load.target.key])
-        key: object = id(cycle) if cycle is not None else load.target.key
-        units.setdefault(key, _Unit(loads=[], cycle=cycle)).loads.append(load)
+        if cycle is not None:
+            grouped.setdefault(id(cycle), _Unit(loads=[], cycle=cycle)).loads.append(load)
+        elif split_files and len(load.source.files) > 1:
+            units += [_Unit(loads=[load], file_index=i) for i in range(len(load.source.files))]
+        else:
+            units.append(_Unit(loads=[load]))
     # The biggest units first, so the longest load starts earliest.
-    return sorted(units.values(), key=lambda u: -sum(ld.source.rows for ld in u.loads))
+    return sorted([*units, *grouped.values()], key=lambda u: -u.rows)
+
+
+def _merge(results: list[RestoredTable]) -> list[RestoredTable]:
+    """One result per table from the per-file results of split tables."""
+    merged: dict[tuple[str, str], RestoredTable] = {}
+    for r in results:
+        before = merged.get((r.schema, r.name))
+        if before is not None:
+            r = RestoredTable(r.schema, r.name, before.rows + r.rows, before.seconds + r.seconds)
+        merged[(r.schema, r.name)] = r
+    return sorted(merged.values(), key=lambda r: (r.schema, r.name))
 
 
 async def _run_with_pool(
@@ -420,7 +450,8 @@ async def _run_with_pool(
     jobs: int,
     mode: Mode,
 ) -> tuple[list[RestoredTable], int]:
-    size = max(1, min(jobs, max((len(lv) for lv in plan.levels), default=1)))
+    widest = max((len(_units(plan, lv, split_files=True)) for lv in plan.levels), default=1)
+    size = max(1, min(jobs, widest))
     others = [await asyncpg.connect(**kwargs) for _ in range(size - 1)]
     try:
         return await _run(plan, [conn, *others], backup, emit, single_transaction=False, mode=mode)
@@ -455,7 +486,7 @@ async def _run(
     results: list[RestoredTable] = []
     try:
         for level in plan.levels:
-            units = _units(plan, level)
+            units = _units(plan, level, split_files=not single_transaction)
             if single_transaction:
                 for unit in units:
                     results += await _load_unit(main, unit, backup, emit, own_transaction=False)
@@ -472,7 +503,7 @@ async def _run(
             with anyio.CancelScope(shield=True):
                 await _recreate_constraints(main, dropped, emit)
     sequences = await _set_sequences(main, plan, emit)
-    return results, sequences
+    return _merge(results), sequences
 
 
 async def _worker(
@@ -562,7 +593,7 @@ async def _load_unit(
             target = sql_name(load.target.schema, load.target.name)
             if strategy == "disable-triggers":
                 await conn.execute(f"ALTER TABLE {target} DISABLE TRIGGER ALL")
-            results.append(await _load_table(conn, load, backup, emit))
+            results.append(await _load_table(conn, load, backup, emit, unit.file_index))
             if strategy == "disable-triggers":
                 await conn.execute(f"ALTER TABLE {target} ENABLE TRIGGER ALL")
         if tx is not None:
@@ -577,14 +608,23 @@ async def _load_unit(
 
 
 async def _load_table(
-    conn: asyncpg.Connection, load: TableLoad, backup: Backup, emit: EventCallback
+    conn: asyncpg.Connection,
+    load: TableLoad,
+    backup: Backup,
+    emit: EventCallback,
+    file_index: int | None = None,
 ) -> RestoredTable:
+    """Load a table's files (or only file ``file_index``) on ``conn``, in its transaction."""
+    files = load.source.files
     label = load.source.qualified
-    emit(ChunkStarted(label=label, est_rows=load.source.rows, verb="loading"))
+    if file_index is not None:
+        files = (files[file_index],)
+        label += f" [{file_index + 1}/{len(load.source.files)}]"
+    emit(ChunkStarted(label=label, est_rows=sum(f.rows for f in files), verb="loading"))
     started = time.monotonic()
     sql = load.insert_sql()
     rows = raw = 0
-    for entry in load.source.files:
+    for entry in files:
         reader = DataFileReader(backup, entry, block_size=BATCH_BYTES)
         try:
             blocks = iter(reader)

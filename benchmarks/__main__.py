@@ -1,12 +1,15 @@
-"""Benchmark: asyncsnap dump against pg_dump, the raw COPY limit and the old script.
+"""Benchmark: asyncsnap against pg_dump/pg_restore, the raw COPY limits and the old script.
 
-    python -m benchmarks [--quick] [--scale N] [--runs N] [--dsn DSN] [--results FILE]
+    python -m benchmarks [--quick] [--scale N] [--mixed-rows N] [--small-tables N]
+                         [--runs N] [--jobs N] [--skip-old] [--dsn DSN --target-dsn DSN]
 
 Starts a throwaway PostgreSQL from the installed binaries unless --dsn is given (that
-database is filled with the benchmark tables), builds the datasets, then runs every tool
-alternately, --runs times, each as a separate process timed from outside (wall time and
-peak RSS of the process tree from wait4). Prints medians and ratios and writes a JSON file.
-Timings are never asserted: this is not a test.
+database is *filled* with the benchmark tables; restores go to --target-dsn, emptied
+before each run). Builds three datasets: pgbench's own tables (pgbench -i -s N), a wide
+table of mixed types, and a schema of a few hundred small tables. Then runs every tool
+alternately, --runs times, each as a separate process timed from outside (wall time; peak
+RSS of its largest process from GNU time). Prints medians and ratios, writes a JSON file
+and, with matplotlib installed, a PNG chart. Timings are never asserted: not a test.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,9 @@ import anyio
 import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.pgserver import find_bindir, throwaway_server  # noqa: E402
 
 MIXED_SQL = """
 DROP TABLE IF EXISTS mixed;
@@ -44,76 +50,49 @@ SELECT g, 'name ' || md5(g::text), (g * 1.2345)::numeric(14,4),
 FROM generate_series(1, $ROWS) g;
 """
 
-PGBENCH_TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_history", "pgbench_tellers"]
+SMALL_SQL = """
+DROP SCHEMA IF EXISTS smalls CASCADE;
+CREATE SCHEMA smalls;
+DO $$ BEGIN
+  FOR i IN 1..$TABLES LOOP
+    EXECUTE format('CREATE TABLE smalls.t%s (id int PRIMARY KEY, v text, n numeric)', i);
+    EXECUTE format('INSERT INTO smalls.t%s SELECT g, md5(g::text), g / 3.0 '
+                   'FROM generate_series(1, 200) g', i);
+  END LOOP;
+END $$;
+"""
 
 
 @dataclass
 class Dataset:
     name: str
-    tables: list[str]
+    tables: list[str]  # qualified names
+    select: list[str]  # pattern arguments for asyncsnap and pg_dump
     rows: int = 0
     table_bytes: int = 0
 
 
 @dataclass
-class Tool:
-    name: str
+class Runs:
     label: str
-    runs: list[tuple[float, int, int]] = field(default_factory=list)  # wall s, rss KiB, bytes
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # s, KiB, bytes
 
-
-def bindir() -> Path:
-    sys.path.insert(0, str(ROOT))
-    from tests.pgserver import find_bindir
-
-    return find_bindir()
-
-
-@contextmanager
-def server(dsn: str | None) -> Iterator[str]:
-    if dsn:
-        yield dsn
-        return
-    sys.path.insert(0, str(ROOT))
-    from tests.pgserver import throwaway_server
-
-    with throwaway_server() as s:
-        anyio.run(_execute, s.dsn(), "CREATE DATABASE bench", backend="asyncio")
-        yield s.dsn("bench")
-
-
-async def _execute(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-async def _fetchval(dsn: str, sql: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval(sql))
-    finally:
-        await conn.close()
-
-
-def libpq_env(dsn: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("DATABASE_URL", None)
-    return env
+    @property
+    def median(self) -> float:
+        return statistics.median(s for s, _, _ in self.samples)
 
 
 GNU_TIME = shutil.which("time", path="/usr/bin:/bin")
 
 
-def measure(cmd: list[str], *, env: dict[str, str]) -> tuple[float, int]:
+def measure(cmd: list[str]) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of the command's largest process.
 
     Peak RSS comes from GNU time when installed: a child forked from this (larger) Python
     process inherits its RSS high-water mark, so wait4's ru_maxrss overstates small
     tools. Without GNU time it falls back to that upper bound.
     """
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     with tempfile.NamedTemporaryFile() as rss_file, tempfile.TemporaryFile() as err:
         full = [GNU_TIME, "-f", "%M", "-o", rss_file.name, *cmd] if GNU_TIME else cmd
         start = time.perf_counter()
@@ -131,46 +110,78 @@ def measure(cmd: list[str], *, env: dict[str, str]) -> tuple[float, int]:
     return wall, rss
 
 
+def sql(dsn: str, statement: str) -> None:
+    async def go() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    anyio.run(go, backend="asyncio")
+
+
+def fetchval(dsn: str, query: str) -> int:
+    async def go() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return int(await conn.fetchval(query))
+        finally:
+            await conn.close()
+
+    return anyio.run(go, backend="asyncio")
+
+
 def dir_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def run_tool(tool: str, dsn: str, ds: Dataset, work: Path, jobs: int) -> tuple[float, int, int]:
-    env = libpq_env(dsn)
-    out = work / f"{tool}-{time.monotonic_ns()}"
-    pg = bindir()
-    t_args = [a for t in ds.tables for a in ("-t", t)]
-    if tool == "asyncsnap":
-        cmd = [
-            sys.executable,
-            "-m",
+@contextmanager
+def servers(dsn: str | None, target: str | None) -> Iterator[tuple[str, str | None]]:
+    if dsn:
+        yield dsn, target
+        return
+    with throwaway_server() as s:
+        sql(s.dsn(), "CREATE DATABASE bench")
+        sql(s.dsn(), "CREATE DATABASE bench_target")
+        yield s.dsn("bench"), s.dsn("bench_target")
+
+
+PY = [sys.executable, "-m"]
+
+
+def dump_commands(dsn: str, ds: Dataset, out: Path, jobs: int) -> dict[str, list[str]]:
+    pg = find_bindir()
+    return {
+        "asyncsnap": [
+            *PY,
             "asyncsnap",
             "dump",
             dsn,
             "-o",
             str(out),
+            "--name",
+            "b",
             "-j",
             str(jobs),
             "--quiet",
-            "--name",
-            "b",
-            *t_args,
-        ]
-    elif tool == "pg_dump":
-        cmd = [
+            *ds.select,
+        ],
+        "pg_dump": [
             str(pg / "pg_dump"),
             "-d",
             dsn,
             "-Fd",
             "-j",
             str(jobs),
-            "-f",
-            str(out),
             "-a",
-            *t_args,
-        ]
-    elif tool == "pg_dump_z0":
-        cmd = [
+            "-f",
+            str(out / "b"),
+            *ds.select,
+        ],
+        "pg_dump_z0": [
             str(pg / "pg_dump"),
             "-d",
             dsn,
@@ -179,146 +190,332 @@ def run_tool(tool: str, dsn: str, ds: Dataset, work: Path, jobs: int) -> tuple[f
             str(jobs),
             "-Z",
             "0",
-            "-f",
-            str(out),
             "-a",
-            *t_args,
-        ]
-    elif tool == "raw_copy":
-        cmd = [str(pg / "psql"), "-X", "-q", "-d", dsn, "-v", "ON_ERROR_STOP=1"]
-        cmd += [a for t in ds.tables for a in ("-c", f"COPY {t} TO STDOUT")]
-    elif tool == "old_script":
-        out.mkdir()
-        cmd = [sys.executable, "-m", "benchmarks.old_script", dsn, str(out), *ds.tables]
-    else:
-        raise ValueError(tool)
-    wall, rss = measure(cmd, env=env)
-    size = dir_size(out) if out.exists() else 0
-    shutil.rmtree(out, ignore_errors=True)
-    return wall, rss, size
+            "-f",
+            str(out / "b"),
+            *ds.select,
+        ],
+        "raw_copy": [
+            str(pg / "psql"),
+            "-X",
+            "-q",
+            "-d",
+            dsn,
+            "-v",
+            "ON_ERROR_STOP=1",
+            *[a for t in ds.tables for a in ("-c", f"COPY {t} TO STDOUT")],
+        ],
+        "old_script": [*PY, "benchmarks.old_script", dsn, str(out), *ds.tables],
+    }
 
 
-TOOLS = {
-    "asyncsnap": "asyncsnap dump -j2 (zstd)",
-    "pg_dump": "pg_dump -Fd -j2 (gzip)",
-    "pg_dump_z0": "pg_dump -Fd -j2 -Z0",
+DUMP_LABELS = {
+    "asyncsnap": "asyncsnap dump (zstd)",
+    "pg_dump": "pg_dump -Fd (gzip)",
+    "pg_dump_z0": "pg_dump -Fd -Z0",
     "raw_copy": "raw COPY TO STDOUT",
-    "old_script": "old fetchall + json.dump",
+    "old_script": "old fetchall+json.dump",
 }
+RESTORE_LABELS = {
+    "asyncsnap_restore": "asyncsnap restore",
+    "pg_restore": "pg_restore --data-only",
+    "raw_copy_from": "raw COPY FROM (text)",
+}
+
+
+def prepare_restore(
+    dsn: str, target: str, ds: Dataset, work: Path, jobs: int
+) -> dict[str, list[str]]:
+    """Make the inputs once (an asyncsnap backup, a pg_dump directory, raw COPY files)
+    and return the restore commands."""
+    pg = find_bindir()
+    base = work / f"inputs-{ds.name}"
+    base.mkdir()
+    (base / "asyncsnap").mkdir()
+    measure(dump_commands(dsn, ds, base / "asyncsnap", jobs)["asyncsnap"])
+    pgdir = base / "pg_dump"
+    measure(
+        [str(pg / "pg_dump"), "-d", dsn, "-Fd", "-j", str(jobs), "-a", "-f", str(pgdir), *ds.select]
+    )
+    raw = base / "raw"
+    raw.mkdir()
+    copy_in = []
+    for i, t in enumerate(ds.tables):
+        f = raw / f"{i}.copy"
+        measure([str(pg / "psql"), "-X", "-q", "-d", dsn, "-c", f"\\copy {t} TO '{f}'"])
+        copy_in += ["-c", f"\\copy {t} FROM '{f}'"]
+    return {
+        "asyncsnap_restore": [
+            *PY,
+            "asyncsnap",
+            "restore",
+            str(base / "asyncsnap" / "b"),
+            target,
+            "-j",
+            str(jobs),
+            "--quiet",
+        ],
+        "pg_restore": [
+            str(pg / "pg_restore"),
+            "-d",
+            target,
+            "-j",
+            str(jobs),
+            "--data-only",
+            str(pgdir),
+        ],
+        "raw_copy_from": [
+            str(pg / "psql"),
+            "-X",
+            "-q",
+            "-d",
+            target,
+            "-v",
+            "ON_ERROR_STOP=1",
+            *copy_in,
+        ],
+    }
+
+
+def build(dsn: str, args: argparse.Namespace) -> list[Dataset]:
+    pg = find_bindir()
+    print(
+        f"building: pgbench scale {args.scale}, mixed {args.mixed_rows} rows, "
+        f"{args.small_tables} small tables ...",
+        flush=True,
+    )
+    subprocess.run(
+        [str(pg / "pgbench"), "-i", "-q", "-s", str(args.scale), dsn],
+        check=True,
+        capture_output=True,
+    )
+    sql(dsn, MIXED_SQL.replace("$ROWS", str(args.mixed_rows)))
+    sql(dsn, SMALL_SQL.replace("$TABLES", str(args.small_tables)))
+    sql(dsn, "VACUUM ANALYZE")  # hint bits and statistics, as on a settled database
+    datasets = [
+        Dataset(
+            "pgbench",
+            [
+                f"public.{t}"
+                for t in (
+                    "pgbench_accounts",
+                    "pgbench_branches",
+                    "pgbench_history",
+                    "pgbench_tellers",
+                )
+            ],
+            ["-t", "public.pgbench_*"],
+        ),
+        Dataset("mixed", ["public.mixed"], ["-t", "public.mixed"]),
+        Dataset(
+            "small_tables",
+            [f"smalls.t{i}" for i in range(1, args.small_tables + 1)],
+            ["-n", "smalls"],
+        ),
+    ]
+    for ds in datasets:
+        names = ", ".join(f"'{t}'" for t in ds.tables)
+        ds.rows = sum(fetchval(dsn, f"SELECT count(*) FROM {t}") for t in ds.tables)
+        ds.table_bytes = fetchval(
+            dsn, f"SELECT sum(pg_table_size(t::regclass)) FROM unnest(ARRAY[{names}]) t"
+        )
+    return datasets
+
+
+def copy_schema(dsn: str, target: str) -> None:
+    pg = find_bindir()
+    schema = subprocess.run(
+        [str(pg / "pg_dump"), "-s", "-d", dsn], check=True, capture_output=True, text=True
+    ).stdout
+    subprocess.run(
+        [str(pg / "psql"), "-X", "-q", "-d", target, "-v", "ON_ERROR_STOP=1"],
+        input=schema,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+def alternate(
+    names: list[str],
+    runs: int,
+    one: Callable[[str], tuple[float, int, int]],
+    labels: dict[str, str],
+) -> dict[str, Runs]:
+    result = {n: Runs(labels[n]) for n in names}
+    for r in range(runs):
+        # Alternate the order each round so drift does not favour one tool.
+        for name in names if r % 2 == 0 else list(reversed(names)):
+            result[name].samples.append(one(name))
+            print(".", end="", flush=True)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks", description=__doc__.split("\n")[0]
+        prog="python -m benchmarks", description=(__doc__ or "").split("\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="small and fast (about a minute)")
     parser.add_argument("--scale", type=int, help="pgbench scale (100k accounts rows each)")
     parser.add_argument("--mixed-rows", type=int, help="rows of the mixed-type table")
-    parser.add_argument("--runs", type=int, help="runs of each tool (median is reported)")
+    parser.add_argument("--small-tables", type=int, help="tables in the small-tables schema")
+    parser.add_argument("--runs", type=int, help="runs of each tool (the median is reported)")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--dsn", help="use this database instead of a throwaway server")
+    parser.add_argument("--dsn", help="fill and use this database instead of a throwaway server")
+    parser.add_argument("--target-dsn", help="with --dsn: database to restore into (emptied)")
     parser.add_argument("--skip-old", action="store_true", help="do not run the old script")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results.json")
     args = parser.parse_args()
-    scale = args.scale or (2 if args.quick else 10)
-    mixed_rows = args.mixed_rows or scale * 40_000
-    runs = args.runs or (2 if args.quick else 3)
+    args.scale = args.scale or (2 if args.quick else 50)
+    args.mixed_rows = args.mixed_rows or args.scale * 40_000
+    args.small_tables = args.small_tables or (100 if args.quick else 300)
+    runs = args.runs or (1 if args.quick else 3)
+    # The old script holds everything in memory: run it only where it still finishes.
+    run_old = not args.skip_old and args.scale <= 10
 
-    with server(args.dsn) as dsn, tempfile.TemporaryDirectory(prefix="asyncsnap-bench-") as tmp:
+    with (
+        servers(args.dsn, args.target_dsn) as (dsn, target),
+        tempfile.TemporaryDirectory(prefix="asyncsnap-bench-") as tmp,
+    ):
         work = Path(tmp)
-        print(f"building datasets: pgbench scale {scale}, mixed {mixed_rows} rows ...", flush=True)
-        subprocess.run(
-            [str(bindir() / "pgbench"), "-i", "-q", "-s", str(scale), dsn],
-            check=True,
-            capture_output=True,
-            env=libpq_env(dsn),
-        )
-        anyio.run(_execute, dsn, MIXED_SQL.replace("$ROWS", str(mixed_rows)), backend="asyncio")
-        anyio.run(_execute, dsn, "VACUUM ANALYZE", backend="asyncio")  # hint bits, stats
-        datasets = [Dataset("pgbench", PGBENCH_TABLES), Dataset("mixed", ["mixed"])]
-        for ds in datasets:
-            for t in ds.tables:
-                ds.rows += anyio.run(_fetchval, dsn, f"SELECT count(*) FROM {t}", backend="asyncio")
-                ds.table_bytes += anyio.run(
-                    _fetchval, dsn, f"SELECT pg_table_size('{t}')", backend="asyncio"
-                )
-
-        tool_names = [t for t in TOOLS if not (t == "old_script" and args.skip_old)]
-        results: dict[str, dict[str, Tool]] = {ds.name: {} for ds in datasets}
-        for ds in datasets:
-            for name in tool_names:
-                results[ds.name][name] = Tool(name, TOOLS[name])
-            run_tool("asyncsnap", dsn, ds, work, args.jobs)  # warm-up: cache and imports
-            for r in range(runs):
-                # Alternate the order each round so drift does not favour one tool.
-                order = tool_names if r % 2 == 0 else list(reversed(tool_names))
-                for name in order:
-                    results[ds.name][name].runs.append(run_tool(name, dsn, ds, work, args.jobs))
-                    print(".", end="", flush=True)
-        print()
-        report(datasets, results, scale=scale, runs=runs, jobs=args.jobs, path=args.results)
-
-
-def report(
-    datasets: list[Dataset],
-    results: dict[str, dict[str, Tool]],
-    *,
-    scale: int,
-    runs: int,
-    jobs: int,
-    path: Path,
-) -> None:
-    out: dict[str, object] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "scale": scale,
-        "runs": runs,
-        "jobs": jobs,
-        "datasets": {},
-    }
-    for ds in datasets:
-        tools = results[ds.name]
-        med = {n: statistics.median(w for w, _, _ in t.runs) for n, t in tools.items()}
-        print(
-            f"\n{ds.name}: {ds.rows:,} rows, {ds.table_bytes / 2**20:.0f} MiB of table data, "
-            f"median of {runs}"
-        )
-        print(
-            f"{'tool':28} {'wall s':>8} {'rows/s':>12} {'MB/s':>8} {'peak RSS MiB':>13} "
-            f"{'output MiB':>11}"
-        )
-        entry: dict[str, object] = {"rows": ds.rows, "table_bytes": ds.table_bytes, "tools": {}}
-        for n, t in tools.items():
-            rss = max(r for _, r, _ in t.runs) / 1024
-            size = statistics.median(s for _, _, s in t.runs)
-            print(
-                f"{t.label:28} {med[n]:8.2f} {ds.rows / med[n]:12,.0f} "
-                f"{ds.table_bytes / 1e6 / med[n]:8.1f} {rss:13.1f} {size / 2**20:11.1f}"
-            )
-            entry["tools"][n] = {  # type: ignore[index]
-                "label": t.label,
-                "median_s": med[n],
-                "runs_s": [w for w, _, _ in t.runs],
-                "rows_per_s": ds.rows / med[n],
-                "mb_per_s": ds.table_bytes / 1e6 / med[n],
-                "peak_rss_mib": rss,
-                "output_bytes": size,
-            }
-        ratios = {
-            "asyncsnap/pg_dump": med["asyncsnap"] / med["pg_dump"],
-            "asyncsnap/pg_dump_z0": med["asyncsnap"] / med["pg_dump_z0"],
-            "asyncsnap/raw_copy": med["asyncsnap"] / med["raw_copy"],
+        datasets = build(dsn, args)
+        if target:
+            copy_schema(dsn, target)
+        report: dict[str, object] = {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "server": fetchval(dsn, "SELECT current_setting('server_version_num')"),
+            },
+            "scale": args.scale,
+            "runs": runs,
+            "jobs": args.jobs,
+            "datasets": {},
         }
-        if "old_script" in med:
-            ratios["old_script/asyncsnap"] = med["old_script"] / med["asyncsnap"]
-        entry["ratios"] = ratios
-        print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
-        out["datasets"][ds.name] = entry  # type: ignore[index]
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nresults written to {path}")
+        for ds in datasets:
+            names = [n for n in DUMP_LABELS if n != "old_script" or run_old]
+
+            def one_dump(name: str, ds: Dataset = ds) -> tuple[float, int, int]:
+                out = work / f"{name}-{time.monotonic_ns()}"
+                out.mkdir()
+                wall, rss = measure(dump_commands(dsn, ds, out, args.jobs)[name])
+                size = dir_size(out)
+                shutil.rmtree(out)
+                return wall, rss, size
+
+            one_dump("asyncsnap")  # warm-up: caches and imports
+            dumps = alternate(names, runs, one_dump, DUMP_LABELS)
+            entry: dict[str, object] = {
+                "rows": ds.rows,
+                "table_bytes": ds.table_bytes,
+                "dump": _tools(dumps, ds),
+            }
+            if target:
+                cmds = prepare_restore(dsn, target, ds, work, args.jobs)
+                backup = work / f"inputs-{ds.name}" / "asyncsnap" / "b"
+                verify_wall, verify_rss = measure([*PY, "asyncsnap", "verify", str(backup), "-q"])
+                entry["verify"] = {"median_s": verify_wall, "peak_rss_mib": verify_rss / 1024}
+                truncate = "TRUNCATE " + ", ".join(ds.tables)
+
+                def one_restore(
+                    name: str, cmds: dict[str, list[str]] = cmds, truncate: str = truncate
+                ) -> tuple[float, int, int]:
+                    sql(str(target), truncate)  # not timed
+                    wall, rss = measure(cmds[name])
+                    return wall, rss, 0
+
+                restores = alternate(list(RESTORE_LABELS), runs, one_restore, RESTORE_LABELS)
+                entry["restore"] = _tools(restores, ds)
+            else:
+                restores = {}
+            entry["ratios"] = _ratios(dumps, restores)
+            report["datasets"][ds.name] = entry  # type: ignore[index]
+            print()
+            _print(ds, dumps, restores, entry, runs)
+        args.results.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nresults written to {args.results}")
+        _chart(report, args.results.with_suffix(".png"))
+
+
+def _tools(runs: dict[str, Runs], ds: Dataset) -> dict[str, object]:
+    return {
+        name: {
+            "label": r.label,
+            "median_s": r.median,
+            "runs_s": [s for s, _, _ in r.samples],
+            "rows_per_s": ds.rows / r.median,
+            "mb_per_s": ds.table_bytes / 1e6 / r.median,
+            "peak_rss_mib": max(k for _, k, _ in r.samples) / 1024,
+            "output_bytes": statistics.median(b for _, _, b in r.samples),
+        }
+        for name, r in runs.items()
+    }
+
+
+def _ratios(dumps: dict[str, Runs], restores: dict[str, Runs]) -> dict[str, float]:
+    a = dumps["asyncsnap"].median
+    ratios = {
+        "asyncsnap/pg_dump": a / dumps["pg_dump"].median,
+        "asyncsnap/pg_dump_z0": a / dumps["pg_dump_z0"].median,
+        "asyncsnap/raw_copy": a / dumps["raw_copy"].median,
+    }
+    if "old_script" in dumps:
+        ratios["old_script/asyncsnap"] = dumps["old_script"].median / a
+    if restores:
+        r = restores["asyncsnap_restore"].median
+        ratios["restore/pg_restore"] = r / restores["pg_restore"].median
+        ratios["restore/raw_copy_from"] = r / restores["raw_copy_from"].median
+    return ratios
+
+
+def _print(
+    ds: Dataset,
+    dumps: dict[str, Runs],
+    restores: dict[str, Runs],
+    entry: dict[str, object],
+    runs: int,
+) -> None:
+    print(
+        f"\n{ds.name}: {ds.rows:,} rows in {len(ds.tables)} tables, "
+        f"{ds.table_bytes / 2**20:.0f} MiB of table data, median of {runs}"
+    )
+    print(
+        f"{'':26} {'wall s':>8} {'rows/s':>12} {'MB/s':>7} {'peak RSS MiB':>13} {'output MiB':>11}"
+    )
+    for group in (dumps, restores):
+        for r in group.values():
+            print(
+                f"{r.label:26} {r.median:8.2f} {ds.rows / r.median:12,.0f} "
+                f"{ds.table_bytes / 1e6 / r.median:7.1f} "
+                f"{max(k for _, k, _ in r.samples) / 1024:13.1f} "
+                f"{statistics.median(b for _, _, b in r.samples) / 2**20:11.1f}"
+            )
+    if "verify" in entry:
+        v = entry["verify"]
+        print(f"{'asyncsnap verify':26} {v['median_s']:8.2f}")  # type: ignore[index]
+    ratios = entry["ratios"]
+    print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))  # type: ignore[attr-defined]
+
+
+def _chart(report: dict[str, object], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    datasets = report["datasets"]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4))  # type: ignore[arg-type]
+    for ax, (name, entry) in zip(axes, datasets.items(), strict=False):  # type: ignore[attr-defined]
+        tools = {**entry["dump"], **entry.get("restore", {})}
+        ax.barh([t["label"] for t in tools.values()], [t["median_s"] for t in tools.values()])
+        ax.set_title(f"{name} ({entry['rows']:,} rows)")
+        ax.set_xlabel("median wall seconds")
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"chart written to {path}")
 
 
 if __name__ == "__main__":
