@@ -252,7 +252,7 @@ def dump_command(
             help="Read tables larger than SIZE in page ranges over several connections "
             "(e.g. 256MB, 2GB, off).",
         ),
-    ] = "256MB",
+    ] = "64MB",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:

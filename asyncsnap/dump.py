@@ -71,7 +71,7 @@ from .storage import COMPRESSIONS, BackupDirectory, Compression, StoredFile
 DEFAULT_LOCK_TIMEOUT = 30.0
 # One stream renders JSON at roughly 100-150 MB/s of table (DESIGN.md): above this a table
 # is worth several backends.
-DEFAULT_SPLIT_LARGER_THAN = 256 * 1024 * 1024
+DEFAULT_SPLIT_LARGER_THAN = 64 * 1024 * 1024
 TID_RANGE_SCAN_VERSION = 140000
 
 

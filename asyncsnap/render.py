@@ -5,7 +5,8 @@ is not, the column gets another *encoding*, recorded per column in the manifest 
 reader knows how to take the value back:
 
 ``json``
-    the value as ``to_json`` renders it (numbers, strings, booleans, nested arrays).
+    the value as ``to_json`` renders it (numbers, strings, booleans, nested arrays);
+    float ``-0`` is written as the string ``"-0"``, like ``"NaN"`` and ``"Infinity"``.
 ``text``
     a JSON string holding the value's PostgreSQL text form (``value::text``); the type's
     input function reads it back exactly. Used for ``json`` (duplicate keys, whitespace
@@ -14,7 +15,8 @@ reader knows how to take the value back:
     to json, such as PostGIS's, may lose information).
 ``array``
     a JSON array when every dimension starts at 1 (the usual case); otherwise a JSON
-    string holding the text form, e.g. ``"[0:2]={1,2,3}"``, which keeps the bounds.
+    string holding the text form, e.g. ``"[0:2]={1,2,3}"``, which keeps the bounds. Float
+    arrays holding a zero are written in the text form too (it keeps ``-0``).
 
 Every line then holds no raw newline, carriage return, ``\\x01`` or ``\\x02``: JSON escapes
 them in strings, and no ``json`` value is embedded verbatim. That is what lets the data
@@ -75,17 +77,35 @@ def column_encoding(column: Column, types: Mapping[int, TypeInfo]) -> Encoding:
     return "text" if _needs_text(info, types) else "json"
 
 
-def _select_expression(column: Column, encoding: Encoding) -> str:
+_FLOATS = {"float4", "float8"}
+
+
+def _is_float(info: TypeInfo | None) -> bool:
+    return info is not None and info.schema == "pg_catalog" and info.name in _FLOATS
+
+
+def _select_expression(column: Column, encoding: Encoding, types: Mapping[int, TypeInfo]) -> str:
     col = quote_ident(column.name)
+    info = _resolve_domain(column.type_oid, types)
+    if encoding == "json" and _is_float(info):
+        # -0 as the string "-0", like NaN and Infinity: a JSON number -0 does not survive
+        # jsonb (numeric has no negative zero). The text test runs only for zeros.
+        return (
+            f"CASE WHEN {col} <> 0 OR {col} IS NULL THEN to_json({col}) "
+            f"WHEN {col}::text = '-0' THEN '\"-0\"'::json ELSE to_json({col}) END AS {col}"
+        )
     if encoding == "json":
         return col
     if encoding == "text":
         return f"{col}::text AS {col}"
     # Arrays: array_lower() rules out the common 1-D case cheaply; the regular
-    # expression catches any later dimension that does not start at 1.
+    # expression catches any later dimension that does not start at 1. Float arrays
+    # holding a zero use the text form too, which keeps the sign of -0.
+    element = _resolve_domain(info.element, types) if info is not None else None
+    zero = f" OR 0 = ANY({col})" if _is_float(element) else ""
     return (
         f"CASE WHEN array_lower({col}, 1) <> 1 OR (array_ndims({col}) > 1 AND "
-        f"array_dims({col}) !~ '^(\\[1:[0-9]+\\])+$') "
+        f"array_dims({col}) !~ '^(\\[1:[0-9]+\\])+$'){zero} "
         f"THEN to_json({col}::text) ELSE to_json({col}) END AS {col}"
     )
 
@@ -116,9 +136,13 @@ def select_rows_sql(
     encs = encodings(table, types)
     if not table.columns:
         return f"SELECT '{{}}'::text {source}{where}"
-    if all(e == "json" for e in encs.values()):
+    plain = all(
+        e == "json" and not _is_float(_resolve_domain(c.type_oid, types))
+        for c, e in zip(table.columns, encs.values(), strict=True)
+    )
+    if plain:
         return f"SELECT row_to_json(r.*)::text {source} AS r{where}"
-    exprs = ", ".join(_select_expression(c, encs[c.name]) for c in table.columns)
+    exprs = ", ".join(_select_expression(c, encs[c.name], types) for c in table.columns)
     return f"SELECT row_to_json(r.*)::text FROM (SELECT {exprs} {source}{where}) AS r"
 
 

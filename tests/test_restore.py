@@ -211,18 +211,18 @@ def test_fidelity_float_signed_zero_and_json_null(
 ) -> None:
     """The cases PostgreSQL's own JSON loses, checked directly, not only through md5."""
     db.execute(
-        "CREATE TABLE z (id int, f float8, jb jsonb, j json, a int[]);"
-        "INSERT INTO z VALUES (1, '-0', 'null', '{\"k\":1,\"k\":2}', '[0:1]={5,6}'),"
-        "(2, '0', NULL, NULL, NULL)"
+        "CREATE TABLE z (id int, f float8, jb jsonb, j json, a int[], fa real[], f4 real);"
+        "INSERT INTO z VALUES (1, '-0', 'null', '{\"k\":1,\"k\":2}', '[0:1]={5,6}', "
+        "'{-0,1.5}', '-0'), (2, '0', NULL, NULL, NULL, '{1.5,2}', '0')"
     )
     copy_schema(db, empty_copy)
     run_restore(run_dump(db, tmp_path).path, empty_copy)
     rows = empty_copy.fetch(
         "SELECT id, f::text, jb IS NULL AS sql_null, jb::text, j::text, "
-        "array_lower(a, 1) FROM z ORDER BY id"
+        "array_lower(a, 1), fa::text, f4::text FROM z ORDER BY id"
     )
-    assert tuple(rows[0]) == (1, "-0", False, "null", '{"k":1,"k":2}', 0)
-    assert tuple(rows[1]) == (2, "0", True, None, None, None)
+    assert tuple(rows[0]) == (1, "-0", False, "null", '{"k":1,"k":2}', 0, "{-0,1.5}", "-0")
+    assert tuple(rows[1]) == (2, "0", True, None, None, None, "{1.5,2}", "0")
 
 
 def dump_restore(
