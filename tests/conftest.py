@@ -3,6 +3,7 @@ database per test that is dropped afterwards, and a runner for the real CLI proc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -94,9 +95,10 @@ class Database:
         return rows[0][0] if rows else None
 
 
-@pytest.fixture
-def db(postgres: Postgres) -> Iterator[Database]:
-    name = f"asyncsnap_test_{uuid.uuid4().hex[:12]}"
+@contextlib.contextmanager
+def fresh_database(postgres: Postgres, prefix: str) -> Iterator[Database]:
+    """A new, empty database, dropped (even with sessions still open) afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     anyio.run(execute, postgres.admin_dsn, f'CREATE DATABASE "{name}"', backend="asyncio")
     try:
         yield Database(name=name, dsn=postgres.dsn(name), postgres=postgres)
@@ -104,6 +106,12 @@ def db(postgres: Postgres) -> Iterator[Database]:
         anyio.run(
             execute, postgres.admin_dsn, f'DROP DATABASE "{name}" WITH (FORCE)', backend="asyncio"
         )
+
+
+@pytest.fixture
+def db(postgres: Postgres) -> Iterator[Database]:
+    with fresh_database(postgres, "asyncsnap_test") as database:
+        yield database
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from asyncsnap.errors import SchemaMismatch, TargetNotEmpty, VerificationFailed
 from asyncsnap.restore import RestoreResult, restore
 
-from .conftest import Database, Postgres, execute, run_cli
+from .conftest import Database, Postgres, fresh_database, run_cli
 from .pgserver import find_bindir
 from .test_dump import run_dump
 
@@ -149,14 +148,8 @@ def digests(dsn: str) -> dict[str, tuple[int, str]]:
 @pytest.fixture
 def empty_copy(postgres: Postgres, db: Database) -> Iterator[Database]:
     """A second database; ``copy_schema`` gives it the source's schema, no data."""
-    name = f"asyncsnap_copy_{uuid.uuid4().hex[:12]}"
-    anyio.run(execute, postgres.admin_dsn, f'CREATE DATABASE "{name}"', backend="asyncio")
-    try:
-        yield Database(name=name, dsn=postgres.dsn(name), postgres=postgres)
-    finally:
-        anyio.run(
-            execute, postgres.admin_dsn, f'DROP DATABASE "{name}" WITH (FORCE)', backend="asyncio"
-        )
+    with fresh_database(postgres, "asyncsnap_copy") as database:
+        yield database
 
 
 def copy_schema(source: Database, target: Database) -> None:
