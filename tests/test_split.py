@@ -108,7 +108,13 @@ async def _dump_with_fault(
             tg.start_soon(fault)
             try:
                 result = await asyncsnap.dump(
-                    db.dsn, output=out, name="b", jobs=2, compression="none", on_event=on_event
+                    db.dsn,
+                    output=out,
+                    name="b",
+                    jobs=2,
+                    compression="none",
+                    split_larger_than=None,  # one long COPY to interrupt
+                    on_event=on_event,
                 )
             finally:
                 copying.set()
@@ -134,7 +140,9 @@ def test_worker_backend_terminated_mid_chunk_is_retried(db: Database, tmp_path: 
     )
     retries = [e.message for e in events if isinstance(e, Notice) and "retrying" in e.message]
     assert len(retries) == 1 and "public.big" in retries[0]
-    clean = run_dump(db, tmp_path / "clean", name="b", jobs=2, compression="none")
+    clean = run_dump(
+        db, tmp_path / "clean", name="b", jobs=2, compression="none", split_larger_than=None
+    )
 
     def files(path: Path) -> dict[str, tuple[int, str]]:
         return {
