@@ -55,7 +55,13 @@ def test_interrupted_dump_cancel_mid_copy_leaves_no_manifest(db: Database, tmp_p
                     seen.append(event)
                     scope.cancel()
 
-            await asyncsnap.dump(db.dsn, output=tmp_path, name="cancelled", on_event=on_event)
+            await asyncsnap.dump(
+                db.dsn,
+                output=tmp_path,
+                name="cancelled",
+                on_event=on_event,
+                split_larger_than=None,  # one COPY long enough to report progress
+            )
             pytest.fail("the dump finished before it could be cancelled")
         assert await _asyncsnap_backends(db.dsn) == 0
 

@@ -11,7 +11,7 @@ import pytest
 
 import asyncsnap
 from asyncsnap.errors import SnapshotLost, most_telling
-from asyncsnap.progress import ChunkProgress, Event, Notice
+from asyncsnap.progress import ChunkStarted, Event, Notice
 
 from .conftest import Database
 from .helpers import manifest_of, read_rows, table_entry
@@ -75,8 +75,16 @@ ANALYZE;
 
 
 async def _terminate(dsn: str, where: str) -> int:
+    """Terminate the asyncsnap backends matching ``where`` as soon as a COPY of the big
+    table is running (polled, so the fault lands mid-COPY however fast the machine is)."""
     conn = await asyncpg.connect(dsn)
     try:
+        with anyio.fail_after(30):
+            while not await conn.fetchval(  # noqa: ASYNC110 - server state: nothing to wait on
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'asyncsnap' "
+                "AND state = 'active' AND query LIKE 'COPY%big%'"
+            ):
+                await anyio.sleep(0.002)
         return int(
             await conn.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -90,18 +98,19 @@ async def _terminate(dsn: str, where: str) -> int:
 async def _dump_with_fault(
     db: Database, out: Path, where: str, events: list[Event]
 ) -> asyncsnap.DumpResult:
-    """Dump; at the first progress of the big table, terminate the backends ``where``."""
-    copying = anyio.Event()
+    """Dump; once the big table's COPY runs, terminate the backends ``where``."""
+    started = anyio.Event()
     killed: list[int] = []
 
     def on_event(event: Event) -> None:
         events.append(event)
-        if isinstance(event, ChunkProgress) and event.label.startswith("public.big"):
-            copying.set()
+        if isinstance(event, ChunkStarted) and event.label.startswith("public.big"):
+            started.set()
 
     async def fault() -> None:
-        await copying.wait()
-        killed.append(await _terminate(db.dsn, where))
+        await started.wait()
+        if not killed:
+            killed.append(await _terminate(db.dsn, where))
 
     try:
         async with anyio.create_task_group() as tg:
@@ -117,7 +126,7 @@ async def _dump_with_fault(
                     on_event=on_event,
                 )
             finally:
-                copying.set()
+                tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         raise most_telling(group) from None
     assert killed == [1], killed  # exactly one backend was terminated mid-dump
