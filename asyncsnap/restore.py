@@ -53,9 +53,10 @@ from .progress import (
 )
 
 Mode = str  # "refuse" | "truncate" | "append"
-# NDJSON bytes per INSERT. DESIGN.md measured ~5 MB batches; 2 MiB is as fast here and
-# keeps the client's peak memory down (each batch exists about three times at once).
-BATCH_BYTES = 2 << 20
+# NDJSON bytes per INSERT. DESIGN.md measured ~5 MB batches; 1 MiB restores pgbench
+# scale 30 with -j 2 as fast as 2 MiB (6.1-6.2 s) at 77-80 MiB peak RSS instead of 94:
+# each batch exists several times at once (reader, replace, join, asyncpg's buffer).
+BATCH_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
