@@ -354,3 +354,23 @@ async def read_sequences(conn: asyncpg.Connection, tables: list[Table]) -> list[
             )
         )
     return result
+
+
+# Pages read to estimate where a table's bytes lie (TABLESAMPLE SYSTEM reads whole pages).
+SAMPLE_PAGES = 2000
+
+
+async def sample_page_weights(conn: asyncpg.Connection, table: Table) -> list[tuple[int, int]]:
+    """``(page, bytes)`` for a sample of the table's heap pages: the stored size of every
+    value on the page, TOASTed ones included (``pg_column_size`` reads the TOAST pointer,
+    it does not fetch the value). Read in the caller's snapshot, after the lock."""
+    if not table.columns or table.heap_pages == 0:
+        return []
+    percent = min(100.0, 100.0 * SAMPLE_PAGES / table.heap_pages)
+    sizes = " + ".join(f"coalesce(pg_column_size({quote_ident(c.name)}), 0)" for c in table.columns)
+    rows = await conn.fetch(
+        f"SELECT (ctid::text::point)[0]::bigint AS page, sum(24 + {sizes})::bigint AS weight "
+        f"FROM ONLY {sql_name(table.schema, table.name)} "
+        f"TABLESAMPLE SYSTEM ({percent:.6f}) REPEATABLE (0) GROUP BY 1"
+    )
+    return [(r["page"], r["weight"]) for r in rows]

@@ -31,6 +31,7 @@ from .catalog import (
     read_sequences,
     read_server_info,
     read_types,
+    sample_page_weights,
     sql_name,
 )
 from .catalog import (
@@ -53,7 +54,7 @@ from .errors import (
     most_telling,
 )
 from .patterns import Selection
-from .plan import Chunk, RestoreOrder, plan_chunks, restore_order
+from .plan import Chunk, RestoreOrder, chunk_count, plan_chunks, restore_order
 from .progress import (
     PROGRESS_INTERVAL,
     ChunkFinished,
@@ -183,7 +184,15 @@ async def dump(
                     )
                 )
                 split_larger_than = None
-            chunks = plan_chunks(described, split_larger_than=split_larger_than, jobs=jobs)
+            # Where split tables' bytes lie (TOAST included), to balance their ranges.
+            weights = {
+                t.key: await sample_page_weights(conn, t)
+                for t in described
+                if t.has_data and chunk_count(t, split_larger_than=split_larger_than, jobs=jobs) > 1
+            }
+            chunks = plan_chunks(
+                described, split_larger_than=split_larger_than, jobs=jobs, weights=weights
+            )
             order = restore_order(described)
 
             backup = BackupDirectory.create(output, name)

@@ -87,13 +87,18 @@ def chunk_count(table: Table, *, split_larger_than: int | None, jobs: int) -> in
 
 
 def plan_chunks(
-    tables: Iterable[Table], *, split_larger_than: int | None = None, jobs: int = 1
+    tables: Iterable[Table],
+    *,
+    split_larger_than: int | None = None,
+    jobs: int = 1,
+    weights: Mapping[TableKey, Sequence[tuple[int, int]]] | None = None,
 ) -> list[Chunk]:
     """The chunks to copy, largest first so the longest copy starts earliest.
 
     Partitioned parents hold no rows and get no chunk; each partition is its own table.
     Tables larger than ``split_larger_than`` bytes (heap and TOAST) are read in ctid page
-    ranges, each its own chunk and file; ``None`` never splits.
+    ranges, each its own chunk and file; ``None`` never splits. ``weights`` (sampled
+    ``(page, bytes)``, see ``weighted_page_ranges``) balance the ranges of those tables.
     """
     chunks = []
     for t in tables:
@@ -104,9 +109,18 @@ def plan_chunks(
         if count == 1:
             chunks.append(Chunk(table=t, index=0, count=1, stem=stem))
             continue
-        for i, pages in enumerate(page_ranges(t.heap_pages, count)):
+        sample = (weights or {}).get(t.key)
+        ranges = (
+            weighted_page_ranges(t.heap_pages, count, sample)
+            if sample
+            else page_ranges(t.heap_pages, count)
+        )
+        if len(ranges) == 1:  # the bytes all sit on one page
+            chunks.append(Chunk(table=t, index=0, count=1, stem=stem))
+            continue
+        for i, pages in enumerate(ranges):
             chunks.append(
-                Chunk(table=t, index=i, count=count, stem=f"{stem}.{i + 1:04d}", pages=pages)
+                Chunk(table=t, index=i, count=len(ranges), stem=f"{stem}.{i + 1:04d}", pages=pages)
             )
     stems = [c.stem for c in chunks]
     if len(set(stems)) != len(stems):  # 48 bits of hash: cannot happen by accident
@@ -276,3 +290,38 @@ def plan_cycles(
             strategy = "drop-and-recreate"
         plans.append(CyclePlan(tables=group, constraints=tuple(constraints), strategy=strategy))
     return plans
+
+
+def weighted_page_ranges(
+    pages: int, count: int, samples: Sequence[tuple[int, int]]
+) -> list[tuple[int, int | None]]:
+    """Like ``page_ranges``, but cut where the sampled *weight* (bytes of the values,
+    TOAST included) reaches equal shares, so a range of pages holding large TOASTed values
+    is not ten times the work of another. ``samples`` are ``(page, weight)`` pairs from a
+    page-level sample; each sampled page stands for the pages up to the next one. Falls
+    back to equal page ranges when the sample cannot say anything, and gives fewer ranges
+    than ``count`` when the bytes sit on fewer pages than that.
+
+    >>> weighted_page_ranges(100, 2, [(10, 1), (50, 1), (90, 98)])
+    [(0, 90), (90, None)]
+    """
+    points = sorted((p, w) for p, w in samples if 0 <= p < pages and w > 0)
+    total = sum(w for _, w in points)
+    count = max(1, min(count, pages, MAX_CHUNKS_PER_TABLE))
+    if count == 1 or len(points) < count or total <= 0:
+        return page_ranges(pages, count)
+    bounds = [0]
+    cumulative = 0
+    share = 1
+    for page, weight in points:
+        # A boundary goes before the page whose middle reaches the next share, so that
+        # one heavy page starts a range instead of ending one.
+        if share < count and cumulative + weight / 2 >= total * share / count and page > bounds[-1]:
+            bounds.append(page)
+            share += 1
+        cumulative += weight
+    # Fewer ranges than asked when the bytes sit on a few pages (a range is at least one
+    # page): balanced beats many.
+    return [
+        (start, bounds[i + 1] if i + 1 < len(bounds) else None) for i, start in enumerate(bounds)
+    ]

@@ -365,7 +365,16 @@ def main() -> None:
     parser.add_argument("--target-dsn", help="with --dsn: database to restore into (emptied)")
     parser.add_argument("--skip-old", action="store_true", help="do not run the old script")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument(
+        "--linearity",
+        action="store_true",
+        help="instead: dump pgbench_accounts-like tables of 1, 5 and 10 M rows and report "
+        "seconds per million rows and peak RSS at each size",
+    )
     args = parser.parse_args()
+    if args.linearity:
+        linearity(args)
+        return
     args.scale = args.scale or (2 if args.quick else 50)
     args.mixed_rows = args.mixed_rows or args.scale * 40_000
     args.small_tables = args.small_tables or (100 if args.quick else 300)
@@ -436,6 +445,77 @@ def main() -> None:
         args.results.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nresults written to {args.results}")
         _chart(report, args.results.with_suffix(".png"))
+
+
+LINEAR_SQL = """
+DROP TABLE IF EXISTS lin_$N;
+CREATE TABLE lin_$N AS
+SELECT g AS aid, 1 + g / 100000 AS bid, 0 AS abalance, repeat(' ', 84)::char(84) AS filler
+FROM generate_series(1, $N) g;
+"""
+
+
+def linearity(args: argparse.Namespace) -> None:
+    """Time grows linearly with rows and memory stays flat: the same table shape at
+    1, 5 and 10 M rows, each dumped --runs times (median)."""
+    sizes = [1_000_000, 5_000_000, 10_000_000]
+    runs = args.runs or 3
+    with (
+        servers(args.dsn, None) as (dsn, _),
+        tempfile.TemporaryDirectory(prefix="asyncsnap-lin-") as tmp,
+    ):
+        print("building 1M, 5M and 10M-row tables ...", flush=True)
+        for n in [1, *sizes]:
+            sql(dsn, LINEAR_SQL.replace("$N", str(n)))
+        sql(dsn, "VACUUM ANALYZE")
+
+        def dump_median(n: int) -> tuple[float, float]:
+            ds = Dataset(f"lin_{n}", [f"public.lin_{n}"], ["-t", f"public.lin_{n}"], rows=n)
+            samples = []
+            for _ in range(runs):
+                out = Path(tmp) / f"o{time.monotonic_ns()}"
+                out.mkdir()
+                samples.append(measure(dump_commands(dsn, ds, out, args.jobs)["asyncsnap"]))
+                shutil.rmtree(out)
+            return statistics.median(w for w, _ in samples), max(k for _, k in samples) / 1024
+
+        # The fixed cost of any dump (interpreter start, connections, catalog), measured on
+        # a one-row table and taken out of the per-row figures.
+        overhead, _ = dump_median(1)
+        print(f"fixed cost of a dump (1-row table): {overhead:.2f} s")
+        results = {}
+        for n in sizes:
+            wall, rss = dump_median(n)
+            net = (wall - overhead) / (n / 1e6)
+            results[n] = {
+                "median_s": wall,
+                "s_per_million_rows": wall / (n / 1e6),
+                "net_s_per_million_rows": net,
+                "peak_rss_mib": rss,
+            }
+            print(
+                f"{n:>11,} rows: {wall:6.2f} s, {net:5.3f} s per M rows net of the fixed "
+                f"cost, peak RSS {rss:5.1f} MiB",
+                flush=True,
+            )
+        per_row = [r["net_s_per_million_rows"] for r in results.values()]
+        spread = max(per_row) / min(per_row) - 1
+        print(f"per-row time spread: {spread * 100:.1f}% (target: within 15%)")
+        path = args.results.with_name("linearity.json")
+        path.write_text(
+            json.dumps(
+                {
+                    "jobs": args.jobs,
+                    "runs": runs,
+                    "sizes": results,
+                    "fixed_cost_s": overhead,
+                    "per_row_spread": spread,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        print(f"results written to {path}")
 
 
 def _tools(runs: dict[str, Runs], ds: Dataset) -> dict[str, object]:

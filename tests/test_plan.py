@@ -175,3 +175,24 @@ def test_split_only_above_threshold_and_at_least_one_range_per_job() -> None:
         "0002",
     ]
     assert chunks[-1].table.name == "small" and chunks[-1].pages is None
+
+
+def test_weighted_ranges_balance_bytes_not_pages() -> None:
+    from asyncsnap.plan import page_ranges, weighted_page_ranges
+
+    # 90% of the pages hold 1 unit each; the last 10% hold 100 units (big TOASTed values).
+    samples = [(p, 1 if p < 900 else 100) for p in range(0, 1000, 10)]
+    ranges = weighted_page_ranges(1000, 4, samples)
+    assert ranges[0] == (0, 920) and ranges[-1][1] is None
+
+    def weight(r: tuple[int, int | None]) -> int:
+        return sum(w for p, w in samples if p >= r[0] and (r[1] is None or p < r[1]))
+
+    balanced = [weight(r) for r in ranges]
+    equal = [weight(r) for r in page_ranges(1000, 4)]
+    assert max(balanced) / min(balanced) < 1.6 < max(equal) / min(equal)
+    # Uniform weights give the equal ranges; no sample falls back to them.
+    assert weighted_page_ranges(1000, 4, [(p, 5) for p in range(0, 1000, 10)]) == page_ranges(
+        1000, 4
+    )
+    assert weighted_page_ranges(10, 3, []) == page_ranges(10, 3)
