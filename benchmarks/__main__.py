@@ -442,6 +442,20 @@ def main() -> None:
             report["datasets"][ds.name] = entry  # type: ignore[index]
             print()
             _print(ds, dumps, restores, entry, runs)
+        judged = args.scale >= 50 and args.mixed_rows >= 2_000_000
+        report["targets"] = targets(report) if judged else "not judged: set at --scale 50, 2M"
+        if not judged:
+            print(
+                "\ntargets are set at pgbench scale 50 and 2 M mixed rows (the defaults); "
+                "fixed costs dominate smaller runs, so this one is not judged"
+            )
+        else:
+            print("\ntargets (issue 4; 2 cores, server on the same box, -j 2):")
+        for t in report["targets"] if judged else []:  # type: ignore[attr-defined]
+            verdict = "met" if t["met"] else f"MISSED by {t['by_percent']:.0f}%"
+            print(f"  {t['name']}: {t['value']:.2f} (target {t['target']}) {verdict}")
+            if not t["met"]:
+                print(f"    why: {t['why']}")
         args.results.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nresults written to {args.results}")
         _chart(report, args.results.with_suffix(".png"))
@@ -516,6 +530,84 @@ def linearity(args: argparse.Namespace) -> None:
             + "\n"
         )
         print(f"results written to {path}")
+
+
+# Why a target is missed, when it is: measured explanations (README, "Measured").
+WHY = {
+    "restore": "the server turns JSON into rows (jsonb_populate_recordset) at about half the "
+    "speed it parses COPY text; that per-row work is the server's by design. Tried: json -> "
+    "jsonb parsing and the recordset form (-8%), batch sizes 1-4 MiB (no change).",
+    "dump_raw": "the server's row_to_json rendering is the floor (our per-column encodings "
+    "add 4% over plain row_to_json); the client's zstd shares the two cores with two backends.",
+    "old": "at the scale where the old script still fits in memory, asyncsnap's fixed costs "
+    "(interpreter, three connections, catalog, locks) are a large part of its time.",
+    "rss": "the interpreter and its imports are ~45 MiB of it.",
+    "pg_dump": "pg_dump's output needs no JSON rendering.",
+}
+
+
+def targets(report: dict[str, object]) -> list[dict[str, object]]:
+    """Each issue-4 target from this run's medians: value, met or by how much missed."""
+    found: list[dict[str, object]] = []
+    datasets = report["datasets"]
+
+    def add(name: str, value: float | None, target: float, *, most: bool, why: str) -> None:
+        if value is None:
+            return
+        met = value <= target if most else value >= target
+        by = (value / target - 1) if most else (target / value - 1)
+        found.append(
+            {
+                "name": name,
+                "value": value,
+                "target": ("<= " if most else ">= ") + str(target),
+                "met": met,
+                "by_percent": max(0.0, by * 100),
+                "why": "" if met else WHY[why],
+            }
+        )
+
+    for ds, limit in (("pgbench", 2.0), ("mixed", 1.5)):
+        entry = datasets.get(ds)  # type: ignore[attr-defined]
+        if entry:
+            add(
+                f"{ds}: dump / raw COPY",
+                entry["ratios"]["asyncsnap/raw_copy"],
+                limit,
+                most=True,
+                why="dump_raw",
+            )
+            add(
+                f"{ds}: restore / pg_restore",
+                entry["ratios"].get("restore/pg_restore"),
+                1.5,
+                most=True,
+                why="restore",
+            )
+            add(
+                f"{ds}: old script / asyncsnap",
+                entry["ratios"].get("old_script/asyncsnap"),
+                10,
+                most=False,
+                why="old",
+            )
+            add(
+                f"{ds}: dump peak RSS MiB",
+                entry["dump"]["asyncsnap"]["peak_rss_mib"],
+                64,
+                most=True,
+                why="rss",
+            )
+    mixed = datasets.get("mixed")  # type: ignore[attr-defined]
+    if mixed:
+        add(
+            "mixed: dump / pg_dump (defaults)",
+            mixed["ratios"]["asyncsnap/pg_dump"],
+            0.7,
+            most=True,
+            why="pg_dump",
+        )
+    return found
 
 
 def _tools(runs: dict[str, Runs], ds: Dataset) -> dict[str, object]:
