@@ -169,6 +169,8 @@ def test_split_only_above_threshold_and_at_least_one_range_per_job() -> None:
     assert chunk_count(big, split_larger_than=20 * 2**30, jobs=4) == 1
     assert chunk_count(big, split_larger_than=8 * 2**30, jobs=4) == 4  # at least -j ranges
     assert chunk_count(big, split_larger_than=2**30, jobs=2) == 10  # one per threshold
+    assert chunk_count(big, split_larger_than=2**30, jobs=4) == 12  # a multiple of -j
+    assert chunk_count(big, split_larger_than=4 * 2**30, jobs=2) == 4  # 3 -> 4
     chunks = plan_chunks([big, small], split_larger_than=2**30, jobs=2)
     assert [c.stem.rsplit(".", 1)[-1] for c in chunks if c.table.name == "big"][:2] == [
         "0001",
