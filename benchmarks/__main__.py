@@ -534,9 +534,10 @@ def linearity(args: argparse.Namespace) -> None:
 
 # Why a target is missed, when it is: measured explanations (README, "Measured").
 WHY = {
-    "restore": "the server turns JSON into rows (jsonb_populate_recordset) at about half the "
-    "speed it parses COPY text; that per-row work is the server's by design. Tried: json -> "
-    "jsonb parsing and the recordset form (-8%), batch sizes 1-4 MiB (no change).",
+    "restore": "the server turns JSON into rows (json_to_recordset) slower than it parses "
+    "COPY text; that per-row work is the server's by design. Tried: json -> jsonb with the "
+    "recordset form (-8%), then json_to_recordset with a column definition list (-10 to "
+    "-14%), batch sizes 1-4 MiB (no change).",
     "dump_raw": "the server's row_to_json rendering is the floor (our per-column encodings "
     "add 4% over plain row_to_json); the client's zstd shares the two cores with two backends.",
     "old": "at the scale where the old script still fits in memory, asyncsnap's fixed costs "
