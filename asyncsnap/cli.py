@@ -14,7 +14,7 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import anyio
@@ -27,7 +27,7 @@ from .backup import open_backup
 from .dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
 from .errors import AsyncsnapError, ExitCode, Interrupted, UsageError, most_telling
 from .inspect import summary, summary_tables
-from .progress import DumpFinished, Event, LiveDisplay, PlainLog, summary_table
+from .progress import DumpFinished, Event, JsonLog, LiveDisplay, PlainLog, summary_table
 from .restore import RestoreResult, restore
 from .storage import Compression
 from .verify import verify
@@ -122,10 +122,24 @@ def redact(text: str, dsn: str | None) -> str:
     return text
 
 
-def _fail(exc: BaseException, *, dsn: str | None, debug: bool) -> typer.Exit:
+def _fail(
+    exc: BaseException, *, dsn: str | None, debug: bool, json_log: JsonLog | None = None
+) -> typer.Exit:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     if debug:
         err.print(redact("".join(traceback.format_exception(exc)), dsn), markup=False)
+    if json_log is not None:
+        code, message, hint = _describe_failure(exc)
+        json_log.write(
+            {
+                "level": "error",
+                "event": "error",
+                "message": redact(message, dsn),
+                "hint": redact(hint, dsn) if hint else None,
+                "exit_code": code,
+            }
+        )
+        return typer.Exit(code)
     if isinstance(exc, AsyncsnapError):
         err.print(f"error: {redact(exc.message, dsn)}", markup=False)
         if exc.hint:
@@ -149,6 +163,27 @@ def _quiet_lost_connection_noise() -> None:
         loop.default_exception_handler(context)
 
     loop.set_exception_handler(handler)
+
+
+def _describe_failure(exc: BaseException) -> tuple[int, str, str | None]:
+    """Exit code, message and hint for any failure, as _fail prints them."""
+    if isinstance(exc, AsyncsnapError):
+        return exc.exit_code, exc.message, exc.hint
+    return (
+        ExitCode.INTERNAL,
+        f"internal error: {type(exc).__name__}: {exc}",
+        "run again with --debug and report the traceback",
+    )
+
+
+def _write_summary(path: Path | None, fields: dict[str, object], dsn: str | None) -> None:
+    """``--summary-json``: the run's outcome for scripts, written atomically, success or not."""
+    if path is None:
+        return
+    body = orjson.loads(redact(orjson.dumps(fields).decode(), dsn))
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
+    os.replace(temp, path)
 
 
 def run_cancellable(work: Callable[[], Awaitable[T]]) -> T:
@@ -185,6 +220,20 @@ def run_cancellable(work: Callable[[], Awaitable[T]]) -> T:
         )
     assert outcome is not None
     return outcome
+
+
+LogFormatOption = Annotated[
+    Literal["text", "json"],
+    typer.Option("--log-format", help="Log lines as text, or one JSON object per line."),
+]
+SummaryOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--summary-json",
+        metavar="FILE",
+        help="Write the outcome (exit code, rows, bytes, seconds, error) as JSON to FILE.",
+    ),
+]
 
 
 @app.command("dump")
@@ -254,6 +303,8 @@ def dump_command(
         ),
     ] = "64MB",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    log_format: LogFormatOption = "text",
+    summary_json: SummaryOption = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Dump tables at one moment to NDJSON files with a checksummed manifest.
@@ -261,7 +312,8 @@ def dump_command(
     Example: asyncsnap dump postgresql://app@db/app -o /backups -j 4 -t 'public.order*'
     """
     split_bytes = parse_size(split_larger_than)
-    live, render = _renderers(quiet)
+    live, render = _renderers(quiet, log_format)
+    json_log = JsonLog(sys.stderr) if log_format == "json" else None
     finished: list[DumpFinished] = []
 
     def on_event(event: Event) -> None:
@@ -286,18 +338,30 @@ def dump_command(
         )
 
     try:
-        if live is not None:
-            with live:
-                result = run_cancellable(work)
-        else:
-            result = run_cancellable(work)
+        result = _run_rendered(work, live)
     except BaseException as exc:
-        if isinstance(exc, typer.Exit | SystemExit):
-            raise
-        if isinstance(exc, KeyboardInterrupt):
-            exc = Interrupted("interrupted by SIGINT; nothing was kept", exit_code=ExitCode.SIGINT)
-        raise _fail(exc, dsn=dsn, debug=debug) from None
-    if quiet:
+        raise _handle(
+            exc, dsn=dsn, debug=debug, json_log=json_log, summary=(summary_json, "dump")
+        ) from None
+    _write_summary(
+        summary_json,
+        {
+            "command": "dump",
+            "ok": True,
+            "exit_code": 0,
+            "path": str(result.path),
+            "snapshot": result.snapshot_id,
+            "tables": len(result.tables),
+            "files": result.files,
+            "rows": result.rows,
+            "bytes": result.bytes,
+            "stored_bytes": result.stored_bytes,
+            "seconds": round(result.seconds, 3),
+            "error": None,
+        },
+        dsn,
+    )
+    if quiet or json_log is not None:
         return
     if live is not None and finished:
         Console().print(summary_table(live.finished, finished[0]))
@@ -310,10 +374,15 @@ def main() -> None:
     app()
 
 
-def _renderers(quiet: bool) -> tuple[LiveDisplay | None, Callable[[Event], None]]:
-    """A live display on a terminal, plain lines elsewhere, nothing with --quiet."""
+def _renderers(
+    quiet: bool, log_format: str = "text"
+) -> tuple[LiveDisplay | None, Callable[[Event], None]]:
+    """A live display on a terminal, plain lines elsewhere, JSON lines with --log-format
+    json, nothing with --quiet."""
     if quiet:
         return None, lambda event: None
+    if log_format == "json":
+        return None, JsonLog(sys.stderr)
     if sys.stderr.isatty():
         live = LiveDisplay(Console(stderr=True))
         return live, live
@@ -366,6 +435,8 @@ def restore_command(
         bool, typer.Option("--dry-run", help="Print the plan; load nothing.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    log_format: LogFormatOption = "text",
+    summary_json: SummaryOption = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Load a backup into existing tables, parents before children.
@@ -378,7 +449,8 @@ def restore_command(
             dsn=dsn,
             debug=debug,
         )
-    live, on_event = _renderers(quiet and not dry_run)
+    live, on_event = _renderers(quiet and not dry_run, log_format)
+    json_log = JsonLog(sys.stderr) if log_format == "json" else None
 
     async def work() -> RestoreResult:
         return await restore(
@@ -399,7 +471,26 @@ def restore_command(
     try:
         result = _run_rendered(work, live)
     except BaseException as exc:
-        raise _handle(exc, dsn=dsn, debug=debug) from None
+        raise _handle(
+            exc, dsn=dsn, debug=debug, json_log=json_log, summary=(summary_json, "restore")
+        ) from None
+    _write_summary(
+        summary_json,
+        {
+            "command": "restore",
+            "ok": True,
+            "exit_code": 0,
+            "dry_run": dry_run,
+            "tables": len(result.tables),
+            "rows": result.rows,
+            "sequences": result.sequences,
+            "seconds": round(result.seconds, 3),
+            "error": None,
+        },
+        dsn,
+    )
+    if json_log is not None:
+        return
     if dry_run:
         for line in result.plan.describe():
             typer.echo(line)
@@ -462,9 +553,22 @@ def inspect_command(
         console.print(renderable)
 
 
-def _handle(exc: BaseException, *, dsn: str | None, debug: bool) -> BaseException:
+def _handle(
+    exc: BaseException,
+    *,
+    dsn: str | None,
+    debug: bool,
+    json_log: JsonLog | None = None,
+    summary: tuple[Path | None, str] = (None, ""),
+) -> BaseException:
+    """Turn a failure into its message and exit code (and --summary-json, if asked)."""
     if isinstance(exc, typer.Exit | SystemExit):
         return exc
     if isinstance(exc, KeyboardInterrupt):
         exc = Interrupted("interrupted by SIGINT; nothing was kept", exit_code=ExitCode.SIGINT)
-    return _fail(exc, dsn=dsn, debug=debug)
+    code, message, _ = _describe_failure(exc)
+    path, command = summary
+    _write_summary(
+        path, {"command": command, "ok": False, "exit_code": code, "error": message}, dsn
+    )
+    return _fail(exc, dsn=dsn, debug=debug, json_log=json_log)
