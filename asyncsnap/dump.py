@@ -67,7 +67,7 @@ from .progress import (
 )
 from .render import COPY_OPTIONS_KWARGS, encodings, select_rows_sql
 from .snapshot import Coordinator, snapshot_lost, snapshot_transaction
-from .storage import COMPRESSIONS, BackupDirectory, Compression, StoredFile
+from .storage import COMPRESSIONS, BackupDirectory, Compression, OutputLock, StoredFile
 
 DEFAULT_LOCK_TIMEOUT = 30.0
 # One stream renders JSON at roughly 100-150 MB/s of table (DESIGN.md): above this a table
@@ -166,6 +166,7 @@ async def dump(
     started_at = datetime.now(UTC)
     conn = await connect(dsn)
     backup: BackupDirectory | None = None
+    lock: OutputLock | None = None
     try:
         try:
             coordinator = await Coordinator.begin(conn)
@@ -195,6 +196,11 @@ async def dump(
             )
             order = restore_order(described)
 
+            # Taken just before anything is written, so a run that fails earlier leaves no
+            # trace; held until the backup has its final name.
+            BackupDirectory.prepare_parent(output)
+            lock = OutputLock(output)
+            lock.acquire()
             backup = BackupDirectory.create(output, name)
             emit(
                 DumpStarted(
@@ -253,6 +259,8 @@ async def dump(
             backup.remove()
         raise
     finally:
+        if lock is not None:
+            lock.release()
         if not conn.is_closed():
             conn.terminate()
 

@@ -19,7 +19,8 @@ class ExitCode:
     USAGE = 2  # bad options or filters; nothing was contacted or written
     CONNECTION = 3  # server unreachable, authentication failed, database missing
     OUTPUT = 4  # output directory not writable, name taken, disk full
-    VERIFY = 5  # a backup failed verification (reserved for verify/restore)
+    VERIFY = 5  # a backup failed verification (verify, restore)
+    LOCKED = 6  # another asyncsnap run holds the output directory's lock
     INTERNAL = 70  # a bug: an unexpected exception (EX_SOFTWARE)
     SIGINT = 130  # interrupted by SIGINT (Ctrl-C)
     SIGTERM = 143  # interrupted by SIGTERM
@@ -79,6 +80,12 @@ class OutputExists(OutputError):
 
 class OutputNotWritable(OutputError):
     """Raised by dump when the output directory cannot be created or written."""
+
+
+class OutputLocked(OutputError):
+    """Raised by dump when another live asyncsnap run holds the output directory's lock."""
+
+    exit_code = ExitCode.LOCKED
 
 
 class DiskFull(OutputError):

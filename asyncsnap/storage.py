@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
@@ -20,7 +21,14 @@ from typing import Literal, Protocol
 
 import zstandard
 
-from .errors import DiskFull, OutputError, OutputExists, OutputNotWritable, UsageError
+from .errors import (
+    DiskFull,
+    OutputError,
+    OutputExists,
+    OutputLocked,
+    OutputNotWritable,
+    UsageError,
+)
 
 Compression = Literal["zstd", "gzip", "none"]
 COMPRESSIONS: tuple[Compression, ...] = ("zstd", "gzip", "none")
@@ -244,15 +252,23 @@ class BackupDirectory:
                     hint="choose another --name or -o directory, or remove the old one",
                 )
 
+    @staticmethod
+    def prepare_parent(parent: Path) -> None:
+        """Create the output directory (and its parents) if missing, mode 0700."""
+        if parent.exists() and not parent.is_dir():
+            raise OutputNotWritable(f"{parent} is not a directory", hint="-o takes a directory")
+        try:
+            parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise _output_error(exc, parent) from exc
+
     @classmethod
     def create(cls, parent: Path, name: str) -> BackupDirectory:
         """Create ``<parent>/<name>.partial`` (and ``parent`` if missing), mode 0700."""
         cls.check_free(parent, name)
         backup = cls(parent, name)
-        if parent.exists() and not parent.is_dir():
-            raise OutputNotWritable(f"{parent} is not a directory", hint="-o takes a directory")
+        cls.prepare_parent(parent)
         try:
-            parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.mkdir(backup.path, 0o700)
             os.chmod(backup.path, 0o700)  # mkdir's mode is filtered by the umask
             os.mkdir(backup.path / DATA_DIR, 0o700)
@@ -311,3 +327,57 @@ def validate_backup_name(name: str) -> None:
             f"invalid backup name {name!r}",
             hint="--name takes one directory name (no '/', not ending in .partial)",
         )
+
+
+LOCK_NAME = ".asyncsnap.lock"
+
+
+class OutputLock:
+    """An exclusive ``flock`` on ``<output>/.asyncsnap.lock`` while a dump writes there.
+
+    The kernel releases it when the holder exits, however it dies, so a stale lock from a
+    dead process never blocks a run: its file may remain and is simply locked again.
+    (flock is advisory and local: two machines writing to one NFS directory are not
+    protected.) The file holds the holder's pid for the error message and is removed on
+    release.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise _output_error(exc, self.path) from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise OutputLocked(
+                    f"another asyncsnap run (pid {holder}) is writing to {self.path.parent}",
+                    hint="wait for it to finish, or use another -o directory",
+                ) from exc
+            # The holder before us may have removed the file after we opened it: then we
+            # locked an orphan and must start again on the new file.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self._fd = fd
+                return
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self._fd)  # closing drops the flock
+        self._fd = None

@@ -251,3 +251,27 @@ def test_permission_denied_on_a_sequence_names_it_exit_1(
     run = run_cli("dump", dsn, "-o", str(tmp_path))
     assert_failure(run, 1, "permission denied for sequence public.items_id_seq")
     assert_nothing_written(tmp_path)
+
+
+def test_second_run_into_the_same_directory_exits_6_and_stale_lock_is_ignored(
+    db: Database, tmp_path: Path
+) -> None:
+    """Two runs into one output directory cannot overlap; a lock file left by a dead
+    process (no flock held) does not block the next run."""
+    import fcntl
+
+    db.execute("CREATE TABLE t (id int)")
+    lock_file = tmp_path / ".asyncsnap.lock"
+    with lock_file.open("w") as held:
+        held.write("4242\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live run holds it
+        run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "second")
+        assert_failure(run, 6, "another asyncsnap run (pid 4242) is writing to")
+        assert not (tmp_path / "second").exists() and not (tmp_path / "second.partial").exists()
+    # The holder is gone; its file is still there, unlocked: a stale lock.
+    assert lock_file.exists()
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "third")
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "third" / "manifest.json").exists()
+    assert not lock_file.exists()  # removed on release
