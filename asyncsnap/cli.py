@@ -28,6 +28,7 @@ from .dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
 from .errors import AsyncsnapError, ExitCode, Interrupted, UsageError, most_telling
 from .inspect import summary, summary_tables
 from .progress import DumpFinished, Event, JsonLog, LiveDisplay, PlainLog, summary_table
+from .prune import prune
 from .restore import RestoreResult, restore
 from .storage import Compression
 from .verify import verify
@@ -303,6 +304,15 @@ def dump_command(
         ),
     ] = "64MB",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    keep: Annotated[
+        int | None,
+        typer.Option(
+            "--keep",
+            min=1,
+            metavar="N",
+            help="After success, keep only the N newest complete backups in -o.",
+        ),
+    ] = None,
     log_format: LogFormatOption = "text",
     summary_json: SummaryOption = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
@@ -334,6 +344,7 @@ def dump_command(
             name=name,
             lock_timeout=lock_timeout,
             split_larger_than=split_bytes,
+            keep=keep,
             on_event=on_event,
         )
 
@@ -529,6 +540,33 @@ def verify_command(
             f"OK {result.path}: {result.tables} tables, {result.files} files, "
             f"{result.rows} rows, {result.bytes} bytes checked in {result.seconds:.2f}s"
         )
+
+
+@app.command("prune")
+def prune_command(
+    directory: Annotated[Path, typer.Argument(help="The directory dumps are written to (-o).")],
+    keep: Annotated[
+        int,
+        typer.Option("--keep", min=1, metavar="N", help="How many of the newest backups to keep."),
+    ],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show, remove nothing.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    """Remove complete backups older than the N newest; nothing else is touched.
+
+    Example: asyncsnap prune /backups/shop --keep 7
+    """
+    try:
+        result = prune(directory, keep=keep, dry_run=dry_run)
+    except BaseException as exc:
+        raise _handle(exc, dsn=None, debug=debug) from None
+    verb = "would remove" if dry_run else "removed"
+    for path in result.removed:
+        typer.echo(f"{verb} {path}")
+    typer.echo(
+        f"kept {len(result.kept)}, {verb} {len(result.removed)}, "
+        f"left alone {len(result.ignored)} (not complete asyncsnap backups)"
+    )
 
 
 @app.command("inspect")

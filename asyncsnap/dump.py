@@ -65,6 +65,7 @@ from .progress import (
     EventCallback,
     Notice,
 )
+from .prune import prune
 from .render import COPY_OPTIONS_KWARGS, encodings, select_rows_sql
 from .snapshot import Coordinator, snapshot_lost, snapshot_transaction
 from .storage import COMPRESSIONS, BackupDirectory, Compression, OutputLock, StoredFile
@@ -126,6 +127,7 @@ async def dump(
     name: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     split_larger_than: int | None = DEFAULT_SPLIT_LARGER_THAN,
+    keep: int | None = None,
     on_event: EventCallback | None = None,
 ) -> DumpResult:
     """Export the selected tables at one moment into ``<output>/<name>``.
@@ -141,6 +143,8 @@ async def dump(
     :param lock_timeout: seconds to wait for each table's ACCESS SHARE lock; 0 waits.
     :param split_larger_than: tables larger than this many bytes (heap + TOAST) are read
         in ctid page ranges by several connections, one file each; ``None`` never splits.
+    :param keep: after success, keep only the ``keep`` newest complete backups in ``output``
+        (see ``asyncsnap.prune``); ``None`` keeps everything.
     :param on_event: called with progress events (see ``asyncsnap.progress``).
 
     Example::
@@ -158,6 +162,7 @@ async def dump(
         compression=compression,
         name=name,
         lock_timeout=lock_timeout,
+        keep=keep,
     )
     emit: EventCallback = on_event or (lambda event: None)
     dsn = resolve_dsn(dsn)
@@ -247,6 +252,12 @@ async def dump(
             backup.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body))
             await _end_snapshot(conn)
             final_path = await anyio.to_thread.run_sync(backup.commit)
+            if keep is not None:  # under the lock we hold, after this backup is complete
+                pruned = await anyio.to_thread.run_sync(
+                    lambda: prune(output, keep=keep, locked=True)
+                )
+                for path in pruned.removed:
+                    emit(Notice(f"removed old backup {path} (--keep {keep})"))
         except asyncpg.PostgresError as exc:
             # Catalog reads and locks failing for a reason not translated nearer the cause.
             raise DumpFailed(
@@ -301,6 +312,7 @@ def _check_arguments(
     compression: str,
     name: str | None,
     lock_timeout: float,
+    keep: int | None,
 ) -> tuple[Selection, Path, str]:
     """Everything that can be wrong before connecting: fail fast, write nothing."""
     if not isinstance(jobs, int) or jobs < 1:
@@ -309,6 +321,8 @@ def _check_arguments(
         raise UsageError(f"unknown compression {compression!r}", hint="use zstd, gzip or none")
     if lock_timeout < 0:
         raise UsageError("--lock-timeout cannot be negative", hint="0 waits forever")
+    if keep is not None and keep < 1:
+        raise UsageError(f"--keep must be at least 1, not {keep}", hint="--keep 7 keeps a week")
     selection = Selection.from_strings(
         include=tables, exclude=exclude_tables, schemas=schemas, exclude_schemas=exclude_schemas
     )

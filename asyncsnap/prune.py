@@ -1,0 +1,79 @@
+"""Retention: keep the N newest complete backups in a directory, remove older ones.
+
+Only directories that are complete asyncsnap backups count: a ``manifest.json`` that
+passes the reader's format, version and checksum checks. Everything else is left alone:
+``.partial`` directories (a dump may be writing them), other files and directories,
+symlinks, and backups whose manifest does not check out (they are reported, not
+removed). Newest means the latest ``started_at`` in the manifest. The output directory's
+lock is held while pruning, so a prune never races a dump's final rename.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import manifest
+from .errors import UsageError, VerificationFailed
+from .storage import PARTIAL_SUFFIX, OutputLock
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What ``prune`` kept, removed (or would remove, with ``dry_run``) and left alone."""
+
+    kept: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)  # not complete asyncsnap backups
+    dry_run: bool = False
+
+
+def prune(
+    directory: str | Path, *, keep: int, dry_run: bool = False, locked: bool = False
+) -> PruneResult:
+    """Remove complete backups in ``directory`` older than the ``keep`` newest.
+
+    :param keep: how many of the newest complete backups to keep (at least 1).
+    :param dry_run: report what would be removed, remove nothing.
+    :param locked: the caller already holds the directory's lock (``dump --keep``).
+
+    >>> prune("/backups/shop", keep=7).removed  # doctest: +SKIP
+    """
+    if keep < 1:
+        raise UsageError(f"--keep must be at least 1, not {keep}", hint="--keep 7 keeps a week")
+    root = Path(directory)
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a directory", hint="give the dump's -o directory")
+    lock = None if locked else OutputLock(root)
+    if lock is not None:
+        lock.acquire()
+    try:
+        backups: list[tuple[str, Path]] = []
+        ignored: list[Path] = []
+        for entry in sorted(root.iterdir()):
+            if entry.name.startswith("."):
+                continue  # our lock file, temporary names
+            if entry.is_symlink() or not entry.is_dir() or entry.name.endswith(PARTIAL_SUFFIX):
+                ignored.append(entry)
+                continue
+            try:
+                body = manifest.load(entry)
+            except VerificationFailed:
+                ignored.append(entry)
+                continue
+            started = body.get("started_at")
+            if not isinstance(started, str):
+                ignored.append(entry)
+                continue
+            backups.append((started, entry))
+        backups.sort(reverse=True)  # ISO 8601 UTC times sort as text
+        kept = [path for _, path in backups[:keep]]
+        removed = [path for _, path in backups[keep:]]
+        if not dry_run:
+            for path in removed:
+                shutil.rmtree(path)
+        return PruneResult(kept=kept, removed=removed, ignored=ignored, dry_run=dry_run)
+    finally:
+        if lock is not None:
+            lock.release()
