@@ -50,3 +50,12 @@ def test_public_api_is_callable_as_the_readme_shows() -> None:
 
     for name in ("dump", "restore", "verify"):
         assert callable(getattr(asyncsnap, name)) and f"asyncsnap.{name}(" in README, name
+
+
+def test_help_texts_survive_rich_markup() -> None:
+    """Square brackets in help strings are rich markup and vanish from --help."""
+    group = typer.main.get_group(app)
+    for name, command in group.commands.items():
+        for param in command.params:
+            text = getattr(param, "help", None) or ""
+            assert "[" not in text, (name, param.name, text)
