@@ -288,7 +288,9 @@ def dump_command(
     ] = "zstd",
     name: Annotated[
         str | None,
-        typer.Option("--name", help="Backup directory name (default: backup_YYYYMMDDTHHMMSSZ, in UTC)."),
+        typer.Option(
+            "--name", help="Backup directory name (default: backup_YYYYMMDDTHHMMSSZ, in UTC)."
+        ),
     ] = None,
     lock_timeout: Annotated[
         float,
