@@ -9,6 +9,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -275,3 +276,21 @@ def test_second_run_into_the_same_directory_exits_6_and_stale_lock_is_ignored(
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "third" / "manifest.json").exists()
     assert not lock_file.exists()  # removed on release
+
+
+def test_too_few_connections_fails_fast_with_a_clear_message(
+    db: Database, role: tuple[str, str], tmp_path: Path
+) -> None:
+    """-j 8 where the server allows this role only 2 connections: a clear error naming
+    the limit, quickly, not a hang; nothing left behind."""
+    name, password = role
+    db.execute(f"CREATE TABLE t (id int); GRANT SELECT ON t TO {name}")
+    db.execute(f"ALTER ROLE {name} CONNECTION LIMIT 2")
+    for i in range(8):
+        db.execute(f"CREATE TABLE t{i} (id int); GRANT SELECT ON t{i} TO {name}")
+    dsn = db.postgres.dsn(db.name, user=name, password=password)
+    started = time.monotonic()
+    run = run_cli("dump", dsn, "-o", str(tmp_path), "-j", "8", timeout=60)
+    assert time.monotonic() - started < 30
+    assert_failure(run, 3, "no free connection slots")
+    assert_nothing_written(tmp_path)

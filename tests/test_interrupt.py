@@ -15,7 +15,7 @@ import pytest
 import asyncsnap
 from asyncsnap.progress import ChunkProgress, Event
 
-from .conftest import Database, clean_env
+from .conftest import Database, clean_env, run_cli
 
 BIG = """
 CREATE TABLE big (id int, pad text);
@@ -114,3 +114,57 @@ def test_signal_mid_dump_exits_with_signal_code_and_keeps_nothing(
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
     assert anyio.run(_asyncsnap_backends, db.dsn, backend="asyncio") == 0
+
+
+def test_sigkill_leaves_only_a_partial_that_verify_and_restore_refuse(
+    db: Database, tmp_path: Path
+) -> None:
+    """No cleanup can run after SIGKILL: what remains is a .partial directory without a
+    manifest, and both readers refuse it with a clear message."""
+    db.execute(BIG)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "asyncsnap",
+            "dump",
+            db.dsn,
+            "-o",
+            str(out),
+            "--name",
+            "b",
+            "--compress",
+            "none",
+            "--split-larger-than",
+            "off",
+        ],
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(
+            p.stat().st_size > 1_000_000
+            for p in (out / "b.partial" / "data").glob(".*big*.tmp")
+            if p.exists()
+        ):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    # The lock file stays too, unlocked: the kernel dropped the flock with the process.
+    assert sorted(p.name for p in out.iterdir()) == [".asyncsnap.lock", "b.partial"]
+    assert not (out / "b.partial" / "manifest.json").exists()
+    for command in (
+        ["verify", str(out / "b.partial")],
+        ["restore", str(out / "b.partial"), db.dsn],
+    ):
+        run = run_cli(*command)
+        assert run.returncode == 5, run.stderr
+        assert "incomplete backup" in run.stderr and "Traceback" not in run.stderr
+    again = run_cli("dump", db.dsn, "-o", str(out), "--name", "c", "-t", "small")
+    assert again.returncode == 0, again.stderr  # the dead run's lock blocks nothing
