@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,29 +125,52 @@ def _os_user() -> str:
         return "postgres"
 
 
-def connect_kwargs(dsn: str | None) -> dict[str, Any]:
-    """Keyword arguments for ``asyncpg.connect``/``create_pool`` with the fixed settings."""
+def connect_kwargs(dsn: str | None, settings: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``asyncpg.connect``/``create_pool``: the rendering
+    ``settings`` (``RENDER_SETTINGS`` unless given, e.g. a backup's for restore) and
+    ``SESSION_SETTINGS``."""
     return {
         "dsn": dsn,
-        "server_settings": {**RENDER_SETTINGS, **SESSION_SETTINGS},
+        "server_settings": {
+            **(RENDER_SETTINGS if settings is None else settings),
+            **SESSION_SETTINGS,
+        },
         # The dump streams through COPY; no statement cache is needed, and it keeps
         # the connections usable behind PgBouncer in session mode.
         "statement_cache_size": 0,
     }
 
 
-async def connect(dsn: str | None, *, connect_timeout: float = 30.0) -> asyncpg.Connection:
-    """Open one connection with the fixed settings, translating failures to our errors.
-
-    >>> conn = await connect("postgresql://localhost/app")  # doctest: +SKIP
-    """
+@contextlib.contextmanager
+def _translated(dsn: str | None) -> Iterator[None]:
+    """Turn a failure to connect into our error with its exit code."""
     try:
-        return await asyncpg.connect(**connect_kwargs(dsn), timeout=connect_timeout)
+        yield
     except BaseException as exc:
         translated = translate_connect_error(exc, describe_target(dsn))
         if translated is None:
             raise
         raise translated from exc
+
+
+async def connect(
+    dsn: str | None,
+    *,
+    settings: Mapping[str, str] | None = None,
+    connect_timeout: float = 30.0,
+) -> asyncpg.Connection:
+    """Open one connection with the fixed settings, translating failures to our errors.
+
+    >>> conn = await connect("postgresql://localhost/app")  # doctest: +SKIP
+    """
+    with _translated(dsn):
+        return await asyncpg.connect(**connect_kwargs(dsn, settings), timeout=connect_timeout)
+
+
+async def create_pool(dsn: str | None, *, size: int) -> asyncpg.Pool:
+    """A pool of exactly ``size`` connections, opened now, failures translated."""
+    with _translated(dsn):
+        return await asyncpg.create_pool(**connect_kwargs(dsn), min_size=size, max_size=size)
 
 
 def translate_connect_error(exc: BaseException, target: Target) -> Exception | None:

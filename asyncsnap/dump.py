@@ -40,10 +40,9 @@ from .catalog import (
 from .connection import (
     RENDER_SETTINGS,
     connect,
-    connect_kwargs,
+    create_pool,
     describe_target,
     resolve_dsn,
-    translate_connect_error,
 )
 from .errors import (
     DataIntegrityError,
@@ -52,6 +51,7 @@ from .errors import (
     PermissionDenied,
     UsageError,
     most_telling,
+    some_names,
 )
 from .patterns import Selection
 from .plan import Chunk, RestoreOrder, chunk_count, plan_chunks, restore_order
@@ -337,11 +337,9 @@ def _refuse_unreadable(tables: Sequence[Table]) -> None:
     unreadable = [t.qualified for t in tables if t.has_data and not t.readable]
     if not unreadable:
         return
-    shown = ", ".join(unreadable[:5])
-    if len(unreadable) > 5:
-        shown += f" and {len(unreadable) - 5} more"
     raise PermissionDenied(
-        f"permission denied for {'table' if len(unreadable) == 1 else 'tables'} {shown}",
+        f"permission denied for {'table' if len(unreadable) == 1 else 'tables'} "
+        f"{some_names(unreadable)}",
         hint="GRANT SELECT to this role, or leave them out with -T",
     )
 
@@ -365,13 +363,7 @@ async def _copy_all(
 ) -> dict[str, StoredFile]:
     """Copy every chunk with ``jobs`` connections; returns the stored files by stem."""
     workers = max(1, min(jobs, len(chunks)))
-    try:
-        pool = await asyncpg.create_pool(**connect_kwargs(dsn), min_size=workers, max_size=workers)
-    except BaseException as exc:
-        translated = translate_connect_error(exc, describe_target(dsn))
-        if translated is None:
-            raise
-        raise translated from exc
+    pool = await create_pool(dsn, size=workers)
     stored: dict[str, StoredFile] = {}
     queue: Iterator[Chunk] = iter(chunks)  # shared: each worker takes the next largest
 

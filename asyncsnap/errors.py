@@ -145,6 +145,12 @@ class Interrupted(AsyncsnapError):
         self.exit_code = exit_code
 
 
+def some_names(names: list[str], limit: int = 5) -> str:
+    """``a, b, c`` or ``a, b, c, d, e and 7 more``: a list that fits on one error line."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one exception to report from a failed task group.
 

@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -28,7 +27,7 @@ import asyncpg
 
 from .backup import Backup, BackupTable, DataFileReader, open_backup
 from .catalog import Table, describe_tables, list_tables, quote_ident, sql_name
-from .connection import SESSION_SETTINGS, describe_target, resolve_dsn, translate_connect_error
+from .connection import connect, describe_target, resolve_dsn
 from .errors import (
     PermissionDenied,
     RestoreFailed,
@@ -37,6 +36,7 @@ from .errors import (
     UsageError,
     VerificationFailed,
     most_telling,
+    some_names,
 )
 from .patterns import Selection
 from .plan import CyclePlan, TableKey, plan_cycles, restore_order
@@ -179,8 +179,7 @@ def plan_loads(
     missing = [t.qualified for t in chosen if t.key not in by_key]
     if missing:
         raise SchemaMismatch(
-            f"the target database has no table {', '.join(missing[:5])}"
-            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""),
+            f"the target database has no table {some_names(missing)}",
             hint="create the schema first (restore loads data into existing tables), "
             "or leave them out with -T",
         )
@@ -287,18 +286,8 @@ async def restore(
                 hint="nothing was loaded; `asyncsnap verify` lists every problem",
             )
     dsn = resolve_dsn(dsn)
-    kwargs = {
-        "dsn": dsn,
-        "server_settings": {**backup.settings, **SESSION_SETTINGS},
-        "statement_cache_size": 0,
-    }
-    try:
-        conn = await asyncpg.connect(**kwargs)
-    except BaseException as exc:
-        translated = translate_connect_error(exc, describe_target(dsn))
-        if translated is None:
-            raise
-        raise translated from exc
+    # The settings the values were rendered with are the ones to read them back with.
+    conn = await connect(dsn, settings=backup.settings)
     try:
         plan = await _plan(
             conn,
@@ -324,7 +313,7 @@ async def restore(
             async with conn.transaction():
                 done = await _run(plan, [conn], backup, emit, single_transaction=True, mode=mode)
         else:
-            done = await _run_with_pool(plan, conn, kwargs, backup, emit, jobs=jobs, mode=mode)
+            done = await _run_with_pool(plan, conn, dsn, backup, emit, jobs=jobs, mode=mode)
     except asyncpg.InsufficientPrivilegeError as exc:
         raise PermissionDenied(
             f"permission denied: {exc}", hint="restore as the tables' owner or grant INSERT"
@@ -454,7 +443,7 @@ def _merge(results: list[RestoredTable]) -> list[RestoredTable]:
 async def _run_with_pool(
     plan: RestorePlan,
     conn: asyncpg.Connection,
-    kwargs: dict[str, Any],
+    dsn: str | None,
     backup: Backup,
     emit: EventCallback,
     *,
@@ -463,7 +452,7 @@ async def _run_with_pool(
 ) -> tuple[list[RestoredTable], int]:
     widest = max((len(_units(plan, lv, split_files=True)) for lv in plan.levels), default=1)
     size = max(1, min(jobs, widest))
-    others = [await asyncpg.connect(**kwargs) for _ in range(size - 1)]
+    others = [await connect(dsn, settings=backup.settings) for _ in range(size - 1)]
     try:
         return await _run(plan, [conn, *others], backup, emit, single_transaction=False, mode=mode)
     finally:
@@ -540,8 +529,7 @@ async def _check_empty(conn: asyncpg.Connection, loads: list[TableLoad], mode: M
             busy.append(load.target.qualified)
     if busy:
         raise TargetNotEmpty(
-            f"the target already has rows in {', '.join(busy[:5])}"
-            + (f" and {len(busy) - 5} more" if len(busy) > 5 else ""),
+            f"the target already has rows in {some_names(busy)}",
             hint="pass --truncate to empty them first or --append to add to them",
         )
 
