@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import asyncpg
@@ -71,6 +72,17 @@ def test_interrupted_dump_cancel_mid_copy_leaves_no_manifest(db: Database, tmp_p
     assert not list(tmp_path.rglob("manifest.json"))
 
 
+def wait_until_writing_big(proc: subprocess.Popen[Any], partial: Path) -> None:
+    """Return once the dump in ``proc`` has written 1 MB of the big table into ``partial``."""
+    deadline = time.monotonic() + 60
+    while not any(
+        p.stat().st_size > 1_000_000 for p in (partial / "data").glob(".*big*.tmp") if p.exists()
+    ):
+        assert proc.poll() is None, "the dump ended before it was interrupted"
+        assert time.monotonic() < deadline, "the dump never started writing"
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_mid_dump_exits_with_signal_code_and_keeps_nothing(
     db: Database, tmp_path: Path, signum: int, code: int
@@ -96,15 +108,7 @@ def test_signal_mid_dump_exits_with_signal_code_and_keeps_nothing(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        partial_data = tmp_path / "b.partial" / "data"
-        # Wait until the big table's file is being written.
-        while not any(
-            p.stat().st_size > 1_000_000 for p in partial_data.glob(".*big*.tmp") if p.exists()
-        ):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the dump never started writing"
-            time.sleep(0.01)
+        wait_until_writing_big(proc, tmp_path / "b.partial")
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -144,14 +148,7 @@ def test_sigkill_leaves_only_a_partial_that_verify_and_restore_refuse(
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not any(
-            p.stat().st_size > 1_000_000
-            for p in (out / "b.partial" / "data").glob(".*big*.tmp")
-            if p.exists()
-        ):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until_writing_big(proc, out / "b.partial")
         proc.kill()
         proc.wait(timeout=30)
     finally:
