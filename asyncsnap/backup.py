@@ -95,6 +95,8 @@ class Backup:
     settings: dict[str, str]
     tables: tuple[BackupTable, ...]
     sequences: tuple[BackupSequence, ...]
+    # Left out at dump time (--skip-unreadable): (kind, schema, name, reason).
+    skipped: tuple[tuple[str, str, str, str], ...] = ()
 
     def file_path(self, f: BackupFile) -> Path:
         return self.path / f.path
@@ -271,6 +273,19 @@ def open_backup(path: str | Path) -> Backup:
                 is_called=c.boolean(s.get("is_called"), f"{w}.is_called"),
             )
         )
+    skipped = []
+    # Absent in manifests written before asyncsnap 0.2: nothing was skipped.
+    for i, k_raw in enumerate(c.lst(body.get("skipped", []), "skipped")):
+        w = f"skipped[{i}]"
+        k = c.obj(k_raw, w)
+        skipped.append(
+            (
+                c.choice(k.get("kind"), f"{w}.kind", ("table", "sequence")),
+                c.string(k.get("schema"), f"{w}.schema"),
+                c.string(k.get("name"), f"{w}.name"),
+                c.string(k.get("reason"), f"{w}.reason"),
+            )
+        )
     return Backup(
         path=root,
         manifest=body,
@@ -278,6 +293,7 @@ def open_backup(path: str | Path) -> Backup:
         settings=settings,
         tables=tuple(tables),
         sequences=tuple(sequences),
+        skipped=tuple(skipped),
     )
 
 

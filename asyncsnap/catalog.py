@@ -12,7 +12,7 @@ from typing import Literal
 
 import asyncpg
 
-from .errors import PermissionDenied
+from .errors import PermissionDenied, some_names
 
 TableKind = Literal["table", "partitioned", "partition"]
 
@@ -300,7 +300,8 @@ async def read_types(conn: asyncpg.Connection) -> dict[int, TypeInfo]:
 _SEQUENCES_SQL = """
 -- sequences owned by a column (serial, OWNED BY) or by an identity column
 SELECT s.oid, sn.nspname AS schema, s.relname AS name,
-       d.refobjid AS table_oid, a.attname AS column
+       d.refobjid AS table_oid, a.attname AS column,
+       has_sequence_privilege(s.oid, 'SELECT') AS readable
 FROM pg_depend d
 JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
 JOIN pg_namespace sn ON sn.oid = s.relnamespace
@@ -309,7 +310,8 @@ WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
   AND d.deptype IN ('a', 'i') AND d.refobjid = ANY($1::oid[])
 UNION
 -- sequences named in a column default (nextval('some_seq'))
-SELECT s.oid, sn.nspname, s.relname, ad.adrelid, a.attname
+SELECT s.oid, sn.nspname, s.relname, ad.adrelid, a.attname,
+       has_sequence_privilege(s.oid, 'SELECT')
 FROM pg_attrdef ad
 JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
                 AND d.refclassid = 'pg_class'::regclass
@@ -321,39 +323,52 @@ ORDER BY schema, name, table_oid, "column"
 """
 
 
-async def read_sequences(conn: asyncpg.Connection, tables: list[Table]) -> list[Sequence]:
-    """State of every sequence tied to ``tables``.
+async def read_sequences(
+    conn: asyncpg.Connection, tables: list[Table], *, skip_unreadable: bool = False
+) -> tuple[list[Sequence], list[tuple[str, str]]]:
+    """State of every sequence tied to ``tables``, and the sequences skipped as unreadable.
+
+    A sequence the role may not SELECT is an error naming every such sequence, unless
+    ``skip_unreadable``: then it is left out and returned as ``(schema, name)``.
 
     Sequences are not transactional: the value read is the current one, which is never
     behind any value used by a row in the snapshot (those were taken before it). Restoring
     it is therefore safe, as with pg_dump.
     """
     by_oid = {t.oid: t for t in tables}
+    found = await conn.fetch(_SEQUENCES_SQL, list(by_oid))
+    unreadable = [r for r in found if not r["readable"]]
+    if unreadable and not skip_unreadable:
+        names = [f"{r['schema']}.{r['name']}" for r in unreadable]
+        owner = by_oid[unreadable[0]["table_oid"]].qualified
+        raise PermissionDenied(
+            f"permission denied for sequence {names[0]} (of table {owner})"
+            if len(names) == 1
+            else f"permission denied for sequences {some_names(names)}",
+            hint="GRANT SELECT ON SEQUENCE to this role, leave the tables out with -T, "
+            "or --skip-unreadable",
+        )
     result = []
-    for r in await conn.fetch(_SEQUENCES_SQL, list(by_oid)):
-        table = by_oid[r["table_oid"]]
-        try:
-            state = await conn.fetchrow(
-                f"SELECT last_value, is_called FROM {sql_name(r['schema'], r['name'])}"
-            )
-        except asyncpg.InsufficientPrivilegeError as exc:
-            raise PermissionDenied(
-                f"permission denied for sequence {r['schema']}.{r['name']} "
-                f"(of table {table.qualified})",
-                hint="GRANT SELECT ON SEQUENCE to this role, or leave the table out with -T",
-            ) from exc
+    for r in found:
+        if not r["readable"]:
+            continue
+        state = await conn.fetchrow(
+            f"SELECT last_value, is_called FROM {sql_name(r['schema'], r['name'])}"
+        )
         assert state is not None
         result.append(
             Sequence(
                 schema=r["schema"],
                 name=r["name"],
-                table=table.key,
+                table=by_oid[r["table_oid"]].key,
                 column=r["column"],
                 last_value=state["last_value"],
                 is_called=state["is_called"],
             )
         )
-    return result
+    # One sequence can serve several columns: report it once.
+    skipped = sorted({(r["schema"], r["name"]) for r in unreadable})
+    return result, skipped
 
 
 # Pages read to estimate where a table's bytes lie (TABLESAMPLE SYSTEM reads whole pages).

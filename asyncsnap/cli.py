@@ -99,18 +99,25 @@ def _root(
     """asyncsnap: consistent, concurrent PostgreSQL exports to checksummed NDJSON."""
 
 
+def _passwords_in(text: str) -> list[str]:
+    """The password of a URL DSN, or ``password=`` of a key/value DSN, as written and decoded."""
+    if "://" in text:
+        try:
+            password = urlsplit(text).password
+        except ValueError:  # e.g. a bad port: not a DSN we could connect with either
+            return []
+        return [password, unquote(password)] if password else []
+    return [
+        value.strip("'")
+        for item in text.split()
+        for key, _, value in [item.partition("=")]
+        if key == "password" and value
+    ]
+
+
 def _secrets(dsn: str | None) -> list[str]:
-    found = []
-    for candidate in (dsn, os.environ.get("DATABASE_URL")):
-        if candidate and "://" in candidate:
-            password = urlsplit(candidate).password
-            if password:
-                found += [password, unquote(password)]
-        elif candidate:
-            for item in candidate.split():
-                key, _, value = item.partition("=")
-                if key == "password" and value:
-                    found.append(value.strip("'"))
+    candidates = [c for c in (dsn, os.environ.get("DATABASE_URL")) if c]
+    found = [s for candidate in candidates for s in _passwords_in(candidate)]
     if os.environ.get("PGPASSWORD"):
         found.append(os.environ["PGPASSWORD"])
     return [s for s in found if s]
@@ -121,6 +128,21 @@ def redact(text: str, dsn: str | None) -> str:
     for secret in sorted(set(_secrets(dsn)), key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+def hide_password_from_process_title(argv: list[str]) -> None:
+    """A DSN argument with a password is readable by every user of the machine in ``ps``
+    and ``/proc/PID/cmdline``. Rewrite the process title without it, first thing at start
+    (the password is visible only while Python starts). ``sys.argv`` keeps the original."""
+    secrets = {s for arg in argv[1:] for s in _passwords_in(arg) if s}
+    if not secrets:
+        return
+    import setproctitle
+
+    title = " ".join(["asyncsnap", *argv[1:]])
+    for secret in sorted(secrets, key=len, reverse=True):
+        title = title.replace(secret, "***")
+    setproctitle.setproctitle(title)
 
 
 def _fail(
@@ -187,8 +209,9 @@ def _write_summary(path: Path | None, fields: dict[str, object], dsn: str | None
     os.replace(temp, path)
 
 
-def run_cancellable(work: Callable[[], Awaitable[T]]) -> T:
-    """Run ``work`` on asyncio; SIGINT/SIGTERM cancel it and raise ``Interrupted``."""
+def run_cancellable(work: Callable[[], Awaitable[T]], *, left: str = "nothing was kept") -> T:
+    """Run ``work`` on asyncio; SIGINT/SIGTERM cancel it and raise ``Interrupted``, whose
+    message ends with ``left``: what the cancelled work leaves behind."""
     received: list[int] = []
 
     async def main() -> T | None:
@@ -216,7 +239,7 @@ def run_cancellable(work: Callable[[], Awaitable[T]]) -> T:
         signum = received[0]
         name = signal.Signals(signum).name
         raise Interrupted(
-            f"interrupted by {name}; nothing was kept",
+            f"interrupted by {name}; {left}",
             exit_code=ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM,
         )
     assert outcome is not None
@@ -296,6 +319,24 @@ def dump_command(
         float,
         typer.Option("--lock-timeout", min=0, help="Seconds to wait for each table lock; 0 waits."),
     ] = DEFAULT_LOCK_TIMEOUT,
+    statement_timeout: Annotated[
+        float,
+        typer.Option(
+            "--statement-timeout",
+            min=0,
+            help="Seconds one statement (a table's or range's COPY) may run; 0: no limit.",
+        ),
+    ] = 0.0,
+    max_duration: Annotated[
+        float | None,
+        typer.Option(
+            "--max-duration",
+            min=0.001,
+            metavar="SECONDS",
+            help="Cancel the dump (keeping nothing) if it runs longer; bounds how long the "
+            "snapshot holds back VACUUM.",
+        ),
+    ] = None,
     split_larger_than: Annotated[
         str,
         typer.Option(
@@ -305,6 +346,14 @@ def dump_command(
             "(e.g. 256MB, 2GB, off).",
         ),
     ] = "64MB",
+    skip_unreadable: Annotated[
+        bool,
+        typer.Option(
+            "--skip-unreadable",
+            help="Leave out tables and sequences this role cannot read (listed in the "
+            "manifest) instead of failing.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
     keep: Annotated[
         int | None,
@@ -315,6 +364,14 @@ def dump_command(
             help="After success, keep only the N newest complete backups in -o.",
         ),
     ] = None,
+    keep_partial: Annotated[
+        bool,
+        typer.Option(
+            "--keep-partial",
+            help="On failure or interrupt keep NAME.partial with the files written so far "
+            "(never a manifest).",
+        ),
+    ] = False,
     log_format: LogFormatOption = "text",
     summary_json: SummaryOption = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
@@ -345,13 +402,18 @@ def dump_command(
             compression=compress,
             name=name,
             lock_timeout=lock_timeout,
+            statement_timeout=statement_timeout,
+            max_duration=max_duration,
             split_larger_than=split_bytes,
+            skip_unreadable=skip_unreadable,
             keep=keep,
+            keep_partial=keep_partial,
             on_event=on_event,
         )
 
+    left = "the incomplete backup was kept (--keep-partial)" if keep_partial else "nothing was kept"
     try:
-        result = _run_rendered(work, live)
+        result = _run_rendered(work, live, left=left)
     except BaseException as exc:
         raise _handle(
             exc, dsn=dsn, debug=debug, json_log=json_log, summary=(summary_json, "dump")
@@ -370,6 +432,11 @@ def dump_command(
             "bytes": result.bytes,
             "stored_bytes": result.stored_bytes,
             "seconds": round(result.seconds, 3),
+            "snapshot_held_seconds": round(result.snapshot_held_seconds, 3),
+            "skipped": [
+                {"kind": k.kind, "schema": k.schema, "name": k.name, "reason": k.reason}
+                for k in result.skipped
+            ],
             "error": None,
         },
         dsn,
@@ -384,6 +451,7 @@ def dump_command(
 
 def main() -> None:
     """Console-script entry point."""
+    hide_password_from_process_title(sys.argv)
     app()
 
 
@@ -402,11 +470,13 @@ def _renderers(
     return None, PlainLog(sys.stderr)
 
 
-def _run_rendered(work: Callable[[], Awaitable[T]], live: LiveDisplay | None) -> T:
+def _run_rendered(
+    work: Callable[[], Awaitable[T]], live: LiveDisplay | None, *, left: str = "nothing was kept"
+) -> T:
     if live is None:
-        return run_cancellable(work)
+        return run_cancellable(work, left=left)
     with live:
-        return run_cancellable(work)
+        return run_cancellable(work, left=left)
 
 
 @app.command("restore")
@@ -481,8 +551,13 @@ def restore_command(
             on_event=on_event,
         )
 
+    left = (
+        "nothing was loaded (one transaction)"
+        if single_transaction
+        else "tables already committed stay loaded, the rest was rolled back"
+    )
     try:
-        result = _run_rendered(work, live)
+        result = _run_rendered(work, live, left=left)
     except BaseException as exc:
         raise _handle(
             exc, dsn=dsn, debug=debug, json_log=json_log, summary=(summary_json, "restore")

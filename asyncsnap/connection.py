@@ -47,7 +47,6 @@ RENDER_SETTINGS: Mapping[str, str] = {
 # inside its snapshot transaction for the whole dump.
 SESSION_SETTINGS: Mapping[str, str] = {
     "application_name": "asyncsnap",
-    "statement_timeout": "0",
     "idle_in_transaction_session_timeout": "0",
     # Concurrent scans of a big table would otherwise start mid-table to share I/O,
     # making row order (and so file hashes) differ from run to run.
@@ -125,15 +124,21 @@ def _os_user() -> str:
         return "postgres"
 
 
-def connect_kwargs(dsn: str | None, settings: Mapping[str, str] | None = None) -> dict[str, Any]:
+def connect_kwargs(
+    dsn: str | None,
+    settings: Mapping[str, str] | None = None,
+    *,
+    statement_timeout: float = 0.0,
+) -> dict[str, Any]:
     """Keyword arguments for ``asyncpg.connect``/``create_pool``: the rendering
     ``settings`` (``RENDER_SETTINGS`` unless given, e.g. a backup's for restore) and
-    ``SESSION_SETTINGS``."""
+    ``SESSION_SETTINGS``, with ``statement_timeout`` in seconds (0: none)."""
     return {
         "dsn": dsn,
         "server_settings": {
             **(RENDER_SETTINGS if settings is None else settings),
             **SESSION_SETTINGS,
+            "statement_timeout": str(round(statement_timeout * 1000)),
         },
         # The dump streams through COPY; no statement cache is needed, and it keeps
         # the connections usable behind PgBouncer in session mode.
@@ -157,20 +162,25 @@ async def connect(
     dsn: str | None,
     *,
     settings: Mapping[str, str] | None = None,
+    statement_timeout: float = 0.0,
     connect_timeout: float = 30.0,
 ) -> asyncpg.Connection:
     """Open one connection with the fixed settings, translating failures to our errors.
 
     >>> conn = await connect("postgresql://localhost/app")  # doctest: +SKIP
     """
+    kwargs = connect_kwargs(dsn, settings, statement_timeout=statement_timeout)
     with _translated(dsn):
-        return await asyncpg.connect(**connect_kwargs(dsn, settings), timeout=connect_timeout)
+        return await asyncpg.connect(**kwargs, timeout=connect_timeout)
 
 
-async def create_pool(dsn: str | None, *, size: int) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str | None, *, size: int, statement_timeout: float = 0.0
+) -> asyncpg.Pool:
     """A pool of exactly ``size`` connections, opened now, failures translated."""
+    kwargs = connect_kwargs(dsn, statement_timeout=statement_timeout)
     with _translated(dsn):
-        return await asyncpg.create_pool(**connect_kwargs(dsn), min_size=size, max_size=size)
+        return await asyncpg.create_pool(**kwargs, min_size=size, max_size=size)
 
 
 def translate_connect_error(exc: BaseException, target: Target) -> Exception | None:

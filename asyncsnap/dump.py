@@ -49,6 +49,8 @@ from .errors import (
     DumpFailed,
     LockTimeout,
     PermissionDenied,
+    StatementTimeout,
+    TimeLimitExceeded,
     UsageError,
     most_telling,
     some_names,
@@ -91,6 +93,20 @@ class TableResult:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """A table or sequence left out of the dump (``skip_unreadable``); in the manifest."""
+
+    kind: str  # "table" or "sequence"
+    schema: str
+    name: str
+    reason: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
 class DumpResult:
     """What ``dump`` did. The CLI renders it; tests assert on it."""
 
@@ -102,6 +118,8 @@ class DumpResult:
     stored_bytes: int
     files: int
     seconds: float
+    snapshot_held_seconds: float  # how long VACUUM was held back on the server
+    skipped: tuple[Skipped, ...]  # --skip-unreadable
     manifest: dict[str, Any] = field(repr=False)
 
 
@@ -126,8 +144,12 @@ async def dump(
     compression: Compression = "zstd",
     name: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    statement_timeout: float = 0.0,
+    max_duration: float | None = None,
     split_larger_than: int | None = DEFAULT_SPLIT_LARGER_THAN,
+    skip_unreadable: bool = False,
     keep: int | None = None,
+    keep_partial: bool = False,
     on_event: EventCallback | None = None,
 ) -> DumpResult:
     """Export the selected tables at one moment into ``<output>/<name>``.
@@ -141,10 +163,19 @@ async def dump(
     :param compression: ``"zstd"`` (default), ``"gzip"`` or ``"none"``.
     :param name: backup directory name; default ``backup_YYYYMMDDTHHMMSSZ`` (UTC).
     :param lock_timeout: seconds to wait for each table's ACCESS SHARE lock; 0 waits.
+    :param statement_timeout: seconds the server may spend on one statement (a chunk's
+        COPY, a catalog query) before cancelling it and so the dump; 0 (default): no limit.
+    :param max_duration: seconds the whole dump may take; past it the dump is cancelled
+        (nothing kept) and ``TimeLimitExceeded`` raised, which bounds how long the snapshot
+        holds back VACUUM. ``None``: no limit.
     :param split_larger_than: tables larger than this many bytes (heap + TOAST) are read
         in ctid page ranges by several connections, one file each; ``None`` never splits.
+    :param skip_unreadable: leave out tables and sequences the role may not SELECT (a
+        notice each, listed under ``skipped`` in the manifest) instead of failing.
     :param keep: after success, keep only the ``keep`` newest complete backups in ``output``
         (see ``asyncsnap.prune``); ``None`` keeps everything.
+    :param keep_partial: on failure or cancellation leave ``<name>.partial`` with the files
+        finished so far (never a manifest) instead of removing it, for inspection.
     :param on_event: called with progress events (see ``asyncsnap.progress``).
 
     Example::
@@ -162,6 +193,8 @@ async def dump(
         compression=compression,
         name=name,
         lock_timeout=lock_timeout,
+        statement_timeout=statement_timeout,
+        max_duration=max_duration,
         keep=keep,
     )
     emit: EventCallback = on_event or (lambda event: None)
@@ -169,111 +202,131 @@ async def dump(
 
     started = time.monotonic()
     started_at = datetime.now(UTC)
-    conn = await connect(dsn)
-    backup: BackupDirectory | None = None
-    lock: OutputLock | None = None
-    try:
+    finished = False
+    # Everything until the backup is complete runs under the deadline (None: none); the
+    # cancellation it causes takes the same clean-up path as Ctrl-C.
+    with anyio.move_on_after(max_duration):
+        conn = await connect(dsn, statement_timeout=statement_timeout)
+        backup: BackupDirectory | None = None
+        lock: OutputLock | None = None
         try:
-            coordinator = await Coordinator.begin(conn)
-            server = await read_server_info(conn)
-            selected = selection.require(await list_tables(conn))
-            _refuse_unreadable(selected)
-            await coordinator.lock(selected, lock_timeout=lock_timeout)
-            described = await describe_tables(conn, selected)
-            catalog = Catalog(server=server, tables=described, types=await read_types(conn))
-            sequences = await read_sequences(conn, described)
-            if split_larger_than is not None and server.version_num < TID_RANGE_SCAN_VERSION:
+            try:
+                coordinator = await Coordinator.begin(conn)
+                server = await read_server_info(conn)
+                selected = selection.require(await list_tables(conn))
+                selected, skipped = _readable_only(selected, skip_unreadable, emit)
+                await coordinator.lock(selected, lock_timeout=lock_timeout)
+                described = await describe_tables(conn, selected)
+                catalog = Catalog(server=server, tables=described, types=await read_types(conn))
+                sequences, skipped_sequences = await read_sequences(
+                    conn, described, skip_unreadable=skip_unreadable
+                )
+                for schema_name in skipped_sequences:
+                    emit(Notice(f"skipped sequence {'.'.join(schema_name)}: permission denied"))
+                skipped += [
+                    Skipped("sequence", *key, "permission denied") for key in skipped_sequences
+                ]
+                if split_larger_than is not None and server.version_num < TID_RANGE_SCAN_VERSION:
+                    emit(
+                        Notice(
+                            f"PostgreSQL {server.version} has no TID Range Scan (14+): "
+                            "large tables are copied in one stream each"
+                        )
+                    )
+                    split_larger_than = None
+                # Where split tables' bytes lie (TOAST included), to balance their ranges.
+                weights = {
+                    t.key: await sample_page_weights(conn, t)
+                    for t in described
+                    if t.has_data
+                    and chunk_count(t, split_larger_than=split_larger_than, jobs=jobs) > 1
+                }
+                chunks = plan_chunks(
+                    described, split_larger_than=split_larger_than, jobs=jobs, weights=weights
+                )
+                order = restore_order(described)
+
+                # Taken just before anything is written, so a run that fails earlier leaves no
+                # trace; held until the backup has its final name.
+                BackupDirectory.prepare_parent(output)
+                lock = OutputLock(output)
+                lock.acquire()
+                backup = BackupDirectory.create(output, name)
                 emit(
-                    Notice(
-                        f"PostgreSQL {server.version} has no TID Range Scan (14+): "
-                        "large tables are copied in one stream each"
+                    DumpStarted(
+                        snapshot_id=coordinator.snapshot_id,
+                        target=str(describe_target(dsn)),
+                        tables=sum(1 for t in described if t.has_data),
+                        chunks=len(chunks),
+                        est_rows=sum(c.table.est_rows for c in chunks),
+                        jobs=jobs,
+                        path=str(backup.path),
                     )
                 )
-                split_larger_than = None
-            # Where split tables' bytes lie (TOAST included), to balance their ranges.
-            weights = {
-                t.key: await sample_page_weights(conn, t)
-                for t in described
-                if t.has_data and chunk_count(t, split_larger_than=split_larger_than, jobs=jobs) > 1
-            }
-            chunks = plan_chunks(
-                described, split_larger_than=split_larger_than, jobs=jobs, weights=weights
-            )
-            order = restore_order(described)
-
-            # Taken just before anything is written, so a run that fails earlier leaves no
-            # trace; held until the backup has its final name.
-            BackupDirectory.prepare_parent(output)
-            lock = OutputLock(output)
-            lock.acquire()
-            backup = BackupDirectory.create(output, name)
-            emit(
-                DumpStarted(
+                coordinator_lost = anyio.Event()
+                conn.add_termination_listener(lambda _: coordinator_lost.set())
+                copying = _CopyContext(
+                    coordinator.snapshot_id, catalog.types, backup, compression, emit
+                )
+                stored = await _copy_all(
+                    dsn, chunks, copying, jobs, coordinator_lost, statement_timeout
+                )
+                # The data is only consistent if the snapshot outlived every import.
+                await coordinator.ensure_alive()
+                finished_at = datetime.now(UTC)
+                snapshot_held = time.monotonic() - coordinator.began
+                body = _manifest_body(
+                    catalog=catalog,
+                    chunks=chunks,
+                    stored=stored,
+                    sequences=sequences,
+                    order=order,
                     snapshot_id=coordinator.snapshot_id,
-                    target=str(describe_target(dsn)),
-                    tables=sum(1 for t in described if t.has_data),
-                    chunks=len(chunks),
-                    est_rows=sum(c.table.est_rows for c in chunks),
-                    jobs=jobs,
-                    path=str(backup.path),
+                    snapshot_taken_at=coordinator.taken_at,
+                    started_at=started_at,
+                    finished_at=finished_at,
+                    compression=compression,
+                    skipped=skipped,
                 )
-            )
-            coordinator_lost = anyio.Event()
-            conn.add_termination_listener(lambda _: coordinator_lost.set())
-            stored = await _copy_all(
-                dsn,
-                coordinator.snapshot_id,
-                chunks,
-                catalog.types,
-                backup,
-                compression,
-                jobs,
-                emit,
-                coordinator_lost,
-            )
-            # The data is only consistent if the snapshot outlived every import.
-            await coordinator.ensure_alive()
-            finished_at = datetime.now(UTC)
-            snapshot_held = time.monotonic() - coordinator.began
-            body = _manifest_body(
-                catalog=catalog,
-                chunks=chunks,
-                stored=stored,
-                sequences=sequences,
-                order=order,
-                snapshot_id=coordinator.snapshot_id,
-                snapshot_taken_at=coordinator.taken_at,
-                started_at=started_at,
-                finished_at=finished_at,
-                compression=compression,
-            )
-            files = [(s.path, s.sha256) for c in chunks for s in [stored[c.stem]]]
-            backup.write_small_file(manifest.SUMS_NAME, manifest.sha256sums(sorted(files)))
-            backup.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body))
-            await _end_snapshot(conn)
-            final_path = await anyio.to_thread.run_sync(backup.commit)
-            if keep is not None:  # under the lock we hold, after this backup is complete
-                pruned = await anyio.to_thread.run_sync(
-                    lambda: prune(output, keep=keep, locked=True)
-                )
-                for path in pruned.removed:
-                    emit(Notice(f"removed old backup {path} (--keep {keep})"))
-        except asyncpg.PostgresError as exc:
-            # Catalog reads and locks failing for a reason not translated nearer the cause.
-            raise DumpFailed(
-                f"server error: {exc}", hint=getattr(exc, "hint", None) or "see the server log"
-            ) from exc
-        except (asyncpg.ConnectionDoesNotExistError, ConnectionError) as exc:
-            raise snapshot_lost() from exc  # the coordinator's own connection died
-    except BaseException:
-        if backup is not None:
-            backup.remove()
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
-        if not conn.is_closed():
-            conn.terminate()
+                files = [(s.path, s.sha256) for c in chunks for s in [stored[c.stem]]]
+                backup.write_small_file(manifest.SUMS_NAME, manifest.sha256sums(sorted(files)))
+                backup.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body))
+                await _end_snapshot(conn)
+                # From the rename on the backup is complete: a signal or the deadline
+                # arriving now must not undo it.
+                with anyio.CancelScope(shield=True):
+                    final_path = await anyio.to_thread.run_sync(backup.commit)
+                    finished = True
+                    if keep is not None:  # under our lock, after this backup is complete
+                        pruned = await anyio.to_thread.run_sync(
+                            lambda: prune(output, keep=keep, locked=True)
+                        )
+                        for path in pruned.removed:
+                            emit(Notice(f"removed old backup {path} (--keep {keep})"))
+            except asyncpg.QueryCanceledError as exc:
+                raise _cancelled_by_server(exc, "a catalog query or lock") from exc
+            except asyncpg.PostgresError as exc:
+                # Catalog reads and locks failing for a reason not translated nearer the cause.
+                raise DumpFailed(
+                    f"server error: {exc}", hint=getattr(exc, "hint", None) or "see the server log"
+                ) from exc
+            except (asyncpg.ConnectionDoesNotExistError, ConnectionError) as exc:
+                raise snapshot_lost() from exc  # the coordinator's own connection died
+        except BaseException:
+            if backup is not None and not finished:
+                _abandon(backup, keep_partial, emit)
+            raise
+        finally:
+            if lock is not None:
+                lock.release()
+            if not conn.is_closed():
+                conn.terminate()
+    if not finished:
+        raise TimeLimitExceeded(
+            f"the dump did not finish within --max-duration {max_duration:g}s and was "
+            "cancelled" + ("; the incomplete backup was kept" if keep_partial else ""),
+            hint="raise --max-duration, dump fewer tables (-t/-T), or use more -j",
+        )
 
     results = _table_results(described, chunks, stored)
     result = DumpResult(
@@ -285,6 +338,8 @@ async def dump(
         stored_bytes=sum(r.stored_bytes for r in results),
         files=len(stored),
         seconds=time.monotonic() - started,
+        snapshot_held_seconds=snapshot_held,
+        skipped=tuple(skipped),
         manifest=body,
     )
     emit(
@@ -312,6 +367,8 @@ def _check_arguments(
     compression: str,
     name: str | None,
     lock_timeout: float,
+    statement_timeout: float,
+    max_duration: float | None,
     keep: int | None,
 ) -> tuple[Selection, Path, str]:
     """Everything that can be wrong before connecting: fail fast, write nothing."""
@@ -321,6 +378,10 @@ def _check_arguments(
         raise UsageError(f"unknown compression {compression!r}", hint="use zstd, gzip or none")
     if lock_timeout < 0:
         raise UsageError("--lock-timeout cannot be negative", hint="0 waits forever")
+    if statement_timeout < 0:
+        raise UsageError("--statement-timeout cannot be negative", hint="0 means no limit")
+    if max_duration is not None and max_duration <= 0:
+        raise UsageError("--max-duration must be positive", hint="e.g. --max-duration 3600")
     if keep is not None and keep < 1:
         raise UsageError(f"--keep must be at least 1, not {keep}", hint="--keep 7 keeps a week")
     selection = Selection.from_strings(
@@ -332,15 +393,52 @@ def _check_arguments(
     return selection, output_dir, name
 
 
-def _refuse_unreadable(tables: Sequence[Table]) -> None:
-    """Name every selected table the role cannot read, before anything is written."""
-    unreadable = [t.qualified for t in tables if t.has_data and not t.readable]
+def _readable_only(
+    tables: list[Table], skip_unreadable: bool, emit: EventCallback
+) -> tuple[list[Table], list[Skipped]]:
+    """The tables the role can read. Unreadable ones are an error naming them all, before
+    anything is written, or with ``skip_unreadable`` left out with a notice each."""
+    unreadable = [t for t in tables if t.has_data and not t.readable]
     if not unreadable:
+        return tables, []
+    names = [t.qualified for t in unreadable]
+    if not skip_unreadable:
+        raise PermissionDenied(
+            f"permission denied for {'table' if len(names) == 1 else 'tables'} {some_names(names)}",
+            hint="GRANT SELECT to this role, leave them out with -T, or --skip-unreadable",
+        )
+    readable = [t for t in tables if t not in unreadable]
+    if not any(t.has_data for t in readable):
+        raise PermissionDenied(
+            f"permission denied for every selected table ({some_names(names)})",
+            hint="GRANT SELECT to this role, or check -t/-n",
+        )
+    for table in unreadable:
+        emit(Notice(f"skipped table {table.qualified}: permission denied"))
+    return readable, [Skipped("table", t.schema, t.name, "permission denied") for t in unreadable]
+
+
+def _abandon(backup: BackupDirectory, keep_partial: bool, emit: EventCallback) -> None:
+    """After a failure: remove ``<name>.partial``, or with ``keep_partial`` keep the files
+    written so far, but never a manifest, so it cannot pass for a backup."""
+    if not keep_partial:
+        backup.remove()
         return
-    raise PermissionDenied(
-        f"permission denied for {'table' if len(unreadable) == 1 else 'tables'} "
-        f"{some_names(unreadable)}",
-        hint="GRANT SELECT to this role, or leave them out with -T",
+    for small in (manifest.MANIFEST_NAME, manifest.SUMS_NAME):
+        (backup.path / small).unlink(missing_ok=True)
+    emit(Notice(f"kept the incomplete backup at {backup.path} (--keep-partial)"))
+
+
+def _cancelled_by_server(exc: asyncpg.QueryCanceledError, doing: str) -> DumpFailed:
+    """The server cancelled a statement: our statement timeout, or someone else."""
+    if "statement timeout" in str(exc):
+        return StatementTimeout(
+            f"the server cancelled {doing}: it ran longer than --statement-timeout",
+            hint="raise --statement-timeout (0 means no limit)",
+        )
+    return DumpFailed(
+        f"the server cancelled {doing}: {exc}",
+        hint="someone ran pg_cancel_backend() on the dump's session? run it again",
     )
 
 
@@ -350,28 +448,34 @@ async def _end_snapshot(conn: asyncpg.Connection) -> None:
     await conn.close()
 
 
+@dataclass(frozen=True)
+class _CopyContext:
+    """What every chunk's copy needs besides its connection."""
+
+    snapshot_id: str
+    types: dict[int, TypeInfo]
+    backup: BackupDirectory
+    compression: Compression
+    emit: EventCallback
+
+
 async def _copy_all(
     dsn: str | None,
-    snapshot_id: str,
     chunks: Sequence[Chunk],
-    types: dict[int, TypeInfo],
-    backup: BackupDirectory,
-    compression: Compression,
+    ctx: _CopyContext,
     jobs: int,
-    emit: EventCallback,
     coordinator_lost: anyio.Event,
+    statement_timeout: float,
 ) -> dict[str, StoredFile]:
     """Copy every chunk with ``jobs`` connections; returns the stored files by stem."""
     workers = max(1, min(jobs, len(chunks)))
-    pool = await create_pool(dsn, size=workers)
+    pool = await create_pool(dsn, size=workers, statement_timeout=statement_timeout)
     stored: dict[str, StoredFile] = {}
     queue: Iterator[Chunk] = iter(chunks)  # shared: each worker takes the next largest
 
     async def worker() -> None:
         for chunk in queue:
-            stored[chunk.stem] = await _copy_chunk_with_retries(
-                pool, chunk, snapshot_id, types, backup, compression, emit
-            )
+            stored[chunk.stem] = await _copy_chunk_with_retries(pool, chunk, ctx)
 
     async def watch_coordinator() -> None:
         # Fail fast: once the snapshot holder is gone no further chunk can import it.
@@ -403,25 +507,19 @@ class _ConnectionLost(DumpFailed):
 
 
 async def _copy_chunk_with_retries(
-    pool: asyncpg.Pool,
-    chunk: Chunk,
-    snapshot_id: str,
-    types: dict[int, TypeInfo],
-    backup: BackupDirectory,
-    compression: Compression,
-    emit: EventCallback,
+    pool: asyncpg.Pool, chunk: Chunk, ctx: _CopyContext
 ) -> StoredFile:
     for attempt in range(1, CHUNK_ATTEMPTS + 1):
         try:
             # Acquired per chunk: the pool replaces a connection that died.
             async with pool.acquire() as conn:
-                return await _copy_chunk(conn, chunk, snapshot_id, types, backup, compression, emit)
+                return await _copy_chunk(conn, chunk, ctx)
         except _ConnectionLost as exc:
             if attempt == CHUNK_ATTEMPTS:
                 raise DumpFailed(
                     f"{exc.message} (gave up after {CHUNK_ATTEMPTS} attempts)", hint=exc.hint
                 ) from exc
-            emit(
+            ctx.emit(
                 Notice(
                     f"{exc.message}; its file was discarded, retrying on a new "
                     f"connection in the same snapshot ({attempt + 1}/{CHUNK_ATTEMPTS})"
@@ -447,20 +545,12 @@ async def _close_pool(pool: asyncpg.Pool) -> None:
             pool.terminate()
 
 
-async def _copy_chunk(
-    conn: asyncpg.Connection,
-    chunk: Chunk,
-    snapshot_id: str,
-    types: dict[int, TypeInfo],
-    backup: BackupDirectory,
-    compression: Compression,
-    emit: EventCallback,
-) -> StoredFile:
+async def _copy_chunk(conn: asyncpg.Connection, chunk: Chunk, ctx: _CopyContext) -> StoredFile:
     """Stream one chunk into its file inside a transaction that imports the snapshot."""
-    table = chunk.table
+    table, emit = chunk.table, ctx.emit
     emit(ChunkStarted(label=chunk.label, est_rows=table.est_rows))
     started = time.monotonic()
-    writer = backup.data_writer(chunk.stem, compression)
+    writer = ctx.backup.data_writer(chunk.stem, ctx.compression)
     next_report = started + PROGRESS_INTERVAL
 
     async def sink(data: bytes) -> None:
@@ -475,7 +565,7 @@ async def _copy_chunk(
 
     try:
         try:
-            async with snapshot_transaction(conn, snapshot_id):
+            async with snapshot_transaction(conn, ctx.snapshot_id):
                 # pg_dump's guard: if someone queued an ACCESS EXCLUSIVE lock behind the
                 # coordinator's ACCESS SHARE, waiting here would deadlock undetected
                 # (we wait for them, they wait for the coordinator, which waits for us).
@@ -484,7 +574,9 @@ async def _copy_chunk(
                     "IN ACCESS SHARE MODE NOWAIT"
                 )
                 status = await conn.copy_from_query(
-                    select_rows_sql(table, types, chunk.pages), output=sink, **COPY_OPTIONS_KWARGS
+                    select_rows_sql(table, ctx.types, chunk.pages),
+                    output=sink,
+                    **COPY_OPTIONS_KWARGS,
                 )
         except asyncpg.LockNotAvailableError as exc:
             raise LockTimeout(
@@ -492,6 +584,8 @@ async def _copy_chunk(
                 hint="someone asked for an ACCESS EXCLUSIVE lock (ALTER, DROP, VACUUM FULL?) "
                 "after the dump started; run the dump when it is done",
             ) from exc
+        except asyncpg.QueryCanceledError as exc:
+            raise _cancelled_by_server(exc, f"copying {chunk.label}") from exc
         except asyncpg.InsufficientPrivilegeError as exc:
             raise PermissionDenied(
                 f"permission denied reading {table.qualified}: {exc.message}",
@@ -571,6 +665,7 @@ def _manifest_body(
     started_at: datetime,
     finished_at: datetime,
     compression: Compression,
+    skipped: Sequence[Skipped],
 ) -> dict[str, Any]:
     server = catalog.server
     files_by_table: dict[tuple[str, str], list[tuple[StoredFile, Chunk]]] = {}
@@ -658,6 +753,10 @@ def _manifest_body(
                 "is_called": s.is_called,
             }
             for s in sequences
+        ],
+        "skipped": [
+            {"kind": s.kind, "schema": s.schema, "name": s.name, "reason": s.reason}
+            for s in skipped
         ],
         "restore_order": {
             "levels": [[ref(k) for k in level] for level in order.levels],

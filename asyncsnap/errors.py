@@ -110,6 +110,14 @@ class SnapshotLost(DumpFailed):
     """Raised when the coordinating connection holding the exported snapshot dies."""
 
 
+class StatementTimeout(DumpFailed):
+    """Raised when the server cancels a dump statement after ``--statement-timeout``."""
+
+
+class TimeLimitExceeded(DumpFailed):
+    """Raised when a dump runs longer than ``--max-duration``; it is cancelled, not kept."""
+
+
 class DataIntegrityError(DumpFailed):
     """Raised when a file's rows do not match what the server reported (a safety check)."""
 

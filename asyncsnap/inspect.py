@@ -37,6 +37,10 @@ def summary(backup: Backup) -> dict[str, Any]:
             for t in backup.tables
         ],
         "sequences": len(backup.sequences),
+        "skipped": [
+            {"kind": kind, "schema": schema, "name": name, "reason": reason}
+            for kind, schema, name, reason in backup.skipped
+        ],
         "restore_order": m.get("restore_order"),
     }
 
@@ -69,6 +73,8 @@ def summary_tables(backup: Backup) -> list[RenderableType]:
     head.add_row("restore order", order)
     for cycle in (s["restore_order"] or {}).get("cycles", []):
         head.add_row("cycle", ", ".join(f"{t['schema']}.{t['name']}" for t in cycle))
+    for k in s["skipped"]:
+        head.add_row("NOT DUMPED", f"{k['kind']} {k['schema']}.{k['name']}: {k['reason']}")
     tables = RichTable()
     for col, justify in (
         ("table", "left"),

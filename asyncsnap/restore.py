@@ -285,6 +285,8 @@ async def restore(
                 f"verification failed: {checked.problems[0]}",
                 hint="nothing was loaded; `asyncsnap verify` lists every problem",
             )
+    for kind, schema, name, reason in backup.skipped:
+        emit(Notice(f"the backup has no {kind} {schema}.{name} ({reason} at dump time)"))
     dsn = resolve_dsn(dsn)
     # The settings the values were rendered with are the ones to read them back with.
     conn = await connect(dsn, settings=backup.settings)
