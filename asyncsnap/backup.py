@@ -180,13 +180,16 @@ def safe_relative_path(root: Path, relpath: str, checker: _Checker, where: str) 
         raise checker.fail(where, f"path {relpath!r} leaves the backup directory")
 
 
-def open_backup(path: str | Path) -> Backup:
+def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
     """Open a backup directory and check its manifest (not yet the data files).
+
+    ``in_progress`` is for the dump checking its own ``.partial`` directory before the
+    rename (``dump --verify``); everyone else refuses a ``.partial``.
 
     >>> backup = open_backup("backups/backup_20261124T021500Z")  # doctest: +SKIP
     """
     root = Path(path)
-    if root.name.endswith(PARTIAL_SUFFIX):
+    if root.name.endswith(PARTIAL_SUFFIX) and not in_progress:
         raise VerificationFailed(
             f"{root} is an incomplete backup (a dump that failed, was interrupted or is "
             "still running)",

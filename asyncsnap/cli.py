@@ -372,6 +372,14 @@ def dump_command(
             "(never a manifest).",
         ),
     ] = False,
+    verify_output: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Read every file back and check it, as `asyncsnap verify` does, before the "
+            "backup is made complete; a problem fails the dump (exit 5).",
+        ),
+    ] = False,
     log_format: LogFormatOption = "text",
     summary_json: SummaryOption = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
@@ -408,6 +416,7 @@ def dump_command(
             skip_unreadable=skip_unreadable,
             keep=keep,
             keep_partial=keep_partial,
+            verify_output=verify_output,
             on_event=on_event,
         )
 
@@ -433,6 +442,7 @@ def dump_command(
             "stored_bytes": result.stored_bytes,
             "seconds": round(result.seconds, 3),
             "snapshot_held_seconds": round(result.snapshot_held_seconds, 3),
+            "verified": result.verified,
             "skipped": [
                 {"kind": k.kind, "schema": k.schema, "name": k.name, "reason": k.reason}
                 for k in result.skipped

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 import asyncpg
 
@@ -52,6 +53,7 @@ from .errors import (
     StatementTimeout,
     TimeLimitExceeded,
     UsageError,
+    VerificationFailed,
     most_telling,
     some_names,
 )
@@ -71,6 +73,7 @@ from .prune import prune
 from .render import COPY_OPTIONS_KWARGS, encodings, select_rows_sql
 from .snapshot import Coordinator, snapshot_lost, snapshot_transaction
 from .storage import COMPRESSIONS, BackupDirectory, Compression, OutputLock, StoredFile
+from .verify import verify
 
 DEFAULT_LOCK_TIMEOUT = 30.0
 # One stream renders JSON at roughly 100-150 MB/s of table (DESIGN.md): above this a table
@@ -120,6 +123,7 @@ class DumpResult:
     seconds: float
     snapshot_held_seconds: float  # how long VACUUM was held back on the server
     skipped: tuple[Skipped, ...]  # --skip-unreadable
+    verified: bool  # every file was read back and checked before the rename (--verify)
     manifest: dict[str, Any] = field(repr=False)
 
 
@@ -150,6 +154,7 @@ async def dump(
     skip_unreadable: bool = False,
     keep: int | None = None,
     keep_partial: bool = False,
+    verify_output: bool = False,
     on_event: EventCallback | None = None,
 ) -> DumpResult:
     """Export the selected tables at one moment into ``<output>/<name>``.
@@ -176,6 +181,9 @@ async def dump(
         (see ``asyncsnap.prune``); ``None`` keeps everything.
     :param keep_partial: on failure or cancellation leave ``<name>.partial`` with the files
         finished so far (never a manifest) instead of removing it, for inspection.
+    :param verify_output: before the backup gets its final name, read every file back and
+        check it as ``asyncsnap.verify`` does; a problem fails the dump
+        (``VerificationFailed``) and the backup is not kept.
     :param on_event: called with progress events (see ``asyncsnap.progress``).
 
     Example::
@@ -292,6 +300,8 @@ async def dump(
                 backup.write_small_file(manifest.SUMS_NAME, manifest.sha256sums(sorted(files)))
                 backup.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body))
                 await _end_snapshot(conn)
+                if verify_output:
+                    await _verify_written(backup.path, emit)
                 # From the rename on the backup is complete: a signal or the deadline
                 # arriving now must not undo it.
                 with anyio.CancelScope(shield=True):
@@ -340,6 +350,7 @@ async def dump(
         seconds=time.monotonic() - started,
         snapshot_held_seconds=snapshot_held,
         skipped=tuple(skipped),
+        verified=verify_output,
         manifest=body,
     )
     emit(
@@ -354,6 +365,35 @@ async def dump(
         )
     )
     return result
+
+
+async def _verify_written(path: Path, emit: EventCallback) -> None:
+    """Read back the whole ``.partial`` backup as ``asyncsnap verify`` would, before the
+    rename makes it complete. The files come back through the page cache, so this checks
+    what the dump wrote (compression, hashes, counts, JSON), not the disk's media."""
+    started = time.monotonic()
+    result = await anyio.to_thread.run_sync(
+        lambda: verify(
+            path,
+            in_progress=True,
+            # A signal or --max-duration stops the check between files.
+            on_file=lambda _: anyio.from_thread.check_cancelled(),
+        )
+    )
+    if not result.ok:
+        problems = "; ".join(str(p) for p in result.problems[:3])
+        more = len(result.problems) - 3
+        raise VerificationFailed(
+            f"the backup failed its own verification: {problems}"
+            + (f" and {more} more" if more > 0 else ""),
+            hint="nothing was kept; check the disk and the filesystem, then run the dump again",
+        )
+    emit(
+        Notice(
+            f"verified {result.files} files, {result.rows} rows "
+            f"in {time.monotonic() - started:.2f}s"
+        )
+    )
 
 
 def _check_arguments(

@@ -53,17 +53,24 @@ class VerifyResult:
         return not self.problems
 
 
-def verify(path: str | Path, *, on_file: Callable[[str], None] | None = None) -> VerifyResult:
+def verify(
+    path: str | Path,
+    *,
+    on_file: Callable[[str], None] | None = None,
+    in_progress: bool = False,
+) -> VerifyResult:
     """Check a backup completely, without a database.
 
     Raises ``VerificationFailed`` when the manifest itself cannot be trusted; returns a
-    result listing problems in the data files otherwise.
+    result listing problems in the data files otherwise. ``on_file`` is called before
+    each data file (and may raise to stop); ``in_progress`` lets the dump check its own
+    ``.partial`` directory before making it complete.
 
     >>> verify("backups/backup_20261124T021500Z").ok  # doctest: +SKIP
     True
     """
     started = time.monotonic()
-    backup = open_backup(path)
+    backup = open_backup(path, in_progress=in_progress)
     problems: list[Problem] = []
     problems += _check_sums_file(backup)
     problems += _check_unlisted_files(backup)

@@ -12,13 +12,14 @@ from asyncsnap.progress import (
     ChunkStarted,
     DumpFinished,
     DumpStarted,
+    Event,
     LiveDisplay,
     PlainLog,
     human_bytes,
     summary_table,
 )
 
-EVENTS = [
+EVENTS: list[Event] = [
     DumpStarted(
         snapshot_id="00000003-0000001B-1",
         target="u@h:5432/db",
@@ -73,7 +74,9 @@ def test_live_display_tracks_running_tables() -> None:
 
 def test_summary_table_lists_files_and_totals() -> None:
     screen = io.StringIO()
-    Console(file=screen, width=120).print(summary_table([EVENTS[-1]], DONE))  # type: ignore[list-item]
+    Console(file=screen, width=120).print(
+        summary_table([e for e in EVENTS if isinstance(e, ChunkFinished)], DONE)
+    )
     text = screen.getvalue()
     assert "public.small" in text and "1,000" in text and human_bytes(20_000) in text
 

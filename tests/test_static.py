@@ -25,6 +25,6 @@ def test_ruff_format() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_strict_on_the_package() -> None:
-    result = run("mypy", "asyncsnap")
+def test_mypy_on_the_package_tests_and_benchmarks() -> None:
+    result = run("mypy", "asyncsnap", "tests", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
