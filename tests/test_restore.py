@@ -443,3 +443,71 @@ def test_restore_cli_round_trip_with_sequences(
     assert run.returncode == 0, run.stderr
     assert "restored 1 tables, 42 rows, 1 sequences" in run.stdout
     assert empty_copy.fetchval("SELECT nextval('s_id_seq')") == 43
+
+
+HOSTILE_NAMES = [
+    'we"ird',
+    "a/b",
+    "..",
+    "with space",
+    "таблица😀",
+    "t" * 63,
+    "Users",
+    "users",
+    "select",
+    "x'); DROP TABLE users; --",
+    "/* c */ -- d",
+]
+HOSTILE_SCHEMA = 'sch.ema "q"; DROP SCHEMA public CASCADE; --\''
+
+
+def q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def test_hostile_identifiers_dump_and_restore_and_nothing_is_injected(
+    db: Database, empty_copy: Database, tmp_path: Path
+) -> None:
+    """Quotes, ';', '--', '/*', '/', spaces, unicode, 63-byte names and reserved words in
+    schemas, tables, columns, a foreign key and a sequence: every row comes back, sequence
+    values are set, and every table (and the public schema) still exists afterwards."""
+    s = q(HOSTILE_SCHEMA)
+    ddl = [
+        f"CREATE SCHEMA {s}",
+        f'CREATE TABLE {s}."users" ({q("id; --")} serial PRIMARY KEY, "a""b" text)',
+    ]
+    for name in HOSTILE_NAMES:
+        if name != "users":
+            ddl.append(
+                f"CREATE TABLE {s}.{q(name)} ("
+                f'{q("id; --")} serial PRIMARY KEY, "a""b" text, "col with space" int, '
+                f'"ünï" text, "select" int, {q("x" * 63)} int REFERENCES {s}."users")'
+            )
+    db.execute("; ".join(ddl))
+    db.execute(f'INSERT INTO {s}."users" ("a""b") VALUES (\'u1\'), (\'u2\')')
+    for i, name in enumerate(HOSTILE_NAMES):
+        if name != "users":
+            db.execute(
+                f'INSERT INTO {s}.{q(name)} ("a""b", "col with space", "ünï", "select", '
+                f"{q('x' * 63)}) VALUES ($1, $2, 'ü', $2, 2), ($1, $2, '--', $2, NULL)",
+                f"v{i}'; --",
+                i,
+            )
+    copy_schema(db, empty_copy)
+    backup = run_dump(db, tmp_path).path
+    result = run_restore(backup, empty_copy)
+    assert result.rows == 2 + 2 * (len(HOSTILE_NAMES) - 1)
+
+    def contents(database: Database) -> list[tuple[str, list[tuple[object, ...]]]]:
+        return [
+            (name, [tuple(r) for r in database.fetch(f"SELECT * FROM {s}.{q(name)} ORDER BY 1")])
+            for name in HOSTILE_NAMES
+        ]
+
+    assert contents(empty_copy) == contents(db)
+    # Sequence values followed: the next id continues where the source left off.
+    assert empty_copy.fetchval("SELECT nextval(pg_get_serial_sequence($1, 'id; --'))",
+                               f"{s}.{q('users')}") == 3  # fmt: skip
+    tables = "SELECT count(*) FROM pg_tables WHERE schemaname = $1"
+    assert empty_copy.fetchval(tables, HOSTILE_SCHEMA) == len(HOSTILE_NAMES)
+    assert empty_copy.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = 'public'") == 1
