@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -14,7 +14,7 @@ from asyncsnap.restore import RestoreResult, restore
 
 from .conftest import Database, Postgres, fresh_database, run_cli
 from .pgserver import find_bindir
-from .test_dump import run_dump
+from .test_dump import SHOP, run_dump
 
 FIDELITY = r"""
 SET TimeZone = 'Asia/Kathmandu';  -- +05:45: rendering must not depend on the zone
@@ -511,3 +511,34 @@ def test_hostile_identifiers_dump_and_restore_and_nothing_is_injected(
     tables = "SELECT count(*) FROM pg_tables WHERE schemaname = $1"
     assert empty_copy.fetchval(tables, HOSTILE_SCHEMA) == len(HOSTILE_NAMES)
     assert empty_copy.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = 'public'") == 1
+
+
+def _truncate(f: Path) -> None:
+    f.write_bytes(f.read_bytes()[:-100])
+
+
+def _edit_manifest(f: Path) -> None:
+    m = f.parent.parent / "manifest.json"
+    m.write_text(m.read_text().replace('"rows": 500', '"rows": 501', 1))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [pytest.param(_truncate, id="truncated"), pytest.param(Path.unlink, id="missing"),
+     pytest.param(_edit_manifest, id="edited-manifest")],
+)  # fmt: skip
+def test_damaged_backup_restore_loads_nothing_from_the_bad_file(
+    db: Database, empty_copy: Database, tmp_path: Path, damage: Callable[[Path], None]
+) -> None:
+    """A truncated or missing data file fails the restore with exit 5 and leaves its table
+    empty; an edited manifest is refused before any SQL is sent (every table empty)."""
+    db.execute(SHOP)
+    copy_schema(db, empty_copy)
+    backup = run_dump(db, tmp_path).path
+    damage(next((backup / "data").glob("public.orders-*")))
+    run = run_cli("restore", str(backup), empty_copy.dsn, "-j", "1")
+    assert run.returncode == 5, run.stderr
+    assert empty_copy.fetchval("SELECT count(*) FROM orders") == 0
+    assert empty_copy.fetchval("SELECT count(*) FROM order_lines") == 0
+    if damage is _edit_manifest:
+        assert empty_copy.fetchval("SELECT count(*) FROM customers") == 0
