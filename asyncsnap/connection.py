@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 from dotenv import dotenv_values
@@ -101,6 +101,12 @@ def describe_target(dsn: str | None) -> Target:
             port = str(parts.port or port)
         user = unquote(parts.username or "") or user
         database = unquote(parts.path.lstrip("/")) or database
+        # postgresql://u@/db?host=/run/postgresql&port=5433: the query string wins.
+        query = parse_qs(parts.query)
+        host = query.get("host", [host])[-1]
+        port = query.get("port", [port])[-1]
+        user = query.get("user", [user])[-1]
+        database = query.get("dbname", [database])[-1]
     elif dsn:
         for item in dsn.split():
             key, _, value = item.partition("=")

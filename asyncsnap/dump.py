@@ -266,7 +266,7 @@ async def dump(
                         target=str(describe_target(dsn)),
                         tables=sum(1 for t in described if t.has_data),
                         chunks=len(chunks),
-                        est_rows=sum(c.table.est_rows for c in chunks),
+                        est_rows=sum(c.est_rows for c in chunks),
                         jobs=jobs,
                         path=str(backup.path),
                     )
@@ -588,7 +588,7 @@ async def _close_pool(pool: asyncpg.Pool) -> None:
 async def _copy_chunk(conn: asyncpg.Connection, chunk: Chunk, ctx: _CopyContext) -> StoredFile:
     """Stream one chunk into its file inside a transaction that imports the snapshot."""
     table, emit = chunk.table, ctx.emit
-    emit(ChunkStarted(label=chunk.label, est_rows=table.est_rows))
+    emit(ChunkStarted(label=chunk.label, est_rows=chunk.est_rows))
     started = time.monotonic()
     writer = ctx.backup.data_writer(chunk.stem, ctx.compression)
     next_report = started + PROGRESS_INTERVAL

@@ -56,6 +56,15 @@ class Chunk:
     pages: tuple[int, int | None] | None = None
 
     @property
+    def est_rows(self) -> int:
+        """The catalog's row estimate, shared out by pages: for progress only."""
+        if self.pages is None or self.table.heap_pages <= 0:
+            return self.table.est_rows if self.index == 0 else 0
+        first, end = self.pages
+        span = max(0, (self.table.heap_pages if end is None else end) - first)
+        return self.table.est_rows * span // self.table.heap_pages
+
+    @property
     def label(self) -> str:
         if self.count == 1:
             return self.table.qualified

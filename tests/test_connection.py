@@ -27,6 +27,17 @@ def test_describe_target_never_holds_the_password(monkeypatch: pytest.MonkeyPatc
     assert "pa" not in str(describe_target("host=h port=1 user=u password=pw dbname=d"))
 
 
+def test_describe_target_reads_host_and_port_from_the_query_string(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A socket DSN (postgresql://u@/db?host=/run/postgresql&port=5433) names the socket
+    and port in the logs, not localhost:5432."""
+    monkeypatch.delenv("PGHOST", raising=False)
+    monkeypatch.delenv("PGPORT", raising=False)
+    target = describe_target("postgresql://u:secret@/shop?host=/tmp/pg&port=55432")
+    assert str(target) == "u@/tmp/pg:55432/shop"
+
+
 def test_redact_removes_url_keyword_and_env_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGPASSWORD", "envsecret")
     monkeypatch.delenv("DATABASE_URL", raising=False)

@@ -198,3 +198,16 @@ def test_weighted_ranges_balance_bytes_not_pages() -> None:
         1000, 4
     )
     assert weighted_page_ranges(10, 3, []) == page_ranges(10, 3)
+
+
+def test_chunk_row_estimates_share_the_table_estimate_by_pages() -> None:
+    """Progress shows each range's share of the table's estimate, not the whole estimate
+    per range (which made a 1 M-row table split four ways read '~4000000 rows')."""
+    from dataclasses import replace
+
+    big = replace(table("big", size=10 * 2**30), est_rows=1_000_000, heap_pages=1000)
+    whole = replace(table("whole", size=10), est_rows=7, heap_pages=1)
+    chunks = plan_chunks([big, whole], split_larger_than=2**30, jobs=2)
+    ranged = [c for c in chunks if c.table.name == "big"]
+    assert len(ranged) == 10 and all(c.est_rows == 100_000 for c in ranged)
+    assert sum(c.est_rows for c in chunks) == 1_000_007
