@@ -371,17 +371,16 @@ async def read_sequences(
     return result, skipped
 
 
-# Pages read to estimate where a table's bytes lie (TABLESAMPLE SYSTEM reads whole pages).
-SAMPLE_PAGES = 2000
-
-
-async def sample_page_weights(conn: asyncpg.Connection, table: Table) -> list[tuple[int, int]]:
-    """``(page, bytes)`` for a sample of the table's heap pages: the stored size of every
-    value on the page, TOASTed ones included (``pg_column_size`` reads the TOAST pointer,
-    it does not fetch the value). Read in the caller's snapshot, after the lock."""
+async def sample_page_weights(
+    conn: asyncpg.Connection, table: Table, *, pages: int
+) -> list[tuple[int, int]]:
+    """``(page, bytes)`` for a sample of about ``pages`` of the table's heap pages: the
+    stored size of every value on the page, TOASTed ones included (``pg_column_size`` reads
+    the TOAST pointer, it does not fetch the value). Read in the caller's snapshot, after
+    the lock. TABLESAMPLE SYSTEM reads whole pages, so the cost follows ``pages``."""
     if not table.columns or table.heap_pages == 0:
         return []
-    percent = min(100.0, 100.0 * SAMPLE_PAGES / table.heap_pages)
+    percent = min(100.0, 100.0 * pages / table.heap_pages)
     sizes = " + ".join(f"coalesce(pg_column_size({quote_ident(c.name)}), 0)" for c in table.columns)
     rows = await conn.fetch(
         f"SELECT (ctid::text::point)[0]::bigint AS page, sum(24 + {sizes})::bigint AS weight "

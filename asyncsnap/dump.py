@@ -58,7 +58,14 @@ from .errors import (
     some_names,
 )
 from .patterns import Selection
-from .plan import Chunk, RestoreOrder, chunk_count, plan_chunks, restore_order
+from .plan import (
+    Chunk,
+    RestoreOrder,
+    chunk_count,
+    plan_chunks,
+    restore_order,
+    sample_pages,
+)
 from .progress import (
     PROGRESS_INTERVAL,
     ChunkFinished,
@@ -243,12 +250,13 @@ async def dump(
                     )
                     split_larger_than = None
                 # Where split tables' bytes lie (TOAST included), to balance their ranges.
-                weights = {
-                    t.key: await sample_page_weights(conn, t)
-                    for t in described
-                    if t.has_data
-                    and chunk_count(t, split_larger_than=split_larger_than, jobs=jobs) > 1
-                }
+                weights = {}
+                for t in described:
+                    ranges = chunk_count(t, split_larger_than=split_larger_than, jobs=jobs)
+                    if t.has_data and ranges > 1:
+                        weights[t.key] = await sample_page_weights(
+                            conn, t, pages=sample_pages(ranges)
+                        )
                 chunks = plan_chunks(
                     described, split_larger_than=split_larger_than, jobs=jobs, weights=weights
                 )

@@ -86,6 +86,17 @@ def page_ranges(pages: int, count: int) -> list[tuple[int, int | None]]:
     return [(start, bounds[i + 1] if i + 1 < count else None) for i, start in enumerate(bounds)]
 
 
+def sample_pages(ranges: int) -> int:
+    """How many heap pages to sample to cut a table into ``ranges`` byte-balanced ranges.
+
+    64 sampled pages per range place each cut within a few percent of its share; the
+    floor keeps small splits honest and the cap bounds the cost. A fixed 2000 pages took
+    60-90 ms (warm, pgbench rows), a tenth of a 1 M-row dump and a third of the 21.8%
+    spread in time per row between 1 M and 10 M rows.
+    """
+    return max(256, min(2000, 64 * ranges))
+
+
 def chunk_count(table: Table, *, split_larger_than: int | None, jobs: int) -> int:
     """How many ranges a table is read in: one, unless it is larger than the threshold;
     then one per threshold's worth, at least ``jobs``, rounded up to a multiple of ``jobs``

@@ -211,3 +211,11 @@ def test_chunk_row_estimates_share_the_table_estimate_by_pages() -> None:
     ranged = [c for c in chunks if c.table.name == "big"]
     assert len(ranged) == 10 and all(c.est_rows == 100_000 for c in ranged)
     assert sum(c.est_rows for c in chunks) == 1_000_007
+
+
+def test_sample_size_follows_the_number_of_ranges_within_bounds() -> None:
+    from asyncsnap.plan import sample_pages
+
+    assert sample_pages(2) == sample_pages(4) == 256  # a small split samples little
+    assert sample_pages(10) == 640
+    assert sample_pages(1024) == 2000  # the cap bounds the cost on huge tables
