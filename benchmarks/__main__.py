@@ -471,7 +471,8 @@ FROM generate_series(1, $N) g;
 
 def linearity(args: argparse.Namespace) -> None:
     """Time grows linearly with rows and memory stays flat: the same table shape at
-    1, 5 and 10 M rows, each dumped --runs times (median)."""
+    1, 5 and 10 M rows (and 1 row, for the fixed cost), in at least 7 alternating rounds;
+    medians."""
     sizes = [1_000_000, 5_000_000, 10_000_000]
     runs = args.runs or 3
     with (
@@ -483,15 +484,23 @@ def linearity(args: argparse.Namespace) -> None:
             sql(dsn, LINEAR_SQL.replace("$N", str(n)))
         sql(dsn, "VACUUM ANALYZE")
 
-        def dump_median(n: int) -> tuple[float, float]:
-            ds = Dataset(f"lin_{n}", [f"public.lin_{n}"], ["-t", f"public.lin_{n}"], rows=n)
-            samples = []
-            for _ in range(runs):
+        # Rounds over every size in turn, so that a slow phase of a shared machine hits
+        # all sizes alike instead of one size's consecutive runs (measured: with the runs
+        # of each size back to back the spread swung between 8% and 24% from one
+        # invocation to the next).
+        samples: dict[int, list[tuple[float, int]]] = {n: [] for n in [1, *sizes]}
+        rounds = max(runs, 7)
+        for _ in range(rounds):
+            for n in samples:
+                ds = Dataset(f"lin_{n}", [f"public.lin_{n}"], ["-t", f"public.lin_{n}"], rows=n)
                 out = Path(tmp) / f"o{time.monotonic_ns()}"
                 out.mkdir()
-                samples.append(measure(dump_commands(dsn, ds, out, args.jobs)["asyncsnap"]))
+                samples[n].append(measure(dump_commands(dsn, ds, out, args.jobs)["asyncsnap"]))
                 shutil.rmtree(out)
-            return statistics.median(w for w, _ in samples), max(k for _, k in samples) / 1024
+
+        def dump_median(n: int) -> tuple[float, float]:
+            walls = [w for w, _ in samples[n]]
+            return statistics.median(walls), max(k for _, k in samples[n]) / 1024
 
         # The fixed cost of any dump (interpreter start, connections, catalog), measured on
         # a one-row table and taken out of the per-row figures.
@@ -520,7 +529,7 @@ def linearity(args: argparse.Namespace) -> None:
             json.dumps(
                 {
                     "jobs": args.jobs,
-                    "runs": runs,
+                    "rounds": rounds,
                     "sizes": results,
                     "fixed_cost_s": overhead,
                     "per_row_spread": spread,
