@@ -15,6 +15,7 @@ and, with matplotlib installed, a PNG chart. Timings are never asserted: not a t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -108,6 +109,12 @@ def measure(cmd: list[str]) -> tuple[float, int]:
             )
         rss = int(Path(rss_file.name).read_text().split()[-1]) if GNU_TIME else usage.ru_maxrss
     return wall, rss
+
+
+def checkpoint(dsn: str) -> None:
+    """CHECKPOINT, where the role may (superuser or pg_checkpoint); otherwise skip it."""
+    with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+        sql(dsn, "CHECKPOINT")
 
 
 def sql(dsn: str, statement: str) -> None:
@@ -433,6 +440,11 @@ def main() -> None:
                     name: str, cmds: dict[str, list[str]] = cmds, truncate: str = truncate
                 ) -> tuple[float, int, int]:
                     sql(str(target), truncate)  # not timed
+                    # Every load starts right after a checkpoint: otherwise whether one falls
+                    # inside a run depends on where the previous run left the WAL (pg_restore
+                    # writes ~0.8 GB of it, max_wal_size is 1 GB), which swung its time
+                    # between 4.7 and 5.9 s from one invocation to the next.
+                    checkpoint(str(target))
                     wall, rss = measure(cmds[name])
                     return wall, rss, 0
 
@@ -552,8 +564,7 @@ WHY = {
     "of backend time. Tried: jsonb_populate_recordset (-8%), json_to_recordset with a column "
     "list (-10 to -14%), 1-4 MiB batches (no change), batches as binary json parameters (-5 to "
     "-9% per batch alone, within noise end to end), prefetching the next batch while the "
-    "server loads one (no gain: both cores are busy). The ratio swings 1.42-1.65 between runs "
-    "on a shared 2-core VM.",
+    "server loads one (no gain: both cores are busy).",
     "dump_raw": "the server's row_to_json rendering is the floor (our per-column encodings "
     "add 4% over plain row_to_json); the client's zstd shares the two cores with two backends.",
     "old": "the ratio is set by per-row costs, not start-up: the old script spends 5.6 us "
