@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import re
 from pathlib import Path
@@ -195,3 +196,29 @@ def test_split_ranges_account_for_toast(db: Database, tmp_path: Path) -> None:
     assert numbers == [f"{i:04d}" for i in range(1, len(files) + 1)]
     # By pages alone the last range would hold ~all 18 MB and the others ~1-2 MB each.
     assert max(sizes) < 4 * (sum(sizes) / len(sizes)), sizes
+
+
+def test_server_without_tid_range_scan_gets_one_stream_and_one_notice(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL < 14 has no TID Range Scan: a ctid range would be a full scan per range.
+    With the version bar raised above this server's, two tables that would be split are
+    read whole, one file each, and the user is told once (not per table)."""
+    dump_module = importlib.import_module("asyncsnap.dump")  # the package exports the function
+
+    db.execute(CHURNED)
+    db.execute("CREATE TABLE big2 AS SELECT * FROM big")
+    monkeypatch.setattr(dump_module, "TID_RANGE_SCAN_VERSION", 10**7)
+    notices: list[str] = []
+    result = run_dump(
+        db,
+        tmp_path,
+        jobs=3,
+        split_larger_than=500_000,
+        on_event=lambda e: notices.append(e.message) if isinstance(e, Notice) else None,
+    )
+    for name in ("big", "big2"):
+        [file] = table_entry(result.path, "public", name)["files"]
+        assert "pages" not in file or file["pages"] is None
+    assert sum("no TID Range Scan" in n for n in notices) == 1, notices
+    assert len(read_rows(result.path)[("public", "big")]) == db.fetchval("SELECT count(*) FROM big")
