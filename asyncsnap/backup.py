@@ -86,6 +86,21 @@ class BackupSequence:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """A table or sequence left out at dump time (``--skip-unreadable``); the manifest's
+    ``skipped`` entries have exactly these fields."""
+
+    kind: str  # "table" or "sequence"
+    schema: str
+    name: str
+    reason: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
 class Backup:
     """A backup whose manifest passed every check; files are checked when read."""
 
@@ -95,8 +110,7 @@ class Backup:
     settings: dict[str, str]
     tables: tuple[BackupTable, ...]
     sequences: tuple[BackupSequence, ...]
-    # Left out at dump time (--skip-unreadable): (kind, schema, name, reason).
-    skipped: tuple[tuple[str, str, str, str], ...] = ()
+    skipped: tuple[Skipped, ...] = ()  # left out at dump time (--skip-unreadable)
 
     def file_path(self, f: BackupFile) -> Path:
         return self.path / f.path
@@ -282,11 +296,11 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
         w = f"skipped[{i}]"
         k = c.obj(k_raw, w)
         skipped.append(
-            (
-                c.choice(k.get("kind"), f"{w}.kind", ("table", "sequence")),
-                c.string(k.get("schema"), f"{w}.schema"),
-                c.string(k.get("name"), f"{w}.name"),
-                c.string(k.get("reason"), f"{w}.reason"),
+            Skipped(
+                kind=c.choice(k.get("kind"), f"{w}.kind", ("table", "sequence")),
+                schema=c.string(k.get("schema"), f"{w}.schema"),
+                name=c.string(k.get("name"), f"{w}.name"),
+                reason=c.string(k.get("reason"), f"{w}.reason"),
             )
         )
     return Backup(

@@ -13,6 +13,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -443,10 +444,7 @@ def dump_command(
             "seconds": round(result.seconds, 3),
             "snapshot_held_seconds": round(result.snapshot_held_seconds, 3),
             "verified": result.verified,
-            "skipped": [
-                {"kind": k.kind, "schema": k.schema, "name": k.name, "reason": k.reason}
-                for k in result.skipped
-            ],
+            "skipped": [asdict(k) for k in result.skipped],
             "error": None,
         },
         dsn,

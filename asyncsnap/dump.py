@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import anyio.to_thread
 import asyncpg
 
 from . import __version__, manifest
+from .backup import Skipped
 from .catalog import (
     Catalog,
     Table,
@@ -100,20 +101,6 @@ class TableResult:
     stored_bytes: int  # on disk
     files: tuple[str, ...]  # relative to the backup directory
     seconds: float  # summed over the table's chunks
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A table or sequence left out of the dump (``skip_unreadable``); in the manifest."""
-
-    kind: str  # "table" or "sequence"
-    schema: str
-    name: str
-    reason: str
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
 
 
 @dataclass(frozen=True)
@@ -236,11 +223,9 @@ async def dump(
                 sequences, skipped_sequences = await read_sequences(
                     conn, described, skip_unreadable=skip_unreadable
                 )
-                for schema_name in skipped_sequences:
-                    emit(Notice(f"skipped sequence {'.'.join(schema_name)}: permission denied"))
-                skipped += [
-                    Skipped("sequence", *key, "permission denied") for key in skipped_sequences
-                ]
+                for key in skipped_sequences:
+                    skipped.append(Skipped("sequence", *key, "permission denied"))
+                    emit(Notice(f"skipped sequence {skipped[-1].qualified}: permission denied"))
                 if split_larger_than is not None and server.version_num < TID_RANGE_SCAN_VERSION:
                     emit(
                         Notice(
@@ -389,11 +374,9 @@ async def _verify_written(path: Path, emit: EventCallback) -> None:
         )
     )
     if not result.ok:
-        problems = "; ".join(str(p) for p in result.problems[:3])
-        more = len(result.problems) - 3
+        problems = some_names([str(p) for p in result.problems], limit=3, sep="; ")
         raise VerificationFailed(
-            f"the backup failed its own verification: {problems}"
-            + (f" and {more} more" if more > 0 else ""),
+            f"the backup failed its own verification: {problems}",
             hint="nothing was kept; check the disk and the filesystem, then run the dump again",
         )
     emit(
@@ -455,7 +438,7 @@ def _readable_only(
             f"permission denied for {'table' if len(names) == 1 else 'tables'} {some_names(names)}",
             hint="GRANT SELECT to this role, leave them out with -T, or --skip-unreadable",
         )
-    readable = [t for t in tables if t not in unreadable]
+    readable = [t for t in tables if t.readable or not t.has_data]
     if not any(t.has_data for t in readable):
         raise PermissionDenied(
             f"permission denied for every selected table ({some_names(names)})",
@@ -802,10 +785,7 @@ def _manifest_body(
             }
             for s in sequences
         ],
-        "skipped": [
-            {"kind": s.kind, "schema": s.schema, "name": s.name, "reason": s.reason}
-            for s in skipped
-        ],
+        "skipped": [asdict(s) for s in skipped],
         "restore_order": {
             "levels": [[ref(k) for k in level] for level in order.levels],
             "cycles": [[ref(k) for k in cycle] for cycle in order.cycles],

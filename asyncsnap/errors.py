@@ -153,9 +153,9 @@ class Interrupted(AsyncsnapError):
         self.exit_code = exit_code
 
 
-def some_names(names: list[str], limit: int = 5) -> str:
+def some_names(names: list[str], limit: int = 5, sep: str = ", ") -> str:
     """``a, b, c`` or ``a, b, c, d, e and 7 more``: a list that fits on one error line."""
-    shown = ", ".join(names[:limit])
+    shown = sep.join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from rich.console import RenderableType
@@ -37,10 +38,7 @@ def summary(backup: Backup) -> dict[str, Any]:
             for t in backup.tables
         ],
         "sequences": len(backup.sequences),
-        "skipped": [
-            {"kind": kind, "schema": schema, "name": name, "reason": reason}
-            for kind, schema, name, reason in backup.skipped
-        ],
+        "skipped": [asdict(k) for k in backup.skipped],
         "restore_order": m.get("restore_order"),
     }
 

@@ -303,8 +303,8 @@ async def restore(
                 f"verification failed: {checked.problems[0]}",
                 hint="nothing was loaded; `asyncsnap verify` lists every problem",
             )
-    for kind, schema, name, reason in backup.skipped:
-        emit(Notice(f"the backup has no {kind} {schema}.{name} ({reason} at dump time)"))
+    for s in backup.skipped:
+        emit(Notice(f"the backup has no {s.kind} {s.qualified} ({s.reason} at dump time)"))
     dsn = resolve_dsn(dsn)
     # The settings the values were rendered with are the ones to read them back with.
     conn = await loading_connection(dsn, backup.settings)
