@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
+import anyio.from_thread
 import asyncpg
 import pytest
 
@@ -162,3 +163,22 @@ def run_cli(
         timeout=timeout,
     )
     return CliRun(proc.returncode, proc.stdout, proc.stderr)
+
+
+@contextlib.contextmanager
+def table_locked(dsn: str, table: str) -> Iterator[None]:
+    """Another session holds ACCESS EXCLUSIVE on ``table`` until the block ends, so a
+    dump waiting for its lock (``--lock-timeout 0``) blocks for as long as we like."""
+    holder: list[asyncpg.Connection] = []
+
+    async def take() -> None:
+        conn = await asyncpg.connect(dsn)
+        await conn.execute(f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        holder.append(conn)
+
+    with anyio.from_thread.start_blocking_portal("asyncio") as portal:
+        portal.call(take)
+        try:
+            yield
+        finally:
+            portal.call(holder[0].close)

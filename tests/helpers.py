@@ -11,6 +11,13 @@ from typing import Any
 import zstandard
 
 
+def flip_bit_mid_file(path: Path) -> None:
+    """Damage a file as a bad disk would: one bit of one byte, mid-file."""
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
 def decompress(path: Path) -> bytes:
     raw = path.read_bytes()
     if path.name.endswith(".zst"):

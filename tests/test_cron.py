@@ -19,6 +19,7 @@ from asyncsnap.errors import VerificationFailed
 from asyncsnap.progress import ChunkFinished, DumpStarted, Event
 
 from .conftest import Database, clean_env, run_cli
+from .helpers import flip_bit_mid_file
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -107,9 +108,7 @@ def test_dump_verify_catches_a_file_changed_after_it_was_written(
             partial.append(Path(event.path))
         if isinstance(event, ChunkFinished):
             (data,) = (partial[0] / "data").glob("public.t-*")
-            raw = bytearray(data.read_bytes())
-            raw[len(raw) // 2] ^= 0x01
-            data.write_bytes(bytes(raw))
+            flip_bit_mid_file(data)
 
     with pytest.raises(VerificationFailed, match=r"own verification: data/public\.t-"):
         anyio.run(

@@ -13,11 +13,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
-import asyncpg
 import pytest
 
-from .conftest import CliRun, Database, Postgres, clean_env, run_cli
+from .conftest import CliRun, Database, Postgres, clean_env, run_cli, table_locked
 from .pgserver import PASSWORD, free_port
 
 
@@ -100,17 +98,8 @@ def test_permission_denied_on_a_table_exit_1(
 def test_lock_timeout_names_the_table_exit_1(db: Database, tmp_path: Path) -> None:
     db.execute("CREATE TABLE busy (id int); CREATE TABLE calm (id int)")
 
-    async def scenario() -> CliRun:
-        holder = await asyncpg.connect(db.dsn)
-        try:
-            await holder.execute("BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")
-            return await anyio.to_thread.run_sync(
-                lambda: run_cli("dump", db.dsn, "-o", str(tmp_path), "--lock-timeout", "0.5")
-            )
-        finally:
-            await holder.close()
-
-    run = anyio.run(scenario, backend="asyncio")
+    with table_locked(db.dsn, "busy"):
+        run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--lock-timeout", "0.5")
     assert_failure(run, 1, "could not lock table public.busy within 0.5s")
     assert_nothing_written(tmp_path)
 

@@ -3,44 +3,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
-import asyncpg
 import orjson
 import pytest
 
-from .conftest import Database, clean_env, run_cli
+from .conftest import Database, clean_env, run_cli, table_locked
 from .helpers import manifest_of
 from .pgserver import PASSWORD
 from .test_errors import assert_failure, assert_nothing_written
 from .test_interrupt import BIG, wait_until_writing_big
-
-
-@contextlib.contextmanager
-def table_locked(dsn: str, table: str) -> Iterator[None]:
-    """Another session holds ACCESS EXCLUSIVE on ``table`` until the block ends, so a
-    dump waiting for its lock (``--lock-timeout 0``) blocks for as long as we like."""
-    holder: list[asyncpg.Connection] = []
-
-    async def take() -> None:
-        conn = await asyncpg.connect(dsn)
-        await conn.execute(f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-        holder.append(conn)
-
-    with anyio.from_thread.start_blocking_portal("asyncio") as portal:
-        portal.call(take)
-        try:
-            yield
-        finally:
-            portal.call(holder[0].close)
 
 
 def _dump_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

@@ -13,6 +13,7 @@ from asyncsnap.errors import SchemaMismatch, TargetNotEmpty, VerificationFailed
 from asyncsnap.restore import RestoreResult, restore
 
 from .conftest import Database, Postgres, fresh_database, run_cli
+from .helpers import flip_bit_mid_file
 from .pgserver import find_bindir
 from .test_dump import SHOP, run_dump
 
@@ -401,9 +402,7 @@ def test_flipped_byte_refused_by_verify_and_restore_nothing_loaded(
     copy_schema(db, empty_copy)
     backup = run_dump(db, tmp_path, compression="none").path
     [data_file] = (backup / "data").iterdir()
-    raw = bytearray(data_file.read_bytes())
-    raw[len(raw) // 2] ^= 0x01  # one bit of one byte, mid-file
-    data_file.write_bytes(bytes(raw))
+    flip_bit_mid_file(data_file)
 
     run = run_cli("verify", str(backup))
     assert run.returncode == 5 and data_file.name in run.stderr, run.stderr
