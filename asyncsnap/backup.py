@@ -25,6 +25,7 @@ import zstandard
 
 from . import manifest
 from .errors import VerificationFailed
+from .session import checked_render_settings
 from .storage import COMPRESSIONS, PARTIAL_SUFFIX, Compression
 
 _MAX_COUNT = 2**63 - 1
@@ -32,6 +33,28 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _READ_BLOCK = 1 << 20
 _ENCODINGS = ("json", "text", "array")
 _KINDS = ("table", "partitioned", "partition")
+_GENERATED = ("stored", "virtual")
+_IDENTITY = ("always", "by default")
+
+# The longest line a data file can hold. The server renders each row as one text value,
+# and no value can exceed 1 GiB - 1 byte (MaxAllocSize); a line is that plus its newline.
+# Dump, verify and restore read through ``DataFileReader`` and so share this bound; a
+# reader holds at most one line and one read block in memory at a time.
+MAX_LINE_BYTES = 1 << 30
+
+# The kinds of ``skipped`` entries (docs/format.md, "What is not in a backup").
+SKIP_KINDS = (
+    "table",
+    "sequence",
+    "materialized view",
+    "foreign table",
+    "extension table",
+    "extension sequence",
+    "unlogged table",
+    "large objects",
+)
+# The keys of every line of a large-object file, in order.
+LARGE_OBJECT_KEYS = ("oid", "owner", "acl", "offset", "data")
 
 
 @dataclass(frozen=True)
@@ -62,6 +85,7 @@ class BackupTable:
     rows: int
     columns: tuple[BackupColumn, ...]
     files: tuple[BackupFile, ...]
+    row_security: bool = False  # holds only the rows the dumping role could see
 
     @property
     def key(self) -> tuple[str, str]:
@@ -80,24 +104,51 @@ class BackupTable:
 class BackupSequence:
     schema: str
     name: str
-    table: tuple[str, str]
+    table: tuple[str, str] | None  # None: a standalone sequence (format version 2)
     last_value: int
     is_called: bool
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A table or sequence left out at dump time (``--skip-unreadable``); the manifest's
-    ``skipped`` entries have exactly these fields."""
-
-    kind: str  # "table" or "sequence"
-    schema: str
-    name: str
-    reason: str
 
     @property
     def qualified(self) -> str:
         return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class BackupLargeObjects:
+    """The large objects in a backup: how many, their bytes, and the files holding them."""
+
+    objects: int
+    bytes: int
+    files: tuple[BackupFile, ...]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Something the filters selected that the backup does not hold, and why; the
+    manifest's ``skipped`` entries have exactly these fields.
+
+    ``kind`` is one of ``SKIP_KINDS``; ``schema`` and ``name`` are None for
+    ``large objects``; ``refresh`` is true for a materialized view that was populated at
+    dump time, which a restore refreshes.
+    """
+
+    kind: str
+    schema: str | None
+    name: str | None
+    reason: str
+    refresh: bool = False
+
+    @property
+    def qualified(self) -> str:
+        if self.schema is None or self.name is None:
+            return self.kind
+        return f"{self.schema}.{self.name}"
+
+    def describe(self) -> str:
+        """``materialized view public.totals: <reason>``, for people."""
+        if self.schema is None or self.name is None:
+            return f"{self.kind}: {self.reason}"
+        return f"{self.kind} {self.qualified}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -110,10 +161,18 @@ class Backup:
     settings: dict[str, str]
     tables: tuple[BackupTable, ...]
     sequences: tuple[BackupSequence, ...]
-    skipped: tuple[Skipped, ...] = ()  # left out at dump time (--skip-unreadable)
+    skipped: tuple[Skipped, ...] = ()  # selected but not in the backup, with the reason
+    large_objects: BackupLargeObjects | None = None
 
     def file_path(self, f: BackupFile) -> Path:
         return self.path / f.path
+
+    def data_files(self) -> list[tuple[tuple[str, ...], BackupFile]]:
+        """Every data file with the keys each of its lines must have, in order."""
+        found = [(tuple(c.name for c in t.columns), f) for t in self.tables for f in t.files]
+        if self.large_objects is not None:
+            found += [(LARGE_OBJECT_KEYS, f) for f in self.large_objects.files]
+        return found
 
 
 class _Checker:
@@ -200,6 +259,8 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
     ``in_progress`` is for the dump checking its own ``.partial`` directory before the
     rename (``dump --verify``); everyone else refuses a ``.partial``.
 
+    :raises VerificationFailed: for anything in the manifest a reader must not trust.
+
     >>> backup = open_backup("backups/backup_20261124T021500Z")  # doctest: +SKIP
     """
     root = Path(path)
@@ -213,36 +274,22 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
         raise VerificationFailed(f"{root} is not a directory", hint="give a backup directory")
     body = manifest.load(root)
     c = _Checker(root / manifest.MANIFEST_NAME)
+    version = body["format_version"]
     compression = c.choice(body.get("compression"), "compression", COMPRESSIONS)
     settings_raw = c.obj(body.get("settings"), "settings")
-    settings = {
-        c.string(k, "settings key"): c.string(v, f"settings.{k}") for k, v in settings_raw.items()
-    }
-    tables = []
+    settings = checked_render_settings(
+        {
+            c.string(k, "settings key"): c.string(v, f"settings.{k}")
+            for k, v in settings_raw.items()
+        },
+        source=str(root / manifest.MANIFEST_NAME),
+    )
     seen_paths: set[str] = set()
-    seen_tables: set[tuple[str, str]] = set()
-    for i, t_raw in enumerate(c.lst(body.get("tables"), "tables")):
-        w = f"tables[{i}]"
-        t = c.obj(t_raw, w)
-        columns = []
-        for j, col_raw in enumerate(c.lst(t.get("columns"), f"{w}.columns")):
-            cw = f"{w}.columns[{j}]"
-            col = c.obj(col_raw, cw)
-            columns.append(
-                BackupColumn(
-                    name=c.string(col.get("name"), f"{cw}.name"),
-                    type=c.string(col.get("type"), f"{cw}.type"),
-                    encoding=c.choice(col.get("encoding"), f"{cw}.encoding", _ENCODINGS),
-                    not_null=c.boolean(col.get("not_null"), f"{cw}.not_null"),
-                    generated=c.string(col.get("generated"), f"{cw}.generated", allow_none=True),
-                    identity=c.string(col.get("identity"), f"{cw}.identity", allow_none=True),
-                )
-            )
-        if len({col.name for col in columns}) != len(columns):
-            raise c.fail(f"{w}.columns", "has duplicate names")
+
+    def read_files(raw: Any, where: str) -> tuple[BackupFile, ...]:
         files = []
-        for j, f_raw in enumerate(c.lst(t.get("files"), f"{w}.files")):
-            fw = f"{w}.files[{j}]"
+        for j, f_raw in enumerate(c.lst(raw, where)):
+            fw = f"{where}[{j}]"
             f = c.obj(f_raw, fw)
             relpath = c.string(f.get("path"), f"{fw}.path")
             safe_relative_path(root, relpath, c, f"{fw}.path")
@@ -261,6 +308,36 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
                     sha256=digest,
                 )
             )
+        return tuple(files)
+
+    tables = []
+    seen_tables: set[tuple[str, str]] = set()
+    for i, t_raw in enumerate(c.lst(body.get("tables"), "tables")):
+        w = f"tables[{i}]"
+        t = c.obj(t_raw, w)
+        columns = []
+        for j, col_raw in enumerate(c.lst(t.get("columns"), f"{w}.columns")):
+            cw = f"{w}.columns[{j}]"
+            col = c.obj(col_raw, cw)
+            generated = col.get("generated")
+            identity = col.get("identity")
+            columns.append(
+                BackupColumn(
+                    name=c.string(col.get("name"), f"{cw}.name"),
+                    type=c.string(col.get("type"), f"{cw}.type"),
+                    encoding=c.choice(col.get("encoding"), f"{cw}.encoding", _ENCODINGS),
+                    not_null=c.boolean(col.get("not_null"), f"{cw}.not_null"),
+                    generated=None
+                    if generated is None
+                    else c.choice(generated, f"{cw}.generated", _GENERATED),
+                    identity=None
+                    if identity is None
+                    else c.choice(identity, f"{cw}.identity", _IDENTITY),
+                )
+            )
+        if len({col.name for col in columns}) != len(columns):
+            raise c.fail(f"{w}.columns", "has duplicate names")
+        files = read_files(t.get("files"), f"{w}.files")
         parent = None if t.get("parent") is None else c.ref(t.get("parent"), f"{w}.parent")
         table = BackupTable(
             schema=c.string(t.get("schema"), f"{w}.schema"),
@@ -269,7 +346,9 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
             parent=parent,
             rows=c.count(t.get("rows"), f"{w}.rows"),
             columns=tuple(columns),
-            files=tuple(files),
+            files=files,
+            # Absent before format version 2: nothing was read under row security.
+            row_security=c.boolean(t.get("row_security", False), f"{w}.row_security"),
         )
         if table.rows != sum(f.rows for f in files):
             raise c.fail(f"{w}.rows", "is not the sum of its files' rows")
@@ -281,11 +360,14 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
     for i, s_raw in enumerate(c.lst(body.get("sequences"), "sequences")):
         w = f"sequences[{i}]"
         s = c.obj(s_raw, w)
+        owner_raw = s.get("table")
+        if owner_raw is None and version < 2:
+            raise c.fail(f"{w}.table", "is not an object")  # version 1 always names one
         sequences.append(
             BackupSequence(
                 schema=c.string(s.get("schema"), f"{w}.schema"),
                 name=c.string(s.get("name"), f"{w}.name"),
-                table=c.ref(s.get("table"), f"{w}.table"),
+                table=None if owner_raw is None else c.ref(owner_raw, f"{w}.table"),
                 last_value=c.integer(s.get("last_value"), f"{w}.last_value"),
                 is_called=c.boolean(s.get("is_called"), f"{w}.is_called"),
             )
@@ -295,13 +377,25 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
     for i, k_raw in enumerate(c.lst(body.get("skipped", []), "skipped")):
         w = f"skipped[{i}]"
         k = c.obj(k_raw, w)
+        kind = c.choice(k.get("kind"), f"{w}.kind", SKIP_KINDS)
+        nameless = kind == "large objects"
         skipped.append(
             Skipped(
-                kind=c.choice(k.get("kind"), f"{w}.kind", ("table", "sequence")),
-                schema=c.string(k.get("schema"), f"{w}.schema"),
-                name=c.string(k.get("name"), f"{w}.name"),
+                kind=kind,
+                schema=c.string(k.get("schema"), f"{w}.schema", allow_none=nameless),
+                name=c.string(k.get("name"), f"{w}.name", allow_none=nameless),
                 reason=c.string(k.get("reason"), f"{w}.reason"),
+                refresh=c.boolean(k.get("refresh", False), f"{w}.refresh"),
             )
+        )
+    large_objects = None
+    lo_raw = body.get("large_objects")
+    if lo_raw is not None:
+        lo = c.obj(lo_raw, "large_objects")
+        large_objects = BackupLargeObjects(
+            objects=c.count(lo.get("objects"), "large_objects.objects"),
+            bytes=c.count(lo.get("bytes"), "large_objects.bytes"),
+            files=read_files(lo.get("files"), "large_objects.files"),
         )
     return Backup(
         path=root,
@@ -311,6 +405,7 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
         tables=tuple(tables),
         sequences=tuple(sequences),
         skipped=tuple(skipped),
+        large_objects=large_objects,
     )
 
 
@@ -349,17 +444,28 @@ def _decompressing(kind: Compression, raw: _HashingReader) -> Any:
 class DataFileReader:
     """Streams one data file's NDJSON in blocks of whole lines, checking it as it goes.
 
+    A block holds about ``block_size`` bytes of whole lines, or one line when a line is
+    longer (up to ``MAX_LINE_BYTES``); memory is one block plus one read.
+
     Iterate for blocks (each ends with a newline); then call ``finish`` to compare the
     SHA-256, stored size and line count with the manifest. A reader that stops early
     (say, the server rejected a block) can call ``drain`` to hash the rest, so that a
     damaged file is reported as damaged rather than as the server's parse error.
     """
 
-    def __init__(self, backup: Backup, entry: BackupFile, *, block_size: int = 4 << 20) -> None:
+    def __init__(
+        self,
+        backup: Backup,
+        entry: BackupFile,
+        *,
+        block_size: int = 4 << 20,
+        max_line: int = MAX_LINE_BYTES,
+    ) -> None:
         self.backup = backup
         self.entry = entry
         self.path = backup.file_path(entry)
         self.block_size = block_size
+        self.max_line = max_line
         self.rows = 0
         self.raw_bytes = 0
         self._fh: io.BufferedReader | None = None
@@ -379,7 +485,10 @@ class DataFileReader:
             raise self._fail("is missing") from exc
         self._raw = _HashingReader(self._fh)
         stream = _decompressing(self.backup.compression, self._raw)
-        pending = b""
+        # The start of a line that has not ended yet, in pieces: joined once when its
+        # newline arrives, so a line of hundreds of MB costs one copy, not one per block.
+        pending: list[bytes] = []
+        pending_size = 0
         while True:
             try:
                 data = stream.read(self.block_size)
@@ -387,15 +496,27 @@ class DataFileReader:
                 raise self._fail(f"cannot be decompressed: {exc}") from exc
             if not data:
                 break
-            data = pending + data
             cut = data.rfind(b"\n") + 1
-            if cut:
-                block, pending = data[:cut], data[cut:]
-                yield from self._emit(block)
+            if not cut:
+                pending.append(data)
+                pending_size += len(data)
+                if pending_size > self.max_line:
+                    raise self._fail(
+                        f"has a line longer than {self.max_line} bytes, more than any row can be"
+                    )
+                continue
+            if pending:
+                head = b"".join((*pending, data[:cut]))
+                pending.clear()
+                pending_size = 0
             else:
-                pending = data
-                if len(pending) > 64 * self.block_size:
-                    raise self._fail("has a line longer than any row could be")
+                head = data[:cut] if cut < len(data) else data
+            if cut < len(data):
+                pending.append(data[cut:])
+                pending_size = len(data) - cut
+            del data
+            yield from self._emit(head)
+            del head
         if pending:
             raise self._fail("does not end with a newline (truncated?)")
         self.drain()  # bytes after the compressed stream still count for the hash

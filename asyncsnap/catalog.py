@@ -1,8 +1,12 @@
 """What exists in the database, read inside the dump's snapshot.
 
 All catalog SQL lives here. Every function takes a connection that is already inside the
-coordinator's REPEATABLE READ transaction, so what it returns describes the same moment
-the data is read at.
+coordinator's REPEATABLE READ transaction (or, on restore, a target connection), so what
+it returns describes the same moment the data is read at.
+
+Every function, type and cast is schema-qualified (``pg_catalog.format_type``,
+``::pg_catalog.oid``), as in pg_dump; with the session's ``search_path = ''`` the
+operators (``=``, ``IN``, ``~``) can only resolve in ``pg_catalog`` (session.py).
 """
 
 from __future__ import annotations
@@ -35,11 +39,12 @@ class Column:
     """A table column as the manifest describes it."""
 
     name: str
-    type: str  # format_type(atttypid, atttypmod)
+    type: str  # pg_catalog.format_type(atttypid, atttypmod), qualified where not pg_catalog
     type_oid: int
     not_null: bool
-    generated: str | None  # "stored" or None
+    generated: str | None  # "stored", "virtual" (PostgreSQL 18+) or None
     identity: str | None  # "always", "by default" or None
+    type_mod: int = -1  # atttypmod, for the definition check (``Signature``)
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,8 @@ class ForeignKey:
 
 @dataclass(frozen=True)
 class Table:
-    """A table, partitioned table or partition, with the estimates used for planning."""
+    """A relation that may hold rows: a table, partitioned table or partition, or a
+    materialized view or foreign table (which the dump names but does not read)."""
 
     oid: int
     schema: str
@@ -71,6 +77,13 @@ class Table:
     columns: tuple[Column, ...] = ()
     primary_key: tuple[str, ...] = ()
     foreign_keys: tuple[ForeignKey, ...] = ()
+    relkind: str = "r"  # pg_class.relkind: r, p, m (materialized view), f (foreign table)
+    unlogged: bool = False
+    populated: bool = True  # materialized views: whether REFRESH has filled it
+    extension: str | None = None  # the extension it belongs to (CREATE EXTENSION makes it)
+    extension_config: bool = False  # marked with pg_extension_config_dump
+    row_security: bool = False  # row-level security policies apply to this role here
+    filenode: int = 0  # pg_class.relfilenode, for the definition check
 
     @property
     def qualified(self) -> str:
@@ -86,17 +99,49 @@ class Table:
         """Partitioned parents hold no rows themselves; their partitions do."""
         return self.kind != "partitioned"
 
+    @property
+    def is_table(self) -> bool:
+        """An ordinary or partitioned table (not a view, materialized view or foreign
+        table): what the dump reads and restore loads."""
+        return self.relkind in ("r", "p")
+
 
 @dataclass(frozen=True)
 class Sequence:
-    """A sequence owned by or used as a default of an exported table, with its state."""
+    """A sequence and its state; ``table``/``column`` name the column that owns it or
+    uses it in its default, ``None`` for a standalone sequence."""
 
     schema: str
     name: str
-    table: tuple[str, str]
-    column: str
+    table: tuple[str, str] | None
+    column: str | None
     last_value: int
     is_called: bool
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class SequenceInfo:
+    """A sequence as listed from the catalog, before its state is read."""
+
+    oid: int
+    schema: str
+    name: str
+    owner_table: int | None  # the table oid whose column owns it (serial, identity)
+    owner_column: str | None
+    readable: bool
+    extension: str | None
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.schema, self.name)
 
 
 @dataclass(frozen=True)
@@ -107,6 +152,8 @@ class ServerInfo:
     user: str
     host: str | None  # None over a Unix socket
     port: int | None
+    superuser: bool = False
+    bypass_rls: bool = False
 
 
 @dataclass
@@ -128,12 +175,15 @@ def sql_name(schema: str, name: str) -> str:
 async def read_server_info(conn: asyncpg.Connection) -> ServerInfo:
     row = await conn.fetchrow(
         """
-        SELECT current_setting('server_version') AS version,
-               current_setting('server_version_num')::int AS version_num,
-               current_database() AS database,
+        SELECT pg_catalog.current_setting('server_version') AS version,
+               pg_catalog.current_setting('server_version_num')::pg_catalog.int4
+                   AS version_num,
+               pg_catalog.current_database() AS database,
                current_user AS "user",
-               host(inet_server_addr()) AS host,
-               inet_server_port() AS port
+               pg_catalog.host(pg_catalog.inet_server_addr()) AS host,
+               pg_catalog.inet_server_port() AS port,
+               r.rolsuper AS superuser, r.rolbypassrls AS bypass_rls
+        FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
         """
     )
     assert row is not None
@@ -144,36 +194,47 @@ _TABLES_SQL = """
 SELECT c.oid,
        n.nspname AS schema,
        c.relname AS name,
-       c.relkind::text AS relkind,
+       c.relkind::pg_catalog.text AS relkind,
        c.relispartition,
+       c.relpersistence = 'u' AS unlogged,
+       c.relispopulated AS populated,
+       c.relfilenode::pg_catalog.int8 AS filenode,
        pn.nspname AS parent_schema,
        pc.relname AS parent_name,
-       greatest(c.reltuples, 0)::bigint AS est_rows,
+       greatest(c.reltuples, 0)::pg_catalog.int8 AS est_rows,
        -- relpages, not pg_table_size(): size functions lock the table, and this runs
        -- before our lock_timeout-bounded LOCKs (it would wait behind a migration).
-       (c.relpages::bigint + coalesce(tc.relpages, 0))
-           * current_setting('block_size')::bigint AS table_bytes,
-       has_table_privilege(c.oid, 'SELECT') AS readable
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_class tc ON tc.oid = c.reltoastrelid
-LEFT JOIN pg_inherits i ON c.relispartition AND i.inhrelid = c.oid
-LEFT JOIN pg_class pc ON pc.oid = i.inhparent
-LEFT JOIN pg_namespace pn ON pn.oid = pc.relnamespace
-WHERE c.relkind IN ('r', 'p')
+       (c.relpages::pg_catalog.int8 + coalesce(tc.relpages, 0))
+           * pg_catalog.current_setting('block_size')::pg_catalog.int8 AS table_bytes,
+       pg_catalog.has_table_privilege(c.oid, 'SELECT') AS readable,
+       c.relrowsecurity AS rls_enabled,
+       c.relforcerowsecurity AS rls_forced,
+       pg_catalog.pg_has_role(c.relowner, 'USAGE') AS owned,
+       x.extname AS extension,
+       coalesce(c.oid = ANY (x.extconfig), false) AS extension_config
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_class tc ON tc.oid = c.reltoastrelid
+LEFT JOIN pg_catalog.pg_inherits i ON c.relispartition AND i.inhrelid = c.oid
+LEFT JOIN pg_catalog.pg_class pc ON pc.oid = i.inhparent
+LEFT JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
+-- a relation that belongs to an extension is the extension's to recreate (as pg_dump)
+LEFT JOIN pg_catalog.pg_depend d
+       ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid
+      AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.deptype = 'e'
+LEFT JOIN pg_catalog.pg_extension x ON x.oid = d.refobjid
+WHERE c.relkind IN ('r', 'p', 'm', 'f')
   AND c.relpersistence <> 't'
   AND n.nspname <> 'information_schema'
   AND n.nspname !~ '^pg_'
-  -- tables that belong to an extension are the extension's to recreate (as pg_dump)
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                    AND d.deptype = 'e')
 ORDER BY n.nspname, c.relname
 """
 
 
-async def list_tables(conn: asyncpg.Connection) -> list[Table]:
-    """Every user table and partition (without columns: see ``describe_tables``)."""
+async def list_tables(conn: asyncpg.Connection, server: ServerInfo | None = None) -> list[Table]:
+    """Every user table, partition, materialized view and foreign table (without columns:
+    see ``describe_tables``). With ``server`` (the role's attributes), ``row_security``
+    says whether row-level security policies would apply to this role's reads."""
     tables = []
     for r in await conn.fetch(_TABLES_SQL):
         kind: TableKind
@@ -184,6 +245,9 @@ async def list_tables(conn: asyncpg.Connection) -> list[Table]:
         else:
             kind = "table"
         parent = (r["parent_schema"], r["parent_name"]) if r["parent_name"] else None
+        # Who bypasses policies: superusers, BYPASSRLS roles, and the owner unless FORCE.
+        bypass = server is not None and (server.superuser or server.bypass_rls)
+        filtered = r["rls_enabled"] and not bypass and (r["rls_forced"] or not r["owned"])
         tables.append(
             Table(
                 oid=r["oid"],
@@ -194,6 +258,13 @@ async def list_tables(conn: asyncpg.Connection) -> list[Table]:
                 est_rows=r["est_rows"],
                 table_bytes=r["table_bytes"],
                 readable=r["readable"],
+                relkind=r["relkind"],
+                unlogged=r["unlogged"],
+                populated=r["populated"],
+                extension=r["extension"],
+                extension_config=r["extension_config"],
+                row_security=filtered,
+                filenode=r["filenode"],
             )
         )
     return tables
@@ -201,45 +272,51 @@ async def list_tables(conn: asyncpg.Connection) -> list[Table]:
 
 _COLUMNS_SQL = """
 SELECT a.attrelid AS oid, a.attname AS name,
-       format_type(a.atttypid, a.atttypmod) AS type,
-       a.atttypid AS type_oid, a.attnotnull AS not_null,
-       a.attgenerated::text AS generated, a.attidentity::text AS identity
-FROM pg_attribute a
-WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+       pg_catalog.format_type(a.atttypid, a.atttypmod) AS type,
+       a.atttypid AS type_oid, a.atttypmod AS type_mod, a.attnotnull AS not_null,
+       a.attgenerated::pg_catalog.text AS generated, a.attidentity::pg_catalog.text AS identity
+FROM pg_catalog.pg_attribute a
+WHERE a.attrelid = ANY ($1::pg_catalog.oid[]) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
 """
 
 _CONSTRAINTS_SQL = """
-SELECT con.conrelid AS oid, con.conname AS name, con.contype::text AS kind,
-       ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(num, ord)
-             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num
+SELECT con.conrelid AS oid, con.conname AS name, con.contype::pg_catalog.text AS kind,
+       ARRAY(SELECT a.attname
+             FROM pg_catalog.unnest(con.conkey) WITH ORDINALITY k(num, ord)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num
              ORDER BY k.ord) AS columns,
        rn.nspname AS ref_schema, rc.relname AS ref_table,
-       ARRAY(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY k(num, ord)
-             JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.num
+       ARRAY(SELECT a.attname
+             FROM pg_catalog.unnest(con.confkey) WITH ORDINALITY k(num, ord)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.num
              ORDER BY k.ord) AS ref_columns,
        con.condeferrable AS deferrable, con.condeferred AS initially_deferred
-FROM pg_constraint con
-LEFT JOIN pg_class rc ON rc.oid = con.confrelid
-LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
-WHERE con.conrelid = ANY($1::oid[]) AND con.contype IN ('p', 'f')
+FROM pg_catalog.pg_constraint con
+LEFT JOIN pg_catalog.pg_class rc ON rc.oid = con.confrelid
+LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+WHERE con.conrelid = ANY ($1::pg_catalog.oid[]) AND con.contype IN ('p', 'f')
   -- on partitions, a foreign key inherited from the parent is the parent's
   AND (con.contype = 'p' OR con.conparentid = 0)
 ORDER BY con.conrelid, con.conname
 """
 
 _SIZES_SQL = """
-SELECT c.oid, pg_table_size(c.oid) AS table_bytes,
-       pg_relation_size(c.oid, 'main') / current_setting('block_size')::bigint AS heap_pages
-FROM pg_class c WHERE c.oid = ANY($1::oid[])
+SELECT c.oid, pg_catalog.pg_table_size(c.oid) AS table_bytes,
+       pg_catalog.pg_relation_size(c.oid, 'main')
+           / pg_catalog.current_setting('block_size')::pg_catalog.int8 AS heap_pages
+FROM pg_catalog.pg_class c WHERE c.oid = ANY ($1::pg_catalog.oid[])
 """
 
 _TYPES_SQL = """
 SELECT t.oid, n.nspname AS schema, t.typname AS name,
-       t.typtype::text AS typtype, t.typcategory::text AS category,
+       t.typtype::pg_catalog.text AS typtype, t.typcategory::pg_catalog.text AS category,
        t.typbasetype AS base_type, t.typelem AS element
-FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
 """
+
+_GENERATED = {"s": "stored", "v": "virtual"}  # attgenerated; 'v' is PostgreSQL 18+
+_IDENTITY = {"a": "always", "d": "by default"}
 
 
 async def describe_tables(conn: asyncpg.Connection, tables: list[Table]) -> list[Table]:
@@ -259,8 +336,9 @@ async def describe_tables(conn: asyncpg.Connection, tables: list[Table]) -> list
                 type=r["type"],
                 type_oid=r["type_oid"],
                 not_null=r["not_null"],
-                generated={"s": "stored"}.get(r["generated"]),
-                identity={"a": "always", "d": "by default"}.get(r["identity"]),
+                generated=_GENERATED.get(r["generated"]),
+                identity=_IDENTITY.get(r["identity"]),
+                type_mod=r["type_mod"],
             )
         )
     pkeys: dict[int, tuple[str, ...]] = {}
@@ -297,78 +375,188 @@ async def read_types(conn: asyncpg.Connection) -> dict[int, TypeInfo]:
     return {r["oid"]: TypeInfo(**dict(r)) for r in await conn.fetch(_TYPES_SQL)}
 
 
-_SEQUENCES_SQL = """
--- sequences owned by a column (serial, OWNED BY) or by an identity column
-SELECT s.oid, sn.nspname AS schema, s.relname AS name,
-       d.refobjid AS table_oid, a.attname AS column,
-       has_sequence_privilege(s.oid, 'SELECT') AS readable
-FROM pg_depend d
-JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-JOIN pg_namespace sn ON sn.oid = s.relnamespace
-JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-  AND d.deptype IN ('a', 'i') AND d.refobjid = ANY($1::oid[])
-UNION
--- sequences named in a column default (nextval('some_seq'))
-SELECT s.oid, sn.nspname, s.relname, ad.adrelid, a.attname,
-       has_sequence_privilege(s.oid, 'SELECT')
-FROM pg_attrdef ad
-JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
-                AND d.refclassid = 'pg_class'::regclass
-JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
-JOIN pg_namespace sn ON sn.oid = s.relnamespace
-JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
-WHERE ad.adrelid = ANY($1::oid[])
-ORDER BY schema, name, table_oid, "column"
+# What a table's definition and storage are, compared between the snapshot and the
+# present once the locks are granted (``changed_since_snapshot``).
+_SIGNATURE_SQL = """
+SELECT c.oid, n.nspname AS schema, c.relname AS name, c.relfilenode::pg_catalog.int8 AS filenode,
+       ARRAY(SELECT a.attname::pg_catalog.text || ' ' || a.atttypid::pg_catalog.text || ' '
+                    || a.atttypmod::pg_catalog.text || ' ' || a.attgenerated::pg_catalog.text
+             FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum) AS columns
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = ANY ($1::pg_catalog.oid[])
 """
 
 
-async def read_sequences(
-    conn: asyncpg.Connection, tables: list[Table], *, skip_unreadable: bool = False
-) -> tuple[list[Sequence], list[tuple[str, str]]]:
-    """State of every sequence tied to ``tables``, and the sequences skipped as unreadable.
+@dataclass(frozen=True)
+class Signature:
+    """What must not change between the snapshot and the lock: name, storage, columns."""
 
-    A sequence the role may not SELECT is an error naming every such sequence, unless
-    ``skip_unreadable``: then it is left out and returned as ``(schema, name)``.
+    schema: str
+    name: str
+    filenode: int
+    columns: tuple[str, ...]
+
+
+async def read_signatures(conn: asyncpg.Connection, oids: list[int]) -> dict[int, Signature]:
+    """The signature of each table by oid, as ``conn`` sees the catalog (in the snapshot
+    on the coordinator, the present on any other connection). Dropped tables are absent."""
+    return {
+        r["oid"]: Signature(r["schema"], r["name"], r["filenode"], tuple(r["columns"]))
+        for r in await conn.fetch(_SIGNATURE_SQL, oids)
+    }
+
+
+def describe_change(before: Signature, after: Signature | None) -> str:
+    """How a table changed between the snapshot and the lock, for a message."""
+    if after is None:
+        return "dropped"
+    if (before.schema, before.name) != (after.schema, after.name):
+        return f"renamed to {after.schema}.{after.name}"
+    if before.columns != after.columns:
+        gone = [c.split(" ")[0] for c in before.columns if c not in after.columns]
+        new = [c.split(" ")[0] for c in after.columns if c not in before.columns]
+        parts = []
+        if new:
+            parts.append("columns now " + ", ".join(new))
+        if gone:
+            parts.append("no longer " + ", ".join(gone))
+        return "columns changed (" + "; ".join(parts) + ")" if parts else "columns changed"
+    return "rewritten or truncated (new storage)"
+
+
+_SEQUENCES_SQL = """
+SELECT s.oid, n.nspname AS schema, s.relname AS name,
+       own.refobjid AS owner_table, a.attname AS owner_column,
+       pg_catalog.has_sequence_privilege(s.oid, 'SELECT') AS readable,
+       x.extname AS extension
+FROM pg_catalog.pg_class s
+JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
+-- the column that owns it: serial and OWNED BY ('a'), identity ('i')
+LEFT JOIN pg_catalog.pg_depend own
+       ON own.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND own.objid = s.oid
+      AND own.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+      AND own.deptype IN ('a', 'i')
+LEFT JOIN pg_catalog.pg_attribute a
+       ON a.attrelid = own.refobjid AND a.attnum = own.refobjsubid
+LEFT JOIN pg_catalog.pg_depend d
+       ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = s.oid
+      AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.deptype = 'e'
+LEFT JOIN pg_catalog.pg_extension x ON x.oid = d.refobjid
+WHERE s.relkind = 'S'
+  AND n.nspname <> 'information_schema'
+  AND n.nspname !~ '^pg_'
+ORDER BY n.nspname, s.relname
+"""
+
+# Sequences named in a column default (nextval('some_seq')) of the given tables.
+_DEFAULT_SEQUENCES_SQL = """
+SELECT DISTINCT ad.adrelid AS table_oid, a.attname AS column, d.refobjid AS oid
+FROM pg_catalog.pg_attrdef ad
+JOIN pg_catalog.pg_depend d
+  ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid
+ AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+JOIN pg_catalog.pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
+JOIN pg_catalog.pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+WHERE ad.adrelid = ANY ($1::pg_catalog.oid[])
+ORDER BY 1, 2
+"""
+
+
+async def list_sequences(conn: asyncpg.Connection) -> list[SequenceInfo]:
+    """Every sequence outside the system schemas, with what owns it."""
+    return [
+        SequenceInfo(
+            oid=r["oid"],
+            schema=r["schema"],
+            name=r["name"],
+            owner_table=r["owner_table"],
+            owner_column=r["owner_column"],
+            readable=r["readable"],
+            extension=r["extension"],
+        )
+        for r in await conn.fetch(_SEQUENCES_SQL)
+    ]
+
+
+async def default_sequences(
+    conn: asyncpg.Connection, table_oids: list[int]
+) -> dict[int, tuple[int, str]]:
+    """Sequence oid -> (table oid, column) for sequences used in the tables' defaults."""
+    found: dict[int, tuple[int, str]] = {}
+    for r in await conn.fetch(_DEFAULT_SEQUENCES_SQL, table_oids):
+        found.setdefault(r["oid"], (r["table_oid"], r["column"]))
+    return found
+
+
+def require_readable_sequences(sequences: list[SequenceInfo]) -> None:
+    """Fail naming every sequence the role may not read.
+
+    :raises PermissionDenied: if any of ``sequences`` is unreadable.
+    """
+    unreadable = [s.qualified for s in sequences if not s.readable]
+    if unreadable:
+        raise PermissionDenied(
+            f"permission denied for sequence {unreadable[0]}"
+            if len(unreadable) == 1
+            else f"permission denied for sequences {some_names(unreadable)}",
+            hint="GRANT SELECT ON SEQUENCE to this role, leave it out with -T, "
+            "or --skip-unreadable",
+        )
+
+
+# Sequences are read in batches of this many per query (one round trip each).
+_SEQUENCE_BATCH = 200
+
+
+async def read_sequence_states(
+    conn: asyncpg.Connection, sequences: list[SequenceInfo]
+) -> dict[int, tuple[int, bool]]:
+    """``(last_value, is_called)`` of each sequence, by oid.
 
     Sequences are not transactional: the value read is the current one, which is never
     behind any value used by a row in the snapshot (those were taken before it). Restoring
     it is therefore safe, as with pg_dump.
     """
-    by_oid = {t.oid: t for t in tables}
-    found = await conn.fetch(_SEQUENCES_SQL, list(by_oid))
-    unreadable = [r for r in found if not r["readable"]]
-    if unreadable and not skip_unreadable:
-        names = [f"{r['schema']}.{r['name']}" for r in unreadable]
-        owner = by_oid[unreadable[0]["table_oid"]].qualified
-        raise PermissionDenied(
-            f"permission denied for sequence {names[0]} (of table {owner})"
-            if len(names) == 1
-            else f"permission denied for sequences {some_names(names)}",
-            hint="GRANT SELECT ON SEQUENCE to this role, leave the tables out with -T, "
-            "or --skip-unreadable",
+    states: dict[int, tuple[int, bool]] = {}
+    for start in range(0, len(sequences), _SEQUENCE_BATCH):
+        batch = sequences[start : start + _SEQUENCE_BATCH]
+        query = " UNION ALL ".join(
+            f"SELECT {i}::pg_catalog.int4 AS i, last_value, is_called "
+            f"FROM {sql_name(s.schema, s.name)}"
+            for i, s in enumerate(batch)
         )
-    result = []
-    for r in found:
-        if not r["readable"]:
-            continue
-        state = await conn.fetchrow(
-            f"SELECT last_value, is_called FROM {sql_name(r['schema'], r['name'])}"
-        )
-        assert state is not None
-        result.append(
-            Sequence(
-                schema=r["schema"],
-                name=r["name"],
-                table=by_oid[r["table_oid"]].key,
-                column=r["column"],
-                last_value=state["last_value"],
-                is_called=state["is_called"],
-            )
-        )
-    # One sequence can serve several columns: report it once.
-    skipped = sorted({(r["schema"], r["name"]) for r in unreadable})
-    return result, skipped
+        for r in await conn.fetch(query):
+            seq = batch[r["i"]]
+            states[seq.oid] = (r["last_value"], r["is_called"])
+    return states
+
+
+# Which relations each view and materialized view reads (through its rewrite rule).
+_VIEW_DEPENDENCIES_SQL = """
+SELECT DISTINCT vn.nspname AS view_schema, v.relname AS view_name,
+       un.nspname AS used_schema, u.relname AS used_name
+FROM pg_catalog.pg_class v
+JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
+JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid
+JOIN pg_catalog.pg_depend d
+  ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+ AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> v.oid
+JOIN pg_catalog.pg_class u ON u.oid = d.refobjid
+JOIN pg_catalog.pg_namespace un ON un.oid = u.relnamespace
+WHERE v.relkind IN ('v', 'm')
+"""
+
+
+async def view_dependencies(
+    conn: asyncpg.Connection,
+) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """``(view, relation it reads)`` for every view and materialized view."""
+    return [
+        ((r["view_schema"], r["view_name"]), (r["used_schema"], r["used_name"]))
+        for r in await conn.fetch(_VIEW_DEPENDENCIES_SQL)
+    ]
 
 
 async def sample_page_weights(
@@ -381,10 +569,13 @@ async def sample_page_weights(
     if not table.columns or table.heap_pages == 0:
         return []
     percent = min(100.0, 100.0 * pages / table.heap_pages)
-    sizes = " + ".join(f"coalesce(pg_column_size({quote_ident(c.name)}), 0)" for c in table.columns)
+    sizes = " + ".join(
+        f"coalesce(pg_catalog.pg_column_size({quote_ident(c.name)}), 0)" for c in table.columns
+    )
     rows = await conn.fetch(
-        f"SELECT (ctid::text::point)[0]::bigint AS page, sum(24 + {sizes})::bigint AS weight "
+        "SELECT (ctid::pg_catalog.text::pg_catalog.point)[0]::pg_catalog.int8 AS page, "
+        f"pg_catalog.sum(24 + {sizes})::pg_catalog.int8 AS weight "
         f"FROM ONLY {sql_name(table.schema, table.name)} "
-        f"TABLESAMPLE SYSTEM ({percent:.6f}) REPEATABLE (0) GROUP BY 1"
+        f"TABLESAMPLE pg_catalog.system ({percent:.6f}) REPEATABLE (0) GROUP BY 1"
     )
     return [(r["page"], r["weight"]) for r in rows]

@@ -8,6 +8,8 @@ traceback). SIGINT and SIGTERM cancel the run; cleanup is the library's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import signal
 import sys
@@ -25,6 +27,7 @@ from rich.console import Console
 
 from . import __version__
 from .backup import open_backup
+from .connection import resolve
 from .dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
 from .errors import AsyncsnapError, ExitCode, Interrupted, UsageError, most_telling
 from .inspect import summary, summary_tables
@@ -121,6 +124,8 @@ def _secrets(dsn: str | None) -> list[str]:
     found = [s for candidate in candidates for s in _passwords_in(candidate)]
     if os.environ.get("PGPASSWORD"):
         found.append(os.environ["PGPASSWORD"])
+    with contextlib.suppress(AsyncsnapError):  # a password from a service file entry
+        found += resolve(dsn).secrets
     return [s for s in found if s]
 
 
@@ -174,19 +179,37 @@ def _fail(
     return typer.Exit(ExitCode.INTERNAL)
 
 
-def _quiet_lost_connection_noise() -> None:
-    """asyncpg leaves a future holding ConnectionError('unexpected connection_lost() call')
-    when a backend dies mid-COPY; asyncio would print it at exit although the library has
-    already handled the loss (retried the chunk, or reported it). Drop only that."""
+def _route_loop_messages(debug_log: Callable[[str], None] | None) -> None:
+    """asyncio and asyncpg report some things straight to stderr through the event loop's
+    exception handler: a future left holding ConnectionError('unexpected connection_lost()
+    call') when a backend dies mid-COPY, "Resetting connection with an active transaction"
+    when a cancelled run closes its pool. The library has handled each already (retried
+    the chunk, reported the failure), and raw lines would break ``--log-format json``.
+    They go to ``debug_log`` (``--debug``) or nowhere."""
     loop = asyncio.get_running_loop()
 
     def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        if isinstance(exc, ConnectionError) and "connection_lost" in str(exc):
-            return
-        loop.default_exception_handler(context)
+        if debug_log is not None:
+            exc = context.get("exception")
+            message = str(context.get("message", ""))
+            debug_log(message + (f": {exc!r}" if exc is not None else ""))
 
     loop.set_exception_handler(handler)
+
+
+def _route_library_logging(debug_log: Callable[[str], None] | None) -> None:
+    """Records that asyncio or asyncpg log (logging's last-resort handler would print them
+    raw to stderr) go the same way as the loop's messages."""
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if debug_log is not None:
+                debug_log(f"{record.name}: {record.getMessage()}")
+
+    for name in ("asyncio", "asyncpg"):
+        logger = logging.getLogger(name)
+        logger.handlers = [Handler()]
+        logger.propagate = False
 
 
 def _describe_failure(exc: BaseException) -> tuple[int, str, str | None]:
@@ -210,14 +233,23 @@ def _write_summary(path: Path | None, fields: dict[str, object], dsn: str | None
     os.replace(temp, path)
 
 
-def run_cancellable(work: Callable[[], Awaitable[T]], *, left: str = "nothing was kept") -> T:
+def run_cancellable(
+    work: Callable[[], Awaitable[T]],
+    *,
+    left: str = "nothing was kept",
+    debug_log: Callable[[str], None] | None = None,
+) -> T:
     """Run ``work`` on asyncio; SIGINT/SIGTERM cancel it and raise ``Interrupted``, whose
-    message ends with ``left``: what the cancelled work leaves behind."""
-    received: list[int] = []
+    message ends with ``left``: what the cancelled work leaves behind.
 
-    async def main() -> T | None:
-        _quiet_lost_connection_noise()
-        result: T | None = None
+    A signal that arrives once ``work`` has finished (say, just after a backup was renamed
+    into place) changes nothing: the result stands and is returned.
+    """
+    received: list[int] = []
+    finished: list[T] = []
+
+    async def main() -> None:
+        _route_loop_messages(debug_log)
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
@@ -228,23 +260,21 @@ def run_cancellable(work: Callable[[], Awaitable[T]], *, left: str = "nothing wa
                         return
 
             tg.start_soon(watch)
-            result = await work()
+            finished.append(await work())
             tg.cancel_scope.cancel()
-        return result
 
+    _route_library_logging(debug_log)
     try:
-        outcome = anyio.run(main, backend="asyncio")
+        anyio.run(main, backend="asyncio")
     except BaseExceptionGroup as group:
         raise most_telling(group) from None
-    if received:
-        signum = received[0]
-        name = signal.Signals(signum).name
-        raise Interrupted(
-            f"interrupted by {name}; {left}",
-            exit_code=ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM,
-        )
-    assert outcome is not None
-    return outcome
+    if finished:
+        return finished[0]
+    signum = received[0] if received else signal.SIGINT
+    raise Interrupted(
+        f"interrupted by {signal.Signals(signum).name}; {left}",
+        exit_code=ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM,
+    )
 
 
 LogFormatOption = Annotated[
@@ -351,8 +381,33 @@ def dump_command(
         bool,
         typer.Option(
             "--skip-unreadable",
-            help="Leave out tables and sequences this role cannot read (listed in the "
-            "manifest) instead of failing.",
+            help="Leave out tables, sequences and large objects this role cannot read "
+            "(listed in the manifest) instead of failing.",
+        ),
+    ] = False,
+    enable_row_security: Annotated[
+        bool,
+        typer.Option(
+            "--enable-row-security",
+            help="Dump tables with row-level security as this role sees them (marked in the "
+            "manifest); without it such a table fails the dump.",
+        ),
+    ] = False,
+    large_objects: Annotated[
+        bool | None,
+        typer.Option(
+            "--large-objects/--no-large-objects",
+            "-b/-B",
+            help="Include or leave out large objects. Default: included unless -t or -n "
+            "is given, as in pg_dump.",
+            show_default=False,
+        ),
+    ] = None,
+    no_unlogged_table_data: Annotated[
+        bool,
+        typer.Option(
+            "--no-unlogged-table-data",
+            help="Leave out the rows of unlogged tables (named in the manifest).",
         ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
@@ -415,6 +470,9 @@ def dump_command(
             max_duration=max_duration,
             split_larger_than=split_bytes,
             skip_unreadable=skip_unreadable,
+            enable_row_security=enable_row_security,
+            large_objects=large_objects,
+            unlogged_table_data=not no_unlogged_table_data,
             keep=keep,
             keep_partial=keep_partial,
             verify_output=verify_output,
@@ -423,7 +481,7 @@ def dump_command(
 
     left = "the incomplete backup was kept (--keep-partial)" if keep_partial else "nothing was kept"
     try:
-        result = _run_rendered(work, live, left=left)
+        result = _run_rendered(work, live, left=left, debug=debug, json_log=json_log)
     except BaseException as exc:
         raise _handle(
             exc, dsn=dsn, debug=debug, json_log=json_log, summary=(summary_json, "dump")
@@ -444,6 +502,8 @@ def dump_command(
             "seconds": round(result.seconds, 3),
             "snapshot_held_seconds": round(result.snapshot_held_seconds, 3),
             "verified": result.verified,
+            "large_objects": result.large_objects,
+            "snapshots": result.snapshots,
             "skipped": [asdict(k) for k in result.skipped],
             "error": None,
         },
@@ -479,12 +539,27 @@ def _renderers(
 
 
 def _run_rendered(
-    work: Callable[[], Awaitable[T]], live: LiveDisplay | None, *, left: str = "nothing was kept"
+    work: Callable[[], Awaitable[T]],
+    live: LiveDisplay | None,
+    *,
+    left: str = "nothing was kept",
+    debug: bool = False,
+    json_log: JsonLog | None = None,
 ) -> T:
+    debug_log = _debug_logger(json_log) if debug else None
     if live is None:
-        return run_cancellable(work, left=left)
+        return run_cancellable(work, left=left, debug_log=debug_log)
     with live:
-        return run_cancellable(work, left=left)
+        return run_cancellable(work, left=left, debug_log=debug_log)
+
+
+def _debug_logger(json_log: JsonLog | None) -> Callable[[str], None]:
+    """``--debug``: internal messages as a ``debug:`` line, or a JSON line."""
+    if json_log is not None:
+        return lambda message: json_log.write(
+            {"level": "debug", "event": "debug", "message": message}
+        )
+    return lambda message: print(f"debug: {message}", file=sys.stderr, flush=True)
 
 
 @app.command("restore")
@@ -565,7 +640,7 @@ def restore_command(
         else "tables already committed stay loaded, the rest was rolled back"
     )
     try:
-        result = _run_rendered(work, live, left=left)
+        result = _run_rendered(work, live, left=left, debug=debug, json_log=json_log)
     except BaseException as exc:
         raise _handle(
             exc, dsn=dsn, debug=debug, json_log=json_log, summary=(summary_json, "restore")
@@ -580,6 +655,8 @@ def restore_command(
             "tables": len(result.tables),
             "rows": result.rows,
             "sequences": result.sequences,
+            "large_objects": result.large_objects,
+            "refreshed": result.refreshed,
             "seconds": round(result.seconds, 3),
             "error": None,
         },

@@ -1,20 +1,34 @@
-"""Where to connect, and connecting with errors a user can act on.
+"""Where to connect: the DSN, libpq service files, and errors a user can act on.
 
-The DSN comes from, in order: the argument; ``DATABASE_URL`` in the environment; a
-``DATABASE_URL`` line in ``./.env`` (what the script asyncsnap replaces read); otherwise
-``None``, which lets asyncpg use libpq's ``PG*`` variables and ``~/.pgpass``.
+The connection string comes from, in order: the argument; ``DATABASE_URL`` in the
+environment; a ``DATABASE_URL`` line in ``./.env`` (what the script asyncsnap replaces
+read); otherwise nothing, which lets libpq's ``PG*`` variables and ``~/.pgpass`` apply.
+It may be a URI (``postgresql://user@host/db``) or a libpq key/value string
+(``host=db dbname=shop``).
+
+A service (``service=NAME`` in the string, else ``$PGSERVICE``) is resolved here as libpq
+does it: the entry ``[NAME]`` of ``$PGSERVICEFILE`` (default ``~/.pg_service.conf``), else
+of ``pg_service.conf`` in ``$PGSYSCONFDIR`` (default: ``pg_config --sysconfdir``); every
+key of the entry applies unless the string sets it, and ``PG*`` variables fill what is
+still missing. A service that is not defined, or an entry with a key asyncsnap cannot honour,
+is an error: it must never silently connect somewhere else. (asyncpg alone ignores
+``$PGSERVICE`` and the system file, and lets a DSN's database name default first.)
+
+How to connect (the session policy) is ``session.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import asyncpg
 from dotenv import dotenv_values
@@ -26,37 +40,44 @@ from .errors import (
     UsageError,
 )
 
-# Rendering settings fixed for every session, so output does not depend on the server's
-# or the role's defaults. They are recorded in the manifest and reused by restore.
-# extra_float_digits=3 gives shortest-exact floats on PostgreSQL 12+ and the exact
-# 17-digit form on older servers; TimeZone=UTC makes timestamptz text independent of
-# the server zone; IntervalStyle iso_8601 is what other languages parse.
-RENDER_SETTINGS: Mapping[str, str] = {
-    "client_encoding": "UTF8",
-    "DateStyle": "ISO, YMD",
-    "IntervalStyle": "iso_8601",
-    "TimeZone": "UTC",
-    "extra_float_digits": "3",
-    "bytea_output": "hex",
-    "lc_monetary": "C",
-    "xmloption": "content",  # how xml text is read back: fragments as well as documents
-}
-
-# Session settings that keep a long export alive whatever the role's defaults are.
-# idle_in_transaction_session_timeout matters most for the coordinator: it sits idle
-# inside its snapshot transaction for the whole dump.
-SESSION_SETTINGS: Mapping[str, str] = {
-    "application_name": "asyncsnap",
-    "idle_in_transaction_session_timeout": "0",
-    # Concurrent scans of a big table would otherwise start mid-table to share I/O,
-    # making row order (and so file hashes) differ from run to run.
-    "synchronize_seqscans": "off",
-    "standard_conforming_strings": "on",
-}
+# libpq connection keywords asyncsnap honours, from a key/value string or a service entry.
+# Each goes to asyncpg as a URI query parameter, which asyncpg reads like libpq.
+_PASSED_KEYS = frozenset(
+    {
+        "host",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "passfile",
+        "sslmode",
+        "sslcert",
+        "sslkey",
+        "sslrootcert",
+        "sslcrl",
+        "sslpassword",
+        "sslnegotiation",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "target_session_attrs",
+        "krbsrvname",
+        "gsslib",
+    }
+)
+# Keywords handled here rather than passed on.
+_OWN_KEYS = frozenset({"hostaddr", "connect_timeout", "application_name"})
+# Client-side TCP keepalive keywords: asyncsnap always enables keepalives (session.py), so
+# these are accepted and their values superseded.
+_KEEPALIVE_KEYS = frozenset(
+    {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"}
+)
+SERVICE_FILE = ".pg_service.conf"
+SYSTEM_SERVICE_FILE = "pg_service.conf"
 
 
 def resolve_dsn(dsn: str | None, *, cwd: Path | None = None) -> str | None:
-    """Return the DSN to use: the argument, ``$DATABASE_URL``, ``./.env``, or ``None``.
+    """Return the connection string to use: the argument, ``$DATABASE_URL``, ``./.env``,
+    or ``None``.
 
     >>> resolve_dsn("postgresql://localhost/app")
     'postgresql://localhost/app'
@@ -75,8 +96,287 @@ def resolve_dsn(dsn: str | None, *, cwd: Path | None = None) -> str | None:
 
 
 @dataclass(frozen=True)
+class ConnectParams:
+    """A resolved connection: the URI asyncpg gets, and what is handled here."""
+
+    uri: str | None  # None: libpq's PG* variables alone
+    service: str | None = None  # the service whose entry was merged in
+    connect_timeout: float | None = None
+    application_name: str | None = None
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # passwords, for redaction
+
+    def asyncpg_kwargs(self) -> dict[str, Any]:
+        return {"dsn": self.uri}
+
+
+def parse_conninfo(text: str) -> dict[str, str]:
+    """A libpq key/value connection string (``host=db port=5432 password='a b\\'c'``).
+
+    :raises UsageError: on a missing ``=`` or an unterminated quote.
+
+    >>> parse_conninfo("host=db dbname='my shop'")
+    {'host': 'db', 'dbname': 'my shop'}
+    """
+    result: dict[str, str] = {}
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            return result
+        start = i
+        while i < n and text[i] != "=" and not text[i].isspace():
+            i += 1
+        key = text[start:i]
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n or text[i] != "=" or not key:
+            raise UsageError(
+                f'invalid connection string: missing "=" after {key!r}',
+                hint="use key=value pairs (host=db dbname=shop) or postgresql://user@host/db",
+            )
+        i += 1
+        while i < n and text[i].isspace():
+            i += 1
+        value: list[str] = []
+        if i < n and text[i] == "'":
+            i += 1
+            while True:
+                if i >= n:
+                    raise UsageError(
+                        "invalid connection string: unterminated quoted string",
+                        hint="close the quote; write \\' for a quote inside a value",
+                    )
+                if text[i] == "\\" and i + 1 < n:
+                    value.append(text[i + 1])
+                    i += 2
+                elif text[i] == "'":
+                    i += 1
+                    break
+                else:
+                    value.append(text[i])
+                    i += 1
+        else:
+            while i < n and not text[i].isspace():
+                if text[i] == "\\" and i + 1 < n:
+                    value.append(text[i + 1])
+                    i += 2
+                else:
+                    value.append(text[i])
+                    i += 1
+        result[key] = "".join(value)
+
+
+def _uri_keys(uri: str) -> tuple[set[str], list[tuple[str, str]]]:
+    """The libpq keywords a URI sets, and its query parameters."""
+    parts = urlsplit(uri)
+    present: set[str] = set()
+    if parts.username:
+        present.add("user")
+    if parts.password:
+        present.add("password")
+    host_part = parts.netloc.rpartition("@")[2]
+    if host_part:
+        present.add("host")
+        if ":" in host_part.rpartition("]")[2]:
+            present.add("port")
+    if parts.path.strip("/"):
+        present.add("dbname")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    for key, _ in query:
+        present.add("dbname" if key == "database" else key)
+    return present, query
+
+
+def _check_keys(keys: Mapping[str, str], where: str) -> None:
+    for key in keys:
+        if key in _PASSED_KEYS or key in _OWN_KEYS or key in _KEEPALIVE_KEYS:
+            continue
+        if key == "service":
+            raise UsageError(
+                f"{where} names another service: nested service definitions are not "
+                "supported (nor by libpq)",
+                hint="put the connection keys in the entry itself",
+            )
+        raise UsageError(
+            f"{where} sets {key!r}, which asyncsnap cannot honour"
+            + (" (it could change the session's safety settings)" if key == "options" else ""),
+            hint="remove it, or connect with an explicit postgresql:// URI",
+        )
+
+
+def resolve(
+    dsn: str | None, *, cwd: Path | None = None, environ: Mapping[str, str] | None = None
+) -> ConnectParams:
+    """Resolve where to connect (see the module docstring) into ``ConnectParams``.
+
+    :raises UsageError: for an invalid connection string, an undefined service or a
+        keyword that cannot be honoured.
+
+    >>> resolve("postgresql://app@db/shop").uri
+    'postgresql://app@db/shop'
+    """
+    env = os.environ if environ is None else environ
+    raw = resolve_dsn(dsn, cwd=cwd)
+    own: dict[str, str] = {}
+    if raw is not None and "://" not in raw:
+        pairs = parse_conninfo(raw)
+        _check_keys(pairs, "the connection string")
+        service = pairs.pop("service", None)
+        uri_query = [(k, v) for k, v in pairs.items()]
+        base = "postgresql://"
+    elif raw is not None:
+        parts = urlsplit(raw)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise UsageError(
+                f"invalid connection string: unknown scheme {parts.scheme!r}",
+                hint="use postgresql://user@host:port/dbname or host=... dbname=...",
+            )
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        service = next((v for k, v in reversed(query) if k == "service"), None)
+        uri_query = [(k, v) for k, v in query if k != "service"]
+        base = parts._replace(query="").geturl()
+    else:
+        service, uri_query, base = None, [], "postgresql://"
+    service = service or env.get("PGSERVICE") or None
+
+    # Keys we handle ourselves come out of the query; asyncpg would send them to the
+    # server as settings, which it would refuse.
+    kept: list[tuple[str, str]] = []
+    for key, value in uri_query:
+        if key in _OWN_KEYS or key in _KEEPALIVE_KEYS:
+            own[key] = value
+        else:
+            kept.append((key, value))
+    uri_query = kept
+    secrets = [v for k, v in uri_query if k == "password"]
+
+    if service is not None:
+        entry = read_service(service, env)
+        _check_keys(entry, f"service {service!r}")
+        present, _ = _uri_keys(base + ("?" + urlencode(uri_query) if uri_query else ""))
+        present |= set(own)
+        for key, value in entry.items():
+            if key in present:
+                continue  # the connection string wins over the service (libpq's order)
+            if key in _OWN_KEYS or key in _KEEPALIVE_KEYS:
+                own[key] = value
+            else:
+                uri_query.append((key, value))
+        secrets += [v for k, v in entry.items() if k == "password"]
+
+    if "hostaddr" in own:
+        address = own.pop("hostaddr")
+        if any(k == "host" for k, _ in uri_query) or urlsplit(base).hostname:
+            raise UsageError(
+                "both host and hostaddr are set; asyncsnap connects by host only",
+                hint="drop hostaddr, or give the address as host",
+            )
+        uri_query.append(("host", address))
+    timeout = None
+    if "connect_timeout" in own:
+        try:
+            timeout = max(2.0, float(own["connect_timeout"]))  # libpq's minimum is 2 s
+        except ValueError as exc:
+            raise UsageError(
+                f"invalid connect_timeout {own['connect_timeout']!r}",
+                hint="connect_timeout takes seconds",
+            ) from exc
+    if raw is None and not uri_query:
+        uri = None  # PG* variables alone, as before
+    else:
+        uri = base + ("?" + urlencode(uri_query) if uri_query else "")
+    if raw is not None and "://" in raw:
+        password = urlsplit(raw).password
+        if password:
+            secrets += [password, unquote(password)]
+    return ConnectParams(
+        uri=uri,
+        service=service,
+        connect_timeout=timeout,
+        application_name=own.get("application_name"),
+        secrets=tuple(s for s in secrets if s),
+    )
+
+
+def _system_config_dir(env: Mapping[str, str]) -> Path | None:
+    if env.get("PGSYSCONFDIR"):
+        return Path(env["PGSYSCONFDIR"])
+    pg_config = shutil.which("pg_config")
+    if pg_config is not None:
+        try:
+            out = subprocess.run(
+                [pg_config, "--sysconfdir"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        if out:
+            return Path(out)
+    return None
+
+
+def read_service(name: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The keys of service ``name``: from ``$PGSERVICEFILE`` (or ``~/.pg_service.conf``),
+    else from the system ``pg_service.conf``, as libpq looks them up.
+
+    :raises UsageError: when no file defines the service, or a file cannot be parsed.
+    """
+    env = os.environ if env is None else env
+    files: list[Path] = []
+    if env.get("PGSERVICEFILE"):
+        files.append(Path(env["PGSERVICEFILE"]))
+    else:
+        with contextlib.suppress(RuntimeError, KeyError):  # no home directory
+            files.append(Path.home() / SERVICE_FILE)
+    sysconf = _system_config_dir(env)
+    if sysconf is not None:
+        files.append(sysconf / SYSTEM_SERVICE_FILE)
+    for path in files:
+        entry = _service_entry(path, name)
+        if entry is not None:
+            return entry
+    raise UsageError(
+        f'definition of service "{name}" not found',
+        hint="looked in " + ", ".join(str(p) for p in files) + "; check PGSERVICEFILE",
+    )
+
+
+def _service_entry(path: Path, name: str) -> dict[str, str] | None:
+    """The entry ``[name]`` of a service file, or None if the file or entry is absent."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"cannot read service file {path}: {exc}", hint="check its permissions"
+        ) from exc
+    entry: dict[str, str] | None = None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            if entry is not None:
+                return entry  # the next section ends ours
+            if line.endswith("]") and line[1:-1] == name:
+                entry = {}
+            continue
+        if entry is None:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise UsageError(
+                f"syntax error in service file {path}, line {number}",
+                hint='each line of an entry is key=value; "#" starts a comment',
+            )
+        entry[key.strip()] = value.strip()
+    return entry
+
+
+@dataclass(frozen=True)
 class Target:
-    """A printable description of where a DSN points; never holds the password."""
+    """A printable description of where a connection points; never holds the password."""
 
     host: str
     port: str
@@ -87,38 +387,40 @@ class Target:
         return f"{self.user}@{self.host}:{self.port}/{self.database}"
 
 
-def describe_target(dsn: str | None) -> Target:
-    """Describe the server a DSN (or the PG* variables) points at, without the password."""
+def describe_target(params: ConnectParams | str | None) -> Target:
+    """Describe the server a connection points at, without the password."""
+    if params is None or isinstance(params, str):
+        params = _params_of(params)
     env = os.environ
     host = env.get("PGHOST", "localhost")
     port = env.get("PGPORT", "5432")
     user = env.get("PGUSER") or _os_user()
     database = env.get("PGDATABASE", "")
-    if dsn and "://" in dsn:
-        parts = urlsplit(dsn)
+    if params.uri:
+        parts = urlsplit(params.uri)
         host = unquote(parts.hostname or "") or host
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError):  # a port that is not a number
             port = str(parts.port or port)
         user = unquote(parts.username or "") or user
         database = unquote(parts.path.lstrip("/")) or database
         # postgresql://u@/db?host=/run/postgresql&port=5433: the query string wins.
-        query = parse_qs(parts.query)
-        host = query.get("host", [host])[-1]
-        port = query.get("port", [port])[-1]
-        user = query.get("user", [user])[-1]
-        database = query.get("dbname", [database])[-1]
-    elif dsn:
-        for item in dsn.split():
-            key, _, value = item.partition("=")
-            if key == "host":
-                host = value
-            elif key == "port":
-                port = value
-            elif key == "user":
-                user = value
-            elif key == "dbname":
-                database = value
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        host = query.get("host", host)
+        port = query.get("port", port)
+        user = query.get("user", user)
+        database = query.get("dbname", query.get("database", database))
     return Target(host=host, port=port, database=database or user, user=user)
+
+
+def _params_of(text: str | None) -> ConnectParams:
+    """Unresolved text, for describing only (no service lookup, no errors)."""
+    if text is None or "://" in text:
+        return ConnectParams(uri=text)
+    try:
+        pairs = parse_conninfo(text)
+    except UsageError:
+        return ConnectParams(uri=None)
+    return ConnectParams(uri="postgresql://?" + urlencode(list(pairs.items())))
 
 
 def _os_user() -> str:
@@ -128,65 +430,6 @@ def _os_user() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except (ImportError, KeyError):
         return "postgres"
-
-
-def connect_kwargs(
-    dsn: str | None,
-    settings: Mapping[str, str] | None = None,
-    *,
-    statement_timeout: float = 0.0,
-) -> dict[str, Any]:
-    """Keyword arguments for ``asyncpg.connect``/``create_pool``: the rendering
-    ``settings`` (``RENDER_SETTINGS`` unless given, e.g. a backup's for restore) and
-    ``SESSION_SETTINGS``, with ``statement_timeout`` in seconds (0: none)."""
-    return {
-        "dsn": dsn,
-        "server_settings": {
-            **(RENDER_SETTINGS if settings is None else settings),
-            **SESSION_SETTINGS,
-            "statement_timeout": str(round(statement_timeout * 1000)),
-        },
-        # The dump streams through COPY; no statement cache is needed, and it keeps
-        # the connections usable behind PgBouncer in session mode.
-        "statement_cache_size": 0,
-    }
-
-
-@contextlib.contextmanager
-def _translated(dsn: str | None) -> Iterator[None]:
-    """Turn a failure to connect into our error with its exit code."""
-    try:
-        yield
-    except BaseException as exc:
-        translated = translate_connect_error(exc, describe_target(dsn))
-        if translated is None:
-            raise
-        raise translated from exc
-
-
-async def connect(
-    dsn: str | None,
-    *,
-    settings: Mapping[str, str] | None = None,
-    statement_timeout: float = 0.0,
-    connect_timeout: float = 30.0,
-) -> asyncpg.Connection:
-    """Open one connection with the fixed settings, translating failures to our errors.
-
-    >>> conn = await connect("postgresql://localhost/app")  # doctest: +SKIP
-    """
-    kwargs = connect_kwargs(dsn, settings, statement_timeout=statement_timeout)
-    with _translated(dsn):
-        return await asyncpg.connect(**kwargs, timeout=connect_timeout)
-
-
-async def create_pool(
-    dsn: str | None, *, size: int, statement_timeout: float = 0.0
-) -> asyncpg.Pool:
-    """A pool of exactly ``size`` connections, opened now, failures translated."""
-    kwargs = connect_kwargs(dsn, statement_timeout=statement_timeout)
-    with _translated(dsn):
-        return await asyncpg.create_pool(**kwargs, min_size=size, max_size=size)
 
 
 def translate_connect_error(exc: BaseException, target: Target) -> Exception | None:

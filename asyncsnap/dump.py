@@ -1,18 +1,18 @@
 """The dump: every selected table, read at one moment, to NDJSON files and a manifest.
 
-Flow: the coordinator opens and exports a snapshot, reads the catalog, locks the tables;
-a pool of ``jobs`` connections copies chunks (largest first), each in a transaction that
-imports the snapshot; the server renders each row as JSON and COPY streams it here, where
-it is only counted, compressed, hashed and written. Then SHA256SUMS, then the manifest,
-then the rename from ``<name>.partial`` to ``<name>``. Any failure removes the
+Phases: *snapshot* (the coordinator exports a snapshot, reads the catalog in it, decides
+what the backup holds (``inventory``), locks the tables, and checks that none changed
+between the snapshot and its lock); *copy* (a pool of ``jobs`` connections copies chunks,
+largest first, each importing the snapshot: ``copy.py``); *seal* (SHA256SUMS, the
+manifest, the rename from ``<name>.partial`` to ``<name>``). Any failure removes the
 ``.partial`` directory: nothing half-done is left looking done.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,37 +27,31 @@ from .backup import Skipped
 from .catalog import (
     Catalog,
     Table,
-    TypeInfo,
+    default_sequences,
+    describe_change,
     describe_tables,
+    list_sequences,
     list_tables,
-    read_sequences,
+    read_sequence_states,
     read_server_info,
+    read_signatures,
     read_types,
     sample_page_weights,
-    sql_name,
 )
 from .catalog import (
-    Sequence as SequenceInfo,
+    Sequence as SequenceState,
 )
-from .connection import (
-    RENDER_SETTINGS,
-    connect,
-    create_pool,
-    describe_target,
-    resolve_dsn,
-)
+from .connection import resolve
+from .copy import CopyContext, LargeObjectsJob, WorkItem, cancelled_by_server, close_pool, copy_all
 from .errors import (
-    DataIntegrityError,
     DumpFailed,
-    LockTimeout,
-    PermissionDenied,
-    StatementTimeout,
     TimeLimitExceeded,
     UsageError,
     VerificationFailed,
-    most_telling,
     some_names,
 )
+from .inventory import Inventory, take_inventory
+from .largeobjects import count_large_objects
 from .patterns import Selection
 from .plan import (
     Chunk,
@@ -68,18 +62,15 @@ from .plan import (
     sample_pages,
 )
 from .progress import (
-    PROGRESS_INTERVAL,
-    ChunkFinished,
-    ChunkProgress,
-    ChunkStarted,
     DumpFinished,
     DumpStarted,
     EventCallback,
     Notice,
 )
 from .prune import prune
-from .render import COPY_OPTIONS_KWARGS, encodings, select_rows_sql
-from .snapshot import Coordinator, snapshot_lost, snapshot_transaction
+from .render import encodings
+from .session import RENDER_SETTINGS, Session, SessionPolicy
+from .snapshot import Coordinator, snapshot_lost
 from .storage import COMPRESSIONS, BackupDirectory, Compression, OutputLock, StoredFile
 from .verify import verify
 
@@ -88,6 +79,10 @@ DEFAULT_LOCK_TIMEOUT = 30.0
 # is worth several backends.
 DEFAULT_SPLIT_LARGER_THAN = 64 * 1024 * 1024
 TID_RANGE_SCAN_VERSION = 140000
+# A table whose definition or storage changed between the snapshot and its lock (a
+# migration that held the table when the dump started) makes the dump start over on a
+# new snapshot, at most this many snapshots in all.
+SNAPSHOT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -116,9 +111,11 @@ class DumpResult:
     files: int
     seconds: float
     snapshot_held_seconds: float  # how long VACUUM was held back on the server
-    skipped: tuple[Skipped, ...]  # --skip-unreadable
+    skipped: tuple[Skipped, ...]  # selected but not in the backup, with the reason
     verified: bool  # every file was read back and checked before the rename (--verify)
-    manifest: dict[str, Any] = field(repr=False)
+    large_objects: int = 0  # objects written
+    snapshots: int = 1  # snapshots taken: more than one when a table changed under the first
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def default_backup_name(now: datetime | None = None) -> str:
@@ -128,6 +125,19 @@ def default_backup_name(now: datetime | None = None) -> str:
 
 def _utc_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class _Planned:
+    """What the snapshot phase decided: everything the copy and seal phases need."""
+
+    coordinator: Coordinator
+    catalog: Catalog
+    inventory: Inventory
+    sequences: list[SequenceState]
+    chunks: list[Chunk]
+    items: list[WorkItem]
+    order: RestoreOrder
 
 
 async def dump(
@@ -146,6 +156,9 @@ async def dump(
     max_duration: float | None = None,
     split_larger_than: int | None = DEFAULT_SPLIT_LARGER_THAN,
     skip_unreadable: bool = False,
+    enable_row_security: bool = False,
+    large_objects: bool | None = None,
+    unlogged_table_data: bool = True,
     keep: int | None = None,
     keep_partial: bool = False,
     verify_output: bool = False,
@@ -153,8 +166,9 @@ async def dump(
 ) -> DumpResult:
     """Export the selected tables at one moment into ``<output>/<name>``.
 
-    :param dsn: connection string; ``None`` uses ``$DATABASE_URL``, ``./.env``, then
-        libpq's ``PG*`` variables and ``~/.pgpass``.
+    :param dsn: connection string (URI or libpq key/value, ``service=`` resolved);
+        ``None`` uses ``$DATABASE_URL``, ``./.env``, then libpq's ``PG*`` variables and
+        ``~/.pgpass``.
     :param output: directory that receives the backup directory (created if missing).
     :param jobs: connections copying at once (besides the coordinator).
     :param tables, exclude_tables, schemas, exclude_schemas: pg_dump-style patterns
@@ -169,8 +183,15 @@ async def dump(
         holds back VACUUM. ``None``: no limit.
     :param split_larger_than: tables larger than this many bytes (heap + TOAST) are read
         in ctid page ranges by several connections, one file each; ``None`` never splits.
-    :param skip_unreadable: leave out tables and sequences the role may not SELECT (a
-        notice each, listed under ``skipped`` in the manifest) instead of failing.
+    :param skip_unreadable: leave out tables, sequences and large objects the role may not
+        SELECT (a notice each, listed under ``skipped`` in the manifest) instead of failing.
+    :param enable_row_security: read tables with row-level security as this role sees
+        them (pg_dump's ``--enable-row-security``), marked ``row_security`` in the
+        manifest; without it such a table fails the dump, naming it.
+    :param large_objects: dump large objects (``True``), not (``False``), or ``None``:
+        unless a ``tables`` or ``schemas`` filter is given, as pg_dump does.
+    :param unlogged_table_data: ``False`` leaves unlogged tables' rows out (named in
+        ``skipped``), as pg_dump's ``--no-unlogged-table-data``.
     :param keep: after success, keep only the ``keep`` newest complete backups in ``output``
         (see ``asyncsnap.prune``); ``None`` keeps everything.
     :param keep_partial: on failure or cancellation leave ``<name>.partial`` with the files
@@ -179,6 +200,7 @@ async def dump(
         check it as ``asyncsnap.verify`` does; a problem fails the dump
         (``VerificationFailed``) and the backup is not kept.
     :param on_event: called with progress events (see ``asyncsnap.progress``).
+    :raises AsyncsnapError: a subclass with the exit code for every expected failure.
 
     Example::
 
@@ -200,7 +222,20 @@ async def dump(
         keep=keep,
     )
     emit: EventCallback = on_event or (lambda event: None)
-    dsn = resolve_dsn(dsn)
+    session = Session(
+        resolve(dsn),
+        SessionPolicy(statement_timeout=statement_timeout, row_security=enable_row_security),
+    )
+    options = _InventoryOptions(
+        selection=selection,
+        skip_unreadable=skip_unreadable,
+        enable_row_security=enable_row_security,
+        large_objects=large_objects,
+        unlogged_table_data=unlogged_table_data,
+        lock_timeout=lock_timeout,
+        split_larger_than=split_larger_than,
+        jobs=jobs,
+    )
 
     started = time.monotonic()
     started_at = datetime.now(UTC)
@@ -208,44 +243,40 @@ async def dump(
     # Everything until the backup is complete runs under the deadline (None: none); the
     # cancellation it causes takes the same clean-up path as Ctrl-C.
     with anyio.move_on_after(max_duration):
-        conn = await connect(dsn, statement_timeout=statement_timeout)
+        conn = await session.connect()
         backup: BackupDirectory | None = None
         lock: OutputLock | None = None
+        pool: asyncpg.Pool | None = None
         try:
             try:
-                coordinator = await Coordinator.begin(conn)
-                server = await read_server_info(conn)
-                selected = selection.require(await list_tables(conn))
-                selected, skipped = _readable_only(selected, skip_unreadable, emit)
-                await coordinator.lock(selected, lock_timeout=lock_timeout)
-                described = await describe_tables(conn, selected)
-                catalog = Catalog(server=server, tables=described, types=await read_types(conn))
-                sequences, skipped_sequences = await read_sequences(
-                    conn, described, skip_unreadable=skip_unreadable
-                )
-                for key in skipped_sequences:
-                    skipped.append(Skipped("sequence", *key, "permission denied"))
-                    emit(Notice(f"skipped sequence {skipped[-1].qualified}: permission denied"))
-                if split_larger_than is not None and server.version_num < TID_RANGE_SCAN_VERSION:
+                snapshots = 0
+                while True:
+                    snapshots += 1
+                    planned = await _plan_in_snapshot(conn, options, emit)
+                    if pool is None:
+                        workers = max(1, min(jobs, len(planned.items)))
+                        pool = await session.create_pool(workers)
+                    changed = await _changed_since_snapshot(conn, pool, planned.inventory.tables)
+                    if not changed:
+                        break
+                    # The snapshot does not describe what the tables hold now: reading it
+                    # would write keys the manifest does not list, or lose rows.
+                    await conn.execute("ROLLBACK")
+                    listing = some_names(changed, limit=3, sep="; ")
+                    if snapshots == SNAPSHOT_ATTEMPTS:
+                        raise DumpFailed(
+                            f"tables kept changing between the snapshot and their lock: {listing}",
+                            hint="a migration is running; run the dump when it is done",
+                        )
                     emit(
                         Notice(
-                            f"PostgreSQL {server.version} has no TID Range Scan (14+): "
-                            "large tables are copied in one stream each"
+                            f"changed between the snapshot and its lock: {listing}; starting "
+                            f"over on a new snapshot ({snapshots + 1}/{SNAPSHOT_ATTEMPTS})"
                         )
                     )
-                    split_larger_than = None
-                # Where split tables' bytes lie (TOAST included), to balance their ranges.
-                weights = {}
-                for t in described:
-                    ranges = chunk_count(t, split_larger_than=split_larger_than, jobs=jobs)
-                    if t.has_data and ranges > 1:
-                        weights[t.key] = await sample_page_weights(
-                            conn, t, pages=sample_pages(ranges)
-                        )
-                chunks = plan_chunks(
-                    described, split_larger_than=split_larger_than, jobs=jobs, weights=weights
-                )
-                order = restore_order(described)
+                coordinator, inventory = planned.coordinator, planned.inventory
+                for skip in inventory.skipped:
+                    emit(Notice(f"not dumped: {skip.describe()}"))
 
                 # Taken just before anything is written, so a run that fails earlier leaves no
                 # trace; held until the backup has its final name.
@@ -256,40 +287,36 @@ async def dump(
                 emit(
                     DumpStarted(
                         snapshot_id=coordinator.snapshot_id,
-                        target=str(describe_target(dsn)),
-                        tables=sum(1 for t in described if t.has_data),
-                        chunks=len(chunks),
-                        est_rows=sum(c.est_rows for c in chunks),
+                        target=str(session.target),
+                        tables=sum(1 for t in inventory.tables if t.has_data),
+                        chunks=len(planned.items),
+                        est_rows=sum(c.est_rows for c in planned.items),
                         jobs=jobs,
                         path=str(backup.path),
                     )
                 )
                 coordinator_lost = anyio.Event()
                 conn.add_termination_listener(lambda _: coordinator_lost.set())
-                copying = _CopyContext(
-                    coordinator.snapshot_id, catalog.types, backup, compression, emit
+                copying = CopyContext(
+                    coordinator.snapshot_id, planned.catalog.types, backup, compression, emit
                 )
-                stored = await _copy_all(
-                    dsn, chunks, copying, jobs, coordinator_lost, statement_timeout
-                )
+                try:
+                    stored = await copy_all(pool, planned.items, copying, coordinator_lost)
+                finally:
+                    await close_pool(pool)
+                    pool = None
                 # The data is only consistent if the snapshot outlived every import.
                 await coordinator.ensure_alive()
                 finished_at = datetime.now(UTC)
                 snapshot_held = time.monotonic() - coordinator.began
                 body = _manifest_body(
-                    catalog=catalog,
-                    chunks=chunks,
+                    planned=planned,
                     stored=stored,
-                    sequences=sequences,
-                    order=order,
-                    snapshot_id=coordinator.snapshot_id,
-                    snapshot_taken_at=coordinator.taken_at,
                     started_at=started_at,
                     finished_at=finished_at,
                     compression=compression,
-                    skipped=skipped,
                 )
-                files = [(s.path, s.sha256) for c in chunks for s in [stored[c.stem]]]
+                files = [(f.path, f.sha256) for f in stored.values()]
                 backup.write_small_file(manifest.SUMS_NAME, manifest.sha256sums(sorted(files)))
                 backup.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body))
                 await _end_snapshot(conn)
@@ -307,15 +334,23 @@ async def dump(
                         for path in pruned.removed:
                             emit(Notice(f"removed old backup {path} (--keep {keep})"))
             except asyncpg.QueryCanceledError as exc:
-                raise _cancelled_by_server(exc, "a catalog query or lock") from exc
+                raise cancelled_by_server(exc, "a catalog query or lock") from exc
             except asyncpg.PostgresError as exc:
                 # Catalog reads and locks failing for a reason not translated nearer the cause.
                 raise DumpFailed(
                     f"server error: {exc}", hint=getattr(exc, "hint", None) or "see the server log"
                 ) from exc
-            except (asyncpg.ConnectionDoesNotExistError, ConnectionError) as exc:
+            except (
+                asyncpg.ConnectionDoesNotExistError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                ConnectionError,
+                TimeoutError,
+            ) as exc:
                 raise snapshot_lost() from exc  # the coordinator's own connection died
         except BaseException:
+            if pool is not None:
+                await close_pool(pool)
             if backup is not None and not finished:
                 _abandon(backup, keep_partial, emit)
             raise
@@ -331,7 +366,8 @@ async def dump(
             hint="raise --max-duration, dump fewer tables (-t/-T), or use more -j",
         )
 
-    results = _table_results(described, chunks, stored)
+    results = _table_results(inventory.tables, planned.chunks, stored)
+    lo_file = stored.get(LargeObjectsJob.stem)
     result = DumpResult(
         path=final_path,
         snapshot_id=coordinator.snapshot_id,
@@ -342,8 +378,10 @@ async def dump(
         files=len(stored),
         seconds=time.monotonic() - started,
         snapshot_held_seconds=snapshot_held,
-        skipped=tuple(skipped),
+        skipped=tuple(inventory.skipped),
         verified=verify_output,
+        large_objects=body["large_objects"]["objects"] if lo_file is not None else 0,
+        snapshots=snapshots,
         manifest=body,
     )
     emit(
@@ -358,6 +396,112 @@ async def dump(
         )
     )
     return result
+
+
+@dataclass(frozen=True)
+class _InventoryOptions:
+    """The dump's arguments that decide what the snapshot phase plans."""
+
+    selection: Selection
+    skip_unreadable: bool
+    enable_row_security: bool
+    large_objects: bool | None
+    unlogged_table_data: bool
+    lock_timeout: float
+    split_larger_than: int | None
+    jobs: int
+
+
+async def _plan_in_snapshot(
+    conn: asyncpg.Connection, options: _InventoryOptions, emit: EventCallback
+) -> _Planned:
+    """Begin and export a snapshot on ``conn``, decide what the backup holds, lock it and
+    plan the chunks, all inside that snapshot."""
+    coordinator = await Coordinator.begin(conn)
+    server = await read_server_info(conn)
+    relations = await list_tables(conn, server)
+    sequences = await list_sequences(conn)
+    table_oids = [t.oid for t in relations if t.is_table]
+    inventory = take_inventory(
+        relations,
+        sequences,
+        await default_sequences(conn, table_oids),
+        options.selection,
+        skip_unreadable=options.skip_unreadable,
+        enable_row_security=options.enable_row_security,
+        unlogged_table_data=options.unlogged_table_data,
+        large_objects=options.large_objects,
+        large_object_counts=await count_large_objects(conn),
+    )
+    await coordinator.lock(inventory.tables, lock_timeout=options.lock_timeout)
+    described = await describe_tables(conn, inventory.tables)
+    catalog = Catalog(server=server, tables=described, types=await read_types(conn))
+    states = await read_sequence_states(conn, [p.info for p in inventory.sequences])
+    sequence_states = [
+        SequenceState(
+            schema=p.info.schema,
+            name=p.info.name,
+            table=p.table,
+            column=p.column,
+            last_value=states[p.info.oid][0],
+            is_called=states[p.info.oid][1],
+        )
+        for p in inventory.sequences
+    ]
+    split = options.split_larger_than
+    if split is not None and server.version_num < TID_RANGE_SCAN_VERSION:
+        emit(
+            Notice(
+                f"PostgreSQL {server.version} has no TID Range Scan (14+): "
+                "large tables are copied in one stream each"
+            )
+        )
+        split = None
+    # Where split tables' bytes lie (TOAST included), to balance their ranges.
+    weights = {}
+    for t in described:
+        ranges = chunk_count(t, split_larger_than=split, jobs=options.jobs)
+        if t.has_data and ranges > 1:
+            weights[t.key] = await sample_page_weights(conn, t, pages=sample_pages(ranges))
+    chunks = plan_chunks(described, split_larger_than=split, jobs=options.jobs, weights=weights)
+    items: list[WorkItem] = list(chunks)
+    if inventory.large_objects:
+        # First: one stream of unknown length, started early so that it ends early.
+        items.insert(
+            0,
+            LargeObjectsJob(est_rows=0, readable_only=inventory.skip_unreadable_large_objects),
+        )
+    return _Planned(
+        coordinator=coordinator,
+        catalog=catalog,
+        inventory=inventory,
+        sequences=sequence_states,
+        chunks=chunks,
+        items=items,
+        order=restore_order(described),
+    )
+
+
+async def _changed_since_snapshot(
+    coordinator: asyncpg.Connection, pool: asyncpg.Pool, tables: Sequence[Table]
+) -> list[str]:
+    """The tables whose name, columns or storage differ between the snapshot and now.
+
+    The locks are granted, so nothing can change them from here on; but a migration that
+    held a table when the snapshot was taken may have renamed or added a column,
+    truncated or rewritten it, and committed before our lock: the snapshot's catalog then
+    no longer describes the rows a COPY would read. The present is read on a pool
+    connection outside any snapshot.
+    """
+    oids = [t.oid for t in tables]
+    before = await read_signatures(coordinator, oids)
+    async with pool.acquire() as present:
+        after = await read_signatures(present, oids)
+    return [
+        f"{sig.schema}.{sig.name} ({describe_change(sig, after.get(oid))})"
+        for oid, sig in before.items()
+        if after.get(oid) != sig
+    ]
 
 
 async def _verify_written(path: Path, emit: EventCallback) -> None:
@@ -424,31 +568,6 @@ def _check_arguments(
     return selection, output_dir, name
 
 
-def _readable_only(
-    tables: list[Table], skip_unreadable: bool, emit: EventCallback
-) -> tuple[list[Table], list[Skipped]]:
-    """The tables the role can read. Unreadable ones are an error naming them all, before
-    anything is written, or with ``skip_unreadable`` left out with a notice each."""
-    unreadable = [t for t in tables if t.has_data and not t.readable]
-    if not unreadable:
-        return tables, []
-    names = [t.qualified for t in unreadable]
-    if not skip_unreadable:
-        raise PermissionDenied(
-            f"permission denied for {'table' if len(names) == 1 else 'tables'} {some_names(names)}",
-            hint="GRANT SELECT to this role, leave them out with -T, or --skip-unreadable",
-        )
-    readable = [t for t in tables if t.readable or not t.has_data]
-    if not any(t.has_data for t in readable):
-        raise PermissionDenied(
-            f"permission denied for every selected table ({some_names(names)})",
-            hint="GRANT SELECT to this role, or check -t/-n",
-        )
-    for table in unreadable:
-        emit(Notice(f"skipped table {table.qualified}: permission denied"))
-    return readable, [Skipped("table", t.schema, t.name, "permission denied") for t in unreadable]
-
-
 def _abandon(backup: BackupDirectory, keep_partial: bool, emit: EventCallback) -> None:
     """After a failure: remove ``<name>.partial``, or with ``keep_partial`` keep the files
     written so far, but never a manifest, so it cannot pass for a backup."""
@@ -460,251 +579,38 @@ def _abandon(backup: BackupDirectory, keep_partial: bool, emit: EventCallback) -
     emit(Notice(f"kept the incomplete backup at {backup.path} (--keep-partial)"))
 
 
-def _cancelled_by_server(exc: asyncpg.QueryCanceledError, doing: str) -> DumpFailed:
-    """The server cancelled a statement: our statement timeout, or someone else."""
-    if "statement timeout" in str(exc):
-        return StatementTimeout(
-            f"the server cancelled {doing}: it ran longer than --statement-timeout",
-            hint="raise --statement-timeout (0 means no limit)",
-        )
-    return DumpFailed(
-        f"the server cancelled {doing}: {exc}",
-        hint="someone ran pg_cancel_backend() on the dump's session? run it again",
-    )
-
-
 async def _end_snapshot(conn: asyncpg.Connection) -> None:
     # Read-only: ROLLBACK and COMMIT are the same; ROLLBACK says so.
     await conn.execute("ROLLBACK")
     await conn.close()
 
 
-@dataclass(frozen=True)
-class _CopyContext:
-    """What every chunk's copy needs besides its connection."""
-
-    snapshot_id: str
-    types: dict[int, TypeInfo]
-    backup: BackupDirectory
-    compression: Compression
-    emit: EventCallback
-
-
-async def _copy_all(
-    dsn: str | None,
-    chunks: Sequence[Chunk],
-    ctx: _CopyContext,
-    jobs: int,
-    coordinator_lost: anyio.Event,
-    statement_timeout: float,
-) -> dict[str, StoredFile]:
-    """Copy every chunk with ``jobs`` connections; returns the stored files by stem."""
-    workers = max(1, min(jobs, len(chunks)))
-    pool = await create_pool(dsn, size=workers, statement_timeout=statement_timeout)
-    stored: dict[str, StoredFile] = {}
-    queue: Iterator[Chunk] = iter(chunks)  # shared: each worker takes the next largest
-
-    async def worker() -> None:
-        for chunk in queue:
-            stored[chunk.stem] = await _copy_chunk_with_retries(pool, chunk, ctx)
-
-    async def watch_coordinator() -> None:
-        # Fail fast: once the snapshot holder is gone no further chunk can import it.
-        await coordinator_lost.wait()
-        raise snapshot_lost()
-
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch_coordinator)
-            async with anyio.create_task_group() as copying:
-                for _ in range(workers):
-                    copying.start_soon(worker)
-            tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        raise most_telling(group) from None
-    finally:
-        await _close_pool(pool)
-    return stored
-
-
-# A chunk whose connection dies (backend terminated, network reset) is copied again on a
-# fresh connection that imports the same snapshot, at most this many times in all.
-CHUNK_ATTEMPTS = 3
-_RETRY_PAUSE = 0.5
-
-
-class _ConnectionLost(DumpFailed):
-    """A worker's connection died mid-chunk; the chunk may be retried."""
-
-
-async def _copy_chunk_with_retries(
-    pool: asyncpg.Pool, chunk: Chunk, ctx: _CopyContext
-) -> StoredFile:
-    for attempt in range(1, CHUNK_ATTEMPTS + 1):
-        try:
-            # Acquired per chunk: the pool replaces a connection that died.
-            async with pool.acquire() as conn:
-                return await _copy_chunk(conn, chunk, ctx)
-        except _ConnectionLost as exc:
-            if attempt == CHUNK_ATTEMPTS:
-                raise DumpFailed(
-                    f"{exc.message} (gave up after {CHUNK_ATTEMPTS} attempts)", hint=exc.hint
-                ) from exc
-            ctx.emit(
-                Notice(
-                    f"{exc.message}; its file was discarded, retrying on a new "
-                    f"connection in the same snapshot ({attempt + 1}/{CHUNK_ATTEMPTS})"
-                )
-            )
-            await anyio.sleep(_RETRY_PAUSE * attempt)
-    raise AssertionError("unreachable")
-
-
-# How long a failed or cancelled dump waits for the server to cancel its COPYs and for
-# the connections to close cleanly before it cuts them.
-_CLOSE_GRACE = 5.0
-
-
-async def _close_pool(pool: asyncpg.Pool) -> None:
-    """Close the pool, shielded from cancellation: cancelled COPYs get a cancel request
-    from asyncpg; closing waits for the server to acknowledge it, so no backend keeps
-    streaming into a closed socket. Terminate if that takes too long."""
-    with anyio.CancelScope(shield=True):
-        with anyio.move_on_after(_CLOSE_GRACE) as grace:
-            await pool.close()
-        if grace.cancelled_caught:
-            pool.terminate()
-
-
-async def _copy_chunk(conn: asyncpg.Connection, chunk: Chunk, ctx: _CopyContext) -> StoredFile:
-    """Stream one chunk into its file inside a transaction that imports the snapshot."""
-    table, emit = chunk.table, ctx.emit
-    emit(ChunkStarted(label=chunk.label, est_rows=chunk.est_rows))
-    started = time.monotonic()
-    writer = ctx.backup.data_writer(chunk.stem, ctx.compression)
-    next_report = started + PROGRESS_INTERVAL
-
-    async def sink(data: bytes) -> None:
-        # Runs between two reads of the socket: asyncpg pauses reading until it
-        # returns, so a slow disk slows the server down instead of filling memory.
-        nonlocal next_report
-        writer.write(data)
-        now = time.monotonic()
-        if now >= next_report:
-            next_report = now + PROGRESS_INTERVAL
-            emit(ChunkProgress(label=chunk.label, rows=writer.rows, bytes=writer.raw_bytes))
-
-    try:
-        try:
-            async with snapshot_transaction(conn, ctx.snapshot_id):
-                # pg_dump's guard: if someone queued an ACCESS EXCLUSIVE lock behind the
-                # coordinator's ACCESS SHARE, waiting here would deadlock undetected
-                # (we wait for them, they wait for the coordinator, which waits for us).
-                await conn.execute(
-                    f"LOCK TABLE ONLY {sql_name(table.schema, table.name)} "
-                    "IN ACCESS SHARE MODE NOWAIT"
-                )
-                status = await conn.copy_from_query(
-                    select_rows_sql(table, ctx.types, chunk.pages),
-                    output=sink,
-                    **COPY_OPTIONS_KWARGS,
-                )
-        except asyncpg.LockNotAvailableError as exc:
-            raise LockTimeout(
-                f"table {table.qualified} has a lock request waiting behind the dump",
-                hint="someone asked for an ACCESS EXCLUSIVE lock (ALTER, DROP, VACUUM FULL?) "
-                "after the dump started; run the dump when it is done",
-            ) from exc
-        except asyncpg.QueryCanceledError as exc:
-            raise _cancelled_by_server(exc, f"copying {chunk.label}") from exc
-        except asyncpg.InsufficientPrivilegeError as exc:
-            raise PermissionDenied(
-                f"permission denied reading {table.qualified}: {exc.message}",
-                hint="GRANT SELECT to this role, or leave the table out with -T",
-            ) from exc
-        except (
-            asyncpg.ConnectionDoesNotExistError,
-            asyncpg.AdminShutdownError,
-            ConnectionError,
-        ) as exc:
-            raise _ConnectionLost(
-                f"lost the connection while copying {chunk.label}: {exc}",
-                hint="check the server log; nothing was kept",
-            ) from exc
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            if _connection_gone(conn):  # e.g. the transaction's exit after the backend died
-                raise _ConnectionLost(
-                    f"lost the connection while copying {chunk.label}: {exc}",
-                    hint="check the server log; nothing was kept",
-                ) from exc
-            if isinstance(exc, asyncpg.InterfaceError):
-                raise
-            raise DumpFailed(
-                f"server error while copying {chunk.label}: {exc}",
-                hint=getattr(exc, "hint", None) or "see the server log",
-            ) from exc
-        expected = _copy_count(status)
-        if writer.rows != expected or (writer.raw_bytes and writer.last_byte != b"\n"):
-            raise DataIntegrityError(
-                f"{chunk.label}: the server sent {expected} rows but {writer.rows} lines arrived",
-                hint="a value broke the one-row-per-line rule; please report this as a bug",
-            )
-        writer.close_data()
-        stored = await anyio.to_thread.run_sync(writer.sync_and_rename)
-    except BaseException:
-        writer.discard()
-        raise
-    stored = replace(stored, seconds=time.monotonic() - started)
-    emit(
-        ChunkFinished(
-            label=chunk.label,
-            rows=stored.rows,
-            bytes=stored.bytes,
-            stored_bytes=stored.stored_bytes,
-            seconds=stored.seconds,
-        )
-    )
-    return stored
-
-
-def _connection_gone(conn: asyncpg.Connection) -> bool:
-    """Whether ``conn`` died. The pool detaches a proxy whose connection was lost, and
-    then even ``is_closed()`` raises."""
-    try:
-        return bool(conn.is_closed())
-    except asyncpg.InterfaceError:
-        return True
-
-
-def _copy_count(status: str) -> int:
-    """The row count from a ``COPY n`` command tag."""
-    word, _, count = status.partition(" ")
-    if word != "COPY" or not count.isdigit():
-        raise DumpFailed(f"unexpected COPY status {status!r} from the server")
-    return int(count)
-
-
 def _manifest_body(
     *,
-    catalog: Catalog,
-    chunks: Sequence[Chunk],
+    planned: _Planned,
     stored: dict[str, StoredFile],
-    sequences: Sequence[SequenceInfo],
-    order: RestoreOrder,
-    snapshot_id: str,
-    snapshot_taken_at: datetime,
     started_at: datetime,
     finished_at: datetime,
     compression: Compression,
-    skipped: Sequence[Skipped],
 ) -> dict[str, Any]:
+    catalog, inventory = planned.catalog, planned.inventory
     server = catalog.server
     files_by_table: dict[tuple[str, str], list[tuple[StoredFile, Chunk]]] = {}
-    for chunk in sorted(chunks, key=lambda c: (c.table.key, c.index)):
+    for chunk in sorted(planned.chunks, key=lambda c: (c.table.key, c.index)):
         files_by_table.setdefault(chunk.table.key, []).append((stored[chunk.stem], chunk))
 
     def ref(key: tuple[str, str]) -> dict[str, str]:
         return {"schema": key[0], "name": key[1]}
+
+    def file_entry(f: StoredFile, pages: tuple[int, int | None] | None) -> dict[str, Any]:
+        return {
+            "path": f.path,
+            "rows": f.rows,
+            "bytes": f.bytes,
+            "stored_bytes": f.stored_bytes,
+            "sha256": f.sha256,
+            "pages": list(pages) if pages is not None else None,
+        }
 
     tables = []
     for t in sorted(catalog.tables, key=lambda t: t.key):
@@ -717,6 +623,7 @@ def _manifest_body(
                 "kind": t.kind,
                 "parent": ref(t.parent) if t.parent else None,
                 "rows": sum(f.rows for f, _ in files),
+                "row_security": t.row_security,
                 "columns": [
                     {
                         "name": c.name,
@@ -743,26 +650,29 @@ def _manifest_body(
                     }
                     for fk in t.foreign_keys
                 ],
-                "files": [
-                    {
-                        "path": f.path,
-                        "rows": f.rows,
-                        "bytes": f.bytes,
-                        "stored_bytes": f.stored_bytes,
-                        "sha256": f.sha256,
-                        "pages": list(chunk.pages) if chunk.pages is not None else None,
-                    }
-                    for f, chunk in files
-                ],
+                "files": [file_entry(f, chunk.pages) for f, chunk in files],
             }
         )
+    lo_file = stored.get(LargeObjectsJob.stem)
+    large_objects = None
+    if lo_file is not None:
+        large_objects = {
+            "objects": lo_file.objects,
+            "bytes": lo_file.object_bytes,
+            "files": [file_entry(lo_file, None)],
+        }
+    data_files = [f for f in stored.values()]
+    order = planned.order
     return {
         "format": manifest.FORMAT_NAME,
         "format_version": manifest.FORMAT_VERSION,
         "tool": {"name": "asyncsnap", "version": __version__},
         "started_at": _utc_iso(started_at),
         "finished_at": _utc_iso(finished_at),
-        "snapshot": {"id": snapshot_id, "taken_at": _utc_iso(snapshot_taken_at)},
+        "snapshot": {
+            "id": planned.coordinator.snapshot_id,
+            "taken_at": _utc_iso(planned.coordinator.taken_at),
+        },
         "server": {
             "version": server.version,
             "version_num": server.version_num,
@@ -778,14 +688,15 @@ def _manifest_body(
             {
                 "schema": s.schema,
                 "name": s.name,
-                "table": ref(s.table),
+                "table": ref(s.table) if s.table is not None else None,
                 "column": s.column,
                 "last_value": s.last_value,
                 "is_called": s.is_called,
             }
-            for s in sequences
+            for s in planned.sequences
         ],
-        "skipped": [asdict(s) for s in skipped],
+        "large_objects": large_objects,
+        "skipped": [asdict(s) for s in inventory.skipped],
         "restore_order": {
             "levels": [[ref(k) for k in level] for level in order.levels],
             "cycles": [[ref(k) for k in cycle] for cycle in order.cycles],
@@ -793,10 +704,10 @@ def _manifest_body(
         },
         "totals": {
             "tables": sum(1 for t in catalog.tables if t.has_data),
-            "files": len(stored),
-            "rows": sum(s.rows for s in stored.values()),
-            "bytes": sum(s.bytes for s in stored.values()),
-            "stored_bytes": sum(s.stored_bytes for s in stored.values()),
+            "files": len(data_files),
+            "rows": sum(f.rows for f in data_files if f is not lo_file),
+            "bytes": sum(f.bytes for f in data_files),
+            "stored_bytes": sum(f.stored_bytes for f in data_files),
         },
     }
 

@@ -17,7 +17,8 @@ import orjson
 from .errors import VerificationFailed
 
 FORMAT_NAME = "asyncsnap"
-FORMAT_VERSION = 1
+# The version this asyncsnap writes; it reads every version from 1 up to it.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 SUMS_NAME = "SHA256SUMS"
 CHECKSUM_KEY = "manifest_sha256"
@@ -70,7 +71,7 @@ def load(backup_dir: Path) -> dict[str, Any]:
     if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:
         raise VerificationFailed(f"{path} is not an asyncsnap manifest")
     version = body.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise VerificationFailed(f"{path} has no valid format_version")
     if version > FORMAT_VERSION:
         raise VerificationFailed(

@@ -153,18 +153,25 @@ class Selection:
             return chain
 
         def selected(table: Table) -> bool:
-            chain = lineage(table)
-            if any(p.matches(t.schema, t.name) for t in chain for p in self.exclude):
-                return False
-            if any(p.matches(t.schema) for t in chain for p in self.exclude_schemas):
-                return False
-            if self.schemas and not any(p.matches(t.schema) for t in chain for p in self.schemas):
-                return False
-            if not self.include:
-                return True
-            return any(p.matches(t.schema, t.name) for t in chain for p in self.include)
+            return self._selected([(t.schema, t.name) for t in lineage(table)])
 
         return [t for t in tables if selected(t)]
+
+    def matches_name(self, schema: str, name: str) -> bool:
+        """Whether a relation without a lineage (a sequence) is selected by name."""
+        return self._selected([(schema, name)])
+
+    def _selected(self, chain: Sequence[tuple[str, str]]) -> bool:
+        """The rules of the class docstring for a relation and its ancestors."""
+        if any(p.matches(s, n) for s, n in chain for p in self.exclude):
+            return False
+        if any(p.matches(s) for s, _ in chain for p in self.exclude_schemas):
+            return False
+        if self.schemas and not any(p.matches(s) for s, _ in chain for p in self.schemas):
+            return False
+        if not self.include:
+            return True
+        return any(p.matches(s, n) for s, n in chain for p in self.include)
 
     def require(self, tables: Sequence[Table]) -> list[Table]:
         """Like ``apply``, but no table with data selected is an error."""

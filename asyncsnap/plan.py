@@ -349,3 +349,34 @@ def weighted_page_ranges(
     return [
         (start, bounds[i + 1] if i + 1 < len(bounds) else None) for i, start in enumerate(bounds)
     ]
+
+
+def refresh_order(
+    views: Sequence[TableKey], reads: Iterable[tuple[TableKey, TableKey]]
+) -> list[TableKey]:
+    """Materialized views in an order that refreshes each after every materialized view
+    it reads, directly or through plain views; ``reads`` are ``(view, relation)`` edges.
+
+    >>> refresh_order([("s", "top"), ("s", "base")], [(("s", "top"), ("s", "base"))])
+    [('s', 'base'), ('s', 'top')]
+    """
+    uses: dict[TableKey, set[TableKey]] = {}
+    for view, relation in reads:
+        uses.setdefault(view, set()).add(relation)
+    wanted = set(views)
+    ordered: list[TableKey] = []
+    state: dict[TableKey, int] = {}  # 1: being visited, 2: done
+
+    def visit(key: TableKey) -> None:
+        if state.get(key):
+            return  # done, or a cycle (views cannot form one; stop rather than loop)
+        state[key] = 1
+        for used in sorted(uses.get(key, ())):
+            visit(used)
+        state[key] = 2
+        if key in wanted:
+            ordered.append(key)
+
+    for view in sorted(wanted):
+        visit(view)
+    return ordered

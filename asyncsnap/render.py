@@ -91,22 +91,25 @@ def _select_expression(column: Column, encoding: Encoding, types: Mapping[int, T
         # -0 as the string "-0", like NaN and Infinity: a JSON number -0 does not survive
         # jsonb (numeric has no negative zero). The text test runs only for zeros.
         return (
-            f"CASE WHEN {col} <> 0 OR {col} IS NULL THEN to_json({col}) "
-            f"WHEN {col}::text = '-0' THEN '\"-0\"'::json ELSE to_json({col}) END AS {col}"
+            f"CASE WHEN {col} <> 0 OR {col} IS NULL THEN pg_catalog.to_json({col}) "
+            f"WHEN {col}::pg_catalog.text = '-0' THEN '\"-0\"'::pg_catalog.json "
+            f"ELSE pg_catalog.to_json({col}) END AS {col}"
         )
     if encoding == "json":
         return col
     if encoding == "text":
-        return f"{col}::text AS {col}"
+        return f"{col}::pg_catalog.text AS {col}"
     # Arrays: array_lower() rules out the common 1-D case cheaply; the regular
     # expression catches any later dimension that does not start at 1. Float arrays
     # holding a zero use the text form too, which keeps the sign of -0.
     element = _resolve_domain(info.element, types) if info is not None else None
-    zero = f" OR 0 = ANY({col})" if _is_float(element) else ""
+    zero = f" OR 0 = ANY ({col})" if _is_float(element) else ""
     return (
-        f"CASE WHEN array_lower({col}, 1) <> 1 OR (array_ndims({col}) > 1 AND "
-        f"array_dims({col}) !~ '^(\\[1:[0-9]+\\])+$'){zero} "
-        f"THEN to_json({col}::text) ELSE to_json({col}) END AS {col}"
+        f"CASE WHEN pg_catalog.array_lower({col}, 1) <> 1 OR "
+        f"(pg_catalog.array_ndims({col}) > 1 AND "
+        f"pg_catalog.array_dims({col}) !~ '^(\\[1:[0-9]+\\])+$'){zero} "
+        f"THEN pg_catalog.to_json({col}::pg_catalog.text) ELSE pg_catalog.to_json({col}) END "
+        f"AS {col}"
     )
 
 
@@ -117,9 +120,9 @@ def encodings(table: Table, types: Mapping[int, TypeInfo]) -> dict[str, Encoding
 def ctid_condition(pages: tuple[int, int | None]) -> str:
     """Rows on heap pages ``[first, end)``: a TID Range Scan on PostgreSQL 14+."""
     first, end = pages
-    condition = f"ctid >= '({int(first)},0)'::tid"
+    condition = f"ctid >= '({int(first)},0)'::pg_catalog.tid"
     if end is not None:
-        condition += f" AND ctid < '({int(end)},0)'::tid"
+        condition += f" AND ctid < '({int(end)},0)'::pg_catalog.tid"
     return condition
 
 
@@ -128,22 +131,23 @@ def select_rows_sql(
 ) -> str:
     """A query returning one ``text`` column: each row of ``table`` as a JSON object.
 
-    ``FROM ONLY``: rows of inheritance children belong to the children's own files.
-    ``pages`` restricts it to a ctid page range (see ``plan.Chunk``).
+    The columns are named one by one from the catalog read in the snapshot (what the
+    manifest lists), never ``r.*``: a column renamed or added after the snapshot makes the
+    query fail instead of writing keys the manifest does not have. ``FROM ONLY``: rows of
+    inheritance children belong to the children's own files. ``pages`` restricts it to a
+    ctid page range (see ``plan.Chunk``). ``r.*`` is exactly the listed columns.
     """
     source = f"FROM ONLY {sql_name(table.schema, table.name)}"
     where = f" WHERE {ctid_condition(pages)}" if pages is not None else ""
     encs = encodings(table, types)
     if not table.columns:
-        return f"SELECT '{{}}'::text {source}{where}"
-    plain = all(
-        e == "json" and not _is_float(_resolve_domain(c.type_oid, types))
-        for c, e in zip(table.columns, encs.values(), strict=True)
-    )
-    if plain:
-        return f"SELECT row_to_json(r.*)::text {source} AS r{where}"
+        return f"SELECT '{{}}'::pg_catalog.text {source}{where}"
     exprs = ", ".join(_select_expression(c, encs[c.name], types) for c in table.columns)
-    return f"SELECT row_to_json(r.*)::text FROM (SELECT {exprs} {source}{where}) AS r"
+    return (
+        # r.*, not r: a column called "r" would win over the whole-row reference.
+        "SELECT pg_catalog.row_to_json(r.*)::pg_catalog.text "
+        f"FROM (SELECT {exprs} {source}{where}) AS r"
+    )
 
 
 # \x01 and \x02 never occur raw in the rendered JSON (see above), so with them as quote

@@ -18,7 +18,7 @@ self-references are planned explicitly (see ``plan.CyclePlan``) and reported.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +26,17 @@ import anyio
 import anyio.to_thread
 import asyncpg
 
+from . import largeobjects
 from .backup import Backup, BackupTable, DataFileReader, open_backup
-from .catalog import Table, describe_tables, list_tables, quote_ident, sql_name
-from .connection import connect, describe_target, resolve_dsn
+from .catalog import (
+    Table,
+    describe_tables,
+    list_tables,
+    quote_ident,
+    sql_name,
+    view_dependencies,
+)
+from .connection import resolve
 from .errors import (
     PermissionDenied,
     RestoreFailed,
@@ -40,7 +48,7 @@ from .errors import (
     some_names,
 )
 from .patterns import Selection
-from .plan import CyclePlan, TableKey, plan_cycles, restore_order
+from .plan import CyclePlan, TableKey, plan_cycles, refresh_order, restore_order
 from .progress import (
     ChunkFinished,
     ChunkProgress,
@@ -50,6 +58,7 @@ from .progress import (
     RestoreFinished,
     RestoreStarted,
 )
+from .session import Session, SessionPolicy
 
 Mode = str  # "refuse" | "truncate" | "append"
 # NDJSON bytes per INSERT. DESIGN.md measured ~5 MB batches; 1 MiB restores pgbench
@@ -58,7 +67,7 @@ Mode = str  # "refuse" | "truncate" | "append"
 BATCH_BYTES = 1 << 20
 
 
-async def loading_connection(dsn: str | None, settings: Mapping[str, str]) -> asyncpg.Connection:
+async def loading_connection(session: Session) -> asyncpg.Connection:
     """A connection whose ``json`` parameters go out in binary format as the bytes given.
 
     json's binary form is its text, so a batch goes from the file to the server without a
@@ -66,7 +75,7 @@ async def loading_connection(dsn: str | None, settings: Mapping[str, str]) -> as
     validated again by ``json_in``): measured 5-9% less time per batch for pgbench rows
     (1 M rows in 126 one-MiB batches, alternating, 7 rounds: 1.55 s against 1.71 s).
     """
-    conn = await connect(dsn, settings=settings)
+    conn = await session.connect()
     try:
         await conn.set_type_codec(
             "json", schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary"
@@ -104,7 +113,9 @@ class TableLoad:
         for name in self.columns:
             col = quote_ident(name)
             if name in self.text_columns:
-                declared.append(f"{col} text")
+                declared.append(f"{col} pg_catalog.text")
+                # The type as the target's format_type() names it: qualified wherever
+                # search_path (empty) would not find it.
                 exprs.append(f"p.{col}::{types[name]}")
             else:
                 declared.append(f"{col} {types[name]}")
@@ -112,10 +123,13 @@ class TableLoad:
         cols = ", ".join(quote_ident(c) for c in self.columns)
         overriding = " OVERRIDING SYSTEM VALUE" if self.overriding else ""
         if not self.columns:  # a table without columns: rows of nothing
-            return f"INSERT INTO {target} SELECT FROM json_array_elements($1::json)"
+            return (
+                f"INSERT INTO {target} SELECT "
+                "FROM pg_catalog.json_array_elements($1::pg_catalog.json)"
+            )
         return (
             f"INSERT INTO {target} ({cols}){overriding} SELECT {', '.join(exprs)} "
-            f"FROM json_to_recordset($1::json) "
+            f"FROM pg_catalog.json_to_recordset($1::pg_catalog.json) "
             f"AS p({', '.join(declared)})"
         )
 
@@ -129,6 +143,8 @@ class RestorePlan:
     sequences: list[tuple[str, str, int, bool]]  # schema, name, last_value, is_called
     mode: Mode
     roots: dict[TableKey, TableKey]  # partition -> its top-most partitioned ancestor
+    refresh: list[TableKey] = field(default_factory=list)  # materialized views, in order
+    large_objects: int = 0  # objects to load
 
     @property
     def loads(self) -> list[TableLoad]:
@@ -154,7 +170,18 @@ class RestorePlan:
                     f"{load.source.qualified}: not in the target, ignored: "
                     + ", ".join(load.dropped)
                 )
+        for load in self.loads:
+            if load.source.row_security:
+                lines.append(
+                    f"{load.source.qualified}: holds only the rows the dumping role could "
+                    "see (--enable-row-security)"
+                )
         lines.append(f"then {len(self.sequences)} sequences are set")
+        if self.large_objects:
+            lines.append(f"then {self.large_objects} large objects are loaded")
+        if self.refresh:
+            names = ", ".join(f"{s}.{n}" for s, n in self.refresh)
+            lines.append(f"then materialized views are refreshed: {names}")
         return lines
 
 
@@ -174,6 +201,8 @@ class RestoreResult:
     tables: list[RestoredTable] = field(default_factory=list)
     rows: int = 0
     sequences: int = 0
+    large_objects: int = 0
+    refreshed: int = 0  # materialized views
     seconds: float = 0.0
     dry_run: bool = False
 
@@ -304,10 +333,11 @@ async def restore(
                 hint="nothing was loaded; `asyncsnap verify` lists every problem",
             )
     for s in backup.skipped:
-        emit(Notice(f"the backup has no {s.kind} {s.qualified} ({s.reason} at dump time)"))
-    dsn = resolve_dsn(dsn)
-    # The settings the values were rendered with are the ones to read them back with.
-    conn = await loading_connection(dsn, backup.settings)
+        emit(Notice(f"not in the backup: {s.describe()}"))
+    # The settings the values were rendered with are the ones to read them back with
+    # (open_backup accepted them only as the documented values).
+    session = Session(resolve(dsn), SessionPolicy(render=backup.settings))
+    conn = await loading_connection(session)
     try:
         plan = await _plan(
             conn,
@@ -326,14 +356,14 @@ async def restore(
                 tables=len(plan.loads),
                 rows=sum(ld.source.rows for ld in plan.loads),
                 jobs=1 if single_transaction else jobs,
-                target=str(describe_target(dsn)),
+                target=str(session.target),
             )
         )
         if single_transaction:
             async with conn.transaction():
                 done = await _run(plan, [conn], backup, emit, single_transaction=True, mode=mode)
         else:
-            done = await _run_with_pool(plan, conn, dsn, backup, emit, jobs=jobs, mode=mode)
+            done = await _run_with_pool(plan, conn, session, backup, emit, jobs=jobs, mode=mode)
     except asyncpg.InsufficientPrivilegeError as exc:
         raise PermissionDenied(
             f"permission denied: {exc}", hint="restore as the tables' owner or grant INSERT"
@@ -345,25 +375,29 @@ async def restore(
     finally:
         if not conn.is_closed():
             conn.terminate()
-    result_tables, sequences = done
     result = RestoreResult(
         plan=plan,
-        tables=result_tables,
-        rows=sum(t.rows for t in result_tables),
-        sequences=sequences,
+        tables=done.tables,
+        rows=sum(t.rows for t in done.tables),
+        sequences=done.sequences,
+        large_objects=done.large_objects,
+        refreshed=done.refreshed,
         seconds=time.monotonic() - started,
     )
     emit(
         RestoreFinished(
-            tables=len(result.tables), rows=result.rows, sequences=sequences, seconds=result.seconds
+            tables=len(result.tables),
+            rows=result.rows,
+            sequences=result.sequences,
+            seconds=result.seconds,
         )
     )
     return result
 
 
 _FK_DEFS_SQL = """
-SELECT con.conname AS name, pg_get_constraintdef(con.oid) AS definition
-FROM pg_constraint con WHERE con.conrelid = $1 AND con.contype = 'f'
+SELECT con.conname AS name, pg_catalog.pg_get_constraintdef(con.oid) AS definition
+FROM pg_catalog.pg_constraint con WHERE con.conrelid = $1 AND con.contype = 'f'
 """
 
 
@@ -377,7 +411,7 @@ async def _plan(
     ignore_missing_columns: bool,
 ) -> RestorePlan:
     listed = await list_tables(conn)
-    described = await describe_tables(conn, listed)
+    described = await describe_tables(conn, [t for t in listed if t.is_table])
     loads = plan_loads(backup, described, selection, ignore_missing_columns=ignore_missing_columns)
     target_keys = {ld.target.key for ld in loads}
     # The target's foreign keys decide the order; partitioned parents come along so that
@@ -397,8 +431,33 @@ async def _plan(
     sequences = [
         (s.schema, s.name, s.last_value, s.is_called)
         for s in backup.sequences
-        if s.table in load_by_key
+        # A column's sequence goes with its table; a standalone one with the filters.
+        if (
+            s.table in load_by_key
+            if s.table is not None
+            else selection.matches_name(s.schema, s.name)
+        )
     ]
+    # Materialized views that were populated at dump time and exist here as such, refreshed
+    # once the rows they read are in, dependencies first.
+    matviews = {t.key for t in listed if t.relkind == "m"}
+    wanted = [
+        (k.schema, k.name)
+        for k in backup.skipped
+        if k.kind == "materialized view"
+        and k.refresh
+        and k.schema is not None
+        and k.name is not None
+        and selection.matches_name(k.schema, k.name)
+    ]
+    refresh = (
+        refresh_order([k for k in wanted if k in matviews], await view_dependencies(conn))
+        if wanted
+        else []
+    )
+    large_objects = 0
+    if backup.large_objects is not None and not selection.include:
+        large_objects = backup.large_objects.objects
     roots = {}
     for key in target_keys:
         root = key
@@ -411,6 +470,8 @@ async def _plan(
         sequences=sequences,
         mode=mode,
         roots=roots,
+        refresh=refresh,
+        large_objects=large_objects,
     )
 
 
@@ -460,19 +521,27 @@ def _merge(results: list[RestoredTable]) -> list[RestoredTable]:
     return sorted(merged.values(), key=lambda r: (r.schema, r.name))
 
 
+@dataclass(frozen=True)
+class _Done:
+    tables: list[RestoredTable]
+    sequences: int
+    large_objects: int
+    refreshed: int
+
+
 async def _run_with_pool(
     plan: RestorePlan,
     conn: asyncpg.Connection,
-    dsn: str | None,
+    session: Session,
     backup: Backup,
     emit: EventCallback,
     *,
     jobs: int,
     mode: Mode,
-) -> tuple[list[RestoredTable], int]:
+) -> _Done:
     widest = max((len(_units(plan, lv, split_files=True)) for lv in plan.levels), default=1)
     size = max(1, min(jobs, widest))
-    others = [await loading_connection(dsn, backup.settings) for _ in range(size - 1)]
+    others = [await loading_connection(session) for _ in range(size - 1)]
     try:
         return await _run(plan, [conn, *others], backup, emit, single_transaction=False, mode=mode)
     finally:
@@ -488,7 +557,7 @@ async def _run(
     *,
     single_transaction: bool,
     mode: Mode,
-) -> tuple[list[RestoredTable], int]:
+) -> _Done:
     main = conns[0]
     loads = plan.loads
     await _check_empty(main, loads, mode)
@@ -523,7 +592,26 @@ async def _run(
             with anyio.CancelScope(shield=True):
                 await _recreate_constraints(main, dropped, emit)
     sequences = await _set_sequences(main, plan, emit)
-    return _merge(results), sequences
+    objects = 0
+    if plan.large_objects:
+        assert backup.large_objects is not None
+        tx = None if single_transaction else main.transaction()
+        if tx is not None:
+            await tx.start()
+        try:
+            objects = await _load_large_objects(main, backup, emit, mode=mode)
+            if tx is not None:
+                await tx.commit()
+        except BaseException:
+            if tx is not None:
+                with anyio.CancelScope(shield=True):
+                    if not main.is_closed():
+                        await tx.rollback()
+            raise
+    for schema, name in plan.refresh:
+        await main.execute(f"REFRESH MATERIALIZED VIEW {sql_name(schema, name)}")
+        emit(Notice(f"refreshed materialized view {schema}.{name}"))
+    return _Done(_merge(results), sequences, objects, len(plan.refresh))
 
 
 async def _worker(
@@ -563,7 +651,9 @@ async def _drop_cycle_constraints(
         if cycle.strategy != "drop-and-recreate":
             continue
         for key, name in cycle.constraints:
-            oid = await conn.fetchval("SELECT $1::regclass::oid", sql_name(*key))
+            oid = await conn.fetchval(
+                "SELECT $1::pg_catalog.regclass::pg_catalog.oid", sql_name(*key)
+            )
             defs = {r["name"]: r["definition"] for r in await conn.fetch(_FK_DEFS_SQL, oid)}
             await conn.execute(f"ALTER TABLE {sql_name(*key)} DROP CONSTRAINT {quote_ident(name)}")
             dropped.append((key, name, defs[name]))
@@ -688,12 +778,99 @@ async def _load_table(
 async def _set_sequences(conn: asyncpg.Connection, plan: RestorePlan, emit: EventCallback) -> int:
     count = 0
     for schema, name, value, is_called in plan.sequences:
-        exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", sql_name(schema, name))
+        exists = await conn.fetchval(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL", sql_name(schema, name)
+        )
         if not exists:
             emit(Notice(f"sequence {schema}.{name} does not exist in the target; not set"))
             continue
         await conn.execute(
-            "SELECT setval($1::regclass, $2, $3)", sql_name(schema, name), value, is_called
+            "SELECT pg_catalog.setval($1::pg_catalog.regclass, $2, $3)",
+            sql_name(schema, name),
+            value,
+            is_called,
         )
         count += 1
     return count
+
+
+# Lines of large-object files sent per round of statements (bounded by bytes too).
+_LO_BATCH_LINES = 512
+_LO_BATCH_BYTES = 8 << 20
+
+
+async def _load_large_objects(
+    conn: asyncpg.Connection, backup: Backup, emit: EventCallback, *, mode: Mode
+) -> int:
+    """Create every large object of the backup with its OID, bytes, owner and privileges,
+    in the caller's transaction. An OID that already exists is refused, or with
+    ``truncate`` replaced (only those the backup holds); memory is one batch of lines."""
+    assert backup.large_objects is not None
+    roles = {r["rolname"] for r in await conn.fetch("SELECT rolname FROM pg_catalog.pg_roles")}
+    current = await conn.fetchval("SELECT current_user::pg_catalog.text")
+    label = "large objects"
+    emit(ChunkStarted(label=label, est_rows=backup.large_objects.objects, verb="loading"))
+    started = time.monotonic()
+    objects = 0
+    problems: list[str] = []
+
+    async def flush(lines: list[largeobjects.LargeObjectLine]) -> None:
+        nonlocal objects
+        firsts = [ln for ln in lines if ln.offset == 0]
+        taken = await largeobjects.existing_large_objects(conn, [ln.oid for ln in firsts])
+        if taken and mode != "truncate":
+            raise TargetNotEmpty(
+                f"the target already has large objects {some_names([str(o) for o in taken])}",
+                hint="pass --truncate to replace the ones the backup holds",
+            )
+        if taken:
+            await largeobjects.unlink(conn, taken)
+        await largeobjects.write_pieces(conn, lines)
+        for line in firsts:
+            if line.owner != current or line.acl is not None:
+                problems.extend(
+                    f"large object {line.oid}: {p}"
+                    for p in await largeobjects.set_owner_and_privileges(conn, line, roles)
+                )
+        objects += len(firsts)
+        emit(ChunkProgress(label=label, rows=objects, bytes=0))
+
+    for entry in backup.large_objects.files:
+        reader = DataFileReader(backup, entry, block_size=BATCH_BYTES)
+        batch: list[largeobjects.LargeObjectLine] = []
+        size = 0
+        try:
+            for block in reader:
+                for raw in block.splitlines():
+                    try:
+                        line = largeobjects.parse_line(raw)
+                    except ValueError as exc:
+                        raise VerificationFailed(
+                            f"{entry.path} has a line that is not a large-object piece: {exc}",
+                            hint="the backup is damaged; no large object was kept",
+                        ) from exc
+                    batch.append(line)
+                    size += len(line.data)
+                    if len(batch) >= _LO_BATCH_LINES or size >= _LO_BATCH_BYTES:
+                        await flush(batch)
+                        batch, size = [], 0
+            if batch:
+                await flush(batch)
+        finally:
+            reader.close()
+        reader.finish()
+    for problem in problems[:5]:
+        emit(Notice(problem))
+    if len(problems) > 5:
+        emit(Notice(f"... and {len(problems) - 5} more owner or privilege problems"))
+    emit(
+        ChunkFinished(
+            label=label,
+            rows=objects,
+            bytes=0,
+            stored_bytes=0,
+            seconds=time.monotonic() - started,
+            verb="loaded",
+        )
+    )
+    return objects

@@ -23,6 +23,7 @@ import asyncpg
 
 from .catalog import Table, sql_name
 from .errors import DumpFailed, LockTimeout, PermissionDenied, SnapshotLost
+from .session import HEALTH_CHECK_TIMEOUT
 
 # pg_export_snapshot() returns e.g. 00000003-0000001B-1; checked before we put it in SQL.
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
@@ -41,7 +42,9 @@ class Coordinator:
     async def begin(cls, conn: asyncpg.Connection) -> Coordinator:
         """Start the snapshot transaction on ``conn`` and export it."""
         await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        row = await conn.fetchrow("SELECT pg_export_snapshot() AS id, now() AS taken_at")
+        row = await conn.fetchrow(
+            "SELECT pg_catalog.pg_export_snapshot() AS id, pg_catalog.now() AS taken_at"
+        )
         assert row is not None
         snapshot_id = row["id"]
         if not _SNAPSHOT_ID.fullmatch(snapshot_id):
@@ -80,10 +83,14 @@ class Coordinator:
         await self.conn.execute("SET LOCAL lock_timeout = 0")
 
     async def ensure_alive(self) -> None:
-        """Raise ``SnapshotLost`` unless the snapshot transaction is still open."""
+        """Raise ``SnapshotLost`` unless the snapshot transaction is still open.
+
+        Bounded by ``HEALTH_CHECK_TIMEOUT``: a network that went silent fails the check
+        instead of hanging the dump.
+        """
         try:
-            await self.conn.fetchval("SELECT 1")
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            await self.conn.fetchval("SELECT 1", timeout=HEALTH_CHECK_TIMEOUT)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise snapshot_lost() from exc
 
 

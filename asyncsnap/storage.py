@@ -115,6 +115,8 @@ class StoredFile:
     stored_bytes: int  # bytes on disk
     sha256: str  # of the file as stored
     seconds: float = 0.0  # time spent producing it
+    objects: int = 0  # large-object file only: objects in it
+    object_bytes: int = 0  # large-object file only: their bytes
 
 
 class DataFileWriter:

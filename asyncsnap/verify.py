@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 
 from . import manifest
-from .backup import Backup, BackupTable, DataFileReader, open_backup
+from .backup import Backup, DataFileReader, open_backup
 from .errors import VerificationFailed
 from .storage import DATA_DIR
 
@@ -75,24 +75,23 @@ def verify(
     problems += _check_sums_file(backup)
     problems += _check_unlisted_files(backup)
     rows = size = files = 0
-    for table in backup.tables:
-        for entry in table.files:
-            if on_file is not None:
-                on_file(entry.path)
-            files += 1
-            reader = DataFileReader(backup, entry)
-            problem = _check_lines(reader, table)
-            if problem is None:
-                try:
-                    reader.finish()
-                except VerificationFailed as exc:
-                    problem = Problem(exc.message.removeprefix(entry.path + " "), entry.path)
-            else:
-                reader.close()
-            if problem is not None:
-                problems.append(problem)
-            rows += reader.rows
-            size += reader.raw_bytes
+    for keys, entry in backup.data_files():
+        if on_file is not None:
+            on_file(entry.path)
+        files += 1
+        reader = DataFileReader(backup, entry)
+        problem = _check_lines(reader, list(keys))
+        if problem is None:
+            try:
+                reader.finish()
+            except VerificationFailed as exc:
+                problem = Problem(exc.message.removeprefix(entry.path + " "), entry.path)
+        else:
+            reader.close()
+        if problem is not None:
+            problems.append(problem)
+        rows += reader.rows
+        size += reader.raw_bytes
     return VerifyResult(
         path=backup.path,
         tables=sum(1 for t in backup.tables if t.has_data),
@@ -104,8 +103,9 @@ def verify(
     )
 
 
-def _check_lines(reader: DataFileReader, table: BackupTable) -> Problem | None:
-    expected = [c.name for c in table.columns]
+def _check_lines(reader: DataFileReader, expected: list[str]) -> Problem | None:
+    """The first line of the file that is not a JSON object with exactly ``expected``
+    keys in that order, or a problem the reader found (damage, truncation)."""
     line_no = 0
     try:
         for block in reader:
@@ -129,7 +129,7 @@ def _check_lines(reader: DataFileReader, table: BackupTable) -> Problem | None:
 
 
 def _check_sums_file(backup: Backup) -> list[Problem]:
-    listed = {f.path: f.sha256 for t in backup.tables for f in t.files}
+    listed = {f.path: f.sha256 for _, f in backup.data_files()}
     try:
         text = (backup.path / manifest.SUMS_NAME).read_text()
     except FileNotFoundError:
@@ -148,7 +148,7 @@ def _check_sums_file(backup: Backup) -> list[Problem]:
 
 
 def _check_unlisted_files(backup: Backup) -> list[Problem]:
-    listed = {f.path for t in backup.tables for f in t.files}
+    listed = {f.path for _, f in backup.data_files()}
     data = backup.path / DATA_DIR
     if not data.is_dir():
         return [] if not listed else [Problem(f"{DATA_DIR}/ is missing")]

@@ -138,17 +138,24 @@ def test_skip_unreadable_exports_the_rest_and_records_the_skip(
         "--summary-json", str(summary),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert "skipped table public.secret: permission denied" in run.stderr
-    assert "skipped sequence public.counted_id_seq: permission denied" in run.stderr
+    assert "not dumped: table public.secret: permission denied" in run.stderr
+    assert "not dumped: sequence public.counted_id_seq: permission denied" in run.stderr
     m = manifest_of(tmp_path / "out" / "b")
     assert [(t["name"], t["rows"]) for t in m["tables"]] == [("counted", 0), ("open", 1)]
     assert m["skipped"] == [
-        {"kind": "table", "schema": "public", "name": "secret", "reason": "permission denied"},
+        {
+            "kind": "table",
+            "schema": "public",
+            "name": "secret",
+            "reason": "permission denied",
+            "refresh": False,
+        },
         {
             "kind": "sequence",
             "schema": "public",
             "name": "counted_id_seq",
             "reason": "permission denied",
+            "refresh": False,
         },
     ]
     assert [s["name"] for s in m["sequences"]] == ["open_id_seq"]

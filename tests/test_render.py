@@ -67,27 +67,34 @@ def make_table(*columns: Column) -> Table:
     )
 
 
-def test_plain_tables_use_row_to_json_directly() -> None:
+def test_rows_are_rendered_from_the_listed_columns_never_star() -> None:
+    """A column renamed or added after the snapshot must make the query fail, never add
+    keys the manifest does not list: the columns are named one by one."""
     sql = select_rows_sql(make_table(col("a", 23), col("r", 23)), TYPES)
     # r.* is the whole row even when a column is called "r".
-    assert sql == 'SELECT row_to_json(r.*)::text FROM ONLY "s""x"."t.y" AS r'
+    assert sql == (
+        "SELECT pg_catalog.row_to_json(r.*)::pg_catalog.text "
+        'FROM (SELECT "a", "r" FROM ONLY "s""x"."t.y") AS r'
+    )
 
 
 def test_float_zero_keeps_its_sign_as_a_string() -> None:
     sql = select_rows_sql(make_table(col("f", 701), col("m", 20000)), TYPES)
-    assert sql.count("""THEN '"-0"'::json""") == 2  # float8 and the domain over it
+    assert sql.count("""THEN '"-0"'::pg_catalog.json""") == 2  # float8 and the domain over it
     assert select_rows_sql(make_table(col("a", 20006)), TYPES).count("0 = ANY") == 0
 
 
 def test_special_columns_get_their_expressions() -> None:
     sql = select_rows_sql(make_table(col("a", 23), col('j"', 3802), col("arr", 1007)), TYPES)
-    assert '"j"""::text AS "j"""' in sql
-    assert 'array_lower("arr", 1) <> 1' in sql and 'to_json("arr"::text)' in sql
-    assert sql.startswith('SELECT row_to_json(r.*)::text FROM (SELECT "a", ')
+    assert '"j"""::pg_catalog.text AS "j"""' in sql
+    assert 'pg_catalog.array_lower("arr", 1) <> 1' in sql
+    assert 'pg_catalog.to_json("arr"::pg_catalog.text)' in sql
+    assert sql.startswith('SELECT pg_catalog.row_to_json(r.*)::pg_catalog.text FROM (SELECT "a", ')
 
 
 def test_table_without_columns_gives_empty_objects() -> None:
-    assert select_rows_sql(make_table(), TYPES) == """SELECT '{}'::text FROM ONLY "s""x"."t.y\""""
+    expected = """SELECT '{}'::pg_catalog.text FROM ONLY "s""x"."t.y\""""
+    assert select_rows_sql(make_table(), TYPES) == expected
 
 
 def test_copy_uses_csv_with_control_characters() -> None:

@@ -1,0 +1,352 @@
+"""The dump's workers: a pool of connections copying chunks in the one snapshot, with retries.
+
+Each work item (a table or a page range of one, or the large objects) is copied by one
+connection in a transaction that imports the coordinator's snapshot. Rows stream from the
+server's COPY into a ``DataFileWriter``, which counts, compresses, hashes and writes them;
+the writer is fed from asyncpg's COPY sink, so a slow disk slows the server instead of
+filling memory.
+
+A connection lost at any point of an item (before the COPY, during it, at the commit, or
+while the transaction ends) discards the item's file and copies it again on a fresh
+connection that imports the same snapshot, at most ``CHUNK_ATTEMPTS`` times: the file is
+the same as a fault-free run would write. A connection that failed is never handed back
+to the pool in an unknown protocol state: it is terminated, and the pool opens a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import anyio
+import anyio.to_thread
+import asyncpg
+
+from .catalog import TypeInfo, sql_name
+from .errors import (
+    DataIntegrityError,
+    DumpFailed,
+    LockTimeout,
+    PermissionDenied,
+    StatementTimeout,
+    most_telling,
+)
+from .largeobjects import LARGE_OBJECTS_STEM, dump_large_objects
+from .plan import Chunk
+from .progress import (
+    PROGRESS_INTERVAL,
+    ChunkFinished,
+    ChunkProgress,
+    ChunkStarted,
+    EventCallback,
+    Notice,
+)
+from .render import COPY_OPTIONS_KWARGS, select_rows_sql
+from .snapshot import snapshot_lost, snapshot_transaction
+from .storage import BackupDirectory, Compression, DataFileWriter, StoredFile
+
+# A chunk whose connection dies (backend terminated, network reset) is copied again on a
+# fresh connection that imports the same snapshot, at most this many times in all.
+CHUNK_ATTEMPTS = 3
+_RETRY_PAUSE = 0.5
+# How long a failed or cancelled dump waits for the server to cancel its COPYs and for
+# the connections to close cleanly before it cuts them.
+_CLOSE_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class LargeObjectsJob:
+    """The work item that copies every large object (one file)."""
+
+    est_rows: int  # objects, for progress
+    readable_only: bool  # --skip-unreadable: leave out those the role may not read
+    stem: str = LARGE_OBJECTS_STEM
+    label: str = "large objects"
+
+
+WorkItem = Chunk | LargeObjectsJob
+
+
+@dataclass(frozen=True)
+class CopyContext:
+    """What every item's copy needs besides its connection."""
+
+    snapshot_id: str
+    types: dict[int, TypeInfo]
+    backup: BackupDirectory
+    compression: Compression
+    emit: EventCallback
+
+
+class _ConnectionLost(DumpFailed):
+    """A worker's connection died mid-item; the item may be retried."""
+
+
+# What a lost or unusable connection looks like, wherever in an item it happens: the
+# server ending the session (57P01 pg_terminate_backend, 57P02 crash, 57P03 shutdown,
+# class 08), the socket failing, or asyncpg's protocol left mid-operation ("cannot switch
+# to state ...; another operation is in progress" is an InternalClientError).
+_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def _connection_gone(conn: asyncpg.Connection) -> bool:
+    """Whether ``conn`` died. The pool detaches a proxy whose connection was lost, and
+    then even ``is_closed()`` raises."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+async def copy_all(
+    pool: asyncpg.Pool,
+    items: Sequence[WorkItem],
+    ctx: CopyContext,
+    coordinator_lost: anyio.Event,
+) -> dict[str, StoredFile]:
+    """Copy every item with the pool's connections; returns the stored files by stem."""
+    stored: dict[str, StoredFile] = {}
+    queue: Iterator[WorkItem] = iter(items)  # shared: each worker takes the next largest
+
+    async def worker() -> None:
+        for item in queue:
+            stored[item.stem] = await _copy_with_retries(pool, item, ctx)
+
+    async def watch_coordinator() -> None:
+        # Fail fast: once the snapshot holder is gone no further chunk can import it.
+        await coordinator_lost.wait()
+        raise snapshot_lost()
+
+    workers = max(1, min(pool.get_max_size(), len(items)))
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_coordinator)
+            async with anyio.create_task_group() as copying:
+                for _ in range(workers):
+                    copying.start_soon(worker)
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise most_telling(group) from None
+    return stored
+
+
+async def _copy_with_retries(pool: asyncpg.Pool, item: WorkItem, ctx: CopyContext) -> StoredFile:
+    for attempt in range(1, CHUNK_ATTEMPTS + 1):
+        # Acquired per attempt: the pool replaces a connection that died.
+        conn = await pool.acquire()
+        broken = True  # until the item is copied: a failure leaves the protocol unknown
+        try:
+            stored = await _copy_item(conn, item, ctx)
+            broken = False
+            return stored
+        except _ConnectionLost as exc:
+            if attempt == CHUNK_ATTEMPTS:
+                raise DumpFailed(
+                    f"{exc.message} (gave up after {CHUNK_ATTEMPTS} attempts)", hint=exc.hint
+                ) from exc
+            ctx.emit(
+                Notice(
+                    f"{exc.message}; its file was discarded, retrying on a new "
+                    f"connection in the same snapshot ({attempt + 1}/{CHUNK_ATTEMPTS})"
+                )
+            )
+        except BaseException:
+            # A server error leaves the connection usable; anything else (cancellation
+            # included) may have left it mid-protocol. Cancelled COPYs are cancelled on
+            # the server when the pool closes (``close_pool``).
+            broken = False
+            raise
+        finally:
+            await _give_back(pool, conn, broken=broken)
+        await anyio.sleep(_RETRY_PAUSE * attempt)
+    raise AssertionError("unreachable")
+
+
+async def _give_back(pool: asyncpg.Pool, conn: asyncpg.Connection, *, broken: bool) -> None:
+    """Return ``conn`` to the pool; a broken one is terminated first so that the pool
+    never tries to reset it (which raises on a connection stuck mid-COPY)."""
+    with anyio.CancelScope(shield=True):
+        if broken and not _connection_gone(conn):
+            conn.terminate()
+        # A failed release terminated the connection; the pool opens a new one.
+        with contextlib.suppress(
+            asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError
+        ):
+            await pool.release(conn)
+
+
+async def close_pool(pool: asyncpg.Pool) -> None:
+    """Close the pool, shielded from cancellation: cancelled COPYs get a cancel request
+    from asyncpg; closing waits for the server to acknowledge it, so no backend keeps
+    streaming into a closed socket. Terminate if that takes too long."""
+    with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(_CLOSE_GRACE) as grace:
+            try:
+                await pool.close()
+            except (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                OSError,
+            ):
+                pool.terminate()
+        if grace.cancelled_caught:
+            pool.terminate()
+
+
+def cancelled_by_server(exc: asyncpg.QueryCanceledError, doing: str) -> DumpFailed:
+    """The server cancelled a statement: our statement timeout, or someone else."""
+    if "statement timeout" in str(exc):
+        return StatementTimeout(
+            f"the server cancelled {doing}: it ran longer than --statement-timeout",
+            hint="raise --statement-timeout (0 means no limit)",
+        )
+    return DumpFailed(
+        f"the server cancelled {doing}: {exc}",
+        hint="someone ran pg_cancel_backend() on the dump's session? run it again",
+    )
+
+
+async def _copy_item(conn: asyncpg.Connection, item: WorkItem, ctx: CopyContext) -> StoredFile:
+    """Copy one item into its file inside a transaction that imports the snapshot; every
+    failure is translated, a lost connection to ``_ConnectionLost``."""
+    emit = ctx.emit
+    emit(ChunkStarted(label=item.label, est_rows=item.est_rows))
+    started = time.monotonic()
+    writer = ctx.backup.data_writer(item.stem, ctx.compression)
+    objects = (0, 0)
+    try:
+        try:
+            async with snapshot_transaction(conn, ctx.snapshot_id):
+                if isinstance(item, LargeObjectsJob):
+                    objects = await dump_large_objects(
+                        conn,
+                        writer,
+                        readable_only=item.readable_only,
+                        on_progress=lambda: emit(
+                            ChunkProgress(item.label, writer.rows, writer.raw_bytes)
+                        ),
+                    )
+                else:
+                    await _copy_rows(conn, item, writer, ctx)
+                # The last count before the transaction ends (and the moment a test can
+                # end the connection "at commit").
+                emit(ChunkProgress(label=item.label, rows=writer.rows, bytes=writer.raw_bytes))
+        except asyncpg.LockNotAvailableError as exc:
+            assert isinstance(item, Chunk)
+            raise LockTimeout(
+                f"table {item.table.qualified} has a lock request waiting behind the dump",
+                hint="someone asked for an ACCESS EXCLUSIVE lock (ALTER, DROP, VACUUM FULL?) "
+                "after the dump started; run the dump when it is done",
+            ) from exc
+        except asyncpg.QueryCanceledError as exc:
+            raise cancelled_by_server(exc, f"copying {item.label}") from exc
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise PermissionDenied(
+                f"permission denied reading {item.label}: {exc.message}",
+                hint=_privilege_hint(exc),
+            ) from exc
+        except (asyncpg.ProgramLimitExceededError, asyncpg.OutOfMemoryError) as exc:
+            raise DumpFailed(
+                f"{item.label}: a row is too large to render as one line of JSON: {exc}",
+                hint="the server cannot build a value over 1 GB (a bytea over ~500 MB "
+                "becomes one); pg_dump has the same limit",
+            ) from exc
+        except _LOST as exc:
+            raise _ConnectionLost(
+                f"lost the connection while copying {item.label}: {exc}",
+                hint="check the server log; nothing was kept",
+            ) from exc
+        except asyncpg.PostgresError as exc:
+            if _connection_gone(conn):  # e.g. the transaction's exit after the backend died
+                raise _ConnectionLost(
+                    f"lost the connection while copying {item.label}: {exc}",
+                    hint="check the server log; nothing was kept",
+                ) from exc
+            raise DumpFailed(
+                f"server error while copying {item.label}: {exc}",
+                hint=getattr(exc, "hint", None) or "see the server log",
+            ) from exc
+        writer.close_data()
+        stored = await anyio.to_thread.run_sync(writer.sync_and_rename)
+    except BaseException:
+        writer.discard()
+        raise
+    stored = replace(
+        stored,
+        seconds=time.monotonic() - started,
+        objects=objects[0],
+        object_bytes=objects[1],
+    )
+    emit(
+        ChunkFinished(
+            label=item.label,
+            rows=stored.rows,
+            bytes=stored.bytes,
+            stored_bytes=stored.stored_bytes,
+            seconds=stored.seconds,
+        )
+    )
+    return stored
+
+
+def _privilege_hint(exc: asyncpg.InsufficientPrivilegeError) -> str:
+    if "row-level security" in str(exc):
+        return (
+            "dump as the owner, a superuser or a BYPASSRLS role; or pass "
+            "--enable-row-security to dump only the rows this role may see"
+        )
+    return "GRANT SELECT to this role, or leave the table out with -T"
+
+
+async def _copy_rows(
+    conn: asyncpg.Connection, chunk: Chunk, writer: DataFileWriter, ctx: CopyContext
+) -> None:
+    """COPY one chunk's rows, rendered as JSON by the server, into ``writer``."""
+    table, emit = chunk.table, ctx.emit
+    next_report = time.monotonic() + PROGRESS_INTERVAL
+
+    async def sink(data: bytes) -> None:
+        # Runs between two reads of the socket: asyncpg pauses reading until it
+        # returns, so a slow disk slows the server down instead of filling memory.
+        nonlocal next_report
+        writer.write(data)
+        now = time.monotonic()
+        if now >= next_report:
+            next_report = now + PROGRESS_INTERVAL
+            emit(ChunkProgress(label=chunk.label, rows=writer.rows, bytes=writer.raw_bytes))
+
+    # pg_dump's guard: if someone queued an ACCESS EXCLUSIVE lock behind the
+    # coordinator's ACCESS SHARE, waiting here would deadlock undetected
+    # (we wait for them, they wait for the coordinator, which waits for us).
+    await conn.execute(
+        f"LOCK TABLE ONLY {sql_name(table.schema, table.name)} IN ACCESS SHARE MODE NOWAIT"
+    )
+    status = await conn.copy_from_query(
+        select_rows_sql(table, ctx.types, chunk.pages), output=sink, **COPY_OPTIONS_KWARGS
+    )
+    expected = _copy_count(status)
+    if writer.rows != expected or (writer.raw_bytes and writer.last_byte != b"\n"):
+        raise DataIntegrityError(
+            f"{chunk.label}: the server sent {expected} rows but {writer.rows} lines arrived",
+            hint="a value broke the one-row-per-line rule; please report this as a bug",
+        )
+
+
+def _copy_count(status: str) -> int:
+    """The row count from a ``COPY n`` command tag."""
+    word, _, count = status.partition(" ")
+    if word != "COPY" or not count.isdigit():
+        raise DumpFailed(f"unexpected COPY status {status!r} from the server")
+    return int(count)
