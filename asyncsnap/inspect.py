@@ -31,6 +31,7 @@ def summary(backup: Backup) -> dict[str, Any]:
                 "name": t.name,
                 "kind": t.kind,
                 "rows": t.rows,
+                "row_security": t.row_security,
                 "files": len(t.files),
                 "bytes": sum(f.bytes for f in t.files),
                 "stored_bytes": sum(f.stored_bytes for f in t.files),
@@ -38,6 +39,11 @@ def summary(backup: Backup) -> dict[str, Any]:
             for t in backup.tables
         ],
         "sequences": len(backup.sequences),
+        "large_objects": (
+            None
+            if backup.large_objects is None
+            else {"objects": backup.large_objects.objects, "bytes": backup.large_objects.bytes}
+        ),
         "skipped": [asdict(k) for k in backup.skipped],
         "restore_order": m.get("restore_order"),
     }
@@ -71,8 +77,17 @@ def summary_tables(backup: Backup) -> list[RenderableType]:
     head.add_row("restore order", order)
     for cycle in (s["restore_order"] or {}).get("cycles", []):
         head.add_row("cycle", ", ".join(f"{t['schema']}.{t['name']}" for t in cycle))
-    for k in s["skipped"]:
-        head.add_row("NOT DUMPED", f"{k['kind']} {k['schema']}.{k['name']}: {k['reason']}")
+    if s["large_objects"] is not None:
+        objects = s["large_objects"]
+        head.add_row("large objects", f"{objects['objects']:,} ({human_bytes(objects['bytes'])})")
+    for t in s["tables"]:
+        if t["row_security"]:
+            head.add_row(
+                "ROW SECURITY",
+                f"{t['schema']}.{t['name']} holds only the rows the dumping role could see",
+            )
+    for k in backup.skipped:
+        head.add_row("NOT DUMPED", k.describe())
     tables = RichTable()
     for col, justify in (
         ("table", "left"),
