@@ -152,8 +152,8 @@ def test_hostile_search_path_during_restore_runs_nothing_of_the_owner(
     table = "CREATE TABLE public.t (id serial PRIMARY KEY, f float8, a int[], j jsonb);"
     with fresh_database(postgres, "asyncsnap_src") as source:
         source.execute(
-            table
-            + "INSERT INTO public.t (f, a, j) VALUES ('-0'::float8, '{1,2}', '{}'), (2, NULL, NULL);"
+            table + "INSERT INTO public.t (f, a, j) "
+            "VALUES ('-0'::float8, '{1,2}', '{}'), (2, NULL, NULL);"
         )
         dumped = run_cli("dump", source.dsn, "-o", str(tmp_path), "--name", "b")
         assert dumped.returncode == 0, dumped.stderr
