@@ -417,12 +417,9 @@ def describe_change(before: Signature, after: Signature | None) -> str:
     if before.columns != after.columns:
         gone = [c.split(" ")[0] for c in before.columns if c not in after.columns]
         new = [c.split(" ")[0] for c in after.columns if c not in before.columns]
-        parts = []
-        if new:
-            parts.append("columns now " + ", ".join(new))
-        if gone:
-            parts.append("no longer " + ", ".join(gone))
-        return "columns changed (" + "; ".join(parts) + ")" if parts else "columns changed"
+        parts = [f"{', '.join(new)} added"] if new else []
+        parts += [f"{', '.join(gone)} gone"] if gone else []
+        return "columns changed: " + ("; ".join(parts) or "reordered")
     return "rewritten or truncated (new storage)"
 
 
