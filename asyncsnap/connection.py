@@ -221,8 +221,8 @@ def resolve(
     own: dict[str, str] = {}
     if raw is not None and "://" not in raw:
         pairs = parse_conninfo(raw)
-        _check_keys(pairs, "the connection string")
         service = pairs.pop("service", None)
+        _check_keys(pairs, "the connection string")
         uri_query = [(k, v) for k, v in pairs.items()]
         base = "postgresql://"
     elif raw is not None:

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,12 +349,40 @@ class OutputLock:
         self.path = directory / LOCK_NAME
         self._fd: int | None = None
 
+    def _refuse(self, why: str) -> OutputError:
+        return OutputError(
+            f"refusing the lock file {self.path}: {why}",
+            hint="someone else put it there; remove it, and check who may write to "
+            f"{self.path.parent}",
+        )
+
+    def _open(self) -> int:
+        """Open (or create) the lock file without following a link, and check that it is
+        a plain file of ours: in a directory others may write to, a link or a hard link
+        planted there would make us truncate and write whatever it points to."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._refuse("it is a symbolic link") from exc
+            raise _output_error(exc, self.path) from exc
+        info = os.fstat(fd)
+        problem = None
+        if not stat.S_ISREG(info.st_mode):
+            problem = "it is not a regular file"
+        elif info.st_nlink != 1:
+            problem = "it has other hard links"
+        elif info.st_uid != os.geteuid():
+            problem = f"it belongs to uid {info.st_uid}, not to this user"
+        if problem is not None:
+            os.close(fd)
+            raise self._refuse(problem)
+        return fd
+
     def acquire(self) -> None:
         while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError as exc:
-                raise _output_error(exc, self.path) from exc
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
@@ -366,7 +395,7 @@ class OutputLock:
             # The holder before us may have removed the file after we opened it: then we
             # locked an orphan and must start again on the new file.
             try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                same = os.fstat(fd).st_ino == os.lstat(self.path).st_ino
             except FileNotFoundError:
                 same = False
             if same:

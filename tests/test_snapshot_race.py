@@ -52,7 +52,7 @@ async def dump_while_migrating(
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_dump)
             with anyio.fail_after(30):
-                while not await watcher.fetchval(_WAITING):
+                while not await watcher.fetchval(_WAITING):  # noqa: ASYNC110 - server state
                     await anyio.sleep(0.02)
             await holder.execute(migration)
             await holder.execute("COMMIT")
