@@ -668,9 +668,11 @@ def restore_command(
         for line in result.plan.describe():
             typer.echo(line)
     elif not quiet:
+        extra = f", {result.large_objects} large objects" if result.large_objects else ""
+        extra += f", {result.refreshed} materialized views refreshed" if result.refreshed else ""
         typer.echo(
             f"restored {len(result.tables)} tables, {result.rows} rows, "
-            f"{result.sequences} sequences in {result.seconds:.2f}s"
+            f"{result.sequences} sequences{extra} in {result.seconds:.2f}s"
         )
 
 

@@ -111,12 +111,13 @@ def take_inventory(
     ``relations`` and ``sequences`` are everything the catalog lists; ``default_sequences``
     maps a sequence oid to the (table oid, column) whose default uses it.
 
-    :raises NoTablesMatched: when the filters select no relation at all.
+    :raises NoTablesMatched: when the filters select nothing that holds data: no table,
+        sequence or large object.
     :raises PermissionDenied: for unreadable tables, sequences or large objects (without
         ``skip_unreadable``), and tables that row-level security would filter (without
         ``enable_row_security``).
     """
-    selected = selection.require(relations)
+    selected = selection.apply(relations)
     skipped: list[Skipped] = []
     read: list[Table] = []
     for table in selected:
@@ -136,7 +137,7 @@ def take_inventory(
                 hint="GRANT SELECT to this role, leave them out with -T, or --skip-unreadable",
             )
         read = [t for t in read if t.readable or not t.has_data]
-        if not any(t.has_data for t in read):
+        if not any(t.has_data for t in read) and any(t.has_data for t in selected):
             raise PermissionDenied(
                 f"permission denied for every selected table ({some_names(names)})",
                 hint="GRANT SELECT to this role, or check -t/-n",
@@ -184,6 +185,9 @@ def take_inventory(
             )
         )
     readable_los = counts.total - (counts.unreadable if skip_unreadable_los else 0)
+    holds_data = any(t.has_data for t in read) or picked or (include_los and readable_los > 0)
+    if not holds_data and not skipped:
+        raise selection.nothing_matched()
     return Inventory(
         tables=read,
         sequences=picked,

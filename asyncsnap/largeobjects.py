@@ -231,7 +231,7 @@ async def set_owner_and_privileges(
         grants = await conn.fetch(
             "SELECT pg_catalog.pg_get_userbyid(a.grantee) AS grantee, a.grantee = 0 AS public, "
             "a.privilege_type, a.is_grantable "
-            "FROM pg_catalog.aclexplode($1::pg_catalog.aclitem[]) a",
+            "FROM pg_catalog.aclexplode($1::pg_catalog.text::pg_catalog.aclitem[]) a",
             line.acl,
         )
     except asyncpg.PostgresError as exc:  # a role named in the ACL does not exist here

@@ -177,13 +177,17 @@ class Selection:
         """Like ``apply``, but no table with data selected is an error."""
         chosen = self.apply(tables)
         if not any(t.has_data for t in chosen):
-            described = self.describe()
-            raise NoTablesMatched(
-                f"no table matches the filters{': ' + described if described else ''}",
-                hint="check -t/-T/-n/-N (unquoted names are folded to lower case, as in "
-                "pg_dump); `psql -c '\\dt *.*'` lists the tables",
-            )
+            raise self.nothing_matched()
         return chosen
+
+    def nothing_matched(self) -> NoTablesMatched:
+        """The error for filters (or a database) that select nothing to dump."""
+        described = self.describe()
+        return NoTablesMatched(
+            f"no table matches the filters{': ' + described if described else ''}",
+            hint="check -t/-T/-n/-N (unquoted names are folded to lower case, as in "
+            "pg_dump); `psql -c '\\dt *.*'` lists the tables",
+        )
 
     def describe(self) -> str:
         words = [f"-t {p.text}" for p in self.include]

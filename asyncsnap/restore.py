@@ -218,7 +218,9 @@ def plan_loads(
     by_key = {t.key: t for t in target_tables}
     picked = {t.key for t in selection.apply([_as_catalog_table(t) for t in backup.tables])}
     chosen = [t for t in backup.tables if t.has_data and t.key in picked]
-    if not chosen:
+    # A backup may hold no table (only sequences or large objects); filters that pick
+    # nothing are an error.
+    if not chosen and (selection.include or selection.exclude):
         raise UsageError(
             f"no table in the backup matches the filters: {selection.describe()}",
             hint="`asyncsnap inspect BACKUP_DIR` lists the tables",
