@@ -16,7 +16,6 @@ import io
 import os
 import re
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -470,6 +469,8 @@ class DataFileReader:
         self.raw_bytes = 0
         self._fh: io.BufferedReader | None = None
         self._raw: _HashingReader | None = None
+        self._stream: Any = None  # the decompressed stream while iterating
+        self._pending = bytearray()  # the start of a line whose end was not read yet
         self._done = False
 
     def _fail(self, what: str) -> VerificationFailed:
@@ -478,54 +479,54 @@ class DataFileReader:
             hint="the backup is damaged; nothing from this file was kept",
         )
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> DataFileReader:
         try:
             self._fh = open(self.path, "rb")  # noqa: SIM115 - closed in finish/close
         except FileNotFoundError as exc:
             raise self._fail("is missing") from exc
         self._raw = _HashingReader(self._fh)
-        stream = _decompressing(self.backup.compression, self._raw)
-        # The start of a line that has not ended yet, in pieces: joined once when its
-        # newline arrives, so a line of hundreds of MB costs one copy, not one per block.
-        pending: list[bytes] = []
-        pending_size = 0
+        self._stream = _decompressing(self.backup.compression, self._raw)
+        return self
+
+    def __next__(self) -> bytes | bytearray:
+        """The next block of whole lines. A method, not a generator: no frame keeps the
+        block alive once the caller lets go of it, which matters for a line of 1 GB."""
+        if self._stream is None:
+            raise StopIteration
         while True:
             try:
-                data = stream.read(self.block_size)
+                data = self._stream.read(self.block_size)
             except (zstandard.ZstdError, zlib.error, OSError, EOFError) as exc:
                 raise self._fail(f"cannot be decompressed: {exc}") from exc
             if not data:
-                break
+                self._stream = None
+                if self._pending:
+                    raise self._fail("does not end with a newline (truncated?)")
+                self.drain()  # bytes after the compressed stream still count for the hash
+                self._done = True
+                raise StopIteration
             cut = data.rfind(b"\n") + 1
             if not cut:
-                pending.append(data)
-                pending_size += len(data)
-                if pending_size > self.max_line:
+                # The middle of a long line: it grows in place (amortised), so a line of
+                # hundreds of MB is held once, not once per read plus a joined copy.
+                self._pending += data
+                if len(self._pending) > self.max_line:
                     raise self._fail(
                         f"has a line longer than {self.max_line} bytes, more than any row can be"
                     )
                 continue
-            if pending:
-                head = b"".join((*pending, data[:cut]))
-                pending.clear()
-                pending_size = 0
+            block: bytes | bytearray
+            if self._pending:
+                self._pending += memoryview(data)[:cut]
+                block, self._pending = self._pending, bytearray()
             else:
-                head = data[:cut] if cut < len(data) else data
+                block = data[:cut] if cut < len(data) else data
             if cut < len(data):
-                pending.append(data[cut:])
-                pending_size = len(data) - cut
+                self._pending += memoryview(data)[cut:]
             del data
-            yield from self._emit(head)
-            del head
-        if pending:
-            raise self._fail("does not end with a newline (truncated?)")
-        self.drain()  # bytes after the compressed stream still count for the hash
-        self._done = True
-
-    def _emit(self, block: bytes) -> Iterator[bytes]:
-        self.rows += block.count(b"\n")
-        self.raw_bytes += len(block)
-        yield block
+            self.rows += block.count(b"\n")
+            self.raw_bytes += len(block)
+            return block
 
     def drain(self) -> None:
         """Hash whatever was not read yet (after an early stop)."""
@@ -559,6 +560,7 @@ class DataFileReader:
             raise self._fail(f"has {self.rows} rows, the manifest says {self.entry.rows}")
 
     def close(self) -> None:
+        self._stream = None
         if self._fh is not None:
             self._fh.close()
             self._fh = None

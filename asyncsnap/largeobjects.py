@@ -158,7 +158,7 @@ class LargeObjectLine:
     data: bytes
 
 
-def parse_line(line: bytes) -> LargeObjectLine:
+def parse_line(line: bytes | bytearray) -> LargeObjectLine:
     """A line of a large-object file; ``ValueError`` when it is not one."""
     value = orjson.loads(line)
     if not isinstance(value, dict):

@@ -743,14 +743,11 @@ async def _load_table(
                 block = await anyio.to_thread.run_sync(next, blocks, None)
                 if block is None:
                     break
-                rows += block.count(b"\n")
+                lines = block.count(b"\n")
+                rows += lines
                 raw += len(block)
-                # Lines to a JSON array with two copies in all (replace, join); the last
-                # newline's comma is cut off through the memoryview.
-                body = block.replace(b"\n", b",")
+                await conn.execute(sql, _json_array(block, lines))
                 del block
-                await conn.execute(sql, b"".join((b"[", memoryview(body)[:-1], b"]")))
-                del body
                 emit(ChunkProgress(label=label, rows=rows, bytes=raw))
         except asyncpg.PostgresError as exc:
             await anyio.to_thread.run_sync(reader.drain)
@@ -775,6 +772,15 @@ async def _load_table(
     return RestoredTable(
         schema=load.target.schema, name=load.target.name, rows=rows, seconds=seconds
     )
+
+
+def _json_array(block: bytes | bytearray, lines: int) -> bytes:
+    """NDJSON lines as one JSON array: ``[line,line,...]``. A block of one line (a row of
+    hundreds of MB) costs one copy; others two (newlines to commas, then the brackets)."""
+    if lines == 1:
+        return b"".join((b"[", memoryview(block)[:-1], b"]"))
+    body = block.replace(b"\n", b",")
+    return b"".join((b"[", memoryview(body)[:-1], b"]"))
 
 
 async def _set_sequences(conn: asyncpg.Connection, plan: RestorePlan, emit: EventCallback) -> int:
