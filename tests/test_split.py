@@ -45,6 +45,7 @@ def test_split_table_has_every_row_exactly_once(db: Database, tmp_path: Path) ->
     assert sorted(ids) == sorted(expected)
 
 
+@pytest.mark.versions
 def test_split_and_unsplit_dumps_hold_the_same_rows(db: Database, tmp_path: Path) -> None:
     db.execute(CHURNED)
     split = read_rows(run_dump(db, tmp_path / "a", split_larger_than=500_000).path)
