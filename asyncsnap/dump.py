@@ -335,19 +335,22 @@ async def dump(
                             emit(Notice(f"removed old backup {path} (--keep {keep})"))
             except asyncpg.QueryCanceledError as exc:
                 raise cancelled_by_server(exc, "a catalog query or lock") from exc
-            except asyncpg.PostgresError as exc:
-                # Catalog reads and locks failing for a reason not translated nearer the cause.
-                raise DumpFailed(
-                    f"server error: {exc}", hint=getattr(exc, "hint", None) or "see the server log"
-                ) from exc
             except (
-                asyncpg.ConnectionDoesNotExistError,
+                asyncpg.PostgresConnectionError,
+                asyncpg.AdminShutdownError,
+                asyncpg.CrashShutdownError,
+                asyncpg.IdleSessionTimeoutError,
                 asyncpg.InterfaceError,
                 asyncpg.InternalClientError,
                 ConnectionError,
                 TimeoutError,
             ) as exc:
                 raise snapshot_lost() from exc  # the coordinator's own connection died
+            except asyncpg.PostgresError as exc:
+                # Catalog reads and locks failing for a reason not translated nearer the cause.
+                raise DumpFailed(
+                    f"server error: {exc}", hint=getattr(exc, "hint", None) or "see the server log"
+                ) from exc
         except BaseException:
             if pool is not None:
                 await close_pool(pool)
