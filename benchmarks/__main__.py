@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,14 +36,16 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from asyncsnap.connection import resolve  # noqa: E402
+from asyncsnap.session import Session  # noqa: E402
 from tests.pgserver import find_bindir, throwaway_server  # noqa: E402
 
 MIXED_SQL = """
-DROP TABLE IF EXISTS mixed;
-CREATE TABLE mixed (
+DROP TABLE IF EXISTS public.mixed;
+CREATE TABLE public.mixed (
     id bigint PRIMARY KEY, name text, amount numeric(14,4), created timestamptz,
     active boolean, attrs jsonb, ref uuid, score float8, tags int[], blob bytea);
-INSERT INTO mixed
+INSERT INTO public.mixed
 SELECT g, 'name ' || md5(g::text), (g * 1.2345)::numeric(14,4),
        timestamptz '2020-01-01' + g * interval '1 minute', g % 3 = 0,
        jsonb_build_object('k', g, 'tag', md5(g::text), 'list', jsonb_build_array(g, g * 2)),
@@ -117,9 +119,15 @@ def checkpoint(dsn: str) -> None:
         sql(dsn, "CHECKPOINT")
 
 
+def connect(dsn: str) -> Awaitable[asyncpg.Connection]:
+    """A connection under asyncsnap's session policy (search_path '', fixed timeouts), like
+    every other connection of a run: the benchmark's own statements name their schemas."""
+    return Session(resolve(dsn)).connect()
+
+
 def sql(dsn: str, statement: str) -> None:
     async def go() -> None:
-        conn = await asyncpg.connect(dsn)
+        conn = await connect(dsn)
         try:
             await conn.execute(statement)
         finally:
@@ -130,7 +138,7 @@ def sql(dsn: str, statement: str) -> None:
 
 def fetchval(dsn: str, query: str) -> int:
     async def go() -> int:
-        conn = await asyncpg.connect(dsn)
+        conn = await connect(dsn)
         try:
             return int(await conn.fetchval(query))
         finally:
@@ -476,8 +484,8 @@ def main() -> None:
 
 
 LINEAR_SQL = """
-DROP TABLE IF EXISTS lin_$N;
-CREATE TABLE lin_$N AS
+DROP TABLE IF EXISTS public.lin_$N;
+CREATE TABLE public.lin_$N AS
 SELECT g AS aid, 1 + g / 100000 AS bid, 0 AS abalance, repeat(' ', 84)::char(84) AS filler
 FROM generate_series(1, $N) g;
 """
