@@ -23,6 +23,7 @@ from typing import Any
 import zstandard
 
 from . import manifest
+from .catalog import SchemaQualified
 from .errors import VerificationFailed
 from .session import checked_render_settings
 from .storage import COMPRESSIONS, PARTIAL_SUFFIX, Compression
@@ -76,7 +77,7 @@ class BackupColumn:
 
 
 @dataclass(frozen=True)
-class BackupTable:
+class BackupTable(SchemaQualified):
     schema: str
     name: str
     kind: str
@@ -87,29 +88,17 @@ class BackupTable:
     row_security: bool = False  # holds only the rows the dumping role could see
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.schema, self.name)
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    @property
     def has_data(self) -> bool:
         return self.kind != "partitioned"
 
 
 @dataclass(frozen=True)
-class BackupSequence:
+class BackupSequence(SchemaQualified):
     schema: str
     name: str
     table: tuple[str, str] | None  # None: a standalone sequence (format version 2)
     last_value: int
     is_called: bool
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,24 @@ class ForeignKey:
     initially_deferred: bool
 
 
+class SchemaQualified:
+    """``qualified`` and ``key`` for anything named by a schema and a name."""
+
+    schema: str
+    name: str
+
+    @property
+    def qualified(self) -> str:
+        """``schema.name`` as text for people (not SQL: see ``sql_name``)."""
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.schema, self.name)
+
+
 @dataclass(frozen=True)
-class Table:
+class Table(SchemaQualified):
     """A relation that may hold rows: a table, partitioned table or partition, or a
     materialized view or foreign table (which the dump names but does not read)."""
 
@@ -86,15 +102,6 @@ class Table:
     filenode: int = 0  # pg_class.relfilenode, for the definition check
 
     @property
-    def qualified(self) -> str:
-        """``schema.name`` as text for people (not SQL: see ``sql_name``)."""
-        return f"{self.schema}.{self.name}"
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.schema, self.name)
-
-    @property
     def has_data(self) -> bool:
         """Partitioned parents hold no rows themselves; their partitions do."""
         return self.kind != "partitioned"
@@ -107,7 +114,7 @@ class Table:
 
 
 @dataclass(frozen=True)
-class Sequence:
+class Sequence(SchemaQualified):
     """A sequence and its state; ``table``/``column`` name the column that owns it or
     uses it in its default, ``None`` for a standalone sequence."""
 
@@ -118,13 +125,9 @@ class Sequence:
     last_value: int
     is_called: bool
 
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
 
 @dataclass(frozen=True)
-class SequenceInfo:
+class SequenceInfo(SchemaQualified):
     """A sequence as listed from the catalog, before its state is read."""
 
     oid: int
@@ -134,14 +137,6 @@ class SequenceInfo:
     owner_column: str | None
     readable: bool
     extension: str | None
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.schema, self.name)
 
 
 @dataclass(frozen=True)
