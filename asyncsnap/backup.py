@@ -36,8 +36,10 @@ _KINDS = ("table", "partitioned", "partition")
 _GENERATED = ("stored", "virtual")
 _IDENTITY = ("always", "by default")
 
-# The longest line a data file can hold. The server renders each row as one text value,
-# and no value can exceed 1 GiB - 1 byte (MaxAllocSize); a line is that plus its newline.
+# The longest line a data file holds unless its manifest entry says more. The server
+# renders each row as one text value, and no value can exceed 1 GiB - 1 byte
+# (MaxAllocSize); a line is that plus its newline. A row too big for that is rendered
+# column by column (``bigrows``) and its file's entry records the longest such line.
 # Dump, verify and restore read through ``DataFileReader`` and so share this bound; a
 # reader holds at most one line and one read block in memory at a time.
 MAX_LINE_BYTES = 1 << 30
@@ -64,6 +66,12 @@ class BackupFile:
     bytes: int
     stored_bytes: int
     sha256: str
+    longest_line: int | None = None  # set when a row was longer than MAX_LINE_BYTES allows
+
+    @property
+    def line_limit(self) -> int:
+        """The longest line a reader accepts in this file."""
+        return max(MAX_LINE_BYTES, self.longest_line or 0)
 
 
 @dataclass(frozen=True)
@@ -294,6 +302,9 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
                     bytes=c.count(f.get("bytes"), f"{fw}.bytes"),
                     stored_bytes=c.count(f.get("stored_bytes"), f"{fw}.stored_bytes"),
                     sha256=digest,
+                    longest_line=None
+                    if f.get("longest_line") is None
+                    else c.count(f.get("longest_line"), f"{fw}.longest_line"),
                 )
             )
         return tuple(files)
@@ -447,13 +458,13 @@ class DataFileReader:
         entry: BackupFile,
         *,
         block_size: int = 4 << 20,
-        max_line: int = MAX_LINE_BYTES,
+        max_line: int | None = None,
     ) -> None:
         self.backup = backup
         self.entry = entry
         self.path = backup.file_path(entry)
         self.block_size = block_size
-        self.max_line = max_line
+        self.max_line = entry.line_limit if max_line is None else max_line
         self.rows = 0
         self.raw_bytes = 0
         self._fh: io.BufferedReader | None = None

@@ -24,6 +24,7 @@ import anyio
 import anyio.to_thread
 import asyncpg
 
+from . import bigrows
 from .catalog import TypeInfo, sql_name
 from .errors import (
     DataIntegrityError,
@@ -226,10 +227,11 @@ async def _copy_item(conn: asyncpg.Connection, item: WorkItem, ctx: CopyContext)
     started = time.monotonic()
     writer = ctx.backup.data_writer(item.stem, ctx.compression)
     objects = (0, 0)
+    longest = 0
     try:
         try:
-            async with snapshot_transaction(conn, ctx.snapshot_id):
-                if isinstance(item, LargeObjectsJob):
+            if isinstance(item, LargeObjectsJob):
+                async with snapshot_transaction(conn, ctx.snapshot_id):
                     objects = await dump_large_objects(
                         conn,
                         writer,
@@ -238,11 +240,9 @@ async def _copy_item(conn: asyncpg.Connection, item: WorkItem, ctx: CopyContext)
                             ChunkProgress(item.label, writer.rows, writer.raw_bytes)
                         ),
                     )
-                else:
-                    await _copy_rows(conn, item, writer, ctx)
-                # The last count before the transaction ends (and the moment a test can
-                # end the connection "at commit").
-                emit(ChunkProgress(label=item.label, rows=writer.rows, bytes=writer.raw_bytes))
+                    emit(ChunkProgress(item.label, writer.rows, writer.raw_bytes))
+            else:
+                longest = await _copy_rows(conn, item, writer, ctx)
         except asyncpg.LockNotAvailableError as exc:
             assert isinstance(item, Chunk)
             raise LockTimeout(
@@ -256,12 +256,6 @@ async def _copy_item(conn: asyncpg.Connection, item: WorkItem, ctx: CopyContext)
             raise PermissionDenied(
                 f"permission denied reading {item.label}: {exc.message}",
                 hint=_privilege_hint(exc),
-            ) from exc
-        except (asyncpg.ProgramLimitExceededError, asyncpg.OutOfMemoryError) as exc:
-            raise DumpFailed(
-                f"{item.label}: a row is too large to render as one line of JSON: {exc}",
-                hint="the server cannot build a value over 1 GB (a bytea over ~500 MB "
-                "becomes one); pg_dump has the same limit",
             ) from exc
         except _LOST as exc:
             raise _ConnectionLost(
@@ -288,6 +282,7 @@ async def _copy_item(conn: asyncpg.Connection, item: WorkItem, ctx: CopyContext)
         seconds=time.monotonic() - started,
         objects=objects[0],
         object_bytes=objects[1],
+        longest_line=longest,
     )
     emit(
         ChunkFinished(
@@ -312,8 +307,15 @@ def _privilege_hint(exc: asyncpg.InsufficientPrivilegeError) -> str:
 
 async def _copy_rows(
     conn: asyncpg.Connection, chunk: Chunk, writer: DataFileWriter, ctx: CopyContext
-) -> None:
-    """COPY one chunk's rows, rendered as JSON by the server, into ``writer``."""
+) -> int:
+    """COPY one chunk's rows, rendered as JSON by the server, into ``writer``, in a
+    transaction that imports the snapshot; returns the length of the longest line written
+    column by column (0: none was).
+
+    A row too big for the server to render as one value fails the COPY after the rows
+    before it arrived whole. A new transaction in the same snapshot then finds that row,
+    writes it with ``bigrows``, and copies the rest of the chunk after it.
+    """
     table, emit = chunk.table, ctx.emit
     next_report = time.monotonic() + PROGRESS_INTERVAL
 
@@ -327,19 +329,59 @@ async def _copy_rows(
             next_report = now + PROGRESS_INTERVAL
             emit(ChunkProgress(label=chunk.label, rows=writer.rows, bytes=writer.raw_bytes))
 
-    # pg_dump's guard: if someone queued an ACCESS EXCLUSIVE lock behind the
-    # coordinator's ACCESS SHARE, waiting here would deadlock undetected
-    # (we wait for them, they wait for the coordinator, which waits for us).
-    await conn.execute(
-        f"LOCK TABLE ONLY {sql_name(table.schema, table.name)} IN ACCESS SHARE MODE NOWAIT"
-    )
-    status = await conn.copy_from_query(
-        select_rows_sql(table, ctx.types, chunk.pages), output=sink, **COPY_OPTIONS_KWARGS
-    )
-    expected = _copy_count(status)
-    if writer.rows != expected or (writer.raw_bytes and writer.last_byte != b"\n"):
+    after: tuple[int, int] | None = None  # the last row written column by column
+    arrived: int | None = None  # rows of the failed COPY that arrived before its big row
+    longest = 0
+    while True:
+        before = writer.rows
+        try:
+            async with snapshot_transaction(conn, ctx.snapshot_id):
+                # pg_dump's guard: if someone queued an ACCESS EXCLUSIVE lock behind the
+                # coordinator's ACCESS SHARE, waiting here would deadlock undetected
+                # (we wait for them, they wait for the coordinator, which waits for us).
+                await conn.execute(
+                    f"LOCK TABLE ONLY {sql_name(table.schema, table.name)} "
+                    "IN ACCESS SHARE MODE NOWAIT"
+                )
+                if arrived is not None:
+                    after = await bigrows.nth_row(conn, table, chunk.pages, after, arrived)
+                    emit(
+                        Notice(
+                            f"{chunk.label}: the row at {after} is too large for one JSON "
+                            "value; reading it column by column"
+                        )
+                    )
+                    line = await bigrows.write_row(conn, table, ctx.types, after, writer)
+                    longest, arrived = max(longest, line), None
+                    before = writer.rows
+                status = await conn.copy_from_query(
+                    select_rows_sql(table, ctx.types, chunk.pages, after),
+                    output=sink,
+                    **COPY_OPTIONS_KWARGS,
+                )
+                expected = _copy_count(status)
+                if writer.rows - before != expected:
+                    raise DataIntegrityError(
+                        f"{chunk.label}: the server sent {expected} rows but "
+                        f"{writer.rows - before} lines arrived",
+                        hint="a value broke the one-row-per-line rule; please report this as a bug",
+                    )
+                _check_whole_lines(chunk, writer)
+                # The last count before the transaction ends (and the moment a test can
+                # end the connection "at commit").
+                emit(ChunkProgress(label=chunk.label, rows=writer.rows, bytes=writer.raw_bytes))
+            return longest
+        except asyncpg.PostgresError as exc:
+            if not bigrows.too_big(exc) or arrived is not None:
+                raise
+            _check_whole_lines(chunk, writer)
+            arrived = writer.rows - before
+
+
+def _check_whole_lines(chunk: Chunk, writer: DataFileWriter) -> None:
+    if writer.raw_bytes and writer.last_byte != b"\n":
         raise DataIntegrityError(
-            f"{chunk.label}: the server sent {expected} rows but {writer.rows} lines arrived",
+            f"{chunk.label}: the data does not end with a whole line",
             hint="a value broke the one-row-per-line rule; please report this as a bug",
         )
 

@@ -613,6 +613,7 @@ def _manifest_body(
             "stored_bytes": f.stored_bytes,
             "sha256": f.sha256,
             "pages": list(pages) if pages is not None else None,
+            "longest_line": f.longest_line or None,
         }
 
     tables = []

@@ -113,6 +113,39 @@ def _select_expression(column: Column, encoding: Encoding, types: Mapping[int, T
     )
 
 
+def column_json_sql(column: Column, types: Mapping[int, TypeInfo]) -> str:
+    """A ``json`` expression for one column's value exactly as it stands in the row's line
+    (``row_to_json`` renders each field with ``to_json``); for rows read column by column
+    (``bigrows``)."""
+    encoding = column_encoding(column, types)
+    col = quote_ident(column.name)
+    if encoding == "json" and not _is_float(_resolve_domain(column.type_oid, types)):
+        return f"pg_catalog.to_json({col})"
+    if encoding == "text":
+        return f"pg_catalog.to_json({col}::pg_catalog.text)"
+    return _select_expression(column, encoding, types).rsplit(" AS ", 1)[0]
+
+
+# Types whose JSON is a string holding exactly their text form, so that a value too big to
+# render at once can be sent as pieces of that text, each escaped as JSON.
+_STRING_TYPES = {"text", "varchar", "name", "xml"}
+
+
+def piecewise(column: Column, types: Mapping[int, TypeInfo]) -> Literal["text", "bytes"] | None:
+    """How a value too big to render in one piece is read in pieces: ``"bytes"`` (bytea:
+    raw bytes, hex-encoded here), ``"text"`` (its text form, escaped here), or ``None``
+    when its JSON is not a plain string (arrays, numbers)."""
+    encoding = column_encoding(column, types)
+    if encoding == "text":
+        return "text"
+    info = _resolve_domain(column.type_oid, types)
+    if encoding != "json" or info is None or info.schema != "pg_catalog":
+        return None
+    if info.name == "bytea":
+        return "bytes"
+    return "text" if info.name in _STRING_TYPES else None
+
+
 def encodings(table: Table, types: Mapping[int, TypeInfo]) -> dict[str, Encoding]:
     return {c.name: column_encoding(c, types) for c in table.columns}
 
@@ -126,8 +159,28 @@ def ctid_condition(pages: tuple[int, int | None]) -> str:
     return condition
 
 
+def tid_literal(ctid: tuple[int, int]) -> str:
+    """``'(page,item)'::pg_catalog.tid`` from two integers (never text from elsewhere)."""
+    return f"'({int(ctid[0])},{int(ctid[1])})'::pg_catalog.tid"
+
+
+def rows_where(
+    pages: tuple[int, int | None] | None = None, after: tuple[int, int] | None = None
+) -> str:
+    """`` WHERE ...`` for a page range and rows after a given ctid, or ``""``."""
+    conditions = []
+    if pages is not None:
+        conditions.append(ctid_condition(pages))
+    if after is not None:
+        conditions.append(f"ctid > {tid_literal(after)}")
+    return " WHERE " + " AND ".join(conditions) if conditions else ""
+
+
 def select_rows_sql(
-    table: Table, types: Mapping[int, TypeInfo], pages: tuple[int, int | None] | None = None
+    table: Table,
+    types: Mapping[int, TypeInfo],
+    pages: tuple[int, int | None] | None = None,
+    after: tuple[int, int] | None = None,
 ) -> str:
     """A query returning one ``text`` column: each row of ``table`` as a JSON object.
 
@@ -135,10 +188,11 @@ def select_rows_sql(
     manifest lists), never ``r.*``: a column renamed or added after the snapshot makes the
     query fail instead of writing keys the manifest does not have. ``FROM ONLY``: rows of
     inheritance children belong to the children's own files. ``pages`` restricts it to a
-    ctid page range (see ``plan.Chunk``). ``r.*`` is exactly the listed columns.
+    ctid page range (see ``plan.Chunk``), ``after`` to the rows after a ctid (in the
+    range). ``r.*`` is exactly the listed columns.
     """
     source = f"FROM ONLY {sql_name(table.schema, table.name)}"
-    where = f" WHERE {ctid_condition(pages)}" if pages is not None else ""
+    where = rows_where(pages, after)
     encs = encodings(table, types)
     if not table.columns:
         return f"SELECT '{{}}'::pg_catalog.text {source}{where}"

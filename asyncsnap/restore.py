@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 import asyncpg
 
-from . import largeobjects
+from . import bigrows, largeobjects
 from .backup import Backup, BackupTable, DataFileReader, open_backup
 from .catalog import (
     Table,
@@ -743,10 +743,9 @@ async def _load_table(
                 block = await anyio.to_thread.run_sync(next, blocks, None)
                 if block is None:
                     break
-                lines = block.count(b"\n")
-                rows += lines
+                rows += block.count(b"\n")
                 raw += len(block)
-                await conn.execute(sql, _json_array(block, lines))
+                await _load_block(conn, load, sql, block)
                 del block
                 emit(ChunkProgress(label=label, rows=rows, bytes=raw))
         except asyncpg.PostgresError as exc:
@@ -774,12 +773,49 @@ async def _load_table(
     )
 
 
-def _json_array(block: bytes | bytearray, lines: int) -> bytes:
+# A line longer than this is loaded on its own through a staging table (``bigrows``):
+# one json parameter cannot exceed 1 GiB, and staging holds fewer copies of the row.
+LONG_LINE = 256 << 20
+
+
+async def _load_block(
+    conn: asyncpg.Connection, load: TableLoad, sql: str, block: bytes | bytearray
+) -> None:
+    """Insert a block of lines: as one JSON array, or, when it holds a long line, the
+    long lines one by one and the runs of short lines between them as arrays."""
+    if len(block) <= LONG_LINE:
+        await conn.execute(sql, _json_array(block, block.count(b"\n")))
+        return
+    view = memoryview(block)
+    start = run_start = 0
+    while start < len(block):
+        end = block.index(b"\n", start) + 1
+        if end - start > LONG_LINE:
+            if run_start < start:
+                run = view[run_start:start]
+                await conn.execute(sql, _json_array(run, bytes(run).count(b"\n")))
+            await bigrows.load_row(
+                conn,
+                line=view[start : end - 1],
+                target=sql_name(load.target.schema, load.target.name),
+                columns=load.columns,
+                text_columns=load.text_columns,
+                types={c.name: c.type for c in load.target.columns},
+                overriding=load.overriding,
+            )
+            run_start = end
+        start = end
+    if run_start < len(block):
+        run = view[run_start:]
+        await conn.execute(sql, _json_array(run, bytes(run).count(b"\n")))
+
+
+def _json_array(block: bytes | bytearray | memoryview, lines: int) -> bytes:
     """NDJSON lines as one JSON array: ``[line,line,...]``. A block of one line (a row of
     hundreds of MB) costs one copy; others two (newlines to commas, then the brackets)."""
     if lines == 1:
         return b"".join((b"[", memoryview(block)[:-1], b"]"))
-    body = block.replace(b"\n", b",")
+    body = bytes(block).replace(b"\n", b",")
     return b"".join((b"[", memoryview(body)[:-1], b"]"))
 
 

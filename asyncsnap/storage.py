@@ -118,6 +118,7 @@ class StoredFile:
     seconds: float = 0.0  # time spent producing it
     objects: int = 0  # large-object file only: objects in it
     object_bytes: int = 0  # large-object file only: their bytes
+    longest_line: int = 0  # the longest line written column by column (``bigrows``), if any
 
 
 class DataFileWriter:
