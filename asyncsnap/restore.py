@@ -815,7 +815,7 @@ def _json_array(block: bytes | bytearray | memoryview, lines: int) -> bytes:
     hundreds of MB) costs one copy; others two (newlines to commas, then the brackets)."""
     if lines == 1:
         return b"".join((b"[", memoryview(block)[:-1], b"]"))
-    body = bytes(block).replace(b"\n", b",")
+    body = (bytes(block) if isinstance(block, memoryview) else block).replace(b"\n", b",")
     return b"".join((b"[", memoryview(body)[:-1], b"]"))
 
 
