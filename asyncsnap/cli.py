@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import traceback
@@ -130,9 +131,14 @@ def _secrets(dsn: str | None) -> list[str]:
 
 
 def redact(text: str, dsn: str | None) -> str:
-    """Remove any password we know of from text about to be printed."""
+    """Remove any password we know of from text about to be printed.
+
+    A password is replaced where it stands on its own (between characters that are not
+    letters or digits, as in a DSN's ``:pw@``), so that a short one ("r", "app") does not
+    also mangle every word that contains it ("pe***mission").
+    """
     for secret in sorted(set(_secrets(dsn)), key=len, reverse=True):
-        text = text.replace(secret, "***")
+        text = re.sub(rf"(?<![0-9A-Za-z]){re.escape(secret)}(?![0-9A-Za-z])", "***", text)
     return text
 
 

@@ -563,7 +563,7 @@ async def _run(
     main = conns[0]
     loads = plan.loads
     await _check_empty(main, loads, mode)
-    if mode == "truncate":
+    if mode == "truncate" and loads:  # a backup may hold no table (only large objects)
         names = ", ".join(sql_name(ld.target.schema, ld.target.name) for ld in loads)
         try:
             await main.execute(f"TRUNCATE ONLY {names}")

@@ -45,3 +45,16 @@ def test_redact_removes_url_keyword_and_env_passwords(monkeypatch: pytest.Monkey
     out = redact(text, "postgresql://u:pa%40ss@h/d")
     assert "pa@ss" not in out and "pa%40ss" not in out and "envsecret" not in out
     assert "kwsecret" not in redact(text, "host=h password=kwsecret")
+
+
+def test_redact_replaces_a_short_password_only_where_it_stands_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A one-letter password turned "permission" into "pe***mission" in every message."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    dsn = "postgresql://reader:r@db/shop"
+    text = "error: permission denied for postgresql://reader:r@db/shop (password r)"
+    assert redact(text, dsn) == (
+        "error: permission denied for postgresql://reader:***@db/shop (password ***)"
+    )
