@@ -458,18 +458,8 @@ ORDER BY 1, 2
 
 async def list_sequences(conn: asyncpg.Connection) -> list[SequenceInfo]:
     """Every sequence outside the system schemas, with what owns it."""
-    return [
-        SequenceInfo(
-            oid=r["oid"],
-            schema=r["schema"],
-            name=r["name"],
-            owner_table=r["owner_table"],
-            owner_column=r["owner_column"],
-            readable=r["readable"],
-            extension=r["extension"],
-        )
-        for r in await conn.fetch(_SEQUENCES_SQL)
-    ]
+    # The query's columns are the dataclass's fields, by name.
+    return [SequenceInfo(**dict(r)) for r in await conn.fetch(_SEQUENCES_SQL)]
 
 
 async def default_sequences(
