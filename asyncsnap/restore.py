@@ -17,8 +17,9 @@ self-references are planned explicitly (see ``plan.CyclePlan``) and reported.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -597,19 +598,8 @@ async def _run(
     objects = 0
     if plan.large_objects:
         assert backup.large_objects is not None
-        tx = None if single_transaction else main.transaction()
-        if tx is not None:
-            await tx.start()
-        try:
+        async with _transaction(main, own=not single_transaction):
             objects = await _load_large_objects(main, backup, emit, mode=mode)
-            if tx is not None:
-                await tx.commit()
-        except BaseException:
-            if tx is not None:
-                with anyio.CancelScope(shield=True):
-                    if not main.is_closed():
-                        await tx.rollback()
-            raise
     for schema, name in plan.refresh:
         await main.execute(f"REFRESH MATERIALIZED VIEW {sql_name(schema, name)}")
         emit(Notice(f"refreshed materialized view {schema}.{name}"))
@@ -689,10 +679,7 @@ async def _load_unit(
     own_transaction: bool,
 ) -> list[RestoredTable]:
     strategy = unit.cycle.strategy if unit.cycle is not None else None
-    tx = conn.transaction() if own_transaction else None
-    if tx is not None:
-        await tx.start()
-    try:
+    async with _transaction(conn, own=own_transaction):
         if strategy == "defer":
             assert unit.cycle is not None
             names = ", ".join(
@@ -707,15 +694,27 @@ async def _load_unit(
             results.append(await _load_table(conn, load, backup, emit, unit.file_index))
             if strategy == "disable-triggers":
                 await conn.execute(f"ALTER TABLE {target} ENABLE TRIGGER ALL")
-        if tx is not None:
-            await tx.commit()
-        return results
+    return results
+
+
+@contextlib.asynccontextmanager
+async def _transaction(conn: asyncpg.Connection, *, own: bool) -> AsyncIterator[None]:
+    """A transaction of its own on ``conn`` (``own``), or none: the caller's, with
+    --single-transaction. The rollback is shielded, so a cancelled restore still leaves
+    nothing half-loaded, and skipped when the connection is already gone."""
+    if not own:
+        yield
+        return
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        yield
     except BaseException:
-        if tx is not None:
-            with anyio.CancelScope(shield=True):
-                if not conn.is_closed():
-                    await tx.rollback()
+        with anyio.CancelScope(shield=True):
+            if not conn.is_closed():
+                await tx.rollback()
         raise
+    await tx.commit()
 
 
 async def _load_table(
