@@ -45,6 +45,7 @@ from .progress import (
     Notice,
 )
 from .render import COPY_OPTIONS_KWARGS, select_rows_sql
+from .session import CONNECTION_LOST, RELEASE_ERRORS
 from .snapshot import snapshot_lost, snapshot_transaction
 from .storage import BackupDirectory, Compression, DataFileWriter, StoredFile
 
@@ -85,20 +86,11 @@ class _ConnectionLost(DumpFailed):
     """A worker's connection died mid-item; the item may be retried."""
 
 
-# What a lost or unusable connection looks like, wherever in an item it happens: the
-# server ending the session (57P01 pg_terminate_backend, 57P02 crash, 57P03 shutdown,
-# class 08), the socket failing, or asyncpg's protocol left mid-operation ("cannot switch
-# to state ...; another operation is in progress" is an InternalClientError).
-_LOST = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    ConnectionError,
-    TimeoutError,
-)
+def _lost(item: WorkItem, exc: BaseException) -> _ConnectionLost:
+    return _ConnectionLost(
+        f"lost the connection while copying {item.label}: {exc}",
+        hint="check the server log; nothing was kept",
+    )
 
 
 def _connection_gone(conn: asyncpg.Connection) -> bool:
@@ -181,9 +173,7 @@ async def _give_back(pool: asyncpg.Pool, conn: asyncpg.Connection, *, broken: bo
         if broken and not _connection_gone(conn):
             conn.terminate()
         # A failed release terminated the connection; the pool opens a new one.
-        with contextlib.suppress(
-            asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError
-        ):
+        with contextlib.suppress(*RELEASE_ERRORS):
             await pool.release(conn)
 
 
@@ -195,12 +185,7 @@ async def close_pool(pool: asyncpg.Pool) -> None:
         with anyio.move_on_after(_CLOSE_GRACE) as grace:
             try:
                 await pool.close()
-            except (
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
-                OSError,
-            ):
+            except RELEASE_ERRORS:
                 pool.terminate()
         if grace.cancelled_caught:
             pool.terminate()
@@ -257,17 +242,11 @@ async def _copy_item(conn: asyncpg.Connection, item: WorkItem, ctx: CopyContext)
                 f"permission denied reading {item.label}: {exc.message}",
                 hint=_privilege_hint(exc),
             ) from exc
-        except _LOST as exc:
-            raise _ConnectionLost(
-                f"lost the connection while copying {item.label}: {exc}",
-                hint="check the server log; nothing was kept",
-            ) from exc
+        except CONNECTION_LOST as exc:
+            raise _lost(item, exc) from exc
         except asyncpg.PostgresError as exc:
             if _connection_gone(conn):  # e.g. the transaction's exit after the backend died
-                raise _ConnectionLost(
-                    f"lost the connection while copying {item.label}: {exc}",
-                    hint="check the server log; nothing was kept",
-                ) from exc
+                raise _lost(item, exc) from exc
             raise DumpFailed(
                 f"server error while copying {item.label}: {exc}",
                 hint=getattr(exc, "hint", None) or "see the server log",

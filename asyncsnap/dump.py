@@ -69,7 +69,7 @@ from .progress import (
 )
 from .prune import prune
 from .render import encodings
-from .session import RENDER_SETTINGS, Session, SessionPolicy
+from .session import CONNECTION_LOST, RENDER_SETTINGS, Session, SessionPolicy
 from .snapshot import Coordinator, snapshot_lost
 from .storage import COMPRESSIONS, BackupDirectory, Compression, OutputLock, StoredFile
 from .verify import verify
@@ -335,16 +335,7 @@ async def dump(
                             emit(Notice(f"removed old backup {path} (--keep {keep})"))
             except asyncpg.QueryCanceledError as exc:
                 raise cancelled_by_server(exc, "a catalog query or lock") from exc
-            except (
-                asyncpg.PostgresConnectionError,
-                asyncpg.AdminShutdownError,
-                asyncpg.CrashShutdownError,
-                asyncpg.IdleSessionTimeoutError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
-                ConnectionError,
-                TimeoutError,
-            ) as exc:
+            except CONNECTION_LOST as exc:
                 raise snapshot_lost() from exc  # the coordinator's own connection died
             except asyncpg.PostgresError as exc:
                 # Catalog reads and locks failing for a reason not translated nearer the cause.

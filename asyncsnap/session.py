@@ -71,6 +71,30 @@ TCP_USER_TIMEOUT_MS = 60_000
 HEALTH_CHECK_TIMEOUT = 20.0
 CONNECT_TIMEOUT = 30.0
 
+# What a lost or unusable connection looks like, wherever it happens: the server ending
+# the session (class 08, 57P01 pg_terminate_backend, 57P02 crash, 57P03 shutdown,
+# 57P05 idle-session timeout), the socket failing, a timeout, or asyncpg's protocol left
+# mid-operation ("cannot switch to state ...; another operation is in progress" is an
+# InternalClientError, not an InterfaceError).
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.IdleSessionTimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    ConnectionError,
+    TimeoutError,
+)
+# What releasing or closing a connection may raise when it is already broken.
+RELEASE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
+
 # Settings that only some majors know, with the first server_version_num that has them.
 _VERSIONED_SETTINGS: tuple[tuple[int, str, str], ...] = (
     (140000, "idle_session_timeout", "0"),
