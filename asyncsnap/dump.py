@@ -374,7 +374,7 @@ async def dump(
         snapshot_held_seconds=snapshot_held,
         skipped=tuple(inventory.skipped),
         verified=verify_output,
-        large_objects=body["large_objects"]["objects"] if lo_file is not None else 0,
+        large_objects=lo_file.objects if lo_file is not None else 0,
         snapshots=snapshots,
         manifest=body,
     )
@@ -416,6 +416,7 @@ async def _plan_in_snapshot(
     relations = await list_tables(conn, server)
     sequences = await list_sequences(conn)
     table_oids = [t.oid for t in relations if t.is_table]
+    object_counts = await count_large_objects(conn)
     inventory = take_inventory(
         relations,
         sequences,
@@ -425,7 +426,7 @@ async def _plan_in_snapshot(
         enable_row_security=options.enable_row_security,
         unlogged_table_data=options.unlogged_table_data,
         large_objects=options.large_objects,
-        large_object_counts=await count_large_objects(conn),
+        large_object_counts=object_counts,
     )
     await coordinator.lock(inventory.tables, lock_timeout=options.lock_timeout)
     described = await describe_tables(conn, inventory.tables)
@@ -463,7 +464,11 @@ async def _plan_in_snapshot(
         # First: one stream of unknown length, started early so that it ends early.
         items.insert(
             0,
-            LargeObjectsJob(est_rows=0, readable_only=inventory.skip_unreadable_large_objects),
+            LargeObjectsJob(
+                est_rows=object_counts.total
+                - (object_counts.unreadable if inventory.skip_unreadable_large_objects else 0),
+                readable_only=inventory.skip_unreadable_large_objects,
+            ),
         )
     return _Planned(
         coordinator=coordinator,
@@ -656,7 +661,7 @@ def _manifest_body(
             "bytes": lo_file.object_bytes,
             "files": [file_entry(lo_file, None)],
         }
-    data_files = [f for f in stored.values()]
+    data_files = list(stored.values())
     order = planned.order
     return {
         "format": manifest.FORMAT_NAME,
