@@ -35,6 +35,10 @@ _ENCODINGS = ("json", "text", "array")
 _KINDS = ("table", "partitioned", "partition")
 _GENERATED = ("stored", "virtual")
 _IDENTITY = ("always", "by default")
+_TOOL_VERSION = re.compile(r"[0-9]{1,3}(\.[0-9]{1,4})?")
+# Where a backup keeps its schema (``schema.py`` writes them; fixed, never from a manifest).
+SCHEMA_ARCHIVE_PATH = "schema/schema.pgdump"
+SCHEMA_SQL_PATH = "schema/schema.sql"
 
 # The longest line a data file holds unless its manifest entry says more. The server
 # renders each row as one text value, and no value can exceed 1 GiB - 1 byte
@@ -119,6 +123,32 @@ class BackupLargeObjects:
 
 
 @dataclass(frozen=True)
+class SchemaFile:
+    """A schema file of the backup: stored as pg_dump or pg_restore wrote it."""
+
+    path: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BackupSchema:
+    """The backup's schema (``schema.py``): pg_dump's custom archive and its plain SQL."""
+
+    pg_dump_version: str
+    archive: SchemaFile
+    sql: SchemaFile
+
+    @property
+    def pg_dump_major(self) -> int:
+        return int(self.pg_dump_version.split(".")[0])
+
+    @property
+    def files(self) -> tuple[SchemaFile, SchemaFile]:
+        return (self.archive, self.sql)
+
+
+@dataclass(frozen=True)
 class Skipped:
     """Something the filters selected that the backup does not hold, and why; the
     manifest's ``skipped`` entries have exactly these fields.
@@ -159,6 +189,7 @@ class Backup:
     sequences: tuple[BackupSequence, ...]
     skipped: tuple[Skipped, ...] = ()  # selected but not in the backup, with the reason
     large_objects: BackupLargeObjects | None = None
+    schema: BackupSchema | None = None  # None: data only (--no-schema, or format < 3)
 
     def file_path(self, f: BackupFile) -> Path:
         return self.path / f.path
@@ -396,6 +427,34 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
             bytes=c.count(lo.get("bytes"), "large_objects.bytes"),
             files=read_files(lo.get("files"), "large_objects.files"),
         )
+    backup_schema = None
+    schema_raw = body.get("schema")
+    if schema_raw is not None:
+        sc = c.obj(schema_raw, "schema")
+        version_text = c.string(sc.get("pg_dump_version"), "schema.pg_dump_version")
+        if not _TOOL_VERSION.fullmatch(version_text):
+            raise c.fail("schema.pg_dump_version", "is not a PostgreSQL version")
+
+        def schema_file(key: str, expected: str) -> SchemaFile:
+            w = f"schema.{key}"
+            f = c.obj(sc.get(key), w)
+            # The names are fixed: a manifest cannot point restore at another file.
+            if f.get("path") != expected:
+                raise c.fail(f"{w}.path", f"is not {expected!r}")
+            safe_relative_path(root, expected, c, f"{w}.path")
+            digest = c.string(f.get("sha256"), f"{w}.sha256")
+            if not _HEX64.fullmatch(digest):
+                raise c.fail(f"{w}.sha256", "is not a SHA-256 hex digest")
+            seen_paths.add(expected)
+            return SchemaFile(
+                path=expected, bytes=c.count(f.get("bytes"), f"{w}.bytes"), sha256=digest
+            )
+
+        backup_schema = BackupSchema(
+            pg_dump_version=version_text,
+            archive=schema_file("archive", SCHEMA_ARCHIVE_PATH),
+            sql=schema_file("sql", SCHEMA_SQL_PATH),
+        )
     return Backup(
         path=root,
         manifest=body,
@@ -405,7 +464,27 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
         sequences=tuple(sequences),
         skipped=tuple(skipped),
         large_objects=large_objects,
+        schema=backup_schema,
     )
+
+
+def check_schema_file(backup: Backup, entry: SchemaFile) -> str | None:
+    """What is wrong with a schema file (missing, size, SHA-256), or None."""
+    path = backup.path / entry.path
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(_READ_BLOCK):
+                digest.update(block)
+                size += len(block)
+    except FileNotFoundError:
+        return "is missing"
+    if size != entry.bytes:
+        return f"has {size} bytes, the manifest says {entry.bytes}"
+    if digest.hexdigest() != entry.sha256:
+        return "does not match its SHA-256 in the manifest"
+    return None
 
 
 class _HashingReader(io.RawIOBase):

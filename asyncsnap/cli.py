@@ -442,6 +442,14 @@ def dump_command(
             "backup is made complete; a problem fails the dump (exit 5).",
         ),
     ] = False,
+    no_schema: Annotated[
+        bool,
+        typer.Option(
+            "--no-schema",
+            help="Leave the schema out (no pg_dump needed): a data-only backup, which "
+            "restores only into existing tables.",
+        ),
+    ] = False,
     log_format: LogFormatOption = "text",
     summary_json: SummaryOption = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
@@ -482,6 +490,7 @@ def dump_command(
             keep=keep,
             keep_partial=keep_partial,
             verify_output=verify_output,
+            with_schema=not no_schema,
             on_event=on_event,
         )
 

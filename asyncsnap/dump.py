@@ -10,6 +10,7 @@ manifest, the rename from ``<name>.partial`` to ``<name>``). Any failure removes
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ import anyio.from_thread
 import anyio.to_thread
 import asyncpg
 
-from . import __version__, manifest
+from . import __version__, manifest, schema
 from .backup import Skipped
 from .catalog import (
     Catalog,
@@ -41,13 +42,14 @@ from .catalog import (
 from .catalog import (
     Sequence as SequenceState,
 )
-from .connection import resolve
+from .connection import ConnectParams, resolve
 from .copy import CopyContext, LargeObjectsJob, WorkItem, cancelled_by_server, close_pool, copy_all
 from .errors import (
     DumpFailed,
     TimeLimitExceeded,
     UsageError,
     VerificationFailed,
+    most_telling,
     some_names,
 )
 from .inventory import Inventory, take_inventory
@@ -112,6 +114,7 @@ class DumpResult:
     seconds: float
     snapshot_held_seconds: float  # how long VACUUM was held back on the server
     skipped: tuple[Skipped, ...]  # selected but not in the backup, with the reason
+    schema: SchemaFiles | None  # None: a data-only backup (--no-schema)
     verified: bool  # every file was read back and checked before the rename (--verify)
     large_objects: int = 0  # objects written
     snapshots: int = 1  # snapshots taken: more than one when a table changed under the first
@@ -125,6 +128,15 @@ def default_backup_name(now: datetime | None = None) -> str:
 
 def _utc_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class SchemaFiles:
+    """The schema files written by a dump (``schema.py``): the pg_dump archive and its SQL."""
+
+    pg_dump_version: str
+    archive: StoredFile
+    sql: StoredFile
 
 
 @dataclass
@@ -162,6 +174,7 @@ async def dump(
     keep: int | None = None,
     keep_partial: bool = False,
     verify_output: bool = False,
+    with_schema: bool = True,
     on_event: EventCallback | None = None,
 ) -> DumpResult:
     """Export the selected tables at one moment into ``<output>/<name>``.
@@ -199,7 +212,10 @@ async def dump(
     :param verify_output: before the backup gets its final name, read every file back and
         check it as ``asyncsnap.verify`` does; a problem fails the dump
         (``VerificationFailed``) and the backup is not kept.
+    :param with_schema: take the schema with pg_dump in the same snapshot (see
+        ``asyncsnap.schema``); ``False`` writes a data-only backup, marked so in the manifest.
     :param on_event: called with progress events (see ``asyncsnap.progress``).
+    :raises ClientToolMissing: when no pg_dump can dump the server and ``with_schema``.
     :raises AsyncsnapError: a subclass with the exit code for every expected failure.
 
     Example::
@@ -222,8 +238,10 @@ async def dump(
         keep=keep,
     )
     emit: EventCallback = on_event or (lambda event: None)
+    params = resolve(dsn)
+    pg_dump_selection = schema.selection_arguments(tables, exclude_tables, schemas, exclude_schemas)
     session = Session(
-        resolve(dsn),
+        params,
         SessionPolicy(statement_timeout=statement_timeout, row_security=enable_row_security),
     )
     options = _InventoryOptions(
@@ -275,6 +293,11 @@ async def dump(
                         )
                     )
                 coordinator, inventory = planned.coordinator, planned.inventory
+                pg_dump = None
+                if with_schema:  # before anything is written: a missing tool fails fast
+                    pg_dump = await anyio.to_thread.run_sync(
+                        schema.pick_pg_dump, planned.catalog.server.version_num // 10000
+                    )
                 for skip in inventory.skipped:
                     emit(Notice(f"not dumped: {skip.describe()}"))
 
@@ -300,8 +323,23 @@ async def dump(
                 copying = CopyContext(
                     coordinator.snapshot_id, planned.catalog.types, backup, compression, emit
                 )
+                schema_files: list[SchemaFiles] = []
                 try:
-                    stored = await copy_all(pool, planned.items, copying, coordinator_lost)
+                    async with anyio.create_task_group() as tg:
+                        if pg_dump is not None:
+                            tg.start_soon(
+                                _capture_schema,
+                                pg_dump,
+                                params,
+                                coordinator.snapshot_id,
+                                pg_dump_selection,
+                                lock_timeout,
+                                backup,
+                                schema_files,
+                            )
+                        stored = await copy_all(pool, planned.items, copying, coordinator_lost)
+                except BaseExceptionGroup as group:
+                    raise most_telling(group) from None
                 finally:
                     await close_pool(pool)
                     pool = None
@@ -315,8 +353,11 @@ async def dump(
                     started_at=started_at,
                     finished_at=finished_at,
                     compression=compression,
+                    schema_files=schema_files[0] if schema_files else None,
                 )
                 files = [(f.path, f.sha256) for f in stored.values()]
+                for captured in schema_files:
+                    files += [(f.path, f.sha256) for f in (captured.archive, captured.sql)]
                 backup.write_small_file(manifest.SUMS_NAME, manifest.sha256sums(sorted(files)))
                 backup.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body))
                 await _end_snapshot(conn)
@@ -373,6 +414,7 @@ async def dump(
         seconds=time.monotonic() - started,
         snapshot_held_seconds=snapshot_held,
         skipped=tuple(inventory.skipped),
+        schema=schema_files[0] if schema_files else None,
         verified=verify_output,
         large_objects=lo_file.objects if lo_file is not None else 0,
         snapshots=snapshots,
@@ -478,6 +520,54 @@ async def _plan_in_snapshot(
         chunks=chunks,
         items=items,
         order=restore_order(described),
+    )
+
+
+async def _capture_schema(
+    pg_dump: schema.ClientTool,
+    params: ConnectParams,
+    snapshot_id: str,
+    selection: list[str],
+    lock_timeout: float,
+    backup: BackupDirectory,
+    out: list[SchemaFiles],
+) -> None:
+    """pg_dump's schema archive of the snapshot, and its plain SQL, into ``schema/``."""
+    directory = backup.path / schema.SCHEMA_DIR
+    await anyio.to_thread.run_sync(lambda: directory.mkdir(mode=0o700, exist_ok=True))
+    temp = directory / ".capture.tmp"
+    try:
+        await schema.capture(
+            pg_dump,
+            params,
+            snapshot_id=snapshot_id,
+            selection=selection,
+            lock_timeout=lock_timeout,
+            archive=temp,
+        )
+        pg_restore = await anyio.to_thread.run_sync(
+            lambda: schema.pick_pg_restore(pg_dump.major, pg_dump.major)[0]
+        )
+
+        def seal() -> SchemaFiles:
+            archive = temp.read_bytes()
+            sql = schema.render_sql(pg_restore, temp)
+            return SchemaFiles(
+                pg_dump_version=pg_dump.version,
+                archive=_small_file(backup, schema.ARCHIVE_PATH, archive),
+                sql=_small_file(backup, schema.SQL_PATH, sql),
+            )
+
+        out.append(await anyio.to_thread.run_sync(seal))
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _small_file(backup: BackupDirectory, relpath: str, content: bytes) -> StoredFile:
+    backup.write_small_file(relpath, content)
+    digest = hashlib.sha256(content).hexdigest()
+    return StoredFile(
+        path=relpath, rows=0, bytes=len(content), stored_bytes=len(content), sha256=digest
     )
 
 
@@ -591,6 +681,7 @@ def _manifest_body(
     started_at: datetime,
     finished_at: datetime,
     compression: Compression,
+    schema_files: SchemaFiles | None,
 ) -> dict[str, Any]:
     catalog, inventory = planned.catalog, planned.inventory
     server = catalog.server
@@ -696,6 +787,21 @@ def _manifest_body(
             for s in planned.sequences
         ],
         "large_objects": large_objects,
+        "schema": None
+        if schema_files is None
+        else {
+            "pg_dump_version": schema_files.pg_dump_version,
+            "archive": {
+                "path": schema_files.archive.path,
+                "bytes": schema_files.archive.bytes,
+                "sha256": schema_files.archive.sha256,
+            },
+            "sql": {
+                "path": schema_files.sql.path,
+                "bytes": schema_files.sql.bytes,
+                "sha256": schema_files.sql.sha256,
+            },
+        },
         "skipped": [asdict(s) for s in inventory.skipped],
         "restore_order": {
             "levels": [[ref(k) for k in level] for level in order.levels],

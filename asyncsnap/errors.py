@@ -50,6 +50,11 @@ class UsageError(AsyncsnapError):
     exit_code = ExitCode.USAGE
 
 
+class ClientToolMissing(UsageError):
+    """Raised by dump when no pg_dump can take the schema of the server (and --no-schema
+    was not given), and by restore when no pg_restore can read the backup's schema."""
+
+
 class NoTablesMatched(UsageError):
     """Raised by dump when the -t/-T/-n/-N filters leave no table to export."""
 

@@ -18,7 +18,7 @@ from .errors import VerificationFailed
 
 FORMAT_NAME = "asyncsnap"
 # The version this asyncsnap writes; it reads every version from 1 up to it.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 SUMS_NAME = "SHA256SUMS"
 CHECKSUM_KEY = "manifest_sha256"

@@ -16,9 +16,14 @@ from pathlib import Path
 import orjson
 
 from . import manifest
-from .backup import Backup, DataFileReader, open_backup
+from .backup import Backup, DataFileReader, check_schema_file, open_backup
 from .errors import VerificationFailed
 from .storage import DATA_DIR
+
+SCHEMA_DIR = "schema"
+
+# The first bytes of a pg_dump custom-format archive.
+ARCHIVE_MAGIC = b"PGDMP"
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,22 @@ def verify(
     problems: list[Problem] = []
     problems += _check_sums_file(backup)
     problems += _check_unlisted_files(backup)
+    if backup.schema is not None:
+        for schema_file in backup.schema.files:
+            if on_file is not None:
+                on_file(schema_file.path)
+            wrong = check_schema_file(backup, schema_file)
+            if wrong is not None:
+                problems.append(Problem(wrong, schema_file.path))
+        archive = backup.path / backup.schema.archive.path
+        if archive.is_file():
+            with open(archive, "rb") as fh:
+                if fh.read(len(ARCHIVE_MAGIC)) != ARCHIVE_MAGIC:
+                    problems.append(
+                        Problem(
+                            "is not a pg_dump custom-format archive", backup.schema.archive.path
+                        )
+                    )
     rows = size = files = 0
     for keys, entry in backup.data_files():
         if on_file is not None:
@@ -135,6 +156,8 @@ def _check_lines(reader: DataFileReader, expected: list[str]) -> Problem | None:
 
 def _check_sums_file(backup: Backup) -> list[Problem]:
     listed = {f.path: f.sha256 for _, f in backup.data_files()}
+    if backup.schema is not None:
+        listed.update({f.path: f.sha256 for f in backup.schema.files})
     try:
         text = (backup.path / manifest.SUMS_NAME).read_text()
     except FileNotFoundError:
@@ -154,11 +177,17 @@ def _check_sums_file(backup: Backup) -> list[Problem]:
 
 def _check_unlisted_files(backup: Backup) -> list[Problem]:
     listed = {f.path for _, f in backup.data_files()}
+    if backup.schema is not None:
+        listed.update(f.path for f in backup.schema.files)
     data = backup.path / DATA_DIR
-    if not data.is_dir():
-        return [] if not listed else [Problem(f"{DATA_DIR}/ is missing")]
-    return [
-        Problem("is not listed in the manifest", f"{DATA_DIR}/{p.name}")
-        for p in sorted(data.iterdir())
-        if f"{DATA_DIR}/{p.name}" not in listed
-    ]
+    if not data.is_dir() and any(p.startswith(DATA_DIR + "/") for p in listed):
+        return [Problem(f"{DATA_DIR}/ is missing")]
+    problems = []
+    for directory in (DATA_DIR, SCHEMA_DIR):
+        if (backup.path / directory).is_dir():
+            problems += [
+                Problem("is not listed in the manifest", f"{directory}/{p.name}")
+                for p in sorted((backup.path / directory).iterdir())
+                if f"{directory}/{p.name}" not in listed
+            ]
+    return problems

@@ -58,7 +58,12 @@ def test_dump_output_opens_in_plain_tools(db: Database, tmp_path: Path) -> None:
             text=True,
         )
         assert check.returncode == 0, check.stdout + check.stderr
-        assert check.stdout.count(": OK") == 4
+        # four data files and the two schema files
+        assert check.stdout.count(": OK") == 6
+        assert "schema/schema.pgdump: OK" in check.stdout
+    # The plain SQL rendering of the schema reads as pg_dump's output.
+    sql = (backup / "schema" / "schema.sql").read_text()
+    assert "CREATE TABLE public.orders" in sql and "FOREIGN KEY (customer_id)" in sql
     rows = read_rows(backup)
     for (schema, name), lines in rows.items():
         count = db.fetchval(f'SELECT count(*) FROM "{schema}"."{name}"')
