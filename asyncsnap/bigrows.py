@@ -190,11 +190,14 @@ async def load_row(
     columns: tuple[str, ...],
     text_columns: frozenset[str],
     types: Mapping[str, str],
+    bare_types: Mapping[str, str],
     overriding: bool,
 ) -> None:
     """Insert one long line into ``target``: its long string values through a binary COPY
     into a temporary table, the rest as json (module docstring). ``types`` are the
-    target's column types (``format_type``); names are always quoted."""
+    target's column types (``format_type``), ``bare_types`` the same without modifiers
+    (what text is cast to: the INSERT then applies the modifier, refusing what does not
+    fit); names are always quoted."""
     row: dict[str, Any] = orjson.loads(line)
     staged: dict[str, tuple[bytes | str, str]] = {}  # column -> value, staging type; in order
     for name in columns:
@@ -226,10 +229,10 @@ async def load_row(
     for name in columns:
         col = quote_ident(name)
         if name in staged_names:
-            exprs.append(f"s.v{index[name]}::{types[name]}")
+            exprs.append(f"s.v{index[name]}::{bare_types[name]}")
         elif name in text_columns:
             declared.append(f"{col} pg_catalog.text")
-            exprs.append(f"p.{col}::{types[name]}")
+            exprs.append(f"p.{col}::{bare_types[name]}")
         else:
             declared.append(f"{col} {types[name]}")
             exprs.append(f"p.{col}")

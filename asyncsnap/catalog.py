@@ -45,6 +45,10 @@ class Column:
     generated: str | None  # "stored", "virtual" (PostgreSQL 18+) or None
     identity: str | None  # "always", "by default" or None
     type_mod: int = -1  # atttypmod, for the definition check (``Signature``)
+    # format_type(atttypid, NULL): the type without its modifier. A restore casts text to
+    # it, and the INSERT's assignment to the column then applies the modifier as COPY
+    # would (an explicit cast to varchar(5) would cut a longer value silently).
+    bare_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,9 @@ class ServerInfo:
     port: int | None
     superuser: bool = False
     bypass_rls: bool = False
+    encoding: str = "UTF8"  # the database's, for restore --create
+    lc_collate: str = ""
+    lc_ctype: str = ""
 
 
 @dataclass
@@ -177,8 +184,13 @@ async def read_server_info(conn: asyncpg.Connection) -> ServerInfo:
                current_user AS "user",
                pg_catalog.host(pg_catalog.inet_server_addr()) AS host,
                pg_catalog.inet_server_port() AS port,
-               r.rolsuper AS superuser, r.rolbypassrls AS bypass_rls
-        FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
+               r.rolsuper AS superuser, r.rolbypassrls AS bypass_rls,
+               pg_catalog.pg_encoding_to_char(d.encoding)::pg_catalog.text AS encoding,
+               d.datcollate::pg_catalog.text AS lc_collate,
+               d.datctype::pg_catalog.text AS lc_ctype
+        FROM pg_catalog.pg_roles r, pg_catalog.pg_database d
+        WHERE r.rolname OPERATOR(pg_catalog.=) current_user
+          AND d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()
         """
     )
     assert row is not None
@@ -268,6 +280,7 @@ async def list_tables(conn: asyncpg.Connection, server: ServerInfo | None = None
 _COLUMNS_SQL = """
 SELECT a.attrelid AS oid, a.attname AS name,
        pg_catalog.format_type(a.atttypid, a.atttypmod) AS type,
+       pg_catalog.format_type(a.atttypid, NULL) AS bare_type,
        a.atttypid AS type_oid, a.atttypmod AS type_mod, a.attnotnull AS not_null,
        a.attgenerated::pg_catalog.text AS generated, a.attidentity::pg_catalog.text AS identity
 FROM pg_catalog.pg_attribute a
@@ -334,6 +347,7 @@ async def describe_tables(conn: asyncpg.Connection, tables: list[Table]) -> list
                 generated=_GENERATED.get(r["generated"]),
                 identity=_IDENTITY.get(r["identity"]),
                 type_mod=r["type_mod"],
+                bare_type=r["bare_type"],
             )
         )
     pkeys: dict[int, tuple[str, ...]] = {}

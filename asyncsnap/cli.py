@@ -612,15 +612,49 @@ def restore_command(
         bool,
         typer.Option("--ignore-missing-columns", help="Drop backup columns the target lacks."),
     ] = False,
+    clean: Annotated[
+        bool,
+        typer.Option(
+            "--clean",
+            help="Drop the backup's objects that exist, then re-create them and load the rows "
+            "(take a database back to the backup).",
+        ),
+    ] = False,
+    create: Annotated[
+        bool,
+        typer.Option(
+            "--create",
+            help="Create the backup's database (named as the source; connect to another "
+            "database of the server, e.g. postgres) and restore into it.",
+        ),
+    ] = False,
+    no_owner: Annotated[
+        bool, typer.Option("--no-owner", help="Do not give objects their source owners.")
+    ] = False,
+    no_privileges: Annotated[
+        bool, typer.Option("--no-privileges", help="Do not restore GRANTs and REVOKEs.")
+    ] = False,
+    schema_only: Annotated[
+        bool, typer.Option("--schema-only", help="Only the schema, no rows.")
+    ] = False,
+    data_only: Annotated[
+        bool, typer.Option("--data-only", help="Only the rows, into existing tables.")
+    ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the plan; load nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the plan and change nothing (the schema is run and rolled back, so "
+            "its errors show).",
+        ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
     log_format: LogFormatOption = "text",
     summary_json: SummaryOption = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
-    """Load a backup into existing tables, parents before children.
+    """Restore a backup: into an empty database, schema and rows; into existing tables,
+    the rows (parents before children).
 
     Example: asyncsnap restore /backups/backup_20261124T021500Z postgresql:///shop_copy -j 4
     """
@@ -645,6 +679,12 @@ def restore_command(
             disable_triggers=disable_triggers,
             verify_first=verify_first,
             ignore_missing_columns=ignore_missing_columns,
+            clean=clean,
+            create=create,
+            no_owner=no_owner,
+            no_privileges=no_privileges,
+            schema_only=schema_only,
+            data_only=data_only,
             dry_run=dry_run,
             on_event=on_event,
         )
@@ -680,7 +720,7 @@ def restore_command(
     if json_log is not None:
         return
     if dry_run:
-        for line in result.plan.describe():
+        for line in result.lines:
             typer.echo(line)
     elif not quiet:
         extra = f", {result.large_objects} large objects" if result.large_objects else ""

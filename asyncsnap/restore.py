@@ -20,14 +20,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 import asyncpg
 
-from . import bigrows, largeobjects
+from . import bigrows, largeobjects, restore_schema
 from .backup import Backup, BackupTable, DataFileReader, open_backup
 from .catalog import (
     Table,
@@ -39,6 +39,7 @@ from .catalog import (
 )
 from .connection import resolve
 from .errors import (
+    AsyncsnapError,
     PermissionDenied,
     RestoreFailed,
     SchemaMismatch,
@@ -88,6 +89,27 @@ async def loading_connection(session: Session) -> asyncpg.Connection:
 
 
 @dataclass(frozen=True)
+class Switch:
+    """A user trigger or rule of a target table and its state (O, A, R or D)."""
+
+    kind: str  # "trigger" or "rule"
+    name: str
+    state: str
+
+    def _clause(self) -> str:
+        return f"{'TRIGGER' if self.kind == 'trigger' else 'RULE'} {quote_ident(self.name)}"
+
+    def off(self, table: str) -> str:
+        """The ALTER TABLE that switches it off."""
+        return f"ALTER TABLE {table} DISABLE {self._clause()}"
+
+    def back(self, table: str) -> str:
+        """The ALTER TABLE that sets it back to its state."""
+        mode = {"O": "ENABLE", "A": "ENABLE ALWAYS", "R": "ENABLE REPLICA", "D": "DISABLE"}
+        return f"ALTER TABLE {table} {mode[self.state]} {self._clause()}"
+
+
+@dataclass(frozen=True)
 class TableLoad:
     """How one backup table goes into its target table."""
 
@@ -98,6 +120,15 @@ class TableLoad:
     dropped: tuple[str, ...]  # backup columns the target lacks (--ignore-missing-columns)
     defaulted: tuple[str, ...]  # target columns the backup lacks: they take defaults
     overriding: bool  # an identity GENERATED ALWAYS column is written
+    # The target's own triggers and rules (kind, name, pg_trigger.tgenabled or
+    # pg_rewrite.ev_enabled): switched off inside the load's transaction and set back to
+    # these states before it commits, so loaded rows fire none of them.
+    switches: tuple[Switch, ...] = ()
+
+    @property
+    def quiets(self) -> bool:
+        """Whether loading this table switches triggers or rules off."""
+        return any(sw.state != "D" for sw in self.switches)
 
     def insert_sql(self) -> str:
         """One INSERT taking a JSON array of row objects as ``$1`` (``json``, sent as
@@ -110,14 +141,17 @@ class TableLoad:
         """
         target = sql_name(self.target.schema, self.target.name)
         types = {c.name: c.type for c in self.target.columns}
+        bare = {c.name: c.bare_type or c.type for c in self.target.columns}
         declared, exprs = [], []
         for name in self.columns:
             col = quote_ident(name)
             if name in self.text_columns:
                 declared.append(f"{col} pg_catalog.text")
-                # The type as the target's format_type() names it: qualified wherever
-                # search_path (empty) would not find it.
-                exprs.append(f"p.{col}::{types[name]}")
+                # The type as the target's format_type() names it (qualified wherever
+                # search_path, empty, would not find it), without its modifier: the
+                # INSERT's assignment applies that, refusing a value that does not fit
+                # (an explicit cast to varchar(5) would cut it).
+                exprs.append(f"p.{col}::{bare[name]}")
             else:
                 declared.append(f"{col} {types[name]}")
                 exprs.append(f"p.{col}")
@@ -196,9 +230,17 @@ class RestoredTable:
 
 @dataclass(frozen=True)
 class RestoreResult:
-    """What ``restore`` did. With ``dry_run`` nothing was loaded and ``tables`` is empty."""
+    """What ``restore`` did. With ``dry_run`` nothing was loaded and ``tables`` is empty.
 
-    plan: RestorePlan
+    ``plan`` is the data plan (None when no rows were planned: a dry run of a whole
+    restore, whose tables do not exist yet, or ``schema_only``); ``lines`` is the whole
+    plan in words, as ``--dry-run`` prints it; ``kind`` is ``"whole"`` (schema and rows)
+    or ``"existing"`` (rows into existing tables)."""
+
+    plan: RestorePlan | None
+    lines: list[str] = field(default_factory=list)
+    kind: str = "existing"
+    database: str | None = None  # made by --create
     tables: list[RestoredTable] = field(default_factory=list)
     rows: int = 0
     sequences: int = 0
@@ -295,23 +337,42 @@ async def restore(
     disable_triggers: bool = False,
     verify_first: bool = False,
     ignore_missing_columns: bool = False,
+    clean: bool = False,
+    create: bool = False,
+    no_owner: bool = False,
+    no_privileges: bool = False,
+    schema_only: bool = False,
+    data_only: bool = False,
     dry_run: bool = False,
     on_event: EventCallback | None = None,
 ) -> RestoreResult:
-    """Load a backup into existing tables of the database ``dsn`` points at.
+    """Restore a backup into the database ``dsn`` points at: the whole of it (schema and
+    rows) into a database without its tables, or its rows into existing tables (the rule
+    is in ``asyncsnap.restore_schema``; ``--dry-run`` shows which).
 
     :param backup_dir: a complete backup directory (with its manifest).
-    :param dsn: target; ``None`` uses ``$DATABASE_URL``, ``./.env``, then ``PG*``.
-    :param jobs: connections loading at once (tables of one level run in parallel).
-    :param tables, exclude_tables: -t/-T patterns, applied to the backup's tables.
-    :param mode: ``"refuse"`` non-empty targets (default), ``"truncate"`` them first, or
+    :param dsn: target; ``None`` uses ``$DATABASE_URL``, ``./.env``, then ``PG*``. With
+        ``create``, a database of the server to connect to first (e.g. ``postgres``).
+    :param jobs: connections loading at once (tables of one level run in parallel), and
+        pg_restore's ``-j`` for post-data.
+    :param tables, exclude_tables: -t/-T patterns, applied to the backup's tables (rows
+        into existing tables only).
+    :param mode: ``"refuse"`` non-empty targets (default), ``"truncate"`` them first (in
+        the same transaction as the load: everything then loads in one transaction), or
         ``"append"``.
     :param single_transaction: everything in one transaction on one connection.
-    :param disable_triggers: disable the tables' triggers (and so foreign-key checks)
-        while loading; needs the privileges ALTER TABLE ... DISABLE TRIGGER ALL needs.
+    :param disable_triggers: disable the triggers (and so foreign-key checks) of tables in
+        a foreign-key cycle while loading them.
     :param verify_first: check every file completely before touching the database.
     :param ignore_missing_columns: drop backup columns the target lacks, not an error.
-    :param dry_run: plan and report, load nothing.
+    :param clean: drop the backup's objects (that exist) and re-create them, as
+        pg_restore --clean: "the migration went wrong, take me back".
+    :param create: create the backup's database (named as the source) and restore into it.
+    :param no_owner, no_privileges: leave out ownership and GRANTs (a server without the
+        source's roles).
+    :param schema_only, data_only: only the schema, or only the rows.
+    :param dry_run: plan and report, change nothing; a whole restore's schema is run and
+        rolled back, so its errors show.
 
     Example::
 
@@ -337,55 +398,180 @@ async def restore(
             )
     for s in backup.skipped:
         emit(Notice(f"not in the backup: {s.describe()}"))
+    params = resolve(dsn)
     # The settings the values were rendered with are the ones to read them back with
     # (open_backup accepted them only as the documented values).
-    session = Session(resolve(dsn), SessionPolicy(render=backup.settings))
+    policy = SessionPolicy(render=backup.settings)
+    created: str | None = None
+    if create:
+        restore_schema.check_options(
+            backup, data_only=data_only, schema_only=schema_only, clean=clean, create=create
+        )
+        maintenance = await Session(params, policy).connect()
+        try:
+            created = await restore_schema.create_database(
+                maintenance, backup, clean=clean, dry_run=dry_run
+            )
+        except asyncpg.PostgresError as exc:
+            raise RestoreFailed(f"cannot create the database: {exc}") from exc
+        finally:
+            maintenance.terminate()
+        if dry_run:
+            lines = [
+                "--create: a new database with the backup's schema and rows",
+                f"create database {created}, then restore the whole backup into it",
+            ]
+            for line in lines:
+                emit(Notice(line))
+            return RestoreResult(
+                plan=None, lines=lines, dry_run=True, seconds=time.monotonic() - started
+            )
+        emit(Notice(f"created database {created}"))
+        params = restore_schema.with_database(params, created)
+    session = Session(params, policy)
     conn = await loading_connection(session)
+    results: list[RestoredTable] = []
+    plan: RestorePlan | None = None
+    kind = "existing"
     try:
-        plan = await _plan(
+        kind, reason, replaced = await restore_schema.choose_kind(
             conn,
             backup,
             selection,
-            mode=mode,
-            disable_triggers=disable_triggers,
-            ignore_missing_columns=ignore_missing_columns,
+            data_only=data_only,
+            schema_only=schema_only,
+            clean=clean,
+            create=create,
         )
-        for line in plan.describe():
-            emit(Notice(line))
-        if dry_run:
-            return RestoreResult(plan=plan, dry_run=True, seconds=time.monotonic() - started)
-        emit(
-            RestoreStarted(
-                tables=len(plan.loads),
-                rows=sum(ld.source.rows for ld in plan.loads),
-                jobs=1 if single_transaction else jobs,
-                target=str(session.target),
+        lines = [reason]
+        steps = None
+        if kind == "whole":
+            if mode != "refuse" or single_transaction:
+                flag = (
+                    "--single-transaction"
+                    if single_transaction
+                    else "--truncate"
+                    if mode == "truncate"
+                    else "--append"
+                )
+                raise UsageError(
+                    f"{flag} is for loading into existing tables; this restore creates them",
+                    hint="drop the flag (--clean replaces existing objects)",
+                )
+            server_major = int(conn.get_server_version().major)
+            steps = await restore_schema.plan_steps(
+                backup,
+                server_major=server_major,
+                clean=clean,
+                create=created,
+                no_owner=no_owner,
+                no_privileges=no_privileges,
+                replaced=replaced,
             )
-        )
-        if single_transaction:
-            async with conn.transaction():
-                done = await _run(plan, [conn], backup, emit, single_transaction=True, mode=mode)
-        else:
-            done = await _run_with_pool(plan, conn, session, backup, emit, jobs=jobs, mode=mode)
+            lines += steps.describe(jobs)
+            if not schema_only:
+                data_rows = sum(t.rows for t in backup.tables)
+                lines.append(
+                    f"then the rows of {sum(1 for t in backup.tables if t.has_data)} tables "
+                    f"({data_rows} rows), all at once: no constraint exists yet"
+                )
+            lines.append(steps.describe_post(jobs))
+            if not schema_only:
+                lines.append("then sequences, large objects and materialized views, then ANALYZE")
+            for line in lines:
+                emit(Notice(line))
+            if dry_run:
+                await restore_schema.pre_data(conn, steps, backup, rehearse=True)
+                return RestoreResult(
+                    plan=None, lines=lines, dry_run=True, seconds=time.monotonic() - started
+                )
+            emit(
+                RestoreStarted(
+                    tables=0 if schema_only else sum(1 for t in backup.tables if t.has_data),
+                    rows=0 if schema_only else sum(t.rows for t in backup.tables),
+                    jobs=jobs,
+                    target=str(session.target),
+                )
+            )
+            await restore_schema.pre_data(conn, steps, backup)
+            emit(Notice("pre-data created"))
+        if kind == "existing" and mode == "truncate" and not single_transaction:
+            # TRUNCATE is only safe in the transaction that loads: a damaged file must
+            # leave the old rows in place.
+            single_transaction = True
+            lines.append("--truncate: every table is emptied and loaded in one transaction")
+        done = _Done([], 0, 0, 0)
+        if not schema_only:
+            plan = await _plan(
+                conn,
+                backup,
+                selection,
+                mode=mode,
+                disable_triggers=disable_triggers,
+                ignore_missing_columns=ignore_missing_columns,
+            )
+            if kind == "existing":
+                lines += plan.describe()
+                for line in plan.describe():
+                    emit(Notice(line))
+                if dry_run:
+                    return RestoreResult(
+                        plan=plan, lines=lines, dry_run=True, seconds=time.monotonic() - started
+                    )
+                emit(
+                    RestoreStarted(
+                        tables=len(plan.loads),
+                        rows=sum(ld.source.rows for ld in plan.loads),
+                        jobs=1 if single_transaction else jobs,
+                        target=str(session.target),
+                    )
+                )
+            if single_transaction:
+                async with conn.transaction():
+                    done = await _run(
+                        plan, [conn], backup, emit, results, single_transaction=True, mode=mode
+                    )
+            else:
+                done = await _run_with_pool(
+                    plan, conn, session, backup, emit, results, jobs=jobs, mode=mode
+                )
+        if steps is not None:
+            await restore_schema.post_data(conn, session.params, steps, jobs=jobs)
+            emit(Notice("post-data created"))
+            if not schema_only:
+                await restore_schema.analyze(conn, backup)
     except asyncpg.InsufficientPrivilegeError as exc:
         raise PermissionDenied(
-            f"permission denied: {exc}", hint="restore as the tables' owner or grant INSERT"
+            f"permission denied: {exc}",
+            hint=_committed(plan, results, single_transaction, kind)
+            or "restore as the tables' owner or grant INSERT",
         ) from exc
     except asyncpg.PostgresError as exc:
         raise RestoreFailed(
-            f"server error: {exc}", hint=getattr(exc, "hint", None) or "see the server log"
+            f"server error: {exc}",
+            hint=_committed(plan, results, single_transaction, kind)
+            or getattr(exc, "hint", None)
+            or "see the server log",
         ) from exc
+    except AsyncsnapError as exc:
+        told = _committed(plan, results, single_transaction, kind)
+        if told:
+            exc.hint = f"{exc.hint}; {told}" if exc.hint else told
+        raise
     finally:
         if not conn.is_closed():
             conn.terminate()
     result = RestoreResult(
         plan=plan,
+        lines=lines,
         tables=done.tables,
         rows=sum(t.rows for t in done.tables),
         sequences=done.sequences,
         large_objects=done.large_objects,
         refreshed=done.refreshed,
         seconds=time.monotonic() - started,
+        kind=kind,
+        database=created,
     )
     emit(
         RestoreFinished(
@@ -396,6 +582,41 @@ async def restore(
         )
     )
     return result
+
+
+def _committed(
+    plan: RestorePlan | None, results: list[RestoredTable], single: bool, kind: str
+) -> str | None:
+    """After a failure: which tables were committed and which not, and how to finish."""
+    if plan is None or (not results and kind == "existing"):
+        return None
+    rerun = (
+        "run the same restore with --clean to start over"
+        if kind == "whole"
+        else "run it again with --truncate (which loads in one transaction)"
+    )
+    if single:
+        return f"nothing was committed (one transaction); {rerun}"
+    loaded: dict[tuple[str, str], int] = {}
+    for r in results:
+        loaded[(r.schema, r.name)] = loaded.get((r.schema, r.name), 0) + r.rows
+    full = [
+        ld.target.qualified
+        for ld in plan.loads
+        if loaded.get(ld.target.key) == ld.source.rows and ld.target.key in loaded
+    ]
+    part = [
+        ld.target.qualified
+        for ld in plan.loads
+        if ld.target.key in loaded and ld.target.qualified not in full
+    ]
+    rest = [ld.target.qualified for ld in plan.loads if ld.target.key not in loaded]
+    said = [
+        f"committed: {some_names(full) if full else 'none'}",
+        *([f"partly committed (split files): {some_names(part)}"] if part else []),
+        f"not loaded: {some_names(rest) if rest else 'none'}",
+    ]
+    return "; ".join(said) + f"; {rerun}"
 
 
 _FK_DEFS_SQL = """
@@ -416,6 +637,10 @@ async def _plan(
     listed = await list_tables(conn)
     described = await describe_tables(conn, [t for t in listed if t.is_table])
     loads = plan_loads(backup, described, selection, ignore_missing_columns=ignore_missing_columns)
+    loads = await _with_switches(conn, loads)
+    await _check_empty(conn, loads, mode)
+    if mode == "truncate":
+        await _check_truncatable(conn, loads)
     target_keys = {ld.target.key for ld in loads}
     # The target's foreign keys decide the order; partitioned parents come along so that
     # partitions take their parent's place.
@@ -478,6 +703,69 @@ async def _plan(
     )
 
 
+_SWITCHES_SQL = """
+SELECT t.tgrelid AS oid, 'trigger' AS kind, t.tgname AS name,
+       t.tgenabled::pg_catalog.text AS state
+FROM pg_catalog.pg_trigger t
+WHERE t.tgrelid = ANY ($1::pg_catalog.oid[]) AND NOT t.tgisinternal
+UNION ALL
+SELECT r.ev_class, 'rule', r.rulename, r.ev_enabled::pg_catalog.text
+FROM pg_catalog.pg_rewrite r
+WHERE r.ev_class = ANY ($1::pg_catalog.oid[]) AND r.rulename OPERATOR(pg_catalog.<>) '_RETURN'
+ORDER BY 1, 2, 3
+"""
+
+_OWNED_SQL = """
+SELECT c.oid, pg_catalog.pg_has_role(c.relowner, 'USAGE') AS owned
+FROM pg_catalog.pg_class c WHERE c.oid = ANY ($1::pg_catalog.oid[])
+"""
+
+
+async def _with_switches(conn: asyncpg.Connection, loads: list[TableLoad]) -> list[TableLoad]:
+    """The loads with their target's triggers and rules; refuses, before anything is
+    loaded, a table whose triggers or rules this role cannot switch off (only the owner
+    can, and letting them fire would change the rows or other tables)."""
+    oids = [ld.target.oid for ld in loads]
+    found: dict[int, list[Switch]] = {}
+    for r in await conn.fetch(_SWITCHES_SQL, oids):
+        found.setdefault(r["oid"], []).append(Switch(r["kind"], r["name"], r["state"]))
+    owned = {r["oid"]: r["owned"] for r in await conn.fetch(_OWNED_SQL, oids)}
+    result, refused = [], []
+    for load in loads:
+        load = replace(load, switches=tuple(found.get(load.target.oid, ())))
+        if load.quiets and not owned.get(load.target.oid, False):
+            refused.append(load.target.qualified)
+        result.append(load)
+    if refused:
+        raise PermissionDenied(
+            f"{some_names(refused)} have triggers or rules that loading would fire, and only "
+            "their owner can switch them off for the load",
+            hint="restore as the tables' owner (or a member of its role)",
+        )
+    return result
+
+
+async def _check_truncatable(conn: asyncpg.Connection, loads: list[TableLoad]) -> None:
+    """--truncate empties the selected tables in one statement; a table outside the
+    selection that references one of them would make it fail (after the plan said yes)."""
+    oids = [ld.target.oid for ld in loads]
+    rows = await conn.fetch(
+        "SELECT DISTINCT con.conrelid::pg_catalog.regclass::pg_catalog.text AS referencing, "
+        "con.confrelid::pg_catalog.regclass::pg_catalog.text AS referenced "
+        "FROM pg_catalog.pg_constraint con WHERE con.contype OPERATOR(pg_catalog.=) 'f' "
+        "AND con.confrelid = ANY ($1::pg_catalog.oid[]) "
+        "AND NOT con.conrelid = ANY ($1::pg_catalog.oid[]) ORDER BY 1, 2",
+        oids,
+    )
+    if rows:
+        pairs = [f"{r['referencing']} references {r['referenced']}" for r in rows]
+        raise RestoreFailed(
+            f"cannot truncate: {some_names(pairs, sep='; ')}",
+            hint="include the referencing tables with -t, or empty them yourself "
+            "(asyncsnap never truncates tables you did not select)",
+        )
+
+
 @dataclass
 class _Unit:
     """What one connection loads in one transaction: a table, one file of a split table,
@@ -505,7 +793,9 @@ def _units(plan: RestorePlan, level: list[TableLoad], *, split_files: bool) -> l
         cycle = in_cycle.get(plan.roots[load.target.key])
         if cycle is not None:
             grouped.setdefault(id(cycle), _Unit(loads=[], cycle=cycle)).loads.append(load)
-        elif split_files and len(load.source.files) > 1:
+        elif split_files and len(load.source.files) > 1 and not load.quiets:
+            # (ALTER TABLE to switch triggers off would make the files' transactions
+            # wait for one another: such a table loads whole)
             units += [_Unit(loads=[load], file_index=i) for i in range(len(load.source.files))]
         else:
             units.append(_Unit(loads=[load]))
@@ -538,6 +828,7 @@ async def _run_with_pool(
     session: Session,
     backup: Backup,
     emit: EventCallback,
+    results: list[RestoredTable],
     *,
     jobs: int,
     mode: Mode,
@@ -546,7 +837,9 @@ async def _run_with_pool(
     size = max(1, min(jobs, widest))
     others = [await loading_connection(session) for _ in range(size - 1)]
     try:
-        return await _run(plan, [conn, *others], backup, emit, single_transaction=False, mode=mode)
+        return await _run(
+            plan, [conn, *others], backup, emit, results, single_transaction=False, mode=mode
+        )
     finally:
         for other in others:
             other.terminate()
@@ -557,13 +850,13 @@ async def _run(
     conns: list[asyncpg.Connection],
     backup: Backup,
     emit: EventCallback,
+    results: list[RestoredTable],
     *,
     single_transaction: bool,
     mode: Mode,
 ) -> _Done:
     main = conns[0]
     loads = plan.loads
-    await _check_empty(main, loads, mode)
     if mode == "truncate" and loads:  # a backup may hold no table (only large objects)
         names = ", ".join(sql_name(ld.target.schema, ld.target.name) for ld in loads)
         try:
@@ -574,26 +867,19 @@ async def _run(
                 hint="another table references one being restored; include it with -t or "
                 "empty it yourself (asyncsnap never truncates tables you did not select)",
             ) from exc
-    dropped = await _drop_cycle_constraints(main, plan)
-    results: list[RestoredTable] = []
-    try:
-        for level in plan.levels:
-            units = _units(plan, level, split_files=not single_transaction)
-            if single_transaction:
-                for unit in units:
-                    results += await _load_unit(main, unit, backup, emit, own_transaction=False)
-                continue
-            queue = iter(units)  # shared: each connection takes the next unit
-            try:
-                async with anyio.create_task_group() as tg:
-                    for conn in conns[: len(units)]:
-                        tg.start_soon(_worker, conn, queue, results, backup, emit)
-            except BaseExceptionGroup as group:
-                raise most_telling(group) from None
-    finally:
-        if dropped:
-            with anyio.CancelScope(shield=True):
-                await _recreate_constraints(main, dropped, emit)
+    for level in plan.levels:
+        units = _units(plan, level, split_files=not single_transaction)
+        if single_transaction:
+            for unit in units:
+                results += await _load_unit(main, unit, backup, emit, own_transaction=False)
+            continue
+        queue = iter(units)  # shared: each connection takes the next unit
+        try:
+            async with anyio.create_task_group() as tg:
+                for conn in conns[: len(units)]:
+                    tg.start_soon(_worker, conn, queue, results, backup, emit)
+        except BaseExceptionGroup as group:
+            raise most_telling(group) from None
     sequences = await _set_sequences(main, plan, emit)
     objects = 0
     if plan.large_objects:
@@ -635,20 +921,15 @@ async def _check_empty(conn: asyncpg.Connection, loads: list[TableLoad], mode: M
 
 
 async def _drop_cycle_constraints(
-    conn: asyncpg.Connection, plan: RestorePlan
+    conn: asyncpg.Connection, cycle: CyclePlan
 ) -> list[tuple[TableKey, str, str]]:
-    """Drop the constraints of cycles planned as drop-and-recreate; return them."""
+    """Drop a cycle's constraints, in the caller's transaction; return their definitions."""
     dropped = []
-    for cycle in plan.cycles:
-        if cycle.strategy != "drop-and-recreate":
-            continue
-        for key, name in cycle.constraints:
-            oid = await conn.fetchval(
-                "SELECT $1::pg_catalog.regclass::pg_catalog.oid", sql_name(*key)
-            )
-            defs = {r["name"]: r["definition"] for r in await conn.fetch(_FK_DEFS_SQL, oid)}
-            await conn.execute(f"ALTER TABLE {sql_name(*key)} DROP CONSTRAINT {quote_ident(name)}")
-            dropped.append((key, name, defs[name]))
+    for key, name in cycle.constraints:
+        oid = await conn.fetchval("SELECT $1::pg_catalog.regclass::pg_catalog.oid", sql_name(*key))
+        defs = {r["name"]: r["definition"] for r in await conn.fetch(_FK_DEFS_SQL, oid)}
+        await conn.execute(f"ALTER TABLE {sql_name(*key)} DROP CONSTRAINT {quote_ident(name)}")
+        dropped.append((key, name, defs[name]))
     return dropped
 
 
@@ -678,22 +959,47 @@ async def _load_unit(
     *,
     own_transaction: bool,
 ) -> list[RestoredTable]:
+    """Load a unit in one transaction. Everything it changes besides rows (a cycle's
+    constraints dropped and re-created, triggers and rules switched off and back) is
+    DDL in that same transaction: a failure or a SIGKILL at any moment rolls all of it
+    back, and nothing stays dropped or switched off."""
     strategy = unit.cycle.strategy if unit.cycle is not None else None
     async with _transaction(conn, own=own_transaction):
+        dropped: list[tuple[TableKey, str, str]] = []
         if strategy == "defer":
             assert unit.cycle is not None
             names = ", ".join(
                 f"{quote_ident(key[0])}.{quote_ident(name)}" for key, name in unit.cycle.constraints
             )
             await conn.execute(f"SET CONSTRAINTS {names} DEFERRED")
+        elif strategy == "drop-and-recreate":
+            assert unit.cycle is not None
+            dropped = await _drop_cycle_constraints(conn, unit.cycle)
         results = []
+        all_off = strategy == "disable-triggers"
         for load in unit.loads:
             target = sql_name(load.target.schema, load.target.name)
-            if strategy == "disable-triggers":
+            # With --disable-triggers a cycle's tables have every trigger off (foreign-key
+            # checks too); rules are never triggers and are switched one by one.
+            own = [sw for sw in load.switches if not (all_off and sw.kind == "trigger")]
+            if all_off:
                 await conn.execute(f"ALTER TABLE {target} DISABLE TRIGGER ALL")
+            for switch in own:
+                if switch.state != "D":
+                    await conn.execute(switch.off(target))
             results.append(await _load_table(conn, load, backup, emit, unit.file_index))
-            if strategy == "disable-triggers":
+            if all_off:
                 await conn.execute(f"ALTER TABLE {target} ENABLE TRIGGER ALL")
+                # ENABLE ALL also turned on disabled triggers and made ALWAYS and REPLICA
+                # ones ORIGIN: each user trigger goes back to its own state.
+                for switch in load.switches:
+                    if switch.kind == "trigger" and switch.state != "O":
+                        await conn.execute(switch.back(target))
+            for switch in own:
+                if switch.state != "D":
+                    await conn.execute(switch.back(target))
+        if dropped:
+            await _recreate_constraints(conn, dropped, emit)
     return results
 
 
@@ -800,6 +1106,7 @@ async def _load_block(
                 columns=load.columns,
                 text_columns=load.text_columns,
                 types={c.name: c.type for c in load.target.columns},
+                bare_types={c.name: c.bare_type or c.type for c in load.target.columns},
                 overriding=load.overriding,
             )
             run_start = end

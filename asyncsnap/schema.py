@@ -338,6 +338,37 @@ def _python_codec(encoding: str) -> str:
         ) from exc
 
 
+def drop_statements(script: str) -> str:
+    """The DROP statements that ``pg_restore --clean --if-exists`` (both sections) puts
+    between its prologue and the first object, one per line, and nothing else.
+
+    A name with a newline in it would continue a statement on the next line: the block
+    then ends early, inside a quoted name, and the server refuses it (it fails closed;
+    no text after the cut is run).
+
+    :raises RestoreFailed: when no block of drops is where pg_restore puts it.
+    """
+    lines = script.split("\n")
+    start = next(
+        (i for i, ln in enumerate(lines) if ln.startswith(("DROP ", "ALTER TABLE IF EXISTS "))),
+        None,
+    )
+    if start is None:
+        return ""
+    drops = []
+    for line in lines[start:]:
+        if line.startswith(("DROP ", "ALTER TABLE IF EXISTS ")):
+            drops.append(line)
+            continue
+        if line == "" or line.startswith(("--", "SET ")):
+            break
+        raise RestoreFailed(
+            "the schema's drop statements are not one per line (a name with a newline?)",
+            hint="drop the backup's objects yourself, then restore without --clean",
+        )
+    return "\n".join(drops)
+
+
 async def server_settings(conn: asyncpg.Connection) -> frozenset[str]:
     rows = await conn.fetch("SELECT name FROM pg_catalog.pg_settings")
     return frozenset(r["name"] for r in rows)

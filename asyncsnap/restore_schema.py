@@ -1,0 +1,406 @@
+"""The schema half of a restore: which kind of restore, --create, --clean, pre-data and
+post-data, and ANALYZE.
+
+The rule that picks the kind (``choose_kind``, shown first by ``--dry-run``):
+
+- a backup without a schema (format 1-2, ``dump --no-schema``) or ``--data-only``: rows
+  into existing tables;
+- ``--clean`` or ``--create``: the whole backup, schema and rows, replacing what is there;
+- otherwise, by what the target holds of the backup's tables: none, the whole backup
+  (an empty database becomes a copy); all, rows into them; some, an error naming them.
+
+A whole restore runs pre-data (types, functions, tables, sequences: pg_restore's SQL,
+executed here in one transaction, after ``--clean``'s drops in that same transaction),
+then the rows (no constraint exists yet, so every table loads at once), then post-data
+(indexes, constraints, triggers, rules, policies: ``pg_restore -j``), then sequences,
+large objects, materialized views and ANALYZE.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import anyio
+import anyio.to_thread
+import asyncpg
+
+from . import schema
+from .backup import Backup, check_schema_file
+from .catalog import quote_ident, sql_name
+from .connection import ConnectParams
+from .errors import (
+    RestoreFailed,
+    SchemaMismatch,
+    TargetNotEmpty,
+    UsageError,
+    VerificationFailed,
+    some_names,
+)
+from .patterns import Selection
+
+Kind = str  # "existing" (rows into existing tables) | "whole" (schema and rows)
+
+# What --create may put in CREATE DATABASE from a manifest (it is not SQL we trust).
+_SAFE_SETTING = re.compile(r"[A-Za-z0-9_.@ -]{1,64}")
+
+
+@dataclass(frozen=True)
+class SchemaSteps:
+    """What the schema half of a whole restore does."""
+
+    archive: Path
+    tool: schema.ClientTool  # the pg_restore that renders (and perhaps runs) the archive
+    parallel_post_data: bool  # pg_restore -j; else the post-data SQL in one transaction
+    clean: bool
+    create: str | None  # the database --create makes
+    no_owner: bool
+    no_privileges: bool
+    replaced: tuple[str, ...]  # backup tables in the target that --clean drops
+
+    def describe(self, jobs: int) -> list[str]:
+        lines = []
+        if self.create:
+            lines.append(f"create database {self.create}")
+        if self.replaced:
+            lines.append(f"drop and re-create (--clean): {some_names(list(self.replaced))}")
+        options = [
+            o
+            for o, on in (("--no-owner", self.no_owner), ("--no-privileges", self.no_privileges))
+            if on
+        ]
+        extra = f" ({', '.join(options)})" if options else ""
+        lines.append(
+            f"pre-data: types, functions, tables, sequences in one transaction{extra} "
+            f"(pg_restore {self.tool.version})"
+        )
+        return lines
+
+    def describe_post(self, jobs: int) -> str:
+        how = (
+            f"pg_restore -j {jobs}"
+            if self.parallel_post_data
+            else f"one transaction (pg_restore {self.tool.version} is newer than the server)"
+        )
+        return f"then post-data: indexes, constraints, triggers, rules, policies ({how})"
+
+
+async def choose_kind(
+    conn: asyncpg.Connection,
+    backup: Backup,
+    selection: Selection,
+    *,
+    data_only: bool,
+    schema_only: bool,
+    clean: bool,
+    create: bool,
+) -> tuple[Kind, str, list[str]]:
+    """The kind of restore, the reason in words, and the backup's tables the target has.
+
+    :raises UsageError, SchemaMismatch: when the options or the target rule every kind out.
+    """
+    early = check_options(
+        backup, data_only=data_only, schema_only=schema_only, clean=clean, create=create
+    )
+    if early is not None:
+        return early
+    existing = await existing_tables(conn, [t.key for t in backup.tables])
+    if create:
+        return "whole", "--create: a new database with the backup's schema and rows", []
+    if selection.include or selection.exclude:
+        raise UsageError(
+            "-t/-T choose tables to load into existing tables; a restore that creates the "
+            "schema takes the whole backup",
+            hint="add --data-only to load the chosen tables into existing ones",
+        )
+    if clean:
+        return "whole", "--clean: the backup's objects are dropped and re-created", existing
+    if not existing:
+        return "whole", "the target has none of the backup's tables: schema and rows", []
+    if schema_only:
+        raise TargetNotEmpty(
+            f"the target already has {some_names(existing)}",
+            hint="pass --clean to drop and re-create the backup's objects",
+        )
+    missing = [t.qualified for t in backup.tables if t.qualified not in set(existing)]
+    if missing:
+        raise SchemaMismatch(
+            f"the target has some of the backup's tables ({some_names(existing)}) but not "
+            f"{some_names(missing)}",
+            hint="pass --clean to drop and re-create the backup's objects, or --data-only "
+            "with -T to load only into the tables that exist",
+        )
+    return "existing", "the target has all of the backup's tables: rows into them", []
+
+
+def check_options(
+    backup: Backup, *, data_only: bool, schema_only: bool, clean: bool, create: bool
+) -> tuple[Kind, str, list[str]] | None:
+    """What the options alone decide (before connecting), or None.
+
+    :raises UsageError: for options that exclude each other or need a schema.
+    """
+    if data_only and schema_only:
+        raise UsageError("--data-only and --schema-only exclude each other", hint="choose one")
+    if backup.schema is None:
+        if schema_only or clean or create:
+            flag = "--schema-only" if schema_only else "--clean" if clean else "--create"
+            raise UsageError(
+                f"{flag} needs the schema, and this backup has none "
+                "(written with --no-schema, or by asyncsnap before 0.4)",
+                hint="create the tables yourself, then restore the rows into them",
+            )
+        return "existing", "the backup holds no schema: rows into existing tables", []
+    if data_only:
+        if clean or create:
+            raise UsageError(
+                "--data-only loads into existing tables; --clean and --create make them",
+                hint="drop --data-only to restore schema and rows",
+            )
+        return "existing", "--data-only: rows into existing tables", []
+    return None
+
+
+async def existing_tables(conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]) -> list[str]:
+    """``schema.name`` of those of ``keys`` that exist in the target as tables."""
+    if not keys:
+        return []
+    rows = await conn.fetch(
+        "SELECT n.nspname AS schema, c.relname AS name FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+        "JOIN ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), "
+        "pg_catalog.unnest($2::pg_catalog.text[])) AS k(s, r) "
+        "ON k.s OPERATOR(pg_catalog.=) n.nspname::pg_catalog.text "
+        "AND k.r OPERATOR(pg_catalog.=) c.relname::pg_catalog.text "
+        "WHERE c.relkind IN ('r', 'p') ORDER BY 1, 2",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return [f"{r['schema']}.{r['name']}" for r in rows]
+
+
+async def plan_steps(
+    backup: Backup,
+    *,
+    server_major: int,
+    clean: bool,
+    create: str | None,
+    no_owner: bool,
+    no_privileges: bool,
+    replaced: Sequence[str],
+) -> SchemaSteps:
+    """Pick the pg_restore and check the archive before anything runs.
+
+    :raises ClientToolMissing: when no pg_restore reads the archive.
+    :raises VerificationFailed: when the archive does not match the manifest.
+    """
+    assert backup.schema is not None
+    for entry in backup.schema.files:
+        wrong = await anyio.to_thread.run_sync(check_schema_file, backup, entry)
+        if wrong is not None:
+            raise VerificationFailed(
+                f"{entry.path} {wrong}", hint="the backup is damaged; nothing was restored"
+            )
+    tool, suited = await anyio.to_thread.run_sync(
+        schema.pick_pg_restore, backup.schema.pg_dump_major, server_major
+    )
+    return SchemaSteps(
+        archive=backup.path / backup.schema.archive.path,
+        tool=tool,
+        parallel_post_data=suited,
+        clean=clean,
+        create=create,
+        no_owner=no_owner,
+        no_privileges=no_privileges,
+        replaced=tuple(replaced),
+    )
+
+
+async def _script(conn: asyncpg.Connection, steps: SchemaSteps, section: str) -> str:
+    """pg_restore's SQL for ``section`` ("pre-data", "post-data"), or "drops": the
+    DROP statements of --clean for both sections (post-data's first: a rule or a trigger
+    of one table may depend on another table or a function)."""
+    clean = section == "drops"
+    sql = await anyio.to_thread.run_sync(
+        lambda: schema.render_sql(
+            steps.tool,
+            steps.archive,
+            section=None if clean else section,
+            clean=clean,
+            no_owner=steps.no_owner,
+            no_privileges=steps.no_privileges,
+        )
+    )
+    script = schema.script_statements(sql, await schema.server_settings(conn))
+    return schema.drop_statements(script) if clean else script
+
+
+async def pre_data(
+    conn: asyncpg.Connection, steps: SchemaSteps, backup: Backup, *, rehearse: bool = False
+) -> None:
+    """Create (with --clean, first drop) the backup's pre-data objects in one transaction.
+
+    ``rehearse`` runs pre-data and post-data and rolls both back: what ``--dry-run`` does
+    to find, without changing anything, every error the schema would hit (a missing
+    role, an object in the way, a foreign key from a table outside the backup).
+    """
+    script = await _script(conn, steps, "pre-data")
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        if steps.clean:
+            await _refuse_outside_references(conn, backup)
+            await _run(conn, await _script(conn, steps, "drops"), "--clean", steps)
+        await _run(conn, script, "pre-data", steps)
+        if rehearse:
+            await _run(conn, await _script(conn, steps, "post-data"), "post-data", steps)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            if not conn.is_closed():
+                await tx.rollback()
+                await conn.execute("RESET ALL")
+        raise
+    if rehearse:
+        await tx.rollback()
+    else:
+        await tx.commit()
+    await conn.execute("RESET ALL")  # the script's SETs outlive its transaction
+
+
+async def post_data(
+    conn: asyncpg.Connection, params: ConnectParams, steps: SchemaSteps, *, jobs: int
+) -> None:
+    """Indexes, constraints, triggers, rules and policies, after the rows are in."""
+    if steps.parallel_post_data:
+        await schema.run_post_data(
+            steps.tool,
+            params,
+            steps.archive,
+            jobs=jobs,
+            no_owner=steps.no_owner,
+            no_privileges=steps.no_privileges,
+        )
+        return
+    script = await _script(conn, steps, "post-data")
+    async with conn.transaction():
+        await _run(conn, script, "post-data", steps)
+    await conn.execute("RESET ALL")
+
+
+async def _run(conn: asyncpg.Connection, script: str, section: str, steps: SchemaSteps) -> None:
+    try:
+        await schema.run_script(conn, script)
+    except asyncpg.PostgresError as exc:
+        hint = getattr(exc, "hint", None)
+        if "role" in str(exc) and "does not exist" in str(exc):
+            hint = "the source's roles are missing here: pass --no-owner (and --no-privileges)"
+        elif isinstance(exc, asyncpg.DuplicateObjectError | asyncpg.DuplicateTableError):
+            hint = "pass --clean to drop the backup's objects first"
+        raise RestoreFailed(
+            f"creating the schema ({section}) failed: {exc}",
+            hint=hint or "nothing of the schema was kept (one transaction)",
+        ) from exc
+
+
+async def _refuse_outside_references(conn: asyncpg.Connection, backup: Backup) -> None:
+    """--clean drops the backup's tables, and a foreign key from a table outside the
+    backup would stop that: refused up front, naming it (dropping it would change a table
+    we do not restore). Keys between the backup's tables are dropped first, so that
+    keys added since cannot stop the drops in the archive's order."""
+    names = [sql_name(*t.key) for t in backup.tables]
+    rows = await conn.fetch(
+        "SELECT con.conname AS name, con.conrelid AS oid, "
+        "con.conrelid::pg_catalog.regclass::pg_catalog.text AS referencing, "
+        "con.confrelid::pg_catalog.regclass::pg_catalog.text AS referenced, "
+        "con.conrelid = ANY (k.oids) AS inside "
+        "FROM pg_catalog.pg_constraint con, "
+        "(SELECT pg_catalog.array_agg(pg_catalog.to_regclass(n)::pg_catalog.oid) "
+        "        FILTER (WHERE pg_catalog.to_regclass(n) IS NOT NULL) AS oids "
+        " FROM pg_catalog.unnest($1::pg_catalog.text[]) AS n) AS k "
+        "WHERE con.contype OPERATOR(pg_catalog.=) 'f' AND con.conparentid = 0 "
+        "AND con.confrelid = ANY (k.oids) ORDER BY 3, 1",
+        names,
+    )
+    outside = [f"{r['referencing']} ({r['name']})" for r in rows if not r["inside"]]
+    if outside:
+        raise RestoreFailed(
+            f"--clean cannot drop the backup's tables: {some_names(outside)} outside the "
+            "backup references them",
+            hint="drop those foreign keys (or tables) first; asyncsnap does not change "
+            "tables it does not restore",
+        )
+
+
+async def analyze(conn: asyncpg.Connection, backup: Backup) -> None:
+    """Statistics for the restored tables, so the first queries plan well."""
+    names = ", ".join(sql_name(*t.key) for t in backup.tables)
+    if names:
+        await conn.execute(f"ANALYZE {names}")
+
+
+def database_name(backup: Backup) -> str:
+    """The source database's name, which --create gives the new one (as pg_restore -C).
+
+    :raises VerificationFailed: when the manifest's name is not a database name.
+    """
+    server = backup.manifest.get("server")
+    name = server.get("database") if isinstance(server, dict) else None
+    if not isinstance(name, str) or not 0 < len(name.encode()) < 64 or "\x00" in name:
+        raise VerificationFailed("the manifest's server.database is not a database name")
+    return name
+
+
+async def create_database(
+    conn: asyncpg.Connection, backup: Backup, *, clean: bool, dry_run: bool
+) -> str:
+    """CREATE DATABASE for --create (with --clean, DROP DATABASE first), on a connection
+    to another database of the server; returns the name.
+
+    :raises TargetNotEmpty: when the database exists and ``clean`` is false.
+    """
+    name = database_name(backup)
+    exists = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database "
+        "WHERE datname OPERATOR(pg_catalog.=) $1)",
+        name,
+    )
+    current = await conn.fetchval("SELECT pg_catalog.current_database()::pg_catalog.text")
+    if name == current:
+        raise UsageError(
+            f"--create makes database {name}, and the connection is to it",
+            hint="connect to another database of the server (e.g. postgres), as pg_restore -C",
+        )
+    if exists and not clean:
+        raise TargetNotEmpty(
+            f"database {name} already exists",
+            hint="pass --clean to drop it first, or restore into it without --create",
+        )
+    if dry_run:
+        return name
+    if exists:
+        await conn.execute(f"DROP DATABASE {quote_ident(name)}")
+    server = backup.manifest.get("server", {})
+    options = ["TEMPLATE template0"]
+    for key, clause in (
+        ("encoding", "ENCODING"),
+        ("lc_collate", "LC_COLLATE"),
+        ("lc_ctype", "LC_CTYPE"),
+    ):
+        value = server.get(key) if isinstance(server, dict) else None
+        if isinstance(value, str) and _SAFE_SETTING.fullmatch(value):
+            options.append(f"{clause} '{value}'")
+    await conn.execute(f"CREATE DATABASE {quote_ident(name)} {' '.join(options)}")
+    return name
+
+
+def with_database(params: ConnectParams, name: str) -> ConnectParams:
+    """The same connection parameters for database ``name``."""
+    if params.uri is None:
+        return replace(params, uri="postgresql:///" + quote(name, safe=""))
+    parts = urlsplit(params.uri)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "dbname"]
+    uri = urlunsplit((parts.scheme, parts.netloc, "/" + quote(name, safe=""), urlencode(query), ""))
+    return replace(params, uri=uri)
