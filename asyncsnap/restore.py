@@ -434,10 +434,14 @@ async def restore(
     plan: RestorePlan | None = None
     kind = "existing"
     try:
+        chosen_keys = {
+            t.key for t in selection.apply([_as_catalog_table(t) for t in backup.tables])
+        }
         kind, reason, replaced = await restore_schema.choose_kind(
             conn,
             backup,
-            selection,
+            [t for t in backup.tables if t.key in chosen_keys],
+            filtered=bool(selection.include or selection.exclude),
             data_only=data_only,
             schema_only=schema_only,
             clean=clean,

@@ -22,14 +22,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import anyio
 import anyio.to_thread
 import asyncpg
 
 from . import schema
-from .backup import Backup, check_schema_file
+from .backup import Backup, BackupTable, check_schema_file
 from .catalog import quote_ident, sql_name
 from .connection import ConnectParams
 from .errors import (
@@ -40,7 +40,6 @@ from .errors import (
     VerificationFailed,
     some_names,
 )
-from .patterns import Selection
 
 Kind = str  # "existing" (rows into existing tables) | "whole" (schema and rows)
 
@@ -91,14 +90,16 @@ class SchemaSteps:
 async def choose_kind(
     conn: asyncpg.Connection,
     backup: Backup,
-    selection: Selection,
+    chosen: Sequence[BackupTable],
     *,
+    filtered: bool,
     data_only: bool,
     schema_only: bool,
     clean: bool,
     create: bool,
 ) -> tuple[Kind, str, list[str]]:
     """The kind of restore, the reason in words, and the backup's tables the target has.
+    ``chosen`` are the backup's tables the -t/-T filters keep (``filtered``: some given).
 
     :raises UsageError, SchemaMismatch: when the options or the target rule every kind out.
     """
@@ -107,33 +108,34 @@ async def choose_kind(
     )
     if early is not None:
         return early
-    existing = await existing_tables(conn, [t.key for t in backup.tables])
+    if (create or clean) and filtered:
+        raise UsageError(
+            "-t/-T choose tables to load into existing tables; --clean and --create restore "
+            "the whole backup",
+            hint="drop -t/-T, or add --data-only to load the chosen tables into existing ones",
+        )
     if create:
         return "whole", "--create: a new database with the backup's schema and rows", []
-    if selection.include or selection.exclude:
-        raise UsageError(
-            "-t/-T choose tables to load into existing tables; a restore that creates the "
-            "schema takes the whole backup",
-            hint="add --data-only to load the chosen tables into existing ones",
-        )
+    existing = await existing_tables(conn, [t.key for t in backup.tables])
     if clean:
         return "whole", "--clean: the backup's objects are dropped and re-created", existing
-    if not existing:
+    if not existing and not filtered:
         return "whole", "the target has none of the backup's tables: schema and rows", []
     if schema_only:
         raise TargetNotEmpty(
             f"the target already has {some_names(existing)}",
             hint="pass --clean to drop and re-create the backup's objects",
         )
-    missing = [t.qualified for t in backup.tables if t.qualified not in set(existing)]
+    present = set(existing)
+    missing = [t.qualified for t in chosen if t.qualified not in present]
     if missing:
         raise SchemaMismatch(
-            f"the target has some of the backup's tables ({some_names(existing)}) but not "
-            f"{some_names(missing)}",
-            hint="pass --clean to drop and re-create the backup's objects, or --data-only "
-            "with -T to load only into the tables that exist",
+            f"the target database has no table {some_names(missing)}"
+            + (f" (it has {some_names(existing)})" if existing else ""),
+            hint="restore into a database without the backup's tables (or pass --clean) to "
+            "create them, or leave them out with --data-only -T",
         )
-    return "existing", "the target has all of the backup's tables: rows into them", []
+    return "existing", "the target has the backup's tables: rows into them", []
 
 
 def check_options(
@@ -402,5 +404,8 @@ def with_database(params: ConnectParams, name: str) -> ConnectParams:
         return replace(params, uri="postgresql:///" + quote(name, safe=""))
     parts = urlsplit(params.uri)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "dbname"]
-    uri = urlunsplit((parts.scheme, parts.netloc, "/" + quote(name, safe=""), urlencode(query), ""))
+    # Built by hand: urlunsplit drops the "//" of an empty host (postgresql://?host=/tmp).
+    uri = f"{parts.scheme}://{parts.netloc}/{quote(name, safe='')}"
+    if query:
+        uri += "?" + urlencode(query)
     return replace(params, uri=uri)

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import anyio
 import asyncpg
@@ -182,9 +182,10 @@ def tool_invocation(params: ConnectParams) -> tuple[list[str], dict[str, str]]:
     host = netloc[2]
     userinfo = netloc[0]
     user = userinfo.partition(":")[0] if netloc[1] else ""
-    cleaned = urlunsplit(
-        (parts.scheme, (f"{user}@" if user else "") + host, parts.path, urlencode(query), "")
-    )
+    # Built by hand: urlunsplit drops the "//" of an empty host (postgresql://?host=/tmp).
+    cleaned = f"{parts.scheme}://{(user + '@') if user else ''}{host}{parts.path}"
+    if query:
+        cleaned += "?" + urlencode(query)
     if password is not None:
         env["PGPASSWORD"] = password
     if params.connect_timeout is not None:

@@ -209,7 +209,7 @@ def test_enable_row_security_dumps_what_the_role_sees_and_says_so(
     inspected = orjson.loads(run_cli("inspect", str(tmp_path / "b"), "--json").stdout)
     assert inspected["tables"][0]["row_security"] is True
     assert "ROW SECURITY" in run_cli("inspect", str(tmp_path / "b")).stdout
-    plan = run_cli("restore", str(tmp_path / "b"), db.dsn, "--dry-run")
+    plan = run_cli("restore", str(tmp_path / "b"), db.dsn, "--append", "--dry-run")
     assert "public.notes: holds only the rows the dumping role could see" in plan.stdout
     # A superuser bypasses policies: everything, and not marked.
     full = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "full")
