@@ -180,6 +180,7 @@ class RestorePlan:
     roots: dict[TableKey, TableKey]  # partition -> its top-most partitioned ancestor
     refresh: list[TableKey] = field(default_factory=list)  # materialized views, in order
     large_objects: int = 0  # objects to load
+    replace_large_objects: bool = False  # those the backup holds (--truncate, --clean)
 
     @property
     def loads(self) -> list[TableLoad]:
@@ -514,6 +515,9 @@ async def restore(
                 disable_triggers=disable_triggers,
                 ignore_missing_columns=ignore_missing_columns,
             )
+            if kind == "whole" and clean:
+                # pg_restore --clean replaces large objects too.
+                plan = replace(plan, replace_large_objects=True)
             if kind == "existing":
                 lines += plan.describe()
                 for line in plan.describe():
@@ -889,7 +893,9 @@ async def _run(
     if plan.large_objects:
         assert backup.large_objects is not None
         async with _transaction(main, own=not single_transaction):
-            objects = await _load_large_objects(main, backup, emit, mode=mode)
+            objects = await _load_large_objects(
+                main, backup, emit, replace=mode == "truncate" or plan.replace_large_objects
+            )
     for schema, name in plan.refresh:
         await main.execute(f"REFRESH MATERIALIZED VIEW {sql_name(schema, name)}")
         emit(Notice(f"refreshed materialized view {schema}.{name}"))
@@ -1065,7 +1071,7 @@ async def _load_table(
                     hint=f"the backup is damaged; {label} was rolled back",
                 ) from exc
             raise RestoreFailed(
-                f"loading {label} from {entry.path}: {exc}",
+                f"loading {label} from {entry.path}: {exc}{_suspects(load, exc)}",
                 hint=getattr(exc, "hint", None) or f"{label} was rolled back",
             ) from exc
         finally:
@@ -1080,6 +1086,30 @@ async def _load_table(
     return RestoredTable(
         schema=load.target.schema, name=load.target.name, rows=rows, seconds=seconds
     )
+
+
+# Errors of a value that does not fit its column: the server does not say which column.
+_DOES_NOT_FIT = (
+    asyncpg.StringDataRightTruncationError,
+    asyncpg.NumericValueOutOfRangeError,
+    asyncpg.DatetimeFieldOverflowError,
+    asyncpg.InvalidTextRepresentationError,
+    asyncpg.InvalidDatetimeFormatError,
+)
+
+
+def _suspects(load: TableLoad, exc: BaseException) -> str:
+    """For a value that does not fit: the columns whose target type differs from the
+    backup's, which are where it can come from (as COPY's CONTEXT would name one)."""
+    if not isinstance(exc, _DOES_NOT_FIT):
+        return ""
+    target = {c.name: c.type for c in load.target.columns}
+    differ = [
+        f"{c.name} ({c.type} in the backup, {target[c.name]} here)"
+        for c in load.source.columns
+        if c.name in load.columns and target.get(c.name) != c.type
+    ]
+    return f"; columns whose type changed: {', '.join(differ)}" if differ else ""
 
 
 # A line longer than this is loaded on its own through a staging table (``bigrows``):
@@ -1154,11 +1184,11 @@ _LO_BATCH_BYTES = 8 << 20
 
 
 async def _load_large_objects(
-    conn: asyncpg.Connection, backup: Backup, emit: EventCallback, *, mode: Mode
+    conn: asyncpg.Connection, backup: Backup, emit: EventCallback, *, replace: bool
 ) -> int:
     """Create every large object of the backup with its OID, bytes, owner and privileges,
     in the caller's transaction. An OID that already exists is refused, or with
-    ``truncate`` replaced (only those the backup holds); memory is one batch of lines."""
+    ``replace`` replaced (only those the backup holds); memory is one batch of lines."""
     assert backup.large_objects is not None
     roles = {r["rolname"] for r in await conn.fetch("SELECT rolname FROM pg_catalog.pg_roles")}
     current = await conn.fetchval("SELECT current_user::pg_catalog.text")
@@ -1172,7 +1202,7 @@ async def _load_large_objects(
         nonlocal objects
         firsts = [ln for ln in lines if ln.offset == 0]
         taken = await largeobjects.existing_large_objects(conn, [ln.oid for ln in firsts])
-        if taken and mode != "truncate":
+        if taken and not replace:
             raise TargetNotEmpty(
                 f"the target already has large objects {some_names([str(o) for o in taken])}",
                 hint="pass --truncate to replace the ones the backup holds",

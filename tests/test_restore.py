@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from asyncsnap.errors import SchemaMismatch, TargetNotEmpty, VerificationFailed
-from asyncsnap.restore import RestoreResult, restore
+from asyncsnap.restore import RestorePlan, RestoreResult, restore
 
 from .conftest import Database, Postgres, fresh_database, run_cli
 from .helpers import flip_bit_mid_file
@@ -246,8 +246,13 @@ def dump_restore(
     return run_restore(run_dump(db, tmp_path, jobs=2).path, target, **kwargs)
 
 
+def plan_of(result: RestoreResult) -> RestorePlan:
+    assert result.plan is not None
+    return result.plan
+
+
 def level_names(result: RestoreResult) -> list[list[str]]:
-    return [[ld.target.name for ld in level] for level in result.plan.levels]
+    return [[ld.target.name for ld in level] for level in plan_of(result).levels]
 
 
 def test_fk_chain_and_diamond_load_parents_first(
@@ -289,7 +294,7 @@ def test_self_referencing_table_loads_in_any_row_order(
           FROM generate_series(1, 4000) g;
     """,
     )
-    [cycle] = result.plan.cycles
+    [cycle] = plan_of(result).cycles
     assert cycle.tables == (("public", "tree"),) and cycle.strategy == "drop-and-recreate"
     assert digests(db.dsn) == digests(empty_copy.dsn)
     assert (
@@ -323,7 +328,7 @@ def test_two_table_cycle_loads_with_a_reported_strategy(
     db: Database, empty_copy: Database, tmp_path: Path, deferrable: str, strategy: str
 ) -> None:
     result = dump_restore(db, empty_copy, tmp_path, CYCLE.format(deferrable=deferrable))
-    [cycle] = result.plan.cycles
+    [cycle] = plan_of(result).cycles
     assert cycle.tables == (("public", "company"), ("public", "person"))
     assert cycle.strategy == strategy and len(cycle.constraints) == 2
     assert digests(db.dsn) == digests(empty_copy.dsn)
@@ -383,7 +388,7 @@ def test_target_with_extra_defaulted_column_and_changed_types(
         "name varchar(10), upper_name text GENERATED ALWAYS AS (upper(name)) STORED)"
     )
     result = run_restore(backup, empty_copy)
-    assert result.plan.levels[0][0].defaulted == ("added",)
+    assert plan_of(result).levels[0][0].defaulted == ("added",)
     rows = empty_copy.fetch("SELECT id, name, n, added, upper_name FROM t ORDER BY id")
     assert [tuple(r) for r in rows][:2] == [(1, "n1", 1, "dflt", "N1"), (2, "n2", 2, "dflt", "N2")]
 
