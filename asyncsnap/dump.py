@@ -332,7 +332,7 @@ async def dump(
                                 pg_dump,
                                 params,
                                 coordinator.snapshot_id,
-                                pg_dump_selection,
+                                pg_dump_selection + _unreadable_excluded(inventory),
                                 lock_timeout,
                                 backup,
                                 schema_files,
@@ -537,14 +537,20 @@ async def _capture_schema(
     await anyio.to_thread.run_sync(lambda: directory.mkdir(mode=0o700, exist_ok=True))
     temp = directory / ".capture.tmp"
     try:
-        await schema.capture(
-            pg_dump,
-            params,
-            snapshot_id=snapshot_id,
-            selection=selection,
-            lock_timeout=lock_timeout,
-            archive=temp,
-        )
+        try:
+            await schema.capture(
+                pg_dump,
+                params,
+                snapshot_id=snapshot_id,
+                selection=selection,
+                lock_timeout=lock_timeout,
+                archive=temp,
+            )
+        except DumpFailed as exc:
+            # The coordinator died (so its snapshot is gone): say that, as the copy does.
+            if "invalid snapshot identifier" in exc.message:
+                raise snapshot_lost() from exc
+            raise
         pg_restore = await anyio.to_thread.run_sync(
             lambda: schema.pick_pg_restore(pg_dump.major, pg_dump.major)[0]
         )
@@ -561,6 +567,23 @@ async def _capture_schema(
         out.append(await anyio.to_thread.run_sync(seal))
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _unreadable_excluded(inventory: Inventory) -> list[str]:
+    """pg_dump's --exclude-table for what --skip-unreadable left out: pg_dump would lock
+    it and fail. Exact names, as pg_dump reads a pattern in double quotes."""
+
+    def exact(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    return [
+        f"--exclude-table={exact(s.schema)}.{exact(s.name)}"
+        for s in inventory.skipped
+        if s.kind in ("table", "sequence")
+        and s.reason == "permission denied"
+        and s.schema is not None
+        and s.name is not None
+    ]
 
 
 def _small_file(backup: BackupDirectory, relpath: str, content: bytes) -> StoredFile:

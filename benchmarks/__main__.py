@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
@@ -191,7 +192,6 @@ def dump_commands(dsn: str, ds: Dataset, out: Path, jobs: int) -> dict[str, list
             "-Fd",
             "-j",
             str(jobs),
-            "-a",
             "-f",
             str(out / "b"),
             *ds.select,
@@ -205,7 +205,6 @@ def dump_commands(dsn: str, ds: Dataset, out: Path, jobs: int) -> dict[str, list
             str(jobs),
             "-Z",
             "0",
-            "-a",
             "-f",
             str(out / "b"),
             *ds.select,
@@ -236,6 +235,12 @@ RESTORE_LABELS = {
     "pg_restore": "pg_restore --data-only",
     "raw_copy_from": "raw COPY FROM (text)",
 }
+# Whole restores, schema and rows, into an empty database made before each run.
+WHOLE_LABELS = {
+    "asyncsnap_whole": "asyncsnap restore (whole)",
+    "pg_restore_whole": "pg_restore -j (whole)",
+}
+WHOLE_DATABASE = "bench_whole"
 
 
 def prepare_restore(
@@ -249,9 +254,8 @@ def prepare_restore(
     (base / "asyncsnap").mkdir()
     measure(dump_commands(dsn, ds, base / "asyncsnap", jobs)["asyncsnap"])
     pgdir = base / "pg_dump"
-    measure(
-        [str(pg / "pg_dump"), "-d", dsn, "-Fd", "-j", str(jobs), "-a", "-f", str(pgdir), *ds.select]
-    )
+    measure([str(pg / "pg_dump"), "-d", dsn, "-Fd", "-j", str(jobs), "-f", str(pgdir), *ds.select])
+    whole = database_dsn(target, WHOLE_DATABASE)
     raw = base / "raw"
     raw.mkdir()
     copy_in = []
@@ -289,7 +293,38 @@ def prepare_restore(
             "ON_ERROR_STOP=1",
             *copy_in,
         ],
+        "asyncsnap_whole": [
+            *PY,
+            "asyncsnap",
+            "restore",
+            str(base / "asyncsnap" / "b"),
+            whole,
+            "-j",
+            str(jobs),
+            "--quiet",
+        ],
+        "pg_restore_whole": [
+            str(pg / "pg_restore"),
+            "-d",
+            whole,
+            "-j",
+            str(jobs),
+            str(pgdir),
+        ],
     }
+
+
+def database_dsn(dsn: str, name: str) -> str:
+    """``dsn`` with its database replaced by ``name``."""
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+
+
+def fresh_whole_database(target: str) -> None:
+    """An empty database for a whole restore (not timed), made from template0."""
+    admin = database_dsn(target, "postgres")
+    sql(admin, f"DROP DATABASE IF EXISTS {WHOLE_DATABASE} WITH (FORCE)")
+    sql(admin, f"CREATE DATABASE {WHOLE_DATABASE} TEMPLATE template0")
 
 
 def build(dsn: str, args: argparse.Namespace) -> list[Dataset]:
@@ -457,6 +492,16 @@ def main() -> None:
                     return wall, rss, 0
 
                 restores = alternate(list(RESTORE_LABELS), runs, one_restore, RESTORE_LABELS)
+
+                def one_whole(
+                    name: str, cmds: dict[str, list[str]] = cmds
+                ) -> tuple[float, int, int]:
+                    fresh_whole_database(str(target))  # not timed
+                    checkpoint(str(target))
+                    wall, rss = measure(cmds[name])
+                    return wall, rss, 0
+
+                restores.update(alternate(list(WHOLE_LABELS), runs, one_whole, WHOLE_LABELS))
                 entry["restore"] = _tools(restores, ds)
             else:
                 restores = {}
@@ -581,6 +626,8 @@ WHY = {
     "9-10x the server's row_to_json itself would have to get faster.",
     "rss": "the interpreter and its imports are ~45 MiB of it.",
     "pg_dump": "pg_dump's output needs no JSON rendering.",
+    "small": "per-table costs: a process start (~0.3 s of Python imports), a transaction, a "
+    "snapshot import and an fsync per table; pg_dump pays one process and no JSON.",
 }
 
 
@@ -623,6 +670,20 @@ def targets(report: dict[str, object]) -> list[dict[str, object]]:
                 why="restore",
             )
             add(
+                f"{ds}: whole restore / pg_restore -j",
+                entry["ratios"].get("whole_restore/pg_restore_whole"),
+                1.3,
+                most=True,
+                why="restore",
+            )
+            add(
+                f"{ds}: restore peak RSS MiB",
+                entry.get("restore", {}).get("asyncsnap_restore", {}).get("peak_rss_mib"),
+                64,
+                most=True,
+                why="rss",
+            )
+            add(
                 f"{ds}: old script / asyncsnap",
                 entry["ratios"].get("old_script/asyncsnap"),
                 10,
@@ -636,6 +697,29 @@ def targets(report: dict[str, object]) -> list[dict[str, object]]:
                 most=True,
                 why="rss",
             )
+    small = datasets.get("small_tables")  # type: ignore[attr-defined]
+    if small:
+        add(
+            "small_tables: dump / pg_dump (defaults)",
+            small["ratios"]["asyncsnap/pg_dump"],
+            1.5,
+            most=True,
+            why="small",
+        )
+        add(
+            "small_tables: restore / pg_restore",
+            small["ratios"].get("restore/pg_restore"),
+            1.5,
+            most=True,
+            why="small",
+        )
+        add(
+            "small_tables: whole restore / pg_restore -j",
+            small["ratios"].get("whole_restore/pg_restore_whole"),
+            1.3,
+            most=True,
+            why="small",
+        )
     mixed = datasets.get("mixed")  # type: ignore[attr-defined]
     if mixed:
         add(
@@ -676,6 +760,9 @@ def _ratios(dumps: dict[str, Runs], restores: dict[str, Runs]) -> dict[str, floa
         r = restores["asyncsnap_restore"].median
         ratios["restore/pg_restore"] = r / restores["pg_restore"].median
         ratios["restore/raw_copy_from"] = r / restores["raw_copy_from"].median
+        ratios["whole_restore/pg_restore_whole"] = (
+            restores["asyncsnap_whole"].median / restores["pg_restore_whole"].median
+        )
     return ratios
 
 
