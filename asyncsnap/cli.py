@@ -31,8 +31,15 @@ from .backup import open_backup
 from .connection import resolve
 from .dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
 from .errors import AsyncsnapError, ExitCode, Interrupted, UsageError, most_telling
-from .inspect import summary, summary_tables
-from .progress import DumpFinished, Event, JsonLog, LiveDisplay, PlainLog, summary_table
+from .events import DumpFinished, Event
+from .inspect import summary
+from .progress import (
+    JsonLog,
+    LiveDisplay,
+    PlainLog,
+    summary_table,
+    summary_tables,
+)
 from .prune import prune
 from .restore import RestoreResult, restore
 from .storage import Compression

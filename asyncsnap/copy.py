@@ -34,9 +34,7 @@ from .errors import (
     StatementTimeout,
     most_telling,
 )
-from .largeobjects import LARGE_OBJECTS_STEM, dump_large_objects
-from .plan import Chunk
-from .progress import (
+from .events import (
     PROGRESS_INTERVAL,
     ChunkFinished,
     ChunkProgress,
@@ -44,6 +42,8 @@ from .progress import (
     EventCallback,
     Notice,
 )
+from .largeobjects import LARGE_OBJECTS_STEM, dump_large_objects
+from .plan import Chunk
 from .render import COPY_OPTIONS_KWARGS, select_rows_sql
 from .session import CONNECTION_LOST, RELEASE_ERRORS
 from .snapshot import snapshot_lost, snapshot_transaction

@@ -52,6 +52,12 @@ from .errors import (
     most_telling,
     some_names,
 )
+from .events import (
+    DumpFinished,
+    DumpStarted,
+    EventCallback,
+    Notice,
+)
 from .inventory import Inventory, take_inventory
 from .largeobjects import count_large_objects
 from .patterns import Selection
@@ -62,12 +68,6 @@ from .plan import (
     plan_chunks,
     restore_order,
     sample_pages,
-)
-from .progress import (
-    DumpFinished,
-    DumpStarted,
-    EventCallback,
-    Notice,
 )
 from .prune import prune
 from .render import encodings
@@ -214,7 +214,7 @@ async def dump(
         (``VerificationFailed``) and the backup is not kept.
     :param with_schema: take the schema with pg_dump in the same snapshot (see
         ``asyncsnap.schema``); ``False`` writes a data-only backup, marked so in the manifest.
-    :param on_event: called with progress events (see ``asyncsnap.progress``).
+    :param on_event: called with progress events (see ``asyncsnap.events``).
     :raises ClientToolMissing: when no pg_dump can dump the server and ``with_schema``.
     :raises AsyncsnapError: a subclass with the exit code for every expected failure.
 

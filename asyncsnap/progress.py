@@ -1,19 +1,17 @@
-"""Progress events from the library, and the ways the CLI shows them.
+"""How the CLI shows what the library reports (``events.py``), and backups (``inspect``).
 
-The library reports what happens through a callback taking an ``Event``; it never prints.
 The CLI picks a renderer: a live rich display on a terminal, one plain line per event
-otherwise (cron mail, CI logs), or nothing with ``--quiet``.
+otherwise (cron mail, CI logs), or nothing with ``--quiet``. The library never imports
+this module (nor rich).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TextIO
 
 import orjson
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,90 +23,19 @@ from rich.progress import (
 )
 from rich.table import Table as RichTable
 
-
-@dataclass(frozen=True)
-class DumpStarted:
-    snapshot_id: str
-    target: str
-    tables: int
-    chunks: int
-    est_rows: int
-    jobs: int
-    path: str  # the .partial directory being written
-
-
-@dataclass(frozen=True)
-class ChunkStarted:
-    label: str
-    est_rows: int
-    verb: str = "copying"
-
-
-@dataclass(frozen=True)
-class ChunkProgress:
-    label: str
-    rows: int
-    bytes: int
-
-
-@dataclass(frozen=True)
-class ChunkFinished:
-    label: str
-    rows: int
-    bytes: int
-    stored_bytes: int
-    seconds: float
-    verb: str = "copied"
-
-
-@dataclass(frozen=True)
-class DumpFinished:
-    path: str
-    tables: int
-    rows: int
-    bytes: int
-    stored_bytes: int
-    seconds: float
-    snapshot_held_seconds: float
-
-
-@dataclass(frozen=True)
-class RestoreStarted:
-    target: str
-    tables: int
-    rows: int
-    jobs: int
-
-
-@dataclass(frozen=True)
-class RestoreFinished:
-    tables: int
-    rows: int
-    sequences: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Notice:
-    """Something a user should read: the restore plan, a skipped sequence."""
-
-    message: str
-
-
-Event = (
-    DumpStarted
-    | ChunkStarted
-    | ChunkProgress
-    | ChunkFinished
-    | DumpFinished
-    | RestoreStarted
-    | RestoreFinished
-    | Notice
+from .backup import Backup
+from .events import (
+    ChunkFinished,
+    ChunkProgress,
+    ChunkStarted,
+    DumpFinished,
+    DumpStarted,
+    Event,
+    Notice,
+    RestoreFinished,
+    RestoreStarted,
 )
-EventCallback = Callable[[Event], None]
-
-# How often a running chunk reports progress; keeps the callback off the hot path.
-PROGRESS_INTERVAL = 0.25
+from .inspect import summary
 
 
 def human_bytes(n: float) -> str:
@@ -349,3 +276,71 @@ class JsonLog:
         line = {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
         self._stream.write(orjson.dumps(line).decode() + "\n")
         self._stream.flush()
+
+
+def summary_tables(backup: Backup) -> list[RenderableType]:
+    """``inspect``'s tables for people."""
+    s = summary(backup)
+    server = s["server"] or {}
+    head = RichTable(
+        show_header=False, box=None, title=f"asyncsnap backup {backup.path}", title_justify="left"
+    )
+    head.add_column()
+    head.add_column()
+    snapshot = s["snapshot"] or {}
+    head.add_row("snapshot", f"{snapshot.get('taken_at')} ({snapshot.get('id')})")
+    head.add_row(
+        "server",
+        f"PostgreSQL {server.get('version')} at "
+        f"{server.get('host') or 'local socket'}:{server.get('port')}, "
+        f"database {server.get('database')}, user {server.get('user')}",
+    )
+    totals = s["totals"] or {}
+    head.add_row(
+        "totals",
+        f"{totals.get('tables')} tables, {totals.get('rows', 0):,} rows, "
+        f"{human_bytes(totals.get('bytes', 0))} "
+        f"({human_bytes(totals.get('stored_bytes', 0))} {s['compression']})",
+    )
+    head.add_row(
+        "schema",
+        f"{s['schema']['sql']} (pg_dump {s['schema']['pg_dump_version']})"
+        if s["schema"]
+        else "none: a data-only backup, restored only into existing tables",
+    )
+    levels = (s["restore_order"] or {}).get("levels", [])
+    order = " → ".join(", ".join(f"{t['schema']}.{t['name']}" for t in lv) for lv in levels)
+    head.add_row("restore order", order)
+    for cycle in (s["restore_order"] or {}).get("cycles", []):
+        head.add_row("cycle", ", ".join(f"{t['schema']}.{t['name']}" for t in cycle))
+    if s["large_objects"] is not None:
+        objects = s["large_objects"]
+        head.add_row("large objects", f"{objects['objects']:,} ({human_bytes(objects['bytes'])})")
+    for t in s["tables"]:
+        if t["row_security"]:
+            head.add_row(
+                "ROW SECURITY",
+                f"{t['schema']}.{t['name']} holds only the rows the dumping role could see",
+            )
+    for k in backup.skipped:
+        head.add_row("NOT DUMPED", k.describe())
+    tables = RichTable()
+    for col, justify in (
+        ("table", "left"),
+        ("kind", "left"),
+        ("rows", "right"),
+        ("files", "right"),
+        ("bytes", "right"),
+        ("stored", "right"),
+    ):
+        tables.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for t in s["tables"]:
+        tables.add_row(
+            f"{t['schema']}.{t['name']}",
+            t["kind"],
+            f"{t['rows']:,}",
+            str(t["files"]),
+            human_bytes(t["bytes"]),
+            human_bytes(t["stored_bytes"]),
+        )
+    return [head, tables]

@@ -49,9 +49,7 @@ from .errors import (
     most_telling,
     some_names,
 )
-from .patterns import Selection
-from .plan import CyclePlan, TableKey, plan_cycles, refresh_order, restore_order
-from .progress import (
+from .events import (
     ChunkFinished,
     ChunkProgress,
     ChunkStarted,
@@ -60,6 +58,8 @@ from .progress import (
     RestoreFinished,
     RestoreStarted,
 )
+from .patterns import Selection
+from .plan import CyclePlan, TableKey, plan_cycles, refresh_order, restore_order
 from .session import Session, SessionPolicy
 
 Mode = str  # "refuse" | "truncate" | "append"

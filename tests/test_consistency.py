@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 import asyncsnap
-from asyncsnap.progress import ChunkFinished, DumpStarted, Event
+from asyncsnap.events import ChunkFinished, DumpStarted, Event
 
 from .conftest import Database
 from .helpers import read_rows

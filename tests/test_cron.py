@@ -16,7 +16,7 @@ import pytest
 
 import asyncsnap
 from asyncsnap.errors import VerificationFailed
-from asyncsnap.progress import ChunkFinished, DumpStarted, Event
+from asyncsnap.events import ChunkFinished, DumpStarted, Event
 
 from .conftest import Database, clean_env, run_cli
 from .helpers import flip_bit_mid_file

@@ -23,7 +23,7 @@ import pytest
 
 import asyncsnap
 from asyncsnap.cli import run_cancellable
-from asyncsnap.progress import ChunkFinished, ChunkProgress, ChunkStarted, Event, Notice
+from asyncsnap.events import ChunkFinished, ChunkProgress, ChunkStarted, Event, Notice
 
 from .conftest import Database, clean_env, run_cli
 from .helpers import manifest_of

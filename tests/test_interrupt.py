@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 import asyncsnap
-from asyncsnap.progress import ChunkProgress, Event
+from asyncsnap.events import ChunkProgress, Event
 
 from .conftest import Database, clean_env, run_cli
 

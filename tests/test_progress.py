@@ -6,18 +6,15 @@ import io
 
 from rich.console import Console
 
-from asyncsnap.progress import (
+from asyncsnap.events import (
     ChunkFinished,
     ChunkProgress,
     ChunkStarted,
     DumpFinished,
     DumpStarted,
     Event,
-    LiveDisplay,
-    PlainLog,
-    human_bytes,
-    summary_table,
 )
+from asyncsnap.progress import LiveDisplay, PlainLog, human_bytes, summary_table
 
 EVENTS: list[Event] = [
     DumpStarted(

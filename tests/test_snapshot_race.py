@@ -15,7 +15,7 @@ import pytest
 
 import asyncsnap
 from asyncsnap.errors import DumpFailed
-from asyncsnap.progress import Event, Notice
+from asyncsnap.events import Event, Notice
 
 from .conftest import Database
 from .helpers import manifest_of, read_rows

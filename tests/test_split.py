@@ -13,7 +13,7 @@ import pytest
 
 import asyncsnap
 from asyncsnap.errors import SnapshotLost, most_telling
-from asyncsnap.progress import ChunkStarted, Event, Notice
+from asyncsnap.events import ChunkStarted, Event, Notice
 
 from .conftest import Database
 from .helpers import manifest_of, read_rows, table_entry

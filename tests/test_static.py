@@ -28,3 +28,18 @@ def test_ruff_format() -> None:
 def test_mypy_on_the_package_tests_and_benchmarks() -> None:
     result = run("mypy", "asyncsnap", "tests", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_library_core_does_not_import_rich_or_typer() -> None:
+    """Presentation is the CLI's: dump, restore, verify and inspect report events and
+    return dataclasses, and importing them pulls in neither rich nor typer."""
+    probe = (
+        "import sys, asyncsnap, asyncsnap.dump, asyncsnap.restore, asyncsnap.verify, "
+        "asyncsnap.inspect, asyncsnap.prune\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'rich', 'typer'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
