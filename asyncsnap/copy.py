@@ -210,7 +210,9 @@ async def _copy_item(conn: asyncpg.Connection, item: WorkItem, ctx: CopyContext)
     emit = ctx.emit
     emit(ChunkStarted(label=item.label, est_rows=item.est_rows))
     started = time.monotonic()
-    writer = ctx.backup.data_writer(item.stem, ctx.compression)
+    # Creating a file costs about a millisecond here (measured: 0.25 s for 300 files):
+    # off the event loop, like its flush, fsync and rename.
+    writer = await anyio.to_thread.run_sync(ctx.backup.data_writer, item.stem, ctx.compression)
     objects = (0, 0)
     longest = 0
     try:
@@ -251,8 +253,7 @@ async def _copy_item(conn: asyncpg.Connection, item: WorkItem, ctx: CopyContext)
                 f"server error while copying {item.label}: {exc}",
                 hint=getattr(exc, "hint", None) or "see the server log",
             ) from exc
-        writer.close_data()
-        stored = await anyio.to_thread.run_sync(writer.sync_and_rename)
+        stored = await anyio.to_thread.run_sync(_seal, writer)
     except BaseException:
         writer.discard()
         raise
@@ -273,6 +274,11 @@ async def _copy_item(conn: asyncpg.Connection, item: WorkItem, ctx: CopyContext)
         )
     )
     return stored
+
+
+def _seal(writer: DataFileWriter) -> StoredFile:
+    writer.close_data()
+    return writer.sync_and_rename()
 
 
 def _privilege_hint(exc: asyncpg.InsufficientPrivilegeError) -> str:

@@ -848,8 +848,11 @@ def _table_results(
     tables: Sequence[Table], chunks: Sequence[Chunk], stored: dict[str, StoredFile]
 ) -> list[TableResult]:
     results = []
+    by_table: dict[tuple[str, str], list[Chunk]] = {}
+    for c in chunks:
+        by_table.setdefault(c.table.key, []).append(c)
     for t in sorted((t for t in tables if t.has_data), key=lambda t: t.key):
-        mine = sorted((c for c in chunks if c.table.key == t.key), key=lambda c: c.index)
+        mine = sorted(by_table.get(t.key, []), key=lambda c: c.index)
         files = [stored[c.stem] for c in mine]
         results.append(
             TableResult(
