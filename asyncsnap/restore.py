@@ -645,7 +645,7 @@ async def _plan(
     listed = await list_tables(conn)
     described = await describe_tables(conn, [t for t in listed if t.is_table])
     loads = plan_loads(backup, described, selection, ignore_missing_columns=ignore_missing_columns)
-    loads = await _with_switches(conn, loads)
+    loads = await _with_switches(conn, loads, mode)
     await _check_empty(conn, loads, mode)
     if mode == "truncate":
         await _check_truncatable(conn, loads)
@@ -724,20 +724,37 @@ ORDER BY 1, 2, 3
 """
 
 _OWNED_SQL = """
-SELECT c.oid, pg_catalog.pg_has_role(c.relowner, 'USAGE') AS owned
+SELECT c.oid, pg_catalog.pg_has_role(c.relowner, 'USAGE') AS owned,
+       pg_catalog.has_table_privilege(c.oid, 'INSERT') AS can_insert,
+       pg_catalog.has_table_privilege(c.oid, 'TRUNCATE') AS can_truncate
 FROM pg_catalog.pg_class c WHERE c.oid = ANY ($1::pg_catalog.oid[])
 """
 
 
-async def _with_switches(conn: asyncpg.Connection, loads: list[TableLoad]) -> list[TableLoad]:
+async def _with_switches(
+    conn: asyncpg.Connection, loads: list[TableLoad], mode: Mode
+) -> list[TableLoad]:
     """The loads with their target's triggers and rules; refuses, before anything is
     loaded, a table whose triggers or rules this role cannot switch off (only the owner
-    can, and letting them fire would change the rows or other tables)."""
+    can, and letting them fire would change the rows or other tables), and one it may not
+    INSERT into (or, with --truncate, TRUNCATE)."""
     oids = [ld.target.oid for ld in loads]
     found: dict[int, list[Switch]] = {}
     for r in await conn.fetch(_SWITCHES_SQL, oids):
         found.setdefault(r["oid"], []).append(Switch(r["kind"], r["name"], r["state"]))
-    owned = {r["oid"]: r["owned"] for r in await conn.fetch(_OWNED_SQL, oids)}
+    rights = {r["oid"]: r for r in await conn.fetch(_OWNED_SQL, oids)}
+    owned = {oid: r["owned"] for oid, r in rights.items()}
+    missing = [
+        f"{ld.target.qualified} ({verb})"
+        for ld in loads
+        for verb, key in (("INSERT", "can_insert"), ("TRUNCATE", "can_truncate"))
+        if (verb == "INSERT" or mode == "truncate") and not rights[ld.target.oid][key]
+    ]
+    if missing:
+        raise PermissionDenied(
+            f"permission denied: this role may not write {some_names(missing)}",
+            hint="restore as the tables' owner, or GRANT the privileges named",
+        )
     result, refused = [], []
     for load in loads:
         load = replace(load, switches=tuple(found.get(load.target.oid, ())))

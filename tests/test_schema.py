@@ -593,3 +593,19 @@ def test_target_not_empty_is_refused_by_the_plan(
     backup = run_dump(db, tmp_path).path
     with pytest.raises(TargetNotEmpty):
         run_restore(backup, db, dry_run=True)
+
+
+def test_dry_run_predicts_a_missing_insert_privilege(
+    db: Database, role: tuple[str, str], tmp_path: Path
+) -> None:
+    """A role that may read but not write the target: --dry-run fails as the real run
+    would, naming the table and the privilege, and nothing is loaded."""
+    db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    backup = run_dump(db, tmp_path).path
+    db.execute(f"TRUNCATE t; GRANT SELECT ON t TO {role[0]}")
+    dsn = db.postgres.dsn(db.name, user=role[0], password=role[1])
+    for extra in (("--dry-run",), ()):
+        run = run_cli("restore", str(backup), dsn, *extra)
+        assert run.returncode == 1
+        assert "may not write public.t (INSERT)" in run.stderr
+    assert db.fetchval("SELECT count(*) FROM t") == 0
