@@ -33,6 +33,7 @@ from .dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
 from .errors import AsyncsnapError, ExitCode, Interrupted, UsageError, most_telling
 from .events import DumpFinished, Event
 from .inspect import summary
+from .manifest import Compression
 from .progress import (
     JsonLog,
     LiveDisplay,
@@ -42,7 +43,6 @@ from .progress import (
 )
 from .prune import prune
 from .restore import RestoreResult, restore
-from .storage import Compression
 from .verify import verify
 
 T = TypeVar("T")

@@ -43,11 +43,12 @@ from .events import (
     Notice,
 )
 from .largeobjects import LARGE_OBJECTS_STEM, dump_large_objects
+from .manifest import Compression
 from .plan import Chunk
 from .render import COPY_OPTIONS_KWARGS, select_rows_sql
 from .session import CONNECTION_LOST, RELEASE_ERRORS
 from .snapshot import snapshot_lost, snapshot_transaction
-from .storage import BackupDirectory, Compression, DataFileWriter, StoredFile
+from .storage import BackupDirectory, DataFileWriter, StoredFile
 
 # A chunk whose connection dies (backend terminated, network reset) is copied again on a
 # fresh connection that imports the same snapshot, at most this many times in all.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ import anyio.to_thread
 import asyncpg
 
 from . import __version__, manifest, schema
-from .backup import Skipped
 from .catalog import (
     Catalog,
     Table,
@@ -60,6 +59,20 @@ from .events import (
 )
 from .inventory import Inventory, take_inventory
 from .largeobjects import count_large_objects
+from .manifest import (
+    COMPRESSIONS,
+    RENDER_SETTINGS,
+    BackupColumn,
+    BackupFile,
+    BackupForeignKey,
+    BackupLargeObjects,
+    BackupSchema,
+    BackupSequence,
+    BackupTable,
+    Compression,
+    SchemaFile,
+    Skipped,
+)
 from .patterns import Selection
 from .plan import (
     Chunk,
@@ -71,9 +84,9 @@ from .plan import (
 )
 from .prune import prune
 from .render import encodings
-from .session import CONNECTION_LOST, RENDER_SETTINGS, Session, SessionPolicy
+from .session import CONNECTION_LOST, Session, SessionPolicy
 from .snapshot import Coordinator, snapshot_lost
-from .storage import COMPRESSIONS, BackupDirectory, Compression, OutputLock, StoredFile
+from .storage import BackupDirectory, OutputLock, StoredFile
 from .verify import verify
 
 DEFAULT_LOCK_TIMEOUT = 30.0
@@ -712,69 +725,87 @@ def _manifest_body(
     for chunk in sorted(planned.chunks, key=lambda c: (c.table.key, c.index)):
         files_by_table.setdefault(chunk.table.key, []).append((stored[chunk.stem], chunk))
 
-    def ref(key: tuple[str, str]) -> dict[str, str]:
-        return {"schema": key[0], "name": key[1]}
-
-    def file_entry(f: StoredFile, pages: tuple[int, int | None] | None) -> dict[str, Any]:
-        return {
-            "path": f.path,
-            "rows": f.rows,
-            "bytes": f.bytes,
-            "stored_bytes": f.stored_bytes,
-            "sha256": f.sha256,
-            "pages": list(pages) if pages is not None else None,
-            "longest_line": f.longest_line or None,
-        }
+    def file_entry(f: StoredFile, pages: tuple[int, int | None] | None) -> BackupFile:
+        return BackupFile(
+            path=f.path,
+            rows=f.rows,
+            bytes=f.bytes,
+            stored_bytes=f.stored_bytes,
+            sha256=f.sha256,
+            longest_line=f.longest_line or None,
+            pages=pages,
+        )
 
     tables = []
     for t in sorted(catalog.tables, key=lambda t: t.key):
         encs = encodings(t, catalog.types)
         files = files_by_table.get(t.key, [])
         tables.append(
-            {
-                "schema": t.schema,
-                "name": t.name,
-                "kind": t.kind,
-                "parent": ref(t.parent) if t.parent else None,
-                "rows": sum(f.rows for f, _ in files),
-                "row_security": t.row_security,
-                "columns": [
-                    {
-                        "name": c.name,
-                        "type": c.type,
-                        "encoding": encs[c.name],
-                        "not_null": c.not_null,
-                        "generated": c.generated,
-                        "identity": c.identity,
-                    }
+            BackupTable(
+                schema=t.schema,
+                name=t.name,
+                kind=t.kind,
+                parent=t.parent,
+                rows=sum(f.rows for f, _ in files),
+                row_security=t.row_security,
+                columns=tuple(
+                    BackupColumn(
+                        name=c.name,
+                        type=c.type,
+                        encoding=encs[c.name],
+                        not_null=c.not_null,
+                        generated=c.generated,
+                        identity=c.identity,
+                    )
                     for c in t.columns
-                ],
-                "primary_key": list(t.primary_key),
-                "foreign_keys": [
-                    {
-                        "name": fk.name,
-                        "columns": list(fk.columns),
-                        "references": {
-                            "schema": fk.ref_schema,
-                            "name": fk.ref_table,
-                            "columns": list(fk.ref_columns),
-                        },
-                        "deferrable": fk.deferrable,
-                        "initially_deferred": fk.initially_deferred,
-                    }
+                ),
+                primary_key=tuple(t.primary_key),
+                foreign_keys=tuple(
+                    BackupForeignKey(
+                        name=fk.name,
+                        columns=tuple(fk.columns),
+                        references=(fk.ref_schema, fk.ref_table),
+                        ref_columns=tuple(fk.ref_columns),
+                        deferrable=fk.deferrable,
+                        initially_deferred=fk.initially_deferred,
+                    )
                     for fk in t.foreign_keys
-                ],
-                "files": [file_entry(f, chunk.pages) for f, chunk in files],
-            }
+                ),
+                files=tuple(file_entry(f, chunk.pages) for f, chunk in files),
+            )
         )
     lo_file = stored.get(LargeObjectsJob.stem)
     large_objects = None
     if lo_file is not None:
-        large_objects = {
-            "objects": lo_file.objects,
-            "bytes": lo_file.object_bytes,
-            "files": [file_entry(lo_file, None)],
-        }
+        large_objects = BackupLargeObjects(
+            objects=lo_file.objects,
+            bytes=lo_file.object_bytes,
+            files=(file_entry(lo_file, None),),
+        )
+    sequences = [
+        BackupSequence(
+            schema=s.schema,
+            name=s.name,
+            table=s.table,
+            column=s.column,
+            last_value=s.last_value,
+            is_called=s.is_called,
+        )
+        for s in planned.sequences
+    ]
+    backup_schema = None
+    if schema_files is not None:
+        backup_schema = BackupSchema(
+            pg_dump_version=schema_files.pg_dump_version,
+            archive=SchemaFile(
+                schema_files.archive.path, schema_files.archive.bytes, schema_files.archive.sha256
+            ),
+            sql=SchemaFile(schema_files.sql.path, schema_files.sql.bytes, schema_files.sql.sha256),
+        )
+
+    def ref(key: tuple[str, str]) -> dict[str, str]:
+        return {"schema": key[0], "name": key[1]}
+
     data_files = list(stored.values())
     order = planned.order
     return {
@@ -800,35 +831,11 @@ def _manifest_body(
         },
         "settings": dict(RENDER_SETTINGS),
         "compression": compression,
-        "tables": tables,
-        "sequences": [
-            {
-                "schema": s.schema,
-                "name": s.name,
-                "table": ref(s.table) if s.table is not None else None,
-                "column": s.column,
-                "last_value": s.last_value,
-                "is_called": s.is_called,
-            }
-            for s in planned.sequences
-        ],
-        "large_objects": large_objects,
-        "schema": None
-        if schema_files is None
-        else {
-            "pg_dump_version": schema_files.pg_dump_version,
-            "archive": {
-                "path": schema_files.archive.path,
-                "bytes": schema_files.archive.bytes,
-                "sha256": schema_files.archive.sha256,
-            },
-            "sql": {
-                "path": schema_files.sql.path,
-                "bytes": schema_files.sql.bytes,
-                "sha256": schema_files.sql.sha256,
-            },
-        },
-        "skipped": [asdict(s) for s in inventory.skipped],
+        "tables": [t.to_json() for t in tables],
+        "sequences": [s.to_json() for s in sequences],
+        "large_objects": None if large_objects is None else large_objects.to_json(),
+        "schema": None if backup_schema is None else backup_schema.to_json(),
+        "skipped": [s.to_json() for s in inventory.skipped],
         "restore_order": {
             "levels": [[ref(k) for k in level] for level in order.levels],
             "cycles": [[ref(k) for k in cycle] for cycle in order.cycles],

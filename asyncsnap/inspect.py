@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from .backup import Backup
+from .manifest import Backup
 
 
 def summary(backup: Backup) -> dict[str, Any]:

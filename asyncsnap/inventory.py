@@ -28,9 +28,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .backup import Skipped
 from .catalog import SequenceInfo, Table
 from .errors import PermissionDenied, some_names
+from .manifest import Skipped
 from .patterns import Selection
 
 TableKey = tuple[str, str]

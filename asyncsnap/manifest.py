@@ -1,19 +1,27 @@
-"""The on-disk format's index: ``manifest.json`` and ``SHA256SUMS`` (docs/format.md).
+"""The on-disk format in one place (docs/format.md): ``manifest.json`` and ``SHA256SUMS``,
+the typed entries of a manifest with their serialisation (``to_json``) and validating
+parser (``parse``), and every constant of the format beside them: names, versions,
+encodings, kinds, the rendering settings a manifest may record.
 
 The manifest is a JSON object. Its ``manifest_sha256`` is the SHA-256 of the *canonical*
 serialization of every other key: compact, keys sorted, UTF-8, as orjson's
 ``OPT_SORT_KEYS`` writes and ``jq -cjS 'del(.manifest_sha256)'`` reproduces. Readers
-check ``format`` and ``format_version`` first, then that checksum.
+check ``format`` and ``format_version`` first, then that checksum, then ``parse``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
-from typing import Any
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
 
 import orjson
 
+from .catalog import SchemaQualified
 from .errors import VerificationFailed
 
 FORMAT_NAME = "asyncsnap"
@@ -22,6 +30,17 @@ FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 SUMS_NAME = "SHA256SUMS"
 CHECKSUM_KEY = "manifest_sha256"
+
+# Data files: where they are and how they are compressed.
+Compression = Literal["zstd", "gzip", "none"]
+COMPRESSIONS: tuple[Compression, ...] = ("zstd", "gzip", "none")
+EXTENSIONS: dict[Compression, str] = {
+    "zstd": ".ndjson.zst",
+    "gzip": ".ndjson.gz",
+    "none": ".ndjson",
+}
+PARTIAL_SUFFIX = ".partial"
+DATA_DIR = "data"
 
 
 def canonical_bytes(body: dict[str, Any]) -> bytes:
@@ -84,3 +103,608 @@ def load(backup_dir: Path) -> dict[str, Any]:
             f"{path} does not match its own checksum: it was edited or damaged"
         )
     return body
+
+
+# Rendering settings fixed for every session, so output does not depend on the server's
+# or the role's defaults. They are recorded in the manifest and reused by restore.
+# extra_float_digits=3 gives shortest-exact floats on PostgreSQL 12+ and the exact
+# 17-digit form on older servers; TimeZone=UTC makes timestamptz text independent of
+# the server zone; IntervalStyle iso_8601 is what other languages parse.
+RENDER_SETTINGS: Mapping[str, str] = {
+    "client_encoding": "UTF8",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "iso_8601",
+    "TimeZone": "UTC",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+    "lc_monetary": "C",
+    "xmloption": "content",  # how xml text is read back: fragments as well as documents
+}
+
+
+def checked_render_settings(settings: Mapping[str, str], *, source: str) -> dict[str, str]:
+    """A backup's recorded ``settings``, if they are exactly the documented ones.
+
+    A manifest's settings are applied to the restoring session, so they must never choose
+    anything else (``session_replication_role = replica`` would switch off foreign-key
+    checks, ``search_path`` would undo our policy). Keys may be missing (their documented
+    value is used); an unknown key or another value refuses the backup.
+
+    :raises VerificationFailed: on any key or value outside ``RENDER_SETTINGS``.
+    """
+    for key, value in settings.items():
+        if RENDER_SETTINGS.get(key) != value:
+            shown = f"{key} = {value!r}" if key in RENDER_SETTINGS else f"{key!r}"
+            raise VerificationFailed(
+                f"{source}: the manifest's settings name {shown}, which asyncsnap never writes",
+                hint="the backup was altered or not made by asyncsnap; do not restore it",
+            )
+    return dict(RENDER_SETTINGS)
+
+
+_MAX_COUNT = 2**63 - 1
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_ENCODINGS = ("json", "text", "array")
+_KINDS = ("table", "partitioned", "partition")
+_GENERATED = ("stored", "virtual")
+_IDENTITY = ("always", "by default")
+_TOOL_VERSION = re.compile(r"[0-9]{1,3}(\.[0-9]{1,4})?")
+# Where a backup keeps its schema (``schema.py`` writes them; fixed, never from a manifest).
+SCHEMA_ARCHIVE_PATH = "schema/schema.pgdump"
+SCHEMA_SQL_PATH = "schema/schema.sql"
+
+# The longest line a data file holds unless its manifest entry says more. The server
+# renders each row as one text value, and no value can exceed 1 GiB - 1 byte
+# (MaxAllocSize); a line is that plus its newline. A row too big for that is rendered
+# column by column (``bigrows``) and its file's entry records the longest such line.
+# Dump, verify and restore read through ``DataFileReader`` and so share this bound; a
+# reader holds at most one line and one read block in memory at a time.
+MAX_LINE_BYTES = 1 << 30
+
+# The kinds of ``skipped`` entries (docs/format.md, "What is not in a backup").
+SKIP_KINDS = (
+    "table",
+    "sequence",
+    "materialized view",
+    "foreign table",
+    "extension table",
+    "extension sequence",
+    "unlogged table",
+    "large objects",
+)
+# The keys of every line of a large-object file, in order.
+LARGE_OBJECT_KEYS = ("oid", "owner", "acl", "offset", "data")
+
+
+@dataclass(frozen=True)
+class BackupFile:
+    path: str
+    rows: int
+    bytes: int
+    stored_bytes: int
+    sha256: str
+    longest_line: int | None = None  # set when a row was longer than MAX_LINE_BYTES allows
+    # [first, end) heap pages of a split table's file, end None for the last; None: whole
+    pages: tuple[int, int | None] | None = None
+
+    @property
+    def line_limit(self) -> int:
+        """The longest line a reader accepts in this file."""
+        return max(MAX_LINE_BYTES, self.longest_line or 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "stored_bytes": self.stored_bytes,
+            "sha256": self.sha256,
+            "pages": list(self.pages) if self.pages is not None else None,
+            "longest_line": self.longest_line or None,
+        }
+
+
+@dataclass(frozen=True)
+class BackupColumn:
+    name: str
+    type: str
+    encoding: str
+    not_null: bool
+    generated: str | None
+    identity: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "encoding": self.encoding,
+            "not_null": self.not_null,
+            "generated": self.generated,
+            "identity": self.identity,
+        }
+
+
+@dataclass(frozen=True)
+class BackupForeignKey:
+    """A foreign key of a table at dump time (the referenced table may not be dumped)."""
+
+    name: str
+    columns: tuple[str, ...]
+    references: tuple[str, str]
+    ref_columns: tuple[str, ...]
+    deferrable: bool
+    initially_deferred: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "columns": list(self.columns),
+            "references": {
+                "schema": self.references[0],
+                "name": self.references[1],
+                "columns": list(self.ref_columns),
+            },
+            "deferrable": self.deferrable,
+            "initially_deferred": self.initially_deferred,
+        }
+
+
+def _ref(key: tuple[str, str] | None) -> dict[str, str] | None:
+    return None if key is None else {"schema": key[0], "name": key[1]}
+
+
+@dataclass(frozen=True)
+class BackupTable(SchemaQualified):
+    schema: str
+    name: str
+    kind: str
+    parent: tuple[str, str] | None
+    rows: int
+    columns: tuple[BackupColumn, ...]
+    files: tuple[BackupFile, ...]
+    row_security: bool = False  # holds only the rows the dumping role could see
+    primary_key: tuple[str, ...] = ()
+    foreign_keys: tuple[BackupForeignKey, ...] = ()
+
+    @property
+    def has_data(self) -> bool:
+        return self.kind != "partitioned"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "name": self.name,
+            "kind": self.kind,
+            "parent": _ref(self.parent),
+            "rows": self.rows,
+            "row_security": self.row_security,
+            "columns": [c.to_json() for c in self.columns],
+            "primary_key": list(self.primary_key),
+            "foreign_keys": [fk.to_json() for fk in self.foreign_keys],
+            "files": [f.to_json() for f in self.files],
+        }
+
+
+@dataclass(frozen=True)
+class BackupSequence(SchemaQualified):
+    schema: str
+    name: str
+    table: tuple[str, str] | None  # None: a standalone sequence (format version 2)
+    last_value: int
+    is_called: bool
+    column: str | None = None  # the owning or defaulting column of ``table``
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "name": self.name,
+            "table": _ref(self.table),
+            "column": self.column,
+            "last_value": self.last_value,
+            "is_called": self.is_called,
+        }
+
+
+@dataclass(frozen=True)
+class BackupLargeObjects:
+    """The large objects in a backup: how many, their bytes, and the files holding them."""
+
+    objects: int
+    bytes: int
+    files: tuple[BackupFile, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "objects": self.objects,
+            "bytes": self.bytes,
+            "files": [f.to_json() for f in self.files],
+        }
+
+
+@dataclass(frozen=True)
+class SchemaFile:
+    """A schema file of the backup: stored as pg_dump or pg_restore wrote it."""
+
+    path: str
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "bytes": self.bytes, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class BackupSchema:
+    """The backup's schema (``schema.py``): pg_dump's custom archive and its plain SQL."""
+
+    pg_dump_version: str
+    archive: SchemaFile
+    sql: SchemaFile
+
+    @property
+    def pg_dump_major(self) -> int:
+        return int(self.pg_dump_version.split(".")[0])
+
+    @property
+    def files(self) -> tuple[SchemaFile, SchemaFile]:
+        return (self.archive, self.sql)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pg_dump_version": self.pg_dump_version,
+            "archive": self.archive.to_json(),
+            "sql": self.sql.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Something the filters selected that the backup does not hold, and why; the
+    manifest's ``skipped`` entries have exactly these fields.
+
+    ``kind`` is one of ``SKIP_KINDS``; ``schema`` and ``name`` are None for
+    ``large objects``; ``refresh`` is true for a materialized view that was populated at
+    dump time, which a restore refreshes.
+    """
+
+    kind: str
+    schema: str | None
+    name: str | None
+    reason: str
+    refresh: bool = False
+
+    @property
+    def qualified(self) -> str:
+        if self.schema is None or self.name is None:
+            return self.kind
+        return f"{self.schema}.{self.name}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "schema": self.schema,
+            "name": self.name,
+            "reason": self.reason,
+            "refresh": self.refresh,
+        }
+
+    def describe(self) -> str:
+        """``materialized view public.totals: <reason>``, for people."""
+        if self.schema is None or self.name is None:
+            return f"{self.kind}: {self.reason}"
+        return f"{self.kind} {self.qualified}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Backup:
+    """A backup whose manifest passed every check; files are checked when read."""
+
+    path: Path
+    manifest: dict[str, Any]
+    compression: Compression
+    settings: dict[str, str]
+    tables: tuple[BackupTable, ...]
+    sequences: tuple[BackupSequence, ...]
+    skipped: tuple[Skipped, ...] = ()  # selected but not in the backup, with the reason
+    large_objects: BackupLargeObjects | None = None
+    schema: BackupSchema | None = None  # None: data only (--no-schema, or format < 3)
+
+    def file_path(self, f: BackupFile) -> Path:
+        return self.path / f.path
+
+    def data_files(self) -> list[tuple[tuple[str, ...], BackupFile]]:
+        """Every data file with the keys each of its lines must have, in order."""
+        found = [(tuple(c.name for c in t.columns), f) for t in self.tables for f in t.files]
+        if self.large_objects is not None:
+            found += [(LARGE_OBJECT_KEYS, f) for f in self.large_objects.files]
+        return found
+
+
+class _Checker:
+    """Walks the manifest and reports the first field of the wrong type, by its path."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+
+    def fail(self, where: str, what: str) -> VerificationFailed:
+        return VerificationFailed(
+            f"{self.source}: {where} {what}",
+            hint="the manifest was written by something else or damaged; do not trust it",
+        )
+
+    def obj(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, "is not an object")
+        return value
+
+    def lst(self, value: Any, where: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.fail(where, "is not a list")
+        return value
+
+    def string(self, value: Any, where: str, *, allow_none: bool = False) -> Any:
+        if value is None and allow_none:
+            return None
+        if not isinstance(value, str) or "\x00" in value:
+            raise self.fail(where, "is not a string")
+        return value
+
+    def count(self, value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
+            raise self.fail(where, "is not a non-negative integer")
+        return value
+
+    def integer(self, value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > _MAX_COUNT + 1:
+            raise self.fail(where, "is not an integer")
+        return value
+
+    def boolean(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(where, "is not true or false")
+        return value
+
+    def choice(self, value: Any, where: str, options: tuple[str, ...]) -> str:
+        if value not in options:
+            raise self.fail(where, f"is not one of {', '.join(options)}")
+        return str(value)
+
+    def ref(self, value: Any, where: str) -> tuple[str, str]:
+        o = self.obj(value, where)
+        return (
+            self.string(o.get("schema"), f"{where}.schema"),
+            self.string(o.get("name"), f"{where}.name"),
+        )
+
+
+def safe_relative_path(root: Path, relpath: str, checker: _Checker, where: str) -> None:
+    """Refuse paths that could leave the backup: absolute, ``..``, backslashes, symlinks."""
+    pure = PurePosixPath(relpath)
+    if (
+        not relpath
+        or pure.is_absolute()
+        or "\\" in relpath
+        or any(part in ("..", ".", "") for part in relpath.split("/"))
+    ):
+        raise checker.fail(where, f"has an unsafe path {relpath!r}")
+    target = root / relpath
+    current = root
+    for part in pure.parts:
+        current = current / part
+        if current.is_symlink():
+            raise checker.fail(where, f"path {relpath!r} goes through a symlink")
+    resolved_root = root.resolve()
+    if not str(target.resolve()).startswith(str(resolved_root) + os.sep):
+        raise checker.fail(where, f"path {relpath!r} leaves the backup directory")
+
+
+def parse(root: Path, body: dict[str, Any]) -> Backup:
+    """Check a loaded manifest (``load``) field by field and return it typed.
+
+    Every field's type and range, every path (relative, no ``..``, no symlink, inside
+    ``root``; the schema files' fixed names), the sums that must agree.
+
+    :raises VerificationFailed: naming the first field a reader must not trust.
+    """
+    c = _Checker(root / MANIFEST_NAME)
+    version = body["format_version"]
+    compression = c.choice(body.get("compression"), "compression", COMPRESSIONS)
+    settings_raw = c.obj(body.get("settings"), "settings")
+    settings = checked_render_settings(
+        {
+            c.string(k, "settings key"): c.string(v, f"settings.{k}")
+            for k, v in settings_raw.items()
+        },
+        source=str(root / MANIFEST_NAME),
+    )
+    seen_paths: set[str] = set()
+
+    def read_files(raw: Any, where: str) -> tuple[BackupFile, ...]:
+        files = []
+        for j, f_raw in enumerate(c.lst(raw, where)):
+            fw = f"{where}[{j}]"
+            f = c.obj(f_raw, fw)
+            relpath = c.string(f.get("path"), f"{fw}.path")
+            safe_relative_path(root, relpath, c, f"{fw}.path")
+            if relpath in seen_paths:
+                raise c.fail(f"{fw}.path", f"{relpath!r} is listed twice")
+            seen_paths.add(relpath)
+            digest = c.string(f.get("sha256"), f"{fw}.sha256")
+            if not _HEX64.fullmatch(digest):
+                raise c.fail(f"{fw}.sha256", "is not a SHA-256 hex digest")
+            files.append(
+                BackupFile(
+                    path=relpath,
+                    rows=c.count(f.get("rows"), f"{fw}.rows"),
+                    bytes=c.count(f.get("bytes"), f"{fw}.bytes"),
+                    stored_bytes=c.count(f.get("stored_bytes"), f"{fw}.stored_bytes"),
+                    sha256=digest,
+                    longest_line=None
+                    if f.get("longest_line") is None
+                    else c.count(f.get("longest_line"), f"{fw}.longest_line"),
+                    pages=pages(f.get("pages"), f"{fw}.pages"),
+                )
+            )
+        return tuple(files)
+
+    def pages(raw: Any, where: str) -> tuple[int, int | None] | None:
+        if raw is None:
+            return None
+        pair = c.lst(raw, where)
+        if len(pair) != 2:
+            raise c.fail(where, "is not [first, end]")
+        end = None if pair[1] is None else c.count(pair[1], f"{where}[1]")
+        return (c.count(pair[0], f"{where}[0]"), end)
+
+    def names(raw: Any, where: str) -> tuple[str, ...]:
+        return tuple(c.string(n, f"{where}[{k}]") for k, n in enumerate(c.lst(raw, where)))
+
+    def foreign_keys(raw: Any, where: str) -> tuple[BackupForeignKey, ...]:
+        found = []
+        for k, fk_raw in enumerate(c.lst(raw, where)):
+            fw = f"{where}[{k}]"
+            fk = c.obj(fk_raw, fw)
+            ref = c.obj(fk.get("references"), f"{fw}.references")
+            found.append(
+                BackupForeignKey(
+                    name=c.string(fk.get("name"), f"{fw}.name"),
+                    columns=names(fk.get("columns"), f"{fw}.columns"),
+                    references=c.ref(ref, f"{fw}.references"),
+                    ref_columns=names(ref.get("columns"), f"{fw}.references.columns"),
+                    deferrable=c.boolean(fk.get("deferrable"), f"{fw}.deferrable"),
+                    initially_deferred=c.boolean(
+                        fk.get("initially_deferred"), f"{fw}.initially_deferred"
+                    ),
+                )
+            )
+        return tuple(found)
+
+    tables = []
+    seen_tables: set[tuple[str, str]] = set()
+    for i, t_raw in enumerate(c.lst(body.get("tables"), "tables")):
+        w = f"tables[{i}]"
+        t = c.obj(t_raw, w)
+        columns = []
+        for j, col_raw in enumerate(c.lst(t.get("columns"), f"{w}.columns")):
+            cw = f"{w}.columns[{j}]"
+            col = c.obj(col_raw, cw)
+            generated = col.get("generated")
+            identity = col.get("identity")
+            columns.append(
+                BackupColumn(
+                    name=c.string(col.get("name"), f"{cw}.name"),
+                    type=c.string(col.get("type"), f"{cw}.type"),
+                    encoding=c.choice(col.get("encoding"), f"{cw}.encoding", _ENCODINGS),
+                    not_null=c.boolean(col.get("not_null"), f"{cw}.not_null"),
+                    generated=None
+                    if generated is None
+                    else c.choice(generated, f"{cw}.generated", _GENERATED),
+                    identity=None
+                    if identity is None
+                    else c.choice(identity, f"{cw}.identity", _IDENTITY),
+                )
+            )
+        if len({col.name for col in columns}) != len(columns):
+            raise c.fail(f"{w}.columns", "has duplicate names")
+        files = read_files(t.get("files"), f"{w}.files")
+        parent = None if t.get("parent") is None else c.ref(t.get("parent"), f"{w}.parent")
+        table = BackupTable(
+            schema=c.string(t.get("schema"), f"{w}.schema"),
+            name=c.string(t.get("name"), f"{w}.name"),
+            kind=c.choice(t.get("kind"), f"{w}.kind", _KINDS),
+            parent=parent,
+            rows=c.count(t.get("rows"), f"{w}.rows"),
+            columns=tuple(columns),
+            files=files,
+            # Absent before format version 2: nothing was read under row security.
+            row_security=c.boolean(t.get("row_security", False), f"{w}.row_security"),
+            primary_key=names(t.get("primary_key", []), f"{w}.primary_key"),
+            foreign_keys=foreign_keys(t.get("foreign_keys", []), f"{w}.foreign_keys"),
+        )
+        if table.rows != sum(f.rows for f in files):
+            raise c.fail(f"{w}.rows", "is not the sum of its files' rows")
+        if table.key in seen_tables:
+            raise c.fail(w, f"lists {table.qualified} twice")
+        seen_tables.add(table.key)
+        tables.append(table)
+    sequences = []
+    for i, s_raw in enumerate(c.lst(body.get("sequences"), "sequences")):
+        w = f"sequences[{i}]"
+        s = c.obj(s_raw, w)
+        owner_raw = s.get("table")
+        if owner_raw is None and version < 2:
+            raise c.fail(f"{w}.table", "is not an object")  # version 1 always names one
+        sequences.append(
+            BackupSequence(
+                schema=c.string(s.get("schema"), f"{w}.schema"),
+                name=c.string(s.get("name"), f"{w}.name"),
+                table=None if owner_raw is None else c.ref(owner_raw, f"{w}.table"),
+                last_value=c.integer(s.get("last_value"), f"{w}.last_value"),
+                is_called=c.boolean(s.get("is_called"), f"{w}.is_called"),
+                column=c.string(s.get("column"), f"{w}.column", allow_none=True),
+            )
+        )
+    skipped = []
+    # Absent in manifests written before asyncsnap 0.2: nothing was skipped.
+    for i, k_raw in enumerate(c.lst(body.get("skipped", []), "skipped")):
+        w = f"skipped[{i}]"
+        k = c.obj(k_raw, w)
+        kind = c.choice(k.get("kind"), f"{w}.kind", SKIP_KINDS)
+        nameless = kind == "large objects"
+        skipped.append(
+            Skipped(
+                kind=kind,
+                schema=c.string(k.get("schema"), f"{w}.schema", allow_none=nameless),
+                name=c.string(k.get("name"), f"{w}.name", allow_none=nameless),
+                reason=c.string(k.get("reason"), f"{w}.reason"),
+                refresh=c.boolean(k.get("refresh", False), f"{w}.refresh"),
+            )
+        )
+    large_objects = None
+    lo_raw = body.get("large_objects")
+    if lo_raw is not None:
+        lo = c.obj(lo_raw, "large_objects")
+        large_objects = BackupLargeObjects(
+            objects=c.count(lo.get("objects"), "large_objects.objects"),
+            bytes=c.count(lo.get("bytes"), "large_objects.bytes"),
+            files=read_files(lo.get("files"), "large_objects.files"),
+        )
+    backup_schema = None
+    schema_raw = body.get("schema")
+    if schema_raw is not None:
+        sc = c.obj(schema_raw, "schema")
+        version_text = c.string(sc.get("pg_dump_version"), "schema.pg_dump_version")
+        if not _TOOL_VERSION.fullmatch(version_text):
+            raise c.fail("schema.pg_dump_version", "is not a PostgreSQL version")
+
+        def schema_file(key: str, expected: str) -> SchemaFile:
+            w = f"schema.{key}"
+            f = c.obj(sc.get(key), w)
+            # The names are fixed: a manifest cannot point restore at another file.
+            if f.get("path") != expected:
+                raise c.fail(f"{w}.path", f"is not {expected!r}")
+            safe_relative_path(root, expected, c, f"{w}.path")
+            digest = c.string(f.get("sha256"), f"{w}.sha256")
+            if not _HEX64.fullmatch(digest):
+                raise c.fail(f"{w}.sha256", "is not a SHA-256 hex digest")
+            seen_paths.add(expected)
+            return SchemaFile(
+                path=expected, bytes=c.count(f.get("bytes"), f"{w}.bytes"), sha256=digest
+            )
+
+        backup_schema = BackupSchema(
+            pg_dump_version=version_text,
+            archive=schema_file("archive", SCHEMA_ARCHIVE_PATH),
+            sql=schema_file("sql", SCHEMA_SQL_PATH),
+        )
+    return Backup(
+        path=root,
+        manifest=body,
+        compression=compression,  # type: ignore[arg-type]
+        settings=settings,
+        tables=tuple(tables),
+        sequences=tuple(sequences),
+        skipped=tuple(skipped),
+        large_objects=large_objects,
+        schema=backup_schema,
+    )

@@ -23,7 +23,6 @@ from rich.progress import (
 )
 from rich.table import Table as RichTable
 
-from .backup import Backup
 from .events import (
     ChunkFinished,
     ChunkProgress,
@@ -36,6 +35,7 @@ from .events import (
     RestoreStarted,
 )
 from .inspect import summary
+from .manifest import Backup
 
 
 def human_bytes(n: float) -> str:

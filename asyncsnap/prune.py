@@ -16,7 +16,8 @@ from pathlib import Path
 
 from . import manifest
 from .errors import UsageError, VerificationFailed
-from .storage import PARTIAL_SUFFIX, OutputLock
+from .manifest import PARTIAL_SUFFIX
+from .storage import OutputLock
 
 
 @dataclass(frozen=True)

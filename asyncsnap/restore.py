@@ -28,7 +28,7 @@ import anyio.to_thread
 import asyncpg
 
 from . import bigrows, largeobjects, restore_schema
-from .backup import Backup, BackupTable, DataFileReader, open_backup
+from .backup import DataFileReader, open_backup
 from .catalog import (
     Table,
     describe_tables,
@@ -58,6 +58,7 @@ from .events import (
     RestoreFinished,
     RestoreStarted,
 )
+from .manifest import Backup, BackupTable
 from .patterns import Selection
 from .plan import CyclePlan, TableKey, plan_cycles, refresh_order, restore_order
 from .session import Session, SessionPolicy

@@ -29,7 +29,7 @@ import anyio.to_thread
 import asyncpg
 
 from . import schema
-from .backup import Backup, BackupTable, check_schema_file
+from .backup import check_schema_file
 from .catalog import quote_ident, sql_name
 from .connection import ConnectParams
 from .errors import (
@@ -40,6 +40,7 @@ from .errors import (
     VerificationFailed,
     some_names,
 )
+from .manifest import Backup, BackupTable
 
 Kind = str  # "existing" (rows into existing tables) | "whole" (schema and rows)
 

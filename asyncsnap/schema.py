@@ -40,9 +40,9 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 import anyio
 import asyncpg
 
-from .backup import SCHEMA_ARCHIVE_PATH, SCHEMA_SQL_PATH
 from .connection import ConnectParams
 from .errors import ClientToolMissing, DumpFailed, RestoreFailed
+from .manifest import SCHEMA_ARCHIVE_PATH, SCHEMA_SQL_PATH
 
 SCHEMA_DIR = "schema"
 ARCHIVE_PATH = SCHEMA_ARCHIVE_PATH  # pg_dump --format=custom --schema-only

@@ -41,23 +41,7 @@ from typing import Any
 import asyncpg
 
 from .connection import ConnectParams, Target, describe_target, translate_connect_error
-from .errors import VerificationFailed
-
-# Rendering settings fixed for every session, so output does not depend on the server's
-# or the role's defaults. They are recorded in the manifest and reused by restore.
-# extra_float_digits=3 gives shortest-exact floats on PostgreSQL 12+ and the exact
-# 17-digit form on older servers; TimeZone=UTC makes timestamptz text independent of
-# the server zone; IntervalStyle iso_8601 is what other languages parse.
-RENDER_SETTINGS: Mapping[str, str] = {
-    "client_encoding": "UTF8",
-    "DateStyle": "ISO, YMD",
-    "IntervalStyle": "iso_8601",
-    "TimeZone": "UTC",
-    "extra_float_digits": "3",
-    "bytea_output": "hex",
-    "lc_monetary": "C",
-    "xmloption": "content",  # how xml text is read back: fragments as well as documents
-}
+from .manifest import RENDER_SETTINGS
 
 # Seconds: TCP keepalive probes start after this much silence, repeat every interval, and
 # give up after count probes. A dead network is noticed within about a minute.
@@ -147,26 +131,6 @@ class SessionPolicy:
 def versioned_settings(server_version: int) -> dict[str, str]:
     """The settings of ``_VERSIONED_SETTINGS`` that a server of this version knows."""
     return {name: value for since, name, value in _VERSIONED_SETTINGS if server_version >= since}
-
-
-def checked_render_settings(settings: Mapping[str, str], *, source: str) -> dict[str, str]:
-    """A backup's recorded ``settings``, if they are exactly the documented ones.
-
-    A manifest's settings are applied to the restoring session, so they must never choose
-    anything else (``session_replication_role = replica`` would switch off foreign-key
-    checks, ``search_path`` would undo our policy). Keys may be missing (their documented
-    value is used); an unknown key or another value refuses the backup.
-
-    :raises VerificationFailed: on any key or value outside ``RENDER_SETTINGS``.
-    """
-    for key, value in settings.items():
-        if RENDER_SETTINGS.get(key) != value:
-            shown = f"{key} = {value!r}" if key in RENDER_SETTINGS else f"{key!r}"
-            raise VerificationFailed(
-                f"{source}: the manifest's settings name {shown}, which asyncsnap never writes",
-                hint="the backup was altered or not made by asyncsnap; do not restore it",
-            )
-    return dict(RENDER_SETTINGS)
 
 
 def _enable_keepalives(conn: asyncpg.Connection) -> None:

@@ -18,7 +18,7 @@ import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import zstandard
 
@@ -30,16 +30,7 @@ from .errors import (
     OutputNotWritable,
     UsageError,
 )
-
-Compression = Literal["zstd", "gzip", "none"]
-COMPRESSIONS: tuple[Compression, ...] = ("zstd", "gzip", "none")
-EXTENSIONS: dict[Compression, str] = {
-    "zstd": ".ndjson.zst",
-    "gzip": ".ndjson.gz",
-    "none": ".ndjson",
-}
-PARTIAL_SUFFIX = ".partial"
-DATA_DIR = "data"
+from .manifest import DATA_DIR, EXTENSIONS, PARTIAL_SUFFIX, Compression
 
 # zstd level 1, one thread. DESIGN.md found level 3 free with one stream; with -j 2 on
 # 2 cores the client competes with two server backends, and level 1 measured 35-80% faster

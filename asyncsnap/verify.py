@@ -16,9 +16,9 @@ from pathlib import Path
 import orjson
 
 from . import manifest
-from .backup import Backup, DataFileReader, check_schema_file, open_backup
+from .backup import DataFileReader, check_schema_file, open_backup
 from .errors import VerificationFailed
-from .storage import DATA_DIR
+from .manifest import DATA_DIR, Backup
 
 SCHEMA_DIR = "schema"
 

@@ -14,11 +14,11 @@ import asyncpg
 import pytest
 
 from asyncsnap import bigrows
-from asyncsnap.backup import MAX_LINE_BYTES, Backup, BackupFile, DataFileReader
+from asyncsnap.backup import DataFileReader
 from asyncsnap.catalog import Table, describe_tables, list_tables, read_types
 from asyncsnap.errors import VerificationFailed
+from asyncsnap.manifest import MAX_LINE_BYTES, RENDER_SETTINGS, Backup, BackupFile
 from asyncsnap.render import select_rows_sql
-from asyncsnap.session import RENDER_SETTINGS
 from asyncsnap.storage import DataFileWriter
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli

@@ -29,11 +29,19 @@ def test_exit_code_table_matches_the_code() -> None:
 
 
 def test_format_documents_every_manifest_key() -> None:
-    from asyncsnap.dump import _manifest_body  # the one place the manifest is built
+    """Every key the dump writes: the top level (``_manifest_body``) and every entry's
+    ``to_json`` in the format module."""
+    from asyncsnap import manifest
+    from asyncsnap.dump import _manifest_body
 
     source = Path(_manifest_body.__code__.co_filename).read_text()
-    body = source[source.index("def _manifest_body") : source.index("def _table_results")]
-    keys = set(re.findall(r'^\s+"([a-z_0-9]+)": ', body, re.M))
+    bodies = [source[source.index("def _manifest_body") : source.index("def _table_results")]]
+    format_source = Path(manifest.__file__).read_text()
+    bodies += re.findall(r"def to_json\(self\)[^\n]*\n((?:        [^\n]*\n|\n)*)", format_source)
+    assert len(bodies) >= 9, "the entries' to_json methods were not found"
+    keys = {k for body in bodies for k in re.findall(r'^\s+"([a-z_0-9]+)": ', body, re.M)}
+    keys |= {k for body in bodies for k in re.findall(r'\{"([a-z_0-9]+)": ', body)}
+    assert {"pages", "foreign_keys", "pg_dump_version", "refresh"} <= keys
     missing = sorted(k for k in keys if f"`{k}`" not in FORMAT)
     assert not missing, missing
 

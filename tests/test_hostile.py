@@ -20,7 +20,7 @@ import pytest
 
 from asyncsnap import manifest as manifest_module
 from asyncsnap.errors import VerificationFailed
-from asyncsnap.session import RENDER_SETTINGS, checked_render_settings
+from asyncsnap.manifest import RENDER_SETTINGS, checked_render_settings
 
 from .conftest import Database, Postgres, execute, fresh_database, run_cli
 from .helpers import manifest_of, read_rows

@@ -20,8 +20,11 @@ from asyncsnap.errors import (
     RestoreFailed,
     SchemaMismatch,
     TargetNotEmpty,
+    UsageError,
     VerificationFailed,
 )
+from asyncsnap.manifest import Backup, BackupSchema, SchemaFile
+from asyncsnap.restore_schema import check_options
 from asyncsnap.schema import drop_statements, script_statements
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
@@ -609,3 +612,53 @@ def test_dry_run_predicts_a_missing_insert_privilege(
         assert run.returncode == 1
         assert "may not write public.t (INSERT)" in run.stderr
     assert db.fetchval("SELECT count(*) FROM t") == 0
+
+
+# --- the rule that picks the kind of restore, from the options alone (no server) -----
+
+
+def _backup(with_schema: bool) -> Backup:
+    schema = None
+    if with_schema:
+        schema = BackupSchema(
+            "15.18",
+            SchemaFile("schema/schema.pgdump", 1, "a" * 64),
+            SchemaFile("schema/schema.sql", 1, "b" * 64),
+        )
+    return Backup(
+        path=Path("b"),
+        manifest={},
+        compression="zstd",
+        settings={},
+        tables=(),
+        sequences=(),
+        schema=schema,
+    )
+
+
+@pytest.mark.parametrize(
+    ("with_schema", "options", "expected"),
+    [
+        (False, {}, "existing"),
+        (True, {"data_only": True}, "existing"),
+        (True, {}, None),  # decided by what the target holds
+        (True, {"clean": True}, None),
+        (False, {"clean": True}, "needs the schema"),
+        (False, {"create": True}, "needs the schema"),
+        (False, {"schema_only": True}, "needs the schema"),
+        (True, {"data_only": True, "schema_only": True}, "exclude each other"),
+        (True, {"data_only": True, "clean": True}, "--data-only loads into existing"),
+    ],
+)
+def test_the_kind_of_restore_from_the_options(
+    with_schema: bool, options: dict[str, bool], expected: str | None
+) -> None:
+    flags = {"data_only": False, "schema_only": False, "clean": False, "create": False}
+    flags.update(options)
+    backup = _backup(with_schema)
+    if expected in (None, "existing"):
+        decided = check_options(backup, **flags)
+        assert (decided[0] if decided else None) == expected
+    else:
+        with pytest.raises(UsageError, match=expected):
+            check_options(backup, **flags)
