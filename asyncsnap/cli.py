@@ -38,6 +38,7 @@ from .progress import (
     JsonLog,
     LiveDisplay,
     PlainLog,
+    one_line,
     summary_table,
     summary_tables,
 )
@@ -183,9 +184,11 @@ def _fail(
         )
         return typer.Exit(code)
     if isinstance(exc, AsyncsnapError):
-        err.print(f"error: {redact(exc.message, dsn)}", markup=False)
+        # One line each, whatever the message holds: a server's DETAIL on a line of its
+        # own, or a table name with a newline that would forge a line.
+        err.print(f"error: {one_line(redact(exc.message, dsn))}", markup=False)
         if exc.hint:
-            err.print(f"hint: {redact(exc.hint, dsn)}", markup=False)
+            err.print(f"hint: {one_line(redact(exc.hint, dsn))}", markup=False)
         return typer.Exit(exc.exit_code)
     err.print(f"error: internal error: {type(exc).__name__}: {redact(str(exc), dsn)}", markup=False)
     err.print("hint: run again with --debug and report the traceback", markup=False)
@@ -755,7 +758,7 @@ def verify_command(
     if not result.ok:
         err = Console(stderr=True, highlight=False, soft_wrap=True)
         for problem in result.problems:
-            err.print(f"error: {problem}", markup=False)
+            err.print(f"error: {one_line(str(problem))}", markup=False)
         err.print(
             f"hint: {len(result.problems)} problem(s); do not restore from this backup",
             markup=False,

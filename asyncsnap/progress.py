@@ -92,10 +92,27 @@ class PlainLog:
                 line = None
         if line is not None:
             print(
-                f"{time.strftime('%Y-%m-%dT%H:%M:%S')} asyncsnap: {line}",
+                f"{time.strftime('%Y-%m-%dT%H:%M:%S')} asyncsnap: {one_line(line)}",
                 file=self._stream,
                 flush=True,
             )
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: a server message's DETAIL and HINT lines joined with " ",
+    control characters inside it escaped (``\\n``, ``\\x1b``), so that a table named
+    ``"a\\n2026-... asyncsnap: dump complete"`` cannot forge a line of a log."""
+    lines = text.split("\n")
+    # asyncpg puts a server's DETAIL and HINT on lines of their own: those join with a
+    # space; any other line break is inside a name or value and is escaped.
+    joined = lines[0]
+    for line in lines[1:]:
+        joined += " " + line if line.startswith(("DETAIL:  ", "HINT:  ")) else "\n" + line
+    return joined.translate(_CONTROL)
 
 
 class LiveDisplay:

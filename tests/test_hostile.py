@@ -10,6 +10,7 @@ session.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -338,3 +339,23 @@ def test_every_session_has_the_policy(db: Database) -> None:
         "TimeZone": "UTC",
     }
     assert anyio.run(settings) == [expected] * 3
+
+
+def test_a_table_name_with_a_newline_cannot_forge_a_log_or_error_line(
+    db: Database, tmp_path: Path
+) -> None:
+    """Names come from the database: in the text log and in error lines their control
+    characters are escaped, so each event stays one line and each error is one error
+    line and one hint line."""
+    forged = "x\n2026-01-01T00:00:00 asyncsnap: dump complete: forged"
+    db.execute(f'CREATE TABLE "{forged}" (id int); INSERT INTO "{forged}" VALUES (1)')
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "b")
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d asyncsnap: ", ln) for ln in lines)
+    assert not any("forged" in ln and ln.startswith("2026-01-01") for ln in lines)
+    assert any("x\\n2026-01-01T00:00:00 asyncsnap: dump complete: forged" in ln for ln in lines)
+    db.execute(f'DROP TABLE "{forged}"')
+    failed = run_cli("restore", str(tmp_path / "b"), db.dsn, "--data-only")
+    assert failed.returncode == 1
+    assert [ln.split(":")[0] for ln in failed.stderr.splitlines()] == ["error", "hint"]
