@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from asyncsnap.connection import resolve  # noqa: E402
 from asyncsnap.session import Session  # noqa: E402
+from benchmarks.duckdb_peer import available as duckdb_available  # noqa: E402
 from tests.pgserver import find_bindir, throwaway_server  # noqa: E402
 
 MIXED_SQL = """
@@ -166,6 +167,8 @@ def servers(dsn: str | None, target: str | None) -> Iterator[tuple[str, str | No
 
 
 PY = [sys.executable, "-m"]
+# Why the DuckDB peer cannot run here (an optional extra), or None.
+DUCKDB_MISSING = duckdb_available()
 
 
 def dump_commands(dsn: str, ds: Dataset, out: Path, jobs: int) -> dict[str, list[str]]:
@@ -220,6 +223,7 @@ def dump_commands(dsn: str, ds: Dataset, out: Path, jobs: int) -> dict[str, list
             *[a for t in ds.tables for a in ("-c", f"COPY {t} TO STDOUT")],
         ],
         "old_script": [*PY, "benchmarks.old_script", dsn, str(out), *ds.tables],
+        "duckdb": [*PY, "benchmarks.duckdb_peer", "export", dsn, str(out), *ds.tables],
     }
 
 
@@ -229,11 +233,13 @@ DUMP_LABELS = {
     "pg_dump_z0": "pg_dump -Fd -Z0",
     "raw_copy": "raw COPY TO STDOUT",
     "old_script": "old fetchall+json.dump",
+    "duckdb": "DuckDB export (json, zstd)",
 }
 RESTORE_LABELS = {
     "asyncsnap_restore": "asyncsnap restore",
     "pg_restore": "pg_restore --data-only",
     "raw_copy_from": "raw COPY FROM (text)",
+    "duckdb_load": "DuckDB load (read_json)",
 }
 # Whole restores, schema and rows, into an empty database made before each run.
 WHOLE_LABELS = {
@@ -256,6 +262,10 @@ def prepare_restore(
     pgdir = base / "pg_dump"
     measure([str(pg / "pg_dump"), "-d", dsn, "-Fd", "-j", str(jobs), "-f", str(pgdir), *ds.select])
     whole = database_dsn(target, WHOLE_DATABASE)
+    duck = base / "duckdb"
+    duck.mkdir()
+    if DUCKDB_MISSING is None:
+        measure(dump_commands(dsn, ds, duck, jobs)["duckdb"])
     raw = base / "raw"
     raw.mkdir()
     copy_in = []
@@ -293,6 +303,7 @@ def prepare_restore(
             "ON_ERROR_STOP=1",
             *copy_in,
         ],
+        "duckdb_load": [*PY, "benchmarks.duckdb_peer", "load", target, str(duck), *ds.tables],
         "asyncsnap_whole": [
             *PY,
             "asyncsnap",
@@ -454,8 +465,14 @@ def main() -> None:
             "jobs": args.jobs,
             "datasets": {},
         }
+        if DUCKDB_MISSING is not None:
+            print(f"DuckDB peer skipped: {DUCKDB_MISSING}")
         for ds in datasets:
-            names = [n for n in DUMP_LABELS if n != "old_script" or run_old]
+            names = [
+                n
+                for n in DUMP_LABELS
+                if (n != "old_script" or run_old) and (n != "duckdb" or DUCKDB_MISSING is None)
+            ]
 
             def one_dump(name: str, ds: Dataset = ds) -> tuple[float, int, int]:
                 out = work / f"{name}-{time.monotonic_ns()}"
@@ -491,7 +508,10 @@ def main() -> None:
                     wall, rss = measure(cmds[name])
                     return wall, rss, 0
 
-                restores = alternate(list(RESTORE_LABELS), runs, one_restore, RESTORE_LABELS)
+                restore_names = [
+                    n for n in RESTORE_LABELS if n != "duckdb_load" or DUCKDB_MISSING is None
+                ]
+                restores = alternate(restore_names, runs, one_restore, RESTORE_LABELS)
 
                 def one_whole(
                     name: str, cmds: dict[str, list[str]] = cmds
@@ -626,6 +646,9 @@ WHY = {
     "9-10x the server's row_to_json itself would have to get faster.",
     "rss": "the interpreter and its imports are ~45 MiB of it.",
     "pg_dump": "pg_dump's output needs no JSON rendering.",
+    "native": "DuckDB takes binary COPY and renders or parses JSON in native code on the "
+    "client's cores; asyncsnap still has the server render (row_to_json) and parse "
+    "(json_to_recordset) every row: the native data path is not built yet.",
     "small": "per-table costs: a process start (~0.3 s of Python imports), a transaction, a "
     "snapshot import and an fsync per table; pg_dump pays one process and no JSON.",
 }
@@ -668,6 +691,20 @@ def targets(report: dict[str, object]) -> list[dict[str, object]]:
                 1.5,
                 most=True,
                 why="restore",
+            )
+            add(
+                f"{ds}: dump / DuckDB export",
+                entry["ratios"].get("asyncsnap/duckdb"),
+                1.0,
+                most=True,
+                why="native",
+            )
+            add(
+                f"{ds}: restore / DuckDB load",
+                entry["ratios"].get("restore/duckdb_load"),
+                1.0,
+                most=True,
+                why="native",
             )
             add(
                 f"{ds}: whole restore / pg_restore -j",
@@ -756,10 +793,14 @@ def _ratios(dumps: dict[str, Runs], restores: dict[str, Runs]) -> dict[str, floa
     }
     if "old_script" in dumps:
         ratios["old_script/asyncsnap"] = dumps["old_script"].median / a
+    if "duckdb" in dumps:
+        ratios["asyncsnap/duckdb"] = a / dumps["duckdb"].median
     if restores:
         r = restores["asyncsnap_restore"].median
         ratios["restore/pg_restore"] = r / restores["pg_restore"].median
         ratios["restore/raw_copy_from"] = r / restores["raw_copy_from"].median
+        if "duckdb_load" in restores:
+            ratios["restore/duckdb_load"] = r / restores["duckdb_load"].median
         ratios["whole_restore/pg_restore_whole"] = (
             restores["asyncsnap_whole"].median / restores["pg_restore_whole"].median
         )
