@@ -80,18 +80,20 @@ class Dataset:
 @dataclass
 class Runs:
     label: str
-    samples: list[tuple[float, int, int]] = field(default_factory=list)  # s, KiB, bytes
+    # wall s, peak RSS KiB, output bytes, client CPU s (user + sys of the command)
+    samples: list[tuple[float, int, int, float]] = field(default_factory=list)
 
     @property
     def median(self) -> float:
-        return statistics.median(s for s, _, _ in self.samples)
+        return statistics.median(s[0] for s in self.samples)
 
 
 GNU_TIME = shutil.which("time", path="/usr/bin:/bin")
 
 
-def measure(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of the command's largest process.
+def measure(cmd: list[str]) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS (KiB) of the command's largest process, and the CPU seconds
+    (user + system) of the command and its children, as wait4 reports them.
 
     Peak RSS comes from GNU time when installed: a child forked from this (larger) Python
     process inherits its RSS high-water mark, so wait4's ru_maxrss overstates small
@@ -112,7 +114,8 @@ def measure(cmd: list[str]) -> tuple[float, int]:
                 + err.read().decode(errors="replace")
             )
         rss = int(Path(rss_file.name).read_text().split()[-1]) if GNU_TIME else usage.ru_maxrss
-    return wall, rss
+    # GNU time's own CPU is a few milliseconds; the server's backends are not counted.
+    return wall, rss, usage.ru_utime + usage.ru_stime
 
 
 def checkpoint(dsn: str) -> None:
@@ -400,7 +403,7 @@ def copy_schema(dsn: str, target: str) -> None:
 def alternate(
     names: list[str],
     runs: int,
-    one: Callable[[str], tuple[float, int, int]],
+    one: Callable[[str], tuple[float, int, int, float]],
     labels: dict[str, str],
 ) -> dict[str, Runs]:
     result = {n: Runs(labels[n]) for n in names}
@@ -467,6 +470,7 @@ def main() -> None:
         }
         if DUCKDB_MISSING is not None:
             print(f"DuckDB peer skipped: {DUCKDB_MISSING}")
+        json_bytes: dict[str, int] = {}  # per dataset: the JSON asyncsnap's dump wrote
         for ds in datasets:
             names = [
                 n
@@ -474,13 +478,16 @@ def main() -> None:
                 if (n != "old_script" or run_old) and (n != "duckdb" or DUCKDB_MISSING is None)
             ]
 
-            def one_dump(name: str, ds: Dataset = ds) -> tuple[float, int, int]:
+            def one_dump(name: str, ds: Dataset = ds) -> tuple[float, int, int, float]:
                 out = work / f"{name}-{time.monotonic_ns()}"
                 out.mkdir()
-                wall, rss = measure(dump_commands(dsn, ds, out, args.jobs)[name])
+                wall, rss, cpu = measure(dump_commands(dsn, ds, out, args.jobs)[name])
                 size = dir_size(out)
+                if name == "asyncsnap":
+                    totals = json.loads((out / "b" / "manifest.json").read_text())["totals"]
+                    json_bytes[ds.name] = totals["bytes"]
                 shutil.rmtree(out)
-                return wall, rss, size
+                return wall, rss, size, cpu
 
             one_dump("asyncsnap")  # warm-up: caches and imports
             dumps = alternate(names, runs, one_dump, DUMP_LABELS)
@@ -488,25 +495,32 @@ def main() -> None:
                 "rows": ds.rows,
                 "table_bytes": ds.table_bytes,
                 "dump": _tools(dumps, ds),
+                # The dump's client CPU per GB of the JSON it wrote (uncompressed).
+                "client_cpu_s_per_gb_json": statistics.median(
+                    s[3] for s in dumps["asyncsnap"].samples
+                )
+                / (json_bytes[ds.name] / 1e9),
             }
             if target:
                 cmds = prepare_restore(dsn, target, ds, work, args.jobs)
                 backup = work / f"inputs-{ds.name}" / "asyncsnap" / "b"
-                verify_wall, verify_rss = measure([*PY, "asyncsnap", "verify", str(backup), "-q"])
+                verify_wall, verify_rss, _ = measure(
+                    [*PY, "asyncsnap", "verify", str(backup), "-q"]
+                )
                 entry["verify"] = {"median_s": verify_wall, "peak_rss_mib": verify_rss / 1024}
                 truncate = "TRUNCATE " + ", ".join(ds.tables)
 
                 def one_restore(
                     name: str, cmds: dict[str, list[str]] = cmds, truncate: str = truncate
-                ) -> tuple[float, int, int]:
+                ) -> tuple[float, int, int, float]:
                     sql(str(target), truncate)  # not timed
                     # Every load starts right after a checkpoint: otherwise whether one falls
                     # inside a run depends on where the previous run left the WAL (pg_restore
                     # writes ~0.8 GB of it, max_wal_size is 1 GB), which swung its time
                     # between 4.7 and 5.9 s from one invocation to the next.
                     checkpoint(str(target))
-                    wall, rss = measure(cmds[name])
-                    return wall, rss, 0
+                    wall, rss, cpu = measure(cmds[name])
+                    return wall, rss, 0, cpu
 
                 restore_names = [
                     n for n in RESTORE_LABELS if n != "duckdb_load" or DUCKDB_MISSING is None
@@ -515,11 +529,11 @@ def main() -> None:
 
                 def one_whole(
                     name: str, cmds: dict[str, list[str]] = cmds
-                ) -> tuple[float, int, int]:
+                ) -> tuple[float, int, int, float]:
                     fresh_whole_database(str(target))  # not timed
                     checkpoint(str(target))
-                    wall, rss = measure(cmds[name])
-                    return wall, rss, 0
+                    wall, rss, cpu = measure(cmds[name])
+                    return wall, rss, 0, cpu
 
                 restores.update(alternate(list(WHOLE_LABELS), runs, one_whole, WHOLE_LABELS))
                 entry["restore"] = _tools(restores, ds)
@@ -582,7 +596,8 @@ def linearity(args: argparse.Namespace) -> None:
                 ds = Dataset(f"lin_{n}", [f"public.lin_{n}"], ["-t", f"public.lin_{n}"], rows=n)
                 out = Path(tmp) / f"o{time.monotonic_ns()}"
                 out.mkdir()
-                samples[n].append(measure(dump_commands(dsn, ds, out, args.jobs)["asyncsnap"]))
+                one_wall, one_rss, _ = measure(dump_commands(dsn, ds, out, args.jobs)["asyncsnap"])
+                samples[n].append((one_wall, one_rss))
                 shutil.rmtree(out)
 
         def dump_median(n: int) -> tuple[float, float]:
@@ -774,11 +789,12 @@ def _tools(runs: dict[str, Runs], ds: Dataset) -> dict[str, object]:
         name: {
             "label": r.label,
             "median_s": r.median,
-            "runs_s": [s for s, _, _ in r.samples],
+            "runs_s": [s[0] for s in r.samples],
             "rows_per_s": ds.rows / r.median,
             "mb_per_s": ds.table_bytes / 1e6 / r.median,
-            "peak_rss_mib": max(k for _, k, _ in r.samples) / 1024,
-            "output_bytes": statistics.median(b for _, _, b in r.samples),
+            "peak_rss_mib": max(s[1] for s in r.samples) / 1024,
+            "output_bytes": statistics.median(s[2] for s in r.samples),
+            "client_cpu_s": statistics.median(s[3] for s in r.samples),
         }
         for name, r in runs.items()
     }
@@ -819,19 +835,24 @@ def _print(
         f"{ds.table_bytes / 2**20:.0f} MiB of table data, median of {runs}"
     )
     print(
-        f"{'':26} {'wall s':>8} {'rows/s':>12} {'MB/s':>7} {'peak RSS MiB':>13} {'output MiB':>11}"
+        f"{'':26} {'wall s':>8} {'rows/s':>12} {'MB/s':>7} {'peak RSS MiB':>13} "
+        f"{'output MiB':>11} {'CPU s':>8}"
     )
     for group in (dumps, restores):
         for r in group.values():
             print(
                 f"{r.label:26} {r.median:8.2f} {ds.rows / r.median:12,.0f} "
                 f"{ds.table_bytes / 1e6 / r.median:7.1f} "
-                f"{max(k for _, k, _ in r.samples) / 1024:13.1f} "
-                f"{statistics.median(b for _, _, b in r.samples) / 2**20:11.1f}"
+                f"{max(s[1] for s in r.samples) / 1024:13.1f} "
+                f"{statistics.median(s[2] for s in r.samples) / 2**20:11.1f} "
+                f"{statistics.median(s[3] for s in r.samples):8.2f}"
             )
     if "verify" in entry:
         v = entry["verify"]
         print(f"{'asyncsnap verify':26} {v['median_s']:8.2f}")  # type: ignore[index]
+    if "client_cpu_s_per_gb_json" in entry:
+        per_gb = entry["client_cpu_s_per_gb_json"]
+        print(f"asyncsnap dump client CPU: {per_gb:.2f} s per GB of JSON written")
     ratios = entry["ratios"]
     print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))  # type: ignore[attr-defined]
 
