@@ -62,6 +62,9 @@ from .largeobjects import count_large_objects
 from .manifest import (
     COMPRESSIONS,
     RENDER_SETTINGS,
+    SCHEMA_ARCHIVE_PATH,
+    SCHEMA_DIR,
+    SCHEMA_SQL_PATH,
     BackupColumn,
     BackupFile,
     BackupForeignKey,
@@ -127,7 +130,7 @@ class DumpResult:
     seconds: float
     snapshot_held_seconds: float  # how long VACUUM was held back on the server
     skipped: tuple[Skipped, ...]  # selected but not in the backup, with the reason
-    schema: SchemaFiles | None  # None: a data-only backup (--no-schema)
+    schema: BackupSchema | None  # None: a data-only backup (--no-schema)
     verified: bool  # every file was read back and checked before the rename (--verify)
     large_objects: int = 0  # objects written
     snapshots: int = 1  # snapshots taken: more than one when a table changed under the first
@@ -141,15 +144,6 @@ def default_backup_name(now: datetime | None = None) -> str:
 
 def _utc_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class SchemaFiles:
-    """The schema files written by a dump (``schema.py``): the pg_dump archive and its SQL."""
-
-    pg_dump_version: str
-    archive: StoredFile
-    sql: StoredFile
 
 
 @dataclass
@@ -336,7 +330,7 @@ async def dump(
                 copying = CopyContext(
                     coordinator.snapshot_id, planned.catalog.types, backup, compression, emit
                 )
-                schema_files: list[SchemaFiles] = []
+                schema_files: list[BackupSchema] = []
                 try:
                     async with anyio.create_task_group() as tg:
                         if pg_dump is not None:
@@ -370,7 +364,7 @@ async def dump(
                 )
                 files = [(f.path, f.sha256) for f in stored.values()]
                 for captured in schema_files:
-                    files += [(f.path, f.sha256) for f in (captured.archive, captured.sql)]
+                    files += [(f.path, f.sha256) for f in captured.files]
                 backup.write_small_file(manifest.SUMS_NAME, manifest.sha256sums(sorted(files)))
                 backup.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body))
                 await _end_snapshot(conn)
@@ -543,10 +537,10 @@ async def _capture_schema(
     selection: list[str],
     lock_timeout: float,
     backup: BackupDirectory,
-    out: list[SchemaFiles],
+    out: list[BackupSchema],
 ) -> None:
     """pg_dump's schema archive of the snapshot, and its plain SQL, into ``schema/``."""
-    directory = backup.path / schema.SCHEMA_DIR
+    directory = backup.path / SCHEMA_DIR
     await anyio.to_thread.run_sync(lambda: directory.mkdir(mode=0o700, exist_ok=True))
     temp = directory / ".capture.tmp"
     try:
@@ -568,13 +562,13 @@ async def _capture_schema(
             lambda: schema.pick_pg_restore(pg_dump.major, pg_dump.major)[0]
         )
 
-        def seal() -> SchemaFiles:
+        def seal() -> BackupSchema:
             archive = temp.read_bytes()
             sql = schema.render_sql(pg_restore, temp)
-            return SchemaFiles(
+            return BackupSchema(
                 pg_dump_version=pg_dump.version,
-                archive=_small_file(backup, schema.ARCHIVE_PATH, archive),
-                sql=_small_file(backup, schema.SQL_PATH, sql),
+                archive=_small_file(backup, SCHEMA_ARCHIVE_PATH, archive),
+                sql=_small_file(backup, SCHEMA_SQL_PATH, sql),
             )
 
         out.append(await anyio.to_thread.run_sync(seal))
@@ -599,12 +593,9 @@ def _unreadable_excluded(inventory: Inventory) -> list[str]:
     ]
 
 
-def _small_file(backup: BackupDirectory, relpath: str, content: bytes) -> StoredFile:
+def _small_file(backup: BackupDirectory, relpath: str, content: bytes) -> SchemaFile:
     backup.write_small_file(relpath, content)
-    digest = hashlib.sha256(content).hexdigest()
-    return StoredFile(
-        path=relpath, rows=0, bytes=len(content), stored_bytes=len(content), sha256=digest
-    )
+    return SchemaFile(path=relpath, bytes=len(content), sha256=hashlib.sha256(content).hexdigest())
 
 
 async def _changed_since_snapshot(
@@ -717,7 +708,7 @@ def _manifest_body(
     started_at: datetime,
     finished_at: datetime,
     compression: Compression,
-    schema_files: SchemaFiles | None,
+    schema_files: BackupSchema | None,
 ) -> dict[str, Any]:
     catalog, inventory = planned.catalog, planned.inventory
     server = catalog.server
@@ -793,15 +784,6 @@ def _manifest_body(
         )
         for s in planned.sequences
     ]
-    backup_schema = None
-    if schema_files is not None:
-        backup_schema = BackupSchema(
-            pg_dump_version=schema_files.pg_dump_version,
-            archive=SchemaFile(
-                schema_files.archive.path, schema_files.archive.bytes, schema_files.archive.sha256
-            ),
-            sql=SchemaFile(schema_files.sql.path, schema_files.sql.bytes, schema_files.sql.sha256),
-        )
 
     def ref(key: tuple[str, str]) -> dict[str, str]:
         return {"schema": key[0], "name": key[1]}
@@ -834,7 +816,7 @@ def _manifest_body(
         "tables": [t.to_json() for t in tables],
         "sequences": [s.to_json() for s in sequences],
         "large_objects": None if large_objects is None else large_objects.to_json(),
-        "schema": None if backup_schema is None else backup_schema.to_json(),
+        "schema": None if schema_files is None else schema_files.to_json(),
         "skipped": [s.to_json() for s in inventory.skipped],
         "restore_order": {
             "levels": [[ref(k) for k in level] for level in order.levels],

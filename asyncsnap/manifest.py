@@ -150,8 +150,11 @@ _GENERATED = ("stored", "virtual")
 _IDENTITY = ("always", "by default")
 _TOOL_VERSION = re.compile(r"[0-9]{1,3}(\.[0-9]{1,4})?")
 # Where a backup keeps its schema (``schema.py`` writes them; fixed, never from a manifest).
-SCHEMA_ARCHIVE_PATH = "schema/schema.pgdump"
-SCHEMA_SQL_PATH = "schema/schema.sql"
+SCHEMA_DIR = "schema"
+SCHEMA_ARCHIVE_PATH = "schema/schema.pgdump"  # pg_dump --format=custom --schema-only
+SCHEMA_SQL_PATH = "schema/schema.sql"  # the same, rendered as plain SQL by pg_restore
+# The first bytes of a pg_dump custom-format archive (verify checks them).
+ARCHIVE_MAGIC = b"PGDMP"
 
 # The longest line a data file holds unless its manifest entry says more. The server
 # renders each row as one text value, and no value can exceed 1 GiB - 1 byte

@@ -42,11 +42,6 @@ import asyncpg
 
 from .connection import ConnectParams
 from .errors import ClientToolMissing, DumpFailed, RestoreFailed
-from .manifest import SCHEMA_ARCHIVE_PATH, SCHEMA_SQL_PATH
-
-SCHEMA_DIR = "schema"
-ARCHIVE_PATH = SCHEMA_ARCHIVE_PATH  # pg_dump --format=custom --schema-only
-SQL_PATH = SCHEMA_SQL_PATH  # the same, rendered as plain SQL by pg_restore
 
 _VERSION = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
 # Where PostgreSQL's client programs usually live, besides PATH and pg_config.

@@ -18,12 +18,7 @@ import orjson
 from . import manifest
 from .backup import DataFileReader, check_schema_file, open_backup
 from .errors import VerificationFailed
-from .manifest import DATA_DIR, Backup
-
-SCHEMA_DIR = "schema"
-
-# The first bytes of a pg_dump custom-format archive.
-ARCHIVE_MAGIC = b"PGDMP"
+from .manifest import ARCHIVE_MAGIC, DATA_DIR, SCHEMA_DIR, Backup
 
 
 @dataclass(frozen=True)
