@@ -109,6 +109,18 @@ class ConnectParams:
         return {"dsn": self.uri}
 
 
+def join_uri(scheme: str, netloc: str, path: str, query: list[tuple[str, str]]) -> str:
+    """A postgresql:// URI from its parts. Not ``urlunsplit``, which drops the ``//`` of
+    an empty host (``postgresql://?host=/tmp`` would become ``postgresql:?host=/tmp``,
+    which libpq refuses).
+
+    >>> join_uri("postgresql", "", "/shop", [("host", "/tmp")])
+    'postgresql:///shop?host=%2Ftmp'
+    """
+    uri = f"{scheme}://{netloc}{path}"
+    return uri + ("?" + urlencode(query) if query else "")
+
+
 def parse_conninfo(text: str) -> dict[str, str]:
     """A libpq key/value connection string (``host=db port=5432 password='a b\\'c'``).
 

@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -31,7 +31,7 @@ import asyncpg
 from . import schema
 from .backup import check_schema_file
 from .catalog import quote_ident, sql_name
-from .connection import ConnectParams
+from .connection import ConnectParams, join_uri
 from .errors import (
     RestoreFailed,
     SchemaMismatch,
@@ -405,8 +405,5 @@ def with_database(params: ConnectParams, name: str) -> ConnectParams:
         return replace(params, uri="postgresql:///" + quote(name, safe=""))
     parts = urlsplit(params.uri)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "dbname"]
-    # Built by hand: urlunsplit drops the "//" of an empty host (postgresql://?host=/tmp).
-    uri = f"{parts.scheme}://{parts.netloc}/{quote(name, safe='')}"
-    if query:
-        uri += "?" + urlencode(query)
+    uri = join_uri(parts.scheme, parts.netloc, "/" + quote(name, safe=""), query)
     return replace(params, uri=uri)

@@ -35,12 +35,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
 import asyncpg
 
-from .connection import ConnectParams
+from .connection import ConnectParams, join_uri
 from .errors import ClientToolMissing, DumpFailed, RestoreFailed
 
 _VERSION = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
@@ -173,14 +173,9 @@ def tool_invocation(params: ConnectParams) -> tuple[list[str], dict[str, str]]:
             password = value
         else:
             query.append((key, value))
-    netloc = parts.netloc.rpartition("@")
-    host = netloc[2]
-    userinfo = netloc[0]
-    user = userinfo.partition(":")[0] if netloc[1] else ""
-    # Built by hand: urlunsplit drops the "//" of an empty host (postgresql://?host=/tmp).
-    cleaned = f"{parts.scheme}://{(user + '@') if user else ''}{host}{parts.path}"
-    if query:
-        cleaned += "?" + urlencode(query)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0] if at else ""
+    cleaned = join_uri(parts.scheme, (user + "@" if user else "") + host, parts.path, query)
     if password is not None:
         env["PGPASSWORD"] = password
     if params.connect_timeout is not None:
