@@ -169,14 +169,20 @@ def empty_copy(postgres: Postgres, db: Database) -> Iterator[Database]:
         yield database
 
 
-def copy_schema(source: Database, target: Database) -> None:
-    bindir = client_bindir(source.server_version // 10000)
-    schema = subprocess.run(
-        [str(bindir / "pg_dump"), "-s", "-d", source.dsn],
+def schema_sql(db: Database) -> str:
+    """``pg_dump --schema-only`` of ``db``, with a pg_dump that can dump its server."""
+    bindir = client_bindir(db.server_version // 10000)
+    return subprocess.run(
+        [str(bindir / "pg_dump"), "--schema-only", "-d", db.dsn],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+
+
+def copy_schema(source: Database, target: Database) -> None:
+    bindir = client_bindir(source.server_version // 10000)
+    schema = schema_sql(source)
     # pg_dump 18 sets transaction_timeout, which servers before 17 do not know.
     schema = schema.replace("SET transaction_timeout = 0;\n", "")
     subprocess.run(

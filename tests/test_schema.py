@@ -29,9 +29,8 @@ from asyncsnap.schema import drop_statements, script_statements
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
 from .helpers import flip_bit_mid_file
-from .pgserver import client_bindir
 from .test_dump import run_dump
-from .test_restore import copy_schema, digests, run_restore
+from .test_restore import copy_schema, digests, run_restore, schema_sql
 
 # Every kind of object pg_dump knows that a test can make with the server alone; {role}
 # is a role of the server that gets privileges.
@@ -138,15 +137,10 @@ def make_rich(db: Database, role: str) -> None:
 
 def schema_text(db: Database) -> str:
     """``pg_dump --schema-only`` of ``db``, without the lines that differ per run."""
-    bindir = client_bindir(db.server_version // 10000)
-    out = subprocess.run(
-        [str(bindir / "pg_dump"), "--schema-only", "-d", db.dsn],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
     return "\n".join(
-        ln for ln in out.splitlines() if not ln.startswith(("\\restrict", "\\unrestrict"))
+        ln
+        for ln in schema_sql(db).splitlines()
+        if not ln.startswith(("\\restrict", "\\unrestrict"))
     )
 
 
