@@ -520,8 +520,9 @@ async def restore(
                 # pg_restore --clean replaces large objects too.
                 plan = replace(plan, replace_large_objects=True)
             if kind == "existing":
-                lines += plan.describe()
-                for line in plan.describe():
+                described = plan.describe()
+                lines += described
+                for line in described:
                     emit(Notice(line))
                 if dry_run:
                     return RestoreResult(
