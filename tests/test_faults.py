@@ -71,13 +71,20 @@ def terminate_worker(dsn: str, condition: str) -> int:
     return len(ended)
 
 
+# Rows of the first table: enough JSON (~12 MB) that the server is still sending when the
+# worker is ended mid-copy; with 20000 rows (~1 MB) the rest of the COPY could fit in the
+# sockets' buffers, the server finished it meanwhile, and "mid-copy" found no active COPY
+# to end (seen once in CI under load).
+ROWS = 200_000
+
+
 @pytest.mark.parametrize("phase", list(_PHASES))
 def test_worker_connection_lost_in_each_phase_is_retried(
     db: Database, tmp_path: Path, phase: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db.execute(
         "CREATE TABLE a_first (id int, pad text);"
-        "INSERT INTO a_first SELECT g, md5(g::text) FROM generate_series(1, 20000) g;"
+        f"INSERT INTO a_first SELECT g, md5(g::text) FROM generate_series(1, {ROWS}) g;"
         "CREATE TABLE b_second (id int);"
         "INSERT INTO b_second SELECT generate_series(1, 1000);"
     )
@@ -97,10 +104,10 @@ def test_worker_connection_lost_in_each_phase_is_retried(
             "before-begin": isinstance(event, ChunkStarted) and label == "public.a_first",
             "mid-copy": isinstance(event, ChunkProgress)
             and label == "public.a_first"
-            and 0 < event.rows < 20000,
+            and 0 < event.rows < ROWS,
             "at-commit": isinstance(event, ChunkProgress)
             and label == "public.a_first"
-            and event.rows == 20000,
+            and event.rows == ROWS,
             "between-chunks": isinstance(event, ChunkFinished) and label == "public.a_first",
         }[phase]
         if hit:
@@ -118,7 +125,7 @@ def test_worker_connection_lost_in_each_phase_is_retried(
     # Between chunks the pool notices the dead connection when it gets it back and opens
     # a new one: nothing to retry. In a chunk, the chunk is copied again.
     assert retried == (phase != "between-chunks"), notices
-    assert faulty.rows == clean.rows == 21000
+    assert faulty.rows == clean.rows == ROWS + 1000
     # Same rows, same order, same bytes: the same files as a run without the fault.
     sums = [
         (t["name"], [f["sha256"] for f in t["files"]]) for t in manifest_of(clean.path)["tables"]
