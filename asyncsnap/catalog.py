@@ -49,6 +49,9 @@ class Column:
     # it, and the INSERT's assignment to the column then applies the modifier as COPY
     # would (an explicit cast to varchar(5) would cut a longer value silently).
     bare_type: str = ""
+    # pg_type.typdelim of the element type, for an array (through one domain): what
+    # array_in expects between elements (";" for box, "," for every other built-in type).
+    array_delimiter: str = ","
 
 
 @dataclass(frozen=True)
@@ -282,7 +285,13 @@ SELECT a.attrelid AS oid, a.attname AS name,
        pg_catalog.format_type(a.atttypid, a.atttypmod) AS type,
        pg_catalog.format_type(a.atttypid, NULL) AS bare_type,
        a.atttypid AS type_oid, a.atttypmod AS type_mod, a.attnotnull AS not_null,
-       a.attgenerated::pg_catalog.text AS generated, a.attidentity::pg_catalog.text AS identity
+       a.attgenerated::pg_catalog.text AS generated, a.attidentity::pg_catalog.text AS identity,
+       (SELECT e.typdelim::pg_catalog.text
+        FROM pg_catalog.pg_type t
+        LEFT JOIN pg_catalog.pg_type d ON d.oid = t.typbasetype
+        JOIN pg_catalog.pg_type e ON e.oid = CASE WHEN t.typtype = 'd' THEN d.typelem
+                                                  ELSE t.typelem END
+        WHERE t.oid = a.atttypid) AS array_delimiter
 FROM pg_catalog.pg_attribute a
 WHERE a.attrelid = ANY ($1::pg_catalog.oid[]) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
@@ -348,6 +357,7 @@ async def describe_tables(conn: asyncpg.Connection, tables: list[Table]) -> list
                 identity=_IDENTITY.get(r["identity"]),
                 type_mod=r["type_mod"],
                 bare_type=r["bare_type"],
+                array_delimiter=r["array_delimiter"] or ",",
             )
         )
     pkeys: dict[int, tuple[str, ...]] = {}

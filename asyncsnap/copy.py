@@ -15,6 +15,7 @@ to the pool in an unknown protocol state: it is terminated, and the pool opens a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
@@ -43,9 +44,9 @@ from .events import (
     Notice,
 )
 from .largeobjects import LARGE_OBJECTS_STEM, dump_large_objects
-from .manifest import Compression
+from .manifest import MAX_LINE_BYTES, Compression
 from .plan import Chunk
-from .render import COPY_OPTIONS_KWARGS, select_rows_sql
+from .rowcodec import DumpShape, LineSplitter, copy_query
 from .session import CONNECTION_LOST, RELEASE_ERRORS
 from .snapshot import snapshot_lost, snapshot_transaction
 from .storage import BackupDirectory, DataFileWriter, StoredFile
@@ -291,25 +292,99 @@ def _privilege_hint(exc: asyncpg.InsufficientPrivilegeError) -> str:
     return "GRANT SELECT to this role, or leave the table out with -T"
 
 
+# COPY text handed to a worker thread at once: enough to make the hop to the thread cheap
+# (tens of microseconds per MiB), small enough to keep memory flat.
+PIPE_BATCH = 1 << 20
+
+
+class _Pipe:
+    """Converts a chunk's COPY text to NDJSON (``rowcodec``), compresses, hashes and writes
+    it in a worker thread, one batch behind the socket: the event loop only gathers bytes,
+    and the chunks of a dump convert on all cores (the converter, zstd and hashlib release
+    the GIL). At most one batch is in flight per chunk, so lines stay in order and memory
+    is about two batches; a batch waits for the one before it, which slows the server
+    down when the client cannot keep up."""
+
+    def __init__(self, shape: DumpShape, writer: DataFileWriter) -> None:
+        self._shape = shape
+        self._writer = writer
+        self._splitter = LineSplitter()
+        self._pieces: list[bytes] = []
+        self._size = 0
+        self._inflight: asyncio.Future[None] | None = None
+        self.longest = 0  # the longest NDJSON line converted
+
+    async def feed(self, data: bytes) -> None:
+        self._pieces.append(data)
+        self._size += len(data)
+        if self._size >= PIPE_BATCH:
+            await self._submit()
+
+    async def _submit(self) -> None:
+        await self._settle()
+        data = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+        self._pieces.clear()
+        self._size = 0
+        lines = self._splitter.whole_lines(data)
+        if lines:
+            loop = asyncio.get_running_loop()
+            self._inflight = loop.run_in_executor(None, self._convert, lines)
+
+    def _convert(self, lines: bytes) -> None:
+        out, _, longest = self._shape.encode(lines)
+        self.longest = max(self.longest, longest)
+        self._writer.write(out)
+
+    async def _settle(self) -> None:
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            await inflight
+
+    async def flush(self, label: str) -> None:
+        """Convert what arrived; every line must have arrived whole."""
+        await self._submit()
+        await self._settle()
+        if self._splitter.pending:
+            raise DataIntegrityError(
+                f"{label}: the COPY data does not end with a whole line",
+                hint="please report this as a bug",
+            )
+
+    async def abandon(self) -> None:
+        """After a failure: wait for the batch in flight (its thread writes to the file
+        about to be discarded) and drop what was not converted."""
+        with anyio.CancelScope(shield=True):
+            if self._inflight is not None:
+                with contextlib.suppress(Exception):
+                    await self._inflight
+                self._inflight = None
+        self._pieces.clear()
+        self._splitter = LineSplitter()
+
+
 async def _copy_rows(
     conn: asyncpg.Connection, chunk: Chunk, writer: DataFileWriter, ctx: CopyContext
 ) -> int:
-    """COPY one chunk's rows, rendered as JSON by the server, into ``writer``, in a
-    transaction that imports the snapshot; returns the length of the longest line written
-    column by column (0: none was).
+    """COPY one chunk's rows into ``writer``, in a transaction that imports the snapshot;
+    returns the length of the longest line when one is longer than any value can be
+    (written column by column, or converted from a row whose text form fit), else 0.
 
-    A row too big for the server to render as one value fails the COPY after the rows
+    The server sends COPY text; ``_Pipe`` turns it into NDJSON on the client's cores. A
+    row too big for the server to send as one COPY row fails the COPY after the rows
     before it arrived whole. A new transaction in the same snapshot then finds that row,
     writes it with ``bigrows``, and copies the rest of the chunk after it.
     """
     table, emit = chunk.table, ctx.emit
+    shape = DumpShape.of(table, ctx.types)
     next_report = time.monotonic() + PROGRESS_INTERVAL
+    pipe = _Pipe(shape, writer)
 
     async def sink(data: bytes) -> None:
         # Runs between two reads of the socket: asyncpg pauses reading until it
-        # returns, so a slow disk slows the server down instead of filling memory.
+        # returns, so a slow disk or a busy converter slows the server down instead of
+        # filling memory.
         nonlocal next_report
-        writer.write(data)
+        await pipe.feed(data)
         now = time.monotonic()
         if now >= next_report:
             next_report = now + PROGRESS_INTERVAL
@@ -340,11 +415,20 @@ async def _copy_rows(
                     line = await bigrows.write_row(conn, table, ctx.types, after, writer)
                     longest, arrived = max(longest, line), None
                     before = writer.rows
-                status = await conn.copy_from_query(
-                    select_rows_sql(table, ctx.types, chunk.pages, after),
-                    output=sink,
-                    **COPY_OPTIONS_KWARGS,
-                )
+                try:
+                    status = await conn.copy_from_query(
+                        copy_query(table, shape, chunk.pages, after), output=sink
+                    )
+                except asyncpg.PostgresError as exc:
+                    if bigrows.too_big(exc):  # the rows before the big one arrived whole
+                        await pipe.flush(chunk.label)
+                    else:
+                        await pipe.abandon()
+                    raise
+                except BaseException:
+                    await pipe.abandon()
+                    raise
+                await pipe.flush(chunk.label)
                 expected = _copy_count(status)
                 if writer.rows - before != expected:
                     raise DataIntegrityError(
@@ -356,6 +440,8 @@ async def _copy_rows(
                 # The last count before the transaction ends (and the moment a test can
                 # end the connection "at commit").
                 emit(ChunkProgress(label=chunk.label, rows=writer.rows, bytes=writer.raw_bytes))
+            if pipe.longest > MAX_LINE_BYTES:
+                longest = max(longest, pipe.longest)
             return longest
         except asyncpg.PostgresError as exc:
             if not bigrows.too_big(exc) or arrived is not None:

@@ -39,7 +39,7 @@ _TEXT_BASE_TYPES = {"json", "jsonb"}
 _MAX_DOMAIN_DEPTH = 64
 
 
-def _resolve_domain(type_oid: int, types: Mapping[int, TypeInfo]) -> TypeInfo | None:
+def resolve_domain(type_oid: int, types: Mapping[int, TypeInfo]) -> TypeInfo | None:
     info = types.get(type_oid)
     depth = 0
     while info is not None and info.typtype == "d" and depth < _MAX_DOMAIN_DEPTH:
@@ -67,10 +67,10 @@ def _is_array(info: TypeInfo | None) -> bool:
 
 def column_encoding(column: Column, types: Mapping[int, TypeInfo]) -> Encoding:
     """Decide how ``column``'s values are written (see the module docstring)."""
-    info = _resolve_domain(column.type_oid, types)
+    info = resolve_domain(column.type_oid, types)
     if _is_array(info):
         assert info is not None
-        element = _resolve_domain(info.element, types)
+        element = resolve_domain(info.element, types)
         if _is_array(element) or _needs_text(element, types):
             return "text"
         return "array"
@@ -86,7 +86,7 @@ def _is_float(info: TypeInfo | None) -> bool:
 
 def _select_expression(column: Column, encoding: Encoding, types: Mapping[int, TypeInfo]) -> str:
     col = quote_ident(column.name)
-    info = _resolve_domain(column.type_oid, types)
+    info = resolve_domain(column.type_oid, types)
     if encoding == "json" and _is_float(info):
         # -0 as the string "-0", like NaN and Infinity: a JSON number -0 does not survive
         # jsonb (numeric has no negative zero). The text test runs only for zeros.
@@ -102,7 +102,7 @@ def _select_expression(column: Column, encoding: Encoding, types: Mapping[int, T
     # Arrays: array_lower() rules out the common 1-D case cheaply; the regular
     # expression catches any later dimension that does not start at 1. Float arrays
     # holding a zero use the text form too, which keeps the sign of -0.
-    element = _resolve_domain(info.element, types) if info is not None else None
+    element = resolve_domain(info.element, types) if info is not None else None
     zero = f" OR 0 = ANY ({col})" if _is_float(element) else ""
     return (
         f"CASE WHEN pg_catalog.array_lower({col}, 1) <> 1 OR "
@@ -119,7 +119,7 @@ def column_json_sql(column: Column, types: Mapping[int, TypeInfo]) -> str:
     (``bigrows``)."""
     encoding = column_encoding(column, types)
     col = quote_ident(column.name)
-    if encoding == "json" and not _is_float(_resolve_domain(column.type_oid, types)):
+    if encoding == "json" and not _is_float(resolve_domain(column.type_oid, types)):
         return f"pg_catalog.to_json({col})"
     if encoding == "text":
         return f"pg_catalog.to_json({col}::pg_catalog.text)"
@@ -138,7 +138,7 @@ def piecewise(column: Column, types: Mapping[int, TypeInfo]) -> Literal["text", 
     encoding = column_encoding(column, types)
     if encoding == "text":
         return "text"
-    info = _resolve_domain(column.type_oid, types)
+    info = resolve_domain(column.type_oid, types)
     if encoding != "json" or info is None or info.schema != "pg_catalog":
         return None
     if info.name == "bytea":

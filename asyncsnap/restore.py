@@ -17,9 +17,10 @@ self-references are planned explicitly (see ``plan.CyclePlan``) and reported.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -61,6 +62,7 @@ from .events import (
 from .manifest import Backup, BackupTable
 from .patterns import Selection
 from .plan import CyclePlan, TableKey, plan_cycles, refresh_order, restore_order
+from .rowcodec import LoadShape
 from .session import Session, SessionPolicy
 
 Mode = str  # "refuse" | "truncate" | "append"
@@ -1067,27 +1069,26 @@ async def _load_table(
         label += f" [{file_index + 1}/{len(load.source.files)}]"
     emit(ChunkStarted(label=label, est_rows=sum(f.rows for f in files), verb="loading"))
     started = time.monotonic()
-    sql = load.insert_sql()
-    rows = raw = 0
+    shape = LoadShape.of(load.source, load.target, load.columns)
+    progress = _Progress(label, emit)
     for entry in files:
         reader = DataFileReader(backup, entry, block_size=BATCH_BYTES)
         try:
-            blocks = iter(reader)
-            while True:
-                block = await anyio.to_thread.run_sync(next, blocks, None)
-                if block is None:
-                    break
-                rows += block.count(b"\n")
-                raw += len(block)
-                await _load_block(conn, load, sql, block)
-                del block
-                emit(ChunkProgress(label=label, rows=rows, bytes=raw))
-        except asyncpg.PostgresError as exc:
+            if shape is not None:
+                await _copy_file(conn, load, shape, reader, progress)
+            else:
+                await _insert_file(conn, load, reader, progress)
+        except (asyncpg.PostgresError, ValueError) as exc:
             await anyio.to_thread.run_sync(reader.drain)
             if reader.damaged():
                 raise VerificationFailed(
                     f"{entry.path} does not match its SHA-256 in the manifest",
                     hint=f"the backup is damaged; {label} was rolled back",
+                ) from exc
+            if isinstance(exc, ValueError):  # the converter: a line not as the format says
+                raise RestoreFailed(
+                    f"loading {label}: {entry.path}, {exc}",
+                    hint=f"the file is not what docs/format.md describes; {label} was rolled back",
                 ) from exc
             raise RestoreFailed(
                 f"loading {label} from {entry.path}: {exc}{_suspects(load, exc)}",
@@ -1096,6 +1097,7 @@ async def _load_table(
         finally:
             reader.close()
         reader.finish()  # size, SHA-256 and rows; raising rolls the table back
+    rows, raw = progress.rows, progress.bytes
     seconds = time.monotonic() - started
     emit(
         ChunkFinished(
@@ -1136,6 +1138,167 @@ def _suspects(load: TableLoad, exc: BaseException) -> str:
 LONG_LINE = 256 << 20
 
 
+@dataclass
+class _Progress:
+    """Rows and bytes loaded so far for one table (or file of one), reported as they go."""
+
+    label: str
+    emit: EventCallback
+    rows: int = 0
+    bytes: int = 0
+
+    def add(self, rows: int, raw: int) -> None:
+        self.rows += rows
+        self.bytes += raw
+        self.emit(ChunkProgress(label=self.label, rows=self.rows, bytes=self.bytes))
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """A piece of a data file on its way to the server: COPY text converted from a block of
+    lines, or one line too long for that (``long``), loaded through ``bigrows``."""
+
+    copy: bytes = b""
+    rows: int = 0
+    raw: int = 0
+    long: memoryview | None = None
+
+
+def _segments(block: bytes | bytearray, shape: LoadShape) -> list[_Segment]:
+    """A block of whole NDJSON lines as segments (in a worker thread: the converter
+    releases the GIL, so reading, checking and converting overlap the COPY)."""
+    if len(block) <= LONG_LINE:
+        out, rows = shape.encode(block)
+        return [_Segment(copy=out, rows=rows, raw=len(block))]
+    view = memoryview(block)
+    segments = []
+    start = run_start = 0
+    while start < len(block):
+        end = block.index(b"\n", start) + 1
+        if end - start > LONG_LINE:
+            if run_start < start:
+                run = bytes(view[run_start:start])
+                out, rows = shape.encode(run)
+                segments.append(_Segment(copy=out, rows=rows, raw=len(run)))
+            segments.append(_Segment(rows=1, raw=end - start, long=view[start : end - 1]))
+            run_start = end
+        start = end
+    if run_start < len(block):
+        run = bytes(view[run_start:])
+        out, rows = shape.encode(run)
+        segments.append(_Segment(copy=out, rows=rows, raw=len(run)))
+    return segments
+
+
+async def _copy_file(
+    conn: asyncpg.Connection,
+    load: TableLoad,
+    shape: LoadShape,
+    reader: DataFileReader,
+    progress: _Progress,
+) -> None:
+    """Load one file with ``COPY ... FROM STDIN`` (text), converted by ``rowcodec``: the
+    next block is read, checked and converted in a worker thread while this one is sent.
+    A line longer than ``LONG_LINE`` ends the COPY, goes through ``bigrows``, and a new
+    COPY takes the lines after it."""
+    blocks = iter(reader)
+    loop = asyncio.get_running_loop()
+
+    def produce() -> list[_Segment] | None:
+        block = next(blocks, None)
+        return None if block is None else _segments(block, shape)
+
+    async def pieces() -> AsyncGenerator[_Segment, None]:
+        ahead = loop.run_in_executor(None, produce)
+        try:
+            while True:
+                segments = await ahead
+                if segments is None:
+                    return
+                ahead = loop.run_in_executor(None, produce)
+                for segment in segments:
+                    yield segment
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await ahead  # its thread reads the file this function's caller closes
+
+    source = pieces()
+    waiting: _Segment | None = None  # a segment that ended the previous COPY
+    finished = False
+    try:
+        while not finished:
+            segment = waiting or await anext(source, None)
+            waiting = None
+            if segment is None:
+                break
+            if segment.long is not None:
+                await _load_long_line(conn, load, segment.long)
+                progress.add(1, segment.raw)
+                continue
+            sent = 0
+
+            async def copy_data(current: _Segment | None) -> AsyncIterator[bytes]:
+                nonlocal waiting, finished, sent
+                while current is not None:
+                    if current.long is not None:
+                        waiting = current
+                        return
+                    yield current.copy
+                    sent += current.rows
+                    progress.add(current.rows, current.raw)
+                    current = await anext(source, None)
+                finished = True
+
+            status = await conn.copy_to_table(
+                load.target.name,
+                schema_name=load.target.schema,
+                columns=list(shape.columns),
+                source=copy_data(segment),
+            )
+            if _copied(status) != sent:
+                raise RestoreFailed(
+                    f"loading {load.source.qualified}: the server took {_copied(status)} rows "
+                    f"of {sent}",
+                    hint="please report this as a bug; the table was rolled back",
+                )
+    finally:
+        await source.aclose()
+
+
+async def _load_long_line(conn: asyncpg.Connection, load: TableLoad, line: memoryview) -> None:
+    await bigrows.load_row(
+        conn,
+        line=line,
+        target=sql_name(load.target.schema, load.target.name),
+        columns=load.columns,
+        text_columns=load.text_columns,
+        types={c.name: c.type for c in load.target.columns},
+        bare_types={c.name: c.bare_type or c.type for c in load.target.columns},
+        overriding=load.overriding,
+    )
+
+
+def _copied(status: str) -> int:
+    word, _, count = status.partition(" ")
+    return int(count) if word == "COPY" and count.isdigit() else -1
+
+
+async def _insert_file(
+    conn: asyncpg.Connection, load: TableLoad, reader: DataFileReader, progress: _Progress
+) -> None:
+    """Load one file through ``json_to_recordset`` in blocks: for a table whose columns
+    the converter does not know (``LoadShape.of`` gave None)."""
+    sql = load.insert_sql()
+    blocks = iter(reader)
+    while True:
+        block = await anyio.to_thread.run_sync(next, blocks, None)
+        if block is None:
+            break
+        await _load_block(conn, load, sql, block)
+        progress.add(block.count(b"\n"), len(block))
+        del block
+
+
 async def _load_block(
     conn: asyncpg.Connection, load: TableLoad, sql: str, block: bytes | bytearray
 ) -> None:
@@ -1152,16 +1315,7 @@ async def _load_block(
             if run_start < start:
                 run = view[run_start:start]
                 await conn.execute(sql, _json_array(run, bytes(run).count(b"\n")))
-            await bigrows.load_row(
-                conn,
-                line=view[start : end - 1],
-                target=sql_name(load.target.schema, load.target.name),
-                columns=load.columns,
-                text_columns=load.text_columns,
-                types={c.name: c.type for c in load.target.columns},
-                bare_types={c.name: c.bare_type or c.type for c in load.target.columns},
-                overriding=load.overriding,
-            )
+            await _load_long_line(conn, load, view[start : end - 1])
             run_start = end
         start = end
     if run_start < len(block):

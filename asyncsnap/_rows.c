@@ -1,0 +1,987 @@
+/*
+ * asyncsnap._rows: the per-row work of the fast data path, in native code.
+ *
+ * Dump:    COPY ... TO STDOUT text format  ->  NDJSON lines as docs/format.md writes them
+ * Restore: NDJSON lines                    ->  COPY ... FROM STDIN text format
+ *
+ * Both work on whole lines only (the Python side keeps a partial line for the next call),
+ * on buffers the caller owns, and release the GIL for the whole conversion, so several
+ * chunks convert on several cores at once. Anything that does not have the exact shape
+ * expected raises ValueError naming the line and column: a wrong line is never written.
+ *
+ * What the dump writes is byte for byte what the server-rendered path writes
+ * (row_to_json with asyncsnap.render's expressions): escape_json's escaping, to_json's
+ * rendering of numbers, booleans and timestamps (ISO 8601 with "T" and a "+hh:mm" offset).
+ * tests/test_fastpath.py compares the two on every type of the fidelity table.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ buffers */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} Buf;
+
+static int buf_grow(Buf *b, size_t extra)
+{
+    size_t need = b->len + extra, cap = b->cap ? b->cap : 1 << 16;
+    char *p;
+    if (need < b->len) return -1; /* overflow */
+    while (cap < need) {
+        if (cap > SIZE_MAX / 2) return -1;
+        cap *= 2;
+    }
+    p = realloc(b->p, cap);
+    if (p == NULL) return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+#define RESERVE(b, n)                                                                   \
+    do {                                                                                \
+        if ((b)->len + (size_t)(n) > (b)->cap && buf_grow((b), (size_t)(n)) < 0) {      \
+            err_set(err, 0, -1, "out of memory");                                       \
+            return -1;                                                                  \
+        }                                                                               \
+    } while (0)
+#define PUT(b, c) ((b)->p[(b)->len++] = (char)(c))
+#define PUTS(b, s, n) (memcpy((b)->p + (b)->len, (s), (n)), (b)->len += (n))
+
+typedef struct {
+    char msg[256];
+    int nomem;
+} Err;
+
+static void err_set(Err *err, Py_ssize_t line, int column, const char *what)
+{
+    if (column >= 0)
+        snprintf(err->msg, sizeof err->msg, "line %zd, column %d: %s", line + 1, column + 1,
+                 what);
+    else if (line >= 0)
+        snprintf(err->msg, sizeof err->msg, "line %zd: %s", line + 1, what);
+    else {
+        snprintf(err->msg, sizeof err->msg, "%s", what);
+        err->nomem = 1;
+    }
+}
+
+static PyObject *raise_err(const Err *err)
+{
+    if (err->nomem) return PyErr_NoMemory();
+    PyErr_SetString(PyExc_ValueError, err->msg);
+    return NULL;
+}
+
+/* ------------------------------------------------------ JSON string escaping */
+
+/* PostgreSQL's escape_json: \" \\ \b \f \n \r \t, other bytes below 0x20 as \u00xx
+ * (lowercase hex), everything else (UTF-8 included) as it is. */
+static unsigned char json_special[256];
+static const char hexdigits[] = "0123456789abcdef";
+
+static void init_tables(void)
+{
+    int c;
+    for (c = 0; c < 0x20; c++) json_special[c] = 1;
+    json_special['"'] = 1;
+    json_special['\\'] = 1;
+}
+
+/* Append the JSON escape of s[0:n] (no quotes). Reserves as it goes. */
+static int json_escape(Buf *out, const char *s, size_t n, Err *err)
+{
+    size_t i = 0;
+    RESERVE(out, n + 8);
+    while (i < n) {
+        size_t run = i;
+        while (run < n && !json_special[(unsigned char)s[run]]) run++;
+        if (run > i) {
+            RESERVE(out, run - i + 8);
+            PUTS(out, s + i, run - i);
+            i = run;
+            if (i >= n) break;
+        }
+        {
+            unsigned char c = (unsigned char)s[i++];
+            RESERVE(out, 6 + (n - i));
+            switch (c) {
+            case '"': PUTS(out, "\\\"", 2); break;
+            case '\\': PUTS(out, "\\\\", 2); break;
+            case '\b': PUTS(out, "\\b", 2); break;
+            case '\f': PUTS(out, "\\f", 2); break;
+            case '\n': PUTS(out, "\\n", 2); break;
+            case '\r': PUTS(out, "\\r", 2); break;
+            case '\t': PUTS(out, "\\t", 2); break;
+            default:
+                PUTS(out, "\\u00", 4);
+                PUT(out, hexdigits[c >> 4]);
+                PUT(out, hexdigits[c & 15]);
+            }
+        }
+    }
+    return 0;
+}
+
+/* PostgreSQL's IsValidJsonNumber: the JSON number grammar, nothing else. */
+static int is_json_number(const char *s, size_t n)
+{
+    size_t i = 0;
+    if (i < n && s[i] == '-') i++;
+    if (i >= n) return 0;
+    if (s[i] == '0')
+        i++;
+    else if (s[i] >= '1' && s[i] <= '9')
+        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+    else
+        return 0;
+    if (i < n && s[i] == '.') {
+        i++;
+        if (i >= n || s[i] < '0' || s[i] > '9') return 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+    }
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < n && (s[i] == '+' || s[i] == '-')) i++;
+        if (i >= n || s[i] < '0' || s[i] > '9') return 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+    }
+    return i == n;
+}
+
+/* ------------------------------------------------------------ COPY text input */
+
+static int hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Decode one COPY text field (backslash escapes as CopyReadAttributesText reads them)
+ * into out. */
+static int copy_unescape(Buf *out, const char *s, size_t n, Err *err)
+{
+    size_t i = 0;
+    RESERVE(out, n);
+    while (i < n) {
+        const char *bs = memchr(s + i, '\\', n - i);
+        size_t run = bs ? (size_t)(bs - (s + i)) : n - i;
+        PUTS(out, s + i, run);
+        i += run;
+        if (i >= n) break;
+        i++; /* the backslash */
+        if (i >= n) {
+            PUT(out, '\\');
+            break;
+        }
+        {
+            unsigned char c = (unsigned char)s[i++];
+            switch (c) {
+            case 'b': PUT(out, '\b'); break;
+            case 'f': PUT(out, '\f'); break;
+            case 'n': PUT(out, '\n'); break;
+            case 'r': PUT(out, '\r'); break;
+            case 't': PUT(out, '\t'); break;
+            case 'v': PUT(out, '\v'); break;
+            case 'x': {
+                int v = 0, d, k = 0;
+                while (k < 2 && i < n && (d = hexval((unsigned char)s[i])) >= 0) {
+                    v = v * 16 + d;
+                    i++;
+                    k++;
+                }
+                if (k == 0)
+                    PUT(out, 'x');
+                else
+                    PUT(out, v);
+                break;
+            }
+            default:
+                if (c >= '0' && c <= '7') {
+                    int v = c - '0', k = 1;
+                    while (k < 3 && i < n && s[i] >= '0' && s[i] <= '7') {
+                        v = v * 8 + (s[i] - '0');
+                        i++;
+                        k++;
+                    }
+                    PUT(out, v & 0xff);
+                } else
+                    PUT(out, c);
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------- dump: COPY -> JSON */
+
+enum {
+    K_NUMBER = 'n',      /* int2/4/8, numeric: a JSON number, or a string when not one */
+    K_FLOAT = 'f',       /* float4/8: as K_NUMBER, and "-0" as a string */
+    K_BOOL = 'b',        /* t/f -> true/false */
+    K_STRING = 's',      /* the text form as a JSON string */
+    K_TIMESTAMP = 't',   /* ISO "date time" -> "dateTtime" */
+    K_TIMESTAMPTZ = 'z', /* and the offset "+hh" -> "+hh:mm" (to_json's XSD style) */
+    K_RAW = 'r',         /* JSON the server rendered: unescaped, written as it is */
+};
+
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+
+/* to_json's timestamp rendering from the ISO DateStyle's text: "T" between date and time
+ * and, for timestamptz, minutes always in the offset. The shape is checked strictly:
+ * YYYY[Y...]-MM-DD HH:MM:SS[.f+][+-hh[:mm[:ss]]][ BC], or infinity / -infinity. */
+static int put_timestamp(Buf *out, const char *s, size_t n, int with_tz, Err *err,
+                         Py_ssize_t line, int col)
+{
+    size_t i = 0, tz;
+    if ((n == 8 && memcmp(s, "infinity", 8) == 0) || (n == 9 && memcmp(s, "-infinity", 9) == 0)) {
+        RESERVE(out, n + 2);
+        PUT(out, '"');
+        PUTS(out, s, n);
+        PUT(out, '"');
+        return 0;
+    }
+    while (i < n && is_digit(s[i])) i++;
+    if (i < 4 || i + 15 > n || s[i] != '-' || !is_digit(s[i + 1]) || !is_digit(s[i + 2]) ||
+        s[i + 3] != '-' || !is_digit(s[i + 4]) || !is_digit(s[i + 5]) || s[i + 6] != ' ' ||
+        !is_digit(s[i + 7]) || !is_digit(s[i + 8]) || s[i + 9] != ':' ||
+        !is_digit(s[i + 10]) || !is_digit(s[i + 11]) || s[i + 12] != ':' ||
+        !is_digit(s[i + 13]) || !is_digit(s[i + 14]))
+        goto bad;
+    tz = i + 15;
+    if (tz < n && s[tz] == '.') {
+        tz++;
+        if (tz >= n || !is_digit(s[tz])) goto bad;
+        while (tz < n && is_digit(s[tz])) tz++;
+    }
+    RESERVE(out, n + 8);
+    PUT(out, '"');
+    PUTS(out, s, i + 6);
+    PUT(out, 'T');
+    PUTS(out, s + i + 7, tz - (i + 7));
+    if (with_tz) {
+        size_t j = tz;
+        if (j + 3 > n || (s[j] != '+' && s[j] != '-') || !is_digit(s[j + 1]) ||
+            !is_digit(s[j + 2]))
+            goto bad;
+        j += 3;
+        if (j < n && s[j] == ':') {
+            if (j + 3 > n || !is_digit(s[j + 1]) || !is_digit(s[j + 2])) goto bad;
+            j += 3;
+            if (j < n && s[j] == ':') {
+                if (j + 3 > n || !is_digit(s[j + 1]) || !is_digit(s[j + 2])) goto bad;
+                j += 3;
+            }
+            PUTS(out, s + tz, j - tz);
+        } else {
+            PUTS(out, s + tz, 3);
+            PUTS(out, ":00", 3);
+        }
+        tz = j;
+    }
+    if (tz < n) {
+        if (n - tz != 3 || memcmp(s + tz, " BC", 3) != 0) goto bad;
+        PUTS(out, " BC", 3);
+    }
+    PUT(out, '"');
+    return 0;
+bad:
+    err_set(err, line, col, "unexpected timestamp text from the server");
+    return -1;
+}
+
+static int put_quoted(Buf *out, const char *s, size_t n, Err *err)
+{
+    RESERVE(out, 1);
+    PUT(out, '"');
+    if (json_escape(out, s, n, err) < 0) return -1;
+    RESERVE(out, 1);
+    PUT(out, '"');
+    return 0;
+}
+
+typedef struct {
+    const char *kinds;
+    Py_ssize_t ncols;
+    const char **prefixes;
+    Py_ssize_t *prefix_lens;
+} RowShape;
+
+static int copy_to_json(const char *s, size_t n, const RowShape *shape, Buf *out,
+                        Py_ssize_t *rows_out, size_t *longest_out, Err *err)
+{
+    Buf scratch = {NULL, 0, 0};
+    size_t i = 0, longest = 0;
+    Py_ssize_t line = 0;
+    int rc = -1;
+    while (i < n) {
+        size_t line_start = out->len;
+        int col;
+        if (shape->ncols == 0) {
+            if (s[i] != '\n') {
+                err_set(err, line, -1, "a row of a table without columns has a value");
+                goto done;
+            }
+        }
+        for (col = 0; col < shape->ncols; col++) {
+            const char *f = s + i;
+            size_t len, e = i;
+            char kind = shape->kinds[col];
+            while (e < n && s[e] != '\t' && s[e] != '\n') e++;
+            if (e >= n) {
+                err_set(err, line, col, "the line ends early");
+                goto done;
+            }
+            if ((s[e] == '\n') != (col == shape->ncols - 1)) {
+                err_set(err, line, col, "the row has a different number of columns");
+                goto done;
+            }
+            len = e - i;
+            if (out->len + (size_t)shape->prefix_lens[col] + 8 > out->cap &&
+                buf_grow(out, (size_t)shape->prefix_lens[col] + 8) < 0) {
+                err_set(err, 0, -1, "out of memory");
+                goto done;
+            }
+            PUTS(out, shape->prefixes[col], (size_t)shape->prefix_lens[col]);
+            i = e + 1;
+            if (len == 2 && f[0] == '\\' && f[1] == 'N') {
+                PUTS(out, "null", 4);
+                continue;
+            }
+            switch (kind) {
+            case K_NUMBER:
+            case K_FLOAT:
+                if (memchr(f, '\\', len) != NULL) {
+                    err_set(err, line, col, "unexpected number text from the server");
+                    goto done;
+                }
+                if (is_json_number(f, len) && !(kind == K_FLOAT && len == 2 && f[0] == '-' && f[1] == '0')) {
+                    if (out->len + len > out->cap && buf_grow(out, len) < 0) {
+                        err_set(err, 0, -1, "out of memory");
+                        goto done;
+                    }
+                    PUTS(out, f, len);
+                } else if (put_quoted(out, f, len, err) < 0)
+                    goto done;
+                break;
+            case K_BOOL:
+                if (len == 1 && f[0] == 't')
+                    PUTS(out, "true", 4);
+                else if (len == 1 && f[0] == 'f')
+                    PUTS(out, "false", 5);
+                else {
+                    err_set(err, line, col, "unexpected boolean text from the server");
+                    goto done;
+                }
+                break;
+            case K_TIMESTAMP:
+            case K_TIMESTAMPTZ:
+                if (put_timestamp(out, f, len, kind == K_TIMESTAMPTZ, err, line, col) < 0)
+                    goto done;
+                break;
+            case K_STRING:
+                if (memchr(f, '\\', len) == NULL) {
+                    if (put_quoted(out, f, len, err) < 0) goto done;
+                } else {
+                    scratch.len = 0;
+                    if (copy_unescape(&scratch, f, len, err) < 0) goto done;
+                    if (put_quoted(out, scratch.p, scratch.len, err) < 0) goto done;
+                }
+                break;
+            case K_RAW: {
+                size_t before = out->len;
+                if (copy_unescape(out, f, len, err) < 0) goto done;
+                if (out->len == before || memchr(out->p + before, '\n', out->len - before) ||
+                    memchr(out->p + before, '\r', out->len - before)) {
+                    err_set(err, line, col, "unexpected JSON from the server");
+                    goto done;
+                }
+                break;
+            }
+            default:
+                err_set(err, line, col, "unknown column kind");
+                goto done;
+            }
+        }
+        if (shape->ncols == 0) {
+            i++;
+            if (out->len + 3 > out->cap && buf_grow(out, 3) < 0) {
+                err_set(err, 0, -1, "out of memory");
+                goto done;
+            }
+            PUTS(out, "{}\n", 3);
+        } else {
+            if (out->len + 2 > out->cap && buf_grow(out, 2) < 0) {
+                err_set(err, 0, -1, "out of memory");
+                goto done;
+            }
+            PUTS(out, "}\n", 2);
+        }
+        if (out->len - line_start > longest) longest = out->len - line_start;
+        line++;
+    }
+    *rows_out = line;
+    *longest_out = longest;
+    rc = 0;
+done:
+    free(scratch.p);
+    return rc;
+}
+
+static PyObject *py_copy_to_ndjson(PyObject *self, PyObject *args)
+{
+    Py_buffer data, kinds;
+    PyObject *prefixes, *result = NULL;
+    RowShape shape = {NULL, 0, NULL, NULL};
+    Buf out = {NULL, 0, 0};
+    Err err = {{0}, 0};
+    Py_ssize_t rows = 0, k;
+    size_t longest = 0;
+    int rc;
+    if (!PyArg_ParseTuple(args, "y*y*O!", &data, &kinds, &PyTuple_Type, &prefixes)) return NULL;
+    shape.ncols = kinds.len;
+    shape.kinds = kinds.buf;
+    if (PyTuple_GET_SIZE(prefixes) != kinds.len) {
+        PyErr_SetString(PyExc_ValueError, "one prefix per column");
+        goto fail;
+    }
+    shape.prefixes = PyMem_Malloc(sizeof(char *) * (size_t)(kinds.len + 1));
+    shape.prefix_lens = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(kinds.len + 1));
+    if (!shape.prefixes || !shape.prefix_lens) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (k = 0; k < kinds.len; k++) {
+        PyObject *p = PyTuple_GET_ITEM(prefixes, k);
+        char *ps;
+        if (PyBytes_AsStringAndSize(p, &ps, &shape.prefix_lens[k]) < 0) goto fail;
+        shape.prefixes[k] = ps;
+    }
+    if (data.len > 0 && ((const char *)data.buf)[data.len - 1] != '\n') {
+        PyErr_SetString(PyExc_ValueError, "the data does not end with a whole line");
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = copy_to_json(data.buf, (size_t)data.len, &shape, &out, &rows, &longest, &err);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        raise_err(&err);
+        goto fail;
+    }
+    {
+        PyObject *bytes = PyBytes_FromStringAndSize(out.p ? out.p : "", (Py_ssize_t)out.len);
+        if (bytes == NULL) goto fail;
+        result = Py_BuildValue("(Nnn)", bytes, rows, (Py_ssize_t)longest);
+    }
+fail:
+    free(out.p);
+    PyMem_Free(shape.prefixes);
+    PyMem_Free(shape.prefix_lens);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&kinds);
+    return result;
+}
+
+static PyObject *py_json_string(PyObject *self, PyObject *arg)
+{
+    Py_buffer data;
+    Buf out = {NULL, 0, 0};
+    Err err = {{0}, 0};
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0) return NULL;
+    if (put_quoted(&out, data.buf, (size_t)data.len, &err) < 0)
+        raise_err(&err);
+    else
+        result = PyBytes_FromStringAndSize(out.p, (Py_ssize_t)out.len);
+    free(out.p);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* ------------------------------------------------------- restore: JSON -> COPY */
+
+enum {
+    A_SKIP = 'x',   /* a column the target does not take: any JSON value, left out */
+    A_SCALAR = 'j', /* the json encoding: number, string, true/false or null */
+    A_TEXT = 't',   /* the text encoding: a string or null */
+    A_ARRAY = 'a',  /* the array encoding: an array, a string (the text form) or null */
+};
+
+#define MAX_DEPTH 64 /* nesting of a skipped value; arrays: PostgreSQL's MAXDIM is 6 */
+
+typedef struct {
+    const char *s;
+    size_t n, i;
+    Py_ssize_t line;
+    int col;
+    Err *err;
+} Parser;
+
+static int fail(Parser *p, const char *what)
+{
+    err_set(p->err, p->line, p->col, what);
+    return -1;
+}
+
+static void skip_ws(Parser *p)
+{
+    while (p->i < p->n && (p->s[p->i] == ' ' || p->s[p->i] == '\t' || p->s[p->i] == '\r'))
+        p->i++;
+}
+
+/* Levels of escaping applied to a string's characters on the way out. */
+enum { LEVEL_NONE = 0, LEVEL_COPY = 1, LEVEL_ARRAY = 2 };
+
+/* Append one decoded byte with the output's escaping. LEVEL_COPY: COPY text's
+ * (backslash, newline, carriage return, tab); LEVEL_ARRAY: array_in's quoted element
+ * (backslash, double quote) and then COPY's. */
+static inline int put_escaped(Buf *out, unsigned char c, int level, Err *err)
+{
+    RESERVE(out, 4);
+    if (level == LEVEL_ARRAY && (c == '"' || c == '\\')) {
+        PUTS(out, "\\\\", 2); /* the array's backslash, escaped for COPY */
+        if (c == '\\')
+            PUTS(out, "\\\\", 2);
+        else
+            PUT(out, c);
+        return 0;
+    }
+    if (level == LEVEL_NONE) {
+        PUT(out, c);
+        return 0;
+    }
+    switch (c) {
+    case '\\': PUTS(out, "\\\\", 2); break;
+    case '\n': PUTS(out, "\\n", 2); break;
+    case '\r': PUTS(out, "\\r", 2); break;
+    case '\t': PUTS(out, "\\t", 2); break;
+    default: PUT(out, c);
+    }
+    return 0;
+}
+
+static int put_utf8(Buf *out, uint32_t cp, int level, Err *err)
+{
+    unsigned char b[4];
+    int n, k;
+    if (cp < 0x80) {
+        b[0] = (unsigned char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        b[0] = (unsigned char)(0xC0 | (cp >> 6));
+        b[1] = (unsigned char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        b[0] = (unsigned char)(0xE0 | (cp >> 12));
+        b[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+        b[2] = (unsigned char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        b[0] = (unsigned char)(0xF0 | (cp >> 18));
+        b[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+        b[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+        b[3] = (unsigned char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    for (k = 0; k < n; k++)
+        if (put_escaped(out, b[k], level, err) < 0) return -1;
+    return 0;
+}
+
+static int read_hex4(Parser *p, uint32_t *v)
+{
+    int k, d;
+    *v = 0;
+    if (p->i + 4 > p->n) return fail(p, "a \\u escape is cut short");
+    for (k = 0; k < 4; k++) {
+        d = hexval((unsigned char)p->s[p->i + k]);
+        if (d < 0) return fail(p, "a \\u escape is not hexadecimal");
+        *v = *v * 16 + (uint32_t)d;
+    }
+    p->i += 4;
+    return 0;
+}
+
+/* A JSON string at p->i (its opening quote); its decoded bytes go to out with `level`'s
+ * escaping (out may be NULL: only checked). */
+static int parse_string(Parser *p, Buf *out, int level)
+{
+    Err *err = p->err;
+    p->i++; /* the quote */
+    for (;;) {
+        size_t run = p->i;
+        while (run < p->n && !json_special[(unsigned char)p->s[run]]) run++;
+        if (out != NULL && run > p->i) {
+            if (level == LEVEL_NONE) {
+                RESERVE(out, run - p->i);
+                PUTS(out, p->s + p->i, run - p->i);
+            } else {
+                size_t k;
+                for (k = p->i; k < run; k++)
+                    if (put_escaped(out, (unsigned char)p->s[k], level, err) < 0) return -1;
+            }
+        }
+        p->i = run;
+        if (p->i >= p->n) return fail(p, "a string is not closed");
+        {
+            unsigned char c = (unsigned char)p->s[p->i++];
+            if (c == '"') return 0;
+            if (c < 0x20) return fail(p, "a control character inside a string");
+            /* a backslash */
+            if (p->i >= p->n) return fail(p, "a string is not closed");
+            c = (unsigned char)p->s[p->i++];
+            switch (c) {
+            case '"': case '\\': case '/': break;
+            case 'b': c = '\b'; break;
+            case 'f': c = '\f'; break;
+            case 'n': c = '\n'; break;
+            case 'r': c = '\r'; break;
+            case 't': c = '\t'; break;
+            case 'u': {
+                uint32_t cp, lo;
+                if (read_hex4(p, &cp) < 0) return -1;
+                if (cp >= 0xD800 && cp <= 0xDBFF) {
+                    if (p->i + 6 > p->n || p->s[p->i] != '\\' || p->s[p->i + 1] != 'u')
+                        return fail(p, "a lone UTF-16 surrogate in a string");
+                    p->i += 2;
+                    if (read_hex4(p, &lo) < 0) return -1;
+                    if (lo < 0xDC00 || lo > 0xDFFF)
+                        return fail(p, "a lone UTF-16 surrogate in a string");
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                } else if (cp >= 0xDC00 && cp <= 0xDFFF)
+                    return fail(p, "a lone UTF-16 surrogate in a string");
+                if (cp == 0) return fail(p, "\\u0000 cannot be stored in PostgreSQL text");
+                if (out != NULL && put_utf8(out, cp, level, err) < 0) return -1;
+                continue;
+            }
+            default: return fail(p, "an invalid escape in a string");
+            }
+            if (out != NULL && put_escaped(out, c, level, err) < 0) return -1;
+        }
+    }
+}
+
+static int parse_number(Parser *p, Buf *out)
+{
+    Err *err = p->err;
+    size_t start = p->i;
+    while (p->i < p->n) {
+        char c = p->s[p->i];
+        if (is_digit(c) || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E')
+            p->i++;
+        else
+            break;
+    }
+    if (!is_json_number(p->s + start, p->i - start)) return fail(p, "an invalid number");
+    if (out != NULL) {
+        RESERVE(out, p->i - start);
+        PUTS(out, p->s + start, p->i - start);
+    }
+    return 0;
+}
+
+static int match_word(Parser *p, const char *word, size_t len)
+{
+    if (p->i + len <= p->n && memcmp(p->s + p->i, word, len) == 0) {
+        p->i += len;
+        return 1;
+    }
+    return 0;
+}
+
+/* Any JSON value, checked and left out. */
+static int skip_value(Parser *p, int depth)
+{
+    char c;
+    if (depth > MAX_DEPTH) return fail(p, "a value nested too deeply");
+    skip_ws(p);
+    if (p->i >= p->n) return fail(p, "the line ends early");
+    c = p->s[p->i];
+    if (c == '"') return parse_string(p, NULL, LEVEL_NONE);
+    if (c == '[' || c == '{') {
+        char close = c == '[' ? ']' : '}';
+        int first = 1;
+        p->i++;
+        for (;;) {
+            skip_ws(p);
+            if (p->i < p->n && p->s[p->i] == close) {
+                p->i++;
+                return 0;
+            }
+            if (!first) {
+                if (p->i >= p->n || p->s[p->i] != ',') return fail(p, "expected ','");
+                p->i++;
+                skip_ws(p);
+            }
+            first = 0;
+            if (close == '}') {
+                if (p->i >= p->n || p->s[p->i] != '"') return fail(p, "expected a key");
+                if (parse_string(p, NULL, LEVEL_NONE) < 0) return -1;
+                skip_ws(p);
+                if (p->i >= p->n || p->s[p->i] != ':') return fail(p, "expected ':'");
+                p->i++;
+            }
+            if (skip_value(p, depth + 1) < 0) return -1;
+        }
+    }
+    if (match_word(p, "true", 4) || match_word(p, "false", 5) || match_word(p, "null", 4))
+        return 0;
+    return parse_number(p, NULL);
+}
+
+/* A JSON array as an array_in literal: {elem,elem}, elements quoted, NULL for null,
+ * numbers as they are, true/false as t/f, nested arrays as nested braces. */
+static int parse_array(Parser *p, Buf *out, char delim, int depth)
+{
+    Err *err = p->err;
+    int first = 1;
+    if (depth > 6) return fail(p, "an array with more than 6 dimensions");
+    p->i++; /* [ */
+    RESERVE(out, 1);
+    PUT(out, '{');
+    for (;;) {
+        char c;
+        skip_ws(p);
+        if (p->i < p->n && p->s[p->i] == ']') {
+            p->i++;
+            RESERVE(out, 1);
+            PUT(out, '}');
+            return 0;
+        }
+        if (!first) {
+            if (p->i >= p->n || p->s[p->i] != ',') return fail(p, "expected ',' in an array");
+            p->i++;
+            skip_ws(p);
+            RESERVE(out, 1);
+            PUT(out, delim);
+        }
+        first = 0;
+        if (p->i >= p->n) return fail(p, "the line ends early");
+        c = p->s[p->i];
+        if (c == '[') {
+            if (parse_array(p, out, delim, depth + 1) < 0) return -1;
+        } else if (c == '"') {
+            RESERVE(out, 1);
+            PUT(out, '"');
+            if (parse_string(p, out, LEVEL_ARRAY) < 0) return -1;
+            RESERVE(out, 1);
+            PUT(out, '"');
+        } else if (match_word(p, "null", 4)) {
+            RESERVE(out, 4);
+            PUTS(out, "NULL", 4);
+        } else if (match_word(p, "true", 4)) {
+            RESERVE(out, 1);
+            PUT(out, 't');
+        } else if (match_word(p, "false", 5)) {
+            RESERVE(out, 1);
+            PUT(out, 'f');
+        } else if (c == '{') {
+            return fail(p, "an object inside an array");
+        } else if (parse_number(p, out) < 0)
+            return -1;
+    }
+}
+
+typedef struct {
+    Py_ssize_t ncols;
+    const char *actions;
+    const char *delims;
+    const char **names;
+    Py_ssize_t *name_lens;
+} LineShape;
+
+static int json_to_copy(const char *s, size_t n, const LineShape *shape, Buf *out,
+                        Py_ssize_t *rows_out, Err *err)
+{
+    Parser p = {s, n, 0, 0, -1, err};
+    Buf key = {NULL, 0, 0};
+    int rc = -1;
+    while (p.i < n) {
+        int col, written = 0;
+        p.col = -1;
+        skip_ws(&p);
+        if (p.i >= n || s[p.i] != '{') {
+            fail(&p, "a line is not a JSON object");
+            goto done;
+        }
+        p.i++;
+        for (col = 0; col < shape->ncols; col++) {
+            char action = shape->actions[col], c;
+            p.col = col;
+            skip_ws(&p);
+            if (col > 0) {
+                if (p.i >= n || s[p.i] != ',') {
+                    fail(&p, s[p.i] == '}' ? "a column is missing" : "expected ','");
+                    goto done;
+                }
+                p.i++;
+                skip_ws(&p);
+            }
+            if (p.i >= n || s[p.i] != '"') {
+                fail(&p, s[p.i] == '}' ? "a column is missing" : "expected a key");
+                goto done;
+            }
+            key.len = 0;
+            if (parse_string(&p, &key, LEVEL_NONE) < 0) goto done;
+            if (key.len != (size_t)shape->name_lens[col] ||
+                memcmp(key.p, shape->names[col], key.len) != 0) {
+                fail(&p, "the keys are not the manifest's columns in its order");
+                goto done;
+            }
+            skip_ws(&p);
+            if (p.i >= n || s[p.i] != ':') {
+                fail(&p, "expected ':'");
+                goto done;
+            }
+            p.i++;
+            if (action == A_SKIP) {
+                if (skip_value(&p, 0) < 0) goto done;
+                continue;
+            }
+            if (written++) {
+                RESERVE(out, 1);
+                PUT(out, '\t');
+            }
+            skip_ws(&p);
+            if (p.i >= n) {
+                fail(&p, "the line ends early");
+                goto done;
+            }
+            c = s[p.i];
+            if (match_word(&p, "null", 4)) {
+                RESERVE(out, 2);
+                PUTS(out, "\\N", 2);
+            } else if (c == '"') {
+                if (parse_string(&p, out, LEVEL_COPY) < 0) goto done;
+            } else if (action == A_ARRAY && c == '[') {
+                /* braces, delimiters, NULL and numbers need no COPY escape; strings get
+                 * array_in's and COPY's (LEVEL_ARRAY) */
+                if (parse_array(&p, out, shape->delims[col], 1) < 0) goto done;
+            } else if (action == A_SCALAR && match_word(&p, "true", 4)) {
+                RESERVE(out, 1);
+                PUT(out, 't');
+            } else if (action == A_SCALAR && match_word(&p, "false", 5)) {
+                RESERVE(out, 1);
+                PUT(out, 'f');
+            } else if (action == A_SCALAR && (c == '-' || is_digit(c))) {
+                if (parse_number(&p, out) < 0) goto done;
+            } else {
+                fail(&p, action == A_TEXT ? "expected a string (the text encoding)"
+                         : action == A_ARRAY ? "expected an array or a string"
+                                             : "expected a number, string, boolean or null");
+                goto done;
+            }
+        }
+        p.col = -1;
+        skip_ws(&p);
+        if (p.i >= n || s[p.i] != '}') {
+            fail(&p, "the line has more keys than the manifest's columns");
+            goto done;
+        }
+        p.i++;
+        skip_ws(&p);
+        if (p.i >= n || s[p.i] != '\n') {
+            fail(&p, "more after the object on a line");
+            goto done;
+        }
+        p.i++;
+        RESERVE(out, 1);
+        PUT(out, '\n');
+        p.line++;
+    }
+    *rows_out = p.line;
+    rc = 0;
+done:
+    free(key.p);
+    return rc;
+}
+
+static PyObject *py_ndjson_to_copy(PyObject *self, PyObject *args)
+{
+    Py_buffer data, actions, delims;
+    PyObject *names, *result = NULL;
+    LineShape shape = {0, NULL, NULL, NULL, NULL};
+    Buf out = {NULL, 0, 0};
+    Err err = {{0}, 0};
+    Py_ssize_t rows = 0, k;
+    int rc;
+    if (!PyArg_ParseTuple(args, "y*O!y*y*", &data, &PyTuple_Type, &names, &actions, &delims))
+        return NULL;
+    shape.ncols = PyTuple_GET_SIZE(names);
+    shape.actions = actions.buf;
+    shape.delims = delims.buf;
+    if (actions.len != shape.ncols || delims.len != shape.ncols) {
+        PyErr_SetString(PyExc_ValueError, "one action and one delimiter per column");
+        goto fail;
+    }
+    shape.names = PyMem_Malloc(sizeof(char *) * (size_t)(shape.ncols + 1));
+    shape.name_lens = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(shape.ncols + 1));
+    if (!shape.names || !shape.name_lens) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (k = 0; k < shape.ncols; k++) {
+        char *ns;
+        if (PyBytes_AsStringAndSize(PyTuple_GET_ITEM(names, k), &ns, &shape.name_lens[k]) < 0)
+            goto fail;
+        shape.names[k] = ns;
+    }
+    if (data.len > 0 && ((const char *)data.buf)[data.len - 1] != '\n') {
+        PyErr_SetString(PyExc_ValueError, "the data does not end with a whole line");
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = json_to_copy(data.buf, (size_t)data.len, &shape, &out, &rows, &err);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        raise_err(&err);
+        goto fail;
+    }
+    {
+        PyObject *bytes = PyBytes_FromStringAndSize(out.p ? out.p : "", (Py_ssize_t)out.len);
+        if (bytes == NULL) goto fail;
+        result = Py_BuildValue("(Nn)", bytes, rows);
+    }
+fail:
+    free(out.p);
+    PyMem_Free(shape.names);
+    PyMem_Free(shape.name_lens);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&actions);
+    PyBuffer_Release(&delims);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"copy_to_ndjson", py_copy_to_ndjson, METH_VARARGS,
+     "copy_to_ndjson(data, kinds, prefixes) -> (ndjson, rows, longest_line)\n\n"
+     "Whole lines of COPY text output as NDJSON lines; kinds has one letter per column, "
+     "prefixes the '{\"name\":' or ',\"name\":' written before each value."},
+    {"ndjson_to_copy", py_ndjson_to_copy, METH_VARARGS,
+     "ndjson_to_copy(data, names, actions, delimiters) -> (copy_text, rows)\n\n"
+     "Whole NDJSON lines as COPY text input; names are the keys expected in order, "
+     "actions one letter per column (x skip, j json, t text, a array)."},
+    {"json_string", py_json_string, METH_O,
+     "json_string(utf8) -> bytes: the bytes as a JSON string, escaped as escape_json does."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "asyncsnap._rows",
+    "The per-row work of the fast data path (COPY text <-> NDJSON), in native code.", -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__rows(void)
+{
+    init_tables();
+    return PyModule_Create(&module);
+}

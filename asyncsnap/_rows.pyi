@@ -1,0 +1,10 @@
+# The native converter (_rows.c); see asyncsnap.rowcodec for how it is used.
+from typing_extensions import Buffer
+
+def copy_to_ndjson(
+    data: Buffer, kinds: bytes, prefixes: tuple[bytes, ...], /
+) -> tuple[bytes, int, int]: ...
+def ndjson_to_copy(
+    data: Buffer, names: tuple[bytes, ...], actions: bytes, delimiters: bytes, /
+) -> tuple[bytes, int]: ...
+def json_string(data: Buffer, /) -> bytes: ...

@@ -1,0 +1,177 @@
+"""The fast data path: the server sends and takes COPY text, native code does the JSON.
+
+A dump asks for ``COPY (SELECT col, col, ...) TO STDOUT`` in text format, the cheapest
+thing a server can send besides binary, and ``asyncsnap._rows`` (C, the GIL released)
+turns those lines into exactly the NDJSON lines the server-rendered path
+(``render.select_rows_sql``) would write; a restore turns NDJSON into COPY text and sends
+it with ``COPY ... FROM STDIN``, so each value goes through its type's input function as
+the ``json_to_recordset`` path did. Decided per column (docs/format.md, "Which path a
+column takes"):
+
+* numbers, booleans, timestamps and every value written as a JSON string (text types,
+  dates, times, intervals, uuids, bytea, enums, ranges, and the ``text`` encoding's json,
+  jsonb and composites) are converted natively from their text form;
+* ``array``-encoded columns stay server-rendered on dump (``to_json``'s element rendering
+  and the bounds test are the server's), sent as one more COPY column; on restore their
+  JSON arrays become array literals natively.
+
+Anything the converter does not expect (a timestamp in another shape, an object where the
+format has none) raises: a line is exact or it is not written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from . import _rows
+from .catalog import Column, Table, TypeInfo, quote_ident, sql_name
+from .manifest import BackupTable
+from .render import column_encoding, column_json_sql, resolve_domain, rows_where
+
+# Per-column kinds of the dump's converter (see _rows.c).
+_CATALOG_KINDS = {
+    "int2": "n",
+    "int4": "n",
+    "int8": "n",
+    "numeric": "n",
+    "float4": "f",
+    "float8": "f",
+    "bool": "b",
+    "timestamp": "t",
+    "timestamptz": "z",
+}
+SERVER_RENDERED = "r"
+
+
+def column_kind(column: Column, types: Mapping[int, TypeInfo]) -> str:
+    """How the dump's converter writes ``column``: one letter of ``_rows.c``'s kinds."""
+    encoding = column_encoding(column, types)
+    if encoding == "array":
+        return SERVER_RENDERED
+    if encoding == "text":
+        return "s"
+    info = resolve_domain(column.type_oid, types)
+    if info is not None and info.schema == "pg_catalog":
+        return _CATALOG_KINDS.get(info.name, "s")
+    return "s"
+
+
+def _prefixes(names: list[str]) -> tuple[bytes, ...]:
+    """What goes before each value: ``{"name":`` for the first, ``,"name":`` after."""
+    return tuple(
+        (b"{" if i == 0 else b",") + _rows.json_string(name.encode()) + b":"
+        for i, name in enumerate(names)
+    )
+
+
+@dataclass(frozen=True)
+class DumpShape:
+    """One table's columns as the dump's converter reads them from COPY."""
+
+    kinds: bytes
+    prefixes: tuple[bytes, ...]
+    select_list: str  # the SELECT's expressions, in column order
+
+    @classmethod
+    def of(cls, table: Table, types: Mapping[int, TypeInfo]) -> DumpShape:
+        kinds, exprs = [], []
+        for column in table.columns:
+            kind = column_kind(column, types)
+            kinds.append(kind)
+            if kind == SERVER_RENDERED:
+                exprs.append(f"({column_json_sql(column, types)})::pg_catalog.text")
+            else:
+                exprs.append(quote_ident(column.name))
+        return cls(
+            kinds="".join(kinds).encode(),
+            prefixes=_prefixes([c.name for c in table.columns]),
+            select_list=", ".join(exprs),
+        )
+
+    def encode(self, lines: bytes | bytearray | memoryview) -> tuple[bytes, int, int]:
+        """Whole lines of COPY text as NDJSON: ``(ndjson, rows, longest line)``. Releases
+        the GIL: call it from a worker thread."""
+        out, rows, longest = _rows.copy_to_ndjson(lines, self.kinds, self.prefixes)
+        return out, rows, longest
+
+
+def copy_query(
+    table: Table,
+    shape: DumpShape,
+    pages: tuple[int, int | None] | None = None,
+    after: tuple[int, int] | None = None,
+) -> str:
+    """The query whose COPY text the converter reads: the columns named one by one from the
+    snapshot's catalog (a column renamed since makes it fail), ``FROM ONLY`` (children have
+    their own files), restricted as ``render.rows_where``."""
+    source = f"FROM ONLY {sql_name(table.schema, table.name)}{rows_where(pages, after)}"
+    return f"SELECT {shape.select_list} {source}"
+
+
+class LineSplitter:
+    """Keeps the end of a line that has not fully arrived: COPY text's rows end with a raw
+    newline (a newline in a value is written ``\\n``), but the pieces a COPY delivers are
+    cut anywhere."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def whole_lines(self, data: bytes | bytearray) -> bytes:
+        cut = data.rfind(b"\n") + 1
+        if not self._tail:
+            lines = bytes(data[:cut]) if cut < len(data) else bytes(data)
+        else:
+            lines = self._tail + data[:cut]
+        self._tail = bytes(data[cut:]) if cut else self._tail + data
+        if not cut:
+            return b""
+        return lines
+
+    @property
+    def pending(self) -> int:
+        return len(self._tail)
+
+
+_ACTIONS = {"json": "j", "text": "t", "array": "a"}
+
+
+@dataclass(frozen=True)
+class LoadShape:
+    """One backup table's lines as the restore's converter reads them."""
+
+    names: tuple[bytes, ...]  # every key of a line, in order
+    actions: bytes  # per key: x (left out), j, t or a (its encoding)
+    delimiters: bytes  # per key: the array delimiter of the target column
+    columns: tuple[str, ...]  # the target columns the COPY writes, in line order
+
+    @classmethod
+    def of(cls, source: BackupTable, target: Table, written: tuple[str, ...]) -> LoadShape | None:
+        """None when a column's encoding is not one this converter knows."""
+        delimiter = {c.name: c.array_delimiter for c in target.columns}
+        actions, delims, columns = [], [], []
+        for column in source.columns:
+            if column.name not in written:
+                actions.append("x")
+            elif column.encoding in _ACTIONS:
+                actions.append(_ACTIONS[column.encoding])
+                columns.append(column.name)
+            else:
+                return None
+            delim = delimiter.get(column.name, ",")
+            if len(delim.encode()) != 1:
+                return None
+            delims.append(delim)
+        if sorted(columns) != sorted(written):
+            return None
+        return cls(
+            names=tuple(c.name.encode() for c in source.columns),
+            actions="".join(actions).encode(),
+            delimiters="".join(delims).encode(),
+            columns=tuple(columns),
+        )
+
+    def encode(self, lines: bytes | bytearray) -> tuple[bytes, int]:
+        """Whole NDJSON lines as COPY text: ``(copy_text, rows)``. Releases the GIL."""
+        out, rows = _rows.ndjson_to_copy(lines, self.names, self.actions, self.delimiters)
+        return out, rows
