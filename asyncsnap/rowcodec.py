@@ -111,21 +111,26 @@ def copy_query(
 
 class LineSplitter:
     """Keeps the end of a line that has not fully arrived: COPY text's rows end with a raw
-    newline (a newline in a value is written ``\\n``), but the pieces a COPY delivers are
-    cut anywhere."""
+    newline (a newline in a value is written ``\\n``), but the pieces a COPY delivers may
+    be cut anywhere. A long line grows in place, so a row of hundreds of MB arriving in
+    many pieces is copied once, not once per piece."""
 
     def __init__(self) -> None:
-        self._tail = b""
+        self._tail = bytearray()
 
-    def whole_lines(self, data: bytes | bytearray) -> bytes:
+    def whole_lines(self, data: bytes) -> bytes:
         cut = data.rfind(b"\n") + 1
-        if not self._tail:
-            lines = bytes(data[:cut]) if cut < len(data) else bytes(data)
-        else:
-            lines = self._tail + data[:cut]
-        self._tail = bytes(data[cut:]) if cut else self._tail + data
         if not cut:
+            self._tail += data
             return b""
+        if self._tail:
+            self._tail += memoryview(data)[:cut]
+            lines = bytes(self._tail)
+            self._tail = bytearray()
+        else:
+            lines = data if cut == len(data) else data[:cut]
+        if cut < len(data):
+            self._tail += memoryview(data)[cut:]
         return lines
 
     @property

@@ -176,21 +176,14 @@ DUCKDB_MISSING = duckdb_available()
 
 def dump_commands(dsn: str, ds: Dataset, out: Path, jobs: int) -> dict[str, list[str]]:
     pg = find_bindir()
+
+    def asyncsnap(j: int) -> list[str]:
+        out_args = ["-o", str(out), "--name", "b"]
+        return [*PY, "asyncsnap", "dump", dsn, *out_args, "-j", str(j), "--quiet", *ds.select]
+
     return {
-        "asyncsnap": [
-            *PY,
-            "asyncsnap",
-            "dump",
-            dsn,
-            "-o",
-            str(out),
-            "--name",
-            "b",
-            "-j",
-            str(jobs),
-            "--quiet",
-            *ds.select,
-        ],
+        "asyncsnap": asyncsnap(jobs),
+        "asyncsnap_j1": asyncsnap(1),
         "pg_dump": [
             str(pg / "pg_dump"),
             "-d",
@@ -232,6 +225,7 @@ def dump_commands(dsn: str, ds: Dataset, out: Path, jobs: int) -> dict[str, list
 
 DUMP_LABELS = {
     "asyncsnap": "asyncsnap dump (zstd)",
+    "asyncsnap_j1": "asyncsnap dump -j 1",
     "pg_dump": "pg_dump -Fd (gzip)",
     "pg_dump_z0": "pg_dump -Fd -Z0",
     "raw_copy": "raw COPY TO STDOUT",
@@ -240,6 +234,7 @@ DUMP_LABELS = {
 }
 RESTORE_LABELS = {
     "asyncsnap_restore": "asyncsnap restore",
+    "asyncsnap_restore_j1": "asyncsnap restore -j 1",
     "pg_restore": "pg_restore --data-only",
     "raw_copy_from": "raw COPY FROM (text)",
     "duckdb_load": "DuckDB load (read_json)",
@@ -285,6 +280,16 @@ def prepare_restore(
             target,
             "-j",
             str(jobs),
+            "--quiet",
+        ],
+        "asyncsnap_restore_j1": [
+            *PY,
+            "asyncsnap",
+            "restore",
+            str(base / "asyncsnap" / "b"),
+            target,
+            "-j",
+            "1",
             "--quiet",
         ],
         "pg_restore": [
@@ -472,10 +477,15 @@ def main() -> None:
             print(f"DuckDB peer skipped: {DUCKDB_MISSING}")
         json_bytes: dict[str, int] = {}  # per dataset: the JSON asyncsnap's dump wrote
         for ds in datasets:
+            # -j 1 beside -j 2 on the big tables: how throughput scales with connections
+            # (and the client's cores); the small tables are per-table costs only.
+            single = ds.name != "small_tables" and args.jobs != 1
             names = [
                 n
                 for n in DUMP_LABELS
-                if (n != "old_script" or run_old) and (n != "duckdb" or DUCKDB_MISSING is None)
+                if (n != "old_script" or run_old)
+                and (n != "duckdb" or DUCKDB_MISSING is None)
+                and (n != "asyncsnap_j1" or single)
             ]
 
             def one_dump(name: str, ds: Dataset = ds) -> tuple[float, int, int, float]:
@@ -523,7 +533,10 @@ def main() -> None:
                     return wall, rss, 0, cpu
 
                 restore_names = [
-                    n for n in RESTORE_LABELS if n != "duckdb_load" or DUCKDB_MISSING is None
+                    n
+                    for n in RESTORE_LABELS
+                    if (n != "duckdb_load" or DUCKDB_MISSING is None)
+                    and (n != "asyncsnap_restore_j1" or single)
                 ]
                 restores = alternate(restore_names, runs, one_restore, RESTORE_LABELS)
 
@@ -672,16 +685,16 @@ WHY = {
 # The ratio targets, each at most: dataset, what, key in the run's ratios, target, and
 # the WHY entry that explains a miss. A ratio the run did not measure is not judged.
 RATIO_TARGETS: list[tuple[str, str, str, float, str]] = [
-    ("pgbench", "dump / raw COPY", "asyncsnap/raw_copy", 2.0, "dump_raw"),
-    ("mixed", "dump / raw COPY", "asyncsnap/raw_copy", 1.5, "dump_raw"),
+    ("pgbench", "dump / raw COPY", "asyncsnap/raw_copy", 1.0, "dump_raw"),
+    ("mixed", "dump / raw COPY", "asyncsnap/raw_copy", 1.0, "dump_raw"),
     ("mixed", "dump / pg_dump (defaults)", "asyncsnap/pg_dump", 0.7, "pg_dump"),
     ("small_tables", "dump / pg_dump (defaults)", "asyncsnap/pg_dump", 1.5, "small"),
     *[
         (ds, what, key, target, why)
         for ds in ("pgbench", "mixed")
         for what, key, target, why in (
-            ("restore / pg_restore", "restore/pg_restore", 1.5, "restore"),
-            ("whole restore / pg_restore -j", "whole_restore/pg_restore_whole", 1.3, "restore"),
+            ("restore / pg_restore", "restore/pg_restore", 1.0, "restore"),
+            ("whole restore / pg_restore -j", "whole_restore/pg_restore_whole", 1.0, "restore"),
             ("dump / DuckDB export", "asyncsnap/duckdb", 1.0, "native"),
             ("restore / DuckDB load", "restore/duckdb_load", 1.0, "native"),
         )
@@ -776,6 +789,12 @@ def _ratios(dumps: dict[str, Runs], restores: dict[str, Runs]) -> dict[str, floa
         ratios["old_script/asyncsnap"] = dumps["old_script"].median / a
     if "duckdb" in dumps:
         ratios["asyncsnap/duckdb"] = a / dumps["duckdb"].median
+    if "asyncsnap_j1" in dumps:  # the speed-up from -j 1 to -j N
+        ratios["dump_j1/dump"] = dumps["asyncsnap_j1"].median / a
+    if "asyncsnap_restore_j1" in restores:
+        ratios["restore_j1/restore"] = (
+            restores["asyncsnap_restore_j1"].median / restores["asyncsnap_restore"].median
+        )
     if restores:
         r = restores["asyncsnap_restore"].median
         ratios["restore/pg_restore"] = r / restores["pg_restore"].median
