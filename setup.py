@@ -7,7 +7,7 @@ setup(
         Extension(
             "asyncsnap._rows",
             sources=["asyncsnap/_rows.c"],
-            extra_compile_args=["-O2", "-std=c99", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            extra_compile_args=["-O2", "-std=gnu99", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )
     ]
 )

@@ -330,10 +330,10 @@ class _Pipe:
             loop = asyncio.get_running_loop()
             self._inflight = loop.run_in_executor(None, self._convert, lines)
 
-    def _convert(self, lines: bytes) -> None:
-        out, _, longest = self._shape.encode(lines)
+    def _convert(self, lines: bytes | memoryview) -> None:
+        out, rows, longest = self._shape.encode(lines)
         self.longest = max(self.longest, longest)
-        self._writer.write(out)
+        self._writer.write(out, rows)
 
     async def _settle(self) -> None:
         if self._inflight is not None:

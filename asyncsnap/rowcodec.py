@@ -118,17 +118,20 @@ class LineSplitter:
     def __init__(self) -> None:
         self._tail = bytearray()
 
-    def whole_lines(self, data: bytes) -> bytes:
+    def whole_lines(self, data: bytes) -> bytes | memoryview:
+        """The whole lines of what arrived so far (a view of ``data`` where it can: no
+        copy), keeping the end of the last line for the next call."""
         cut = data.rfind(b"\n") + 1
         if not cut:
             self._tail += data
             return b""
+        lines: bytes | memoryview
         if self._tail:
             self._tail += memoryview(data)[:cut]
             lines = bytes(self._tail)
             self._tail = bytearray()
         else:
-            lines = data if cut == len(data) else data[:cut]
+            lines = data if cut == len(data) else memoryview(data)[:cut]
         if cut < len(data):
             self._tail += memoryview(data)[cut:]
         return lines
