@@ -26,6 +26,10 @@
 typedef struct {
     char *p;
     size_t len, cap;
+    /* When set, p is this bytes object's buffer (see start_buffer): the result is built
+     * in place, with no copy at the end. A buffer that outgrows it moves to malloc. */
+    PyObject *bytes;
+    int bytes_left; /* p no longer points into bytes: it is malloc's */
 } Buf;
 
 static int buf_grow(Buf *b, size_t extra)
@@ -37,8 +41,16 @@ static int buf_grow(Buf *b, size_t extra)
         if (cap > SIZE_MAX / 2) return -1;
         cap *= 2;
     }
-    p = realloc(b->p, cap);
-    if (p == NULL) return -1;
+    if (b->bytes != NULL && !b->bytes_left) {
+        /* leave the bytes object (released with the GIL held, in finish_buffer) */
+        p = malloc(cap);
+        if (p == NULL) return -1;
+        memcpy(p, b->p, b->len);
+        b->bytes_left = 1;
+    } else {
+        p = realloc(b->p, cap);
+        if (p == NULL) return -1;
+    }
     b->p = p;
     b->cap = cap;
     return 0;
@@ -79,15 +91,45 @@ static PyObject *raise_err(const Err *err)
     return NULL;
 }
 
-/* The output buffer of one call, sized from the input at once: growing it from small
- * cost page faults and copies on every doubling (measured: a third of the time). The
- * output is about 1.4 times the input for pgbench's rows; it still grows if needed. */
+static void release_buffer(Buf *out)
+{
+    if (out->bytes == NULL || out->bytes_left) free(out->p);
+    Py_CLEAR(out->bytes);
+    out->p = NULL;
+    out->len = out->cap = 0;
+}
+
+/* The output of one call is written straight into a bytes object sized from the input
+ * (the GIL held here): growing a buffer from small cost page faults and copies on every
+ * doubling (measured: a third of the time), and copying it into a bytes object at the
+ * end held a row of hundreds of MB twice. The output is about 1.4 times the input for
+ * pgbench's rows; pages never written are never touched, so the slack costs no memory. */
 static int start_buffer(Buf *out, size_t input)
 {
+    size_t cap = input + input / 2 + 4096;
     out->len = 0;
-    out->cap = input + input / 2 + 4096;
-    out->p = malloc(out->cap);
-    return out->p == NULL ? -1 : 0;
+    out->bytes_left = 0;
+    out->bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)cap);
+    if (out->bytes == NULL) return -1;
+    out->p = PyBytes_AS_STRING(out->bytes);
+    out->cap = cap;
+    return 0;
+}
+
+/* The result as a bytes object (GIL held); the buffer is released either way. */
+static PyObject *finish_buffer(Buf *out)
+{
+    PyObject *result;
+    if (out->bytes != NULL && !out->bytes_left) {
+        result = out->bytes;
+        out->bytes = NULL;
+        out->p = NULL; /* the result's now: release_buffer must not free it */
+        if (_PyBytes_Resize(&result, (Py_ssize_t)out->len) < 0) return NULL;
+        return result;
+    }
+    result = PyBytes_FromStringAndSize(out->p ? out->p : "", (Py_ssize_t)out->len);
+    release_buffer(out);
+    return result;
 }
 
 /* ------------------------------------------------------ JSON string escaping */
@@ -515,7 +557,7 @@ static PyObject *py_copy_to_ndjson(PyObject *self, PyObject *args)
     Py_buffer data, kinds;
     PyObject *prefixes, *result = NULL;
     RowShape shape = {NULL, 0, NULL, NULL};
-    Buf buffer = {NULL, 0, 0}, *out = &buffer;
+    Buf buffer = {NULL, 0, 0, NULL, 0}, *out = &buffer;
     Err err = {{0}, 0};
     Py_ssize_t rows = 0, k;
     size_t longest = 0;
@@ -555,12 +597,12 @@ static PyObject *py_copy_to_ndjson(PyObject *self, PyObject *args)
         goto fail;
     }
     {
-        PyObject *bytes = PyBytes_FromStringAndSize(out->p ? out->p : "", (Py_ssize_t)out->len);
+        PyObject *bytes = finish_buffer(out);
         if (bytes == NULL) goto fail;
         result = Py_BuildValue("(Nnn)", bytes, rows, (Py_ssize_t)longest);
     }
 fail:
-    free(buffer.p);
+    release_buffer(out);
     PyMem_Free(shape.prefixes);
     PyMem_Free(shape.prefix_lens);
     PyBuffer_Release(&data);
@@ -571,7 +613,7 @@ fail:
 static PyObject *py_json_string(PyObject *self, PyObject *arg)
 {
     Py_buffer data;
-    Buf out = {NULL, 0, 0};
+    Buf out = {NULL, 0, 0, NULL, 0};
     Err err = {{0}, 0};
     PyObject *result = NULL;
     if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0) return NULL;
@@ -876,7 +918,7 @@ static int json_to_copy(const char *s, size_t n, const LineShape *shape, Buf *ou
                         Py_ssize_t *rows_out, Err *err)
 {
     Parser p = {s, n, 0, 0, -1, err};
-    Buf key = {NULL, 0, 0};
+    Buf key = {NULL, 0, 0, NULL, 0};
     int rc = -1;
     while (p.i < n) {
         int col, written = 0;
@@ -983,7 +1025,7 @@ static PyObject *py_ndjson_to_copy(PyObject *self, PyObject *args)
     Py_buffer data, actions, delims;
     PyObject *names, *result = NULL;
     LineShape shape = {0, NULL, NULL, NULL, NULL};
-    Buf buffer = {NULL, 0, 0}, *out = &buffer;
+    Buf buffer = {NULL, 0, 0, NULL, 0}, *out = &buffer;
     Err err = {{0}, 0};
     Py_ssize_t rows = 0, k;
     int rc;
@@ -1024,12 +1066,12 @@ static PyObject *py_ndjson_to_copy(PyObject *self, PyObject *args)
         goto fail;
     }
     {
-        PyObject *bytes = PyBytes_FromStringAndSize(out->p ? out->p : "", (Py_ssize_t)out->len);
+        PyObject *bytes = finish_buffer(out);
         if (bytes == NULL) goto fail;
         result = Py_BuildValue("(Nn)", bytes, rows);
     }
 fail:
-    free(buffer.p);
+    release_buffer(out);
     PyMem_Free(shape.names);
     PyMem_Free(shape.name_lens);
     PyBuffer_Release(&data);
