@@ -59,7 +59,7 @@ static int buf_grow(Buf *b, size_t extra)
 #define RESERVE(b, n)                                                                   \
     do {                                                                                \
         if ((b)->len + (size_t)(n) > (b)->cap && buf_grow((b), (size_t)(n)) < 0) {      \
-            err_set(err, 0, -1, "out of memory");                                       \
+            err_set(err, -1, -1, "out of memory");                                       \
             return -1;                                                                  \
         }                                                                               \
     } while (0)
@@ -69,10 +69,20 @@ static int buf_grow(Buf *b, size_t extra)
 typedef struct {
     char msg[256];
     int nomem;
+    const char *what; /* a static description */
+    Py_ssize_t line;  /* 0-based, within the data given */
+    int column;       /* 0-based, or -1 */
 } Err;
+
+/* LineError(ValueError): a line not as expected; .what, .line (0-based within the data
+ * given to the call) and .column (0-based, or -1) let the caller name the file's line. */
+static PyObject *LineError;
 
 static void err_set(Err *err, Py_ssize_t line, int column, const char *what)
 {
+    err->what = what;
+    err->line = line;
+    err->column = column;
     if (column >= 0)
         snprintf(err->msg, sizeof err->msg, "line %zd, column %d: %s", line + 1, column + 1,
                  what);
@@ -86,8 +96,25 @@ static void err_set(Err *err, Py_ssize_t line, int column, const char *what)
 
 static PyObject *raise_err(const Err *err)
 {
+    PyObject *exc, *value;
     if (err->nomem) return PyErr_NoMemory();
-    PyErr_SetString(PyExc_ValueError, err->msg);
+    exc = PyObject_CallFunction(LineError, "s", err->msg);
+    if (exc == NULL) return NULL;
+    if ((value = PyUnicode_FromString(err->what)) == NULL ||
+        PyObject_SetAttrString(exc, "what", value) < 0)
+        goto done;
+    Py_DECREF(value);
+    if ((value = PyLong_FromSsize_t(err->line)) == NULL ||
+        PyObject_SetAttrString(exc, "line", value) < 0)
+        goto done;
+    Py_DECREF(value);
+    if ((value = PyLong_FromLong(err->column)) == NULL ||
+        PyObject_SetAttrString(exc, "column", value) < 0)
+        goto done;
+    PyErr_SetObject(LineError, exc);
+done:
+    Py_XDECREF(value);
+    Py_DECREF(exc);
     return NULL;
 }
 
@@ -483,7 +510,7 @@ static int copy_to_json(const char *s, size_t n, const RowShape *shape, Buf *out
             len = e - i;
             if (out->len + (size_t)shape->prefix_lens[col] + 8 > out->cap &&
                 buf_grow(out, (size_t)shape->prefix_lens[col] + 8) < 0) {
-                err_set(err, 0, -1, "out of memory");
+                err_set(err, -1, -1, "out of memory");
                 goto done;
             }
             PUTS(out, shape->prefixes[col], (size_t)shape->prefix_lens[col]);
@@ -501,7 +528,7 @@ static int copy_to_json(const char *s, size_t n, const RowShape *shape, Buf *out
                 }
                 if (is_json_number(f, len) && !(kind == K_FLOAT && len == 2 && f[0] == '-' && f[1] == '0')) {
                     if (out->len + len > out->cap && buf_grow(out, len) < 0) {
-                        err_set(err, 0, -1, "out of memory");
+                        err_set(err, -1, -1, "out of memory");
                         goto done;
                     }
                     PUTS(out, f, len);
@@ -531,13 +558,13 @@ static int copy_to_json(const char *s, size_t n, const RowShape *shape, Buf *out
         if (shape->ncols == 0) {
             i++;
             if (out->len + 3 > out->cap && buf_grow(out, 3) < 0) {
-                err_set(err, 0, -1, "out of memory");
+                err_set(err, -1, -1, "out of memory");
                 goto done;
             }
             PUTS(out, "{}\n", 3);
         } else {
             if (out->len + 2 > out->cap && buf_grow(out, 2) < 0) {
-                err_set(err, 0, -1, "out of memory");
+                err_set(err, -1, -1, "out of memory");
                 goto done;
             }
             PUTS(out, "}\n", 2);
@@ -558,7 +585,7 @@ static PyObject *py_copy_to_ndjson(PyObject *self, PyObject *args)
     PyObject *prefixes, *result = NULL;
     RowShape shape = {NULL, 0, NULL, NULL};
     Buf buffer = {NULL, 0, 0, NULL, 0}, *out = &buffer;
-    Err err = {{0}, 0};
+    Err err = {{0}, 0, "", -1, -1};
     Py_ssize_t rows = 0, k;
     size_t longest = 0;
     int rc;
@@ -614,7 +641,7 @@ static PyObject *py_json_string(PyObject *self, PyObject *arg)
 {
     Py_buffer data;
     Buf out = {NULL, 0, 0, NULL, 0};
-    Err err = {{0}, 0};
+    Err err = {{0}, 0, "", -1, -1};
     PyObject *result = NULL;
     if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0) return NULL;
     if (put_quoted(&out, data.buf, (size_t)data.len, &err) < 0)
@@ -1026,7 +1053,7 @@ static PyObject *py_ndjson_to_copy(PyObject *self, PyObject *args)
     PyObject *names, *result = NULL;
     LineShape shape = {0, NULL, NULL, NULL, NULL};
     Buf buffer = {NULL, 0, 0, NULL, 0}, *out = &buffer;
-    Err err = {{0}, 0};
+    Err err = {{0}, 0, "", -1, -1};
     Py_ssize_t rows = 0, k;
     int rc;
     if (!PyArg_ParseTuple(args, "y*O!y*y*", &data, &PyTuple_Type, &names, &actions, &delims))
@@ -1102,6 +1129,18 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__rows(void)
 {
+    PyObject *m;
     init_tables();
-    return PyModule_Create(&module);
+    m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    LineError = PyErr_NewExceptionWithDoc(
+        "asyncsnap._rows.LineError",
+        "A line not as expected: .what, .line (0-based within the data given) and "
+        ".column (0-based, or -1).",
+        PyExc_ValueError, NULL);
+    if (LineError == NULL || PyModule_AddObjectRef(m, "LineError", LineError) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

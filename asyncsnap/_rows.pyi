@@ -8,3 +8,8 @@ def ndjson_to_copy(
     data: Buffer, names: tuple[bytes, ...], actions: bytes, delimiters: bytes, /
 ) -> tuple[bytes, int]: ...
 def json_string(data: Buffer, /) -> bytes: ...
+
+class LineError(ValueError):
+    what: str
+    line: int  # 0-based, within the data given to the call
+    column: int  # 0-based, or -1

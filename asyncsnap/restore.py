@@ -828,8 +828,15 @@ def _units(plan: RestorePlan, level: list[TableLoad], *, split_files: bool) -> l
             units += [_Unit(loads=[load], file_index=i) for i in range(len(load.source.files))]
         else:
             units.append(_Unit(loads=[load]))
-    # The biggest units first, so the longest load starts earliest.
-    return sorted([*units, *grouped.values()], key=lambda u: -u.rows)
+    # The biggest tables first, so the longest load starts earliest; a split table's files
+    # in page order, as they were dumped: its rows then reach its indexes in the order they
+    # had, mostly at the right end of each btree, instead of splitting pages in the middle
+    # (files sorted by size made a -j 1 restore of pgbench_accounts 13.7 s against 9.9 s
+    # for one COPY).
+    return sorted(
+        [*units, *grouped.values()],
+        key=lambda u: (-sum(ld.source.rows for ld in u.loads), u.file_index or 0),
+    )
 
 
 def _merge(results: list[RestoredTable]) -> list[RestoredTable]:
@@ -1164,28 +1171,30 @@ class _Segment:
     long: memoryview | None = None
 
 
-def _segments(block: bytes | bytearray, shape: LoadShape) -> list[_Segment]:
-    """A block of whole NDJSON lines as segments (in a worker thread: the converter
-    releases the GIL, so reading, checking and converting overlap the COPY)."""
+def _segments(block: bytes | bytearray, shape: LoadShape, first_line: int) -> list[_Segment]:
+    """A block of whole NDJSON lines, the first of them line ``first_line`` of its file, as
+    segments (in a worker thread: the converter releases the GIL, so reading, checking and
+    converting overlap the COPY)."""
     if len(block) <= LONG_LINE:
-        out, rows = shape.encode(block)
+        out, rows = shape.encode(block, first_line)
         return [_Segment(copy=out, rows=rows, raw=len(block))]
     view = memoryview(block)
     segments = []
     start = run_start = 0
+    line = run_line = first_line
     while start < len(block):
         end = block.index(b"\n", start) + 1
         if end - start > LONG_LINE:
             if run_start < start:
                 run = bytes(view[run_start:start])
-                out, rows = shape.encode(run)
+                out, rows = shape.encode(run, run_line)
                 segments.append(_Segment(copy=out, rows=rows, raw=len(run)))
             segments.append(_Segment(rows=1, raw=end - start, long=view[start : end - 1]))
-            run_start = end
-        start = end
+            run_start, run_line = end, line + 1
+        start, line = end, line + 1
     if run_start < len(block):
         run = bytes(view[run_start:])
-        out, rows = shape.encode(run)
+        out, rows = shape.encode(run, run_line)
         segments.append(_Segment(copy=out, rows=rows, raw=len(run)))
     return segments
 
@@ -1204,9 +1213,15 @@ async def _copy_file(
     blocks = iter(reader)
     loop = asyncio.get_running_loop()
 
+    lines_read = 0
+
     def produce() -> list[_Segment] | None:
+        nonlocal lines_read
         block = next(blocks, None)
-        return None if block is None else _segments(block, shape)
+        if block is None:
+            return None
+        first_line, lines_read = lines_read + 1, lines_read + block.count(b"\n")
+        return _segments(block, shape, first_line)
 
     async def pieces() -> AsyncGenerator[_Segment, None]:
         ahead = loop.run_in_executor(None, produce)

@@ -144,9 +144,20 @@ class LineSplitter:
 _ACTIONS = {"json": "j", "text": "t", "array": "a"}
 
 
+class LineNotAsDescribed(ValueError):
+    """A data file's line that the format does not allow (``docs/format.md``)."""
+
+    def __init__(self, line: int, column: str | None, what: str) -> None:
+        self.line = line  # 1-based, in the file
+        self.column = column
+        self.what = what
+        where = f"line {line}" + (f", column {column!r}" if column is not None else "")
+        super().__init__(f"{where}: {what}")
+
+
 @dataclass(frozen=True)
 class LoadShape:
-    """One backup table's lines as the restore's converter reads them."""
+    """One backup table's lines as the restore's converter (and verify) reads them."""
 
     names: tuple[bytes, ...]  # every key of a line, in order
     actions: bytes  # per key: x (left out), j, t or a (its encoding)
@@ -179,7 +190,25 @@ class LoadShape:
             columns=tuple(columns),
         )
 
-    def encode(self, lines: bytes | bytearray) -> tuple[bytes, int]:
-        """Whole NDJSON lines as COPY text: ``(copy_text, rows)``. Releases the GIL."""
-        out, rows = _rows.ndjson_to_copy(lines, self.names, self.actions, self.delimiters)
+    @classmethod
+    def checking(cls, columns: list[tuple[str, str | None]]) -> LoadShape:
+        """For verify: every ``(name, encoding)`` key in order, each value checked against
+        its encoding (any JSON value where the encoding is unknown)."""
+        return cls(
+            names=tuple(name.encode() for name, _ in columns),
+            actions="".join(_ACTIONS.get(enc or "", "x") for _, enc in columns).encode(),
+            delimiters=b"," * len(columns),
+            columns=tuple(name for name, _ in columns),
+        )
+
+    def encode(
+        self, lines: bytes | bytearray | memoryview, first_line: int = 1
+    ) -> tuple[bytes, int]:
+        """Whole NDJSON lines as COPY text: ``(copy_text, rows)``. Releases the GIL. A line
+        not as the format says raises ``LineNotAsDescribed``, numbered from ``first_line``."""
+        try:
+            out, rows = _rows.ndjson_to_copy(lines, self.names, self.actions, self.delimiters)
+        except _rows.LineError as exc:
+            column = self.names[exc.column].decode() if 0 <= exc.column < len(self.names) else None
+            raise LineNotAsDescribed(first_line + exc.line, column, exc.what) from None
         return out, rows

@@ -18,7 +18,8 @@ import orjson
 from . import manifest
 from .backup import DataFileReader, check_schema_file, open_backup
 from .errors import VerificationFailed
-from .manifest import ARCHIVE_MAGIC, DATA_DIR, SCHEMA_DIR, Backup
+from .manifest import ARCHIVE_MAGIC, DATA_DIR, SCHEMA_DIR, Backup, BackupFile
+from .rowcodec import LineNotAsDescribed, LoadShape
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,12 @@ def verify(
                         )
                     )
     rows = size = files = 0
-    for keys, entry in backup.data_files():
+    for columns, entry in _files_and_columns(backup):
         if on_file is not None:
             on_file(entry.path)
         files += 1
         reader = DataFileReader(backup, entry)
-        problem = _check_lines(reader, list(keys))
+        problem = _check_lines(reader, LoadShape.checking(columns))
         if problem is None:
             try:
                 reader.finish()
@@ -119,34 +120,64 @@ def verify(
     )
 
 
-def _check_lines(reader: DataFileReader, expected: list[str]) -> Problem | None:
-    """The first line of the file that is not a JSON object with exactly ``expected``
-    keys in that order, or a problem the reader found (damage, truncation)."""
+def _check_lines(reader: DataFileReader, shape: LoadShape) -> Problem | None:
+    """The first line of the file that is not a JSON object with exactly the manifest's
+    keys in order, each value of its column's encoding (what restore will take), or a
+    problem the reader found (damage, truncation). The native converter checks each
+    block; a block it refuses is parsed again here to say what is wrong in JSON terms."""
     line_no = 0
     try:
         for block in reader:
-            # One line (perhaps hundreds of MB) is parsed in place; a block of many short
-            # lines is split, which is faster than slicing each in Python.
-            single = block.count(b"\n") == 1
-            lines = [memoryview(block)[:-1]] if single else block.splitlines()
+            try:
+                shape.encode(block, line_no + 1)
+            except LineNotAsDescribed as exc:
+                found = _explain(block, list(shape.columns), line_no, reader.entry.path)
+                return found or Problem(
+                    f"column {exc.column!r}: {exc.what}" if exc.column else exc.what,
+                    reader.entry.path,
+                    exc.line,
+                )
+            line_no += block.count(b"\n")
             del block
-            for line in lines:
-                line_no += 1
-                try:
-                    value = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    return Problem(f"is not valid JSON: {exc}", reader.entry.path, line_no)
-                if not isinstance(value, dict):
-                    return Problem("is not a JSON object", reader.entry.path, line_no)
-                if list(value) != expected:
-                    return Problem(
-                        f"has keys {list(value)!r}, the manifest's columns are {expected!r}",
-                        reader.entry.path,
-                        line_no,
-                    )
     except VerificationFailed as exc:
         return Problem(exc.message.removeprefix(reader.entry.path + " "), reader.entry.path)
     return None
+
+
+def _explain(
+    block: bytes | bytearray, expected: list[str], line_no: int, path: str
+) -> Problem | None:
+    """The first line of ``block`` that is not valid JSON, not an object, or whose keys
+    are not ``expected``, in words."""
+    for line in block.splitlines():
+        line_no += 1
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            return Problem(f"is not valid JSON: {exc}", path, line_no)
+        if not isinstance(value, dict):
+            return Problem("is not a JSON object", path, line_no)
+        if list(value) != expected:
+            return Problem(
+                f"has keys {list(value)!r}, the manifest's columns are {expected!r}",
+                path,
+                line_no,
+            )
+    return None
+
+
+def _files_and_columns(
+    backup: Backup,
+) -> list[tuple[list[tuple[str, str | None]], BackupFile]]:
+    """Every data file with the keys of its lines and their encodings (none for the large
+    objects' file: any JSON value)."""
+    by_path: dict[str, list[tuple[str, str | None]]] = {
+        f.path: [(c.name, c.encoding) for c in t.columns] for t in backup.tables for f in t.files
+    }
+    found: list[tuple[list[tuple[str, str | None]], BackupFile]] = []
+    for keys, entry in backup.data_files():
+        found.append((by_path.get(entry.path) or [(k, None) for k in keys], entry))
+    return found
 
 
 def _check_sums_file(backup: Backup) -> list[Problem]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -18,7 +18,7 @@ import asyncpg
 import orjson
 import pytest
 
-from asyncsnap import _rows
+from asyncsnap import _rows, verify
 from asyncsnap.catalog import describe_tables, list_tables, read_types
 from asyncsnap.manifest import RENDER_SETTINGS
 from asyncsnap.render import select_rows_sql
@@ -308,48 +308,69 @@ def test_arrays_with_quotes_and_box_delimiters_round_trip(
     assert digests(empty_copy.dsn) == digests(db.dsn)
 
 
-def test_restore_refuses_a_resealed_file_whose_lines_break_the_format(
-    db: Database, empty_copy: Database, tmp_path: Path
-) -> None:
-    """A backup whose data file was rewritten with its keys swapped and its checksums made
-    to match again: the converter refuses the line (no value lands in the wrong column)
-    and the table is rolled back."""
+def rewrite_lines(backup: Path, table: str, transform: Callable[[bytes], bytes]) -> None:
+    """Rewrite every line of ``table``'s one data file and make the manifest and
+    SHA256SUMS agree again: a forged backup that only its content checks can catch."""
     import zstandard
 
-    db.execute("CREATE TABLE kv (a text, b text); INSERT INTO kv VALUES ('x', 'y'), ('1', '2')")
-    copy_schema(db, empty_copy)
-    backup = run_dump(db, tmp_path).path
-    (data,) = (backup / "data").glob("public.kv-*")
+    (data,) = (backup / "data").glob(f"public.{table}-*")
     lines = zstandard.ZstdDecompressor().decompressobj().decompress(data.read_bytes())
-    swapped = b"".join(
-        orjson.dumps(dict(reversed(orjson.loads(line).items()))) + b"\n"
-        for line in lines.splitlines()
-    )
-    stored = zstandard.ZstdCompressor().compress(swapped)
+    raw = b"".join(transform(line) + b"\n" for line in lines.splitlines())
+    stored = zstandard.ZstdCompressor().compress(raw)
     data.write_bytes(stored)
+    digest = hashlib.sha256(stored).hexdigest()
 
     def edit(body: dict[str, object]) -> None:
         tables = body["tables"]
         assert isinstance(tables, list)
-        (entry,) = tables[0]["files"]
-        entry["sha256"] = hashlib.sha256(stored).hexdigest()
-        entry["stored_bytes"] = len(stored)
-        entry["bytes"] = len(swapped)
+        (entry,) = next(t for t in tables if t["name"] == table)["files"]
+        entry.update(sha256=digest, stored_bytes=len(stored), bytes=len(raw))
 
     reseal(backup, edit)
     sums = backup / "SHA256SUMS"
     sums.write_text(
         "".join(
-            (
-                f"{hashlib.sha256(stored).hexdigest()}  {line.split()[1]}\n"
-                if "kv" in line
-                else line + "\n"
-            )
+            f"{digest}  {line.split()[1]}\n" if f"public.{table}-" in line else line + "\n"
             for line in sums.read_text().splitlines()
         )
     )
-    with pytest.raises(Exception, match="manifest's columns in its order") as caught:
+
+
+def test_restore_refuses_a_resealed_file_whose_lines_break_the_format(
+    db: Database, empty_copy: Database, tmp_path: Path
+) -> None:
+    """A backup whose data file was rewritten with its keys swapped and its checksums made
+    to match again: the converter refuses the line (no value lands in the wrong column),
+    naming the file's line, and the table is rolled back."""
+    db.execute("CREATE TABLE kv (a text, b text); INSERT INTO kv VALUES ('x', 'y'), ('1', '2')")
+    copy_schema(db, empty_copy)
+    backup = run_dump(db, tmp_path).path
+    rewrite_lines(
+        backup, "kv", lambda line: orjson.dumps(dict(reversed(orjson.loads(line).items())))
+    )
+    with pytest.raises(Exception, match="line 1, column 'a': the keys are not") as caught:
         run_restore(backup, empty_copy)
     assert "rolled back" in str(getattr(caught.value, "hint", ""))
     assert empty_copy.fetchval("SELECT count(*) FROM kv") == 0
     assert json.loads((backup / "manifest.json").read_text())["tables"][0]["rows"] == 2
+
+
+def test_verify_finds_a_value_of_the_wrong_kind_for_its_encoding(
+    db: Database, tmp_path: Path
+) -> None:
+    """Valid JSON, the right keys, but an object where the column's encoding has none:
+    verify names the line and column, as restore would refuse it."""
+    db.execute("CREATE TABLE kv (a int, b jsonb); INSERT INTO kv VALUES (1, '{}'), (2, '[]')")
+    backup = run_dump(db, tmp_path).path
+    assert verify(backup).ok
+
+    def forge(line: bytes) -> bytes:
+        row = orjson.loads(line)
+        if row["a"] == 2:
+            row["b"] = {"injected": True}  # the text encoding holds a string
+        return orjson.dumps(row)
+
+    rewrite_lines(backup, "kv", forge)
+    [problem] = verify(backup).problems
+    assert problem.line == 2 and "column 'b'" in problem.message
+    assert "expected a string" in problem.message
