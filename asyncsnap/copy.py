@@ -417,9 +417,18 @@ async def _copy_rows(
                     longest, arrived = max(longest, line), None
                     before = writer.rows
                 try:
-                    status = await conn.copy_from_query(
-                        copy_query(table, shape, chunk.pages, after), output=sink
-                    )
+                    if shape.plain_table and chunk.pages is None and after is None:
+                        # COPY of a table copies its own rows only, as FROM ONLY does
+                        status = await conn.copy_from_table(
+                            table.name,
+                            schema_name=table.schema,
+                            columns=[c.name for c in table.columns],
+                            output=sink,
+                        )
+                    else:
+                        status = await conn.copy_from_query(
+                            copy_query(table, shape, chunk.pages, after), output=sink
+                        )
                 except asyncpg.PostgresError as exc:
                     if bigrows.too_big(exc):  # the rows before the big one arrived whole
                         await pipe.flush(chunk.label)

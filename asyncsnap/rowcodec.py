@@ -72,6 +72,10 @@ class DumpShape:
     kinds: bytes
     prefixes: tuple[bytes, ...]
     select_list: str  # the SELECT's expressions, in column order
+    # Whether ``COPY table (columns) TO`` gives the same text as the SELECT: no column is
+    # rendered by the server or generated. The server then skips the executor's
+    # projection (measured 5-10% less time for pgbench_accounts than the SELECT form).
+    plain_table: bool = False
 
     @classmethod
     def of(cls, table: Table, types: Mapping[int, TypeInfo]) -> DumpShape:
@@ -87,6 +91,8 @@ class DumpShape:
             kinds="".join(kinds).encode(),
             prefixes=_prefixes([c.name for c in table.columns]),
             select_list=", ".join(exprs),
+            plain_table=SERVER_RENDERED not in kinds
+            and not any(c.generated for c in table.columns),
         )
 
     def encode(self, lines: bytes | bytearray | memoryview) -> tuple[bytes, int, int]:
