@@ -1107,6 +1107,239 @@ fail:
     return result;
 }
 
+/* ------------------------------------------ restore: JSON -> binary COPY tuples */
+
+/* For tables whose every written column is one of these, COPY's binary format: the
+ * server then neither splits lines nor parses numbers (measured 20% less server time
+ * than text for pgbench_accounts, as DuckDB's load shows). Each value must be of its
+ * column's JSON kind; an integer must be a plain integer literal in range (int4in would
+ * refuse "1e3" or "1.0" too). */
+enum {
+    B_SKIP = 'x',
+    B_INT2 = '2',
+    B_INT4 = '4',
+    B_INT8 = '8',
+    B_TEXT = 's', /* text, varchar, bpchar: the string's UTF-8 bytes (recv applies typmod) */
+    B_BOOL = 'b',
+};
+
+static void put_be32(char *p, uint32_t v)
+{
+    p[0] = (char)(v >> 24);
+    p[1] = (char)(v >> 16);
+    p[2] = (char)(v >> 8);
+    p[3] = (char)v;
+}
+
+static int put_binary_int(Parser *p, Buf *out, char kind)
+{
+    Err *err = p->err;
+    size_t start = p->i, k;
+    int negative = 0;
+    uint64_t v = 0, limit;
+    int bytes = kind == B_INT2 ? 2 : kind == B_INT4 ? 4 : 8;
+    if (p->i < p->n && p->s[p->i] == '-') {
+        negative = 1;
+        p->i++;
+    }
+    limit = (bytes == 2 ? 32767u : bytes == 4 ? 2147483647u : 9223372036854775807ull) + negative;
+    if (p->i >= p->n || !is_digit(p->s[p->i])) return fail(p, "expected an integer");
+    if (p->s[p->i] == '0' && p->i + 1 < p->n && is_digit(p->s[p->i + 1]))
+        return fail(p, "an invalid number");
+    while (p->i < p->n && is_digit(p->s[p->i])) {
+        if (v > (limit - (uint64_t)(p->s[p->i] - '0')) / 10)
+            return fail(p, "an integer out of its column's range");
+        v = v * 10 + (uint64_t)(p->s[p->i] - '0');
+        p->i++;
+    }
+    if (p->i < p->n && (p->s[p->i] == '.' || p->s[p->i] == 'e' || p->s[p->i] == 'E'))
+        return fail(p, "expected an integer");
+    (void)start;
+    if (negative) v = (uint64_t)0 - v;
+    RESERVE(out, 4 + 8);
+    put_be32(out->p + out->len, (uint32_t)bytes);
+    out->len += 4;
+    for (k = 0; k < (size_t)bytes; k++)
+        out->p[out->len++] = (char)(v >> (8 * (bytes - 1 - k)));
+    return 0;
+}
+
+static int json_to_binary(const char *s, size_t n, const LineShape *shape, int16_t fields,
+                          Buf *out, Py_ssize_t *rows_out, Err *err)
+{
+    Parser p = {s, n, 0, 0, -1, err};
+    Buf key = {NULL, 0, 0, NULL, 0};
+    int rc = -1;
+    while (p.i < n) {
+        int col;
+        p.col = -1;
+        skip_ws(&p);
+        if (p.i >= n || s[p.i] != '{') {
+            fail(&p, "a line is not a JSON object");
+            goto done;
+        }
+        p.i++;
+        RESERVE(out, 2);
+        out->p[out->len++] = (char)((uint16_t)fields >> 8);
+        out->p[out->len++] = (char)((uint16_t)fields & 0xff);
+        for (col = 0; col < shape->ncols; col++) {
+            char kind = shape->actions[col];
+            p.col = col;
+            skip_ws(&p);
+            if (col > 0) {
+                if (p.i >= n || s[p.i] != ',') {
+                    fail(&p, p.i < n && s[p.i] == '}' ? "a column is missing" : "expected ','");
+                    goto done;
+                }
+                p.i++;
+                skip_ws(&p);
+            }
+            if (p.i >= n || s[p.i] != '"') {
+                fail(&p, p.i < n && s[p.i] == '}' ? "a column is missing" : "expected a key");
+                goto done;
+            }
+            key.len = 0;
+            if (parse_string(&p, &key, LEVEL_NONE) < 0) goto done;
+            if (key.len != (size_t)shape->name_lens[col] ||
+                memcmp(key.p, shape->names[col], key.len) != 0) {
+                fail(&p, "the keys are not the manifest's columns in its order");
+                goto done;
+            }
+            skip_ws(&p);
+            if (p.i >= n || s[p.i] != ':') {
+                fail(&p, "expected ':'");
+                goto done;
+            }
+            p.i++;
+            if (kind == B_SKIP) {
+                if (skip_value(&p, 0) < 0) goto done;
+                continue;
+            }
+            skip_ws(&p);
+            if (match_word(&p, "null", 4)) {
+                RESERVE(out, 4);
+                put_be32(out->p + out->len, 0xFFFFFFFFu);
+                out->len += 4;
+            } else if (kind == B_TEXT) {
+                size_t at;
+                if (p.i >= n || s[p.i] != '"') {
+                    fail(&p, "expected a string");
+                    goto done;
+                }
+                RESERVE(out, 4);
+                at = out->len;
+                out->len += 4;
+                if (parse_string(&p, out, LEVEL_NONE) < 0) goto done;
+                if (out->len - at - 4 > 0x3FFFFFFFu) {
+                    fail(&p, "a value over 1 GiB");
+                    goto done;
+                }
+                put_be32(out->p + at, (uint32_t)(out->len - at - 4));
+            } else if (kind == B_BOOL) {
+                int v;
+                if (match_word(&p, "true", 4))
+                    v = 1;
+                else if (match_word(&p, "false", 5))
+                    v = 0;
+                else {
+                    fail(&p, "expected true or false");
+                    goto done;
+                }
+                RESERVE(out, 5);
+                put_be32(out->p + out->len, 1);
+                out->len += 4;
+                out->p[out->len++] = (char)v;
+            } else if (kind == B_INT2 || kind == B_INT4 || kind == B_INT8) {
+                if (put_binary_int(&p, out, kind) < 0) goto done;
+            } else {
+                fail(&p, "unknown column kind");
+                goto done;
+            }
+        }
+        p.col = -1;
+        skip_ws(&p);
+        if (p.i >= n || s[p.i] != '}') {
+            fail(&p, "the line has more keys than the manifest's columns");
+            goto done;
+        }
+        p.i++;
+        skip_ws(&p);
+        if (p.i >= n || s[p.i] != '\n') {
+            fail(&p, "more after the object on a line");
+            goto done;
+        }
+        p.i++;
+        p.line++;
+    }
+    *rows_out = p.line;
+    rc = 0;
+done:
+    free(key.p);
+    return rc;
+}
+
+static PyObject *py_ndjson_to_binary(PyObject *self, PyObject *args)
+{
+    Py_buffer data, kinds;
+    PyObject *names, *result = NULL;
+    LineShape shape = {0, NULL, NULL, NULL, NULL};
+    Buf buffer = {NULL, 0, 0, NULL, 0}, *out = &buffer;
+    Err err = {{0}, 0, "", -1, -1};
+    Py_ssize_t rows = 0, k, fields = 0;
+    int rc;
+    if (!PyArg_ParseTuple(args, "y*O!y*", &data, &PyTuple_Type, &names, &kinds)) return NULL;
+    shape.ncols = PyTuple_GET_SIZE(names);
+    shape.actions = kinds.buf;
+    if (kinds.len != shape.ncols) {
+        PyErr_SetString(PyExc_ValueError, "one kind per column");
+        goto fail;
+    }
+    shape.names = PyMem_Malloc(sizeof(char *) * (size_t)(shape.ncols + 1));
+    shape.name_lens = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(shape.ncols + 1));
+    if (!shape.names || !shape.name_lens) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (k = 0; k < shape.ncols; k++) {
+        char *ns;
+        if (PyBytes_AsStringAndSize(PyTuple_GET_ITEM(names, k), &ns, &shape.name_lens[k]) < 0)
+            goto fail;
+        shape.names[k] = ns;
+        if (((const char *)kinds.buf)[k] != B_SKIP) fields++;
+    }
+    if (fields > 1600) {
+        PyErr_SetString(PyExc_ValueError, "more columns than a table can have");
+        goto fail;
+    }
+    if (data.len > 0 && ((const char *)data.buf)[data.len - 1] != '\n') {
+        PyErr_SetString(PyExc_ValueError, "the data does not end with a whole line");
+        goto fail;
+    }
+    if (start_buffer(out, (size_t)data.len) < 0) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = json_to_binary(data.buf, (size_t)data.len, &shape, (int16_t)fields, out, &rows, &err);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        raise_err(&err);
+        goto fail;
+    }
+    {
+        PyObject *bytes = finish_buffer(out);
+        if (bytes == NULL) goto fail;
+        result = Py_BuildValue("(Nn)", bytes, rows);
+    }
+fail:
+    release_buffer(out);
+    PyMem_Free(shape.names);
+    PyMem_Free(shape.name_lens);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&kinds);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"copy_to_ndjson", py_copy_to_ndjson, METH_VARARGS,
      "copy_to_ndjson(data, kinds, prefixes) -> (ndjson, rows, longest_line)\n\n"
@@ -1116,6 +1349,10 @@ static PyMethodDef methods[] = {
      "ndjson_to_copy(data, names, actions, delimiters) -> (copy_text, rows)\n\n"
      "Whole NDJSON lines as COPY text input; names are the keys expected in order, "
      "actions one letter per column (x skip, j json, t text, a array)."},
+    {"ndjson_to_binary", py_ndjson_to_binary, METH_VARARGS,
+     "ndjson_to_binary(data, names, kinds) -> (tuples, rows)\n\n"
+     "Whole NDJSON lines as COPY binary tuples (no header or trailer); kinds one letter per "
+     "column: x skip, 2/4/8 integers, s text types, b boolean."},
     {"json_string", py_json_string, METH_O,
      "json_string(utf8) -> bytes: the bytes as a JSON string, escaped as escape_json does."},
     {NULL, NULL, 0, NULL},

@@ -13,3 +13,7 @@ class LineError(ValueError):
     what: str
     line: int  # 0-based, within the data given to the call
     column: int  # 0-based, or -1
+
+def ndjson_to_binary(
+    data: Buffer, names: tuple[bytes, ...], kinds: bytes, /
+) -> tuple[bytes, int]: ...

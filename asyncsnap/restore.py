@@ -62,7 +62,7 @@ from .events import (
 from .manifest import Backup, BackupTable
 from .patterns import Selection
 from .plan import CyclePlan, TableKey, plan_cycles, refresh_order, restore_order
-from .rowcodec import LoadShape
+from .rowcodec import BINARY_HEADER, BINARY_TRAILER, LoadShape
 from .session import Session, SessionPolicy
 
 Mode = str  # "refuse" | "truncate" | "append"
@@ -1175,8 +1175,9 @@ def _segments(block: bytes | bytearray, shape: LoadShape, first_line: int) -> li
     """A block of whole NDJSON lines, the first of them line ``first_line`` of its file, as
     segments (in a worker thread: the converter releases the GIL, so reading, checking and
     converting overlap the COPY)."""
+    encode = shape.encode if shape.binary is None else shape.encode_binary
     if len(block) <= LONG_LINE:
-        out, rows = shape.encode(block, first_line)
+        out, rows = encode(block, first_line)
         return [_Segment(copy=out, rows=rows, raw=len(block))]
     view = memoryview(block)
     segments = []
@@ -1187,14 +1188,14 @@ def _segments(block: bytes | bytearray, shape: LoadShape, first_line: int) -> li
         if end - start > LONG_LINE:
             if run_start < start:
                 run = bytes(view[run_start:start])
-                out, rows = shape.encode(run, run_line)
+                out, rows = encode(run, run_line)
                 segments.append(_Segment(copy=out, rows=rows, raw=len(run)))
             segments.append(_Segment(rows=1, raw=end - start, long=view[start : end - 1]))
             run_start, run_line = end, line + 1
         start, line = end, line + 1
     if run_start < len(block):
         run = bytes(view[run_start:])
-        out, rows = shape.encode(run, run_line)
+        out, rows = encode(run, run_line)
         segments.append(_Segment(copy=out, rows=rows, raw=len(run)))
     return segments
 
@@ -1254,21 +1255,27 @@ async def _copy_file(
 
             async def copy_data(current: _Segment | None) -> AsyncIterator[bytes]:
                 nonlocal waiting, finished, sent
+                if shape.binary is not None:
+                    yield BINARY_HEADER
                 while current is not None:
                     if current.long is not None:
                         waiting = current
-                        return
+                        break
                     yield current.copy
                     sent += current.rows
                     progress.add(current.rows, current.raw)
                     current = await anext(source, None)
-                finished = True
+                else:
+                    finished = True
+                if shape.binary is not None:
+                    yield BINARY_TRAILER
 
             status = await conn.copy_to_table(
                 load.target.name,
                 schema_name=load.target.schema,
                 columns=list(shape.columns),
                 source=copy_data(segment),
+                format="binary" if shape.binary is not None else None,
             )
             if _copied(status) != sent:
                 raise RestoreFailed(

@@ -149,6 +149,39 @@ class LineSplitter:
 
 _ACTIONS = {"json": "j", "text": "t", "array": "a"}
 
+# Target types (format_type without modifier) loaded in COPY's binary format, and how.
+_BINARY = {
+    "smallint": "2",
+    "integer": "4",
+    "bigint": "8",
+    "boolean": "b",
+    "text": "s",
+    "character varying": "s",
+    "character": "s",
+    "bpchar": "s",
+}
+# COPY binary's signature, flags and header extension; and the end of the data.
+BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+BINARY_TRAILER = b"\xff\xff"
+
+
+def _binary_kinds(source: BackupTable, target: Table, written: tuple[str, ...]) -> bytes | None:
+    """Per backup column, how COPY's binary format takes it; None unless every written
+    column is of a type in ``_BINARY``, the same type (modifier included) as in the backup
+    and ``json``-encoded there, so that binary and text input accept the same values."""
+    by_name = {c.name: c for c in target.columns}
+    kinds = []
+    for column in source.columns:
+        if column.name not in written:
+            kinds.append("x")
+            continue
+        here = by_name.get(column.name)
+        kind = _BINARY.get(here.bare_type) if here is not None else None
+        if here is None or kind is None or here.type != column.type or column.encoding != "json":
+            return None
+        kinds.append(kind)
+    return "".join(kinds).encode() if written else None
+
 
 class LineNotAsDescribed(ValueError):
     """A data file's line that the format does not allow (``docs/format.md``)."""
@@ -169,6 +202,9 @@ class LoadShape:
     actions: bytes  # per key: x (left out), j, t or a (its encoding)
     delimiters: bytes  # per key: the array delimiter of the target column
     columns: tuple[str, ...]  # the target columns the COPY writes, in line order
+    # per key, for COPY's binary format: x (left out), 2/4/8, s or b; None when a written
+    # column is not of those types (or its type differs from the backup's): text format
+    binary: bytes | None = None
 
     @classmethod
     def of(cls, source: BackupTable, target: Table, written: tuple[str, ...]) -> LoadShape | None:
@@ -194,6 +230,7 @@ class LoadShape:
             actions="".join(actions).encode(),
             delimiters="".join(delims).encode(),
             columns=tuple(columns),
+            binary=_binary_kinds(source, target, written),
         )
 
     @classmethod
@@ -206,6 +243,18 @@ class LoadShape:
             delimiters=b"," * len(columns),
             columns=tuple(name for name, _ in columns),
         )
+
+    def encode_binary(
+        self, lines: bytes | bytearray | memoryview, first_line: int = 1
+    ) -> tuple[bytes, int]:
+        """Whole NDJSON lines as COPY binary tuples (``binary`` must be set); as ``encode``."""
+        assert self.binary is not None
+        try:
+            out, rows = _rows.ndjson_to_binary(lines, self.names, self.binary)
+        except _rows.LineError as exc:
+            column = self.names[exc.column].decode() if 0 <= exc.column < len(self.names) else None
+            raise LineNotAsDescribed(first_line + exc.line, column, exc.what) from None
+        return out, rows
 
     def encode(
         self, lines: bytes | bytearray | memoryview, first_line: int = 1

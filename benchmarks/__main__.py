@@ -658,25 +658,26 @@ def linearity(args: argparse.Namespace) -> None:
 
 # Why a target is missed, when it is: measured explanations (README, "Measured").
 WHY = {
-    "restore": "the server turns JSON into rows more slowly than it parses COPY text, and "
-    "INSERT writes a WAL record per row where COPY writes one per page. Measured at scale 50: "
-    "COPY on one connection 5.4 s and 828 MB of WAL; asyncsnap -j 2 8.3 s and 1101 MB of WAL, "
-    "6.7 s into an UNLOGGED table; parsing alone (json_to_recordset) 0.9 s per M pgbench rows "
-    "of backend time. Tried: jsonb_populate_recordset (-8%), json_to_recordset with a column "
-    "list (-10 to -14%), 1-4 MiB batches (no change), batches as binary json parameters (-5 to "
-    "-9% per batch alone, within noise end to end), prefetching the next batch while the "
-    "server loads one (no gain: both cores are busy).",
-    "dump_raw": "the server's row_to_json rendering is the floor (our per-column encodings "
-    "add 4% over plain row_to_json); the client's zstd shares the two cores with two backends.",
+    "restore": "the rows go in with COPY text, the server doing the same parsing as for "
+    "pg_restore; the client's reading, zstd, sha256 and JSON-to-COPY conversion (native, "
+    "in worker threads) take CPU from the two cores the server also needs: client CPU "
+    "about 3 s for pgbench scale 50, pg_restore's under 1 s. A split table's files now "
+    "load in page order (sorted by size they reached the primary key out of order: -j 1 "
+    "13.7 s, now 9.4 s against 10.0 s for one raw COPY FROM).",
+    "dump_raw": "the raw COPY is the server's text output alone; the dump adds the "
+    "client's conversion to JSON, zstd and sha256 (about 6 s of client CPU per GB of JSON "
+    "on pgbench), which share the two cores with the server's backends. Binary COPY (what "
+    "DuckDB asks for) costs the server 10-30% less than text on pgbench_accounts; not "
+    "built (every binary form would need its own exact renderer).",
     "old": "the ratio is set by per-row costs, not start-up: the old script spends 5.6 us "
-    "a pgbench row and 20 us a mixed row in Python (fetch, dicts, json.dump); asyncsnap 0.6 and "
-    "2.0 us (the server's JSON rendering on two cores, zstd, sha256) plus ~0.25 s once. Beyond "
-    "9-10x the server's row_to_json itself would have to get faster.",
-    "rss": "the interpreter and its imports are ~45 MiB of it.",
+    "a pgbench row and 20 us a mixed row in Python (fetch, dicts, json.dump).",
+    "rss": "the interpreter and its imports are ~36-45 MiB of it; each chunk in flight "
+    "holds a 256 KiB batch, its conversion and a zstd context.",
     "pg_dump": "pg_dump's output needs no JSON rendering.",
-    "native": "DuckDB takes binary COPY and renders or parses JSON in native code on the "
-    "client's cores; asyncsnap still has the server render (row_to_json) and parse "
-    "(json_to_recordset) every row: the native data path is not built yet.",
+    "native": "DuckDB asks for binary COPY (cheaper for the server than text) and its "
+    "client work is vectorized; asyncsnap takes COPY text, converts it in C one field at "
+    "a time and compresses and hashes in Python threads. On the mixed table, where DuckDB "
+    "must render jsonb, numerics and timestamps too, asyncsnap is faster.",
     "small": "per-table costs: a process start (~0.3 s of Python imports), a transaction, a "
     "snapshot import and an fsync per table; pg_dump pays one process and no JSON.",
 }
