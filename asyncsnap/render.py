@@ -18,10 +18,10 @@ reader knows how to take the value back:
     string holding the text form, e.g. ``"[0:2]={1,2,3}"``, which keeps the bounds. Float
     arrays holding a zero are written in the text form too (it keeps ``-0``).
 
-Every line then holds no raw newline, carriage return, ``\\x01`` or ``\\x02``: JSON escapes
-them in strings, and no ``json`` value is embedded verbatim. That is what lets the data
-pass through ``COPY ... (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')`` unchanged; the
-text format would double every backslash.
+``select_rows_sql`` renders whole lines on the server: the definition of the format's
+lines in SQL. Dumps no longer run it (``rowcodec`` converts COPY text natively, tested
+byte for byte against it); ``bigrows`` renders a column at a time with
+``column_json_sql``.
 """
 
 from __future__ import annotations
@@ -182,7 +182,8 @@ def select_rows_sql(
     pages: tuple[int, int | None] | None = None,
     after: tuple[int, int] | None = None,
 ) -> str:
-    """A query returning one ``text`` column: each row of ``table`` as a JSON object.
+    """A query returning one ``text`` column: each row of ``table`` as a JSON object (the
+    reference the native path is tested against, see the module docstring).
 
     The columns are named one by one from the catalog read in the snapshot (what the
     manifest lists), never ``r.*``: a column renamed or added after the snapshot makes the
@@ -202,16 +203,3 @@ def select_rows_sql(
         "SELECT pg_catalog.row_to_json(r.*)::pg_catalog.text "
         f"FROM (SELECT {exprs} {source}{where}) AS r"
     )
-
-
-# \x01 and \x02 never occur raw in the rendered JSON (see above), so with them as quote
-# and delimiter the CSV writer never quotes or escapes: each line is the JSON unchanged.
-COPY_OPTIONS = "(FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')"
-COPY_OPTIONS_KWARGS = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}  # for asyncpg
-
-
-def copy_sql(
-    table: Table, types: Mapping[int, TypeInfo], pages: tuple[int, int | None] | None = None
-) -> str:
-    """The ``COPY ... TO STDOUT`` statement that streams ``table`` (or a range) as NDJSON."""
-    return f"COPY ({select_rows_sql(table, types, pages)}) TO STDOUT {COPY_OPTIONS}"

@@ -154,6 +154,24 @@ def test_partial_lines_are_kept_for_the_next_piece() -> None:
         _rows.copy_to_ndjson(b"1", b"n", (b'{"a":',))
 
 
+def test_dump_shape_and_query_are_planned_from_the_catalog() -> None:
+    """Pure planning: each column's kind, the SELECT with quoted names and the array
+    column's server expression, and when the plain ``COPY table`` form may be used."""
+    from .test_render import TYPES, col, make_table
+
+    table = make_table(col("a", 23), col('j"', 3802), col("arr", 1007), col("f", 701))
+    shape = DumpShape.of(table, TYPES)
+    assert shape.kinds == b"nsrf" and not shape.plain_table  # the array is server-rendered
+    query = copy_query(table, shape, pages=(0, 10))
+    assert query.startswith('SELECT "a", "j""", (CASE WHEN pg_catalog.array_lower("arr", 1)')
+    assert query.endswith(
+        """, "f" FROM ONLY "s""x"."t.y" WHERE ctid >= '(0,0)'::pg_catalog.tid """
+        """AND ctid < '(10,0)'::pg_catalog.tid"""
+    )
+    assert DumpShape.of(make_table(col("a", 23), col("f", 701)), TYPES).plain_table
+    assert shape.prefixes == (b'{"a":', b',"j\\"":', b',"arr":', b',"f":')
+
+
 # -- restore: NDJSON -> COPY text, without a server ---------------------------------------
 
 

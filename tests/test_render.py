@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from asyncsnap.catalog import Column, Table, TypeInfo
-from asyncsnap.render import COPY_OPTIONS, column_encoding, copy_sql, select_rows_sql
+from asyncsnap.render import column_encoding, select_rows_sql
 
 TYPES = {
     23: TypeInfo(23, "pg_catalog", "int4", "b", "N", 0, 0),
@@ -95,8 +95,3 @@ def test_special_columns_get_their_expressions() -> None:
 def test_table_without_columns_gives_empty_objects() -> None:
     expected = """SELECT '{}'::pg_catalog.text FROM ONLY "s""x"."t.y\""""
     assert select_rows_sql(make_table(), TYPES) == expected
-
-
-def test_copy_uses_csv_with_control_characters() -> None:
-    sql = copy_sql(make_table(col("a", 23)), TYPES)
-    assert sql.endswith(COPY_OPTIONS) and "FORMAT csv" in COPY_OPTIONS
