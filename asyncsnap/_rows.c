@@ -404,7 +404,8 @@ static int put_copy_field(Buf *out, const char *s, size_t n, size_t *pi, int jso
         if (c == '\t' || c == '\n') break;
         i++;
         if (c == '\\') {
-            if (i >= n) {
+            if (i >= n || s[i] == '\n') {
+                /* COPY TO writes a newline in a value as \n: a raw one here ends the row */
                 err_set(err, line, col, "the line ends early");
                 return -1;
             }
@@ -962,14 +963,14 @@ static int json_to_copy(const char *s, size_t n, const LineShape *shape, Buf *ou
             skip_ws(&p);
             if (col > 0) {
                 if (p.i >= n || s[p.i] != ',') {
-                    fail(&p, s[p.i] == '}' ? "a column is missing" : "expected ','");
+                    fail(&p, p.i < n && s[p.i] == '}' ? "a column is missing" : "expected ','");
                     goto done;
                 }
                 p.i++;
                 skip_ws(&p);
             }
             if (p.i >= n || s[p.i] != '"') {
-                fail(&p, s[p.i] == '}' ? "a column is missing" : "expected a key");
+                fail(&p, p.i < n && s[p.i] == '}' ? "a column is missing" : "expected a key");
                 goto done;
             }
             key.len = 0;
