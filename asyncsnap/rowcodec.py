@@ -168,7 +168,8 @@ BINARY_TRAILER = b"\xff\xff"
 def _binary_kinds(source: BackupTable, target: Table, written: tuple[str, ...]) -> bytes | None:
     """Per backup column, how COPY's binary format takes it; None unless every written
     column is of a type in ``_BINARY``, the same type (modifier included) as in the backup
-    and ``json``-encoded there, so that binary and text input accept the same values."""
+    and ``json``-encoded there: its values are then of the JSON kind the converter takes
+    (docs/format.md: a hand-made value of another kind is refused, never converted)."""
     by_name = {c.name: c for c in target.columns}
     kinds = []
     for column in source.columns:

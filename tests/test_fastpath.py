@@ -207,9 +207,18 @@ def test_scalars_and_arrays_become_copy_text() -> None:
     )
     out = to_copy(line, b"jjjjjaaaxa", b",,,,,,,,,;")
     assert out == (
-        b'1.5e3\tt\tf\t\\N\tNaN\t{{1,NULL},{"a\\\\"b\\\\\\\\c","NULL"}}\t[0:1]={1,2}\t{}\t'
+        b'1.5e3\ttrue\tfalse\t\\N\tNaN\t{{1,NULL},{"a\\\\"b\\\\\\\\c","NULL"}}\t[0:1]={1,2}\t{}\t'
         b'{"(1,1),(0,0)";"(2,2),(1,1)"}\n'
     )
+
+
+def test_booleans_reach_input_functions_as_json_to_recordset_gave_them() -> None:
+    """The token itself, not t/f: boolin takes it, and a (hand-made) boolean in a text
+    column is stored as "true", as the json_to_recordset path stored it."""
+    assert to_copy(b'{"c0":true,"c1":[false]}\n', b"ja") == b"true\t{false}\n"
+    # an empty column name is a name like any other
+    out, rows = _rows.ndjson_to_copy(b'{"":1}\n', (b"",), b"j", b",")
+    assert (out, rows) == (b"1\n", 1)
 
 
 def test_table_without_columns() -> None:
