@@ -433,7 +433,8 @@ def dump_command(
             "--keep",
             min=1,
             metavar="N",
-            help="After success, keep only the N newest complete backups in -o.",
+            help="After success, keep only the N newest complete backups in -o "
+            "(backups named with --name are never removed).",
         ),
     ] = None,
     keep_partial: Annotated[
@@ -779,22 +780,33 @@ def prune_command(
         typer.Option("--keep", min=1, metavar="N", help="How many of the newest backups to keep."),
     ],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show, remove nothing.")] = False,
+    include_named: Annotated[
+        bool,
+        typer.Option(
+            "--include-named",
+            help="Also count and remove backups named with --name (kept by default).",
+        ),
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Remove complete backups older than the N newest; nothing else is touched.
 
+    Only backups with the default name (backup_YYYYMMDDTHHMMSSZ) count: one named with
+    --name is kept unless --include-named.
+
     Example: asyncsnap prune /backups/shop --keep 7
     """
     try:
-        result = prune(directory, keep=keep, dry_run=dry_run)
+        result = prune(directory, keep=keep, dry_run=dry_run, include_named=include_named)
     except BaseException as exc:
         raise _handle(exc, dsn=None, debug=debug) from None
     verb = "would remove" if dry_run else "removed"
     for path in result.removed:
         typer.echo(f"{verb} {path}")
+    named = f", kept {len(result.named)} named (--include-named)" if result.named else ""
     typer.echo(
         f"kept {len(result.kept)}, {verb} {len(result.removed)}, "
-        f"left alone {len(result.ignored)} (not complete asyncsnap backups)"
+        f"left alone {len(result.ignored)} (not complete asyncsnap backups){named}"
     )
 
 

@@ -61,6 +61,7 @@ from .inventory import Inventory, take_inventory
 from .largeobjects import count_large_objects
 from .manifest import (
     COMPRESSIONS,
+    DEFAULT_NAME_FORMAT,
     RENDER_SETTINGS,
     SCHEMA_ARCHIVE_PATH,
     SCHEMA_DIR,
@@ -139,7 +140,7 @@ class DumpResult:
 
 def default_backup_name(now: datetime | None = None) -> str:
     """``backup_YYYYMMDDTHHMMSSZ`` in UTC."""
-    return (now or datetime.now(UTC)).strftime("backup_%Y%m%dT%H%M%SZ")
+    return (now or datetime.now(UTC)).strftime(DEFAULT_NAME_FORMAT)
 
 
 def _utc_iso(moment: datetime) -> str:

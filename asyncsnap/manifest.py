@@ -162,6 +162,12 @@ ARCHIVE_MAGIC = b"PGDMP"
 # column by column (``bigrows``) and its file's entry records the longest such line.
 # Dump, verify and restore read through ``DataFileReader`` and so share this bound; a
 # reader holds at most one line and one read block in memory at a time.
+# The name a dump gives a backup without --name (UTC), and the names retention may
+# remove: a backup named otherwise was named by someone, and --keep / prune leave it
+# unless asked (prune --include-named).
+DEFAULT_NAME_FORMAT = "backup_%Y%m%dT%H%M%SZ"
+DEFAULT_NAME = re.compile(r"backup_[0-9]{8}T[0-9]{6}Z")
+
 MAX_LINE_BYTES = 1 << 30
 
 # The kinds of ``skipped`` entries (docs/format.md, "What is not in a backup").

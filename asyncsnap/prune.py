@@ -6,6 +6,11 @@ passes the reader's format, version and checksum checks. Everything else is left
 symlinks, and backups whose manifest does not check out (they are reported, not
 removed). Newest means the latest ``started_at`` in the manifest. The output directory's
 lock is held while pruning, so a prune never races a dump's final rename.
+
+Only backups with the name a dump gives by default (``backup_YYYYMMDDTHHMMSSZ``) are
+counted and removed: a backup someone named (``dump --name before-migration-42``) is kept
+and reported as named, unless ``include_named`` (``prune --include-named``) asks for it to
+be treated like the others.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from . import manifest
 from .errors import UsageError, VerificationFailed
-from .manifest import PARTIAL_SUFFIX
+from .manifest import DEFAULT_NAME, PARTIAL_SUFFIX
 from .storage import OutputLock
 
 
@@ -27,17 +32,24 @@ class PruneResult:
     kept: list[Path] = field(default_factory=list)
     removed: list[Path] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)  # not complete asyncsnap backups
+    named: list[Path] = field(default_factory=list)  # complete, named by someone: kept
     dry_run: bool = False
 
 
 def prune(
-    directory: str | Path, *, keep: int, dry_run: bool = False, locked: bool = False
+    directory: str | Path,
+    *,
+    keep: int,
+    dry_run: bool = False,
+    locked: bool = False,
+    include_named: bool = False,
 ) -> PruneResult:
     """Remove complete backups in ``directory`` older than the ``keep`` newest.
 
     :param keep: how many of the newest complete backups to keep (at least 1).
     :param dry_run: report what would be removed, remove nothing.
     :param locked: the caller already holds the directory's lock (``dump --keep``).
+    :param include_named: count and remove backups with names of their own too.
 
     >>> prune("/backups/shop", keep=7).removed  # doctest: +SKIP
     """
@@ -52,6 +64,7 @@ def prune(
     try:
         backups: list[tuple[str, Path]] = []
         ignored: list[Path] = []
+        named: list[Path] = []
         for entry in sorted(root.iterdir()):
             if entry.name.startswith("."):
                 continue  # our lock file, temporary names
@@ -67,6 +80,9 @@ def prune(
             if not isinstance(started, str):
                 ignored.append(entry)
                 continue
+            if not include_named and not DEFAULT_NAME.fullmatch(entry.name):
+                named.append(entry)
+                continue
             backups.append((started, entry))
         backups.sort(reverse=True)  # ISO 8601 UTC times sort as text
         kept = [path for _, path in backups[:keep]]
@@ -74,7 +90,9 @@ def prune(
         if not dry_run:
             for path in removed:
                 shutil.rmtree(path)
-        return PruneResult(kept=kept, removed=removed, ignored=ignored, dry_run=dry_run)
+        return PruneResult(
+            kept=kept, removed=removed, ignored=ignored, named=named, dry_run=dry_run
+        )
     finally:
         if lock is not None:
             lock.release()

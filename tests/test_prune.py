@@ -14,20 +14,26 @@ from asyncsnap.prune import prune
 from .conftest import Database, run_cli
 from .test_dump import run_dump
 
+# b1 .. b4 as a dump would name them without --name (the name's time need not be the
+# manifest's: age is read from the manifest).
+B = {i: f"backup_2026010{i}T000000Z" for i in range(1, 6)}
+
 
 @pytest.fixture
 def directory(db: Database, tmp_path: Path) -> Path:
-    """Four real backups (b1 oldest .. b4 newest) among things prune must never touch."""
+    """Four real backups (b1 oldest .. b4 newest, with the dump's default form of name) among
+    things prune must never touch, one of them a backup someone named."""
     db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    run_dump(db, tmp_path, name="before-migration-42")  # the oldest of all
     for i in range(1, 5):
-        run_dump(db, tmp_path, name=f"b{i}")
+        run_dump(db, tmp_path, name=B[i])
     (tmp_path / "running.partial").mkdir()  # a dump in progress
     (tmp_path / "notes").mkdir()  # someone else's directory
     (tmp_path / "notes" / "manifest.json").write_text('{"format": "other"}')
     (tmp_path / "README.txt").write_text("keep me")
     forged = tmp_path / "forged"  # looks like a backup, but its checksum is wrong
     forged.mkdir()
-    body = json.loads((tmp_path / "b1" / manifest.MANIFEST_NAME).read_text())
+    body = json.loads((tmp_path / B[1] / manifest.MANIFEST_NAME).read_text())
     body["started_at"] = "1999-01-01T00:00:00Z"
     (forged / manifest.MANIFEST_NAME).write_text(json.dumps(body))
     return tmp_path
@@ -35,11 +41,12 @@ def directory(db: Database, tmp_path: Path) -> Path:
 
 def test_prune_keeps_the_newest_and_touches_nothing_else(directory: Path) -> None:
     preview = prune(directory, keep=2, dry_run=True)
-    assert [p.name for p in preview.removed] == ["b2", "b1"]
-    assert (directory / "b1").exists()  # a dry run removes nothing
+    assert [p.name for p in preview.removed] == [B[2], B[1]]
+    assert (directory / B[1]).exists()  # a dry run removes nothing
     result = prune(directory, keep=2)
-    assert [p.name for p in result.kept] == ["b4", "b3"]
-    assert [p.name for p in result.removed] == ["b2", "b1"]
+    assert [p.name for p in result.kept] == [B[4], B[3]]
+    assert [p.name for p in result.removed] == [B[2], B[1]]
+    assert [p.name for p in result.named] == ["before-migration-42"]
     assert sorted(p.name for p in result.ignored) == [
         "README.txt",
         "forged",
@@ -48,18 +55,31 @@ def test_prune_keeps_the_newest_and_touches_nothing_else(directory: Path) -> Non
     ]
     assert sorted(p.name for p in directory.iterdir()) == [
         "README.txt",
-        "b3",
-        "b4",
+        B[3],
+        B[4],
+        "before-migration-42",
         "forged",
         "notes",
         "running.partial",
     ]
 
 
+def test_a_named_backup_is_removed_only_when_asked(directory: Path) -> None:
+    """The README's own example: a backup named before a migration, in the same directory
+    as the nightly ones, survives any --keep; --include-named counts it like the others."""
+    assert prune(directory, keep=1).named == [directory / "before-migration-42"]
+    assert (directory / "before-migration-42").exists()
+    run = run_cli("prune", str(directory), "--keep", "1", "--include-named")
+    assert run.returncode == 0, run.stderr
+    assert f"removed {directory / 'before-migration-42'}" in run.stdout
+    assert not (directory / "before-migration-42").exists() and (directory / B[4]).exists()
+
+
 def test_prune_cli_and_bad_keep(directory: Path) -> None:
     run = run_cli("prune", str(directory), "--keep", "3")
     assert run.returncode == 0, run.stderr
-    assert f"removed {directory / 'b1'}" in run.stdout and "kept 3, removed 1" in run.stdout
+    assert f"removed {directory / B[1]}" in run.stdout and "kept 3, removed 1" in run.stdout
+    assert "kept 1 named (--include-named)" in run.stdout
     run = run_cli("prune", str(directory), "--keep", "0")
     assert run.returncode == 2
     with pytest.raises(UsageError):
@@ -67,10 +87,18 @@ def test_prune_cli_and_bad_keep(directory: Path) -> None:
 
 
 def test_dump_keep_prunes_after_success_only(db: Database, directory: Path) -> None:
-    run = run_cli("dump", db.dsn, "-o", str(directory), "--name", "b5", "--keep", "2")
+    run = run_cli("dump", db.dsn, "-o", str(directory), "--name", B[5], "--keep", "2")
     assert run.returncode == 0, run.stderr
     names = sorted(p.name for p in directory.iterdir())
-    assert names == ["README.txt", "b4", "b5", "forged", "notes", "running.partial"]
+    assert names == [
+        "README.txt",
+        B[4],
+        B[5],
+        "before-migration-42",
+        "forged",
+        "notes",
+        "running.partial",
+    ]
     # A failed dump prunes nothing.
     run = run_cli("dump", db.dsn, "-o", str(directory), "-t", "nope", "--keep", "1")
-    assert run.returncode == 2 and (directory / "b4").exists()
+    assert run.returncode == 2 and (directory / B[4]).exists()
