@@ -359,7 +359,9 @@ def dump_command(
     name: Annotated[
         str | None,
         typer.Option(
-            "--name", help="Backup directory name (default: backup_YYYYMMDDTHHMMSSZ, in UTC)."
+            "--name",
+            help="Backup directory name (default: backup_YYYYMMDDTHHMMSSZ in UTC, with -2, "
+            "-3 ... when a run of the same second has it).",
         ),
     ] = None,
     lock_timeout: Annotated[

@@ -138,9 +138,16 @@ class DumpResult:
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def default_backup_name(now: datetime | None = None) -> str:
-    """``backup_YYYYMMDDTHHMMSSZ`` in UTC."""
-    return (now or datetime.now(UTC)).strftime(DEFAULT_NAME_FORMAT)
+def default_backup_name(output_dir: Path, now: datetime | None = None) -> str:
+    """``backup_YYYYMMDDTHHMMSSZ`` in UTC; when a backup (or a dump's ``.partial``) of that
+    second is already in ``output_dir``, the first free of ``-2`` .. ``-99`` after it, so
+    that runs started in the same second do not collide (``manifest.DEFAULT_NAME``)."""
+    base = (now or datetime.now(UTC)).strftime(DEFAULT_NAME_FORMAT)
+    for n in range(1, 100):
+        candidate = base if n == 1 else f"{base}-{n}"
+        if BackupDirectory.is_free(output_dir, candidate):
+            return candidate
+    return base  # 99 in one second: check_free names the collision
 
 
 def _utc_iso(moment: datetime) -> str:
@@ -680,7 +687,7 @@ def _check_arguments(
         include=tables, exclude=exclude_tables, schemas=schemas, exclude_schemas=exclude_schemas
     )
     output_dir = Path(output).absolute()
-    name = name or default_backup_name()
+    name = name or default_backup_name(output_dir)
     BackupDirectory.check_free(output_dir, name)  # create() checks again later
     return selection, output_dir, name
 

@@ -166,7 +166,7 @@ ARCHIVE_MAGIC = b"PGDMP"
 # remove: a backup named otherwise was named by someone, and --keep / prune leave it
 # unless asked (prune --include-named).
 DEFAULT_NAME_FORMAT = "backup_%Y%m%dT%H%M%SZ"
-DEFAULT_NAME = re.compile(r"backup_[0-9]{8}T[0-9]{6}Z")
+DEFAULT_NAME = re.compile(r"backup_[0-9]{8}T[0-9]{6}Z(-[0-9]{1,2})?")  # -2: same second
 
 MAX_LINE_BYTES = 1 << 30
 

@@ -237,6 +237,12 @@ class BackupDirectory:
         self.path = parent / (name + PARTIAL_SUFFIX)
 
     @classmethod
+    def is_free(cls, parent: Path, name: str) -> bool:
+        """Whether neither ``name`` nor its ``.partial`` is in ``parent``."""
+        backup = cls(parent, name)
+        return not any(p.exists() or p.is_symlink() for p in (backup.final_path, backup.path))
+
+    @classmethod
     def check_free(cls, parent: Path, name: str) -> None:
         """Raise unless ``name`` is valid and neither it nor its ``.partial`` exists."""
         validate_backup_name(name)

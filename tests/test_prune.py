@@ -102,3 +102,25 @@ def test_dump_keep_prunes_after_success_only(db: Database, directory: Path) -> N
     # A failed dump prunes nothing.
     run = run_cli("dump", db.dsn, "-o", str(directory), "-t", "nope", "--keep", "1")
     assert run.returncode == 2 and (directory / B[4]).exists()
+
+
+def test_dumps_in_the_same_second_get_distinct_default_names(db: Database, tmp_path: Path) -> None:
+    """Two runs within one second used to collide (exit 4): the second now gets -2, and
+    retention counts it as a default-named backup."""
+    from datetime import UTC, datetime
+
+    from asyncsnap.dump import default_backup_name
+
+    db.execute("CREATE TABLE t (id int)")
+    moment = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
+    first = default_backup_name(tmp_path, moment)
+    assert first == "backup_20261125T120000Z"
+    run_dump(db, tmp_path, name=first)
+    (tmp_path / f"{first}-2.partial").mkdir()  # a run of that second still writing
+    assert default_backup_name(tmp_path, moment) == f"{first}-3"
+    # Back to back through the CLI, in (almost always) one second: two backups, no error.
+    runs = [run_cli("dump", db.dsn, "-o", str(tmp_path / "cli")) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    made = sorted(p.name for p in (tmp_path / "cli").iterdir() if not p.name.startswith("."))
+    assert len(made) == 2 and all(manifest.DEFAULT_NAME.fullmatch(n) for n in made)
+    assert prune(tmp_path / "cli", keep=1).named == []
