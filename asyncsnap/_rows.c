@@ -944,6 +944,56 @@ typedef struct {
     Py_ssize_t *name_lens;
 } LineShape;
 
+/* The parts of a line both restore converters read the same way: its opening brace;
+ * before each value, the comma, the key (which must be the manifest's column `col`) and
+ * the colon; after the last, the closing brace and the newline. */
+static int open_line(Parser *p)
+{
+    skip_ws(p);
+    if (p->i >= p->n || p->s[p->i] != '{') return fail(p, "a line is not a JSON object");
+    p->i++;
+    return 0;
+}
+
+static int next_key(Parser *p, const LineShape *shape, int col, Buf *key)
+{
+    const char *s = p->s;
+    size_t n = p->n;
+    p->col = col;
+    skip_ws(p);
+    if (col > 0) {
+        if (p->i >= n || s[p->i] != ',')
+            return fail(p, p->i < n && s[p->i] == '}' ? "a column is missing" : "expected ','");
+        p->i++;
+        skip_ws(p);
+    }
+    if (p->i >= n || s[p->i] != '"')
+        return fail(p, p->i < n && s[p->i] == '}' ? "a column is missing" : "expected a key");
+    key->len = 0;
+    if (parse_string(p, key, LEVEL_NONE) < 0) return -1;
+    if (key->len != (size_t)shape->name_lens[col] ||
+        (key->len && memcmp(key->p, shape->names[col], key->len) != 0))
+        return fail(p, "the keys are not the manifest's columns in its order");
+    skip_ws(p);
+    if (p->i >= n || s[p->i] != ':') return fail(p, "expected ':'");
+    p->i++;
+    return 0;
+}
+
+static int close_line(Parser *p)
+{
+    p->col = -1;
+    skip_ws(p);
+    if (p->i >= p->n || p->s[p->i] != '}')
+        return fail(p, "the line has more keys than the manifest's columns");
+    p->i++;
+    skip_ws(p);
+    if (p->i >= p->n || p->s[p->i] != '\n') return fail(p, "more after the object on a line");
+    p->i++;
+    p->line++;
+    return 0;
+}
+
 static int json_to_copy(const char *s, size_t n, const LineShape *shape, Buf *out,
                         Py_ssize_t *rows_out, Err *err)
 {
@@ -953,41 +1003,10 @@ static int json_to_copy(const char *s, size_t n, const LineShape *shape, Buf *ou
     while (p.i < n) {
         int col, written = 0;
         p.col = -1;
-        skip_ws(&p);
-        if (p.i >= n || s[p.i] != '{') {
-            fail(&p, "a line is not a JSON object");
-            goto done;
-        }
-        p.i++;
+        if (open_line(&p) < 0) goto done;
         for (col = 0; col < shape->ncols; col++) {
             char action = shape->actions[col], c;
-            p.col = col;
-            skip_ws(&p);
-            if (col > 0) {
-                if (p.i >= n || s[p.i] != ',') {
-                    fail(&p, p.i < n && s[p.i] == '}' ? "a column is missing" : "expected ','");
-                    goto done;
-                }
-                p.i++;
-                skip_ws(&p);
-            }
-            if (p.i >= n || s[p.i] != '"') {
-                fail(&p, p.i < n && s[p.i] == '}' ? "a column is missing" : "expected a key");
-                goto done;
-            }
-            key.len = 0;
-            if (parse_string(&p, &key, LEVEL_NONE) < 0) goto done;
-            if (key.len != (size_t)shape->name_lens[col] ||
-                (key.len && memcmp(key.p, shape->names[col], key.len) != 0)) {
-                fail(&p, "the keys are not the manifest's columns in its order");
-                goto done;
-            }
-            skip_ws(&p);
-            if (p.i >= n || s[p.i] != ':') {
-                fail(&p, "expected ':'");
-                goto done;
-            }
-            p.i++;
+            if (next_key(&p, shape, col, &key) < 0) goto done;
             if (action == A_SKIP) {
                 if (skip_value(&p, 0) < 0) goto done;
                 continue;
@@ -1028,22 +1047,9 @@ static int json_to_copy(const char *s, size_t n, const LineShape *shape, Buf *ou
                 goto done;
             }
         }
-        p.col = -1;
-        skip_ws(&p);
-        if (p.i >= n || s[p.i] != '}') {
-            fail(&p, "the line has more keys than the manifest's columns");
-            goto done;
-        }
-        p.i++;
-        skip_ws(&p);
-        if (p.i >= n || s[p.i] != '\n') {
-            fail(&p, "more after the object on a line");
-            goto done;
-        }
-        p.i++;
+        if (close_line(&p) < 0) goto done;
         RESERVE(out, 1);
         PUT(out, '\n');
-        p.line++;
     }
     *rows_out = p.line;
     rc = 0;
@@ -1180,44 +1186,13 @@ static int json_to_binary(const char *s, size_t n, const LineShape *shape, int16
     while (p.i < n) {
         int col;
         p.col = -1;
-        skip_ws(&p);
-        if (p.i >= n || s[p.i] != '{') {
-            fail(&p, "a line is not a JSON object");
-            goto done;
-        }
-        p.i++;
+        if (open_line(&p) < 0) goto done;
         RESERVE(out, 2);
         out->p[out->len++] = (char)((uint16_t)fields >> 8);
         out->p[out->len++] = (char)((uint16_t)fields & 0xff);
         for (col = 0; col < shape->ncols; col++) {
             char kind = shape->actions[col];
-            p.col = col;
-            skip_ws(&p);
-            if (col > 0) {
-                if (p.i >= n || s[p.i] != ',') {
-                    fail(&p, p.i < n && s[p.i] == '}' ? "a column is missing" : "expected ','");
-                    goto done;
-                }
-                p.i++;
-                skip_ws(&p);
-            }
-            if (p.i >= n || s[p.i] != '"') {
-                fail(&p, p.i < n && s[p.i] == '}' ? "a column is missing" : "expected a key");
-                goto done;
-            }
-            key.len = 0;
-            if (parse_string(&p, &key, LEVEL_NONE) < 0) goto done;
-            if (key.len != (size_t)shape->name_lens[col] ||
-                (key.len && memcmp(key.p, shape->names[col], key.len) != 0)) {
-                fail(&p, "the keys are not the manifest's columns in its order");
-                goto done;
-            }
-            skip_ws(&p);
-            if (p.i >= n || s[p.i] != ':') {
-                fail(&p, "expected ':'");
-                goto done;
-            }
-            p.i++;
+            if (next_key(&p, shape, col, &key) < 0) goto done;
             if (kind == B_SKIP) {
                 if (skip_value(&p, 0) < 0) goto done;
                 continue;
@@ -1263,20 +1238,7 @@ static int json_to_binary(const char *s, size_t n, const LineShape *shape, int16
                 goto done;
             }
         }
-        p.col = -1;
-        skip_ws(&p);
-        if (p.i >= n || s[p.i] != '}') {
-            fail(&p, "the line has more keys than the manifest's columns");
-            goto done;
-        }
-        p.i++;
-        skip_ws(&p);
-        if (p.i >= n || s[p.i] != '\n') {
-            fail(&p, "more after the object on a line");
-            goto done;
-        }
-        p.i++;
-        p.line++;
+        if (close_line(&p) < 0) goto done;
     }
     *rows_out = p.line;
     rc = 0;
