@@ -15,6 +15,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
+from .connection import ConnectionSpec
 from .dump import DumpResult, TableResult, dump
 from .errors import AsyncsnapError, ExitCode
 from .restore import RestoreResult, restore
@@ -22,6 +23,7 @@ from .verify import VerifyResult, verify
 
 __all__ = [
     "AsyncsnapError",
+    "ConnectionSpec",
     "DumpResult",
     "ExitCode",
     "RestoreResult",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -17,8 +18,9 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import anyio
@@ -28,12 +30,12 @@ from rich.console import Console
 
 from . import __version__
 from .backup import open_backup
-from .connection import resolve
+from .connection import ConnectionSpec, resolve
 from .dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
 from .errors import AsyncsnapError, ExitCode, Interrupted, UsageError, most_telling
-from .events import DumpFinished, Event
+from .events import DumpFinished, DumpStarted, Event, RestoreStarted
 from .inspect import summary
-from .manifest import Compression
+from .manifest import PARTIAL_SUFFIX, Compression
 from .progress import (
     JsonLog,
     LiveDisplay,
@@ -44,6 +46,7 @@ from .progress import (
 )
 from .prune import prune
 from .restore import RestoreResult, restore
+from .text import count
 from .verify import verify
 
 T = TypeVar("T")
@@ -54,6 +57,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -128,8 +132,12 @@ def _passwords_in(text: str) -> list[str]:
     ]
 
 
-def _secrets(dsn: str | None) -> list[str]:
-    candidates = [c for c in (dsn, os.environ.get("DATABASE_URL")) if c]
+Connection = str | ConnectionSpec | None
+
+
+def _secrets(dsn: Connection) -> list[str]:
+    text = dsn.dsn if isinstance(dsn, ConnectionSpec) else dsn
+    candidates = [c for c in (text, os.environ.get("DATABASE_URL")) if c]
     found = [s for candidate in candidates for s in _passwords_in(candidate)]
     if os.environ.get("PGPASSWORD"):
         found.append(os.environ["PGPASSWORD"])
@@ -138,7 +146,7 @@ def _secrets(dsn: str | None) -> list[str]:
     return [s for s in found if s]
 
 
-def redact(text: str, dsn: str | None) -> str:
+def redact(text: str, dsn: Connection) -> str:
     """Remove any password we know of from text about to be printed.
 
     A password is replaced where it stands on its own (between characters that are not
@@ -166,13 +174,13 @@ def hide_password_from_process_title(argv: list[str]) -> None:
 
 
 def _fail(
-    exc: BaseException, *, dsn: str | None, debug: bool, json_log: JsonLog | None = None
+    exc: BaseException, *, dsn: Connection, debug: bool, json_log: JsonLog | None = None
 ) -> typer.Exit:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     if debug:
         err.print(redact("".join(traceback.format_exception(exc)), dsn), markup=False)
+    code, message, hint = _describe_failure(exc)
     if json_log is not None:
-        code, message, hint = _describe_failure(exc)
         json_log.write(
             {
                 "level": "error",
@@ -183,16 +191,12 @@ def _fail(
             }
         )
         return typer.Exit(code)
-    if isinstance(exc, AsyncsnapError):
-        # One line each, whatever the message holds: a server's DETAIL on a line of its
-        # own, or a table name with a newline that would forge a line.
-        err.print(f"error: {one_line(redact(exc.message, dsn))}", markup=False)
-        if exc.hint:
-            err.print(f"hint: {one_line(redact(exc.hint, dsn))}", markup=False)
-        return typer.Exit(exc.exit_code)
-    err.print(f"error: internal error: {type(exc).__name__}: {redact(str(exc), dsn)}", markup=False)
-    err.print("hint: run again with --debug and report the traceback", markup=False)
-    return typer.Exit(ExitCode.INTERNAL)
+    # One line each, whatever the message holds: a server's DETAIL on a line of its own,
+    # or a table name with a newline that would forge a line.
+    err.print(f"error: {one_line(redact(message, dsn))}", markup=False)
+    if hint:
+        err.print(f"hint: {one_line(redact(hint, dsn))}", markup=False)
+    return typer.Exit(code)
 
 
 def _route_loop_messages(debug_log: Callable[[str], None] | None) -> None:
@@ -229,9 +233,12 @@ def _route_library_logging(debug_log: Callable[[str], None] | None) -> None:
 
 
 def _describe_failure(exc: BaseException) -> tuple[int, str, str | None]:
-    """Exit code, message and hint for any failure, as _fail prints them."""
+    """Exit code, message and hint for any failure, as _fail prints them. A server's own
+    HINT (asyncpg puts it on a line of the message) joins ours, so there is one hint."""
     if isinstance(exc, AsyncsnapError):
-        return exc.exit_code, exc.message, exc.hint
+        message, server_hint = split_server_hint(exc.message)
+        hints = list(dict.fromkeys(h for h in (server_hint, exc.hint) if h))
+        return exc.exit_code, message, "; ".join(hints) or None
     return (
         ExitCode.INTERNAL,
         f"internal error: {type(exc).__name__}: {exc}",
@@ -239,7 +246,20 @@ def _describe_failure(exc: BaseException) -> tuple[int, str, str | None]:
     )
 
 
-def _write_summary(path: Path | None, fields: dict[str, object], dsn: str | None) -> None:
+def split_server_hint(message: str) -> tuple[str, str | None]:
+    r"""A message without the ``HINT:`` line asyncpg adds for a server's hint, and that hint.
+
+    >>> split_server_hint("cannot drop x\nDETAIL:  y needs it\nHINT:  Use CASCADE.")
+    ('cannot drop x\nDETAIL:  y needs it', 'Use CASCADE.')
+    """
+    head, sep, tail = message.partition("\nHINT:  ")
+    if not sep:
+        return message, None
+    hint, newline, rest = tail.partition("\n")
+    return head + (newline + rest if rest else ""), hint
+
+
+def _write_summary(path: Path | None, fields: dict[str, object], dsn: Connection) -> None:
     """``--summary-json``: the run's outcome for scripts, written atomically, success or not."""
     if path is None:
         return
@@ -295,8 +315,28 @@ def run_cancellable(
 
 LogFormatOption = Annotated[
     Literal["text", "json"],
-    typer.Option("--log-format", help="Log lines as text, or one JSON object per line."),
+    typer.Option(
+        "--log-format",
+        metavar="FORMAT",
+        help="text (lines for people) or json (one object per line).",
+    ),
 ]
+# --summary-json's result fields, null when the run failed (README "Output for scripts").
+_DUMP_COUNTS = (
+    "snapshot",
+    "tables",
+    "files",
+    "rows",
+    "bytes",
+    "stored_bytes",
+    "seconds",
+    "snapshot_held_seconds",
+    "verified",
+    "large_objects",
+    "snapshots",
+    "skipped",
+)
+_RESTORE_COUNTS = ("tables", "rows", "sequences", "large_objects", "refreshed", "seconds")
 SummaryOption = Annotated[
     Path | None,
     typer.Option(
@@ -307,72 +347,196 @@ SummaryOption = Annotated[
 ]
 
 
+TableOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--table", "-t", metavar="PATTERN", help="Only tables matching PATTERN (repeatable)."
+    ),
+]
+ExcludeTableOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude-table",
+        "-T",
+        metavar="PATTERN",
+        help="Skip tables matching PATTERN (repeatable).",
+    ),
+]
+SchemaOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--schema",
+        "-n",
+        metavar="PATTERN",
+        help="Only tables in schemas matching PATTERN (repeatable).",
+    ),
+]
+ExcludeSchemaOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude-schema",
+        "-N",
+        metavar="PATTERN",
+        help="Skip tables in schemas matching PATTERN (repeatable).",
+    ),
+]
+BackupArgument = Annotated[
+    Path, typer.Argument(metavar="BACKUP", help="A backup directory made by dump.")
+]
+DsnArgument = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="DSN",
+        help="Database name, postgresql:// URI or 'key=value ...' connection string "
+        "(as -d). Default: $DATABASE_URL, then DATABASE_URL in ./.env, then libpq's PG* "
+        "variables, service file and ~/.pgpass.",
+        show_default=False,
+    ),
+]
+DbnameOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dbname",
+        "-d",
+        metavar="DSN",
+        help="The same as the DSN argument (pg_dump's -d): a name, URI or key=value string.",
+        show_default=False,
+    ),
+]
+HostOption = Annotated[
+    str | None,
+    typer.Option(
+        "--host",
+        "-h",
+        metavar="HOST",
+        help="Server host or socket directory; wins over the DSN's and PGHOST.",
+        show_default=False,
+    ),
+]
+PortOption = Annotated[
+    str | None,
+    typer.Option(
+        "--port",
+        "-p",
+        metavar="PORT",
+        help="Server port; wins over the DSN's and PGPORT.",
+        show_default=False,
+    ),
+]
+UserOption = Annotated[
+    str | None,
+    typer.Option(
+        "--username",
+        "-U",
+        metavar="USER",
+        help="User to connect as; wins over the DSN's and PGUSER.",
+        show_default=False,
+    ),
+]
+NoPasswordOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-password",
+        "-w",
+        help="Never ask for a password (the default: asyncsnap asks only with -W).",
+    ),
+]
+PasswordPromptOption = Annotated[
+    bool,
+    typer.Option(
+        "--password",
+        "-W",
+        help="Ask for the password on the terminal before connecting.",
+    ),
+]
+_PORT = re.compile(r"[0-9]{1,5}(,[0-9]{1,5})*")
+
+
+def connection_spec(
+    dsn: str | None,
+    dbname: str | None,
+    *,
+    host: str | None = None,
+    port: str | None = None,
+    user: str | None = None,
+    no_password: bool = False,
+    ask_password: bool = False,
+) -> ConnectionSpec:
+    """What the connection options say, checked; ``-W`` asks for the password here."""
+    if dsn is not None and dbname is not None and dsn != dbname:
+        raise UsageError(
+            "the database is given twice: as the DSN argument and with -d",
+            hint="give it once (-d NAME, or NAME as the argument)",
+        )
+    if port is not None and not _PORT.fullmatch(port):
+        raise UsageError(f"invalid port {port!r}", hint="-p takes a port number, e.g. -p 5432")
+    if no_password and ask_password:
+        raise UsageError("-w and -W exclude each other", hint="choose one")
+    password = None
+    if ask_password:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                "-W needs a terminal to ask on",
+                hint="unattended runs take the password from PGPASSWORD, ~/.pgpass or a service",
+            )
+        password = typer.prompt("Password", hide_input=True, err=True)
+    return ConnectionSpec(
+        dsn=dsn if dsn is not None else dbname,
+        host=host,
+        port=port,
+        user=user,
+        password=password,
+    )
+
+
 @app.command("dump")
 def dump_command(
-    dsn: Annotated[
-        str | None,
-        typer.Argument(
-            help="Connection string. Default: $DATABASE_URL, then DATABASE_URL in ./.env, "
-            "then libpq's PG* variables and ~/.pgpass.",
-            show_default=False,
-        ),
-    ] = None,
+    dsn: DsnArgument = None,
+    dbname: DbnameOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    username: UserOption = None,
+    no_password: NoPasswordOption = False,
+    ask_password: PasswordPromptOption = False,
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Directory to put the backup in.")
+        Path,
+        typer.Option("--output", "-o", metavar="DIR", help="Directory to put the backup in."),
     ] = Path("."),
     jobs: Annotated[
-        int, typer.Option("--jobs", "-j", min=1, help="Connections copying at once.")
+        int, typer.Option("--jobs", "-j", min=1, metavar="N", help="Connections copying at once.")
     ] = 2,
-    table: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--table", "-t", help="Only tables matching PATTERN (repeatable).", metavar="PATTERN"
-        ),
-    ] = None,
-    exclude_table: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--exclude-table",
-            "-T",
-            help="Skip tables matching PATTERN (repeatable).",
-            metavar="PATTERN",
-        ),
-    ] = None,
-    schema: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--schema", "-n", help="Only schemas matching PATTERN (repeatable).", metavar="PATTERN"
-        ),
-    ] = None,
-    exclude_schema: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--exclude-schema",
-            "-N",
-            help="Skip schemas matching PATTERN (repeatable).",
-            metavar="PATTERN",
-        ),
-    ] = None,
+    table: TableOption = None,
+    exclude_table: ExcludeTableOption = None,
+    schema: SchemaOption = None,
+    exclude_schema: ExcludeSchemaOption = None,
     compress: Annotated[
-        Compression, typer.Option("--compress", help="zstd, gzip or none.")
+        Compression,
+        typer.Option("--compress", metavar="METHOD", help="zstd, gzip or none."),
     ] = "zstd",
     name: Annotated[
         str | None,
         typer.Option(
             "--name",
+            metavar="NAME",
             help="Backup directory name (default: backup_YYYYMMDDTHHMMSSZ in UTC, with -2, "
             "-3 ... when a run of the same second has it).",
         ),
     ] = None,
     lock_timeout: Annotated[
         float,
-        typer.Option("--lock-timeout", min=0, help="Seconds to wait for each table lock; 0 waits."),
+        typer.Option(
+            "--lock-timeout",
+            min=0,
+            metavar="SECONDS",
+            help="Seconds to wait for each table lock; 0 waits.",
+        ),
     ] = DEFAULT_LOCK_TIMEOUT,
     statement_timeout: Annotated[
         float,
         typer.Option(
             "--statement-timeout",
             min=0,
+            metavar="SECONDS",
             help="Seconds one statement (a table's or range's COPY) may run; 0: no limit.",
         ),
     ] = 0.0,
@@ -472,18 +636,42 @@ def dump_command(
     Example: asyncsnap dump postgresql://app@db/app -o /backups -j 4 -t 'public.order*'
     """
     split_bytes = parse_size(split_larger_than)
-    live, render = _renderers(quiet, log_format)
     json_log = JsonLog(sys.stderr) if log_format == "json" else None
+    # --summary-json on failure: where the backup was to be, once that is known.
+    outcome: dict[str, object] = {
+        "command": "dump",
+        "started_at": _now(),
+        "path": str(output / name) if name else None,
+        "partial": None,
+        **dict.fromkeys(_DUMP_COUNTS),
+    }
+    try:
+        connection = connection_spec(
+            dsn,
+            dbname,
+            host=host,
+            port=port,
+            user=username,
+            no_password=no_password,
+            ask_password=ask_password,
+        )
+    except AsyncsnapError as exc:
+        raise _handle(
+            exc, dsn=dsn, debug=debug, json_log=json_log, summary=(summary_json, outcome)
+        ) from None
+    live, render = _renderers(quiet, log_format)
     finished: list[DumpFinished] = []
 
     def on_event(event: Event) -> None:
         if isinstance(event, DumpFinished):
             finished.append(event)
+        if isinstance(event, DumpStarted):
+            outcome["path"] = event.path.removesuffix(PARTIAL_SUFFIX)
         render(event)
 
     async def work() -> DumpResult:
         return await dump(
-            dsn,
+            connection,
             output=output,
             jobs=jobs,
             tables=table or (),
@@ -511,15 +699,19 @@ def dump_command(
     try:
         result = _run_rendered(work, live, left=left, debug=debug, json_log=json_log)
     except BaseException as exc:
+        kept = f"{outcome['path']}{PARTIAL_SUFFIX}"
+        if keep_partial and outcome["path"] and Path(kept).is_dir():
+            outcome["partial"] = kept
         raise _handle(
-            exc, dsn=dsn, debug=debug, json_log=json_log, summary=(summary_json, "dump")
+            exc, dsn=connection, debug=debug, json_log=json_log, summary=(summary_json, outcome)
         ) from None
     _write_summary(
         summary_json,
         {
-            "command": "dump",
+            **outcome,
             "ok": True,
             "exit_code": 0,
+            "finished_at": _now(),
             "path": str(result.path),
             "snapshot": result.snapshot_id,
             "tables": len(result.tables),
@@ -534,21 +726,68 @@ def dump_command(
             "snapshots": result.snapshots,
             "skipped": [asdict(k) for k in result.skipped],
             "error": None,
+            "hint": None,
         },
-        dsn,
+        connection,
     )
-    if quiet or json_log is not None:
-        return
     if live is not None and finished:
-        Console().print(summary_table(live.finished, finished[0]))
-    else:
-        typer.echo(str(result.path))
+        Console(stderr=True).print(summary_table(result.tables, finished[0]))
+    # The one line on stdout, in every mode: the backup's path, for scripts.
+    typer.echo(str(result.path))
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Option errors Click finds (an unknown option, a value out of range) get the same
+    ``error:``/``hint:`` lines (or JSON line) and exit code 2 as the library's usage errors,
+    instead of Click's usage block.
+    """
     hide_password_from_process_title(sys.argv)
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:  # Ctrl-C or end of input at a prompt (-W)
+        print("error: interrupted at the prompt; nothing was done", file=sys.stderr)
+        sys.exit(ExitCode.SIGINT)
+    except Exception as exc:
+        # Click's UsageError (typer >= 0.22 vendors Click, so matched by name).
+        kinds = {kind.__name__ for kind in type(exc).__mro__}
+        if "UsageError" not in kinds:
+            raise
+        if "NoArgsIsHelpError" in kinds:  # bare `asyncsnap`: the help, as Click shows it
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(ExitCode.USAGE)
+        _usage_failed(exc)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_failed(exc: Any) -> NoReturn:
+    """An option error Click found: one error line and one hint line, exit 2."""
+    command = exc.ctx.command_path if exc.ctx is not None else "asyncsnap"
+    hint = f"see `{command} --help`"
+    if _json_asked():
+        JsonLog(sys.stderr).write(
+            {
+                "level": "error",
+                "event": "error",
+                "message": exc.format_message(),
+                "hint": hint,
+                "exit_code": ExitCode.USAGE,
+            }
+        )
+    else:
+        print(f"error: {one_line(exc.format_message())}", file=sys.stderr)
+        print(f"hint: {hint}", file=sys.stderr)
+    sys.exit(ExitCode.USAGE)
+
+
+def _json_asked() -> bool:
+    """Whether the command line asks for ``--log-format json`` (for errors Click finds
+    before the options are parsed)."""
+    args = sys.argv[1:]
+    return "--log-format=json" in args or any(
+        a == "--log-format" and b == "json" for a, b in itertools.pairwise(args)
+    )
 
 
 def _renderers(
@@ -592,22 +831,21 @@ def _debug_logger(json_log: JsonLog | None) -> Callable[[str], None]:
 
 @app.command("restore")
 def restore_command(
-    backup_dir: Annotated[Path, typer.Argument(help="A backup directory made by dump.")],
-    dsn: Annotated[
-        str | None,
-        typer.Argument(help="Target database. Default as for dump.", show_default=False),
-    ] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Connections loading.")] = 2,
-    table: Annotated[
-        list[str] | None,
-        typer.Option("--table", "-t", help="Only tables matching PATTERN.", metavar="PATTERN"),
-    ] = None,
-    exclude_table: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--exclude-table", "-T", help="Skip tables matching PATTERN.", metavar="PATTERN"
-        ),
-    ] = None,
+    backup_dir: BackupArgument,
+    dsn: DsnArgument = None,
+    dbname: DbnameOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    username: UserOption = None,
+    no_password: NoPasswordOption = False,
+    ask_password: PasswordPromptOption = False,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, metavar="N", help="Connections loading.")
+    ] = 2,
+    table: TableOption = None,
+    exclude_table: ExcludeTableOption = None,
+    schema: SchemaOption = None,
+    exclude_schema: ExcludeSchemaOption = None,
     truncate: Annotated[
         bool, typer.Option("--truncate", help="Empty the selected tables first.")
     ] = False,
@@ -671,22 +909,47 @@ def restore_command(
 
     Example: asyncsnap restore /backups/backup_20261124T021500Z postgresql:///shop_copy -j 4
     """
-    if truncate and append:
-        raise _fail(
-            UsageError("--truncate and --append exclude each other", hint="choose one"),
-            dsn=dsn,
-            debug=debug,
-        )
-    live, on_event = _renderers(quiet and not dry_run, log_format)
     json_log = JsonLog(sys.stderr) if log_format == "json" else None
+    outcome: dict[str, object] = {
+        "command": "restore",
+        "started_at": _now(),
+        "backup": str(backup_dir),
+        "target": None,
+        "dry_run": dry_run,
+        **dict.fromkeys(_RESTORE_COUNTS),
+    }
+    try:
+        if truncate and append:
+            raise UsageError("--truncate and --append exclude each other", hint="choose one")
+        connection = connection_spec(
+            dsn,
+            dbname,
+            host=host,
+            port=port,
+            user=username,
+            no_password=no_password,
+            ask_password=ask_password,
+        )
+    except AsyncsnapError as exc:
+        raise _handle(
+            exc, dsn=dsn, debug=debug, json_log=json_log, summary=(summary_json, outcome)
+        ) from None
+    live, render = _renderers(quiet and not dry_run, log_format)
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, RestoreStarted):
+            outcome["target"] = event.target
+        render(event)
 
     async def work() -> RestoreResult:
         return await restore(
             backup_dir,
-            dsn,
+            connection,
             jobs=jobs,
             tables=table or (),
             exclude_tables=exclude_table or (),
+            schemas=schema or (),
+            exclude_schemas=exclude_schema or (),
             mode="truncate" if truncate else "append" if append else "refuse",
             single_transaction=single_transaction,
             disable_triggers=disable_triggers,
@@ -711,15 +974,19 @@ def restore_command(
         result = _run_rendered(work, live, left=left, debug=debug, json_log=json_log)
     except BaseException as exc:
         raise _handle(
-            exc, dsn=dsn, debug=debug, json_log=json_log, summary=(summary_json, "restore")
+            exc,
+            dsn=connection,
+            debug=debug,
+            json_log=json_log,
+            summary=(summary_json, outcome),
         ) from None
     _write_summary(
         summary_json,
         {
-            "command": "restore",
+            **outcome,
             "ok": True,
             "exit_code": 0,
-            "dry_run": dry_run,
+            "finished_at": _now(),
             "tables": len(result.tables),
             "rows": result.rows,
             "sequences": result.sequences,
@@ -727,8 +994,9 @@ def restore_command(
             "refreshed": result.refreshed,
             "seconds": round(result.seconds, 3),
             "error": None,
+            "hint": None,
         },
-        dsn,
+        connection,
     )
     if json_log is not None:
         return
@@ -736,17 +1004,18 @@ def restore_command(
         for line in result.lines:
             typer.echo(line)
     elif not quiet:
-        extra = f", {result.large_objects} large objects" if result.large_objects else ""
-        extra += f", {result.refreshed} materialized views refreshed" if result.refreshed else ""
+        extra = f", {count(result.large_objects, 'large object')}" if result.large_objects else ""
+        if result.refreshed:
+            extra += f", {count(result.refreshed, 'materialized view')} refreshed"
         typer.echo(
-            f"restored {len(result.tables)} tables, {result.rows} rows, "
-            f"{result.sequences} sequences{extra} in {result.seconds:.2f}s"
+            f"restored {count(len(result.tables), 'table')}, {count(result.rows, 'row')}, "
+            f"{count(result.sequences, 'sequence')}{extra} in {result.seconds:.2f}s"
         )
 
 
 @app.command("verify")
 def verify_command(
-    backup_dir: Annotated[Path, typer.Argument(help="A backup directory made by dump.")],
+    backup_dir: BackupArgument,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only problems.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
@@ -763,20 +1032,23 @@ def verify_command(
         for problem in result.problems:
             err.print(f"error: {one_line(str(problem))}", markup=False)
         err.print(
-            f"hint: {len(result.problems)} problem(s); do not restore from this backup",
+            f"hint: {count(len(result.problems), 'problem')}; do not restore from this backup",
             markup=False,
         )
         raise typer.Exit(ExitCode.VERIFY)
     if not quiet:
         typer.echo(
-            f"OK {result.path}: {result.tables} tables, {result.files} files, "
-            f"{result.rows} rows, {result.bytes} bytes checked in {result.seconds:.2f}s"
+            f"OK {result.path}: {count(result.tables, 'table')}, {count(result.files, 'file')}, "
+            f"{count(result.rows, 'row')}, {count(result.bytes, 'byte')} checked in "
+            f"{result.seconds:.2f}s"
         )
 
 
 @app.command("prune")
 def prune_command(
-    directory: Annotated[Path, typer.Argument(help="The directory dumps are written to (-o).")],
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="The directory dumps are written to (-o).")
+    ],
     keep: Annotated[
         int,
         typer.Option("--keep", min=1, metavar="N", help="How many of the newest backups to keep."),
@@ -814,7 +1086,7 @@ def prune_command(
 
 @app.command("inspect")
 def inspect_command(
-    backup_dir: Annotated[Path, typer.Argument(help="A backup directory made by dump.")],
+    backup_dir: BackupArgument,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
@@ -837,19 +1109,33 @@ def inspect_command(
 def _handle(
     exc: BaseException,
     *,
-    dsn: str | None,
+    dsn: Connection,
     debug: bool,
     json_log: JsonLog | None = None,
-    summary: tuple[Path | None, str] = (None, ""),
+    summary: tuple[Path | None, dict[str, object]] = (None, {}),
 ) -> BaseException:
     """Turn a failure into its message and exit code (and --summary-json, if asked)."""
     if isinstance(exc, typer.Exit | SystemExit):
         return exc
     if isinstance(exc, KeyboardInterrupt):
         exc = Interrupted("interrupted by SIGINT; nothing was kept", exit_code=ExitCode.SIGINT)
-    code, message, _ = _describe_failure(exc)
-    path, command = summary
+    code, message, hint = _describe_failure(exc)
+    path, fields = summary
     _write_summary(
-        path, {"command": command, "ok": False, "exit_code": code, "error": message}, dsn
+        path,
+        {
+            **fields,
+            "ok": False,
+            "exit_code": code,
+            "finished_at": _now(),
+            "error": message,
+            "hint": hint,
+        },
+        dsn,
     )
     return _fail(exc, dsn=dsn, debug=debug, json_log=json_log)
+
+
+def _now() -> str:
+    """A summary's timestamp: UTC, milliseconds, ``Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -1,10 +1,16 @@
 """Where to connect: the DSN, libpq service files, and errors a user can act on.
 
-The connection string comes from, in order: the argument; ``DATABASE_URL`` in the
-environment; a ``DATABASE_URL`` line in ``./.env`` (what the script asyncsnap replaces
-read); otherwise nothing, which lets libpq's ``PG*`` variables and ``~/.pgpass`` apply.
-It may be a URI (``postgresql://user@host/db``) or a libpq key/value string
-(``host=db dbname=shop``).
+The connection string comes from, in order: the argument (positional or ``-d``);
+``DATABASE_URL`` in the environment; a ``DATABASE_URL`` line in ``./.env`` (what the script
+asyncsnap replaces read); otherwise nothing, which lets libpq's ``PG*`` variables and
+``~/.pgpass`` apply. It may be a URI (``postgresql://user@host/db``), a libpq key/value
+string (``host=db dbname=shop``) or, as for psql and pg_dump, a bare database name
+(``shop``: no ``=`` and no ``://``).
+
+Options given one by one (``-h``, ``-p``, ``-U``, a password from ``-W``) win over the
+string's parts, which win over the ``PG*`` variables: what was typed last, for this run,
+is what applies. (pg_dump lets a connection string's own keys win over ``-h``/``-p``/``-U``;
+asyncsnap does not, and the first log line says where it connects.)
 
 A service (``service=NAME`` in the string, else ``$PGSERVICE``) is resolved here as libpq
 does it: the entry ``[NAME]`` of ``$PGSERVICEFILE`` (default ``~/.pg_service.conf``), else
@@ -28,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import asyncpg
 from dotenv import dotenv_values
@@ -96,6 +102,37 @@ def resolve_dsn(dsn: str | None, *, cwd: Path | None = None) -> str | None:
 
 
 @dataclass(frozen=True)
+class ConnectionSpec:
+    """What the user gave: a connection string (or None: DATABASE_URL, .env, PG* variables)
+    and the options that override its parts."""
+
+    dsn: str | None = None
+    host: str | None = None
+    port: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def overrides(self) -> dict[str, str]:
+        given = {"host": self.host, "port": self.port, "user": self.user}
+        given["password"] = self.password
+        return {k: v for k, v in given.items() if v is not None}
+
+
+def as_spec(dsn: str | ConnectionSpec | None) -> ConnectionSpec:
+    return dsn if isinstance(dsn, ConnectionSpec) else ConnectionSpec(dsn=dsn)
+
+
+def is_database_name(text: str) -> bool:
+    """A bare database name rather than a connection string: libpq's rule (neither a URI
+    nor containing ``=``).
+
+    >>> is_database_name("shop"), is_database_name("dbname=shop")
+    (True, False)
+    """
+    return "=" not in text and "://" not in text
+
+
+@dataclass(frozen=True)
 class ConnectParams:
     """A resolved connection: the URI asyncpg gets, and what is handled here."""
 
@@ -118,7 +155,12 @@ def join_uri(scheme: str, netloc: str, path: str, query: list[tuple[str, str]]) 
     'postgresql:///shop?host=%2Ftmp'
     """
     uri = f"{scheme}://{netloc}{path}"
-    return uri + ("?" + urlencode(query) if query else "")
+    return uri + ("?" + _query(query) if query else "")
+
+
+def _query(pairs: list[tuple[str, str]]) -> str:
+    """Query parameters with ``%20`` for a space: libpq decodes only ``%XX``, not ``+``."""
+    return urlencode(pairs, quote_via=quote)
 
 
 def parse_conninfo(text: str) -> dict[str, str]:
@@ -218,7 +260,10 @@ def _check_keys(keys: Mapping[str, str], where: str) -> None:
 
 
 def resolve(
-    dsn: str | None, *, cwd: Path | None = None, environ: Mapping[str, str] | None = None
+    dsn: str | ConnectionSpec | None,
+    *,
+    cwd: Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> ConnectParams:
     """Resolve where to connect (see the module docstring) into ``ConnectParams``.
 
@@ -229,10 +274,11 @@ def resolve(
     'postgresql://app@db/shop'
     """
     env = os.environ if environ is None else environ
-    raw = resolve_dsn(dsn, cwd=cwd)
+    spec = as_spec(dsn)
+    raw = resolve_dsn(spec.dsn, cwd=cwd)
     own: dict[str, str] = {}
     if raw is not None and "://" not in raw:
-        pairs = parse_conninfo(raw)
+        pairs = {"dbname": raw} if is_database_name(raw) else parse_conninfo(raw)
         service = pairs.pop("service", None)
         _check_keys(pairs, "the connection string")
         uri_query = [(k, v) for k, v in pairs.items()]
@@ -266,7 +312,7 @@ def resolve(
     if service is not None:
         entry = read_service(service, env)
         _check_keys(entry, f"service {service!r}")
-        present, _ = _uri_keys(base + ("?" + urlencode(uri_query) if uri_query else ""))
+        present, _ = _uri_keys(base + ("?" + _query(uri_query) if uri_query else ""))
         present |= set(own)
         for key, value in entry.items():
             if key in present:
@@ -294,14 +340,18 @@ def resolve(
                 f"invalid connect_timeout {own['connect_timeout']!r}",
                 hint="connect_timeout takes seconds",
             ) from exc
-    if raw is None and not uri_query:
-        uri = None  # PG* variables alone, as before
-    else:
-        uri = base + ("?" + urlencode(uri_query) if uri_query else "")
     if raw is not None and "://" in raw:
         password = urlsplit(raw).password
         if password:
             secrets += [password, unquote(password)]
+    overrides = spec.overrides()
+    if overrides:
+        base, uri_query = _apply_overrides(base, uri_query, overrides)
+        secrets += [v for k, v in overrides.items() if k == "password"]
+    if raw is None and not uri_query:
+        uri = None  # PG* variables alone, as before
+    else:
+        uri = base + ("?" + _query(uri_query) if uri_query else "")
     return ConnectParams(
         uri=uri,
         service=service,
@@ -309,6 +359,55 @@ def resolve(
         application_name=own.get("application_name"),
         secrets=tuple(s for s in secrets if s),
     )
+
+
+def _split_hostspec(hostspec: str) -> tuple[list[str], list[str]]:
+    """A URI's ``host1:port1,[::1]:port2`` as hosts and ports (``""`` where none)."""
+    hosts, ports = [], []
+    for item in hostspec.split(","):
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ""
+        else:
+            host, colon, port = item.rpartition(":")
+            if not colon:
+                host, port = item, ""
+        hosts.append(unquote(host))
+        ports.append(port)
+    return hosts, ports
+
+
+def _apply_overrides(
+    base: str, query: list[tuple[str, str]], overrides: Mapping[str, str]
+) -> tuple[str, list[tuple[str, str]]]:
+    """The URI with ``overrides`` (host, port, user, password) in place of its own.
+
+    The URI's user, password, hosts and ports move into query parameters, which every
+    reader (asyncpg, libpq for pg_dump) takes, so that replacing one never leaves another
+    half-parsed in the authority.
+
+    >>> _apply_overrides("postgresql://app@db:6000/shop", [], {"host": "other"})
+    ('postgresql:///shop', [('user', 'app'), ('port', '6000'), ('host', 'other')])
+    """
+    parts = urlsplit(base)
+    userinfo, at, hostspec = parts.netloc.rpartition("@")
+    moved: list[tuple[str, str]] = []
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            moved.append(("user", unquote(user)))
+        if colon:
+            moved.append(("password", unquote(password)))
+    if hostspec:
+        hosts, ports = _split_hostspec(hostspec)
+        if any(hosts):
+            moved.append(("host", ",".join(hosts)))
+        if any(ports):
+            moved.append(("port", ",".join(ports)))
+    # -h alone keeps the string's port, as it keeps its other parts.
+    merged = [(k, v) for k, v in moved + list(query) if k not in overrides]
+    merged += [(k, overrides[k]) for k in ("host", "port", "user", "password") if k in overrides]
+    return join_uri(parts.scheme, "", parts.path, []), merged
 
 
 def _system_config_dir(env: Mapping[str, str]) -> Path | None:
@@ -432,7 +531,9 @@ def _params_of(text: str | None) -> ConnectParams:
         pairs = parse_conninfo(text)
     except UsageError:
         return ConnectParams(uri=None)
-    return ConnectParams(uri="postgresql://?" + urlencode(list(pairs.items())))
+    if is_database_name(text):
+        pairs = {"dbname": text}
+    return ConnectParams(uri="postgresql://?" + _query(list(pairs.items())))
 
 
 def _os_user() -> str:

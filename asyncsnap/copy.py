@@ -262,6 +262,7 @@ async def _copy_item(conn: asyncpg.Connection, item: WorkItem, ctx: CopyContext)
     stored = replace(
         stored,
         seconds=time.monotonic() - started,
+        started=started,
         objects=objects[0],
         object_bytes=objects[1],
         longest_line=longest,

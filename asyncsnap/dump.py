@@ -41,7 +41,7 @@ from .catalog import (
 from .catalog import (
     Sequence as SequenceState,
 )
-from .connection import ConnectParams, resolve
+from .connection import ConnectionSpec, ConnectParams, resolve
 from .copy import CopyContext, LargeObjectsJob, WorkItem, cancelled_by_server, close_pool, copy_all
 from .errors import (
     DumpFailed,
@@ -91,6 +91,7 @@ from .render import encodings
 from .session import CONNECTION_LOST, Session, SessionPolicy
 from .snapshot import Coordinator, snapshot_lost
 from .storage import BackupDirectory, OutputLock, StoredFile
+from .text import count
 from .verify import verify
 
 DEFAULT_LOCK_TIMEOUT = 30.0
@@ -115,6 +116,7 @@ class TableResult:
     stored_bytes: int  # on disk
     files: tuple[str, ...]  # relative to the backup directory
     seconds: float  # summed over the table's chunks
+    wall_seconds: float = 0.0  # from its first file's start to its last file's end
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ class _Planned:
 
 
 async def dump(
-    dsn: str | None = None,
+    dsn: str | ConnectionSpec | None = None,
     *,
     output: str | Path,
     jobs: int = 2,
@@ -194,7 +196,8 @@ async def dump(
 ) -> DumpResult:
     """Export the selected tables at one moment into ``<output>/<name>``.
 
-    :param dsn: connection string (URI or libpq key/value, ``service=`` resolved);
+    :param dsn: connection string (URI, libpq key/value with ``service=`` resolved, or a
+        database name), or a ``ConnectionSpec`` (a string with -h/-p/-U style overrides);
         ``None`` uses ``$DATABASE_URL``, ``./.env``, then libpq's ``PG*`` variables and
         ``~/.pgpass``.
     :param output: directory that receives the backup directory (created if missing).
@@ -649,7 +652,7 @@ async def _verify_written(path: Path, emit: EventCallback) -> None:
         )
     emit(
         Notice(
-            f"verified {result.files} files, {result.rows} rows "
+            f"verified {count(result.files, 'file')}, {count(result.rows, 'row')} "
             f"in {time.monotonic() - started:.2f}s"
         )
     )
@@ -860,6 +863,11 @@ def _table_results(
                 stored_bytes=sum(f.stored_bytes for f in files),
                 files=tuple(f.path for f in files),
                 seconds=sum(f.seconds for f in files),
+                wall_seconds=(
+                    max(f.started + f.seconds for f in files) - min(f.started for f in files)
+                    if files
+                    else 0.0
+                ),
             )
         )
     return results

@@ -135,6 +135,11 @@ class Selection:
             exclude_schemas=tuple(SchemaPattern.parse(p) for p in exclude_schemas),
         )
 
+    @property
+    def filters(self) -> bool:
+        """Whether any pattern was given (else every table is selected)."""
+        return bool(self.include or self.exclude or self.schemas or self.exclude_schemas)
+
     def apply(self, tables: Sequence[Table]) -> list[Table]:
         """The selected tables, in the order given.
 

@@ -8,7 +8,8 @@ this module (nor rich).
 from __future__ import annotations
 
 import time
-from typing import TextIO
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TextIO
 
 import orjson
 from rich.console import Console, RenderableType
@@ -36,6 +37,10 @@ from .events import (
 )
 from .inspect import summary
 from .manifest import Backup
+from .text import count
+
+if TYPE_CHECKING:
+    from .dump import TableResult
 
 
 def human_bytes(n: float) -> str:
@@ -57,34 +62,40 @@ class PlainLog:
         match event:
             case DumpStarted():
                 line = (
-                    f"dump started: {event.tables} tables, {event.chunks} files, "
-                    f"~{event.est_rows} rows, -j {event.jobs}, snapshot {event.snapshot_id}, "
+                    f"dump started: {count(event.tables, 'table')}, {count(event.chunks, 'file')}, "
+                    f"~{count(event.est_rows, 'row')}, -j {event.jobs}, "
+                    f"snapshot {event.snapshot_id}, "
                     f"from {event.target} into {event.path}"
                 )
             case ChunkStarted():
-                line = f"{event.verb} {event.label} (~{event.est_rows} rows)"
+                line = f"{event.verb} {event.label} (~{count(event.est_rows, 'row')})"
             case ChunkFinished() if event.verb == "copied":
                 line = (
-                    f"copied {event.label}: {event.rows} rows, {human_bytes(event.bytes)} "
+                    f"copied {event.label}: {count(event.rows, 'row')}, {human_bytes(event.bytes)} "
                     f"-> {human_bytes(event.stored_bytes)} in {event.seconds:.2f}s"
                 )
             case ChunkFinished():
-                line = f"{event.verb} {event.label}: {event.rows} rows in {event.seconds:.2f}s"
+                line = (
+                    f"{event.verb} {event.label}: {count(event.rows, 'row')} "
+                    f"in {event.seconds:.2f}s"
+                )
             case RestoreStarted():
                 line = (
-                    f"restore started: {event.tables} tables, {event.rows} rows, "
+                    f"restore started: {count(event.tables, 'table')}, {count(event.rows, 'row')}, "
                     f"-j {event.jobs}, into {event.target}"
                 )
             case RestoreFinished():
                 line = (
-                    f"restore complete: {event.tables} tables, {event.rows} rows, "
-                    f"{event.sequences} sequences set in {event.seconds:.2f}s"
+                    f"restore complete: {count(event.tables, 'table')}, "
+                    f"{count(event.rows, 'row')}, {count(event.sequences, 'sequence')} set "
+                    f"in {event.seconds:.2f}s"
                 )
             case Notice():
                 line = event.message
             case DumpFinished():
                 line = (
-                    f"dump complete: {event.path}: {event.tables} tables, {event.rows} rows, "
+                    f"dump complete: {event.path}: {count(event.tables, 'table')}, "
+                    f"{count(event.rows, 'row')}, "
                     f"{human_bytes(event.stored_bytes)} in {event.seconds:.2f}s "
                     f"(snapshot held {event.snapshot_held_seconds:.2f}s)"
                 )
@@ -92,7 +103,7 @@ class PlainLog:
                 line = None
         if line is not None:
             print(
-                f"{time.strftime('%Y-%m-%dT%H:%M:%S')} asyncsnap: {one_line(line)}",
+                f"{utc_timestamp()} asyncsnap: {one_line(line)}",
                 file=self._stream,
                 flush=True,
             )
@@ -100,6 +111,15 @@ class PlainLog:
 
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
 _CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def utc_timestamp(seconds: float | None = None) -> str:
+    """A log line's time: UTC, to the second, with its offset (``Z``), as backup names are.
+
+    >>> utc_timestamp(0)
+    '1970-01-01T00:00:00Z'
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def one_line(text: str) -> str:
@@ -133,7 +153,6 @@ class LiveDisplay:
         self._overall: TaskID | None = None
         self._tasks: dict[str, TaskID] = {}
         self._done_rows: dict[str, int] = {}
-        self.finished: list[ChunkFinished] = []
 
     def __enter__(self) -> LiveDisplay:
         self._progress.__enter__()
@@ -150,7 +169,7 @@ class LiveDisplay:
         match event:
             case DumpStarted():
                 self._overall = p.add_task(
-                    f"total ({event.tables} tables, -j {event.jobs})",
+                    f"total ({count(event.tables, 'table')}, -j {event.jobs})",
                     total=max(event.est_rows, 1),
                     size="",
                 )
@@ -168,10 +187,9 @@ class LiveDisplay:
                 if task is not None:
                     p.remove_task(task)
                 self._done_rows[event.label] = event.rows
-                self.finished.append(event)
             case RestoreStarted():
                 self._overall = p.add_task(
-                    f"total ({event.tables} tables, -j {event.jobs})",
+                    f"total ({count(event.tables, 'table')}, -j {event.jobs})",
                     total=max(event.rows, 1),
                     size="",
                 )
@@ -185,23 +203,34 @@ class LiveDisplay:
             p.update(self._overall, completed=done, total=max(total, done))
 
 
-def summary_table(finished: list[ChunkFinished], done: DumpFinished) -> RichTable:
-    """The closing table: one row per file, then the totals."""
+def summary_table(tables: Sequence[TableResult], done: DumpFinished) -> RichTable:
+    """The closing table on a terminal: one row per table (its page ranges together), in
+    name order, with its wall time and rate; then the totals."""
     table = RichTable(title=f"asyncsnap dump: {done.path}", title_justify="left")
-    table.add_column("table")
-    table.add_column("rows", justify="right")
-    table.add_column("file bytes", justify="right")
-    table.add_column("seconds", justify="right")
-    for f in sorted(finished, key=lambda f: f.label):
-        table.add_row(f.label, f"{f.rows:,}", human_bytes(f.stored_bytes), f"{f.seconds:.2f}")
+    for name in ("table", "rows", "size", "seconds", "rows/s"):
+        table.add_column(name, justify="left" if name == "table" else "right")
+    for t in sorted(tables, key=lambda t: (t.schema, t.name)):
+        table.add_row(
+            f"{t.schema}.{t.name}",
+            f"{t.rows:,}",
+            human_bytes(t.stored_bytes),
+            f"{t.wall_seconds:.2f}",
+            _rate(t.rows, t.wall_seconds),
+        )
     table.add_section()
     table.add_row(
-        f"{done.tables} tables",
+        count(done.tables, "table"),
         f"{done.rows:,}",
         human_bytes(done.stored_bytes),
         f"{done.seconds:.2f}",
+        _rate(done.rows, done.seconds),
     )
     return table
+
+
+def _rate(rows: int, seconds: float) -> str:
+    """Rows per second, or "-" for a time too short to measure."""
+    return f"{rows / seconds:,.0f}" if seconds >= 0.001 else "-"
 
 
 def _event_fields(event: Event) -> dict[str, object]:
@@ -290,7 +319,7 @@ class JsonLog:
         self.write({"level": "info", **_event_fields(event)})
 
     def write(self, fields: dict[str, object]) -> None:
-        line = {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+        line = {"ts": utc_timestamp(), **fields}
         self._stream.write(orjson.dumps(line).decode() + "\n")
         self._stream.flush()
 
@@ -315,7 +344,7 @@ def summary_tables(backup: Backup) -> list[RenderableType]:
     totals = s["totals"] or {}
     head.add_row(
         "totals",
-        f"{totals.get('tables')} tables, {totals.get('rows', 0):,} rows, "
+        f"{count(totals.get('tables', 0), 'table')}, {totals.get('rows', 0):,} rows, "
         f"{human_bytes(totals.get('bytes', 0))} "
         f"({human_bytes(totals.get('stored_bytes', 0))} {s['compression']})",
     )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from .catalog import (
     sql_name,
     view_dependencies,
 )
-from .connection import resolve
+from .connection import ConnectionSpec, resolve
 from .errors import (
     AsyncsnapError,
     PermissionDenied,
@@ -64,6 +64,7 @@ from .patterns import Selection
 from .plan import CyclePlan, TableKey, plan_cycles, refresh_order, restore_order
 from .rowcodec import BINARY_HEADER, BINARY_TRAILER, LoadShape
 from .session import Session, SessionPolicy
+from .text import count
 
 Mode = str  # "refuse" | "truncate" | "append"
 # NDJSON bytes per INSERT. DESIGN.md measured ~5 MB batches; 1 MiB restores pgbench
@@ -215,9 +216,9 @@ class RestorePlan:
                     f"{load.source.qualified}: holds only the rows the dumping role could "
                     "see (--enable-row-security)"
                 )
-        lines.append(f"then {len(self.sequences)} sequences are set")
+        lines.append(f"then {count(len(self.sequences), 'sequence')} set")
         if self.large_objects:
-            lines.append(f"then {self.large_objects} large objects are loaded")
+            lines.append(f"then {count(self.large_objects, 'large object')} loaded")
         if self.refresh:
             names = ", ".join(f"{s}.{n}" for s, n in self.refresh)
             lines.append(f"then materialized views are refreshed: {names}")
@@ -267,7 +268,7 @@ def plan_loads(
     chosen = [t for t in backup.tables if t.has_data and t.key in picked]
     # A backup may hold no table (only sequences or large objects); filters that pick
     # nothing are an error.
-    if not chosen and (selection.include or selection.exclude):
+    if not chosen and selection.filters:
         raise UsageError(
             f"no table in the backup matches the filters: {selection.describe()}",
             hint="`asyncsnap inspect BACKUP_DIR` lists the tables",
@@ -331,11 +332,13 @@ def _as_catalog_table(t: BackupTable) -> Table:
 
 async def restore(
     backup_dir: str | Path,
-    dsn: str | None = None,
+    dsn: str | ConnectionSpec | None = None,
     *,
     jobs: int = 2,
     tables: Iterable[str] = (),
     exclude_tables: Iterable[str] = (),
+    schemas: Iterable[str] = (),
+    exclude_schemas: Iterable[str] = (),
     mode: Mode = "refuse",
     single_transaction: bool = False,
     disable_triggers: bool = False,
@@ -355,12 +358,13 @@ async def restore(
     is in ``asyncsnap.restore_schema``; ``--dry-run`` shows which).
 
     :param backup_dir: a complete backup directory (with its manifest).
-    :param dsn: target; ``None`` uses ``$DATABASE_URL``, ``./.env``, then ``PG*``. With
+    :param dsn: target, a connection string or a ``ConnectionSpec`` (a string with
+        -h/-p/-U style overrides); ``None`` uses ``$DATABASE_URL``, ``./.env``, then ``PG*``. With
         ``create``, a database of the server to connect to first (e.g. ``postgres``).
     :param jobs: connections loading at once (tables of one level run in parallel), and
         pg_restore's ``-j`` for post-data.
-    :param tables, exclude_tables: -t/-T patterns, applied to the backup's tables (rows
-        into existing tables only).
+    :param tables, exclude_tables, schemas, exclude_schemas: -t/-T/-n/-N patterns, as
+        for dump, applied to the backup's tables (rows into existing tables only).
     :param mode: ``"refuse"`` non-empty targets (default), ``"truncate"`` them first (in
         the same transaction as the load: everything then loads in one transaction), or
         ``"append"``.
@@ -389,7 +393,13 @@ async def restore(
         raise UsageError(f"unknown mode {mode!r}", hint="use refuse, truncate or append")
     started = time.monotonic()
     emit: EventCallback = on_event or (lambda event: None)
-    selection = Selection.from_strings(include=tables, exclude=exclude_tables)
+    selection = Selection.from_strings(
+        include=tables, exclude=exclude_tables, schemas=schemas, exclude_schemas=exclude_schemas
+    )
+    # A dry run's plan is its result (the command prints it); a real run logs it as it goes.
+    announce: Callable[[str], None] = (
+        (lambda line: None) if dry_run else (lambda line: emit(Notice(line)))
+    )
     backup = await anyio.to_thread.run_sync(open_backup, backup_dir)
     if verify_first:
         from .verify import verify
@@ -425,8 +435,6 @@ async def restore(
                 "--create: a new database with the backup's schema and rows",
                 f"create database {created}, then restore the whole backup into it",
             ]
-            for line in lines:
-                emit(Notice(line))
             return RestoreResult(
                 plan=None, lines=lines, dry_run=True, seconds=time.monotonic() - started
             )
@@ -445,7 +453,7 @@ async def restore(
             conn,
             backup,
             [t for t in backup.tables if t.key in chosen_keys],
-            filtered=bool(selection.include or selection.exclude),
+            filtered=selection.filters,
             data_only=data_only,
             schema_only=schema_only,
             clean=clean,
@@ -479,15 +487,16 @@ async def restore(
             lines += steps.describe(jobs)
             if not schema_only:
                 data_rows = sum(t.rows for t in backup.tables)
+                data_tables = sum(1 for t in backup.tables if t.has_data)
                 lines.append(
-                    f"then the rows of {sum(1 for t in backup.tables if t.has_data)} tables "
-                    f"({data_rows} rows), all at once: no constraint exists yet"
+                    f"then the rows of {count(data_tables, 'table')} "
+                    f"({count(data_rows, 'row')}), all at once: no constraint exists yet"
                 )
             lines.append(steps.describe_post(jobs))
             if not schema_only:
                 lines.append("then sequences, large objects and materialized views, then ANALYZE")
             for line in lines:
-                emit(Notice(line))
+                announce(line)
             if dry_run:
                 await restore_schema.pre_data(conn, steps, backup, rehearse=True)
                 return RestoreResult(
@@ -525,7 +534,7 @@ async def restore(
                 described = plan.describe()
                 lines += described
                 for line in described:
-                    emit(Notice(line))
+                    announce(line)
                 if dry_run:
                     return RestoreResult(
                         plan=plan, lines=lines, dry_run=True, seconds=time.monotonic() - started

@@ -107,6 +107,7 @@ class StoredFile:
     stored_bytes: int  # bytes on disk
     sha256: str  # of the file as stored
     seconds: float = 0.0  # time spent producing it
+    started: float = 0.0  # time.monotonic() when producing it began (a table's wall time)
     objects: int = 0  # large-object file only: objects in it
     object_bytes: int = 0  # large-object file only: their bytes
     longest_line: int = 0  # the longest line written column by column (``bigrows``), if any

@@ -79,7 +79,7 @@ def test_readme_crontab_line_gives_verified_exports_with_retention(
     events = [orjson.loads(line) for line in log_lines]  # every line is JSON
     assert sum(e["event"] == "dump_finished" for e in events) == 3
     messages = [e.get("message", "") for e in events]
-    assert sum(m.startswith("verified 1 files, 1000 rows") for m in messages) == 3
+    assert sum(m.startswith("verified 1 file, 1000 rows") for m in messages) == 3
     assert sum(m.startswith("removed old backup") for m in messages) == 1
     summary = orjson.loads((tmp_path / "backups" / ".last-run.json").read_bytes())
     assert summary["ok"] and summary["verified"] and summary["rows"] == 1000
@@ -130,5 +130,5 @@ def test_dump_verify_exit_code_and_summary(db: Database, tmp_path: Path) -> None
             "--summary-json", str(summary),
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
-        assert ("verified 1 files, 100 rows" in run.stderr) is verified
+        assert ("verified 1 file, 100 rows" in run.stderr) is verified
         assert orjson.loads(summary.read_bytes())["verified"] is verified

@@ -352,7 +352,7 @@ def test_a_table_name_with_a_newline_cannot_forge_a_log_or_error_line(
     run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "b")
     assert run.returncode == 0, run.stderr
     lines = run.stderr.splitlines()
-    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d asyncsnap: ", ln) for ln in lines)
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ asyncsnap: ", ln) for ln in lines)
     assert not any("forged" in ln and ln.startswith("2026-01-01") for ln in lines)
     assert any("x\\n2026-01-01T00:00:00 asyncsnap: dump complete: forged" in ln for ln in lines)
     db.execute(f'DROP TABLE "{forged}"')

@@ -1,13 +1,64 @@
-"""Machine-readable output for cron: --log-format json and --summary-json."""
+"""What scripts and cron read: the path on stdout, --log-format json, --summary-json (the
+contract in the README's "Output for scripts")."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from .conftest import Database, run_cli
+import pytest
+
+from .conftest import Database, clean_env, run_cli
 from .pgserver import PASSWORD, free_port
 from .test_dump import SHOP
+from .test_interrupt import BIG
+
+# The keys of dump's --summary-json, on success and on failure alike (README).
+DUMP_SUMMARY_KEYS = {
+    "command",
+    "ok",
+    "exit_code",
+    "started_at",
+    "finished_at",
+    "path",
+    "partial",
+    "snapshot",
+    "tables",
+    "files",
+    "rows",
+    "bytes",
+    "stored_bytes",
+    "seconds",
+    "snapshot_held_seconds",
+    "verified",
+    "large_objects",
+    "snapshots",
+    "skipped",
+    "error",
+    "hint",
+}
+RESTORE_SUMMARY_KEYS = {
+    "command",
+    "ok",
+    "exit_code",
+    "started_at",
+    "finished_at",
+    "backup",
+    "target",
+    "dry_run",
+    "tables",
+    "rows",
+    "sequences",
+    "large_objects",
+    "refreshed",
+    "seconds",
+    "error",
+    "hint",
+}
 
 
 def json_lines(stderr: str) -> list[dict[str, object]]:
@@ -19,7 +70,7 @@ def json_lines(stderr: str) -> list[dict[str, object]]:
 def test_json_log_one_object_per_line(db: Database, tmp_path: Path) -> None:
     db.execute(SHOP)
     run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--log-format", "json")
-    assert run.returncode == 0 and run.stdout == ""
+    assert run.returncode == 0
     events = json_lines(run.stderr)
     assert events[0]["event"] == "dump_started"
     assert events[-1]["event"] == "dump_finished" and events[-1]["rows"] == 2070
@@ -63,17 +114,29 @@ def test_summary_json_on_success_and_on_failure(db: Database, tmp_path: Path) ->
     assert ok["ok"] is True and ok["exit_code"] == 0 and ok["rows"] == 2070
     assert ok["path"] == str(tmp_path / "out" / "b") and ok["error"] is None
 
+    assert set(ok) == DUMP_SUMMARY_KEYS
+    assert ok["started_at"] <= ok["finished_at"] and ok["finished_at"].endswith("Z")
+
     run = run_cli(
-        "dump", db.dsn, "-o", str(tmp_path / "out"), "-t", "nope", "--summary-json", str(summary)
+        "dump",
+        db.dsn,
+        "-o",
+        str(tmp_path / "out"),
+        "--name",
+        "c",
+        "-t",
+        "nope",
+        "--summary-json",
+        str(summary),
     )
     assert run.returncode == 2
     failed = json.loads(summary.read_text())
-    assert failed == {
-        "command": "dump",
-        "ok": False,
-        "exit_code": 2,
-        "error": "no table matches the filters: -t nope",
-    }
+    assert set(failed) == DUMP_SUMMARY_KEYS
+    assert failed["ok"] is False and failed["exit_code"] == 2
+    assert failed["error"] == "no table matches the filters: -t nope"
+    assert failed["hint"] and failed["rows"] is None
+    assert failed["path"] == str(tmp_path / "out" / "c")  # where it was to be: nothing there
+    assert failed["partial"] is None and not (tmp_path / "out" / "c").exists()
     assert PASSWORD not in summary.read_text()
 
     target = tmp_path / "restore.json"
@@ -84,3 +147,48 @@ def test_summary_json_on_success_and_on_failure(db: Database, tmp_path: Path) ->
     assert run.returncode == 0, run.stderr
     restored = json.loads(target.read_text())
     assert restored["ok"] is True and restored["rows"] == 2070 and restored["sequences"] == 3
+    assert set(restored) == RESTORE_SUMMARY_KEYS and restored["target"].endswith(db.name)
+
+
+@pytest.mark.parametrize("mode", [[], ["--quiet"], ["--log-format", "json"]])
+def test_stdout_is_the_backups_path_in_every_mode(
+    db: Database, tmp_path: Path, mode: list[str]
+) -> None:
+    """The README promised the path on stdout; with -q or a JSON log nothing was printed."""
+    db.execute(SHOP)
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), *mode)
+    assert run.returncode == 0, run.stderr
+    [backup] = [p for p in tmp_path.iterdir() if p.name.startswith("backup_")]
+    assert run.stdout == f"{backup}\n"
+    if mode == ["--quiet"]:
+        assert run.stderr == ""
+    if "json" in mode:
+        json_lines(run.stderr)
+
+
+def test_summary_json_names_the_backup_of_a_failed_run(db: Database, tmp_path: Path) -> None:
+    """Interrupted mid-copy with a default name: the summary says which backup the run was
+    making and where --keep-partial kept its files (it held no path on failure)."""
+    db.execute(BIG)
+    summary = tmp_path / "summary.json"
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", str(out), "-j", "1",
+         "--keep-partial", "--summary-json", str(summary)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not [p for p in out.glob("*.partial/data/.*big*.tmp") if p.stat().st_size > 1_000_000]:
+        assert proc.poll() is None and time.monotonic() < deadline, "never wrote the big table"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and stdout == b""  # no path: there is no backup
+    failed = json.loads(summary.read_text())
+    assert set(failed) == DUMP_SUMMARY_KEYS and failed["ok"] is False
+    [partial] = out.glob("backup_*.partial")
+    assert failed["partial"] == str(partial)
+    assert failed["path"] == str(partial).removesuffix(".partial")
+    assert not Path(failed["path"]).exists()

@@ -6,6 +6,7 @@ import io
 
 from rich.console import Console
 
+from asyncsnap.dump import TableResult
 from asyncsnap.events import (
     ChunkFinished,
     ChunkProgress,
@@ -66,16 +67,29 @@ def test_live_display_tracks_running_tables() -> None:
         overall = next(t for d, t in tasks.items() if d.startswith("total"))
         assert overall.completed == 550 and overall.total == 1000
         live(DONE)
-    assert [f.label for f in live.finished] == ["public.small"]
 
 
-def test_summary_table_lists_files_and_totals() -> None:
+def test_summary_table_has_one_row_per_table_with_its_rate() -> None:
+    """A split table's page ranges were one row each, sorted as strings ([1/12], [10/12],
+    [11/12], [2/12]); now one row per table, in name order, with seconds and rows/s."""
+    tables = [
+        TableResult("public", "small", 100, 10_000, 2_000, ("s",), 0.1, wall_seconds=0.1),
+        TableResult(
+            "public", "big", 900, 90_000, 18_000, tuple(f"b{i}" for i in range(12)), 2.4, 1.2
+        ),
+    ]
     screen = io.StringIO()
-    Console(file=screen, width=120).print(
-        summary_table([e for e in EVENTS if isinstance(e, ChunkFinished)], DONE)
-    )
-    text = screen.getvalue()
-    assert "public.small" in text and "1,000" in text and human_bytes(20_000) in text
+    Console(file=screen, width=120).print(summary_table(tables, DONE))
+    cells = [
+        [c.strip() for c in line.split("│")[1:-1]]
+        for line in screen.getvalue().splitlines()
+        if line.startswith("│")
+    ]
+    assert cells == [
+        ["public.big", "900", human_bytes(18_000), "1.20", "750"],  # wall time, not 2.40
+        ["public.small", "100", human_bytes(2_000), "0.10", "1,000"],
+        ["2 tables", "1,000", human_bytes(20_000), "1.50", "667"],
+    ]
 
 
 def test_human_bytes() -> None:

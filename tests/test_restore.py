@@ -470,7 +470,7 @@ def test_restore_cli_round_trip_with_sequences(
     backup = run_dump(db, tmp_path).path
     run = run_cli("restore", str(backup), empty_copy.dsn, "-j", "4")
     assert run.returncode == 0, run.stderr
-    assert "restored 1 tables, 42 rows, 1 sequences" in run.stdout
+    assert "restored 1 table, 42 rows, 1 sequence" in run.stdout
     assert empty_copy.fetchval("SELECT nextval('s_id_seq')") == 43
 
 
