@@ -1,13 +1,24 @@
-"""Where the DSN comes from, and that passwords never reach the screen."""
+"""Where the connection comes from (the DSN, pg_dump's -d/-h/-p/-U/-W, DATABASE_URL, PG*
+variables, in that order), and that passwords never reach the screen."""
 
 from __future__ import annotations
 
+import os
+import pty
+import select
+import sys
+import time
 from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
 
 from asyncsnap.cli import redact
-from asyncsnap.connection import describe_target, resolve_dsn
+from asyncsnap.connection import ConnectionSpec, describe_target, resolve, resolve_dsn
+
+from .conftest import Database, clean_env, run_cli
+from .helpers import manifest_of
+from .pgserver import PASSWORD, free_port
 
 
 def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,3 +69,193 @@ def test_redact_replaces_a_short_password_only_where_it_stands_alone(
     assert redact(text, dsn) == (
         "error: permission denied for postgresql://reader:***@db/shop (password ***)"
     )
+
+
+# --- pg_dump's connection options (issue 12) -----------------------------------------
+
+
+def _query_of(uri: str | None) -> dict[str, str]:
+    assert uri is not None
+    parts = urlsplit(uri)
+    query = dict(parse_qsl(parts.query))
+    if parts.path.strip("/"):
+        query["dbname"] = unquote(parts.path.strip("/"))
+    return query
+
+
+def test_a_bare_database_name_is_a_dbname_as_for_psql(tmp_path: Path) -> None:
+    assert _query_of(resolve("shop", cwd=tmp_path, environ={}).uri) == {"dbname": "shop"}
+    # a name with a space or a quote stays one name (libpq: no '=' means a name)
+    assert _query_of(resolve("my shop's", cwd=tmp_path, environ={}).uri) == {"dbname": "my shop's"}
+
+
+def test_options_win_over_the_strings_parts(tmp_path: Path) -> None:
+    """-h/-p/-U (and -W's password) replace the DSN's own host, port, user and password;
+    what they do not name stays as the string gives it (the port of a URI whose host -h
+    replaced, the database)."""
+    spec = ConnectionSpec(dsn="postgresql://app:pw@db:6000/shop", host="other", user="ops")
+    assert _query_of(resolve(spec, cwd=tmp_path, environ={}).uri) == {
+        "host": "other",
+        "port": "6000",
+        "user": "ops",
+        "password": "pw",
+        "dbname": "shop",
+    }
+    spec = ConnectionSpec(dsn="host=db port=6000 dbname=shop", port="7000", password="new pw")
+    assert _query_of(resolve(spec, cwd=tmp_path, environ={}).uri) == {
+        "host": "db",
+        "port": "7000",
+        "password": "new pw",
+        "dbname": "shop",
+    }
+    assert "new pw" in resolve(spec, cwd=tmp_path, environ={}).secrets  # redacted like others
+
+
+def test_options_apply_to_database_url_and_to_pg_variables_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No string given: the options override DATABASE_URL's parts; with no DATABASE_URL
+    either, they are the whole string and PG* variables (libpq's) fill the rest."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db/shop")
+    spec = ConnectionSpec(port="6543")
+    assert _query_of(resolve(spec, cwd=tmp_path, environ={}).uri) == {
+        "user": "app",
+        "host": "db",
+        "port": "6543",
+        "dbname": "shop",
+    }
+    monkeypatch.delenv("DATABASE_URL")
+    assert _query_of(resolve(spec, cwd=tmp_path, environ={}).uri) == {"port": "6543"}
+    assert resolve(ConnectionSpec(), cwd=tmp_path, environ={}).uri is None
+
+
+def test_a_service_entry_yields_to_the_options(tmp_path: Path) -> None:
+    services = tmp_path / "pg_service.conf"
+    services.write_text("[shop]\nhost=db\nport=6000\ndbname=shop\nuser=app\n")
+    env = {"PGSERVICEFILE": str(services)}
+    params = resolve(ConnectionSpec(dsn="service=shop", host="replica"), cwd=tmp_path, environ=env)
+    assert _query_of(params.uri) == {
+        "host": "replica",
+        "port": "6000",
+        "dbname": "shop",
+        "user": "app",
+    }
+
+
+def _dumped_database(backup: Path) -> str:
+    return str(manifest_of(backup)["server"]["database"])
+
+
+@pytest.mark.parametrize("form", ["options", "bare-name", "key-value", "uri-with-d"])
+def test_each_connection_form_dumps_the_named_database(
+    db: Database, tmp_path: Path, form: str
+) -> None:
+    db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    host, port = db.postgres.host, str(db.postgres.port)
+    env = clean_env(PGPASSWORD=PASSWORD, PGDATABASE="postgres")
+    args = {
+        "options": ["-d", db.name, "-h", host, "-p", port, "-U", "postgres"],
+        "bare-name": [db.name],
+        "key-value": [f"host={host} port={port} user=postgres dbname={db.name}"],
+        "uri-with-d": ["-d", db.dsn],
+    }[form]
+    if form == "bare-name":
+        env.update(PGHOST=host, PGPORT=port, PGUSER="postgres")
+    run = run_cli("dump", *args, "-o", str(tmp_path), "--name", "b", env=env)
+    assert run.returncode == 0, run.stderr
+    assert _dumped_database(tmp_path / "b") == db.name
+    assert PASSWORD not in run.stdout + run.stderr
+
+
+def test_connection_precedence_against_a_server(db: Database, tmp_path: Path) -> None:
+    """Each layer points somewhere wrong except the one that must win: PG* variables (a
+    closed port, another database) lose to DATABASE_URL, which loses to the DSN argument,
+    whose port loses to -p."""
+    db.execute("CREATE TABLE t (id int)")
+    host, port = db.postgres.host, db.postgres.port
+    closed = free_port()
+    env = clean_env(
+        PGHOST=host,
+        PGPORT=str(closed),
+        PGDATABASE="postgres",
+        PGUSER="postgres",
+        PGPASSWORD=PASSWORD,
+        DATABASE_URL=f"postgresql://postgres@{host}:{closed}/postgres",
+    )
+    dsn = f"postgresql://postgres@{host}:{closed}/{db.name}"
+    run = run_cli("dump", dsn, "-p", str(port), "-o", str(tmp_path), "--name", "a", env=env)
+    assert run.returncode == 0, run.stderr
+    assert _dumped_database(tmp_path / "a") == db.name
+    # Without -p the DSN's closed port applies: the string beats PGPORT and DATABASE_URL.
+    run = run_cli("dump", dsn, "-o", str(tmp_path), "--name", "b", env=env)
+    assert run.returncode == 3 and f":{closed}" in run.stderr
+    # No string: DATABASE_URL's database (not PGDATABASE's), on -p's port.
+    env["DATABASE_URL"] = dsn
+    run = run_cli("dump", "-p", str(port), "-o", str(tmp_path), "--name", "c", env=env)
+    assert run.returncode == 0, run.stderr
+    assert _dumped_database(tmp_path / "c") == db.name
+    # restore takes the same options
+    db.execute("DROP TABLE t")
+    run = run_cli(
+        "restore", str(tmp_path / "a"), "-d", db.name, "-h", host, "-p", str(port),
+        "-U", "postgres", "-q", env=clean_env(PGPASSWORD=PASSWORD),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert db.fetchval("SELECT count(*) FROM t") == 0
+
+
+def test_connection_option_mistakes_are_usage_errors(db: Database, tmp_path: Path) -> None:
+    for args, message in (
+        (["shop", "-d", "other"], "the database is given twice"),
+        (["-p", "54x"], "invalid port '54x'"),
+        (["-w", "-W"], "-w and -W exclude each other"),
+        (["-W"], "-W needs a terminal to ask on"),
+    ):
+        run = run_cli("dump", *args, "-o", str(tmp_path))
+        assert run.returncode == 2, (args, run.stderr)
+        error, hint = run.stderr.splitlines()
+        assert error.startswith(f"error: {message}") and hint.startswith("hint: "), run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_password_prompt_on_a_terminal(db: Database, tmp_path: Path) -> None:
+    """-W asks on the terminal (no echo) and connects with the answer; a wrong answer is
+    an authentication failure (exit 3). The password never appears in the output."""
+    db.execute("CREATE TABLE t (id int)")
+    args = ["dump", "-W", "-d", db.name, "-h", db.postgres.host, "-p", str(db.postgres.port),
+            "-U", "postgres", "-o", str(tmp_path)]  # fmt: skip
+    for answer, code in ((PASSWORD, 0), ("wrong", 3)):
+        status, output = _run_on_a_terminal(
+            [sys.executable, "-m", "asyncsnap", *args, "--name", f"b{code}"], answer
+        )
+        assert status == code, output
+        assert "Password" in output and answer not in output
+    assert (tmp_path / "b0" / "manifest.json").is_file() and not (tmp_path / "b3").exists()
+
+
+def _run_on_a_terminal(argv: list[str], answer: str) -> tuple[int, str]:
+    """Run ``argv`` with a pseudo-terminal as its controlling terminal; type ``answer`` at
+    the first prompt. The exit status and everything it wrote."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the pty is its terminal
+        os.execve(argv[0], argv, clean_env())
+    output = b""
+    answered = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+        if not answered and b"Password" in output:
+            os.write(fd, answer.encode() + b"\n")
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
