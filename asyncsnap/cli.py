@@ -53,9 +53,11 @@ T = TypeVar("T")
 
 app = typer.Typer(
     name="asyncsnap",
-    help="Consistent, concurrent PostgreSQL exports to checksummed NDJSON.",
+    help="Consistent, concurrent PostgreSQL exports to checksummed NDJSON, and back.\n\n"
+    "asyncsnap dump makes a backup, verify checks it, restore loads it; see each "
+    "command's --help for its options and examples.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -489,7 +491,7 @@ def connection_spec(
     )
 
 
-@app.command("dump")
+@app.command("dump", short_help="Back up tables at one moment: NDJSON files and a manifest.")
 def dump_command(
     dsn: DsnArgument = None,
     dbname: DbnameOption = None,
@@ -633,7 +635,18 @@ def dump_command(
 ) -> None:
     """Dump tables at one moment to NDJSON files with a checksummed manifest.
 
-    Example: asyncsnap dump postgresql://app@db/app -o /backups -j 4 -t 'public.order*'
+    Connects as pg_dump does: a DSN or -d, then -h/-p/-U over its parts; with neither,
+    DATABASE_URL (or ./.env), then libpq's PG* variables. Prints the backup's path on
+    stdout; progress, logs and errors go to stderr. Exit codes: see the README.
+
+    \b
+    Examples:
+      # Before a migration: a named backup, read back and checked before it is complete
+      asyncsnap dump -h db.internal -U app -d shop -o /backups --name before-migration-42 --verify
+      # Around a benchmark: a URI instead of the options, four connections
+      asyncsnap dump postgresql://app@db.internal/shop -o /backups -j 4 --name bench-before
+      # Nightly from cron: DATABASE_URL from ./.env, JSON log, outcome file, keep the newest 7
+      asyncsnap dump -o /backups --keep 7 --log-format json --summary-json /backups/last-run.json
     """
     split_bytes = parse_size(split_larger_than)
     json_log = JsonLog(sys.stderr) if log_format == "json" else None
@@ -745,7 +758,7 @@ def main() -> None:
     """
     hide_password_from_process_title(sys.argv)
     try:
-        code = app(standalone_mode=False)
+        code = app(prog_name="asyncsnap", standalone_mode=False)
     except typer.Abort:  # Ctrl-C or end of input at a prompt (-W)
         print("error: interrupted at the prompt; nothing was done", file=sys.stderr)
         sys.exit(ExitCode.SIGINT)
@@ -829,7 +842,7 @@ def _debug_logger(json_log: JsonLog | None) -> Callable[[str], None]:
     return lambda message: print(f"debug: {message}", file=sys.stderr, flush=True)
 
 
-@app.command("restore")
+@app.command("restore", short_help="Load a backup into a database: schema and rows, or rows.")
 def restore_command(
     backup_dir: BackupArgument,
     dsn: DsnArgument = None,
@@ -907,7 +920,18 @@ def restore_command(
     """Restore a backup: into an empty database, schema and rows; into existing tables,
     the rows (parents before children).
 
-    Example: asyncsnap restore /backups/backup_20261124T021500Z postgresql:///shop_copy -j 4
+    The target is given as for dump (DSN or -d, -h, -p, -U). Without --clean, --create or
+    --data-only, the schema is created when none of its tables exist, and rows go into
+    existing tables only when they are empty; --dry-run prints what would happen.
+
+    \b
+    Examples:
+      # After a failed migration: take the database back to the backup
+      asyncsnap restore /backups/before-migration-42 -h db.internal -U app -d shop --clean
+      # After a benchmark run: the rows of the order tables back as they were
+      asyncsnap restore /backups/bench-before -d shop -t 'public.order*' --data-only --truncate
+      # Test last night's backup: a new database named as the source, on another server
+      asyncsnap restore /backups/backup_20261124T021500Z -h db.internal -U app -d postgres --create
     """
     json_log = JsonLog(sys.stderr) if log_format == "json" else None
     outcome: dict[str, object] = {
@@ -1013,7 +1037,7 @@ def restore_command(
         )
 
 
-@app.command("verify")
+@app.command("verify", short_help="Check a backup completely, offline.")
 def verify_command(
     backup_dir: BackupArgument,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only problems.")] = False,
@@ -1021,7 +1045,13 @@ def verify_command(
 ) -> None:
     """Check a backup completely, offline: manifest, checksums, rows, every line.
 
-    Example: asyncsnap verify /backups/backup_20261124T021500Z && echo good
+    Exit 0 when the backup is whole; 5, with one error line per problem, when it is not.
+
+    \b
+    Examples:
+      asyncsnap verify /backups/before-migration-42 && echo good
+      # The checksums alone, with standard tools
+      cd /backups/before-migration-42 && sha256sum -c --quiet SHA256SUMS
     """
     try:
         result = verify(backup_dir)
@@ -1044,7 +1074,7 @@ def verify_command(
         )
 
 
-@app.command("prune")
+@app.command("prune", short_help="Remove old backups, keep the N newest.")
 def prune_command(
     directory: Annotated[
         Path, typer.Argument(metavar="DIR", help="The directory dumps are written to (-o).")
@@ -1068,7 +1098,11 @@ def prune_command(
     Only backups with the default name (backup_YYYYMMDDTHHMMSSZ) count: one named with
     --name is kept unless --include-named.
 
-    Example: asyncsnap prune /backups/shop --keep 7
+    \b
+    Examples:
+      # What would go; before-migration-42 and bench-before stay (named)
+      asyncsnap prune /backups --keep 7 --dry-run
+      asyncsnap prune /backups --keep 7
     """
     try:
         result = prune(directory, keep=keep, dry_run=dry_run, include_named=include_named)
@@ -1084,7 +1118,7 @@ def prune_command(
     )
 
 
-@app.command("inspect")
+@app.command("inspect", short_help="Summarise a backup.")
 def inspect_command(
     backup_dir: BackupArgument,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -1092,7 +1126,10 @@ def inspect_command(
 ) -> None:
     """Summarise a backup: snapshot, server, tables, rows, sizes, restore order.
 
-    Example: asyncsnap inspect /backups/backup_20261124T021500Z --json | jq .totals
+    \b
+    Examples:
+      asyncsnap inspect /backups/before-migration-42
+      asyncsnap inspect /backups/before-migration-42 --json | jq .totals
     """
     try:
         backup = open_backup(backup_dir)

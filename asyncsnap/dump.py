@@ -95,7 +95,8 @@ from .text import count
 from .verify import verify
 
 DEFAULT_LOCK_TIMEOUT = 30.0
-# One stream renders JSON at roughly 100-150 MB/s of table (DESIGN.md): above this a table
+# One stream renders JSON at roughly 100-150 MB/s of table (measured at design time, 0.1):
+# above this a table
 # is worth several backends.
 DEFAULT_SPLIT_LARGER_THAN = 64 * 1024 * 1024
 TID_RANGE_SCAN_VERSION = 140000

@@ -1,8 +1,8 @@
 """How a row becomes one line of JSON, rendered by the server. Pure SQL building, no I/O.
 
-PostgreSQL's ``row_to_json`` is exact for most types (DESIGN.md lists the probe). Where it
-is not, the column gets another *encoding*, recorded per column in the manifest so that a
-reader knows how to take the value back:
+PostgreSQL's ``row_to_json`` is exact for most types (tests/test_restore.py's FIDELITY
+table probes each). Where it is not, the column gets another *encoding*, recorded per
+column in the manifest so that a reader knows how to take the value back:
 
 ``json``
     the value as ``to_json`` renders it (numbers, strings, booleans, nested arrays);

@@ -67,7 +67,7 @@ from .session import Session, SessionPolicy
 from .text import count
 
 Mode = str  # "refuse" | "truncate" | "append"
-# NDJSON bytes per INSERT. DESIGN.md measured ~5 MB batches; 1 MiB restores pgbench
+# NDJSON bytes per INSERT. ~5 MB batches measured best at design time; 1 MiB restores pgbench
 # scale 30 with -j 2 as fast as 2 MiB (6.1-6.2 s) at 77-80 MiB peak RSS instead of 94:
 # each batch exists several times at once (reader, replace, join, asyncpg's buffer).
 BATCH_BYTES = 1 << 20

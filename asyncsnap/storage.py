@@ -32,7 +32,7 @@ from .errors import (
 )
 from .manifest import DATA_DIR, EXTENSIONS, PARTIAL_SUFFIX, Compression
 
-# zstd level 1, one thread. DESIGN.md found level 3 free with one stream; with -j 2 on
+# zstd level 1, one thread. Level 3 measured free with one stream at design time; with -j 2 on
 # 2 cores the client competes with two server backends, and level 1 measured 35-80% faster
 # (696 vs 386 MiB/s on the mixed table's JSON, which it also compresses better: 5.7x vs
 # 5.2x; pgbench's 5% larger), cutting client CPU by a quarter and the dump's wall time by

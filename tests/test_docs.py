@@ -19,7 +19,7 @@ def test_every_command_is_documented_with_an_example() -> None:
     group = typer.main.get_group(app)
     for name, command in group.commands.items():
         assert f"asyncsnap {name}" in README, name
-        assert "Example:" in (command.help or ""), name
+        assert "Examples:" in (command.help or ""), name
 
 
 def test_exit_code_table_matches_the_code() -> None:

@@ -194,8 +194,9 @@ def test_partitioned_table_rows_written_once(db: Database, tmp_path: Path) -> No
 
 
 def test_lossy_values_are_written_distinguishably(db: Database, tmp_path: Path) -> None:
-    """The four classes row_to_json loses (DESIGN.md) are written so restore can recover
-    them: jsonb 'null' vs SQL NULL, float8 -0, array lower bounds, json duplicate keys."""
+    """The four classes row_to_json loses (docs/format.md, "Value encodings") are written
+    so restore can recover them: jsonb 'null' vs SQL NULL, float8 -0, array lower bounds,
+    json duplicate keys."""
     db.execute("""
         CREATE TABLE v (id int, jb jsonb, j json, f float8, a int[], a2 text[][], t text);
         INSERT INTO v VALUES
