@@ -90,7 +90,7 @@ async def _fingerprints(dsn: str) -> dict[str, tuple[int, str]]:
     conn = await asyncpg.connect(dsn)
     try:
         return {
-            table: tuple(await conn.fetchrow(FINGERPRINT.format(table=table)))  # type: ignore[misc]
+            table: tuple(await conn.fetchrow(FINGERPRINT.format(table=table)))
             for table in ("customers", "orders")
         }
     finally:
