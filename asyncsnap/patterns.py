@@ -188,8 +188,14 @@ class Selection:
     def nothing_matched(self) -> NoTablesMatched:
         """The error for filters (or a database) that select nothing to dump."""
         described = self.describe()
+        if not described:  # no filter: the database itself holds nothing to dump
+            return NoTablesMatched(
+                "the database has no tables, sequences or large objects to dump",
+                hint="check which database you connected to (the DSN, -d, DATABASE_URL or "
+                "PGDATABASE); an empty backup is refused so that a wrong one is noticed",
+            )
         return NoTablesMatched(
-            f"no table matches the filters{': ' + described if described else ''}",
+            f"no table matches the filters: {described}",
             hint="check -t/-T/-n/-N (unquoted names are folded to lower case, as in "
             "pg_dump); `psql -c '\\dt *.*'` lists the tables",
         )

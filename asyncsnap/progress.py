@@ -153,6 +153,7 @@ class LiveDisplay:
         self._overall: TaskID | None = None
         self._tasks: dict[str, TaskID] = {}
         self._done_rows: dict[str, int] = {}
+        self._estimates: dict[str, int] = {}
 
     def __enter__(self) -> LiveDisplay:
         self._progress.__enter__()
@@ -174,13 +175,23 @@ class LiveDisplay:
                     size="",
                 )
             case ChunkStarted():
+                self._estimates[event.label] = event.est_rows
                 self._tasks[event.label] = p.add_task(
                     event.label, total=event.est_rows or None, size=""
                 )
             case ChunkProgress():
                 task = self._tasks.get(event.label)
                 if task is not None:
-                    p.update(task, completed=event.rows, size=human_bytes(event.bytes))
+                    # A bar that reaches its estimate counts as finished for rich, which
+                    # then stops its clock (a page range estimated low showed 0:00:00 for
+                    # as long as it ran): the total stays ahead until ChunkFinished.
+                    estimate = self._estimates.get(event.label)
+                    p.update(
+                        task,
+                        completed=event.rows,
+                        total=max(estimate, event.rows + 1) if estimate else None,
+                        size=human_bytes(event.bytes),
+                    )
                 self._done_rows[event.label] = event.rows
             case ChunkFinished():
                 task = self._tasks.pop(event.label, None)

@@ -337,7 +337,8 @@ def test_plain_log_off_a_terminal_and_quiet(db: Database, tmp_path: Path) -> Non
     assert any("dump complete" in line for line in lines)
     assert "\x1b[" not in run.stderr  # no colour or cursor movement in logs
     quiet = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "b", "--quiet")
-    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert quiet.stdout == f"{tmp_path / 'b'}\n"  # the path, the one line on stdout
 
 
 def test_empty_and_columnless_tables(db: Database, tmp_path: Path) -> None:

@@ -13,7 +13,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
+
+from asyncsnap.cli import _describe_failure
+from asyncsnap.errors import AsyncsnapError, ExitCode
 
 from .conftest import CliRun, Database, Postgres, clean_env, run_cli, table_locked
 from .pgserver import PASSWORD, free_port
@@ -66,13 +70,24 @@ def test_no_table_matches_exit_2(db: Database, tmp_path: Path) -> None:
     assert_nothing_written(tmp_path)
 
 
+def test_an_empty_database_says_so_not_that_filters_matched_nothing(
+    db: Database, tmp_path: Path
+) -> None:
+    """With no -t/-T/-n/-N, "no table matches the filters" pointed at filters nobody gave
+    (a newcomer's first dump of a fresh database); it names the likely cause instead."""
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path))
+    assert_failure(run, 2, "the database has no tables, sequences or large objects to dump")
+    assert "which database you connected to" in run.stderr
+    assert_nothing_written(tmp_path)
+
+
 def test_bad_pattern_and_bad_options_exit_2(db: Database, tmp_path: Path) -> None:
     run = run_cli("dump", db.dsn, "-o", str(tmp_path), "-t", '"unterminated')
     assert_failure(run, 2, "unterminated double quote")
     run = run_cli("dump", db.dsn, "-o", str(tmp_path), "-j", "0")
-    assert run.returncode == 2 and "Invalid value" in run.stderr
+    assert_failure(run, 2, "Invalid value for '--jobs' / '-j'")
     run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--compress", "lz4")
-    assert run.returncode == 2
+    assert_failure(run, 2, "Invalid value for '--compress'")
     run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "../escape")
     assert_failure(run, 2, "invalid backup name")
     assert_nothing_written(tmp_path)
@@ -283,3 +298,46 @@ def test_too_few_connections_fails_fast_with_a_clear_message(
     assert time.monotonic() - started < 30
     assert_failure(run, 3, "no free connection slots")
     assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["dump", "--bogus"], "No such option: --bogus"),
+        (["prune", "/tmp", "--dry-run", "true", "--keep", "1"], "extra argument(s) (true)"),
+        (["restore"], "Missing argument 'BACKUP'"),
+        (["prune", "/tmp", "--keep", "x"], "Invalid value for '--keep'"),
+    ],
+)
+def test_option_errors_are_one_error_line_and_one_hint_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """Click's own usage block (Usage:, Try ..., a blank line, Error: ...) was four lines
+    in another shape than every other failure; and JSON logs got it raw."""
+    run = run_cli(*args)
+    assert run.returncode == 2 and run.stdout == ""
+    error, hint = run.stderr.splitlines()
+    assert error.startswith("error: ") and message in error, run.stderr
+    assert hint == f"hint: see `asyncsnap {args[0]} --help`"
+    if args[0] not in ("dump", "restore"):
+        return  # the commands with --log-format
+    as_json = run_cli(*args, "--log-format", "json")
+    [line] = as_json.stderr.splitlines()
+    assert orjson.loads(line)["exit_code"] == 2 and message in orjson.loads(line)["message"]
+
+
+def test_a_server_hint_and_ours_make_one_hint_line() -> None:
+    """asyncpg puts a server's HINT on a line of the message; with ours that made two
+    hint lines (one inside the error line). Now the server's joins ours; the same hint
+    twice is said once."""
+    server = AsyncsnapError(
+        "server error while copying t: cannot cast\nDETAIL:  x\nHINT:  Use a USING clause.",
+        hint="see the server log",
+    )
+    code, message, hint = _describe_failure(server)
+    assert code == ExitCode.FAILED
+    assert message == "server error while copying t: cannot cast\nDETAIL:  x"
+    assert hint == "Use a USING clause.; see the server log"
+    same = AsyncsnapError("bad\nHINT:  Do this.", hint="Do this.")
+    assert _describe_failure(same)[2] == "Do this."
+    assert _describe_failure(AsyncsnapError("plain", hint=None))[1:] == ("plain", None)

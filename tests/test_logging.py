@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,33 @@ def test_summary_json_names_the_backup_of_a_failed_run(db: Database, tmp_path: P
     assert failed["partial"] == str(partial)
     assert failed["path"] == str(partial).removesuffix(".partial")
     assert not Path(failed["path"]).exists()
+
+
+def test_text_log_times_are_utc_with_their_offset(db: Database, tmp_path: Path) -> None:
+    """Text logs printed local time without an offset while backup names are UTC: under
+    TZ=America/New_York the two disagreed by five hours, with nothing to say so."""
+    db.execute("CREATE TABLE t (id int)")
+    before = datetime.now(UTC).replace(microsecond=0)
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), env=clean_env(TZ="America/New_York"))
+    after = datetime.now(UTC)
+    assert run.returncode == 0, run.stderr
+    for line in run.stderr.splitlines():
+        stamp = line.split(" ", 1)[0]
+        assert stamp.endswith("Z"), line
+        when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        assert before <= when <= after, line
+
+
+def test_dry_run_prints_its_plan_once(db: Database, tmp_path: Path) -> None:
+    """Off a terminal the plan went to stderr as log lines and to stdout as the result:
+    twice in one cron mail. The plan is the result: stdout only."""
+    db.execute(SHOP)
+    backup = tmp_path / "b"
+    assert run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "b", "-q").returncode == 0
+    db.execute("TRUNCATE customers, orders, order_lines, audit.log")
+    run = run_cli("restore", str(backup), db.dsn, "--dry-run")
+    assert run.returncode == 0, run.stderr
+    plan = run.stdout.splitlines()
+    assert any("level" in line for line in plan), run.stdout
+    for line in plan:
+        assert line not in run.stderr, line

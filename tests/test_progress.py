@@ -69,6 +69,17 @@ def test_live_display_tracks_running_tables() -> None:
         live(DONE)
 
 
+def test_a_bar_past_its_estimate_keeps_its_clock_running() -> None:
+    """A page range estimated at 10 rows that has sent 450: rich took the bar as finished
+    and froze its elapsed time at 0:00:00 while the range went on."""
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with LiveDisplay(console) as live:
+        live(ChunkStarted(label="public.big [2/2]", est_rows=10))
+        live(ChunkProgress(label="public.big [2/2]", rows=450, bytes=45_000))
+        [task] = [t for t in live._progress.tasks if t.description == "public.big [2/2]"]
+        assert not task.finished and task.completed == 450 and (task.total or 0) > 450
+
+
 def test_summary_table_has_one_row_per_table_with_its_rate() -> None:
     """A split table's page ranges were one row each, sorted as strings ([1/12], [10/12],
     [11/12], [2/12]); now one row per table, in name order, with seconds and rows/s."""
