@@ -323,6 +323,18 @@ LogFormatOption = Annotated[
         help="text (lines for people) or json (one object per line).",
     ),
 ]
+
+
+def _summary_base(command: str, **known: object) -> dict[str, object]:
+    """--summary-json's fields before the run: every key of the command's summary (README
+    "Output for scripts"), null until known, so a failure has the same keys."""
+    if command == "dump":
+        base: dict[str, object] = {"path": None, "partial": None, **dict.fromkeys(_DUMP_COUNTS)}
+    else:
+        base = {"backup": None, "target": None, "dry_run": None, **dict.fromkeys(_RESTORE_COUNTS)}
+    return {"command": command, "started_at": _now(), **base, **known}
+
+
 # --summary-json's result fields, null when the run failed (README "Output for scripts").
 _DUMP_COUNTS = (
     "snapshot",
@@ -470,8 +482,13 @@ def connection_spec(
             "the database is given twice: as the DSN argument and with -d",
             hint="give it once (-d NAME, or NAME as the argument)",
         )
-    if port is not None and not _PORT.fullmatch(port):
-        raise UsageError(f"invalid port {port!r}", hint="-p takes a port number, e.g. -p 5432")
+    if port is not None and not (
+        _PORT.fullmatch(port) and all(1 <= int(p) <= 65535 for p in port.split(","))
+    ):
+        raise UsageError(
+            f"invalid port {port!r}",
+            hint="a port is a number from 1 to 65535: check -p, the DSN and PGPORT",
+        )
     if no_password and ask_password:
         raise UsageError("-w and -W exclude each other", hint="choose one")
     password = None
@@ -637,7 +654,9 @@ def dump_command(
 
     Connects as pg_dump does: a DSN or -d, then -h/-p/-U over its parts; with neither,
     DATABASE_URL (or ./.env), then libpq's PG* variables. Prints the backup's path on
-    stdout; progress, logs and errors go to stderr. Exit codes: see the README.
+    stdout; progress, logs and errors go to stderr. Exit codes: 0 done, 1 failed, 2 bad
+    usage, 3 cannot connect, 4 output problem, 5 verification failed, 6 directory locked,
+    70 a bug, 130/143 interrupted.
 
     \b
     Examples:
@@ -651,13 +670,7 @@ def dump_command(
     split_bytes = parse_size(split_larger_than)
     json_log = JsonLog(sys.stderr) if log_format == "json" else None
     # --summary-json on failure: where the backup was to be, once that is known.
-    outcome: dict[str, object] = {
-        "command": "dump",
-        "started_at": _now(),
-        "path": str(output / name) if name else None,
-        "partial": None,
-        **dict.fromkeys(_DUMP_COUNTS),
-    }
+    outcome = _summary_base("dump", path=str(output / name) if name else None)
     try:
         connection = connection_spec(
             dsn,
@@ -778,7 +791,22 @@ def _usage_failed(exc: Any) -> NoReturn:
     """An option error Click found: one error line and one hint line, exit 2."""
     command = exc.ctx.command_path if exc.ctx is not None else "asyncsnap"
     hint = f"see `{command} --help`"
-    if _json_asked():
+    name = exc.ctx.info_name if exc.ctx is not None else None
+    summary = _argv_value("--summary-json")
+    if summary and name in ("dump", "restore"):  # a cron job watching it sees this too
+        _write_summary(
+            Path(summary),
+            {
+                **_summary_base(name),
+                "ok": False,
+                "exit_code": ExitCode.USAGE,
+                "finished_at": _now(),
+                "error": exc.format_message(),
+                "hint": hint,
+            },
+            None,
+        )
+    if _argv_value("--log-format") == "json":
         JsonLog(sys.stderr).write(
             {
                 "level": "error",
@@ -794,13 +822,16 @@ def _usage_failed(exc: Any) -> NoReturn:
     sys.exit(ExitCode.USAGE)
 
 
-def _json_asked() -> bool:
-    """Whether the command line asks for ``--log-format json`` (for errors Click finds
-    before the options are parsed)."""
+def _argv_value(option: str) -> str | None:
+    """The value the command line gives ``option`` (``--opt VALUE`` or ``--opt=VALUE``),
+    for errors Click finds before the options are parsed."""
     args = sys.argv[1:]
-    return "--log-format=json" in args or any(
-        a == "--log-format" and b == "json" for a, b in itertools.pairwise(args)
-    )
+    for arg, following in itertools.pairwise([*args, ""]):
+        if arg == option and following:
+            return following
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _renderers(
@@ -922,7 +953,8 @@ def restore_command(
 
     The target is given as for dump (DSN or -d, -h, -p, -U). Without --clean, --create or
     --data-only, the schema is created when none of its tables exist, and rows go into
-    existing tables only when they are empty; --dry-run prints what would happen.
+    existing tables only when they are empty; --dry-run prints what would happen. Exit
+    codes as for dump (5: the backup failed its checks; nothing was loaded).
 
     \b
     Examples:
@@ -934,14 +966,7 @@ def restore_command(
       asyncsnap restore /backups/backup_20261124T021500Z -h db.internal -U app -d postgres --create
     """
     json_log = JsonLog(sys.stderr) if log_format == "json" else None
-    outcome: dict[str, object] = {
-        "command": "restore",
-        "started_at": _now(),
-        "backup": str(backup_dir),
-        "target": None,
-        "dry_run": dry_run,
-        **dict.fromkeys(_RESTORE_COUNTS),
-    }
+    outcome = _summary_base("restore", backup=str(backup_dir), dry_run=dry_run)
     try:
         if truncate and append:
             raise UsageError("--truncate and --append exclude each other", hint="choose one")
@@ -1111,7 +1136,11 @@ def prune_command(
     verb = "would remove" if dry_run else "removed"
     for path in result.removed:
         typer.echo(f"{verb} {path}")
-    named = f", kept {len(result.named)} named (--include-named)" if result.named else ""
+    named = (
+        f", kept {count(len(result.named), 'named backup')} (--include-named counts them)"
+        if result.named
+        else ""
+    )
     typer.echo(
         f"kept {len(result.kept)}, {verb} {len(result.removed)}, "
         f"left alone {len(result.ignored)} (not complete asyncsnap backups){named}"

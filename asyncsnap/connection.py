@@ -31,7 +31,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -361,6 +361,45 @@ def resolve(
     )
 
 
+def names_a_host(params: ConnectParams, env: Mapping[str, str] | None = None) -> bool:
+    """Whether the connection names a host (in its URI, or ``PGHOST``/``PGHOSTADDR``)."""
+    env = os.environ if env is None else env
+    if env.get("PGHOST") or env.get("PGHOSTADDR"):
+        return True
+    if params.uri is None:
+        return False
+    parts = urlsplit(params.uri)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    return bool(parts.netloc.rpartition("@")[2]) or any(k == "host" and v for k, v in query)
+
+
+def pin_address(
+    params: ConnectParams, address: object, env: Mapping[str, str] | None = None
+) -> ConnectParams:
+    """``params`` with the host and port a connection reached (asyncpg's address: a
+    socket path, or ``(host, port)``), when nothing named a host; else unchanged.
+
+    >>> pin_address(ConnectParams(uri=None), "/tmp/.s.PGSQL.5433", env={}).uri
+    'postgresql://?host=%2Ftmp&port=5433'
+    >>> pin_address(ConnectParams(uri="postgresql://db/x"), ("10.0.0.1", 5432), env={}).uri
+    'postgresql://db/x'
+    """
+    if names_a_host(params, env):
+        return params
+    if isinstance(address, str) and ".s.PGSQL." in address:
+        host, _, socket_name = address.rpartition("/")
+        port = socket_name.rpartition(".")[2]
+    elif isinstance(address, tuple) and len(address) >= 2:
+        host, port = str(address[0]), str(address[1])
+    else:
+        return params
+    parts = urlsplit(params.uri or "postgresql://")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    base = join_uri(parts.scheme, parts.netloc, parts.path, [])
+    base, query = _apply_overrides(base, query, {"host": host, "port": port})
+    return replace(params, uri=base + ("?" + _query(query) if query else ""))
+
+
 def _split_hostspec(hostspec: str) -> tuple[list[str], list[str]]:
     """A URI's ``host1:port1,[::1]:port2`` as hosts and ports (``""`` where none)."""
     hosts, ports = [], []
@@ -510,8 +549,10 @@ def describe_target(params: ConnectParams | str | None) -> Target:
     if params.uri:
         parts = urlsplit(params.uri)
         host = unquote(parts.hostname or "") or host
-        with contextlib.suppress(ValueError):  # a port that is not a number
+        try:
             port = str(parts.port or port)
+        except ValueError:  # not a number, or out of range: name it as written
+            port = parts.netloc.rpartition("@")[2].rpartition(":")[2] or port
         user = unquote(parts.username or "") or user
         database = unquote(parts.path.lstrip("/")) or database
         # postgresql://u@/db?host=/run/postgresql&port=5433: the query string wins.
@@ -567,6 +608,11 @@ def translate_connect_error(exc: BaseException, target: Target) -> Exception | N
             f"the server at {target.host}:{target.port} has no free connection slots",
             hint="lower -j or raise max_connections",
         )
+    if isinstance(exc, OverflowError | ValueError) and not _valid_ports(target.port):
+        return UsageError(
+            f"invalid port {target.port!r}",
+            hint="a port is a number from 1 to 65535: check -p, the DSN and PGPORT",
+        )
     if isinstance(exc, asyncpg.exceptions.ClientConfigurationError | ValueError):
         return UsageError(
             f"invalid connection string: {_first_line(exc)}",
@@ -589,6 +635,15 @@ def translate_connect_error(exc: BaseException, target: Target) -> Exception | N
             hint="is the server running and accepting connections? check host and port",
         )
     return None
+
+
+def _valid_ports(text: str) -> bool:
+    """``5432`` or ``5432,5433``, each 1-65535.
+
+    >>> _valid_ports("5432"), _valid_ports("99999"), _valid_ports("abc")
+    (True, False, False)
+    """
+    return all(p.isdigit() and 1 <= int(p) <= 65535 for p in text.split(","))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -349,7 +349,7 @@ async def dump(
                             tg.start_soon(
                                 _capture_schema,
                                 pg_dump,
-                                params,
+                                session.params,  # where the coordinator went (pinned)
                                 coordinator.snapshot_id,
                                 pg_dump_selection + _unreadable_excluded(inventory),
                                 lock_timeout,

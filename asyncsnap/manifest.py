@@ -69,6 +69,14 @@ def sha256sums(files: list[tuple[str, str]]) -> bytes:
     return "".join(f"{digest}  {path}\n" for path, digest in files).encode()
 
 
+def _backups_inside(directory: Path) -> list[Path]:
+    """The backups (directories with a manifest) directly inside ``directory``, by name."""
+    try:
+        return sorted(p for p in directory.iterdir() if (p / MANIFEST_NAME).is_file())
+    except OSError:
+        return []
+
+
 def load(backup_dir: Path) -> dict[str, Any]:
     """Read and check a backup's manifest: format name, version, then checksum.
 
@@ -79,9 +87,12 @@ def load(backup_dir: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
+        inside = _backups_inside(backup_dir)
         raise VerificationFailed(
             f"{backup_dir} has no {MANIFEST_NAME}: not a complete asyncsnap backup",
-            hint="a dump that failed or was interrupted leaves no manifest",
+            hint=f"it is a directory of backups (dump's -o): give one of them, e.g. {inside[-1]}"
+            if inside
+            else "a dump that failed or was interrupted leaves no manifest",
         ) from exc
     try:
         body = orjson.loads(raw)

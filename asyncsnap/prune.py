@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import manifest
 from .errors import UsageError, VerificationFailed
-from .manifest import DEFAULT_NAME, PARTIAL_SUFFIX
+from .manifest import DEFAULT_NAME, MANIFEST_NAME, PARTIAL_SUFFIX
 from .storage import OutputLock
 
 
@@ -58,6 +58,12 @@ def prune(
     root = Path(directory)
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory", hint="give the dump's -o directory")
+    if (root / MANIFEST_NAME).is_file():
+        raise UsageError(
+            f"{root} is a backup, not a directory of backups",
+            hint=f"give the directory it is in (dump's -o): asyncsnap prune {root.parent} "
+            f"--keep {keep}",
+        )
     lock = None if locked else OutputLock(root)
     if lock is not None:
         lock.acquire()

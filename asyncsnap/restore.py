@@ -421,7 +421,9 @@ async def restore(
         restore_schema.check_options(
             backup, data_only=data_only, schema_only=schema_only, clean=clean, create=create
         )
-        maintenance = await Session(params, policy).connect()
+        maintenance_session = Session(params, policy)
+        maintenance = await maintenance_session.connect()
+        params = maintenance_session.params  # where it went (pinned)
         try:
             created = await restore_schema.create_database(
                 maintenance, backup, clean=clean, dry_run=dry_run
@@ -963,7 +965,8 @@ async def _check_empty(conn: asyncpg.Connection, loads: list[TableLoad], mode: M
     if busy:
         raise TargetNotEmpty(
             f"the target already has rows in {some_names(busy)}",
-            hint="pass --truncate to empty them first or --append to add to them",
+            hint="pass --truncate to replace their rows, --append to add to them, or --clean "
+            "to take the whole database back to the backup",
         )
 
 

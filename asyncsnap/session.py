@@ -40,7 +40,13 @@ from typing import Any
 
 import asyncpg
 
-from .connection import ConnectParams, Target, describe_target, translate_connect_error
+from .connection import (
+    ConnectParams,
+    Target,
+    describe_target,
+    pin_address,
+    translate_connect_error,
+)
 from .manifest import RENDER_SETTINGS
 
 # Seconds: TCP keepalive probes start after this much silence, repeat every interval, and
@@ -211,6 +217,10 @@ class Session:
         timeout = self.params.connect_timeout or CONNECT_TIMEOUT
         with _translated(self.target):
             conn = await asyncpg.connect(**self._kwargs(), timeout=timeout)
+        # Nothing named a host: asyncpg tried the usual socket directories, then localhost;
+        # libpq (pg_dump, pg_restore) tries only its compiled-in socket directory. The pool
+        # and those tools go where this connection went.
+        self.params = pin_address(self.params, getattr(conn, "_addr", None))
         try:
             await self._after_connect(conn)
         except BaseException:

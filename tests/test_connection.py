@@ -14,7 +14,14 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pytest
 
 from asyncsnap.cli import redact
-from asyncsnap.connection import ConnectionSpec, describe_target, resolve, resolve_dsn
+from asyncsnap.connection import (
+    ConnectionSpec,
+    ConnectParams,
+    describe_target,
+    pin_address,
+    resolve,
+    resolve_dsn,
+)
 
 from .conftest import Database, clean_env, run_cli
 from .helpers import manifest_of
@@ -259,3 +266,53 @@ def _run_on_a_terminal(argv: list[str], answer: str) -> tuple[int, str]:
     _, status = os.waitpid(pid, 0)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_pin_address_names_where_a_hostless_connection_went() -> None:
+    socket = pin_address(ConnectParams(uri="postgresql:///shop"), "/tmp/pg/.s.PGSQL.5433", env={})
+    assert _query_of(socket.uri) == {"host": "/tmp/pg", "port": "5433", "dbname": "shop"}
+    tcp = pin_address(ConnectParams(uri=None), ("127.0.0.1", 6000), env={})
+    assert _query_of(tcp.uri) == {"host": "127.0.0.1", "port": "6000"}
+    named = ConnectParams(uri="postgresql://?host=db")
+    assert pin_address(named, ("10.0.0.1", 5432), env={}) is named
+    assert (
+        pin_address(ConnectParams(uri=None), ("10.0.0.1", 5432), env={"PGHOST": "db"}).uri is None
+    )
+
+
+def test_without_a_host_pg_dump_and_pg_restore_reach_the_same_server(
+    db: Database, tmp_path: Path
+) -> None:
+    """No host anywhere: asyncpg found the server on localhost after trying the usual
+    socket directories, but the pg_dump it ran tried only libpq's default socket and failed
+    ("connection to server on socket /var/run/postgresql/.s.PGSQL.N failed"), exit 1."""
+    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    env = clean_env(PGPASSWORD=PASSWORD)
+    where = ["-p", str(db.postgres.port), "-U", "postgres", "-d", db.name]
+    run = run_cli("dump", *where, "-o", str(tmp_path), "--name", "b", env=env)
+    assert run.returncode == 0, run.stderr
+    assert manifest_of(tmp_path / "b")["schema"] is not None
+    run = run_cli("restore", str(tmp_path / "b"), *where, "--clean", "-q", env=env)  # pg_restore
+    assert run.returncode == 0, run.stderr
+    assert db.fetchval("SELECT count(*) FROM t") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "shown"),
+    [
+        (["-p", "99999"], {}, "99999"),
+        ([], {"PGPORT": "99999"}, "99999"),
+        ([], {"PGPORT": "abc"}, "abc"),
+        (["postgresql://u@127.0.0.1:70000/x"], {}, "70000"),
+    ],
+)
+def test_a_bad_port_is_a_usage_error_naming_it(
+    tmp_path: Path, args: list[str], env: dict[str, str], shown: str
+) -> None:
+    """A port over 65535 was an internal error (OverflowError, exit 70); PGPORT=abc said
+    "invalid connection string" when no string was given."""
+    run = run_cli("dump", *args, "-o", str(tmp_path), env=clean_env(PGHOST="127.0.0.1", **env))
+    assert run.returncode == 2, run.stderr
+    error, hint = run.stderr.splitlines()
+    assert error == f"error: invalid port '{shown}'", run.stderr
+    assert hint == "hint: a port is a number from 1 to 65535: check -p, the DSN and PGPORT"

@@ -223,3 +223,15 @@ def test_dry_run_prints_its_plan_once(db: Database, tmp_path: Path) -> None:
     assert any("level" in line for line in plan), run.stdout
     for line in plan:
         assert line not in run.stderr, line
+
+
+def test_summary_json_is_written_for_an_option_error_too(tmp_path: Path) -> None:
+    """A mistyped option in a cron line (exit 2 from the option parser) left no summary,
+    so a job watching the file never saw the failure."""
+    summary = tmp_path / "summary.json"
+    run = run_cli("dump", "-o", str(tmp_path), "--jbos", "3", "--summary-json", str(summary))
+    assert run.returncode == 2
+    failed = json.loads(summary.read_text())
+    assert set(failed) == DUMP_SUMMARY_KEYS and failed["ok"] is False
+    assert failed["exit_code"] == 2 and "No such option: --jbos" in failed["error"]
+    assert failed["hint"] == "see `asyncsnap dump --help`"

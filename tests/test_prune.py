@@ -79,7 +79,7 @@ def test_prune_cli_and_bad_keep(directory: Path) -> None:
     run = run_cli("prune", str(directory), "--keep", "3")
     assert run.returncode == 0, run.stderr
     assert f"removed {directory / B[1]}" in run.stdout and "kept 3, removed 1" in run.stdout
-    assert "kept 1 named (--include-named)" in run.stdout
+    assert "kept 1 named backup (--include-named counts them)" in run.stdout
     run = run_cli("prune", str(directory), "--keep", "0")
     assert run.returncode == 2
     with pytest.raises(UsageError):
@@ -124,3 +124,17 @@ def test_dumps_in_the_same_second_get_distinct_default_names(db: Database, tmp_p
     made = sorted(p.name for p in (tmp_path / "cli").iterdir() if not p.name.startswith("."))
     assert len(made) == 2 and all(manifest.DEFAULT_NAME.fullmatch(n) for n in made)
     assert prune(tmp_path / "cli", keep=1).named == []
+
+
+def test_prune_given_a_backup_instead_of_its_directory_says_so(directory: Path) -> None:
+    """`prune backups/before-migration-42 --keep 1` printed "kept 0, removed 0, left alone
+    4" and exit 0: a cron line with the wrong path would never prune, silently."""
+    run = run_cli("prune", str(directory / B[4]), "--keep", "1")
+    assert run.returncode == 2
+    error, hint = run.stderr.splitlines()
+    assert error == f"error: {directory / B[4]} is a backup, not a directory of backups"
+    assert (
+        hint
+        == f"hint: give the directory it is in (dump's -o): asyncsnap prune {directory} --keep 1"
+    )
+    assert (directory / B[4] / manifest.MANIFEST_NAME).is_file()

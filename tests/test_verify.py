@@ -169,3 +169,15 @@ def test_inspect_table_and_json(backup: Path) -> None:
     assert summary["totals"]["rows"] == 2070
     assert {t["name"]: t["rows"] for t in summary["tables"]}["order_lines"] == 1500
     assert summary["snapshot"]["id"]
+
+
+def test_verify_of_the_output_directory_points_at_a_backup_in_it(backup: Path) -> None:
+    """`verify /backups` (dump's -o, not a backup) said a dump had failed or been
+    interrupted; it is a directory of backups, and the hint names one."""
+    run = run_cli("verify", str(backup.parent))
+    assert run.returncode == 5
+    error, hint = run.stderr.splitlines()
+    assert error.startswith(f"error: {backup.parent} has no manifest.json")
+    assert (
+        hint == f"hint: it is a directory of backups (dump's -o): give one of them, e.g. {backup}"
+    )
