@@ -5,10 +5,16 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import pty
+import select
+import time
 from pathlib import Path
 from typing import Any
 
 import zstandard
+
+from .conftest import clean_env
 
 
 def flip_bit_mid_file(path: Path) -> None:
@@ -51,3 +57,32 @@ def table_entry(backup: Path, schema: str, name: str) -> dict[str, Any]:
         if (t["schema"], t["name"]) == (schema, name):
             return t  # type: ignore[no-any-return]
     raise KeyError((schema, name))
+
+
+def run_on_a_terminal(argv: list[str], answer: str | None = None) -> tuple[int, str]:
+    """Run ``argv`` with a pseudo-terminal as its controlling terminal; type ``answer`` at
+    the first prompt, if given. The exit status and everything it wrote (stdout and
+    stderr both go to the terminal)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the pty is its terminal
+        os.execve(argv[0], argv, {**clean_env(), "COLUMNS": "120", "TERM": "xterm"})
+    output = b""
+    answered = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+        if answer is not None and not answered and b"Password" in output:
+            os.write(fd, answer.encode() + b"\n")
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")

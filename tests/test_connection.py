@@ -3,11 +3,7 @@ variables, in that order), and that passwords never reach the screen."""
 
 from __future__ import annotations
 
-import os
-import pty
-import select
 import sys
-import time
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -24,7 +20,7 @@ from asyncsnap.connection import (
 )
 
 from .conftest import Database, clean_env, run_cli
-from .helpers import manifest_of
+from .helpers import manifest_of, run_on_a_terminal
 from .pgserver import PASSWORD, free_port
 
 
@@ -232,40 +228,12 @@ def test_password_prompt_on_a_terminal(db: Database, tmp_path: Path) -> None:
     args = ["dump", "-W", "-d", db.name, "-h", db.postgres.host, "-p", str(db.postgres.port),
             "-U", "postgres", "-o", str(tmp_path)]  # fmt: skip
     for answer, code in ((PASSWORD, 0), ("wrong", 3)):
-        status, output = _run_on_a_terminal(
+        status, output = run_on_a_terminal(
             [sys.executable, "-m", "asyncsnap", *args, "--name", f"b{code}"], answer
         )
         assert status == code, output
         assert "Password" in output and answer not in output
     assert (tmp_path / "b0" / "manifest.json").is_file() and not (tmp_path / "b3").exists()
-
-
-def _run_on_a_terminal(argv: list[str], answer: str) -> tuple[int, str]:
-    """Run ``argv`` with a pseudo-terminal as its controlling terminal; type ``answer`` at
-    the first prompt. The exit status and everything it wrote."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the pty is its terminal
-        os.execve(argv[0], argv, clean_env())
-    output = b""
-    answered = False
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        output += chunk
-        if not answered and b"Password" in output:
-            os.write(fd, answer.encode() + b"\n")
-            answered = True
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
 
 
 def test_pin_address_names_where_a_hostless_connection_went() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -16,6 +18,9 @@ from asyncsnap.events import (
     Event,
 )
 from asyncsnap.progress import LiveDisplay, PlainLog, human_bytes, summary_table
+
+from .conftest import Database
+from .helpers import manifest_of, run_on_a_terminal
 
 EVENTS: list[Event] = [
     DumpStarted(
@@ -106,3 +111,27 @@ def test_summary_table_has_one_row_per_table_with_its_rate() -> None:
 def test_human_bytes() -> None:
     assert human_bytes(512) == "512 B" and human_bytes(2048) == "2.0 KiB"
     assert human_bytes(5 * 2**40) == "5.0 TiB"
+
+
+def test_on_a_terminal_the_summary_has_one_row_per_table_and_stdout_the_path(
+    db: Database, tmp_path: Path
+) -> None:
+    """A dump on a real (pseudo-)terminal: the live display, then the closing table with
+    one row per table (a split table's ranges together, no [1/4] rows) and rows/s, and the
+    backup's path as the last line."""
+    db.execute(
+        "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS pad FROM generate_series(1, 60000) g;"
+        "CREATE TABLE small AS SELECT 1 AS id; ANALYZE"
+    )
+    status, output = run_on_a_terminal(
+        [sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", str(tmp_path), "--name", "b",
+         "--split-larger-than", "1MB"],
+    )  # fmt: skip
+    assert status == 0, output
+    lines = [line.strip() for line in output.replace("\r", "\n").splitlines() if line.strip()]
+    rows = [line for line in lines if line.startswith("│ public.")]
+    assert [r.split("│")[1].strip() for r in rows] == ["public.big", "public.small"], output
+    assert "rows/s" in output and "[1/" not in "".join(rows)
+    assert rows[0].split("│")[2].strip() == "60,000"
+    assert lines[-1] == str(tmp_path / "b")
+    assert len(manifest_of(tmp_path / "b")["tables"][0]["files"]) > 1  # it was split

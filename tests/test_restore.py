@@ -571,3 +571,21 @@ def test_damaged_backup_restore_loads_nothing_from_the_bad_file(
     assert empty_copy.fetchval("SELECT count(*) FROM order_lines") == 0
     if damage is _edit_manifest:
         assert empty_copy.fetchval("SELECT count(*) FROM customers") == 0
+
+
+def test_restore_selects_by_schema_like_dump(db: Database, tmp_path: Path) -> None:
+    """restore had -t/-T but not dump's -n/-N: loading one schema's rows needed a -t per
+    table."""
+    db.execute(SHOP)
+    assert run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "b", "-q").returncode == 0
+    db.execute("TRUNCATE customers, orders, order_lines, audit.log")
+    run = run_cli("restore", str(tmp_path / "b"), db.dsn, "--data-only", "-n", "audit", "-q")
+    assert run.returncode == 0, run.stderr
+    assert db.fetchval("SELECT count(*) FROM audit.log") == 20
+    assert db.fetchval("SELECT count(*) FROM customers") == 0
+    run = run_cli(
+        "restore", str(tmp_path / "b"), db.dsn, "--data-only", "-N", "audit", "--append", "-q"
+    )
+    assert run.returncode == 0, run.stderr
+    assert db.fetchval("SELECT count(*) FROM customers") == 50
+    assert db.fetchval("SELECT count(*) FROM audit.log") == 20  # not loaded twice
