@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import anyio
 import pytest
 
 from asyncsnap.cli import redact
@@ -19,7 +20,7 @@ from asyncsnap.connection import (
     resolve_dsn,
 )
 
-from .conftest import Database, clean_env, run_cli
+from .conftest import Database, Postgres, clean_env, execute, run_cli
 from .helpers import manifest_of, run_on_a_terminal
 from .pgserver import PASSWORD, free_port
 
@@ -284,3 +285,25 @@ def test_a_bad_port_is_a_usage_error_naming_it(
     error, hint = run.stderr.splitlines()
     assert error == f"error: invalid port '{shown}'", run.stderr
     assert hint == "hint: a port is a number from 1 to 65535: check -p, the DSN and PGPORT"
+
+
+def test_a_database_name_with_a_space_reaches_pg_dump(postgres: Postgres, tmp_path: Path) -> None:
+    """Query parameters were encoded with '+' for a space: asyncpg decodes that, libpq
+    (pg_dump) does not, so the dump connected and its schema step asked for "my+shop"."""
+    name = "asyncsnap test space"
+    anyio.run(execute, postgres.admin_dsn, f'CREATE DATABASE "{name}"', backend="asyncio")
+    try:
+        dsn = postgres.dsn(name.replace(" ", "%20"))
+        anyio.run(execute, dsn, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        conninfo = f"host={postgres.host} port={postgres.port} user=postgres dbname='{name}'"
+        run = run_cli(
+            "dump", conninfo, "-o", str(tmp_path), "--name", "b",
+            env=clean_env(PGPASSWORD=PASSWORD),
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert manifest_of(tmp_path / "b")["server"]["database"] == name
+        assert manifest_of(tmp_path / "b")["schema"] is not None
+    finally:
+        anyio.run(
+            execute, postgres.admin_dsn, f'DROP DATABASE "{name}" WITH (FORCE)', backend="asyncio"
+        )
