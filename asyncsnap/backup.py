@@ -19,6 +19,7 @@ import zstandard
 
 from . import manifest
 from .errors import VerificationFailed
+from .location import local_path
 from .manifest import PARTIAL_SUFFIX, Backup, BackupFile, Compression, SchemaFile
 
 _READ_BLOCK = 1 << 20
@@ -34,7 +35,7 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
 
     >>> backup = open_backup("backups/backup_20261124T021500Z")  # doctest: +SKIP
     """
-    root = Path(path)
+    root = local_path(path, role="BACKUP")
     if root.name.endswith(PARTIAL_SUFFIX) and not in_progress:
         raise VerificationFailed(
             f"{root} is an incomplete backup (a dump that failed, was interrupted or is "

@@ -394,8 +394,10 @@ ExcludeSchemaOption = Annotated[
         help="Skip tables in schemas matching PATTERN (repeatable).",
     ),
 ]
+# Paths are taken as typed (str): Path() would turn "s3://b/x" into "s3:/b/x" before the
+# library could see that it is a URL (location.py).
 BackupArgument = Annotated[
-    Path, typer.Argument(metavar="BACKUP", help="A backup directory made by dump.")
+    str, typer.Argument(metavar="BACKUP", help="A backup directory made by dump.")
 ]
 DsnArgument = Annotated[
     str | None,
@@ -518,9 +520,9 @@ def dump_command(
     no_password: NoPasswordOption = False,
     ask_password: PasswordPromptOption = False,
     output: Annotated[
-        Path,
+        str,
         typer.Option("--output", "-o", metavar="DIR", help="Directory to put the backup in."),
-    ] = Path("."),
+    ] = ".",
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, metavar="N", help="Connections copying at once.")
     ] = 2,
@@ -670,7 +672,7 @@ def dump_command(
     split_bytes = parse_size(split_larger_than)
     json_log = JsonLog(sys.stderr) if log_format == "json" else None
     # --summary-json on failure: where the backup was to be, once that is known.
-    outcome = _summary_base("dump", path=str(output / name) if name else None)
+    outcome = _summary_base("dump", path=os.path.join(output, name) if name else None)
     try:
         connection = connection_spec(
             dsn,
@@ -1102,7 +1104,7 @@ def verify_command(
 @app.command("prune", short_help="Remove old backups, keep the N newest.")
 def prune_command(
     directory: Annotated[
-        Path, typer.Argument(metavar="DIR", help="The directory dumps are written to (-o).")
+        str, typer.Argument(metavar="DIR", help="The directory dumps are written to (-o).")
     ],
     keep: Annotated[
         int,

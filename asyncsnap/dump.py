@@ -59,6 +59,7 @@ from .events import (
 )
 from .inventory import Inventory, take_inventory
 from .largeobjects import count_large_objects
+from .location import local_path
 from .manifest import (
     COMPRESSIONS,
     DEFAULT_NAME_FORMAT,
@@ -690,7 +691,7 @@ def _check_arguments(
     selection = Selection.from_strings(
         include=tables, exclude=exclude_tables, schemas=schemas, exclude_schemas=exclude_schemas
     )
-    output_dir = Path(output).absolute()
+    output_dir = local_path(output, role="-o").absolute()
     name = name or default_backup_name(output_dir)
     BackupDirectory.check_free(output_dir, name)  # create() checks again later
     return selection, output_dir, name

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import manifest
 from .errors import UsageError, VerificationFailed
+from .location import local_path
 from .manifest import DEFAULT_NAME, MANIFEST_NAME, PARTIAL_SUFFIX
 from .storage import OutputLock
 
@@ -55,7 +56,7 @@ def prune(
     """
     if keep < 1:
         raise UsageError(f"--keep must be at least 1, not {keep}", hint="--keep 7 keeps a week")
-    root = Path(directory)
+    root = local_path(directory, role="DIR")
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory", hint="give the dump's -o directory")
     if (root / MANIFEST_NAME).is_file():

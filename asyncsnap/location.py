@@ -1,0 +1,59 @@
+"""Where backups live, as the user wrote it: a local directory, or a URL.
+
+A URL is never taken for a path: ``-o s3://backups/nightly`` once wrote a local directory
+named ``s3:`` in the working directory and exited 0, and a cron job "backed up to the
+bucket" for as long as nobody looked. ``file://`` URLs name local directories; object
+store URLs (``s3://``, ``gs://``, ``az://`` ...) are refused by this version with exit 2,
+as is any other scheme.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PurePath
+from urllib.parse import unquote, urlsplit
+
+from .errors import UsageError
+
+# RFC 3986 scheme, then "://" (as typed) or ":/" (what Path() makes of "s3://b/x").
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_COLLAPSED_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):/(?!/)")
+OBJECT_STORE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss"})
+
+
+def local_path(value: str | os.PathLike[str], *, role: str) -> Path:
+    """``value`` as a local path, or a ``UsageError`` when it is a URL this version cannot
+    use. ``role`` says what the value is for (``-o``, ``BACKUP``), for the message.
+
+    >>> local_path("backups/x", role="-o")
+    PosixPath('backups/x')
+    >>> local_path("file:///srv/backups", role="-o")
+    PosixPath('/srv/backups')
+    """
+    text = os.fspath(value)
+    match = _URL.match(text)
+    if match is None and isinstance(value, PurePath):
+        match = _COLLAPSED_URL.match(text)  # Path("s3://b/x") is s3:/b/x
+    if match is None:
+        return Path(text)
+    scheme = match.group(1).lower()
+    if scheme == "file":
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise UsageError(
+                f"{role} {text!r} names another machine ({parts.netloc})",
+                hint="a file:// URL must be local: file:///path or a plain path",
+            )
+        return Path(unquote(parts.path))
+    if scheme in OBJECT_STORE_SCHEMES:
+        raise UsageError(
+            f"{role} {text!r} is an object store URL; this version of asyncsnap reads and "
+            "writes local directories only",
+            hint="write to a local directory, then copy it to the bucket with the store's "
+            "own tool (e.g. aws s3 cp --recursive)",
+        )
+    raise UsageError(
+        f"{role} {text!r} is a {scheme}: URL, not a directory",
+        hint="give a local directory (a path), or file:///path",
+    )
