@@ -97,6 +97,10 @@ class DiskFull(OutputError):
     """Raised by dump when a write fails with ENOSPC or EDQUOT."""
 
 
+class StoreFailed(OutputError):
+    """An object store refused a request, or could not be reached within the retries."""
+
+
 class DumpFailed(AsyncsnapError):
     """Raised when the server reports an error during a dump (after connecting)."""
 

@@ -1,0 +1,295 @@
+"""Object stores (``s3://bucket/prefix``, and ``gs://``, ``az://`` through the same library):
+the one module that talks to them, so that credentials, retries, timeouts and error
+messages are the same for every command that will use it.
+
+Built on obstore, the Python binding of Rust's ``object_store``. Measured on this project's
+2-core machine against SeaweedFS (``weed mini``) on the same host, 512 MiB streamed in
+256 KiB writes, two runs each: upload 134-142 MiB/s at 23 MiB peak RSS, download 594-696
+MiB/s at 30-31 MiB; s3fs (fsspec over aiobotocore) 80-84 MiB/s up, 212-273 MiB/s down, at
+92-99 MiB. obstore also does conditional writes (``If-None-Match: *``), which is how a
+manifest is written only if no other dump wrote one first.
+
+Credentials come from the environment as the store's own tools expect them
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+``AWS_ENDPOINT_URL``, ``AWS_REGION``; ``GOOGLE_*``/``AZURE_*`` likewise) or an explicit
+endpoint. They are never put in a URL, a message or a file: a URL with credentials in it
+is refused.
+
+Every call is synchronous and blocking: the dump's writers and the readers of verify and
+restore run in worker threads already. Requests are retried by the library with
+exponential backoff (5xx, dropped connections, timeouts) for at most ``RETRY_TIMEOUT``
+in all; then the call fails with ``StoreFailed`` (exit 4), naming the store, never the
+credentials.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .errors import OutputExists, StoreFailed, UsageError
+
+if TYPE_CHECKING:
+    from obstore.store import ObjectStore
+
+SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az"}
+# Bounded: a store that went away fails the run within about this long, not hours later.
+RETRY_TIMEOUT = timedelta(seconds=60)
+MAX_RETRIES = 5
+CONNECT_TIMEOUT = timedelta(seconds=10)
+REQUEST_TIMEOUT = timedelta(minutes=5)  # one request: a part upload or a ranged read
+PART_SIZE = 8 * 1024 * 1024  # a streamed object's multipart part
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,254}")
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    """``scheme://bucket/prefix``, checked: no credentials, no ``..``, a bucket name."""
+
+    scheme: str  # s3, gs or az
+    bucket: str
+    prefix: str  # no leading or trailing "/"; "" for the bucket's root
+
+    @classmethod
+    def parse(cls, text: str) -> StoreUrl:
+        """
+        >>> StoreUrl.parse("s3://backups/nightly/shop/")
+        StoreUrl(scheme='s3', bucket='backups', prefix='nightly/shop')
+        """
+        parts = urlsplit(text)
+        scheme = SCHEMES.get(parts.scheme.lower())
+        if scheme is None:
+            raise UsageError(f"{text!r} is not an object store URL", hint="use s3://bucket/prefix")
+        if "@" in parts.netloc or parts.password or parts.username:
+            raise UsageError(
+                "credentials in an object store URL are refused: they would be shown "
+                "by ps and written to logs",
+                hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile) instead",
+            )
+        if parts.query or parts.fragment:
+            raise UsageError(
+                f"{text!r} has a query or fragment", hint="use scheme://bucket/prefix only"
+            )
+        if not _BUCKET.fullmatch(parts.netloc):
+            raise UsageError(
+                f"{parts.netloc!r} is not a bucket name", hint="use s3://bucket/prefix"
+            )
+        segments = [s for s in parts.path.split("/") if s]
+        if any(s in (".", "..") for s in segments):
+            raise UsageError(f"{text!r} has a . or .. segment", hint="give the prefix plainly")
+        return cls(scheme, parts.netloc, "/".join(segments))
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
+
+    def key(self, name: str) -> str:
+        """The object key of ``name`` under the prefix."""
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str  # relative to the URL's prefix
+    size: int
+
+
+class Store:
+    """One bucket and prefix, opened with the environment's credentials."""
+
+    def __init__(
+        self,
+        url: StoreUrl,
+        *,
+        endpoint: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        retry_timeout: timedelta = RETRY_TIMEOUT,
+    ) -> None:
+        from obstore.store import from_url
+
+        self.url = url
+        options: dict[str, Any] = {
+            "connect_timeout": CONNECT_TIMEOUT,
+            "timeout": REQUEST_TIMEOUT,
+        }
+        config: dict[str, Any] = {}
+        endpoint = endpoint or (environ or {}).get("AWS_ENDPOINT_URL")
+        if endpoint is not None and url.scheme == "s3":
+            config["endpoint"] = endpoint
+            options["allow_http"] = endpoint.startswith("http://")
+        if environ is not None and url.scheme == "s3":  # explicit, else obstore reads os.environ
+            for key, name in (
+                ("AWS_ACCESS_KEY_ID", "access_key_id"),
+                ("AWS_SECRET_ACCESS_KEY", "secret_access_key"),
+                ("AWS_SESSION_TOKEN", "session_token"),
+                ("AWS_REGION", "region"),
+            ):
+                if environ.get(key):
+                    config[name] = environ[key]
+        bucket_url = f"{url.scheme}://{url.bucket}"
+        # from_url's overloads are typed per scheme; the dicts are built for the one chosen.
+        self._store: ObjectStore = from_url(  # type: ignore[call-overload]
+            bucket_url,
+            config=config or None,
+            client_options=options,
+            retry_config={"max_retries": MAX_RETRIES, "retry_timeout": retry_timeout},
+        )
+
+    def check_access(self) -> None:
+        """List the prefix once: a wrong key, a missing bucket or an unreachable store
+        fails here, before anything is written."""
+        import obstore
+
+        with self._translated("list", self.url.prefix):
+            obstore.list(self._store, prefix=self.url.prefix or None, chunk_size=1).collect()
+
+    def put_new(self, name: str, data: bytes) -> None:
+        """Write ``name`` only if no object has that key yet (a conditional write): two
+        dumps into one prefix cannot both complete the same backup."""
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        key = self.url.key(name)
+        try:
+            with self._translated("write", key):
+                obstore.put(self._store, key, data, mode="create")
+        except StoreFailed as exc:
+            if isinstance(exc.__cause__, AlreadyExistsError | PreconditionError):
+                raise OutputExists(
+                    f"{self.url}/{name} already exists",
+                    hint="another dump wrote it first; give another --name",
+                ) from exc.__cause__
+            raise
+
+    @contextmanager
+    def writer(self, name: str) -> Iterator[Any]:
+        """A file-like object streaming to ``name`` in parts of ``PART_SIZE`` (multipart
+        upload): the object appears only when the block ends without an error; on an
+        error the upload is abandoned and no object is left under the key."""
+        import obstore
+
+        key = self.url.key(name)
+        with self._translated("write", key):
+            file = obstore.open_writer(self._store, key, buffer_size=PART_SIZE)
+            with file:  # obstore completes the upload on a clean exit, aborts it on error
+                yield file
+
+    def read(self, name: str, *, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The bytes of ``name``, streamed in chunks of about ``chunk_size``."""
+        import obstore
+
+        key = self.url.key(name)
+        with self._translated("read", key):
+            result = obstore.get(self._store, key)
+            for chunk in result.stream(min_chunk_size=chunk_size):
+                yield bytes(chunk)
+
+    def objects(self, under: str = "") -> list[StoredObject]:
+        """Every object below the prefix (and ``under``), keys relative to the prefix."""
+        import obstore
+
+        base = self.url.key(under) if under else self.url.prefix
+        cut = len(self.url.prefix) + 1 if self.url.prefix else 0
+        with self._translated("list", base):
+            pages = obstore.list(self._store, prefix=base or None)
+            return [
+                StoredObject(str(meta["path"])[cut:], int(meta["size"]))
+                for page in pages
+                for meta in page
+            ]
+
+    def delete(self, names: Sequence[str]) -> None:
+        import obstore
+
+        keys = [self.url.key(n) for n in names]
+        with self._translated("delete", keys[0] if keys else self.url.prefix):
+            obstore.delete(self._store, keys)
+
+    @contextmanager
+    def _translated(self, action: str, key: str) -> Iterator[None]:
+        """obstore's errors as one line naming the store and what failed; never the
+        request's headers or signature."""
+        from obstore.exceptions import (
+            BaseError,
+            NotFoundError,
+            PermissionDeniedError,
+            UnauthenticatedError,
+        )
+
+        where = f"{self.url.scheme}://{self.url.bucket}/{key}"
+        try:
+            yield
+        except PermissionDeniedError as exc:
+            raise _access_denied(action, where) from exc
+        except UnauthenticatedError as exc:
+            raise StoreFailed(
+                f"the store did not accept the credentials for {where}",
+                hint="check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            ) from exc
+        except NotFoundError as exc:
+            raise StoreFailed(
+                f"{where} does not exist", hint="check the bucket and the prefix"
+            ) from exc
+        except (BaseError, OSError) as exc:  # obstore's generic errors are OSErrors too
+            code = _s3_code(exc)
+            if code == "AccessDenied":
+                raise _access_denied(action, where) from exc
+            if code in _CREDENTIAL_CODES:
+                raise StoreFailed(
+                    f"the store did not accept the credentials for {where} ({code})",
+                    hint="check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                ) from exc
+            raise StoreFailed(
+                f"could not {action} {where}: {_reason(exc, code)}",
+                hint=_hint(code),
+            ) from exc
+
+
+def _access_denied(action: str, where: str) -> StoreFailed:
+    return StoreFailed(
+        f"the store refused to {action} {where}: access denied",
+        hint="check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and that "
+        "they may use this bucket",
+    )
+
+
+# S3 error codes that mean the key or secret is wrong, whatever status they came with.
+_CREDENTIAL_CODES = frozenset(
+    {"SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken"}
+)
+_CODE = re.compile(r"<Code>([A-Za-z]+)</Code>")
+
+
+def _s3_code(exc: BaseException) -> str | None:
+    """The ``<Code>`` of an S3 error response inside obstore's message, if any."""
+    match = _CODE.search(str(exc))
+    return match.group(1) if match else None
+
+
+def _reason(exc: BaseException, code: str | None) -> str:
+    """What a person can act on, on one line: the S3 error code, or the kind of network
+    failure; never the response body or the request's headers."""
+    if code == "NoSuchBucket":
+        return "the bucket does not exist"
+    if code is not None:
+        return f"the store answered {code}"
+    text = " ".join(str(exc).split())
+    for marker, reason in (
+        ("404 Not Found", "not found (is the bucket there?)"),
+        ("Connection refused", "connection refused"),
+        ("error sending request", "the store did not answer"),
+        ("timed out", "timed out"),
+    ):
+        if marker in text:
+            return reason + (" after retries" if "retries" in text else "")
+    return text.split("<?xml", 1)[0][:200].rstrip(" :")
+
+
+def _hint(code: str | None) -> str:
+    if code == "NoSuchBucket":
+        return "create the bucket, or check its name"
+    return "is the store reachable from here? check the endpoint (AWS_ENDPOINT_URL)"

@@ -1,0 +1,126 @@
+"""The object store layer against a real S3 server (SeaweedFS): streaming, conditional
+writes, and failures named without credentials."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from asyncsnap.errors import ExitCode, OutputExists, StoreFailed, UsageError
+from asyncsnap.objectstore import Store, StoreUrl
+
+from .s3server import ADMIN_KEY, ADMIN_SECRET, BUCKET, SECRET_KEY, S3Server, s3_server
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with s3_server() as server:
+        yield server
+
+
+def store(server: S3Server, prefix: str, **env: str) -> Store:
+    return Store(StoreUrl.parse(f"s3://{BUCKET}/{prefix}"), environ=server.env(**env))
+
+
+def test_store_urls_are_checked() -> None:
+    assert StoreUrl.parse("s3://backups/a/b/") == StoreUrl("s3", "backups", "a/b")
+    assert str(StoreUrl.parse("gs://backups")) == "gs://backups"
+    assert StoreUrl.parse("s3://backups/a").key("manifest.json") == "a/manifest.json"
+    for bad, message in (
+        ("s3://key:secret@backups/a", "credentials in an object store URL"),
+        ("s3://backups/a/../b", r"\.\. segment"),
+        ("s3://Bad_Bucket!/a", "not a bucket name"),
+        ("s3://backups/a?x=1", "query"),
+        ("ftp://backups/a", "not an object store URL"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            StoreUrl.parse(bad)
+
+
+def test_a_streamed_object_round_trips(s3: S3Server) -> None:
+    """20 MiB in 256 KiB writes (three multipart parts), read back in chunks."""
+    target = store(s3, "round-trip")
+    block = os.urandom(256 * 1024)
+    digest = hashlib.sha256()
+    with target.writer("data/file.bin") as out:
+        for i in range(80):
+            piece = block[i:] + block[:i]
+            out.write(piece)
+            digest.update(piece)
+    read = hashlib.sha256()
+    for chunk in target.read("data/file.bin"):
+        read.update(chunk)
+    assert read.hexdigest() == digest.hexdigest()
+    [listed] = target.objects()
+    assert listed.key == "data/file.bin" and listed.size == 80 * len(block)
+
+
+def test_a_failed_stream_leaves_no_object(s3: S3Server) -> None:
+    """An error mid-upload (parts already sent) abandons the upload: nothing is listed
+    under the key, so nothing half-written can look like a file."""
+    target = store(s3, "failed-stream")
+    block = os.urandom(1024 * 1024)
+    with pytest.raises(RuntimeError, match="the dump failed"), target.writer("big.bin") as out:
+        for _ in range(20):
+            out.write(block)
+        raise RuntimeError("the dump failed")
+    assert target.objects() == []
+
+
+def test_put_new_refuses_a_key_that_exists(s3: S3Server) -> None:
+    """Two dumps completing one backup: the second manifest write is refused (exit 4)."""
+    target = store(s3, "conditional")
+    target.put_new("b/manifest.json", b"first")
+    with pytest.raises(OutputExists, match="already exists") as caught:
+        target.put_new("b/manifest.json", b"second")
+    assert caught.value.exit_code == ExitCode.OUTPUT
+    assert b"".join(target.read("b/manifest.json")) == b"first"
+
+
+def test_wrong_credentials_fail_clearly_and_never_show_the_secret(s3: S3Server) -> None:
+    wrong = store(s3, "x", AWS_SECRET_ACCESS_KEY="not-the-secret")
+    with pytest.raises(StoreFailed) as caught:
+        wrong.check_access()
+    message = f"{caught.value.message} {caught.value.hint}"
+    assert f"s3://{BUCKET}/x" in message and caught.value.exit_code == ExitCode.OUTPUT
+    assert "not-the-secret" not in message and SECRET_KEY not in message
+    assert "did not accept the credentials" in message and "SignatureDoesNotMatch" in message
+    assert "<?xml" not in message and "AWS4-HMAC" not in message  # no body, no signature
+    with pytest.raises(StoreFailed, match="access denied"):  # a bucket it may not use
+        Store(StoreUrl.parse("s3://elsewhere/x"), environ=s3.env()).check_access()
+
+
+def test_a_missing_bucket_is_named(s3: S3Server) -> None:
+    admin = s3.env(AWS_ACCESS_KEY_ID=ADMIN_KEY, AWS_SECRET_ACCESS_KEY=ADMIN_SECRET)
+    missing = Store(StoreUrl.parse("s3://no-such-bucket/x"), environ=admin)
+    with pytest.raises(StoreFailed, match="s3://no-such-bucket") as caught:
+        missing.check_access()
+    assert "bucket" in f"{caught.value.message} {caught.value.hint}"
+
+
+def test_a_store_that_goes_away_fails_within_the_retry_bound() -> None:
+    """The server stopped mid-upload: retried with backoff, then one clear error (exit
+    4), not a hang."""
+    with s3_server() as server:
+        target = Store(
+            StoreUrl.parse(f"s3://{BUCKET}/gone"),
+            environ=server.env(),
+            retry_timeout=timedelta(seconds=5),
+        )
+        target.check_access()
+        block = os.urandom(1024 * 1024)
+        started = time.monotonic()
+        with pytest.raises(StoreFailed) as caught, target.writer("big.bin") as out:
+            for i in range(64):
+                out.write(block)
+                if i == 12:  # a part is up; the next ones meet a stopped server
+                    server.stop()
+                    started = time.monotonic()
+        assert time.monotonic() - started < 60
+        assert caught.value.exit_code == ExitCode.OUTPUT
+        assert "gone/big.bin" in caught.value.message
