@@ -281,7 +281,7 @@ async def _copy_item(conn: asyncpg.Connection, item: WorkItem, ctx: CopyContext)
 
 def _seal(writer: DataFileWriter) -> StoredFile:
     writer.close_data()
-    return writer.sync_and_rename()
+    return writer.finish()
 
 
 def _privilege_hint(exc: asyncpg.InsufficientPrivilegeError) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -268,6 +268,40 @@ def _s3_code(exc: BaseException) -> str | None:
     """The ``<Code>`` of an S3 error response inside obstore's message, if any."""
     match = _CODE.search(str(exc))
     return match.group(1) if match else None
+
+
+class StoreSink:
+    """A data file's stored bytes streamed to an object (``storage.Sink``): a multipart
+    upload completed by ``finish``, abandoned by ``discard`` or by a failed ``write``, so
+    that no object appears under the key unless every byte reached the store."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.where = f"{store.url}/{name}"
+        self._stack = ExitStack()
+        self._file = self._stack.enter_context(store.writer(name))
+        self._open = True
+
+    def write(self, block: bytes) -> None:
+        try:
+            self._file.write(block)
+        except BaseException as exc:
+            self._open = False
+            # Through the writer's context: the upload is abandoned, the error translated.
+            if not self._stack.__exit__(type(exc), exc, exc.__traceback__):
+                raise
+            raise
+
+    def finish(self) -> None:
+        self._open = False
+        self._stack.close()  # completes the upload (or raises, translated)
+
+    def discard(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        abandoned = RuntimeError("discarded")
+        with suppress(StoreFailed):  # the failure being handled matters more
+            self._stack.__exit__(RuntimeError, abandoned, None)
 
 
 def _reason(exc: BaseException, code: str | None) -> str:

@@ -113,19 +113,77 @@ class StoredFile:
     longest_line: int = 0  # the longest line written column by column (``bigrows``), if any
 
 
+class Sink(Protocol):
+    """Where a data file's stored bytes go: a local file, or an object in a store
+    (``objectstore.StoreSink``). ``finish`` makes them durable under the final name;
+    ``discard`` leaves nothing behind under that name."""
+
+    where: str  # for messages: a path or a URL
+
+    def write(self, block: bytes) -> None: ...
+    def finish(self) -> None: ...
+    def discard(self) -> None: ...
+
+
+class LocalFileSink:
+    """A file written under a temporary name (``.NAME.tmp``, created 0600, never an
+    existing one), fsynced and renamed by ``finish``."""
+
+    def __init__(self, final_path: Path) -> None:
+        self.final_path = final_path
+        self.where = str(final_path)
+        self.temp_path = final_path.with_name("." + final_path.name + ".tmp")
+        try:
+            self._fd: int | None = os.open(
+                self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            raise _output_error(exc, self.temp_path) from exc
+
+    def write(self, block: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(block)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise _output_error(exc, self.final_path) from exc
+
+    def finish(self) -> None:
+        assert self._fd is not None
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            os.rename(self.temp_path, self.final_path)
+        except OSError as exc:
+            raise _output_error(exc, self.final_path) from exc
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for path in (self.temp_path, self.final_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
 class DataFileWriter:
-    """Streams bytes into one data file: counts rows, compresses, hashes, writes.
+    """Streams bytes into one data file: counts rows, compresses, hashes, hands the stored
+    bytes to a ``Sink`` (by default a local file under ``root``).
 
     Not thread-safe; one writer per chunk. ``finish`` makes the file durable under its
     final name; ``discard`` removes what was written. Memory is bounded by the write
     buffer, whatever the file's size.
     """
 
-    def __init__(self, root: Path, relpath: str, compression: Compression) -> None:
-        self._root = root
+    def __init__(
+        self, root: Path, relpath: str, compression: Compression, sink: Sink | None = None
+    ) -> None:
         self.relpath = relpath
         self.final_path = root / relpath
-        self.temp_path = self.final_path.with_name("." + self.final_path.name + ".tmp")
+        self.sink: Sink = sink if sink is not None else LocalFileSink(self.final_path)
         self._compressor = _compressor(compression)
         self._hash = hashlib.sha256()
         self._pending: list[bytes] = []
@@ -134,12 +192,12 @@ class DataFileWriter:
         self.raw_bytes = 0
         self.stored_bytes = 0
         self.last_byte = b"\n"
-        try:
-            self._fd: int | None = os.open(
-                self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-            )
-        except OSError as exc:
-            raise _output_error(exc, self.temp_path) from exc
+
+    @property
+    def temp_path(self) -> Path:
+        """The local file's temporary name (local sinks only)."""
+        assert isinstance(self.sink, LocalFileSink)
+        return self.sink.temp_path
 
     def write(self, data: bytes, lines: int | None = None) -> None:
         """Add NDJSON bytes (any split: lines may cross calls); ``lines``, when the caller
@@ -166,30 +224,17 @@ class DataFileWriter:
         self._pending_size = 0
         self._hash.update(block)
         self.stored_bytes += len(block)
-        assert self._fd is not None
-        view = memoryview(block)
-        try:
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-        except OSError as exc:
-            raise _output_error(exc, self.final_path) from exc
+        self.sink.write(block)
 
     def close_data(self) -> None:
-        """Flush the compressor and write everything; call before ``sync_and_rename``."""
+        """Flush the compressor and write everything; call before ``finish``."""
         self._stage(self._compressor.flush())
         self._flush_pending()
 
-    def sync_and_rename(self) -> StoredFile:
-        """fsync and rename to the final name (blocking: run it in a worker thread)."""
-        assert self._fd is not None
-        try:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
-            os.rename(self.temp_path, self.final_path)
-        except OSError as exc:
-            raise _output_error(exc, self.final_path) from exc
+    def finish(self) -> StoredFile:
+        """Make the file durable under its final name (blocking: run it in a worker
+        thread) and say what was written."""
+        self.sink.finish()
         return StoredFile(
             path=self.relpath,
             rows=self.rows,
@@ -199,13 +244,8 @@ class DataFileWriter:
         )
 
     def discard(self) -> None:
-        """Close and delete whatever was written. Safe to call more than once."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        for path in (self.temp_path, self.final_path):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        """Delete whatever was written. Safe to call more than once."""
+        self.sink.discard()
 
 
 def write_file_atomic(root: Path, relpath: str, content: bytes) -> None:

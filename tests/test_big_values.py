@@ -181,7 +181,7 @@ def test_a_row_written_column_by_column_is_the_line_the_server_writes(
             async with conn.transaction():  # as in the dump: its snapshot's transaction
                 await bigrows.write_row(conn, table, types, ctid, writer)
             writer.close_data()
-            writer.sync_and_rename()
+            writer.finish()
             return expected.encode() + b"\n", (tmp_path / "w.ndjson").read_bytes()
         finally:
             await conn.close()

@@ -8,11 +8,14 @@ import os
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+import zstandard
 
 from asyncsnap.errors import ExitCode, OutputExists, StoreFailed, UsageError
-from asyncsnap.objectstore import Store, StoreUrl
+from asyncsnap.objectstore import Store, StoreSink, StoreUrl
+from asyncsnap.storage import DataFileWriter
 
 from .s3server import ADMIN_KEY, ADMIN_SECRET, BUCKET, SECRET_KEY, S3Server, s3_server
 
@@ -124,3 +127,34 @@ def test_a_store_that_goes_away_fails_within_the_retry_bound() -> None:
         assert time.monotonic() - started < 60
         assert caught.value.exit_code == ExitCode.OUTPUT
         assert "gone/big.bin" in caught.value.message
+
+
+def test_a_data_file_streams_to_the_store_with_its_hash(s3: S3Server, tmp_path: Path) -> None:
+    """The dump's writer (count, compress, hash) over a store sink: the object is the
+    file a local dump writes, byte for byte, and its sha256 is the one recorded."""
+    lines = b"".join(b'{"id":%d,"pad":"%032x"}\n' % (i, i * 7919) for i in range(200_000))
+    target = store(s3, "data-file")
+    name = "b/data/public.t-0123456789ab.ndjson.zst"
+    remote = DataFileWriter(tmp_path, name, "zstd", sink=StoreSink(target, name))
+    local = DataFileWriter(tmp_path, "local.ndjson.zst", "zstd")
+    for writer in (remote, local):
+        for start in range(0, len(lines), 300_001):  # lines cross writes, as COPY's do
+            writer.write(lines[start : start + 300_001])
+        writer.close_data()
+    stored, kept = remote.finish(), local.finish()
+    body = b"".join(target.read(name))
+    assert body == (tmp_path / "local.ndjson.zst").read_bytes()
+    assert stored.sha256 == hashlib.sha256(body).hexdigest() == kept.sha256
+    assert stored.rows == 200_000 and stored.stored_bytes == len(body)
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(body) == lines
+    assert not (tmp_path / "b").exists()  # nothing local
+
+
+def test_a_discarded_data_file_leaves_no_object(s3: S3Server, tmp_path: Path) -> None:
+    target = store(s3, "discarded")
+    writer = DataFileWriter(tmp_path, "x.ndjson", "none", sink=StoreSink(target, "x.ndjson"))
+    for _ in range(12):  # more than one part already sent
+        writer.write(os.urandom(1024 * 1024).hex().encode()[: 1024 * 1024] + b"\n")
+    writer.discard()
+    writer.discard()  # twice is fine, as for a local file
+    assert target.objects() == []

@@ -35,7 +35,7 @@ def test_writer_round_trip_counts_and_hash(tmp_path: Path, kind: str) -> None:
         writer.write(DATA[start : start + 7777])
     writer.close_data()
     assert not writer.final_path.exists() and writer.temp_path.exists()
-    stored = writer.sync_and_rename()
+    stored = writer.finish()
     raw = (backup.path / stored.path).read_bytes()
     assert not writer.temp_path.exists()
     assert decode(kind, raw) == DATA
