@@ -18,10 +18,11 @@ import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import zstandard
 
+from .encryption import EncryptingStage
 from .errors import (
     DiskFull,
     OutputError,
@@ -179,19 +180,32 @@ class DataFileWriter:
     """
 
     def __init__(
-        self, root: Path, relpath: str, compression: Compression, sink: Sink | None = None
+        self,
+        root: Path,
+        relpath: str,
+        compression: Compression,
+        sink: Sink | None = None,
+        recipients: list[Any] | None = None,
     ) -> None:
         self.relpath = relpath
         self.final_path = root / relpath
         self.sink: Sink = sink if sink is not None else LocalFileSink(self.final_path)
         self._compressor = _compressor(compression)
-        self._hash = hashlib.sha256()
+        self._stored = _Hashing(self.sink)
+        # With recipients, the compressed stream is encrypted (age) before it is hashed
+        # and stored: the manifest's sha256 is of the stored bytes, checkable without the key.
+        self._encryption: EncryptingStage | None = None
+        if recipients:
+            self._encryption = EncryptingStage(self._stored, recipients)
         self._pending: list[bytes] = []
         self._pending_size = 0
         self.rows = 0
         self.raw_bytes = 0
-        self.stored_bytes = 0
         self.last_byte = b"\n"
+
+    @property
+    def stored_bytes(self) -> int:
+        return self._stored.size
 
     @property
     def temp_path(self) -> Path:
@@ -222,9 +236,10 @@ class DataFileWriter:
         block = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
-        self._hash.update(block)
-        self.stored_bytes += len(block)
-        self.sink.write(block)
+        if self._encryption is not None:
+            self._encryption.write(block)
+        else:
+            self._stored.write(block)
 
     def close_data(self) -> None:
         """Flush the compressor and write everything; call before ``finish``."""
@@ -234,18 +249,36 @@ class DataFileWriter:
     def finish(self) -> StoredFile:
         """Make the file durable under its final name (blocking: run it in a worker
         thread) and say what was written."""
+        if self._encryption is not None:
+            self._encryption.close()
         self.sink.finish()
         return StoredFile(
             path=self.relpath,
             rows=self.rows,
             bytes=self.raw_bytes,
-            stored_bytes=self.stored_bytes,
-            sha256=self._hash.hexdigest(),
+            stored_bytes=self._stored.size,
+            sha256=self._stored.hash.hexdigest(),
         )
 
     def discard(self) -> None:
         """Delete whatever was written. Safe to call more than once."""
+        if self._encryption is not None:
+            self._encryption.abort()
         self.sink.discard()
+
+
+class _Hashing:
+    """The last stage before the sink: the stored bytes' sha256 and size."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, block: bytes) -> None:
+        self.hash.update(block)
+        self.size += len(block)
+        self._sink.write(block)
 
 
 def write_file_atomic(root: Path, relpath: str, content: bytes) -> None:
