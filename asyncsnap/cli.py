@@ -21,7 +21,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
 import orjson
@@ -32,7 +32,14 @@ from . import __version__
 from .backup import open_backup
 from .connection import ConnectionSpec, resolve
 from .dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
-from .errors import AsyncsnapError, ExitCode, Interrupted, UsageError, most_telling
+from .errors import (
+    AsyncsnapError,
+    ExitCode,
+    Interrupted,
+    OutputError,
+    UsageError,
+    most_telling,
+)
 from .events import DumpFinished, DumpStarted, Event, RestoreStarted
 from .inspect import summary
 from .manifest import PARTIAL_SUFFIX, Compression
@@ -119,19 +126,37 @@ def _root(
 
 
 def _passwords_in(text: str) -> list[str]:
-    """The password of a URL DSN, or ``password=`` of a key/value DSN, as written and decoded."""
+    """The passwords a connection string holds, as written and decoded: a URI's
+    ``user:PASSWORD@`` and ``?password=``, a key/value string's ``password=``. Also for a
+    command-line word that carries one (``--dbname=...``, ``-d...``).
+
+    >>> _passwords_in("--dbname=postgresql://u:p%40ss@h/d?password=other")
+    ['p%40ss', 'p@ss', 'other']
+    """
+    for prefix in ("--dbname=", "-d"):
+        if text.startswith(prefix) and ("=" in text[len(prefix) :] or "://" in text):
+            text = text[len(prefix) :]
+            break
     if "://" in text:
         try:
-            password = urlsplit(text).password
+            parts = urlsplit(text)
+            password = parts.password
         except ValueError:  # e.g. a bad port: not a DSN we could connect with either
             return []
-        return [password, unquote(password)] if password else []
+        found = [password, unquote(password)] if password else []
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        return found + [value for key, value in query if key == "password" and value]
     return [
         value.strip("'")
         for item in text.split()
         for key, _, value in [item.partition("=")]
         if key == "password" and value
     ]
+
+
+def argv_secrets(argv: list[str]) -> list[str]:
+    """Every password written on the command line, whichever word holds it."""
+    return [s for arg in argv[1:] for s in _passwords_in(arg) if s]
 
 
 Connection = str | ConnectionSpec | None
@@ -141,6 +166,7 @@ def _secrets(dsn: Connection) -> list[str]:
     text = dsn.dsn if isinstance(dsn, ConnectionSpec) else dsn
     candidates = [c for c in (text, os.environ.get("DATABASE_URL")) if c]
     found = [s for candidate in candidates for s in _passwords_in(candidate)]
+    found += argv_secrets(sys.argv)  # a mistyped command line can hold one anywhere
     if os.environ.get("PGPASSWORD"):
         found.append(os.environ["PGPASSWORD"])
     with contextlib.suppress(AsyncsnapError):  # a password from a service file entry
@@ -164,7 +190,7 @@ def hide_password_from_process_title(argv: list[str]) -> None:
     """A DSN argument with a password is readable by every user of the machine in ``ps``
     and ``/proc/PID/cmdline``. Rewrite the process title without it, first thing at start
     (the password is visible only while Python starts). ``sys.argv`` keeps the original."""
-    secrets = {s for arg in argv[1:] for s in _passwords_in(arg) if s}
+    secrets = set(argv_secrets(argv))
     if not secrets:
         return
     import setproctitle
@@ -236,9 +262,11 @@ def _route_library_logging(debug_log: Callable[[str], None] | None) -> None:
 
 def _describe_failure(exc: BaseException) -> tuple[int, str, str | None]:
     """Exit code, message and hint for any failure, as _fail prints them. A server's own
-    HINT (asyncpg puts it on a line of the message) joins ours, so there is one hint."""
+    HINT (asyncpg ends the error's text with it) joins ours, so there is one hint line."""
     if isinstance(exc, AsyncsnapError):
-        message, server_hint = split_server_hint(exc.message)
+        message, server_hint = exc.message, _server_hint(exc)
+        if server_hint is not None:
+            message = message.removesuffix(f"\nHINT:  {server_hint}")
         hints = list(dict.fromkeys(h for h in (server_hint, exc.hint) if h))
         return exc.exit_code, message, "; ".join(hints) or None
     return (
@@ -248,27 +276,47 @@ def _describe_failure(exc: BaseException) -> tuple[int, str, str | None]:
     )
 
 
-def split_server_hint(message: str) -> tuple[str, str | None]:
-    r"""A message without the ``HINT:`` line asyncpg adds for a server's hint, and that hint.
+def _server_hint(exc: AsyncsnapError) -> str | None:
+    """The HINT of the server error behind ``exc`` (asyncpg's PostgresError has
+    ``sqlstate`` and ``hint``) when the message ends with it, as asyncpg's text does. Only
+    the server's own field counts: a line "HINT:" inside a table name is not one."""
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        hint = getattr(cause, "hint", None)
+        if getattr(cause, "sqlstate", None) and isinstance(hint, str) and hint:
+            return hint if exc.message.endswith(f"\nHINT:  {hint}") else None
+        cause = cause.__cause__ or cause.__context__
+    return None
 
-    >>> split_server_hint("cannot drop x\nDETAIL:  y needs it\nHINT:  Use CASCADE.")
-    ('cannot drop x\nDETAIL:  y needs it', 'Use CASCADE.')
-    """
-    head, sep, tail = message.partition("\nHINT:  ")
-    if not sep:
-        return message, None
-    hint, newline, rest = tail.partition("\n")
-    return head + (newline + rest if rest else ""), hint
 
-
-def _write_summary(path: Path | None, fields: dict[str, object], dsn: Connection) -> None:
-    """``--summary-json``: the run's outcome for scripts, written atomically, success or not."""
+def _write_summary(path: Path | None, fields: dict[str, object], dsn: Connection) -> str | None:
+    """``--summary-json``: the run's outcome for scripts, written atomically, success or
+    not. Returns why it could not be written (the caller says so), else None."""
     if path is None:
-        return
+        return None
     body = orjson.loads(redact(orjson.dumps(fields).decode(), dsn))
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
-    os.replace(temp, path)
+    try:
+        temp.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
+        os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        return f"--summary-json {path} could not be written: {exc.strerror or exc}"
+    return None
+
+
+def _summary_written(problem: str | None, *, dsn: Connection, debug: bool) -> None:
+    """After a successful run: a summary that could not be written fails it (exit 4),
+    since whatever watches that file would never learn of this run."""
+    if problem is not None:
+        raise _fail(
+            OutputError(problem, hint="the run itself succeeded; fix the path for the next"),
+            dsn=dsn,
+            debug=debug,
+        )
 
 
 def run_cancellable(
@@ -500,7 +548,13 @@ def connection_spec(
                 "-W needs a terminal to ask on",
                 hint="unattended runs take the password from PGPASSWORD, ~/.pgpass or a service",
             )
-        password = typer.prompt("Password", hide_input=True, err=True)
+        try:
+            password = typer.prompt("Password", hide_input=True, err=True)
+        except typer.Abort:  # Ctrl-C or end of input: reported as any failure is
+            raise Interrupted(
+                "no password given at the prompt (-W); nothing was done",
+                exit_code=ExitCode.SIGINT,
+            ) from None
     return ConnectionSpec(
         dsn=dsn if dsn is not None else dbname,
         host=host,
@@ -733,7 +787,7 @@ def dump_command(
         raise _handle(
             exc, dsn=connection, debug=debug, json_log=json_log, summary=(summary_json, outcome)
         ) from None
-    _write_summary(
+    problem = _write_summary(
         summary_json,
         {
             **outcome,
@@ -758,6 +812,7 @@ def dump_command(
         },
         connection,
     )
+    _summary_written(problem, dsn=connection, debug=debug)
     if live is not None and finished:
         Console(stderr=True).print(summary_table(result.tables, finished[0]))
     # The one line on stdout, in every mode: the backup's path, for scripts.
@@ -794,46 +849,49 @@ def _usage_failed(exc: Any) -> NoReturn:
     command = exc.ctx.command_path if exc.ctx is not None else "asyncsnap"
     hint = f"see `{command} --help`"
     name = exc.ctx.info_name if exc.ctx is not None else None
+    # Click quotes what it could not parse: a mistyped command line can hold a password.
+    message = redact(exc.format_message(), None)
     summary = _argv_value("--summary-json")
     if summary and name in ("dump", "restore"):  # a cron job watching it sees this too
-        _write_summary(
+        problem = _write_summary(
             Path(summary),
             {
                 **_summary_base(name),
                 "ok": False,
                 "exit_code": ExitCode.USAGE,
                 "finished_at": _now(),
-                "error": exc.format_message(),
+                "error": message,
                 "hint": hint,
             },
             None,
         )
+        hint += f" (and {problem})" if problem else ""
     if _argv_value("--log-format") == "json":
         JsonLog(sys.stderr).write(
             {
                 "level": "error",
                 "event": "error",
-                "message": exc.format_message(),
+                "message": message,
                 "hint": hint,
                 "exit_code": ExitCode.USAGE,
             }
         )
     else:
-        print(f"error: {one_line(exc.format_message())}", file=sys.stderr)
-        print(f"hint: {hint}", file=sys.stderr)
+        print(f"error: {one_line(message)}", file=sys.stderr)
+        print(f"hint: {one_line(hint)}", file=sys.stderr)
     sys.exit(ExitCode.USAGE)
 
 
 def _argv_value(option: str) -> str | None:
     """The value the command line gives ``option`` (``--opt VALUE`` or ``--opt=VALUE``),
     for errors Click finds before the options are parsed."""
-    args = sys.argv[1:]
-    for arg, following in itertools.pairwise([*args, ""]):
+    found = None  # the last one counts, as for Click
+    for arg, following in itertools.pairwise([*sys.argv[1:], ""]):
         if arg == option and following:
-            return following
-        if arg.startswith(option + "="):
-            return arg.split("=", 1)[1]
-    return None
+            found = following
+        elif arg.startswith(option + "="):
+            found = arg.split("=", 1)[1]
+    return found
 
 
 def _renderers(
@@ -1031,7 +1089,7 @@ def restore_command(
             json_log=json_log,
             summary=(summary_json, outcome),
         ) from None
-    _write_summary(
+    problem = _write_summary(
         summary_json,
         {
             **outcome,
@@ -1049,6 +1107,7 @@ def restore_command(
         },
         connection,
     )
+    _summary_written(problem, dsn=connection, debug=debug)
     if json_log is not None:
         return
     if dry_run:
@@ -1189,7 +1248,7 @@ def _handle(
         exc = Interrupted("interrupted by SIGINT; nothing was kept", exit_code=ExitCode.SIGINT)
     code, message, hint = _describe_failure(exc)
     path, fields = summary
-    _write_summary(
+    problem = _write_summary(
         path,
         {
             **fields,
@@ -1201,6 +1260,8 @@ def _handle(
         },
         dsn,
     )
+    if problem is not None and isinstance(exc, AsyncsnapError):  # said in the one hint line
+        exc.hint = f"{exc.hint} (and {problem})" if exc.hint else problem
     return _fail(exc, dsn=dsn, debug=debug, json_log=json_log)
 
 

@@ -419,34 +419,70 @@ def _split_hostspec(hostspec: str) -> tuple[list[str], list[str]]:
 def _apply_overrides(
     base: str, query: list[tuple[str, str]], overrides: Mapping[str, str]
 ) -> tuple[str, list[tuple[str, str]]]:
-    """The URI with ``overrides`` (host, port, user, password) in place of its own.
+    """The URI with ``overrides`` (host, port, user, password) in place of its own parts,
+    wherever the URI had them (its authority or its query; the query wins, as in libpq).
 
-    The URI's user, password, hosts and ports move into query parameters, which every
-    reader (asyncpg, libpq for pg_dump) takes, so that replacing one never leaves another
-    half-parsed in the authority.
+    Network hosts are written back into the authority (an IPv6 address in brackets, each
+    with its port), where asyncpg and libpq both read them; socket directories go into the
+    query. ``-h`` alone keeps the string's port when it had one for all hosts.
 
     >>> _apply_overrides("postgresql://app@db:6000/shop", [], {"host": "other"})
-    ('postgresql:///shop', [('user', 'app'), ('port', '6000'), ('host', 'other')])
+    ('postgresql://app@other:6000/shop', [])
+    >>> _apply_overrides("postgresql://[::1]:5433/db", [], {"user": "x"})
+    ('postgresql://x@[::1]:5433/db', [])
+    >>> _apply_overrides("postgresql://a:5433,b:5434/db", [], {"host": "c"})
+    ('postgresql://c/db', [])
     """
     parts = urlsplit(base)
     userinfo, at, hostspec = parts.netloc.rpartition("@")
-    moved: list[tuple[str, str]] = []
-    if at:
-        user, colon, password = userinfo.partition(":")
-        if user:
-            moved.append(("user", unquote(user)))
-        if colon:
-            moved.append(("password", unquote(password)))
-    if hostspec:
-        hosts, ports = _split_hostspec(hostspec)
-        if any(hosts):
-            moved.append(("host", ",".join(hosts)))
-        if any(ports):
-            moved.append(("port", ",".join(ports)))
-    # -h alone keeps the string's port, as it keeps its other parts.
-    merged = [(k, v) for k, v in moved + list(query) if k not in overrides]
-    merged += [(k, overrides[k]) for k in ("host", "port", "user", "password") if k in overrides]
-    return join_uri(parts.scheme, "", parts.path, []), merged
+    user: str | None = unquote(userinfo.partition(":")[0]) or None if at else None
+    password = unquote(userinfo.partition(":")[2]) if at and ":" in userinfo else None
+    hosts, ports = _split_hostspec(hostspec) if hostspec else ([], [])
+    rest = list(query)
+
+    def take(key: str) -> str | None:
+        values = [v for k, v in rest if k == key]
+        rest[:] = [(k, v) for k, v in rest if k != key]
+        return values[-1] if values else None
+
+    given = {key: take(key) for key in ("host", "port", "user", "password")}
+    if given["host"] is not None:
+        hosts = given["host"].split(",")
+        ports = [""] * len(hosts)
+    if given["port"] is not None:
+        ports = given["port"].split(",")
+    user = given["user"] if given["user"] is not None else user
+    password = given["password"] if given["password"] is not None else password
+
+    user = overrides.get("user", user)
+    password = overrides.get("password", password)
+    if "host" in overrides:
+        hosts = overrides["host"].split(",")
+        one_port = {p for p in ports if p}
+        ports = list(one_port) if len(one_port) == 1 else []
+    if "port" in overrides:
+        ports = overrides["port"].split(",")
+    if len(ports) == 1 and len(hosts) > 1:
+        ports = ports * len(hosts)
+
+    credentials = ""
+    if user is not None or password is not None:
+        credentials = quote(user or "", safe="")
+        credentials += f":{quote(password, safe='')}" if password is not None else ""
+        credentials += "@"
+    if hosts and not any(h.startswith("/") for h in hosts):
+        listed = []
+        for i, host in enumerate(hosts):
+            shown = f"[{host}]" if ":" in host else quote(host, safe="")
+            port = ports[i] if i < len(ports) else ""
+            listed.append(shown + (f":{port}" if port else ""))
+        return join_uri(parts.scheme, credentials + ",".join(listed), parts.path, []), rest
+    # socket directories (or no host at all): hosts and ports as query parameters
+    if hosts:
+        rest.append(("host", ",".join(hosts)))
+    if ports and all(ports):
+        rest.append(("port", ",".join(ports)))
+    return join_uri(parts.scheme, credentials, parts.path, []), rest
 
 
 def _system_config_dir(env: Mapping[str, str]) -> Path | None:

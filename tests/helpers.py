@@ -81,7 +81,7 @@ def run_on_a_terminal(argv: list[str], answer: str | None = None) -> tuple[int, 
             break
         output += chunk
         if answer is not None and not answered and b"Password" in output:
-            os.write(fd, answer.encode() + b"\n")
+            os.write(fd, answer.encode() + (b"" if answer == "\x03" else b"\n"))
             answered = True
     _, status = os.waitpid(pid, 0)
     os.close(fd)

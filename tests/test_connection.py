@@ -3,6 +3,7 @@ variables, in that order), and that passwords never reach the screen."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -14,6 +15,7 @@ from asyncsnap.cli import redact
 from asyncsnap.connection import (
     ConnectionSpec,
     ConnectParams,
+    _split_hostspec,
     describe_target,
     pin_address,
     resolve,
@@ -79,12 +81,24 @@ def test_redact_replaces_a_short_password_only_where_it_stands_alone(
 
 
 def _query_of(uri: str | None) -> dict[str, str]:
+    """Every connection keyword a URI sets, from its authority and its query."""
     assert uri is not None
     parts = urlsplit(uri)
-    query = dict(parse_qsl(parts.query))
+    found: dict[str, str] = {}
+    userinfo, at, hostspec = parts.netloc.rpartition("@")
+    if at and userinfo.partition(":")[0]:
+        found["user"] = unquote(userinfo.partition(":")[0])
+    if at and ":" in userinfo:
+        found["password"] = unquote(userinfo.partition(":")[2])
+    if hostspec:
+        hosts, ports = _split_hostspec(hostspec)
+        found["host"] = ",".join(hosts)
+        if any(ports):
+            found["port"] = ",".join(ports)
+    found.update(parse_qsl(parts.query))
     if parts.path.strip("/"):
-        query["dbname"] = unquote(parts.path.strip("/"))
-    return query
+        found["dbname"] = unquote(parts.path.strip("/"))
+    return found
 
 
 def test_a_bare_database_name_is_a_dbname_as_for_psql(tmp_path: Path) -> None:
@@ -307,3 +321,65 @@ def test_a_database_name_with_a_space_reaches_pg_dump(postgres: Postgres, tmp_pa
         anyio.run(
             execute, postgres.admin_dsn, f'DROP DATABASE "{name}" WITH (FORCE)', backend="asyncio"
         )
+
+
+def test_passwords_are_found_in_every_form_of_the_dbname_option() -> None:
+    """`ps` showed the password of `--dbname=postgresql://u:pw@h/d`, `-dpostgresql://...`,
+    `--dbname=password=pw host=h` and a URI's `?password=`."""
+    from asyncsnap.cli import argv_secrets
+
+    argv = [
+        "asyncsnap",
+        "--dbname=postgresql://u:pw1@h/d",
+        "-dpostgresql://u:pw2@h/d",
+        "--dbname=password=pw3 host=h",
+        "postgresql://u@h/d?password=pw4",
+    ]
+    assert {"pw1", "pw2", "pw3", "pw4"} <= set(argv_secrets(argv))
+    assert argv_secrets(["asyncsnap", "-d", "shop", "--name", "password"]) == []
+
+
+def test_ctrl_c_at_the_password_prompt_is_reported_like_any_failure(
+    db: Database, tmp_path: Path
+) -> None:
+    """It printed a plain line even with --log-format json, and wrote no summary."""
+    summary = tmp_path / "s.json"
+    argv = [sys.executable, "-m", "asyncsnap", "dump", "-W", "-d", db.name, "-h",
+            db.postgres.host, "-o", str(tmp_path), "--log-format", "json",
+            "--summary-json", str(summary)]  # fmt: skip
+    status, output = run_on_a_terminal(argv, "\x03")
+    assert status == 130, output
+    lines = [line for line in output.replace("\r", "").splitlines() if line.startswith("{")]
+    assert json.loads(lines[-1])["exit_code"] == 130
+    assert json.loads(summary.read_text())["exit_code"] == 130
+
+
+@pytest.mark.parametrize(
+    ("dsn", "overrides", "expected"),
+    [
+        # IPv6 stays in brackets in the authority (asyncpg split "?host=::1" at a colon)
+        ("postgresql://[::1]:5433/db", {"user": "x"}, "postgresql://x@[::1]:5433/db"),
+        ("postgresql:///db", {"host": "::1"}, "postgresql://[::1]/db"),
+        (
+            "postgresql:///db",
+            {"host": "2001:db8::5", "port": "6000"},
+            "postgresql://[2001:db8::5]:6000/db",
+        ),
+        # two hosts with their own ports, then -h: the ports no longer match hosts
+        ("postgresql://a:5433,b:5434/db", {"host": "c"}, "postgresql://c/db"),
+        # a host without a port beside one with: the default stays the default
+        ("postgresql://a,b:6000/db", {"user": "x"}, "postgresql://x@a,b:6000/db"),
+        # a socket directory goes in the query
+        (
+            "postgresql://app@db/shop",
+            {"host": "/run/postgresql"},
+            "postgresql://app@/shop?host=%2Frun%2Fpostgresql",
+        ),
+    ],
+)
+def test_overrides_keep_ipv6_and_multi_host_uris_valid(
+    tmp_path: Path, dsn: str, overrides: dict[str, str], expected: str
+) -> None:
+    """Found by review: any -h/-p/-U turned an IPv6 host into "could not resolve host"
+    or an int() error, and multi-host URIs into "could not match 2 port numbers"."""
+    assert resolve(ConnectionSpec(dsn=dsn, **overrides), cwd=tmp_path, environ={}).uri == expected

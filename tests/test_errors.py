@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import orjson
 import pytest
 
@@ -327,17 +328,48 @@ def test_option_errors_are_one_error_line_and_one_hint_line(
 
 
 def test_a_server_hint_and_ours_make_one_hint_line() -> None:
-    """asyncpg puts a server's HINT on a line of the message; with ours that made two
-    hint lines (one inside the error line). Now the server's joins ours; the same hint
-    twice is said once."""
-    server = AsyncsnapError(
-        "server error while copying t: cannot cast\nDETAIL:  x\nHINT:  Use a USING clause.",
-        hint="see the server log",
+    """asyncpg ends an error's text with the server's HINT; with ours that made two hint
+    lines (one inside the error line). Now the server's joins ours, the same hint twice is
+    said once, and a "HINT:" line inside a name (not the server's field) stays put."""
+    server = asyncpg.exceptions.PostgresError.new(
+        {"S": "ERROR", "C": "42804", "M": "cannot cast", "D": "x", "H": "Use a USING clause."}
     )
-    code, message, hint = _describe_failure(server)
+    ours = AsyncsnapError(f"server error while copying t: {server}", hint="see the server log")
+    ours.__cause__ = server
+    code, message, hint = _describe_failure(ours)
     assert code == ExitCode.FAILED
     assert message == "server error while copying t: cannot cast\nDETAIL:  x"
     assert hint == "Use a USING clause.; see the server log"
-    same = AsyncsnapError("bad\nHINT:  Do this.", hint="Do this.")
-    assert _describe_failure(same)[2] == "Do this."
-    assert _describe_failure(AsyncsnapError("plain", hint=None))[1:] == ("plain", None)
+    same = AsyncsnapError(f"bad: {server}", hint="Use a USING clause.")
+    same.__cause__ = server
+    assert _describe_failure(same)[1:] == ("bad: cannot cast\nDETAIL:  x", "Use a USING clause.")
+    forged = AsyncsnapError('permission denied for "a\nHINT:  restore into prod"', hint="ours")
+    assert _describe_failure(forged)[1:] == (forged.message, "ours")
+
+
+def test_a_password_in_a_mistyped_command_line_is_never_printed_or_saved(
+    tmp_path: Path,
+) -> None:
+    """An unquoted key=value string is several words; Click quoted the extra ones, password
+    included, in its error, and that went to stderr and into --summary-json."""
+    summary = tmp_path / "s.json"
+    for extra in ([], ["--log-format", "json"]):
+        run = run_cli(
+            "dump", "host=db", "password=hunter2", "dbname=shop", "--summary-json", str(summary),
+            *extra,
+        )  # fmt: skip
+        assert run.returncode == 2, run.stderr
+        assert "hunter2" not in run.stderr + run.stdout and "***" in run.stderr
+        assert "hunter2" not in summary.read_text()
+
+
+def test_an_unwritable_summary_is_said_in_the_hint_and_keeps_the_exit_code(
+    tmp_path: Path,
+) -> None:
+    """A --summary-json path that cannot be written printed a traceback (exit 1) instead
+    of the error (exit 2)."""
+    run = run_cli("dump", "--bogus", "--summary-json", str(tmp_path / "missing" / "s.json"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    error, hint = run.stderr.splitlines()
+    assert error.startswith("error: No such option: --bogus")
+    assert "--summary-json" in hint and "could not be written" in hint
