@@ -12,12 +12,14 @@ import gzip
 import hashlib
 import io
 import zlib
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import zstandard
 
 from . import manifest
+from .encryption import decrypted
 from .errors import VerificationFailed
 from .location import local_path
 from .manifest import PARTIAL_SUFFIX, Backup, BackupFile, Compression, SchemaFile
@@ -69,7 +71,7 @@ def check_schema_file(backup: Backup, entry: SchemaFile) -> str | None:
 class _HashingReader(io.RawIOBase):
     """A raw file that hashes and counts every byte read through it."""
 
-    def __init__(self, fh: io.BufferedReader) -> None:
+    def __init__(self, fh: io.BufferedIOBase) -> None:
         self._fh = fh
         self.hash = hashlib.sha256()
         self.count = 0
@@ -85,7 +87,29 @@ class _HashingReader(io.RawIOBase):
         return n or 0
 
 
-def _decompressing(kind: Compression, raw: _HashingReader) -> Any:
+class _ChunksReader(io.RawIOBase):
+    """A raw stream over an iterator of byte chunks (the plaintext of an age file)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._rest:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._rest = chunk
+        n = min(len(buffer), len(self._rest))
+        buffer[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
+
+
+def _decompressing(kind: Compression, raw: io.RawIOBase) -> Any:
     """A stream of decompressed bytes whose read(n) returns at most n bytes: memory stays
     bounded however well the data compressed."""
     if kind == "zstd":
@@ -117,8 +141,12 @@ class DataFileReader:
         *,
         block_size: int = 4 << 20,
         max_line: int | None = None,
+        identities: list[Any] | None = None,
     ) -> None:
+        """``identities``: age secret keys, for a file written encrypted (it is hashed
+        as stored, then decrypted, then decompressed)."""
         self.backup = backup
+        self.identities = identities
         self.entry = entry
         self.path = backup.file_path(entry)
         self.block_size = block_size
@@ -130,6 +158,7 @@ class DataFileReader:
         self._stream: Any = None  # the decompressed stream while iterating
         self._pending = bytearray()  # the start of a line whose end was not read yet
         self._done = False
+        self._plain: Generator[bytes, None, None] | None = None  # decryption, if any
 
     def _fail(self, what: str) -> VerificationFailed:
         return VerificationFailed(
@@ -143,7 +172,13 @@ class DataFileReader:
         except FileNotFoundError as exc:
             raise self._fail("is missing") from exc
         self._raw = _HashingReader(self._fh)
-        self._stream = _decompressing(self.backup.compression, self._raw)
+        plain: io.RawIOBase = self._raw
+        if self.identities:
+            source = io.BufferedReader(self._raw, _READ_BLOCK)
+            chunks = decrypted(source, self.identities, where=self.entry.path)
+            self._plain = chunks
+            plain = _ChunksReader(chunks)
+        self._stream = _decompressing(self.backup.compression, plain)
         return self
 
     def __next__(self) -> bytes | bytearray:
@@ -186,8 +221,15 @@ class DataFileReader:
             self.raw_bytes += len(block)
             return block
 
+    def _stop_decrypting(self) -> None:
+        """End the decryption thread before anyone else reads the file."""
+        if self._plain is not None:
+            self._plain.close()
+            self._plain = None
+
     def drain(self) -> None:
         """Hash whatever was not read yet (after an early stop)."""
+        self._stop_decrypting()
         if self._raw is None:
             return
         buffer = bytearray(_READ_BLOCK)
@@ -218,6 +260,7 @@ class DataFileReader:
             raise self._fail(f"has {self.rows} rows, the manifest says {self.entry.rows}")
 
     def close(self) -> None:
+        self._stop_decrypting()
         self._stream = None
         if self._fh is not None:
             self._fh.close()

@@ -22,7 +22,7 @@ import contextlib
 import io
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -189,7 +189,9 @@ class EncryptingStage:
         return OSError(f"age encryption failed: {self._error}")
 
 
-def decrypted(source: io.BufferedIOBase, identities: list[Any], *, where: str) -> Iterator[bytes]:
+def decrypted(
+    source: io.BufferedIOBase, identities: list[Any], *, where: str
+) -> Generator[bytes, None, None]:
     """The plaintext of the age file read from ``source``, in chunks. A file that does not
     decrypt (another key, a changed or cut byte: every 64 KiB chunk is authenticated)
     raises ``VerificationFailed`` naming ``where`` once the bad chunk is reached; what came

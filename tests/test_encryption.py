@@ -15,8 +15,10 @@ import pytest
 import zstandard
 from pyrage import x25519
 
+from asyncsnap.backup import DataFileReader
 from asyncsnap.encryption import decrypted, load_identities, parse_recipients
 from asyncsnap.errors import DiskFull, UsageError, VerificationFailed
+from asyncsnap.manifest import Backup, BackupFile
 from asyncsnap.storage import DataFileWriter, LocalFileSink
 
 LINES = b"".join(b'{"id":%d,"name":"patient %d"}\n' % (i, i) for i in range(100_000))
@@ -144,3 +146,50 @@ def test_decrypting_from_a_stream_that_is_not_a_file(tmp_path: Path) -> None:
     source = io.BufferedReader(io.BytesIO(path.read_bytes()))
     compressed = b"".join(decrypted(source, [identity], where="memory"))
     assert zstandard.ZstdDecompressor().decompressobj().decompress(compressed) == LINES
+
+
+def _backup_of(root: Path, path: Path, sha256: str) -> tuple[Backup, BackupFile]:
+    entry = BackupFile(
+        path=path.name,
+        rows=100_000,
+        bytes=len(LINES),
+        stored_bytes=path.stat().st_size,
+        sha256=sha256,
+    )
+    backup = Backup(
+        path=root, manifest={}, compression="zstd", settings={}, tables=(), sequences=()
+    )
+    return backup, entry
+
+
+def test_the_reader_hashes_as_stored_then_decrypts_and_checks_lines(tmp_path: Path) -> None:
+    """What verify and restore will use: the sha256 of the stored (encrypted) bytes, the
+    rows of the plaintext; without the key the file cannot be read at all."""
+    identity, _ = keypair(tmp_path)
+    path, sha256 = encrypted_file(tmp_path, identity.to_public())
+    backup, entry = _backup_of(tmp_path, path, sha256)
+    reader = DataFileReader(backup, entry, identities=[identity])
+    assert b"".join(bytes(block) for block in reader) == LINES
+    reader.finish()  # size, sha256 and rows all match
+    with pytest.raises(VerificationFailed, match="cannot be decompressed"):
+        read_all(DataFileReader(backup, entry))  # no key: the stored bytes are not zstd
+    stopped = DataFileReader(backup, entry, identities=[identity])
+    next(iter(stopped))
+    stopped.drain()  # an early stop still hashes the whole stored file
+    assert not stopped.damaged()
+    stopped.close()
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(VerificationFailed, match="does not decrypt"):
+        read_all(DataFileReader(backup, entry, identities=[identity]))
+
+
+def read_all(reader: DataFileReader) -> None:
+    """Read to the end, as verify does, closing the file whatever happens."""
+    try:
+        for _ in reader:
+            pass
+        reader.finish()
+    finally:
+        reader.close()
