@@ -35,6 +35,19 @@ def summary(backup: Backup) -> dict[str, Any]:
             for t in backup.tables
         ],
         "sequences": len(backup.sequences),
+        # each sequence's captured value, as restore sets it (setval(..., last_value, is_called))
+        "sequence_values": [
+            {
+                "schema": q.schema,
+                "name": q.name,
+                "last_value": q.last_value,
+                "is_called": q.is_called,
+                "owned_by": None
+                if q.table is None
+                else ".".join([*q.table, *([q.column] if q.column else [])]),
+            }
+            for q in backup.sequences
+        ],
         "large_objects": (
             None
             if backup.large_objects is None

@@ -400,4 +400,13 @@ def summary_tables(backup: Backup) -> list[RenderableType]:
             human_bytes(t["bytes"]),
             human_bytes(t["stored_bytes"]),
         )
-    return [head, tables]
+    if not s["sequence_values"]:
+        return [head, tables]
+    sequences = RichTable()
+    for col, justify in (("sequence", "left"), ("value", "right"), ("of", "left")):
+        sequences.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for q in s["sequence_values"]:
+        # is_called false: the next nextval() returns last_value itself (setval's rule)
+        value = f"{q['last_value']:,}" + ("" if q["is_called"] else " (not yet used)")
+        sequences.add_row(f"{q['schema']}.{q['name']}", value, q["owned_by"] or "")
+    return [head, tables, sequences]

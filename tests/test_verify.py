@@ -171,6 +171,18 @@ def test_inspect_table_and_json(backup: Path) -> None:
     assert summary["snapshot"]["id"]
 
 
+def test_inspect_lists_each_sequence_with_its_value(backup: Path) -> None:
+    """A trial user found no sequence in inspect's output (only in manifest.json)."""
+    summary = json.loads(run_cli("inspect", str(backup), "--json").stdout)
+    values = {q["name"]: q for q in summary["sequence_values"]}
+    assert len(values) == summary["sequences"] == 3
+    orders = values["orders_id_seq"]
+    assert orders["last_value"] == 500 and orders["is_called"] is True
+    assert orders["owned_by"] == "public.orders.id"
+    shown = run_cli("inspect", str(backup)).stdout
+    assert "public.orders_id_seq" in shown and "public.orders.id" in shown
+
+
 def test_verify_of_the_output_directory_points_at_a_backup_in_it(backup: Path) -> None:
     """`verify /backups` (dump's -o, not a backup) said a dump had failed or been
     interrupted; it is a directory of backups, and the hint names one."""
