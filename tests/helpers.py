@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import select
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,13 @@ def table_entry(backup: Path, schema: str, name: str) -> dict[str, Any]:
 
 def run_on_a_terminal(argv: list[str], answer: str | None = None) -> tuple[int, str]:
     """Run ``argv`` with a pseudo-terminal as its controlling terminal; type ``answer`` at
-    the first prompt, if given. The exit status and everything it wrote (stdout and
-    stderr both go to the terminal)."""
+    the password prompt, if given. The exit status and everything it wrote (stdout and
+    stderr both go to the terminal). A child still running after 60 s is killed.
+
+    The answer waits for ``"Password: "`` with its space: Click prints "Password:" and then
+    getpass switches echo off with TCSAFLUSH, which discards input typed before it, and
+    writes the space. Answering at "Password" lost the answer to that flush now and then,
+    and the child waited for input forever."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: the pty is its terminal
         os.execve(argv[0], argv, {**clean_env(), "COLUMNS": "120", "TERM": "xterm"})
@@ -80,9 +86,16 @@ def run_on_a_terminal(argv: list[str], answer: str | None = None) -> tuple[int, 
         if not chunk:
             break
         output += chunk
-        if answer is not None and not answered and b"Password" in output:
+        if answer is not None and not answered and b"Password: " in output:
+            time.sleep(0.2)  # getpass is reading by now; the flush came before its space
             os.write(fd, answer.encode() + (b"" if answer == "\x03" else b"\n"))
             answered = True
-    _, status = os.waitpid(pid, 0)
+    ends = time.monotonic() + 30  # it closed the terminal: it is exiting
+    while (found := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < ends:
+        time.sleep(0.05)
+    status = found[1]
+    if found[0] == 0:  # hung (e.g. at a prompt nobody answered): not a pass
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
