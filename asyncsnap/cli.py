@@ -702,6 +702,15 @@ def dump_command(
             "restores only into existing tables.",
         ),
     ] = False,
+    encrypt_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--encrypt-to",
+            metavar="RECIPIENT",
+            help="Encrypt every file with age to this public key (age1...) or the keys in "
+            "this file (repeatable); restoring needs the matching --identity.",
+        ),
+    ] = None,
     log_format: LogFormatOption = "text",
     summary_json: SummaryOption = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
@@ -774,6 +783,7 @@ def dump_command(
             keep_partial=keep_partial,
             verify_output=verify_output,
             with_schema=not no_schema,
+            encrypt_to=encrypt_to or (),
             on_event=on_event,
         )
 

@@ -43,6 +43,7 @@ from .catalog import (
 )
 from .connection import ConnectionSpec, ConnectParams, resolve
 from .copy import CopyContext, LargeObjectsJob, WorkItem, cancelled_by_server, close_pool, copy_all
+from .encryption import parse_recipients
 from .errors import (
     DumpFailed,
     TimeLimitExceeded,
@@ -194,6 +195,7 @@ async def dump(
     keep_partial: bool = False,
     verify_output: bool = False,
     with_schema: bool = True,
+    encrypt_to: Sequence[str] = (),
     on_event: EventCallback | None = None,
 ) -> DumpResult:
     """Export the selected tables at one moment into ``<output>/<name>``.
@@ -243,6 +245,7 @@ async def dump(
         result = anyio.run(lambda: asyncsnap.dump("postgresql:///app", output="backups"))
         print(result.path, result.rows)
     """
+    recipients = parse_recipients(encrypt_to) if encrypt_to else None
     selection, output, name = _check_arguments(
         output=output,
         jobs=jobs,
@@ -326,7 +329,7 @@ async def dump(
                 BackupDirectory.prepare_parent(output)
                 lock = OutputLock(output)
                 lock.acquire()
-                backup = BackupDirectory.create(output, name)
+                backup = BackupDirectory.create(output, name, recipients)
                 emit(
                     DumpStarted(
                         snapshot_id=coordinator.snapshot_id,
@@ -374,6 +377,7 @@ async def dump(
                     finished_at=finished_at,
                     compression=compression,
                     schema_files=schema_files[0] if schema_files else None,
+                    recipients=[str(r) for r in recipients] if recipients else [],
                 )
                 files = [(f.path, f.sha256) for f in stored.values()]
                 for captured in schema_files:
@@ -607,6 +611,10 @@ def _unreadable_excluded(inventory: Inventory) -> list[str]:
 
 
 def _small_file(backup: BackupDirectory, relpath: str, content: bytes) -> SchemaFile:
+    if backup.recipients:  # the schema is the database's too (function bodies, comments)
+        import pyrage
+
+        content = pyrage.encrypt(content, backup.recipients)
     backup.write_small_file(relpath, content)
     return SchemaFile(path=relpath, bytes=len(content), sha256=hashlib.sha256(content).hexdigest())
 
@@ -722,6 +730,7 @@ def _manifest_body(
     finished_at: datetime,
     compression: Compression,
     schema_files: BackupSchema | None,
+    recipients: list[str],
 ) -> dict[str, Any]:
     catalog, inventory = planned.catalog, planned.inventory
     server = catalog.server
@@ -805,7 +814,12 @@ def _manifest_body(
     order = planned.order
     return {
         "format": manifest.FORMAT_NAME,
-        "format_version": manifest.FORMAT_VERSION,
+        # An encrypted backup is version 4: a reader of version 3 must refuse it rather
+        # than take its age files for zstd.
+        "format_version": manifest.ENCRYPTED_FORMAT_VERSION
+        if recipients
+        else manifest.PLAIN_FORMAT_VERSION,
+        **({"encryption": {"method": "age", "recipients": recipients}} if recipients else {}),
         "tool": {"name": "asyncsnap", "version": __version__},
         "started_at": _utc_iso(started_at),
         "finished_at": _utc_iso(finished_at),

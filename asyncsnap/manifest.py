@@ -26,7 +26,9 @@ from .errors import VerificationFailed
 
 FORMAT_NAME = "asyncsnap"
 # The version this asyncsnap writes; it reads every version from 1 up to it.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # the newest this version reads
+ENCRYPTED_FORMAT_VERSION = 4  # written for encrypted backups only
+PLAIN_FORMAT_VERSION = 3  # written for the others, which every 0.5+ reader reads
 MANIFEST_NAME = "manifest.json"
 SUMS_NAME = "SHA256SUMS"
 CHECKSUM_KEY = "manifest_sha256"
@@ -428,6 +430,7 @@ class Backup:
     skipped: tuple[Skipped, ...] = ()  # selected but not in the backup, with the reason
     large_objects: BackupLargeObjects | None = None
     schema: BackupSchema | None = None  # None: data only (--no-schema, or format < 3)
+    encryption: tuple[str, ...] = ()  # age recipients the files are encrypted to (format 4)
 
     def file_path(self, f: BackupFile) -> Path:
         return self.path / f.path
@@ -717,9 +720,18 @@ def parse(root: Path, body: dict[str, Any]) -> Backup:
             archive=schema_file("archive", SCHEMA_ARCHIVE_PATH),
             sql=schema_file("sql", SCHEMA_SQL_PATH),
         )
+    encryption: tuple[str, ...] = ()
+    if version >= ENCRYPTED_FORMAT_VERSION:
+        enc = c.obj(body.get("encryption"), "encryption")
+        if enc.get("method") != "age":
+            raise c.fail("encryption.method", "is not age")
+        encryption = names(enc.get("recipients"), "encryption.recipients")
+        if not encryption or not all(r.startswith("age1") for r in encryption):
+            raise c.fail("encryption.recipients", "are not age public keys")
     return Backup(
         path=root,
         manifest=body,
+        encryption=encryption,
         compression=compression,  # type: ignore[arg-type]
         settings=settings,
         tables=tuple(tables),

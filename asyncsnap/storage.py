@@ -304,9 +304,10 @@ def write_file_atomic(root: Path, relpath: str, content: bytes) -> None:
 class BackupDirectory:
     """A backup being built: ``<parent>/<name>.partial`` until ``commit`` renames it."""
 
-    def __init__(self, parent: Path, name: str) -> None:
+    def __init__(self, parent: Path, name: str, recipients: list[Any] | None = None) -> None:
         self.parent = parent
         self.name = name
+        self.recipients = recipients  # age recipients: every file is encrypted to them
         self.final_path = parent / name
         self.path = parent / (name + PARTIAL_SUFFIX)
 
@@ -339,10 +340,12 @@ class BackupDirectory:
             raise _output_error(exc, parent) from exc
 
     @classmethod
-    def create(cls, parent: Path, name: str) -> BackupDirectory:
+    def create(
+        cls, parent: Path, name: str, recipients: list[Any] | None = None
+    ) -> BackupDirectory:
         """Create ``<parent>/<name>.partial`` (and ``parent`` if missing), mode 0700."""
         cls.check_free(parent, name)
-        backup = cls(parent, name)
+        backup = cls(parent, name, recipients)
         cls.prepare_parent(parent)
         try:
             os.mkdir(backup.path, 0o700)
@@ -363,7 +366,12 @@ class BackupDirectory:
         return backup
 
     def data_writer(self, stem: str, compression: Compression) -> DataFileWriter:
-        return DataFileWriter(self.path, f"{DATA_DIR}/{stem}{EXTENSIONS[compression]}", compression)
+        return DataFileWriter(
+            self.path,
+            f"{DATA_DIR}/{stem}{EXTENSIONS[compression]}",
+            compression,
+            recipients=self.recipients,
+        )
 
     def write_small_file(self, relpath: str, content: bytes) -> None:
         write_file_atomic(self.path, relpath, content)
