@@ -29,6 +29,7 @@ from typing import IO, Any, Protocol
 from .errors import UsageError, VerificationFailed
 
 PIPE_CHUNK = 1 << 20
+AGE_MAGIC = b"age-encryption.org/v1\n"  # the first line of every age file
 
 
 class ByteSink(Protocol):

@@ -8,15 +8,18 @@ whose keys are the manifest's columns in order. Reports the first bad line of ea
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from . import manifest
 from .backup import DataFileReader, check_schema_file, open_backup
+from .encryption import AGE_MAGIC, decrypted
 from .errors import VerificationFailed
 from .manifest import ARCHIVE_MAGIC, DATA_DIR, SCHEMA_DIR, Backup, BackupFile
 from .rowcodec import LineNotAsDescribed, LoadShape
@@ -48,6 +51,9 @@ class VerifyResult:
     bytes: int
     seconds: float
     problems: list[Problem] = field(default_factory=list)
+    # False: an encrypted backup checked without its key: every stored byte against its
+    # sha256 and size, but no line read (no rows counted)
+    content_checked: bool = True
 
     @property
     def ok(self) -> bool:
@@ -59,6 +65,7 @@ def verify(
     *,
     on_file: Callable[[str], None] | None = None,
     in_progress: bool = False,
+    identities: list[Any] | None = None,
 ) -> VerifyResult:
     """Check a backup completely, without a database.
 
@@ -72,6 +79,8 @@ def verify(
     """
     started = time.monotonic()
     backup = open_backup(path, in_progress=in_progress)
+    encrypted = bool(backup.encryption)
+    readable = not encrypted or bool(identities)
     problems: list[Problem] = []
     problems += _check_sums_file(backup)
     problems += _check_unlisted_files(backup)
@@ -84,19 +93,21 @@ def verify(
                 problems.append(Problem(wrong, schema_file.path))
         archive = backup.path / backup.schema.archive.path
         if archive.is_file():
-            with open(archive, "rb") as fh:
-                if fh.read(len(ARCHIVE_MAGIC)) != ARCHIVE_MAGIC:
-                    problems.append(
-                        Problem(
-                            "is not a pg_dump custom-format archive", backup.schema.archive.path
-                        )
-                    )
+            wrong = _check_archive(archive, identities if encrypted else None, encrypted)
+            if wrong is not None:
+                problems.append(Problem(wrong, backup.schema.archive.path))
     rows = size = files = 0
     for columns, entry in _files_and_columns(backup):
         if on_file is not None:
             on_file(entry.path)
         files += 1
-        reader = DataFileReader(backup, entry)
+        if not readable:
+            problem = _check_stored(backup, entry)
+            if problem is not None:
+                problems.append(problem)
+            size += entry.bytes
+            continue
+        reader = DataFileReader(backup, entry, identities=identities if encrypted else None)
         problem = _check_lines(reader, LoadShape.checking(columns))
         if problem is None:
             try:
@@ -117,7 +128,44 @@ def verify(
         bytes=size,
         seconds=time.monotonic() - started,
         problems=problems,
+        content_checked=readable,
     )
+
+
+def _check_archive(path: Path, identities: list[Any] | None, encrypted: bool) -> str | None:
+    """The schema archive starts as pg_dump's custom format does (once decrypted), or, for
+    an encrypted backup checked without its key, as an age file does."""
+    with open(path, "rb") as fh:
+        if encrypted and not identities:
+            return None if fh.read(len(AGE_MAGIC)) == AGE_MAGIC else "is not an age file"
+        if encrypted:
+            try:
+                head = next(decrypted(fh, identities or [], where=str(path)), b"")
+            except VerificationFailed as exc:
+                return exc.message.removeprefix(str(path) + " ")
+        else:
+            head = fh.read(len(ARCHIVE_MAGIC))
+    if head[: len(ARCHIVE_MAGIC)] != ARCHIVE_MAGIC:
+        return "is not a pg_dump custom-format archive"
+    return None
+
+
+def _check_stored(backup: Backup, entry: BackupFile) -> Problem | None:
+    """Without the key: the stored bytes against the manifest's size and sha256."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(backup.file_path(entry), "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+    except FileNotFoundError:
+        return Problem("is missing", entry.path)
+    if size != entry.stored_bytes:
+        return Problem(f"has {size} bytes, the manifest says {entry.stored_bytes}", entry.path)
+    if digest.hexdigest() != entry.sha256:
+        return Problem("does not match its SHA-256 in the manifest", entry.path)
+    return None
 
 
 def _check_lines(reader: DataFileReader, shape: LoadShape) -> Problem | None:
