@@ -146,7 +146,7 @@ class DataFileReader:
         """``identities``: age secret keys, for a file written encrypted (it is hashed
         as stored, then decrypted, then decompressed)."""
         self.backup = backup
-        self.identities = identities
+        self.identities = identities or list(backup.identities) or None
         self.entry = entry
         self.path = backup.file_path(entry)
         self.block_size = block_size

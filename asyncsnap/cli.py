@@ -1024,6 +1024,7 @@ def restore_command(
             "its errors show).",
         ),
     ] = False,
+    identity: IdentityOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
     log_format: LogFormatOption = "text",
     summary_json: SummaryOption = None,
@@ -1051,6 +1052,7 @@ def restore_command(
     try:
         if truncate and append:
             raise UsageError("--truncate and --append exclude each other", hint="choose one")
+        identities = load_identities(identity) if identity else []
         connection = connection_spec(
             dsn,
             dbname,
@@ -1092,6 +1094,7 @@ def restore_command(
             schema_only=schema_only,
             data_only=data_only,
             dry_run=dry_run,
+            identities=identities,
             on_event=on_event,
         )
 

@@ -15,7 +15,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -431,6 +431,8 @@ class Backup:
     large_objects: BackupLargeObjects | None = None
     schema: BackupSchema | None = None  # None: data only (--no-schema, or format < 3)
     encryption: tuple[str, ...] = ()  # age recipients the files are encrypted to (format 4)
+    # age secret keys given to read it (--identity): never from the manifest, never shown
+    identities: tuple[Any, ...] = field(default=(), repr=False)
 
     def file_path(self, f: BackupFile) -> Path:
         return self.path / f.path

@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -317,6 +321,26 @@ def plan_loads(
     return loads
 
 
+def _decrypted_archive(backup: Backup, scratch: Path | None) -> Path | None:
+    """The schema archive decrypted into ``scratch`` (a 0700 temporary directory) for
+    pg_restore, which must seek in it; None for a plain backup."""
+    if scratch is None or backup.schema is None:
+        return None
+    import pyrage
+
+    target = scratch / "schema.pgdump"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(backup.path / backup.schema.archive.path, "rb") as source, os.fdopen(fd, "wb") as out:
+        try:
+            pyrage.decrypt_io(source, out, list(backup.identities))
+        except pyrage.DecryptError as exc:
+            raise VerificationFailed(
+                f"{backup.schema.archive.path} does not decrypt: {exc}",
+                hint="check --identity; nothing was restored",
+            ) from exc
+    return target
+
+
 def _as_catalog_table(t: BackupTable) -> Table:
     return Table(
         oid=0,
@@ -351,6 +375,7 @@ async def restore(
     schema_only: bool = False,
     data_only: bool = False,
     dry_run: bool = False,
+    identities: Sequence[Any] = (),
     on_event: EventCallback | None = None,
 ) -> RestoreResult:
     """Restore a backup into the database ``dsn`` points at: the whole of it (schema and
@@ -401,10 +426,21 @@ async def restore(
         (lambda line: None) if dry_run else (lambda line: emit(Notice(line)))
     )
     backup = await anyio.to_thread.run_sync(open_backup, backup_dir)
+    if backup.encryption and not identities:
+        raise UsageError(
+            f"{backup.path} is encrypted (age, to {backup.encryption[0][:16]}...)",
+            hint="give the matching secret key file with --identity",
+        )
+    if identities:
+        backup = replace(backup, identities=tuple(identities))
+    # an encrypted schema archive is decrypted here for pg_restore, and removed after
+    scratch = Path(tempfile.mkdtemp(prefix="asyncsnap-schema-")) if backup.encryption else None
     if verify_first:
         from .verify import verify
 
-        checked = await anyio.to_thread.run_sync(verify, backup.path)
+        checked = await anyio.to_thread.run_sync(
+            lambda: verify(backup.path, identities=list(backup.identities) or None)
+        )
         if not checked.ok:
             raise VerificationFailed(
                 f"verification failed: {checked.problems[0]}",
@@ -485,6 +521,7 @@ async def restore(
                 no_owner=no_owner,
                 no_privileges=no_privileges,
                 replaced=replaced,
+                archive=await anyio.to_thread.run_sync(_decrypted_archive, backup, scratch),
             )
             lines += steps.describe(jobs)
             if not schema_only:
@@ -584,6 +621,8 @@ async def restore(
     finally:
         if not conn.is_closed():
             conn.terminate()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     result = RestoreResult(
         plan=plan,
         lines=lines,

@@ -194,8 +194,10 @@ async def plan_steps(
     no_owner: bool,
     no_privileges: bool,
     replaced: Sequence[str],
+    archive: Path | None = None,
 ) -> SchemaSteps:
-    """Pick the pg_restore and check the archive before anything runs.
+    """Pick the pg_restore and check the archive before anything runs. ``archive``: the
+    archive decrypted to a private temporary file, for an encrypted backup.
 
     :raises ClientToolMissing: when no pg_restore reads the archive.
     :raises VerificationFailed: when the archive does not match the manifest.
@@ -211,7 +213,7 @@ async def plan_steps(
         schema.pick_pg_restore, backup.schema.pg_dump_major, server_major
     )
     return SchemaSteps(
-        archive=backup.path / backup.schema.archive.path,
+        archive=archive or backup.path / backup.schema.archive.path,
         tool=tool,
         parallel_post_data=suited,
         clean=clean,
