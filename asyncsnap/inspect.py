@@ -20,6 +20,8 @@ def summary(backup: Backup) -> dict[str, Any]:
         "finished_at": m.get("finished_at"),
         "server": m.get("server"),
         "compression": backup.compression,
+        # the age public keys the files are encrypted to; empty: not encrypted
+        "encrypted_to": list(backup.encryption),
         "totals": m.get("totals"),
         "tables": [
             {

@@ -359,6 +359,8 @@ def summary_tables(backup: Backup) -> list[RenderableType]:
         f"{human_bytes(totals.get('bytes', 0))} "
         f"({human_bytes(totals.get('stored_bytes', 0))} {s['compression']})",
     )
+    if s["encrypted_to"]:
+        head.add_row("ENCRYPTED", "age, to " + ", ".join(s["encrypted_to"]))
     head.add_row(
         "schema",
         f"{s['schema']['sql']} (pg_dump {s['schema']['pg_dump_version']})"

@@ -1,0 +1,110 @@
+"""Encrypted backups (dump --encrypt-to, verify/restore --identity): a host with the public
+key writes backups it cannot read; integrity is checkable without the key; restore needs
+it; age's own CLI reads the files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import zstandard
+from pyrage import x25519
+
+from .conftest import Database, Postgres, fresh_database, run_cli
+from .helpers import flip_bit_mid_file, manifest_of
+from .test_dump import SHOP
+
+AGE_MAGIC = b"age-encryption.org/v1\n"
+
+
+@pytest.fixture
+def encrypted(db: Database, tmp_path: Path) -> tuple[Path, Path, str]:
+    """A dump of the shop database encrypted to a fresh key: (backup, key file, public)."""
+    db.execute(SHOP)
+    identity = x25519.Identity.generate()
+    key = tmp_path / "key.txt"
+    key.write_text(f"{identity}\n")
+    public = str(identity.to_public())
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "b", "--encrypt-to", public)
+    assert run.returncode == 0, run.stderr
+    return tmp_path / "b", key, public
+
+
+def test_every_file_is_encrypted_and_the_manifest_says_to_whom(
+    encrypted: tuple[Path, Path, str],
+) -> None:
+    backup, _, public = encrypted
+    body = manifest_of(backup)
+    assert body["format_version"] == 4
+    assert body["encryption"] == {"method": "age", "recipients": [public]}
+    stored = [*(backup / "data").iterdir(), *(backup / "schema").iterdir()]
+    assert len(stored) >= 6  # four tables and the two schema files
+    for path in stored:
+        raw = path.read_bytes()
+        assert raw.startswith(AGE_MAGIC), path
+        assert b"CREATE TABLE" not in raw and b'"name":"c1"' not in raw
+    summary = json.loads(run_cli("inspect", str(backup), "--json").stdout)
+    assert summary["encrypted_to"] == [public]  # inspect needs no key
+    # sha256sum -c works without the key: SHA256SUMS is of the stored bytes
+    for line in (backup / "SHA256SUMS").read_text().splitlines():
+        digest, relpath = line.split("  ", 1)
+        assert hashlib.sha256((backup / relpath).read_bytes()).hexdigest() == digest
+
+
+def test_verify_without_the_key_checks_integrity_and_with_it_every_line(
+    encrypted: tuple[Path, Path, str],
+) -> None:
+    backup, key, _ = encrypted
+    run = run_cli("verify", str(backup))
+    assert run.returncode == 0, run.stderr
+    assert "match their sha256 and size" in run.stdout and "no line was read" in run.stdout
+    run = run_cli("verify", str(backup), "--identity", str(key))
+    assert run.returncode == 0, run.stderr
+    assert "2070 rows" in run.stdout
+    other = key.with_name("other.txt")
+    other.write_text(f"{x25519.Identity.generate()}\n")
+    run = run_cli("verify", str(backup), "-i", str(other))
+    assert run.returncode == 5 and "does not decrypt" in run.stderr
+
+
+def test_restore_needs_the_key_and_then_gives_the_rows_back(
+    encrypted: tuple[Path, Path, str], postgres: Postgres
+) -> None:
+    backup, key, _ = encrypted
+    with fresh_database(postgres, "asyncsnap_enc") as target:
+        run = run_cli("restore", str(backup), target.dsn)
+        assert run.returncode == 2 and "is encrypted" in run.stderr
+        assert "--identity" in run.stderr
+        run = run_cli("restore", str(backup), target.dsn, "-i", str(key), "-q")
+        assert run.returncode == 0, run.stderr
+        assert target.fetchval("SELECT count(*) FROM order_lines") == 1500
+        assert target.fetchval("SELECT count(*) FROM audit.log") == 20
+
+
+def test_a_changed_byte_is_refused_with_or_without_the_key(
+    encrypted: tuple[Path, Path, str], postgres: Postgres
+) -> None:
+    backup, key, _ = encrypted
+    [orders] = (backup / "data").glob("public.orders-*")
+    flip_bit_mid_file(orders)
+    assert run_cli("verify", str(backup)).returncode == 5
+    assert run_cli("verify", str(backup), "-i", str(key)).returncode == 5
+    with fresh_database(postgres, "asyncsnap_enc") as target:
+        run = run_cli("restore", str(backup), target.dsn, "-i", str(key))
+        assert run.returncode != 0
+        assert "public.orders" in run.stderr
+
+
+@pytest.mark.skipif(shutil.which("age") is None, reason="age's CLI is not installed")
+def test_ages_cli_opens_a_dumped_file(encrypted: tuple[Path, Path, str]) -> None:
+    """`age -d -i key.txt FILE | zstd -dc | jq` (CI installs Debian's age)."""
+    backup, key, _ = encrypted
+    [customers] = (backup / "data").glob("public.customers-*")
+    run = subprocess.run(["age", "-d", "-i", str(key), str(customers)], capture_output=True)
+    assert run.returncode == 0, run.stderr
+    lines = zstandard.ZstdDecompressor().decompressobj().decompress(run.stdout).splitlines()
+    assert len(lines) == 50 and json.loads(lines[0])["name"] == "c1"
