@@ -51,19 +51,24 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
 
 def check_schema_file(backup: Backup, entry: SchemaFile) -> str | None:
     """What is wrong with a schema file (missing, size, SHA-256), or None."""
-    path = backup.path / entry.path
+    return check_stored(backup.path / entry.path, entry.bytes, entry.sha256)
+
+
+def check_stored(path: Path, size: int, sha256: str) -> str | None:
+    """What is wrong with a file as stored against the manifest's size and SHA-256 (it is
+    missing, cut, grown or changed), or None. Reads it whole, without decoding it."""
     digest = hashlib.sha256()
-    size = 0
+    found = 0
     try:
         with open(path, "rb") as fh:
             while block := fh.read(_READ_BLOCK):
                 digest.update(block)
-                size += len(block)
+                found += len(block)
     except FileNotFoundError:
         return "is missing"
-    if size != entry.bytes:
-        return f"has {size} bytes, the manifest says {entry.bytes}"
-    if digest.hexdigest() != entry.sha256:
+    if found != size:
+        return f"has {found} bytes, the manifest says {size}"
+    if digest.hexdigest() != sha256:
         return "does not match its SHA-256 in the manifest"
     return None
 

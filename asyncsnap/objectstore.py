@@ -226,10 +226,7 @@ class Store:
         except PermissionDeniedError as exc:
             raise _access_denied(action, where) from exc
         except UnauthenticatedError as exc:
-            raise StoreFailed(
-                f"the store did not accept the credentials for {where}",
-                hint="check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-            ) from exc
+            raise _credentials_refused(where) from exc
         except NotFoundError as exc:
             raise StoreFailed(
                 f"{where} does not exist", hint="check the bucket and the prefix"
@@ -239,10 +236,7 @@ class Store:
             if code == "AccessDenied":
                 raise _access_denied(action, where) from exc
             if code in _CREDENTIAL_CODES:
-                raise StoreFailed(
-                    f"the store did not accept the credentials for {where} ({code})",
-                    hint="check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-                ) from exc
+                raise _credentials_refused(where, code) from exc
             raise StoreFailed(
                 f"could not {action} {where}: {_reason(exc, code)}",
                 hint=_hint(code),
@@ -254,6 +248,13 @@ def _access_denied(action: str, where: str) -> StoreFailed:
         f"the store refused to {action} {where}: access denied",
         hint="check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and that "
         "they may use this bucket",
+    )
+
+
+def _credentials_refused(where: str, code: str | None = None) -> StoreFailed:
+    return StoreFailed(
+        f"the store did not accept the credentials for {where}" + (f" ({code})" if code else ""),
+        hint="check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
     )
 
 

@@ -43,6 +43,7 @@ from .catalog import (
     view_dependencies,
 )
 from .connection import ConnectionSpec, resolve
+from .encryption import decrypted
 from .errors import (
     AsyncsnapError,
     PermissionDenied,
@@ -326,18 +327,12 @@ def _decrypted_archive(backup: Backup, scratch: Path | None) -> Path | None:
     pg_restore, which must seek in it; None for a plain backup."""
     if scratch is None or backup.schema is None:
         return None
-    import pyrage
-
     target = scratch / "schema.pgdump"
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with open(backup.path / backup.schema.archive.path, "rb") as source, os.fdopen(fd, "wb") as out:
-        try:
-            pyrage.decrypt_io(source, out, list(backup.identities))
-        except pyrage.DecryptError as exc:
-            raise VerificationFailed(
-                f"{backup.schema.archive.path} does not decrypt: {exc}",
-                hint="check --identity; nothing was restored",
-            ) from exc
+    where = backup.schema.archive.path
+    with open(backup.path / where, "rb") as source, os.fdopen(fd, "wb") as out:
+        for chunk in decrypted(source, list(backup.identities), where=where):
+            out.write(chunk)
     return target
 
 

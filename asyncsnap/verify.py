@@ -8,7 +8,6 @@ whose keys are the manifest's columns in order. Reports the first bad line of ea
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 import orjson
 
 from . import manifest
-from .backup import DataFileReader, check_schema_file, open_backup
+from .backup import DataFileReader, check_schema_file, check_stored, open_backup
 from .encryption import AGE_MAGIC, decrypted
 from .errors import VerificationFailed
 from .manifest import ARCHIVE_MAGIC, DATA_DIR, SCHEMA_DIR, Backup, BackupFile
@@ -152,20 +151,8 @@ def _check_archive(path: Path, identities: list[Any] | None, encrypted: bool) ->
 
 def _check_stored(backup: Backup, entry: BackupFile) -> Problem | None:
     """Without the key: the stored bytes against the manifest's size and sha256."""
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        with open(backup.file_path(entry), "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-                size += len(block)
-    except FileNotFoundError:
-        return Problem("is missing", entry.path)
-    if size != entry.stored_bytes:
-        return Problem(f"has {size} bytes, the manifest says {entry.stored_bytes}", entry.path)
-    if digest.hexdigest() != entry.sha256:
-        return Problem("does not match its SHA-256 in the manifest", entry.path)
-    return None
+    wrong = check_stored(backup.file_path(entry), entry.stored_bytes, entry.sha256)
+    return None if wrong is None else Problem(wrong, entry.path)
 
 
 def _check_lines(reader: DataFileReader, shape: LoadShape) -> Problem | None:
