@@ -14,21 +14,63 @@ import io
 import zlib
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import zstandard
 
 from . import manifest
 from .encryption import decrypted
 from .errors import VerificationFailed
-from .location import local_path
+from .location import backup_location
 from .manifest import PARTIAL_SUFFIX, Backup, BackupFile, Compression, SchemaFile
 
 _READ_BLOCK = 1 << 20
 
 
+class BackupSource(Protocol):
+    """Where a backup's files are read from: a local directory (``LocalSource``) or a
+    prefix in an object store (``bucket.StoreSource``). Paths are the manifest's."""
+
+    where: str  # the backup's location, for messages
+
+    def open(self, relpath: str) -> io.BufferedIOBase:
+        """The stored bytes of ``relpath``, streamed; ``FileNotFoundError`` if missing."""
+        ...
+
+    def names(self, directory: str) -> list[str] | None:
+        """The file names directly in ``directory`` (``data``, ``schema``), sorted; None
+        when there is no such directory."""
+        ...
+
+    def local_file(self, relpath: str) -> Path | None:
+        """``relpath`` as a local file a program can open and seek in, or None when the
+        backup is not on this machine."""
+        ...
+
+
+class LocalSource:
+    """A backup directory on this machine."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.where = str(root)
+
+    def open(self, relpath: str) -> io.BufferedIOBase:
+        return open(self.root / relpath, "rb")
+
+    def names(self, directory: str) -> list[str] | None:
+        folder = self.root / directory
+        if not folder.is_dir():
+            return None
+        return sorted(p.name for p in folder.iterdir())
+
+    def local_file(self, relpath: str) -> Path | None:
+        return self.root / relpath
+
+
 def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
-    """Open a backup directory and check its manifest (not yet the data files).
+    """Open a backup (a directory, or ``s3://bucket/prefix/NAME``) and check its manifest
+    (not yet the data files).
 
     ``in_progress`` is for the dump checking its own ``.partial`` directory before the
     rename (``dump --verify``); everyone else refuses a ``.partial``.
@@ -37,7 +79,11 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
 
     >>> backup = open_backup("backups/backup_20261124T021500Z")  # doctest: +SKIP
     """
-    root = local_path(path, role="BACKUP")
+    root = backup_location(path, role="BACKUP")
+    if not isinstance(root, Path):
+        from .bucket import open_stored_backup
+
+        return open_stored_backup(root)
     if root.name.endswith(PARTIAL_SUFFIX) and not in_progress:
         raise VerificationFailed(
             f"{root} is an incomplete backup (a dump that failed, was interrupted or is "
@@ -51,16 +97,16 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
 
 def check_schema_file(backup: Backup, entry: SchemaFile) -> str | None:
     """What is wrong with a schema file (missing, size, SHA-256), or None."""
-    return check_stored(backup.path / entry.path, entry.bytes, entry.sha256)
+    return check_stored(backup.source, entry.path, entry.bytes, entry.sha256)
 
 
-def check_stored(path: Path, size: int, sha256: str) -> str | None:
+def check_stored(source: BackupSource, relpath: str, size: int, sha256: str) -> str | None:
     """What is wrong with a file as stored against the manifest's size and SHA-256 (it is
     missing, cut, grown or changed), or None. Reads it whole, without decoding it."""
     digest = hashlib.sha256()
     found = 0
     try:
-        with open(path, "rb") as fh:
+        with source.open(relpath) as fh:
             while block := fh.read(_READ_BLOCK):
                 digest.update(block)
                 found += len(block)
@@ -92,8 +138,9 @@ class _HashingReader(io.RawIOBase):
         return n or 0
 
 
-class _ChunksReader(io.RawIOBase):
-    """A raw stream over an iterator of byte chunks (the plaintext of an age file)."""
+class ChunksReader(io.RawIOBase):
+    """A raw stream over an iterator of byte chunks (the plaintext of an age file, an
+    object read from a store); closing it closes the iterator."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
@@ -101,6 +148,12 @@ class _ChunksReader(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        super().close()
 
     def readinto(self, buffer: Any) -> int:
         while not self._rest:
@@ -153,12 +206,11 @@ class DataFileReader:
         self.backup = backup
         self.identities = identities or list(backup.identities) or None
         self.entry = entry
-        self.path = backup.file_path(entry)
         self.block_size = block_size
         self.max_line = entry.line_limit if max_line is None else max_line
         self.rows = 0
         self.raw_bytes = 0
-        self._fh: io.BufferedReader | None = None
+        self._fh: io.BufferedIOBase | None = None
         self._raw: _HashingReader | None = None
         self._stream: Any = None  # the decompressed stream while iterating
         self._pending = bytearray()  # the start of a line whose end was not read yet
@@ -173,7 +225,7 @@ class DataFileReader:
 
     def __iter__(self) -> DataFileReader:
         try:
-            self._fh = open(self.path, "rb")  # noqa: SIM115 - closed in finish/close
+            self._fh = self.backup.source.open(self.entry.path)  # closed in finish/close
         except FileNotFoundError as exc:
             raise self._fail("is missing") from exc
         self._raw = _HashingReader(self._fh)
@@ -182,7 +234,7 @@ class DataFileReader:
             source = io.BufferedReader(self._raw, _READ_BLOCK)
             chunks = decrypted(source, self.identities, where=self.entry.path)
             self._plain = chunks
-            plain = _ChunksReader(chunks)
+            plain = ChunksReader(chunks)
         self._stream = _decompressing(self.backup.compression, plain)
         return self
 

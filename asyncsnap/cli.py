@@ -18,7 +18,7 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -446,7 +446,21 @@ ExcludeSchemaOption = Annotated[
 # Paths are taken as typed (str): Path() would turn "s3://b/x" into "s3:/b/x" before the
 # library could see that it is a URL (location.py).
 BackupArgument = Annotated[
-    str, typer.Argument(metavar="BACKUP", help="A backup directory made by dump.")
+    str,
+    typer.Argument(
+        metavar="BACKUP",
+        help="A backup made by dump: its directory, or its URL (s3://bucket/prefix/NAME).",
+    ),
+]
+EndpointOption = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint-url",
+        metavar="URL",
+        help="The S3 endpoint of an S3-compatible store (MinIO, SeaweedFS, R2...); "
+        "default $AWS_ENDPOINT_URL, else AWS.",
+        show_default=False,
+    ),
 ]
 IdentityOption = Annotated[
     str | None,
@@ -586,7 +600,13 @@ def dump_command(
     ask_password: PasswordPromptOption = False,
     output: Annotated[
         str,
-        typer.Option("--output", "-o", metavar="DIR", help="Directory to put the backup in."),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR|URL",
+            help="Directory to put the backup in, or an object store prefix "
+            "(s3://bucket/prefix, gs://, az://), written to with no local copy.",
+        ),
     ] = ".",
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, metavar="N", help="Connections copying at once.")
@@ -722,6 +742,7 @@ def dump_command(
             "this file (repeatable); restoring needs the matching --identity.",
         ),
     ] = None,
+    endpoint_url: EndpointOption = None,
     log_format: LogFormatOption = "text",
     summary_json: SummaryOption = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
@@ -748,6 +769,7 @@ def dump_command(
     # --summary-json on failure: where the backup was to be, once that is known.
     outcome = _summary_base("dump", path=os.path.join(output, name) if name else None)
     try:
+        _use_endpoint(endpoint_url)
         connection = connection_spec(
             dsn,
             dbname,
@@ -802,8 +824,9 @@ def dump_command(
     try:
         result = _run_rendered(work, live, left=left, debug=debug, json_log=json_log)
     except BaseException as exc:
-        kept = f"{outcome['path']}{PARTIAL_SUFFIX}"
-        if keep_partial and outcome["path"] and Path(kept).is_dir():
+        where = str(outcome["path"] or "")
+        kept = where if "://" in where else f"{where}{PARTIAL_SUFFIX}"  # a store: no rename
+        if keep_partial and where and ("://" in where or Path(kept).is_dir()):
             outcome["partial"] = kept
         raise _handle(
             exc, dsn=connection, debug=debug, json_log=json_log, summary=(summary_json, outcome)
@@ -1025,6 +1048,7 @@ def restore_command(
         ),
     ] = False,
     identity: IdentityOption = None,
+    endpoint_url: EndpointOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
     log_format: LogFormatOption = "text",
     summary_json: SummaryOption = None,
@@ -1052,6 +1076,7 @@ def restore_command(
     try:
         if truncate and append:
             raise UsageError("--truncate and --append exclude each other", hint="choose one")
+        _use_endpoint(endpoint_url)
         identities = load_identities(identity) if identity else []
         connection = connection_spec(
             dsn,
@@ -1151,6 +1176,7 @@ def restore_command(
 def verify_command(
     backup_dir: BackupArgument,
     identity: IdentityOption = None,
+    endpoint_url: EndpointOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only problems.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
@@ -1165,6 +1191,7 @@ def verify_command(
       cd /backups/before-migration-42 && sha256sum -c --quiet SHA256SUMS
     """
     try:
+        _use_endpoint(endpoint_url)
         identities = load_identities(identity) if identity else None
         result = verify(backup_dir, identities=identities)
     except BaseException as exc:
@@ -1192,7 +1219,10 @@ def verify_command(
 @app.command("prune", short_help="Remove old backups, keep the N newest.")
 def prune_command(
     directory: Annotated[
-        str, typer.Argument(metavar="DIR", help="The directory dumps are written to (-o).")
+        str,
+        typer.Argument(
+            metavar="DIR|URL", help="The directory or store prefix dumps are written to (-o)."
+        ),
     ],
     keep: Annotated[
         int,
@@ -1206,6 +1236,17 @@ def prune_command(
             help="Also count and remove backups named with --name (kept by default).",
         ),
     ] = False,
+    abandoned_after: Annotated[
+        float,
+        typer.Option(
+            "--abandoned-after",
+            min=0,
+            metavar="SECONDS",
+            help="In an object store: remove dumps that died (a claim without a manifest) "
+            "once their claim is this old.",
+        ),
+    ] = 86400.0,
+    endpoint_url: EndpointOption = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Remove complete backups older than the N newest; nothing else is touched.
@@ -1218,14 +1259,25 @@ def prune_command(
       # What would go; before-migration-42 and bench-before stay (named)
       asyncsnap prune /backups --keep 7 --dry-run
       asyncsnap prune /backups --keep 7
+      # In a bucket: also removes dumps that died more than a day ago
+      asyncsnap prune s3://backups/nightly/shop --keep 7
     """
     try:
-        result = prune(directory, keep=keep, dry_run=dry_run, include_named=include_named)
+        _use_endpoint(endpoint_url)
+        result = prune(
+            directory,
+            keep=keep,
+            dry_run=dry_run,
+            include_named=include_named,
+            abandoned_after=timedelta(seconds=abandoned_after),
+        )
     except BaseException as exc:
         raise _handle(exc, dsn=None, debug=debug) from None
     verb = "would remove" if dry_run else "removed"
     for path in result.removed:
         typer.echo(f"{verb} {path}")
+    for path in result.abandoned:
+        typer.echo(f"{verb} {path} (a dump that died: no manifest)")
     named = (
         f", kept {count(len(result.named), 'named backup')} (--include-named counts them)"
         if result.named
@@ -1240,6 +1292,7 @@ def prune_command(
 @app.command("inspect", short_help="Summarise a backup.")
 def inspect_command(
     backup_dir: BackupArgument,
+    endpoint_url: EndpointOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
@@ -1251,6 +1304,7 @@ def inspect_command(
       asyncsnap inspect /backups/before-migration-42 --json | jq .totals
     """
     try:
+        _use_endpoint(endpoint_url)
         backup = open_backup(backup_dir)
     except BaseException as exc:
         raise _handle(exc, dsn=None, debug=debug) from None
@@ -1292,6 +1346,19 @@ def _handle(
     if problem is not None and isinstance(exc, AsyncsnapError):  # said in the one hint line
         exc.hint = f"{exc.hint} (and {problem})" if exc.hint else problem
     return _fail(exc, dsn=dsn, debug=debug, json_log=json_log)
+
+
+def _use_endpoint(url: str | None) -> None:
+    """``--endpoint-url``: the store's address for this run, as ``AWS_ENDPOINT_URL`` is
+    (the variable the AWS tools read), so the library sees one setting."""
+    if url is None:
+        return
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(
+            f"--endpoint-url {url!r} is not an http:// or https:// URL",
+            hint="e.g. --endpoint-url http://127.0.0.1:9000",
+        )
+    os.environ["AWS_ENDPOINT_URL"] = url
 
 
 def _now() -> str:

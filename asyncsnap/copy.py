@@ -49,7 +49,7 @@ from .plan import Chunk
 from .rowcodec import DumpShape, LineSplitter, copy_query
 from .session import CONNECTION_LOST, RELEASE_ERRORS
 from .snapshot import snapshot_lost, snapshot_transaction
-from .storage import BackupDirectory, DataFileWriter, StoredFile
+from .storage import BackupTarget, DataFileWriter, StoredFile
 
 # A chunk whose connection dies (backend terminated, network reset) is copied again on a
 # fresh connection that imports the same snapshot, at most this many times in all.
@@ -79,7 +79,7 @@ class CopyContext:
 
     snapshot_id: str
     types: dict[int, TypeInfo]
-    backup: BackupDirectory
+    backup: BackupTarget
     compression: Compression
     emit: EventCallback
 
@@ -257,7 +257,9 @@ async def _copy_item(conn: asyncpg.Connection, item: WorkItem, ctx: CopyContext)
             ) from exc
         stored = await anyio.to_thread.run_sync(_seal, writer)
     except BaseException:
-        writer.discard()
+        # Off the event loop: a store-backed file aborts its upload over the network.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(writer.discard)
         raise
     stored = replace(
         stored,

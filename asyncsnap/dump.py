@@ -24,6 +24,7 @@ import anyio.to_thread
 import asyncpg
 
 from . import __version__, manifest, schema
+from .bucket import BackupPrefix, default_name_free, prune_prefix
 from .catalog import (
     Catalog,
     Table,
@@ -46,6 +47,7 @@ from .copy import CopyContext, LargeObjectsJob, WorkItem, cancelled_by_server, c
 from .encryption import parse_recipients
 from .errors import (
     DumpFailed,
+    StoreFailed,
     TimeLimitExceeded,
     UsageError,
     VerificationFailed,
@@ -60,13 +62,12 @@ from .events import (
 )
 from .inventory import Inventory, take_inventory
 from .largeobjects import count_large_objects
-from .location import local_path
+from .location import backup_location
 from .manifest import (
     COMPRESSIONS,
     DEFAULT_NAME_FORMAT,
     RENDER_SETTINGS,
     SCHEMA_ARCHIVE_PATH,
-    SCHEMA_DIR,
     SCHEMA_SQL_PATH,
     BackupColumn,
     BackupFile,
@@ -79,6 +80,7 @@ from .manifest import (
     SchemaFile,
     Skipped,
 )
+from .objectstore import Store, StoreUrl
 from .patterns import Selection
 from .plan import (
     Chunk,
@@ -92,9 +94,15 @@ from .prune import prune
 from .render import encodings
 from .session import CONNECTION_LOST, Session, SessionPolicy
 from .snapshot import Coordinator, snapshot_lost
-from .storage import BackupDirectory, OutputLock, StoredFile
+from .storage import (
+    BackupDirectory,
+    BackupTarget,
+    OutputLock,
+    StoredFile,
+    validate_backup_name,
+)
 from .text import count
-from .verify import verify
+from .verify import verify_backup
 
 DEFAULT_LOCK_TIMEOUT = 30.0
 # One stream renders JSON at roughly 100-150 MB/s of table (measured at design time, 0.1):
@@ -126,7 +134,7 @@ class TableResult:
 class DumpResult:
     """What ``dump`` did. The CLI renders it; tests assert on it."""
 
-    path: Path  # the finished backup directory
+    path: Path | str  # the finished backup directory, or its URL in an object store
     snapshot_id: str
     tables: list[TableResult]
     rows: int
@@ -204,7 +212,9 @@ async def dump(
         database name), or a ``ConnectionSpec`` (a string with -h/-p/-U style overrides);
         ``None`` uses ``$DATABASE_URL``, ``./.env``, then libpq's ``PG*`` variables and
         ``~/.pgpass``.
-    :param output: directory that receives the backup directory (created if missing).
+    :param output: directory that receives the backup directory (created if missing), or
+        an object store prefix (``s3://bucket/prefix``; see ``asyncsnap.bucket``) that
+        receives ``<prefix>/<name>/``, streamed there with no local copy.
     :param jobs: connections copying at once (besides the coordinator).
     :param tables, exclude_tables, schemas, exclude_schemas: pg_dump-style patterns
         (-t, -T, -n, -N).
@@ -228,7 +238,8 @@ async def dump(
     :param unlogged_table_data: ``False`` leaves unlogged tables' rows out (named in
         ``skipped``), as pg_dump's ``--no-unlogged-table-data``.
     :param keep: after success, keep only the ``keep`` newest complete backups in ``output``
-        (see ``asyncsnap.prune``); ``None`` keeps everything.
+        (see ``asyncsnap.prune``), and in a store remove abandoned dumps; ``None`` keeps
+        everything.
     :param keep_partial: on failure or cancellation leave ``<name>.partial`` with the files
         finished so far (never a manifest) instead of removing it, for inspection.
     :param verify_output: before the backup gets its final name, read every file back and
@@ -246,7 +257,7 @@ async def dump(
         print(result.path, result.rows)
     """
     recipients = parse_recipients(encrypt_to) if encrypt_to else None
-    selection, output, name = _check_arguments(
+    selection, where, name = _check_arguments(
         output=output,
         jobs=jobs,
         tables=tables,
@@ -261,6 +272,11 @@ async def dump(
         keep=keep,
     )
     emit: EventCallback = on_event or (lambda event: None)
+    store: Store | None = None
+    if isinstance(where, StoreUrl):
+        # Credentials, bucket and name checked before connecting: a typo fails fast.
+        store, name = await anyio.to_thread.run_sync(_open_store_output, where, name)
+    assert name is not None
     params = resolve(dsn)
     pg_dump_selection = schema.selection_arguments(tables, exclude_tables, schemas, exclude_schemas)
     session = Session(
@@ -285,7 +301,7 @@ async def dump(
     # cancellation it causes takes the same clean-up path as Ctrl-C.
     with anyio.move_on_after(max_duration):
         conn = await session.connect()
-        backup: BackupDirectory | None = None
+        backup: BackupTarget | None = None
         lock: OutputLock | None = None
         pool: asyncpg.Pool | None = None
         try:
@@ -324,12 +340,21 @@ async def dump(
                 for skip in inventory.skipped:
                     emit(Notice(f"not dumped: {skip.describe()}"))
 
-                # Taken just before anything is written, so a run that fails earlier leaves no
-                # trace; held until the backup has its final name.
-                BackupDirectory.prepare_parent(output)
-                lock = OutputLock(output)
-                lock.acquire()
-                backup = BackupDirectory.create(output, name, recipients)
+                target: BackupTarget
+                if store is not None:
+                    # The claim (a conditional write) keeps two dumps apart, as the lock does.
+                    target = await anyio.to_thread.run_sync(
+                        BackupPrefix.create, store, name, recipients
+                    )
+                else:
+                    assert isinstance(where, Path)
+                    # Taken just before anything is written, so a run that fails earlier
+                    # leaves no trace; held until the backup has its final name.
+                    BackupDirectory.prepare_parent(where)
+                    lock = OutputLock(where)
+                    lock.acquire()
+                    target = BackupDirectory.create(where, name, recipients)
+                backup = target
                 emit(
                     DumpStarted(
                         snapshot_id=coordinator.snapshot_id,
@@ -338,13 +363,13 @@ async def dump(
                         chunks=len(planned.items),
                         est_rows=sum(c.est_rows for c in planned.items),
                         jobs=jobs,
-                        path=str(backup.path),
+                        path=str(target.path),
                     )
                 )
                 coordinator_lost = anyio.Event()
                 conn.add_termination_listener(lambda _: coordinator_lost.set())
                 copying = CopyContext(
-                    coordinator.snapshot_id, planned.catalog.types, backup, compression, emit
+                    coordinator.snapshot_id, planned.catalog.types, target, compression, emit
                 )
                 schema_files: list[BackupSchema] = []
                 try:
@@ -357,7 +382,7 @@ async def dump(
                                 coordinator.snapshot_id,
                                 pg_dump_selection + _unreadable_excluded(inventory),
                                 lock_timeout,
-                                backup,
+                                target,
                                 schema_files,
                             )
                         stored = await copy_all(pool, planned.items, copying, coordinator_lost)
@@ -382,22 +407,19 @@ async def dump(
                 files = [(f.path, f.sha256) for f in stored.values()]
                 for captured in schema_files:
                     files += [(f.path, f.sha256) for f in captured.files]
-                backup.write_small_file(manifest.SUMS_NAME, manifest.sha256sums(sorted(files)))
-                backup.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body))
+                sums = manifest.sha256sums(sorted(files))
+                await anyio.to_thread.run_sync(target.write_small_file, manifest.SUMS_NAME, sums)
+                target.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body))
                 await _end_snapshot(conn)
                 if verify_output:
-                    await _verify_written(backup.path, emit)
+                    await _verify_written(target, emit)
                 # From the rename on the backup is complete: a signal or the deadline
                 # arriving now must not undo it.
                 with anyio.CancelScope(shield=True):
-                    final_path = await anyio.to_thread.run_sync(backup.commit)
+                    final_path = await anyio.to_thread.run_sync(target.commit)
                     finished = True
                     if keep is not None:  # under our lock, after this backup is complete
-                        pruned = await anyio.to_thread.run_sync(
-                            lambda: prune(output, keep=keep, locked=True)
-                        )
-                        for path in pruned.removed:
-                            emit(Notice(f"removed old backup {path} (--keep {keep})"))
+                        await anyio.to_thread.run_sync(_keep_newest, where, keep, emit)
             except asyncpg.QueryCanceledError as exc:
                 raise cancelled_by_server(exc, "a catalog query or lock") from exc
             except CONNECTION_LOST as exc:
@@ -411,7 +433,8 @@ async def dump(
             if pool is not None:
                 await close_pool(pool)
             if backup is not None and not finished:
-                _abandon(backup, keep_partial, emit)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_abandon, backup, keep_partial, emit)
             raise
         finally:
             if lock is not None:
@@ -553,12 +576,11 @@ async def _capture_schema(
     snapshot_id: str,
     selection: list[str],
     lock_timeout: float,
-    backup: BackupDirectory,
+    backup: BackupTarget,
     out: list[BackupSchema],
 ) -> None:
     """pg_dump's schema archive of the snapshot, and its plain SQL, into ``schema/``."""
-    directory = backup.path / SCHEMA_DIR
-    await anyio.to_thread.run_sync(lambda: directory.mkdir(mode=0o700, exist_ok=True))
+    directory = await anyio.to_thread.run_sync(backup.scratch_directory)
     temp = directory / ".capture.tmp"
     try:
         try:
@@ -610,7 +632,7 @@ def _unreadable_excluded(inventory: Inventory) -> list[str]:
     ]
 
 
-def _small_file(backup: BackupDirectory, relpath: str, content: bytes) -> SchemaFile:
+def _small_file(backup: BackupTarget, relpath: str, content: bytes) -> SchemaFile:
     if backup.recipients:  # the schema is the database's too (function bodies, comments)
         import pyrage
 
@@ -641,15 +663,15 @@ async def _changed_since_snapshot(
     ]
 
 
-async def _verify_written(path: Path, emit: EventCallback) -> None:
-    """Read back the whole ``.partial`` backup as ``asyncsnap verify`` would, before the
-    rename makes it complete. The files come back through the page cache, so this checks
-    what the dump wrote (compression, hashes, counts, JSON), not the disk's media."""
+async def _verify_written(backup: BackupTarget, emit: EventCallback) -> None:
+    """Read back the whole backup as ``asyncsnap verify`` would, before the rename (or, in
+    a store, the manifest) makes it complete. Local files come back through the page
+    cache, so this checks what the dump wrote (compression, hashes, counts, JSON), not the
+    disk's media; a store's come back from the store."""
     started = time.monotonic()
     result = await anyio.to_thread.run_sync(
-        lambda: verify(
-            path,
-            in_progress=True,
+        lambda: verify_backup(
+            backup.written(),
             # A signal or --max-duration stops the check between files.
             on_file=lambda _: anyio.from_thread.check_cancelled(),
         )
@@ -682,7 +704,7 @@ def _check_arguments(
     statement_timeout: float,
     max_duration: float | None,
     keep: int | None,
-) -> tuple[Selection, Path, str]:
+) -> tuple[Selection, Path | StoreUrl, str | None]:
     """Everything that can be wrong before connecting: fail fast, write nothing."""
     if not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"-j must be at least 1, not {jobs!r}", hint="try -j 2")
@@ -699,21 +721,56 @@ def _check_arguments(
     selection = Selection.from_strings(
         include=tables, exclude=exclude_tables, schemas=schemas, exclude_schemas=exclude_schemas
     )
-    output_dir = local_path(output, role="-o").absolute()
+    where = backup_location(output, role="-o")
+    if isinstance(where, StoreUrl):
+        if name is not None:
+            validate_backup_name(name)
+        return selection, where, name  # the store is asked in _open_store_output
+    output_dir = where.absolute()
     name = name or default_backup_name(output_dir)
     BackupDirectory.check_free(output_dir, name)  # create() checks again later
     return selection, output_dir, name
 
 
-def _abandon(backup: BackupDirectory, keep_partial: bool, emit: EventCallback) -> None:
-    """After a failure: remove ``<name>.partial``, or with ``keep_partial`` keep the files
-    written so far, but never a manifest, so it cannot pass for a backup."""
-    if not keep_partial:
-        backup.remove()
+def _open_store_output(url: StoreUrl, name: str | None) -> tuple[Store, str]:
+    """Open the store, check that the credentials may list the prefix and that the name is
+    free (``BackupPrefix.create`` claims it later, conditionally)."""
+    store = Store(url)
+    store.check_access()
+    if name is None:
+        name = default_name_free(store, datetime.now(UTC).strftime(DEFAULT_NAME_FORMAT))
+    BackupPrefix.check_free(store, name)
+    return store, name
+
+
+def _keep_newest(output: Path | StoreUrl, keep: int, emit: EventCallback) -> None:
+    """``--keep``: prune the output (locally under the lock the dump holds)."""
+    if isinstance(output, StoreUrl):
+        pruned = prune_prefix(output, keep=keep)
+        for name in pruned.removed:
+            emit(Notice(f"removed old backup {output}/{name} (--keep {keep})"))
+        for name in pruned.abandoned:
+            emit(Notice(f"removed abandoned dump {output}/{name} (no manifest, old claim)"))
         return
-    for small in (manifest.MANIFEST_NAME, manifest.SUMS_NAME):
-        (backup.path / small).unlink(missing_ok=True)
-    emit(Notice(f"kept the incomplete backup at {backup.path} (--keep-partial)"))
+    for path in prune(output, keep=keep, locked=True).removed:
+        emit(Notice(f"removed old backup {path} (--keep {keep})"))
+
+
+def _abandon(backup: BackupTarget, keep_partial: bool, emit: EventCallback) -> None:
+    """After a failure: remove what was written, or with ``keep_partial`` keep the files
+    written so far, but never a manifest, so it cannot pass for a backup."""
+    try:
+        kept = backup.abandon(keep_partial)
+    except StoreFailed as exc:
+        emit(
+            Notice(
+                f"could not remove the incomplete backup at {backup.path} ({exc.message}); "
+                "it has no manifest, and prune removes it once it is a day old"
+            )
+        )
+        return
+    if kept is not None:
+        emit(Notice(f"kept the incomplete backup at {kept} (--keep-partial)"))
 
 
 async def _end_snapshot(conn: asyncpg.Connection) -> None:

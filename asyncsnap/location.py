@@ -3,8 +3,9 @@
 A URL is never taken for a path: ``-o s3://backups/nightly`` once wrote a local directory
 named ``s3:`` in the working directory and exited 0, and a cron job "backed up to the
 bucket" for as long as nobody looked. ``file://`` URLs name local directories; object
-store URLs (``s3://``, ``gs://``, ``az://`` ...) are refused by this version with exit 2,
-as is any other scheme.
+store URLs (``s3://``, ``gs://``, ``az://``) name a bucket and prefix
+(``objectstore.StoreUrl``) where the commands that take them accept them; any other
+scheme is refused with exit 2.
 """
 
 from __future__ import annotations
@@ -15,16 +16,31 @@ from pathlib import Path, PurePath
 from urllib.parse import unquote, urlsplit
 
 from .errors import UsageError
+from .objectstore import StoreUrl
 
 # RFC 3986 scheme, then "://" (as typed) or ":/" (what Path() makes of "s3://b/x").
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _COLLAPSED_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):/(?!/)")
 OBJECT_STORE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss"})
+# abfs/abfss are Azure Data Lake URLs (account in the host): StoreUrl refuses them by name.
+
+
+def backup_location(value: str | os.PathLike[str], *, role: str) -> Path | StoreUrl:
+    """Where backups are: a local path, or an object store's bucket and prefix.
+
+    >>> backup_location("s3://backups/nightly", role="-o")
+    StoreUrl(scheme='s3', bucket='backups', prefix='nightly')
+    """
+    text = os.fspath(value)
+    match = _URL.match(text)
+    if match is not None and match.group(1).lower() in OBJECT_STORE_SCHEMES:
+        return StoreUrl.parse(text)
+    return local_path(value, role=role)
 
 
 def local_path(value: str | os.PathLike[str], *, role: str) -> Path:
-    """``value`` as a local path, or a ``UsageError`` when it is a URL this version cannot
-    use. ``role`` says what the value is for (``-o``, ``BACKUP``), for the message.
+    """``value`` as a local path, or a ``UsageError`` when it is a URL. ``role`` says what
+    the value is for (``-o``, ``BACKUP``), for the message.
 
     >>> local_path("backups/x", role="-o")
     PosixPath('backups/x')
@@ -48,10 +64,8 @@ def local_path(value: str | os.PathLike[str], *, role: str) -> Path:
         return Path(unquote(parts.path))
     if scheme in OBJECT_STORE_SCHEMES:
         raise UsageError(
-            f"{role} {text!r} is an object store URL; this version of asyncsnap reads and "
-            "writes local directories only",
-            hint="write to a local directory, then copy it to the bucket with the store's "
-            "own tool (e.g. aws s3 cp --recursive)",
+            f"{role} {text!r} is an object store URL; {role} takes a local file here",
+            hint="give a local path",
         )
     raise UsageError(
         f"{role} {text!r} is a {scheme}: URL, not a directory",

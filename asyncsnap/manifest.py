@@ -90,12 +90,22 @@ def load(backup_dir: Path) -> dict[str, Any]:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
         inside = _backups_inside(backup_dir)
-        raise VerificationFailed(
-            f"{backup_dir} has no {MANIFEST_NAME}: not a complete asyncsnap backup",
-            hint=f"it is a directory of backups (dump's -o): give one of them, e.g. {inside[-1]}"
-            if inside
-            else "a dump that failed or was interrupted leaves no manifest",
-        ) from exc
+        raise no_manifest(str(backup_dir), str(inside[-1]) if inside else None) from exc
+    return load_bytes(raw, str(path))
+
+
+def no_manifest(where: str, example: str | None) -> VerificationFailed:
+    """A location without a manifest: not a backup (``example``: a backup inside it)."""
+    return VerificationFailed(
+        f"{where} has no {MANIFEST_NAME}: not a complete asyncsnap backup",
+        hint=f"it holds backups (dump's -o): give one of them, e.g. {example}"
+        if example
+        else "a dump that failed, was interrupted or is still running leaves no manifest",
+    )
+
+
+def load_bytes(raw: bytes, path: str) -> dict[str, Any]:
+    """``load`` for a manifest's bytes read from ``path`` (a file or an object's URL)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -421,7 +431,8 @@ class Skipped:
 class Backup:
     """A backup whose manifest passed every check; files are checked when read."""
 
-    path: Path
+    path: Path | str  # a local directory, or the URL of a backup in an object store
+    source: Any  # ``backup.BackupSource``: where its files are read from
     manifest: dict[str, Any]
     compression: Compression
     settings: dict[str, str]
@@ -434,9 +445,6 @@ class Backup:
     # age secret keys given to read it (--identity): never from the manifest, never shown
     identities: tuple[Any, ...] = field(default=(), repr=False)
 
-    def file_path(self, f: BackupFile) -> Path:
-        return self.path / f.path
-
     def data_files(self) -> list[tuple[tuple[str, ...], BackupFile]]:
         """Every data file with the keys each of its lines must have, in order."""
         found = [(tuple(c.name for c in t.columns), f) for t in self.tables for f in t.files]
@@ -448,7 +456,7 @@ class Backup:
 class _Checker:
     """Walks the manifest and reports the first field of the wrong type, by its path."""
 
-    def __init__(self, source: Path) -> None:
+    def __init__(self, source: str) -> None:
         self.source = source
 
     def fail(self, where: str, what: str) -> VerificationFailed:
@@ -502,8 +510,9 @@ class _Checker:
         )
 
 
-def safe_relative_path(root: Path, relpath: str, checker: _Checker, where: str) -> None:
-    """Refuse paths that could leave the backup: absolute, ``..``, backslashes, symlinks."""
+def safe_relative_path(root: Path | None, relpath: str, checker: _Checker, where: str) -> None:
+    """Refuse paths that could leave the backup: absolute, ``..``, backslashes, symlinks
+    (``root`` None: an object store's keys, where only the name's form matters)."""
     pure = PurePosixPath(relpath)
     if (
         not relpath
@@ -512,6 +521,8 @@ def safe_relative_path(root: Path, relpath: str, checker: _Checker, where: str) 
         or any(part in ("..", ".", "") for part in relpath.split("/"))
     ):
         raise checker.fail(where, f"has an unsafe path {relpath!r}")
+    if root is None:
+        return
     target = root / relpath
     current = root
     for part in pure.parts:
@@ -523,7 +534,7 @@ def safe_relative_path(root: Path, relpath: str, checker: _Checker, where: str) 
         raise checker.fail(where, f"path {relpath!r} leaves the backup directory")
 
 
-def parse(root: Path, body: dict[str, Any]) -> Backup:
+def parse(root: Path | str, body: dict[str, Any], source: Any = None) -> Backup:
     """Check a loaded manifest (``load``) field by field and return it typed.
 
     Every field's type and range, every path (relative, no ``..``, no symlink, inside
@@ -531,7 +542,9 @@ def parse(root: Path, body: dict[str, Any]) -> Backup:
 
     :raises VerificationFailed: naming the first field a reader must not trust.
     """
-    c = _Checker(root / MANIFEST_NAME)
+    local = root if isinstance(root, Path) else None
+    manifest_where = str(local / MANIFEST_NAME) if local else f"{root}/{MANIFEST_NAME}"
+    c = _Checker(manifest_where)
     version = body["format_version"]
     compression = c.choice(body.get("compression"), "compression", COMPRESSIONS)
     settings_raw = c.obj(body.get("settings"), "settings")
@@ -540,7 +553,7 @@ def parse(root: Path, body: dict[str, Any]) -> Backup:
             c.string(k, "settings key"): c.string(v, f"settings.{k}")
             for k, v in settings_raw.items()
         },
-        source=str(root / MANIFEST_NAME),
+        source=manifest_where,
     )
     seen_paths: set[str] = set()
 
@@ -550,7 +563,7 @@ def parse(root: Path, body: dict[str, Any]) -> Backup:
             fw = f"{where}[{j}]"
             f = c.obj(f_raw, fw)
             relpath = c.string(f.get("path"), f"{fw}.path")
-            safe_relative_path(root, relpath, c, f"{fw}.path")
+            safe_relative_path(local, relpath, c, f"{fw}.path")
             if relpath in seen_paths:
                 raise c.fail(f"{fw}.path", f"{relpath!r} is listed twice")
             seen_paths.add(relpath)
@@ -708,7 +721,7 @@ def parse(root: Path, body: dict[str, Any]) -> Backup:
             # The names are fixed: a manifest cannot point restore at another file.
             if f.get("path") != expected:
                 raise c.fail(f"{w}.path", f"is not {expected!r}")
-            safe_relative_path(root, expected, c, f"{w}.path")
+            safe_relative_path(local, expected, c, f"{w}.path")
             digest = c.string(f.get("sha256"), f"{w}.sha256")
             if not _HEX64.fullmatch(digest):
                 raise c.fail(f"{w}.sha256", "is not a SHA-256 hex digest")
@@ -730,8 +743,14 @@ def parse(root: Path, body: dict[str, Any]) -> Backup:
         encryption = names(enc.get("recipients"), "encryption.recipients")
         if not encryption or not all(r.startswith("age1") for r in encryption):
             raise c.fail("encryption.recipients", "are not age public keys")
+    if source is None:
+        from .backup import LocalSource
+
+        assert local is not None, "a backup in a store is parsed with its source"
+        source = LocalSource(local)
     return Backup(
         path=root,
+        source=source,
         manifest=body,
         encryption=encryption,
         compression=compression,  # type: ignore[arg-type]

@@ -24,11 +24,12 @@ credentials.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -39,7 +40,9 @@ if TYPE_CHECKING:
 
 SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az"}
 # Bounded: a store that went away fails the run within about this long, not hours later.
+# ASYNCSNAP_STORE_RETRY_SECONDS changes it (README, "Backups in object storage").
 RETRY_TIMEOUT = timedelta(seconds=60)
+RETRY_VARIABLE = "ASYNCSNAP_STORE_RETRY_SECONDS"
 MAX_RETRIES = 5
 CONNECT_TIMEOUT = timedelta(seconds=10)
 REQUEST_TIMEOUT = timedelta(minutes=5)  # one request: a part upload or a ranged read
@@ -96,6 +99,28 @@ class StoreUrl:
 class StoredObject:
     key: str  # relative to the URL's prefix
     size: int
+    modified: datetime | None = None
+
+
+class ObjectMissing(StoreFailed):
+    """Raised by ``Store.open_read`` when no object has the key."""
+
+
+def retry_timeout_from(environ: Mapping[str, str]) -> timedelta:
+    """``ASYNCSNAP_STORE_RETRY_SECONDS`` (a positive number), else ``RETRY_TIMEOUT``."""
+    text = environ.get(RETRY_VARIABLE)
+    if not text:
+        return RETRY_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 86400:
+        raise UsageError(
+            f"{RETRY_VARIABLE}={text!r} is not a number of seconds",
+            hint=f"e.g. {RETRY_VARIABLE}=60 (the default), at most 86400",
+        )
+    return timedelta(seconds=seconds)
 
 
 class Store:
@@ -107,17 +132,26 @@ class Store:
         *,
         endpoint: str | None = None,
         environ: Mapping[str, str] | None = None,
-        retry_timeout: timedelta = RETRY_TIMEOUT,
+        retry_timeout: timedelta | None = None,
     ) -> None:
-        from obstore.store import from_url
+        try:
+            from obstore.store import from_url
+        except ImportError as exc:
+            raise UsageError(
+                f"{url} needs the object store support, which is not installed",
+                hint="pip install 'asyncsnap[s3]'",
+            ) from exc
 
         self.url = url
+        env = os.environ if environ is None else environ
+        if retry_timeout is None:
+            retry_timeout = retry_timeout_from(env)
         options: dict[str, Any] = {
             "connect_timeout": CONNECT_TIMEOUT,
             "timeout": REQUEST_TIMEOUT,
         }
         config: dict[str, Any] = {}
-        endpoint = endpoint or (environ or {}).get("AWS_ENDPOINT_URL")
+        endpoint = endpoint or env.get("AWS_ENDPOINT_URL")
         if endpoint is not None and url.scheme == "s3":
             config["endpoint"] = endpoint
             options["allow_http"] = endpoint.startswith("http://")
@@ -130,6 +164,9 @@ class Store:
             ):
                 if environ.get(key):
                     config[name] = environ[key]
+        provider = None
+        if url.scheme == "s3" and env.get("AWS_PROFILE") and not env.get("AWS_ACCESS_KEY_ID"):
+            provider = _profile_credentials(env["AWS_PROFILE"])  # and its region, if set
         bucket_url = f"{url.scheme}://{url.bucket}"
         # from_url's overloads are typed per scheme; the dicts are built for the one chosen.
         self._store: ObjectStore = from_url(  # type: ignore[call-overload]
@@ -137,6 +174,7 @@ class Store:
             config=config or None,
             client_options=options,
             retry_config={"max_retries": MAX_RETRIES, "retry_timeout": retry_timeout},
+            credential_provider=provider,
         )
 
     def check_access(self) -> None:
@@ -146,6 +184,14 @@ class Store:
 
         with self._translated("list", self.url.prefix):
             obstore.list(self._store, prefix=self.url.prefix or None, chunk_size=1).collect()
+
+    def put(self, name: str, data: bytes) -> None:
+        """Write a small object whole (replacing one of that key)."""
+        import obstore
+
+        key = self.url.key(name)
+        with self._translated("write", key):
+            obstore.put(self._store, key, data)
 
     def put_new(self, name: str, data: bytes) -> None:
         """Write ``name`` only if no object has that key yet (a conditional write): two
@@ -180,12 +226,27 @@ class Store:
 
     def read(self, name: str, *, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """The bytes of ``name``, streamed in chunks of about ``chunk_size``."""
+        yield from self.open_read(name, chunk_size=chunk_size)
+
+    def open_read(self, name: str, *, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Start reading ``name`` now (``ObjectMissing`` if there is no such object) and
+        return its bytes as a stream of chunks of about ``chunk_size``."""
         import obstore
+        from obstore.exceptions import NotFoundError
 
         key = self.url.key(name)
+        try:
+            with self._translated("read", key):
+                result = obstore.get(self._store, key)
+        except StoreFailed as exc:
+            if isinstance(exc.__cause__, NotFoundError):
+                raise ObjectMissing(exc.message, hint=exc.hint) from exc.__cause__
+            raise
+        return self._chunks(key, result.stream(min_chunk_size=chunk_size))
+
+    def _chunks(self, key: str, stream: Any) -> Iterator[bytes]:
         with self._translated("read", key):
-            result = obstore.get(self._store, key)
-            for chunk in result.stream(min_chunk_size=chunk_size):
+            for chunk in stream:
                 yield bytes(chunk)
 
     def objects(self, under: str = "") -> list[StoredObject]:
@@ -197,7 +258,7 @@ class Store:
         with self._translated("list", base):
             pages = obstore.list(self._store, prefix=base or None)
             return [
-                StoredObject(str(meta["path"])[cut:], int(meta["size"]))
+                StoredObject(str(meta["path"])[cut:], int(meta["size"]), meta.get("last_modified"))
                 for page in pages
                 for meta in page
             ]
@@ -205,6 +266,8 @@ class Store:
     def delete(self, names: Sequence[str]) -> None:
         import obstore
 
+        if not names:
+            return
         keys = [self.url.key(n) for n in names]
         with self._translated("delete", keys[0] if keys else self.url.prefix):
             obstore.delete(self._store, keys)
@@ -241,6 +304,26 @@ class Store:
                 f"could not {action} {where}: {_reason(exc, code)}",
                 hint=_hint(code),
             ) from exc
+
+
+def _profile_credentials(profile: str) -> Any:
+    """Credentials of a named profile (``AWS_PROFILE``: ``~/.aws/credentials`` and
+    ``~/.aws/config``, SSO, assumed roles) through boto3, as the AWS CLI reads them."""
+    try:
+        import boto3  # type: ignore[import-untyped]
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError as exc:
+        raise UsageError(
+            f"AWS_PROFILE={profile} needs boto3 to read the profile",
+            hint="pip install boto3, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        ) from exc
+    try:
+        return Boto3CredentialProvider(boto3.Session(profile_name=profile))
+    except Exception as exc:  # botocore's ProfileNotFound and friends
+        raise UsageError(
+            f"cannot use AWS_PROFILE={profile}: {type(exc).__name__}",
+            hint="check the profile's name in ~/.aws/config and ~/.aws/credentials",
+        ) from exc
 
 
 def _access_denied(action: str, where: str) -> StoreFailed:

@@ -322,17 +322,28 @@ def plan_loads(
     return loads
 
 
-def _decrypted_archive(backup: Backup, scratch: Path | None) -> Path | None:
-    """The schema archive decrypted into ``scratch`` (a 0700 temporary directory) for
-    pg_restore, which must seek in it; None for a plain backup."""
+def _needs_staging(backup: Backup) -> bool:
+    """Whether pg_restore (which must seek in the archive) needs a local plain copy of it:
+    the backup is encrypted, or not on this machine."""
+    if backup.schema is None:
+        return False
+    return bool(backup.encryption) or backup.source.local_file(backup.schema.archive.path) is None
+
+
+def _staged_archive(backup: Backup, scratch: Path | None) -> Path | None:
+    """The schema archive copied (and decrypted) into ``scratch`` (a 0700 temporary
+    directory) for pg_restore; None when pg_restore can read it where it is."""
     if scratch is None or backup.schema is None:
         return None
     target = scratch / "schema.pgdump"
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     where = backup.schema.archive.path
-    with open(backup.path / where, "rb") as source, os.fdopen(fd, "wb") as out:
-        for chunk in decrypted(source, list(backup.identities), where=where):
-            out.write(chunk)
+    with backup.source.open(where) as source, os.fdopen(fd, "wb") as out:
+        if backup.encryption:
+            for chunk in decrypted(source, list(backup.identities), where=where):
+                out.write(chunk)
+        else:
+            shutil.copyfileobj(source, out, 1 << 20)
     return target
 
 
@@ -428,13 +439,11 @@ async def restore(
         )
     if identities:
         backup = replace(backup, identities=tuple(identities))
-    # an encrypted schema archive is decrypted here for pg_restore, and removed after
-    scratch = Path(tempfile.mkdtemp(prefix="asyncsnap-schema-")) if backup.encryption else None
     if verify_first:
-        from .verify import verify
+        from .verify import verify_backup
 
         checked = await anyio.to_thread.run_sync(
-            lambda: verify(backup.path, identities=list(backup.identities) or None)
+            lambda: verify_backup(backup, identities=list(backup.identities) or None)
         )
         if not checked.ok:
             raise VerificationFailed(
@@ -478,7 +487,12 @@ async def restore(
     results: list[RestoredTable] = []
     plan: RestorePlan | None = None
     kind = "existing"
+    # A schema archive that is encrypted or in a store is copied here for pg_restore (which
+    # seeks in it) and removed after; created inside the try, so no failure leaks it.
+    scratch: Path | None = None
     try:
+        if _needs_staging(backup):
+            scratch = Path(tempfile.mkdtemp(prefix="asyncsnap-schema-"))
         chosen_keys = {
             t.key for t in selection.apply([_as_catalog_table(t) for t in backup.tables])
         }
@@ -516,7 +530,7 @@ async def restore(
                 no_owner=no_owner,
                 no_privileges=no_privileges,
                 replaced=replaced,
-                archive=await anyio.to_thread.run_sync(_decrypted_archive, backup, scratch),
+                archive=await anyio.to_thread.run_sync(_staged_archive, backup, scratch),
             )
             lines += steps.describe(jobs)
             if not schema_only:

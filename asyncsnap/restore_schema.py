@@ -185,6 +185,13 @@ async def existing_tables(conn: asyncpg.Connection, keys: Sequence[tuple[str, st
     return [f"{r['schema']}.{r['name']}" for r in rows]
 
 
+def _local_archive(backup: Backup) -> Path:
+    assert backup.schema is not None
+    local = backup.source.local_file(backup.schema.archive.path)
+    assert local is not None, "a backup in a store is restored from a staged archive"
+    return Path(local)
+
+
 async def plan_steps(
     backup: Backup,
     *,
@@ -197,7 +204,8 @@ async def plan_steps(
     archive: Path | None = None,
 ) -> SchemaSteps:
     """Pick the pg_restore and check the archive before anything runs. ``archive``: the
-    archive decrypted to a private temporary file, for an encrypted backup.
+    archive copied (and decrypted) to a private temporary file, for a backup that is
+    encrypted or in an object store.
 
     :raises ClientToolMissing: when no pg_restore reads the archive.
     :raises VerificationFailed: when the archive does not match the manifest.
@@ -213,7 +221,7 @@ async def plan_steps(
         schema.pick_pg_restore, backup.schema.pg_dump_major, server_major
     )
     return SchemaSteps(
-        archive=archive or backup.path / backup.schema.archive.path,
+        archive=archive or _local_archive(backup),
         tool=tool,
         parallel_post_data=suited,
         clean=clean,

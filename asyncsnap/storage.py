@@ -31,7 +31,16 @@ from .errors import (
     OutputNotWritable,
     UsageError,
 )
-from .manifest import DATA_DIR, EXTENSIONS, PARTIAL_SUFFIX, Compression
+from .manifest import (
+    DATA_DIR,
+    EXTENSIONS,
+    MANIFEST_NAME,
+    PARTIAL_SUFFIX,
+    SCHEMA_DIR,
+    SUMS_NAME,
+    Backup,
+    Compression,
+)
 
 # zstd level 1, one thread. Level 3 measured free with one stream at design time; with -j 2 on
 # 2 cores the client competes with two server backends, and level 1 measured 35-80% faster
@@ -181,15 +190,18 @@ class DataFileWriter:
 
     def __init__(
         self,
-        root: Path,
+        root: Path | None,
         relpath: str,
         compression: Compression,
         sink: Sink | None = None,
         recipients: list[Any] | None = None,
     ) -> None:
+        """``root``: the local directory the file goes in; None with a ``sink`` of its own."""
         self.relpath = relpath
-        self.final_path = root / relpath
-        self.sink: Sink = sink if sink is not None else LocalFileSink(self.final_path)
+        if sink is None:
+            assert root is not None
+            sink = LocalFileSink(root / relpath)
+        self.sink: Sink = sink
         self._compressor = _compressor(compression)
         self._stored = _Hashing(self.sink)
         # With recipients, the compressed stream is encrypted (age) before it is hashed
@@ -212,6 +224,12 @@ class DataFileWriter:
         """The local file's temporary name (local sinks only)."""
         assert isinstance(self.sink, LocalFileSink)
         return self.sink.temp_path
+
+    @property
+    def final_path(self) -> Path:
+        """The local file's final name (local sinks only)."""
+        assert isinstance(self.sink, LocalFileSink)
+        return self.sink.final_path
 
     def write(self, data: bytes, lines: int | None = None) -> None:
         """Add NDJSON bytes (any split: lines may cross calls); ``lines``, when the caller
@@ -299,6 +317,34 @@ def write_file_atomic(root: Path, relpath: str, content: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
         raise _output_error(exc, final) from exc
+
+
+class BackupTarget(Protocol):
+    """A backup being written: a local directory (``BackupDirectory``) or a prefix in an
+    object store (``bucket.BackupPrefix``). The dump writes data files, the schema files
+    and SHA256SUMS, then the manifest, then commits; after a failure it abandons."""
+
+    path: Any  # where it is being written, for messages (a path or a URL)
+    recipients: list[Any] | None  # age recipients: every file is encrypted to them
+
+    def data_writer(self, stem: str, compression: Compression) -> DataFileWriter: ...
+    def write_small_file(self, relpath: str, content: bytes) -> None: ...
+    def scratch_directory(self) -> Path:
+        """A private local directory for pg_dump's archive before it is stored."""
+        ...
+
+    def written(self) -> Backup:
+        """The backup as written, manifest included, before ``commit`` (``--verify``)."""
+        ...
+
+    def commit(self) -> Path | str:
+        """Make the backup complete; its final location."""
+        ...
+
+    def abandon(self, keep_partial: bool) -> str | None:
+        """After a failure: remove what was written, or with ``keep_partial`` keep it
+        without a manifest; where it was kept, if it was."""
+        ...
 
 
 class BackupDirectory:
@@ -395,6 +441,24 @@ class BackupDirectory:
     def remove(self) -> None:
         """Delete the ``.partial`` directory and everything in it."""
         shutil.rmtree(self.path, ignore_errors=True)
+
+    def written(self) -> Backup:
+        from .backup import open_backup
+
+        return open_backup(self.path, in_progress=True)
+
+    def scratch_directory(self) -> Path:
+        directory = self.path / SCHEMA_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
+        return directory
+
+    def abandon(self, keep_partial: bool) -> str | None:
+        if not keep_partial:
+            self.remove()
+            return None
+        for small in (MANIFEST_NAME, SUMS_NAME):
+            (self.path / small).unlink(missing_ok=True)
+        return str(self.path)
 
 
 def validate_backup_name(name: str) -> None:

@@ -23,6 +23,9 @@ from .errors import VerificationFailed
 from .manifest import ARCHIVE_MAGIC, DATA_DIR, SCHEMA_DIR, Backup, BackupFile
 from .rowcodec import LineNotAsDescribed, LoadShape
 
+# SHA256SUMS has one short line per file; more than this is not ours.
+_MAX_SUMS_BYTES = 64 << 20
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -43,7 +46,7 @@ class Problem:
 class VerifyResult:
     """What ``verify`` found. ``ok`` only when ``problems`` is empty."""
 
-    path: Path
+    path: Path | str  # the backup directory, or its URL in a store
     tables: int
     files: int
     rows: int
@@ -78,6 +81,19 @@ def verify(
     """
     started = time.monotonic()
     backup = open_backup(path, in_progress=in_progress)
+    return verify_backup(backup, on_file=on_file, identities=identities, started=started)
+
+
+def verify_backup(
+    backup: Backup,
+    *,
+    on_file: Callable[[str], None] | None = None,
+    identities: list[Any] | None = None,
+    started: float | None = None,
+) -> VerifyResult:
+    """``verify`` for a backup already opened (``open_backup``), or one being written
+    (``dump --verify``)."""
+    started = time.monotonic() if started is None else started
     encrypted = bool(backup.encryption)
     readable = not encrypted or bool(identities)
     problems: list[Problem] = []
@@ -90,11 +106,9 @@ def verify(
             wrong = check_schema_file(backup, schema_file)
             if wrong is not None:
                 problems.append(Problem(wrong, schema_file.path))
-        archive = backup.path / backup.schema.archive.path
-        if archive.is_file():
-            wrong = _check_archive(archive, identities if encrypted else None, encrypted)
-            if wrong is not None:
-                problems.append(Problem(wrong, backup.schema.archive.path))
+        wrong = _check_archive(backup, identities if encrypted else None, encrypted)
+        if wrong is not None:
+            problems.append(Problem(wrong, backup.schema.archive.path))
     rows = size = files = 0
     for columns, entry in _files_and_columns(backup):
         if on_file is not None:
@@ -131,17 +145,27 @@ def verify(
     )
 
 
-def _check_archive(path: Path, identities: list[Any] | None, encrypted: bool) -> str | None:
+def _check_archive(backup: Backup, identities: list[Any] | None, encrypted: bool) -> str | None:
     """The schema archive starts as pg_dump's custom format does (once decrypted), or, for
-    an encrypted backup checked without its key, as an age file does."""
-    with open(path, "rb") as fh:
+    an encrypted backup checked without its key, as an age file does. (A missing archive
+    is reported by its size and SHA-256 check.)"""
+    assert backup.schema is not None
+    where = backup.schema.archive.path
+    try:
+        fh = backup.source.open(where)
+    except FileNotFoundError:
+        return None
+    with fh:
         if encrypted and not identities:
             return None if fh.read(len(AGE_MAGIC)) == AGE_MAGIC else "is not an age file"
         if encrypted:
+            plain = decrypted(fh, identities or [], where=where)
             try:
-                head = next(decrypted(fh, identities or [], where=str(path)), b"")
+                head = next(plain, b"")
             except VerificationFailed as exc:
-                return exc.message.removeprefix(str(path) + " ")
+                return exc.message.removeprefix(where + " ")
+            finally:
+                plain.close()
         else:
             head = fh.read(len(ARCHIVE_MAGIC))
     if head[: len(ARCHIVE_MAGIC)] != ARCHIVE_MAGIC:
@@ -151,7 +175,7 @@ def _check_archive(path: Path, identities: list[Any] | None, encrypted: bool) ->
 
 def _check_stored(backup: Backup, entry: BackupFile) -> Problem | None:
     """Without the key: the stored bytes against the manifest's size and sha256."""
-    wrong = check_stored(backup.file_path(entry), entry.stored_bytes, entry.sha256)
+    wrong = check_stored(backup.source, entry.path, entry.stored_bytes, entry.sha256)
     return None if wrong is None else Problem(wrong, entry.path)
 
 
@@ -220,7 +244,8 @@ def _check_sums_file(backup: Backup) -> list[Problem]:
     if backup.schema is not None:
         listed.update({f.path: f.sha256 for f in backup.schema.files})
     try:
-        text = (backup.path / manifest.SUMS_NAME).read_text()
+        with backup.source.open(manifest.SUMS_NAME) as fh:
+            text = fh.read(_MAX_SUMS_BYTES).decode()
     except FileNotFoundError:
         return [Problem(f"{manifest.SUMS_NAME} is missing")]
     except UnicodeDecodeError:
@@ -240,15 +265,14 @@ def _check_unlisted_files(backup: Backup) -> list[Problem]:
     listed = {f.path for _, f in backup.data_files()}
     if backup.schema is not None:
         listed.update(f.path for f in backup.schema.files)
-    data = backup.path / DATA_DIR
-    if not data.is_dir() and any(p.startswith(DATA_DIR + "/") for p in listed):
+    source = backup.source
+    if source.names(DATA_DIR) is None and any(p.startswith(DATA_DIR + "/") for p in listed):
         return [Problem(f"{DATA_DIR}/ is missing")]
     problems = []
     for directory in (DATA_DIR, SCHEMA_DIR):
-        if (backup.path / directory).is_dir():
-            problems += [
-                Problem("is not listed in the manifest", f"{directory}/{p.name}")
-                for p in sorted((backup.path / directory).iterdir())
-                if f"{directory}/{p.name}" not in listed
-            ]
+        problems += [
+            Problem("is not listed in the manifest", f"{directory}/{name}")
+            for name in source.names(directory) or []
+            if f"{directory}/{name}" not in listed
+        ]
     return problems

@@ -34,8 +34,9 @@ def decompress(path: Path) -> bytes:
     return raw
 
 
-def read_rows(backup: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
+def read_rows(backup: Path | str) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Every table's rows, from the files the manifest lists, parsed with ``json``."""
+    backup = Path(backup)
     manifest = json.loads((backup / "manifest.json").read_text())
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for table in manifest["tables"]:
@@ -49,11 +50,11 @@ def read_rows(backup: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
     return rows
 
 
-def manifest_of(backup: Path) -> dict[str, Any]:
-    return json.loads((backup / "manifest.json").read_text())  # type: ignore[no-any-return]
+def manifest_of(backup: Path | str) -> dict[str, Any]:
+    return json.loads((Path(backup) / "manifest.json").read_text())  # type: ignore[no-any-return]
 
 
-def table_entry(backup: Path, schema: str, name: str) -> dict[str, Any]:
+def table_entry(backup: Path | str, schema: str, name: str) -> dict[str, Any]:
     for t in manifest_of(backup)["tables"]:
         if (t["schema"], t["name"]) == (schema, name):
             return t  # type: ignore[no-any-return]

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from asyncsnap import bigrows
-from asyncsnap.backup import DataFileReader
+from asyncsnap.backup import DataFileReader, LocalSource
 from asyncsnap.catalog import Table, describe_tables, list_tables, read_types
 from asyncsnap.errors import VerificationFailed
 from asyncsnap.manifest import MAX_LINE_BYTES, RENDER_SETTINGS, Backup, BackupFile
@@ -92,6 +92,7 @@ def test_a_line_longer_than_any_row_is_refused_as_damage(tmp_path: Path) -> None
     path.write_bytes(b'{"a": "' + b"x" * (3 * MIB))
     backup = Backup(
         path=tmp_path,
+        source=LocalSource(tmp_path),
         manifest={},
         compression="none",
         settings={},

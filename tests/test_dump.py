@@ -46,7 +46,7 @@ def test_dump_output_opens_in_plain_tools(db: Database, tmp_path: Path) -> None:
     """Each line parses as a JSON object, sha256sum -c passes, counts match count(*)."""
     db.execute(SHOP)
     result = run_dump(db, tmp_path, jobs=2)
-    backup = result.path
+    backup = Path(result.path)
     assert backup.parent == tmp_path and backup.name.startswith("backup_")
     assert not list(tmp_path.glob("*.partial"))
 
@@ -110,7 +110,7 @@ def test_dump_result_matches_manifest(db: Database, tmp_path: Path) -> None:
 def test_manifest_describes_tables_keys_and_sequences(db: Database, tmp_path: Path) -> None:
     db.execute(SHOP)
     db.execute("SELECT nextval('audit.log_id_seq') FROM generate_series(1, 5)")
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     orders = table_entry(backup, "public", "orders")
     assert orders["kind"] == "table" and orders["parent"] is None
     assert orders["primary_key"] == ["id"]
@@ -204,7 +204,7 @@ def test_lossy_values_are_written_distinguishably(db: Database, tmp_path: Path) 
           (2, NULL, E'{\\n "a":\\t[1, 2]\\n}', 'NaN', '{1,NULL}', '{{"NULL",b}}', E'q"\\\\\\n'),
           (3, '{"a": null}', NULL, '1e-310', NULL, '{}', NULL);
     """)
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     encodings = {c["name"]: c["encoding"] for c in table_entry(backup, "public", "v")["columns"]}
     assert encodings == {
         "id": "json",
@@ -256,7 +256,7 @@ def test_hostile_table_and_column_names_round_through(db: Database, tmp_path: Pa
             f'INSERT INTO "{schema.replace(chr(34), chr(34) * 2)}"."{q}" '
             f"VALUES ({i}, 'v{i}', {i}, 'ü', {i})"
         )
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     m = manifest_of(backup)
     assert sorted(t["name"] for t in m["tables"]) == sorted(names)
     assert {t["schema"] for t in m["tables"]} == {schema}
@@ -277,7 +277,7 @@ def test_hostile_table_and_column_names_round_through(db: Database, tmp_path: Pa
 @pytest.mark.parametrize("compression", ["gzip", "none"])
 def test_other_compressions(db: Database, tmp_path: Path, compression: str) -> None:
     db.execute(SHOP)
-    backup = run_dump(db, tmp_path, compression=compression).path
+    backup = Path(run_dump(db, tmp_path, compression=compression).path)
     suffix = {"gzip": ".ndjson.gz", "none": ".ndjson"}[compression]
     paths = [f["path"] for t in manifest_of(backup)["tables"] for f in t["files"]]
     assert all(p.endswith(suffix) for p in paths)
@@ -290,7 +290,7 @@ def test_files_are_private_whatever_the_umask(db: Database, tmp_path: Path) -> N
     db.execute(SHOP)
     old = os.umask(0)
     try:
-        backup = run_dump(db, tmp_path).path
+        backup = Path(run_dump(db, tmp_path).path)
     finally:
         os.umask(old)
     for path in [backup, *backup.rglob("*")]:
@@ -346,7 +346,7 @@ def test_empty_and_columnless_tables(db: Database, tmp_path: Path) -> None:
         "CREATE TABLE empty (id int); CREATE TABLE nocols (); "
         "INSERT INTO nocols DEFAULT VALUES; INSERT INTO nocols DEFAULT VALUES;"
     )
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     rows = read_rows(backup)
     assert rows[("public", "empty")] == []
     assert rows[("public", "nocols")] == [{}, {}]

@@ -15,7 +15,7 @@ import pytest
 import zstandard
 from pyrage import x25519
 
-from asyncsnap.backup import DataFileReader
+from asyncsnap.backup import DataFileReader, LocalSource
 from asyncsnap.encryption import decrypted, load_identities, parse_recipients
 from asyncsnap.errors import DiskFull, UsageError, VerificationFailed
 from asyncsnap.manifest import Backup, BackupFile
@@ -157,7 +157,13 @@ def _backup_of(root: Path, path: Path, sha256: str) -> tuple[Backup, BackupFile]
         sha256=sha256,
     )
     backup = Backup(
-        path=root, manifest={}, compression="zstd", settings={}, tables=(), sequences=()
+        path=root,
+        source=LocalSource(root),
+        manifest={},
+        compression="zstd",
+        settings={},
+        tables=(),
+        sequences=(),
     )
     return backup, entry
 

@@ -331,14 +331,15 @@ def test_arrays_with_quotes_and_box_delimiters_round_trip(
     )
     assert db.fetchval("SELECT t[1] || t[2] FROM arr WHERE id = 1") == 'a"bc\\d'
     copy_schema(db, empty_copy)
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     run_restore(backup, empty_copy)
     assert digests(empty_copy.dsn) == digests(db.dsn)
 
 
-def rewrite_lines(backup: Path, table: str, transform: Callable[[bytes], bytes]) -> None:
+def rewrite_lines(backup: Path | str, table: str, transform: Callable[[bytes], bytes]) -> None:
     """Rewrite every line of ``table``'s one data file and make the manifest and
     SHA256SUMS agree again: a forged backup that only its content checks can catch."""
+    backup = Path(backup)
     import zstandard
 
     (data,) = (backup / "data").glob(f"public.{table}-*")
@@ -372,7 +373,7 @@ def test_restore_refuses_a_resealed_file_whose_lines_break_the_format(
     naming the file's line, and the table is rolled back."""
     db.execute("CREATE TABLE kv (a text, b text); INSERT INTO kv VALUES ('x', 'y'), ('1', '2')")
     copy_schema(db, empty_copy)
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     rewrite_lines(
         backup, "kv", lambda line: orjson.dumps(dict(reversed(orjson.loads(line).items())))
     )
@@ -389,7 +390,7 @@ def test_verify_finds_a_value_of_the_wrong_kind_for_its_encoding(
     """Valid JSON, the right keys, but an object where the column's encoding has none:
     verify names the line and column, as restore would refuse it."""
     db.execute("CREATE TABLE kv (a int, b jsonb); INSERT INTO kv VALUES (1, '{}'), (2, '[]')")
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     assert verify(backup).ok
 
     def forge(line: bytes) -> bytes:
@@ -468,7 +469,7 @@ def test_binary_restore_round_trips_integers_strings_and_booleans(
         "(0, 0, 0, NULL, NULL, NULL, NULL)"
     )
     copy_schema(db, empty_copy)
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     result = run_restore(backup, empty_copy)
     assert result.plan is not None
     (load,) = result.plan.loads

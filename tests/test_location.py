@@ -1,5 +1,5 @@
-"""A URL is never taken for a path: object store URLs are refused until they are supported,
-file:// URLs name local directories."""
+"""A URL is never taken for a path: object store URLs name a bucket and prefix, file://
+URLs name local directories, other URLs are refused."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from asyncsnap.errors import UsageError
-from asyncsnap.location import local_path
+from asyncsnap.location import backup_location, local_path
+from asyncsnap.objectstore import StoreUrl
 
-from .conftest import Database, run_cli
+from .conftest import Database, clean_env, run_cli
 
 
 def test_paths_and_file_urls_are_local() -> None:
@@ -22,32 +23,48 @@ def test_paths_and_file_urls_are_local() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["s3://backups/nightly", "gs://b/x", "az://c/d", "S3://B/x", "http://x/y"]
+    "url", ["s3://backups/nightly", "gs://bucket/x", "az://container/d", "S3://backups/x"]
 )
-def test_urls_are_refused_not_taken_for_paths(url: str) -> None:
+def test_store_urls_are_store_locations_never_paths(url: str) -> None:
+    assert isinstance(backup_location(url, role="-o"), StoreUrl)
     with pytest.raises(UsageError, match=r"URL"):
-        local_path(url, role="-o")
+        local_path(url, role="-o")  # where only a local file will do (a key file)
     with pytest.raises(UsageError, match=r"URL"):
         local_path(Path(url), role="-o")  # what Path makes of it: s3:/backups/nightly
+
+
+def test_other_urls_are_refused() -> None:
+    for url in ("http://x/y", "ftp://x/y"):
+        with pytest.raises(UsageError, match=r"URL, not a directory"):
+            backup_location(url, role="-o")
     with pytest.raises(UsageError, match="another machine"):
-        local_path("file://db.internal/srv/b", role="-o")
+        backup_location("file://db.internal/srv/b", role="-o")
 
 
-def test_dump_to_an_s3_url_writes_no_local_directory(db: Database, tmp_path: Path) -> None:
-    """`dump -o s3://backups/nightly` wrote ./s3:/backups/nightly/backup_... and exited 0."""
+def test_dump_to_an_unreachable_store_writes_no_local_directory(
+    db: Database, tmp_path: Path
+) -> None:
+    """`dump -o s3://backups/nightly` once wrote ./s3:/backups/nightly/backup_... and exited
+    0; now it goes to the store, and a store that does not answer fails with exit 4 before
+    the database is read, leaving nothing here."""
     db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
-    run = run_cli("dump", db.dsn, "-o", "s3://backups/nightly", cwd=tmp_path)
-    assert run.returncode == 2, run.stderr
-    error, hint = run.stderr.splitlines()
-    assert error.startswith("error: -o 's3://backups/nightly' is an object store URL")
-    assert hint.startswith("hint: ")
-    assert list(tmp_path.iterdir()) == [] and run.stdout == ""
+    env = {
+        **clean_env(),
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_REGION": "us-east-1",
+        "ASYNCSNAP_STORE_RETRY_SECONDS": "1",
+    }
     for args in (
+        ["dump", db.dsn, "-o", "s3://backups/nightly"],
         ["verify", "s3://backups/nightly/b"],
         ["inspect", "s3://backups/nightly/b"],
         ["restore", "s3://backups/nightly/b", db.dsn],
         ["prune", "s3://backups/nightly", "--keep", "1"],
     ):
-        run = run_cli(*args, cwd=tmp_path)
-        assert run.returncode == 2 and "is an object store URL" in run.stderr, (args, run.stderr)
+        run = run_cli(*args, "--endpoint-url", "http://127.0.0.1:9", cwd=tmp_path, env=env)
+        assert run.returncode == 4, (args, run.stderr)
+        error, hint = run.stderr.splitlines()
+        assert error.startswith("error: could not ") and "s3://backups/nightly" in error, error
+        assert hint.startswith("hint: ") and run.stdout == ""
     assert list(tmp_path.iterdir()) == []

@@ -41,13 +41,13 @@ def directory(db: Database, tmp_path: Path) -> Path:
 
 def test_prune_keeps_the_newest_and_touches_nothing_else(directory: Path) -> None:
     preview = prune(directory, keep=2, dry_run=True)
-    assert [p.name for p in preview.removed] == [B[2], B[1]]
+    assert [Path(p).name for p in preview.removed] == [B[2], B[1]]
     assert (directory / B[1]).exists()  # a dry run removes nothing
     result = prune(directory, keep=2)
-    assert [p.name for p in result.kept] == [B[4], B[3]]
-    assert [p.name for p in result.removed] == [B[2], B[1]]
-    assert [p.name for p in result.named] == ["before-migration-42"]
-    assert sorted(p.name for p in result.ignored) == [
+    assert [Path(p).name for p in result.kept] == [B[4], B[3]]
+    assert [Path(p).name for p in result.removed] == [B[2], B[1]]
+    assert [Path(p).name for p in result.named] == ["before-migration-42"]
+    assert sorted(Path(p).name for p in result.ignored) == [
         "README.txt",
         "forged",
         "notes",

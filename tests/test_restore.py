@@ -194,7 +194,7 @@ def copy_schema(source: Database, target: Database) -> None:
     )
 
 
-def run_restore(backup: Path, target: Database, **kwargs: object) -> RestoreResult:
+def run_restore(backup: Path | str, target: Database, **kwargs: object) -> RestoreResult:
     async def go() -> RestoreResult:
         return await restore(backup, target.dsn, **kwargs)  # type: ignore[arg-type]
 
@@ -209,7 +209,7 @@ def test_fidelity_every_type_family_round_trips_exactly(
     is equal after dump and restore into a fresh database."""
     db.execute(FIDELITY + (XML_FIDELITY if has_xml(db) else ""))
     copy_schema(db, empty_copy)
-    backup = run_dump(db, tmp_path, jobs=3).path
+    backup = Path(run_dump(db, tmp_path, jobs=3).path)
     result = run_restore(backup, empty_copy, jobs=3)
     before, after = digests(db.dsn), digests(empty_copy.dsn)
     assert result.rows == sum(count for count, _ in before.values()) > 300
@@ -352,7 +352,7 @@ def test_dry_run_prints_the_plan_and_loads_nothing(
 ) -> None:
     db.execute(CYCLE.format(deferrable=""))
     copy_schema(db, empty_copy)
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     run = run_cli("restore", str(backup), empty_copy.dsn, "--dry-run")
     assert run.returncode == 0, run.stderr
     assert "level 1: public.company (50 rows), public.person (50 rows)" in run.stdout
@@ -369,7 +369,7 @@ def test_non_empty_target_refused_then_truncate_or_append(
         "INSERT INTO p SELECT generate_series(1, 10); INSERT INTO c SELECT 1;"
     )
     copy_schema(db, empty_copy)
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     empty_copy.execute("INSERT INTO p VALUES (99); INSERT INTO c VALUES (99)")
     with pytest.raises(TargetNotEmpty, match=r"public\.c, public\.p|public\.p, public\.c"):
         run_restore(backup, empty_copy)
@@ -388,7 +388,7 @@ def test_target_with_extra_defaulted_column_and_changed_types(
         "CREATE TABLE t (id int, name text, n int);"
         "INSERT INTO t SELECT g, 'n' || g, g FROM generate_series(1, 10) g"
     )
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     empty_copy.execute(
         "CREATE TABLE t (n bigint, added text DEFAULT 'dflt', id bigint, "
         "name varchar(10), upper_name text GENERATED ALWAYS AS (upper(name)) STORED)"
@@ -403,7 +403,7 @@ def test_target_without_a_backup_column_is_an_error_unless_ignored(
     db: Database, empty_copy: Database, tmp_path: Path
 ) -> None:
     db.execute("CREATE TABLE t (id int, gone text); INSERT INTO t VALUES (1, 'x')")
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     empty_copy.execute("CREATE TABLE t (id int)")
     with pytest.raises(SchemaMismatch, match=r"lacks columns the backup has: public\.t \(gone\)"):
         run_restore(backup, empty_copy)
@@ -415,7 +415,7 @@ def test_target_without_a_backup_column_is_an_error_unless_ignored(
 
 def test_missing_target_table_is_named(db: Database, empty_copy: Database, tmp_path: Path) -> None:
     db.execute("CREATE TABLE here (id int); CREATE TABLE nowhere (id int)")
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     empty_copy.execute("CREATE TABLE here (id int)")
     with pytest.raises(SchemaMismatch, match=r"has no table public\.nowhere"):
         run_restore(backup, empty_copy)
@@ -430,7 +430,7 @@ def test_flipped_byte_refused_by_verify_and_restore_nothing_loaded(
         "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g"
     )
     copy_schema(db, empty_copy)
-    backup = run_dump(db, tmp_path, compression="none").path
+    backup = Path(run_dump(db, tmp_path, compression="none").path)
     [data_file] = (backup / "data").iterdir()
     flip_bit_mid_file(data_file)
 
@@ -453,7 +453,7 @@ def test_single_transaction_is_all_or_nothing(
     )
     copy_schema(db, empty_copy)
     empty_copy.execute("ALTER TABLE bad ADD PRIMARY KEY (id)")
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     run = run_cli("restore", str(backup), empty_copy.dsn, "--single-transaction")
     assert run.returncode == 1 and "duplicate key" in run.stderr, run.stderr
     assert empty_copy.fetchval("SELECT count(*) FROM good") == 0
@@ -467,7 +467,7 @@ def test_restore_cli_round_trip_with_sequences(
         "INSERT INTO s (v) SELECT 'v' FROM generate_series(1, 42)"
     )
     copy_schema(db, empty_copy)
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     run = run_cli("restore", str(backup), empty_copy.dsn, "-j", "4")
     assert run.returncode == 0, run.stderr
     assert "restored 1 table, 42 rows, 1 sequence" in run.stdout
@@ -523,7 +523,7 @@ def test_hostile_identifiers_dump_and_restore_and_nothing_is_injected(
                 i,
             )
     copy_schema(db, empty_copy)
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     result = run_restore(backup, empty_copy)
     assert result.rows == 2 + 2 * (len(HOSTILE_NAMES) - 1)
 
@@ -563,7 +563,7 @@ def test_damaged_backup_restore_loads_nothing_from_the_bad_file(
     empty; an edited manifest is refused before any SQL is sent (every table empty)."""
     db.execute(SHOP)
     copy_schema(db, empty_copy)
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     damage(next((backup / "data").glob("public.orders-*")))
     run = run_cli("restore", str(backup), empty_copy.dsn, "-j", "1")
     assert run.returncode == 5, run.stderr

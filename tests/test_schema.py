@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from asyncsnap import manifest
+from asyncsnap.backup import LocalSource
 from asyncsnap.errors import (
     PermissionDenied,
     RestoreFailed,
@@ -158,7 +159,7 @@ def test_rich_database_restores_into_an_empty_database_exactly(
     NOT VALID constraint, an FK cycle, a large object and sequences: the copy's rows
     (ordered md5 of t::text) and its ``pg_dump --schema-only`` equal the source's."""
     make_rich(db, role[0])
-    backup = run_dump(db, tmp_path, jobs=2).path
+    backup = Path(run_dump(db, tmp_path, jobs=2).path)
     assert (backup / "schema" / "schema.pgdump").read_bytes()[:5] == b"PGDMP"
     with fresh_database(postgres, "asyncsnap_whole") as copy:
         result = run_restore(backup, copy, jobs=2)
@@ -191,7 +192,7 @@ def test_migration_went_wrong_restore_clean_gives_back_schema_and_data(
     schema and rows of before, in one command."""
     make_rich(db, role[0])
     before_rows, before_schema = digests(db.dsn), schema_text(db)
-    backup = run_dump(db, tmp_path, jobs=2).path
+    backup = Path(run_dump(db, tmp_path, jobs=2).path)
     db.execute(
         "ALTER TABLE shop.customers DROP COLUMN extra;"
         "DROP TABLE shop.orders CASCADE;"
@@ -213,7 +214,7 @@ def test_clean_refuses_a_foreign_key_from_outside_the_backup_and_changes_nothing
     db: Database, tmp_path: Path
 ) -> None:
     db.execute("CREATE TABLE p (id int PRIMARY KEY); INSERT INTO p VALUES (1)")
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     db.execute("CREATE TABLE newer (p int REFERENCES p); INSERT INTO p VALUES (2)")
     dry = run_cli("restore", str(backup), db.dsn, "--clean", "--dry-run")
     assert dry.returncode == 1 and "public.newer" in dry.stderr, dry.stderr
@@ -226,7 +227,7 @@ def test_create_makes_the_database_and_clean_create_replaces_it(
     db: Database, postgres: Postgres, tmp_path: Path
 ) -> None:
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')")
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     source_rows = digests(db.dsn)
     with fresh_database(postgres, "asyncsnap_maint") as maintenance:
         # The source database exists: --create refuses it, --clean --create replaces it.
@@ -249,7 +250,7 @@ def test_no_owner_restores_into_a_server_without_the_source_roles(
         f"ALTER TABLE t OWNER TO {gone}; GRANT SELECT ON t TO PUBLIC"
     )
     try:
-        backup = run_dump(db, tmp_path).path
+        backup = Path(run_dump(db, tmp_path).path)
     finally:
         db.execute(f"REASSIGN OWNED BY {gone} TO postgres; DROP OWNED BY {gone}")
         db.execute(f"DROP ROLE {gone}")
@@ -266,7 +267,7 @@ def test_no_owner_restores_into_a_server_without_the_source_roles(
 
 def test_schema_only_then_data_only(db: Database, postgres: Postgres, tmp_path: Path) -> None:
     db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     with fresh_database(postgres, "asyncsnap_split") as copy:
         run_restore(backup, copy, schema_only=True)
         assert copy.fetchval("SELECT count(*) FROM t") == 0
@@ -303,7 +304,7 @@ def test_tampered_schema_file_fails_verify_and_restore(
     db: Database, postgres: Postgres, tmp_path: Path
 ) -> None:
     db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     flip_bit_mid_file(backup / "schema" / "schema.pgdump")
     run = run_cli("verify", str(backup))
     assert run.returncode == 5 and "schema/schema.pgdump" in run.stdout + run.stderr
@@ -317,7 +318,7 @@ def test_a_manifest_cannot_point_restore_at_another_schema_file(
     db: Database, tmp_path: Path
 ) -> None:
     db.execute("CREATE TABLE t (id int)")
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     body = orjson.loads((backup / "manifest.json").read_bytes())
     body["schema"]["archive"]["path"] = "data/../schema/evil.pgdump"
     (backup / "manifest.json").write_bytes(manifest.serialize(body))
@@ -339,7 +340,7 @@ def test_loading_fires_no_trigger_or_rule_of_the_target_and_keeps_their_states(
         "CREATE TABLE audit (what text);"
         "INSERT INTO docs VALUES (1, 'hello world', 'stored:1 value:2');"
     )
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     with fresh_database(postgres, "asyncsnap_quiet") as copy:
         copy_schema(db, copy)
         copy.execute(
@@ -374,7 +375,7 @@ def test_loading_into_a_table_with_triggers_needs_its_owner(
     """Only the owner can switch triggers off; anyone else is refused before anything is
     loaded, by the plan (--dry-run too)."""
     db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     db.execute(
         "TRUNCATE t; CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS "
         "$$ BEGIN RETURN NEW; END $$; CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW "
@@ -397,7 +398,7 @@ def test_value_too_long_for_the_target_column_is_an_error_not_a_cut(
         "CREATE TABLE t (id int, s text, j jsonb);"
         "INSERT INTO t VALUES (1, 'short', '1'), (2, 'much too long', '{\"key\": \"value\"}')"
     )
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     with fresh_database(postgres, "asyncsnap_narrow") as copy:
         copy.execute("CREATE TABLE t (id int, s varchar(20), j varchar(5))")
         with pytest.raises(RestoreFailed, match=r"(?s)too long.*\bj\b"):
@@ -414,7 +415,7 @@ def test_truncate_and_a_damaged_file_leave_the_old_rows(
         "CREATE TABLE p (id int PRIMARY KEY); CREATE TABLE c (p int REFERENCES p);"
         "INSERT INTO p SELECT generate_series(1, 1000); INSERT INTO c SELECT 1"
     )
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     body = orjson.loads((backup / "manifest.json").read_bytes())
     (entry,) = [t for t in body["tables"] if t["name"] == "c"]
     flip_bit_mid_file(backup / entry["files"][0]["path"])
@@ -436,7 +437,7 @@ def test_dry_run_predicts_that_truncate_fails_on_a_referenced_table(
         "CREATE TABLE p (id int PRIMARY KEY); CREATE TABLE c (p int REFERENCES p);"
         "INSERT INTO p VALUES (1); INSERT INTO c VALUES (1)"
     )
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     with fresh_database(postgres, "asyncsnap_pred") as copy:
         copy_schema(db, copy)
         args = ("restore", str(backup), copy.dsn, "--truncate", "-t", "p")
@@ -472,7 +473,7 @@ def test_cycle_constraints_come_back_after_sigkill_mid_load(
         "INSERT INTO b SELECT g, g, repeat('y', 200) FROM generate_series(1, 300000) g;"
         "UPDATE a SET b_id = id;"
     )
-    backup = run_dump(db, tmp_path, jobs=2).path
+    backup = Path(run_dump(db, tmp_path, jobs=2).path)
     with fresh_database(postgres, "asyncsnap_kill") as copy:
         copy_schema(db, copy)
         before = _constraints(copy)
@@ -522,7 +523,7 @@ def test_a_failed_restore_says_which_tables_were_committed(
         "CREATE TABLE good (id int); INSERT INTO good SELECT generate_series(1, 10);"
         "CREATE TABLE bad (id int); INSERT INTO bad VALUES (1)"
     )
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     with fresh_database(postgres, "asyncsnap_partial") as copy:
         copy.execute("CREATE TABLE good (id int); CREATE TABLE bad (id int CHECK (id > 5))")
         run = run_cli("restore", str(backup), copy.dsn, "-j", "1")
@@ -536,7 +537,7 @@ def test_version_1_backup_still_restores(db: Database, postgres: Postgres, tmp_p
     """A backup as asyncsnap 0.1 wrote it (no schema, no large objects, no skipped list,
     no row_security) restores into existing tables."""
     db.execute("CREATE TABLE t (id serial PRIMARY KEY, v text); INSERT INTO t (v) VALUES ('a')")
-    backup = run_dump(db, tmp_path, with_schema=False).path
+    backup = Path(run_dump(db, tmp_path, with_schema=False).path)
     body = orjson.loads((backup / "manifest.json").read_bytes())
     body["format_version"] = 1
     for key in ("schema", "large_objects", "skipped"):
@@ -587,7 +588,7 @@ def test_target_not_empty_is_refused_by_the_plan(
     db: Database, postgres: Postgres, tmp_path: Path
 ) -> None:
     db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     with pytest.raises(TargetNotEmpty):
         run_restore(backup, db, dry_run=True)
 
@@ -598,7 +599,7 @@ def test_dry_run_predicts_a_missing_insert_privilege(
     """A role that may read but not write the target: --dry-run fails as the real run
     would, naming the table and the privilege, and nothing is loaded."""
     db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
-    backup = run_dump(db, tmp_path).path
+    backup = Path(run_dump(db, tmp_path).path)
     db.execute(f"TRUNCATE t; GRANT SELECT ON t TO {role[0]}")
     dsn = db.postgres.dsn(db.name, user=role[0], password=role[1])
     for extra in (("--dry-run",), ()):
@@ -621,6 +622,7 @@ def _backup(with_schema: bool) -> Backup:
         )
     return Backup(
         path=Path("b"),
+        source=LocalSource(Path("b")),
         manifest={},
         compression="zstd",
         settings={},

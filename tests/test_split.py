@@ -60,7 +60,7 @@ def test_split_table_restores(db: Database, tmp_path: Path) -> None:
     from .test_restore import digests
 
     db.execute(CHURNED)
-    backup = run_dump(db, tmp_path, jobs=2, split_larger_than=1_000_000).path
+    backup = Path(run_dump(db, tmp_path, jobs=2, split_larger_than=1_000_000).path)
     db.execute("ALTER TABLE big RENAME TO big_before; CREATE TABLE big (LIKE big_before)")
     run = asyncsnap.restore  # the library call, as a user would
     anyio.run(lambda: run(backup, db.dsn, jobs=2), backend="asyncio")
@@ -163,9 +163,9 @@ def test_worker_backend_terminated_mid_chunk_is_retried(db: Database, tmp_path: 
             for f in t["files"]
         }
 
-    assert files(faulty.path) == files(clean.path)
+    assert files(Path(faulty.path)) == files(Path(clean.path))
     assert faulty.rows == clean.rows == 250_100
-    assert not list((faulty.path / "data").glob(".*"))  # no temporary file left behind
+    assert not list((Path(faulty.path) / "data").glob(".*"))  # no temporary file left behind
 
 
 def test_coordinator_terminated_fails_cleanly_with_snapshot_lost(

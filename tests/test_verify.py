@@ -22,7 +22,7 @@ from .test_dump import SHOP, run_dump
 @pytest.fixture
 def backup(db: Database, tmp_path: Path) -> Path:
     db.execute(SHOP)
-    return run_dump(db, tmp_path / "out", name="b").path
+    return Path(run_dump(db, tmp_path / "out", name="b").path)
 
 
 def orders_file(backup: Path) -> Path:
@@ -190,6 +190,4 @@ def test_verify_of_the_output_directory_points_at_a_backup_in_it(backup: Path) -
     assert run.returncode == 5
     error, hint = run.stderr.splitlines()
     assert error.startswith(f"error: {backup.parent} has no manifest.json")
-    assert (
-        hint == f"hint: it is a directory of backups (dump's -o): give one of them, e.g. {backup}"
-    )
+    assert hint == f"hint: it holds backups (dump's -o): give one of them, e.g. {backup}"

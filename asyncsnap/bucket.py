@@ -1,0 +1,304 @@
+"""Backups in an object store (``s3://bucket/prefix``, ``gs://``, ``az://``): written
+straight to it, read, verified and restored from it, pruned there.
+
+A store has no rename, so completion is marked by the order of writes (docs/format.md,
+"Backups in object storage"):
+
+1. ``<prefix>/<NAME>/claim.json`` is created with a conditional write (``If-None-Match``):
+   of two dumps given one name, the second is refused (exit 4) before it writes a byte.
+2. Data, large-object and schema files stream to their final keys as multipart uploads: an
+   object appears only when every byte of it arrived; a failed or cancelled upload is
+   aborted.
+3. ``SHA256SUMS``, then ``manifest.json``, again a conditional write, and last: the
+   manifest is the only mark of a complete backup, and every reader refuses a backup
+   without one.
+
+A dump that fails removes what it wrote. A killed one leaves its claim and the files it
+finished, never a manifest: ``prune`` (and ``dump --keep``) removes such a backup once its
+claim is older than ``ABANDONED_AFTER``. Parts of an upload in flight when the process died
+stay invisible in the store until its lifecycle rule aborts them (README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import manifest
+from .backup import ChunksReader
+from .errors import OutputExists, StoreFailed, UsageError, VerificationFailed
+from .manifest import DEFAULT_NAME, MANIFEST_NAME, Backup, Compression
+from .objectstore import ObjectMissing, Store, StoreSink, StoreUrl
+from .storage import DataFileWriter, validate_backup_name
+
+CLAIM_NAME = "claim.json"
+# A backup with a claim and no manifest this much older than now is a dump that died:
+# prune removes it. Longer than any dump should run (--max-duration bounds one).
+ABANDONED_AFTER = timedelta(hours=24)
+
+
+class StoreSource:
+    """The files of the backup at ``<store prefix>/<name>`` (``backup.BackupSource``)."""
+
+    def __init__(self, store: Store, name: str = "") -> None:
+        self.store = store
+        self.name = name
+        self.where = f"{store.url}/{name}" if name else str(store.url)
+        self._listing: dict[str, list[str]] | None = None
+
+    def _key(self, relpath: str) -> str:
+        return f"{self.name}/{relpath}" if self.name else relpath
+
+    def open(self, relpath: str) -> io.BufferedIOBase:
+        try:
+            chunks = self.store.open_read(self._key(relpath))
+        except ObjectMissing as exc:
+            raise FileNotFoundError(relpath) from exc
+        return io.BufferedReader(ChunksReader(chunks), 1 << 20)
+
+    def names(self, directory: str) -> list[str] | None:
+        if self._listing is None:
+            listing: dict[str, list[str]] = {}
+            for stored in self.store.objects(self.name):
+                relpath = stored.key.removeprefix(self.name + "/") if self.name else stored.key
+                folder, _, rest = relpath.rpartition("/")
+                listing.setdefault(folder, []).append(rest)
+            self._listing = listing
+        found = self._listing.get(directory)
+        return None if found is None else sorted(found)
+
+    def local_file(self, relpath: str) -> Path | None:
+        return None
+
+
+def open_stored_backup(url: StoreUrl) -> Backup:
+    """The backup at ``url`` (``s3://bucket/prefix/NAME``), its manifest checked."""
+    store = Store(url)
+    where = f"{url}/{MANIFEST_NAME}"
+    try:
+        raw = b"".join(store.open_read(MANIFEST_NAME))
+    except ObjectMissing as exc:
+        inside = sorted(b.name for b in list_backups(store) if b.complete)
+        raise manifest.no_manifest(str(url), f"{url}/{inside[-1]}" if inside else None) from exc
+    return manifest.parse(str(url), manifest.load_bytes(raw, where), source=StoreSource(store))
+
+
+@dataclass
+class StoredBackup:
+    """What one ``<prefix>/<NAME>/`` holds, from a listing."""
+
+    name: str
+    keys: list[str] = field(default_factory=list)  # relative to the prefix
+    complete: bool = False  # has a manifest
+    claimed: datetime | None = None  # when its claim was written, if it has one
+
+
+def list_backups(store: Store) -> list[StoredBackup]:
+    """Every ``NAME/`` directly under the store's prefix, by name."""
+    found: dict[str, StoredBackup] = {}
+    for stored in store.objects():
+        name, sep, relpath = stored.key.partition("/")
+        if not sep:
+            continue  # an object directly in the prefix: not ours
+        entry = found.setdefault(name, StoredBackup(name))
+        entry.keys.append(stored.key)
+        if relpath == MANIFEST_NAME:
+            entry.complete = True
+        elif relpath == CLAIM_NAME:
+            entry.claimed = stored.modified
+    return [found[n] for n in sorted(found)]
+
+
+def _claim(store: Store, name: str) -> None:
+    """Create ``NAME/claim.json`` only if nobody has: who is writing, from where, since when
+    (no credentials, no connection string)."""
+    body = {
+        "tool": "asyncsnap",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    try:
+        store.put_new(f"{name}/{CLAIM_NAME}", orjson.dumps(body) + b"\n")
+    except OutputExists as exc:
+        raise OutputExists(
+            f"{store.url}/{name} is taken: another dump claimed that name",
+            hint="choose another --name, or remove the old backup",
+        ) from exc
+
+
+class BackupPrefix:
+    """A backup being written to ``<store prefix>/<name>/`` (``storage.BackupTarget``)."""
+
+    def __init__(self, store: Store, name: str, recipients: list[Any] | None = None) -> None:
+        self.store = store
+        self.name = name
+        self.recipients = recipients
+        self.path = f"{store.url}/{name}"
+        self._manifest: bytes | None = None
+        self._scratch: Path | None = None
+
+    @classmethod
+    def check_free(cls, store: Store, name: str) -> None:
+        """Refuse a name with anything under it already (a backup, a dump's claim)."""
+        validate_backup_name(name)
+        if store.objects(name + "/"):
+            raise OutputExists(
+                f"{store.url}/{name} already exists",
+                hint="choose another --name or -o prefix, or remove the old one",
+            )
+
+    @classmethod
+    def create(cls, store: Store, name: str, recipients: list[Any] | None = None) -> BackupPrefix:
+        """Claim ``name`` (conditional write), then check nothing else is under it."""
+        validate_backup_name(name)
+        _claim(store, name)
+        taken = [k for k in store.objects(name + "/") if k.key != f"{name}/{CLAIM_NAME}"]
+        if taken:
+            # Objects without a claim: not a dump's (another tool's, or a half-removed
+            # backup's). Give the name back and touch nothing.
+            with contextlib.suppress(StoreFailed):
+                store.delete([f"{name}/{CLAIM_NAME}"])
+            raise OutputExists(
+                f"{store.url}/{name} already holds objects",
+                hint="choose another --name or -o prefix",
+            )
+        return cls(store, name, recipients)
+
+    def data_writer(self, stem: str, compression: Compression) -> DataFileWriter:
+        relpath = f"{manifest.DATA_DIR}/{stem}{manifest.EXTENSIONS[compression]}"
+        sink = StoreSink(self.store, f"{self.name}/{relpath}")
+        return DataFileWriter(None, relpath, compression, sink=sink, recipients=self.recipients)
+
+    def write_small_file(self, relpath: str, content: bytes) -> None:
+        if relpath == MANIFEST_NAME:
+            self._manifest = content  # written by commit, last
+            return
+        self.store.put(f"{self.name}/{relpath}", content)
+
+    def scratch_directory(self) -> Path:
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="asyncsnap-schema-"))  # 0700
+        return self._scratch
+
+    def written(self) -> Backup:
+        """The backup as written so far, its manifest not yet in the store (for
+        ``dump --verify``)."""
+        assert self._manifest is not None
+        body = manifest.load_bytes(self._manifest, f"{self.path}/{MANIFEST_NAME}")
+        return manifest.parse(self.path, body, source=StoreSource(self.store, self.name))
+
+    def commit(self) -> str:
+        """Write the manifest (conditionally: never over another's): the backup is complete."""
+        assert self._manifest is not None
+        self._remove_scratch()
+        self.store.put_new(f"{self.name}/{MANIFEST_NAME}", self._manifest)
+        return self.path
+
+    def abandon(self, keep_partial: bool) -> str | None:
+        """Remove every object under the name, the claim last; with ``keep_partial`` keep
+        them (never a manifest: none was written) for inspection. Raises ``StoreFailed``
+        when the store cannot be reached to clean up."""
+        self._remove_scratch()
+        if keep_partial:
+            return self.path
+        remove_backup(self.store, self.name)
+        return None
+
+    def _remove_scratch(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+
+def remove_backup(store: Store, name: str) -> None:
+    """Delete ``NAME/``: the manifest first (from then on it is not a complete backup),
+    the claim last (until then prune knows it as ours)."""
+    keys = [o.key for o in store.objects(name + "/")]
+    first = [k for k in keys if k == f"{name}/{MANIFEST_NAME}"]
+    last = [k for k in keys if k == f"{name}/{CLAIM_NAME}"]
+    store.delete(first)
+    store.delete([k for k in keys if k not in first and k not in last])
+    store.delete(last)
+
+
+def default_name_free(store: Store, base: str) -> str:
+    """``base``, or the first of ``base-2`` .. ``base-99`` with nothing under it."""
+    taken = {b.name for b in list_backups(store)}
+    for n in range(1, 100):
+        candidate = base if n == 1 else f"{base}-{n}"
+        if candidate not in taken:
+            return candidate
+    return base
+
+
+@dataclass(frozen=True)
+class StorePrune:
+    """What pruning a prefix found (names relative to it)."""
+
+    kept: list[str]
+    removed: list[str]
+    abandoned: list[str]  # dumps that died: a claim older than the limit, no manifest
+    ignored: list[str]
+    named: list[str]
+
+
+def prune_prefix(
+    url: StoreUrl,
+    *,
+    keep: int,
+    dry_run: bool = False,
+    include_named: bool = False,
+    abandoned_after: timedelta = ABANDONED_AFTER,
+    now: datetime | None = None,
+) -> StorePrune:
+    """``prune`` for a prefix in a store: keep the ``keep`` newest complete backups, remove
+    older ones and abandoned dumps; leave everything else alone."""
+    store = Store(url)
+    if any(o.key == MANIFEST_NAME for o in store.objects(MANIFEST_NAME)):
+        raise UsageError(
+            f"{url} is a backup, not a prefix of backups",
+            hint="give the prefix it is in (dump's -o)",
+        )
+    moment = now or datetime.now(UTC)
+    complete: list[tuple[str, str]] = []
+    abandoned: list[str] = []
+    ignored: list[str] = []
+    named: list[str] = []
+    for entry in list_backups(store):
+        if not entry.complete:
+            if entry.claimed is not None and moment - entry.claimed > abandoned_after:
+                abandoned.append(entry.name)
+            else:
+                ignored.append(entry.name)  # a dump running now, or not ours
+            continue
+        try:
+            raw = b"".join(store.open_read(f"{entry.name}/{MANIFEST_NAME}"))
+            body = manifest.load_bytes(raw, f"{url}/{entry.name}/{MANIFEST_NAME}")
+        except (VerificationFailed, ObjectMissing):
+            ignored.append(entry.name)
+            continue
+        started = body.get("started_at")
+        if not isinstance(started, str):
+            ignored.append(entry.name)
+        elif not include_named and not DEFAULT_NAME.fullmatch(entry.name):
+            named.append(entry.name)
+        else:
+            complete.append((started, entry.name))
+    complete.sort(reverse=True)
+    kept = [name for _, name in complete[:keep]]
+    removed = [name for _, name in complete[keep:]]
+    if not dry_run:
+        for name in removed + abandoned:
+            remove_backup(store, name)
+    return StorePrune(kept, removed, abandoned, ignored, named)
