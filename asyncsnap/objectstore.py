@@ -232,16 +232,10 @@ class Store:
         """Start reading ``name`` now (``ObjectMissing`` if there is no such object) and
         return its bytes as a stream of chunks of about ``chunk_size``."""
         import obstore
-        from obstore.exceptions import NotFoundError
 
         key = self.url.key(name)
-        try:
-            with self._translated("read", key):
-                result = obstore.get(self._store, key)
-        except StoreFailed as exc:
-            if isinstance(exc.__cause__, NotFoundError):
-                raise ObjectMissing(exc.message, hint=exc.hint) from exc.__cause__
-            raise
+        with self._translated("read", key):
+            result = obstore.get(self._store, key)
         return self._chunks(key, result.stream(min_chunk_size=chunk_size))
 
     def _chunks(self, key: str, stream: Any) -> Iterator[bytes]:
@@ -291,7 +285,7 @@ class Store:
         except UnauthenticatedError as exc:
             raise _credentials_refused(where) from exc
         except NotFoundError as exc:
-            raise StoreFailed(
+            raise ObjectMissing(
                 f"{where} does not exist", hint="check the bucket and the prefix"
             ) from exc
         except (BaseError, OSError) as exc:  # obstore's generic errors are OSErrors too
@@ -300,6 +294,10 @@ class Store:
                 raise _access_denied(action, where) from exc
             if code in _CREDENTIAL_CODES:
                 raise _credentials_refused(where, code) from exc
+            if code == "NoSuchKey":  # some stores send it without a 404
+                raise ObjectMissing(
+                    f"{where} does not exist", hint="check the bucket and the prefix"
+                ) from exc
             raise StoreFailed(
                 f"could not {action} {where}: {_reason(exc, code)}",
                 hint=_hint(code),
