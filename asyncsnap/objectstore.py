@@ -46,7 +46,8 @@ RETRY_VARIABLE = "ASYNCSNAP_STORE_RETRY_SECONDS"
 MAX_RETRIES = 5
 CONNECT_TIMEOUT = timedelta(seconds=10)
 REQUEST_TIMEOUT = timedelta(minutes=5)  # one request: a part upload or a ranged read
-PART_SIZE = 8 * 1024 * 1024  # a streamed object's multipart part
+PART_SIZE = 8 * 1024 * 1024  # a streamed object's multipart part: objects up to 78 GiB
+PARTS_IN_FLIGHT = 2  # per object: memory is about (1 + this) parts
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,254}")
 
 
@@ -220,7 +221,9 @@ class Store:
 
         key = self.url.key(name)
         with self._translated("write", key):
-            file = obstore.open_writer(self._store, key, buffer_size=PART_SIZE)
+            file = obstore.open_writer(
+                self._store, key, buffer_size=PART_SIZE, max_concurrency=PARTS_IN_FLIGHT
+            )
             with file:  # obstore completes the upload on a clean exit, aborts it on error
                 yield file
 

