@@ -603,7 +603,7 @@ def dump_command(
         typer.Option(
             "--output",
             "-o",
-            metavar="DIR|URL",
+            metavar="OUTPUT",
             help="Directory to put the backup in, or an object store prefix "
             "(s3://bucket/prefix, gs://, az://), written to with no local copy.",
         ),
@@ -763,6 +763,8 @@ def dump_command(
       asyncsnap dump postgresql://app@db.internal/shop -o /backups -j 4 --name bench-before
       # Nightly from cron: DATABASE_URL from ./.env, JSON log, outcome file, keep the newest 7
       asyncsnap dump -o /backups --keep 7 --log-format json --summary-json /backups/last-run.json
+      # Straight to a bucket (credentials from AWS_* or AWS_PROFILE), keep the newest 7 there
+      asyncsnap dump -d shop -o s3://backups/nightly/shop --keep 7
     """
     split_bytes = parse_size(split_larger_than)
     json_log = JsonLog(sys.stderr) if log_format == "json" else None
@@ -1221,7 +1223,7 @@ def prune_command(
     directory: Annotated[
         str,
         typer.Argument(
-            metavar="DIR|URL", help="The directory or store prefix dumps are written to (-o)."
+            metavar="OUTPUT", help="The directory or store prefix dumps are written to (-o)."
         ),
     ],
     keep: Annotated[

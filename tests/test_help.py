@@ -9,12 +9,15 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import pytest
 
 from .conftest import Database, clean_env, execute
 from .pgserver import PASSWORD
+from .s3server import S3Server, s3_server
 from .test_dump import SHOP
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +94,13 @@ def test_flags_show_no_value_and_metavars_are_words() -> None:
             assert re.fullmatch(r"[A-Z]+", metavar), (command, metavar)
 
 
-def test_the_help_examples_run_as_written(db: Database, tmp_path: Path) -> None:
+@pytest.fixture
+def s3() -> Iterator[S3Server]:
+    with s3_server() as server:
+        yield server
+
+
+def test_the_help_examples_run_as_written(db: Database, tmp_path: Path, s3: S3Server) -> None:
     """Every example of every command, pointed at a test server and a temp directory, in
     the order a user would run them: dump (a named backup, a benchmark one, a nightly one
     from ./.env), verify, inspect, restore (back to the backup, rows replaced, the database
@@ -115,12 +124,14 @@ def test_the_help_examples_run_as_written(db: Database, tmp_path: Path) -> None:
             "-U app", "-U postgres"
         )
         line = re.sub(r"-d shop\b", f"-d {db.name}", line)
-        line = line.replace("/backups", str(backups))
+        line = re.sub(r"(?<!:/)/backups", str(backups), line)  # not s3://backups
         nightly = sorted(backups.glob("backup_*")) if backups.exists() else []
         if nightly:
             line = line.replace("backup_20261124T021500Z", nightly[-1].name)
         return line
 
+    # The object store examples go to a real S3 server whose bucket is "backups".
+    env.update(s3.env())
     ran = 0
     for command in COMMANDS:
         for line in examples(command):
