@@ -202,7 +202,15 @@ class BackupPrefix:
         """Write the manifest (conditionally: never over another's): the backup is complete."""
         assert self._manifest is not None
         self._remove_scratch()
-        self.store.put_new(f"{self.name}/{MANIFEST_NAME}", self._manifest)
+        key = f"{self.name}/{MANIFEST_NAME}"
+        try:
+            self.store.put_new(key, self._manifest)
+        except OutputExists:
+            # A retried request whose first attempt was stored finds its own manifest:
+            # that is success. Anyone else's is not (the claim makes that all but
+            # impossible).
+            if b"".join(self.store.read(key)) != self._manifest:
+                raise
         return self.path
 
     def abandon(self, keep_partial: bool) -> str | None:
@@ -265,7 +273,7 @@ def prune_prefix(
     """``prune`` for a prefix in a store: keep the ``keep`` newest complete backups, remove
     older ones and abandoned dumps; leave everything else alone."""
     store = Store(url)
-    if any(o.key == MANIFEST_NAME for o in store.objects(MANIFEST_NAME)):
+    if store.exists(MANIFEST_NAME):
         raise UsageError(
             f"{url} is a backup, not a prefix of backups",
             hint="give the prefix it is in (dump's -o)",

@@ -746,7 +746,12 @@ def _open_store_output(url: StoreUrl, name: str | None) -> tuple[Store, str]:
 def _keep_newest(output: Path | StoreUrl, keep: int, emit: EventCallback) -> None:
     """``--keep``: prune the output (locally under the lock the dump holds)."""
     if isinstance(output, StoreUrl):
-        pruned = prune_prefix(output, keep=keep)
+        try:
+            pruned = prune_prefix(output, keep=keep)
+        except StoreFailed as exc:
+            # The backup is complete: retention failing must not make it look failed.
+            emit(Notice(f"warning: --keep {keep} could not prune {output}: {exc.message}"))
+            return
         for name in pruned.removed:
             emit(Notice(f"removed old backup {output}/{name} (--keep {keep})"))
         for name in pruned.abandoned:

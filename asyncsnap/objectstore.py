@@ -186,6 +186,18 @@ class Store:
         with self._translated("list", self.url.prefix):
             obstore.list(self._store, prefix=self.url.prefix or None, chunk_size=1).collect()
 
+    def exists(self, name: str) -> bool:
+        """Whether an object has the key ``name``. A GET, not a HEAD: a HEAD's 404 has no
+        body to say NoSuchKey, and SeaweedFS's was retried as if the store were down."""
+        try:
+            chunks = self.open_read(name)
+        except ObjectMissing:
+            return False
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+        return True
+
     def put(self, name: str, data: bytes) -> None:
         """Write a small object whole (replacing one of that key)."""
         import obstore

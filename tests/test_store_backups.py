@@ -5,6 +5,7 @@ goes away, wrong credentials, a missing bucket; encryption there."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
 from .s3server import ACCESS_KEY, ADMIN_KEY, ADMIN_SECRET, BUCKET, SECRET_KEY, S3Server, s3_server
 from .test_dump import SHOP
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 SHOP_COUNTS = {"customers": 50, "orders": 500, "order_lines": 1500, "audit.log": 20}
 
 
@@ -221,6 +223,24 @@ def test_retention_on_a_prefix(s3: S3Server, db: Database) -> None:
     run = run_cli("prune", prefix, "--keep", "1", "--dry-run", env=env)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[0] == f"would remove {prefix}/{made[1]}"
+    run = run_cli("prune", f"{prefix}/{made[2]}", "--keep", "1", env=env)
+    assert run.returncode == 2 and "is a backup, not a prefix of backups" in run.stderr
+
+
+def test_a_manifest_write_retried_after_it_landed_is_success(s3: S3Server) -> None:
+    """The manifest's conditional write, retried after a first attempt that was stored,
+    finds its own bytes there: complete, not a failure that would remove the backup. Other
+    bytes under that key are refused."""
+    store = Store(StoreUrl.parse(f"s3://{BUCKET}/commit"), environ=s3.env())
+    mine = BackupPrefix.create(store, "mine")
+    mine.write_small_file("manifest.json", b'{"a": 1}\n')
+    store.put("mine/manifest.json", b'{"a": 1}\n')  # what the first attempt left
+    assert mine.commit() == f"s3://{BUCKET}/commit/mine"
+    other = BackupPrefix.create(store, "other")
+    other.write_small_file("manifest.json", b'{"a": 1}\n')
+    store.put("other/manifest.json", b'{"b": 2}\n')
+    with pytest.raises(OutputExists):
+        other.commit()
 
 
 def test_an_encrypted_backup_in_a_store(
@@ -316,3 +336,66 @@ def test_no_secret_reaches_a_log_or_the_backup(s3: S3Server, db: Database, tmp_p
     for key in keys(s3, "secrets"):
         text += b"".join(store.read(key)).decode(errors="replace")
     assert SECRET_KEY not in text and ACCESS_KEY not in text
+
+
+def readme_bucket_cron() -> tuple[str, str]:
+    """The README's crontab for a bucket: its variable line and its command."""
+    blocks = [b.split("```", 1)[0] for b in README.read_text().split("```cron")[1:]]
+    (block,) = [b for b in blocks if "s3://" in b]
+    variable, line = [ln for ln in block.splitlines() if ln.strip() and not ln.startswith("#")]
+    return variable, line.split(None, 5)[5]
+
+
+def test_readme_bucket_crontab_keeps_encrypted_verified_backups(
+    s3: S3Server, db: Database, postgres: Postgres, tmp_path: Path
+) -> None:
+    """The README's crontab line for a bucket, run three nights with cron's environment
+    (its AWS_PROFILE, a profile file, no PG* or DATABASE_URL): the two newest backups
+    remain (--keep 2), each encrypted and verified, the summary says so, nothing is
+    mailed; restoring the newest with the key gives the database back."""
+    db.execute(SHOP)
+    variable, command = readme_bucket_cron()
+    assert variable == "AWS_PROFILE=nightly"
+    identity = x25519.Identity.generate()
+    (tmp_path / "key.txt").write_text(f"{identity}\n")
+    (tmp_path / "recipients.txt").write_text(f"# shop\n{identity.to_public()}\n")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / ".env").write_text(f"DATABASE_URL={db.dsn}\n")
+    (tmp_path / "credentials").write_text(
+        f"[nightly]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+    )
+    for old, new in {
+        "/srv/app": str(tmp_path / "app"),
+        "/usr/local/bin/asyncsnap": f"{shlex.quote(sys.executable)} -m asyncsnap",
+        "s3://acme-backups/shop": f"s3://{BUCKET}/cron",
+        "/etc/asyncsnap/recipients.txt": str(tmp_path / "recipients.txt"),
+        "/var/lib/asyncsnap/last-run.json": str(tmp_path / "last-run.json"),
+        "/var/log/asyncsnap.jsonl": str(tmp_path / "asyncsnap.jsonl"),
+        "mail -s backup ops@example.com": f"cat >> {tmp_path / 'mail'}",
+        "--keep 7": "--keep 2",
+    }.items():
+        assert old in command, f"the README's bucket crontab line no longer has {old!r}"
+        command = command.replace(old, new)
+    env = {k: v for k, v in clean_env().items() if k in ("PATH", "HOME", "LANG")}
+    env.update(
+        AWS_PROFILE="nightly",
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "credentials"),
+        AWS_CONFIG_FILE=str(tmp_path / "no-config"),
+        AWS_ENDPOINT_URL=s3.endpoint,
+        AWS_REGION="us-east-1",
+    )
+    for _ in range(3):
+        subprocess.run(["/bin/sh", "-c", command], env=env, check=True, timeout=120)
+    assert not (tmp_path / "mail").exists()
+    outcome = json.loads((tmp_path / "last-run.json").read_text())
+    assert outcome["ok"] and outcome["verified"] and outcome["path"].startswith("s3://")
+    names = sorted({k.split("/")[0] for k in keys(s3, "cron")})
+    assert len(names) == 2 and outcome["path"].endswith("/" + names[-1])
+    logged = [json.loads(line) for line in (tmp_path / "asyncsnap.jsonl").read_text().splitlines()]
+    assert any("removed old backup" in str(entry.get("message")) for entry in logged)
+    with fresh_database(postgres, "asyncsnap_s3_cron") as target:
+        run = run_cli(
+            "restore", outcome["path"], target.dsn, "-i", str(tmp_path / "key.txt"), env=cli_env(s3)
+        )
+        assert run.returncode == 0, run.stderr
+        assert counts(target) == SHOP_COUNTS
