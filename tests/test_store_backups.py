@@ -157,6 +157,19 @@ def test_sigkill_mid_upload_leaves_nothing_that_looks_complete(s3: S3Server, db:
     assert keys(s3, "killed") == []
 
 
+def test_sigterm_mid_upload_removes_everything_it_wrote(s3: S3Server, db: Database) -> None:
+    """An interrupted dump (SIGTERM, as systemd or a CI runner stops it) aborts its uploads
+    and removes what it wrote, the claim last: the name is free again."""
+    _big_table(db)
+    dump = _start_dump(db, f"s3://{BUCKET}/stopped", cli_env(s3))
+    _wait_for_claim(s3, "stopped", dump)
+    dump.send_signal(signal.SIGTERM)
+    stdout, stderr = dump.communicate(timeout=120)
+    assert dump.returncode == 143, stderr
+    assert stdout == "" and "error: interrupted by SIGTERM; nothing was kept" in stderr, stderr
+    assert keys(s3, "stopped") == []
+
+
 def test_a_store_that_goes_away_fails_the_dump_cleanly(db: Database, tmp_path: Path) -> None:
     """The store stops mid-dump: bounded retries, then exit 4 with one error line and one
     hint line, no path on stdout; once the store is back, no manifest is there."""
