@@ -865,6 +865,26 @@ def dump_command(
     typer.echo(str(result.path))
 
 
+# glibc's mallopt parameter for MALLOC_ARENA_MAX (malloc.h).
+_M_ARENA_MAX = -8
+
+
+def _limit_malloc_arenas() -> None:
+    """At most two malloc arenas, unless ``MALLOC_ARENA_MAX`` says otherwise. glibc gives
+    threads that allocate at once arenas of their own (up to eight per core), and the
+    converter, zstd, age and obstore threads each kept memory in theirs. Measured on 1 M
+    mixed rows, five alternating pairs of whole runs: peak RSS 67 -> 61 MiB to disk and
+    92 -> 86 MiB to S3, wall time 0.98 and 0.99 of before (within the runs' spread). Must
+    run before threads start; a no-op off glibc."""
+    import ctypes
+    import platform
+
+    if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
+
+
 def main() -> None:
     """Console-script entry point.
 
@@ -873,6 +893,7 @@ def main() -> None:
     instead of Click's usage block.
     """
     hide_password_from_process_title(sys.argv)
+    _limit_malloc_arenas()
     try:
         code = app(prog_name="asyncsnap", standalone_mode=False)
     except typer.Abort:  # Ctrl-C or end of input at a prompt (-W)

@@ -724,7 +724,7 @@ WHY = {
     "rss_s3": "obstore's runtime and HTTP client cost ~10 MiB before a byte is sent (a "
     "one-row dump: 57 against 47 MiB); the rest grows with the bytes uploaded (1 M mixed "
     "rows: 90 against 70 MiB) and did not change with 5 or 8 MiB parts, 1 or 2 in flight; "
-    "MALLOC_ARENA_MAX=2 took 9 MiB off both, at a cost in time not yet ruled out.",
+    "capping malloc at two arenas (0.7.0) took 6 MiB off (86 against 61 MiB).",
     "small": "per-table costs: a process start (~0.3 s of Python imports), a transaction, a "
     "snapshot import and an fsync per table; pg_dump pays one process and no JSON.",
 }
