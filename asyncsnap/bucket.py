@@ -24,9 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +37,7 @@ from .backup import ChunksReader
 from .errors import OutputExists, StoreFailed, UsageError, VerificationFailed
 from .manifest import DEFAULT_NAME, MANIFEST_NAME, Backup, Compression
 from .objectstore import ObjectMissing, Store, StoreSink, StoreUrl
-from .storage import DataFileWriter, validate_backup_name
+from .storage import DataFileWriter, PrivateScratch, validate_backup_name
 
 CLAIM_NAME = "claim.json"
 # A backup with a claim and no manifest this much older than now is a dump that died:
@@ -84,13 +82,19 @@ class StoreSource:
 def open_stored_backup(url: StoreUrl) -> Backup:
     """The backup at ``url`` (``s3://bucket/prefix/NAME``), its manifest checked."""
     store = Store(url)
-    where = f"{url}/{MANIFEST_NAME}"
     try:
-        raw = b"".join(store.open_read(MANIFEST_NAME))
+        body = _stored_manifest(store, MANIFEST_NAME)
     except ObjectMissing as exc:
         inside = sorted(b.name for b in list_backups(store) if b.complete)
         raise manifest.no_manifest(str(url), f"{url}/{inside[-1]}" if inside else None) from exc
-    return manifest.parse(str(url), manifest.load_bytes(raw, where), source=StoreSource(store))
+    return manifest.parse(str(url), body, source=StoreSource(store))
+
+
+def _stored_manifest(store: Store, key: str) -> dict[str, Any]:
+    """The manifest at ``key`` under the store's prefix, read and checked as
+    ``manifest.load`` checks a local one (``ObjectMissing`` if there is none)."""
+    raw = b"".join(store.open_read(key))
+    return manifest.load_bytes(raw, f"{store.url}/{key}")
 
 
 @dataclass
@@ -146,7 +150,7 @@ class BackupPrefix:
         self.recipients = recipients
         self.path = f"{store.url}/{name}"
         self._manifest: bytes | None = None
-        self._scratch: Path | None = None
+        self._scratch = PrivateScratch()
 
     @classmethod
     def check_free(cls, store: Store, name: str) -> None:
@@ -187,9 +191,7 @@ class BackupPrefix:
         self.store.put(f"{self.name}/{relpath}", content)
 
     def scratch_directory(self) -> Path:
-        if self._scratch is None:
-            self._scratch = Path(tempfile.mkdtemp(prefix="asyncsnap-schema-"))  # 0700
-        return self._scratch
+        return self._scratch.path()
 
     def written(self) -> Backup:
         """The backup as written so far, its manifest not yet in the store (for
@@ -201,7 +203,7 @@ class BackupPrefix:
     def commit(self) -> str:
         """Write the manifest (conditionally: never over another's): the backup is complete."""
         assert self._manifest is not None
-        self._remove_scratch()
+        self._scratch.remove()
         key = f"{self.name}/{MANIFEST_NAME}"
         try:
             self.store.put_new(key, self._manifest)
@@ -217,37 +219,24 @@ class BackupPrefix:
         """Remove every object under the name, the claim last; with ``keep_partial`` keep
         them (never a manifest: none was written) for inspection. Raises ``StoreFailed``
         when the store cannot be reached to clean up."""
-        self._remove_scratch()
+        self._scratch.remove()
         if keep_partial:
             return self.path
         remove_backup(self.store, self.name)
         return None
 
-    def _remove_scratch(self) -> None:
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None
 
-
-def remove_backup(store: Store, name: str) -> None:
+def remove_backup(store: Store, name: str, keys: list[str] | None = None) -> None:
     """Delete ``NAME/``: the manifest first (from then on it is not a complete backup),
-    the claim last (until then prune knows it as ours)."""
-    keys = [o.key for o in store.objects(name + "/")]
+    the claim last (until then prune knows it as ours). ``keys``: its objects, when a
+    listing of them is at hand."""
+    if keys is None:
+        keys = [o.key for o in store.objects(name + "/")]
     first = [k for k in keys if k == f"{name}/{MANIFEST_NAME}"]
     last = [k for k in keys if k == f"{name}/{CLAIM_NAME}"]
     store.delete(first)
     store.delete([k for k in keys if k not in first and k not in last])
     store.delete(last)
-
-
-def default_name_free(store: Store, base: str) -> str:
-    """``base``, or the first of ``base-2`` .. ``base-99`` with nothing under it."""
-    taken = {b.name for b in list_backups(store)}
-    for n in range(1, 100):
-        candidate = base if n == 1 else f"{base}-{n}"
-        if candidate not in taken:
-            return candidate
-    return base
 
 
 @dataclass(frozen=True)
@@ -283,7 +272,8 @@ def prune_prefix(
     abandoned: list[str] = []
     ignored: list[str] = []
     named: list[str] = []
-    for entry in list_backups(store):
+    listed = {entry.name: entry for entry in list_backups(store)}
+    for entry in listed.values():
         if not entry.complete:
             if entry.claimed is not None and moment - entry.claimed > abandoned_after:
                 abandoned.append(entry.name)
@@ -291,8 +281,7 @@ def prune_prefix(
                 ignored.append(entry.name)  # a dump running now, or not ours
             continue
         try:
-            raw = b"".join(store.open_read(f"{entry.name}/{MANIFEST_NAME}"))
-            body = manifest.load_bytes(raw, f"{url}/{entry.name}/{MANIFEST_NAME}")
+            body = _stored_manifest(store, f"{entry.name}/{MANIFEST_NAME}")
         except (VerificationFailed, ObjectMissing):
             ignored.append(entry.name)
             continue
@@ -308,5 +297,5 @@ def prune_prefix(
     removed = [name for _, name in complete[keep:]]
     if not dry_run:
         for name in removed + abandoned:
-            remove_backup(store, name)
+            remove_backup(store, name, listed[name].keys)
     return StorePrune(kept, removed, abandoned, ignored, named)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ import anyio.to_thread
 import asyncpg
 
 from . import __version__, manifest, schema
-from .bucket import BackupPrefix, default_name_free, prune_prefix
+from .bucket import BackupPrefix, list_backups
 from .catalog import (
     Catalog,
     Table,
@@ -155,10 +155,16 @@ def default_backup_name(output_dir: Path, now: datetime | None = None) -> str:
     """``backup_YYYYMMDDTHHMMSSZ`` in UTC; when a backup (or a dump's ``.partial``) of that
     second is already in ``output_dir``, the first free of ``-2`` .. ``-99`` after it, so
     that runs started in the same second do not collide (``manifest.DEFAULT_NAME``)."""
+    return _first_free_name(lambda candidate: BackupDirectory.is_free(output_dir, candidate), now)
+
+
+def _first_free_name(is_free: Callable[[str], bool], now: datetime | None = None) -> str:
+    """``backup_YYYYMMDDTHHMMSSZ`` for ``now``, or the first of ``-2`` .. ``-99`` after it
+    that ``is_free``."""
     base = (now or datetime.now(UTC)).strftime(DEFAULT_NAME_FORMAT)
     for n in range(1, 100):
         candidate = base if n == 1 else f"{base}-{n}"
-        if BackupDirectory.is_free(output_dir, candidate):
+        if is_free(candidate):
             return candidate
     return base  # 99 in one second: check_free names the collision
 
@@ -738,27 +744,24 @@ def _open_store_output(url: StoreUrl, name: str | None) -> tuple[Store, str]:
     store = Store(url)
     store.check_access()
     if name is None:
-        name = default_name_free(store, datetime.now(UTC).strftime(DEFAULT_NAME_FORMAT))
+        taken = {b.name for b in list_backups(store)}
+        name = _first_free_name(lambda candidate: candidate not in taken)
     BackupPrefix.check_free(store, name)
     return store, name
 
 
 def _keep_newest(output: Path | StoreUrl, keep: int, emit: EventCallback) -> None:
     """``--keep``: prune the output (locally under the lock the dump holds)."""
-    if isinstance(output, StoreUrl):
-        try:
-            pruned = prune_prefix(output, keep=keep)
-        except StoreFailed as exc:
-            # The backup is complete: retention failing must not make it look failed.
-            emit(Notice(f"warning: --keep {keep} could not prune {output}: {exc.message}"))
-            return
-        for name in pruned.removed:
-            emit(Notice(f"removed old backup {output}/{name} (--keep {keep})"))
-        for name in pruned.abandoned:
-            emit(Notice(f"removed abandoned dump {output}/{name} (no manifest, old claim)"))
+    try:
+        pruned = prune(str(output), keep=keep, locked=True)
+    except StoreFailed as exc:
+        # The backup is complete: retention failing must not make it look failed.
+        emit(Notice(f"warning: --keep {keep} could not prune {output}: {exc.message}"))
         return
-    for path in prune(output, keep=keep, locked=True).removed:
+    for path in pruned.removed:
         emit(Notice(f"removed old backup {path} (--keep {keep})"))
+    for path in pruned.abandoned:
+        emit(Notice(f"removed abandoned dump {path} (no manifest, old claim)"))
 
 
 def _abandon(backup: BackupTarget, keep_partial: bool, emit: EventCallback) -> None:

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -69,6 +68,7 @@ from .patterns import Selection
 from .plan import CyclePlan, TableKey, plan_cycles, refresh_order, restore_order
 from .rowcodec import BINARY_HEADER, BINARY_TRAILER, LoadShape
 from .session import Session, SessionPolicy
+from .storage import PrivateScratch
 from .text import count
 
 Mode = str  # "refuse" | "truncate" | "append"
@@ -330,12 +330,12 @@ def _needs_staging(backup: Backup) -> bool:
     return bool(backup.encryption) or backup.source.local_file(backup.schema.archive.path) is None
 
 
-def _staged_archive(backup: Backup, scratch: Path | None) -> Path | None:
+def _staged_archive(backup: Backup, scratch: PrivateScratch) -> Path | None:
     """The schema archive copied (and decrypted) into ``scratch`` (a 0700 temporary
     directory) for pg_restore; None when pg_restore can read it where it is."""
-    if scratch is None or backup.schema is None:
+    if backup.schema is None or not _needs_staging(backup):
         return None
-    target = scratch / "schema.pgdump"
+    target = scratch.path() / "schema.pgdump"
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     where = backup.schema.archive.path
     with backup.source.open(where) as source, os.fdopen(fd, "wb") as out:
@@ -488,11 +488,10 @@ async def restore(
     plan: RestorePlan | None = None
     kind = "existing"
     # A schema archive that is encrypted or in a store is copied here for pg_restore (which
-    # seeks in it) and removed after; created inside the try, so no failure leaks it.
-    scratch: Path | None = None
+    # seeks in it) and removed after; made on first use inside the try, so no failure
+    # leaks it.
+    scratch = PrivateScratch()
     try:
-        if _needs_staging(backup):
-            scratch = Path(tempfile.mkdtemp(prefix="asyncsnap-schema-"))
         chosen_keys = {
             t.key for t in selection.apply([_as_catalog_table(t) for t in backup.tables])
         }
@@ -630,8 +629,7 @@ async def restore(
     finally:
         if not conn.is_closed():
             conn.terminate()
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        scratch.remove()
     result = RestoreResult(
         plan=plan,
         lines=lines,

@@ -320,6 +320,25 @@ def write_file_atomic(root: Path, relpath: str, content: bytes) -> None:
         raise _output_error(exc, final) from exc
 
 
+class PrivateScratch:
+    """A private (0700) temporary directory, made on first use and removed by ``remove``:
+    where pg_dump's archive is written before it is encrypted or stored, and where restore
+    stages an archive pg_restore cannot read in place."""
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+
+    def path(self) -> Path:
+        if self._path is None:
+            self._path = Path(tempfile.mkdtemp(prefix="asyncsnap-schema-"))
+        return self._path
+
+    def remove(self) -> None:
+        if self._path is not None:
+            shutil.rmtree(self._path, ignore_errors=True)
+            self._path = None
+
+
 class BackupTarget(Protocol):
     """A backup being written: a local directory (``BackupDirectory``) or a prefix in an
     object store (``bucket.BackupPrefix``). The dump writes data files, the schema files
@@ -357,7 +376,7 @@ class BackupDirectory:
         self.recipients = recipients  # age recipients: every file is encrypted to them
         self.final_path = parent / name
         self.path = parent / (name + PARTIAL_SUFFIX)
-        self._scratch: Path | None = None  # a private directory outside, when encrypting
+        self._scratch = PrivateScratch()  # used when encrypting: outside the backup
 
     @classmethod
     def is_free(cls, parent: Path, name: str) -> bool:
@@ -426,7 +445,7 @@ class BackupDirectory:
 
     def commit(self) -> Path:
         """Make the backup visible under its final name; durable once this returns."""
-        self._remove_scratch()
+        self._scratch.remove()
         try:
             fsync_dir(self.path / DATA_DIR)
             fsync_dir(self.path)
@@ -455,19 +474,10 @@ class BackupDirectory:
         directory outside it, so that pg_dump's plaintext never sits in the backup."""
         directory = self.path / SCHEMA_DIR
         directory.mkdir(mode=0o700, exist_ok=True)  # where the schema files go
-        if self.recipients:
-            if self._scratch is None:
-                self._scratch = Path(tempfile.mkdtemp(prefix="asyncsnap-schema-"))
-            return self._scratch
-        return directory
-
-    def _remove_scratch(self) -> None:
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None
+        return self._scratch.path() if self.recipients else directory
 
     def abandon(self, keep_partial: bool) -> str | None:
-        self._remove_scratch()
+        self._scratch.remove()
         if not keep_partial:
             self.remove()
             return None
