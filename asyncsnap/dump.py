@@ -812,6 +812,7 @@ def _manifest_body(
             sha256=f.sha256,
             longest_line=f.longest_line or None,
             pages=pages,
+            fingerprint=f.fingerprint,
         )
 
     tables = []

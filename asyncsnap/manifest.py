@@ -23,6 +23,7 @@ import orjson
 
 from .catalog import SchemaQualified
 from .errors import VerificationFailed
+from .fingerprint import combine
 
 FORMAT_NAME = "asyncsnap"
 # The version this asyncsnap writes; it reads every version from 1 up to it.
@@ -167,6 +168,7 @@ def checked_render_settings(settings: Mapping[str, str], *, source: str) -> dict
 
 _MAX_COUNT = 2**63 - 1
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 _ENCODINGS = ("json", "text", "array")
 _KINDS = ("table", "partitioned", "partition")
 _GENERATED = ("stored", "virtual")
@@ -218,6 +220,8 @@ class BackupFile:
     longest_line: int | None = None  # set when a row was longer than MAX_LINE_BYTES allows
     # [first, end) heap pages of a split table's file, end None for the last; None: whole
     pages: tuple[int, int | None] | None = None
+    # the rows' fingerprint (``asyncsnap.fingerprint``); None in backups before 0.8.0
+    fingerprint: str | None = None
 
     @property
     def line_limit(self) -> int:
@@ -233,6 +237,7 @@ class BackupFile:
             "sha256": self.sha256,
             "pages": list(self.pages) if self.pages is not None else None,
             "longest_line": self.longest_line or None,
+            "fingerprint": self.fingerprint,
         }
 
 
@@ -301,6 +306,13 @@ class BackupTable(SchemaQualified):
     @property
     def has_data(self) -> bool:
         return self.kind != "partitioned"
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The fingerprint of all the table's rows, if the dump recorded its files'."""
+        if any(f.fingerprint is None for f in self.files):
+            return None
+        return combine(f.fingerprint for f in self.files if f.fingerprint is not None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -570,6 +582,9 @@ def parse(root: Path | str, body: dict[str, Any], source: Any = None) -> Backup:
             digest = c.string(f.get("sha256"), f"{fw}.sha256")
             if not _HEX64.fullmatch(digest):
                 raise c.fail(f"{fw}.sha256", "is not a SHA-256 hex digest")
+            fingerprint = c.string(f.get("fingerprint"), f"{fw}.fingerprint", allow_none=True)
+            if fingerprint is not None and not _HEX32.fullmatch(fingerprint):
+                raise c.fail(f"{fw}.fingerprint", "is not 32 lowercase hex digits")
             files.append(
                 BackupFile(
                     path=relpath,
@@ -581,6 +596,7 @@ def parse(root: Path | str, body: dict[str, Any], source: Any = None) -> Backup:
                     if f.get("longest_line") is None
                     else c.count(f.get("longest_line"), f"{fw}.longest_line"),
                     pages=pages(f.get("pages"), f"{fw}.pages"),
+                    fingerprint=fingerprint,
                 )
             )
         return tuple(files)

@@ -32,6 +32,7 @@ from .errors import (
     OutputNotWritable,
     UsageError,
 )
+from .fingerprint import RowFingerprint
 from .manifest import (
     DATA_DIR,
     EXTENSIONS,
@@ -122,6 +123,7 @@ class StoredFile:
     objects: int = 0  # large-object file only: objects in it
     object_bytes: int = 0  # large-object file only: their bytes
     longest_line: int = 0  # the longest line written column by column (``bigrows``), if any
+    fingerprint: str | None = None  # of the lines written (``asyncsnap.fingerprint``)
 
 
 class Sink(Protocol):
@@ -215,6 +217,7 @@ class DataFileWriter:
         self.rows = 0
         self.raw_bytes = 0
         self.last_byte = b"\n"
+        self.fingerprint = RowFingerprint()
 
     @property
     def stored_bytes(self) -> int:
@@ -239,6 +242,7 @@ class DataFileWriter:
         self.raw_bytes += len(data)
         if data:
             self.last_byte = data[-1:]
+        self.fingerprint.update(data)
         self._stage(self._compressor.compress(data))
 
     def _stage(self, out: bytes) -> None:
@@ -277,6 +281,7 @@ class DataFileWriter:
             bytes=self.raw_bytes,
             stored_bytes=self._stored.size,
             sha256=self._stored.hash.hexdigest(),
+            fingerprint=self.fingerprint.hexdigest(),
         )
 
     def discard(self) -> None:

@@ -1,0 +1,75 @@
+"""Row fingerprints (asyncsnap.fingerprint): the native sum against the definition in
+docs/format.md, however the lines arrive. No server needed."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from asyncsnap.fingerprint import EMPTY, RowFingerprint, combine, of_lines
+
+LINES = [
+    b'{"id":1,"name":"a"}',
+    b"{}",
+    b'{"id":2,"name":"\\u00e9\\n"}',
+    b'{"id":3,"blob":"' + b"x" * 5000 + b'"}',
+    b'{"id":1,"name":"a"}',  # a duplicate row counts twice
+]
+
+
+def reference(lines: list[bytes]) -> str:
+    """docs/format.md's definition, written out independently of the module."""
+    total = 0
+    for line in lines:
+        total += int.from_bytes(hashlib.sha256(line).digest()[:16], "big")
+    return format(total % 2**128, "032x")
+
+
+def fed(data: bytes, cuts: list[int]) -> RowFingerprint:
+    fingerprint = RowFingerprint()
+    start = 0
+    for cut in [*sorted(cuts), len(data)]:
+        fingerprint.update(data[start:cut])
+        start = cut
+    return fingerprint
+
+
+def test_native_sum_equals_the_documented_definition() -> None:
+    fingerprint = RowFingerprint()
+    fingerprint.update(b"".join(line + b"\n" for line in LINES))
+    assert fingerprint.rows == len(LINES)
+    assert fingerprint.hexdigest() == reference(LINES) == of_lines(LINES)
+
+
+def test_lines_cut_anywhere_give_the_same_fingerprint() -> None:
+    data = b"".join(line + b"\n" for line in LINES)
+    rng = random.Random(7)
+    for _ in range(200):
+        cuts = rng.sample(range(1, len(data)), rng.randint(1, 12))
+        fingerprint = fed(data, cuts)
+        assert fingerprint.complete
+        assert (fingerprint.rows, fingerprint.hexdigest()) == (len(LINES), reference(LINES))
+    # a line that arrives one byte at a time (a row written column by column)
+    assert fed(data, list(range(1, len(data)))).hexdigest() == reference(LINES)
+
+
+def test_order_does_not_matter_and_split_files_combine() -> None:
+    shuffled = LINES[:]
+    random.Random(3).shuffle(shuffled)
+    assert of_lines(shuffled) == of_lines(LINES)
+    assert combine([of_lines(LINES[:2]), of_lines(LINES[2:]), EMPTY]) == of_lines(LINES)
+
+
+def test_one_changed_missing_or_extra_row_changes_it() -> None:
+    base = of_lines(LINES)
+    assert of_lines([*LINES[:-1], b'{"id":1,"name":"b"}']) != base
+    assert of_lines(LINES[:-1]) != base
+    assert of_lines([*LINES, b"{}"]) != base
+
+
+def test_an_unended_line_is_not_counted() -> None:
+    fingerprint = RowFingerprint()
+    fingerprint.update(b'{"a":1}\n{"a":')
+    assert fingerprint.rows == 1 and not fingerprint.complete
+    assert fingerprint.hexdigest() == reference([b'{"a":1}'])
+    assert RowFingerprint().hexdigest() == EMPTY
