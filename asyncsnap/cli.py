@@ -30,6 +30,8 @@ from rich.console import Console
 
 from . import __version__
 from .backup import open_backup
+from .compare import CompareResult, compare, describe_differences, summary_line
+from .compare import as_json as comparison_json
 from .connection import ConnectionSpec, resolve
 from .dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
 from .encryption import load_identities
@@ -37,6 +39,7 @@ from .errors import (
     AsyncsnapError,
     ExitCode,
     Interrupted,
+    NotEqual,
     OutputError,
     UsageError,
     most_telling,
@@ -1070,6 +1073,14 @@ def restore_command(
             "its errors show).",
         ),
     ] = False,
+    compare_after: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Then compare the restored tables with the backup (as asyncsnap compare); "
+            "exit 7 if they differ.",
+        ),
+    ] = False,
     identity: IdentityOption = None,
     endpoint_url: EndpointOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
@@ -1091,8 +1102,10 @@ def restore_command(
       asyncsnap restore /backups/before-migration-42 -h db.internal -U app -d shop --clean
       # After a benchmark run: the rows of the order tables back as they were
       asyncsnap restore /backups/bench-before -d shop -t 'public.order*' --data-only --truncate
-      # Test last night's backup: a new database named as the source, on another server
-      asyncsnap restore /backups/backup_20261124T021500Z -h db.internal -U app -d postgres --create
+      # Test last night's backup: a new database named as the source, on another server,
+      # then prove it holds exactly the backup's rows
+      asyncsnap restore /backups/backup_20261124T021500Z -h db.internal -U app -d postgres \
+          --create --compare
     """
     json_log = JsonLog(sys.stderr) if log_format == "json" else None
     outcome = _summary_base("restore", backup=str(backup_dir), dry_run=dry_run)
@@ -1143,6 +1156,7 @@ def restore_command(
             data_only=data_only,
             dry_run=dry_run,
             identities=identities,
+            compare=compare_after,
             on_event=on_event,
         )
 
@@ -1156,6 +1170,21 @@ def restore_command(
     except BaseException as exc:
         raise _handle(
             exc,
+            dsn=connection,
+            debug=debug,
+            json_log=json_log,
+            summary=(summary_json, outcome),
+        ) from None
+    comparison = result.comparison
+    differences = describe_differences(comparison) if comparison is not None else []
+    if differences:
+        not_equal = NotEqual(
+            f"restored, but the database does not hold exactly the backup's rows: {differences[0]}",
+            hint=f"{count(len(differences), 'difference')}; `asyncsnap compare "
+            f"{backup_dir} ...` lists them all",
+        )
+        raise _handle(
+            not_equal,
             dsn=connection,
             debug=debug,
             json_log=json_log,
@@ -1193,6 +1222,83 @@ def restore_command(
             f"restored {count(len(result.tables), 'table')}, {count(result.rows, 'row')}, "
             f"{count(result.sequences, 'sequence')}{extra} in {result.seconds:.2f}s"
         )
+        if comparison is not None:
+            typer.echo(summary_line(comparison))
+
+
+@app.command("compare", short_help="Whether a database holds exactly a backup's rows.")
+def compare_command(
+    backup_dir: BackupArgument,
+    dsn: DsnArgument = None,
+    dbname: DbnameOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    username: UserOption = None,
+    no_password: NoPasswordOption = False,
+    ask_password: PasswordPromptOption = False,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, metavar="N", help="Connections reading.")
+    ] = 2,
+    identity: IdentityOption = None,
+    endpoint_url: EndpointOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the comparison as JSON (exit codes the same).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only differences.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    """Compare a backup with a live database: per table the row count and a fingerprint
+    of the rows (docs/format.md, "Row fingerprints"), read in one snapshot; sequences'
+    values; the large objects. Tables the backup does not hold are not looked at.
+
+    Exit 0 when the database holds exactly the backup's rows; 7, with one error line per
+    difference (table, counts), when it does not; other codes as for dump.
+
+    \b
+    Examples:
+      # Is the restored copy exact?
+      asyncsnap compare /backups/before-migration-42 -h db.internal -U app -d shop_copy
+      # Did anything change since last night's backup?
+      asyncsnap compare /backups/backup_20261124T021500Z shop --json | jq '.differences'
+    """
+    try:
+        _use_endpoint(endpoint_url)
+        identities = load_identities(identity) if identity else []
+        connection = connection_spec(
+            dsn,
+            dbname,
+            host=host,
+            port=port,
+            user=username,
+            no_password=no_password,
+            ask_password=ask_password,
+        )
+    except AsyncsnapError as exc:
+        raise _handle(exc, dsn=dsn, debug=debug) from None
+
+    async def work() -> CompareResult:
+        return await compare(backup_dir, connection, jobs=jobs, identities=identities)
+
+    try:
+        result = _run_rendered(work, None, left="nothing was changed", debug=debug)
+    except BaseException as exc:
+        raise _handle(exc, dsn=connection, debug=debug) from None
+    differences = describe_differences(result)
+    if as_json:
+        typer.echo(orjson.dumps(comparison_json(result), option=orjson.OPT_INDENT_2).decode())
+    elif differences:
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        for line in differences:
+            err.print(f"error: {one_line(line)}", markup=False)
+        err.print(
+            f"hint: {count(len(differences), 'difference')}: the database does not hold "
+            "exactly the backup's rows",
+            markup=False,
+        )
+    elif not quiet:
+        typer.echo(summary_line(result))
+    if differences:
+        raise typer.Exit(ExitCode.DIFFERENT)
 
 
 @app.command("verify", short_help="Check a backup completely, offline.")

@@ -49,7 +49,7 @@ from .plan import Chunk
 from .rowcodec import DumpShape, LineSplitter, copy_query
 from .session import CONNECTION_LOST, RELEASE_ERRORS
 from .snapshot import snapshot_lost, snapshot_transaction
-from .storage import BackupTarget, DataFileWriter, StoredFile
+from .storage import DataFileWriter, DataTarget, StoredFile
 
 # A chunk whose connection dies (backend terminated, network reset) is copied again on a
 # fresh connection that imports the same snapshot, at most this many times in all.
@@ -79,7 +79,7 @@ class CopyContext:
 
     snapshot_id: str
     types: dict[int, TypeInfo]
-    backup: BackupTarget
+    backup: DataTarget
     compression: Compression
     emit: EventCallback
 

@@ -83,6 +83,8 @@ from .manifest import (
 from .objectstore import Store, StoreUrl
 from .patterns import Selection
 from .plan import (
+    DEFAULT_SPLIT_LARGER_THAN,
+    TID_RANGE_SCAN_VERSION,
     Chunk,
     RestoreOrder,
     chunk_count,
@@ -105,11 +107,6 @@ from .text import count
 from .verify import verify_backup
 
 DEFAULT_LOCK_TIMEOUT = 30.0
-# One stream renders JSON at roughly 100-150 MB/s of table (measured at design time, 0.1):
-# above this a table
-# is worth several backends.
-DEFAULT_SPLIT_LARGER_THAN = 64 * 1024 * 1024
-TID_RANGE_SCAN_VERSION = 140000
 # A table whose definition or storage changed between the snapshot and its lock (a
 # migration that held the table when the dump started) makes the dump start over on a
 # new snapshot, at most this many snapshots in all.

@@ -21,6 +21,7 @@ class ExitCode:
     OUTPUT = 4  # output directory not writable, name taken, disk full
     VERIFY = 5  # a backup failed verification (verify, restore)
     LOCKED = 6  # another asyncsnap run holds the output directory's lock
+    DIFFERENT = 7  # compare (restore --compare): the database does not hold the backup's rows
     INTERNAL = 70  # a bug: an unexpected exception (EX_SOFTWARE)
     SIGINT = 130  # interrupted by SIGINT (Ctrl-C)
     SIGTERM = 143  # interrupted by SIGTERM
@@ -42,6 +43,13 @@ class AsyncsnapError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class NotEqual(AsyncsnapError):
+    """Raised by the CLI's ``compare`` and by ``restore --compare`` when the database does
+    not hold exactly the backup's rows (``asyncsnap.compare.CompareResult.equal`` false)."""
+
+    exit_code = ExitCode.DIFFERENT
 
 
 class UsageError(AsyncsnapError):

@@ -41,6 +41,8 @@ from .catalog import (
     sql_name,
     view_dependencies,
 )
+from .compare import CompareResult
+from .compare import compare as compare_backup
 from .connection import ConnectionSpec, resolve
 from .encryption import decrypted
 from .errors import (
@@ -258,6 +260,8 @@ class RestoreResult:
     refreshed: int = 0  # materialized views
     seconds: float = 0.0
     dry_run: bool = False
+    # compare=True: the restored tables against the backup (``asyncsnap.compare``)
+    comparison: CompareResult | None = None
 
 
 def plan_loads(
@@ -382,6 +386,7 @@ async def restore(
     data_only: bool = False,
     dry_run: bool = False,
     identities: Sequence[Any] = (),
+    compare: bool = False,
     on_event: EventCallback | None = None,
 ) -> RestoreResult:
     """Restore a backup into the database ``dsn`` points at: the whole of it (schema and
@@ -412,6 +417,9 @@ async def restore(
     :param schema_only, data_only: only the schema, or only the rows.
     :param dry_run: plan and report, change nothing; a whole restore's schema is run and
         rolled back, so its errors show.
+    :param compare: after the restore, compare the restored tables with the backup
+        (``asyncsnap.compare``; the result is ``comparison``: the caller decides what a
+        difference means).
 
     Example::
 
@@ -422,6 +430,12 @@ async def restore(
         raise UsageError(f"-j must be at least 1, not {jobs!r}", hint="try -j 2")
     if mode not in ("refuse", "truncate", "append"):
         raise UsageError(f"unknown mode {mode!r}", hint="use refuse, truncate or append")
+    if compare and (schema_only or dry_run):
+        flag = "--schema-only" if schema_only else "--dry-run"
+        raise UsageError(
+            f"--compare compares the rows a restore loaded; {flag} loads none",
+            hint="drop one of the two",
+        )
     started = time.monotonic()
     emit: EventCallback = on_event or (lambda event: None)
     selection = Selection.from_strings(
@@ -642,6 +656,18 @@ async def restore(
         kind=kind,
         database=created,
     )
+    if compare and plan is not None:
+        emit(Notice("comparing the restored tables with the backup"))
+        result = replace(
+            result,
+            comparison=await compare_backup(
+                backup,
+                session.params,
+                jobs=jobs,
+                only=None if _restored_all(backup, plan) else {ld.source.key for ld in plan.loads},
+                on_event=emit,
+            ),
+        )
     emit(
         RestoreFinished(
             tables=len(result.tables),
@@ -651,6 +677,13 @@ async def restore(
         )
     )
     return result
+
+
+def _restored_all(backup: Backup, plan: RestorePlan) -> bool:
+    """Whether the plan loaded every table of the backup and its large objects."""
+    loaded = {ld.source.key for ld in plan.loads}
+    tables = all(t.key in loaded for t in backup.tables if t.has_data)
+    return tables and (backup.large_objects is None or plan.large_objects > 0)
 
 
 def _committed(

@@ -291,6 +291,48 @@ class DataFileWriter:
         self.sink.discard()
 
 
+class _NoSink:
+    """A sink that keeps nothing (``CountingWriter``)."""
+
+    where = "(nowhere)"
+
+    def write(self, block: bytes) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+
+class CountingWriter(DataFileWriter):
+    """Counts and fingerprints lines and keeps nothing: what ``compare`` makes of a live
+    table's rows, encoded exactly as a dump writes them."""
+
+    def __init__(self, relpath: str) -> None:
+        super().__init__(None, relpath, "none", sink=_NoSink())
+
+    def _stage(self, out: bytes) -> None:
+        pass  # neither stored nor hashed as stored
+
+    def finish(self) -> StoredFile:
+        return StoredFile(
+            path=self.relpath,
+            rows=self.rows,
+            bytes=self.raw_bytes,
+            stored_bytes=0,
+            sha256="",
+            fingerprint=self.fingerprint.hexdigest(),
+        )
+
+
+class DataTarget(Protocol):
+    """Where the copy's data files go: a backup, or ``compare``'s counting."""
+
+    def data_writer(self, stem: str, compression: Compression) -> DataFileWriter: ...
+
+
 class _Hashing:
     """The last stage before the sink: the stored bytes' sha256 and size."""
 
