@@ -15,6 +15,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
+from .compare import CompareResult, compare
 from .connection import ConnectionSpec
 from .dump import DumpResult, TableResult, dump
 from .errors import AsyncsnapError, ExitCode
@@ -23,6 +24,7 @@ from .verify import VerifyResult, verify
 
 __all__ = [
     "AsyncsnapError",
+    "CompareResult",
     "ConnectionSpec",
     "DumpResult",
     "ExitCode",
@@ -30,6 +32,7 @@ __all__ = [
     "TableResult",
     "VerifyResult",
     "__version__",
+    "compare",
     "dump",
     "restore",
     "verify",

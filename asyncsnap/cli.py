@@ -1104,9 +1104,8 @@ def restore_command(
       asyncsnap restore /backups/bench-before -d shop -t 'public.order*' --data-only --truncate
       # Test last night's backup: a new database named as the source, on another server,
       # then prove it holds exactly the backup's rows
-      asyncsnap restore /backups/backup_20261124T021500Z -h db.internal -U app -d postgres \
-          --create --compare
-    """
+      asyncsnap restore /backups/backup_20261124T021500Z -h db.internal -U app -d postgres --create --compare
+    """  # noqa: E501 (an example is one line: the help test runs it as written)
     json_log = JsonLog(sys.stderr) if log_format == "json" else None
     outcome = _summary_base("restore", backup=str(backup_dir), dry_run=dry_run)
     try:
@@ -1256,10 +1255,10 @@ def compare_command(
 
     \b
     Examples:
-      # Is the restored copy exact?
-      asyncsnap compare /backups/before-migration-42 -h db.internal -U app -d shop_copy
-      # Did anything change since last night's backup?
-      asyncsnap compare /backups/backup_20261124T021500Z shop --json | jq '.differences'
+      # Is the restored database exact? (exit 7, one line per difference, if not)
+      asyncsnap compare /backups/backup_20261124T021500Z -h db.internal -U app -d shop
+      # What differs from the backup, for a script
+      asyncsnap compare /backups/before-migration-42 -d shop --json | jq '.differences'
     """
     try:
         _use_endpoint(endpoint_url)

@@ -1,0 +1,187 @@
+"""compare BACKUP DSN and restore --compare: whether a database holds exactly a backup's
+rows (row counts and fingerprints, docs/format.md "Row fingerprints")."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asyncsnap import manifest
+from asyncsnap.compare import CompareResult, compare
+from asyncsnap.errors import ExitCode
+from asyncsnap.fingerprint import of_lines
+
+from .conftest import Database, Postgres, fresh_database, run_cli
+from .helpers import decompress, flip_bit_mid_file, manifest_of
+from .test_dump import run_dump
+from .test_restore import FIDELITY, XML_FIDELITY, has_xml
+
+
+@pytest.fixture
+def target(postgres: Postgres) -> Iterator[Database]:
+    with fresh_database(postgres, "asyncsnap_compare") as database:
+        yield database
+
+
+def run_compare(backup: Path, db: Database, **kwargs: object) -> CompareResult:
+    async def go() -> CompareResult:
+        return await compare(backup, db.dsn, **kwargs)  # type: ignore[arg-type]
+
+    return anyio.run(go, backend="asyncio")
+
+
+@pytest.mark.versions
+def test_restore_compare_proves_every_type_exact_then_compare_names_each_difference(
+    db: Database, target: Database, tmp_path: Path
+) -> None:
+    """The fidelity tables restored into an empty database compare equal (exit 0); then
+    one changed, one extra and one missing row, and a sequence moved on, are each named
+    with their counts (exit 7)."""
+    db.execute(FIDELITY + (XML_FIDELITY if has_xml(db) else ""))
+    backup = Path(run_dump(db, tmp_path, jobs=2).path)
+
+    restored = run_cli("restore", str(backup), target.dsn, "--compare")
+    assert restored.returncode == 0, restored.stderr
+    last = restored.stdout.splitlines()[-1]
+    assert last.startswith("equal: the database holds exactly the backup's rows")
+    same = run_cli("compare", str(backup), target.dsn)
+    assert (same.returncode, same.stderr) == (0, ""), same.stderr
+
+    target.execute("UPDATE texts SET t = 'NULL ' WHERE id = 3")  # one byte more
+    target.execute("INSERT INTO numbers (id) VALUES (9)")
+    target.execute("DELETE FROM times WHERE id = 5")
+    target.execute("SELECT nextval(pg_get_serial_sequence('generated_and_identity', 'id'))")
+    run = run_cli("compare", str(backup), target.dsn)
+    assert run.returncode == ExitCode.DIFFERENT == 7
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert sorted(errors) == sorted(
+        [
+            "error: public.numbers: 9 rows in the database, 8 in the backup",
+            "error: public.times: 4 rows in the database, 5 in the backup",
+            next(e for e in errors if e.startswith("error: public.texts: the same number of")),
+            next(e for e in errors if e.startswith("error: sequence public.generated_and_id")),
+        ]
+    )
+    assert "public.texts: the same number of rows (7) but not the same rows" in run.stderr
+    assert run.stderr.splitlines()[-1] == (
+        "hint: 4 differences: the database does not hold exactly the backup's rows"
+    )
+
+    as_json = run_cli("compare", str(backup), target.dsn, "--json")
+    assert as_json.returncode == 7
+    found = json.loads(as_json.stdout)
+    assert found["equal"] is False and found["fingerprints_from"] == "manifest"
+    status = {t["name"]: t["status"] for t in found["tables"]}
+    assert status.pop("numbers") == status.pop("times") == status.pop("texts") == "different"
+    assert set(status.values()) == {"equal"}
+    assert [s["equal"] for s in found["sequences"]].count(False) == 1
+
+
+def test_fingerprints_do_not_depend_on_split_or_physical_order(
+    db: Database, tmp_path: Path
+) -> None:
+    """A table dumped in many page ranges compares equal with itself rewritten in another
+    physical order; each file's recorded fingerprint is the documented sum of its lines."""
+    db.execute(
+        "CREATE TABLE events (id int, payload text);"
+        "INSERT INTO events SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 20000) g;"
+        "CREATE TABLE dup (v int);"  # no key, duplicate rows
+        "INSERT INTO dup SELECT 1 FROM generate_series(1, 3);"
+    )
+    result = run_dump(db, tmp_path, split_larger_than=256 << 10, jobs=2)
+    backup = Path(result.path)
+    entry = next(t for t in manifest_of(backup)["tables"] if t["name"] == "events")
+    assert len(entry["files"]) > 2
+    for f in entry["files"]:
+        lines = decompress(backup / f["path"]).split(b"\n")[:-1]
+        assert f["fingerprint"] == of_lines(lines)
+
+    # Reversed physical order, and a different split (one stream) on the database's side.
+    db.execute(
+        "CREATE TABLE events2 AS SELECT * FROM events ORDER BY id DESC;"
+        "DROP TABLE events; ALTER TABLE events2 RENAME TO events;"
+    )
+    assert db.fetchval("SELECT id FROM events LIMIT 1") == 20000
+    compared = run_compare(backup, db, split_larger_than=None)
+    assert compared.equal, compared.differences
+    assert [t.database_rows for t in compared.tables] == [3, 20000]
+
+    db.execute("DELETE FROM dup WHERE ctid = (SELECT min(ctid) FROM dup)")
+    db.execute("INSERT INTO dup VALUES (1), (1)")  # 4 copies of one row: not 3
+    changed = run_compare(backup, db)
+    assert [(t.name, t.backup_rows, t.database_rows) for t in changed.differences] == [
+        ("dup", 3, 4)
+    ]
+
+
+def test_compare_names_missing_tables_and_changed_columns(db: Database, tmp_path: Path) -> None:
+    db.execute(
+        "CREATE TABLE a (id int, v text); INSERT INTO a VALUES (1, 'x');"
+        "CREATE TABLE b (id int, v text); INSERT INTO b VALUES (1, 'x');"
+        "CREATE TABLE c (id int, v text);"
+    )
+    backup = Path(run_dump(db, tmp_path).path)
+    db.execute(
+        "DROP TABLE a; ALTER TABLE b ALTER COLUMN id TYPE bigint;ALTER TABLE c ADD COLUMN w int"
+    )
+    run = run_cli("compare", str(backup), db.dsn)
+    assert run.returncode == 7
+    assert run.stderr.splitlines() == [
+        "error: public.a: not in the database (1 row in the backup)",
+        "error: public.b: columns differ from the backup's: id is bigint, was integer",
+        "error: public.c: columns differ from the backup's: extra column w",
+        "hint: 3 differences: the database does not hold exactly the backup's rows",
+    ]
+
+
+def test_backup_without_fingerprints_is_compared_from_its_checked_files(
+    db: Database, tmp_path: Path
+) -> None:
+    """A manifest without fingerprints (asyncsnap before 0.8.0): compare reads the files,
+    checking them as verify does; a damaged file fails it (exit 5), not a wrong answer."""
+    db.execute(
+        "CREATE TABLE t (id int, v text);INSERT INTO t SELECT g, 'v' FROM generate_series(1, 500) g"
+    )
+    backup = Path(run_dump(db, tmp_path).path)
+    body = manifest_of(backup)
+    for table in body["tables"]:
+        for f in table["files"]:
+            del f["fingerprint"]
+    del body["manifest_sha256"]
+    body["manifest_sha256"] = manifest.checksum(body)
+    (backup / "manifest.json").write_bytes(manifest.serialize(body))
+
+    compared = run_compare(backup, db)
+    assert compared.equal and compared.fingerprints_from == "files"
+    db.execute("UPDATE t SET v = 'w' WHERE id = 250")
+    assert [t.name for t in run_compare(backup, db).differences] == ["t"]
+
+    flip_bit_mid_file(backup / body["tables"][0]["files"][0]["path"])
+    run = run_cli("compare", str(backup), db.dsn)
+    assert run.returncode == ExitCode.VERIFY, run.stderr
+    assert "does not match its SHA-256" in run.stderr or "cannot be decompressed" in run.stderr
+
+
+def test_restore_compare_of_some_tables_finds_rows_that_were_there_before(
+    db: Database, target: Database, tmp_path: Path
+) -> None:
+    """restore -t ... --append --compare compares the tables it loaded (not the others)
+    and fails with exit 7 when the result is not the backup's rows."""
+    schema = "CREATE TABLE kept (id int PRIMARY KEY); CREATE TABLE other (id int);"
+    db.execute(
+        schema + "INSERT INTO kept SELECT generate_series(1, 10); INSERT INTO other VALUES (1)"
+    )
+    backup = Path(run_dump(db, tmp_path).path)
+    target.execute(schema + "INSERT INTO kept VALUES (100)")
+    run = run_cli("restore", str(backup), target.dsn, "-t", "public.kept", "--append", "--compare")
+    assert run.returncode == 7, run.stderr
+    assert run.stderr.splitlines()[-2:] == [
+        "error: restored, but the database does not hold exactly the backup's rows: "
+        "public.kept: 11 rows in the database, 10 in the backup",
+        f"hint: 1 difference; `asyncsnap compare {backup} ...` lists them all",
+    ]
+    assert target.fetchval("SELECT count(*) FROM kept") == 11  # the restore itself stands
