@@ -1,0 +1,620 @@
+"""What changed between two backups: ``asyncsnap diff A B``.
+
+Per table: rows added, removed and changed (paired by primary key), or, for a table
+without one, the rows added and removed as a multiset of whole rows; columns added,
+dropped and retyped; sequences whose value moved; the large objects; and the difference
+of the two schemas' SQL when both backups hold one.
+
+How, and why so:
+
+- A table whose files are the same bytes in both backups, or whose row count and
+  fingerprint (docs/format.md, "Row fingerprints") are equal, is not read: its rows are
+  the same multiset. After a benchmark run that is most tables.
+- The others are read by DuckDB (an optional extra), out of core: it spills to a private
+  temporary directory past ``memory_limit``, so memory stays bounded whatever the size.
+  Lines are compared as the bytes the dump wrote, never as parsed values: a row is
+  unchanged exactly when its line is, and no number goes through a float. A first pass
+  groups the rows of both sides by a 64-bit hash of the line and keeps the hashes whose
+  counts differ (cheap: no line is kept); a second pass fetches those lines and groups
+  them exactly. A hash collision between a removed and an added line would hide both, so
+  the result is checked against the fingerprints (both sides' fingerprints and the
+  SHA-256 of every differing line must add up); if they do not, or a backup has no
+  fingerprints, the table is grouped by whole lines instead (exact, slower).
+- Rows that differ are paired by the primary key's values as the dump wrote them (the
+  bytes of each key column's JSON value in the line, cut at the next column's key, which
+  cannot occur inside a value: quotes in strings are escaped).
+
+Files are checked against the manifest's SHA-256 before DuckDB reads them; an encrypted
+backup or one in an object store is first copied, decrypted and checked, into the private
+temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from . import _rows
+from .backup import DataFileReader, check_schema_file, check_stored, open_backup
+from .encryption import decrypted
+from .errors import OutputError, UsageError, VerificationFailed
+from .fingerprint import MODULUS
+from .manifest import Backup, BackupFile, BackupTable
+from .plan import file_stem
+from .storage import PrivateScratch
+
+Status = Literal["unchanged", "changed", "new", "dropped", "columns differ"]
+
+DEFAULT_MEMORY_LIMIT = "1GB"
+
+
+@dataclass(frozen=True)
+class ColumnChange:
+    """A column added (``before`` None), dropped (``after`` None) or retyped."""
+
+    name: str
+    before: str | None  # its type in A
+    after: str | None  # its type in B
+
+
+@dataclass(frozen=True)
+class TableDiff:
+    """One table in A, B or both.
+
+    ``status``: ``unchanged``; ``changed``; ``new`` (only in B: every row added);
+    ``dropped`` (only in A: every row removed); ``columns differ`` (``columns`` says how;
+    rows are compared only between tables of the same columns, so only the counts are
+    given). ``changed`` is None when rows were compared as whole rows (no primary key)."""
+
+    schema: str
+    name: str
+    status: Status
+    rows_before: int | None
+    rows_after: int | None
+    added: int = 0
+    removed: int = 0
+    changed: int | None = 0
+    key: tuple[str, ...] = ()  # the primary key the rows were paired by; () whole rows
+    read: bool = False  # False: decided from the manifests without reading a row
+    columns: tuple[ColumnChange, ...] = ()
+    rows_file: str | None = None  # with rows_dir: the file holding its differing rows
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class SequenceDiff:
+    schema: str
+    name: str
+    before: tuple[int, bool] | None  # (last_value, is_called); None: not in A
+    after: tuple[int, bool] | None
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    """What ``diff`` found; ``identical`` when nothing differs."""
+
+    before: Path | str
+    after: Path | str
+    tables: tuple[TableDiff, ...]
+    sequences: tuple[SequenceDiff, ...] = ()
+    large_objects: tuple[int, int] | None = None  # (objects before, after) when they differ
+    schema_diff: tuple[str, ...] = ()  # unified diff of schema.sql, when both hold one
+    schema_note: str | None = None  # why the schema's SQL was not compared
+    seconds: float = 0.0
+    not_read: int = 0  # tables decided from the manifests alone
+
+    @property
+    def changed_tables(self) -> list[TableDiff]:
+        return [t for t in self.tables if t.status != "unchanged"]
+
+    @property
+    def identical(self) -> bool:
+        return (
+            not self.changed_tables
+            and not self.sequences
+            and self.large_objects is None
+            and not self.schema_diff
+        )
+
+    @property
+    def added(self) -> int:
+        return sum(t.added for t in self.tables)
+
+    @property
+    def removed(self) -> int:
+        return sum(t.removed for t in self.tables)
+
+    @property
+    def changed(self) -> int:
+        return sum(t.changed or 0 for t in self.tables)
+
+
+def _import_duckdb() -> Any:
+    try:
+        import duckdb
+    except ImportError as exc:
+        raise UsageError(
+            "diff needs DuckDB, which is not installed",
+            hint="pip install 'asyncsnap[analysis]'",
+        ) from exc
+    return duckdb
+
+
+def _columns(table: BackupTable) -> list[tuple[str, str]]:
+    return [(c.name, c.type) for c in table.columns]
+
+
+def column_changes(before: BackupTable, after: BackupTable) -> tuple[ColumnChange, ...]:
+    """Columns added, dropped or retyped from ``before`` to ``after`` (a reorder of the
+    same columns is reported as each moved column dropped and added)."""
+    a, b = dict(_columns(before)), dict(_columns(after))
+    changes = [ColumnChange(n, t, None) for n, t in a.items() if n not in b]
+    changes += [ColumnChange(n, a[n], t) for n, t in b.items() if n in a and a[n] != t]
+    changes += [ColumnChange(n, None, t) for n, t in b.items() if n not in a]
+    if not changes and _columns(before) != _columns(after):
+        order_a, order_b = [n for n, _ in _columns(before)], [n for n, _ in _columns(after)]
+        moved = [n for i, n in enumerate(order_b) if order_a[i] != n]
+        changes = [ColumnChange(n, a[n], None) for n in moved]
+        changes += [ColumnChange(n, None, b[n]) for n in moved]
+    return tuple(changes)
+
+
+def _same_rows_by_manifest(before: BackupTable, after: BackupTable) -> bool:
+    """Whether the manifests alone show the rows are equal: the same file bytes, or the
+    same count and fingerprint (the same multiset of lines)."""
+    if before.rows != after.rows:
+        return False
+    if sorted(f.sha256 for f in before.files) == sorted(f.sha256 for f in after.files):
+        return True
+    return before.fingerprint is not None and before.fingerprint == after.fingerprint
+
+
+class _Staging:
+    """Local, checked copies of data files for DuckDB to read.
+
+    A plain local backup's files are read where they are, after their SHA-256 and size
+    are checked against the manifest. An encrypted one, or one in an object store, is
+    decrypted and decompressed into the private temporary directory (checked as it is
+    read), since DuckDB reads neither age nor object stores."""
+
+    def __init__(self, scratch: PrivateScratch) -> None:
+        self._scratch = scratch
+        self._count = 0
+
+    def files(self, backup: Backup, entries: Sequence[BackupFile]) -> tuple[list[str], str]:
+        """Paths and the compression DuckDB reads them with."""
+        local = isinstance(backup.path, Path) and not backup.encryption
+        if local:
+            assert isinstance(backup.path, Path)
+            for entry in entries:
+                problem = check_stored(backup.source, entry.path, entry.stored_bytes, entry.sha256)
+                if problem:
+                    raise VerificationFailed(
+                        f"{entry.path} {problem}",
+                        hint="the backup is damaged; `asyncsnap verify` says more",
+                    )
+            compression = {"zstd": "zstd", "gzip": "gzip", "none": "none"}[backup.compression]
+            return [str(backup.path / e.path) for e in entries], compression
+        paths = []
+        for entry in entries:
+            self._count += 1
+            target = self._scratch.path() / f"{self._count:06d}.ndjson"
+            reader = DataFileReader(backup, entry)
+            try:
+                with open(target, "xb") as out:
+                    for block in reader:
+                        out.write(block)
+                reader.finish()
+            finally:
+                reader.close()
+            paths.append(str(target))
+        return paths, "none"
+
+
+def _line_prefixes(table: BackupTable) -> list[str]:
+    """What precedes each column's value in a line (``{"a":`` then ``,"b":``), as text."""
+    return [
+        ("{" if i == 0 else ",") + _rows.json_string(c.name.encode()).decode() + ":"
+        for i, c in enumerate(table.columns)
+    ]
+
+
+def _key_sql(table: BackupTable, key: tuple[str, ...]) -> tuple[str, list[str]]:
+    """A DuckDB expression for the primary key's values as written in ``line`` (one
+    string, each value's JSON text in order, separated by a byte no line holds), and its
+    parameters."""
+    prefixes = _line_prefixes(table)
+    names = [c.name for c in table.columns]
+    parts, params = [], []
+    for column in key:
+        i = names.index(column)
+        after = prefixes[i + 1] if i + 1 < len(prefixes) else None
+        start = "split_part(line, ?, 2)"
+        params.append(prefixes[i])
+        if after is None:  # the last column: up to the closing brace
+            parts.append(f"left({start}, length({start}) - 1)")
+            params.append(prefixes[i])
+        else:
+            parts.append(f"split_part({start}, ?, 1)")
+            params.append(after)
+    return " || chr(1) || ".join(parts), params
+
+
+def _read_sql(compression: str, line_size: int) -> str:
+    # Each line as one VARCHAR, byte for byte: no delimiter, quote or escape that a line
+    # can hold raw (JSON escapes every control character), no header, no type guessing.
+    # DuckDB allocates its read buffers whole and outside what it can spill: with its
+    # default (32 MiB) a 128 MB memory limit failed where 4 MiB buffers ran within 32 MB
+    # (measured, 5 M rows). The line limit grows only for a table whose lines need it
+    # (``_TableReader.differing``).
+    buffer = max(_READ_BUFFER, line_size + (1 << 20))
+    return (
+        "read_csv(?, delim = chr(1), quote = '', escape = '', header = false, "
+        "columns = {'line': 'VARCHAR'}, auto_detect = false, "
+        f"compression = '{compression}', max_line_size = {line_size}, buffer_size = {buffer})"
+    )
+
+
+_READ_BUFFER = 4 << 20
+_DEFAULT_LINE_SIZE = 2_000_000  # DuckDB's own default
+_LINE_SIZE = re.compile(r"Maximum line size of \d+ bytes exceeded\. Actual Size: ?(\d+)")
+
+
+def _digest(line: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(line).digest()[:16], "big")
+
+
+class _TableReader:
+    """Reads the differing lines of one table from both backups (see the module doc)."""
+
+    def __init__(self, con: Any, staging: _Staging) -> None:
+        self.con = con
+        self.staging = staging
+
+    def differing(self, a: Backup, before: BackupTable, b: Backup, after: BackupTable) -> None:
+        """``_differing``, with DuckDB's line limit raised to the longest line found; its
+        errors are re-raised without their text, which quotes the line (table data)."""
+        duckdb = _import_duckdb()
+        line_size = _DEFAULT_LINE_SIZE
+        while True:
+            try:
+                self._differing(a, before, b, after, line_size)
+                return
+            except duckdb.InvalidInputException as exc:
+                found = _LINE_SIZE.search(str(exc))
+                if found is None:
+                    raise VerificationFailed(
+                        f"{before.qualified}: DuckDB cannot read a line of the data files",
+                        hint="`asyncsnap verify` checks every line of both backups",
+                    ) from None
+                line_size = max(int(found.group(1)) + 2, 2 * line_size)
+            except duckdb.OutOfMemoryException:
+                raise UsageError(
+                    f"{before.qualified}: DuckDB ran out of memory"
+                    + (f" (lines of {line_size} bytes)" if line_size > _DEFAULT_LINE_SIZE else ""),
+                    hint="raise --memory-limit",
+                ) from None
+
+    def _differing(
+        self,
+        a: Backup,
+        before: BackupTable,
+        b: Backup,
+        after: BackupTable,
+        line_size: int,
+    ) -> None:
+        """Fill the temporary table ``d`` (line, side -1 for A / +1 for B, net) with the
+        lines whose counts differ; returns the sources' SQL for later passes."""
+        sources = []
+        params: list[Any] = []
+        for backup, table, side in ((a, before, -1), (b, after, 1)):
+            files = [f for f in table.files if f.rows]
+            if files:
+                paths, compression = self.staging.files(backup, files)
+                read = _read_sql(compression, line_size)
+                sources.append((f"SELECT line, {side}::TINYINT AS side FROM {read}", [paths]))
+        union = (
+            " UNION ALL ".join(sql for sql, _ in sources)
+            or "SELECT ''::VARCHAR AS line, 0::TINYINT AS side WHERE false"
+        )
+        for _, p in sources:
+            params += p
+        fast = before.fingerprint is not None and after.fingerprint is not None
+        self.con.execute("DROP TABLE IF EXISTS d")
+        if fast:
+            self.con.execute(
+                f"""CREATE TEMP TABLE d AS
+                WITH h AS (
+                    SELECT hash(line) AS h, sum(side) AS net FROM ({union}) GROUP BY 1
+                    HAVING sum(side) <> 0
+                )
+                SELECT line, sum(side)::BIGINT AS net FROM ({union})
+                WHERE hash(line) IN (SELECT h FROM h) GROUP BY line HAVING sum(side) <> 0""",
+                params + params,
+            )
+            if self._sums_agree(before, after):
+                return
+        self.con.execute("DROP TABLE IF EXISTS d")
+        self.con.execute(
+            f"""CREATE TEMP TABLE d AS SELECT line, sum(side)::BIGINT AS net FROM ({union})
+            GROUP BY line HAVING sum(side) <> 0""",
+            params,
+        )
+
+    def _sums_agree(self, before: BackupTable, after: BackupTable) -> bool:
+        """fingerprint(A) - removed + added == fingerprint(B): no collision hid a line."""
+        assert before.fingerprint is not None and after.fingerprint is not None
+        total = int(before.fingerprint, 16)
+        result = self.con.execute("SELECT line, net FROM d")
+        while batch := result.fetchmany(10_000):
+            for line, net in batch:
+                total += net * _digest(line.encode())
+        return total % MODULUS == int(after.fingerprint, 16)
+
+
+def _write_rows(
+    con: Any, path: Path | None, key_sql: str | None, key_params: list[str]
+) -> tuple[int, int, int | None]:
+    """Pair the differing lines in ``d`` and count them; with ``path``, write them."""
+    if key_sql is not None:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE k AS SELECT {key_sql} AS k, line, net FROM d",
+            key_params,
+        )
+        counts = con.execute(
+            """SELECT
+                count(*) FILTER (WHERE r.k IS NULL),
+                count(*) FILTER (WHERE a.k IS NULL),
+                count(*) FILTER (WHERE a.k IS NOT NULL AND r.k IS NOT NULL)
+            FROM (SELECT k, line FROM k WHERE net > 0) a
+            FULL JOIN (SELECT k, line FROM k WHERE net < 0) r USING (k)"""
+        ).fetchone()
+        added, removed, changed = (int(x) for x in counts)
+        query = """SELECT CASE
+                WHEN r.line IS NULL THEN '{"change":"added","row":' || a.line || '}'
+                WHEN a.line IS NULL THEN '{"change":"removed","row":' || r.line || '}'
+                ELSE '{"change":"changed","before":' || r.line || ',"after":' || a.line || '}'
+            END
+            FROM (SELECT k, line FROM k WHERE net > 0) a
+            FULL JOIN (SELECT k, line FROM k WHERE net < 0) r USING (k)
+            ORDER BY TRY_CAST(k AS HUGEINT), k"""
+        result_changed: int | None = changed
+    else:
+        counts = con.execute(
+            "SELECT coalesce(sum(net) FILTER (WHERE net > 0), 0), "
+            "coalesce(-sum(net) FILTER (WHERE net < 0), 0) FROM d"
+        ).fetchone()
+        added, removed = int(counts[0]), int(counts[1])
+        query = """SELECT CASE WHEN net > 0 THEN '{"change":"added","row":' || line || '}'
+                ELSE '{"change":"removed","row":' || line || '}' END
+            FROM d, range(abs(net)) ORDER BY net > 0, line"""
+        result_changed = None
+    if path is not None:
+        result = con.execute(query)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            while batch := result.fetchmany(10_000):
+                out.write(b"".join(row[0].encode() + b"\n" for row in batch))
+    return added, removed, result_changed
+
+
+def _sequences(a: Backup, b: Backup) -> tuple[SequenceDiff, ...]:
+    before = {s.key: (s.last_value, s.is_called) for s in a.sequences}
+    after = {s.key: (s.last_value, s.is_called) for s in b.sequences}
+    return tuple(
+        SequenceDiff(key[0], key[1], before.get(key), after.get(key))
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+    )
+
+
+def _schema_sql(backup: Backup) -> str:
+    assert backup.schema is not None
+    entry = backup.schema.sql
+    problem = check_schema_file(backup, entry)
+    if problem:
+        raise VerificationFailed(
+            f"{entry.path} {problem}", hint="the backup is damaged; `asyncsnap verify` says more"
+        )
+    with backup.source.open(entry.path) as fh:
+        if backup.encryption:
+            raw = b"".join(decrypted(fh, list(backup.identities), where=entry.path))
+        else:
+            raw = fh.read()
+    return raw.decode("utf-8", "replace")
+
+
+def _schema_diff(a: Backup, b: Backup) -> tuple[tuple[str, ...], str | None]:
+    if a.schema is None or b.schema is None:
+        return (), "one of the backups holds no schema (--no-schema)"
+    if (a.encryption and not a.identities) or (b.encryption and not b.identities):
+        return (), "encrypted: give --identity to compare the schemas' SQL"
+    before, after = _schema_sql(a), _schema_sql(b)
+    # pg_dump's header names its own version and the server's: not a schema difference.
+    lines = difflib.unified_diff(
+        [ln for ln in before.splitlines() if not ln.startswith("-- Dumped ")],
+        [ln for ln in after.splitlines() if not ln.startswith("-- Dumped ")],
+        "before/schema.sql",
+        "after/schema.sql",
+        lineterm="",
+    )
+    return tuple(lines), None
+
+
+@contextlib.contextmanager
+def _engine(memory_limit: str, threads: int, scratch: PrivateScratch) -> Iterator[Any]:
+    duckdb = _import_duckdb()
+    spill = scratch.path() / "spill"
+    spill.mkdir(mode=0o700)
+    con = duckdb.connect(
+        config={
+            "memory_limit": memory_limit,
+            "threads": threads,
+            "temp_directory": str(spill),
+            "preserve_insertion_order": False,
+            # Only the files we name: no extension downloads, no other paths.
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        }
+    )
+    try:
+        con.execute("SET enable_progress_bar = false")  # a session setting, not a global one
+        yield con
+    finally:
+        con.close()
+
+
+def diff(
+    before: str | Path | Backup,
+    after: str | Path | Backup,
+    *,
+    rows_dir: str | Path | None = None,
+    memory_limit: str = DEFAULT_MEMORY_LIMIT,
+    threads: int = 2,
+    identities: Sequence[Any] = (),
+) -> DiffResult:
+    """What changed from backup ``before`` to backup ``after``.
+
+    :param rows_dir: a directory (created; must not hold files of the same names) that
+        receives one NDJSON file per table that differs, ``<file stem>.ndjson``, each line
+        ``{"change": "added"|"removed", "row": {...}}`` or ``{"change": "changed",
+        "before": {...}, "after": {...}}``, ordered by primary key.
+    :param memory_limit: DuckDB's memory limit (e.g. ``"512MB"``); past it DuckDB spills
+        to a private temporary directory.
+    :param threads: DuckDB's threads.
+    :param identities: age secret keys, for encrypted backups.
+    :raises UsageError: DuckDB is not installed; a backup is encrypted and no key given.
+    :raises VerificationFailed: a file read does not match its manifest.
+
+    Example::
+
+        result = asyncsnap.diff("backups/bench-before", "backups/bench-after")
+        print([(t.qualified, t.added, t.removed, t.changed) for t in result.changed_tables])
+    """
+    started = time.monotonic()
+    _import_duckdb()
+    a = before if isinstance(before, Backup) else open_backup(before)
+    b = after if isinstance(after, Backup) else open_backup(after)
+    if identities:
+        a, b = replace(a, identities=tuple(identities)), replace(b, identities=tuple(identities))
+    for backup in (a, b):
+        if backup.encryption and not backup.identities:
+            raise UsageError(
+                f"{backup.path} is encrypted (age, to {backup.encryption[0][:16]}...)",
+                hint="give the matching secret key file with --identity",
+            )
+    out_dir = None
+    if rows_dir is not None:
+        out_dir = Path(rows_dir)
+        try:
+            out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {out_dir}: {exc.strerror}") from exc
+
+    tables_a = {t.key: t for t in a.tables if t.has_data}
+    tables_b = {t.key: t for t in b.tables if t.has_data}
+    results: list[TableDiff] = []
+    not_read = 0
+    scratch = PrivateScratch()
+    try:
+        with contextlib.ExitStack() as stack:
+            con = None
+            for key in sorted(tables_a.keys() | tables_b.keys()):
+                ta, tb = tables_a.get(key), tables_b.get(key)
+                if ta is None or tb is None:
+                    results.append(
+                        TableDiff(
+                            key[0],
+                            key[1],
+                            "new" if ta is None else "dropped",
+                            rows_before=None if ta is None else ta.rows,
+                            rows_after=None if tb is None else tb.rows,
+                            added=tb.rows if tb is not None else 0,
+                            removed=ta.rows if ta is not None else 0,
+                        )
+                    )
+                    continue
+                changes = column_changes(ta, tb)
+                if changes:
+                    results.append(
+                        TableDiff(
+                            key[0], key[1], "columns differ", ta.rows, tb.rows, columns=changes
+                        )
+                    )
+                    continue
+                pk = tb.primary_key if tb.primary_key == ta.primary_key else ()
+                if _same_rows_by_manifest(ta, tb):
+                    not_read += 1
+                    results.append(TableDiff(key[0], key[1], "unchanged", ta.rows, tb.rows, key=pk))
+                    continue
+                if con is None:
+                    con = stack.enter_context(_engine(memory_limit, threads, scratch))
+                    reader = _TableReader(con, _Staging(scratch))
+                reader.differing(a, ta, b, tb)
+                rows_file = None
+                path = None
+                if out_dir is not None:
+                    rows_file = file_stem(*key) + ".ndjson"
+                    path = out_dir / rows_file
+                key_sql, key_params = _key_sql(tb, pk) if pk else (None, [])
+                try:
+                    added, removed, changed = _write_rows(con, path, key_sql, key_params)
+                except FileExistsError as exc:
+                    raise OutputError(
+                        f"{path} exists already", hint="give --rows an empty or new directory"
+                    ) from exc
+                status: Status = "changed" if added or removed or changed else "unchanged"
+                if status == "unchanged" and path is not None:
+                    path.unlink()
+                    rows_file = None
+                results.append(
+                    TableDiff(
+                        key[0],
+                        key[1],
+                        status,
+                        ta.rows,
+                        tb.rows,
+                        added=added,
+                        removed=removed,
+                        changed=changed,
+                        key=pk,
+                        read=True,
+                        rows_file=rows_file,
+                    )
+                )
+    finally:
+        scratch.remove()
+
+    large_objects = None
+    lo_a, lo_b = a.large_objects, b.large_objects
+    fp = [
+        None
+        if lo is None
+        else (lo.objects, tuple(sorted(f.fingerprint or f.sha256 for f in lo.files)))
+        for lo in (lo_a, lo_b)
+    ]
+    if fp[0] != fp[1]:
+        large_objects = (lo_a.objects if lo_a else 0, lo_b.objects if lo_b else 0)
+    schema_diff, schema_note = _schema_diff(a, b)
+    return DiffResult(
+        before=a.path,
+        after=b.path,
+        tables=tuple(results),
+        sequences=_sequences(a, b),
+        large_objects=large_objects,
+        schema_diff=schema_diff,
+        schema_note=schema_note,
+        seconds=time.monotonic() - started,
+        not_read=not_read,
+    )
