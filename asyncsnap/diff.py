@@ -50,6 +50,7 @@ from .fingerprint import MODULUS
 from .manifest import Backup, BackupFile, BackupTable
 from .plan import file_stem
 from .storage import PrivateScratch
+from .text import count
 
 Status = Literal["unchanged", "changed", "new", "dropped", "columns differ"]
 
@@ -435,16 +436,21 @@ def _schema_sql(backup: Backup) -> str:
     return raw.decode("utf-8", "replace")
 
 
+# Lines of schema.sql that differ between any two dumps, not schemas: pg_dump's header
+# names its own version and the server's, and since 17.6/16.10/15.14 psql's \restrict and
+# \unrestrict carry a random key chosen per dump.
+_PER_DUMP = ("-- Dumped ", "\\restrict ", "\\unrestrict ")
+
+
 def _schema_diff(a: Backup, b: Backup) -> tuple[tuple[str, ...], str | None]:
     if a.schema is None or b.schema is None:
         return (), "one of the backups holds no schema (--no-schema)"
     if (a.encryption and not a.identities) or (b.encryption and not b.identities):
         return (), "encrypted: give --identity to compare the schemas' SQL"
     before, after = _schema_sql(a), _schema_sql(b)
-    # pg_dump's header names its own version and the server's: not a schema difference.
     lines = difflib.unified_diff(
-        [ln for ln in before.splitlines() if not ln.startswith("-- Dumped ")],
-        [ln for ln in after.splitlines() if not ln.startswith("-- Dumped ")],
+        [ln for ln in before.splitlines() if not ln.startswith(_PER_DUMP)],
+        [ln for ln in after.splitlines() if not ln.startswith(_PER_DUMP)],
         "before/schema.sql",
         "after/schema.sql",
         lineterm="",
@@ -618,3 +624,106 @@ def diff(
         seconds=time.monotonic() - started,
         not_read=not_read,
     )
+
+
+def _rows_change(t: TableDiff) -> str:
+    counts = f"{t.rows_before} -> {t.rows_after} rows"
+    parts = [f"{t.added} added", f"{t.removed} removed"]
+    if t.changed is not None:
+        parts.append(f"{t.changed} changed")
+    how = f"by {', '.join(t.key)}" if t.key else "whole rows: no primary key"
+    return f"{counts}: {', '.join(parts)} ({how})"
+
+
+def _column_text(c: ColumnChange) -> str:
+    if c.before is None:
+        return f"added {c.name} ({c.after})"
+    if c.after is None:
+        return f"dropped {c.name} ({c.before})"
+    return f"{c.name}: {c.before} -> {c.after}"
+
+
+def describe(result: DiffResult) -> list[str]:
+    """The lines ``asyncsnap diff`` prints: one per table that differs, sequence that
+    moved, the large objects, the totals, then the schema SQL's unified diff."""
+    lines = []
+    for t in result.changed_tables:
+        if t.status == "new":
+            lines.append(f"{t.qualified}: new, {count(t.rows_after or 0, 'row')}")
+        elif t.status == "dropped":
+            lines.append(f"{t.qualified}: dropped, {count(t.rows_before or 0, 'row')}")
+        elif t.status == "columns differ":
+            changes = "; ".join(_column_text(c) for c in t.columns)
+            lines.append(
+                f"{t.qualified}: columns {changes} ({t.rows_before} -> {t.rows_after} rows; "
+                "rows not compared)"
+            )
+        else:
+            lines.append(f"{t.qualified}: {_rows_change(t)}")
+    for s in result.sequences:
+        before = "absent" if s.before is None else str(s.before[0])
+        after = "absent" if s.after is None else str(s.after[0])
+        lines.append(f"sequence {s.schema}.{s.name}: {before} -> {after}")
+    if result.large_objects is not None:
+        lines.append(
+            f"large objects: {result.large_objects[0]} -> {result.large_objects[1]} objects, "
+            "not the same"
+        )
+    changed = len(result.changed_tables)
+    lines.append(
+        f"total: {result.added} added, {result.removed} removed, {result.changed} changed in "
+        f"{changed} of {count(len(result.tables), 'table')}; "
+        f"{result.not_read} not read (same files or fingerprint); {result.seconds:.2f}s"
+    )
+    if result.schema_note:
+        lines.append(f"schema: not compared: {result.schema_note}")
+    elif result.schema_diff:
+        lines.append("schema:")
+        lines += result.schema_diff
+    else:
+        lines.append("schema: the same")
+    return lines
+
+
+def as_json(result: DiffResult) -> dict[str, Any]:
+    """``diff --json``: README "Output for scripts"."""
+    return {
+        "identical": result.identical,
+        "before": str(result.before),
+        "after": str(result.after),
+        "tables": [
+            {
+                "schema": t.schema,
+                "name": t.name,
+                "status": t.status,
+                "rows_before": t.rows_before,
+                "rows_after": t.rows_after,
+                "added": t.added,
+                "removed": t.removed,
+                "changed": t.changed,
+                "key": list(t.key),
+                "read": t.read,
+                "columns": [
+                    {"name": c.name, "before": c.before, "after": c.after} for c in t.columns
+                ],
+                "rows_file": t.rows_file,
+            }
+            for t in result.tables
+        ],
+        "sequences": [
+            {
+                "schema": s.schema,
+                "name": s.name,
+                "before": None if s.before is None else s.before[0],
+                "after": None if s.after is None else s.after[0],
+            }
+            for s in result.sequences
+        ],
+        "large_objects": None
+        if result.large_objects is None
+        else {"before": result.large_objects[0], "after": result.large_objects[1]},
+        "totals": {"added": result.added, "removed": result.removed, "changed": result.changed},
+        "schema_diff": list(result.schema_diff),
+        "schema_note": result.schema_note,
+        "seconds": round(result.seconds, 3),
+    }

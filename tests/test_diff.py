@@ -1,0 +1,198 @@
+"""diff BEFORE AFTER: what changed between two backups (asyncsnap.diff, over DuckDB)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+
+from asyncsnap.diff import DiffResult, diff
+from asyncsnap.errors import ExitCode
+
+from .conftest import Database, run_cli
+from .helpers import flip_bit_mid_file, manifest_of
+from .pgserver import client_bindir
+from .test_dump import run_dump
+
+pytest.importorskip("duckdb", reason="diff needs the analysis extra (DuckDB)")
+
+
+def by_name(result: DiffResult) -> dict[str, tuple[str, int, int, int | None]]:
+    return {t.name: (t.status, t.added, t.removed, t.changed) for t in result.tables}
+
+
+def test_diff_around_a_pgbench_run_counts_what_the_server_says_changed(
+    db: Database, tmp_path: Path
+) -> None:
+    """Before and after `pgbench -T`: history rows added, accounts, tellers and branches
+    changed, each count equal to what SQL computes from the two states (kept in a schema
+    the dumps leave out); --rows holds exactly those rows."""
+    bindir = client_bindir(db.server_version // 10000)
+    subprocess.run(
+        [str(bindir / "pgbench"), "-i", "-s", "1", "-q", db.dsn], check=True, capture_output=True
+    )
+    tables = ("accounts", "tellers", "branches", "history")
+    db.execute(
+        "CREATE SCHEMA before_state;"
+        + "".join(
+            f"CREATE TABLE before_state.{t} AS SELECT * FROM public.pgbench_{t};" for t in tables
+        )
+    )
+    before = Path(run_dump(db, tmp_path, name="before", exclude_schemas=["before_state"]).path)
+    subprocess.run(
+        [str(bindir / "pgbench"), "-n", "-T", "3", "-c", "2", db.dsn],
+        check=True,
+        capture_output=True,
+    )
+    after = Path(run_dump(db, tmp_path, name="after", exclude_schemas=["before_state"]).path)
+
+    def changed(table: str, key: str) -> int:
+        return int(
+            db.fetchval(
+                f"SELECT count(*) FROM public.pgbench_{table} n JOIN before_state.{table} o "
+                f"USING ({key}) WHERE n IS DISTINCT FROM o"
+            )
+        )
+
+    added_history = int(
+        db.fetchval(
+            "SELECT (SELECT count(*) FROM public.pgbench_history)"
+            " - (SELECT count(*) FROM before_state.history)"
+        )
+    )
+    assert added_history > 100  # the run did something
+    result = diff(before, after, rows_dir=tmp_path / "rows")
+    assert by_name(result) == {
+        "pgbench_accounts": ("changed", 0, 0, changed("accounts", "aid")),
+        "pgbench_tellers": ("changed", 0, 0, changed("tellers", "tid")),
+        "pgbench_branches": ("changed", 0, 0, changed("branches", "bid")),
+        "pgbench_history": ("changed", added_history, 0, None),
+    }
+    assert changed("accounts", "aid") > 100
+
+    accounts = next(t for t in result.tables if t.name == "pgbench_accounts")
+    assert accounts.rows_file is not None
+    lines = [
+        orjson.loads(ln)
+        for ln in (tmp_path / "rows" / accounts.rows_file).read_bytes().splitlines()
+    ]
+    assert len(lines) == accounts.changed and {ln["change"] for ln in lines} == {"changed"}
+    aids = [ln["after"]["aid"] for ln in lines]
+    assert aids == sorted(aids)  # ordered by key, as numbers
+    first = lines[0]
+    now = db.fetchval("SELECT abalance FROM pgbench_accounts WHERE aid = $1", first["after"]["aid"])
+    was = db.fetchval(
+        "SELECT abalance FROM before_state.accounts WHERE aid = $1", first["before"]["aid"]
+    )
+    assert (first["before"]["abalance"], first["after"]["abalance"]) == (was, now)
+
+    run = run_cli("diff", str(before), str(after))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0] == (
+        f"public.pgbench_accounts: 100000 -> 100000 rows: 0 added, 0 removed, "
+        f"{accounts.changed} changed (by aid)"
+    )
+    assert "schema: the same" in run.stdout.splitlines()
+    as_json = json.loads(run_cli("diff", str(before), str(after), "--json").stdout)
+    assert as_json["totals"]["added"] == added_history
+    assert run_cli("diff", str(before), str(after), "--exit-code").returncode == 7
+    assert run_cli("diff", str(before), str(before), "--exit-code").returncode == 0
+
+
+def test_table_without_primary_key_is_a_multiset_of_rows(db: Database, tmp_path: Path) -> None:
+    db.execute(
+        "CREATE TABLE log (v text);"
+        "INSERT INTO log SELECT 'same' FROM generate_series(1, 3);"
+        "INSERT INTO log VALUES ('gone'), ('kept')"
+    )
+    before = Path(run_dump(db, tmp_path, name="before").path)
+    db.execute(
+        "DELETE FROM log WHERE ctid = (SELECT min(ctid) FROM log WHERE v = 'same');"
+        "DELETE FROM log WHERE v = 'gone'; INSERT INTO log VALUES ('new'), ('new')"
+    )
+    after = Path(run_dump(db, tmp_path, name="after").path)
+    result = diff(before, after, rows_dir=tmp_path / "rows")
+    assert by_name(result) == {"log": ("changed", 2, 2, None)}
+    rows = (tmp_path / "rows" / result.tables[0].rows_file).read_text()  # type: ignore[operator]
+    assert rows.splitlines() == [
+        '{"change":"removed","row":{"v":"gone"}}',
+        '{"change":"removed","row":{"v":"same"}}',
+        '{"change":"added","row":{"v":"new"}}',
+        '{"change":"added","row":{"v":"new"}}',
+    ]
+
+
+def test_schema_changes_are_named_and_the_ddl_difference_shown(
+    db: Database, tmp_path: Path
+) -> None:
+    db.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, a int, b text); INSERT INTO t VALUES (1, 1, 'x');"
+        "CREATE TABLE gone (id int); CREATE TABLE stays (id int); INSERT INTO stays VALUES (1)"
+    )
+    before = Path(run_dump(db, tmp_path, name="before").path)
+    db.execute(
+        "ALTER TABLE t ALTER COLUMN a TYPE bigint, DROP COLUMN b, ADD COLUMN c date;"
+        "DROP TABLE gone; CREATE TABLE fresh (id int); INSERT INTO fresh VALUES (1), (2)"
+    )
+    after = Path(run_dump(db, tmp_path, name="after").path)
+    run = run_cli("diff", str(before), str(after))
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.splitlines()
+    assert out[:3] == [
+        "public.fresh: new, 2 rows",
+        "public.gone: dropped, 0 rows",
+        "public.t: columns dropped b (text); a: integer -> bigint; added c (date) "
+        "(1 -> 1 rows; rows not compared)",
+    ]
+    schema = out[out.index("schema:") + 1 :]
+    assert "+CREATE TABLE public.fresh (" in schema and "-CREATE TABLE public.gone (" in schema
+    assert "+    a bigint," in schema and "-    b text" in schema and "+    c date" in schema
+    unchanged = next(t for t in diff(before, after).tables if t.name == "stays")
+    assert (unchanged.status, unchanged.read) == ("unchanged", False)
+
+
+def test_identical_tables_are_not_read_and_damaged_ones_are_refused(
+    db: Database, tmp_path: Path
+) -> None:
+    """A table with the same files (or the same fingerprint) is decided from the
+    manifests: its files can be gone and diff still answers. A file that is read is
+    checked first: a flipped bit fails with exit 5, quoting no data."""
+    db.execute(
+        "CREATE TABLE quiet (id int, secret text); INSERT INTO quiet VALUES (1, 'hunter2');"
+        "CREATE TABLE busy (id int PRIMARY KEY, secret text);"
+        "INSERT INTO busy SELECT g, 'hunter2' FROM generate_series(1, 100) g"
+    )
+    before = Path(run_dump(db, tmp_path, name="before").path)
+    db.execute("UPDATE busy SET secret = 'hunter3' WHERE id = 5")
+    after = Path(run_dump(db, tmp_path, name="after").path)
+    for backup in (before, after):
+        quiet = next(t for t in manifest_of(backup)["tables"] if t["name"] == "quiet")
+        (backup / quiet["files"][0]["path"]).unlink()
+    assert by_name(diff(before, after)) == {
+        "busy": ("changed", 0, 0, 1),
+        "quiet": ("unchanged", 0, 0, 0),
+    }
+    busy = next(t for t in manifest_of(after)["tables"] if t["name"] == "busy")
+    flip_bit_mid_file(after / busy["files"][0]["path"])
+    run = run_cli("diff", str(before), str(after))
+    assert run.returncode == ExitCode.VERIFY, run.stderr
+    assert "does not match its SHA-256" in run.stderr and "hunter" not in run.stderr
+
+
+def test_diff_of_tables_larger_than_the_engine_memory_limit(db: Database, tmp_path: Path) -> None:
+    """About 70 MB of lines per side, every tenth row changed, against a 32 MB limit for
+    DuckDB: the same answer as with room to spare (it spills to its private directory)."""
+    db.execute(
+        "CREATE TABLE wide (id bigint PRIMARY KEY, pad text);"
+        "INSERT INTO wide SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 450000) g"
+    )
+    before = Path(run_dump(db, tmp_path, name="before").path)
+    db.execute("UPDATE wide SET pad = 'changed' WHERE id % 10 = 0")
+    after = Path(run_dump(db, tmp_path, name="after").path)
+    assert manifest_of(before)["totals"]["bytes"] > 64 << 20
+    small = diff(before, after, memory_limit="32MB", threads=1)
+    assert by_name(small) == {"wide": ("changed", 0, 0, 45000)}
+    assert by_name(diff(before, after)) == by_name(small)
