@@ -15,8 +15,10 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
+from .analysis import ConvertResult, convert, read_arrow
 from .compare import CompareResult, compare
 from .connection import ConnectionSpec
+from .diff import DiffResult, diff
 from .dump import DumpResult, TableResult, dump
 from .errors import AsyncsnapError, ExitCode
 from .restore import RestoreResult, restore
@@ -26,6 +28,8 @@ __all__ = [
     "AsyncsnapError",
     "CompareResult",
     "ConnectionSpec",
+    "ConvertResult",
+    "DiffResult",
     "DumpResult",
     "ExitCode",
     "RestoreResult",
@@ -33,7 +37,10 @@ __all__ = [
     "VerifyResult",
     "__version__",
     "compare",
+    "convert",
+    "diff",
     "dump",
+    "read_arrow",
     "restore",
     "verify",
 ]

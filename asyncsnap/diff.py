@@ -35,19 +35,27 @@ import contextlib
 import difflib
 import hashlib
 import os
-import re
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import _rows
-from .backup import DataFileReader, check_schema_file, check_stored, open_backup
+from .analysis import (
+    Staging,
+    engine,
+    import_duckdb,
+    line_prefixes,
+    opened_backup,
+    read_csv_sql,
+    token_sql,
+    with_lines,
+)
+from .backup import check_schema_file
 from .encryption import decrypted
-from .errors import OutputError, UsageError, VerificationFailed
+from .errors import OutputError, VerificationFailed
 from .fingerprint import MODULUS
-from .manifest import Backup, BackupFile, BackupTable
+from .manifest import Backup, BackupTable
 from .plan import file_stem
 from .storage import PrivateScratch
 from .text import count
@@ -141,17 +149,6 @@ class DiffResult:
         return sum(t.changed or 0 for t in self.tables)
 
 
-def _import_duckdb() -> Any:
-    try:
-        import duckdb
-    except ImportError as exc:
-        raise UsageError(
-            "diff needs DuckDB, which is not installed",
-            hint="pip install 'asyncsnap[analysis]'",
-        ) from exc
-    return duckdb
-
-
 def _columns(table: BackupTable) -> list[tuple[str, str]]:
     return [(c.name, c.type) for c in table.columns]
 
@@ -181,95 +178,12 @@ def _same_rows_by_manifest(before: BackupTable, after: BackupTable) -> bool:
     return before.fingerprint is not None and before.fingerprint == after.fingerprint
 
 
-class _Staging:
-    """Local, checked copies of data files for DuckDB to read.
-
-    A plain local backup's files are read where they are, after their SHA-256 and size
-    are checked against the manifest. An encrypted one, or one in an object store, is
-    decrypted and decompressed into the private temporary directory (checked as it is
-    read), since DuckDB reads neither age nor object stores."""
-
-    def __init__(self, scratch: PrivateScratch) -> None:
-        self._scratch = scratch
-        self._count = 0
-
-    def files(self, backup: Backup, entries: Sequence[BackupFile]) -> tuple[list[str], str]:
-        """Paths and the compression DuckDB reads them with."""
-        local = isinstance(backup.path, Path) and not backup.encryption
-        if local:
-            assert isinstance(backup.path, Path)
-            for entry in entries:
-                problem = check_stored(backup.source, entry.path, entry.stored_bytes, entry.sha256)
-                if problem:
-                    raise VerificationFailed(
-                        f"{entry.path} {problem}",
-                        hint="the backup is damaged; `asyncsnap verify` says more",
-                    )
-            compression = {"zstd": "zstd", "gzip": "gzip", "none": "none"}[backup.compression]
-            return [str(backup.path / e.path) for e in entries], compression
-        paths = []
-        for entry in entries:
-            self._count += 1
-            target = self._scratch.path() / f"{self._count:06d}.ndjson"
-            reader = DataFileReader(backup, entry)
-            try:
-                with open(target, "xb") as out:
-                    for block in reader:
-                        out.write(block)
-                reader.finish()
-            finally:
-                reader.close()
-            paths.append(str(target))
-        return paths, "none"
-
-
-def _line_prefixes(table: BackupTable) -> list[str]:
-    """What precedes each column's value in a line (``{"a":`` then ``,"b":``), as text."""
-    return [
-        ("{" if i == 0 else ",") + _rows.json_string(c.name.encode()).decode() + ":"
-        for i, c in enumerate(table.columns)
-    ]
-
-
-def _key_sql(table: BackupTable, key: tuple[str, ...]) -> tuple[str, list[str]]:
-    """A DuckDB expression for the primary key's values as written in ``line`` (one
-    string, each value's JSON text in order, separated by a byte no line holds), and its
-    parameters."""
-    prefixes = _line_prefixes(table)
+def _key_sql(table: BackupTable, key: tuple[str, ...]) -> str:
+    """A DuckDB expression for the primary key's values as written in ``line``: each key
+    column's JSON text, in order, separated by a byte no line holds."""
+    prefixes = line_prefixes(table)
     names = [c.name for c in table.columns]
-    parts, params = [], []
-    for column in key:
-        i = names.index(column)
-        after = prefixes[i + 1] if i + 1 < len(prefixes) else None
-        start = "split_part(line, ?, 2)"
-        params.append(prefixes[i])
-        if after is None:  # the last column: up to the closing brace
-            parts.append(f"left({start}, length({start}) - 1)")
-            params.append(prefixes[i])
-        else:
-            parts.append(f"split_part({start}, ?, 1)")
-            params.append(after)
-    return " || chr(1) || ".join(parts), params
-
-
-def _read_sql(compression: str, line_size: int) -> str:
-    # Each line as one VARCHAR, byte for byte: no delimiter, quote or escape that a line
-    # can hold raw (JSON escapes every control character), no header, no type guessing.
-    # DuckDB allocates its read buffers whole and outside what it can spill: with its
-    # default (32 MiB) a 128 MB memory limit failed where 4 MiB buffers ran within 32 MB
-    # (measured, 5 M rows). The line limit grows only for a table whose lines need it
-    # (``_TableReader.differing``).
-    buffer = max(_READ_BUFFER, line_size + (1 << 20))
-    return (
-        "read_csv(?, delim = chr(1), quote = '', escape = '', header = false, "
-        "columns = {'line': 'VARCHAR'}, auto_detect = false, "
-        f"compression = '{compression}', max_line_size = {line_size}, buffer_size = {buffer})"
-    )
-
-
-_READ_BUFFER = 4 << 20
-_DEFAULT_LINE_SIZE = 2_000_000  # DuckDB's own default
-_LINE_SIZE = re.compile(r"Maximum line size of \d+ bytes exceeded\. Actual Size: ?(\d+)")
+    return " || chr(1) || ".join(token_sql(prefixes, names.index(k)) for k in key)
 
 
 def _digest(line: bytes) -> int:
@@ -279,79 +193,52 @@ def _digest(line: bytes) -> int:
 class _TableReader:
     """Reads the differing lines of one table from both backups (see the module doc)."""
 
-    def __init__(self, con: Any, staging: _Staging) -> None:
+    def __init__(self, con: Any, staging: Staging) -> None:
         self.con = con
         self.staging = staging
 
     def differing(self, a: Backup, before: BackupTable, b: Backup, after: BackupTable) -> None:
-        """``_differing``, with DuckDB's line limit raised to the longest line found; its
-        errors are re-raised without their text, which quotes the line (table data)."""
-        duckdb = _import_duckdb()
-        line_size = _DEFAULT_LINE_SIZE
-        while True:
-            try:
-                self._differing(a, before, b, after, line_size)
-                return
-            except duckdb.InvalidInputException as exc:
-                found = _LINE_SIZE.search(str(exc))
-                if found is None:
-                    raise VerificationFailed(
-                        f"{before.qualified}: DuckDB cannot read a line of the data files",
-                        hint="`asyncsnap verify` checks every line of both backups",
-                    ) from None
-                line_size = max(int(found.group(1)) + 2, 2 * line_size)
-            except duckdb.OutOfMemoryException:
-                raise UsageError(
-                    f"{before.qualified}: DuckDB ran out of memory"
-                    + (f" (lines of {line_size} bytes)" if line_size > _DEFAULT_LINE_SIZE else ""),
-                    hint="raise --memory-limit",
-                ) from None
-
-    def _differing(
-        self,
-        a: Backup,
-        before: BackupTable,
-        b: Backup,
-        after: BackupTable,
-        line_size: int,
-    ) -> None:
-        """Fill the temporary table ``d`` (line, side -1 for A / +1 for B, net) with the
-        lines whose counts differ; returns the sources' SQL for later passes."""
-        sources = []
-        params: list[Any] = []
+        """Fill the temporary table ``d`` (line, net: copies in B minus copies in A) with
+        the lines whose counts differ."""
+        sides = []
         for backup, table, side in ((a, before, -1), (b, after, 1)):
             files = [f for f in table.files if f.rows]
             if files:
-                paths, compression = self.staging.files(backup, files)
-                read = _read_sql(compression, line_size)
-                sources.append((f"SELECT line, {side}::TINYINT AS side FROM {read}", [paths]))
-        union = (
-            " UNION ALL ".join(sql for sql, _ in sources)
-            or "SELECT ''::VARCHAR AS line, 0::TINYINT AS side WHERE false"
-        )
-        for _, p in sources:
-            params += p
-        fast = before.fingerprint is not None and after.fingerprint is not None
-        self.con.execute("DROP TABLE IF EXISTS d")
-        if fast:
-            self.con.execute(
-                f"""CREATE TEMP TABLE d AS
-                WITH h AS (
-                    SELECT hash(line) AS h, sum(side) AS net FROM ({union}) GROUP BY 1
-                    HAVING sum(side) <> 0
-                )
-                SELECT line, sum(side)::BIGINT AS net FROM ({union})
-                WHERE hash(line) IN (SELECT h FROM h) GROUP BY line HAVING sum(side) <> 0""",
-                params + params,
+                sides.append((side, *self.staging.files(backup, files)))
+
+        def union(line_size: int) -> str:
+            parts = [
+                f"SELECT line, {side}::TINYINT AS side FROM "
+                f"{read_csv_sql(paths, compression, line_size)}"
+                for side, paths, compression in sides
+            ]
+            return " UNION ALL ".join(parts) or (
+                "SELECT ''::VARCHAR AS line, 0::TINYINT AS side WHERE false"
             )
+
+        def by_hash(line_size: int) -> None:
+            rows = union(line_size)
+            self.con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE d AS
+                WITH h AS (
+                    SELECT hash(line) AS h FROM ({rows}) GROUP BY 1 HAVING sum(side) <> 0
+                )
+                SELECT line, sum(side)::BIGINT AS net FROM ({rows})
+                WHERE hash(line) IN (SELECT h FROM h) GROUP BY line HAVING sum(side) <> 0"""
+            )
+
+        def by_line(line_size: int) -> None:
+            self.con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE d AS
+                SELECT line, sum(side)::BIGINT AS net FROM ({union(line_size)})
+                GROUP BY line HAVING sum(side) <> 0"""
+            )
+
+        if before.fingerprint is not None and after.fingerprint is not None:
+            with_lines(by_hash, before.qualified)
             if self._sums_agree(before, after):
                 return
-        self.con.execute("DROP TABLE IF EXISTS d")
-        self.con.execute(
-            f"""CREATE TEMP TABLE d AS SELECT line, sum(side)::BIGINT AS net FROM ({union})
-            GROUP BY line HAVING sum(side) <> 0""",
-            params,
-        )
+        with_lines(by_line, before.qualified)
 
     def _sums_agree(self, before: BackupTable, after: BackupTable) -> bool:
         """fingerprint(A) - removed + added == fingerprint(B): no collision hid a line."""
@@ -364,15 +251,10 @@ class _TableReader:
         return total % MODULUS == int(after.fingerprint, 16)
 
 
-def _write_rows(
-    con: Any, path: Path | None, key_sql: str | None, key_params: list[str]
-) -> tuple[int, int, int | None]:
+def _write_rows(con: Any, path: Path | None, key_sql: str | None) -> tuple[int, int, int | None]:
     """Pair the differing lines in ``d`` and count them; with ``path``, write them."""
     if key_sql is not None:
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE k AS SELECT {key_sql} AS k, line, net FROM d",
-            key_params,
-        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE k AS SELECT {key_sql} AS k, line, net FROM d")
         counts = con.execute(
             """SELECT
                 count(*) FILTER (WHERE r.k IS NULL),
@@ -458,29 +340,6 @@ def _schema_diff(a: Backup, b: Backup) -> tuple[tuple[str, ...], str | None]:
     return tuple(lines), None
 
 
-@contextlib.contextmanager
-def _engine(memory_limit: str, threads: int, scratch: PrivateScratch) -> Iterator[Any]:
-    duckdb = _import_duckdb()
-    spill = scratch.path() / "spill"
-    spill.mkdir(mode=0o700)
-    con = duckdb.connect(
-        config={
-            "memory_limit": memory_limit,
-            "threads": threads,
-            "temp_directory": str(spill),
-            "preserve_insertion_order": False,
-            # Only the files we name: no extension downloads, no other paths.
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-        }
-    )
-    try:
-        con.execute("SET enable_progress_bar = false")  # a session setting, not a global one
-        yield con
-    finally:
-        con.close()
-
-
 def diff(
     before: str | Path | Backup,
     after: str | Path | Backup,
@@ -509,17 +368,8 @@ def diff(
         print([(t.qualified, t.added, t.removed, t.changed) for t in result.changed_tables])
     """
     started = time.monotonic()
-    _import_duckdb()
-    a = before if isinstance(before, Backup) else open_backup(before)
-    b = after if isinstance(after, Backup) else open_backup(after)
-    if identities:
-        a, b = replace(a, identities=tuple(identities)), replace(b, identities=tuple(identities))
-    for backup in (a, b):
-        if backup.encryption and not backup.identities:
-            raise UsageError(
-                f"{backup.path} is encrypted (age, to {backup.encryption[0][:16]}...)",
-                hint="give the matching secret key file with --identity",
-            )
+    import_duckdb()
+    a, b = opened_backup(before, identities), opened_backup(after, identities)
     out_dir = None
     if rows_dir is not None:
         out_dir = Path(rows_dir)
@@ -565,17 +415,20 @@ def diff(
                     results.append(TableDiff(key[0], key[1], "unchanged", ta.rows, tb.rows, key=pk))
                     continue
                 if con is None:
-                    con = stack.enter_context(_engine(memory_limit, threads, scratch))
-                    reader = _TableReader(con, _Staging(scratch))
+                    con = stack.enter_context(
+                        engine(scratch, memory_limit=memory_limit, threads=threads)
+                    )
+                    reader = _TableReader(con, Staging(scratch))
                 reader.differing(a, ta, b, tb)
                 rows_file = None
                 path = None
                 if out_dir is not None:
                     rows_file = file_stem(*key) + ".ndjson"
                     path = out_dir / rows_file
-                key_sql, key_params = _key_sql(tb, pk) if pk else (None, [])
                 try:
-                    added, removed, changed = _write_rows(con, path, key_sql, key_params)
+                    added, removed, changed = _write_rows(
+                        con, path, _key_sql(tb, pk) if pk else None
+                    )
                 except FileExistsError as exc:
                     raise OutputError(
                         f"{path} exists already", hint="give --rows an empty or new directory"
