@@ -28,12 +28,17 @@ from typing import Any, TypeVar
 
 from . import _rows
 from .backup import DataFileReader, check_stored, open_backup
-from .errors import OutputError, UsageError, VerificationFailed
+from .errors import AsyncsnapError, OutputError, UsageError, VerificationFailed
 from .manifest import Backup, BackupColumn, BackupFile, BackupTable
 from .plan import file_stem
 from .storage import PrivateScratch
 
 T = TypeVar("T")
+
+
+class CannotConvert(AsyncsnapError):
+    """Raised by ``read_arrow``, ``convert`` and ``diff`` when a value has no exact
+    engine type (out of DuckDB's range, or NaN in a ``numeric(p,s)`` column)."""
 
 
 def import_duckdb() -> Any:
@@ -219,6 +224,14 @@ def with_lines(run: Callable[[int], T], what: str) -> T:
                     hint="`asyncsnap verify` checks every line of the backup",
                 ) from None
             line_size = max(int(found.group(1)) + 2, 2 * line_size)
+        except duckdb.ConversionException as exc:
+            # A value outside the engine type's range (a timestamp after 294247, NaN in a
+            # numeric(p,s)): said, never replaced by NULL. DuckDB's first line names it.
+            raise CannotConvert(
+                f"{what}: a value has no exact engine type: {str(exc).splitlines()[0]}",
+                hint="docs/format.md 'Reading with exact types' lists the ranges; the "
+                "NDJSON file holds its text form",
+            ) from None
         except duckdb.OutOfMemoryException:
             longer = f" (lines of {line_size} bytes)" if line_size > DEFAULT_LINE_SIZE else ""
             raise UsageError(
@@ -420,13 +433,21 @@ def read_arrow(
         with engine(scratch, memory_limit=memory_limit) as con:
             paths, compression = Staging(scratch).files(opened, [f for f in entry.files if f.rows])
             return with_lines(
-                lambda size: con.execute(
-                    select_sql(entry, paths, compression, portable_times=True, line_size=size)
-                ).fetch_arrow_table(),
+                lambda size: _arrow_table(
+                    con.execute(
+                        select_sql(entry, paths, compression, portable_times=True, line_size=size)
+                    )
+                ),
                 entry.qualified,
             )
     finally:
         scratch.remove()
+
+
+def _arrow_table(result: Any) -> Any:
+    # DuckDB 1.5 renamed fetch_arrow_table (now deprecated) to to_arrow_table
+    fetch = getattr(result, "to_arrow_table", None) or result.fetch_arrow_table
+    return fetch()
 
 
 @dataclass(frozen=True)
@@ -481,8 +502,9 @@ def convert(
         raise OutputError(
             f"{out / taken[0]} exists already", hint="convert into an empty or new directory"
         )
-    done = []
+    done: list[ConvertedTable] = []
     scratch = PrivateScratch()
+    finished = False
     try:
         with engine(scratch, memory_limit=memory_limit, threads=threads) as con:
             staging = Staging(scratch)
@@ -514,6 +536,11 @@ def convert(
                         ),
                     )
                 )
+        finished = True
     finally:
         scratch.remove()
+        if not finished:  # no half-converted directory that looks complete
+            for name in names.values():
+                with contextlib.suppress(FileNotFoundError):
+                    (out / name).unlink()
     return ConvertResult(out, tuple(done), time.monotonic() - started)

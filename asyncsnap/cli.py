@@ -29,6 +29,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
+from .analysis import convert, views_sql
 from .backup import open_backup
 from .compare import CompareResult, compare, describe_differences, summary_line
 from .compare import as_json as comparison_json
@@ -1373,6 +1374,62 @@ def diff_command(
         raise typer.Exit(ExitCode.DIFFERENT)
 
 
+@app.command("convert", short_help="Write a backup's tables as Parquet files, exact types.")
+def convert_command(
+    backup_dir: BackupArgument,
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="Where the files go (created if missing).")
+    ],
+    to: Annotated[
+        Literal["parquet"], typer.Option("--to", metavar="FORMAT", help="parquet.")
+    ] = "parquet",
+    memory_limit: Annotated[
+        str, typer.Option("--memory-limit", metavar="SIZE", help="DuckDB's memory limit.")
+    ] = DEFAULT_MEMORY_LIMIT,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, metavar="N", help="DuckDB threads.")
+    ] = 2,
+    identity: IdentityOption = None,
+    endpoint_url: EndpointOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    """Write each table of a backup as one Parquet file, DIR/<file stem>.parquet, with
+    the manifest's types: numeric(p,s) as DECIMAL, bytea as BLOB, json/jsonb as JSON,
+    timestamps with their microseconds; what Parquet cannot hold exactly (interval,
+    money, unconstrained numeric, ranges...) as its PostgreSQL text form (docs/format.md
+    "Reading with exact types" lists each type). Needs DuckDB (the analysis extra).
+
+    \b
+    Examples:
+      asyncsnap convert /backups/bench-before --to parquet parquet/bench-before
+    """
+    try:
+        _use_endpoint(endpoint_url)
+        identities = load_identities(identity) if identity else []
+        result = convert(
+            backup_dir,
+            directory,
+            to=to,
+            identities=identities,
+            memory_limit=memory_limit,
+            threads=jobs,
+        )
+    except BaseException as exc:
+        raise _handle(exc, dsn=None, debug=debug) from None
+    if quiet:
+        return
+    for table in result.tables:
+        text = f" (as text: {', '.join(table.text_columns)})" if table.text_columns else ""
+        typer.echo(
+            one_line(
+                f"{table.schema}.{table.name}: {count(table.rows, 'row')} -> "
+                f"{result.directory / table.path}{text}"
+            )
+        )
+    typer.echo(f"converted {count(len(result.tables), 'table')} in {result.seconds:.2f}s")
+
+
 @app.command("verify", short_help="Check a backup completely, offline.")
 def verify_command(
     backup_dir: BackupArgument,
@@ -1495,18 +1552,36 @@ def inspect_command(
     backup_dir: BackupArgument,
     endpoint_url: EndpointOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    sql: Annotated[
+        Literal["duckdb"] | None,
+        typer.Option(
+            "--sql",
+            metavar="ENGINE",
+            help="Print SQL for ENGINE (duckdb) that reads every table with exact types.",
+            show_default=False,
+        ),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Summarise a backup: snapshot, server, tables, rows, sizes, restore order.
+
+    With --sql duckdb, print instead one DuckDB view per table, reading the backup's
+    files with the manifest's types (numeric as DECIMAL, bytea as BLOB, jsonb as JSON...;
+    docs/format.md "Reading with exact types").
 
     \b
     Examples:
       asyncsnap inspect /backups/before-migration-42
       asyncsnap inspect /backups/before-migration-42 --json | jq .totals
+      # Query a backup with exact types in DuckDB
+      asyncsnap inspect /backups/before-migration-42 --sql duckdb > views.sql
     """
     try:
         _use_endpoint(endpoint_url)
         backup = open_backup(backup_dir)
+        if sql is not None:
+            typer.echo(views_sql(backup), nl=False)
+            return
     except BaseException as exc:
         raise _handle(exc, dsn=None, debug=debug) from None
     if as_json:
