@@ -29,14 +29,14 @@ import typer
 from rich.console import Console
 
 from . import __version__
-from .analysis import convert, views_sql
+from .analysis import DEFAULT_MEMORY_LIMIT, convert, views_sql
 from .backup import open_backup
 from .compare import CompareResult, compare, describe_differences, summary_line
 from .compare import as_json as comparison_json
 from .connection import ConnectionSpec, resolve
-from .diff import DEFAULT_MEMORY_LIMIT, diff
 from .diff import as_json as diff_json
 from .diff import describe as describe_diff
+from .diff import diff
 from .dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
 from .encryption import load_identities
 from .errors import (

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .analysis import (
+    DEFAULT_MEMORY_LIMIT,
     Staging,
     engine,
     import_duckdb,
@@ -61,8 +62,6 @@ from .storage import PrivateScratch
 from .text import count
 
 Status = Literal["unchanged", "changed", "new", "dropped", "columns differ"]
-
-DEFAULT_MEMORY_LIMIT = "1GB"
 
 
 @dataclass(frozen=True)
@@ -219,13 +218,23 @@ class _TableReader:
         def by_hash(line_size: int) -> None:
             rows = union(line_size)
             self.con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE d AS
-                WITH h AS (
-                    SELECT hash(line) AS h FROM ({rows}) GROUP BY 1 HAVING sum(side) <> 0
-                )
-                SELECT line, sum(side)::BIGINT AS net FROM ({rows})
-                WHERE hash(line) IN (SELECT h FROM h) GROUP BY line HAVING sum(side) <> 0"""
+                f"""CREATE OR REPLACE TEMP TABLE h AS
+                SELECT hash(line) AS h FROM ({rows}) GROUP BY 1 HAVING sum(side) <> 0"""
             )
+            # DuckDB guesses a CSV file holds ~500 rows and so builds the join's hash table
+            # on the files' side, lines and all (millions); the candidates' side is the
+            # small one. Measured, 2 x 5 M lines: 3.6 s, built on the candidates 1.2 s.
+            self.con.execute("SET disabled_optimizers = 'build_side_probe_side'")
+            try:
+                self.con.execute(
+                    f"""CREATE OR REPLACE TEMP TABLE d AS
+                    SELECT line, sum(side)::BIGINT AS net
+                    FROM (SELECT line, side, hash(line) AS lh FROM ({rows})) r
+                    SEMI JOIN h ON r.lh = h.h
+                    GROUP BY line HAVING sum(side) <> 0"""
+                )
+            finally:
+                self.con.execute("RESET disabled_optimizers")
 
         def by_line(line_size: int) -> None:
             self.con.execute(
