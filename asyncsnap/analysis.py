@@ -527,6 +527,7 @@ def convert(
                         table, paths, compression, portable_times=True, line_size=size
                     )
                     con.execute(f"COPY ({query}) TO {literal(str(target))} (FORMAT parquet)")
+                    target.chmod(0o600)  # it holds the table's rows, as the backup's files do
 
                 with_lines(write, table.qualified)
                 done.append(

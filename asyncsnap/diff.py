@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from .analysis import (
     DEFAULT_MEMORY_LIMIT,
@@ -260,8 +260,8 @@ class _TableReader:
         return total % MODULUS == int(after.fingerprint, 16)
 
 
-def _write_rows(con: Any, path: Path | None, key_sql: str | None) -> tuple[int, int, int | None]:
-    """Pair the differing lines in ``d`` and count them; with ``path``, write them."""
+def _write_rows(con: Any, out: BinaryIO | None, key_sql: str | None) -> tuple[int, int, int | None]:
+    """Pair the differing lines in ``d`` and count them; with ``out``, write them."""
     if key_sql is not None:
         con.execute(f"CREATE OR REPLACE TEMP TABLE k AS SELECT {key_sql} AS k, line, net FROM d")
         counts = con.execute(
@@ -292,13 +292,24 @@ def _write_rows(con: Any, path: Path | None, key_sql: str | None) -> tuple[int, 
                 ELSE '{"change":"removed","row":' || line || '}' END
             FROM d, range(abs(net)) ORDER BY net > 0, line"""
         result_changed = None
-    if path is not None:
+    if out is not None:
         result = con.execute(query)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            while batch := result.fetchmany(10_000):
-                out.write(b"".join(row[0].encode() + b"\n" for row in batch))
+        while batch := result.fetchmany(10_000):
+            out.write(b"".join(row[0].encode() + b"\n" for row in batch))
     return added, removed, result_changed
+
+
+def _new_file(path: Path) -> BinaryIO:
+    """A new file, 0600 (it holds rows), never one that exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError as exc:
+        raise OutputError(
+            f"{path} exists already", hint="give --rows an empty or new directory"
+        ) from exc
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
+    return os.fdopen(fd, "wb")
 
 
 def _sequences(a: Backup, b: Backup) -> tuple[SequenceDiff, ...]:
@@ -391,6 +402,8 @@ def diff(
     tables_b = {t.key: t for t in b.tables if t.has_data}
     results: list[TableDiff] = []
     not_read = 0
+    written: list[Path] = []  # --rows files made by this run
+    finished = False
     scratch = PrivateScratch()
     try:
         with contextlib.ExitStack() as stack:
@@ -430,21 +443,19 @@ def diff(
                     reader = _TableReader(con, Staging(scratch))
                 reader.differing(a, ta, b, tb)
                 rows_file = None
-                path = None
+                out: BinaryIO | None = None
                 if out_dir is not None:
                     rows_file = file_stem(*key) + ".ndjson"
-                    path = out_dir / rows_file
-                try:
+                    out = _new_file(out_dir / rows_file)
+                    written.append(out_dir / rows_file)
+                with out or contextlib.nullcontext():
                     added, removed, changed = _write_rows(
-                        con, path, _key_sql(tb, pk) if pk else None
+                        con, out, _key_sql(tb, pk) if pk else None
                     )
-                except FileExistsError as exc:
-                    raise OutputError(
-                        f"{path} exists already", hint="give --rows an empty or new directory"
-                    ) from exc
                 status: Status = "changed" if added or removed or changed else "unchanged"
-                if status == "unchanged" and path is not None:
-                    path.unlink()
+                if status == "unchanged" and out_dir is not None and rows_file is not None:
+                    (out_dir / rows_file).unlink()
+                    written.pop()
                     rows_file = None
                 results.append(
                     TableDiff(
@@ -461,8 +472,13 @@ def diff(
                         rows_file=rows_file,
                     )
                 )
+        finished = True
     finally:
         scratch.remove()
+        if not finished:  # no rows directory that looks like a whole answer
+            for path in written:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     large_objects = None
     lo_a, lo_b = a.large_objects, b.large_objects

@@ -106,6 +106,7 @@ def test_parquet_gives_back_every_value_it_can_hold(db: Database, tmp_path: Path
     db.execute("DELETE FROM times WHERE id = 5")  # past DuckDB's range: its own test below
     backup = Path(run_dump(db, tmp_path, name="b").path)
     result = convert(backup, tmp_path / "parquet")
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "parquet").iterdir()} == {0o600}
     opened = open_backup(backup)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")

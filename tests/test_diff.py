@@ -196,3 +196,32 @@ def test_diff_of_tables_larger_than_the_engine_memory_limit(db: Database, tmp_pa
     small = diff(before, after, memory_limit="32MB", threads=1)
     assert by_name(small) == {"wide": ("changed", 0, 0, 45000)}
     assert by_name(diff(before, after)) == by_name(small)
+
+
+def test_rows_directory_is_never_overwritten_nor_left_half_written(
+    db: Database, tmp_path: Path
+) -> None:
+    """--rows into a directory that already holds a table's file: exit 4 naming it, that
+    file untouched, and no file of this run left behind (a half answer looks whole)."""
+    db.execute(
+        "CREATE TABLE a1 (id int PRIMARY KEY, v int); INSERT INTO a1 VALUES (1, 1);"
+        "CREATE TABLE b2 (id int PRIMARY KEY, v int); INSERT INTO b2 VALUES (1, 1)"
+    )
+    before = Path(run_dump(db, tmp_path, name="before").path)
+    db.execute("UPDATE a1 SET v = 2; UPDATE b2 SET v = 2")
+    after = Path(run_dump(db, tmp_path, name="after").path)
+    rows = tmp_path / "rows"
+    first = diff(before, after, rows_dir=rows)
+    assert sorted(p.name for p in rows.iterdir()) == sorted(
+        t.rows_file for t in first.tables if t.rows_file
+    )
+    b2 = next(t.rows_file or "" for t in first.tables if t.name == "b2")
+    a1 = next(t.rows_file or "" for t in first.tables if t.name == "a1")
+    (rows / a1).unlink()
+    (rows / b2).write_text("mine\n")
+    run = run_cli("diff", str(before), str(after), "--rows", str(rows))
+    assert run.returncode == ExitCode.OUTPUT, run.stderr
+    assert run.stderr.splitlines()[0] == f"error: {rows / b2} exists already"
+    assert [p.name for p in rows.iterdir()] == [b2]  # a1's file of this run was removed
+    assert (rows / b2).read_text() == "mine\n"
+    assert (rows.stat().st_mode & 0o777) == 0o700
