@@ -405,7 +405,7 @@ def views_sql(backup: str | Path | Backup) -> str:
     for table in opened.tables:
         if not table.has_data:
             continue
-        paths = [str(root / f.path) for f in table.files]
+        paths = [str(root / f.path) for f in table.files if f.rows]
         statements.append(
             f"CREATE OR REPLACE VIEW {identifier(table.schema)}.{identifier(table.name)} AS "
             f"{select_sql(table, paths, opened.compression, line_size=_VIEW_LINE_SIZE)};"
