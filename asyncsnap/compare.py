@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,7 +43,7 @@ from .catalog import (
 )
 from .connection import ConnectionSpec, ConnectParams, resolve
 from .copy import CopyContext, LargeObjectsJob, WorkItem, cancelled_by_server, close_pool, copy_all
-from .errors import DumpFailed, UsageError
+from .errors import DumpFailed, UsageError, most_telling
 from .events import EventCallback
 from .fingerprint import RowFingerprint, combine
 from .manifest import Backup, BackupFile, BackupSequence, BackupTable, Compression
@@ -53,6 +54,7 @@ from .storage import CountingWriter, DataFileWriter, StoredFile
 from .text import count
 
 Status = Literal["equal", "different", "missing", "columns differ"]
+_LARGE_OBJECTS = ("", "large objects")  # the key of the large objects' numbers
 
 
 @dataclass(frozen=True)
@@ -238,80 +240,97 @@ async def compare(
     recorded = all(f.fingerprint is not None for t in tables for f in t.files)
     if not recorded and backup.encryption and not backup.identities:
         raise UsageError(
-            f"{backup.path} has no fingerprints in its manifest (a dump before asyncsnap "
-            "0.8.0) and is encrypted: its files must be read",
+            f"{backup.path} has no fingerprints in its manifest (dumped without "
+            "--fingerprints) and is encrypted: its files must be read",
             hint="give the matching secret key file with --identity",
         )
 
     params = dsn if isinstance(dsn, ConnectParams) else resolve(dsn)
-    session = Session(params, SessionPolicy(render=backup.settings))
-    conn = await session.connect()
-    pool: asyncpg.Pool | None = None
-    try:
-        try:
-            coordinator = await Coordinator.begin(conn)
-            server = await read_server_info(conn)
-            live = {t.key: t for t in await list_tables(conn, server) if t.is_table}
-            found = [live[t.key] for t in tables if t.key in live]
-            await coordinator.lock(found, lock_timeout=lock_timeout)
-            described = {t.key: t for t in await describe_tables(conn, found)}
-            types = await read_types(conn)
-            sequence_states = await _sequence_states(conn, sequences)
-            comparable: dict[tuple[str, str], Table] = {}
-            early: dict[tuple[str, str], TableComparison] = {}
-            for saved in tables:
-                table = described.get(saved.key)
-                if table is None:
-                    early[saved.key] = TableComparison(
-                        saved.schema, saved.name, "missing", backup_rows=saved.rows
-                    )
-                    continue
-                difference = _column_difference(saved, table)
-                if difference:
-                    early[saved.key] = TableComparison(
-                        saved.schema,
-                        saved.name,
-                        "columns differ",
-                        backup_rows=saved.rows,
-                        detail=difference,
-                    )
-                    continue
-                comparable[saved.key] = table
-            split = split_larger_than if server.version_num >= TID_RANGE_SCAN_VERSION else None
-            items: list[WorkItem] = list(
-                plan_chunks(comparable.values(), split_larger_than=split, jobs=jobs)
-            )
-            if with_large_objects:
-                assert backup.large_objects is not None
-                items.insert(
-                    0, LargeObjectsJob(est_rows=backup.large_objects.objects, readable_only=False)
-                )
-            stored: dict[str, StoredFile] = {}
-            if items:
-                pool = await session.create_pool(max(1, min(jobs, len(items))))
-                lost = anyio.Event()
-                conn.add_termination_listener(lambda _: lost.set())
-                ctx = CopyContext(coordinator.snapshot_id, types, _Counting(), "none", emit)
-                stored = await copy_all(pool, items, ctx, lost)
-                await close_pool(pool)
-                pool = None
-            await coordinator.ensure_alive()
-        except asyncpg.QueryCanceledError as exc:
-            raise cancelled_by_server(exc, "a catalog query or lock") from exc
-        except CONNECTION_LOST as exc:
-            raise snapshot_lost() from exc
-        except asyncpg.PostgresError as exc:
-            raise DumpFailed(
-                f"server error: {exc}", hint=getattr(exc, "hint", None) or "see the server log"
-            ) from exc
-    finally:
-        if pool is not None:
-            await close_pool(pool)
-        if not conn.is_closed():
-            conn.terminate()
+    # The backup's side runs beside the database's: for a backup without fingerprints
+    # (dump without --fingerprints) it reads and hashes every file, which takes about as
+    # long as reading the database; both mostly wait in native code without the GIL.
+    expected: dict[tuple[str, str], tuple[int, str, bool]] = {}
 
-    # The backup's side, once the database's snapshot is released: reading files of an
-    # old backup can take as long as the database's side.
+    def backup_side() -> None:
+        for saved in tables:
+            expected[saved.key] = backup_numbers(backup, saved.files)
+        if with_large_objects:
+            assert backup.large_objects is not None
+            expected[_LARGE_OBJECTS] = backup_numbers(backup, backup.large_objects.files)
+
+    try:
+        async with anyio.create_task_group() as sides:
+            sides.start_soon(partial(anyio.to_thread.run_sync, backup_side, abandon_on_cancel=True))
+        session = Session(params, SessionPolicy(render=backup.settings))
+        conn = await session.connect()
+        pool: asyncpg.Pool | None = None
+        try:
+            try:
+                coordinator = await Coordinator.begin(conn)
+                server = await read_server_info(conn)
+                live = {t.key: t for t in await list_tables(conn, server) if t.is_table}
+                found = [live[t.key] for t in tables if t.key in live]
+                await coordinator.lock(found, lock_timeout=lock_timeout)
+                described = {t.key: t for t in await describe_tables(conn, found)}
+                types = await read_types(conn)
+                sequence_states = await _sequence_states(conn, sequences)
+                comparable: dict[tuple[str, str], Table] = {}
+                early: dict[tuple[str, str], TableComparison] = {}
+                for saved in tables:
+                    table = described.get(saved.key)
+                    if table is None:
+                        early[saved.key] = TableComparison(
+                            saved.schema, saved.name, "missing", backup_rows=saved.rows
+                        )
+                        continue
+                    difference = _column_difference(saved, table)
+                    if difference:
+                        early[saved.key] = TableComparison(
+                            saved.schema,
+                            saved.name,
+                            "columns differ",
+                            backup_rows=saved.rows,
+                            detail=difference,
+                        )
+                        continue
+                    comparable[saved.key] = table
+                split = split_larger_than if server.version_num >= TID_RANGE_SCAN_VERSION else None
+                items: list[WorkItem] = list(
+                    plan_chunks(comparable.values(), split_larger_than=split, jobs=jobs)
+                )
+                if with_large_objects:
+                    assert backup.large_objects is not None
+                    items.insert(
+                        0,
+                        LargeObjectsJob(est_rows=backup.large_objects.objects, readable_only=False),
+                    )
+                stored: dict[str, StoredFile] = {}
+                if items:
+                    pool = await session.create_pool(max(1, min(jobs, len(items))))
+                    lost = anyio.Event()
+                    conn.add_termination_listener(lambda _: lost.set())
+                    ctx = CopyContext(coordinator.snapshot_id, types, _Counting(), "none", emit)
+                    stored = await copy_all(pool, items, ctx, lost)
+                    await close_pool(pool)
+                    pool = None
+                await coordinator.ensure_alive()
+            except asyncpg.QueryCanceledError as exc:
+                raise cancelled_by_server(exc, "a catalog query or lock") from exc
+            except CONNECTION_LOST as exc:
+                raise snapshot_lost() from exc
+            except asyncpg.PostgresError as exc:
+                raise DumpFailed(
+                    f"server error: {exc}", hint=getattr(exc, "hint", None) or "see the server log"
+                ) from exc
+        finally:
+            if pool is not None:
+                await close_pool(pool)
+            if not conn.is_closed():
+                conn.terminate()
+
+    except BaseExceptionGroup as group:
+        raise most_telling(group) from None
+
     results: list[TableComparison] = []
     read_files = False
     chunks_by_table: dict[tuple[str, str], list[StoredFile]] = {}
@@ -322,9 +341,7 @@ async def compare(
         if saved.key in early:
             results.append(early[saved.key])
             continue
-        rows, fingerprint, from_files = await anyio.to_thread.run_sync(
-            backup_numbers, backup, saved.files
-        )
+        rows, fingerprint, from_files = expected[saved.key]
         read_files |= from_files
         live_files = chunks_by_table.get(saved.key, [])
         live_rows = sum(f.rows for f in live_files)
@@ -344,9 +361,7 @@ async def compare(
     large_objects = None
     if with_large_objects:
         assert backup.large_objects is not None
-        rows, fingerprint, from_files = await anyio.to_thread.run_sync(
-            backup_numbers, backup, backup.large_objects.files
-        )
+        rows, fingerprint, from_files = expected[_LARGE_OBJECTS]
         read_files |= from_files
         live_lo = stored[LargeObjectsJob.stem]
         large_objects = TableComparison(

@@ -217,7 +217,8 @@ class DataFileWriter:
         self.rows = 0
         self.raw_bytes = 0
         self.last_byte = b"\n"
-        self.fingerprint = RowFingerprint()
+        # None: not asked for (``dump --fingerprints``; compare's writers always are)
+        self.fingerprint: RowFingerprint | None = RowFingerprint()
 
     @property
     def stored_bytes(self) -> int:
@@ -242,7 +243,8 @@ class DataFileWriter:
         self.raw_bytes += len(data)
         if data:
             self.last_byte = data[-1:]
-        self.fingerprint.update(data)
+        if self.fingerprint is not None:
+            self.fingerprint.update(data)
         self._stage(self._compressor.compress(data))
 
     def _stage(self, out: bytes) -> None:
@@ -281,7 +283,7 @@ class DataFileWriter:
             bytes=self.raw_bytes,
             stored_bytes=self._stored.size,
             sha256=self._stored.hash.hexdigest(),
-            fingerprint=self.fingerprint.hexdigest(),
+            fingerprint=None if self.fingerprint is None else self.fingerprint.hexdigest(),
         )
 
     def discard(self) -> None:
@@ -323,7 +325,7 @@ class CountingWriter(DataFileWriter):
             bytes=self.raw_bytes,
             stored_bytes=0,
             sha256="",
-            fingerprint=self.fingerprint.hexdigest(),
+            fingerprint=self.fingerprint.hexdigest() if self.fingerprint is not None else None,
         )
 
 

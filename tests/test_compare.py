@@ -42,7 +42,7 @@ def test_restore_compare_proves_every_type_exact_then_compare_names_each_differe
     one changed, one extra and one missing row, and a sequence moved on, are each named
     with their counts (exit 7)."""
     db.execute(FIDELITY + (XML_FIDELITY if has_xml(db) else ""))
-    backup = Path(run_dump(db, tmp_path, jobs=2).path)
+    backup = Path(run_dump(db, tmp_path, jobs=2, fingerprints=True).path)
 
     restored = run_cli("restore", str(backup), target.dsn, "--compare")
     assert restored.returncode == 0, restored.stderr
@@ -92,7 +92,7 @@ def test_fingerprints_do_not_depend_on_split_or_physical_order(
         "CREATE TABLE dup (v int);"  # no key, duplicate rows
         "INSERT INTO dup SELECT 1 FROM generate_series(1, 3);"
     )
-    result = run_dump(db, tmp_path, split_larger_than=256 << 10, jobs=2)
+    result = run_dump(db, tmp_path, split_larger_than=256 << 10, jobs=2, fingerprints=True)
     backup = Path(result.path)
     entry = next(t for t in manifest_of(backup)["tables"] if t["name"] == "events")
     assert len(entry["files"]) > 2
@@ -141,12 +141,13 @@ def test_compare_names_missing_tables_and_changed_columns(db: Database, tmp_path
 def test_backup_without_fingerprints_is_compared_from_its_checked_files(
     db: Database, tmp_path: Path
 ) -> None:
-    """A manifest without fingerprints (asyncsnap before 0.8.0): compare reads the files,
-    checking them as verify does; a damaged file fails it (exit 5), not a wrong answer."""
+    """A manifest without fingerprints (a dump without --fingerprints, or before 0.8.0):
+    compare reads the files, checking them as verify does; a damaged file fails it
+    (exit 5), not a wrong answer. A key absent (0.7.0) reads as null."""
     db.execute(
         "CREATE TABLE t (id int, v text);INSERT INTO t SELECT g, 'v' FROM generate_series(1, 500) g"
     )
-    backup = Path(run_dump(db, tmp_path).path)
+    backup = Path(run_dump(db, tmp_path, fingerprints=True).path)
     body = manifest_of(backup)
     for table in body["tables"]:
         for f in table["files"]:

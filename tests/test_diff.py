@@ -41,13 +41,22 @@ def test_diff_around_a_pgbench_run_counts_what_the_server_says_changed(
             f"CREATE TABLE before_state.{t} AS SELECT * FROM public.pgbench_{t};" for t in tables
         )
     )
-    before = Path(run_dump(db, tmp_path, name="before", exclude_schemas=["before_state"]).path)
+    # with fingerprints: the first pass's result is checked against them
+    before = Path(
+        run_dump(
+            db, tmp_path, name="before", exclude_schemas=["before_state"], fingerprints=True
+        ).path
+    )
     subprocess.run(
         [str(bindir / "pgbench"), "-n", "-T", "3", "-c", "2", db.dsn],
         check=True,
         capture_output=True,
     )
-    after = Path(run_dump(db, tmp_path, name="after", exclude_schemas=["before_state"]).path)
+    after = Path(
+        run_dump(
+            db, tmp_path, name="after", exclude_schemas=["before_state"], fingerprints=True
+        ).path
+    )
 
     def changed(table: str, key: str) -> int:
         return int(
@@ -183,7 +192,7 @@ def test_identical_tables_are_not_read_and_damaged_ones_are_refused(
 
 
 def test_diff_of_tables_larger_than_the_engine_memory_limit(db: Database, tmp_path: Path) -> None:
-    """About 70 MB of lines per side, every tenth row changed, against a 32 MB limit for
+    """About 70 MB of lines per side, every tenth row changed, against a 48 MB limit for
     DuckDB: the same answer as with room to spare (it spills to its private directory)."""
     db.execute(
         "CREATE TABLE wide (id bigint PRIMARY KEY, pad text);"
@@ -193,7 +202,7 @@ def test_diff_of_tables_larger_than_the_engine_memory_limit(db: Database, tmp_pa
     db.execute("UPDATE wide SET pad = 'changed' WHERE id % 10 = 0")
     after = Path(run_dump(db, tmp_path, name="after").path)
     assert manifest_of(before)["totals"]["bytes"] > 64 << 20
-    small = diff(before, after, memory_limit="32MB", threads=1)
+    small = diff(before, after, memory_limit="48MB", threads=1)
     assert by_name(small) == {"wide": ("changed", 0, 0, 45000)}
     assert by_name(diff(before, after)) == by_name(small)
 
