@@ -1316,6 +1316,29 @@ fail:
 
 /* ------------------------------------------------------------- fingerprints */
 
+/* The first 16 bytes of SHA-256(p[0..n)) as a big-endian integer. The message is padded
+ * here and its blocks handed to OpenSSL's block function (SHA256_Transform, which takes
+ * the CPU's SHA instructions where there are some), without SHA256_Update/Final's copies
+ * and bookkeeping: 0.16 instead of 0.19 us a 130-byte line (measured, 1 M lines).
+ * tests/test_fingerprint.py checks it against hashlib. */
+static unsigned __int128 line_digest128(const unsigned char *p, size_t n)
+{
+    SHA256_CTX ctx;
+    unsigned char tail[128];
+    size_t full = n / 64 * 64, rest = n - full, blocks, i;
+    uint64_t bits = (uint64_t)n * 8;
+    SHA256_Init(&ctx);
+    for (i = 0; i < full; i += 64) SHA256_Transform(&ctx, p + i);
+    memcpy(tail, p + full, rest);
+    tail[rest] = 0x80;
+    blocks = rest + 9 <= 64 ? 1 : 2;
+    memset(tail + rest + 1, 0, blocks * 64 - rest - 1 - 8);
+    for (i = 0; i < 8; i++) tail[blocks * 64 - 1 - i] = (unsigned char)(bits >> (8 * i));
+    for (i = 0; i < blocks; i++) SHA256_Transform(&ctx, tail + 64 * i);
+    return ((unsigned __int128)ctx.h[0] << 96) | ((unsigned __int128)ctx.h[1] << 64) |
+           ((unsigned __int128)ctx.h[2] << 32) | (unsigned __int128)ctx.h[3];
+}
+
 /* Whole lines of data: how many, the sum modulo 2^128 of the first 16 bytes of each line's
  * SHA-256 (newline excluded) read as a big-endian integer, and where the last whole line
  * ends. What follows that offset (a line not yet ended) is the caller's to keep. */
@@ -1332,19 +1355,11 @@ static PyObject *py_line_fingerprint(PyObject *self, PyObject *arg)
     {
         const unsigned char *s = data.buf;
         size_t n = (size_t)data.len;
-        unsigned char digest[SHA256_DIGEST_LENGTH];
-        SHA256_CTX ctx;
         while (start < n) {
             const unsigned char *nl = memchr(s + start, '\n', n - start);
-            unsigned __int128 value = 0;
             if (nl == NULL) break;
-            /* The context calls, not SHA256(): in OpenSSL 3 the one-shot fetches an EVP
-             * method on every call, which cost twice the hashing of a short line. */
-            SHA256_Init(&ctx);
-            SHA256_Update(&ctx, s + start, (size_t)(nl - (s + start)));
-            SHA256_Final(digest, &ctx);
-            for (k = 0; k < 16; k++) value = (value << 8) | digest[k];
-            total += value; /* unsigned: wraps modulo 2^128 */
+            total += line_digest128(s + start, (size_t)(nl - (s + start)));
+            /* unsigned: wraps modulo 2^128 */
             rows++;
             start = (size_t)(nl - s) + 1;
         }
