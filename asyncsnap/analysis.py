@@ -438,7 +438,7 @@ def read_arrow(
             paths, compression = Staging(scratch).files(opened, [f for f in entry.files if f.rows])
             return with_lines(
                 lambda size: _arrow_table(
-                    con.execute(
+                    con.sql(
                         select_sql(entry, paths, compression, portable_times=True, line_size=size)
                     )
                 ),
@@ -448,10 +448,10 @@ def read_arrow(
         scratch.remove()
 
 
-def _arrow_table(result: Any) -> Any:
-    # DuckDB 1.5 renamed fetch_arrow_table (now deprecated) to to_arrow_table
-    fetch = getattr(result, "to_arrow_table", None) or result.fetch_arrow_table
-    return fetch()
+def _arrow_table(relation: Any) -> Any:
+    # A relation's to_arrow_table (DuckDB 1.5 and 2.x): a cursor's fetch_arrow_table is
+    # deprecated in 1.5 and in 2.0 warns that it copies the rows once more.
+    return relation.to_arrow_table()
 
 
 @dataclass(frozen=True)
