@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -57,8 +56,8 @@ from .analysis import (
 from .backup import check_schema_file
 from .encryption import decrypted
 from .errors import OutputError, VerificationFailed
-from .fingerprint import MODULUS
-from .manifest import Backup, BackupTable
+from .fingerprint import MODULUS, combine, line_value
+from .manifest import Backup, BackupFile, BackupTable
 from .plan import file_stem
 from .storage import PrivateScratch
 from .text import count
@@ -169,14 +168,17 @@ def column_changes(before: BackupTable, after: BackupTable) -> tuple[ColumnChang
     return tuple(changes)
 
 
-def _same_rows_by_manifest(before: BackupTable, after: BackupTable) -> bool:
-    """Whether the manifests alone show the rows are equal: the same file bytes, or the
-    same count and fingerprint (the same multiset of lines)."""
-    if before.rows != after.rows:
+def _same_rows_by_manifest(before: Sequence[BackupFile], after: Sequence[BackupFile]) -> bool:
+    """Whether the manifests alone show two sets of files hold the same lines: the same
+    file bytes, or the same count and fingerprint (the same multiset of lines)."""
+    if sum(f.rows for f in before) != sum(f.rows for f in after):
         return False
-    if sorted(f.sha256 for f in before.files) == sorted(f.sha256 for f in after.files):
+    if sorted(f.sha256 for f in before) == sorted(f.sha256 for f in after):
         return True
-    return before.fingerprint is not None and before.fingerprint == after.fingerprint
+    recorded = all(f.fingerprint is not None for f in (*before, *after))
+    return recorded and combine(f.fingerprint or "" for f in before) == combine(
+        f.fingerprint or "" for f in after
+    )
 
 
 def _key_sql(table: BackupTable, key: tuple[str, ...]) -> str:
@@ -185,10 +187,6 @@ def _key_sql(table: BackupTable, key: tuple[str, ...]) -> str:
     prefixes = line_prefixes(table)
     names = [c.name for c in table.columns]
     return " || chr(1) || ".join(token_sql(prefixes, names.index(k)) for k in key)
-
-
-def _digest(line: bytes) -> int:
-    return int.from_bytes(hashlib.sha256(line).digest()[:16], "big")
 
 
 class _TableReader:
@@ -266,7 +264,7 @@ class _TableReader:
         result = self.con.execute("SELECT line, net FROM d")
         while batch := result.fetchmany(10_000):
             for line, net in batch:
-                total += net * _digest(line.encode())
+                total += net * line_value(line.encode())
         return total % MODULUS == int(after.fingerprint, 16)
 
 
@@ -442,7 +440,7 @@ def diff(
                     )
                     continue
                 pk = tb.primary_key if tb.primary_key == ta.primary_key else ()
-                if _same_rows_by_manifest(ta, tb):
+                if _same_rows_by_manifest(ta.files, tb.files):
                     not_read += 1
                     results.append(TableDiff(key[0], key[1], "unchanged", ta.rows, tb.rows, key=pk))
                     continue
@@ -492,13 +490,13 @@ def diff(
 
     large_objects = None
     lo_a, lo_b = a.large_objects, b.large_objects
-    fp = [
-        None
-        if lo is None
-        else (lo.objects, tuple(sorted(f.fingerprint or f.sha256 for f in lo.files)))
-        for lo in (lo_a, lo_b)
-    ]
-    if fp[0] != fp[1]:
+    same_objects = (lo_a is None and lo_b is None) or (
+        lo_a is not None
+        and lo_b is not None
+        and lo_a.objects == lo_b.objects
+        and _same_rows_by_manifest(lo_a.files, lo_b.files)
+    )
+    if not same_objects:
         large_objects = (lo_a.objects if lo_a else 0, lo_b.objects if lo_b else 0)
     schema_diff, schema_note = _schema_diff(a, b)
     return DiffResult(
