@@ -20,6 +20,13 @@ from .test_dump import run_dump
 pytest.importorskip("duckdb", reason="diff needs the analysis extra (DuckDB)")
 
 
+def exports_around(db: Database, tmp_path: Path, change: str) -> tuple[Path, Path]:
+    """Backups named before and after of ``db``, with ``change`` run between them."""
+    before = Path(run_dump(db, tmp_path, name="before").path)
+    db.execute(change)
+    return before, Path(run_dump(db, tmp_path, name="after").path)
+
+
 def by_name(result: DiffResult) -> dict[str, tuple[str, int, int, int | None]]:
     return {t.name: (t.status, t.added, t.removed, t.changed) for t in result.tables}
 
@@ -117,12 +124,12 @@ def test_table_without_primary_key_is_a_multiset_of_rows(db: Database, tmp_path:
         "INSERT INTO log SELECT 'same' FROM generate_series(1, 3);"
         "INSERT INTO log VALUES ('gone'), ('kept')"
     )
-    before = Path(run_dump(db, tmp_path, name="before").path)
-    db.execute(
+    before, after = exports_around(
+        db,
+        tmp_path,
         "DELETE FROM log WHERE ctid = (SELECT min(ctid) FROM log WHERE v = 'same');"
-        "DELETE FROM log WHERE v = 'gone'; INSERT INTO log VALUES ('new'), ('new')"
+        "DELETE FROM log WHERE v = 'gone'; INSERT INTO log VALUES ('new'), ('new')",
     )
-    after = Path(run_dump(db, tmp_path, name="after").path)
     result = diff(before, after, rows_dir=tmp_path / "rows")
     assert by_name(result) == {"log": ("changed", 2, 2, None)}
     rows = (tmp_path / "rows" / result.tables[0].rows_file).read_text()  # type: ignore[operator]
@@ -141,12 +148,12 @@ def test_schema_changes_are_named_and_the_ddl_difference_shown(
         "CREATE TABLE t (id int PRIMARY KEY, a int, b text); INSERT INTO t VALUES (1, 1, 'x');"
         "CREATE TABLE gone (id int); CREATE TABLE stays (id int); INSERT INTO stays VALUES (1)"
     )
-    before = Path(run_dump(db, tmp_path, name="before").path)
-    db.execute(
+    before, after = exports_around(
+        db,
+        tmp_path,
         "ALTER TABLE t ALTER COLUMN a TYPE bigint, DROP COLUMN b, ADD COLUMN c date;"
-        "DROP TABLE gone; CREATE TABLE fresh (id int); INSERT INTO fresh VALUES (1), (2)"
+        "DROP TABLE gone; CREATE TABLE fresh (id int); INSERT INTO fresh VALUES (1), (2)",
     )
-    after = Path(run_dump(db, tmp_path, name="after").path)
     run = run_cli("diff", str(before), str(after))
     assert run.returncode == 0, run.stderr
     out = run.stdout.splitlines()
@@ -174,9 +181,7 @@ def test_identical_tables_are_not_read_and_damaged_ones_are_refused(
         "CREATE TABLE busy (id int PRIMARY KEY, secret text);"
         "INSERT INTO busy SELECT g, 'hunter2' FROM generate_series(1, 100) g"
     )
-    before = Path(run_dump(db, tmp_path, name="before").path)
-    db.execute("UPDATE busy SET secret = 'hunter3' WHERE id = 5")
-    after = Path(run_dump(db, tmp_path, name="after").path)
+    before, after = exports_around(db, tmp_path, "UPDATE busy SET secret = 'hunter3' WHERE id = 5")
     for backup in (before, after):
         quiet = next(t for t in manifest_of(backup)["tables"] if t["name"] == "quiet")
         (backup / quiet["files"][0]["path"]).unlink()
@@ -199,9 +204,9 @@ def test_diff_of_tables_larger_than_the_engine_memory_limit(db: Database, tmp_pa
         "CREATE TABLE wide (id bigint PRIMARY KEY, pad text);"
         "INSERT INTO wide SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 600000) g"
     )
-    before = Path(run_dump(db, tmp_path, name="before").path)
-    db.execute("UPDATE wide SET pad = 'changed' WHERE id % 10 = 0")
-    after = Path(run_dump(db, tmp_path, name="after").path)
+    before, after = exports_around(
+        db, tmp_path, "UPDATE wide SET pad = 'changed' WHERE id % 10 = 0"
+    )
     assert manifest_of(before)["totals"]["bytes"] > 85 << 20
     small = diff(before, after, memory_limit="96MB", threads=1)
     assert by_name(small) == {"wide": ("changed", 0, 0, 60000)}
@@ -217,9 +222,7 @@ def test_rows_directory_is_never_overwritten_nor_left_half_written(
         "CREATE TABLE a1 (id int PRIMARY KEY, v int); INSERT INTO a1 VALUES (1, 1);"
         "CREATE TABLE b2 (id int PRIMARY KEY, v int); INSERT INTO b2 VALUES (1, 1)"
     )
-    before = Path(run_dump(db, tmp_path, name="before").path)
-    db.execute("UPDATE a1 SET v = 2; UPDATE b2 SET v = 2")
-    after = Path(run_dump(db, tmp_path, name="after").path)
+    before, after = exports_around(db, tmp_path, "UPDATE a1 SET v = 2; UPDATE b2 SET v = 2")
     rows = tmp_path / "rows"
     first = diff(before, after, rows_dir=rows)
     assert sorted(p.name for p in rows.iterdir()) == sorted(
@@ -235,3 +238,18 @@ def test_rows_directory_is_never_overwritten_nor_left_half_written(
     assert [p.name for p in rows.iterdir()] == [b2]  # a1's file of this run was removed
     assert (rows / b2).read_text() == "mine\n"
     assert (rows.stat().st_mode & 0o777) == 0o700
+
+
+def test_same_large_objects_with_and_without_fingerprints_are_the_same(
+    db: Database, tmp_path: Path
+) -> None:
+    """One backup with --fingerprints, one without: the large objects' files are the same
+    bytes, so they are not reported (a fingerprint was once compared with a SHA-256)."""
+    db.execute("CREATE TABLE t (id int); SELECT lo_from_bytea(0, 'abc'::bytea)")
+    before = Path(run_dump(db, tmp_path, name="before", fingerprints=True).path)
+    after = Path(run_dump(db, tmp_path, name="after").path)
+    assert manifest_of(before)["large_objects"]["objects"] == 1
+    assert diff(before, after).large_objects is None
+    db.execute("SELECT lo_from_bytea(0, 'def'::bytea)")
+    again = Path(run_dump(db, tmp_path, name="again").path)
+    assert diff(before, again).large_objects == (1, 2)
