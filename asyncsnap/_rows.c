@@ -1373,6 +1373,142 @@ static PyObject *py_line_fingerprint(PyObject *self, PyObject *arg)
     return Py_BuildValue("(ny#n)", rows, (const char *)sum, (Py_ssize_t)16, (Py_ssize_t)start);
 }
 
+/* Whether p[0..n) is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates,
+ * nothing above U+10FFFF). */
+static int valid_utf8(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF) {
+            if (i + 1 >= n || (p[i + 1] & 0xC0) != 0x80) return 0;
+            i += 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            unsigned char lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+            if (i + 2 >= n || p[i + 1] < lo || p[i + 1] > hi || (p[i + 2] & 0xC0) != 0x80)
+                return 0;
+            i += 3;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            unsigned char lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+            if (i + 3 >= n || p[i + 1] < lo || p[i + 1] > hi || (p[i + 2] & 0xC0) != 0x80 ||
+                (p[i + 3] & 0xC0) != 0x80)
+                return 0;
+            i += 4;
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* line_columns(data, with_hashes, with_text): the lines of data (whole lines, each ending
+ * in a newline) as the columns of an Arrow record batch for the analysis engine:
+ *   rows;
+ *   with_hashes: hi, lo: per line, the first and second 8 bytes of its SHA-256 (newline excluded) as
+ *     native-endian uint64 arrays: the line's identity, 128 bits;
+ *     sum: the sum of those 128-bit values modulo 2^128, 16 big-endian bytes (the
+ *     fingerprint of the lines, asyncsnap.fingerprint); otherwise None, None, None;
+ *   with_text: offsets (int64, rows + 1) and the lines' bytes without their newlines (an
+ *     Arrow large_string), each line checked to be UTF-8; otherwise None, None.
+ * Nothing of data is kept: the results are new bytes objects. */
+static PyObject *py_line_columns(PyObject *self, PyObject *args)
+{
+    Py_buffer data;
+    int with_hashes = 0, with_text = 0;
+    Py_ssize_t rows = 0, bad = -1;
+    unsigned __int128 total = 0;
+    PyObject *hi = NULL, *lo = NULL, *sumbytes = NULL, *offsets = NULL, *text = NULL;
+    PyObject *result = NULL;
+    unsigned char sum[16];
+    int k;
+    if (!PyArg_ParseTuple(args, "y*pp", &data, &with_hashes, &with_text)) return NULL;
+    {
+        const unsigned char *s = data.buf;
+        size_t n = (size_t)data.len, i;
+        if (n > 0 && s[n - 1] != '\n') {
+            PyErr_SetString(PyExc_ValueError, "line_columns: the data does not end with a newline");
+            goto fail;
+        }
+        for (i = 0; i < n; i++) rows += s[i] == '\n';
+    }
+    if (with_hashes) {
+        hi = PyBytes_FromStringAndSize(NULL, rows * 8);
+        lo = PyBytes_FromStringAndSize(NULL, rows * 8);
+        if (hi == NULL || lo == NULL) goto fail;
+    }
+    if (with_text) {
+        offsets = PyBytes_FromStringAndSize(NULL, (rows + 1) * 8);
+        text = PyBytes_FromStringAndSize(NULL, data.len - rows);
+        if (offsets == NULL || text == NULL) goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    {
+        const unsigned char *s = data.buf;
+        size_t n = (size_t)data.len, start = 0, written = 0;
+        uint64_t *his = with_hashes ? (uint64_t *)PyBytes_AS_STRING(hi) : NULL;
+        uint64_t *los = with_hashes ? (uint64_t *)PyBytes_AS_STRING(lo) : NULL;
+        int64_t *offs = with_text ? (int64_t *)PyBytes_AS_STRING(offsets) : NULL;
+        char *out = with_text ? PyBytes_AS_STRING(text) : NULL;
+        Py_ssize_t r = 0;
+        while (start < n) {
+            const unsigned char *nl = memchr(s + start, '\n', n - start);
+            size_t len = (size_t)(nl - (s + start));
+            if (with_hashes) {
+                unsigned __int128 v = line_digest128(s + start, len);
+                his[r] = (uint64_t)(v >> 64);
+                los[r] = (uint64_t)v;
+                total += v; /* unsigned: wraps modulo 2^128 */
+            }
+            if (with_text) {
+                if (bad < 0 && !valid_utf8(s + start, len)) bad = r;
+                offs[r] = (int64_t)written;
+                memcpy(out + written, s + start, len);
+                written += len;
+            }
+            r++;
+            start += len + 1;
+        }
+        if (with_text) offs[r] = (int64_t)written;
+    }
+    Py_END_ALLOW_THREADS
+    if (bad >= 0) {
+        Err err = {{0}, 0, "", -1, -1};
+        err_set(&err, bad, -1, "not UTF-8");
+        raise_err(&err);
+        goto fail;
+    }
+    for (k = 15; k >= 0; k--) {
+        sum[k] = (unsigned char)(total & 0xff);
+        total >>= 8;
+    }
+    if (with_hashes) {
+        sumbytes = PyBytes_FromStringAndSize((const char *)sum, 16);
+        if (sumbytes == NULL) goto fail;
+    } else {
+        hi = Py_NewRef(Py_None);
+        lo = Py_NewRef(Py_None);
+        sumbytes = Py_NewRef(Py_None);
+    }
+    if (!with_text) {
+        offsets = Py_NewRef(Py_None);
+        text = Py_NewRef(Py_None);
+    }
+    result = Py_BuildValue("(nNNNNN)", rows, hi, lo, sumbytes, offsets, text);
+    hi = lo = sumbytes = offsets = text = NULL; /* stolen by N, also when it fails */
+fail:
+    Py_XDECREF(hi);
+    Py_XDECREF(lo);
+    Py_XDECREF(sumbytes);
+    Py_XDECREF(offsets);
+    Py_XDECREF(text);
+    PyBuffer_Release(&data);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"copy_to_ndjson", py_copy_to_ndjson, METH_VARARGS,
      "copy_to_ndjson(data, kinds, prefixes) -> (ndjson, rows, longest_line)\n\n"
@@ -1391,6 +1527,11 @@ static PyMethodDef methods[] = {
      "The whole lines of data: how many, the sum modulo 2**128 of the first 16 bytes of "
      "each line's SHA-256 (without its newline) as 16 big-endian bytes, and the offset "
      "after the last newline."},
+    {"line_columns", py_line_columns, METH_VARARGS,
+     "line_columns(data, with_hashes, with_text) -> (rows, hi, lo, sum, offsets, text)\n\n"
+     "Whole lines as Arrow columns: with_hashes, each line's 128-bit SHA-256 prefix as two "
+     "native uint64 arrays and their sum modulo 2**128 (16 big-endian bytes); with_text, int64 "
+     "offsets and the lines without newlines (checked UTF-8). None for what was not asked."},
     {"json_string", py_json_string, METH_O,
      "json_string(utf8) -> bytes: the bytes as a JSON string, escaped as escape_json does."},
     {NULL, NULL, 0, NULL},

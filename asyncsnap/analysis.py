@@ -20,18 +20,25 @@ Needs the ``analysis`` extra (DuckDB, pyarrow).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from . import _rows
-from .backup import DataFileReader, check_stored, open_backup
+from .backup import open_backup
 from .errors import AsyncsnapError, OutputError, UsageError, VerificationFailed
-from .manifest import Backup, BackupColumn, BackupFile, BackupTable
+from .manifest import Backup, BackupColumn, BackupTable
 from .plan import file_stem
 from .storage import PrivateScratch
+
+if TYPE_CHECKING:
+    from .batches import LineBatches
 
 T = TypeVar("T")
 
@@ -42,9 +49,11 @@ class CannotConvert(AsyncsnapError):
 
 
 def import_duckdb() -> Any:
-    """DuckDB, or a usage error saying how to install it."""
+    """DuckDB (and pyarrow, which carries the lines to it), or a usage error saying how to
+    install them."""
     try:
         import duckdb
+        import pyarrow  # noqa: F401  # the lines reach DuckDB as Arrow batches
     except ImportError as exc:
         raise UsageError(
             "this needs DuckDB, which is not installed",
@@ -184,87 +193,21 @@ def typed_columns(table: BackupTable, *, portable_times: bool = False) -> list[T
     return [typed_column(c, portable_times=portable_times) for c in table.columns]
 
 
-DEFAULT_LINE_SIZE = 2_000_000  # DuckDB's own default
 # DuckDB's memory limit (its buffers; the process peaks at about twice it). Measured on a
 # diff of two 5 M-row exports, medians of 4: 256 MB ran in 0.81 of the time 1 GB took and
 # peaked at 459 MiB against 877; 128 MB was no faster.
 DEFAULT_MEMORY_LIMIT = "256MB"
-_READ_BUFFER = 4 << 20
-_LINE_SIZE = re.compile(r"Maximum line size of \d+ bytes exceeded\. Actual Size: ?(\d+)")
+# The relation a query reads a table's lines from (a registered Arrow stream of
+# ``batches.LineBatches``: column ``line``).
+LINES = "__lines__"
 
 
-def read_csv_sql(paths: Sequence[str], compression: str, line_size: int = DEFAULT_LINE_SIZE) -> str:
-    """DuckDB's reader of the files' lines, each line one VARCHAR, byte for byte: no
-    delimiter, quote or escape that a line can hold raw (JSON escapes every control
-    character), no header, no type guessing.
-
-    DuckDB allocates its read buffers whole and outside what it can spill: with its
-    default (32 MiB) a 128 MB memory limit failed where 4 MiB buffers ran within 32 MB
-    (measured, 5 M rows). Lines longer than ``line_size`` fail the read (``with_lines``
-    retries with the size DuckDB reports)."""
-    files = "[" + ", ".join(literal(p) for p in paths) + "]"
-    buffer = max(_READ_BUFFER, line_size + (1 << 20))
-    return (
-        f"read_csv({files}, delim = chr(1), quote = '', escape = '', header = false, "
-        "columns = {'line': 'VARCHAR'}, auto_detect = false, "
-        f"compression = {literal(compression)}, max_line_size = {line_size}, "
-        f"buffer_size = {buffer})"
-    )
-
-
-def with_lines(run: Callable[[int], T], what: str) -> T:
-    """``run(line_size)``, again with a larger line size while DuckDB finds a longer line.
-    DuckDB's errors quote the line (table data): they are re-raised without their text."""
-    duckdb = import_duckdb()
-    line_size = DEFAULT_LINE_SIZE
-    while True:
-        try:
-            return run(line_size)
-        except duckdb.InvalidInputException as exc:
-            found = _LINE_SIZE.search(str(exc))
-            if found is None:
-                raise VerificationFailed(
-                    f"{what}: DuckDB cannot read a line of the data files",
-                    hint="`asyncsnap verify` checks every line of the backup",
-                ) from None
-            line_size = max(int(found.group(1)) + 2, 2 * line_size)
-        except duckdb.ConversionException as exc:
-            # A value outside the engine type's range (a timestamp after 294247, NaN in a
-            # numeric(p,s)): said, never replaced by NULL. DuckDB's first line names it.
-            raise CannotConvert(
-                f"{what}: a value has no exact engine type: {str(exc).splitlines()[0]}",
-                hint="docs/format.md 'Reading with exact types' lists the ranges; the "
-                "NDJSON file holds its text form",
-            ) from None
-        except duckdb.OutOfMemoryException:
-            longer = f" (lines of {line_size} bytes)" if line_size > DEFAULT_LINE_SIZE else ""
-            raise UsageError(
-                f"{what}: DuckDB ran out of memory{longer}", hint="raise --memory-limit"
-            ) from None
-
-
-def select_sql(
-    table: BackupTable,
-    paths: Sequence[str],
-    compression: str,
-    *,
-    portable_times: bool = False,
-    line_size: int = DEFAULT_LINE_SIZE,
-) -> str:
-    """A SELECT of the table's rows with exact types, from its files."""
+def select_sql(table: BackupTable, source: str = LINES, *, portable_times: bool = False) -> str:
+    """A SELECT of the table's rows with exact types, from ``source``: a relation with one
+    VARCHAR column ``line`` holding its lines (a registered stream, or a file reader)."""
     columns = typed_columns(table, portable_times=portable_times)
     if not columns:
-        return (
-            "SELECT 1 AS no_columns WHERE false"
-            if not paths
-            else (f"SELECT NULL AS no_columns FROM {read_csv_sql(paths, compression, line_size)}")
-        )
-    if not paths:
-        return (
-            "SELECT "
-            + ", ".join(f"CAST(NULL AS {c.engine_type}) AS {identifier(c.name)}" for c in columns)
-            + " WHERE false"
-        )
+        return f"SELECT NULL AS no_columns FROM {source}"
     prefixes = line_prefixes(table)
     tokens = ", ".join(
         f"NULLIF({token_sql(prefixes, i)}, 'null') AS c{i}" for i in range(len(columns))
@@ -273,50 +216,63 @@ def select_sql(
         f"{c.expression.replace(_T, f'c{i}')} AS {identifier(c.name)}"
         for i, c in enumerate(columns)
     )
-    reader = read_csv_sql(paths, compression, line_size)
-    return f"SELECT {values} FROM (SELECT {tokens} FROM {reader})"
+    return f"SELECT {values} FROM (SELECT {tokens} FROM {source})"
 
 
-# --------------------------------------------------------------- files
+def run_engine(what: str, sources: Sequence[LineBatches], query: Callable[[], T]) -> T:
+    """``query()``, its failures as asyncsnap's errors, and then the check that every
+    source was read to its end: an answer that missed a row is never given.
+
+    DuckDB's error messages can quote a line (table data): they are not passed on.
+
+    :raises VerificationFailed: a file does not match its manifest, or a line cannot be
+        read.
+    :raises CannotConvert: a value has no exact engine type.
+    :raises UsageError: DuckDB ran out of memory.
+    """
+    from .batches import engine_errors
+
+    duckdb = import_duckdb()
+    try:
+        with engine_errors(sources):
+            result = query()
+    except duckdb.ConversionException as exc:
+        # A value outside the engine type's range (a timestamp after 294247, NaN in a
+        # numeric(p,s)): said, never replaced by NULL. DuckDB's first line names it.
+        raise CannotConvert(
+            f"{what}: a value has no exact engine type: {str(exc).splitlines()[0]}",
+            hint="docs/format.md 'Reading with exact types' lists the ranges; the "
+            "NDJSON file holds its text form",
+        ) from None
+    except duckdb.OutOfMemoryException:
+        raise UsageError(f"{what}: DuckDB ran out of memory", hint="raise --memory-limit") from None
+    except duckdb.Error:
+        raise VerificationFailed(
+            f"{what}: DuckDB cannot read a line of the data files",
+            hint="`asyncsnap verify` checks every line of the backup",
+        ) from None
+    for source in sources:
+        source.check_read(what)
+    return result
 
 
-class Staging:
-    """Local, checked copies of data files for DuckDB to read.
+def table_lines(backup: Backup, table: BackupTable, *, hashes: bool = False) -> LineBatches:
+    """The table's lines, read through the checked reader (``batches``)."""
+    from .batches import LineBatches
 
-    A plain local backup's files are read where they are, after their SHA-256 and size
-    are checked against the manifest. An encrypted one, or one in an object store, is
-    decrypted and decompressed into a private temporary directory (checked as it is
-    read), since DuckDB reads neither age nor object stores."""
+    return LineBatches(backup, table.files, hashes=hashes, text=True)
 
-    def __init__(self, scratch: PrivateScratch) -> None:
-        self._scratch = scratch
-        self._count = 0
 
-    def files(self, backup: Backup, entries: Sequence[BackupFile]) -> tuple[list[str], str]:
-        """Paths and the compression DuckDB reads them with."""
-        if isinstance(backup.path, Path) and not backup.encryption:
-            for entry in entries:
-                problem = check_stored(backup.source, entry.path, entry.stored_bytes, entry.sha256)
-                if problem:
-                    raise VerificationFailed(
-                        f"{entry.path} {problem}",
-                        hint="the backup is damaged; `asyncsnap verify` says more",
-                    )
-            return [str(backup.path.resolve() / e.path) for e in entries], backup.compression
-        paths = []
-        for entry in entries:
-            self._count += 1
-            target = self._scratch.path() / f"{self._count:06d}.ndjson"
-            reader = DataFileReader(backup, entry)
-            try:
-                with open(target, "xb") as out:
-                    for block in reader:
-                        out.write(block)
-                reader.finish()
-            finally:
-                reader.close()
-            paths.append(str(target))
-        return paths, "none"
+def check_rows(what: str, found: int, table: BackupTable) -> None:
+    """The engine's output holds as many rows as the manifest lists, or an error."""
+    if found != table.rows:
+        raise VerificationFailed(
+            f"{what}: {found} rows written of the {table.rows} the manifest lists",
+            hint="report this: every row of a table must reach the answer",
+        )
+
+
+# --------------------------------------------------------------- the engine
 
 
 @contextlib.contextmanager
@@ -381,15 +337,48 @@ def find_table(backup: Backup, name: str) -> BackupTable:
 # --------------------------------------------------------------- the public readers
 
 
-# Views are SQL for someone else's session: a fixed limit, enough for all but huge rows
-# (DuckDB then says "Maximum line size ... exceeded" and how much it needs).
+# Views are SQL for someone else's session, so they read the files with DuckDB's own CSV
+# reader, held to what it reads exactly (measured, DuckDB 1.5.5 and 2.0.1): not in parallel
+# (its parallel reader drops a long last line without a word and fails on lines of a few
+# MB in mid-file), a fixed line limit (a longer line fails the query: "Maximum line size"),
+# and a count of the lines against the manifest's rows before any row is returned.
 _VIEW_LINE_SIZE = 16 << 20
+
+
+def _view_reader_sql(paths: Sequence[str], compression: str) -> str:
+    """DuckDB's reader of the files' lines, each line one VARCHAR ``line``, byte for byte:
+    no delimiter, quote or escape that a line can hold raw (JSON escapes every control
+    character), no header, no type guessing, one thread."""
+    files = "[" + ", ".join(literal(p) for p in paths) + "]"
+    return (
+        f"read_csv({files}, delim = chr(1), quote = '', escape = '', header = false, "
+        "columns = {'line': 'VARCHAR'}, auto_detect = false, parallel = false, "
+        f"compression = {literal(compression)}, max_line_size = {_VIEW_LINE_SIZE}, "
+        f"buffer_size = {_VIEW_LINE_SIZE + (1 << 20)})"
+    )
+
+
+def _view_source_sql(table: BackupTable, paths: Sequence[str], compression: str) -> str:
+    """The table's lines for a view, or an error when the files hold another number of
+    lines than the manifest's rows (an engine that dropped one must not answer)."""
+    reader = _view_reader_sql(paths, compression)
+    refusal = literal(
+        f"{table.schema}.{table.name}: DuckDB read another number of lines than the "
+        f"{table.rows} rows the manifest lists; use asyncsnap convert or read_arrow"
+    )
+    guard = (
+        f"(SELECT CASE WHEN count(*) = {table.rows} THEN true "
+        f"ELSE error({refusal}) END FROM {reader})"
+    )
+    return f"(SELECT line FROM {reader} WHERE {guard})"
 
 
 def views_sql(backup: str | Path | Backup) -> str:
     """``CREATE VIEW`` statements for DuckDB reading every table of a local, unencrypted
     backup with exact types (``inspect --sql duckdb``). Each view is named as its table,
-    in a schema of its own name; the files are read where they are, by absolute path."""
+    in a schema of its own name; the files are read where they are, by absolute path.
+    A view fails (never answers short) when DuckDB reads another number of lines than
+    the manifest's rows, and on a line longer than 16 MiB."""
     opened = opened_backup(backup, ())
     if not isinstance(opened.path, Path) or opened.encryption:
         raise UsageError(
@@ -406,9 +395,13 @@ def views_sql(backup: str | Path | Backup) -> str:
         if not table.has_data:
             continue
         paths = [str(root / f.path) for f in table.files if f.rows]
+        if paths:
+            source = _view_source_sql(table, paths, opened.compression)
+        else:
+            source = "(SELECT NULL::VARCHAR AS line WHERE false)"
         statements.append(
             f"CREATE OR REPLACE VIEW {identifier(table.schema)}.{identifier(table.name)} AS "
-            f"{select_sql(table, paths, opened.compression, line_size=_VIEW_LINE_SIZE)};"
+            f"{select_sql(table, source)};"
         )
     return "\n".join(statements) + "\n"
 
@@ -432,26 +425,29 @@ def read_arrow(
     """
     opened = opened_backup(backup, identities)
     entry = find_table(opened, table)
+    lines = table_lines(opened, entry)
     scratch = PrivateScratch()
     try:
         with engine(scratch, memory_limit=memory_limit) as con:
-            paths, compression = Staging(scratch).files(opened, [f for f in entry.files if f.rows])
-            return with_lines(
-                lambda size: _arrow_table(
-                    con.sql(
-                        select_sql(entry, paths, compression, portable_times=True, line_size=size)
-                    )
-                ),
+            con.register(LINES, lines.reader())
+            arrow = run_engine(
                 entry.qualified,
+                [lines],
+                lambda: _arrow_table(con.sql(select_sql(entry, portable_times=True))),
             )
     finally:
         scratch.remove()
+    check_rows(entry.qualified, arrow.num_rows, entry)
+    return arrow
 
 
 def _arrow_table(relation: Any) -> Any:
     # A relation's to_arrow_table (DuckDB 1.5 and 2.x): a cursor's fetch_arrow_table is
     # deprecated in 1.5 and in 2.0 warns that it copies the rows once more.
     return relation.to_arrow_table()
+
+
+_CONVERT_HINT = "convert into an empty or new directory"
 
 
 @dataclass(frozen=True)
@@ -503,33 +499,35 @@ def convert(
     names = {t.key: file_stem(*t.key) + ".parquet" for t in tables}
     taken = [n for n in names.values() if (out / n).exists()]
     if taken:
-        raise OutputError(
-            f"{out / taken[0]} exists already", hint="convert into an empty or new directory"
-        )
+        raise OutputError(f"{out / taken[0]} exists already", hint=_CONVERT_HINT)
     done: list[ConvertedTable] = []
+    created: list[Path] = []  # the files this run made, the only ones it may remove
+    private: Path | None = None  # where DuckDB writes, inside the output directory
     scratch = PrivateScratch()
     finished = False
     try:
         with engine(scratch, memory_limit=memory_limit, threads=threads) as con:
-            staging = Staging(scratch)
             for table in tables:
-                paths, compression = staging.files(opened, [f for f in table.files if f.rows])
                 target = out / names[table.key]
-
-                def write(
-                    size: int,
-                    table: BackupTable = table,
-                    paths: list[str] = paths,
-                    compression: str = compression,
-                    target: Path = target,
-                ) -> None:
-                    query = select_sql(
-                        table, paths, compression, portable_times=True, line_size=size
-                    )
-                    con.execute(f"COPY ({query}) TO {literal(str(target))} (FORMAT parquet)")
-                    target.chmod(0o600)  # it holds the table's rows, as the backup's files do
-
-                with_lines(write, table.qualified)
+                # Claimed first (0600, never one that exists), then replaced by the file
+                # DuckDB wrote in a 0700 directory beside it: DuckDB makes its files with
+                # the umask's mode, and the rows must never be readable by others.
+                new_private_file(target, hint=_CONVERT_HINT).close()
+                created.append(target)
+                if private is None:
+                    private = Path(tempfile.mkdtemp(prefix=".asyncsnap-convert-", dir=out))
+                written = private / names[table.key]
+                lines = table_lines(opened, table)
+                con.register(LINES, lines.reader())
+                copy = (
+                    f"COPY ({select_sql(table, portable_times=True)}) "
+                    f"TO {literal(str(written))} (FORMAT parquet)"
+                )
+                run_engine(table.qualified, [lines], partial(con.execute, copy))
+                con.unregister(LINES)
+                check_rows(table.qualified, _parquet_rows(written), table)
+                written.chmod(0o600)
+                os.replace(written, target)
                 done.append(
                     ConvertedTable(
                         table.schema,
@@ -544,8 +542,32 @@ def convert(
         finished = True
     finally:
         scratch.remove()
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
         if not finished:  # no half-converted directory that looks complete
-            for name in names.values():
+            for path in created:
                 with contextlib.suppress(FileNotFoundError):
-                    (out / name).unlink()
+                    path.unlink()
     return ConvertResult(out, tuple(done), time.monotonic() - started)
+
+
+def _parquet_rows(path: Path) -> int:
+    """The rows a Parquet file holds, from its footer (what a reader of it will get)."""
+    import pyarrow.parquet as pq
+
+    return int(pq.read_metadata(path).num_rows)
+
+
+def new_private_file(path: Path, *, hint: str) -> BinaryIO:
+    """``path`` created for writing, 0600 (it holds rows, as the backup's files do), never
+    a file that exists: no file that appeared since its directory was checked is
+    overwritten, and the rows are never readable by others, not even for a moment.
+
+    :raises OutputError: it exists, or cannot be created."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError as exc:
+        raise OutputError(f"{path} exists already", hint=hint) from exc
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
+    return os.fdopen(fd, "wb")

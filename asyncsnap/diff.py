@@ -35,32 +35,34 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from .analysis import (
     DEFAULT_MEMORY_LIMIT,
-    Staging,
     engine,
     import_duckdb,
     line_prefixes,
+    new_private_file,
     opened_backup,
-    read_csv_sql,
+    run_engine,
     token_sql,
-    with_lines,
 )
 from .backup import check_schema_file
 from .encryption import decrypted
 from .errors import OutputError, VerificationFailed
-from .fingerprint import MODULUS, combine, line_value
-from .manifest import Backup, BackupFile, BackupTable
+from .fingerprint import MODULUS, combine
+from .manifest import Backup, BackupColumn, BackupFile, BackupTable
 from .plan import file_stem
 from .storage import PrivateScratch
 from .text import count
+
+if TYPE_CHECKING:
+    from .batches import LineBatches
 
 Status = Literal["unchanged", "changed", "new", "dropped", "columns differ"]
 
@@ -95,6 +97,9 @@ class TableDiff:
     read: bool = False  # False: decided from the manifests without reading a row
     columns: tuple[ColumnChange, ...] = ()
     rows_file: str | None = None  # with rows_dir: the file holding its differing rows
+    # why rows were compared whole although the table has a primary key (its type's
+    # equality is not its text's: docs/format.md, "The same key")
+    unpaired: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -168,110 +173,276 @@ def column_changes(before: BackupTable, after: BackupTable) -> tuple[ColumnChang
     return tuple(changes)
 
 
-def _same_rows_by_manifest(before: Sequence[BackupFile], after: Sequence[BackupFile]) -> bool:
+def _same_files(before: Sequence[BackupFile], after: Sequence[BackupFile]) -> bool:
     """Whether the manifests alone show two sets of files hold the same lines: the same
-    file bytes, or the same count and fingerprint (the same multiset of lines)."""
-    if sum(f.rows for f in before) != sum(f.rows for f in after):
-        return False
-    if sorted(f.sha256 for f in before) == sorted(f.sha256 for f in after):
-        return True
-    recorded = all(f.fingerprint is not None for f in (*before, *after))
-    return recorded and combine(f.fingerprint or "" for f in before) == combine(
-        f.fingerprint or "" for f in after
+    SHA-256s (a cryptographic hash of the bytes), hence the same bytes.
+
+    Equal fingerprints are not taken as equal rows: a sum of hashes can be steered by
+    whoever chooses many rows (docs/format.md, "Row fingerprints")."""
+    return sum(f.rows for f in before) == sum(f.rows for f in after) and sorted(
+        f.sha256 for f in before
+    ) == sorted(f.sha256 for f in after)
+
+
+def _unpaired_reason(table: BackupTable, key: tuple[str, ...]) -> str:
+    types = {c.name: c.type for c in table.columns}
+    odd = [k for k in key if key_expression(_column(table, k), "t") is None]
+    return (
+        f"key column {odd[0]} is {types[odd[0]]}, whose equality asyncsnap does not decide "
+        "from the text (docs/format.md, 'The same key')"
     )
 
 
-def _key_sql(table: BackupTable, key: tuple[str, ...]) -> str:
-    """A DuckDB expression for the primary key's values as written in ``line``: each key
-    column's JSON text, in order, separated by a byte no line holds."""
+def _column(table: BackupTable, name: str) -> BackupColumn:
+    return next(c for c in table.columns if c.name == name)
+
+
+# Key columns whose values are equal by their type's ``=`` exactly when the dump wrote the
+# same JSON text for them (docs/format.md, "The same key"): output functions with one text
+# per value under the dump's fixed settings (TimeZone UTC, DateStyle ISO, lc_monetary C,
+# shortest exact floats), text types under deterministic collations.
+_SAME_TEXT_KEYS = frozenset(
+    {
+        "smallint",
+        "integer",
+        "bigint",
+        "boolean",
+        "text",
+        "character varying",
+        "name",
+        '"char"',
+        "uuid",
+        "date",
+        "timestamp without time zone",
+        "timestamp with time zone",
+        "time without time zone",
+        "time with time zone",
+        "bytea",
+        "oid",
+        "inet",
+        "cidr",
+        "macaddr",
+        "macaddr8",
+        "money",
+        "bit",
+        "bit varying",
+    }
+)
+
+
+def key_expression(column: BackupColumn, token: str) -> str | None:
+    """A DuckDB expression over ``token`` (the column's JSON text in a line) that is equal
+    for two values exactly when PostgreSQL's ``=`` of the column's type holds, or None when
+    asyncsnap knows no such form for the type (the table is then compared as whole rows).
+
+    - ``numeric``: the number without trailing fractional zeros (``1.0`` = ``1.00`` = ``1``;
+      ``NaN`` and the infinities are strings, each equal only to itself);
+    - ``real``, ``double precision``: ``-0`` (written as the string ``"-0"``) is ``0``; every
+      other value has one shortest exact text, ``NaN`` equal to itself as in PostgreSQL;
+    - ``character(n)``: trailing spaces do not count, as for ``bpchar``'s ``=``;
+    - the types of ``_SAME_TEXT_KEYS``: the text itself.
+    """
+    if column.encoding != "json":
+        return None
+    base = re.sub(r"\([0-9, ]+\)", "", column.type)
+    if base in _SAME_TEXT_KEYS:
+        return token
+    if base == "numeric":
+        trimmed = (
+            f"CASE WHEN contains({token}, '.') THEN rtrim(rtrim({token}, '0'), '.') "
+            f"ELSE {token} END"
+        )
+        return f"CASE WHEN {trimmed} = '-0' THEN '0' ELSE {trimmed} END"
+    if base in ("real", "double precision"):
+        return f"CASE WHEN {token} = '\"-0\"' THEN '0' ELSE {token} END"
+    if base in ("character", "bpchar"):
+        return f"rtrim(json_extract_string({token}, '$'), ' ')"
+    return None
+
+
+def key_sql(table: BackupTable, key: tuple[str, ...]) -> str | None:
+    """A DuckDB expression for the primary key of ``line`` (each key column's canonical
+    form, ``key_expression``, separated by a byte no JSON text holds raw), or None when
+    a key column's type has no known canonical form."""
     prefixes = line_prefixes(table)
     names = [c.name for c in table.columns]
-    return " || chr(1) || ".join(token_sql(prefixes, names.index(k)) for k in key)
+    parts = []
+    for k in key:
+        index = names.index(k)
+        part = key_expression(table.columns[index], token_sql(prefixes, index))
+        if part is None:
+            return None
+        parts.append(part)
+    return " || chr(1) || ".join(parts)
 
 
 class _TableReader:
-    """Reads the differing lines of one table from both backups (see the module doc)."""
+    """Finds the lines whose counts differ between two sets of files (see the module doc):
+    fills the temporary table ``d`` (h1, h2, line, net: copies in B minus copies in A)."""
 
-    def __init__(self, con: Any, staging: Staging) -> None:
+    def __init__(self, con: Any) -> None:
         self.con = con
-        self.staging = staging
 
-    def differing(self, a: Backup, before: BackupTable, b: Backup, after: BackupTable) -> None:
-        """Fill the temporary table ``d`` (line, net: copies in B minus copies in A) with
-        the lines whose counts differ."""
-        sides = []
-        for backup, table, side in ((a, before, -1), (b, after, 1)):
-            files = [f for f in table.files if f.rows]
-            if files:
-                sides.append((side, *self.staging.files(backup, files)))
+    def same_lines(
+        self,
+        what: str,
+        a: Backup,
+        before: Sequence[BackupFile],
+        b: Backup,
+        after: Sequence[BackupFile],
+    ) -> bool:
+        """Whether two sets of files hold the same multiset of lines (read, not assumed)."""
+        self._group(what, a, before, b, after)
+        return not self.con.execute("SELECT count(*) FROM h").fetchall()[0][0]
 
-        def union(line_size: int) -> str:
-            parts = [
-                f"SELECT line, {side}::TINYINT AS side FROM "
-                f"{read_csv_sql(paths, compression, line_size)}"
-                for side, paths, compression in sides
-            ]
-            return " UNION ALL ".join(parts) or (
-                "SELECT ''::VARCHAR AS line, 0::TINYINT AS side WHERE false"
-            )
+    def differing(
+        self,
+        what: str,
+        a: Backup,
+        before: Sequence[BackupFile],
+        b: Backup,
+        after: Sequence[BackupFile],
+    ) -> Any:
+        """Fill ``d``; returns the engine's connection, to query it."""
+        self._group(what, a, before, b, after)
+        self._fetch_lines(what, a, before, b, after)
+        return self.con
 
-        # The first pass's key: a 64-bit hash of the line when the fingerprints can check
-        # the result afterwards; without them two hashes of different inputs (128 bits),
-        # so that a collision hiding a changed row is as unlikely as a fingerprint's.
-        checkable = before.fingerprint is not None and after.fingerprint is not None
-        keys = ["hash(line)"] if checkable else ["hash(line)", "hash(line || chr(10))"]
-        names = [f"h{i}" for i in range(len(keys))]
+    def _group(
+        self,
+        what: str,
+        a: Backup,
+        before: Sequence[BackupFile],
+        b: Backup,
+        after: Sequence[BackupFile],
+    ) -> None:
+        from .batches import LineBatches
 
-        def by_hash(line_size: int) -> None:
-            rows = union(line_size)
-            hashed = ", ".join(f"{k} AS {n}" for k, n in zip(keys, names, strict=True))
+        # Pass 1: each line's 128-bit identity, no text; keep the identities whose counts
+        # differ. The engine holds 17 bytes a distinct line, spilling past its limit.
+        old = LineBatches(a, before, hashes=True, text=False)
+        new = LineBatches(b, after, hashes=True, text=False)
+        self.con.register("old_lines", old.reader())
+        self.con.register("new_lines", new.reader())
+        run_engine(
+            what,
+            [old, new],
+            lambda: self.con.execute(
+                """CREATE OR REPLACE TEMP TABLE h AS
+                SELECT h1, h2, sum(side)::BIGINT AS net FROM (
+                    SELECT h1, h2, -1 AS side FROM old_lines
+                    UNION ALL SELECT h1, h2, 1 AS side FROM new_lines)
+                GROUP BY h1, h2 HAVING sum(side) <> 0"""
+            ),
+        )
+        self.con.unregister("old_lines")
+        self.con.unregister("new_lines")
+        for side, files in ((old, before), (new, after)):
+            _check_recorded(what, side.fingerprint, files)
+        self._check_sums(what, old, new)
+
+    def _fetch_lines(
+        self,
+        what: str,
+        a: Backup,
+        before: Sequence[BackupFile],
+        b: Backup,
+        after: Sequence[BackupFile],
+    ) -> None:
+        """Pass 2: the lines of the identities in ``h``, from the side(s) that hold them."""
+        from .batches import LineBatches
+
+        wanted = self.con.execute(
+            "SELECT count(*) FILTER (WHERE net < 0), count(*) FILTER (WHERE net > 0) FROM h"
+        ).fetchall()[0]
+        sources = []
+        if wanted[0]:
+            sources.append(("old_text", LineBatches(a, before, hashes=True, text=True)))
+        if wanted[1]:
+            sources.append(("new_text", LineBatches(b, after, hashes=True, text=True)))
+        if not sources:
             self.con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE h AS
-                SELECT {", ".join(names)} FROM (SELECT {hashed}, side FROM ({rows}))
-                GROUP BY ALL HAVING sum(side) <> 0"""
+                "CREATE OR REPLACE TEMP TABLE d AS "
+                "SELECT h1, h2, ''::VARCHAR AS line, net FROM h WHERE false"
             )
-            # DuckDB guesses a CSV file holds ~500 rows and so builds the join's hash table
-            # on the files' side, lines and all (millions); the candidates' side is the
-            # small one. Measured, 2 x 5 M lines: 3.6 s, built on the candidates 1.2 s.
-            self.con.execute("SET disabled_optimizers = 'build_side_probe_side'")
-            on = " AND ".join(f"r.{n} = h.{n}" for n in names)
-            try:
-                self.con.execute(
+            return
+        for name, lines in sources:
+            self.con.register(name, lines.reader())
+        union = " UNION ALL ".join(f"SELECT h1, h2, line FROM {name}" for name, _ in sources)
+        # The join's hash table on the identities (few), not on the stream (all lines):
+        # DuckDB cannot know the stream's size and may guess it small.
+        self.con.execute("SET disabled_optimizers = 'build_side_probe_side'")
+        try:
+            run_engine(
+                what,
+                [lines for _, lines in sources],
+                lambda: self.con.execute(
                     f"""CREATE OR REPLACE TEMP TABLE d AS
-                    SELECT line, sum(side)::BIGINT AS net
-                    FROM (SELECT line, side, {hashed} FROM ({rows})) r
-                    SEMI JOIN h ON {on}
-                    GROUP BY line HAVING sum(side) <> 0"""
-                )
-            finally:
-                self.con.execute("RESET disabled_optimizers")
-
-        def by_line(line_size: int) -> None:
-            self.con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE d AS
-                SELECT line, sum(side)::BIGINT AS net FROM ({union(line_size)})
-                GROUP BY line HAVING sum(side) <> 0"""
+                    SELECT DISTINCT l.h1, l.h2, l.line, h.net
+                    FROM ({union}) l JOIN h ON l.h1 = h.h1 AND l.h2 = h.h2"""
+                ),
+            )
+        finally:
+            self.con.execute("RESET disabled_optimizers")
+            for name, _ in sources:
+                self.con.unregister(name)
+        found, lines_found = self.con.execute(
+            "SELECT (SELECT count(*) FROM (SELECT DISTINCT h1, h2 FROM d)), count(*) FROM d"
+        ).fetchall()[0]
+        if found != wanted[0] + wanted[1] or lines_found != found:
+            raise VerificationFailed(
+                f"{what}: {found} of {wanted[0] + wanted[1]} differing lines found again "
+                f"({lines_found} texts)",
+                hint="the files changed while diff read them, or two lines share a SHA-256 "
+                "prefix; run it again",
             )
 
-        with_lines(by_hash, before.qualified)
-        if checkable and not self._sums_agree(before, after):
-            with_lines(by_line, before.qualified)  # a collision: exact, slower
+    def _check_sums(self, what: str, old: LineBatches, new: LineBatches) -> None:
+        """The engine's answer accounts for every line: the rows of A plus the net count
+        of the differing lines are the rows of B, and A's fingerprint plus each differing
+        line's 128-bit value times its net count is B's (modulo 2**128)."""
+        net, high, low = self.con.execute(
+            "SELECT coalesce(sum(net), 0)::HUGEINT, "
+            "coalesce(sum(net::HUGEINT * h1::HUGEINT), 0), "
+            "coalesce(sum(net::HUGEINT * h2::HUGEINT), 0) FROM h"
+        ).fetchall()[0]
+        total = (old.total + (int(high) << 64) + int(low)) % MODULUS
+        if old.rows + int(net) != new.rows or total != new.total:
+            raise VerificationFailed(
+                f"{what}: the engine's grouping does not add up to the lines read "
+                f"({old.rows} + {int(net)} rows against {new.rows}, or the fingerprints)",
+                hint="report this: no answer is given when it cannot be checked",
+            )
 
-    def _sums_agree(self, before: BackupTable, after: BackupTable) -> bool:
-        """fingerprint(A) - removed + added == fingerprint(B): no collision hid a line."""
-        assert before.fingerprint is not None and after.fingerprint is not None
-        total = int(before.fingerprint, 16)
-        result = self.con.execute("SELECT line, net FROM d")
-        while batch := result.fetchmany(10_000):
-            for line, net in batch:
-                total += net * line_value(line.encode())
-        return total % MODULUS == int(after.fingerprint, 16)
+
+def _check_recorded(what: str, read: str, files: Sequence[BackupFile]) -> None:
+    """The lines read have the fingerprint the manifest records (when it records one)."""
+    if files and all(f.fingerprint is not None for f in files):
+        recorded = combine(f.fingerprint or "" for f in files)
+        if recorded != read:
+            raise VerificationFailed(
+                f"{what}: its lines do not have the fingerprint the manifest records",
+                hint="the backup is damaged; `asyncsnap verify` says more",
+            )
 
 
-def _write_rows(con: Any, out: BinaryIO | None, key_sql: str | None) -> tuple[int, int, int | None]:
+def _write_rows(
+    con: Any, what: str, out: BinaryIO | None, key_sql: str | None
+) -> tuple[int, int, int | None]:
     """Pair the differing lines in ``d`` and count them; with ``out``, write them."""
     if key_sql is not None:
         con.execute(f"CREATE OR REPLACE TEMP TABLE k AS SELECT {key_sql} AS k, line, net FROM d")
+        # A primary key is unique on each side, so each key is at most one removed and one
+        # added line; anything else (a backup whose rows break its key) has no pairing.
+        repeated, twice = con.execute(
+            """SELECT (SELECT count(*) FROM k) - (SELECT count(*) FROM (SELECT DISTINCT k, net > 0
+                FROM k)), (SELECT count(*) FROM k WHERE abs(net) <> 1)"""
+        ).fetchall()[0]
+        if repeated or twice:
+            raise VerificationFailed(
+                f"{what}: rows with the same primary key in one backup; they cannot be paired",
+                hint="the backup's rows break its primary key: it is damaged or hand-made",
+            )
         counts = con.execute(
             """SELECT
                 count(*) FILTER (WHERE r.k IS NULL),
@@ -279,7 +450,7 @@ def _write_rows(con: Any, out: BinaryIO | None, key_sql: str | None) -> tuple[in
                 count(*) FILTER (WHERE a.k IS NOT NULL AND r.k IS NOT NULL)
             FROM (SELECT k, line FROM k WHERE net > 0) a
             FULL JOIN (SELECT k, line FROM k WHERE net < 0) r USING (k)"""
-        ).fetchone()
+        ).fetchall()[0]
         added, removed, changed = (int(x) for x in counts)
         query = """SELECT CASE
                 WHEN r.line IS NULL THEN '{"change":"added","row":' || a.line || '}'
@@ -294,7 +465,7 @@ def _write_rows(con: Any, out: BinaryIO | None, key_sql: str | None) -> tuple[in
         counts = con.execute(
             "SELECT coalesce(sum(net) FILTER (WHERE net > 0), 0), "
             "coalesce(-sum(net) FILTER (WHERE net < 0), 0) FROM d"
-        ).fetchone()
+        ).fetchall()[0]
         added, removed = int(counts[0]), int(counts[1])
         query = """SELECT CASE WHEN net > 0 THEN '{"change":"added","row":' || line || '}'
                 ELSE '{"change":"removed","row":' || line || '}' END
@@ -305,19 +476,6 @@ def _write_rows(con: Any, out: BinaryIO | None, key_sql: str | None) -> tuple[in
         while batch := result.fetchmany(10_000):
             out.write(b"".join(row[0].encode() + b"\n" for row in batch))
     return added, removed, result_changed
-
-
-def _new_file(path: Path) -> BinaryIO:
-    """A new file, 0600 (it holds rows), never one that exists."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError as exc:
-        raise OutputError(
-            f"{path} exists already", hint="give --rows an empty or new directory"
-        ) from exc
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
-    return os.fdopen(fd, "wb")
 
 
 def _sequences(a: Backup, b: Backup) -> tuple[SequenceDiff, ...]:
@@ -412,10 +570,22 @@ def diff(
     not_read = 0
     written: list[Path] = []  # --rows files made by this run
     finished = False
+    large_objects = None
     scratch = PrivateScratch()
     try:
         with contextlib.ExitStack() as stack:
-            con = None
+            reader: _TableReader | None = None
+
+            def read() -> _TableReader:
+                nonlocal reader
+                if reader is None:
+                    reader = _TableReader(
+                        stack.enter_context(
+                            engine(scratch, memory_limit=memory_limit, threads=threads)
+                        )
+                    )
+                return reader
+
             for key in sorted(tables_a.keys() | tables_b.keys()):
                 ta, tb = tables_a.get(key), tables_b.get(key)
                 if ta is None or tb is None:
@@ -440,26 +610,26 @@ def diff(
                     )
                     continue
                 pk = tb.primary_key if tb.primary_key == ta.primary_key else ()
-                if _same_rows_by_manifest(ta.files, tb.files):
+                pairing = key_sql(tb, pk) if pk else None
+                unpaired = None
+                if pk and pairing is None:
+                    unpaired = _unpaired_reason(tb, pk)
+                    pk = ()
+                if _same_files(ta.files, tb.files):
                     not_read += 1
                     results.append(TableDiff(key[0], key[1], "unchanged", ta.rows, tb.rows, key=pk))
                     continue
-                if con is None:
-                    con = stack.enter_context(
-                        engine(scratch, memory_limit=memory_limit, threads=threads)
-                    )
-                    reader = _TableReader(con, Staging(scratch))
-                reader.differing(a, ta, b, tb)
+                con = read().differing(tb.qualified, a, ta.files, b, tb.files)
                 rows_file = None
                 out: BinaryIO | None = None
                 if out_dir is not None:
                     rows_file = file_stem(*key) + ".ndjson"
-                    out = _new_file(out_dir / rows_file)
+                    out = new_private_file(
+                        out_dir / rows_file, hint="give --rows an empty or new directory"
+                    )
                     written.append(out_dir / rows_file)
                 with out or contextlib.nullcontext():
-                    added, removed, changed = _write_rows(
-                        con, out, _key_sql(tb, pk) if pk else None
-                    )
+                    added, removed, changed = _write_rows(con, tb.qualified, out, pairing)
                 status: Status = "changed" if added or removed or changed else "unchanged"
                 if status == "unchanged" and out_dir is not None and rows_file is not None:
                     (out_dir / rows_file).unlink()
@@ -478,8 +648,25 @@ def diff(
                         key=pk,
                         read=True,
                         rows_file=rows_file,
+                        unpaired=unpaired,
                     )
                 )
+
+            lo_a, lo_b = a.large_objects, b.large_objects
+            if lo_a is not None or lo_b is not None:
+                files_a = lo_a.files if lo_a else ()
+                files_b = lo_b.files if lo_b else ()
+                same = (
+                    lo_a is not None
+                    and lo_b is not None
+                    and lo_a.objects == lo_b.objects
+                    and (
+                        _same_files(files_a, files_b)
+                        or read().same_lines("large objects", a, files_a, b, files_b)
+                    )
+                )
+                if not same:
+                    large_objects = (lo_a.objects if lo_a else 0, lo_b.objects if lo_b else 0)
         finished = True
     finally:
         scratch.remove()
@@ -488,16 +675,6 @@ def diff(
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 
-    large_objects = None
-    lo_a, lo_b = a.large_objects, b.large_objects
-    same_objects = (lo_a is None and lo_b is None) or (
-        lo_a is not None
-        and lo_b is not None
-        and lo_a.objects == lo_b.objects
-        and _same_rows_by_manifest(lo_a.files, lo_b.files)
-    )
-    if not same_objects:
-        large_objects = (lo_a.objects if lo_a else 0, lo_b.objects if lo_b else 0)
     schema_diff, schema_note = _schema_diff(a, b)
     return DiffResult(
         before=a.path,

@@ -173,9 +173,9 @@ def test_schema_changes_are_named_and_the_ddl_difference_shown(
 def test_identical_tables_are_not_read_and_damaged_ones_are_refused(
     db: Database, tmp_path: Path
 ) -> None:
-    """A table with the same files (or the same fingerprint) is decided from the
-    manifests: its files can be gone and diff still answers. A file that is read is
-    checked first: a flipped bit fails with exit 5, quoting no data."""
+    """A table with the same files (the same SHA-256s) is decided from the manifests: its
+    files can be gone and diff still answers. A file that is read is checked as restore
+    checks it: a flipped bit fails with exit 5 naming the file, quoting no data."""
     db.execute(
         "CREATE TABLE quiet (id int, secret text); INSERT INTO quiet VALUES (1, 'hunter2');"
         "CREATE TABLE busy (id int PRIMARY KEY, secret text);"
@@ -193,7 +193,9 @@ def test_identical_tables_are_not_read_and_damaged_ones_are_refused(
     flip_bit_mid_file(after / busy["files"][0]["path"])
     run = run_cli("diff", str(before), str(after))
     assert run.returncode == ExitCode.VERIFY, run.stderr
-    assert "does not match its SHA-256" in run.stderr and "hunter" not in run.stderr
+    error, hint = run.stderr.splitlines()
+    assert error.startswith(f"error: {busy['files'][0]['path']} ") and "hunter" not in error
+    assert hint == "hint: the backup is damaged; nothing from this file was kept"
 
 
 def test_diff_of_tables_larger_than_the_engine_memory_limit(db: Database, tmp_path: Path) -> None:
