@@ -1065,11 +1065,19 @@ async def _drop_cycle_constraints(
 async def _recreate_constraints(
     conn: asyncpg.Connection, dropped: list[tuple[TableKey, str, str]], emit: EventCallback
 ) -> None:
+    """Add a cycle's constraints back, in the caller's transaction, each checked on its
+    own: a failed ADD CONSTRAINT aborts the transaction, so each runs in a savepoint and
+    the error names only the constraints the rows really violate (after the first
+    failure, every later one used to fail with "current transaction is aborted").
+
+    :raises RestoreFailed: naming each constraint that could not be added and why.
+    """
     failures = []
     for key, name, definition in dropped:
         statement = f"ALTER TABLE {sql_name(*key)} ADD CONSTRAINT {quote_ident(name)} {definition}"
         try:
-            await conn.execute(statement)
+            async with conn.transaction():  # a savepoint: the caller's transaction goes on
+                await conn.execute(statement)
             emit(Notice(f"re-created and validated constraint {name} on {key[0]}.{key[1]}"))
         except asyncpg.PostgresError as exc:
             failures.append(f"{statement}; -- {exc}")

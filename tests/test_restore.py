@@ -10,7 +10,7 @@ import anyio
 import asyncpg
 import pytest
 
-from asyncsnap.errors import SchemaMismatch, TargetNotEmpty, VerificationFailed
+from asyncsnap.errors import RestoreFailed, SchemaMismatch, TargetNotEmpty, VerificationFailed
 from asyncsnap.restore import RestorePlan, RestoreResult, restore
 
 from .conftest import Database, Postgres, fresh_database, run_cli
@@ -345,6 +345,35 @@ def test_two_table_cycle_loads_with_a_reported_strategy(
         )
         == 2
     )
+
+
+def test_cycle_constraint_that_fails_is_named_alone_and_the_others_are_checked(
+    db: Database, empty_copy: Database, tmp_path: Path
+) -> None:
+    """Issue 22, 15: after the first failed ADD CONSTRAINT of a cycle every later one
+    failed with "current transaction is aborted" and was reported as a violation too.
+    Each is now checked in a savepoint: only the violated one is named."""
+    db.execute(
+        "CREATE TABLE person (id int PRIMARY KEY, employer int);"
+        "CREATE TABLE company (id int PRIMARY KEY, owner int);"
+        "INSERT INTO person SELECT g, g FROM generate_series(1, 5) g;"
+        # every company's owner is missing: company_owner_fkey is violated, the other not
+        "INSERT INTO company SELECT g, g + 100 FROM generate_series(1, 5) g"
+    )
+    empty_copy.execute(
+        "CREATE TABLE person (id int PRIMARY KEY, employer int);"
+        "CREATE TABLE company (id int PRIMARY KEY, owner int REFERENCES person);"
+        "ALTER TABLE person ADD FOREIGN KEY (employer) REFERENCES company"
+    )
+    backup = Path(run_dump(db, tmp_path).path)
+    with pytest.raises(RestoreFailed) as failed:
+        run_restore(backup, empty_copy)
+    message = str(failed.value)
+    assert "company_owner_fkey" in message and "violates" in message, message
+    assert "person_employer_fkey" not in message and "aborted" not in message, message
+    # The unit was rolled back: no rows, both constraints still there.
+    assert empty_copy.fetchval("SELECT count(*) FROM person") == 0
+    assert empty_copy.fetchval("SELECT count(*) FROM pg_constraint WHERE contype = 'f'") == 2
 
 
 def test_dry_run_prints_the_plan_and_loads_nothing(
