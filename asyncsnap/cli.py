@@ -753,8 +753,8 @@ def dump_command(
         bool,
         typer.Option(
             "--fingerprints",
-            help="Record each file's row fingerprint, so that compare and diff read no "
-            "file for it (a SHA-256 of every line: about 12% more time).",
+            help="Record each file's row fingerprint, so that compare reads no file for it "
+            "and diff checks what it reads (a SHA-256 of every line: about 12% more time).",
         ),
     ] = False,
     endpoint_url: EndpointOption = None,
@@ -1349,8 +1349,8 @@ def diff_command(
     """What changed from one backup to another: per table the rows added, removed and
     changed (paired by primary key; as whole rows without one), columns added, dropped or
     retyped, sequences that moved, the large objects, and the schema's SQL as a unified
-    diff. Tables whose files or fingerprints are equal are not read. Needs DuckDB
-    (pip install 'asyncsnap[analysis]').
+    diff. Tables whose files are the same bytes are not read; the others are checked as
+    restore checks them. Needs DuckDB (pip install 'asyncsnap[analysis]').
 
     \b
     Examples:

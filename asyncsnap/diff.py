@@ -694,7 +694,12 @@ def _rows_change(t: TableDiff) -> str:
     parts = [f"{t.added} added", f"{t.removed} removed"]
     if t.changed is not None:
         parts.append(f"{t.changed} changed")
-    how = f"by {', '.join(t.key)}" if t.key else "whole rows: no primary key"
+    if t.key:
+        how = f"by {', '.join(t.key)}"
+    elif t.unpaired:
+        how = f"whole rows: {t.unpaired}"
+    else:
+        how = "whole rows: no primary key"
     return f"{counts}: {', '.join(parts)} ({how})"
 
 
@@ -736,7 +741,7 @@ def describe(result: DiffResult) -> list[str]:
     lines.append(
         f"total: {result.added} added, {result.removed} removed, {result.changed} changed in "
         f"{changed} of {count(len(result.tables), 'table')}; "
-        f"{result.not_read} not read (same files or fingerprint); {result.seconds:.2f}s"
+        f"{result.not_read} not read (same files); {result.seconds:.2f}s"
     )
     if result.schema_note:
         lines.append(f"schema: not compared: {result.schema_note}")
@@ -770,6 +775,7 @@ def as_json(result: DiffResult) -> dict[str, Any]:
                     {"name": c.name, "before": c.before, "after": c.after} for c in t.columns
                 ],
                 "rows_file": t.rows_file,
+                "unpaired": t.unpaired,
             }
             for t in result.tables
         ],
