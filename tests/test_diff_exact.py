@@ -383,3 +383,133 @@ def _as_text(value: Any) -> str:
     if isinstance(value, decimal.Decimal):
         return str(value)
     return str(value)
+
+
+# --------------------------------------------------------------- the same key
+
+
+def _float_sql(x: float, cast: str) -> str:
+    if math.isnan(x):
+        return f"'NaN'::{cast}"
+    if math.isinf(x):
+        return f"'{'-' if x < 0 else ''}Infinity'::{cast}"
+    return f"'{x!r}'::{cast}"
+
+
+def _numeric_sql(t: tuple[int, int, int]) -> str:
+    """digits / 10^scale, written with ``extra`` trailing zeros."""
+    digits, scale, extra = t
+    exact = decimal.Decimal(digits).scaleb(-scale)
+    return f"'{exact.quantize(decimal.Decimal(1).scaleb(-scale - extra))}'::numeric"
+
+
+def _key_values() -> dict[str, Any]:
+    """Per key type, a strategy of SQL literals from small value spaces, so that values
+    equal by = with other texts (1.0 and 1.00, 0 and -0, 'a' and 'a ') meet often."""
+    from hypothesis import strategies as st
+
+    edges = st.sampled_from([0.0, -0.0, 1.5, math.nan, math.inf, -math.inf, 5e-324, 1e300])
+    floats = st.one_of(edges, edges, edges, st.floats())  # edges three times in four
+    uuids = [
+        "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+        "'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'",
+        "'{a0eebc999c0b4ef8bb6d6bb9bd380a12}'",
+    ]
+    return {
+        "numeric": st.one_of(
+            st.tuples(st.integers(-3, 3), st.integers(0, 1), st.integers(0, 2)),
+            st.tuples(st.integers(-(10**30), 10**30), st.integers(0, 9), st.just(1)),
+        ).map(_numeric_sql)
+        | st.sampled_from(["'NaN'::numeric", "'Infinity'::numeric", "'-Infinity'::numeric"]),
+        "double precision": floats.map(lambda x: _float_sql(x, "float8")),
+        "real": st.one_of(
+            st.sampled_from([0.0, -0.0, 0.1, math.nan, math.inf]), st.floats(width=32)
+        ).map(lambda x: _float_sql(x, "float4")),
+        "bpchar": st.text(alphabet="ab ", max_size=3).map(lambda s: f"'{s}'::bpchar"),
+        "character varying(6)": st.text(alphabet="aA é\\\"'\n", max_size=3).map(
+            lambda s: "'" + s.replace("'", "''") + "'::varchar(6)"
+        ),
+        "timestamp with time zone": st.tuples(
+            st.integers(-3, 3), st.sampled_from(["+00", "+01", "-02", "+05:30"])
+        ).map(lambda t: f"'2026-01-01 {10 + t[0]:02d}:00:00{t[1]}'::timestamptz"),
+        "time with time zone": st.tuples(
+            st.integers(10, 12), st.sampled_from(["+00", "+01", "-01"])
+        ).map(lambda t: f"'{t[0]:02d}:00:00{t[1]}'::timetz"),
+        "inet": st.tuples(st.integers(0, 2), st.sampled_from(["", "/32", "/24", "/8"])).map(
+            lambda t: f"'10.0.0.{t[0]}{t[1]}'::inet"
+        ),
+        "uuid": st.sampled_from(uuids).map(lambda u: f"{u}::uuid"),
+        "money": st.integers(-300, 300).map(lambda c: f"({c}::numeric / 100)::money"),
+        "bytea": st.binary(max_size=1).map(lambda b: f"'\\x{b.hex()}'::bytea"),
+    }
+
+
+def test_key_forms_are_equal_exactly_when_postgresql_says(db: Database, tmp_path: Path) -> None:
+    """For each key type diff pairs by value: random values (hypothesis), dumped, and
+    their key forms (diff.key_expression over the lines) compared in DuckDB; two rows have
+    equal forms exactly when PostgreSQL's = says their values are equal. The values are
+    drawn so that equal values with different texts (1.0 and 1.00, 0 and -0, 'a' and
+    'a ') occur, and the test checks that they did."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from asyncsnap.analysis import line_prefixes, token_sql
+    from asyncsnap.backup import open_backup
+    from asyncsnap.batches import LineBatches
+    from asyncsnap.diff import key_expression
+
+    from .test_dump import run_dump
+
+    strategies = _key_values()
+    counter = iter(range(10_000))
+    equal_by_value_only: set[str] = set()
+
+    @settings(
+        max_examples=10,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        derandomize=True,
+    )
+    @given(data=st.data())
+    def check(data: Any) -> None:
+        run = next(counter)
+        db.execute("DROP TABLE IF EXISTS keys")
+        columns = ", ".join(f"k{i} {t}" for i, t in enumerate(strategies))
+        db.execute(f"CREATE TABLE keys (id int, {columns})")
+        values = {
+            t: data.draw(st.lists(strategy, min_size=2, max_size=25), label=t)
+            for t, strategy in strategies.items()
+        }
+        for r in range(max(len(v) for v in values.values())):
+            literals = [v[r] if r < len(v) else "NULL" for v in values.values()]
+            db.execute(f"INSERT INTO keys VALUES ({r}, {', '.join(literals)})")
+        out = tmp_path / f"k{run}"
+        out.mkdir()
+        backup = open_backup(run_dump(db, out, name="b", tables=["public.keys"]).path)
+        (table,) = backup.tables
+        prefixes = line_prefixes(table)
+        con = duckdb.connect()
+        con.register("lines", LineBatches(backup, table.files, hashes=False).reader())
+        tokens = [f"NULLIF({token_sql(prefixes, i)}, 'null')" for i in range(len(prefixes))]
+        con.execute(
+            f"CREATE TABLE t AS SELECT CAST({tokens[0]} AS INTEGER) AS id, "
+            + ", ".join(f"{token} AS k{i}" for i, token in enumerate(tokens[1:]))
+            + " FROM lines"
+        )
+        forms = [key_expression(c, f"k{i}") for i, c in enumerate(table.columns[1:])]
+        assert None not in forms, [c.type for c in table.columns]
+        con.execute(
+            "CREATE TABLE f AS SELECT id, "
+            + ", ".join(f"{form} AS k{i}" for i, form in enumerate(forms))
+            + " FROM t"
+        )
+        for i, type_name in enumerate(strategies):
+            pairs = f"SELECT a.id, b.id FROM {{}} a JOIN {{}} b ON a.k{i} = b.k{i}"
+            ours = set(con.execute(pairs.format("f", "f")).fetchall())
+            theirs = {(r[0], r[1]) for r in db.fetch(pairs.format("keys", "keys"))}
+            assert ours == theirs, (type_name, sorted(ours ^ theirs)[:5], values[type_name])
+            if theirs - set(con.execute(pairs.format("t", "t")).fetchall()):
+                equal_by_value_only.add(type_name)  # equal by =, not by text
+
+    check()
+    assert {"numeric", "double precision", "real", "bpchar"} <= equal_by_value_only
