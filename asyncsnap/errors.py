@@ -20,7 +20,7 @@ class ExitCode:
     CONNECTION = 3  # server unreachable, authentication failed, database missing
     OUTPUT = 4  # output directory not writable, name taken, disk full
     VERIFY = 5  # a backup failed verification (verify, restore)
-    LOCKED = 6  # another asyncsnap run holds the output directory's lock
+    LOCKED = 6  # another asyncsnap run holds the output directory's lock, or the target
     DIFFERENT = 7  # compare (restore --compare): the database does not hold the backup's rows
     INTERNAL = 70  # a bug: an unexpected exception (EX_SOFTWARE)
     SIGINT = 130  # interrupted by SIGINT (Ctrl-C)
@@ -152,6 +152,14 @@ class SchemaMismatch(RestoreFailed):
 class TargetNotEmpty(RestoreFailed):
     """Raised by restore when a target table has rows and neither --truncate nor --append
     was given."""
+
+
+class TargetLocked(AsyncsnapError):
+    """Raised by restore when another asyncsnap restore holds the target database (or,
+    with --create, the name of the database to create): two restores into one database
+    would load every row twice. Nothing was changed."""
+
+    exit_code = ExitCode.LOCKED
 
 
 class VerificationFailed(AsyncsnapError):

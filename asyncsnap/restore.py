@@ -31,7 +31,7 @@ import anyio
 import anyio.to_thread
 import asyncpg
 
-from . import bigrows, largeobjects, restore_schema
+from . import bigrows, largeobjects, restore_schema, restore_target
 from .backup import DataFileReader, open_backup
 from .catalog import (
     Table,
@@ -47,6 +47,7 @@ from .connection import ConnectionSpec, resolve
 from .encryption import decrypted
 from .errors import (
     AsyncsnapError,
+    DatabaseMissing,
     PermissionDenied,
     RestoreFailed,
     SchemaMismatch,
@@ -497,7 +498,14 @@ async def restore(
         emit(Notice(f"created database {created}"))
         params = restore_schema.with_database(params, created)
     session = Session(params, policy)
-    conn = await loading_connection(session)
+    try:
+        conn = await loading_connection(session)
+    except DatabaseMissing as exc:
+        exc.hint = (
+            "create it first (createdb, or CREATE DATABASE), or pass --create and connect "
+            "to another database of the server (e.g. postgres) to make it from the backup"
+        )
+        raise
     results: list[RestoredTable] = []
     plan: RestorePlan | None = None
     kind = "existing"
@@ -506,6 +514,8 @@ async def restore(
     # leaks it.
     scratch = PrivateScratch()
     try:
+        # Before anything is looked at: one restore at a time into a database.
+        await restore_target.hold_database(conn, session.target.database)
         chosen_keys = {
             t.key for t in selection.apply([_as_catalog_table(t) for t in backup.tables])
         }
@@ -820,7 +830,8 @@ ORDER BY 1, 2, 3
 _OWNED_SQL = """
 SELECT c.oid, pg_catalog.pg_has_role(c.relowner, 'USAGE') AS owned,
        pg_catalog.has_table_privilege(c.oid, 'INSERT') AS can_insert,
-       pg_catalog.has_table_privilege(c.oid, 'TRUNCATE') AS can_truncate
+       pg_catalog.has_table_privilege(c.oid, 'TRUNCATE') AS can_truncate,
+       pg_catalog.has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE') AS can_lock
 FROM pg_catalog.pg_class c WHERE c.oid = ANY ($1::pg_catalog.oid[])
 """
 
@@ -837,6 +848,13 @@ async def _with_switches(
     for r in await conn.fetch(_SWITCHES_SQL, oids):
         found.setdefault(r["oid"], []).append(Switch(r["kind"], r["name"], r["state"]))
     rights = {r["oid"]: r for r in await conn.fetch(_OWNED_SQL, oids)}
+    gone = [ld.target.qualified for ld in loads if ld.target.oid not in rights]
+    if gone:  # dropped (or replaced) by another session since they were listed
+        raise SchemaMismatch(
+            f"{some_names(gone)} changed while the restore was planning (dropped or "
+            "replaced by another session)",
+            hint="nothing was loaded; run the restore again",
+        )
     owned = {oid: r["owned"] for oid, r in rights.items()}
     missing = [
         f"{ld.target.qualified} ({verb})"
@@ -860,6 +878,20 @@ async def _with_switches(
             f"{some_names(refused)} have triggers or rules that loading would fire, and only "
             "their owner can switch them off for the load",
             hint="restore as the tables' owner (or a member of its role)",
+        )
+    unlockable = [
+        ld.target.qualified
+        for ld in loads
+        if mode == "refuse" and not rights[ld.target.oid]["can_lock"]
+    ]
+    if unlockable:
+        # _hold_empty keeps other writers out while it checks and loads: LOCK TABLE IN
+        # EXCLUSIVE MODE needs one of these privileges.
+        raise PermissionDenied(
+            f"this role may not lock {some_names(unlockable)} against other writers while "
+            "checking they are empty (that needs UPDATE, DELETE or TRUNCATE on them)",
+            hint="GRANT one of those, restore as the tables' owner, or pass --append to load "
+            "without the emptiness check",
         )
     return result
 
@@ -893,6 +925,12 @@ class _Unit:
     loads: list[TableLoad]
     cycle: CyclePlan | None = None
     file_index: int | None = None  # one file of a split table, loaded on its own
+    # Whether its transaction locks its tables against other writers and checks they are
+    # empty before loading (``_hold_empty``): the default mode, for a whole table or the
+    # first file of a split one.
+    checks: bool = False
+    checked: anyio.Event | None = None  # set once the first file's transaction checked
+    after: anyio.Event | None = None  # a later file of a split table waits for that
 
     @property
     def rows(self) -> int:
@@ -901,32 +939,48 @@ class _Unit:
         return sum(ld.source.rows for ld in self.loads)
 
 
-def _units(plan: RestorePlan, level: list[TableLoad], *, split_files: bool) -> list[_Unit]:
+def _units(
+    plan: RestorePlan, level: list[TableLoad], *, split_files: bool, checks: bool = False
+) -> list[_Unit]:
     """The level's units. With ``split_files``, a table of several files (split at dump
     time) loads over several connections, a transaction per file; cycles stay whole, their
-    constraints need one transaction."""
+    constraints need one transaction. With ``checks`` (the default mode: refuse tables
+    with rows), each table's first unit holds it and checks it is empty; a split table's
+    later files wait for that check and come after the level's other units, so that
+    their connections load other tables meanwhile."""
     in_cycle = {k: c for c in plan.cycles for k in c.tables}
     grouped: dict[object, _Unit] = {}
     units: list[_Unit] = []
+    later: list[_Unit] = []  # files 2.. of split tables, behind their first file's check
     for load in level:
         cycle = in_cycle.get(plan.roots[load.target.key])
         if cycle is not None:
-            grouped.setdefault(id(cycle), _Unit(loads=[], cycle=cycle)).loads.append(load)
+            unit = grouped.setdefault(id(cycle), _Unit(loads=[], cycle=cycle, checks=checks))
+            unit.loads.append(load)
         elif split_files and len(load.source.files) > 1 and not load.quiets:
             # (ALTER TABLE to switch triggers off would make the files' transactions
             # wait for one another: such a table loads whole)
-            units += [_Unit(loads=[load], file_index=i) for i in range(len(load.source.files))]
+            checked = anyio.Event() if checks else None
+            units.append(_Unit(loads=[load], file_index=0, checks=checks, checked=checked))
+            rest = [
+                _Unit(loads=[load], file_index=i, after=checked)
+                for i in range(1, len(load.source.files))
+            ]
+            (later if checks else units).extend(rest)
         else:
-            units.append(_Unit(loads=[load]))
+            units.append(_Unit(loads=[load], checks=checks))
+
     # The biggest tables first, so the longest load starts earliest; a split table's files
     # in page order, as they were dumped: its rows then reach its indexes in the order they
     # had, mostly at the right end of each btree, instead of splitting pages in the middle
     # (files sorted by size made a -j 1 restore of pgbench_accounts 13.7 s against 9.9 s
     # for one COPY).
-    return sorted(
-        [*units, *grouped.values()],
-        key=lambda u: (-sum(ld.source.rows for ld in u.loads), u.file_index or 0),
-    )
+    def order(units: list[_Unit]) -> list[_Unit]:
+        return sorted(
+            units, key=lambda u: (-sum(ld.source.rows for ld in u.loads), u.file_index or 0)
+        )
+
+    return order([*units, *grouped.values()]) + order(later)
 
 
 def _merge(results: list[RestoredTable]) -> list[RestoredTable]:
@@ -993,8 +1047,16 @@ async def _run(
                 hint="another table references one being restored; include it with -t or "
                 "empty it yourself (asyncsnap never truncates tables you did not select)",
             ) from exc
+    if mode == "refuse" and single_transaction and loads:
+        # One transaction loads everything: every table is held and checked up front.
+        await _hold_empty(main, loads)
     for level in plan.levels:
-        units = _units(plan, level, split_files=not single_transaction)
+        units = _units(
+            plan,
+            level,
+            split_files=not single_transaction,
+            checks=mode == "refuse" and not single_transaction,
+        )
         if single_transaction:
             for unit in units:
                 results += await _load_unit(main, unit, backup, emit, own_transaction=False)
@@ -1029,6 +1091,10 @@ async def _worker(
 ) -> None:
     """Take units from the shared queue until it is empty."""
     for unit in queue:
+        if unit.after is not None:
+            # A later file of a split table: its table is checked by the first file's
+            # transaction, whose lock its COPY then waits for.
+            await unit.after.wait()
         results.extend(await _load_unit(conn, unit, backup, emit, own_transaction=True))
 
 
@@ -1046,6 +1112,44 @@ async def _check_empty(conn: asyncpg.Connection, loads: list[TableLoad], mode: M
             f"the target already has rows in {some_names(busy)}",
             hint="pass --truncate to replace their rows, --append to add to them, or --clean "
             "to take the whole database back to the backup",
+        )
+
+
+async def _hold_empty(conn: asyncpg.Connection, loads: Sequence[TableLoad]) -> None:
+    """In the caller's transaction: lock the loads' tables against other writers until it
+    ends (``EXCLUSIVE``: reads go on, INSERTs wait), then check that each is still the
+    table the plan read and has no rows. The plan's check (``_check_empty``) ran outside
+    any transaction, so another session (a second restore, an application) could have
+    written since; under the lock none can until the rows are in.
+
+    :raises SchemaMismatch: when a table was dropped or replaced since the plan.
+    :raises TargetNotEmpty: when a table has rows now.
+    """
+    names = [sql_name(ld.target.schema, ld.target.name) for ld in loads]
+    await conn.execute(f"LOCK TABLE {', '.join('ONLY ' + n for n in names)} IN EXCLUSIVE MODE")
+    oids = await conn.fetchval(
+        "SELECT pg_catalog.array_agg(pg_catalog.to_regclass(n)::pg_catalog.oid ORDER BY o) "
+        "FROM pg_catalog.unnest($1::pg_catalog.text[]) WITH ORDINALITY AS u(n, o)",
+        names,
+    )
+    replaced = [ld.target.qualified for ld, oid in zip(loads, oids, strict=True)
+                if oid != ld.target.oid]  # fmt: skip
+    if replaced:
+        raise SchemaMismatch(
+            f"{some_names(replaced)} changed while the restore was planning (dropped or "
+            "replaced by another session)",
+            hint="nothing of it was loaded; run the restore again",
+        )
+    filled = await conn.fetchval(
+        "SELECT ARRAY[" + ", ".join(f"EXISTS (SELECT 1 FROM ONLY {n})" for n in names) + "]"
+    )
+    busy = [ld.target.qualified for ld, rows in zip(loads, filled, strict=True) if rows]
+    if busy:
+        raise TargetNotEmpty(
+            f"the target has rows in {some_names(busy)}, written by another session after "
+            "the restore checked it",
+            hint="nothing of it was loaded; find the writer, or pass --truncate to replace "
+            "the rows or --append to add to them",
         )
 
 
@@ -1102,6 +1206,10 @@ async def _load_unit(
     back, and nothing stays dropped or switched off."""
     strategy = unit.cycle.strategy if unit.cycle is not None else None
     async with _transaction(conn, own=own_transaction):
+        if unit.checks:
+            await _hold_empty(conn, unit.loads)
+            if unit.checked is not None:
+                unit.checked.set()
         dropped: list[tuple[TableKey, str, str]] = []
         if strategy == "defer":
             assert unit.cycle is not None
