@@ -17,6 +17,12 @@ A dump that fails removes what it wrote. A killed one leaves its claim and the f
 finished, never a manifest: ``prune`` (and ``dump --keep``) removes such a backup once its
 claim is older than ``ABANDONED_AFTER``. Parts of an upload in flight when the process died
 stay invisible in the store until its lifecycle rule aborts them (README).
+
+A prefix is shared with whatever else people keep there, so retention goes by content,
+never by a name alone: a folder without a manifest is a dead dump only if its
+``claim.json`` parses as asyncsnap's claim of that very name (``read_claim``), and what is
+removed from any backup is only what a dump writes (``manifest.written_by_dump``, the
+claim); every other object stays where it is and is reported.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import contextlib
 import io
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,14 +39,21 @@ from typing import Any
 
 import orjson
 
-from . import manifest
+from . import __version__, manifest
 from .backup import ChunksReader
 from .errors import OutputExists, StoreFailed, UsageError, VerificationFailed
-from .manifest import DEFAULT_NAME, MANIFEST_NAME, Backup, Compression
-from .objectstore import ObjectMissing, Store, StoreSink, StoreUrl
+from .manifest import DEFAULT_NAME, MANIFEST_NAME, Backup, Compression, written_by_dump
+from .objectstore import ObjectMissing, Store, StoredObject, StoreSink, StoreUrl
 from .storage import DataFileWriter, PrivateScratch, validate_backup_name
 
 CLAIM_NAME = "claim.json"
+# What marks a claim as asyncsnap's (docs/format.md, "Backups in object storage").
+CLAIM_FORMAT = "asyncsnap-claim"
+CLAIM_VERSION = 1
+# A claim is a few hundred bytes; a larger claim.json is someone else's and is not read.
+_CLAIM_MAX_BYTES = 64 * 1024
+# The claim asyncsnap 0.7.0 and 0.8.0 wrote: no marker, no version, no backup name.
+_LEGACY_CLAIM_KEYS = frozenset({"tool", "host", "pid", "started_at"})
 # A backup with a claim and no manifest this much older than now is a dump that died:
 # prune removes it. Longer than any dump should run (--max-duration bounds one).
 ABANDONED_AFTER = timedelta(hours=24)
@@ -109,29 +123,108 @@ class StoredBackup:
 
 def list_backups(store: Store) -> list[StoredBackup]:
     """Every ``NAME/`` directly under the store's prefix, by name."""
+    return _folders(store.objects())[0]
+
+
+def _folders(objects: Iterable[StoredObject]) -> tuple[list[StoredBackup], list[str]]:
+    """The ``NAME/`` folders of a listing, by name, and the keys directly in the prefix."""
     found: dict[str, StoredBackup] = {}
-    for stored in store.objects():
+    loose: list[str] = []
+    for stored in objects:
         name, sep, relpath = stored.key.partition("/")
         if not sep:
-            continue  # an object directly in the prefix: not ours
+            loose.append(stored.key)  # an object directly in the prefix: not a backup
+            continue
         entry = found.setdefault(name, StoredBackup(name))
         entry.keys.append(stored.key)
         if relpath == MANIFEST_NAME:
             entry.complete = True
         elif relpath == CLAIM_NAME:
             entry.claimed = stored.modified
-    return [found[n] for n in sorted(found)]
+    return [found[n] for n in sorted(found)], sorted(loose)
 
 
-def _claim(store: Store, name: str) -> None:
-    """Create ``NAME/claim.json`` only if nobody has: who is writing, from where, since when
-    (no credentials, no connection string)."""
-    body = {
-        "tool": "asyncsnap",
+def claim_body(name: str) -> dict[str, Any]:
+    """What ``NAME/claim.json`` holds: the marker, its version and the backup's name (so
+    that prune can tell asyncsnap's claim from anyone's ``claim.json``), then who is
+    writing, from where, since when (no credentials, no connection string)."""
+    return {
+        "format": CLAIM_FORMAT,
+        "format_version": CLAIM_VERSION,
+        "name": name,
+        "tool": {"name": "asyncsnap", "version": __version__},
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """What a ``claim.json`` is: asyncsnap's claim of the backup it lies in, or why not."""
+
+    ours: bool
+    why: str = ""  # when not ours: for the "left alone" line
+    legacy: bool = False  # as asyncsnap 0.7.0 and 0.8.0 wrote it (no name to check)
+
+
+def read_claim(store: Store, name: str) -> ClaimCheck:
+    """Read ``NAME/claim.json`` (at most 64 KiB of it) and say whether it is asyncsnap's
+    claim of ``NAME``: a JSON object with ``format`` ``"asyncsnap-claim"``, a
+    ``format_version`` this version writes, and ``name`` equal to ``NAME``."""
+    key = f"{name}/{CLAIM_NAME}"
+    raw = b""
+    try:
+        chunks = store.open_read(key, chunk_size=_CLAIM_MAX_BYTES)
+        try:
+            for chunk in chunks:
+                raw += chunk
+                if len(raw) > _CLAIM_MAX_BYTES:
+                    return ClaimCheck(False, "its claim.json is not asyncsnap's")
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+    except ObjectMissing:
+        return ClaimCheck(False, "no manifest.json and no claim.json: not an asyncsnap backup")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        return ClaimCheck(False, "its claim.json is not asyncsnap's")
+    if body.get("format") != CLAIM_FORMAT:
+        if _is_legacy_claim(body):
+            return ClaimCheck(
+                False,
+                "a claim of asyncsnap 0.8.0 or older, which does not name its backup: "
+                "remove it by hand once no dump is writing there",
+                legacy=True,
+            )
+        return ClaimCheck(False, "its claim.json is not asyncsnap's")
+    version = body.get("format_version")
+    if version != CLAIM_VERSION or isinstance(version, bool):
+        return ClaimCheck(False, "a claim of another asyncsnap version: leave it to that one")
+    if body.get("name") != name:
+        return ClaimCheck(False, "its claim.json names another backup")
+    return ClaimCheck(True)
+
+
+def _is_legacy_claim(body: dict[str, Any]) -> bool:
+    """Exactly what asyncsnap 0.7.0 and 0.8.0 wrote: ``tool``, ``host``, ``pid`` and
+    ``started_at``, the tool ``"asyncsnap"``."""
+    return (
+        set(body) == _LEGACY_CLAIM_KEYS
+        and body["tool"] == "asyncsnap"
+        and isinstance(body["host"], str)
+        and isinstance(body["pid"], int)
+        and isinstance(body["started_at"], str)
+    )
+
+
+def _claim(store: Store, name: str) -> None:
+    """Create ``NAME/claim.json`` (``claim_body``) only if nobody has."""
+    body = claim_body(name)
     try:
         store.put_new(f"{name}/{CLAIM_NAME}", orjson.dumps(body) + b"\n")
     except OutputExists as exc:
@@ -226,17 +319,26 @@ class BackupPrefix:
         return None
 
 
-def remove_backup(store: Store, name: str, keys: list[str] | None = None) -> None:
-    """Delete ``NAME/``: the manifest first (from then on it is not a complete backup),
-    the claim last (until then prune knows it as ours). ``keys``: its objects, when a
-    listing of them is at hand."""
+def remove_backup(store: Store, name: str, keys: list[str] | None = None) -> list[str]:
+    """Delete what a dump wrote under ``NAME/`` (``manifest.written_by_dump`` and the
+    claim): the manifest first (from then on it is not a complete backup), the claim last
+    (until then prune knows it as ours). ``keys``: the objects to consider, when a listing
+    of them is at hand (a caller that has checked them: only these are deleted). Returns
+    the keys it left, which no dump writes."""
     if keys is None:
         keys = [o.key for o in store.objects(name + "/")]
-    first = [k for k in keys if k == f"{name}/{MANIFEST_NAME}"]
-    last = [k for k in keys if k == f"{name}/{CLAIM_NAME}"]
+    own = [k for k in keys if _written_by_a_dump(name, k)]
+    first = [k for k in own if k == f"{name}/{MANIFEST_NAME}"]
+    last = [k for k in own if k == f"{name}/{CLAIM_NAME}"]
     store.delete(first)
-    store.delete([k for k in keys if k not in first and k not in last])
+    store.delete([k for k in own if k not in first and k not in last])
     store.delete(last)
+    return [k for k in keys if k not in own]
+
+
+def _written_by_a_dump(name: str, key: str) -> bool:
+    folder, _, relpath = key.partition("/")
+    return folder == name and (relpath == CLAIM_NAME or written_by_dump(relpath))
 
 
 @dataclass(frozen=True)
@@ -245,9 +347,11 @@ class StorePrune:
 
     kept: list[str]
     removed: list[str]
-    abandoned: list[str]  # dumps that died: a claim older than the limit, no manifest
+    abandoned: list[str]  # dumps that died: asyncsnap's claim, older than the limit, no manifest
     ignored: list[str]
     named: list[str]
+    reasons: dict[str, str] = field(default_factory=dict)  # why each ignored one was
+    foreign: list[str] = field(default_factory=list)  # keys inside removed backups, kept
 
 
 def prune_prefix(
@@ -260,7 +364,8 @@ def prune_prefix(
     now: datetime | None = None,
 ) -> StorePrune:
     """``prune`` for a prefix in a store: keep the ``keep`` newest complete backups, remove
-    older ones and abandoned dumps; leave everything else alone."""
+    older ones and abandoned dumps (only the objects a dump writes); leave everything else
+    alone, saying why."""
     store = Store(url)
     if store.exists(MANIFEST_NAME):
         raise UsageError(
@@ -270,32 +375,73 @@ def prune_prefix(
     moment = now or datetime.now(UTC)
     complete: list[tuple[str, str]] = []
     abandoned: list[str] = []
-    ignored: list[str] = []
+    reasons: dict[str, str] = {}
     named: list[str] = []
-    listed = {entry.name: entry for entry in list_backups(store)}
-    for entry in listed.values():
+    listed, loose = _folders(store.objects())
+    for key in loose:
+        reasons[key] = "an object, not a backup's folder"
+    files: dict[str, set[str]] = {}  # a complete backup's listed files
+    for entry in listed:
         if not entry.complete:
-            if entry.claimed is not None and moment - entry.claimed > abandoned_after:
+            claim = read_claim(store, entry.name)
+            if not claim.ours:
+                reasons[entry.name] = claim.why
+            elif entry.claimed is not None and moment - entry.claimed > abandoned_after:
                 abandoned.append(entry.name)
             else:
-                ignored.append(entry.name)  # a dump running now, or not ours
+                reasons[entry.name] = "a dump claimed it recently: it may still be writing"
             continue
         try:
             body = _stored_manifest(store, f"{entry.name}/{MANIFEST_NAME}")
+            backup = manifest.parse(
+                f"{url}/{entry.name}", body, source=StoreSource(store, entry.name)
+            )
         except (VerificationFailed, ObjectMissing):
-            ignored.append(entry.name)
+            reasons[entry.name] = "its manifest.json does not check out"
             continue
         started = body.get("started_at")
         if not isinstance(started, str):
-            ignored.append(entry.name)
+            reasons[entry.name] = "its manifest.json has no started_at"
         elif not include_named and not DEFAULT_NAME.fullmatch(entry.name):
             named.append(entry.name)
         else:
             complete.append((started, entry.name))
+            files[entry.name] = _listed_files(backup)
     complete.sort(reverse=True)
     kept = [name for _, name in complete[:keep]]
     removed = [name for _, name in complete[keep:]]
-    if not dry_run:
-        for name in removed + abandoned:
-            remove_backup(store, name, listed[name].keys)
-    return StorePrune(kept, removed, abandoned, ignored, named)
+    by_name = {entry.name: entry for entry in listed}
+    foreign: list[str] = []
+    for name in removed + abandoned:
+        entry = by_name[name]
+        if name in files:  # complete: what its manifest lists, and a claim that is ours
+            claim = (
+                read_claim(store, name)
+                if f"{name}/{CLAIM_NAME}" in entry.keys
+                else ClaimCheck(False)
+            )
+            own = files[name] | ({CLAIM_NAME} if claim.ours or claim.legacy else set())
+            candidates = [k for k in entry.keys if k.partition("/")[2] in own]
+        else:
+            candidates = list(entry.keys)
+        if not dry_run:
+            remove_backup(store, name, candidates)
+        foreign += [k for k in entry.keys if k not in candidates or not _written_by_a_dump(name, k)]
+    return StorePrune(
+        kept,
+        removed,
+        abandoned,
+        list(reasons),
+        named,
+        reasons=reasons,
+        foreign=sorted(foreign),
+    )
+
+
+def _listed_files(backup: Backup) -> set[str]:
+    """A complete backup's own files: its manifest, ``SHA256SUMS`` and what it lists."""
+    listed = {MANIFEST_NAME, manifest.SUMS_NAME}
+    listed.update(f.path for _, f in backup.data_files())
+    if backup.schema is not None:
+        listed.update(f.path for f in backup.schema.files)
+    return listed

@@ -1545,14 +1545,23 @@ def prune_command(
         typer.echo(f"{verb} {path}")
     for path in result.abandoned:
         typer.echo(f"{verb} {path} (a dump that died: no manifest)")
+    for path in result.foreign:
+        typer.echo(f"left alone {path} (not written by asyncsnap)")
+    for path in result.ignored:
+        typer.echo(f"left alone {path} ({result.reasons.get(str(path), 'not a backup')})")
     named = (
         f", kept {count(len(result.named), 'named backup')} (--include-named counts them)"
         if result.named
         else ""
     )
+    foreign = (
+        f"; {count(len(result.foreign), 'file')} not written by asyncsnap left in place"
+        if result.foreign
+        else ""
+    )
     typer.echo(
-        f"kept {len(result.kept)}, {verb} {len(result.removed)}, "
-        f"left alone {len(result.ignored)} (not complete asyncsnap backups){named}"
+        f"kept {len(result.kept)}, {verb} {len(result.removed) + len(result.abandoned)}, "
+        f"left alone {len(result.ignored)} (not complete asyncsnap backups){named}{foreign}"
     )
 
 

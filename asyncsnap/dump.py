@@ -769,6 +769,8 @@ def _keep_newest(output: Path | StoreUrl, keep: int, emit: EventCallback) -> Non
         emit(Notice(f"removed old backup {path} (--keep {keep})"))
     for path in pruned.abandoned:
         emit(Notice(f"removed abandoned dump {path} (no manifest, old claim)"))
+    for path in pruned.foreign:
+        emit(Notice(f"left {path} in place (not written by asyncsnap)"))
 
 
 def _abandon(backup: BackupTarget, keep_partial: bool, emit: EventCallback) -> None:

@@ -24,6 +24,7 @@ import orjson
 from .catalog import SchemaQualified
 from .errors import VerificationFailed
 from .fingerprint import combine
+from .plan import STEM_PATTERN
 
 FORMAT_NAME = "asyncsnap"
 # The version this asyncsnap writes; it reads every version from 1 up to it.
@@ -180,6 +181,31 @@ SCHEMA_ARCHIVE_PATH = "schema/schema.pgdump"  # pg_dump --format=custom --schema
 SCHEMA_SQL_PATH = "schema/schema.sql"  # the same, rendered as plain SQL by pg_restore
 # The first bytes of a pg_dump custom-format archive (verify checks them).
 ARCHIVE_MAGIC = b"PGDMP"
+# A dump's data files (docs/format.md, "Layout"): a table's stem (plan.file_stem), or the
+# large objects' file (largeobjects.LARGE_OBJECTS_STEM), with a compression's extension.
+_DATA_PATH = re.compile(
+    rf"{DATA_DIR}/(?:large-objects|{STEM_PATTERN})"
+    + "(?:"
+    + "|".join(re.escape(ext) for ext in EXTENSIONS.values())
+    + ")"
+)
+
+
+def written_by_dump(relpath: str) -> bool:
+    """Whether a dump writes files named ``relpath`` (relative to the backup): the
+    manifest, ``SHA256SUMS``, the two schema files and data files named by the format's
+    rules. Retention removes these and nothing else (``prune``); the store's
+    ``claim.json`` is the store's to add (``bucket``).
+
+    >>> written_by_dump("data/public.orders-3b8f0c1d2e4a.0002.ndjson.zst")
+    True
+    >>> written_by_dump("data/notours.txt"), written_by_dump("manifest.json.bak")
+    (False, False)
+    """
+    if relpath in (MANIFEST_NAME, SUMS_NAME, SCHEMA_ARCHIVE_PATH, SCHEMA_SQL_PATH):
+        return True
+    return _DATA_PATH.fullmatch(relpath) is not None
+
 
 # The longest line a data file holds unless its manifest entry says more. The server
 # renders each row as one text value, and no value can exceed 1 GiB - 1 byte

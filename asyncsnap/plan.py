@@ -17,6 +17,9 @@ TableKey = tuple[str, str]
 
 _UNSAFE = re.compile(r"[^a-z0-9_-]+")
 _SLUG_MAX = 40
+# Every stem file_stem returns, and a split table's numbered ones (``.0001``, ...): what
+# retention takes for a dump's data file name (``manifest.written_by_dump``).
+STEM_PATTERN = r"[a-z0-9_-]{1,40}\.[a-z0-9_-]{1,40}-[0-9a-f]{12}(?:\.[0-9]{4,})?"
 
 
 def file_stem(schema: str, name: str) -> str:

@@ -1,11 +1,16 @@
 """Retention: keep the N newest complete backups in a directory, remove older ones.
 
 Only directories that are complete asyncsnap backups count: a ``manifest.json`` that
-passes the reader's format, version and checksum checks. Everything else is left alone:
-``.partial`` directories (a dump may be writing them), other files and directories,
+passes the reader's format, version, checksum and field checks. Everything else is left
+alone: ``.partial`` directories (a dump may be writing them), other files and directories,
 symlinks, and backups whose manifest does not check out (they are reported, not
 removed). Newest means the latest ``started_at`` in the manifest. The output directory's
 lock is held while pruning, so a prune never races a dump's final rename.
+
+Removing a backup removes the files its dump wrote (the manifest first, then what it lists
+under the names a dump gives, ``SHA256SUMS``) and the directories that are then empty;
+a file someone put inside a backup stays where it is and is reported
+(``PruneResult.foreign``), never deleted with the backup.
 
 Only backups with the name a dump gives by default (``backup_YYYYMMDDTHHMMSSZ``) are
 counted and removed: a backup someone named (``dump --name before-migration-42``) is kept
@@ -20,15 +25,24 @@ dead one; a store has only the claim's age.
 
 from __future__ import annotations
 
-import shutil
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from . import manifest
-from .errors import UsageError, VerificationFailed
+from .errors import OutputNotWritable, UsageError, VerificationFailed
 from .location import backup_location
-from .manifest import DEFAULT_NAME, MANIFEST_NAME, PARTIAL_SUFFIX
+from .manifest import (
+    DATA_DIR,
+    DEFAULT_NAME,
+    MANIFEST_NAME,
+    PARTIAL_SUFFIX,
+    SCHEMA_DIR,
+    SUMS_NAME,
+    Backup,
+    written_by_dump,
+)
 from .storage import OutputLock
 
 
@@ -43,6 +57,10 @@ class PruneResult:
     named: list[Path | str] = field(default_factory=list)  # complete, named by someone: kept
     dry_run: bool = False
     abandoned: list[Path | str] = field(default_factory=list)  # killed dumps (stores only)
+    # Why each of ``ignored`` was left alone, by its str()
+    reasons: dict[str, str] = field(default_factory=dict)
+    # Files (objects) inside removed backups that no dump writes: left where they are
+    foreign: list[Path | str] = field(default_factory=list)
 
 
 def prune(
@@ -89,6 +107,8 @@ def prune(
             named=urls(found.named),
             dry_run=dry_run,
             abandoned=urls(found.abandoned),
+            reasons={f"{where}/{name}": why for name, why in found.reasons.items()},
+            foreign=urls(found.foreign),
         )
     root = where
     if not root.is_dir():
@@ -103,37 +123,98 @@ def prune(
     if lock is not None:
         lock.acquire()
     try:
-        backups: list[tuple[str, Path]] = []
-        ignored: list[Path | str] = []
+        backups: list[tuple[str, Path, Backup]] = []
+        reasons: dict[str, str] = {}
         named: list[Path | str] = []
         for entry in sorted(root.iterdir()):
             if entry.name.startswith("."):
                 continue  # our lock file, temporary names
-            if entry.is_symlink() or not entry.is_dir() or entry.name.endswith(PARTIAL_SUFFIX):
-                ignored.append(entry)
+            checked = _complete_backup(entry)
+            if isinstance(checked, str):
+                reasons[str(entry)] = checked
                 continue
-            try:
-                body = manifest.load(entry)
-            except VerificationFailed:
-                ignored.append(entry)
-                continue
-            started = body.get("started_at")
-            if not isinstance(started, str):
-                ignored.append(entry)
-                continue
+            started, backup = checked
             if not include_named and not DEFAULT_NAME.fullmatch(entry.name):
                 named.append(entry)
                 continue
-            backups.append((started, entry))
-        backups.sort(reverse=True)  # ISO 8601 UTC times sort as text
-        kept: list[Path | str] = [path for _, path in backups[:keep]]
-        removed: list[Path | str] = [path for _, path in backups[keep:]]
-        if not dry_run:
-            for _, path in backups[keep:]:
-                shutil.rmtree(path)
+            backups.append((started, entry, backup))
+        backups.sort(key=lambda found: found[:2], reverse=True)  # ISO 8601 UTC sorts as text
+        kept: list[Path | str] = [path for _, path, _ in backups[:keep]]
+        removed: list[Path | str] = [path for _, path, _ in backups[keep:]]
+        foreign: list[Path | str] = []
+        for _, path, backup in backups[keep:]:
+            foreign += _remove_backup_directory(path, backup, dry_run=dry_run)
         return PruneResult(
-            kept=kept, removed=removed, ignored=ignored, named=named, dry_run=dry_run
+            kept=kept,
+            removed=removed,
+            ignored=[Path(p) for p in reasons],
+            named=named,
+            dry_run=dry_run,
+            reasons=reasons,
+            foreign=foreign,
         )
     finally:
         if lock is not None:
             lock.release()
+
+
+def _complete_backup(entry: Path) -> tuple[str, Backup] | str:
+    """``entry`` of an output directory as a complete backup (its start time and checked
+    manifest), or why it is not one."""
+    if entry.is_symlink():
+        return "a symlink"
+    if not entry.is_dir():
+        return "not a directory"
+    if entry.name.endswith(PARTIAL_SUFFIX):
+        return "a dump's .partial directory: it may be running"
+    if not (entry / MANIFEST_NAME).is_file():
+        return "no manifest.json: not a complete asyncsnap backup"
+    try:
+        body = manifest.load(entry)
+        backup = manifest.parse(entry, body)
+    except VerificationFailed:
+        return "its manifest.json does not check out"
+    started = body.get("started_at")
+    if not isinstance(started, str):
+        return "its manifest.json has no started_at"
+    return started, backup
+
+
+def _remove_backup_directory(path: Path, backup: Backup, *, dry_run: bool) -> list[Path | str]:
+    """Remove what the dump of ``backup`` wrote in ``path``: the manifest first (from then
+    on it is no backup), the files it lists that have a dump's names, ``SHA256SUMS``, then
+    the directories left empty. Returns what stays: anything else found inside."""
+    listed = [f.path for _, f in backup.data_files()]
+    if backup.schema is not None:
+        listed += [f.path for f in backup.schema.files]
+    own = [
+        path / relpath
+        for relpath in [MANIFEST_NAME, *listed, SUMS_NAME]
+        if written_by_dump(relpath)
+        and (path / relpath).is_file()
+        and not (path / relpath).is_symlink()
+    ]
+    if not dry_run:
+        try:
+            for file in own:
+                file.unlink()
+            for directory in (path / DATA_DIR, path / SCHEMA_DIR, path):
+                empty = directory.is_dir() and not any(directory.iterdir())
+                if empty and not directory.is_symlink():
+                    directory.rmdir()
+        except OSError as exc:
+            raise OutputNotWritable(
+                f"could not remove {path}: {exc.strerror or exc}",
+                hint="check the directory's permissions; what was not removed is as it was",
+            ) from exc
+    mine = {*own, path / DATA_DIR, path / SCHEMA_DIR}
+    stays: list[Path | str] = []
+    if not path.exists():
+        return stays
+    for parent, dirs, names in os.walk(path):
+        here = Path(parent)
+        links = [d for d in dirs if (here / d).is_symlink()]
+        stays += [here / name for name in sorted(names + links) if here / name not in mine]
+        if not names and not dirs and here not in mine and here != path:
+            stays.append(here)  # an empty directory of someone else's
+    return stays

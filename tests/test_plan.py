@@ -219,3 +219,47 @@ def test_sample_size_follows_the_number_of_ranges_within_bounds() -> None:
     assert sample_pages(2) == sample_pages(4) == 256  # a small split samples little
     assert sample_pages(10) == 640
     assert sample_pages(1024) == 2000  # the cap bounds the cost on huge tables
+
+
+def test_every_name_a_dump_gives_is_one_retention_knows() -> None:
+    """prune removes only files with the names a dump writes (manifest.written_by_dump):
+    every stem file_stem gives, split or not, in every compression, and the large
+    objects' file, match; look-alikes do not."""
+    from asyncsnap.largeobjects import LARGE_OBJECTS_STEM
+    from asyncsnap.manifest import EXTENSIONS, written_by_dump
+
+    names = [
+        "t",
+        "Order Items",
+        "ÄÖÜ",
+        "",
+        "_",
+        "-",
+        "x" * 300,
+        "a.b",
+        "日本",
+        "..",
+        "a/b",
+        "é" * 50,
+    ]
+    stems = [file_stem(s, n) for s, n in itertools.product(names, repeat=2)]
+    stems += [f"{stem}.{i:04d}" for stem in stems[:5] for i in (1, 9999, 10000)]
+    stems.append(LARGE_OBJECTS_STEM)
+    for stem, ext in itertools.product(stems, EXTENSIONS.values()):
+        assert written_by_dump(f"data/{stem}{ext}"), (stem, ext)
+    stem = file_stem("public", "t")
+    for other in (
+        "data/notours.txt",
+        f"data/{stem}.ndjson.zst.orig",
+        f"data/{stem}.ndjson.bz2",
+        f"data/.{stem}.ndjson.zst.tmp",
+        f"{stem}.ndjson.zst",
+        f"data/sub/{stem}.ndjson",
+        f"data/{stem}.1.ndjson",
+        "manifest.json.bak",
+        "schema/other.sql",
+        "claim.json",
+    ):
+        assert not written_by_dump(other), other
+    for fixed in ("manifest.json", "SHA256SUMS", "schema/schema.pgdump", "schema/schema.sql"):
+        assert written_by_dump(fixed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,44 @@ def test_prune_given_a_backup_instead_of_its_directory_says_so(directory: Path) 
         == f"hint: give the directory it is in (dump's -o): asyncsnap prune {directory} --keep 1"
     )
     assert (directory / B[4] / manifest.MANIFEST_NAME).is_file()
+
+
+def test_prune_removes_only_the_files_a_dump_wrote(directory: Path) -> None:
+    """A backup being removed that holds files no dump writes (a note, a data file of
+    someone else's, a saved manifest) loses only the dump's own files: the rest stays,
+    listed. A look-alike name (`.partialx`) holding a complete backup copy is a named
+    backup, kept; a `.partial` directory is never touched."""
+    old = directory / B[1]
+    (old / "data" / "notours.txt").write_text("mine")
+    (old / "manifest.json.bak").write_text("{}")
+    (old / "notes").mkdir()
+    (old / "notes" / "todo.txt").write_text("mine too")
+    ours = sorted(str(p.relative_to(old)) for p in old.rglob("*") if p.is_file())
+    lookalike = directory / "backup_20260106T000000Z.partialx"
+    shutil.copytree(directory / B[2], lookalike)
+    partial = directory / "backup_20260107T000000Z.partial"
+    shutil.copytree(directory / B[3], partial)
+
+    run = run_cli("prune", str(directory), "--keep", "2")
+    assert run.returncode == 0, run.stderr
+    left = sorted(str(p.relative_to(old)) for p in old.rglob("*"))
+    assert left == [
+        "data",
+        "data/notours.txt",
+        "manifest.json.bak",
+        "notes",
+        "notes/todo.txt",
+    ], (left, ours)
+    assert not (directory / B[2]).exists()  # nothing foreign in it: gone whole
+    for name in ("data/notours.txt", "manifest.json.bak", "notes/todo.txt"):
+        assert f"left alone {old / name} (not written by asyncsnap)" in run.stdout
+    assert f"removed {old}\n" in run.stdout and f"removed {directory / B[2]}\n" in run.stdout
+    assert run.stdout.splitlines()[-1].startswith("kept 2, removed 2, ")
+    assert "3 files not written by asyncsnap" in run.stdout.splitlines()[-1]
+    assert (lookalike / manifest.MANIFEST_NAME).is_file()  # named, kept
+    assert (partial / manifest.MANIFEST_NAME).is_file()  # a dump's, maybe running
+    assert f"left alone {partial} (a dump's .partial directory" in run.stdout
+    # The next prune sees a directory without a manifest: not a backup, left alone.
+    run = run_cli("prune", str(directory), "--keep", "2")
+    assert run.returncode == 0 and (old / "notes" / "todo.txt").is_file()
+    assert f"left alone {old} (no manifest.json: not a complete asyncsnap backup)" in run.stdout

@@ -412,3 +412,76 @@ def test_readme_bucket_crontab_keeps_encrypted_verified_backups(
         )
         assert run.returncode == 0, run.stderr
         assert counts(target) == SHOP_COUNTS
+
+
+LEGACY_CLAIM = b'{"tool":"asyncsnap","host":"h","pid":1,"started_at":"2026-01-01T00:00:00Z"}\n'
+
+
+def test_prune_on_a_prefix_removes_only_what_its_dumps_wrote(s3: S3Server, db: Database) -> None:
+    """A folder with a `claim.json` that is not asyncsnap's (a finance team's, beside
+    their report) is not a dead dump: nothing in it is touched. A dead dump's own objects
+    go, a foreign object beside them stays; a backup being removed keeps what no dump
+    writes (`data/notours.txt`, `manifest.json.bak`, a `claim.json` that is no claim); a
+    claim of 0.8.0 (no backup name) or naming another backup is left for a person, except
+    in a complete backup being removed. The summary counts every removal."""
+    db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    env = cli_env(s3)
+    prefix = f"s3://{BUCKET}/foreign"
+    store = Store(StoreUrl.parse(prefix), environ=s3.env())
+    made = [f"backup_2026010{i}T000000Z" for i in (1, 2, 3)]
+    for name in made:
+        run = run_cli("dump", db.dsn, "-o", prefix, "--name", name, env=env)
+        assert run.returncode == 0, run.stderr
+    backup_keys = keys(s3, f"foreign/{made[0]}")
+    data_key = next(k for k in backup_keys if k.startswith("data/"))
+    foreign = {
+        "reports/claim.json": b'{"owner": "finance", "quarter": 3}\n',
+        "reports/q3.xlsx": b"PK\x03\x04 a spreadsheet",
+        f"{made[0]}/data/notours.txt": b"mine",
+        f"{made[0]}/manifest.json.bak": b"{}",
+        f"{made[0]}.partialx/claim.json": b'{"tool": "other"}',
+        f"{made[0]}.partialx/{data_key}": b"not a dump's",
+        "old/claim.json": LEGACY_CLAIM,
+        f"old/{data_key}": b"written by 0.8.0, perhaps",
+        "notes.txt": b"an object directly in the prefix",
+    }
+    for key, body in foreign.items():
+        store.put(key, body)
+    store.put(f"{made[1]}/claim.json", LEGACY_CLAIM)  # a complete 0.8.0 backup's: goes with it
+    foreign[f"{made[0]}/claim.json"] = b'{"tool": "asyncsnap"}'  # not a claim: stays
+    store.put(f"{made[0]}/claim.json", foreign[f"{made[0]}/claim.json"])
+    dead = BackupPrefix.create(store, "dead")  # a real claim, then a killed dump's files
+    store.put(f"dead/{data_key}", b"half a backup")
+    store.put("dead/SHA256SUMS", b"")
+    store.put("dead/reports/q3.xlsx", b"someone else's, beside a dead dump")
+    copied = BackupPrefix.create(store, "elsewhere")  # a claim copied to another name
+    store.put("copied/claim.json", b"".join(store.read("elsewhere/claim.json")))
+    store.put(f"copied/{data_key}", b"?")
+    copied.abandon(keep_partial=False)
+    assert dead.name == "dead"
+
+    run = run_cli("prune", prefix, "--keep", "1", "--abandoned-after", "0", env=env)
+    assert run.returncode == 0, run.stderr
+    left = keys(s3, "foreign")
+    expected = sorted(
+        [*foreign, "dead/reports/q3.xlsx", "copied/claim.json", f"copied/{data_key}"]
+        + [f"{made[2]}/{k}" for k in keys(s3, f"foreign/{made[2]}")]
+    )
+    assert left == expected
+    lines = run.stdout.splitlines()
+    assert f"removed {prefix}/{made[0]}" in lines and f"removed {prefix}/{made[1]}" in lines
+    assert f"removed {prefix}/dead (a dump that died: no manifest)" in lines
+    for key in (
+        f"{made[0]}/data/notours.txt",
+        f"{made[0]}/manifest.json.bak",
+        f"{made[0]}/claim.json",
+        "dead/reports/q3.xlsx",
+    ):
+        assert f"left alone {prefix}/{key} (not written by asyncsnap)" in lines, run.stdout
+    assert f"left alone {prefix}/reports (its claim.json is not asyncsnap's)" in lines
+    assert any(
+        line.startswith(f"left alone {prefix}/old (a claim of asyncsnap 0.8.0") for line in lines
+    )
+    assert f"left alone {prefix}/copied (its claim.json names another backup)" in lines
+    assert lines[-1].startswith("kept 1, removed 3, left alone 5 ")
+    assert "4 files not written by asyncsnap" in lines[-1]
