@@ -21,6 +21,7 @@ renderer would be a second definition to keep byte-identical with the first.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
@@ -250,86 +251,38 @@ async def compare(
     # (dump without --fingerprints) it reads and hashes every file, which takes about as
     # long as reading the database; both mostly wait in native code without the GIL.
     expected: dict[tuple[str, str], tuple[int, str, bool]] = {}
+    stop = threading.Event()  # the database's side failed: the thread stops between files
 
     def backup_side() -> None:
         for saved in tables:
+            if stop.is_set():
+                return
             expected[saved.key] = backup_numbers(backup, saved.files)
-        if with_large_objects:
+        if with_large_objects and not stop.is_set():
             assert backup.large_objects is not None
             expected[_LARGE_OBJECTS] = backup_numbers(backup, backup.large_objects.files)
 
     try:
         async with anyio.create_task_group() as sides:
             sides.start_soon(partial(anyio.to_thread.run_sync, backup_side, abandon_on_cancel=True))
-        session = Session(params, SessionPolicy(render=backup.settings))
-        conn = await session.connect()
-        pool: asyncpg.Pool | None = None
-        try:
             try:
-                coordinator = await Coordinator.begin(conn)
-                server = await read_server_info(conn)
-                live = {t.key: t for t in await list_tables(conn, server) if t.is_table}
-                found = [live[t.key] for t in tables if t.key in live]
-                await coordinator.lock(found, lock_timeout=lock_timeout)
-                described = {t.key: t for t in await describe_tables(conn, found)}
-                types = await read_types(conn)
-                sequence_states = await _sequence_states(conn, sequences)
-                comparable: dict[tuple[str, str], Table] = {}
-                early: dict[tuple[str, str], TableComparison] = {}
-                for saved in tables:
-                    table = described.get(saved.key)
-                    if table is None:
-                        early[saved.key] = TableComparison(
-                            saved.schema, saved.name, "missing", backup_rows=saved.rows
-                        )
-                        continue
-                    difference = _column_difference(saved, table)
-                    if difference:
-                        early[saved.key] = TableComparison(
-                            saved.schema,
-                            saved.name,
-                            "columns differ",
-                            backup_rows=saved.rows,
-                            detail=difference,
-                        )
-                        continue
-                    comparable[saved.key] = table
-                split = split_larger_than if server.version_num >= TID_RANGE_SCAN_VERSION else None
-                items: list[WorkItem] = list(
-                    plan_chunks(comparable.values(), split_larger_than=split, jobs=jobs)
+                database = await _database_side(
+                    params,
+                    backup,
+                    tables,
+                    sequences,
+                    with_large_objects,
+                    jobs,
+                    lock_timeout,
+                    split_larger_than,
+                    emit,
                 )
-                if with_large_objects:
-                    assert backup.large_objects is not None
-                    items.insert(
-                        0,
-                        LargeObjectsJob(est_rows=backup.large_objects.objects, readable_only=False),
-                    )
-                stored: dict[str, StoredFile] = {}
-                if items:
-                    pool = await session.create_pool(max(1, min(jobs, len(items))))
-                    lost = anyio.Event()
-                    conn.add_termination_listener(lambda _: lost.set())
-                    ctx = CopyContext(coordinator.snapshot_id, types, _Counting(), "none", emit)
-                    stored = await copy_all(pool, items, ctx, lost)
-                    await close_pool(pool)
-                    pool = None
-                await coordinator.ensure_alive()
-            except asyncpg.QueryCanceledError as exc:
-                raise cancelled_by_server(exc, "a catalog query or lock") from exc
-            except CONNECTION_LOST as exc:
-                raise snapshot_lost() from exc
-            except asyncpg.PostgresError as exc:
-                raise DumpFailed(
-                    f"server error: {exc}", hint=getattr(exc, "hint", None) or "see the server log"
-                ) from exc
-        finally:
-            if pool is not None:
-                await close_pool(pool)
-            if not conn.is_closed():
-                conn.terminate()
-
+            except BaseException:
+                stop.set()
+                raise
     except BaseExceptionGroup as group:
         raise most_telling(group) from None
+    items, stored, early = database.items, database.stored, database.early
 
     results: list[TableComparison] = []
     read_files = False
@@ -375,14 +328,106 @@ async def compare(
         )
     return CompareResult(
         backup=backup.path,
-        snapshot_id=coordinator.snapshot_id,
+        snapshot_id=database.snapshot_id,
         tables=tuple(results),
-        sequences=tuple(sequence_states),
+        sequences=tuple(database.sequences),
         large_objects=large_objects,
         seconds=time.monotonic() - started,
         fingerprints_from="files" if read_files else "manifest",
         not_compared=tuple(s.describe() for s in backup.skipped),
     )
+
+
+@dataclass(frozen=True)
+class _DatabaseSide:
+    items: list[WorkItem]  # what was read: chunks of tables, the large objects
+    stored: dict[str, StoredFile]  # per item's stem: its rows and fingerprint
+    early: dict[tuple[str, str], TableComparison]  # decided unread: missing, columns differ
+    sequences: list[SequenceComparison]
+    snapshot_id: str
+
+
+async def _database_side(
+    params: ConnectParams,
+    backup: Backup,
+    tables: Sequence[BackupTable],
+    sequences: Sequence[BackupSequence],
+    with_large_objects: bool,
+    jobs: int,
+    lock_timeout: float,
+    split_larger_than: int | None,
+    emit: EventCallback,
+) -> _DatabaseSide:
+    """The database's side of ``compare``: the tables read in one exported snapshot,
+    exactly as a dump reads them, into writers that keep only counts and fingerprints."""
+    session = Session(params, SessionPolicy(render=backup.settings))
+    conn = await session.connect()
+    pool: asyncpg.Pool | None = None
+    try:
+        try:
+            coordinator = await Coordinator.begin(conn)
+            server = await read_server_info(conn)
+            live = {t.key: t for t in await list_tables(conn, server) if t.is_table}
+            found = [live[t.key] for t in tables if t.key in live]
+            await coordinator.lock(found, lock_timeout=lock_timeout)
+            described = {t.key: t for t in await describe_tables(conn, found)}
+            types = await read_types(conn)
+            sequence_states = await _sequence_states(conn, sequences)
+            comparable: dict[tuple[str, str], Table] = {}
+            early: dict[tuple[str, str], TableComparison] = {}
+            for saved in tables:
+                table = described.get(saved.key)
+                if table is None:
+                    early[saved.key] = TableComparison(
+                        saved.schema, saved.name, "missing", backup_rows=saved.rows
+                    )
+                    continue
+                difference = _column_difference(saved, table)
+                if difference:
+                    early[saved.key] = TableComparison(
+                        saved.schema,
+                        saved.name,
+                        "columns differ",
+                        backup_rows=saved.rows,
+                        detail=difference,
+                    )
+                    continue
+                comparable[saved.key] = table
+            split = split_larger_than if server.version_num >= TID_RANGE_SCAN_VERSION else None
+            items: list[WorkItem] = list(
+                plan_chunks(comparable.values(), split_larger_than=split, jobs=jobs)
+            )
+            if with_large_objects:
+                assert backup.large_objects is not None
+                items.insert(
+                    0,
+                    LargeObjectsJob(est_rows=backup.large_objects.objects, readable_only=False),
+                )
+            stored: dict[str, StoredFile] = {}
+            if items:
+                pool = await session.create_pool(max(1, min(jobs, len(items))))
+                lost = anyio.Event()
+                conn.add_termination_listener(lambda _: lost.set())
+                ctx = CopyContext(coordinator.snapshot_id, types, _Counting(), "none", emit)
+                stored = await copy_all(pool, items, ctx, lost)
+                await close_pool(pool)
+                pool = None
+            await coordinator.ensure_alive()
+        except asyncpg.QueryCanceledError as exc:
+            raise cancelled_by_server(exc, "a catalog query or lock") from exc
+        except CONNECTION_LOST as exc:
+            raise snapshot_lost() from exc
+        except asyncpg.PostgresError as exc:
+            raise DumpFailed(
+                f"server error: {exc}", hint=getattr(exc, "hint", None) or "see the server log"
+            ) from exc
+    finally:
+        if pool is not None:
+            await close_pool(pool)
+        if not conn.is_closed():
+            conn.terminate()
+
+    return _DatabaseSide(items, stored, early, sequence_states, coordinator.snapshot_id)
 
 
 async def _sequence_states(

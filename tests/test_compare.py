@@ -15,7 +15,7 @@ from asyncsnap.compare import CompareResult, compare
 from asyncsnap.errors import ExitCode
 from asyncsnap.fingerprint import of_lines
 
-from .conftest import Database, Postgres, fresh_database, run_cli
+from .conftest import Database, Postgres, fresh_database, run_cli, table_locked
 from .helpers import decompress, flip_bit_mid_file, manifest_of
 from .test_dump import run_dump
 from .test_restore import FIDELITY, XML_FIDELITY, has_xml
@@ -186,3 +186,43 @@ def test_restore_compare_of_some_tables_finds_rows_that_were_there_before(
         f"hint: 1 difference; `asyncsnap compare {backup} ...` lists them all",
     ]
     assert target.fetchval("SELECT count(*) FROM kept") == 11  # the restore itself stands
+
+
+def test_backup_and_database_sides_run_at_once(db: Database, tmp_path: Path) -> None:
+    """The backup's files are read beside the database, not before it: a data file that is
+    a FIFO blocks the backup's side until the test writes the file's bytes into it, which
+    it does only once compare's session waits for the table's lock (held by the test, so
+    the database's side stays visible). Before, the backup's side had to finish first."""
+    import os
+    import threading
+    import time
+
+    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
+    backup = Path(run_dump(db, tmp_path).path)  # without fingerprints: files are read
+    entry = manifest_of(backup)["tables"][0]["files"][0]
+    data = backup / entry["path"]
+    stored = data.read_bytes()
+    data.unlink()
+    os.mkfifo(data)
+    seen = threading.Event()
+
+    def feed_when_the_database_is_read() -> None:
+        with table_locked(db.dsn, "public.t"):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not seen.is_set():
+                waiting = db.fetchval(
+                    "SELECT count(*) FROM pg_catalog.pg_stat_activity "
+                    "WHERE application_name = 'asyncsnap' AND wait_event_type = 'Lock'"
+                )
+                if waiting:
+                    seen.set()
+                time.sleep(0.05)
+        with open(data, "wb") as fifo:  # in any case: a waiting reader must not hang
+            fifo.write(stored)
+
+    feeder = threading.Thread(target=feed_when_the_database_is_read, daemon=True)
+    feeder.start()
+    result = run_compare(backup, db)
+    feeder.join(5)
+    assert seen.is_set(), "the database's side did not start while the backup's side read"
+    assert result.equal and result.fingerprints_from == "files"
