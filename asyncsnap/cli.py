@@ -1063,7 +1063,16 @@ def restore_command(
         typer.Option(
             "--create",
             help="Create the backup's database (named as the source; connect to another "
-            "database of the server, e.g. postgres) and restore into it.",
+            "database of the server, e.g. postgres) with its owner, privileges, settings "
+            "and comment, and restore into it; with --clean, replace it.",
+        ),
+    ] = False,
+    drop_database: Annotated[
+        bool,
+        typer.Option(
+            "--drop-database",
+            help="With --create --clean: replace the database even when it holds tables, "
+            "views or sequences the backup does not (refused otherwise, naming them).",
         ),
     ] = False,
     no_owner: Annotated[
@@ -1167,6 +1176,7 @@ def restore_command(
             schema_only=schema_only,
             data_only=data_only,
             dry_run=dry_run,
+            drop_database=drop_database,
             identities=identities,
             compare=compare_after,
             on_event=on_event,
@@ -1226,7 +1236,7 @@ def restore_command(
     if dry_run:
         for line in result.lines:
             typer.echo(line)
-    elif not quiet:
+    else:  # the summary is stdout's promised line, --quiet or not (it quiets stderr)
         extra = f", {count(result.large_objects, 'large object')}" if result.large_objects else ""
         if result.refreshed:
             extra += f", {count(result.refreshed, 'materialized view')} refreshed"

@@ -391,6 +391,78 @@ class BackupLargeObjects:
         }
 
 
+# What a database's privileges can be (aclitem letters C, c, T), in pg_dump's order.
+DATABASE_PRIVILEGES = ("CREATE", "CONNECT", "TEMPORARY")
+LOCALE_PROVIDERS = ("libc", "icu", "builtin")
+
+
+@dataclass(frozen=True)
+class AclItem:
+    """One item of a database's ACL: what ``grantor`` granted ``grantee`` (None:
+    PUBLIC), and which of those privileges it may grant on."""
+
+    grantee: str | None
+    grantor: str
+    privileges: tuple[str, ...]  # of DATABASE_PRIVILEGES, in that order
+    grantable: tuple[str, ...] = ()  # of ``privileges``, those WITH GRANT OPTION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "grantee": self.grantee,
+            "grantor": self.grantor,
+            "privileges": list(self.privileges),
+            "grantable": list(self.grantable),
+        }
+
+
+@dataclass(frozen=True)
+class RoleSettings:
+    """``ALTER ROLE role IN DATABASE ... SET`` of the database: ``name=value`` entries
+    as ``pg_db_role_setting.setconfig`` holds them."""
+
+    role: str
+    settings: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"role": self.role, "settings": list(self.settings)}
+
+
+@dataclass(frozen=True)
+class DatabaseProperties:
+    """The source database's own properties, read in the dump's snapshot: what
+    ``pg_dump --create`` writes for a database (its CREATE DATABASE options besides the
+    encoding and collation in ``server``, owner, ACL, comment, connection limit, template
+    flag, settings, role settings), which ``restore --create`` gives the new database.
+    The manifest's ``database`` key; absent before asyncsnap 0.9.0."""
+
+    owner: str
+    acl: tuple[AclItem, ...] | None  # None: the default privileges (datacl is null)
+    comment: str | None
+    connection_limit: int  # -1: no limit
+    is_template: bool
+    tablespace: str | None  # None: the server's default tablespace
+    locale_provider: str  # one of LOCALE_PROVIDERS
+    locale: str | None  # the ICU or builtin locale; None for libc
+    icu_rules: str | None
+    settings: tuple[str, ...]  # ALTER DATABASE ... SET, as setconfig holds them
+    role_settings: tuple[RoleSettings, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "acl": None if self.acl is None else [a.to_json() for a in self.acl],
+            "comment": self.comment,
+            "connection_limit": self.connection_limit,
+            "is_template": self.is_template,
+            "tablespace": self.tablespace,
+            "locale_provider": self.locale_provider,
+            "locale": self.locale,
+            "icu_rules": self.icu_rules,
+            "settings": list(self.settings),
+            "role_settings": [r.to_json() for r in self.role_settings],
+        }
+
+
 @dataclass(frozen=True)
 class SchemaFile:
     """A schema file of the backup: stored as pg_dump or pg_restore wrote it."""
@@ -480,6 +552,7 @@ class Backup:
     large_objects: BackupLargeObjects | None = None
     schema: BackupSchema | None = None  # None: data only (--no-schema, or format < 3)
     encryption: tuple[str, ...] = ()  # age recipients the files are encrypted to (format 4)
+    database: DatabaseProperties | None = None  # None: a backup made before 0.9.0
     # age secret keys given to read it (--identity): never from the manifest, never shown
     identities: tuple[Any, ...] = field(default=(), repr=False)
 
@@ -785,6 +858,9 @@ def parse(root: Path | str, body: dict[str, Any], source: Any = None) -> Backup:
         encryption = names(enc.get("recipients"), "encryption.recipients")
         if not encryption or not all(r.startswith("age1") for r in encryption):
             raise c.fail("encryption.recipients", "are not age public keys")
+    database = None
+    if body.get("database") is not None:
+        database = _database_properties(c, c.obj(body["database"], "database"))
     if source is None:
         from .backup import LocalSource
 
@@ -802,4 +878,60 @@ def parse(root: Path | str, body: dict[str, Any], source: Any = None) -> Backup:
         skipped=tuple(skipped),
         large_objects=large_objects,
         schema=backup_schema,
+        database=database,
+    )
+
+
+def _database_properties(c: _Checker, d: dict[str, Any]) -> DatabaseProperties:
+    """The manifest's ``database`` entry, every field checked (its names and settings
+    reach SQL only quoted, as identifiers or literals: restore_database)."""
+
+    def texts(raw: Any, where: str) -> tuple[str, ...]:
+        return tuple(c.string(v, f"{where}[{i}]") for i, v in enumerate(c.lst(raw, where)))
+
+    acl = None
+    if d.get("acl") is not None:
+        items = []
+        for i, raw in enumerate(c.lst(d.get("acl"), "database.acl")):
+            w = f"database.acl[{i}]"
+            item = c.obj(raw, w)
+            privileges = texts(item.get("privileges"), f"{w}.privileges")
+            grantable = texts(item.get("grantable", []), f"{w}.grantable")
+            if not set(privileges) <= set(DATABASE_PRIVILEGES) or not privileges:
+                raise c.fail(f"{w}.privileges", f"are not of {', '.join(DATABASE_PRIVILEGES)}")
+            if not set(grantable) <= set(privileges):
+                raise c.fail(f"{w}.grantable", "are not among its privileges")
+            items.append(
+                AclItem(
+                    grantee=c.string(item.get("grantee"), f"{w}.grantee", allow_none=True),
+                    grantor=c.string(item.get("grantor"), f"{w}.grantor"),
+                    privileges=tuple(p for p in DATABASE_PRIVILEGES if p in privileges),
+                    grantable=tuple(p for p in DATABASE_PRIVILEGES if p in grantable),
+                )
+            )
+        acl = tuple(items)
+    roles = []
+    for i, raw in enumerate(c.lst(d.get("role_settings", []), "database.role_settings")):
+        w = f"database.role_settings[{i}]"
+        item = c.obj(raw, w)
+        roles.append(
+            RoleSettings(
+                role=c.string(item.get("role"), f"{w}.role"),
+                settings=texts(item.get("settings"), f"{w}.settings"),
+            )
+        )
+    return DatabaseProperties(
+        owner=c.string(d.get("owner"), "database.owner"),
+        acl=acl,
+        comment=c.string(d.get("comment"), "database.comment", allow_none=True),
+        connection_limit=c.integer(d.get("connection_limit"), "database.connection_limit"),
+        is_template=c.boolean(d.get("is_template"), "database.is_template"),
+        tablespace=c.string(d.get("tablespace"), "database.tablespace", allow_none=True),
+        locale_provider=c.choice(
+            d.get("locale_provider"), "database.locale_provider", LOCALE_PROVIDERS
+        ),
+        locale=c.string(d.get("locale"), "database.locale", allow_none=True),
+        icu_rules=c.string(d.get("icu_rules"), "database.icu_rules", allow_none=True),
+        settings=texts(d.get("settings", []), "database.settings"),
+        role_settings=tuple(roles),
     )

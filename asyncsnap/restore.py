@@ -32,6 +32,7 @@ import anyio.to_thread
 import asyncpg
 
 from . import bigrows, largeobjects, restore_schema, restore_target
+from . import schema as schema_tools
 from .backup import DataFileReader, open_backup
 from .catalog import (
     Table,
@@ -43,7 +44,7 @@ from .catalog import (
 )
 from .compare import CompareResult
 from .compare import compare as compare_backup
-from .connection import ConnectionSpec, resolve
+from .connection import ConnectionSpec, ConnectParams, resolve
 from .encryption import decrypted
 from .errors import (
     AsyncsnapError,
@@ -386,6 +387,7 @@ async def restore(
     schema_only: bool = False,
     data_only: bool = False,
     dry_run: bool = False,
+    drop_database: bool = False,
     identities: Sequence[Any] = (),
     compare: bool = False,
     on_event: EventCallback | None = None,
@@ -412,7 +414,12 @@ async def restore(
     :param ignore_missing_columns: drop backup columns the target lacks, not an error.
     :param clean: drop the backup's objects (that exist) and re-create them, as
         pg_restore --clean: "the migration went wrong, take me back".
-    :param create: create the backup's database (named as the source) and restore into it.
+    :param create: create the backup's database (named as the source) and restore into it,
+        with the source database's owner, privileges, settings and comment, as pg_restore
+        -C; with ``clean``, replace it when it exists. A failed --create drops the
+        database it made.
+    :param drop_database: with ``create`` and ``clean``: replace the database even when it
+        holds relations the backup does not (otherwise refused, naming them).
     :param no_owner, no_privileges: leave out ownership and GRANTs (a server without the
         source's roles).
     :param schema_only, data_only: only the schema, or only the rows.
@@ -471,32 +478,181 @@ async def restore(
     # The settings the values were rendered with are the ones to read them back with
     # (open_backup accepted them only as the documented values).
     policy = SessionPolicy(render=backup.settings)
-    created: str | None = None
-    if create:
-        restore_schema.check_options(
-            backup, data_only=data_only, schema_only=schema_only, clean=clean, create=create
+    if drop_database and not (create and clean):
+        raise UsageError(
+            "--drop-database is for --create --clean (which drops the whole database)",
+            hint="add --create --clean, or drop --drop-database",
         )
-        maintenance_session = Session(params, policy)
-        maintenance = await maintenance_session.connect()
-        params = maintenance_session.params  # where it went (pinned)
-        try:
-            created = await restore_schema.create_database(
-                maintenance, backup, clean=clean, dry_run=dry_run
+    # A schema archive that is encrypted or in a store is copied here for pg_restore (which
+    # seeks in it) and removed after; made on first use inside the try, so no failure
+    # leaks it.
+    scratch = PrivateScratch()
+    maintenance: asyncpg.Connection | None = None
+    creating: restore_target.CreatePlan | None = None
+    created = False
+    try:
+        archive: Path | None = None
+        if create:
+            restore_schema.check_options(
+                backup, data_only=data_only, schema_only=schema_only, clean=clean, create=create
             )
-        except asyncpg.PostgresError as exc:
-            raise RestoreFailed(f"cannot create the database: {exc}") from exc
-        finally:
+            # The keys are checked before anything is created: an encrypted archive is
+            # decrypted whole here (a wrong --identity fails now, exit 5).
+            archive = await anyio.to_thread.run_sync(_staged_archive, backup, scratch)
+            maintenance_session = Session(params, policy)
+            maintenance = await maintenance_session.connect()
+            params = maintenance_session.params  # where it went (pinned)
+            creating = await _plan_create(
+                maintenance,
+                backup,
+                params,
+                policy,
+                archive=archive,
+                clean=clean,
+                drop_database=drop_database,
+                no_owner=no_owner,
+                no_privileges=no_privileges,
+            )
+            lines = creating.describe()
+            for line in lines:
+                announce(line)
+            if dry_run:
+                lines.append("then the backup's schema and rows are restored into it")
+                return RestoreResult(
+                    plan=None, lines=lines, dry_run=True, seconds=time.monotonic() - started
+                )
+            try:
+                await restore_target.create(maintenance, creating)
+            except asyncpg.PostgresError as exc:
+                raise RestoreFailed(
+                    f"cannot create database {creating.name}: {exc}",
+                    hint=getattr(exc, "hint", None)
+                    or ("the old database was left in place" if creating.drop else None),
+                ) from exc
+            created = True
+            emit(Notice(f"created database {creating.name}"))
+            params = restore_schema.with_database(params, creating.name)
+        return await _restore_into(
+            backup,
+            params,
+            policy,
+            scratch,
+            archive,
+            creating,
+            selection=selection,
+            announce=announce,
+            emit=emit,
+            started=started,
+            jobs=jobs,
+            mode=mode,
+            single_transaction=single_transaction,
+            disable_triggers=disable_triggers,
+            ignore_missing_columns=ignore_missing_columns,
+            clean=clean,
+            create=create,
+            no_owner=no_owner,
+            no_privileges=no_privileges,
+            schema_only=schema_only,
+            data_only=data_only,
+            dry_run=dry_run,
+            compare=compare,
+        )
+    except BaseException as exc:
+        if created and maintenance is not None and creating is not None:
+            # A failed --create drops what it made: running it again then starts over.
+            with anyio.CancelScope(shield=True):
+                problem = await restore_target.drop_created(maintenance, creating.name)
+            told = problem or f"database {creating.name}, made by this run, was dropped again"
+            if isinstance(exc, AsyncsnapError):
+                exc.hint = f"{exc.hint}; {told}" if exc.hint else told
+            else:
+                emit(Notice(told))
+        raise
+    finally:
+        if maintenance is not None:
             maintenance.terminate()
-        if dry_run:
-            lines = [
-                "--create: a new database with the backup's schema and rows",
-                f"create database {created}, then restore the whole backup into it",
-            ]
-            return RestoreResult(
-                plan=None, lines=lines, dry_run=True, seconds=time.monotonic() - started
-            )
-        emit(Notice(f"created database {created}"))
-        params = restore_schema.with_database(params, created)
+        scratch.remove()
+
+
+async def _plan_create(
+    maintenance: asyncpg.Connection,
+    backup: Backup,
+    params: ConnectParams,
+    policy: SessionPolicy,
+    *,
+    archive: Path | None,
+    clean: bool,
+    drop_database: bool,
+    no_owner: bool,
+    no_privileges: bool,
+) -> restore_target.CreatePlan:
+    """What --create will do, every name it uses checked (``restore_target.plan_create``).
+
+    :raises AsyncsnapError: as ``plan_create``; a server error as RestoreFailed.
+    """
+    assert backup.schema is not None
+    name = restore_schema.database_name(backup)
+    current = await maintenance.fetchval("SELECT pg_catalog.current_database()::pg_catalog.text")
+    if name == current:
+        raise UsageError(
+            f"--create makes database {name}, and the connection is to it",
+            hint="connect to another database of the server (e.g. postgres), as pg_restore -C",
+        )
+    tool, _ = await anyio.to_thread.run_sync(
+        schema_tools.pick_pg_restore,
+        backup.schema.pg_dump_major,
+        int(maintenance.get_server_version().major),
+    )
+    local = archive or restore_schema.local_archive(backup)
+    toc = await anyio.to_thread.run_sync(schema_tools.list_archive, tool, local)
+
+    async def connect(database: str) -> asyncpg.Connection:
+        return await Session(restore_schema.with_database(params, database), policy).connect()
+
+    try:
+        return await restore_target.plan_create(
+            maintenance,
+            backup,
+            name=name,
+            toc=toc,
+            connect=connect,
+            clean=clean,
+            drop_database=drop_database,
+            no_owner=no_owner,
+            no_privileges=no_privileges,
+        )
+    except asyncpg.PostgresError as exc:
+        raise RestoreFailed(f"cannot create the database: {exc}") from exc
+
+
+async def _restore_into(
+    backup: Backup,
+    params: ConnectParams,
+    policy: SessionPolicy,
+    scratch: PrivateScratch,
+    archive: Path | None,
+    creating: restore_target.CreatePlan | None,
+    *,
+    selection: Selection,
+    announce: Callable[[str], None],
+    emit: EventCallback,
+    started: float,
+    jobs: int,
+    mode: Mode,
+    single_transaction: bool,
+    disable_triggers: bool,
+    ignore_missing_columns: bool,
+    clean: bool,
+    create: bool,
+    no_owner: bool,
+    no_privileges: bool,
+    schema_only: bool,
+    data_only: bool,
+    dry_run: bool,
+    compare: bool,
+) -> RestoreResult:
+    """The restore proper, into the database ``params`` names (made by --create when
+    ``creating`` is set: its own properties are given once everything else is done)."""
     session = Session(params, policy)
     try:
         conn = await loading_connection(session)
@@ -507,12 +663,68 @@ async def restore(
         )
         raise
     results: list[RestoredTable] = []
+    try:
+        return await _restore_on(
+            conn,
+            session,
+            backup,
+            scratch,
+            archive,
+            creating,
+            results,
+            selection=selection,
+            announce=announce,
+            emit=emit,
+            started=started,
+            jobs=jobs,
+            mode=mode,
+            single_transaction=single_transaction,
+            disable_triggers=disable_triggers,
+            ignore_missing_columns=ignore_missing_columns,
+            clean=clean,
+            create=create,
+            no_owner=no_owner,
+            no_privileges=no_privileges,
+            schema_only=schema_only,
+            data_only=data_only,
+            dry_run=dry_run,
+            compare=compare,
+        )
+    finally:
+        # The database stays held until here: after the compare and the properties.
+        if not conn.is_closed():
+            conn.terminate()
+
+
+async def _restore_on(
+    conn: asyncpg.Connection,
+    session: Session,
+    backup: Backup,
+    scratch: PrivateScratch,
+    archive: Path | None,
+    creating: restore_target.CreatePlan | None,
+    results: list[RestoredTable],
+    *,
+    selection: Selection,
+    announce: Callable[[str], None],
+    emit: EventCallback,
+    started: float,
+    jobs: int,
+    mode: Mode,
+    single_transaction: bool,
+    disable_triggers: bool,
+    ignore_missing_columns: bool,
+    clean: bool,
+    create: bool,
+    no_owner: bool,
+    no_privileges: bool,
+    schema_only: bool,
+    data_only: bool,
+    dry_run: bool,
+    compare: bool,
+) -> RestoreResult:
     plan: RestorePlan | None = None
     kind = "existing"
-    # A schema archive that is encrypted or in a store is copied here for pg_restore (which
-    # seeks in it) and removed after; made on first use inside the try, so no failure
-    # leaks it.
-    scratch = PrivateScratch()
     try:
         # Before anything is looked at: one restore at a time into a database.
         await restore_target.hold_database(conn, session.target.database)
@@ -549,11 +761,11 @@ async def restore(
                 backup,
                 server_major=server_major,
                 clean=clean,
-                create=created,
+                create=creating.name if creating is not None else None,
                 no_owner=no_owner,
                 no_privileges=no_privileges,
                 replaced=replaced,
-                archive=await anyio.to_thread.run_sync(_staged_archive, backup, scratch),
+                archive=archive or await anyio.to_thread.run_sync(_staged_archive, backup, scratch),
             )
             lines += steps.describe(jobs)
             if not schema_only:
@@ -646,14 +858,10 @@ async def restore(
             or "see the server log",
         ) from exc
     except AsyncsnapError as exc:
-        told = _committed(plan, results, single_transaction, kind)
+        told = _committed(plan, results, single_transaction, kind, created=creating is not None)
         if told:
             exc.hint = f"{exc.hint}; {told}" if exc.hint else told
         raise
-    finally:
-        if not conn.is_closed():
-            conn.terminate()
-        scratch.remove()
     result = RestoreResult(
         plan=plan,
         lines=lines,
@@ -664,7 +872,7 @@ async def restore(
         refreshed=done.refreshed,
         seconds=time.monotonic() - started,
         kind=kind,
-        database=created,
+        database=creating.name if creating is not None else None,
     )
     if compare and plan is not None:
         emit(Notice("comparing the restored tables with the backup"))
@@ -678,6 +886,18 @@ async def restore(
                 on_event=emit,
             ),
         )
+    if creating is not None and creating.properties:
+        # Last: settings, a connection limit or the ACL would apply to the restore's own
+        # sessions (and pg_restore -C, which sets them first, fails on a database with
+        # default_transaction_read_only).
+        try:
+            await restore_target.finish(conn, creating)
+        except asyncpg.PostgresError as exc:
+            raise RestoreFailed(
+                f"setting the properties of database {creating.name} failed: {exc}",
+                hint=getattr(exc, "hint", None),
+            ) from exc
+        emit(Notice(f"database {creating.name}: {creating.described.split('; then ')[-1]}"))
     emit(
         RestoreFinished(
             tables=len(result.tables),
@@ -697,10 +917,16 @@ def _restored_all(backup: Backup, plan: RestorePlan) -> bool:
 
 
 def _committed(
-    plan: RestorePlan | None, results: list[RestoredTable], single: bool, kind: str
+    plan: RestorePlan | None,
+    results: list[RestoredTable],
+    single: bool,
+    kind: str,
+    *,
+    created: bool = False,
 ) -> str | None:
-    """After a failure: which tables were committed and which not, and how to finish."""
-    if plan is None or (not results and kind == "existing"):
+    """After a failure: which tables were committed and which not, and how to finish.
+    Nothing for a database --create made: it is dropped again (``restore``)."""
+    if plan is None or created or (not results and kind == "existing"):
         return None
     rerun = (
         "run the same restore with --clean to start over"

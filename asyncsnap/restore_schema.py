@@ -18,7 +18,6 @@ large objects, materialized views and ANALYZE.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +29,7 @@ import asyncpg
 
 from . import schema
 from .backup import check_schema_file
-from .catalog import quote_ident, sql_name
+from .catalog import sql_name
 from .connection import ConnectParams, join_uri
 from .errors import (
     RestoreFailed,
@@ -43,9 +42,6 @@ from .errors import (
 from .manifest import Backup, BackupTable
 
 Kind = str  # "existing" (rows into existing tables) | "whole" (schema and rows)
-
-# What --create may put in CREATE DATABASE from a manifest (it is not SQL we trust).
-_SAFE_SETTING = re.compile(r"[A-Za-z0-9_.@ -]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -62,9 +58,7 @@ class SchemaSteps:
     replaced: tuple[str, ...]  # backup tables in the target that --clean drops
 
     def describe(self, jobs: int) -> list[str]:
-        lines = []
-        if self.create:
-            lines.append(f"create database {self.create}")
+        lines = []  # (--create said what it makes before it made it)
         if self.replaced:
             lines.append(f"drop and re-create (--clean): {some_names(list(self.replaced))}")
         options = [
@@ -185,7 +179,7 @@ async def existing_tables(conn: asyncpg.Connection, keys: Sequence[tuple[str, st
     return [f"{r['schema']}.{r['name']}" for r in rows]
 
 
-def _local_archive(backup: Backup) -> Path:
+def local_archive(backup: Backup) -> Path:
     assert backup.schema is not None
     local = backup.source.local_file(backup.schema.archive.path)
     assert local is not None, "a backup in a store is restored from a staged archive"
@@ -221,7 +215,7 @@ async def plan_steps(
         schema.pick_pg_restore, backup.schema.pg_dump_major, server_major
     )
     return SchemaSteps(
-        archive=archive or _local_archive(backup),
+        archive=archive or local_archive(backup),
         tool=tool,
         parallel_post_data=suited,
         clean=clean,
@@ -363,49 +357,6 @@ def database_name(backup: Backup) -> str:
     name = server.get("database") if isinstance(server, dict) else None
     if not isinstance(name, str) or not 0 < len(name.encode()) < 64 or "\x00" in name:
         raise VerificationFailed("the manifest's server.database is not a database name")
-    return name
-
-
-async def create_database(
-    conn: asyncpg.Connection, backup: Backup, *, clean: bool, dry_run: bool
-) -> str:
-    """CREATE DATABASE for --create (with --clean, DROP DATABASE first), on a connection
-    to another database of the server; returns the name.
-
-    :raises TargetNotEmpty: when the database exists and ``clean`` is false.
-    """
-    name = database_name(backup)
-    exists = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database "
-        "WHERE datname OPERATOR(pg_catalog.=) $1)",
-        name,
-    )
-    current = await conn.fetchval("SELECT pg_catalog.current_database()::pg_catalog.text")
-    if name == current:
-        raise UsageError(
-            f"--create makes database {name}, and the connection is to it",
-            hint="connect to another database of the server (e.g. postgres), as pg_restore -C",
-        )
-    if exists and not clean:
-        raise TargetNotEmpty(
-            f"database {name} already exists",
-            hint="pass --clean to drop it first, or restore into it without --create",
-        )
-    if dry_run:
-        return name
-    if exists:
-        await conn.execute(f"DROP DATABASE {quote_ident(name)}")
-    server = backup.manifest.get("server", {})
-    options = ["TEMPLATE template0"]
-    for key, clause in (
-        ("encoding", "ENCODING"),
-        ("lc_collate", "LC_COLLATE"),
-        ("lc_ctype", "LC_CTYPE"),
-    ):
-        value = server.get(key) if isinstance(server, dict) else None
-        if isinstance(value, str) and _SAFE_SETTING.fullmatch(value):
-            options.append(f"{clause} '{value}'")
-    await conn.execute(f"CREATE DATABASE {quote_ident(name)} {' '.join(options)}")
     return name
 
 

@@ -263,6 +263,23 @@ def render_sql(
     return result.stdout
 
 
+def list_archive(tool: ClientTool, archive: Path) -> str:
+    """The archive's table of contents, ``pg_restore --list``: a line ``id; tableoid oid
+    DESC SCHEMA NAME OWNER`` per entry (names with their newlines made spaces).
+
+    :raises RestoreFailed: when pg_restore cannot read it.
+    """
+    result = subprocess.run(
+        [str(tool.path), "--list", str(archive)], capture_output=True, check=False
+    )
+    if result.returncode != 0:
+        raise RestoreFailed(
+            f"pg_restore {tool.version} cannot read {archive.name}: {_first_error(result.stderr)}",
+            hint="check the backup with `asyncsnap verify`",
+        )
+    return result.stdout.decode("utf-8", "replace")
+
+
 _RESTRICT = re.compile(rb"\\restrict ([A-Za-z0-9]+)")
 # The session state pg_restore puts before the first object (_doSetFixedOutputState).
 _PROLOGUE_SET = re.compile(rb"SET ([a-z_]+) = [^;\n]*;")
