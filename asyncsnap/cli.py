@@ -465,7 +465,8 @@ EndpointOption = Annotated[
         "--endpoint-url",
         metavar="URL",
         help="The S3 endpoint of an S3-compatible store (MinIO, SeaweedFS, R2...); "
-        "default $AWS_ENDPOINT_URL, else AWS.",
+        "default as the AWS CLI finds it ($AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, the "
+        "profile's endpoint_url), else AWS.",
         show_default=False,
     ),
 ]
@@ -1653,16 +1654,13 @@ def _handle(
 
 
 def _use_endpoint(url: str | None) -> None:
-    """``--endpoint-url``: the store's address for this run, as ``AWS_ENDPOINT_URL`` is
-    (the variable the AWS tools read), so the library sees one setting."""
+    """``--endpoint-url``: the S3 endpoint for this run, before every other setting of
+    one (``awsconfig``), as the AWS CLI's option is."""
     if url is None:
         return
-    if not url.startswith(("http://", "https://")):
-        raise UsageError(
-            f"--endpoint-url {url!r} is not an http:// or https:// URL",
-            hint="e.g. --endpoint-url http://127.0.0.1:9000",
-        )
-    os.environ["AWS_ENDPOINT_URL"] = url
+    from .awsconfig import use_endpoint_option
+
+    use_endpoint_option(url)
 
 
 def _now() -> str:

@@ -9,11 +9,13 @@ MiB/s at 30-31 MiB; s3fs (fsspec over aiobotocore) 80-84 MiB/s up, 212-273 MiB/s
 92-99 MiB. obstore also does conditional writes (``If-None-Match: *``), which is how a
 manifest is written only if no other dump wrote one first.
 
-Credentials come from the environment as the store's own tools expect them
-(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
-``AWS_ENDPOINT_URL``, ``AWS_REGION``; ``GOOGLE_*``/``AZURE_*`` likewise) or an explicit
-endpoint. They are never put in a URL, a message or a file: a URL with credentials in it
-is refused.
+For S3, the endpoint, region and credentials are those the AWS CLI would use: the
+environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, ``AWS_REGION``), then the profile
+(``AWS_PROFILE``) in the shared config and credentials files, in the AWS CLI's order
+(``awsconfig``); ``GOOGLE_*``/``AZURE_*`` for the others, as their tools read them.
+Credentials are never put in a URL, a message or a file: a URL with credentials in it is
+refused.
 
 Every call is synchronous and blocking: the dump's writers and the readers of verify and
 restore run in worker threads already. Requests are retried by the library with
@@ -152,22 +154,12 @@ class Store:
             "timeout": REQUEST_TIMEOUT,
         }
         config: dict[str, Any] = {}
-        endpoint = endpoint or env.get("AWS_ENDPOINT_URL")
-        if endpoint is not None and url.scheme == "s3":
-            config["endpoint"] = endpoint
-            options["allow_http"] = endpoint.startswith("http://")
-        if environ is not None and url.scheme == "s3":  # explicit, else obstore reads os.environ
-            for key, name in (
-                ("AWS_ACCESS_KEY_ID", "access_key_id"),
-                ("AWS_SECRET_ACCESS_KEY", "secret_access_key"),
-                ("AWS_SESSION_TOKEN", "session_token"),
-                ("AWS_REGION", "region"),
-            ):
-                if environ.get(key):
-                    config[name] = environ[key]
         provider = None
-        if url.scheme == "s3" and env.get("AWS_PROFILE") and not env.get("AWS_ACCESS_KEY_ID"):
-            provider = _profile_credentials(env["AWS_PROFILE"])  # and its region, if set
+        # Where S3 requests go, for messages: an endpoint and where it was configured
+        self.endpoint_note = "the store's default endpoint"
+        if url.scheme == "s3":
+            config, provider, self.endpoint_note = _s3_config(env, endpoint)
+            options["allow_http"] = str(config.get("endpoint", "")).startswith("http://")
         bucket_url = f"{url.scheme}://{url.bucket}"
         # from_url's overloads are typed per scheme; the dicts are built for the one chosen.
         self._store: ObjectStore = from_url(  # type: ignore[call-overload]
@@ -315,28 +307,56 @@ class Store:
                 ) from exc
             raise StoreFailed(
                 f"could not {action} {where}: {_reason(exc, code)}",
-                hint=_hint(code),
+                hint=_hint(code, self.endpoint_note),
             ) from exc
 
 
-def _profile_credentials(profile: str) -> Any:
-    """Credentials of a named profile (``AWS_PROFILE``: ``~/.aws/credentials`` and
-    ``~/.aws/config``, SSO, assumed roles) through boto3, as the AWS CLI reads them."""
-    try:
-        import boto3  # type: ignore[import-untyped]
-        from obstore.auth.boto3 import Boto3CredentialProvider
-    except ImportError as exc:
+def _s3_config(env: Mapping[str, str], endpoint: str | None) -> tuple[dict[str, Any], Any, str]:
+    """obstore's config and credential provider for an S3 store, from the settings the
+    AWS CLI would use (``awsconfig.resolve``), and where its requests go (for messages).
+    obstore also reads ``AWS_*`` variables of the process environment on its own; where
+    those would take it elsewhere than the resolved endpoint, refuse before any request
+    (``UsageError``)."""
+    from . import awsconfig
+
+    settings = awsconfig.resolve(env, endpoint=endpoint)
+    config: dict[str, Any] = {}
+    process = os.environ
+    service = process.get(awsconfig.OBSTORE_SERVICE_ENDPOINT)
+    if service and service != settings.endpoint:
+        # obstore takes this variable over any endpoint it is given (measured, 0.12).
         raise UsageError(
-            f"AWS_PROFILE={profile} needs boto3 to read the profile",
-            hint="pip install boto3, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-        ) from exc
-    try:
-        return Boto3CredentialProvider(boto3.Session(profile_name=profile))
-    except Exception as exc:  # botocore's ProfileNotFound and friends
+            f"{awsconfig.OBSTORE_SERVICE_ENDPOINT} is set, but the S3 endpoint to use is "
+            + (
+                f"{awsconfig.shown(settings.endpoint)} ({settings.endpoint_from})"
+                if settings.endpoint
+                else "AWS's (AWS_IGNORE_CONFIGURED_ENDPOINT_URLS)"
+            ),
+            hint=f"unset {awsconfig.OBSTORE_SERVICE_ENDPOINT} for this run, or give --endpoint-url",
+        )
+    legacy = process.get("AWS_ENDPOINT")
+    if legacy and legacy != settings.endpoint:
         raise UsageError(
-            f"cannot use AWS_PROFILE={profile}: {type(exc).__name__}",
-            hint="check the profile's name in ~/.aws/config and ~/.aws/credentials",
-        ) from exc
+            "AWS_ENDPOINT is set: the AWS tools do not read it, and asyncsnap follows them",
+            hint="use AWS_ENDPOINT_URL (or --endpoint-url) instead",
+        )
+    note = "AWS's endpoint for the region (no endpoint is configured)"
+    if settings.endpoint is not None:
+        config["endpoint"] = settings.endpoint
+        note = f"{awsconfig.shown(settings.endpoint)} (from {settings.endpoint_from})"
+    elif process.get("AWS_ENDPOINT_URL"):
+        # Ignored as configured (AWS_IGNORE_CONFIGURED_ENDPOINT_URLS), but obstore would
+        # read it: name AWS's endpoint for the region, as obstore forms it by default.
+        config["endpoint"] = f"https://s3.{settings.region or 'us-east-1'}.amazonaws.com"
+        config["virtual_hosted_style_request"] = False
+    if settings.region is not None:
+        config["region"] = settings.region
+    provider = None
+    if settings.keys is not None:
+        config.update(settings.keys)
+    else:
+        provider = awsconfig.credential_provider(settings)
+    return config, provider, note
 
 
 def _access_denied(action: str, where: str) -> StoreFailed:
@@ -420,7 +440,7 @@ def _reason(exc: BaseException, code: str | None) -> str:
     return text.split("<?xml", 1)[0][:200].rstrip(" :")
 
 
-def _hint(code: str | None) -> str:
+def _hint(code: str | None, endpoint: str) -> str:
     if code == "NoSuchBucket":
         return "create the bucket, or check its name"
-    return "is the store reachable from here? check the endpoint (AWS_ENDPOINT_URL)"
+    return f"is the store reachable from here? requests went to {endpoint}"

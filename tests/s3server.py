@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,13 +81,16 @@ class S3Server:
         return f"http://127.0.0.1:{self.ports['s3.port']}"
 
     def env(self, **extra: str) -> dict[str, str]:
-        """The AWS variables a client needs for this server."""
+        """The AWS variables a client needs for this server (and config files that do not
+        exist, so that no ~/.aws of the machine's joins in)."""
         return {
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_REGION": "us-east-1",
             "AWS_ALLOW_HTTP": "true",
+            "AWS_CONFIG_FILE": str(self.root / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(self.root / "no-aws-credentials"),
             **extra,
         }
 
@@ -174,3 +178,60 @@ def s3_server() -> Iterator[S3Server]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class RecordingProxy:
+    """An HTTP(S) proxy that forwards nothing: every connection made to it is recorded
+    (its first bytes: ``CONNECT host:443`` for HTTPS, the request line for HTTP) and
+    closed at once. With ``proxy_env()`` in a client's environment, a request to any
+    host but the loopback ones (``NO_PROXY``) arrives here instead of leaving the
+    machine, and fails fast: a test sees where it was going, deterministically, with or
+    without a network."""
+
+    port: int
+    seen: list[bytes]
+
+    def proxy_env(self) -> dict[str, str]:
+        url = f"http://127.0.0.1:{self.port}"
+        names = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+        return {
+            **{n: url for n in names},
+            **{n.lower(): url for n in names},
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        }
+
+
+@contextlib.contextmanager
+def recording_proxy() -> Iterator[RecordingProxy]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.2)  # so that the thread sees ``done``
+    proxy = RecordingProxy(listener.getsockname()[1], [])
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed
+            with conn:
+                conn.settimeout(5)
+                try:
+                    proxy.seen.append(conn.recv(4096).split(b"\r\n", 1)[0])
+                except OSError as exc:
+                    proxy.seen.append(repr(exc).encode())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        done.set()
+        thread.join(timeout=10)
+        listener.close()

@@ -158,3 +158,59 @@ def test_a_discarded_data_file_leaves_no_object(s3: S3Server, tmp_path: Path) ->
     writer.discard()
     writer.discard()  # twice is fine, as for a local file
     assert target.objects() == []
+
+
+@pytest.mark.parametrize(
+    ("variables", "profile", "services"),
+    [
+        ({}, "", ""),
+        ({}, "endpoint_url = http://127.0.0.1:1111", ""),
+        ({}, "endpoint_url = http://127.0.0.1:1111", "http://127.0.0.1:2222"),
+        ({"AWS_ENDPOINT_URL": "http://127.0.0.1:3333"}, "endpoint_url = http://p:1", "http://s:2"),
+        (
+            {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:4444", "AWS_ENDPOINT_URL": "http://g:3"},
+            "endpoint_url = http://p:1",
+            "http://s:2",
+        ),
+        ({"AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}, "endpoint_url = http://p:1", ""),
+        (
+            {"AWS_ENDPOINT_URL": "http://g:3"},
+            "endpoint_url = http://p:1\nignore_configured_endpoint_urls = true",
+            "http://s:2",
+        ),
+        ({"AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "false"}, "endpoint_url = http://p:1", ""),
+    ],
+)
+def test_the_endpoint_is_the_one_botocore_resolves(
+    variables: dict[str, str],
+    profile: str,
+    services: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """awsconfig.resolve picks the endpoint the AWS SDK for Python (the AWS CLI's library)
+    gives an S3 client for the same environment and config file; none where it would use
+    AWS's own. No request is made: creating a client sends nothing."""
+    import boto3  # type: ignore[import-untyped]
+
+    from asyncsnap import awsconfig
+
+    config = tmp_path / "config"
+    section = f"services = here\n\n[services here]\ns3 =\n  endpoint_url = {services}\n"
+    config.write_text(
+        f"[profile nightly]\nregion = us-east-1\n{profile}\n" + (section if services else "")
+    )
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_PROFILE", "nightly")
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    ours = awsconfig.resolve(os.environ).endpoint
+    theirs = boto3.Session().client("s3").meta.endpoint_url
+    if ours is None:
+        assert theirs.endswith(".amazonaws.com"), theirs
+    else:
+        assert ours == theirs

@@ -22,7 +22,17 @@ from asyncsnap.errors import OutputExists
 from asyncsnap.objectstore import Store, StoreUrl
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
-from .s3server import ACCESS_KEY, ADMIN_KEY, ADMIN_SECRET, BUCKET, SECRET_KEY, S3Server, s3_server
+from .s3server import (
+    ACCESS_KEY,
+    ADMIN_KEY,
+    ADMIN_SECRET,
+    BUCKET,
+    SECRET_KEY,
+    RecordingProxy,
+    S3Server,
+    recording_proxy,
+    s3_server,
+)
 from .test_dump import SHOP
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -351,24 +361,33 @@ def test_no_secret_reaches_a_log_or_the_backup(s3: S3Server, db: Database, tmp_p
     assert SECRET_KEY not in text and ACCESS_KEY not in text
 
 
-def readme_bucket_cron() -> tuple[str, str]:
-    """The README's crontab for a bucket: its variable line and its command."""
-    blocks = [b.split("```", 1)[0] for b in README.read_text().split("```cron")[1:]]
+def readme_bucket_cron() -> tuple[str, str, str]:
+    """The README's crontab for a bucket: its variable line and its command, and the AWS
+    config file it relies on (the profile's block)."""
+    text = README.read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```cron")[1:]]
     (block,) = [b for b in blocks if "s3://" in b]
     variable, line = [ln for ln in block.splitlines() if ln.strip() and not ln.startswith("#")]
-    return variable, line.split(None, 5)[5]
+    ini = [b.split("```", 1)[0] for b in text.split("```ini")[1:]]
+    (config,) = [b for b in ini if "[profile nightly]" in b]
+    return variable, line.split(None, 5)[5], config
 
 
 def test_readme_bucket_crontab_keeps_encrypted_verified_backups(
     s3: S3Server, db: Database, postgres: Postgres, tmp_path: Path
 ) -> None:
     """The README's crontab line for a bucket, run three nights with cron's environment
-    (its AWS_PROFILE, a profile file, no PG* or DATABASE_URL): the two newest backups
-    remain (--keep 2), each encrypted and verified, the summary says so, nothing is
-    mailed; restoring the newest with the key gives the database back."""
+    (its AWS_PROFILE, the README's profile with the test server as its endpoint_url, no
+    other AWS_* variable, no PG* or DATABASE_URL): the two newest backups remain (--keep
+    2), each encrypted and verified, the summary says so, nothing is mailed, no request
+    goes anywhere but the server; restoring the newest with the key gives the database
+    back."""
     db.execute(SHOP)
-    variable, command = readme_bucket_cron()
+    variable, command, config = readme_bucket_cron()
     assert variable == "AWS_PROFILE=nightly"
+    private = "https://s3.backups.internal:9000"
+    assert f"endpoint_url = {private}" in config
+    (tmp_path / "config").write_text(config.replace(private, s3.endpoint))
     identity = x25519.Identity.generate()
     (tmp_path / "key.txt").write_text(f"{identity}\n")
     (tmp_path / "recipients.txt").write_text(f"# shop\n{identity.to_public()}\n")
@@ -393,12 +412,13 @@ def test_readme_bucket_crontab_keeps_encrypted_verified_backups(
     env.update(
         AWS_PROFILE="nightly",
         AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "credentials"),
-        AWS_CONFIG_FILE=str(tmp_path / "no-config"),
-        AWS_ENDPOINT_URL=s3.endpoint,
-        AWS_REGION="us-east-1",
+        AWS_CONFIG_FILE=str(tmp_path / "config"),
     )
-    for _ in range(3):
-        subprocess.run(["/bin/sh", "-c", command], env=env, check=True, timeout=120)
+    with recording_proxy() as proxy:
+        env.update(proxy.proxy_env())
+        for _ in range(3):
+            subprocess.run(["/bin/sh", "-c", command], env=env, check=True, timeout=120)
+        assert proxy.seen == []
     assert not (tmp_path / "mail").exists()
     outcome = json.loads((tmp_path / "last-run.json").read_text())
     assert outcome["ok"] and outcome["verified"] and outcome["path"].startswith("s3://")
@@ -485,3 +505,163 @@ def test_prune_on_a_prefix_removes_only_what_its_dumps_wrote(s3: S3Server, db: D
     assert f"left alone {prefix}/copied (its claim.json names another backup)" in lines
     assert lines[-1].startswith("kept 1, removed 3, left alone 5 ")
     assert "4 files not written by asyncsnap" in lines[-1]
+
+
+def free_port() -> int:
+    """A port nothing listens on: requests there are refused at once."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def aws_env(where: Path, proxy: RecordingProxy, *, config: str, **extra: str) -> dict[str, str]:
+    """A CLI run's environment with no AWS_* variable of the machine's: the profile
+    `nightly` (config file ``config``, its keys in a credentials file), requests to any
+    host but loopback sent to ``proxy``, and ``extra``."""
+    where.mkdir(exist_ok=True)
+    (where / "config").write_text(config)
+    (where / "credentials").write_text(
+        f"[nightly]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+    )
+    proxies = {k.lower() for k in proxy.proxy_env()}
+    env = {
+        k: v
+        for k, v in clean_env().items()
+        if not k.startswith("AWS_") and k.lower() not in proxies
+    }
+    env.update(
+        {
+            "AWS_PROFILE": "nightly",
+            "AWS_CONFIG_FILE": str(where / "config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(where / "credentials"),
+            "ASYNCSNAP_STORE_RETRY_SECONDS": "3",
+            **proxy.proxy_env(),
+            **extra,
+        }
+    )
+    return env
+
+
+def test_a_profiles_endpoint_url_is_used_and_nothing_goes_elsewhere(
+    s3: S3Server, db: Database, tmp_path: Path
+) -> None:
+    """Issue 22, 13: AWS_PROFILE's endpoint_url (the AWS config file), nothing else set:
+    dump, verify and prune talk to that server, and no request goes anywhere else (every
+    request for another host would reach the recording proxy instead of the network).
+    The control: the same profile without endpoint_url sends its request to AWS, which
+    the proxy sees, and the run fails (exit 4) without leaving the machine."""
+    db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    prefix = f"s3://{BUCKET}/profile-endpoint"
+    with recording_proxy() as proxy:
+        env = aws_env(
+            tmp_path / "private",
+            proxy,
+            config=f"[profile nightly]\nregion = us-east-1\nendpoint_url = {s3.endpoint}\n",
+        )
+        run = run_cli("dump", db.dsn, "-o", prefix, "--name", "p", env=env)
+        assert run.returncode == 0, run.stderr
+        for command in (["verify", f"{prefix}/p"], ["prune", prefix, "--keep", "1"]):
+            run = run_cli(*command, env=env)
+            assert run.returncode == 0, run.stderr
+        assert "p/manifest.json" in keys(s3, "profile-endpoint")
+        assert proxy.seen == []
+
+        aws = aws_env(tmp_path / "aws", proxy, config="[profile nightly]\nregion = us-east-1\n")
+        run = run_cli("verify", f"{prefix}/p", env=aws)
+        assert run.returncode == 4, run.stderr
+        assert proxy.seen and proxy.seen[0].startswith(b"CONNECT s3.us-east-1.amazonaws.com:443")
+        assert "requests went to AWS's endpoint for the region" in run.stderr
+
+
+def test_the_endpoint_is_chosen_in_the_aws_clis_order(s3: S3Server, tmp_path: Path) -> None:
+    """--endpoint-url, then AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the s3 endpoint_url of
+    the profile's [services] section, the profile's endpoint_url; each time the first
+    one set is the server and every later one a port where nothing listens, so a run
+    succeeds only if the first one won. AWS_IGNORE_CONFIGURED_ENDPOINT_URLS skips all but
+    --endpoint-url; the profile's ignore_configured_endpoint_urls sends to AWS."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    prefix = f"s3://{BUCKET}/endpoint-order"
+
+    def config(services: str, profile: str, extra: str = "") -> str:
+        return (
+            f"[profile nightly]\nregion = us-east-1\nendpoint_url = {profile}\n"
+            f"services = here\n{extra}\n[services here]\ns3 =\n  endpoint_url = {services}\n"
+        )
+
+    with recording_proxy() as proxy:
+        for label, option, variables, files in (
+            (
+                "--endpoint-url",
+                [s3.endpoint],
+                {"AWS_ENDPOINT_URL_S3": dead, "AWS_ENDPOINT_URL": dead},
+                config(dead, dead),
+            ),
+            (
+                "AWS_ENDPOINT_URL_S3",
+                [],
+                {"AWS_ENDPOINT_URL_S3": s3.endpoint, "AWS_ENDPOINT_URL": dead},
+                config(dead, dead),
+            ),
+            ("AWS_ENDPOINT_URL", [], {"AWS_ENDPOINT_URL": s3.endpoint}, config(dead, dead)),
+            ("services section", [], {}, config(s3.endpoint, dead)),
+            (
+                "ignore, but --endpoint-url",
+                [s3.endpoint],
+                {"AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true", "AWS_ENDPOINT_URL": dead},
+                config(dead, dead),
+            ),
+        ):
+            env = aws_env(tmp_path / label.replace(" ", "-"), proxy, config=files, **variables)
+            args = ["--endpoint-url", *option] if option else []
+            run = run_cli("prune", prefix, "--keep", "1", *args, env=env)
+            assert run.returncode == 0, (label, run.stderr)
+        assert proxy.seen == []
+
+        ignoring = config(s3.endpoint, s3.endpoint, "ignore_configured_endpoint_urls = true")
+        env = aws_env(tmp_path / "ignoring", proxy, config=ignoring)
+        run = run_cli("prune", prefix, "--keep", "1", env=env)
+        assert run.returncode == 4, run.stderr
+        assert proxy.seen and proxy.seen[0].startswith(b"CONNECT s3.us-east-1.amazonaws.com:443")
+
+
+def test_aws_settings_that_cannot_be_honoured_are_refused_before_any_request(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """A FIPS or dual-stack endpoint, a services section that is missing, an endpoint with
+    credentials in it, AWS_ENDPOINT_URL_S3 under AWS_IGNORE_CONFIGURED_ENDPOINT_URLS
+    (obstore would read it anyway), obstore's own AWS_ENDPOINT, a flag that is neither
+    true nor false, a profile that does not exist: exit 2, one error and one hint line,
+    no request sent anywhere, no secret shown."""
+    profile = f"[profile nightly]\nregion = us-east-1\nendpoint_url = {s3.endpoint}\n"
+    secret_url = "http://someone:pw-in-url@127.0.0.1:9000"
+    with recording_proxy() as proxy:
+        for label, files, variables, message in (
+            ("fips", profile, {"AWS_USE_FIPS_ENDPOINT": "true"}, "AWS_USE_FIPS_ENDPOINT asks"),
+            ("dualstack", profile + "use_dualstack_endpoint = true\n", {}, "use_dualstack"),
+            ("services", profile + "services = gone\n", {}, "no [services gone]"),
+            (
+                "credentials in url",
+                f"[profile nightly]\nendpoint_url = {secret_url}\n",
+                {},
+                "has credentials, a query or a fragment",
+            ),
+            (
+                "ignore with the s3 variable",
+                profile,
+                {"AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true", "AWS_ENDPOINT_URL_S3": s3.endpoint},
+                "AWS_ENDPOINT_URL_S3 is set",
+            ),
+            ("obstore's variable", "", {"AWS_ENDPOINT": s3.endpoint}, "AWS_ENDPOINT is set"),
+            ("not a flag", profile, {"AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "1"}, "neither true"),
+            ("no profile", profile, {"AWS_PROFILE": "nonesuch"}, "AWS_PROFILE=nonesuch"),
+        ):
+            env = aws_env(tmp_path / label.replace(" ", "-"), proxy, config=files, **variables)
+            run = run_cli("prune", f"s3://{BUCKET}/refused", "--keep", "1", env=env)
+            assert run.returncode == 2, (label, run.stderr)
+            error, hint = run.stderr.splitlines()
+            assert error.startswith("error: ") and message in error, (label, error)
+            assert hint.startswith("hint: "), (label, hint)
+            assert "pw-in-url" not in run.stderr and SECRET_KEY not in run.stderr
+        assert proxy.seen == []
