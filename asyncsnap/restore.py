@@ -67,7 +67,7 @@ from .events import (
     RestoreFinished,
     RestoreStarted,
 )
-from .manifest import Backup, BackupTable
+from .manifest import Backup, BackupFile, BackupTable
 from .patterns import Selection
 from .plan import CyclePlan, TableKey, plan_cycles, refresh_order, restore_order
 from .rowcodec import BINARY_HEADER, BINARY_TRAILER, LoadShape
@@ -122,6 +122,48 @@ class Switch:
         return f"ALTER TABLE {table} {mode[self.state]} {self._clause()}"
 
 
+# format_type(oid, NULL) names two types by keywords that, as a cast's target, mean a
+# length of one: ``character`` is char(1) and ``bit`` is bit(1) ('ab'::character is 'a').
+# Text is cast to these unconstrained names instead; the column's assignment then applies
+# its own length, refusing what does not fit.
+_UNCONSTRAINED = {"character": "pg_catalog.bpchar", "bit": 'pg_catalog."bit"'}
+
+
+def cast_target(bare: str) -> str:
+    """The type a value's text is cast to for a column whose ``format_type(oid, NULL)``
+    is ``bare``: the same, but for char(n) and bit(n) (and their arrays).
+
+    >>> cast_target("character[]"), cast_target("numeric")
+    ('pg_catalog.bpchar[]', 'numeric')
+    """
+    base, dims = bare, ""
+    while base.endswith("[]"):
+        base, dims = base[:-2], dims + "[]"
+    return _UNCONSTRAINED.get(base, base) + dims
+
+
+@dataclass(frozen=True)
+class Retyped:
+    """A column of another type here than in the backup (schema drift), and how its
+    values are checked to come out of the target's type unchanged.
+
+    ``compare`` is an SQL condition on ``{v}`` (the value's text, as the load gives it to
+    the target type's input): true when the value in the target's type, cast back to the
+    backup's type, is the backup's value: equal numbers for a ``numeric`` (``1.5`` in a
+    ``numeric(10,2)`` is ``1.50``, the same number), the same text otherwise (``-0`` and
+    ``0``, trailing spaces and timestamps of another precision differ). Where the backup's
+    type does not exist here, or has no cast from the target's, the value's text in the
+    target's type must be the backup's text."""
+
+    name: str
+    backup_type: str  # as the manifest says
+    target_type: str  # format_type here, with its modifier
+    compare: str
+
+    def condition(self, value: str) -> str:
+        return self.compare.replace("{v}", value)
+
+
 @dataclass(frozen=True)
 class TableLoad:
     """How one backup table goes into its target table."""
@@ -137,6 +179,9 @@ class TableLoad:
     # pg_rewrite.ev_enabled): switched off inside the load's transaction and set back to
     # these states before it commits, so loaded rows fire none of them.
     switches: tuple[Switch, ...] = ()
+    # Written columns whose type here differs from the backup's: the rows then go through
+    # a staging table and every such value is checked to come out unchanged (``_Stage``).
+    retyped: tuple[Retyped, ...] = ()
 
     @property
     def quiets(self) -> bool:
@@ -154,7 +199,7 @@ class TableLoad:
         """
         target = sql_name(self.target.schema, self.target.name)
         types = {c.name: c.type for c in self.target.columns}
-        bare = {c.name: c.bare_type or c.type for c in self.target.columns}
+        bare = {c.name: cast_target(c.bare_type or c.type) for c in self.target.columns}
         declared, exprs = [], []
         for name in self.columns:
             col = quote_ident(name)
@@ -976,6 +1021,7 @@ async def _plan(
     described = await describe_tables(conn, [t for t in listed if t.is_table])
     loads = plan_loads(backup, described, selection, ignore_missing_columns=ignore_missing_columns)
     loads = await _with_switches(conn, loads, mode)
+    loads = [replace(ld, retyped=await _retyped(conn, ld)) for ld in loads]
     await _check_empty(conn, loads, mode)
     if mode == "truncate":
         await _check_truncatable(conn, loads)
@@ -1494,6 +1540,152 @@ async def _transaction(conn: asyncpg.Connection, *, own: bool) -> AsyncIterator[
     await tx.commit()
 
 
+async def _retyped(conn: asyncpg.Connection, load: TableLoad) -> tuple[Retyped, ...]:
+    """The load's written columns whose type here is not the backup's, with the check
+    each value must pass. The backup's type name is resolved by the server
+    (``to_regtype``, a parameter: a manifest's text never becomes SQL) and written back
+    by ``format_type``; whether the target's type casts to it is asked of the server."""
+    here = {c.name: c for c in load.target.columns}
+    found = []
+    for column in load.source.columns:
+        target = here.get(column.name)
+        if column.name not in load.columns or target is None or target.type == column.type:
+            continue
+        try:
+            backup_type = await conn.fetchval(
+                "SELECT pg_catalog.format_type(pg_catalog.to_regtype($1), NULL)", column.type
+            )
+        except asyncpg.PostgresError:  # not a type name at all
+            backup_type = None
+        compare = "({v}::" + target.type + ")::pg_catalog.text IS NOT DISTINCT FROM {v}"
+        if backup_type is not None:
+            try:
+                await conn.fetchval(f"SELECT (NULL::{target.type})::{backup_type}")
+            except asyncpg.PostgresError:
+                pass  # no cast back: the text check above
+            else:
+                back = "(({v}::" + target.type + ")::" + backup_type + ")"
+                if backup_type == "numeric":
+                    compare = f"{back} IS NOT DISTINCT FROM ({{v}}::{backup_type})"
+                else:
+                    compare = (
+                        f"{back}::pg_catalog.text IS NOT DISTINCT FROM "
+                        f"({{v}}::{backup_type})::pg_catalog.text"
+                    )
+        found.append(Retyped(column.name, column.type, target.type, compare))
+    return tuple(found)
+
+
+class _Stage:
+    """A table whose types changed since the dump loads through a temporary table: its
+    rows are copied in as they would be into the target, with the changed columns as
+    text and a line number; each changed column's values are checked (``Retyped``); only
+    then does one INSERT move the rows into the target, the text cast to the column's type
+    as COPY would read it. A value the target's type would round or cut fails the table,
+    naming the column, both types and the first such row, instead of loading changed."""
+
+    NAME = "asyncsnap_stage"
+
+    def __init__(self, load: TableLoad) -> None:
+        self.load = load
+        changed = {r.name for r in load.retyped}
+        self.line = "asyncsnap_line"
+        while self.line in load.columns:
+            self.line += "_"
+        target = {c.name: c for c in load.target.columns}
+        columns = []
+        for name in load.columns:
+            kind = "pg_catalog.text" if name in changed else target[name].type
+            bare = "pg_catalog.text" if name in changed else target[name].bare_type or kind
+            columns.append(
+                replace(target[name], type=kind, bare_type=bare, generated=None, identity=None)
+            )
+        table = replace(
+            load.target, oid=0, schema="pg_temp", name=self.NAME, columns=tuple(columns)
+        )
+        # What the loaders write into: the staging table, no triggers, no identity.
+        self.staged = replace(load, target=table, overriding=False, switches=(), retyped=())
+        self.sql = f"pg_temp.{quote_ident(self.NAME)}"
+
+    async def create(self, conn: asyncpg.Connection) -> None:
+        definitions = ", ".join(
+            f"{quote_ident(c.name)} {c.type}" for c in self.staged.target.columns
+        )
+        await conn.execute(
+            f"CREATE TEMPORARY TABLE {self.sql} ({definitions}, "
+            f"{quote_ident(self.line)} pg_catalog.int8 GENERATED ALWAYS AS IDENTITY) "
+            "ON COMMIT DROP"
+        )
+
+    async def check_and_move(self, conn: asyncpg.Connection, entry: BackupFile, rows: int) -> None:
+        """Check every changed column's values, then INSERT the rows into the target.
+
+        :raises SchemaMismatch: naming the first column whose values would change.
+        :raises asyncpg.PostgresError: as the INSERT fails (a value that does not fit).
+        """
+        load = self.load
+        keys = [k for k in load.source.primary_key if k in load.columns]
+        key_sql = "".join(f", s.{quote_ident(k)}::pg_catalog.text" for k in keys)
+        uncomparable: list[tuple[Retyped, BaseException]] = []
+        for column in load.retyped:
+            condition = column.condition(f"s.{quote_ident(column.name)}")
+            try:
+                async with conn.transaction():  # a value that does not even cast back
+                    first = await conn.fetchrow(
+                        f"SELECT s.{quote_ident(self.line)}{key_sql} FROM {self.sql} s "
+                        f"WHERE NOT ({condition}) ORDER BY 1 LIMIT 1"
+                    )
+            except asyncpg.PostgresError as exc:
+                uncomparable.append((column, exc))
+                continue
+            if first is not None:
+                where = f"line {first[0]} of {entry.path}"
+                if keys:
+                    key = ", ".join(
+                        f"{k} = {v}" for k, v in zip(keys, list(first)[1:], strict=True)
+                    )
+                    where = f"the row with {key} ({where})"
+                raise SchemaMismatch(
+                    f"{load.target.qualified}: column {column.name} is {column.backup_type} in "
+                    f"the backup and {column.target_type} here, and {where} would not keep "
+                    "its value (restore never rounds or cuts one)",
+                    hint=f"give the column a type that holds the backup's values; "
+                    f"{load.target.qualified} was rolled back",
+                )
+        exprs = []
+        changed = {r.name for r in load.retyped}
+        bare = {c.name: cast_target(c.bare_type or c.type) for c in load.target.columns}
+        for name in load.columns:
+            col = f"s.{quote_ident(name)}"
+            # As COPY reads it: the type's input, then the column's modifier (assignment).
+            exprs.append(f"{col}::{bare[name]}" if name in changed else col)
+        cols = ", ".join(quote_ident(c) for c in load.columns)
+        overriding = " OVERRIDING SYSTEM VALUE" if load.overriding else ""
+        target = sql_name(load.target.schema, load.target.name)
+        status = await conn.execute(
+            f"INSERT INTO {target} ({cols}){overriding} SELECT {', '.join(exprs)} "
+            f"FROM {self.sql} s ORDER BY s.{quote_ident(self.line)}"
+            if load.columns
+            else f"INSERT INTO {target} SELECT FROM {self.sql} s"
+        )
+        if uncomparable:
+            column, problem = uncomparable[0]
+            raise SchemaMismatch(
+                f"{load.target.qualified}: column {column.name} is {column.backup_type} in "
+                f"the backup and {column.target_type} here, and its values cannot be compared "
+                f"with the backup's: {problem}",
+                hint=f"give the column a type that holds the backup's values; "
+                f"{load.target.qualified} was rolled back",
+            )
+        inserted = status.rpartition(" ")[2]
+        if not inserted.isdigit() or int(inserted) != rows:
+            raise RestoreFailed(
+                f"loading {load.target.qualified}: the server took {inserted} rows of {rows}",
+                hint="please report this as a bug; the table was rolled back",
+            )
+        await conn.execute(f"DROP TABLE {self.sql}")
+
+
 async def _load_table(
     conn: asyncpg.Connection,
     load: TableLoad,
@@ -1509,18 +1701,29 @@ async def _load_table(
         label += f" [{file_index + 1}/{len(load.source.files)}]"
     emit(ChunkStarted(label=label, est_rows=sum(f.rows for f in files), verb="loading"))
     started = time.monotonic()
-    shape = LoadShape.of(load.source, load.target, load.columns)
+    # Where the types are the backup's, the rows go straight in; else through a stage.
+    stage = _Stage(load) if load.retyped else None
+    into = stage.staged if stage is not None else load
+    shape = LoadShape.of(into.source, into.target, into.columns)
     progress = _Progress(label, emit)
     for entry in files:
         reader = DataFileReader(backup, entry, block_size=BATCH_BYTES)
+        checked = False  # the file matched the manifest (a staged table: before the INSERT)
         try:
+            if stage is not None:
+                await stage.create(conn)
             if shape is not None:
-                await _copy_file(conn, load, shape, reader, progress)
+                await _copy_file(conn, into, shape, reader, progress)
             else:
-                await _insert_file(conn, load, reader, progress)
+                await _insert_file(conn, into, reader, progress)
+            if stage is not None:
+                reader.finish()  # the file is whole before its values are judged
+                checked = True
+                await stage.check_and_move(conn, entry, reader.rows)
         except (asyncpg.PostgresError, ValueError) as exc:
-            await anyio.to_thread.run_sync(reader.drain)
-            if reader.damaged():
+            if not checked:
+                await anyio.to_thread.run_sync(reader.drain)
+            if not checked and reader.damaged():
                 raise VerificationFailed(
                     f"{entry.path} does not match its SHA-256 in the manifest",
                     hint=f"the backup is damaged; {label} was rolled back",
@@ -1728,7 +1931,7 @@ async def _load_long_line(conn: asyncpg.Connection, load: TableLoad, line: memor
         columns=load.columns,
         text_columns=load.text_columns,
         types={c.name: c.type for c in load.target.columns},
-        bare_types={c.name: c.bare_type or c.type for c in load.target.columns},
+        bare_types={c.name: cast_target(c.bare_type or c.type) for c in load.target.columns},
         overriding=load.overriding,
     )
 
