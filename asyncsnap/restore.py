@@ -854,6 +854,8 @@ async def _restore_on(
                 mode=mode,
                 disable_triggers=disable_triggers,
                 ignore_missing_columns=ignore_missing_columns,
+                # whether --clean could take the database back instead (for hints)
+                clean_applies=backup.schema is not None and not data_only and not selection.filters,
             )
             if kind == "whole" and clean:
                 # pg_restore --clean replaces large objects too.
@@ -1016,13 +1018,14 @@ async def _plan(
     mode: Mode,
     disable_triggers: bool,
     ignore_missing_columns: bool,
+    clean_applies: bool = False,
 ) -> RestorePlan:
     listed = await list_tables(conn)
     described = await describe_tables(conn, [t for t in listed if t.is_table])
     loads = plan_loads(backup, described, selection, ignore_missing_columns=ignore_missing_columns)
     loads = await _with_switches(conn, loads, mode)
     loads = [replace(ld, retyped=await _retyped(conn, ld)) for ld in loads]
-    await _check_empty(conn, loads, mode)
+    await _check_empty(conn, loads, mode, clean_applies=clean_applies)
     if mode == "truncate":
         await _check_truncatable(conn, loads)
     target_keys = {ld.target.key for ld in loads}
@@ -1370,7 +1373,13 @@ async def _worker(
         results.extend(await _load_unit(conn, unit, backup, emit, own_transaction=True))
 
 
-async def _check_empty(conn: asyncpg.Connection, loads: list[TableLoad], mode: Mode) -> None:
+async def _check_empty(
+    conn: asyncpg.Connection, loads: list[TableLoad], mode: Mode, *, clean_applies: bool = False
+) -> None:
+    """Refuse tables that have rows (the default mode), before anything is loaded; the
+    load's transaction checks again under its lock (``_hold_empty``). ``clean_applies``:
+    --clean could replace the database's tables instead (not with --data-only or -t/-T,
+    which it refuses), so the hint names it."""
     if mode != "refuse":
         return
     busy = []
@@ -1382,8 +1391,12 @@ async def _check_empty(conn: asyncpg.Connection, loads: list[TableLoad], mode: M
     if busy:
         raise TargetNotEmpty(
             f"the target already has rows in {some_names(busy)}",
-            hint="pass --truncate to replace their rows, --append to add to them, or --clean "
-            "to take the whole database back to the backup",
+            hint="pass --truncate to replace their rows or --append to add to them"
+            + (
+                ", or --clean to take the whole database back to the backup"
+                if clean_applies
+                else ""
+            ),
         )
 
 

@@ -127,7 +127,10 @@ async def choose_kind(
         raise SchemaMismatch(
             f"the target database has no table {some_names(missing)}"
             + (f" (it has {some_names(existing)})" if existing else ""),
-            hint="restore into a database without the backup's tables (or pass --clean) to "
+            # -t/-T load into existing tables only: --clean refuses them
+            hint="create them first, or leave them out with -T"
+            if filtered
+            else "restore into a database without the backup's tables (or pass --clean) to "
             "create them, or leave them out with --data-only -T",
         )
     return "existing", "the target has the backup's tables: rows into them", []
