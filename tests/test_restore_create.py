@@ -24,10 +24,10 @@ from asyncsnap import manifest
 from asyncsnap.errors import SchemaMismatch, TargetLocked, TargetNotEmpty
 from asyncsnap.restore import RestoreResult, restore
 
-from .conftest import Postgres, execute, fetch, run_cli
+from .conftest import Database, Postgres, execute, fetch, run_cli
 from .pgserver import client_bindir, unprivileged_user
 from .test_dump import run_dump
-from .test_restore import Database, digests
+from .test_restore import digests
 
 
 def admin(postgres: Postgres, sql: str, *args: Any) -> list[Any]:
@@ -342,9 +342,15 @@ def test_create_checks_the_roles_it_names_before_creating_anything(
         drop(postgres, source.name)
         admin_execute(postgres, f'DROP ROLE "{reader}"')
 
-        def attempt(**options: bool) -> RestoreResult:
+        def attempt(*, no_owner: bool = False, no_privileges: bool = False) -> RestoreResult:
             return anyio.run(
-                lambda: restore(backup, postgres.admin_dsn, create=True, **options),
+                lambda: restore(
+                    backup,
+                    postgres.admin_dsn,
+                    create=True,
+                    no_owner=no_owner,
+                    no_privileges=no_privileges,
+                ),
                 backend="asyncio",
             )
 
