@@ -145,23 +145,29 @@ def cast_target(bare: str) -> str:
 @dataclass(frozen=True)
 class Retyped:
     """A column of another type here than in the backup (schema drift), and how its
-    values are checked to come out of the target's type unchanged.
-
-    ``compare`` is an SQL condition on ``{v}`` (the value's text, as the load gives it to
-    the target type's input): true when the value in the target's type, cast back to the
-    backup's type, is the backup's value: equal numbers for a ``numeric`` (``1.5`` in a
-    ``numeric(10,2)`` is ``1.50``, the same number), the same text otherwise (``-0`` and
-    ``0``, trailing spaces and timestamps of another precision differ). Where the backup's
-    type does not exist here, or has no cast from the target's, the value's text in the
-    target's type must be the backup's text."""
+    values are checked to come out of the target's type unchanged (``condition``)."""
 
     name: str
     backup_type: str  # as the manifest says
     target_type: str  # format_type here, with its modifier
-    compare: str
+    # The backup's type as this server names it (format_type of to_regtype, without its
+    # modifier), when it exists here and the target's type casts to it; else None.
+    back_to: str | None = None
 
     def condition(self, value: str) -> str:
-        return self.compare.replace("{v}", value)
+        """SQL that is true when ``value`` (the text the load gives the target type's
+        input) keeps its value: cast to the target's type and back to the backup's, it is
+        the backup's value: the same number for a ``numeric`` (``1.5`` in a
+        ``numeric(10,2)`` is ``1.50``), the same text otherwise (``-0`` and ``0``,
+        trailing spaces, timestamps of another precision differ). Without a way back, the
+        value's text in the target's type must be the backup's text."""
+        here = f"({value}::{self.target_type})"
+        if self.back_to is None:
+            return f"{here}::pg_catalog.text IS NOT DISTINCT FROM {value}"
+        back, was = f"{here}::{self.back_to}", f"{value}::{self.back_to}"
+        if self.back_to == "numeric":
+            return f"({back}) IS NOT DISTINCT FROM ({was})"
+        return f"({back})::pg_catalog.text IS NOT DISTINCT FROM ({was})::pg_catalog.text"
 
 
 @dataclass(frozen=True)
@@ -1565,27 +1571,17 @@ async def _retyped(conn: asyncpg.Connection, load: TableLoad) -> tuple[Retyped, 
         if column.name not in load.columns or target is None or target.type == column.type:
             continue
         try:
-            backup_type = await conn.fetchval(
+            back_to = await conn.fetchval(
                 "SELECT pg_catalog.format_type(pg_catalog.to_regtype($1), NULL)", column.type
             )
         except asyncpg.PostgresError:  # not a type name at all
-            backup_type = None
-        compare = "({v}::" + target.type + ")::pg_catalog.text IS NOT DISTINCT FROM {v}"
-        if backup_type is not None:
+            back_to = None
+        if back_to is not None:
             try:
-                await conn.fetchval(f"SELECT (NULL::{target.type})::{backup_type}")
+                await conn.fetchval(f"SELECT (NULL::{target.type})::{back_to}")
             except asyncpg.PostgresError:
-                pass  # no cast back: the text check above
-            else:
-                back = "(({v}::" + target.type + ")::" + backup_type + ")"
-                if backup_type == "numeric":
-                    compare = f"{back} IS NOT DISTINCT FROM ({{v}}::{backup_type})"
-                else:
-                    compare = (
-                        f"{back}::pg_catalog.text IS NOT DISTINCT FROM "
-                        f"({{v}}::{backup_type})::pg_catalog.text"
-                    )
-        found.append(Retyped(column.name, column.type, target.type, compare))
+                back_to = None  # no cast back: the text itself is compared
+        found.append(Retyped(column.name, column.type, target.type, back_to))
     return tuple(found)
 
 
