@@ -1117,7 +1117,8 @@ def restore_command(
     The target is given as for dump (DSN or -d, -h, -p, -U). Without --clean, --create or
     --data-only, the schema is created when none of its tables exist, and rows go into
     existing tables only when they are empty; --dry-run prints what would happen. Exit
-    codes as for dump (5: the backup failed its checks; nothing was loaded).
+    codes as for dump (5: the backup failed its checks; nothing was loaded; 6: another
+    restore is running into the database).
 
     \b
     Examples:
