@@ -1413,13 +1413,14 @@ static int valid_utf8(const unsigned char *p, size_t n)
  *     sum: the sum of those 128-bit values modulo 2^128, 16 big-endian bytes (the
  *     fingerprint of the lines, asyncsnap.fingerprint); otherwise None, None, None;
  *   with_text: offsets (int64, rows + 1) and the lines' bytes without their newlines (an
- *     Arrow large_string), each line checked to be UTF-8; otherwise None, None.
+ *     Arrow large_string), each line checked to be UTF-8; otherwise None, None;
+ *   longest: the length of the longest line (newline excluded).
  * Nothing of data is kept: the results are new bytes objects. */
 static PyObject *py_line_columns(PyObject *self, PyObject *args)
 {
     Py_buffer data;
     int with_hashes = 0, with_text = 0;
-    Py_ssize_t rows = 0, bad = -1;
+    Py_ssize_t rows = 0, bad = -1, longest = 0;
     unsigned __int128 total = 0;
     PyObject *hi = NULL, *lo = NULL, *sumbytes = NULL, *offsets = NULL, *text = NULL;
     PyObject *result = NULL;
@@ -1457,6 +1458,7 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
         while (start < n) {
             const unsigned char *nl = memchr(s + start, '\n', n - start);
             size_t len = (size_t)(nl - (s + start));
+            if ((Py_ssize_t)len > longest) longest = (Py_ssize_t)len;
             if (with_hashes) {
                 unsigned __int128 v = line_digest128(s + start, len);
                 his[r] = (uint64_t)(v >> 64);
@@ -1497,7 +1499,7 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
         offsets = Py_NewRef(Py_None);
         text = Py_NewRef(Py_None);
     }
-    result = Py_BuildValue("(nNNNNN)", rows, hi, lo, sumbytes, offsets, text);
+    result = Py_BuildValue("(nNNNNNn)", rows, hi, lo, sumbytes, offsets, text, longest);
     hi = lo = sumbytes = offsets = text = NULL; /* stolen by N, also when it fails */
 fail:
     Py_XDECREF(hi);
@@ -1528,10 +1530,11 @@ static PyMethodDef methods[] = {
      "each line's SHA-256 (without its newline) as 16 big-endian bytes, and the offset "
      "after the last newline."},
     {"line_columns", py_line_columns, METH_VARARGS,
-     "line_columns(data, with_hashes, with_text) -> (rows, hi, lo, sum, offsets, text)\n\n"
+     "line_columns(data, with_hashes, with_text) -> (rows, hi, lo, sum, offsets, text, longest)\n\n"
      "Whole lines as Arrow columns: with_hashes, each line's 128-bit SHA-256 prefix as two "
      "native uint64 arrays and their sum modulo 2**128 (16 big-endian bytes); with_text, int64 "
-     "offsets and the lines without newlines (checked UTF-8). None for what was not asked."},
+     "offsets and the lines without newlines (checked UTF-8). None for what was not asked; "
+     "longest: the longest line's length."},
     {"json_string", py_json_string, METH_O,
      "json_string(utf8) -> bytes: the bytes as a JSON string, escaped as escape_json does."},
     {NULL, NULL, 0, NULL},

@@ -21,8 +21,10 @@ it (which would quote the Python traceback).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from typing import Any
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 
@@ -34,6 +36,7 @@ from .manifest import Backup, BackupFile
 
 HASHES = (("h1", pa.uint64()), ("h2", pa.uint64()))
 TEXT = (("line", pa.large_string()),)
+CUT = (("cut", pa.bool_()),)  # the line is a stand-in; the line itself is in LongLines
 _BLOCK = 4 << 20  # bytes of lines per batch (DataFileReader's block)
 
 
@@ -53,15 +56,28 @@ class LineBatches:
         hashes: bool = True,
         text: bool = True,
         block_size: int = _BLOCK,
+        long_lines: LongLines | None = None,
     ) -> None:
+        """``long_lines`` (with ``hashes`` and ``text``): lines longer than its ``limit`` go
+        there, and the batch's ``line`` holds ``long_lines.stand_in(line)`` instead, with
+        ``cut`` true: the engine never holds a huge line (DuckDB needs several times a
+        value's size, and slowed to a crawl on a 300 MB one)."""
+        self.long_lines = long_lines
         self.backup = backup
         self.files = [f for f in files if f.rows]
         self.hashes = hashes
         self.text = text
         self.block_size = block_size
-        self.schema = pa.schema([*(HASHES if hashes else ()), *(TEXT if text else ())])
+        self.schema = pa.schema(
+            [
+                *(HASHES if hashes else ()),
+                *(TEXT if text else ()),
+                *(CUT if long_lines is not None else ()),
+            ]
+        )
         self.rows = 0
         self.total = 0  # the sum of the lines' 128-bit values, modulo 2**128
+        self.longest = 0  # the longest line read so far
         self.complete = False
         self.error: BaseException | None = None  # what stopped the reading, if anything
         self._started = False
@@ -102,7 +118,9 @@ class LineBatches:
 
     def _batch(self, reader: DataFileReader, block: bytes | bytearray) -> pa.RecordBatch:
         try:
-            rows, hi, lo, total, offsets, text = _rows.line_columns(block, self.hashes, self.text)
+            rows, hi, lo, total, offsets, text, longest = _rows.line_columns(
+                block, self.hashes, self.text
+            )
         except _rows.LineError as exc:
             line = reader.rows - block.count(b"\n") + exc.line + 1
             raise VerificationFailed(
@@ -117,12 +135,18 @@ class LineBatches:
             self.total = (self.total + int.from_bytes(total, "big")) % MODULUS
         if self.text:
             assert offsets is not None and text is not None
-            columns.append(
-                pa.Array.from_buffers(
-                    pa.large_string(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(text)]
-                )
+            lines = pa.Array.from_buffers(
+                pa.large_string(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(text)]
             )
+            if self.long_lines is None:
+                columns.append(lines)
+            elif longest <= self.long_lines.limit:
+                columns += [lines, pa.nulls(rows, pa.bool_()).fill_null(False)]
+            else:
+                assert hi is not None and lo is not None
+                columns += self.long_lines.take(offsets, text, hi, lo)
         self.rows += rows
+        self.longest = max(self.longest, longest)
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
     def check_read(self, what: str) -> None:
@@ -152,3 +176,65 @@ class _EngineErrors(contextlib.AbstractContextManager[None]):
         for source in self.sources:
             if source.error is not None and source.error is not exc:
                 raise source.error from None
+
+
+class LongLines:
+    """Lines too long to hand to the engine, kept in a private file (0600, in a 0700
+    directory removed after the command) by their 128-bit identity; the engine gets a
+    stand-in (``stand_in``: the line with only some columns' values kept) to work on.
+
+    A line met twice (in both backups, or in two passes) is stored once."""
+
+    def __init__(
+        self, directory: Path, stand_in: Callable[[bytes, int, int], bytes], limit: int = 1 << 20
+    ) -> None:
+        self.limit = limit
+        self.stand_in = stand_in
+        self._path = directory / "long-lines"
+        self._file: BinaryIO | None = None
+        self._index: dict[tuple[int, int], tuple[int, int]] = {}  # identity: (offset, size)
+
+    def take(self, offsets: bytes, text: bytes, hi: bytes, lo: bytes) -> list[pa.Array]:
+        """The batch's ``line`` and ``cut`` columns (from ``line_columns``' buffers), long
+        lines stored and stood in for; no line is copied but into the file."""
+        starts = memoryview(offsets).cast("q")
+        firsts, seconds = memoryview(hi).cast("Q"), memoryview(lo).cast("Q")
+        view = memoryview(text)
+        kept: list[bytes] = []
+        cut: list[bool] = []
+        for i in range(len(firsts)):
+            start, end = starts[i], starts[i + 1]
+            if end - start <= self.limit:
+                kept.append(text[start:end])
+                cut.append(False)
+            else:
+                self._store((firsts[i], seconds[i]), view[start:end])
+                kept.append(self.stand_in(text, start, end))
+                cut.append(True)
+        return [pa.array(kept, pa.large_string()), pa.array(cut, pa.bool_())]
+
+    def _store(self, identity: tuple[int, int], raw: memoryview) -> None:
+        if identity in self._index:
+            return
+        if self._file is None:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            self._file = os.fdopen(fd, "w+b")
+        offset = self._file.seek(0, os.SEEK_END)
+        self._file.write(raw)
+        self._index[identity] = (offset, len(raw))
+
+    def copy_to(self, identity: tuple[int, int], out: BinaryIO) -> None:
+        """Write the stored line ``identity`` to ``out``, a block at a time."""
+        offset, size = self._index[identity]
+        assert self._file is not None
+        self._file.flush()
+        self._file.seek(offset)
+        while size:
+            block = self._file.read(min(size, 4 << 20))
+            out.write(block)
+            size -= len(block)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -37,13 +37,14 @@ import contextlib
 import difflib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from .analysis import (
     DEFAULT_MEMORY_LIMIT,
+    attempts,
     engine,
     import_duckdb,
     line_prefixes,
@@ -62,7 +63,7 @@ from .storage import PrivateScratch
 from .text import count
 
 if TYPE_CHECKING:
-    from .batches import LineBatches
+    from .batches import LineBatches, LongLines
 
 Status = Literal["unchanged", "changed", "new", "dropped", "columns differ"]
 
@@ -278,10 +279,20 @@ def key_sql(table: BackupTable, key: tuple[str, ...]) -> str | None:
 
 class _TableReader:
     """Finds the lines whose counts differ between two sets of files (see the module doc):
-    fills the temporary table ``d`` (h1, h2, line, net: copies in B minus copies in A)."""
+    fills the temporary table ``d`` (h1, h2, line, cut, net: copies in B minus copies in
+    A; ``cut``: ``line`` stands in for a line too long for the engine, kept in
+    ``long_lines``)."""
 
-    def __init__(self, con: Any) -> None:
+    def __init__(self, con: Any, scratch: PrivateScratch) -> None:
         self.con = con
+        self.scratch = scratch
+        self.long_lines: LongLines | None = None
+        self.tables = 0
+
+    def close(self) -> None:
+        if self.long_lines is not None:
+            self.long_lines.close()
+            self.long_lines = None
 
     def same_lines(
         self,
@@ -302,8 +313,18 @@ class _TableReader:
         before: Sequence[BackupFile],
         b: Backup,
         after: Sequence[BackupFile],
+        stand_in: Callable[[bytes, int, int], bytes],
     ) -> Any:
-        """Fill ``d``; returns the engine's connection, to query it."""
+        """Fill ``d``; returns the engine's connection, to query it. ``stand_in`` makes the
+        line the engine holds in place of a long one (the key columns' values kept)."""
+        from .batches import LongLines
+
+        if self.long_lines is not None:
+            self.long_lines.close()
+        self.tables += 1
+        directory = self.scratch.path() / f"long-lines-{self.tables}"
+        directory.mkdir(mode=0o700)
+        self.long_lines = LongLines(directory, stand_in)
         self._group(what, a, before, b, after)
         self._fetch_lines(what, a, before, b, after)
         return self.con
@@ -316,25 +337,31 @@ class _TableReader:
         b: Backup,
         after: Sequence[BackupFile],
     ) -> None:
+        """Pass 1: each line's 128-bit identity, no text; keep in ``h`` the identities whose
+        counts differ (the engine holds 17 bytes a distinct line, spilling past its
+        limit)."""
         from .batches import LineBatches
 
-        # Pass 1: each line's 128-bit identity, no text; keep the identities whose counts
-        # differ. The engine holds 17 bytes a distinct line, spilling past its limit.
-        old = LineBatches(a, before, hashes=True, text=False)
-        new = LineBatches(b, after, hashes=True, text=False)
-        self.con.register("old_lines", old.reader())
-        self.con.register("new_lines", new.reader())
-        run_engine(
-            what,
-            [old, new],
-            lambda: self.con.execute(
-                """CREATE OR REPLACE TEMP TABLE h AS
-                SELECT h1, h2, sum(side)::BIGINT AS net FROM (
-                    SELECT h1, h2, -1 AS side FROM old_lines
-                    UNION ALL SELECT h1, h2, 1 AS side FROM new_lines)
-                GROUP BY h1, h2 HAVING sum(side) <> 0"""
-            ),
-        )
+        def attempt() -> tuple[LineBatches, LineBatches]:
+            old = LineBatches(a, before, hashes=True, text=False)
+            new = LineBatches(b, after, hashes=True, text=False)
+            self.con.register("old_lines", old.reader())
+            self.con.register("new_lines", new.reader())
+            run_engine(
+                what,
+                [old, new],
+                lambda: self.con.execute(
+                    """CREATE OR REPLACE TEMP TABLE h AS
+                    SELECT h1, h2, sum(side)::BIGINT AS net FROM (
+                        SELECT h1, h2, -1 AS side FROM old_lines
+                        UNION ALL SELECT h1, h2, 1 AS side FROM new_lines)
+                    GROUP BY h1, h2 HAVING sum(side) <> 0"""
+                ),
+                self.con,
+            )
+            return old, new
+
+        old, new = attempts(self.con, attempt)
         self.con.unregister("old_lines")
         self.con.unregister("new_lines")
         for side, files in ((old, before), (new, after)):
@@ -349,52 +376,60 @@ class _TableReader:
         b: Backup,
         after: Sequence[BackupFile],
     ) -> None:
-        """Pass 2: the lines of the identities in ``h``, from the side(s) that hold them."""
+        """Pass 2: the lines of the identities in ``h``, from the side(s) that hold them,
+        into ``d``: one line per identity (its text is the same wherever it occurs)."""
         from .batches import LineBatches
 
         wanted = self.con.execute(
             "SELECT count(*) FILTER (WHERE net < 0), count(*) FILTER (WHERE net > 0) FROM h"
         ).fetchall()[0]
-        sources = []
-        if wanted[0]:
-            sources.append(("old_text", LineBatches(a, before, hashes=True, text=True)))
-        if wanted[1]:
-            sources.append(("new_text", LineBatches(b, after, hashes=True, text=True)))
-        if not sources:
+        if not wanted[0] and not wanted[1]:
             self.con.execute(
                 "CREATE OR REPLACE TEMP TABLE d AS "
-                "SELECT h1, h2, ''::VARCHAR AS line, net FROM h WHERE false"
+                "SELECT h1, h2, ''::VARCHAR AS line, false AS cut, net FROM h WHERE false"
             )
             return
-        for name, lines in sources:
-            self.con.register(name, lines.reader())
-        union = " UNION ALL ".join(f"SELECT h1, h2, line FROM {name}" for name, _ in sources)
-        # The join's hash table on the identities (few), not on the stream (all lines):
-        # DuckDB cannot know the stream's size and may guess it small.
-        self.con.execute("SET disabled_optimizers = 'build_side_probe_side'")
-        try:
-            run_engine(
-                what,
-                [lines for _, lines in sources],
-                lambda: self.con.execute(
-                    f"""CREATE OR REPLACE TEMP TABLE d AS
-                    SELECT DISTINCT l.h1, l.h2, l.line, h.net
-                    FROM ({union}) l JOIN h ON l.h1 = h.h1 AND l.h2 = h.h2"""
-                ),
+
+        def attempt() -> None:
+            sources = []
+            for name, backup, files, needed in (
+                ("old_text", a, before, wanted[0]),
+                ("new_text", b, after, wanted[1]),
+            ):
+                if needed:
+                    lines = LineBatches(backup, files, long_lines=self.long_lines)
+                    sources.append((name, lines))
+                    self.con.register(name, lines.reader())
+            union = " UNION ALL ".join(
+                f"SELECT h1, h2, line, cut FROM {name}" for name, _ in sources
             )
-        finally:
-            self.con.execute("RESET disabled_optimizers")
-            for name, _ in sources:
-                self.con.unregister(name)
-        found, lines_found = self.con.execute(
-            "SELECT (SELECT count(*) FROM (SELECT DISTINCT h1, h2 FROM d)), count(*) FROM d"
-        ).fetchall()[0]
-        if found != wanted[0] + wanted[1] or lines_found != found:
+            # The join's hash table on the identities (few), not on the stream (all lines):
+            # DuckDB cannot know the stream's size and may guess it small.
+            self.con.execute("SET disabled_optimizers = 'build_side_probe_side'")
+            try:
+                run_engine(
+                    what,
+                    [lines for _, lines in sources],
+                    lambda: self.con.execute(
+                        f"""CREATE OR REPLACE TEMP TABLE d AS
+                        SELECT h.h1, h.h2, any_value(l.line) AS line, any_value(l.cut) AS cut,
+                            any_value(h.net) AS net
+                        FROM ({union}) l JOIN h ON l.h1 = h.h1 AND l.h2 = h.h2
+                        GROUP BY h.h1, h.h2"""
+                    ),
+                    self.con,
+                )
+            finally:
+                self.con.execute("RESET disabled_optimizers")
+                for name, _ in sources:
+                    self.con.unregister(name)
+
+        attempts(self.con, attempt)
+        found = self.con.execute("SELECT count(*) FROM d").fetchall()[0][0]
+        if found != wanted[0] + wanted[1]:
             raise VerificationFailed(
-                f"{what}: {found} of {wanted[0] + wanted[1]} differing lines found again "
-                f"({lines_found} texts)",
-                hint="the files changed while diff read them, or two lines share a SHA-256 "
-                "prefix; run it again",
+                f"{what}: {found} of the {wanted[0] + wanted[1]} differing lines found again",
+                hint="the files changed while diff read them; run it again",
             )
 
     def _check_sums(self, what: str, old: LineBatches, new: LineBatches) -> None:
@@ -427,11 +462,18 @@ def _check_recorded(what: str, read: str, files: Sequence[BackupFile]) -> None:
 
 
 def _write_rows(
-    con: Any, what: str, out: BinaryIO | None, key_sql: str | None
+    con: Any,
+    what: str,
+    out: BinaryIO | None,
+    key_sql: str | None,
+    long_lines: LongLines | None,
 ) -> tuple[int, int, int | None]:
     """Pair the differing lines in ``d`` and count them; with ``out``, write them."""
     if key_sql is not None:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE k AS SELECT {key_sql} AS k, line, net FROM d")
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE k AS SELECT {key_sql} AS k, line, cut, h1, h2, net "
+            "FROM d"
+        )
         # A primary key is unique on each side, so each key is at most one removed and one
         # added line; anything else (a backup whose rows break its key) has no pairing.
         repeated, twice = con.execute(
@@ -448,17 +490,14 @@ def _write_rows(
                 count(*) FILTER (WHERE r.k IS NULL),
                 count(*) FILTER (WHERE a.k IS NULL),
                 count(*) FILTER (WHERE a.k IS NOT NULL AND r.k IS NOT NULL)
-            FROM (SELECT k, line FROM k WHERE net > 0) a
-            FULL JOIN (SELECT k, line FROM k WHERE net < 0) r USING (k)"""
+            FROM (SELECT k FROM k WHERE net > 0) a
+            FULL JOIN (SELECT k FROM k WHERE net < 0) r USING (k)"""
         ).fetchall()[0]
         added, removed, changed = (int(x) for x in counts)
-        query = """SELECT CASE
-                WHEN r.line IS NULL THEN '{"change":"added","row":' || a.line || '}'
-                WHEN a.line IS NULL THEN '{"change":"removed","row":' || r.line || '}'
-                ELSE '{"change":"changed","before":' || r.line || ',"after":' || a.line || '}'
-            END
-            FROM (SELECT k, line FROM k WHERE net > 0) a
-            FULL JOIN (SELECT k, line FROM k WHERE net < 0) r USING (k)
+        # before (removed line) then after (added line), each NULL when absent
+        query = """SELECT r.line, r.cut, r.h1, r.h2, a.line, a.cut, a.h1, a.h2
+            FROM (SELECT k, line, cut, h1, h2 FROM k WHERE net > 0) a
+            FULL JOIN (SELECT k, line, cut, h1, h2 FROM k WHERE net < 0) r USING (k)
             ORDER BY TRY_CAST(k AS HUGEINT), k"""
         result_changed: int | None = changed
     else:
@@ -467,15 +506,69 @@ def _write_rows(
             "coalesce(-sum(net) FILTER (WHERE net < 0), 0) FROM d"
         ).fetchall()[0]
         added, removed = int(counts[0]), int(counts[1])
-        query = """SELECT CASE WHEN net > 0 THEN '{"change":"added","row":' || line || '}'
-                ELSE '{"change":"removed","row":' || line || '}' END
-            FROM d, range(abs(net)) ORDER BY net > 0, line"""
+        query = """SELECT CASE WHEN net < 0 THEN line END, cut, h1, h2,
+                CASE WHEN net > 0 THEN line END, cut, h1, h2
+            FROM d, range(abs(net)) ORDER BY net > 0, line, h1, h2"""
         result_changed = None
     if out is not None:
-        result = con.execute(query)
-        while batch := result.fetchmany(10_000):
-            out.write(b"".join(row[0].encode() + b"\n" for row in batch))
+        _RowsWriter(out, long_lines).write(con.execute(query))
     return added, removed, result_changed
+
+
+class _RowsWriter:
+    """Writes ``--rows`` lines: ``{"change":"added","row":…}``, ``removed``, or
+    ``{"change":"changed","before":…,"after":…}``, each row the line the backup holds
+    (a long one copied from where the reader kept it, never held whole by the engine)."""
+
+    def __init__(self, out: BinaryIO, long_lines: LongLines | None) -> None:
+        self.out = out
+        self.long_lines = long_lines
+
+    def write(self, result: Any) -> None:
+        while batch := result.fetchmany(10_000):
+            for before_line, before_cut, bh1, bh2, after_line, after_cut, ah1, ah2 in batch:
+                if before_line is None:
+                    self.out.write(b'{"change":"added","row":')
+                    self._line(after_line, after_cut, ah1, ah2)
+                elif after_line is None:
+                    self.out.write(b'{"change":"removed","row":')
+                    self._line(before_line, before_cut, bh1, bh2)
+                else:
+                    self.out.write(b'{"change":"changed","before":')
+                    self._line(before_line, before_cut, bh1, bh2)
+                    self.out.write(b',"after":')
+                    self._line(after_line, after_cut, ah1, ah2)
+                self.out.write(b"}\n")
+
+    def _line(self, line: str, cut: bool, h1: int, h2: int) -> None:
+        if cut:
+            assert self.long_lines is not None
+            self.long_lines.copy_to((h1, h2), self.out)
+        else:
+            self.out.write(line.encode())
+
+
+def stand_in(table: BackupTable, key: tuple[str, ...]) -> Callable[[bytes, int, int], bytes]:
+    """What the engine holds in place of a long line of ``table`` (``text[start:end]``):
+    the line with every value but the key columns' written ``null``, so that the key is
+    read from it as from the line (a key column's value is short: an index entry is at
+    most ~2.7 kB). Each column's prefix occurs once in a line (``analysis.token_sql``)."""
+    prefixes = [p.encode() for p in line_prefixes(table)]
+    names = [c.name for c in table.columns]
+    keep = {names.index(k) for k in key}
+
+    def make(text: bytes, start: int, end: int) -> bytes:
+        parts = []
+        for i, prefix in enumerate(prefixes):
+            if i not in keep:
+                parts.append(prefix + b"null")
+                continue
+            at = text.find(prefix, start, end) + len(prefix)
+            stop = text.find(prefixes[i + 1], at, end) if i + 1 < len(prefixes) else end - 1
+            parts.append(prefix + text[at:stop])
+        return b"".join(parts) + b"}" if prefixes else b"{}"
+
+    return make
 
 
 def _sequences(a: Backup, b: Backup) -> tuple[SequenceDiff, ...]:
@@ -582,8 +675,10 @@ def diff(
                     reader = _TableReader(
                         stack.enter_context(
                             engine(scratch, memory_limit=memory_limit, threads=threads)
-                        )
+                        ),
+                        scratch,
                     )
+                    stack.callback(reader.close)
                 return reader
 
             for key in sorted(tables_a.keys() | tables_b.keys()):
@@ -619,7 +714,10 @@ def diff(
                     not_read += 1
                     results.append(TableDiff(key[0], key[1], "unchanged", ta.rows, tb.rows, key=pk))
                     continue
-                con = read().differing(tb.qualified, a, ta.files, b, tb.files)
+                table_reader = read()
+                con = table_reader.differing(
+                    tb.qualified, a, ta.files, b, tb.files, stand_in(tb, pk)
+                )
                 rows_file = None
                 out: BinaryIO | None = None
                 if out_dir is not None:
@@ -629,7 +727,9 @@ def diff(
                     )
                     written.append(out_dir / rows_file)
                 with out or contextlib.nullcontext():
-                    added, removed, changed = _write_rows(con, tb.qualified, out, pairing)
+                    added, removed, changed = _write_rows(
+                        con, tb.qualified, out, pairing, table_reader.long_lines
+                    )
                 status: Status = "changed" if added or removed or changed else "unchanged"
                 if status == "unchanged" and out_dir is not None and rows_file is not None:
                     (out_dir / rows_file).unlink()

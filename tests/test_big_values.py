@@ -36,7 +36,7 @@ MIB = 1 << 20
 # Start-up of the interpreter and our imports, with room to spare.
 _BASE = 200 * MIB
 # How many times the longest line each command may hold (README, "Big values").
-_FACTORS = {"dump": 2.5, "verify": 3.5, "restore": 5.5}
+_FACTORS = {"dump": 2.5, "verify": 3.5, "restore": 5.5, "diff": 3.5, "convert": 5}
 
 _TABLE = "CREATE TABLE big (id int PRIMARY KEY, txt text, bin bytea)"
 
@@ -189,3 +189,49 @@ def test_a_row_written_column_by_column_is_the_line_the_server_writes(
 
     expected, written = anyio.run(both)
     assert written == expected
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_300_mb_last_row_through_diff_and_convert_in_bounded_memory(
+    db: Database, tmp_path: Path
+) -> None:
+    """A 300 MB row last in its file (DuckDB's CSV reader dropped such a row and diff said
+    "identical"): diff sees it changed and convert writes it whole, each in memory bounded
+    by a small multiple of the line (README, "Big values")."""
+    pytest.importorskip("duckdb", reason="the analysis extra (DuckDB)")
+    import pyarrow.parquet as pq
+
+    db.execute(
+        "CREATE TABLE big (id int PRIMARY KEY, txt text);"
+        "ALTER TABLE big ALTER txt SET STORAGE EXTERNAL;"
+        "INSERT INTO big VALUES (1, 'x');"
+        "INSERT INTO big SELECT 2, repeat('0123456789abcdef', 19 * 1024 * 1024)"
+    )
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "before", "-q", timeout=600)
+    assert run.returncode == 0, run.stderr
+    db.execute("UPDATE big SET txt = txt || 'y' WHERE id = 2")  # a new version, last again
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "after", "-q", timeout=600)
+    assert run.returncode == 0, run.stderr
+    (entry,) = manifest_of(tmp_path / "after")["tables"]
+    line = entry["files"][0]["bytes"]
+    assert line > 300 * MIB
+    before, after = str(tmp_path / "before"), str(tmp_path / "after")
+    rss = {"diff": _peak_rss("diff", before, after, "--json")}
+    rss["convert"] = _peak_rss("convert", after, "--to", "parquet", str(tmp_path / "pq"))
+    run = run_cli("diff", before, after, "--exit-code", timeout=600)
+    assert run.returncode == 7, run.stderr
+    assert run.stdout.splitlines()[0] == (
+        "public.big: 2 -> 2 rows: 0 added, 0 removed, 1 changed (by id)"
+    )
+    (written,) = (tmp_path / "pq").iterdir()
+    table = pq.read_table(written)
+    assert sorted(
+        zip(table["id"].to_pylist(), map(len, table["txt"].to_pylist()), strict=True)
+    ) == [
+        (1, 1),
+        (2, 19 * 16 * MIB + 1),
+    ]
+    for command, peak in rss.items():
+        bound = _BASE + _FACTORS[command] * line
+        assert peak < bound, f"{command}: {peak / MIB:.0f} MiB, bound {bound / MIB:.0f} MiB"

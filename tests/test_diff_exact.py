@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from asyncsnap.analysis import convert, read_arrow, views_sql
@@ -79,7 +80,7 @@ def test_long_rows_first_middle_and_last_reach_every_reader(db: Database, tmp_pa
         "UPDATE mid_long SET v = 'z' WHERE id = 4;"
         "UPDATE images SET v = v || '\\x01'::bytea WHERE id = 2",
     )
-    result = diff(before, after)
+    result = diff(before, after, rows_dir=tmp_path / "rows")
     assert by_name(result) == {
         "first_long": ("changed", 0, 1, 0),
         "mid_long": ("changed", 0, 0, 1),
@@ -87,6 +88,32 @@ def test_long_rows_first_middle_and_last_reach_every_reader(db: Database, tmp_pa
         "images": ("changed", 1, 1, None),
     }
     assert not result.identical
+    # --rows holds the rows themselves, long ones whole (kept out of the engine)
+    written = {
+        t.name: [
+            orjson.loads(ln) for ln in (tmp_path / "rows" / t.rows_file).read_bytes().splitlines()
+        ]
+        for t in result.tables
+        if t.rows_file
+    }
+    (last,) = written["last_long"]
+    assert (last["change"], len(last["before"]["v"]), len(last["after"]["v"])) == (
+        "changed",
+        30_000_000,
+        30_000_001,
+    )
+    assert last["after"]["v"] == db.fetchval("SELECT v FROM last_long WHERE id = 3")
+    (first,) = written["first_long"]
+    assert (first["change"], first["row"]["id"], len(first["row"]["v"])) == (
+        "removed",
+        1,
+        30_000_000,
+    )
+    images = {r["change"]: r["row"] for r in written["images"]}
+    assert images["added"]["v"] == "\\x" + db.fetchval(
+        "SELECT encode(v, 'hex') FROM images WHERE id = 2"
+    )
+    assert len(images["removed"]["v"]) == 2 + 1_600_000  # "\\x" and 800 kB in hex
 
     # every reader gives every row of the after state, with its full length
     tables = ("first_long", "mid_long", "last_long", "images")
