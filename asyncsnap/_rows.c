@@ -1373,13 +1373,42 @@ static PyObject *py_line_fingerprint(PyObject *self, PyObject *arg)
     return Py_BuildValue("(ny#n)", rows, (const char *)sum, (Py_ssize_t)16, (Py_ssize_t)start);
 }
 
+/* How many newlines p[0..n) holds: 8 bytes at a time. A byte of x is zero exactly where
+ * the word has a newline; the sum below sets a byte's high bit exactly when it is not
+ * zero (no carry crosses bytes), so z holds a 1 in the low bit of each newline's byte,
+ * and the multiplication adds those eight bits into the top byte (no popcount
+ * instruction needed). */
+static size_t count_newlines(const unsigned char *p, size_t n)
+{
+    const uint64_t ones7 = 0x7F7F7F7F7F7F7F7FULL, nl = 0x0A0A0A0A0A0A0A0AULL;
+    const uint64_t lows = 0x0101010101010101ULL;
+    size_t i = 0, count = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word, x, z;
+        memcpy(&word, p + i, 8);
+        x = word ^ nl;
+        z = (~(((x & ones7) + ones7) | x | ones7)) >> 7;
+        count += (size_t)((z * lows) >> 56);
+    }
+    for (; i < n; i++) count += p[i] == '\n';
+    return count;
+}
+
 /* Whether p[0..n) is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates,
- * nothing above U+10FFFF). */
+ * nothing above U+10FFFF). ASCII, the most of JSON, is checked 8 bytes at a time. */
 static int valid_utf8(const unsigned char *p, size_t n)
 {
     size_t i = 0;
     while (i < n) {
         unsigned char c = p[i];
+        if (i + 8 <= n) {
+            uint64_t word;
+            memcpy(&word, p + i, 8);
+            if ((word & 0x8080808080808080ULL) == 0) {
+                i += 8;
+                continue;
+            }
+        }
         if (c < 0x80) {
             i++;
             continue;
@@ -1405,76 +1434,108 @@ static int valid_utf8(const unsigned char *p, size_t n)
     return 1;
 }
 
-/* line_columns(data, with_hashes, with_text): the lines of data (whole lines, each ending
- * in a newline) as the columns of an Arrow record batch for the analysis engine:
- *   rows;
- *   with_hashes: hi, lo: per line, the first and second 8 bytes of its SHA-256 (newline excluded) as
- *     native-endian uint64 arrays: the line's identity, 128 bits;
+/* Whether v is in the sorted array w[0..n). */
+static int in_sorted(const uint64_t *w, size_t n, uint64_t v)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (w[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && w[lo] == v;
+}
+
+/* line_columns(data, with_hashes, with_text[, wanted]): the lines of data (whole lines,
+ * each ending in a newline) as the columns of an Arrow record batch for the analysis
+ * engine:
+ *   rows: the lines given back;
+ *   with_hashes: hi, lo: per line, the first and second 8 bytes of its SHA-256 (newline
+ *     excluded) as native-endian uint64 arrays: the line's identity, 128 bits;
  *     sum: the sum of those 128-bit values modulo 2^128, 16 big-endian bytes (the
- *     fingerprint of the lines, asyncsnap.fingerprint); otherwise None, None, None;
+ *     fingerprint of the lines given back, asyncsnap.fingerprint); otherwise None;
  *   with_text: offsets (int64, rows + 1) and the lines' bytes without their newlines (an
  *     Arrow large_string), each line checked to be UTF-8; otherwise None, None;
- *   longest: the length of the longest line (newline excluded).
+ *   longest: the length of the longest line given back;
+ *   lines: how many lines data holds.
+ * wanted (needs with_hashes): a sorted native uint64 array; only the lines whose first 8
+ * bytes of SHA-256 are in it are given back (diff's second pass: a few lines of many).
  * Nothing of data is kept: the results are new bytes objects. */
 static PyObject *py_line_columns(PyObject *self, PyObject *args)
 {
-    Py_buffer data;
-    int with_hashes = 0, with_text = 0;
-    Py_ssize_t rows = 0, bad = -1, longest = 0;
+    Py_buffer data, wanted = {0};
+    int with_hashes = 0, with_text = 0, filtering;
+    Py_ssize_t lines = 0, rows = 0, bad = -1, longest = 0, line = 0;
+    size_t written = 0;
     unsigned __int128 total = 0;
     PyObject *hi = NULL, *lo = NULL, *sumbytes = NULL, *offsets = NULL, *text = NULL;
     PyObject *result = NULL;
     unsigned char sum[16];
     int k;
-    if (!PyArg_ParseTuple(args, "y*pp", &data, &with_hashes, &with_text)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*pp|y*", &data, &with_hashes, &with_text, &wanted))
+        return NULL;
+    filtering = wanted.buf != NULL;
+    if (filtering && (!with_hashes || wanted.len % 8 != 0)) {
+        PyErr_SetString(PyExc_ValueError, "line_columns: wanted needs hashes and uint64s");
+        goto fail;
+    }
     {
         const unsigned char *s = data.buf;
-        size_t n = (size_t)data.len, i;
+        size_t n = (size_t)data.len;
         if (n > 0 && s[n - 1] != '\n') {
             PyErr_SetString(PyExc_ValueError, "line_columns: the data does not end with a newline");
             goto fail;
         }
-        for (i = 0; i < n; i++) rows += s[i] == '\n';
+        lines = (Py_ssize_t)count_newlines(s, n);
     }
+    /* sized for every line; cut to the lines kept at the end */
     if (with_hashes) {
-        hi = PyBytes_FromStringAndSize(NULL, rows * 8);
-        lo = PyBytes_FromStringAndSize(NULL, rows * 8);
+        hi = PyBytes_FromStringAndSize(NULL, lines * 8);
+        lo = PyBytes_FromStringAndSize(NULL, lines * 8);
         if (hi == NULL || lo == NULL) goto fail;
     }
     if (with_text) {
-        offsets = PyBytes_FromStringAndSize(NULL, (rows + 1) * 8);
-        text = PyBytes_FromStringAndSize(NULL, data.len - rows);
+        offsets = PyBytes_FromStringAndSize(NULL, (lines + 1) * 8);
+        text = PyBytes_FromStringAndSize(NULL, data.len - lines);
         if (offsets == NULL || text == NULL) goto fail;
     }
     Py_BEGIN_ALLOW_THREADS
     {
         const unsigned char *s = data.buf;
-        size_t n = (size_t)data.len, start = 0, written = 0;
+        const uint64_t *w = filtering ? (const uint64_t *)wanted.buf : NULL;
+        size_t n = (size_t)data.len, start = 0, nw = (size_t)wanted.len / 8;
         uint64_t *his = with_hashes ? (uint64_t *)PyBytes_AS_STRING(hi) : NULL;
         uint64_t *los = with_hashes ? (uint64_t *)PyBytes_AS_STRING(lo) : NULL;
         int64_t *offs = with_text ? (int64_t *)PyBytes_AS_STRING(offsets) : NULL;
         char *out = with_text ? PyBytes_AS_STRING(text) : NULL;
-        Py_ssize_t r = 0;
         while (start < n) {
             const unsigned char *nl = memchr(s + start, '\n', n - start);
             size_t len = (size_t)(nl - (s + start));
-            if ((Py_ssize_t)len > longest) longest = (Py_ssize_t)len;
             if (with_hashes) {
                 unsigned __int128 v = line_digest128(s + start, len);
-                his[r] = (uint64_t)(v >> 64);
-                los[r] = (uint64_t)v;
+                if (filtering && !in_sorted(w, nw, (uint64_t)(v >> 64))) {
+                    start += len + 1;
+                    line++;
+                    continue;
+                }
+                his[rows] = (uint64_t)(v >> 64);
+                los[rows] = (uint64_t)v;
                 total += v; /* unsigned: wraps modulo 2^128 */
             }
+            if ((Py_ssize_t)len > longest) longest = (Py_ssize_t)len;
             if (with_text) {
-                if (bad < 0 && !valid_utf8(s + start, len)) bad = r;
-                offs[r] = (int64_t)written;
+                if (bad < 0 && !valid_utf8(s + start, len)) bad = line; /* of all lines */
+                offs[rows] = (int64_t)written;
                 memcpy(out + written, s + start, len);
                 written += len;
             }
-            r++;
+            rows++;
+            line++;
             start += len + 1;
         }
-        if (with_text) offs[r] = (int64_t)written;
+        if (with_text) offs[rows] = (int64_t)written;
     }
     Py_END_ALLOW_THREADS
     if (bad >= 0) {
@@ -1482,6 +1543,13 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
         err_set(&err, bad, -1, "not UTF-8");
         raise_err(&err);
         goto fail;
+    }
+    if (rows < lines) {
+        if ((with_hashes && (_PyBytes_Resize(&hi, rows * 8) < 0 ||
+                             _PyBytes_Resize(&lo, rows * 8) < 0)) ||
+            (with_text && (_PyBytes_Resize(&offsets, (rows + 1) * 8) < 0 ||
+                           _PyBytes_Resize(&text, (Py_ssize_t)written) < 0)))
+            goto fail;
     }
     for (k = 15; k >= 0; k--) {
         sum[k] = (unsigned char)(total & 0xff);
@@ -1499,7 +1567,7 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
         offsets = Py_NewRef(Py_None);
         text = Py_NewRef(Py_None);
     }
-    result = Py_BuildValue("(nNNNNNn)", rows, hi, lo, sumbytes, offsets, text, longest);
+    result = Py_BuildValue("(nNNNNNnn)", rows, hi, lo, sumbytes, offsets, text, longest, lines);
     hi = lo = sumbytes = offsets = text = NULL; /* stolen by N, also when it fails */
 fail:
     Py_XDECREF(hi);
@@ -1508,6 +1576,7 @@ fail:
     Py_XDECREF(offsets);
     Py_XDECREF(text);
     PyBuffer_Release(&data);
+    if (wanted.buf != NULL) PyBuffer_Release(&wanted);
     return result;
 }
 
@@ -1530,11 +1599,13 @@ static PyMethodDef methods[] = {
      "each line's SHA-256 (without its newline) as 16 big-endian bytes, and the offset "
      "after the last newline."},
     {"line_columns", py_line_columns, METH_VARARGS,
-     "line_columns(data, with_hashes, with_text) -> (rows, hi, lo, sum, offsets, text, longest)\n\n"
+     "line_columns(data, with_hashes, with_text[, wanted]) -> "
+     "(rows, hi, lo, sum, offsets, text, longest, lines)\n\n"
      "Whole lines as Arrow columns: with_hashes, each line's 128-bit SHA-256 prefix as two "
      "native uint64 arrays and their sum modulo 2**128 (16 big-endian bytes); with_text, int64 "
      "offsets and the lines without newlines (checked UTF-8). None for what was not asked; "
-     "longest: the longest line's length."},
+     "longest: the longest line's length; lines: the lines in data. wanted: a sorted uint64 "
+     "array: only lines whose first hash half is in it are given back."},
     {"json_string", py_json_string, METH_O,
      "json_string(utf8) -> bytes: the bytes as a JSON string, escaped as escape_json does."},
     {NULL, NULL, 0, NULL},

@@ -200,9 +200,13 @@ class DataFileReader:
         block_size: int = 4 << 20,
         max_line: int | None = None,
         identities: list[Any] | None = None,
+        count_rows: bool = True,
     ) -> None:
         """``identities``: age secret keys, for a file written encrypted (it is hashed
-        as stored, then decrypted, then decompressed)."""
+        as stored, then decrypted, then decompressed). ``count_rows`` False: the caller
+        counts the lines of each block into ``rows`` itself (it splits them anyway), so
+        they are not counted twice; ``finish`` checks ``rows`` all the same."""
+        self.count_rows = count_rows
         self.backup = backup
         self.identities = identities or list(backup.identities) or None
         self.entry = entry
@@ -274,7 +278,8 @@ class DataFileReader:
             if cut < len(data):
                 self._pending += memoryview(data)[cut:]
             del data
-            self.rows += block.count(b"\n")
+            if self.count_rows:
+                self.rows += block.count(b"\n")
             self.raw_bytes += len(block)
             return block
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -57,12 +59,18 @@ class LineBatches:
         text: bool = True,
         block_size: int = _BLOCK,
         long_lines: LongLines | None = None,
+        wanted: bytes | None = None,
     ) -> None:
         """``long_lines`` (with ``hashes`` and ``text``): lines longer than its ``limit`` go
         there, and the batch's ``line`` holds ``long_lines.stand_in(line)`` instead, with
         ``cut`` true: the engine never holds a huge line (DuckDB needs several times a
-        value's size, and slowed to a crawl on a 300 MB one)."""
+        value's size, and slowed to a crawl on a 300 MB one).
+
+        ``wanted`` (with ``hashes``): a sorted array of native uint64s; only the lines
+        whose identity's first half is in it are given (every line is still read, checked
+        and counted)."""
         self.long_lines = long_lines
+        self.wanted = wanted
         self.backup = backup
         self.files = [f for f in files if f.rows]
         self.hashes = hashes
@@ -91,8 +99,11 @@ class LineBatches:
         return f"{self.total:032x}"
 
     def reader(self) -> pa.RecordBatchReader:
-        """A one-pass Arrow stream (what DuckDB scans when it is registered)."""
-        return pa.RecordBatchReader.from_batches(self.schema, iter(self))
+        """A one-pass Arrow stream (what DuckDB scans when it is registered), read ahead
+        in a thread of its own: the engine pulls its streams one batch at a time, and
+        reading (decompression, hashing) mostly runs without the GIL, so two streams and
+        the engine keep two cores busy."""
+        return pa.RecordBatchReader.from_batches(self.schema, _read_ahead([iter(self)]))
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         if self._started:
@@ -107,7 +118,7 @@ class LineBatches:
             raise
 
     def _file(self, entry: BackupFile) -> Iterator[pa.RecordBatch]:
-        reader = DataFileReader(self.backup, entry, block_size=self.block_size)
+        reader = DataFileReader(self.backup, entry, block_size=self.block_size, count_rows=False)
         try:
             for block in reader:
                 yield self._batch(reader, block)
@@ -118,11 +129,13 @@ class LineBatches:
 
     def _batch(self, reader: DataFileReader, block: bytes | bytearray) -> pa.RecordBatch:
         try:
-            rows, hi, lo, total, offsets, text, longest = _rows.line_columns(
-                block, self.hashes, self.text
-            )
+            if self.wanted is None:
+                found = _rows.line_columns(block, self.hashes, self.text)
+            else:
+                found = _rows.line_columns(block, self.hashes, self.text, self.wanted)
+            rows, hi, lo, total, offsets, text, longest, lines = found
         except _rows.LineError as exc:
-            line = reader.rows - block.count(b"\n") + exc.line + 1
+            line = reader.rows + exc.line + 1
             raise VerificationFailed(
                 f"{reader.entry.path}: line {line} is {exc.what}",
                 hint="the backup is damaged; `asyncsnap verify` says more",
@@ -135,17 +148,19 @@ class LineBatches:
             self.total = (self.total + int.from_bytes(total, "big")) % MODULUS
         if self.text:
             assert offsets is not None and text is not None
-            lines = pa.Array.from_buffers(
+            strings = pa.Array.from_buffers(
                 pa.large_string(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(text)]
             )
             if self.long_lines is None:
-                columns.append(lines)
+                columns.append(strings)
             elif longest <= self.long_lines.limit:
-                columns += [lines, pa.nulls(rows, pa.bool_()).fill_null(False)]
+                none_cut = pa.py_buffer(bytes((rows + 7) // 8))  # a bitmap of zeros
+                columns += [strings, pa.Array.from_buffers(pa.bool_(), rows, [None, none_cut])]
             else:
                 assert hi is not None and lo is not None
                 columns += self.long_lines.take(offsets, text, hi, lo)
-        self.rows += rows
+        self.rows += lines
+        reader.rows += lines  # finish() checks them against the manifest
         self.longest = max(self.longest, longest)
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
@@ -159,6 +174,91 @@ class LineBatches:
                 f"{what}: {self.rows} rows read of the {self.expected_rows} the manifest lists",
                 hint="report this: every row of a table must reach the answer",
             )
+
+
+def read_together(
+    sources: Sequence[LineBatches], sides: Sequence[int] | None = None
+) -> pa.RecordBatchReader:
+    """One Arrow stream of several sources' batches, each source read in a thread of its
+    own, batches in whatever order they are ready (with ``sides``, each batch gets a
+    column ``side`` holding its source's number).
+
+    An engine pulls a stream one batch at a time from one thread, and a UNION of streams
+    is read one after another; reading (decompression, hashing) mostly runs without the
+    GIL, so two sources read at once keep two cores busy while the engine works."""
+    schema = sources[0].schema
+    if sides is not None:
+        schema = schema.append(pa.field("side", pa.int8()))
+    iterators = []
+    for number, source in enumerate(sources):
+        if sides is None:
+            iterators.append(iter(source))
+        else:
+            iterators.append(_with_side(iter(source), sides[number]))
+    return pa.RecordBatchReader.from_batches(schema, _read_ahead(iterators))
+
+
+def _with_side(batches: Iterator[pa.RecordBatch], side: int) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        yield batch.append_column("side", pa.repeat(pa.scalar(side, pa.int8()), batch.num_rows))
+
+
+_DONE = object()
+
+
+def _read_ahead(sources: Sequence[Iterator[pa.RecordBatch]]) -> Iterator[pa.RecordBatch]:
+    """The batches of ``sources``, each produced in a thread of its own, at most two
+    ahead of the consumer per source. A failure in a thread is raised here; a consumer
+    that stops early stops the threads."""
+    ready: queue.Queue[Any] = queue.Queue(maxsize=2 * len(sources))
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce(batches: Iterator[pa.RecordBatch]) -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(_DONE)
+        except BaseException as exc:
+            put(exc)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # the generator runs here, so it is closed here
+
+    threads = [
+        threading.Thread(target=produce, args=(s,), name="asyncsnap-read-ahead", daemon=True)
+        for s in sources
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        running = len(threads)
+        while running:
+            item = ready.get()
+            if item is _DONE:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        stop.set()
+        for thread in threads:
+            while thread.is_alive():  # a producer blocked on a full queue must see the stop
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        ready.get_nowait()
+                thread.join(0.05)
 
 
 def engine_errors(sources: Sequence[LineBatches]) -> contextlib.AbstractContextManager[None]:

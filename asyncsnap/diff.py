@@ -198,6 +198,10 @@ def _column(table: BackupTable, name: str) -> BackupColumn:
     return next(c for c in table.columns if c.name == name)
 
 
+# The most identities whose lines the reader picks out itself in diff's second pass (a
+# sorted array of 8 bytes each, 32 MB at most); more go to the engine's join.
+_SIEVE_MAX = 4_000_000
+
 # Key columns whose values are equal by their type's ``=`` exactly when the dump wrote the
 # same JSON text for them (docs/format.md, "The same key"): output functions with one text
 # per value under the dump's fixed settings (TimeZone UTC, DateStyle ISO, lc_monetary C,
@@ -340,21 +344,18 @@ class _TableReader:
         """Pass 1: each line's 128-bit identity, no text; keep in ``h`` the identities whose
         counts differ (the engine holds 17 bytes a distinct line, spilling past its
         limit)."""
-        from .batches import LineBatches
+        from .batches import LineBatches, read_together
 
         def attempt() -> tuple[LineBatches, LineBatches]:
             old = LineBatches(a, before, hashes=True, text=False)
             new = LineBatches(b, after, hashes=True, text=False)
-            self.con.register("old_lines", old.reader())
-            self.con.register("new_lines", new.reader())
+            self.con.register("both_lines", read_together([old, new], sides=[-1, 1]))
             run_engine(
                 what,
                 [old, new],
                 lambda: self.con.execute(
                     """CREATE OR REPLACE TEMP TABLE h AS
-                    SELECT h1, h2, sum(side)::BIGINT AS net FROM (
-                        SELECT h1, h2, -1 AS side FROM old_lines
-                        UNION ALL SELECT h1, h2, 1 AS side FROM new_lines)
+                    SELECT h1, h2, sum(side)::BIGINT AS net FROM both_lines
                     GROUP BY h1, h2 HAVING sum(side) <> 0"""
                 ),
                 self.con,
@@ -362,8 +363,7 @@ class _TableReader:
             return old, new
 
         old, new = attempts(self.con, attempt)
-        self.con.unregister("old_lines")
-        self.con.unregister("new_lines")
+        self.con.unregister("both_lines")
         for side, files in ((old, before), (new, after)):
             _check_recorded(what, side.fingerprint, files)
         self._check_sums(what, old, new)
@@ -378,7 +378,7 @@ class _TableReader:
     ) -> None:
         """Pass 2: the lines of the identities in ``h``, from the side(s) that hold them,
         into ``d``: one line per identity (its text is the same wherever it occurs)."""
-        from .batches import LineBatches
+        from .batches import LineBatches, read_together
 
         wanted = self.con.execute(
             "SELECT count(*) FILTER (WHERE net < 0), count(*) FILTER (WHERE net > 0) FROM h"
@@ -390,39 +390,44 @@ class _TableReader:
             )
             return
 
+        # Up to a few million identities, the reader itself keeps only the lines whose
+        # identity's first half is among them (a sorted array, 8 bytes each): the engine
+        # then joins those few instead of every line of both sides. Past that, memory
+        # bounds win: every line goes to the engine, which spills.
+        sieve = {
+            side: self._sieve(side) if count <= _SIEVE_MAX else None
+            for side, count in (("< 0", wanted[0]), ("> 0", wanted[1]))
+        }
+
         def attempt() -> None:
-            sources = []
-            for name, backup, files, needed in (
-                ("old_text", a, before, wanted[0]),
-                ("new_text", b, after, wanted[1]),
-            ):
-                if needed:
-                    lines = LineBatches(backup, files, long_lines=self.long_lines)
-                    sources.append((name, lines))
-                    self.con.register(name, lines.reader())
-            union = " UNION ALL ".join(
-                f"SELECT h1, h2, line, cut FROM {name}" for name, _ in sources
-            )
+            sources = [
+                LineBatches(backup, files, long_lines=self.long_lines, wanted=sieve[side])
+                for backup, files, needed, side in (
+                    (a, before, wanted[0], "< 0"),
+                    (b, after, wanted[1], "> 0"),
+                )
+                if needed
+            ]
+            self.con.register("both_texts", read_together(sources))
             # The join's hash table on the identities (few), not on the stream (all lines):
             # DuckDB cannot know the stream's size and may guess it small.
             self.con.execute("SET disabled_optimizers = 'build_side_probe_side'")
             try:
                 run_engine(
                     what,
-                    [lines for _, lines in sources],
+                    sources,
                     lambda: self.con.execute(
-                        f"""CREATE OR REPLACE TEMP TABLE d AS
+                        """CREATE OR REPLACE TEMP TABLE d AS
                         SELECT h.h1, h.h2, any_value(l.line) AS line, any_value(l.cut) AS cut,
                             any_value(h.net) AS net
-                        FROM ({union}) l JOIN h ON l.h1 = h.h1 AND l.h2 = h.h2
+                        FROM both_texts l JOIN h ON l.h1 = h.h1 AND l.h2 = h.h2
                         GROUP BY h.h1, h.h2"""
                     ),
                     self.con,
                 )
             finally:
                 self.con.execute("RESET disabled_optimizers")
-                for name, _ in sources:
-                    self.con.unregister(name)
+                self.con.unregister("both_texts")
 
         attempts(self.con, attempt)
         found = self.con.execute("SELECT count(*) FROM d").fetchall()[0][0]
@@ -431,6 +436,24 @@ class _TableReader:
                 f"{what}: {found} of the {wanted[0] + wanted[1]} differing lines found again",
                 hint="the files changed while diff read them; run it again",
             )
+
+    def _sieve(self, side: str) -> bytes:
+        """The sorted first halves of the identities in ``h`` with ``net {side}``, as a
+        native uint64 array (``batches.LineBatches``' ``wanted``)."""
+        # One sorted list value: the engine (preserve_insertion_order off) may hand an
+        # ORDER BY's rows over in chunks out of order (seen: a sieve that missed lines).
+        lists = (
+            self.con.sql(
+                f"SELECT coalesce(list_sort(list(DISTINCT h1)), []) FROM h WHERE net {side}"
+            )
+            .to_arrow_table()
+            .column(0)
+            .combine_chunks()
+        )
+        values = lists.values
+        start, end = lists.offsets[0].as_py(), lists.offsets[1].as_py()
+        data = values.buffers()[1]
+        return bytes(data)[(values.offset + start) * 8 : (values.offset + end) * 8]
 
     def _check_sums(self, what: str, old: LineBatches, new: LineBatches) -> None:
         """The engine's answer accounts for every line: the rows of A plus the net count
