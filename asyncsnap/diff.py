@@ -534,7 +534,14 @@ def _write_rows(
             FROM d, range(abs(net)) ORDER BY net > 0, line, h1, h2"""
         result_changed = None
     if out is not None:
-        _RowsWriter(out, long_lines).write(con.execute(query))
+        # The engine runs with preserve_insertion_order off (less memory), and then handed
+        # an ORDER BY's Arrow result over in chunks out of order (``_sieve``); the rows are
+        # promised in key order, so it is on for this query.
+        con.execute("SET preserve_insertion_order = true")
+        try:
+            _RowsWriter(out, long_lines).write(con.execute(query))
+        finally:
+            con.execute("SET preserve_insertion_order = false")
     return added, removed, result_changed
 
 
