@@ -36,7 +36,7 @@ MIB = 1 << 20
 # Start-up of the interpreter and our imports, with room to spare.
 _BASE = 200 * MIB
 # How many times the longest line each command may hold (README, "Big values").
-_FACTORS = {"dump": 2.5, "verify": 3.5, "restore": 5.5, "diff": 3.5, "convert": 5}
+_FACTORS = {"dump": 2.5, "verify": 3.5, "restore": 5.5, "diff": 5, "convert": 5}
 
 _TABLE = "CREATE TABLE big (id int PRIMARY KEY, txt text, bin bytea)"
 
