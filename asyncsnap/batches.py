@@ -113,6 +113,8 @@ class LineBatches:
             for entry in self.files:
                 yield from self._file(entry)
             self.complete = True
+        except GeneratorExit:
+            raise  # closed early (the engine stopped: another source failed), not a failure
         except BaseException as exc:
             self.error = exc
             raise
