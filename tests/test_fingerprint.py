@@ -73,3 +73,31 @@ def test_an_unended_line_is_not_counted() -> None:
     assert fingerprint.rows == 1 and not fingerprint.complete
     assert fingerprint.hexdigest() == reference([b'{"a":1}'])
     assert RowFingerprint().hexdigest() == EMPTY
+
+
+def test_every_line_length_up_to_200_against_hashlib() -> None:
+    """SHA-256's padding takes a second block when a line's length mod 64 is 56 or more:
+    every length from 0 to 200 bytes, through the fingerprint's sum and through the
+    per-line identities the analysis readers use (``_rows.line_columns``), against
+    hashlib."""
+    import struct
+
+    from asyncsnap import _rows
+
+    rng = random.Random(11)
+    lines = [bytes(rng.randrange(256) for _ in range(n)).replace(b"\n", b" ") for n in range(201)]
+    data = b"".join(line + b"\n" for line in lines)
+    fingerprint = RowFingerprint()
+    fingerprint.update(data)
+    assert (fingerprint.rows, fingerprint.hexdigest()) == (len(lines), reference(lines))
+    rows, hi, lo, total, _, _, longest, seen = _rows.line_columns(data, True, False)
+    assert (rows, seen, longest) == (201, 201, 200)
+    assert hi is not None and lo is not None and total is not None
+    firsts, seconds = struct.unpack(f"={rows}Q", hi), struct.unpack(f"={rows}Q", lo)
+    for line, first, second in zip(lines, firsts, seconds, strict=True):
+        digest = hashlib.sha256(line).digest()
+        assert (first, second) == (
+            int.from_bytes(digest[:8], "big"),
+            int.from_bytes(digest[8:16], "big"),
+        ), len(line)
+    assert f"{int.from_bytes(total, 'big'):032x}" == reference(lines)
