@@ -16,11 +16,14 @@ from pathlib import Path, PurePath
 from urllib.parse import unquote, urlsplit
 
 from .errors import UsageError
-from .objectstore import StoreUrl
+from .objectstore import StoreUrl, shown
 
-# RFC 3986 scheme, then "://" (as typed) or ":/" (what Path() makes of "s3://b/x").
+# RFC 3986 scheme, then "://" (a URL as typed).
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
-_COLLAPSED_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):/(?!/)")
+# Anything that starts like a URL, a scheme and a colon ("s3:/b/x", which Path() also
+# makes of "s3://b/x"; "s3:bucket"): never a path, though it could name one. A local
+# directory whose name has a colon is written ./name.
+_URL_LIKE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 OBJECT_STORE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss"})
 # abfs/abfss are Azure Data Lake URLs (account in the host): StoreUrl refuses them by name.
 
@@ -38,6 +41,14 @@ def backup_location(value: str | os.PathLike[str], *, role: str) -> Path | Store
     return local_path(value, role=role)
 
 
+def _not_a_url(role: str, text: str, scheme: str) -> UsageError:
+    return UsageError(
+        f"{role} {shown(text)} starts like a URL ({scheme}:) but is not one: a URL is scheme://...",
+        hint="an object store is s3://bucket/prefix (two slashes); a local directory whose "
+        "name has a colon is ./name",
+    )
+
+
 def local_path(value: str | os.PathLike[str], *, role: str) -> Path:
     """``value`` as a local path, or a ``UsageError`` when it is a URL. ``role`` says what
     the value is for (``-o``, ``BACKUP``), for the message.
@@ -48,26 +59,33 @@ def local_path(value: str | os.PathLike[str], *, role: str) -> Path:
     PosixPath('/srv/backups')
     """
     text = os.fspath(value)
-    match = _URL.match(text)
-    if match is None and isinstance(value, PurePath):
-        match = _COLLAPSED_URL.match(text)  # Path("s3://b/x") is s3:/b/x
-    if match is None:
+    like = _URL_LIKE.match(text)
+    if like is None:
         return Path(text)
-    scheme = match.group(1).lower()
+    scheme = like.group(1).lower()
+    match = _URL.match(text)
+    if match is None:
+        if isinstance(value, PurePath) and scheme in OBJECT_STORE_SCHEMES:
+            # what Path() makes of s3://b/x: an object store URL given where a path is
+            raise UsageError(
+                f"{role} {shown(text)} is an object store URL; {role} takes a local file here",
+                hint="give a local path",
+            )
+        raise _not_a_url(role, text, scheme)
     if scheme == "file":
         parts = urlsplit(text)
         if parts.netloc not in ("", "localhost"):
             raise UsageError(
-                f"{role} {text!r} names another machine ({parts.netloc})",
+                f"{role} {shown(text)} names another machine",
                 hint="a file:// URL must be local: file:///path or a plain path",
             )
         return Path(unquote(parts.path))
     if scheme in OBJECT_STORE_SCHEMES:
         raise UsageError(
-            f"{role} {text!r} is an object store URL; {role} takes a local file here",
+            f"{role} {shown(text)} is an object store URL; {role} takes a local file here",
             hint="give a local path",
         )
     raise UsageError(
-        f"{role} {text!r} is a {scheme}: URL, not a directory",
+        f"{role} {shown(text)} is a {scheme}: URL, not a directory",
         hint="give a local directory (a path), or file:///path",
     )

@@ -53,6 +53,23 @@ PARTS_IN_FLIGHT = 2  # per object: memory is about (1 + this) parts
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,254}")
 
 
+def shown(text: str) -> str:
+    """A location as it may be printed: what the user wrote, quoted, but never a URL's
+    credentials (``user:secret@``), query (``?secret=``) or fragment, and nothing after
+    the scheme of a string that only starts like a URL (``s3:/KEY:SECRET@bucket``: where
+    the credentials end is anyone's guess)."""
+    head = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", text)
+    if head is None:
+        return repr(text)
+    if not text.startswith(head.group(0) + "//"):
+        return repr(head.group(0) + "...")
+    parts = urlsplit(text)
+    host = parts.netloc.rpartition("@")[2]
+    hidden = "***@" if "@" in parts.netloc else ""
+    rest = "?..." if parts.query or parts.fragment else ""
+    return repr(f"{parts.scheme}://{hidden}{host}{parts.path}{rest}")
+
+
 @dataclass(frozen=True)
 class StoreUrl:
     """``scheme://bucket/prefix``, checked: no credentials, no ``..``, a bucket name."""
@@ -70,7 +87,9 @@ class StoreUrl:
         parts = urlsplit(text)
         scheme = SCHEMES.get(parts.scheme.lower())
         if scheme is None:
-            raise UsageError(f"{text!r} is not an object store URL", hint="use s3://bucket/prefix")
+            raise UsageError(
+                f"{shown(text)} is not an object store URL", hint="use s3://bucket/prefix"
+            )
         if "@" in parts.netloc or parts.password or parts.username:
             raise UsageError(
                 "credentials in an object store URL are refused: they would be shown "
@@ -79,7 +98,7 @@ class StoreUrl:
             )
         if parts.query or parts.fragment:
             raise UsageError(
-                f"{text!r} has a query or fragment", hint="use scheme://bucket/prefix only"
+                f"{shown(text)} has a query or fragment", hint="use scheme://bucket/prefix only"
             )
         if not _BUCKET.fullmatch(parts.netloc):
             raise UsageError(
@@ -87,7 +106,7 @@ class StoreUrl:
             )
         segments = [s for s in parts.path.split("/") if s]
         if any(s in (".", "..") for s in segments):
-            raise UsageError(f"{text!r} has a . or .. segment", hint="give the prefix plainly")
+            raise UsageError(f"{shown(text)} has a . or .. segment", hint="give the prefix plainly")
         return cls(scheme, parts.netloc, "/".join(segments))
 
     def __str__(self) -> str:

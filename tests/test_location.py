@@ -68,3 +68,36 @@ def test_dump_to_an_unreachable_store_writes_no_local_directory(
         assert error.startswith("error: could not ") and "s3://backups/nightly" in error, error
         assert hint.startswith("hint: ") and run.stdout == ""
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["s3:/bucket/prefix", "s3:bucket", "S3:/KEY:SECRET@bucket/prefix", "gs:/b/x", "mailto:x"],
+)
+def test_anything_that_starts_like_a_url_is_never_a_path(value: str, tmp_path: Path) -> None:
+    """`-o s3:/bucket/prefix` (one slash) wrote ./s3:/bucket/... and exited 0; with
+    s3:/KEY:SECRET@bucket the secret became a directory name and was printed. Every
+    string that starts with a scheme and a colon is a URL or refused, for dump, verify
+    and prune, and nothing after the scheme is printed."""
+    with pytest.raises(UsageError, match="starts like a URL") as caught:
+        backup_location(value, role="-o")
+    assert "SECRET" not in str(caught.value) and "bucket" not in str(caught.value)
+    for args in (
+        ["dump", "postgresql://nobody@127.0.0.1:1/x", "-o", value],
+        ["verify", value],
+        ["prune", value, "--keep", "1"],
+    ):
+        run = run_cli(*args, cwd=tmp_path)
+        assert run.returncode == 2, (args, run.stderr)
+        error, hint = run.stderr.splitlines()
+        assert error.startswith("error: ") and "starts like a URL" in error, error
+        assert hint.startswith("hint: an object store is s3://bucket/prefix (two slashes)")
+        assert "SECRET" not in run.stderr + run.stdout
+    assert list(tmp_path.iterdir()) == []  # no directory named s3: or anything else
+
+
+def test_credentials_and_query_strings_are_never_printed(tmp_path: Path) -> None:
+    for value in ("s3://bucket/x?secret=hunter2", "s3://KEY:hunter2@bucket/x"):
+        run = run_cli("verify", value, cwd=tmp_path)
+        assert run.returncode == 2, run.stderr
+        assert "hunter2" not in run.stderr + run.stdout, run.stderr
