@@ -60,6 +60,20 @@ def extra_majors() -> list[str]:
     return os.environ.get("ASYNCSNAP_TEST_MAJORS", "").split()
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With ``ASYNCSNAP_FAIL_ON_SKIP`` set (``.ci/run`` sets it, having installed every
+    tool the tests use), a skipped test fails the run: a skip hides a test that did not
+    run, and CI must not pass on tests it did not run."""
+    if not os.environ.get("ASYNCSNAP_FAIL_ON_SKIP") or exitstatus != 0:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped:
+        for report in skipped:
+            print(f"\nskipped, which fails the run (ASYNCSNAP_FAIL_ON_SKIP): {report.nodeid}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A ``versions`` test runs on the default server and on each extra major."""
     if "pg_major" in metafunc.fixturenames and metafunc.definition.get_closest_marker("versions"):
