@@ -285,7 +285,9 @@ class LongLines:
     directory removed after the command) by their 128-bit identity; the engine gets a
     stand-in (``stand_in``: the line with only some columns' values kept) to work on.
 
-    A line met twice (in both backups, or in two passes) is stored once."""
+    A line met twice (in both backups, or in two passes) is stored once. ``diff`` reads
+    both backups at once, in two threads, into one store: storing is serialised (the file
+    is created once, and a line's offset is where its own bytes went)."""
 
     def __init__(
         self, directory: Path, stand_in: Callable[[bytes, int, int], bytes], limit: int = 1 << 20
@@ -295,6 +297,7 @@ class LongLines:
         self._path = directory / "long-lines"
         self._file: BinaryIO | None = None
         self._index: dict[tuple[int, int], tuple[int, int]] = {}  # identity: (offset, size)
+        self._lock = threading.Lock()
 
     def take(self, offsets: bytes, text: bytes, hi: bytes, lo: bytes) -> list[pa.Array]:
         """The batch's ``line`` and ``cut`` columns (from ``line_columns``' buffers), long
@@ -316,14 +319,15 @@ class LongLines:
         return [pa.array(kept, pa.large_string()), pa.array(cut, pa.bool_())]
 
     def _store(self, identity: tuple[int, int], raw: memoryview) -> None:
-        if identity in self._index:
-            return
-        if self._file is None:
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            self._file = os.fdopen(fd, "w+b")
-        offset = self._file.seek(0, os.SEEK_END)
-        self._file.write(raw)
-        self._index[identity] = (offset, len(raw))
+        with self._lock:
+            if identity in self._index:
+                return
+            if self._file is None:
+                flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                self._file = os.fdopen(os.open(self._path, flags, 0o600), "w+b")
+            offset = self._file.seek(0, os.SEEK_END)
+            self._file.write(raw)
+            self._index[identity] = (offset, len(raw))
 
     def copy_to(self, identity: tuple[int, int], out: BinaryIO) -> None:
         """Write the stored line ``identity`` to ``out``, a block at a time."""
