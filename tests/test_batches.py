@@ -31,6 +31,7 @@ def test_two_readers_store_long_lines_at_once(tmp_path: Path) -> None:
 
     def store_all(block: bytes) -> None:
         _, hi, lo, _, offsets, text, _, _ = _rows.line_columns(block, True, True)
+        assert hi is not None and lo is not None and offsets is not None and text is not None
         start.wait()
         try:
             store.take(offsets, text, hi, lo)
