@@ -11,16 +11,17 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import threading
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import zstandard
 
 from . import manifest
-from .encryption import decrypted
-from .errors import VerificationFailed
+from .encryption import Decryption
+from .errors import UsageError, VerificationFailed
 from .location import backup_location
 from .manifest import PARTIAL_SUFFIX, Backup, BackupFile, Compression, SchemaFile
 
@@ -208,7 +209,11 @@ class DataFileReader:
         they are not counted twice; ``finish`` checks ``rows`` all the same."""
         self.count_rows = count_rows
         self.backup = backup
-        self.identities = identities or list(backup.identities) or None
+        # Whether to decrypt is the manifest's to say, never the caller's: a key given
+        # for a plain backup is not used (it made an intact file "not decrypt").
+        self.identities = (
+            (identities or list(backup.identities) or None) if backup.encryption else None
+        )
         self.entry = entry
         self.block_size = block_size
         self.max_line = entry.line_limit if max_line is None else max_line
@@ -219,7 +224,11 @@ class DataFileReader:
         self._stream: Any = None  # the decompressed stream while iterating
         self._pending = bytearray()  # the start of a line whose end was not read yet
         self._done = False
-        self._plain: Generator[bytes, None, None] | None = None  # decryption, if any
+        self._plain: Decryption | None = None  # decryption, if any
+        # Held while a block is read: ``close`` from another thread (a cancelled restore's
+        # clean-up while a worker thread reads ahead) waits for that read to end instead
+        # of pulling the file and the decryption from under it.
+        self._busy = threading.RLock()
 
     def _fail(self, what: str) -> VerificationFailed:
         return VerificationFailed(
@@ -234,17 +243,25 @@ class DataFileReader:
             raise self._fail("is missing") from exc
         self._raw = _HashingReader(self._fh)
         plain: io.RawIOBase = self._raw
-        if self.identities:
+        if self.backup.encryption:
+            if not self.identities:
+                raise UsageError(
+                    f"{self.entry.path} is encrypted and no key was given",
+                    hint="give the matching secret key file with --identity",
+                )
             source = io.BufferedReader(self._raw, _READ_BLOCK)
-            chunks = decrypted(source, self.identities, where=self.entry.path)
-            self._plain = chunks
-            plain = ChunksReader(chunks)
+            self._plain = Decryption(source, self.identities, where=self.entry.path)
+            plain = self._plain
         self._stream = _decompressing(self.backup.compression, plain)
         return self
 
     def __next__(self) -> bytes | bytearray:
         """The next block of whole lines. A method, not a generator: no frame keeps the
         block alive once the caller lets go of it, which matters for a line of 1 GB."""
+        with self._busy:
+            return self._next_block()
+
+    def _next_block(self) -> bytes | bytearray:
         if self._stream is None:
             raise StopIteration
         while True:
@@ -286,17 +303,18 @@ class DataFileReader:
     def _stop_decrypting(self) -> None:
         """End the decryption thread before anyone else reads the file."""
         if self._plain is not None:
-            self._plain.close()
+            self._plain.stop()
             self._plain = None
 
     def drain(self) -> None:
         """Hash whatever was not read yet (after an early stop)."""
-        self._stop_decrypting()
-        if self._raw is None:
-            return
-        buffer = bytearray(_READ_BLOCK)
-        while self._raw.readinto(buffer):
-            pass
+        with self._busy:
+            self._stop_decrypting()
+            if self._raw is None:
+                return
+            buffer = bytearray(_READ_BLOCK)
+            while self._raw.readinto(buffer):
+                pass
 
     def damaged(self) -> bool:
         """After ``drain``: whether the stored bytes differ from the manifest's."""
@@ -322,8 +340,9 @@ class DataFileReader:
             raise self._fail(f"has {self.rows} rows, the manifest says {self.entry.rows}")
 
     def close(self) -> None:
-        self._stop_decrypting()
-        self._stream = None
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        with self._busy:
+            self._stop_decrypting()
+            self._stream = None
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None

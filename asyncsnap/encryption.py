@@ -18,17 +18,21 @@ A failure on either side ends the other: the pipe is closed, nothing waits forev
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
+import queue
 import threading
-from collections.abc import Generator, Iterable
+import weakref
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from .errors import UsageError, VerificationFailed
 
 PIPE_CHUNK = 1 << 20
+_T = TypeVar("_T")
 AGE_MAGIC = b"age-encryption.org/v1\n"  # the first line of every age file
 
 
@@ -190,43 +194,188 @@ class EncryptingStage:
         return OSError(f"age encryption failed: {self._error}")
 
 
+class Decryption(io.RawIOBase):
+    """The plaintext of the age file read from ``source``, as a raw stream.
+
+    pyrage decrypts from one file object into another, so it runs in a thread of its own:
+    it reads ``source`` and hands the plaintext over a small queue (a few chunks: memory
+    stays bounded) to whoever reads this stream. ``stop`` ends that thread from any state
+    (waiting for room in the queue, or about to read ``source``) and waits for it: no
+    decryption thread outlives its reader, and none is left running into the
+    interpreter's shutdown (a daemon thread inside pyrage's native code at exit aborted
+    the process: "Fatal Python error: Aborted", exit 134). Streams not stopped by their
+    owner are stopped at exit.
+
+    A file that does not decrypt (another key, a changed or cut byte: every 64 KiB chunk
+    is authenticated) raises ``VerificationFailed`` naming ``where`` once the bad chunk is
+    reached; what came before it was authentic, but the caller must treat the whole file
+    as failed."""
+
+    def __init__(self, source: io.BufferedIOBase, identities: list[Any], *, where: str) -> None:
+        self._source = source
+        self._where = where
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
+        self._stopped = threading.Event()
+        self._error: BaseException | None = None  # pyrage's
+        self._source_error: BaseException | None = None  # reading the encrypted file
+        self._pending = memoryview(b"")
+        self._ended = False
+        self._thread = threading.Thread(
+            target=self._run, args=(identities,), name="asyncsnap-age-read", daemon=True
+        )
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        self._thread.start()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._pending:
+            if self._ended:
+                return 0
+            item = self._queue.get()  # the thread always ends with None (unless stopped)
+            if item is None:
+                self._ended = True
+                self.stop()
+                if self._source_error is not None:
+                    # The stored bytes could not be read (a store's outage, a disk's
+                    # error): that, as on a plain backup, not "does not decrypt".
+                    raise self._source_error
+                if self._error is not None:
+                    raise VerificationFailed(
+                        f"{self._where} does not decrypt: {_one_line(self._error)}",
+                        hint="check --identity (the key the backup was encrypted to); a file "
+                        "changed after the dump cannot be decrypted either",
+                    )
+                return 0
+            self._pending = memoryview(item)
+        size = min(len(buffer), len(self._pending))
+        memoryview(buffer).cast("B")[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+    def stop(self, timeout: float | None = None) -> None:
+        """End the decryption (if still running) and wait for its thread (up to
+        ``timeout`` seconds). Safe from any thread, and more than once."""
+        self._stopped.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        while True:  # what was decrypted but not read: freed now
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._pending = memoryview(b"")
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+
+    def close(self) -> None:
+        self.stop()
+        super().close()
+
+    def _run(self, identities: list[Any]) -> None:
+        import pyrage
+
+        try:
+            pyrage.decrypt_io(_StoppableSource(self), _QueueSink(self), identities)
+        except BaseException as exc:  # reported to the reader, at the end of the stream
+            self._error = exc
+        finally:
+            with contextlib.suppress(_Stopped):
+                self._put(None)
+
+    def _put(self, item: bytes | None) -> None:
+        while True:
+            if self._stopped.is_set():
+                raise _Stopped
+            try:
+                self._queue.put(item, timeout=_STOP_POLL)
+                return
+            except queue.Full:
+                continue
+
+
+class _Stopped(OSError):
+    """Raised inside pyrage's callbacks once the reader stopped: it ends the decryption."""
+
+    def __init__(self) -> None:
+        super().__init__("the reader stopped")
+
+
+class _StoppableSource(io.BufferedIOBase):
+    """The encrypted file as pyrage reads it: refuses to read once the reader stopped."""
+
+    def __init__(self, owner: Decryption) -> None:
+        self._owner = owner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._read(lambda: self._owner._source.readinto(buffer))
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._read(lambda: self._owner._source.read(size))
+
+    def _read(self, read: Callable[[], _T]) -> _T:
+        if self._owner._stopped.is_set():
+            raise _Stopped
+        try:
+            return read()
+        except BaseException as exc:  # the store's outage is the reader's error, not age's
+            if self._owner._source_error is None:
+                self._owner._source_error = exc
+            raise
+
+
+class _QueueSink(io.BufferedIOBase):
+    """Where pyrage writes the plaintext: into the reader's queue, a chunk at a time."""
+
+    def __init__(self, owner: Decryption) -> None:
+        self._owner = owner
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        if chunk:
+            self._owner._put(chunk)
+        return len(chunk)
+
+    def flush(self) -> None:
+        pass
+
+
+_QUEUED_CHUNKS = 16  # pyrage writes 64 KiB chunks: about 1 MiB decrypted ahead
+_STOP_POLL = 0.05  # seconds a full queue waits before looking at the stop flag again
+_LIVE: weakref.WeakSet[Decryption] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """At exit, before the interpreter shuts down: no decryption thread is left inside
+    pyrage (one that was there when the process ended aborted it)."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for decryption in live:
+        # Bounded: a read of the stored file that never returns (a store's connection
+        # without a timeout) must not keep the process from exiting.
+        decryption.stop(timeout=60)
+
+
 def decrypted(
     source: io.BufferedIOBase, identities: list[Any], *, where: str
 ) -> Generator[bytes, None, None]:
-    """The plaintext of the age file read from ``source``, in chunks. A file that does not
-    decrypt (another key, a changed or cut byte: every 64 KiB chunk is authenticated)
-    raises ``VerificationFailed`` naming ``where`` once the bad chunk is reached; what came
-    before it was authentic, but the caller must treat the whole file as failed."""
-    import pyrage
-
-    read_fd, write_fd = os.pipe()
-    plain = os.fdopen(read_fd, "rb")
-    sink = os.fdopen(write_fd, "wb")
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            pyrage.decrypt_io(source, sink, identities)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            with contextlib.suppress(BrokenPipeError):  # the reader stopped early
-                sink.close()
-
-    thread = threading.Thread(target=run, name="asyncsnap-age-read", daemon=True)
-    thread.start()
+    """The plaintext of the age file read from ``source``, in chunks (``Decryption``)."""
+    stream = Decryption(source, identities, where=where)
     try:
-        while chunk := plain.read(PIPE_CHUNK):
+        while chunk := stream.read(PIPE_CHUNK):
             yield chunk
     finally:
-        plain.close()
-        thread.join()
-    if errors:
-        raise VerificationFailed(
-            f"{where} does not decrypt: {_one_line(errors[0])}",
-            hint="check --identity (the key the backup was encrypted to); a file changed "
-            "after the dump cannot be decrypted either",
-        )
+        stream.close()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1873,7 +1873,10 @@ async def _copy_file(
         ahead = loop.run_in_executor(None, produce)
         try:
             while True:
-                segments = await ahead
+                # Shielded: a cancelled wait leaves ``ahead`` to finish with its thread,
+                # which the clean-up below then waits for (a cancelled future does not
+                # stop the thread, which went on reading the file being closed).
+                segments = await asyncio.shield(ahead)
                 if segments is None:
                     return
                 ahead = loop.run_in_executor(None, produce)

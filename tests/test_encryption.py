@@ -9,6 +9,7 @@ import io
 import shutil
 import subprocess
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,7 @@ def test_decrypting_from_a_stream_that_is_not_a_file(tmp_path: Path) -> None:
     assert zstandard.ZstdDecompressor().decompressobj().decompress(compressed) == LINES
 
 
-def _backup_of(root: Path, path: Path, sha256: str) -> tuple[Backup, BackupFile]:
+def _backup_of(root: Path, path: Path, sha256: str, recipient: str) -> tuple[Backup, BackupFile]:
     entry = BackupFile(
         path=path.name,
         rows=100_000,
@@ -164,6 +165,7 @@ def _backup_of(root: Path, path: Path, sha256: str) -> tuple[Backup, BackupFile]
         settings={},
         tables=(),
         sequences=(),
+        encryption=(recipient,),
     )
     return backup, entry
 
@@ -173,12 +175,15 @@ def test_the_reader_hashes_as_stored_then_decrypts_and_checks_lines(tmp_path: Pa
     rows of the plaintext; without the key the file cannot be read at all."""
     identity, _ = keypair(tmp_path)
     path, sha256 = encrypted_file(tmp_path, identity.to_public())
-    backup, entry = _backup_of(tmp_path, path, sha256)
+    backup, entry = _backup_of(tmp_path, path, sha256, str(identity.to_public()))
     reader = DataFileReader(backup, entry, identities=[identity])
     assert b"".join(bytes(block) for block in reader) == LINES
     reader.finish()  # size, sha256 and rows all match
+    with pytest.raises(UsageError, match="is encrypted and no key was given"):
+        read_all(DataFileReader(backup, entry))  # the manifest says encrypted: a key it needs
+    unmarked = replace(backup, encryption=())  # a manifest that says nothing: not decrypted
     with pytest.raises(VerificationFailed, match="cannot be decompressed"):
-        read_all(DataFileReader(backup, entry))  # no key: the stored bytes are not zstd
+        read_all(DataFileReader(unmarked, entry, identities=[identity]))
     stopped = DataFileReader(backup, entry, identities=[identity])
     next(iter(stopped))
     stopped.drain()  # an early stop still hashes the whole stored file
