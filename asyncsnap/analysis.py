@@ -35,7 +35,7 @@ from .backup import open_backup
 from .errors import AsyncsnapError, OutputError, UsageError, VerificationFailed
 from .manifest import Backup, BackupColumn, BackupTable
 from .plan import file_stem
-from .storage import PrivateScratch
+from .scratch import PrivateScratch
 
 if TYPE_CHECKING:
     from .batches import LineBatches

@@ -44,7 +44,8 @@ from .backup import ChunksReader
 from .errors import OutputExists, StoreFailed, UsageError, VerificationFailed
 from .manifest import DEFAULT_NAME, MANIFEST_NAME, Backup, Compression, written_by_dump
 from .objectstore import ObjectMissing, Store, StoredObject, StoreSink, StoreUrl
-from .storage import DataFileWriter, PrivateScratch, validate_backup_name
+from .scratch import PrivateScratch
+from .storage import DataFileWriter, validate_backup_name
 
 CLAIM_NAME = "claim.json"
 # What marks a claim as asyncsnap's (docs/format.md, "Backups in object storage").
@@ -57,6 +58,11 @@ _LEGACY_CLAIM_KEYS = frozenset({"tool", "host", "pid", "started_at"})
 # A backup with a claim and no manifest this much older than now is a dump that died:
 # prune removes it. Longer than any dump should run (--max-duration bounds one).
 ABANDONED_AFTER = timedelta(hours=24)
+# A running dump rewrites its claim this often, so that a claim that is old is a dump that
+# is gone however long dumps run; prune refuses an --abandoned-after shorter than
+# ABANDONED_FLOOR_RENEWALS renewals (a few renewals may fail while the store is slow).
+CLAIM_RENEW_SECONDS = 60.0
+ABANDONED_FLOOR_RENEWALS = 10
 
 
 class StoreSource:
@@ -222,8 +228,69 @@ def _is_legacy_claim(body: dict[str, Any]) -> bool:
     )
 
 
-def _claim(store: Store, name: str) -> None:
-    """Create ``NAME/claim.json`` (``claim_body``) only if nobody has."""
+def claim_renew_seconds() -> float:
+    """How often a dump renews its claim: ``CLAIM_RENEW_SECONDS``, or
+    ``ASYNCSNAP_CLAIM_RENEW_SECONDS`` (0.1 to 3600; the tests shorten it to race prune
+    against dumps in seconds, not minutes). prune's floor follows it."""
+    raw = os.environ.get("ASYNCSNAP_CLAIM_RENEW_SECONDS")
+    if raw is None:
+        return CLAIM_RENEW_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0.1 <= seconds <= 3600:
+        raise UsageError(
+            f"ASYNCSNAP_CLAIM_RENEW_SECONDS={raw!r} is not a number of seconds from 0.1 to 3600",
+            hint="unset it: a dump renews its claim every 60 seconds",
+        )
+    return seconds
+
+
+def abandoned_floor() -> timedelta:
+    """The youngest a claim can be for prune to take it for a dead dump's."""
+    return timedelta(seconds=claim_renew_seconds() * ABANDONED_FLOOR_RENEWALS)
+
+
+class ClaimRenewal:
+    """Rewrites ``NAME/claim.json`` every ``claim_renew_seconds`` while a dump runs (a
+    thread): its modification time is the dump's heartbeat, which prune reads. A claim
+    found gone means someone removed the backup under the dump: ``lost`` says so, and the
+    dump fails instead of completing (``BackupPrefix.commit``)."""
+
+    def __init__(self, store: Store, name: str, body: dict[str, Any]) -> None:
+        import threading
+
+        self._store, self._key, self._body = store, f"{name}/{CLAIM_NAME}", body
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(claim_renew_seconds(),), name="asyncsnap-claim", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                if not self._store.exists(self._key):
+                    self.lost = True
+                    return
+                renewed = {**self._body, "renewed_at": _now_text()}
+                self._store.put(self._key, orjson.dumps(renewed) + b"\n")
+            except StoreFailed:
+                continue  # the store is slow or away: the next renewal tries again
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _claim(store: Store, name: str) -> dict[str, Any]:
+    """Create ``NAME/claim.json`` (``claim_body``) only if nobody has; its body."""
     body = claim_body(name)
     try:
         store.put_new(f"{name}/{CLAIM_NAME}", orjson.dumps(body) + b"\n")
@@ -232,6 +299,7 @@ def _claim(store: Store, name: str) -> None:
             f"{store.url}/{name} is taken: another dump claimed that name",
             hint="choose another --name, or remove the old backup",
         ) from exc
+    return body
 
 
 class BackupPrefix:
@@ -244,6 +312,7 @@ class BackupPrefix:
         self.path = f"{store.url}/{name}"
         self._manifest: bytes | None = None
         self._scratch = PrivateScratch()
+        self._renewal: ClaimRenewal | None = None
 
     @classmethod
     def check_free(cls, store: Store, name: str) -> None:
@@ -259,7 +328,7 @@ class BackupPrefix:
     def create(cls, store: Store, name: str, recipients: list[Any] | None = None) -> BackupPrefix:
         """Claim ``name`` (conditional write), then check nothing else is under it."""
         validate_backup_name(name)
-        _claim(store, name)
+        claim = _claim(store, name)
         taken = [k for k in store.objects(name + "/") if k.key != f"{name}/{CLAIM_NAME}"]
         if taken:
             # Objects without a claim: not a dump's (another tool's, or a half-removed
@@ -270,7 +339,9 @@ class BackupPrefix:
                 f"{store.url}/{name} already holds objects",
                 hint="choose another --name or -o prefix",
             )
-        return cls(store, name, recipients)
+        prefix = cls(store, name, recipients)
+        prefix._renewal = ClaimRenewal(store, name, claim)
+        return prefix
 
     def data_writer(self, stem: str, compression: Compression) -> DataFileWriter:
         relpath = f"{manifest.DATA_DIR}/{stem}{manifest.EXTENSIONS[compression]}"
@@ -288,15 +359,26 @@ class BackupPrefix:
 
     def written(self) -> Backup:
         """The backup as written so far, its manifest not yet in the store (for
-        ``dump --verify``)."""
+        ``dump --verify``); ``StoreFailed`` if its objects are no longer all there."""
+        backup = self._parsed()
+        self._check_own_objects(self._expected_objects(backup))
+        return backup
+
+    def _parsed(self) -> Backup:
         assert self._manifest is not None
         body = manifest.load_bytes(self._manifest, f"{self.path}/{MANIFEST_NAME}")
         return manifest.parse(self.path, body, source=StoreSource(self.store, self.name))
 
     def commit(self) -> str:
-        """Write the manifest (conditionally: never over another's): the backup is complete."""
+        """Write the manifest (conditionally: never over another's): the backup is
+        complete. Only if every object the manifest lists is in the store at its size and
+        the claim is still there, before the manifest is written and again after (a prune
+        that took the dump for a dead one removes objects while it runs): otherwise the
+        manifest is taken back and ``StoreFailed`` raised, and the dump fails."""
         assert self._manifest is not None
         self._scratch.remove()
+        expected = self._expected_objects(self._parsed())
+        self._check_own_objects(expected)
         key = f"{self.name}/{MANIFEST_NAME}"
         try:
             self.store.put_new(key, self._manifest)
@@ -306,13 +388,51 @@ class BackupPrefix:
             # impossible).
             if b"".join(self.store.read(key)) != self._manifest:
                 raise
+        try:
+            self._check_own_objects(expected)
+        except StoreFailed:
+            with contextlib.suppress(StoreFailed):
+                self.store.delete([key])
+            raise
+        self._stop_renewal()
         return self.path
+
+    def _expected_objects(self, backup: Backup) -> dict[str, int | None]:
+        """The objects the manifest lists, by key, with their sizes; ``SHA256SUMS`` too
+        (its size is not in the manifest: None)."""
+        sizes: dict[str, int | None] = {f.path: f.stored_bytes for _, f in backup.data_files()}
+        if backup.schema is not None:
+            sizes.update((f.path, f.bytes) for f in backup.schema.files)  # bytes as stored
+        sizes[manifest.SUMS_NAME] = None
+        return {f"{self.name}/{relpath}": size for relpath, size in sizes.items()}
+
+    def _check_own_objects(self, expected: dict[str, int | None]) -> None:
+        listed = {o.key: o.size for o in self.store.objects(self.name + "/")}
+        missing = [
+            k for k, size in expected.items() if k not in listed or size not in (None, listed[k])
+        ]
+        claim_gone = f"{self.name}/{CLAIM_NAME}" not in listed
+        if self._renewal is not None and self._renewal.lost:
+            claim_gone = True
+        if missing or claim_gone:
+            what = f"{len(missing)} of its {len(expected)} files" if missing else "its claim"
+            raise StoreFailed(
+                f"{self.path} lost {what} while it was written: removed by someone else "
+                "(a prune that took it for a dump that died, a lifecycle rule)",
+                hint="nothing was completed; run the dump again",
+            )
+
+    def _stop_renewal(self) -> None:
+        if self._renewal is not None:
+            self._renewal.stop()
+            self._renewal = None
 
     def abandon(self, keep_partial: bool) -> str | None:
         """Remove every object under the name, the claim last; with ``keep_partial`` keep
         them (never a manifest: none was written) for inspection. Raises ``StoreFailed``
         when the store cannot be reached to clean up."""
         self._scratch.remove()
+        self._stop_renewal()
         if keep_partial:
             return self.path
         remove_backup(self.store, self.name)
@@ -372,6 +492,14 @@ def prune_prefix(
             f"{url} is a backup, not a prefix of backups",
             hint="give the prefix it is in (dump's -o)",
         )
+    floor = abandoned_floor()
+    if abandoned_after < floor:
+        raise UsageError(
+            f"--abandoned-after {abandoned_after.total_seconds():g} is shorter than "
+            f"{floor.total_seconds():g} seconds: a dump renews its claim every "
+            f"{claim_renew_seconds():g} seconds, so a younger claim may be a dump still writing",
+            hint=f"give --abandoned-after {floor.total_seconds():g} or more (the default is a day)",
+        )
     moment = now or datetime.now(UTC)
     complete: list[tuple[str, str]] = []
     abandoned: list[str] = []
@@ -424,6 +552,15 @@ def prune_prefix(
             candidates = [k for k in entry.keys if k.partition("/")[2] in own]
         else:
             candidates = list(entry.keys)
+            if not dry_run:
+                # Looked at again just before removing: a dump renews its claim while it
+                # runs, and one that completed meanwhile has its manifest now.
+                alive = _alive_since(store, name, moment, abandoned_after)
+                if alive is not None:
+                    abandoned.remove(name)
+                    reasons[name] = alive
+                    continue
+                candidates = [o.key for o in store.objects(name + "/")]
         if not dry_run:
             remove_backup(store, name, candidates)
         foreign += [k for k in entry.keys if k not in candidates or not _written_by_a_dump(name, k)]
@@ -436,6 +573,22 @@ def prune_prefix(
         reasons=reasons,
         foreign=sorted(foreign),
     )
+
+
+def _alive_since(
+    store: Store, name: str, moment: datetime, abandoned_after: timedelta
+) -> str | None:
+    """Why ``NAME`` is no longer a dead dump's (a manifest now, a claim renewed or gone),
+    or None when it still is."""
+    listed = {o.key: o for o in store.objects(name + "/")}
+    if f"{name}/{MANIFEST_NAME}" in listed:
+        return "its dump completed while prune ran"
+    claim = listed.get(f"{name}/{CLAIM_NAME}")
+    if claim is None or claim.modified is None:
+        return "its claim went away while prune ran"
+    if datetime.now(UTC) - claim.modified <= abandoned_after or claim.modified > moment:
+        return "a dump renewed its claim: it is still writing"
+    return None
 
 
 def _listed_files(backup: Backup) -> set[str]:

@@ -131,6 +131,11 @@ def _root(
     ] = False,
 ) -> None:
     """asyncsnap: consistent, concurrent PostgreSQL exports to checksummed NDJSON."""
+    from .scratch import remove_abandoned_scratch
+
+    # A run killed before its clean-up left its private scratch directory (of an
+    # encrypted backup: plaintext); every run removes those whose process is gone.
+    remove_abandoned_scratch()
 
 
 def _passwords_in(text: str) -> list[str]:
@@ -1522,7 +1527,8 @@ def prune_command(
             min=0,
             metavar="SECONDS",
             help="In an object store: remove dumps that died (a claim without a manifest) "
-            "once their claim is this old.",
+            "once their claim is this old; at least 600 (a running dump renews its claim "
+            "every minute).",
         ),
     ] = 86400.0,
     endpoint_url: EndpointOption = None,

@@ -59,7 +59,7 @@ from .errors import OutputError, VerificationFailed
 from .fingerprint import MODULUS, combine
 from .manifest import Backup, BackupColumn, BackupFile, BackupTable
 from .plan import file_stem
-from .storage import PrivateScratch
+from .scratch import PrivateScratch
 from .text import count
 
 if TYPE_CHECKING:

@@ -71,8 +71,8 @@ from .manifest import Backup, BackupFile, BackupTable
 from .patterns import Selection
 from .plan import CyclePlan, TableKey, plan_cycles, refresh_order, restore_order
 from .rowcodec import BINARY_HEADER, BINARY_TRAILER, LoadShape
+from .scratch import PrivateScratch
 from .session import Session, SessionPolicy
-from .storage import PrivateScratch
 from .text import count
 
 Mode = str  # "refuse" | "truncate" | "append"

@@ -15,7 +15,6 @@ import hashlib
 import os
 import shutil
 import stat
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from .manifest import (
     Backup,
     Compression,
 )
+from .scratch import PrivateScratch
 
 # zstd level 1, one thread. Level 3 measured free with one stream at design time; with -j 2 on
 # 2 cores the client competes with two server backends, and level 1 measured 35-80% faster
@@ -367,25 +367,6 @@ def write_file_atomic(root: Path, relpath: str, content: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
         raise _output_error(exc, final) from exc
-
-
-class PrivateScratch:
-    """A private (0700) temporary directory, made on first use and removed by ``remove``:
-    where pg_dump's archive is written before it is encrypted or stored, and where restore
-    stages an archive pg_restore cannot read in place."""
-
-    def __init__(self) -> None:
-        self._path: Path | None = None
-
-    def path(self) -> Path:
-        if self._path is None:
-            self._path = Path(tempfile.mkdtemp(prefix="asyncsnap-schema-"))
-        return self._path
-
-    def remove(self) -> None:
-        if self._path is not None:
-            shutil.rmtree(self._path, ignore_errors=True)
-            self._path = None
 
 
 class BackupTarget(Protocol):

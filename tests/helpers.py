@@ -72,6 +72,9 @@ def run_on_a_terminal(argv: list[str], answer: str | None = None) -> tuple[int, 
     and the child waited for input forever."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: the pty is its terminal
+        # Ctrl-C must interrupt it even when these tests run in a background job, which
+        # starts with SIGINT ignored (and the ignoring is inherited through exec).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execve(argv[0], argv, {**clean_env(), "COLUMNS": "120", "TERM": "xterm"})
     output = b""
     answered = False

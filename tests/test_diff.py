@@ -198,6 +198,7 @@ def test_identical_tables_are_not_read_and_damaged_ones_are_refused(
     assert hint == "hint: the backup is damaged; nothing from this file was kept"
 
 
+@pytest.mark.slow
 def test_diff_of_tables_larger_than_the_engine_memory_limit(db: Database, tmp_path: Path) -> None:
     """About 90 MB of lines per side, every tenth row changed, against a 96 MB limit for
     DuckDB (its floor: 1.5 ran in 48 MB, 2.0 needs more than 64 MB whatever the size; two

@@ -65,6 +65,7 @@ def _lengths(db: Database, table: str) -> dict[int, int | None]:
     return {r[0]: r[1] for r in db.fetch(f"SELECT id, length(v) FROM {table}")}
 
 
+@pytest.mark.slow
 def test_long_rows_first_middle_and_last_reach_every_reader(db: Database, tmp_path: Path) -> None:
     """Rows of 1 B, 1.5 MB and 30 MB first, in the middle and last of a file, and lines of
     1.6 MB in mid-file: DuckDB's CSV reader dropped a long last row without a word (diff
@@ -275,6 +276,7 @@ KEY_TYPES: dict[str, list[str]] = {
 }
 
 
+@pytest.mark.slow
 def test_random_changes_counted_as_sql_counts_them(db: Database, tmp_path: Path) -> None:
     """Hypothesis draws tables (keyed by float8, numeric or text, or without a key),
     rows from 0 B to 2 MB at any position, and changes (insert, delete, update of key and

@@ -100,6 +100,7 @@ def s3() -> Iterator[S3Server]:
         yield server
 
 
+@pytest.mark.slow
 def test_the_help_examples_run_as_written(db: Database, tmp_path: Path, s3: S3Server) -> None:
     """Every example of every command, pointed at a test server and a temp directory, in
     the order a user would run them: dump (a named backup, a benchmark one, a nightly one

@@ -459,6 +459,7 @@ def _constraints(db: Database) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_cycle_constraints_come_back_after_sigkill_mid_load(
     db: Database, postgres: Postgres, tmp_path: Path
 ) -> None:

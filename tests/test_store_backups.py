@@ -136,6 +136,7 @@ def _wait_for_claim(server: S3Server, prefix: str, dump: subprocess.Popen[str]) 
     time.sleep(0.7)  # into the upload of the big table's file
 
 
+@pytest.mark.slow
 def test_sigkill_mid_upload_leaves_nothing_that_looks_complete(s3: S3Server, db: Database) -> None:
     """A dump killed mid-upload leaves its claim (and any file it finished), never a
     manifest: readers refuse it, prune leaves it while it could be running and removes it
@@ -159,8 +160,11 @@ def test_sigkill_mid_upload_leaves_nothing_that_looks_complete(s3: S3Server, db:
     # A day has not passed: it might still be running, so it stays. (Compare the claim
     # only: the store may still be completing an upload the dump sent before it died.)
     assert f"n/{CLAIM_NAME}" in keys(s3, "killed")
+    # With renewals every 0.1 s (the floor is then 1 s), a claim 1.5 s old is a dead dump's.
+    time.sleep(1.5)
+    env = cli_env(s3, ASYNCSNAP_CLAIM_RENEW_SECONDS="0.1")
     run = run_cli(
-        "prune", f"s3://{BUCKET}/killed", "--keep", "1", "--abandoned-after", "0", env=env
+        "prune", f"s3://{BUCKET}/killed", "--keep", "1", "--abandoned-after", "1", env=env
     )
     assert run.returncode == 0, run.stderr
     assert f"removed s3://{BUCKET}/killed/n (a dump that died: no manifest)" in run.stdout
@@ -180,6 +184,7 @@ def test_sigterm_mid_upload_removes_everything_it_wrote(s3: S3Server, db: Databa
     assert keys(s3, "stopped") == []
 
 
+@pytest.mark.slow
 def test_a_store_that_goes_away_fails_the_dump_cleanly(db: Database, tmp_path: Path) -> None:
     """The store stops mid-dump: bounded retries, then exit 4 with one error line and one
     hint line, no path on stdout; once the store is back, no manifest is there."""
@@ -250,20 +255,34 @@ def test_retention_on_a_prefix(s3: S3Server, db: Database) -> None:
     assert run.returncode == 2 and "is a backup, not a prefix of backups" in run.stderr
 
 
-def test_a_manifest_write_retried_after_it_landed_is_success(s3: S3Server) -> None:
+def test_a_manifest_write_retried_after_it_landed_is_success(
+    s3: S3Server, db: Database, tmp_path: Path
+) -> None:
     """The manifest's conditional write, retried after a first attempt that was stored,
     finds its own bytes there: complete, not a failure that would remove the backup. Other
     bytes under that key are refused."""
+    db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    run = run_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "b")
+    assert run.returncode == 0, run.stderr
+    files = {
+        p.relative_to(tmp_path / "b").as_posix(): p.read_bytes()
+        for p in (tmp_path / "b").rglob("*")
+        if p.is_file() and p.name != "manifest.json"
+    }
+    body = (tmp_path / "b" / "manifest.json").read_bytes()
     store = Store(StoreUrl.parse(f"s3://{BUCKET}/commit"), environ=s3.env())
-    mine = BackupPrefix.create(store, "mine")
-    mine.write_small_file("manifest.json", b'{"a": 1}\n')
-    store.put("mine/manifest.json", b'{"a": 1}\n')  # what the first attempt left
-    assert mine.commit() == f"s3://{BUCKET}/commit/mine"
-    other = BackupPrefix.create(store, "other")
-    other.write_small_file("manifest.json", b'{"a": 1}\n')
-    store.put("other/manifest.json", b'{"b": 2}\n')
-    with pytest.raises(OutputExists):
-        other.commit()
+    for name, stored in (("mine", body), ("other", body.replace(b"{", b"{ ", 1))):
+        prefix = BackupPrefix.create(store, name)
+        for relpath, content in files.items():
+            store.put(f"{name}/{relpath}", content)
+        prefix.write_small_file("manifest.json", body)
+        store.put(f"{name}/manifest.json", stored)  # what a first attempt left
+        if name == "mine":
+            assert prefix.commit() == f"s3://{BUCKET}/commit/mine"
+        else:
+            with pytest.raises(OutputExists):
+                prefix.commit()
+            prefix.abandon(keep_partial=True)
 
 
 def test_an_encrypted_backup_in_a_store(
@@ -480,7 +499,10 @@ def test_prune_on_a_prefix_removes_only_what_its_dumps_wrote(s3: S3Server, db: D
     copied.abandon(keep_partial=False)
     assert dead.name == "dead"
 
-    run = run_cli("prune", prefix, "--keep", "1", "--abandoned-after", "0", env=env)
+    dead._stop_renewal()  # as killed: its claim is no longer renewed
+    time.sleep(1.5)
+    env = cli_env(s3, ASYNCSNAP_CLAIM_RENEW_SECONDS="0.1")  # floor 1 s
+    run = run_cli("prune", prefix, "--keep", "1", "--abandoned-after", "1", env=env)
     assert run.returncode == 0, run.stderr
     left = keys(s3, "foreign")
     expected = sorted(
