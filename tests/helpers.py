@@ -15,7 +15,7 @@ from typing import Any
 
 import zstandard
 
-from .conftest import clean_env
+from .conftest import CliRun, clean_env
 
 
 def flip_bit_mid_file(path: Path) -> None:
@@ -103,3 +103,27 @@ def run_on_a_terminal(argv: list[str], answer: str | None = None) -> tuple[int, 
         _, status = os.waitpid(pid, 0)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def failed_with(
+    run: CliRun, code: int, error: str, hint: str | None = None, *, stdout: str | None = ""
+) -> tuple[str, str | None]:
+    """Assert that a CLI run failed as README "Output for scripts" and "Exit codes"
+    promise: exit ``code``, exactly one ``error:`` line, which starts with
+    ``error: <error>``, at most one ``hint:`` line (which starts with ``hint: <hint>``
+    when ``hint`` is given), no traceback, and ``stdout`` on stdout (nothing unless
+    given; None: not checked). ``run`` is a
+    ``conftest.CliRun`` (or anything with returncode, stdout and stderr). Returns the
+    error and hint lines (the hint None when there is none) for closer checks."""
+    assert run.returncode == code, (run.returncode, run.stdout, run.stderr)
+    lines = run.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    hints = [line for line in lines if line.startswith("hint: ")]
+    assert len(errors) == 1 and len(hints) <= 1, run.stderr
+    assert errors[0].startswith(f"error: {error}"), run.stderr
+    if hint is not None:
+        assert hints and hints[0].startswith(f"hint: {hint}"), run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    if stdout is not None:
+        assert run.stdout == stdout, run.stdout
+    return errors[0], hints[0] if hints else None

@@ -15,9 +15,10 @@ import pytest
 
 from asyncsnap.analysis import convert, read_arrow, typed_columns
 from asyncsnap.backup import open_backup
+from asyncsnap.errors import ExitCode
 
 from .conftest import Database, run_cli
-from .helpers import read_rows
+from .helpers import failed_with, flip_bit_mid_file, manifest_of, read_rows, table_entry
 from .test_dump import run_dump
 from .test_restore import FIDELITY
 
@@ -240,3 +241,46 @@ def test_a_value_without_an_exact_engine_type_fails_loudly_and_leaves_no_file(
     backup = Path(run_dump(db, tmp_path, name="c").path)
     with pytest.raises(Exception, match=r"public\.nan: a value has no exact engine type"):
         read_arrow(backup, "nan")
+
+
+def test_convert_refuses_a_damaged_data_file_and_leaves_no_output(
+    db: Database, tmp_path: Path
+) -> None:
+    """convert reads through the checked reader: a data file with one bit flipped fails it
+    with exit 5 (verification failed), one error line naming that file and one hint,
+    and no Parquet file (not even the undamaged table's) is left in the directory."""
+    db.execute(
+        "CREATE TABLE a_ok (id int PRIMARY KEY); INSERT INTO a_ok SELECT generate_series(1, 50);"
+        "CREATE TABLE z_hit (id int PRIMARY KEY, v text);"
+        "INSERT INTO z_hit SELECT g, md5(g::text) FROM generate_series(1, 2000) g"
+    )
+    backup = Path(run_dump(db, tmp_path, name="b").path)
+    (entry,) = next(t for t in manifest_of(backup)["tables"] if t["name"] == "z_hit")["files"]
+    flip_bit_mid_file(backup / entry["path"])
+    out = tmp_path / "parquet"
+    run = run_cli("convert", str(backup), "--to", "parquet", str(out))
+    failed_with(run, ExitCode.VERIFY, f"{entry['path']} ", "the backup is damaged")
+    assert list(out.iterdir()) == []
+
+
+def test_convert_never_overwrites_an_existing_output_file(db: Database, tmp_path: Path) -> None:
+    """A file already at one of the output paths: convert exits 4 (output error) before it
+    writes anything, naming that file, with the documented hint; the file keeps its bytes
+    and no other file appears."""
+    db.execute(
+        "CREATE TABLE a_first (id int); INSERT INTO a_first VALUES (1);"
+        "CREATE TABLE b_taken (id int); INSERT INTO b_taken VALUES (2)"
+    )
+    backup = Path(run_dump(db, tmp_path, name="b").path)
+    out = tmp_path / "parquet"
+    out.mkdir()
+    # DIR/<file stem>.parquet, the stem as in the backup's data file's name
+    data_file = Path(table_entry(backup, "public", "b_taken")["files"][0]["path"]).name
+    taken = out / (data_file.split(".ndjson")[0] + ".parquet")
+    taken.write_bytes(b"mine, not a conversion")
+    run = run_cli("convert", str(backup), "--to", "parquet", str(out))
+    failed_with(
+        run, ExitCode.OUTPUT, f"{taken} exists already", "convert into an empty or new directory"
+    )
+    assert [p.name for p in out.iterdir()] == [taken.name]
+    assert taken.read_bytes() == b"mine, not a conversion"

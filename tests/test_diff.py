@@ -256,3 +256,80 @@ def test_same_large_objects_with_and_without_fingerprints_are_the_same(
     db.execute("SELECT lo_from_bytea(0, 'def'::bytea)")
     again = Path(run_dump(db, tmp_path, name="again").path)
     assert diff(before, again).large_objects == (1, 2)
+
+
+def _without_timing(lines: list[str]) -> list[str]:
+    """diff's lines with the total's seconds (a clock) cut off."""
+    return [ln.rsplit("; ", 1)[0] if ln.startswith("total: ") else ln for ln in lines]
+
+
+def test_a_sequence_whose_value_moved_is_named_with_both_values(
+    db: Database, tmp_path: Path
+) -> None:
+    """A sequence set from 10 to 42 between the backups is one `sequence S: 10 -> 42` line
+    (README "What changed between two backups?": sequences whose value moved), in --json
+    too; a sequence that did not move is not named; --exit-code exits 7 for it alone."""
+    db.execute(
+        "CREATE SEQUENCE moved; SELECT setval('moved', 10);"
+        "CREATE SEQUENCE still; SELECT setval('still', 5);"
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)"
+    )
+    before, after = exports_around(db, tmp_path, "SELECT setval('moved', 42)")
+    run = run_cli("diff", str(before), str(after), "--exit-code")
+    assert (run.returncode, run.stderr) == (ExitCode.DIFFERENT, ""), run.stderr
+    assert _without_timing(run.stdout.splitlines()) == [
+        "sequence public.moved: 10 -> 42",
+        "total: 0 added, 0 removed, 0 changed in 0 of 1 table; 1 not read (same files)",
+        "schema: the same",
+    ]
+    as_json = json.loads(run_cli("diff", str(before), str(after), "--json").stdout)
+    assert as_json["identical"] is False
+    assert as_json["sequences"] == [
+        {"schema": "public", "name": "moved", "before": 10, "after": 42}
+    ]
+    same = run_cli("diff", str(before), str(before), "--exit-code")
+    assert (same.returncode, same.stderr) == (0, ""), same.stderr
+
+
+def test_a_large_object_whose_bytes_changed_is_reported(db: Database, tmp_path: Path) -> None:
+    """The same number of large objects, one of them with other bytes: the large objects
+    are reported as not the same (`large objects: 1 -> 1 objects, not the same`), in
+    --json as before and after counts; --exit-code exits 7."""
+    oid = int(db.fetchval("SELECT lo_from_bytea(0, 'abc'::bytea)"))
+    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    before, after = exports_around(db, tmp_path, f"SELECT lo_put({oid}, 1, 'X'::bytea)")
+    assert db.fetchval(f"SELECT lo_get({oid})") == b"aXc"
+    run = run_cli("diff", str(before), str(after), "--exit-code")
+    assert (run.returncode, run.stderr) == (ExitCode.DIFFERENT, ""), run.stderr
+    assert _without_timing(run.stdout.splitlines()) == [
+        "large objects: 1 -> 1 objects, not the same",
+        "total: 0 added, 0 removed, 0 changed in 0 of 1 table; 1 not read (same files)",
+        "schema: the same",
+    ]
+    as_json = json.loads(run_cli("diff", str(before), str(after), "--json").stdout)
+    assert as_json["large_objects"] == {"before": 1, "after": 1}
+    assert as_json["identical"] is False
+
+
+def test_a_row_whose_key_changed_is_one_removed_and_one_added(db: Database, tmp_path: Path) -> None:
+    """Rows are paired by their primary key (docs/format.md "The same key"): a row whose
+    key went from 5 to 100, other columns unchanged, is no longer the same row: one
+    removed (key 5) and one added (key 100), none changed; --rows holds exactly those two."""
+    db.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);"
+        "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g"
+    )
+    before, after = exports_around(db, tmp_path, "UPDATE t SET id = 100 WHERE id = 5")
+    rows = tmp_path / "rows"
+    run = run_cli("diff", str(before), str(after), "--rows", str(rows))
+    assert (run.returncode, run.stderr) == (0, ""), run.stderr
+    assert _without_timing(run.stdout.splitlines()) == [
+        "public.t: 10 -> 10 rows: 1 added, 1 removed, 0 changed (by id)",
+        "total: 1 added, 1 removed, 0 changed in 1 of 1 table; 0 not read (same files)",
+        "schema: the same",
+    ]
+    (written,) = rows.iterdir()
+    assert written.read_text().splitlines() == [
+        '{"change":"removed","row":{"id":5,"v":"v5"}}',
+        '{"change":"added","row":{"id":100,"v":"v5"}}',
+    ]

@@ -19,7 +19,7 @@ from asyncsnap.errors import ExitCode
 from asyncsnap.storage import BackupDirectory
 
 from .conftest import Database, Postgres, fresh_database, run_cli
-from .helpers import flip_bit_mid_file, manifest_of
+from .helpers import failed_with, flip_bit_mid_file, manifest_of
 from .test_dump import SHOP
 
 AGE_MAGIC = b"age-encryption.org/v1\n"
@@ -72,7 +72,15 @@ def test_verify_without_the_key_checks_integrity_and_with_it_every_line(
     other = key.with_name("other.txt")
     other.write_text(f"{x25519.Identity.generate()}\n")
     run = run_cli("verify", str(backup), "-i", str(other))
-    assert run.returncode == 5 and "does not decrypt" in run.stderr
+    # one error line per problem (verify's help): each file the key was needed for
+    assert (run.returncode, run.stdout) == (ExitCode.VERIFY, ""), run.stderr
+    *errors, hint = run.stderr.splitlines()
+    data = sorted(f"data/{p.name}" for p in (backup / "data").iterdir())
+    assert [e.split(": does not decrypt: ")[0] for e in errors] == [
+        "error: schema/schema.pgdump",
+        *(f"error: {name}" for name in data),
+    ], run.stderr
+    assert hint == f"hint: {len(errors)} problems; do not restore from this backup"
 
 
 def test_restore_needs_the_key_and_then_gives_the_rows_back(
@@ -81,8 +89,9 @@ def test_restore_needs_the_key_and_then_gives_the_rows_back(
     backup, key, _ = encrypted
     with fresh_database(postgres, "asyncsnap_enc") as target:
         run = run_cli("restore", str(backup), target.dsn)
-        assert run.returncode == 2 and "is encrypted" in run.stderr
-        assert "--identity" in run.stderr
+        failed_with(
+            run, ExitCode.USAGE, f"{backup} is encrypted", "give the matching secret key file"
+        )
         run = run_cli("restore", str(backup), target.dsn, "-i", str(key), "-q")
         assert run.returncode == 0, run.stderr
         assert target.fetchval("SELECT count(*) FROM order_lines") == 1500
@@ -95,12 +104,24 @@ def test_a_changed_byte_is_refused_with_or_without_the_key(
     backup, key, _ = encrypted
     [orders] = (backup / "data").glob("public.orders-*")
     flip_bit_mid_file(orders)
-    assert run_cli("verify", str(backup)).returncode == 5
-    assert run_cli("verify", str(backup), "-i", str(key)).returncode == 5
+    name = f"data/{orders.name}"
+    problem = "1 problem; do not restore from this backup"
+    failed_with(
+        run_cli("verify", str(backup)),
+        ExitCode.VERIFY,
+        f"{name}: does not match its SHA-256 in the manifest",
+        problem,
+    )
+    failed_with(
+        run_cli("verify", str(backup), "-i", str(key)),
+        ExitCode.VERIFY,
+        f"{name}: does not decrypt: ",
+        problem,
+    )
     with fresh_database(postgres, "asyncsnap_enc") as target:
         run = run_cli("restore", str(backup), target.dsn, "-i", str(key))
-        assert run.returncode != 0
-        assert "public.orders" in run.stderr
+        failed_with(run, ExitCode.VERIFY, f"{name} does not decrypt: ", "check --identity")
+        assert target.fetchval("SELECT count(*) FROM orders") == 0
 
 
 @pytest.mark.skipif(shutil.which("age") is None, reason="age's CLI is not installed")
@@ -187,3 +208,38 @@ def test_diff_convert_and_read_arrow_of_encrypted_backups(db: Database, tmp_path
         (r["aid"], r["n"], r["note"]) for r in expected
     )
     assert read_arrow(after, "public.acc", identities=ids).num_rows == len(expected)
+
+
+def test_compare_of_an_encrypted_backup_with_a_database(
+    encrypted: tuple[Path, Path, str], db: Database
+) -> None:
+    """compare decrypts through the checked reader: with the key, the database it was
+    dumped from is equal (exit 0, one `equal:` line); after one row of orders changed,
+    exit 7 with one error line naming public.orders. Without the key (and no fingerprints
+    in the manifest), a usage error (exit 2) that says the files must be read."""
+    backup, key, _ = encrypted
+    same = run_cli("compare", str(backup), db.dsn, "-i", str(key))
+    assert (same.returncode, same.stderr) == (0, ""), same.stderr
+    (line,) = same.stdout.splitlines()
+    assert re.fullmatch(
+        r"equal: the database holds exactly the backup's rows \(4 tables, 2070 rows, "
+        r"3 sequences; fingerprints from the files; \d+\.\d\ds\)",
+        line,
+    ), line
+
+    failed_with(
+        run_cli("compare", str(backup), db.dsn),
+        ExitCode.USAGE,
+        f"{backup} has no fingerprints in its manifest (dumped without --fingerprints) and "
+        "is encrypted: its files must be read",
+        "give the matching secret key file with --identity",
+    )
+
+    db.execute("UPDATE orders SET total = total + 1 WHERE id = 7")
+    run = run_cli("compare", str(backup), db.dsn, "-i", str(key))
+    assert (run.returncode, run.stdout) == (ExitCode.DIFFERENT, ""), run.stderr
+    error, hint = run.stderr.splitlines()
+    assert error.startswith(
+        "error: public.orders: the same number of rows (500) but not the same rows (fingerprint "
+    ), error
+    assert hint == "hint: 1 difference: the database does not hold exactly the backup's rows"

@@ -5,6 +5,7 @@ goes away, wrong credentials, a missing bucket; encryption there."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import signal
@@ -18,7 +19,7 @@ import pytest
 from pyrage import x25519
 
 from asyncsnap.bucket import CLAIM_NAME, BackupPrefix
-from asyncsnap.errors import OutputExists
+from asyncsnap.errors import ExitCode, OutputExists
 from asyncsnap.objectstore import Store, StoreUrl
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
@@ -687,3 +688,33 @@ def test_aws_settings_that_cannot_be_honoured_are_refused_before_any_request(
             assert hint.startswith("hint: "), (label, hint)
             assert "pw-in-url" not in run.stderr and SECRET_KEY not in run.stderr
         assert proxy.seen == []
+
+
+EQUAL_SHOP = re.compile(
+    r"equal: the database holds exactly the backup's rows \(4 tables, 2070 rows, "
+    r"3 sequences; fingerprints from the (files|manifest); \d+\.\d\ds\)"
+)
+
+
+def test_compare_of_a_backup_in_the_store_with_a_database(s3: S3Server, db: Database) -> None:
+    """compare reads a backup straight from the store: against the database it was dumped
+    from, exit 0 and one `equal:` line; after one row of orders changed (same count), exit
+    7, one error line naming public.orders and the README's hint."""
+    db.execute(SHOP)
+    env = cli_env(s3)
+    run = run_cli("dump", db.dsn, "-o", f"s3://{BUCKET}/compared", "--name", "b", "-q", env=env)
+    assert run.returncode == 0, run.stderr
+    url = run.stdout.strip()
+    same = run_cli("compare", url, db.dsn, env=env)
+    assert (same.returncode, same.stderr) == (0, ""), same.stderr
+    (line,) = same.stdout.splitlines()
+    assert EQUAL_SHOP.fullmatch(line), line
+
+    db.execute("UPDATE orders SET total = total + 1 WHERE id = 7")
+    run = run_cli("compare", url, db.dsn, env=env)
+    assert (run.returncode, run.stdout) == (ExitCode.DIFFERENT, ""), run.stderr
+    error, hint = run.stderr.splitlines()
+    assert error.startswith(
+        "error: public.orders: the same number of rows (500) but not the same rows (fingerprint "
+    ), error
+    assert hint == "hint: 1 difference: the database does not hold exactly the backup's rows"
