@@ -23,6 +23,7 @@ from asyncsnap.errors import ExitCode, OutputExists
 from asyncsnap.objectstore import Store, StoreUrl
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
+from .helpers import failed_with
 from .s3server import (
     ACCESS_KEY,
     ADMIN_KEY,
@@ -105,7 +106,7 @@ def test_two_dumps_with_one_name_are_kept_apart(s3: S3Server, db: Database) -> N
     run = run_cli(
         "dump", db.dsn, "-o", f"s3://{BUCKET}/claims", "--name", "nightly", env=cli_env(s3)
     )
-    assert run.returncode == 4 and "already exists" in run.stderr, run.stderr
+    failed_with(run, ExitCode.OUTPUT, f"s3://{BUCKET}/claims/nightly already exists")
     assert keys(s3, "claims") == [f"nightly/{CLAIM_NAME}"]
     first.abandon(keep_partial=False)
     assert keys(s3, "claims") == []
@@ -128,13 +129,32 @@ def _start_dump(db: Database, prefix: str, env: dict[str, str]) -> subprocess.Po
     )
 
 
+def _uploading(server: S3Server, prefix: str) -> bool:
+    """Whether dump ``n`` under ``prefix`` is uploading a data file: a multipart upload
+    under ``n/data/`` is open (the store's own list of them), or a data object is there."""
+    import boto3  # type: ignore[import-untyped]
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=server.endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+    )
+    open_uploads = client.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{prefix}/n/data/")
+    if open_uploads.get("Uploads"):
+        return True
+    return any(k.startswith("n/data/") for k in keys(server, prefix))
+
+
 def _wait_for_claim(server: S3Server, prefix: str, dump: subprocess.Popen[str]) -> None:
+    """Until the dump has claimed its name and is uploading the big table's file (polled,
+    with a deadline: a fixed sleep could kill it before any upload, or after the last)."""
     deadline = time.monotonic() + 60
-    while f"n/{CLAIM_NAME}" not in keys(server, prefix):
+    while f"n/{CLAIM_NAME}" not in keys(server, prefix) or not _uploading(server, prefix):
         assert dump.poll() is None, dump.communicate()
-        assert time.monotonic() < deadline, "the dump never claimed its name"
+        assert time.monotonic() < deadline, "the dump never claimed its name and uploaded"
         time.sleep(0.05)
-    time.sleep(0.7)  # into the upload of the big table's file
 
 
 @pytest.mark.slow
@@ -154,15 +174,16 @@ def test_sigkill_mid_upload_leaves_nothing_that_looks_complete(s3: S3Server, db:
     url = f"s3://{BUCKET}/killed/n"
     for command in (["verify", url], ["inspect", url]):
         run = run_cli(*command, env=env)
-        assert run.returncode == 5, run.stderr
-        assert "has no manifest.json: not a complete asyncsnap backup" in run.stderr
+        failed_with(
+            run, ExitCode.VERIFY, f"{url} has no manifest.json: not a complete asyncsnap backup"
+        )
     run = run_cli("prune", f"s3://{BUCKET}/killed", "--keep", "1", env=env)
     assert run.returncode == 0 and "left alone 1" in run.stdout, run.stdout
     # A day has not passed: it might still be running, so it stays. (Compare the claim
     # only: the store may still be completing an upload the dump sent before it died.)
     assert f"n/{CLAIM_NAME}" in keys(s3, "killed")
     # With renewals every 0.1 s (the floor is then 1 s), a claim 1.5 s old is a dead dump's.
-    time.sleep(1.5)
+    time.sleep(1.5)  # time passing is the point: the claim ages
     env = cli_env(s3, ASYNCSNAP_CLAIM_RENEW_SECONDS="0.1")
     run = run_cli(
         "prune", f"s3://{BUCKET}/killed", "--keep", "1", "--abandoned-after", "1", env=env
@@ -204,7 +225,11 @@ def test_a_store_that_goes_away_fails_the_dump_cleanly(db: Database, tmp_path: P
         server.start()
         assert "n/manifest.json" not in keys(server, "gone")
         run = run_cli("verify", f"s3://{BUCKET}/gone/n", env=env)
-        assert run.returncode == 5, run.stderr
+        failed_with(
+            run,
+            ExitCode.VERIFY,
+            f"s3://{BUCKET}/gone/n has no manifest.json: not a complete asyncsnap backup",
+        )
 
 
 def test_wrong_credentials_fail_before_the_database_is_read(
@@ -253,7 +278,7 @@ def test_retention_on_a_prefix(s3: S3Server, db: Database) -> None:
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[0] == f"would remove {prefix}/{made[1]}"
     run = run_cli("prune", f"{prefix}/{made[2]}", "--keep", "1", env=env)
-    assert run.returncode == 2 and "is a backup, not a prefix of backups" in run.stderr
+    failed_with(run, ExitCode.USAGE, f"{prefix}/{made[2]} is a backup, not a prefix of backups")
 
 
 def test_a_manifest_write_retried_after_it_landed_is_success(
@@ -307,7 +332,7 @@ def test_an_encrypted_backup_in_a_store(
     assert run.returncode == 0 and "4 tables" in run.stdout, run.stderr
     with fresh_database(postgres, "asyncsnap_s3_sealed") as target:
         run = run_cli("restore", url, target.dsn, env=env)
-        assert run.returncode == 2 and "is encrypted" in run.stderr
+        failed_with(run, ExitCode.USAGE, f"{url} is encrypted", "give the matching secret key file")
         run = run_cli("restore", url, target.dsn, "-i", str(key), "-q", env=env)
         assert run.returncode == 0, run.stderr
         assert counts(target) == SHOP_COUNTS
@@ -328,8 +353,9 @@ def test_an_encrypted_backup_in_a_store(
     store.put(orders, bytes(changed))
     for extra in ([], ["-i", str(key)]):
         run = run_cli("verify", url, *extra, env=env)
-        assert run.returncode == 5, run.stderr
-        assert f"error: {orders}: " in run.stderr
+        failed_with(
+            run, ExitCode.VERIFY, f"{orders}: ", "1 problem; do not restore from this backup"
+        )
 
 
 def test_credentials_from_an_aws_profile(s3: S3Server, db: Database, tmp_path: Path) -> None:
@@ -355,7 +381,12 @@ def test_credentials_from_an_aws_profile(s3: S3Server, db: Database, tmp_path: P
     assert "p/manifest.json" in keys(s3, "profile")
     env["AWS_PROFILE"] = "nonesuch"
     run = run_cli("verify", f"s3://{BUCKET}/profile/p", env=env)
-    assert run.returncode == 2 and "AWS_PROFILE=nonesuch" in run.stderr, run.stderr
+    failed_with(
+        run,
+        ExitCode.USAGE,
+        "cannot use AWS_PROFILE=nonesuch: no such profile",
+        "check the profile's name in ~/.aws/config and ~/.aws/credentials",
+    )
 
 
 def test_no_secret_reaches_a_log_or_the_backup(s3: S3Server, db: Database, tmp_path: Path) -> None:
@@ -501,7 +532,7 @@ def test_prune_on_a_prefix_removes_only_what_its_dumps_wrote(s3: S3Server, db: D
     assert dead.name == "dead"
 
     dead._stop_renewal()  # as killed: its claim is no longer renewed
-    time.sleep(1.5)
+    time.sleep(1.5)  # time passing is the point: the claim becomes older than 1 s
     env = cli_env(s3, ASYNCSNAP_CLAIM_RENEW_SECONDS="0.1")  # floor 1 s
     run = run_cli("prune", prefix, "--keep", "1", "--abandoned-after", "1", env=env)
     assert run.returncode == 0, run.stderr
@@ -593,9 +624,13 @@ def test_a_profiles_endpoint_url_is_used_and_nothing_goes_elsewhere(
 
         aws = aws_env(tmp_path / "aws", proxy, config="[profile nightly]\nregion = us-east-1\n")
         run = run_cli("verify", f"{prefix}/p", env=aws)
-        assert run.returncode == 4, run.stderr
+        failed_with(
+            run,
+            ExitCode.OUTPUT,
+            f"could not read {prefix}/p/manifest.json: the store did not answer after retries",
+            "is the store reachable from here? requests went to AWS's endpoint for the region",
+        )
         assert proxy.seen and proxy.seen[0].startswith(b"CONNECT s3.us-east-1.amazonaws.com:443")
-        assert "requests went to AWS's endpoint for the region" in run.stderr
 
 
 def test_the_endpoint_is_chosen_in_the_aws_clis_order(s3: S3Server, tmp_path: Path) -> None:
@@ -645,7 +680,12 @@ def test_the_endpoint_is_chosen_in_the_aws_clis_order(s3: S3Server, tmp_path: Pa
         ignoring = config(s3.endpoint, s3.endpoint, "ignore_configured_endpoint_urls = true")
         env = aws_env(tmp_path / "ignoring", proxy, config=ignoring)
         run = run_cli("prune", prefix, "--keep", "1", env=env)
-        assert run.returncode == 4, run.stderr
+        failed_with(
+            run,
+            ExitCode.OUTPUT,
+            f"could not read {prefix}/manifest.json: the store did not answer after retries",
+            "is the store reachable from here? requests went to AWS's endpoint for the region",
+        )
         assert proxy.seen and proxy.seen[0].startswith(b"CONNECT s3.us-east-1.amazonaws.com:443")
 
 

@@ -51,6 +51,17 @@ def test_generated_columns_stored_and_virtual(
         ]
 
 
+def waiting_for_a_lock(db: Database) -> set[int]:
+    """The asyncsnap sessions of ``db`` that wait for a lock (pg_stat_activity)."""
+    return {
+        r[0]
+        for r in db.fetch(
+            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'asyncsnap' AND wait_event_type = 'Lock'"
+        )
+    }
+
+
 @pytest.mark.versions
 def test_database_timeouts_cannot_end_the_snapshot(db: Database, tmp_path: Path) -> None:
     """The database's owner sets every timeout that could end the coordinator's long
@@ -72,8 +83,16 @@ def test_database_timeouts_cannot_end_the_snapshot(db: Database, tmp_path: Path)
             text=True,
             env=clean_env(),
         )  # fmt: skip
-        time.sleep(1.5)
+        # Polled: the dump waits for the lock (its snapshot open), with a deadline. A fixed
+        # sleep from the start could end while Python still imported, before any session.
+        deadline = time.monotonic() + 60
+        while not (waiting := waiting_for_a_lock(db)):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the dump never waited for the lock"
+            time.sleep(0.05)
+        time.sleep(1.5)  # time passing is the point: three times every timeout, waiting
         assert proc.poll() is None, proc.communicate()
+        assert waiting_for_a_lock(db) == waiting  # the same sessions wait: none was ended
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert manifest_of(tmp_path / "b")["tables"][0]["rows"] == 1
