@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from asyncsnap import manifest
-from asyncsnap.errors import UsageError
+from asyncsnap.errors import ExitCode, UsageError
 from asyncsnap.prune import prune
 
 from .conftest import Database, run_cli
+from .helpers import failed_with
 from .test_dump import run_dump
 
 # b1 .. b4 as a dump would name them without --name (the name's time need not be the
@@ -82,7 +83,12 @@ def test_prune_cli_and_bad_keep(directory: Path) -> None:
     assert f"removed {directory / B[1]}" in run.stdout and "kept 3, removed 1" in run.stdout
     assert "kept 1 named backup (--include-named counts them)" in run.stdout
     run = run_cli("prune", str(directory), "--keep", "0")
-    assert run.returncode == 2
+    failed_with(
+        run,
+        ExitCode.USAGE,
+        "Invalid value for '--keep': Input should be greater than or equal to 1",
+        "see `asyncsnap prune --help`",
+    )
     with pytest.raises(UsageError):
         prune(directory, keep=0)
 
@@ -102,7 +108,8 @@ def test_dump_keep_prunes_after_success_only(db: Database, directory: Path) -> N
     ]
     # A failed dump prunes nothing.
     run = run_cli("dump", db.dsn, "-o", str(directory), "-t", "nope", "--keep", "1")
-    assert run.returncode == 2 and (directory / B[4]).exists()
+    failed_with(run, ExitCode.USAGE, "no table matches the filters: -t nope", "check -t/-T/-n/-N")
+    assert (directory / B[4]).exists()
 
 
 def test_dumps_in_the_same_second_get_distinct_default_names(db: Database, tmp_path: Path) -> None:

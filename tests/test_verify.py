@@ -12,10 +12,11 @@ import pytest
 
 from asyncsnap import manifest
 from asyncsnap.backup import open_backup
-from asyncsnap.errors import VerificationFailed
+from asyncsnap.errors import ExitCode, VerificationFailed
 from asyncsnap.verify import verify
 
 from .conftest import Database, run_cli
+from .helpers import failed_with
 from .test_dump import SHOP, run_dump
 
 
@@ -53,7 +54,12 @@ def test_corrupted_byte_names_the_file(backup: Path) -> None:
     result = verify(backup)
     assert [p.file for p in result.problems] == [f"data/{f.name}"]
     run = run_cli("verify", str(backup))
-    assert run.returncode == 5 and f"error: data/{f.name}" in run.stderr
+    failed_with(
+        run,
+        ExitCode.VERIFY,
+        f"data/{f.name}: cannot be decompressed: ",
+        "1 problem; do not restore from this backup",
+    )
 
 
 def test_truncated_file(backup: Path) -> None:
@@ -82,7 +88,11 @@ def test_edited_manifest(backup: Path) -> None:
     with pytest.raises(VerificationFailed, match="does not match its own checksum"):
         verify(backup)
     run = run_cli("verify", str(backup))
-    assert run.returncode == 5 and "checksum" in run.stderr
+    failed_with(
+        run,
+        ExitCode.VERIFY,
+        f"{path} does not match its own checksum: it was edited or damaged",
+    )
 
 
 def test_row_count_mismatch_with_valid_hash(backup: Path) -> None:
@@ -157,7 +167,12 @@ def test_partial_directory_refused(backup: Path) -> None:
     partial = backup.with_name(backup.name + ".partial")
     backup.rename(partial)
     run = run_cli("verify", str(partial))
-    assert run.returncode == 5 and "incomplete backup" in run.stderr
+    failed_with(
+        run,
+        ExitCode.VERIFY,
+        f"{partial} is an incomplete backup (a dump that failed, was interrupted or is still",
+        "use a backup directory without the .partial suffix",
+    )
 
 
 def test_inspect_table_and_json(backup: Path) -> None:
