@@ -1,6 +1,15 @@
-"""The native part of asyncsnap (``asyncsnap._rows``); everything else is in pyproject.toml."""
+"""The native part of asyncsnap (``asyncsnap._rows``); everything else is in pyproject.toml.
+
+``ASYNCSNAP_SANITIZE=1`` builds it with AddressSanitizer and UBSan, every finding fatal,
+for the fuzz test (``.ci/run`` builds such a copy apart from the installed one; Python
+then needs ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``)."""
+
+import os
 
 from setuptools import Extension, setup
+
+SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+sanitized = os.environ.get("ASYNCSNAP_SANITIZE") == "1"
 
 setup(
     ext_modules=[
@@ -17,7 +26,9 @@ setup(
                 "-Wno-unused-parameter",
                 # SHA256_Init/Update/Final: kept in OpenSSL 3, marked deprecated (see _rows.c)
                 "-Wno-deprecated-declarations",
+                *([*SANITIZE, "-fno-sanitize-recover=undefined", "-g"] if sanitized else []),
             ],
+            extra_link_args=SANITIZE if sanitized else [],
         )
     ]
 )

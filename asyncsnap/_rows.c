@@ -765,8 +765,14 @@ static int read_hex4(Parser *p, uint32_t *v)
     return 0;
 }
 
+static int valid_utf8(const unsigned char *p, size_t n);
+
 /* A JSON string at p->i (its opening quote); its decoded bytes go to out with `level`'s
- * escaping (out may be NULL: only checked). */
+ * escaping (out may be NULL: only checked). Its raw bytes must be UTF-8 (docs/format.md;
+ * RFC 8259): the server would refuse them only when the rows are sent, without naming the
+ * line, and verify, which reads lines through here, would pass them. A run between
+ * escapes holds whole characters (backslash, quote and control characters are ASCII, never
+ * part of a multibyte sequence), so checking each run checks the string. */
 static int parse_string(Parser *p, Buf *out, int level)
 {
     Err *err = p->err;
@@ -774,6 +780,8 @@ static int parse_string(Parser *p, Buf *out, int level)
     for (;;) {
         size_t run = p->i;
         run = plain_run(p->s, run, p->n);
+        if (!valid_utf8((const unsigned char *)p->s + p->i, run - p->i))
+            return fail(p, "a string is not UTF-8");
         if (out != NULL && run > p->i) {
             /* no byte of the run needs an escape at any level: backslash, quote and
              * control characters are all JSON-special */
@@ -911,8 +919,10 @@ static int parse_array(Parser *p, Buf *out, char delim, int depth)
             if (p->i >= p->n || p->s[p->i] != ',') return fail(p, "expected ',' in an array");
             p->i++;
             skip_ws(p);
-            RESERVE(out, 1);
-            PUT(out, delim);
+            /* the delimiter is COPY text like any other byte: CREATE TYPE takes any
+             * character, and a tab or backslash written raw would split or change the
+             * field */
+            if (put_escaped(out, (unsigned char)delim, LEVEL_COPY, err) < 0) return -1;
         }
         first = 0;
         if (p->i >= p->n) return fail(p, "the line ends early");
@@ -1434,18 +1444,27 @@ static int valid_utf8(const unsigned char *p, size_t n)
     return 1;
 }
 
-/* Whether v is in the sorted array w[0..n). */
-static int in_sorted(const uint64_t *w, size_t n, uint64_t v)
+/* The k-th native uint64 of w, which may be any buffer: not necessarily 8-byte aligned (a
+ * memoryview of a slice), where a uint64_t load would be undefined. */
+static inline uint64_t uint64_at(const unsigned char *w, size_t k)
+{
+    uint64_t v;
+    memcpy(&v, w + 8 * k, 8);
+    return v;
+}
+
+/* Whether v is in the sorted array of n native uint64s at w. */
+static int in_sorted(const unsigned char *w, size_t n, uint64_t v)
 {
     size_t lo = 0, hi = n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (w[mid] < v)
+        if (uint64_at(w, mid) < v)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return lo < n && w[lo] == v;
+    return lo < n && uint64_at(w, lo) == v;
 }
 
 /* line_columns(data, with_hashes, with_text[, wanted]): the lines of data (whole lines,
@@ -1504,7 +1523,7 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     {
         const unsigned char *s = data.buf;
-        const uint64_t *w = filtering ? (const uint64_t *)wanted.buf : NULL;
+        const unsigned char *w = filtering ? (const unsigned char *)wanted.buf : NULL;
         size_t n = (size_t)data.len, start = 0, nw = (size_t)wanted.len / 8;
         uint64_t *his = with_hashes ? (uint64_t *)PyBytes_AS_STRING(hi) : NULL;
         uint64_t *los = with_hashes ? (uint64_t *)PyBytes_AS_STRING(lo) : NULL;
