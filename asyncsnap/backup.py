@@ -269,6 +269,14 @@ class DataFileReader:
                 data = self._stream.read(self.block_size)
             except (zstandard.ZstdError, zlib.error, OSError, EOFError) as exc:
                 raise self._fail(f"cannot be decompressed: {exc}") from exc
+            except VerificationFailed as exc:
+                # A chunk that does not decrypt: with a wrong key, or in a file that was
+                # changed. The stored bytes tell which; a changed file is called damaged,
+                # as a plain one is, not a question of the key.
+                self.drain()
+                if self.damaged():
+                    raise self._fail("does not match its SHA-256 in the manifest") from exc
+                raise
             if not data:
                 self._stream = None
                 if self._pending:

@@ -104,6 +104,8 @@ def verify_backup(
             if on_file is not None:
                 on_file(schema_file.path)
             wrong = check_schema_file(backup, schema_file)
+            if wrong is None and encrypted and identities and schema_file is backup.schema.sql:
+                wrong = _decrypts(backup, schema_file.path, identities)  # the archive: below
             if wrong is not None:
                 problems.append(Problem(wrong, schema_file.path))
         wrong = _check_archive(backup, identities if encrypted else None, encrypted)
@@ -145,6 +147,24 @@ def verify_backup(
     )
 
 
+def _decrypts(backup: Backup, where: str, identities: list[Any]) -> str | None:
+    """Whether the encrypted file ``where`` decrypts whole with ``identities``."""
+    try:
+        fh = backup.source.open(where)
+    except FileNotFoundError:
+        return None  # reported by its size and SHA-256 check
+    with fh:
+        plain = decrypted(fh, identities, where=where)
+        try:
+            for _ in plain:
+                pass
+        except VerificationFailed as exc:
+            return exc.message.removeprefix(where + " ")
+        finally:
+            plain.close()
+    return None
+
+
 def _check_archive(backup: Backup, identities: list[Any] | None, encrypted: bool) -> str | None:
     """The schema archive starts as pg_dump's custom format does (once decrypted), or, for
     an encrypted backup checked without its key, as an age file does. (A missing archive
@@ -162,6 +182,8 @@ def _check_archive(backup: Backup, identities: list[Any] | None, encrypted: bool
             plain = decrypted(fh, identities or [], where=where)
             try:
                 head = next(plain, b"")
+                for _ in plain:  # every chunk authenticated, not only the first
+                    pass
             except VerificationFailed as exc:
                 return exc.message.removeprefix(where + " ")
             finally:

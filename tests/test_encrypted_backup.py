@@ -76,7 +76,9 @@ def test_verify_without_the_key_checks_integrity_and_with_it_every_line(
     assert (run.returncode, run.stdout) == (ExitCode.VERIFY, ""), run.stderr
     *errors, hint = run.stderr.splitlines()
     data = sorted(f"data/{p.name}" for p in (backup / "data").iterdir())
+    # schema.sql too: it was never decrypted, and the archive only in its first chunk
     assert [e.split(": does not decrypt: ")[0] for e in errors] == [
+        "error: schema/schema.sql",
         "error: schema/schema.pgdump",
         *(f"error: {name}" for name in data),
     ], run.stderr
@@ -112,15 +114,22 @@ def test_a_changed_byte_is_refused_with_or_without_the_key(
         f"{name}: does not match its SHA-256 in the manifest",
         problem,
     )
+    # With the right key, a changed file is damaged, as a plain one is (it said "does not
+    # decrypt", with a hint to check --identity).
     failed_with(
         run_cli("verify", str(backup), "-i", str(key)),
         ExitCode.VERIFY,
-        f"{name}: does not decrypt: ",
+        f"{name}: does not match its SHA-256 in the manifest",
         problem,
     )
     with fresh_database(postgres, "asyncsnap_enc") as target:
         run = run_cli("restore", str(backup), target.dsn, "-i", str(key))
-        failed_with(run, ExitCode.VERIFY, f"{name} does not decrypt: ", "check --identity")
+        failed_with(
+            run,
+            ExitCode.VERIFY,
+            f"{name} does not match its SHA-256 in the manifest",
+            "the backup is damaged",
+        )
         assert target.fetchval("SELECT count(*) FROM orders") == 0
 
 

@@ -192,8 +192,14 @@ def test_the_reader_hashes_as_stored_then_decrypts_and_checks_lines(tmp_path: Pa
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     path.write_bytes(bytes(raw))
-    with pytest.raises(VerificationFailed, match="does not decrypt"):
+    # a changed file: damaged (its stored bytes say so), not a question of the key
+    with pytest.raises(VerificationFailed, match="does not match its SHA-256 in the manifest"):
         read_all(DataFileReader(backup, entry, identities=[identity]))
+    other = x25519.Identity.generate()  # the intact file with another key: does not decrypt
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(VerificationFailed, match="does not decrypt"):
+        read_all(DataFileReader(backup, entry, identities=[other]))
 
 
 def read_all(reader: DataFileReader) -> None:
