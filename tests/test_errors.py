@@ -229,9 +229,15 @@ def test_disk_full_exit_4_and_no_manifest(db: Database) -> None:
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    dsn = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{free_port()}/x"
+    port = free_port()
+    dsn = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/x"
     run = run_cli("dump", dsn, "-o", str(tmp_path), "--debug")
-    assert run.returncode == 3 and "Traceback" in run.stderr
+    assert run.returncode == 3 and "Traceback (most recent call last):" in run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith(("error:", "hint:"))]
+    assert errors == [
+        f"error: could not connect to 127.0.0.1:{port}: Connect call failed ('127.0.0.1', {port})",
+        "hint: is the server running and accepting connections? check host and port",
+    ], run.stderr
     assert PASSWORD not in run.stderr
 
 
@@ -244,7 +250,13 @@ def test_password_never_printed_with_pgpassword(db: Database, tmp_path: Path) ->
         PGDATABASE=db.name,
     )
     run = run_cli("dump", "-o", str(tmp_path), "--debug", env=env)
-    assert run.returncode == 3
+    assert run.returncode == 3, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith(("error:", "hint:"))]
+    assert errors == [
+        f"error: authentication failed for user 'postgres' at {db.postgres.host}:"
+        f"{db.postgres.port}",
+        "hint: check the user and password (DSN, PGPASSWORD or ~/.pgpass)",
+    ], run.stderr
     assert "wrong-" not in run.stderr + run.stdout
 
 
