@@ -8,21 +8,15 @@ The library API; the ``asyncsnap`` command is a thin layer over it::
     print(result.path, result.rows)
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("asyncsnap")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
-
-from .analysis import ConvertResult, convert, read_arrow
-from .compare import CompareResult, compare
+from .analysis.compare import CompareResult, compare
+from .analysis.diff import DiffResult, diff
+from .analysis.readers import ConvertResult, convert, read_arrow
 from .connection import ConnectionSpec
-from .diff import DiffResult, diff
 from .dump import DumpResult, TableResult, dump
 from .errors import AsyncsnapError, ExitCode
-from .restore import RestoreResult, restore
+from .restore.load import RestoreResult, restore
 from .verify import VerifyResult, verify
+from .version import __version__
 
 __all__ = [
     "AsyncsnapError",

@@ -39,12 +39,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 import asyncpg
 from dotenv import dotenv_values
 
-from .errors import (
-    AuthenticationFailed,
-    ConnectionFailed,
-    DatabaseMissing,
-    UsageError,
-)
+from .errors import AuthenticationFailed, ConnectionFailed, DatabaseMissing, UsageError
 
 # libpq connection keywords asyncsnap honours, from a key/value string or a service entry.
 # Each goes to asyncpg as a URI query parameter, which asyncpg reads like libpq.

@@ -25,8 +25,9 @@ import anyio
 import anyio.to_thread
 import asyncpg
 
-from . import bigrows
 from .catalog import TypeInfo, sql_name
+from .encode import bigrows
+from .encode.rowcodec import DumpShape, LineSplitter, copy_query
 from .errors import (
     DataIntegrityError,
     DumpFailed,
@@ -43,13 +44,12 @@ from .events import (
     EventCallback,
     Notice,
 )
+from .format import MAX_LINE_BYTES, Compression
 from .largeobjects import LARGE_OBJECTS_STEM, dump_large_objects
-from .manifest import MAX_LINE_BYTES, Compression
 from .plan import Chunk
-from .rowcodec import DumpShape, LineSplitter, copy_query
 from .session import CONNECTION_LOST, RELEASE_ERRORS
 from .snapshot import snapshot_lost, snapshot_transaction
-from .storage import DataFileWriter, DataTarget, StoredFile
+from .storage.files import DataFileWriter, DataTarget, StoredFile
 
 # A chunk whose connection dies (backend terminated, network reset) is copied again on a
 # fresh connection that imports the same snapshot, at most this many times in all.

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from .catalog import quote_ident
-from .manifest import DATABASE_PRIVILEGES, AclItem, DatabaseProperties, RoleSettings
+from .format import DATABASE_PRIVILEGES, AclItem, DatabaseProperties, RoleSettings
 from .text import count
 
 _PROVIDERS = {"c": "libc", "i": "icu", "b": "builtin"}

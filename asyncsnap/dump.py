@@ -23,8 +23,8 @@ import anyio.from_thread
 import anyio.to_thread
 import asyncpg
 
-from . import __version__, manifest, schema
-from .bucket import BackupPrefix, list_backups
+from . import format as manifest
+from . import schema
 from .catalog import (
     Catalog,
     Table,
@@ -39,13 +39,11 @@ from .catalog import (
     read_types,
     sample_page_weights,
 )
-from .catalog import (
-    Sequence as SequenceState,
-)
+from .catalog import Sequence as SequenceState
 from .connection import ConnectionSpec, ConnectParams, resolve
 from .copy import CopyContext, LargeObjectsJob, WorkItem, cancelled_by_server, close_pool, copy_all
 from .database import read_properties
-from .encryption import parse_recipients
+from .encode.render import encodings
 from .errors import (
     DumpFailed,
     StoreFailed,
@@ -55,16 +53,8 @@ from .errors import (
     most_telling,
     some_names,
 )
-from .events import (
-    DumpFinished,
-    DumpStarted,
-    EventCallback,
-    Notice,
-)
-from .inventory import Inventory, take_inventory
-from .largeobjects import count_large_objects
-from .location import backup_location
-from .manifest import (
+from .events import DumpFinished, DumpStarted, EventCallback, Notice
+from .format import (
     COMPRESSIONS,
     DEFAULT_NAME_FORMAT,
     RENDER_SETTINGS,
@@ -82,7 +72,8 @@ from .manifest import (
     SchemaFile,
     Skipped,
 )
-from .objectstore import Store, StoreUrl
+from .inventory import Inventory, take_inventory
+from .largeobjects import count_large_objects
 from .patterns import Selection
 from .plan import (
     DEFAULT_SPLIT_LARGER_THAN,
@@ -95,18 +86,22 @@ from .plan import (
     sample_pages,
 )
 from .prune import prune
-from .render import encodings
 from .session import CONNECTION_LOST, Session, SessionPolicy
 from .snapshot import Coordinator, snapshot_lost
-from .storage import (
+from .storage.encryption import parse_recipients
+from .storage.files import (
     BackupDirectory,
     BackupTarget,
     OutputLock,
     StoredFile,
     validate_backup_name,
 )
+from .storage.location import backup_location
+from .storage.prefix import BackupPrefix, list_backups
+from .storage.s3 import Store, StoreUrl
 from .text import count
 from .verify import verify_backup
+from .version import __version__
 
 DEFAULT_LOCK_TIMEOUT = 30.0
 # A table whose definition or storage changed between the snapshot and its lock (a

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from .manifest import Backup
+from .format import Backup
 
 
 def summary(backup: Backup) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from .catalog import SequenceInfo, Table
 from .errors import PermissionDenied, some_names
-from .manifest import Skipped
+from .format import Skipped
 from .patterns import Selection
 
 TableKey = tuple[str, str]

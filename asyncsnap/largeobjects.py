@@ -28,7 +28,7 @@ import orjson
 from .catalog import quote_ident
 from .errors import PermissionDenied
 from .inventory import LargeObjectCounts
-from .storage import DataFileWriter
+from .storage.files import DataFileWriter
 
 LARGE_OBJECTS_STEM = "large-objects"
 # Bytes of an object per line (2 MiB of hex): bounds a line, and so a reader's memory.

@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from . import manifest
+from . import format as manifest
 from .errors import OutputNotWritable, UsageError, VerificationFailed
-from .location import backup_location
-from .manifest import (
+from .format import (
     DATA_DIR,
     DEFAULT_NAME,
     MANIFEST_NAME,
@@ -43,7 +42,8 @@ from .manifest import (
     Backup,
     written_by_dump,
 )
-from .storage import OutputLock
+from .storage.files import OutputLock
+from .storage.location import backup_location
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def prune(
         raise UsageError(f"--keep must be at least 1, not {keep}", hint="--keep 7 keeps a week")
     where = backup_location(directory, role="DIR")
     if not isinstance(where, Path):
-        from .bucket import ABANDONED_AFTER, prune_prefix
+        from .storage.prefix import ABANDONED_AFTER, prune_prefix
 
         found = prune_prefix(
             where,

@@ -40,14 +40,8 @@ from typing import Any
 
 import asyncpg
 
-from .connection import (
-    ConnectParams,
-    Target,
-    describe_target,
-    pin_address,
-    translate_connect_error,
-)
-from .manifest import RENDER_SETTINGS
+from .connection import ConnectParams, Target, describe_target, pin_address, translate_connect_error
+from .format import RENDER_SETTINGS
 
 # Seconds: TCP keepalive probes start after this much silence, repeat every interval, and
 # give up after count probes. A dead network is noticed within about a minute.

@@ -16,12 +16,12 @@ from typing import Any
 
 import orjson
 
-from . import manifest
-from .backup import DataFileReader, check_schema_file, check_stored, open_backup
-from .encryption import AGE_MAGIC, decrypted
+from . import format as manifest
+from .encode.rowcodec import LineNotAsDescribed, LoadShape
 from .errors import VerificationFailed
-from .manifest import ARCHIVE_MAGIC, DATA_DIR, SCHEMA_DIR, Backup, BackupFile
-from .rowcodec import LineNotAsDescribed, LoadShape
+from .format import ARCHIVE_MAGIC, DATA_DIR, SCHEMA_DIR, Backup, BackupFile
+from .storage.backup import DataFileReader, check_schema_file, check_stored, open_backup
+from .storage.encryption import AGE_MAGIC, decrypted
 
 # SHA256SUMS has one short line per file; more than this is not ours.
 _MAX_SUMS_BYTES = 64 << 20

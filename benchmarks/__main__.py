@@ -888,7 +888,7 @@ def _analysis(
 
 def _empty_prefix(prefix: str) -> int:
     """Delete what a dump wrote under ``s3://BUCKET/prefix`` (not timed); its bytes."""
-    from asyncsnap.objectstore import Store, StoreUrl
+    from asyncsnap.storage.s3 import Store, StoreUrl
 
     store = Store(StoreUrl.parse(f"s3://{BUCKET}/{prefix}"))
     objects = store.objects()

@@ -13,9 +13,9 @@ import anyio
 import asyncpg
 import pytest
 
-from asyncsnap.analysis import convert, read_arrow, typed_columns
-from asyncsnap.backup import open_backup
+from asyncsnap.analysis.readers import convert, read_arrow, typed_columns
 from asyncsnap.errors import ExitCode
+from asyncsnap.storage.backup import open_backup
 
 from .conftest import Database, run_cli
 from .helpers import failed_with, flip_bit_mid_file, manifest_of, read_rows, table_entry

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from asyncsnap import _rows
-from asyncsnap.batches import LongLines
+from asyncsnap.analysis.batches import LongLines
 
 
 def _lines(seed: int, count: int, size: int) -> bytes:

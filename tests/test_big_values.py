@@ -13,13 +13,13 @@ import anyio
 import asyncpg
 import pytest
 
-from asyncsnap import bigrows
-from asyncsnap.backup import DataFileReader, LocalSource
 from asyncsnap.catalog import Table, describe_tables, list_tables, read_types
+from asyncsnap.encode import bigrows
+from asyncsnap.encode.render import select_rows_sql
 from asyncsnap.errors import VerificationFailed
-from asyncsnap.manifest import MAX_LINE_BYTES, RENDER_SETTINGS, Backup, BackupFile
-from asyncsnap.render import select_rows_sql
-from asyncsnap.storage import DataFileWriter
+from asyncsnap.format import MAX_LINE_BYTES, RENDER_SETTINGS, Backup, BackupFile
+from asyncsnap.storage.backup import DataFileReader, LocalSource
+from asyncsnap.storage.files import DataFileWriter
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
 from .helpers import manifest_of

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import anyio
 import pytest
 
-from asyncsnap.cli import redact
+from asyncsnap.cli.app import redact
 from asyncsnap.connection import (
     ConnectionSpec,
     ConnectParams,
@@ -326,7 +326,7 @@ def test_a_database_name_with_a_space_reaches_pg_dump(postgres: Postgres, tmp_pa
 def test_passwords_are_found_in_every_form_of_the_dbname_option() -> None:
     """`ps` showed the password of `--dbname=postgresql://u:pw@h/d`, `-dpostgresql://...`,
     `--dbname=password=pw host=h` and a URI's `?password=`."""
-    from asyncsnap.cli import argv_secrets
+    from asyncsnap.cli.app import argv_secrets
 
     argv = [
         "asyncsnap",

@@ -14,7 +14,7 @@ from asyncsnap.database import (
     split_list_setting,
 )
 from asyncsnap.errors import VerificationFailed
-from asyncsnap.manifest import AclItem, DatabaseProperties, _Checker, _database_properties
+from asyncsnap.format import AclItem, DatabaseProperties, _Checker, _database_properties
 
 ALL = ("CREATE", "CONNECT", "TEMPORARY")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from asyncsnap.diff import DiffResult, diff
+from asyncsnap.analysis.diff import DiffResult, diff
 from asyncsnap.errors import ExitCode
 
 from .conftest import Database, run_cli

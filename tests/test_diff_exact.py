@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from asyncsnap.analysis import convert, read_arrow, views_sql
-from asyncsnap.diff import DiffResult, diff
+from asyncsnap.analysis.diff import DiffResult, diff
+from asyncsnap.analysis.readers import convert, read_arrow, views_sql
 from asyncsnap.errors import ExitCode
 
 from .conftest import Database, clean_env, run_cli
@@ -199,7 +199,7 @@ def test_damaged_manifest_whose_rows_break_the_key_is_refused(db: Database, tmp_
 
     import zstandard
 
-    from asyncsnap import manifest as manifest_module
+    from asyncsnap import format as manifest_module
 
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 1)")
     before, after = exports_around(db, tmp_path, "UPDATE t SET v = 2")
@@ -483,10 +483,10 @@ def test_key_forms_are_equal_exactly_when_postgresql_says(db: Database, tmp_path
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from asyncsnap.analysis import line_prefixes, token_sql
-    from asyncsnap.backup import open_backup
-    from asyncsnap.batches import LineBatches
-    from asyncsnap.diff import key_expression
+    from asyncsnap.analysis.batches import LineBatches
+    from asyncsnap.analysis.diff import key_expression
+    from asyncsnap.analysis.readers import line_prefixes, token_sql
+    from asyncsnap.storage.backup import open_backup
 
     from .test_dump import run_dump
 

@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 import asyncsnap
-from asyncsnap import manifest
+from asyncsnap import format as manifest
 from asyncsnap.errors import NoTablesMatched
 
 from .conftest import Database, clean_env, run_cli

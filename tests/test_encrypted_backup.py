@@ -16,7 +16,7 @@ import zstandard
 from pyrage import x25519
 
 from asyncsnap.errors import ExitCode
-from asyncsnap.storage import BackupDirectory
+from asyncsnap.storage.files import BackupDirectory
 
 from .conftest import Database, Postgres, fresh_database, run_cli
 from .helpers import failed_with, flip_bit_mid_file, manifest_of
@@ -184,8 +184,8 @@ def test_diff_convert_and_read_arrow_of_encrypted_backups(db: Database, tmp_path
     pytest.importorskip("duckdb", reason="the analysis extra (DuckDB)")
     import pyarrow.parquet as pq
 
-    from asyncsnap.analysis import convert, read_arrow
-    from asyncsnap.diff import diff
+    from asyncsnap.analysis.diff import diff
+    from asyncsnap.analysis.readers import convert, read_arrow
 
     db.execute(
         "CREATE TABLE acc (aid int PRIMARY KEY, n numeric(12,2), note text);"

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from pyrage import x25519
 
-from asyncsnap.backup import DataFileReader, LocalSource, open_backup
-from asyncsnap.encryption import load_identities
+from asyncsnap.storage.backup import DataFileReader, LocalSource, open_backup
+from asyncsnap.storage.encryption import load_identities
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
 from .helpers import flip_bit_mid_file, manifest_of
@@ -178,7 +178,7 @@ def test_a_damaged_encrypted_file_in_a_store_fails_every_run_the_same_way(
     s3: S3Server, db: Database, postgres: Postgres, key: tuple[Path, str]
 ) -> None:
     """From the store the abort came in 7 of 12 runs."""
-    from asyncsnap.objectstore import Store, StoreUrl
+    from asyncsnap.storage.s3 import Store, StoreUrl
 
     env = clean_env(**s3.env())
     url = _dump(db, f"s3://{BUCKET}/damaged", "--encrypt-to", key[1], env=env)

@@ -16,11 +16,11 @@ import pytest
 import zstandard
 from pyrage import x25519
 
-from asyncsnap.backup import DataFileReader, LocalSource
-from asyncsnap.encryption import decrypted, load_identities, parse_recipients
 from asyncsnap.errors import DiskFull, UsageError, VerificationFailed
-from asyncsnap.manifest import Backup, BackupFile
-from asyncsnap.storage import DataFileWriter, LocalFileSink
+from asyncsnap.format import Backup, BackupFile
+from asyncsnap.storage.backup import DataFileReader, LocalSource
+from asyncsnap.storage.encryption import decrypted, load_identities, parse_recipients
+from asyncsnap.storage.files import DataFileWriter, LocalFileSink
 
 LINES = b"".join(b'{"id":%d,"name":"patient %d"}\n' % (i, i) for i in range(100_000))
 

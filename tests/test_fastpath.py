@@ -21,13 +21,20 @@ import pytest
 
 from asyncsnap import _rows, verify
 from asyncsnap.catalog import describe_tables, list_tables, read_types
-from asyncsnap.manifest import RENDER_SETTINGS
-from asyncsnap.render import select_rows_sql
-from asyncsnap.rowcodec import DumpShape, LineSplitter, LoadShape, column_kind, copy_query
+from asyncsnap.encode.render import select_rows_sql
+from asyncsnap.encode.rowcodec import DumpShape, LineSplitter, LoadShape, column_kind, copy_query
+from asyncsnap.format import RENDER_SETTINGS
 
 from .conftest import Database, Postgres, fresh_database
 from .test_dump import run_dump
-from .test_restore import FIDELITY, XML_FIDELITY, copy_schema, digests, has_xml, run_restore
+from .test_restore import (
+    FIDELITY,
+    XML_FIDELITY,
+    copy_schema,
+    digests,
+    has_xml,
+    run_restore,
+)
 from .test_verify import reseal
 
 

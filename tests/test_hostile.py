@@ -19,9 +19,9 @@ import asyncpg
 import orjson
 import pytest
 
-from asyncsnap import manifest as manifest_module
+from asyncsnap import format as manifest_module
 from asyncsnap.errors import VerificationFailed
-from asyncsnap.manifest import RENDER_SETTINGS, checked_render_settings
+from asyncsnap.format import RENDER_SETTINGS, checked_render_settings
 
 from .conftest import Database, Postgres, execute, fresh_database, run_cli
 from .helpers import manifest_of, read_rows

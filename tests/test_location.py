@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from asyncsnap.errors import UsageError
-from asyncsnap.location import backup_location, local_path
-from asyncsnap.objectstore import StoreUrl
+from asyncsnap.storage.location import backup_location, local_path
+from asyncsnap.storage.s3 import StoreUrl
 
 from .conftest import Database, clean_env, run_cli
 

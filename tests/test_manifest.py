@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncsnap import manifest
+from asyncsnap import format as manifest
 from asyncsnap.errors import VerificationFailed
 
 BODY = {"format": "asyncsnap", "format_version": 1, "tables": [{"name": "ünï", "rows": 3}]}

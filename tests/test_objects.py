@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from asyncsnap import manifest as manifest_module
+from asyncsnap import format as manifest_module
 
 from .conftest import Database, Postgres, fresh_database, run_cli
 from .helpers import decompress, manifest_of

@@ -14,8 +14,8 @@ import pytest
 import zstandard
 
 from asyncsnap.errors import ExitCode, OutputExists, StoreFailed, UsageError
-from asyncsnap.objectstore import Store, StoreSink, StoreUrl
-from asyncsnap.storage import DataFileWriter
+from asyncsnap.storage.files import DataFileWriter
+from asyncsnap.storage.s3 import Store, StoreSink, StoreUrl
 
 from .s3server import ADMIN_KEY, ADMIN_SECRET, BUCKET, SECRET_KEY, S3Server, s3_server
 
@@ -193,7 +193,7 @@ def test_the_endpoint_is_the_one_botocore_resolves(
     AWS's own. No request is made: creating a client sends nothing."""
     import boto3  # type: ignore[import-untyped]
 
-    from asyncsnap import awsconfig
+    from asyncsnap.storage import awsconfig
 
     config = tmp_path / "config"
     section = f"services = here\n\n[services here]\ns3 =\n  endpoint_url = {services}\n"

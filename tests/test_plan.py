@@ -225,8 +225,8 @@ def test_every_name_a_dump_gives_is_one_retention_knows() -> None:
     """prune removes only files with the names a dump writes (manifest.written_by_dump):
     every stem file_stem gives, split or not, in every compression, and the large
     objects' file, match; look-alikes do not."""
+    from asyncsnap.format import EXTENSIONS, written_by_dump
     from asyncsnap.largeobjects import LARGE_OBJECTS_STEM
-    from asyncsnap.manifest import EXTENSIONS, written_by_dump
 
     names = [
         "t",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from asyncsnap.cli.progress import LiveDisplay, PlainLog, human_bytes, summary_table
 from asyncsnap.dump import TableResult
 from asyncsnap.events import (
     ChunkFinished,
@@ -17,7 +18,6 @@ from asyncsnap.events import (
     DumpStarted,
     Event,
 )
-from asyncsnap.progress import LiveDisplay, PlainLog, human_bytes, summary_table
 
 from .conftest import Database
 from .helpers import manifest_of, run_on_a_terminal

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncsnap import manifest
+from asyncsnap import format as manifest
 from asyncsnap.errors import ExitCode, UsageError
 from asyncsnap.prune import prune
 

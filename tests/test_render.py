@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from asyncsnap.catalog import Column, Table, TypeInfo
-from asyncsnap.render import column_encoding, select_rows_sql
+from asyncsnap.encode.render import column_encoding, select_rows_sql
 
 TYPES = {
     23: TypeInfo(23, "pg_catalog", "int4", "b", "N", 0, 0),

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from asyncsnap.errors import RestoreFailed, SchemaMismatch, TargetNotEmpty, VerificationFailed
-from asyncsnap.restore import RestorePlan, RestoreResult, restore
+from asyncsnap.restore.load import RestorePlan, RestoreResult, restore
 
 from .conftest import Database, Postgres, fresh_database, run_cli
 from .helpers import flip_bit_mid_file

@@ -20,9 +20,9 @@ import orjson
 import pytest
 from pyrage import x25519
 
-from asyncsnap import manifest
+from asyncsnap import format as manifest
 from asyncsnap.errors import SchemaMismatch, TargetLocked, TargetNotEmpty
-from asyncsnap.restore import RestoreResult, restore
+from asyncsnap.restore.load import RestoreResult, restore
 
 from .conftest import Database, Postgres, execute, fetch, run_cli
 from .pgserver import client_bindir, unprivileged_user
@@ -431,7 +431,7 @@ def test_a_second_create_of_the_same_database_is_refused_at_once(
     async def hold_and_try() -> None:
         import asyncpg
 
-        from asyncsnap.restore_target import CREATE_CLASS, name_key
+        from asyncsnap.restore.target import CREATE_CLASS, name_key
 
         holder = await asyncpg.connect(postgres.admin_dsn)
         try:

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from asyncsnap.errors import AsyncsnapError, PermissionDenied, TargetLocked, TargetNotEmpty
-from asyncsnap.restore import restore
+from asyncsnap.restore.load import restore
 
 from .conftest import Database, Postgres, fresh_database, run_cli
 from .helpers import manifest_of

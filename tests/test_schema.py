@@ -14,8 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from asyncsnap import manifest
-from asyncsnap.backup import LocalSource
+from asyncsnap import format as manifest
 from asyncsnap.errors import (
     PermissionDenied,
     RestoreFailed,
@@ -24,9 +23,10 @@ from asyncsnap.errors import (
     UsageError,
     VerificationFailed,
 )
-from asyncsnap.manifest import Backup, BackupSchema, SchemaFile
-from asyncsnap.restore_schema import check_options
+from asyncsnap.format import Backup, BackupSchema, SchemaFile
+from asyncsnap.restore.schema import check_options
 from asyncsnap.schema import drop_statements, script_statements
+from asyncsnap.storage.backup import LocalSource
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
 from .helpers import flip_bit_mid_file

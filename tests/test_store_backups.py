@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from pyrage import x25519
 
-from asyncsnap.bucket import CLAIM_NAME, BackupPrefix
 from asyncsnap.errors import ExitCode, OutputExists
-from asyncsnap.objectstore import Store, StoreUrl
+from asyncsnap.storage.prefix import CLAIM_NAME, BackupPrefix
+from asyncsnap.storage.s3 import Store, StoreUrl
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
 from .helpers import failed_with

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from asyncsnap.bucket import CLAIM_NAME
+from asyncsnap.storage.prefix import CLAIM_NAME
 
 from .conftest import CliRun, Database, clean_env, run_cli
 from .s3server import BUCKET, S3Server, s3_server

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from asyncsnap import manifest
-from asyncsnap.backup import open_backup
+from asyncsnap import format as manifest
 from asyncsnap.errors import ExitCode, VerificationFailed
+from asyncsnap.storage.backup import open_backup
 from asyncsnap.verify import verify
 
 from .conftest import Database, run_cli

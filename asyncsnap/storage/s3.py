@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .errors import OutputExists, StoreFailed, UsageError
+from ..errors import OutputExists, StoreFailed, UsageError
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore

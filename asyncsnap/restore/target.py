@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import anyio
 import asyncpg
 
-from .catalog import quote_ident
-from .database import (
+from ..catalog import quote_ident
+from ..database import (
     BadSetting,
     create_options,
     describe,
@@ -46,15 +46,9 @@ from .database import (
     property_statements,
     roles_named,
 )
-from .errors import (
-    SchemaMismatch,
-    TargetLocked,
-    TargetNotEmpty,
-    VerificationFailed,
-    some_names,
-)
-from .manifest import Backup, DatabaseProperties
-from .session import CONNECTION_LOST
+from ..errors import SchemaMismatch, TargetLocked, TargetNotEmpty, VerificationFailed, some_names
+from ..format import Backup, DatabaseProperties
+from ..session import CONNECTION_LOST
 
 # pg_try_advisory_lock(key1, key2): key1 says what is held, key2 which one.
 LOCK_CLASS = 0x61736E70  # "asnp": a restore is running into this database (key2 0)

@@ -30,12 +30,12 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from . import _rows
-from .backup import open_backup
-from .errors import AsyncsnapError, OutputError, UsageError, VerificationFailed
-from .manifest import Backup, BackupColumn, BackupTable
-from .plan import file_stem
-from .scratch import PrivateScratch
+from .. import _rows
+from ..errors import AsyncsnapError, OutputError, UsageError, VerificationFailed
+from ..format import Backup, BackupColumn, BackupTable
+from ..plan import file_stem
+from ..scratch import PrivateScratch
+from ..storage.backup import open_backup
 
 if TYPE_CHECKING:
     from .batches import LineBatches

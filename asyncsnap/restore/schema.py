@@ -27,11 +27,10 @@ import anyio
 import anyio.to_thread
 import asyncpg
 
-from . import schema
-from .backup import check_schema_file
-from .catalog import sql_name
-from .connection import ConnectParams, join_uri
-from .errors import (
+from .. import schema
+from ..catalog import sql_name
+from ..connection import ConnectParams, join_uri
+from ..errors import (
     RestoreFailed,
     SchemaMismatch,
     TargetNotEmpty,
@@ -39,7 +38,8 @@ from .errors import (
     VerificationFailed,
     some_names,
 )
-from .manifest import Backup, BackupTable
+from ..format import Backup, BackupTable
+from ..storage.backup import check_schema_file
 
 Kind = str  # "existing" (rows into existing tables) | "whole" (schema and rows)
 

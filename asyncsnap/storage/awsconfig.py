@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import UsageError
+from ..errors import UsageError
 
 # The variables obstore reads for the endpoint itself, from the process environment, when
 # a store is built: AWS_ENDPOINT_URL_S3 even over an endpoint passed to it explicitly.

@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import _rows
-from .catalog import Column, Table, TypeInfo, quote_ident, sql_name
-from .manifest import BackupTable
+from .. import _rows
+from ..catalog import Column, Table, TypeInfo, quote_ident, sql_name
+from ..format import BackupTable
 from .render import column_encoding, column_json_sql, resolve_domain, rows_where
 
 # Per-column kinds of the dump's converter (see _rows.c).

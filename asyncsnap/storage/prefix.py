@@ -39,13 +39,14 @@ from typing import Any
 
 import orjson
 
-from . import __version__, manifest
+from .. import format as manifest
+from ..errors import OutputExists, StoreFailed, UsageError, VerificationFailed
+from ..format import DEFAULT_NAME, MANIFEST_NAME, Backup, Compression, written_by_dump
+from ..scratch import PrivateScratch
+from ..version import __version__
 from .backup import ChunksReader
-from .errors import OutputExists, StoreFailed, UsageError, VerificationFailed
-from .manifest import DEFAULT_NAME, MANIFEST_NAME, Backup, Compression, written_by_dump
-from .objectstore import ObjectMissing, Store, StoredObject, StoreSink, StoreUrl
-from .scratch import PrivateScratch
-from .storage import DataFileWriter, validate_backup_name
+from .files import DataFileWriter, validate_backup_name
+from .s3 import ObjectMissing, Store, StoredObject, StoreSink, StoreUrl
 
 CLAIM_NAME = "claim.json"
 # What marks a claim as asyncsnap's (docs/format.md, "Backups in object storage").

@@ -19,11 +19,11 @@ from typing import Any, Protocol
 
 import zstandard
 
-from . import manifest
+from .. import format as manifest
+from ..errors import UsageError, VerificationFailed
+from ..format import PARTIAL_SUFFIX, Backup, BackupFile, Compression, SchemaFile
 from .encryption import Decryption
-from .errors import UsageError, VerificationFailed
 from .location import backup_location
-from .manifest import PARTIAL_SUFFIX, Backup, BackupFile, Compression, SchemaFile
 
 _READ_BLOCK = 1 << 20
 
@@ -82,7 +82,7 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
     """
     root = backup_location(path, role="BACKUP")
     if not isinstance(root, Path):
-        from .bucket import open_stored_backup
+        from .prefix import open_stored_backup
 
         return open_stored_backup(root)
     if root.name.endswith(PARTIAL_SUFFIX) and not in_progress:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
-from .errors import UsageError, VerificationFailed
+from ..errors import UsageError, VerificationFailed
 
 PIPE_CHUNK = 1 << 20
 _T = TypeVar("_T")

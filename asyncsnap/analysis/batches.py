@@ -30,11 +30,11 @@ from typing import Any, BinaryIO
 
 import pyarrow as pa
 
-from . import _rows
-from .backup import DataFileReader
-from .errors import VerificationFailed
-from .fingerprint import MODULUS
-from .manifest import Backup, BackupFile
+from .. import _rows
+from ..encode.fingerprint import MODULUS
+from ..errors import VerificationFailed
+from ..format import Backup, BackupFile
+from ..storage.backup import DataFileReader
 
 HASHES = (("h1", pa.uint64()), ("h2", pa.uint64()))
 TEXT = (("line", pa.large_string()),)

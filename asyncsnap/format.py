@@ -22,8 +22,8 @@ from typing import Any, Literal
 import orjson
 
 from .catalog import SchemaQualified
+from .encode.fingerprint import combine
 from .errors import VerificationFailed
-from .fingerprint import combine
 from .plan import STEM_PATTERN
 
 FORMAT_NAME = "asyncsnap"
@@ -862,7 +862,7 @@ def parse(root: Path | str, body: dict[str, Any], source: Any = None) -> Backup:
     if body.get("database") is not None:
         database = _database_properties(c, c.obj(body["database"], "database"))
     if source is None:
-        from .backup import LocalSource
+        from .storage.backup import LocalSource
 
         assert local is not None, "a backup in a store is parsed with its source"
         source = LocalSource(local)

@@ -42,7 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-from .analysis import (
+from ..encode.fingerprint import MODULUS, combine
+from ..errors import OutputError, VerificationFailed
+from ..format import Backup, BackupColumn, BackupFile, BackupTable
+from ..plan import file_stem
+from ..scratch import PrivateScratch
+from ..storage.backup import check_schema_file
+from ..storage.encryption import decrypted
+from ..text import count
+from .readers import (
     DEFAULT_MEMORY_LIMIT,
     attempts,
     engine,
@@ -53,14 +61,6 @@ from .analysis import (
     run_engine,
     token_sql,
 )
-from .backup import check_schema_file
-from .encryption import decrypted
-from .errors import OutputError, VerificationFailed
-from .fingerprint import MODULUS, combine
-from .manifest import Backup, BackupColumn, BackupFile, BackupTable
-from .plan import file_stem
-from .scratch import PrivateScratch
-from .text import count
 
 if TYPE_CHECKING:
     from .batches import LineBatches, LongLines

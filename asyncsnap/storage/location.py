@@ -15,8 +15,8 @@ import re
 from pathlib import Path, PurePath
 from urllib.parse import unquote, urlsplit
 
-from .errors import UsageError
-from .objectstore import StoreUrl, shown
+from ..errors import UsageError
+from .s3 import StoreUrl, shown
 
 # RFC 3986 scheme, then "://" (a URL as typed).
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")

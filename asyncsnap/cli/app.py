@@ -28,18 +28,15 @@ import orjson
 import typer
 from rich.console import Console
 
-from . import __version__
-from .analysis import DEFAULT_MEMORY_LIMIT, convert, views_sql
-from .backup import open_backup
-from .compare import CompareResult, compare, describe_differences, summary_line
-from .compare import as_json as comparison_json
-from .connection import ConnectionSpec, resolve
-from .diff import as_json as diff_json
-from .diff import describe as describe_diff
-from .diff import diff
-from .dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
-from .encryption import load_identities
-from .errors import (
+from ..analysis.compare import CompareResult, compare, describe_differences, summary_line
+from ..analysis.compare import as_json as comparison_json
+from ..analysis.diff import as_json as diff_json
+from ..analysis.diff import describe as describe_diff
+from ..analysis.diff import diff
+from ..analysis.readers import DEFAULT_MEMORY_LIMIT, convert, views_sql
+from ..connection import ConnectionSpec, resolve
+from ..dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
+from ..errors import (
     AsyncsnapError,
     ExitCode,
     Interrupted,
@@ -48,21 +45,17 @@ from .errors import (
     UsageError,
     most_telling,
 )
-from .events import DumpFinished, DumpStarted, Event, RestoreStarted
-from .inspect import summary
-from .manifest import PARTIAL_SUFFIX, Compression
-from .progress import (
-    JsonLog,
-    LiveDisplay,
-    PlainLog,
-    one_line,
-    summary_table,
-    summary_tables,
-)
-from .prune import prune
-from .restore import RestoreResult, restore
-from .text import count
-from .verify import verify
+from ..events import DumpFinished, DumpStarted, Event, RestoreStarted
+from ..format import PARTIAL_SUFFIX, Compression
+from ..inspect import summary
+from ..prune import prune
+from ..restore.load import RestoreResult, restore
+from ..storage.backup import open_backup
+from ..storage.encryption import load_identities
+from ..text import count
+from ..verify import verify
+from ..version import __version__
+from .progress import JsonLog, LiveDisplay, PlainLog, one_line, summary_table, summary_tables
 
 T = TypeVar("T")
 
@@ -131,7 +124,7 @@ def _root(
     ] = False,
 ) -> None:
     """asyncsnap: consistent, concurrent PostgreSQL exports to checksummed NDJSON."""
-    from .scratch import remove_abandoned_scratch
+    from ..scratch import remove_abandoned_scratch
 
     # A run killed before its clean-up left its private scratch directory (of an
     # encrypted backup: plaintext); every run removes those whose process is gone.
@@ -1665,7 +1658,7 @@ def _use_endpoint(url: str | None) -> None:
     one (``awsconfig``), as the AWS CLI's option is."""
     if url is None:
         return
-    from .awsconfig import use_endpoint_option
+    from ..storage.awsconfig import use_endpoint_option
 
     use_endpoint_option(url)
 

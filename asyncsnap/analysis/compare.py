@@ -32,8 +32,7 @@ from typing import Any, Literal
 import anyio
 import asyncpg
 
-from .backup import DataFileReader, open_backup
-from .catalog import (
+from ..catalog import (
     Table,
     describe_tables,
     list_sequences,
@@ -42,17 +41,18 @@ from .catalog import (
     read_server_info,
     read_types,
 )
-from .connection import ConnectionSpec, ConnectParams, resolve
-from .copy import CopyContext, LargeObjectsJob, WorkItem, cancelled_by_server, close_pool, copy_all
-from .errors import DumpFailed, UsageError, most_telling
-from .events import EventCallback
-from .fingerprint import RowFingerprint, combine
-from .manifest import Backup, BackupFile, BackupSequence, BackupTable, Compression
-from .plan import DEFAULT_SPLIT_LARGER_THAN, TID_RANGE_SCAN_VERSION, plan_chunks
-from .session import CONNECTION_LOST, Session, SessionPolicy
-from .snapshot import Coordinator, snapshot_lost
-from .storage import CountingWriter, DataFileWriter, StoredFile
-from .text import count
+from ..connection import ConnectionSpec, ConnectParams, resolve
+from ..copy import CopyContext, LargeObjectsJob, WorkItem, cancelled_by_server, close_pool, copy_all
+from ..encode.fingerprint import RowFingerprint, combine
+from ..errors import DumpFailed, UsageError, most_telling
+from ..events import EventCallback
+from ..format import Backup, BackupFile, BackupSequence, BackupTable, Compression
+from ..plan import DEFAULT_SPLIT_LARGER_THAN, TID_RANGE_SCAN_VERSION, plan_chunks
+from ..session import CONNECTION_LOST, Session, SessionPolicy
+from ..snapshot import Coordinator, snapshot_lost
+from ..storage.backup import DataFileReader, open_backup
+from ..storage.files import CountingWriter, DataFileWriter, StoredFile
+from ..text import count
 
 Status = Literal["equal", "different", "missing", "columns differ"]
 _LARGE_OBJECTS = ("", "large objects")  # the key of the large objects' numbers

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 import zstandard
 
-from .encryption import EncryptingStage
-from .errors import (
+from ..encode.fingerprint import RowFingerprint
+from ..errors import (
     DiskFull,
     OutputError,
     OutputExists,
@@ -31,8 +31,7 @@ from .errors import (
     OutputNotWritable,
     UsageError,
 )
-from .fingerprint import RowFingerprint
-from .manifest import (
+from ..format import (
     DATA_DIR,
     EXTENSIONS,
     MANIFEST_NAME,
@@ -42,7 +41,8 @@ from .manifest import (
     Backup,
     Compression,
 )
-from .scratch import PrivateScratch
+from ..scratch import PrivateScratch
+from .encryption import EncryptingStage
 
 # zstd level 1, one thread. Level 3 measured free with one stream at design time; with -j 2 on
 # 2 cores the client competes with two server backends, and level 1 measured 35-80% faster

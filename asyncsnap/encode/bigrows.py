@@ -25,10 +25,10 @@ from typing import Any
 import asyncpg
 import orjson
 
-from .catalog import Column, Table, TypeInfo, quote_ident, sql_name
-from .errors import DumpFailed
+from ..catalog import Column, Table, TypeInfo, quote_ident, sql_name
+from ..errors import DumpFailed
+from ..storage.files import DataFileWriter
 from .render import column_json_sql, piecewise, rows_where
-from .storage import DataFileWriter
 
 # What the server says when a value would exceed 1 GiB: "out of memory" with "Cannot
 # enlarge string buffer" (54000), out of memory (53200), or palloc's "invalid memory alloc

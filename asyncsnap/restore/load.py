@@ -31,22 +31,15 @@ import anyio
 import anyio.to_thread
 import asyncpg
 
-from . import bigrows, largeobjects, restore_schema, restore_target
-from . import schema as schema_tools
-from .backup import DataFileReader, open_backup
-from .catalog import (
-    Table,
-    describe_tables,
-    list_tables,
-    quote_ident,
-    sql_name,
-    view_dependencies,
-)
-from .compare import CompareResult
-from .compare import compare as compare_backup
-from .connection import ConnectionSpec, ConnectParams, resolve
-from .encryption import decrypted
-from .errors import (
+from .. import largeobjects
+from .. import schema as schema_tools
+from ..analysis.compare import CompareResult
+from ..analysis.compare import compare as compare_backup
+from ..catalog import Table, describe_tables, list_tables, quote_ident, sql_name, view_dependencies
+from ..connection import ConnectionSpec, ConnectParams, resolve
+from ..encode import bigrows
+from ..encode.rowcodec import BINARY_HEADER, BINARY_TRAILER, LoadShape
+from ..errors import (
     AsyncsnapError,
     DatabaseMissing,
     PermissionDenied,
@@ -58,7 +51,7 @@ from .errors import (
     most_telling,
     some_names,
 )
-from .events import (
+from ..events import (
     ChunkFinished,
     ChunkProgress,
     ChunkStarted,
@@ -67,13 +60,16 @@ from .events import (
     RestoreFinished,
     RestoreStarted,
 )
-from .manifest import Backup, BackupFile, BackupTable
-from .patterns import Selection
-from .plan import CyclePlan, TableKey, plan_cycles, refresh_order, restore_order
-from .rowcodec import BINARY_HEADER, BINARY_TRAILER, LoadShape
-from .scratch import PrivateScratch
-from .session import Session, SessionPolicy
-from .text import count
+from ..format import Backup, BackupFile, BackupTable
+from ..patterns import Selection
+from ..plan import CyclePlan, TableKey, plan_cycles, refresh_order, restore_order
+from ..scratch import PrivateScratch
+from ..session import Session, SessionPolicy
+from ..storage.backup import DataFileReader, open_backup
+from ..storage.encryption import decrypted
+from ..text import count
+from . import schema as restore_schema
+from . import target as restore_target
 
 Mode = str  # "refuse" | "truncate" | "append"
 # NDJSON bytes per INSERT. ~5 MB batches measured best at design time; 1 MiB restores pgbench
@@ -513,7 +509,7 @@ async def restore(
     if identities:
         backup = replace(backup, identities=tuple(identities))
     if verify_first:
-        from .verify import verify_backup
+        from ..verify import verify_backup
 
         checked = await anyio.to_thread.run_sync(
             lambda: verify_backup(backup, identities=list(backup.identities) or None)

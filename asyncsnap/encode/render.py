@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from .catalog import Column, Table, TypeInfo, quote_ident, sql_name
+from ..catalog import Column, Table, TypeInfo, quote_ident, sql_name
 
 Encoding = Literal["json", "text", "array"]
 

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table as RichTable
 
-from .events import (
+from ..events import (
     ChunkFinished,
     ChunkProgress,
     ChunkStarted,
@@ -35,12 +35,12 @@ from .events import (
     RestoreFinished,
     RestoreStarted,
 )
-from .inspect import summary
-from .manifest import Backup
-from .text import count
+from ..format import Backup
+from ..inspect import summary
+from ..text import count
 
 if TYPE_CHECKING:
-    from .dump import TableResult
+    from ..dump import TableResult
 
 
 def human_bytes(n: float) -> str:

@@ -1,0 +1,2 @@
+"""The ``asyncsnap`` command: one thin layer over the library (option parsing, the outcome
+envelope, presentation)."""
