@@ -98,7 +98,7 @@ from .storage.files import (
 )
 from .storage.location import backup_location
 from .storage.prefix import BackupPrefix, list_backups
-from .storage.s3 import Store, StoreUrl
+from .storage.s3 import S3Store, StoreUrl
 from .text import count
 from .verify import verify_backup
 from .version import __version__
@@ -278,7 +278,7 @@ async def dump(
         keep=keep,
     )
     emit: EventCallback = on_event or (lambda event: None)
-    store: Store | None = None
+    store: S3Store | None = None
     if isinstance(where, StoreUrl):
         # Credentials, bucket and name checked before connecting: a typo fails fast.
         store, name = await anyio.to_thread.run_sync(_open_store_output, where, name)
@@ -753,10 +753,10 @@ def _check_arguments(
     return selection, output_dir, name
 
 
-def _open_store_output(url: StoreUrl, name: str | None) -> tuple[Store, str]:
+def _open_store_output(url: StoreUrl, name: str | None) -> tuple[S3Store, str]:
     """Open the store, check that the credentials may list the prefix and that the name is
     free (``BackupPrefix.create`` claims it later, conditionally)."""
-    store = Store(url)
+    store = S3Store(url)
     store.check_access()
     if name is None:
         taken = {b.name for b in list_backups(store)}

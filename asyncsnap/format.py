@@ -12,12 +12,13 @@ check ``format`` and ``format_version`` first, then that checksum, then ``parse`
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -537,12 +538,33 @@ class Skipped:
         return f"{self.kind} {self.qualified}: {self.reason}"
 
 
+class FileSource(Protocol):
+    """Where a backup's files are read from (``storage.backup.StoreSource`` over any store).
+    Paths are the manifest's."""
+
+    where: str  # the backup's location, for messages
+
+    def open(self, relpath: str) -> io.BufferedIOBase:
+        """The stored bytes of ``relpath``, streamed; ``FileNotFoundError`` if missing."""
+        ...
+
+    def names(self, directory: str) -> list[str] | None:
+        """The file names directly in ``directory`` (``data``, ``schema``), sorted; None
+        when there is no such directory."""
+        ...
+
+    def local_file(self, relpath: str) -> Path | None:
+        """``relpath`` as a local file a program can open and seek in, or None when the
+        backup is not on this machine."""
+        ...
+
+
 @dataclass(frozen=True)
 class Backup:
     """A backup whose manifest passed every check; files are checked when read."""
 
     path: Path | str  # a local directory, or the URL of a backup in an object store
-    source: Any  # ``backup.BackupSource``: where its files are read from
+    source: FileSource  # where its files are read from
     manifest: dict[str, Any]
     compression: Compression
     settings: dict[str, str]
@@ -645,7 +667,7 @@ def safe_relative_path(root: Path | None, relpath: str, checker: _Checker, where
         raise checker.fail(where, f"path {relpath!r} leaves the backup directory")
 
 
-def parse(root: Path | str, body: dict[str, Any], source: Any = None) -> Backup:
+def parse(root: Path | str, body: dict[str, Any], source: FileSource) -> Backup:
     """Check a loaded manifest (``load``) field by field and return it typed.
 
     Every field's type and range, every path (relative, no ``..``, no symlink, inside
@@ -861,11 +883,6 @@ def parse(root: Path | str, body: dict[str, Any], source: Any = None) -> Backup:
     database = None
     if body.get("database") is not None:
         database = _database_properties(c, c.obj(body["database"], "database"))
-    if source is None:
-        from .storage.backup import LocalSource
-
-        assert local is not None, "a backup in a store is parsed with its source"
-        source = LocalSource(local)
     return Backup(
         path=root,
         source=source,

@@ -42,6 +42,7 @@ from .format import (
     Backup,
     written_by_dump,
 )
+from .storage.backup import LocalSource
 from .storage.files import OutputLock
 from .storage.location import backup_location
 
@@ -171,7 +172,7 @@ def _complete_backup(entry: Path) -> tuple[str, Backup] | str:
         return "no manifest.json: not a complete asyncsnap backup"
     try:
         body = manifest.load(entry)
-        backup = manifest.parse(entry, body)
+        backup = manifest.parse(entry, body, LocalSource(entry))
     except VerificationFailed:
         return "its manifest.json does not check out"
     started = body.get("started_at")

@@ -888,9 +888,9 @@ def _analysis(
 
 def _empty_prefix(prefix: str) -> int:
     """Delete what a dump wrote under ``s3://BUCKET/prefix`` (not timed); its bytes."""
-    from asyncsnap.storage.s3 import Store, StoreUrl
+    from asyncsnap.storage.s3 import S3Store, StoreUrl
 
-    store = Store(StoreUrl.parse(f"s3://{BUCKET}/{prefix}"))
+    store = S3Store(StoreUrl.parse(f"s3://{BUCKET}/{prefix}"))
     objects = store.objects()
     store.delete([o.key for o in objects])
     return sum(o.size for o in objects)

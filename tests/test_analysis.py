@@ -1,4 +1,4 @@
-"""Exact types for analysis (asyncsnap.analysis): Parquet, Arrow and DuckDB views give
+"""Exact types for analysis (asyncsnap.analysis.readers): Parquet, Arrow and DuckDB views give
 back the fidelity tables' values, as docs/format.md "Reading with exact types" says."""
 
 from __future__ import annotations

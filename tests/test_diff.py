@@ -1,4 +1,4 @@
-"""diff BEFORE AFTER: what changed between two backups (asyncsnap.diff, over DuckDB)."""
+"""diff BEFORE AFTER: what changed between two backups (asyncsnap.analysis.diff, over DuckDB)."""
 
 from __future__ import annotations
 

@@ -178,11 +178,11 @@ def test_a_damaged_encrypted_file_in_a_store_fails_every_run_the_same_way(
     s3: S3Server, db: Database, postgres: Postgres, key: tuple[Path, str]
 ) -> None:
     """From the store the abort came in 7 of 12 runs."""
-    from asyncsnap.storage.s3 import Store, StoreUrl
+    from asyncsnap.storage.s3 import S3Store, StoreUrl
 
     env = clean_env(**s3.env())
     url = _dump(db, f"s3://{BUCKET}/damaged", "--encrypt-to", key[1], env=env)
-    store = Store(StoreUrl.parse(url), environ=s3.env())
+    store = S3Store(StoreUrl.parse(url), environ=s3.env())
     import json
 
     body = json.loads(b"".join(store.read("manifest.json")))
@@ -275,7 +275,7 @@ class _SlowSource(LocalSource):
 def _slow_encrypted_reader(db: Database, tmp_path: Path, key: tuple[Path, str]) -> DataFileReader:
     backup = open_backup(_dump(db, str(tmp_path), "--encrypt-to", key[1]))
     backup = replace(
-        backup, source=_SlowSource(backup.source.root), identities=tuple(load_identities(key[0]))
+        backup, source=_SlowSource(Path(backup.path)), identities=tuple(load_identities(key[0]))
     )
     big = next(t for t in backup.tables if t.name == "big")
     return DataFileReader(backup, big.files[0], block_size=4 << 20)
@@ -341,8 +341,8 @@ def test_no_decryption_thread_is_left_running_at_exit(
 import io, time
 from dataclasses import replace
 from pathlib import Path
-from asyncsnap.backup import DataFileReader, open_backup
-from asyncsnap.encryption import load_identities
+from asyncsnap.storage.backup import DataFileReader, open_backup
+from asyncsnap.storage.encryption import load_identities
 from tests.test_encrypted_faults import _SlowFile, _SlowSource
 _SlowFile.GATE.set()
 backup = open_backup({backup!r})

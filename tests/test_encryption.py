@@ -20,7 +20,8 @@ from asyncsnap.errors import DiskFull, UsageError, VerificationFailed
 from asyncsnap.format import Backup, BackupFile
 from asyncsnap.storage.backup import DataFileReader, LocalSource
 from asyncsnap.storage.encryption import decrypted, load_identities, parse_recipients
-from asyncsnap.storage.files import DataFileWriter, LocalFileSink
+from asyncsnap.storage.files import DataFileWriter
+from asyncsnap.storage.store import LocalFileSink
 
 LINES = b"".join(b'{"id":%d,"name":"patient %d"}\n' % (i, i) for i in range(100_000))
 

@@ -15,7 +15,7 @@ import zstandard
 
 from asyncsnap.errors import ExitCode, OutputExists, StoreFailed, UsageError
 from asyncsnap.storage.files import DataFileWriter
-from asyncsnap.storage.s3 import Store, StoreSink, StoreUrl
+from asyncsnap.storage.s3 import S3Store, StoreSink, StoreUrl
 
 from .s3server import ADMIN_KEY, ADMIN_SECRET, BUCKET, SECRET_KEY, S3Server, s3_server
 
@@ -26,8 +26,8 @@ def s3() -> Iterator[S3Server]:
         yield server
 
 
-def store(server: S3Server, prefix: str, **env: str) -> Store:
-    return Store(StoreUrl.parse(f"s3://{BUCKET}/{prefix}"), environ=server.env(**env))
+def store(server: S3Server, prefix: str, **env: str) -> S3Store:
+    return S3Store(StoreUrl.parse(f"s3://{BUCKET}/{prefix}"), environ=server.env(**env))
 
 
 def test_store_urls_are_checked() -> None:
@@ -95,12 +95,12 @@ def test_wrong_credentials_fail_clearly_and_never_show_the_secret(s3: S3Server) 
     assert "did not accept the credentials" in message and "SignatureDoesNotMatch" in message
     assert "<?xml" not in message and "AWS4-HMAC" not in message  # no body, no signature
     with pytest.raises(StoreFailed, match="access denied"):  # a bucket it may not use
-        Store(StoreUrl.parse("s3://elsewhere/x"), environ=s3.env()).check_access()
+        S3Store(StoreUrl.parse("s3://elsewhere/x"), environ=s3.env()).check_access()
 
 
 def test_a_missing_bucket_is_named(s3: S3Server) -> None:
     admin = s3.env(AWS_ACCESS_KEY_ID=ADMIN_KEY, AWS_SECRET_ACCESS_KEY=ADMIN_SECRET)
-    missing = Store(StoreUrl.parse("s3://no-such-bucket/x"), environ=admin)
+    missing = S3Store(StoreUrl.parse("s3://no-such-bucket/x"), environ=admin)
     with pytest.raises(StoreFailed, match="s3://no-such-bucket") as caught:
         missing.check_access()
     assert "bucket" in f"{caught.value.message} {caught.value.hint}"
@@ -110,7 +110,7 @@ def test_a_store_that_goes_away_fails_within_the_retry_bound() -> None:
     """The server stopped mid-upload: retried with backoff, then one clear error (exit
     4), not a hang."""
     with s3_server() as server:
-        target = Store(
+        target = S3Store(
             StoreUrl.parse(f"s3://{BUCKET}/gone"),
             environ=server.env(),
             retry_timeout=timedelta(seconds=5),

@@ -12,7 +12,8 @@ import pytest
 import zstandard
 
 from asyncsnap.errors import OutputExists, UsageError
-from asyncsnap.storage.files import BackupDirectory, write_file_atomic
+from asyncsnap.storage.files import BackupDirectory
+from asyncsnap.storage.store import write_file_atomic
 
 LINES = [f'{{"id":{i},"v":"{"x" * (i % 50)}"}}\n'.encode() for i in range(20000)]
 DATA = b"".join(LINES)

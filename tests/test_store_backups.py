@@ -20,7 +20,7 @@ from pyrage import x25519
 
 from asyncsnap.errors import ExitCode, OutputExists
 from asyncsnap.storage.prefix import CLAIM_NAME, BackupPrefix
-from asyncsnap.storage.s3 import Store, StoreUrl
+from asyncsnap.storage.s3 import S3Store, StoreUrl
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
 from .helpers import failed_with
@@ -53,7 +53,7 @@ def cli_env(server: S3Server, **extra: str) -> dict[str, str]:
 
 
 def keys(server: S3Server, prefix: str) -> list[str]:
-    store = Store(StoreUrl.parse(f"s3://{BUCKET}/{prefix}"), environ=server.env())
+    store = S3Store(StoreUrl.parse(f"s3://{BUCKET}/{prefix}"), environ=server.env())
     return sorted(o.key for o in store.objects())
 
 
@@ -81,7 +81,7 @@ def test_dump_verify_inspect_restore_through_s3(
 
     stored = keys(s3, f"roundtrip/{name}")
     assert json.loads(run_cli("inspect", url, "--json", env=env).stdout)["path"] == url
-    store = Store(StoreUrl.parse(url), environ=s3.env())
+    store = S3Store(StoreUrl.parse(url), environ=s3.env())
     body = json.loads(b"".join(store.read("manifest.json")))
     listed = [f["path"] for t in body["tables"] for f in t["files"]]
     small = ["SHA256SUMS", "manifest.json", CLAIM_NAME, "schema/schema.pgdump", "schema/schema.sql"]
@@ -99,7 +99,7 @@ def test_two_dumps_with_one_name_are_kept_apart(s3: S3Server, db: Database) -> N
     """The claim is a conditional write: a second dump of the same name is refused before
     it writes anything, and cannot complete (or remove) the first one's backup."""
     db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
-    store = Store(StoreUrl.parse(f"s3://{BUCKET}/claims"), environ=s3.env())
+    store = S3Store(StoreUrl.parse(f"s3://{BUCKET}/claims"), environ=s3.env())
     first = BackupPrefix.create(store, "nightly")
     with pytest.raises(OutputExists, match="another dump claimed that name"):
         BackupPrefix.create(store, "nightly")
@@ -262,7 +262,7 @@ def test_retention_on_a_prefix(s3: S3Server, db: Database) -> None:
     db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
     env = cli_env(s3)
     prefix = f"s3://{BUCKET}/retention"
-    admin = Store(StoreUrl.parse(prefix), environ=s3.env())
+    admin = S3Store(StoreUrl.parse(prefix), environ=s3.env())
     admin.put("notes/readme.txt", b"not a backup\n")
     run = run_cli("dump", db.dsn, "-o", prefix, "--name", "before-migration", env=env)
     assert run.returncode == 0, run.stderr
@@ -296,7 +296,7 @@ def test_a_manifest_write_retried_after_it_landed_is_success(
         if p.is_file() and p.name != "manifest.json"
     }
     body = (tmp_path / "b" / "manifest.json").read_bytes()
-    store = Store(StoreUrl.parse(f"s3://{BUCKET}/commit"), environ=s3.env())
+    store = S3Store(StoreUrl.parse(f"s3://{BUCKET}/commit"), environ=s3.env())
     for name, stored in (("mine", body), ("other", body.replace(b"{", b"{ ", 1))):
         prefix = BackupPrefix.create(store, name)
         for relpath, content in files.items():
@@ -337,7 +337,7 @@ def test_an_encrypted_backup_in_a_store(
         assert run.returncode == 0, run.stderr
         assert counts(target) == SHOP_COUNTS
 
-    store = Store(StoreUrl.parse(url), environ=s3.env())
+    store = S3Store(StoreUrl.parse(url), environ=s3.env())
     body = json.loads(b"".join(store.read("manifest.json")))
     orders = next(t for t in body["tables"] if t["name"] == "orders")["files"][0]["path"]
     stored = b"".join(store.read(orders))
@@ -406,7 +406,7 @@ def test_no_secret_reaches_a_log_or_the_backup(s3: S3Server, db: Database, tmp_p
     )
     assert run.returncode == 0, run.stderr
     text = run.stderr + summary.read_text()
-    store = Store(StoreUrl.parse(f"s3://{BUCKET}/secrets"), environ=s3.env())
+    store = S3Store(StoreUrl.parse(f"s3://{BUCKET}/secrets"), environ=s3.env())
     for key in keys(s3, "secrets"):
         text += b"".join(store.read(key)).decode(errors="replace")
     assert SECRET_KEY not in text and ACCESS_KEY not in text
@@ -498,7 +498,7 @@ def test_prune_on_a_prefix_removes_only_what_its_dumps_wrote(s3: S3Server, db: D
     db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
     env = cli_env(s3)
     prefix = f"s3://{BUCKET}/foreign"
-    store = Store(StoreUrl.parse(prefix), environ=s3.env())
+    store = S3Store(StoreUrl.parse(prefix), environ=s3.env())
     made = [f"backup_2026010{i}T000000Z" for i in (1, 2, 3)]
     for name in made:
         run = run_cli("dump", db.dsn, "-o", prefix, "--name", name, env=env)

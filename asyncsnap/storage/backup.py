@@ -13,60 +13,70 @@ import hashlib
 import io
 import threading
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import zstandard
 
 from .. import format as manifest
 from ..errors import UsageError, VerificationFailed
-from ..format import PARTIAL_SUFFIX, Backup, BackupFile, Compression, SchemaFile
+from ..format import (
+    MANIFEST_NAME,
+    PARTIAL_SUFFIX,
+    Backup,
+    BackupFile,
+    Compression,
+    FileSource,
+    SchemaFile,
+)
 from .encryption import Decryption
 from .location import backup_location
+from .s3 import S3Store
+from .store import LocalStore, ObjectMissing, Store, open_object
 
 _READ_BLOCK = 1 << 20
 
 
-class BackupSource(Protocol):
-    """Where a backup's files are read from: a local directory (``LocalSource``) or a
-    prefix in an object store (``bucket.StoreSource``). Paths are the manifest's."""
+class StoreSource:
+    """The files of the backup at ``<store root>/<name>`` (``format.FileSource``): the one
+    way every command reads a backup, wherever its store is. Paths are the manifest's."""
 
-    where: str  # the backup's location, for messages
+    def __init__(self, store: Store, name: str = "") -> None:
+        self.store = store
+        self.name = name
+        self.where = f"{store.where}/{name}" if name else store.where
+        self._listing: dict[str, list[str]] | None = None
+
+    def _key(self, relpath: str) -> str:
+        return f"{self.name}/{relpath}" if self.name else relpath
 
     def open(self, relpath: str) -> io.BufferedIOBase:
-        """The stored bytes of ``relpath``, streamed; ``FileNotFoundError`` if missing."""
-        ...
+        try:
+            return open_object(self.store, self._key(relpath))
+        except ObjectMissing as exc:
+            raise FileNotFoundError(relpath) from exc
 
     def names(self, directory: str) -> list[str] | None:
-        """The file names directly in ``directory`` (``data``, ``schema``), sorted; None
-        when there is no such directory."""
-        ...
+        if self._listing is None:
+            listing: dict[str, list[str]] = {}
+            for stored in self.store.objects(self.name):
+                relpath = stored.key.removeprefix(self.name + "/") if self.name else stored.key
+                folder, _, rest = relpath.rpartition("/")
+                listing.setdefault(folder, []).append(rest)
+            self._listing = listing
+        found = self._listing.get(directory)
+        return None if found is None else sorted(found)
 
     def local_file(self, relpath: str) -> Path | None:
-        """``relpath`` as a local file a program can open and seek in, or None when the
-        backup is not on this machine."""
-        ...
+        return self.store.local_path(self._key(relpath))
 
 
-class LocalSource:
-    """A backup directory on this machine."""
+class LocalSource(StoreSource):
+    """A backup directory on this machine (a ``StoreSource`` over a ``LocalStore``)."""
 
     def __init__(self, root: Path) -> None:
+        super().__init__(LocalStore(root))
         self.root = root
-        self.where = str(root)
-
-    def open(self, relpath: str) -> io.BufferedIOBase:
-        return open(self.root / relpath, "rb")
-
-    def names(self, directory: str) -> list[str] | None:
-        folder = self.root / directory
-        if not folder.is_dir():
-            return None
-        return sorted(p.name for p in folder.iterdir())
-
-    def local_file(self, relpath: str) -> Path | None:
-        return self.root / relpath
 
 
 def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
@@ -82,9 +92,7 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
     """
     root = backup_location(path, role="BACKUP")
     if not isinstance(root, Path):
-        from .prefix import open_stored_backup
-
-        return open_stored_backup(root)
+        return open_stored_backup(S3Store(root))
     if root.name.endswith(PARTIAL_SUFFIX) and not in_progress:
         raise VerificationFailed(
             f"{root} is an incomplete backup (a dump that failed, was interrupted or is "
@@ -93,7 +101,31 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
         )
     if not root.is_dir():
         raise VerificationFailed(f"{root} is not a directory", hint="give a backup directory")
-    return manifest.parse(root, manifest.load(root))
+    return manifest.parse(root, manifest.load(root), LocalSource(root))
+
+
+def open_stored_backup(store: Store, name: str = "") -> Backup:
+    """The backup at ``name`` in ``store`` (its root when empty), its manifest checked."""
+    source = StoreSource(store, name)
+    try:
+        body = read_manifest(store, f"{name}/{MANIFEST_NAME}" if name else MANIFEST_NAME)
+    except ObjectMissing as exc:
+        inside = sorted(
+            o.key.removesuffix("/" + MANIFEST_NAME)
+            for o in store.objects(name)
+            if o.key.endswith("/" + MANIFEST_NAME)
+            and o.key.count("/") == (name.count("/") + 2 if name else 1)
+        )
+        example = f"{source.where}/{inside[-1].rpartition('/')[2]}" if inside else None
+        raise manifest.no_manifest(source.where, example) from exc
+    return manifest.parse(source.where, body, source)
+
+
+def read_manifest(store: Store, key: str) -> dict[str, Any]:
+    """The manifest at ``key``, read and checked as ``manifest.load`` checks a local one
+    (``ObjectMissing`` if there is none)."""
+    raw = b"".join(store.open_read(key))
+    return manifest.load_bytes(raw, f"{store.where}/{key}")
 
 
 def check_schema_file(backup: Backup, entry: SchemaFile) -> str | None:
@@ -101,7 +133,7 @@ def check_schema_file(backup: Backup, entry: SchemaFile) -> str | None:
     return check_stored(backup.source, entry.path, entry.bytes, entry.sha256)
 
 
-def check_stored(source: BackupSource, relpath: str, size: int, sha256: str) -> str | None:
+def check_stored(source: FileSource, relpath: str, size: int, sha256: str) -> str | None:
     """What is wrong with a file as stored against the manifest's size and SHA-256 (it is
     missing, cut, grown or changed), or None. Reads it whole, without decoding it."""
     digest = hashlib.sha256()
@@ -137,35 +169,6 @@ class _HashingReader(io.RawIOBase):
             self.hash.update(memoryview(buffer)[:n])
             self.count += n
         return n or 0
-
-
-class ChunksReader(io.RawIOBase):
-    """A raw stream over an iterator of byte chunks (the plaintext of an age file, an
-    object read from a store); closing it closes the iterator."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._rest = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-        super().close()
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._rest:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._rest = chunk
-        n = min(len(buffer), len(self._rest))
-        buffer[:n] = self._rest[:n]
-        self._rest = self._rest[n:]
-        return n
 
 
 def _decompressing(kind: Compression, raw: io.RawIOBase) -> Any:

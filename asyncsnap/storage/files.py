@@ -24,7 +24,6 @@ import zstandard
 
 from ..encode.fingerprint import RowFingerprint
 from ..errors import (
-    DiskFull,
     OutputError,
     OutputExists,
     OutputLocked,
@@ -43,6 +42,8 @@ from ..format import (
 )
 from ..scratch import PrivateScratch
 from .encryption import EncryptingStage
+from .store import LocalFileSink, Sink, fsync_dir, write_file_atomic
+from .store import output_error as _output_error
 
 # zstd level 1, one thread. Level 3 measured free with one stream at design time; with -j 2 on
 # 2 cores the client competes with two server backends, and level 1 measured 35-80% faster
@@ -82,33 +83,6 @@ def _compressor(kind: Compression) -> _Compressor:
     return _Identity()
 
 
-def _output_error(exc: OSError, path: Path) -> OutputError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(
-            f"no space left on device while writing {path}",
-            hint="free space or choose another -o directory; nothing was kept",
-        )
-    if exc.errno == errno.EFBIG:
-        return DiskFull(
-            f"file too large while writing {path} (file size limit)",
-            hint="raise the limit (ulimit -f) or choose another -o directory; nothing was kept",
-        )
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return OutputNotWritable(
-            f"cannot write {path}: {exc.strerror}",
-            hint="choose a directory you can write to with -o",
-        )
-    return OutputError(f"cannot write {path}: {exc.strerror or exc}", hint=None)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class StoredFile:
     """What was written for one data file; becomes the file's manifest entry."""
@@ -124,62 +98,6 @@ class StoredFile:
     object_bytes: int = 0  # large-object file only: their bytes
     longest_line: int = 0  # the longest line written column by column (``bigrows``), if any
     fingerprint: str | None = None  # of the lines written (``asyncsnap.fingerprint``)
-
-
-class Sink(Protocol):
-    """Where a data file's stored bytes go: a local file, or an object in a store
-    (``objectstore.StoreSink``). ``finish`` makes them durable under the final name;
-    ``discard`` leaves nothing behind under that name."""
-
-    where: str  # for messages: a path or a URL
-
-    def write(self, block: bytes) -> None: ...
-    def finish(self) -> None: ...
-    def discard(self) -> None: ...
-
-
-class LocalFileSink:
-    """A file written under a temporary name (``.NAME.tmp``, created 0600, never an
-    existing one), fsynced and renamed by ``finish``."""
-
-    def __init__(self, final_path: Path) -> None:
-        self.final_path = final_path
-        self.where = str(final_path)
-        self.temp_path = final_path.with_name("." + final_path.name + ".tmp")
-        try:
-            self._fd: int | None = os.open(
-                self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-            )
-        except OSError as exc:
-            raise _output_error(exc, self.temp_path) from exc
-
-    def write(self, block: bytes) -> None:
-        assert self._fd is not None
-        view = memoryview(block)
-        try:
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-        except OSError as exc:
-            raise _output_error(exc, self.final_path) from exc
-
-    def finish(self) -> None:
-        assert self._fd is not None
-        try:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
-            os.rename(self.temp_path, self.final_path)
-        except OSError as exc:
-            raise _output_error(exc, self.final_path) from exc
-
-    def discard(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        for path in (self.temp_path, self.final_path):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
 
 
 class DataFileWriter:
@@ -347,26 +265,6 @@ class _Hashing:
         self.hash.update(block)
         self.size += len(block)
         self._sink.write(block)
-
-
-def write_file_atomic(root: Path, relpath: str, content: bytes) -> None:
-    """Write a small file under a temporary name, fsync it, rename it into place."""
-    final = root / relpath
-    temp = final.with_name("." + final.name + ".tmp")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, final)
-    except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-        raise _output_error(exc, final) from exc
 
 
 class BackupTarget(Protocol):

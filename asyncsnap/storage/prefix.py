@@ -28,7 +28,6 @@ claim); every other object stays where it is and is reported.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import socket
 from collections.abc import Iterable
@@ -44,9 +43,10 @@ from ..errors import OutputExists, StoreFailed, UsageError, VerificationFailed
 from ..format import DEFAULT_NAME, MANIFEST_NAME, Backup, Compression, written_by_dump
 from ..scratch import PrivateScratch
 from ..version import __version__
-from .backup import ChunksReader
+from .backup import StoreSource, read_manifest
 from .files import DataFileWriter, validate_backup_name
-from .s3 import ObjectMissing, Store, StoredObject, StoreSink, StoreUrl
+from .s3 import S3Store, StoreUrl
+from .store import ObjectMissing, Store, StoredObject, exists
 
 CLAIM_NAME = "claim.json"
 # What marks a claim as asyncsnap's (docs/format.md, "Backups in object storage").
@@ -64,58 +64,6 @@ ABANDONED_AFTER = timedelta(hours=24)
 # ABANDONED_FLOOR_RENEWALS renewals (a few renewals may fail while the store is slow).
 CLAIM_RENEW_SECONDS = 60.0
 ABANDONED_FLOOR_RENEWALS = 10
-
-
-class StoreSource:
-    """The files of the backup at ``<store prefix>/<name>`` (``backup.BackupSource``)."""
-
-    def __init__(self, store: Store, name: str = "") -> None:
-        self.store = store
-        self.name = name
-        self.where = f"{store.url}/{name}" if name else str(store.url)
-        self._listing: dict[str, list[str]] | None = None
-
-    def _key(self, relpath: str) -> str:
-        return f"{self.name}/{relpath}" if self.name else relpath
-
-    def open(self, relpath: str) -> io.BufferedIOBase:
-        try:
-            chunks = self.store.open_read(self._key(relpath))
-        except ObjectMissing as exc:
-            raise FileNotFoundError(relpath) from exc
-        return io.BufferedReader(ChunksReader(chunks), 1 << 20)
-
-    def names(self, directory: str) -> list[str] | None:
-        if self._listing is None:
-            listing: dict[str, list[str]] = {}
-            for stored in self.store.objects(self.name):
-                relpath = stored.key.removeprefix(self.name + "/") if self.name else stored.key
-                folder, _, rest = relpath.rpartition("/")
-                listing.setdefault(folder, []).append(rest)
-            self._listing = listing
-        found = self._listing.get(directory)
-        return None if found is None else sorted(found)
-
-    def local_file(self, relpath: str) -> Path | None:
-        return None
-
-
-def open_stored_backup(url: StoreUrl) -> Backup:
-    """The backup at ``url`` (``s3://bucket/prefix/NAME``), its manifest checked."""
-    store = Store(url)
-    try:
-        body = _stored_manifest(store, MANIFEST_NAME)
-    except ObjectMissing as exc:
-        inside = sorted(b.name for b in list_backups(store) if b.complete)
-        raise manifest.no_manifest(str(url), f"{url}/{inside[-1]}" if inside else None) from exc
-    return manifest.parse(str(url), body, source=StoreSource(store))
-
-
-def _stored_manifest(store: Store, key: str) -> dict[str, Any]:
-    """The manifest at ``key`` under the store's prefix, read and checked as
-    ``manifest.load`` checks a local one (``ObjectMissing`` if there is none)."""
-    raw = b"".join(store.open_read(key))
-    return manifest.load_bytes(raw, f"{store.url}/{key}")
 
 
 @dataclass
@@ -273,7 +221,7 @@ class ClaimRenewal:
     def _run(self, interval: float) -> None:
         while not self._stop.wait(interval):
             try:
-                if not self._store.exists(self._key):
+                if not exists(self._store, self._key):
                     self.lost = True
                     return
                 renewed = {**self._body, "renewed_at": _now_text()}
@@ -297,7 +245,7 @@ def _claim(store: Store, name: str) -> dict[str, Any]:
         store.put_new(f"{name}/{CLAIM_NAME}", orjson.dumps(body) + b"\n")
     except OutputExists as exc:
         raise OutputExists(
-            f"{store.url}/{name} is taken: another dump claimed that name",
+            f"{store.where}/{name} is taken: another dump claimed that name",
             hint="choose another --name, or remove the old backup",
         ) from exc
     return body
@@ -310,7 +258,7 @@ class BackupPrefix:
         self.store = store
         self.name = name
         self.recipients = recipients
-        self.path = f"{store.url}/{name}"
+        self.path = f"{store.where}/{name}"
         self._manifest: bytes | None = None
         self._scratch = PrivateScratch()
         self._renewal: ClaimRenewal | None = None
@@ -321,7 +269,7 @@ class BackupPrefix:
         validate_backup_name(name)
         if store.objects(name + "/"):
             raise OutputExists(
-                f"{store.url}/{name} already exists",
+                f"{store.where}/{name} already exists",
                 hint="choose another --name or -o prefix, or remove the old one",
             )
 
@@ -337,7 +285,7 @@ class BackupPrefix:
             with contextlib.suppress(StoreFailed):
                 store.delete([f"{name}/{CLAIM_NAME}"])
             raise OutputExists(
-                f"{store.url}/{name} already holds objects",
+                f"{store.where}/{name} already holds objects",
                 hint="choose another --name or -o prefix",
             )
         prefix = cls(store, name, recipients)
@@ -346,7 +294,7 @@ class BackupPrefix:
 
     def data_writer(self, stem: str, compression: Compression) -> DataFileWriter:
         relpath = f"{manifest.DATA_DIR}/{stem}{manifest.EXTENSIONS[compression]}"
-        sink = StoreSink(self.store, f"{self.name}/{relpath}")
+        sink = self.store.sink(f"{self.name}/{relpath}")
         return DataFileWriter(None, relpath, compression, sink=sink, recipients=self.recipients)
 
     def write_small_file(self, relpath: str, content: bytes) -> None:
@@ -387,7 +335,7 @@ class BackupPrefix:
             # A retried request whose first attempt was stored finds its own manifest:
             # that is success. Anyone else's is not (the claim makes that all but
             # impossible).
-            if b"".join(self.store.read(key)) != self._manifest:
+            if b"".join(self.store.open_read(key)) != self._manifest:
                 raise
         try:
             self._check_own_objects(expected)
@@ -487,8 +435,8 @@ def prune_prefix(
     """``prune`` for a prefix in a store: keep the ``keep`` newest complete backups, remove
     older ones and abandoned dumps (only the objects a dump writes); leave everything else
     alone, saying why."""
-    store = Store(url)
-    if store.exists(MANIFEST_NAME):
+    store = S3Store(url)
+    if exists(store, MANIFEST_NAME):
         raise UsageError(
             f"{url} is a backup, not a prefix of backups",
             hint="give the prefix it is in (dump's -o)",
@@ -521,7 +469,7 @@ def prune_prefix(
                 reasons[entry.name] = "a dump claimed it recently: it may still be writing"
             continue
         try:
-            body = _stored_manifest(store, f"{entry.name}/{MANIFEST_NAME}")
+            body = read_manifest(store, f"{entry.name}/{MANIFEST_NAME}")
             backup = manifest.parse(
                 f"{url}/{entry.name}", body, source=StoreSource(store, entry.name)
             )

@@ -31,11 +31,13 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..errors import OutputExists, StoreFailed, UsageError
+from .store import ObjectMissing, Sink, StoredObject
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -117,17 +119,6 @@ class StoreUrl:
         return f"{self.prefix}/{name}" if self.prefix else name
 
 
-@dataclass(frozen=True)
-class StoredObject:
-    key: str  # relative to the URL's prefix
-    size: int
-    modified: datetime | None = None
-
-
-class ObjectMissing(StoreFailed):
-    """Raised by ``Store.open_read`` when no object has the key."""
-
-
 def retry_timeout_from(environ: Mapping[str, str]) -> timedelta:
     """``ASYNCSNAP_STORE_RETRY_SECONDS`` (a positive number), else ``RETRY_TIMEOUT``."""
     text = environ.get(RETRY_VARIABLE)
@@ -145,8 +136,9 @@ def retry_timeout_from(environ: Mapping[str, str]) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-class Store:
-    """One bucket and prefix, opened with the environment's credentials."""
+class S3Store:
+    """One bucket and prefix, opened with the environment's credentials (a
+    ``store.Store``)."""
 
     def __init__(
         self,
@@ -189,6 +181,16 @@ class Store:
             credential_provider=provider,
         )
 
+    @property
+    def where(self) -> str:
+        return str(self.url)
+
+    def sink(self, name: str) -> Sink:
+        return StoreSink(self, name)
+
+    def local_path(self, name: str) -> Path | None:
+        return None
+
     def check_access(self) -> None:
         """List the prefix once: a wrong key, a missing bucket or an unreachable store
         fails here, before anything is written."""
@@ -196,18 +198,6 @@ class Store:
 
         with self._translated("list", self.url.prefix):
             obstore.list(self._store, prefix=self.url.prefix or None, chunk_size=1).collect()
-
-    def exists(self, name: str) -> bool:
-        """Whether an object has the key ``name``. A GET, not a HEAD: a HEAD's 404 has no
-        body to say NoSuchKey, and SeaweedFS's was retried as if the store were down."""
-        try:
-            chunks = self.open_read(name)
-        except ObjectMissing:
-            return False
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-        return True
 
     def put(self, name: str, data: bytes) -> None:
         """Write a small object whole (replacing one of that key)."""
@@ -411,7 +401,7 @@ class StoreSink:
     upload completed by ``finish``, abandoned by ``discard`` or by a failed ``write``, so
     that no object appears under the key unless every byte reached the store."""
 
-    def __init__(self, store: Store, name: str) -> None:
+    def __init__(self, store: S3Store, name: str) -> None:
         self.where = f"{store.url}/{name}"
         self._stack = ExitStack()
         self._file = self._stack.enter_context(store.writer(name))
