@@ -420,7 +420,7 @@ async def dump(
                     files += [(f.path, f.sha256) for f in captured.files]
                 sums = manifest.sha256sums(sorted(files))
                 await anyio.to_thread.run_sync(target.write_small_file, manifest.SUMS_NAME, sums)
-                target.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body))
+                target.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body.to_json()))
                 await _end_snapshot(conn)
                 if verify_output:
                     await _verify_written(target, emit)
@@ -476,7 +476,7 @@ async def dump(
         verified=verify_output,
         large_objects=lo_file.objects if lo_file is not None else 0,
         snapshots=snapshots,
-        manifest=body,
+        manifest=body.to_json(),
     )
     emit(
         DumpFinished(
@@ -813,7 +813,7 @@ def _manifest_body(
     compression: Compression,
     schema_files: BackupSchema | None,
     recipients: list[str],
-) -> dict[str, Any]:
+) -> manifest.Manifest:
     catalog, inventory = planned.catalog, planned.inventory
     server = catalog.server
     files_by_table: dict[tuple[str, str], list[tuple[StoredFile, Chunk]]] = {}
@@ -890,58 +890,54 @@ def _manifest_body(
         for s in planned.sequences
     ]
 
-    def ref(key: tuple[str, str]) -> dict[str, str]:
-        return {"schema": key[0], "name": key[1]}
-
     data_files = list(stored.values())
     order = planned.order
-    return {
-        "format": manifest.FORMAT_NAME,
+    return manifest.Manifest(
         # An encrypted backup is version 4: a reader of version 3 must refuse it rather
         # than take its age files for zstd.
-        "format_version": manifest.ENCRYPTED_FORMAT_VERSION
+        format_version=manifest.ENCRYPTED_FORMAT_VERSION
         if recipients
         else manifest.PLAIN_FORMAT_VERSION,
-        **({"encryption": {"method": "age", "recipients": recipients}} if recipients else {}),
-        "tool": {"name": "asyncsnap", "version": __version__},
-        "started_at": _utc_iso(started_at),
-        "finished_at": _utc_iso(finished_at),
-        "snapshot": {
-            "id": planned.coordinator.snapshot_id,
-            "taken_at": _utc_iso(planned.coordinator.taken_at),
-        },
-        "server": {
-            "version": server.version,
-            "version_num": server.version_num,
-            "database": server.database,
-            "host": server.host,
-            "port": server.port,
-            "user": server.user,
-            "encoding": server.encoding,
-            "lc_collate": server.lc_collate,
-            "lc_ctype": server.lc_ctype,
-        },
-        "database": None if planned.database is None else planned.database.to_json(),
-        "settings": dict(RENDER_SETTINGS),
-        "compression": compression,
-        "tables": [t.to_json() for t in tables],
-        "sequences": [s.to_json() for s in sequences],
-        "large_objects": None if large_objects is None else large_objects.to_json(),
-        "schema": None if schema_files is None else schema_files.to_json(),
-        "skipped": [s.to_json() for s in inventory.skipped],
-        "restore_order": {
-            "levels": [[ref(k) for k in level] for level in order.levels],
-            "cycles": [[ref(k) for k in cycle] for cycle in order.cycles],
-            "self_referencing": [ref(k) for k in order.self_referencing],
-        },
-        "totals": {
-            "tables": sum(1 for t in catalog.tables if t.has_data),
-            "files": len(data_files),
-            "rows": sum(f.rows for f in data_files if f is not lo_file),
-            "bytes": sum(f.bytes for f in data_files),
-            "stored_bytes": sum(f.stored_bytes for f in data_files),
-        },
-    }
+        encryption=tuple(recipients),
+        tool=manifest.ToolInfo(name="asyncsnap", version=__version__),
+        started_at=_utc_iso(started_at),
+        finished_at=_utc_iso(finished_at),
+        snapshot=manifest.SnapshotInfo(
+            id=planned.coordinator.snapshot_id,
+            taken_at=_utc_iso(planned.coordinator.taken_at),
+        ),
+        server=manifest.ServerInfo(
+            version=server.version,
+            version_num=server.version_num,
+            database=server.database,
+            host=server.host,
+            port=server.port,
+            user=server.user,
+            encoding=server.encoding,
+            lc_collate=server.lc_collate,
+            lc_ctype=server.lc_ctype,
+        ),
+        database=planned.database,
+        settings=dict(RENDER_SETTINGS),
+        compression=compression,
+        tables=tuple(tables),
+        sequences=tuple(sequences),
+        large_objects=large_objects,
+        schema=schema_files,
+        skipped=tuple(inventory.skipped),
+        restore_order=manifest.RestoreOrderInfo(
+            levels=tuple(tuple(level) for level in order.levels),
+            cycles=tuple(tuple(cycle) for cycle in order.cycles),
+            self_referencing=tuple(order.self_referencing),
+        ),
+        totals=manifest.Totals(
+            tables=sum(1 for t in catalog.tables if t.has_data),
+            files=len(data_files),
+            rows=sum(f.rows for f in data_files if f is not lo_file),
+            bytes=sum(f.bytes for f in data_files),
+            stored_bytes=sum(f.stored_bytes for f in data_files),
+        ),
+    )
 
 
 def _table_results(

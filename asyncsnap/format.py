@@ -538,6 +538,277 @@ class Skipped:
         return f"{self.kind} {self.qualified}: {self.reason}"
 
 
+Ref = tuple[str, str]  # (schema, name)
+
+
+def _ref_json(key: Ref) -> dict[str, str]:
+    return {"schema": key[0], "name": key[1]}
+
+
+@dataclass(frozen=True)
+class ToolInfo:
+    """``tool``: what wrote the backup."""
+
+    name: str
+    version: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version}
+
+    @classmethod
+    def parse(cls, c: _Checker, raw: Any) -> ToolInfo | None:
+        if raw is None:
+            return None
+        t = c.obj(raw, "tool")
+        return cls(c.string(t.get("name"), "tool.name"), c.string(t.get("version"), "tool.version"))
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """``snapshot``: the exported snapshot every file was read in."""
+
+    id: str
+    taken_at: str  # ISO 8601, UTC, ``Z``
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "taken_at": self.taken_at}
+
+    @classmethod
+    def parse(cls, c: _Checker, raw: Any) -> SnapshotInfo | None:
+        if raw is None:
+            return None
+        s = c.obj(raw, "snapshot")
+        return cls(
+            c.string(s.get("id"), "snapshot.id"), c.string(s.get("taken_at"), "snapshot.taken_at")
+        )
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """``server``: the source server and database. Fields a backup of an older asyncsnap
+    does not have are None."""
+
+    version: str | None
+    version_num: int | None
+    database: str | None
+    host: str | None
+    port: int | None
+    user: str | None
+    encoding: str | None
+    lc_collate: str | None
+    lc_ctype: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "version_num": self.version_num,
+            "database": self.database,
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "encoding": self.encoding,
+            "lc_collate": self.lc_collate,
+            "lc_ctype": self.lc_ctype,
+        }
+
+    @classmethod
+    def parse(cls, c: _Checker, raw: Any) -> ServerInfo | None:
+        if raw is None:
+            return None
+        s = c.obj(raw, "server")
+
+        def text(key: str) -> str | None:
+            return c.string(s.get(key), f"server.{key}", allow_none=True)  # type: ignore[no-any-return]
+
+        def number(key: str) -> int | None:
+            return None if s.get(key) is None else c.integer(s.get(key), f"server.{key}")
+
+        return cls(
+            version=text("version"),
+            version_num=number("version_num"),
+            database=text("database"),
+            host=text("host"),
+            port=number("port"),
+            user=text("user"),
+            encoding=text("encoding"),
+            lc_collate=text("lc_collate"),
+            lc_ctype=text("lc_ctype"),
+        )
+
+
+@dataclass(frozen=True)
+class RestoreOrderInfo:
+    """``restore_order``: the foreign-key levels (parents first), the cycles among them and
+    the tables that reference themselves."""
+
+    levels: tuple[tuple[Ref, ...], ...]
+    cycles: tuple[tuple[Ref, ...], ...]
+    self_referencing: tuple[Ref, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "levels": [[_ref_json(k) for k in level] for level in self.levels],
+            "cycles": [[_ref_json(k) for k in cycle] for cycle in self.cycles],
+            "self_referencing": [_ref_json(k) for k in self.self_referencing],
+        }
+
+    @classmethod
+    def parse(cls, c: _Checker, raw: Any) -> RestoreOrderInfo | None:
+        if raw is None:
+            return None
+        o = c.obj(raw, "restore_order")
+
+        def refs(value: Any, where: str) -> tuple[Ref, ...]:
+            return tuple(c.ref(r, f"{where}[{i}]") for i, r in enumerate(c.lst(value, where)))
+
+        def groups(key: str) -> tuple[tuple[Ref, ...], ...]:
+            w = f"restore_order.{key}"
+            return tuple(refs(g, f"{w}[{i}]") for i, g in enumerate(c.lst(o.get(key, []), w)))
+
+        return cls(
+            levels=groups("levels"),
+            cycles=groups("cycles"),
+            self_referencing=refs(o.get("self_referencing", []), "restore_order.self_referencing"),
+        )
+
+
+@dataclass(frozen=True)
+class Totals:
+    """``totals``: tables with data, data files, rows (large objects' lines not counted),
+    NDJSON bytes and stored bytes."""
+
+    tables: int
+    files: int
+    rows: int
+    bytes: int
+    stored_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tables": self.tables,
+            "files": self.files,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "stored_bytes": self.stored_bytes,
+        }
+
+    @classmethod
+    def parse(cls, c: _Checker, raw: Any) -> Totals | None:
+        if raw is None:
+            return None
+        t = c.obj(raw, "totals")
+        return cls(
+            *(
+                c.count(t.get(k), f"totals.{k}")
+                for k in ("tables", "files", "rows", "bytes", "stored_bytes")
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The manifest's top level, typed: what ``dump`` writes (``to_json``) and what every
+    reader gets (``parse``). docs/format.md describes each field; the fields that older
+    backups do not have are None (or empty)."""
+
+    format_version: int
+    compression: Compression
+    settings: dict[str, str]
+    tables: tuple[BackupTable, ...]
+    sequences: tuple[BackupSequence, ...]
+    skipped: tuple[Skipped, ...] = ()  # selected but not in the backup, with the reason
+    large_objects: BackupLargeObjects | None = None
+    schema: BackupSchema | None = None  # None: data only (--no-schema, or format < 3)
+    encryption: tuple[str, ...] = ()  # age recipients the files are encrypted to (format 4)
+    database: DatabaseProperties | None = None  # None: a backup made before 0.9.0
+    tool: ToolInfo | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    snapshot: SnapshotInfo | None = None
+    server: ServerInfo | None = None
+    restore_order: RestoreOrderInfo | None = None
+    totals: Totals | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's body (``serialize`` adds its checksum), keys in the order the
+        format has always written them."""
+
+        def maybe(value: Any) -> Any:
+            return None if value is None else value.to_json()
+
+        encryption = {"encryption": {"method": "age", "recipients": list(self.encryption)}}
+        return {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            **(encryption if self.encryption else {}),
+            "tool": maybe(self.tool),
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "snapshot": maybe(self.snapshot),
+            "server": maybe(self.server),
+            "database": maybe(self.database),
+            "settings": dict(self.settings),
+            "compression": self.compression,
+            "tables": [t.to_json() for t in self.tables],
+            "sequences": [s.to_json() for s in self.sequences],
+            "large_objects": maybe(self.large_objects),
+            "schema": maybe(self.schema),
+            "skipped": [s.to_json() for s in self.skipped],
+            "restore_order": maybe(self.restore_order),
+            "totals": maybe(self.totals),
+        }
+
+    @classmethod
+    def parse(cls, body: dict[str, Any], c: _Checker, local: Path | None) -> Manifest:
+        """Every field checked, in the order a reader's errors name them (``load``
+        checked format, version and checksum already)."""
+        version = body["format_version"]
+        compression = c.choice(body.get("compression"), "compression", COMPRESSIONS)
+        settings_raw = c.obj(body.get("settings"), "settings")
+        settings = checked_render_settings(
+            {
+                c.string(k, "settings key"): c.string(v, f"settings.{k}")
+                for k, v in settings_raw.items()
+            },
+            source=c.source,
+        )
+        files = _Files(c, local)
+        tables: list[BackupTable] = []
+        seen_tables: set[Ref] = set()
+        for i, raw in enumerate(c.lst(body.get("tables"), "tables")):
+            table = _table(c, files, raw, f"tables[{i}]")
+            if table.key in seen_tables:
+                raise c.fail(f"tables[{i}]", f"lists {table.qualified} twice")
+            seen_tables.add(table.key)
+            tables.append(table)
+        sequences = c.lst(body.get("sequences"), "sequences")
+        # Absent in manifests written before asyncsnap 0.2: nothing was skipped.
+        skipped = c.lst(body.get("skipped", []), "skipped")
+        return cls(
+            format_version=version,
+            compression=compression,  # type: ignore[arg-type]
+            settings=settings,
+            tables=tuple(tables),
+            sequences=tuple(
+                _sequence(c, s, f"sequences[{i}]", version) for i, s in enumerate(sequences)
+            ),
+            skipped=tuple(_skipped(c, k, f"skipped[{i}]") for i, k in enumerate(skipped)),
+            large_objects=_large_objects(c, files, body.get("large_objects")),
+            schema=_schema(c, files, body.get("schema")),
+            encryption=_encryption(c, body, version),
+            database=None
+            if body.get("database") is None
+            else _database_properties(c, c.obj(body["database"], "database")),
+            tool=ToolInfo.parse(c, body.get("tool")),
+            started_at=c.string(body.get("started_at"), "started_at", allow_none=True),
+            finished_at=c.string(body.get("finished_at"), "finished_at", allow_none=True),
+            snapshot=SnapshotInfo.parse(c, body.get("snapshot")),
+            server=ServerInfo.parse(c, body.get("server")),
+            restore_order=RestoreOrderInfo.parse(c, body.get("restore_order")),
+            totals=Totals.parse(c, body.get("totals")),
+        )
+
+
 class FileSource(Protocol):
     """Where a backup's files are read from (``storage.backup.StoreSource`` over any store).
     Paths are the manifest's."""
@@ -565,18 +836,46 @@ class Backup:
 
     path: Path | str  # a local directory, or the URL of a backup in an object store
     source: FileSource  # where its files are read from
-    manifest: dict[str, Any]
-    compression: Compression
-    settings: dict[str, str]
-    tables: tuple[BackupTable, ...]
-    sequences: tuple[BackupSequence, ...]
-    skipped: tuple[Skipped, ...] = ()  # selected but not in the backup, with the reason
-    large_objects: BackupLargeObjects | None = None
-    schema: BackupSchema | None = None  # None: data only (--no-schema, or format < 3)
-    encryption: tuple[str, ...] = ()  # age recipients the files are encrypted to (format 4)
-    database: DatabaseProperties | None = None  # None: a backup made before 0.9.0
+    manifest: Manifest
     # age secret keys given to read it (--identity): never from the manifest, never shown
     identities: tuple[Any, ...] = field(default=(), repr=False)
+
+    # The manifest's entries every reader uses, by their names.
+    @property
+    def compression(self) -> Compression:
+        return self.manifest.compression
+
+    @property
+    def settings(self) -> dict[str, str]:
+        return self.manifest.settings
+
+    @property
+    def tables(self) -> tuple[BackupTable, ...]:
+        return self.manifest.tables
+
+    @property
+    def sequences(self) -> tuple[BackupSequence, ...]:
+        return self.manifest.sequences
+
+    @property
+    def skipped(self) -> tuple[Skipped, ...]:
+        return self.manifest.skipped
+
+    @property
+    def large_objects(self) -> BackupLargeObjects | None:
+        return self.manifest.large_objects
+
+    @property
+    def schema(self) -> BackupSchema | None:
+        return self.manifest.schema
+
+    @property
+    def encryption(self) -> tuple[str, ...]:
+        return self.manifest.encryption
+
+    @property
+    def database(self) -> DatabaseProperties | None:
+        return self.manifest.database
 
     def data_files(self) -> list[tuple[tuple[str, ...], BackupFile]]:
         """Every data file with the keys each of its lines must have, in order."""
@@ -677,226 +976,201 @@ def parse(root: Path | str, body: dict[str, Any], source: FileSource) -> Backup:
     """
     local = root if isinstance(root, Path) else None
     manifest_where = str(local / MANIFEST_NAME) if local else f"{root}/{MANIFEST_NAME}"
-    c = _Checker(manifest_where)
-    version = body["format_version"]
-    compression = c.choice(body.get("compression"), "compression", COMPRESSIONS)
-    settings_raw = c.obj(body.get("settings"), "settings")
-    settings = checked_render_settings(
-        {
-            c.string(k, "settings key"): c.string(v, f"settings.{k}")
-            for k, v in settings_raw.items()
-        },
-        source=manifest_where,
-    )
-    seen_paths: set[str] = set()
-
-    def read_files(raw: Any, where: str) -> tuple[BackupFile, ...]:
-        files = []
-        for j, f_raw in enumerate(c.lst(raw, where)):
-            fw = f"{where}[{j}]"
-            f = c.obj(f_raw, fw)
-            relpath = c.string(f.get("path"), f"{fw}.path")
-            safe_relative_path(local, relpath, c, f"{fw}.path")
-            if relpath in seen_paths:
-                raise c.fail(f"{fw}.path", f"{relpath!r} is listed twice")
-            seen_paths.add(relpath)
-            digest = c.string(f.get("sha256"), f"{fw}.sha256")
-            if not _HEX64.fullmatch(digest):
-                raise c.fail(f"{fw}.sha256", "is not a SHA-256 hex digest")
-            fingerprint = c.string(f.get("fingerprint"), f"{fw}.fingerprint", allow_none=True)
-            if fingerprint is not None and not _HEX32.fullmatch(fingerprint):
-                raise c.fail(f"{fw}.fingerprint", "is not 32 lowercase hex digits")
-            files.append(
-                BackupFile(
-                    path=relpath,
-                    rows=c.count(f.get("rows"), f"{fw}.rows"),
-                    bytes=c.count(f.get("bytes"), f"{fw}.bytes"),
-                    stored_bytes=c.count(f.get("stored_bytes"), f"{fw}.stored_bytes"),
-                    sha256=digest,
-                    longest_line=None
-                    if f.get("longest_line") is None
-                    else c.count(f.get("longest_line"), f"{fw}.longest_line"),
-                    pages=pages(f.get("pages"), f"{fw}.pages"),
-                    fingerprint=fingerprint,
-                )
-            )
-        return tuple(files)
-
-    def pages(raw: Any, where: str) -> tuple[int, int | None] | None:
-        if raw is None:
-            return None
-        pair = c.lst(raw, where)
-        if len(pair) != 2:
-            raise c.fail(where, "is not [first, end]")
-        end = None if pair[1] is None else c.count(pair[1], f"{where}[1]")
-        return (c.count(pair[0], f"{where}[0]"), end)
-
-    def names(raw: Any, where: str) -> tuple[str, ...]:
-        return tuple(c.string(n, f"{where}[{k}]") for k, n in enumerate(c.lst(raw, where)))
-
-    def foreign_keys(raw: Any, where: str) -> tuple[BackupForeignKey, ...]:
-        found = []
-        for k, fk_raw in enumerate(c.lst(raw, where)):
-            fw = f"{where}[{k}]"
-            fk = c.obj(fk_raw, fw)
-            ref = c.obj(fk.get("references"), f"{fw}.references")
-            found.append(
-                BackupForeignKey(
-                    name=c.string(fk.get("name"), f"{fw}.name"),
-                    columns=names(fk.get("columns"), f"{fw}.columns"),
-                    references=c.ref(ref, f"{fw}.references"),
-                    ref_columns=names(ref.get("columns"), f"{fw}.references.columns"),
-                    deferrable=c.boolean(fk.get("deferrable"), f"{fw}.deferrable"),
-                    initially_deferred=c.boolean(
-                        fk.get("initially_deferred"), f"{fw}.initially_deferred"
-                    ),
-                )
-            )
-        return tuple(found)
-
-    tables = []
-    seen_tables: set[tuple[str, str]] = set()
-    for i, t_raw in enumerate(c.lst(body.get("tables"), "tables")):
-        w = f"tables[{i}]"
-        t = c.obj(t_raw, w)
-        columns = []
-        for j, col_raw in enumerate(c.lst(t.get("columns"), f"{w}.columns")):
-            cw = f"{w}.columns[{j}]"
-            col = c.obj(col_raw, cw)
-            generated = col.get("generated")
-            identity = col.get("identity")
-            columns.append(
-                BackupColumn(
-                    name=c.string(col.get("name"), f"{cw}.name"),
-                    type=c.string(col.get("type"), f"{cw}.type"),
-                    encoding=c.choice(col.get("encoding"), f"{cw}.encoding", _ENCODINGS),
-                    not_null=c.boolean(col.get("not_null"), f"{cw}.not_null"),
-                    generated=None
-                    if generated is None
-                    else c.choice(generated, f"{cw}.generated", _GENERATED),
-                    identity=None
-                    if identity is None
-                    else c.choice(identity, f"{cw}.identity", _IDENTITY),
-                )
-            )
-        if len({col.name for col in columns}) != len(columns):
-            raise c.fail(f"{w}.columns", "has duplicate names")
-        files = read_files(t.get("files"), f"{w}.files")
-        parent = None if t.get("parent") is None else c.ref(t.get("parent"), f"{w}.parent")
-        table = BackupTable(
-            schema=c.string(t.get("schema"), f"{w}.schema"),
-            name=c.string(t.get("name"), f"{w}.name"),
-            kind=c.choice(t.get("kind"), f"{w}.kind", _KINDS),
-            parent=parent,
-            rows=c.count(t.get("rows"), f"{w}.rows"),
-            columns=tuple(columns),
-            files=files,
-            # Absent before format version 2: nothing was read under row security.
-            row_security=c.boolean(t.get("row_security", False), f"{w}.row_security"),
-            primary_key=names(t.get("primary_key", []), f"{w}.primary_key"),
-            foreign_keys=foreign_keys(t.get("foreign_keys", []), f"{w}.foreign_keys"),
-        )
-        if table.rows != sum(f.rows for f in files):
-            raise c.fail(f"{w}.rows", "is not the sum of its files' rows")
-        if table.key in seen_tables:
-            raise c.fail(w, f"lists {table.qualified} twice")
-        seen_tables.add(table.key)
-        tables.append(table)
-    sequences = []
-    for i, s_raw in enumerate(c.lst(body.get("sequences"), "sequences")):
-        w = f"sequences[{i}]"
-        s = c.obj(s_raw, w)
-        owner_raw = s.get("table")
-        if owner_raw is None and version < 2:
-            raise c.fail(f"{w}.table", "is not an object")  # version 1 always names one
-        sequences.append(
-            BackupSequence(
-                schema=c.string(s.get("schema"), f"{w}.schema"),
-                name=c.string(s.get("name"), f"{w}.name"),
-                table=None if owner_raw is None else c.ref(owner_raw, f"{w}.table"),
-                last_value=c.integer(s.get("last_value"), f"{w}.last_value"),
-                is_called=c.boolean(s.get("is_called"), f"{w}.is_called"),
-                column=c.string(s.get("column"), f"{w}.column", allow_none=True),
-            )
-        )
-    skipped = []
-    # Absent in manifests written before asyncsnap 0.2: nothing was skipped.
-    for i, k_raw in enumerate(c.lst(body.get("skipped", []), "skipped")):
-        w = f"skipped[{i}]"
-        k = c.obj(k_raw, w)
-        kind = c.choice(k.get("kind"), f"{w}.kind", SKIP_KINDS)
-        nameless = kind == "large objects"
-        skipped.append(
-            Skipped(
-                kind=kind,
-                schema=c.string(k.get("schema"), f"{w}.schema", allow_none=nameless),
-                name=c.string(k.get("name"), f"{w}.name", allow_none=nameless),
-                reason=c.string(k.get("reason"), f"{w}.reason"),
-                refresh=c.boolean(k.get("refresh", False), f"{w}.refresh"),
-            )
-        )
-    large_objects = None
-    lo_raw = body.get("large_objects")
-    if lo_raw is not None:
-        lo = c.obj(lo_raw, "large_objects")
-        large_objects = BackupLargeObjects(
-            objects=c.count(lo.get("objects"), "large_objects.objects"),
-            bytes=c.count(lo.get("bytes"), "large_objects.bytes"),
-            files=read_files(lo.get("files"), "large_objects.files"),
-        )
-    backup_schema = None
-    schema_raw = body.get("schema")
-    if schema_raw is not None:
-        sc = c.obj(schema_raw, "schema")
-        version_text = c.string(sc.get("pg_dump_version"), "schema.pg_dump_version")
-        if not _TOOL_VERSION.fullmatch(version_text):
-            raise c.fail("schema.pg_dump_version", "is not a PostgreSQL version")
-
-        def schema_file(key: str, expected: str) -> SchemaFile:
-            w = f"schema.{key}"
-            f = c.obj(sc.get(key), w)
-            # The names are fixed: a manifest cannot point restore at another file.
-            if f.get("path") != expected:
-                raise c.fail(f"{w}.path", f"is not {expected!r}")
-            safe_relative_path(local, expected, c, f"{w}.path")
-            digest = c.string(f.get("sha256"), f"{w}.sha256")
-            if not _HEX64.fullmatch(digest):
-                raise c.fail(f"{w}.sha256", "is not a SHA-256 hex digest")
-            seen_paths.add(expected)
-            return SchemaFile(
-                path=expected, bytes=c.count(f.get("bytes"), f"{w}.bytes"), sha256=digest
-            )
-
-        backup_schema = BackupSchema(
-            pg_dump_version=version_text,
-            archive=schema_file("archive", SCHEMA_ARCHIVE_PATH),
-            sql=schema_file("sql", SCHEMA_SQL_PATH),
-        )
-    encryption: tuple[str, ...] = ()
-    if version >= ENCRYPTED_FORMAT_VERSION:
-        enc = c.obj(body.get("encryption"), "encryption")
-        if enc.get("method") != "age":
-            raise c.fail("encryption.method", "is not age")
-        encryption = names(enc.get("recipients"), "encryption.recipients")
-        if not encryption or not all(r.startswith("age1") for r in encryption):
-            raise c.fail("encryption.recipients", "are not age public keys")
-    database = None
-    if body.get("database") is not None:
-        database = _database_properties(c, c.obj(body["database"], "database"))
     return Backup(
-        path=root,
-        source=source,
-        manifest=body,
-        encryption=encryption,
-        compression=compression,  # type: ignore[arg-type]
-        settings=settings,
-        tables=tuple(tables),
-        sequences=tuple(sequences),
-        skipped=tuple(skipped),
-        large_objects=large_objects,
-        schema=backup_schema,
-        database=database,
+        path=root, source=source, manifest=Manifest.parse(body, _Checker(manifest_where), local)
     )
+
+
+class _Files:
+    """Reads the file entries of one manifest: each path safe and listed once."""
+
+    def __init__(self, c: _Checker, local: Path | None) -> None:
+        self.c = c
+        self.local = local
+        self.seen: set[str] = set()
+
+    def read(self, raw: Any, where: str) -> tuple[BackupFile, ...]:
+        return tuple(
+            self.one(f_raw, f"{where}[{j}]") for j, f_raw in enumerate(self.c.lst(raw, where))
+        )
+
+    def one(self, raw: Any, fw: str) -> BackupFile:
+        c = self.c
+        f = c.obj(raw, fw)
+        relpath = c.string(f.get("path"), f"{fw}.path")
+        safe_relative_path(self.local, relpath, c, f"{fw}.path")
+        if relpath in self.seen:
+            raise c.fail(f"{fw}.path", f"{relpath!r} is listed twice")
+        self.seen.add(relpath)
+        digest = c.string(f.get("sha256"), f"{fw}.sha256")
+        if not _HEX64.fullmatch(digest):
+            raise c.fail(f"{fw}.sha256", "is not a SHA-256 hex digest")
+        fingerprint = c.string(f.get("fingerprint"), f"{fw}.fingerprint", allow_none=True)
+        if fingerprint is not None and not _HEX32.fullmatch(fingerprint):
+            raise c.fail(f"{fw}.fingerprint", "is not 32 lowercase hex digits")
+        return BackupFile(
+            path=relpath,
+            rows=c.count(f.get("rows"), f"{fw}.rows"),
+            bytes=c.count(f.get("bytes"), f"{fw}.bytes"),
+            stored_bytes=c.count(f.get("stored_bytes"), f"{fw}.stored_bytes"),
+            sha256=digest,
+            longest_line=None
+            if f.get("longest_line") is None
+            else c.count(f.get("longest_line"), f"{fw}.longest_line"),
+            pages=_pages(c, f.get("pages"), f"{fw}.pages"),
+            fingerprint=fingerprint,
+        )
+
+    def schema_file(self, sc: dict[str, Any], key: str, expected: str) -> SchemaFile:
+        c = self.c
+        w = f"schema.{key}"
+        f = c.obj(sc.get(key), w)
+        # The names are fixed: a manifest cannot point restore at another file.
+        if f.get("path") != expected:
+            raise c.fail(f"{w}.path", f"is not {expected!r}")
+        safe_relative_path(self.local, expected, c, f"{w}.path")
+        digest = c.string(f.get("sha256"), f"{w}.sha256")
+        if not _HEX64.fullmatch(digest):
+            raise c.fail(f"{w}.sha256", "is not a SHA-256 hex digest")
+        self.seen.add(expected)
+        return SchemaFile(path=expected, bytes=c.count(f.get("bytes"), f"{w}.bytes"), sha256=digest)
+
+
+def _pages(c: _Checker, raw: Any, where: str) -> tuple[int, int | None] | None:
+    if raw is None:
+        return None
+    pair = c.lst(raw, where)
+    if len(pair) != 2:
+        raise c.fail(where, "is not [first, end]")
+    end = None if pair[1] is None else c.count(pair[1], f"{where}[1]")
+    return (c.count(pair[0], f"{where}[0]"), end)
+
+
+def _names(c: _Checker, raw: Any, where: str) -> tuple[str, ...]:
+    return tuple(c.string(n, f"{where}[{k}]") for k, n in enumerate(c.lst(raw, where)))
+
+
+def _foreign_key(c: _Checker, raw: Any, fw: str) -> BackupForeignKey:
+    fk = c.obj(raw, fw)
+    ref = c.obj(fk.get("references"), f"{fw}.references")
+    return BackupForeignKey(
+        name=c.string(fk.get("name"), f"{fw}.name"),
+        columns=_names(c, fk.get("columns"), f"{fw}.columns"),
+        references=c.ref(ref, f"{fw}.references"),
+        ref_columns=_names(c, ref.get("columns"), f"{fw}.references.columns"),
+        deferrable=c.boolean(fk.get("deferrable"), f"{fw}.deferrable"),
+        initially_deferred=c.boolean(fk.get("initially_deferred"), f"{fw}.initially_deferred"),
+    )
+
+
+def _column(c: _Checker, raw: Any, cw: str) -> BackupColumn:
+    col = c.obj(raw, cw)
+    generated = col.get("generated")
+    identity = col.get("identity")
+    return BackupColumn(
+        name=c.string(col.get("name"), f"{cw}.name"),
+        type=c.string(col.get("type"), f"{cw}.type"),
+        encoding=c.choice(col.get("encoding"), f"{cw}.encoding", _ENCODINGS),
+        not_null=c.boolean(col.get("not_null"), f"{cw}.not_null"),
+        generated=None if generated is None else c.choice(generated, f"{cw}.generated", _GENERATED),
+        identity=None if identity is None else c.choice(identity, f"{cw}.identity", _IDENTITY),
+    )
+
+
+def _table(c: _Checker, files: _Files, raw: Any, w: str) -> BackupTable:
+    t = c.obj(raw, w)
+    columns = tuple(
+        _column(c, col, f"{w}.columns[{j}]")
+        for j, col in enumerate(c.lst(t.get("columns"), f"{w}.columns"))
+    )
+    if len({col.name for col in columns}) != len(columns):
+        raise c.fail(f"{w}.columns", "has duplicate names")
+    table_files = files.read(t.get("files"), f"{w}.files")
+    parent = None if t.get("parent") is None else c.ref(t.get("parent"), f"{w}.parent")
+    fks = c.lst(t.get("foreign_keys", []), f"{w}.foreign_keys")
+    table = BackupTable(
+        schema=c.string(t.get("schema"), f"{w}.schema"),
+        name=c.string(t.get("name"), f"{w}.name"),
+        kind=c.choice(t.get("kind"), f"{w}.kind", _KINDS),
+        parent=parent,
+        rows=c.count(t.get("rows"), f"{w}.rows"),
+        columns=columns,
+        files=table_files,
+        # Absent before format version 2: nothing was read under row security.
+        row_security=c.boolean(t.get("row_security", False), f"{w}.row_security"),
+        primary_key=_names(c, t.get("primary_key", []), f"{w}.primary_key"),
+        foreign_keys=tuple(
+            _foreign_key(c, fk, f"{w}.foreign_keys[{k}]") for k, fk in enumerate(fks)
+        ),
+    )
+    if table.rows != sum(f.rows for f in table_files):
+        raise c.fail(f"{w}.rows", "is not the sum of its files' rows")
+    return table
+
+
+def _sequence(c: _Checker, raw: Any, w: str, version: int) -> BackupSequence:
+    s = c.obj(raw, w)
+    owner_raw = s.get("table")
+    if owner_raw is None and version < 2:
+        raise c.fail(f"{w}.table", "is not an object")  # version 1 always names one
+    return BackupSequence(
+        schema=c.string(s.get("schema"), f"{w}.schema"),
+        name=c.string(s.get("name"), f"{w}.name"),
+        table=None if owner_raw is None else c.ref(owner_raw, f"{w}.table"),
+        last_value=c.integer(s.get("last_value"), f"{w}.last_value"),
+        is_called=c.boolean(s.get("is_called"), f"{w}.is_called"),
+        column=c.string(s.get("column"), f"{w}.column", allow_none=True),
+    )
+
+
+def _skipped(c: _Checker, raw: Any, w: str) -> Skipped:
+    k = c.obj(raw, w)
+    kind = c.choice(k.get("kind"), f"{w}.kind", SKIP_KINDS)
+    nameless = kind == "large objects"
+    return Skipped(
+        kind=kind,
+        schema=c.string(k.get("schema"), f"{w}.schema", allow_none=nameless),
+        name=c.string(k.get("name"), f"{w}.name", allow_none=nameless),
+        reason=c.string(k.get("reason"), f"{w}.reason"),
+        refresh=c.boolean(k.get("refresh", False), f"{w}.refresh"),
+    )
+
+
+def _large_objects(c: _Checker, files: _Files, raw: Any) -> BackupLargeObjects | None:
+    if raw is None:
+        return None
+    lo = c.obj(raw, "large_objects")
+    return BackupLargeObjects(
+        objects=c.count(lo.get("objects"), "large_objects.objects"),
+        bytes=c.count(lo.get("bytes"), "large_objects.bytes"),
+        files=files.read(lo.get("files"), "large_objects.files"),
+    )
+
+
+def _schema(c: _Checker, files: _Files, raw: Any) -> BackupSchema | None:
+    if raw is None:
+        return None
+    sc = c.obj(raw, "schema")
+    version_text = c.string(sc.get("pg_dump_version"), "schema.pg_dump_version")
+    if not _TOOL_VERSION.fullmatch(version_text):
+        raise c.fail("schema.pg_dump_version", "is not a PostgreSQL version")
+    return BackupSchema(
+        pg_dump_version=version_text,
+        archive=files.schema_file(sc, "archive", SCHEMA_ARCHIVE_PATH),
+        sql=files.schema_file(sc, "sql", SCHEMA_SQL_PATH),
+    )
+
+
+def _encryption(c: _Checker, body: dict[str, Any], version: int) -> tuple[str, ...]:
+    if version < ENCRYPTED_FORMAT_VERSION:
+        return ()
+    enc = c.obj(body.get("encryption"), "encryption")
+    if enc.get("method") != "age":
+        raise c.fail("encryption.method", "is not age")
+    recipients = _names(c, enc.get("recipients"), "encryption.recipients")
+    if not recipients or not all(r.startswith("age1") for r in recipients):
+        raise c.fail("encryption.recipients", "are not age public keys")
+    return recipients
 
 
 def _database_properties(c: _Checker, d: dict[str, Any]) -> DatabaseProperties:

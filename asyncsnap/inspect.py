@@ -11,18 +11,22 @@ from .format import Backup
 def summary(backup: Backup) -> dict[str, Any]:
     """The facts ``inspect --json`` prints: snapshot, server, totals, tables, order."""
     m = backup.manifest
+
+    def maybe(value: Any) -> Any:
+        return None if value is None else value.to_json()
+
     return {
         "path": str(backup.path),
-        "format_version": m["format_version"],
-        "tool": m.get("tool"),
-        "snapshot": m.get("snapshot"),
-        "started_at": m.get("started_at"),
-        "finished_at": m.get("finished_at"),
-        "server": m.get("server"),
+        "format_version": m.format_version,
+        "tool": maybe(m.tool),
+        "snapshot": maybe(m.snapshot),
+        "started_at": m.started_at,
+        "finished_at": m.finished_at,
+        "server": maybe(m.server),
         "compression": backup.compression,
         # the age public keys the files are encrypted to; empty: not encrypted
         "encrypted_to": list(backup.encryption),
-        "totals": m.get("totals"),
+        "totals": maybe(m.totals),
         "tables": [
             {
                 "schema": t.schema,
@@ -56,7 +60,7 @@ def summary(backup: Backup) -> dict[str, Any]:
             else {"objects": backup.large_objects.objects, "bytes": backup.large_objects.bytes}
         ),
         "skipped": [asdict(k) for k in backup.skipped],
-        "restore_order": m.get("restore_order"),
+        "restore_order": maybe(m.restore_order),
         "schema": None
         if backup.schema is None
         else {

@@ -17,7 +17,7 @@ from asyncsnap.catalog import Table, describe_tables, list_tables, read_types
 from asyncsnap.encode import bigrows
 from asyncsnap.encode.render import select_rows_sql
 from asyncsnap.errors import VerificationFailed
-from asyncsnap.format import MAX_LINE_BYTES, RENDER_SETTINGS, Backup, BackupFile
+from asyncsnap.format import MAX_LINE_BYTES, RENDER_SETTINGS, Backup, BackupFile, Manifest
 from asyncsnap.storage.backup import DataFileReader, LocalSource
 from asyncsnap.storage.files import DataFileWriter
 
@@ -93,11 +93,9 @@ def test_a_line_longer_than_any_row_is_refused_as_damage(tmp_path: Path) -> None
     backup = Backup(
         path=tmp_path,
         source=LocalSource(tmp_path),
-        manifest={},
-        compression="none",
-        settings={},
-        tables=(),
-        sequences=(),
+        manifest=Manifest(
+            format_version=3, compression="none", settings={}, tables=(), sequences=()
+        ),
     )
     entry = BackupFile(
         "data/x.ndjson", rows=1, bytes=3 * MIB, stored_bytes=3 * MIB, sha256="0" * 64

@@ -4,10 +4,14 @@ tests.test_docs --write`` rewrites its help blocks after a change."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
 import typer.main
 
@@ -46,20 +50,43 @@ def test_exit_code_table_matches_the_code() -> None:
     assert {int(c) for c in table} == codes
 
 
-def test_format_documents_every_manifest_key() -> None:
-    """Every key the dump writes: the top level (``_manifest_body``) and every entry's
-    ``to_json`` in the format module."""
-    from asyncsnap import format as manifest
-    from asyncsnap.dump import _manifest_body
+def _sample(kind: Any, module: Any) -> Any:
+    """A value of the annotated type ``kind``, every optional part filled in, so that
+    ``to_json`` writes every key it can."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind, vars(module))
+        values = {f.name: _sample(hints[f.name], module) for f in dataclasses.fields(kind)}
+        return kind(**values)  # type: ignore[operator]
+    if origin in (types.UnionType, typing.Union):
+        return _sample(next(a for a in args if a is not type(None)), module)
+    if origin is typing.Literal:
+        return args[0]
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return (_sample(args[0], module),)
+        return tuple(_sample(a, module) for a in args)
+    if origin in (list, dict):
+        return {"k": "v"} if origin is dict else [_sample(args[0], module)]
+    return {str: "x", int: 1, bool: True, float: 1.0}.get(kind, "x")
 
-    source = Path(_manifest_body.__code__.co_filename).read_text()
-    bodies = [source[source.index("def _manifest_body") : source.index("def _table_results")]]
-    format_source = Path(manifest.__file__).read_text()
-    bodies += re.findall(r"def to_json\(self\)[^\n]*\n((?:        [^\n]*\n|\n)*)", format_source)
-    assert len(bodies) >= 9, "the entries' to_json methods were not found"
-    keys = {k for body in bodies for k in re.findall(r'^\s+"([a-z_0-9]+)": ', body, re.M)}
-    keys |= {k for body in bodies for k in re.findall(r'\{"([a-z_0-9]+)": ', body)}
-    assert {"pages", "foreign_keys", "pg_dump_version", "refresh"} <= keys
+
+def _json_keys(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in _json_keys(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in _json_keys(v)}
+    return set()
+
+
+def test_format_documents_every_manifest_key() -> None:
+    """Every key a manifest can hold, from the format module's dataclasses: a
+    ``Manifest`` with every optional part filled in, written by its own ``to_json``."""
+    from asyncsnap import format as manifest
+
+    keys = _json_keys(_sample(manifest.Manifest, manifest).to_json()) - {"k"}  # a setting
+    assert {"pages", "foreign_keys", "pg_dump_version", "refresh", "role_settings"} <= keys
+    assert {"lc_ctype", "self_referencing", "stored_bytes", "taken_at", "recipients"} <= keys
     missing = sorted(k for k in keys if f"`{k}`" not in FORMAT)
     assert not missing, missing
 

@@ -15,6 +15,7 @@ import pytest
 import asyncsnap
 from asyncsnap import format as manifest
 from asyncsnap.errors import NoTablesMatched
+from asyncsnap.storage.backup import open_backup
 
 from .conftest import Database, clean_env, run_cli
 from .helpers import decompress, manifest_of, read_rows, table_entry
@@ -356,3 +357,29 @@ def test_no_tables_in_database_is_an_error(db: Database, tmp_path: Path) -> None
     with pytest.raises(NoTablesMatched):
         run_dump(db, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_manifest_is_its_dataclass_written(db: Database, tmp_path: Path) -> None:
+    """What the dump writes is ``format.Manifest.to_json`` and what readers get is its
+    ``parse``: one is the other's inverse on a manifest holding every kind of entry (FKs
+    and a cycle, a self-reference, sequences, a partition, large objects, the schema,
+    the database's own properties)."""
+    db.execute(SHOP)
+    db.execute(
+        "CREATE TABLE node (id int PRIMARY KEY, up int REFERENCES node);"
+        "CREATE TABLE a (id int PRIMARY KEY, b int); CREATE TABLE b (id int PRIMARY KEY, a int);"
+        "ALTER TABLE a ADD FOREIGN KEY (b) REFERENCES b DEFERRABLE;"
+        "ALTER TABLE b ADD FOREIGN KEY (a) REFERENCES a DEFERRABLE INITIALLY DEFERRED;"
+        "CREATE TABLE p (id int) PARTITION BY RANGE (id);"
+        "CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (10);"
+        "INSERT INTO p VALUES (1), (2); SELECT lo_from_bytea(0, 'blob');"
+    )
+    result = run_dump(db, tmp_path)
+    body = manifest.load(Path(result.path))
+    typed = open_backup(result.path).manifest
+    assert typed.restore_order is not None and typed.restore_order.cycles
+    assert typed.large_objects is not None and typed.schema is not None
+    assert typed.database is not None and typed.server is not None
+    written = {k: v for k, v in body.items() if k != manifest.CHECKSUM_KEY}
+    assert typed.to_json() == written
+    assert manifest.serialize(typed.to_json()) == (Path(result.path) / "manifest.json").read_bytes()

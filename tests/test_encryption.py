@@ -17,7 +17,7 @@ import zstandard
 from pyrage import x25519
 
 from asyncsnap.errors import DiskFull, UsageError, VerificationFailed
-from asyncsnap.format import Backup, BackupFile
+from asyncsnap.format import Backup, BackupFile, Manifest
 from asyncsnap.storage.backup import DataFileReader, LocalSource
 from asyncsnap.storage.encryption import decrypted, load_identities, parse_recipients
 from asyncsnap.storage.files import DataFileWriter
@@ -161,12 +161,14 @@ def _backup_of(root: Path, path: Path, sha256: str, recipient: str) -> tuple[Bac
     backup = Backup(
         path=root,
         source=LocalSource(root),
-        manifest={},
-        compression="zstd",
-        settings={},
-        tables=(),
-        sequences=(),
-        encryption=(recipient,),
+        manifest=Manifest(
+            format_version=4,
+            compression="zstd",
+            settings={},
+            tables=(),
+            sequences=(),
+            encryption=(recipient,),
+        ),
     )
     return backup, entry
 
@@ -182,7 +184,8 @@ def test_the_reader_hashes_as_stored_then_decrypts_and_checks_lines(tmp_path: Pa
     reader.finish()  # size, sha256 and rows all match
     with pytest.raises(UsageError, match="is encrypted and no key was given"):
         read_all(DataFileReader(backup, entry))  # the manifest says encrypted: a key it needs
-    unmarked = replace(backup, encryption=())  # a manifest that says nothing: not decrypted
+    # a manifest that says nothing: not decrypted
+    unmarked = replace(backup, manifest=replace(backup.manifest, encryption=()))
     with pytest.raises(VerificationFailed, match="cannot be decompressed"):
         read_all(DataFileReader(unmarked, entry, identities=[identity]))
     stopped = DataFileReader(backup, entry, identities=[identity])

@@ -23,7 +23,7 @@ from asyncsnap.errors import (
     UsageError,
     VerificationFailed,
 )
-from asyncsnap.format import Backup, BackupSchema, SchemaFile
+from asyncsnap.format import Backup, BackupSchema, Manifest, SchemaFile
 from asyncsnap.restore.schema import check_options
 from asyncsnap.schema import drop_statements, script_statements
 from asyncsnap.storage.backup import LocalSource
@@ -624,12 +624,14 @@ def _backup(with_schema: bool) -> Backup:
     return Backup(
         path=Path("b"),
         source=LocalSource(Path("b")),
-        manifest={},
-        compression="zstd",
-        settings={},
-        tables=(),
-        sequences=(),
-        schema=schema,
+        manifest=Manifest(
+            format_version=3,
+            compression="zstd",
+            settings={},
+            tables=(),
+            sequences=(),
+            schema=schema,
+        ),
     )
 
 

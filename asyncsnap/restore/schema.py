@@ -356,8 +356,8 @@ def database_name(backup: Backup) -> str:
 
     :raises VerificationFailed: when the manifest's name is not a database name.
     """
-    server = backup.manifest.get("server")
-    name = server.get("database") if isinstance(server, dict) else None
+    server = backup.manifest.server
+    name = server.database if server else None
     if not isinstance(name, str) or not 0 < len(name.encode()) < 64 or "\x00" in name:
         raise VerificationFailed("the manifest's server.database is not a database name")
     return name

@@ -275,13 +275,12 @@ async def plan_create(
         statements = tuple(
             property_statements(name, props, no_privileges=no_privileges, skip_roles=skip_roles)
         )
-    server = backup.manifest.get("server")
-    server = server if isinstance(server, dict) else {}
+    server = backup.manifest.server
     try:
         options = create_options(
-            encoding=server.get("encoding"),
-            lc_collate=server.get("lc_collate"),
-            lc_ctype=server.get("lc_ctype"),
+            encoding=server.encoding if server else None,
+            lc_collate=server.lc_collate if server else None,
+            lc_ctype=server.lc_ctype if server else None,
             properties=props,
             server_major=server_major,
         )
