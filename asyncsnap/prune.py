@@ -34,7 +34,6 @@ from . import format as manifest
 from .errors import OutputNotWritable, UsageError, VerificationFailed
 from .format import (
     DATA_DIR,
-    DEFAULT_NAME,
     MANIFEST_NAME,
     PARTIAL_SUFFIX,
     SCHEMA_DIR,
@@ -45,6 +44,7 @@ from .format import (
 from .storage.backup import LocalSource
 from .storage.files import OutputLock
 from .storage.location import backup_location
+from .storage.retention import Candidate, apply_policy
 
 
 @dataclass(frozen=True)
@@ -124,32 +124,31 @@ def prune(
     if lock is not None:
         lock.acquire()
     try:
-        backups: list[tuple[str, Path, Backup]] = []
+        backups: dict[str, Backup] = {}
         reasons: dict[str, str] = {}
-        named: list[Path | str] = []
         for entry in sorted(root.iterdir()):
             if entry.name.startswith("."):
                 continue  # our lock file, temporary names
             checked = _complete_backup(entry)
             if isinstance(checked, str):
                 reasons[str(entry)] = checked
-                continue
-            started, backup = checked
-            if not include_named and not DEFAULT_NAME.fullmatch(entry.name):
-                named.append(entry)
-                continue
-            backups.append((started, entry, backup))
-        backups.sort(key=lambda found: found[:2], reverse=True)  # ISO 8601 UTC sorts as text
-        kept: list[Path | str] = [path for _, path, _ in backups[:keep]]
-        removed: list[Path | str] = [path for _, path, _ in backups[keep:]]
+            else:
+                backups[entry.name] = checked
+        decision = apply_policy(
+            [Candidate(name, b.manifest.started_at) for name, b in backups.items()],
+            keep=keep,
+            include_named=include_named,
+        )
+        reasons.update({str(root / name): why for name, why in decision.reasons.items()})
+        reasons = dict(sorted(reasons.items()))  # in the directory's order, as listed
         foreign: list[Path | str] = []
-        for _, path, backup in backups[keep:]:
-            foreign += _remove_backup_directory(path, backup, dry_run=dry_run)
+        for name in decision.removed:
+            foreign += _remove_backup_directory(root / name, backups[name], dry_run=dry_run)
         return PruneResult(
-            kept=kept,
-            removed=removed,
+            kept=[root / name for name in decision.kept],
+            removed=[root / name for name in decision.removed],
             ignored=[Path(p) for p in reasons],
-            named=named,
+            named=[root / name for name in decision.named],
             dry_run=dry_run,
             reasons=reasons,
             foreign=foreign,
@@ -159,7 +158,7 @@ def prune(
             lock.release()
 
 
-def _complete_backup(entry: Path) -> tuple[str, Backup] | str:
+def _complete_backup(entry: Path) -> Backup | str:
     """``entry`` of an output directory as a complete backup (its start time and checked
     manifest), or why it is not one."""
     if entry.is_symlink():
@@ -171,14 +170,9 @@ def _complete_backup(entry: Path) -> tuple[str, Backup] | str:
     if not (entry / MANIFEST_NAME).is_file():
         return "no manifest.json: not a complete asyncsnap backup"
     try:
-        body = manifest.load(entry)
-        backup = manifest.parse(entry, body, LocalSource(entry))
+        return manifest.parse(entry, manifest.load(entry), LocalSource(entry))
     except VerificationFailed:
         return "its manifest.json does not check out"
-    started = body.get("started_at")
-    if not isinstance(started, str):
-        return "its manifest.json has no started_at"
-    return started, backup
 
 
 def _remove_backup_directory(path: Path, backup: Backup, *, dry_run: bool) -> list[Path | str]:

@@ -40,11 +40,12 @@ import orjson
 
 from .. import format as manifest
 from ..errors import OutputExists, StoreFailed, UsageError, VerificationFailed
-from ..format import DEFAULT_NAME, MANIFEST_NAME, Backup, Compression, written_by_dump
+from ..format import MANIFEST_NAME, Backup, Compression, written_by_dump
 from ..scratch import PrivateScratch
 from ..version import __version__
 from .backup import StoreSource, read_manifest
 from .files import DataFileWriter, validate_backup_name
+from .retention import Candidate, apply_policy
 from .s3 import S3Store, StoreUrl
 from .store import ObjectMissing, Store, StoredObject, exists
 
@@ -450,10 +451,9 @@ def prune_prefix(
             hint=f"give --abandoned-after {floor.total_seconds():g} or more (the default is a day)",
         )
     moment = now or datetime.now(UTC)
-    complete: list[tuple[str, str]] = []
+    complete: list[Candidate] = []
     abandoned: list[str] = []
     reasons: dict[str, str] = {}
-    named: list[str] = []
     listed, loose = _folders(store.objects())
     for key in loose:
         reasons[key] = "an object, not a backup's folder"
@@ -476,17 +476,12 @@ def prune_prefix(
         except (VerificationFailed, ObjectMissing):
             reasons[entry.name] = "its manifest.json does not check out"
             continue
-        started = body.get("started_at")
-        if not isinstance(started, str):
-            reasons[entry.name] = "its manifest.json has no started_at"
-        elif not include_named and not DEFAULT_NAME.fullmatch(entry.name):
-            named.append(entry.name)
-        else:
-            complete.append((started, entry.name))
-            files[entry.name] = _listed_files(backup)
-    complete.sort(reverse=True)
-    kept = [name for _, name in complete[:keep]]
-    removed = [name for _, name in complete[keep:]]
+        complete.append(Candidate(entry.name, backup.manifest.started_at))
+        files[entry.name] = _listed_files(backup)
+    decision = apply_policy(complete, keep=keep, include_named=include_named)
+    reasons.update(decision.reasons)
+    named = decision.named
+    kept, removed = decision.kept, decision.removed
     by_name = {entry.name: entry for entry in listed}
     foreign: list[str] = []
     for name in removed + abandoned:
