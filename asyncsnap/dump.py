@@ -10,7 +10,6 @@ manifest, the rename from ``<name>.partial`` to ``<name>``). Any failure removes
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -69,7 +68,6 @@ from .format import (
     BackupTable,
     Compression,
     DatabaseProperties,
-    SchemaFile,
     Skipped,
 )
 from .inventory import Inventory, take_inventory
@@ -95,6 +93,7 @@ from .storage.files import (
     OutputLock,
     StoredFile,
     validate_backup_name,
+    write_content_file,
 )
 from .storage.location import backup_location
 from .storage.prefix import BackupPrefix, list_backups
@@ -619,8 +618,8 @@ async def _capture_schema(
             sql = schema.render_sql(pg_restore, temp)
             return BackupSchema(
                 pg_dump_version=pg_dump.version,
-                archive=_small_file(backup, SCHEMA_ARCHIVE_PATH, archive),
-                sql=_small_file(backup, SCHEMA_SQL_PATH, sql),
+                archive=write_content_file(backup, SCHEMA_ARCHIVE_PATH, archive),
+                sql=write_content_file(backup, SCHEMA_SQL_PATH, sql),
             )
 
         out.append(await anyio.to_thread.run_sync(seal))
@@ -643,15 +642,6 @@ def _unreadable_excluded(inventory: Inventory) -> list[str]:
         and s.schema is not None
         and s.name is not None
     ]
-
-
-def _small_file(backup: BackupTarget, relpath: str, content: bytes) -> SchemaFile:
-    if backup.recipients:  # the schema is the database's too (function bodies, comments)
-        import pyrage
-
-        content = pyrage.encrypt(content, backup.recipients)
-    backup.write_small_file(relpath, content)
-    return SchemaFile(path=relpath, bytes=len(content), sha256=hashlib.sha256(content).hexdigest())
 
 
 async def _changed_since_snapshot(

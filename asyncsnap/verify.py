@@ -20,8 +20,14 @@ from . import format as manifest
 from .encode.rowcodec import LineNotAsDescribed, LoadShape
 from .errors import VerificationFailed
 from .format import ARCHIVE_MAGIC, DATA_DIR, SCHEMA_DIR, Backup, BackupFile
-from .storage.backup import DataFileReader, check_schema_file, check_stored, open_backup
-from .storage.encryption import AGE_MAGIC, decrypted
+from .storage.backup import (
+    DataFileReader,
+    check_schema_file,
+    check_stored,
+    open_backup,
+    plaintext,
+)
+from .storage.encryption import AGE_MAGIC
 
 # SHA256SUMS has one short line per file; more than this is not ours.
 _MAX_SUMS_BYTES = 64 << 20
@@ -149,19 +155,16 @@ def verify_backup(
 
 def _decrypts(backup: Backup, where: str, identities: list[Any]) -> str | None:
     """Whether the encrypted file ``where`` decrypts whole with ``identities``."""
+    plain = plaintext(backup, where, identities)
     try:
-        fh = backup.source.open(where)
+        for _ in plain:
+            pass
     except FileNotFoundError:
         return None  # reported by its size and SHA-256 check
-    with fh:
-        plain = decrypted(fh, identities, where=where)
-        try:
-            for _ in plain:
-                pass
-        except VerificationFailed as exc:
-            return exc.message.removeprefix(where + " ")
-        finally:
-            plain.close()
+    except VerificationFailed as exc:
+        return exc.message.removeprefix(where + " ")
+    finally:
+        plain.close()
     return None
 
 
@@ -171,25 +174,25 @@ def _check_archive(backup: Backup, identities: list[Any] | None, encrypted: bool
     is reported by its size and SHA-256 check.)"""
     assert backup.schema is not None
     where = backup.schema.archive.path
+    if encrypted and not identities:
+        try:
+            with backup.source.open(where) as fh:
+                magic = fh.read(len(AGE_MAGIC))
+        except FileNotFoundError:
+            return None
+        return None if magic == AGE_MAGIC else "is not an age file"
+    plain = plaintext(backup, where, identities or [])
     try:
-        fh = backup.source.open(where)
-    except FileNotFoundError:
-        return None
-    with fh:
-        if encrypted and not identities:
-            return None if fh.read(len(AGE_MAGIC)) == AGE_MAGIC else "is not an age file"
+        head = next(plain, b"")
         if encrypted:
-            plain = decrypted(fh, identities or [], where=where)
-            try:
-                head = next(plain, b"")
-                for _ in plain:  # every chunk authenticated, not only the first
-                    pass
-            except VerificationFailed as exc:
-                return exc.message.removeprefix(where + " ")
-            finally:
-                plain.close()
-        else:
-            head = fh.read(len(ARCHIVE_MAGIC))
+            for _ in plain:  # every chunk authenticated, not only the first
+                pass
+    except FileNotFoundError:
+        return None  # reported by its size and SHA-256 check
+    except VerificationFailed as exc:
+        return exc.message.removeprefix(where + " ")
+    finally:
+        plain.close()
     if head[: len(ARCHIVE_MAGIC)] != ARCHIVE_MAGIC:
         return "is not a pg_dump custom-format archive"
     return None

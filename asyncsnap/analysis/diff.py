@@ -47,8 +47,7 @@ from ..errors import OutputError, VerificationFailed
 from ..format import Backup, BackupColumn, BackupFile, BackupTable
 from ..plan import file_stem
 from ..scratch import PrivateScratch
-from ..storage.backup import check_schema_file
-from ..storage.encryption import decrypted
+from ..storage.backup import check_schema_file, plaintext
 from ..text import count
 from .readers import (
     DEFAULT_MEMORY_LIMIT,
@@ -619,12 +618,7 @@ def _schema_sql(backup: Backup) -> str:
         raise VerificationFailed(
             f"{entry.path} {problem}", hint="the backup is damaged; `asyncsnap verify` says more"
         )
-    with backup.source.open(entry.path) as fh:
-        if backup.encryption:
-            raw = b"".join(decrypted(fh, list(backup.identities), where=entry.path))
-        else:
-            raw = fh.read()
-    return raw.decode("utf-8", "replace")
+    return b"".join(plaintext(backup, entry.path)).decode("utf-8", "replace")
 
 
 # Lines of schema.sql that differ between any two dumps, not schemas: pg_dump's header

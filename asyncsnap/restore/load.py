@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -65,8 +64,7 @@ from ..patterns import Selection
 from ..plan import CyclePlan, TableKey, plan_cycles, refresh_order, restore_order
 from ..scratch import PrivateScratch
 from ..session import Session, SessionPolicy
-from ..storage.backup import DataFileReader, open_backup
-from ..storage.encryption import decrypted
+from ..storage.backup import DataFileReader, open_backup, plaintext
 from ..text import count
 from . import schema as restore_schema
 from . import target as restore_target
@@ -391,12 +389,9 @@ def _staged_archive(backup: Backup, scratch: PrivateScratch) -> Path | None:
     target = scratch.path() / "schema.pgdump"
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     where = backup.schema.archive.path
-    with backup.source.open(where) as source, os.fdopen(fd, "wb") as out:
-        if backup.encryption:
-            for chunk in decrypted(source, list(backup.identities), where=where):
-                out.write(chunk)
-        else:
-            shutil.copyfileobj(source, out, 1 << 20)
+    with os.fdopen(fd, "wb") as out:
+        for chunk in plaintext(backup, where):
+            out.write(chunk)
     return target
 
 

@@ -13,6 +13,7 @@ import hashlib
 import io
 import threading
 import zlib
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from ..format import (
     FileSource,
     SchemaFile,
 )
-from .encryption import Decryption
+from .encryption import Decryption, decrypted
 from .location import backup_location
 from .s3 import S3Store
 from .store import LocalStore, ObjectMissing, Store, open_object
@@ -126,6 +127,24 @@ def read_manifest(store: Store, key: str) -> dict[str, Any]:
     (``ObjectMissing`` if there is none)."""
     raw = b"".join(store.open_read(key))
     return manifest.load_bytes(raw, f"{store.where}/{key}")
+
+
+def plaintext(
+    backup: Backup, relpath: str, identities: list[Any] | None = None
+) -> Generator[bytes, None, None]:
+    """The bytes of a file of ``backup`` as written before encryption, in chunks: the one
+    place a file other than a data file (``DataFileReader``) is decrypted. ``identities``
+    default to the backup's own (``--identity``); ``FileNotFoundError`` if it is missing,
+    ``VerificationFailed`` if it does not decrypt.
+
+    It checks no size or SHA-256: callers check those first (``check_schema_file``)."""
+    with backup.source.open(relpath) as fh:
+        if not backup.encryption:
+            while block := fh.read(_READ_BLOCK):
+                yield block
+            return
+        keys = list(backup.identities) if identities is None else identities
+        yield from decrypted(fh, keys, where=relpath)
 
 
 def check_schema_file(backup: Backup, entry: SchemaFile) -> str | None:

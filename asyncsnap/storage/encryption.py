@@ -40,6 +40,14 @@ class ByteSink(Protocol):
     def write(self, block: bytes) -> None: ...
 
 
+def encrypt_whole(content: bytes, recipients: list[Any]) -> bytes:
+    """A small file's bytes as an age file to ``recipients`` (``EncryptingStage`` streams
+    the data files; ``decrypted`` reads either back)."""
+    import pyrage
+
+    return pyrage.encrypt(content, recipients)
+
+
 def parse_recipients(values: Iterable[str]) -> list[Any]:
     """``--encrypt-to`` values: an age public key (``age1...``), or a file of them, one
     per line (``#`` comments), as ``age -R`` reads.

@@ -39,9 +39,10 @@ from ..format import (
     SUMS_NAME,
     Backup,
     Compression,
+    SchemaFile,
 )
 from ..scratch import PrivateScratch
-from .encryption import EncryptingStage
+from .encryption import EncryptingStage, encrypt_whole
 from .store import LocalFileSink, Sink, fsync_dir, write_file_atomic
 from .store import output_error as _output_error
 
@@ -265,6 +266,16 @@ class _Hashing:
         self.hash.update(block)
         self.size += len(block)
         self._sink.write(block)
+
+
+def write_content_file(target: BackupTarget, relpath: str, content: bytes) -> SchemaFile:
+    """Write a small file of the database's own content (the schema archive and its SQL:
+    function bodies, comments), encrypted when the backup is, as data files are; its
+    manifest entry (size and SHA-256 of the bytes as stored)."""
+    if target.recipients:
+        content = encrypt_whole(content, target.recipients)
+    target.write_small_file(relpath, content)
+    return SchemaFile(path=relpath, bytes=len(content), sha256=hashlib.sha256(content).hexdigest())
 
 
 class BackupTarget(Protocol):
