@@ -40,7 +40,7 @@ from .catalog import (
 )
 from .catalog import Sequence as SequenceState
 from .connection import ConnectionSpec, ConnectParams, resolve
-from .copy import CopyContext, LargeObjectsJob, WorkItem, cancelled_by_server, close_pool, copy_all
+from .copy import CopyContext, close_pool, copy_all
 from .database import read_properties
 from .encode.render import encodings
 from .errors import (
@@ -71,6 +71,7 @@ from .format import (
     Skipped,
 )
 from .inventory import Inventory, take_inventory
+from .jobs import LargeObjectsJob, WorkItem, cancelled_by_server
 from .largeobjects import count_large_objects
 from .patterns import Selection
 from .plan import (

@@ -90,7 +90,7 @@ def test_worker_connection_lost_in_each_phase_is_retried(
     )
     clean = anyio.run(lambda: asyncsnap.dump(db.dsn, output=tmp_path, name="clean", jobs=1))
     # Report progress on every block the COPY sink receives, so "mid-copy" has a moment.
-    monkeypatch.setattr(importlib.import_module("asyncsnap.copy"), "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(importlib.import_module("asyncsnap.jobs"), "PROGRESS_INTERVAL", 0.0)
     fired: list[int] = []
     notices: list[str] = []
 
