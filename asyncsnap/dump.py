@@ -11,7 +11,7 @@ manifest, the rename from ``<name>.partial`` to ``<name>``). Any failure removes
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,13 +28,11 @@ from .catalog import (
     Catalog,
     Table,
     default_sequences,
-    describe_change,
     describe_tables,
     list_sequences,
     list_tables,
     read_sequence_states,
     read_server_info,
-    read_signatures,
     read_types,
     sample_page_weights,
 )
@@ -86,7 +84,7 @@ from .plan import (
 )
 from .prune import prune
 from .session import CONNECTION_LOST, Session, SessionPolicy
-from .snapshot import Coordinator, snapshot_lost
+from .snapshot import Coordinator, changed_since_snapshot, snapshot_lost, until_unchanged
 from .storage.encryption import parse_recipients
 from .storage.files import (
     BackupDirectory,
@@ -104,10 +102,6 @@ from .verify import verify_backup
 from .version import __version__
 
 DEFAULT_LOCK_TIMEOUT = 30.0
-# A table whose definition or storage changed between the snapshot and its lock (a
-# migration that held the table when the dump started) makes the dump start over on a
-# new snapshot, at most this many snapshots in all.
-SNAPSHOT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -262,8 +256,7 @@ async def dump(
         result = anyio.run(lambda: asyncsnap.dump("postgresql:///app", output="backups"))
         print(result.path, result.rows)
     """
-    recipients = parse_recipients(encrypt_to) if encrypt_to else None
-    selection, where, name = _check_arguments(
+    options = DumpOptions.build(
         output=output,
         jobs=jobs,
         tables=tables,
@@ -275,239 +268,384 @@ async def dump(
         lock_timeout=lock_timeout,
         statement_timeout=statement_timeout,
         max_duration=max_duration,
-        keep=keep,
-    )
-    emit: EventCallback = on_event or (lambda event: None)
-    store: S3Store | None = None
-    if isinstance(where, StoreUrl):
-        # Credentials, bucket and name checked before connecting: a typo fails fast.
-        store, name = await anyio.to_thread.run_sync(_open_store_output, where, name)
-    assert name is not None
-    params = resolve(dsn)
-    pg_dump_selection = schema.selection_arguments(tables, exclude_tables, schemas, exclude_schemas)
-    session = Session(
-        params,
-        SessionPolicy(statement_timeout=statement_timeout, row_security=enable_row_security),
-    )
-    options = _InventoryOptions(
-        selection=selection,
+        split_larger_than=split_larger_than,
         skip_unreadable=skip_unreadable,
         enable_row_security=enable_row_security,
         large_objects=large_objects,
         unlogged_table_data=unlogged_table_data,
-        lock_timeout=lock_timeout,
-        split_larger_than=split_larger_than,
-        jobs=jobs,
+        keep=keep,
+        keep_partial=keep_partial,
+        verify_output=verify_output,
+        with_schema=with_schema,
+        encrypt_to=encrypt_to,
+        fingerprints=fingerprints,
     )
-
-    started = time.monotonic()
-    started_at = datetime.now(UTC)
-    finished = False
-    # Everything until the backup is complete runs under the deadline (None: none); the
-    # cancellation it causes takes the same clean-up path as Ctrl-C.
-    with anyio.move_on_after(max_duration):
-        conn = await session.connect()
-        backup: BackupTarget | None = None
-        lock: OutputLock | None = None
-        pool: asyncpg.Pool | None = None
-        try:
-            try:
-                snapshots = 0
-                while True:
-                    snapshots += 1
-                    planned = await _plan_in_snapshot(conn, options, emit)
-                    if pool is None:
-                        workers = max(1, min(jobs, len(planned.items)))
-                        pool = await session.create_pool(workers)
-                    changed = await _changed_since_snapshot(conn, pool, planned.inventory.tables)
-                    if not changed:
-                        break
-                    # The snapshot does not describe what the tables hold now: reading it
-                    # would write keys the manifest does not list, or lose rows.
-                    await conn.execute("ROLLBACK")
-                    listing = some_names(changed, limit=3, sep="; ")
-                    if snapshots == SNAPSHOT_ATTEMPTS:
-                        raise DumpFailed(
-                            f"tables kept changing between the snapshot and their lock: {listing}",
-                            hint="a migration is running; run the dump when it is done",
-                        )
-                    emit(
-                        Notice(
-                            f"changed between the snapshot and its lock: {listing}; starting "
-                            f"over on a new snapshot ({snapshots + 1}/{SNAPSHOT_ATTEMPTS})"
-                        )
-                    )
-                coordinator, inventory = planned.coordinator, planned.inventory
-                pg_dump = None
-                if with_schema:  # before anything is written: a missing tool fails fast
-                    pg_dump = await anyio.to_thread.run_sync(
-                        schema.pick_pg_dump, planned.catalog.server.version_num // 10000
-                    )
-                for skip in inventory.skipped:
-                    emit(Notice(f"not dumped: {skip.describe()}"))
-
-                target: BackupTarget
-                if store is not None:
-                    # The claim (a conditional write) keeps two dumps apart, as the lock does.
-                    target = await anyio.to_thread.run_sync(
-                        BackupPrefix.create, store, name, recipients
-                    )
-                else:
-                    assert isinstance(where, Path)
-                    # Taken just before anything is written, so a run that fails earlier
-                    # leaves no trace; held until the backup has its final name.
-                    BackupDirectory.prepare_parent(where)
-                    lock = OutputLock(where)
-                    lock.acquire()
-                    target = BackupDirectory.create(where, name, recipients)
-                backup = target
-                emit(
-                    DumpStarted(
-                        snapshot_id=coordinator.snapshot_id,
-                        target=str(session.target),
-                        tables=sum(1 for t in inventory.tables if t.has_data),
-                        chunks=len(planned.items),
-                        est_rows=sum(c.est_rows for c in planned.items),
-                        jobs=jobs,
-                        path=str(target.path),
-                    )
-                )
-                coordinator_lost = anyio.Event()
-                conn.add_termination_listener(lambda _: coordinator_lost.set())
-                copying = CopyContext(
-                    coordinator.snapshot_id,
-                    planned.catalog.types,
-                    target,
-                    compression,
-                    emit,
-                    fingerprints=fingerprints,
-                )
-                schema_files: list[BackupSchema] = []
-                try:
-                    async with anyio.create_task_group() as tg:
-                        if pg_dump is not None:
-                            tg.start_soon(
-                                _capture_schema,
-                                pg_dump,
-                                session.params,  # where the coordinator went (pinned)
-                                coordinator.snapshot_id,
-                                pg_dump_selection + _unreadable_excluded(inventory),
-                                lock_timeout,
-                                target,
-                                schema_files,
-                            )
-                        stored = await copy_all(pool, planned.items, copying, coordinator_lost)
-                except BaseExceptionGroup as group:
-                    raise most_telling(group) from None
-                finally:
-                    await close_pool(pool)
-                    pool = None
-                # The data is only consistent if the snapshot outlived every import.
-                await coordinator.ensure_alive()
-                finished_at = datetime.now(UTC)
-                snapshot_held = time.monotonic() - coordinator.began
-                body = _manifest_body(
-                    planned=planned,
-                    stored=stored,
-                    started_at=started_at,
-                    finished_at=finished_at,
-                    compression=compression,
-                    schema_files=schema_files[0] if schema_files else None,
-                    recipients=[str(r) for r in recipients] if recipients else [],
-                )
-                files = [(f.path, f.sha256) for f in stored.values()]
-                for captured in schema_files:
-                    files += [(f.path, f.sha256) for f in captured.files]
-                sums = manifest.sha256sums(sorted(files))
-                await anyio.to_thread.run_sync(target.write_small_file, manifest.SUMS_NAME, sums)
-                target.write_small_file(manifest.MANIFEST_NAME, manifest.serialize(body.to_json()))
-                await _end_snapshot(conn)
-                if verify_output:
-                    await _verify_written(target, emit)
-                # From the rename on the backup is complete: a signal or the deadline
-                # arriving now must not undo it.
-                with anyio.CancelScope(shield=True):
-                    final_path = await anyio.to_thread.run_sync(target.commit)
-                    finished = True
-                    if keep is not None:  # under our lock, after this backup is complete
-                        await anyio.to_thread.run_sync(_keep_newest, where, keep, emit)
-            except asyncpg.QueryCanceledError as exc:
-                raise cancelled_by_server(exc, "a catalog query or lock") from exc
-            except CONNECTION_LOST as exc:
-                raise snapshot_lost() from exc  # the coordinator's own connection died
-            except asyncpg.PostgresError as exc:
-                # Catalog reads and locks failing for a reason not translated nearer the cause.
-                raise DumpFailed(
-                    f"server error: {exc}", hint=getattr(exc, "hint", None) or "see the server log"
-                ) from exc
-        except BaseException:
-            if pool is not None:
-                await close_pool(pool)
-            if backup is not None and not finished:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_abandon, backup, keep_partial, emit)
-            raise
-        finally:
-            if lock is not None:
-                lock.release()
-            if not conn.is_closed():
-                conn.terminate()
-    if not finished:
-        raise TimeLimitExceeded(
-            f"the dump did not finish within --max-duration {max_duration:g}s and was "
-            "cancelled" + ("; the incomplete backup was kept" if keep_partial else ""),
-            hint="raise --max-duration, dump fewer tables (-t/-T), or use more -j",
-        )
-
-    results = _table_results(inventory.tables, planned.chunks, stored)
-    lo_file = stored.get(LargeObjectsJob.stem)
-    result = DumpResult(
-        path=final_path,
-        snapshot_id=coordinator.snapshot_id,
-        tables=results,
-        rows=sum(r.rows for r in results),
-        bytes=sum(r.bytes for r in results),
-        stored_bytes=sum(r.stored_bytes for r in results),
-        files=len(stored),
-        seconds=time.monotonic() - started,
-        snapshot_held_seconds=snapshot_held,
-        skipped=tuple(inventory.skipped),
-        schema=schema_files[0] if schema_files else None,
-        verified=verify_output,
-        large_objects=lo_file.objects if lo_file is not None else 0,
-        snapshots=snapshots,
-        manifest=body.to_json(),
-    )
-    emit(
-        DumpFinished(
-            path=str(final_path),
-            tables=len(results),
-            rows=result.rows,
-            bytes=result.bytes,
-            stored_bytes=result.stored_bytes,
-            seconds=result.seconds,
-            snapshot_held_seconds=snapshot_held,
-        )
-    )
-    return result
+    return await _DumpRun(options, dsn, on_event or (lambda event: None)).run()
 
 
 @dataclass(frozen=True)
-class _InventoryOptions:
-    """The dump's arguments that decide what the snapshot phase plans."""
+class DumpOptions:
+    """The dump's options, gathered and checked once (``build``); every step reads them
+    here. ``output`` is absolute, and ``name`` is chosen for a local directory (a
+    store's is chosen once the store is asked: ``_DumpRun.open_output``)."""
 
+    output: Path | StoreUrl
+    name: str | None
+    jobs: int
     selection: Selection
+    pg_dump_selection: list[str]  # the same patterns, as pg_dump's arguments
+    compression: Compression
+    lock_timeout: float
+    statement_timeout: float
+    max_duration: float | None
+    split_larger_than: int | None
     skip_unreadable: bool
     enable_row_security: bool
     large_objects: bool | None
     unlogged_table_data: bool
-    lock_timeout: float
-    split_larger_than: int | None
-    jobs: int
+    keep: int | None
+    keep_partial: bool
+    verify_output: bool
+    with_schema: bool
+    recipients: tuple[Any, ...]  # age recipients, parsed; empty: not encrypted
+    fingerprints: bool
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        output: str | Path,
+        tables: Iterable[str],
+        exclude_tables: Iterable[str],
+        schemas: Iterable[str],
+        exclude_schemas: Iterable[str],
+        name: str | None,
+        encrypt_to: Sequence[str],
+        **given: Any,
+    ) -> DumpOptions:
+        """Everything that can be wrong before connecting: fail fast, write nothing.
+
+        :raises UsageError: naming the first option that is wrong.
+        """
+        recipients = tuple(parse_recipients(encrypt_to)) if encrypt_to else ()
+        _check_numbers(**given)
+        tables, exclude_tables = list(tables), list(exclude_tables)
+        schemas, exclude_schemas = list(schemas), list(exclude_schemas)
+        selection = Selection.from_strings(
+            include=tables, exclude=exclude_tables, schemas=schemas, exclude_schemas=exclude_schemas
+        )
+        where = backup_location(output, role="-o")
+        if isinstance(where, StoreUrl):
+            if name is not None:
+                validate_backup_name(name)
+        else:
+            where = where.absolute()
+            name = name or default_backup_name(where)
+            BackupDirectory.check_free(where, name)  # create() checks again later
+        return cls(
+            output=where,
+            name=name,
+            selection=selection,
+            pg_dump_selection=schema.selection_arguments(
+                tables, exclude_tables, schemas, exclude_schemas
+            ),
+            recipients=recipients,
+            **given,
+        )
+
+
+def _check_numbers(
+    *,
+    jobs: int,
+    compression: str,
+    lock_timeout: float,
+    statement_timeout: float,
+    max_duration: float | None,
+    keep: int | None,
+    **_: Any,
+) -> None:
+    if not isinstance(jobs, int) or jobs < 1:
+        raise UsageError(f"-j must be at least 1, not {jobs!r}", hint="try -j 2")
+    if compression not in COMPRESSIONS:
+        raise UsageError(f"unknown compression {compression!r}", hint="use zstd, gzip or none")
+    if lock_timeout < 0:
+        raise UsageError("--lock-timeout cannot be negative", hint="0 waits forever")
+    if statement_timeout < 0:
+        raise UsageError("--statement-timeout cannot be negative", hint="0 means no limit")
+    if max_duration is not None and max_duration <= 0:
+        raise UsageError("--max-duration must be positive", hint="e.g. --max-duration 3600")
+    if keep is not None and keep < 1:
+        raise UsageError(f"--keep must be at least 1, not {keep}", hint="--keep 7 keeps a week")
+
+
+class _DumpRun:
+    """One dump as a list of steps (``run``), each a call into its phase's module; the
+    state the clean-up must undo lives here."""
+
+    def __init__(
+        self, options: DumpOptions, dsn: str | ConnectionSpec | None, emit: EventCallback
+    ) -> None:
+        self.o = options
+        self.dsn = dsn
+        self.emit = emit
+        self.name = options.name
+        self.store: S3Store | None = None
+        self.conn: asyncpg.Connection | None = None
+        self.pool: asyncpg.Pool | None = None
+        self.target: BackupTarget | None = None
+        self.lock: OutputLock | None = None
+        self.finished = False
+        self.started = time.monotonic()
+        self.started_at = datetime.now(UTC)
+
+    async def run(self) -> DumpResult:
+        o = self.o
+        await self.open_output()
+        session = Session(
+            resolve(self.dsn),
+            SessionPolicy(
+                statement_timeout=o.statement_timeout, row_security=o.enable_row_security
+            ),
+        )
+        # Everything until the backup is complete runs under the deadline (None: none); the
+        # cancellation it causes takes the same clean-up path as Ctrl-C.
+        with anyio.move_on_after(o.max_duration):
+            self.conn = await session.connect()
+            try:
+                try:
+                    planned, snapshots = await self.take_snapshot(session)
+                    pg_dump = await self.pick_pg_dump(planned)
+                    await self.claim_target()
+                    stored, schema_files = await self.copy(session, planned, pg_dump)
+                    body = await self.seal(planned, stored, schema_files)
+                    final_path = await self.complete()
+                except asyncpg.QueryCanceledError as exc:
+                    raise cancelled_by_server(exc, "a catalog query or lock") from exc
+                except CONNECTION_LOST as exc:
+                    raise snapshot_lost() from exc  # the coordinator's own connection died
+                except asyncpg.PostgresError as exc:
+                    # Catalog reads and locks failing for a reason not translated nearer.
+                    hint = getattr(exc, "hint", None) or "see the server log"
+                    raise DumpFailed(f"server error: {exc}", hint=hint) from exc
+            except BaseException:
+                await self.clean_up()
+                raise
+            finally:
+                if self.lock is not None:
+                    self.lock.release()
+                if not self.conn.is_closed():
+                    self.conn.terminate()
+        if not self.finished:
+            raise TimeLimitExceeded(
+                f"the dump did not finish within --max-duration {o.max_duration:g}s and was "
+                "cancelled" + ("; the incomplete backup was kept" if o.keep_partial else ""),
+                hint="raise --max-duration, dump fewer tables (-t/-T), or use more -j",
+            )
+        return self.result(final_path, planned, stored, schema_files, body, snapshots)
+
+    async def open_output(self) -> None:
+        """A store's credentials, bucket and name, checked before connecting: a typo
+        fails fast."""
+        if isinstance(self.o.output, StoreUrl):
+            self.store, self.name = await anyio.to_thread.run_sync(
+                _open_store_output, self.o.output, self.name
+            )
+
+    async def take_snapshot(self, session: Session) -> tuple[_Planned, int]:
+        """Export a snapshot, decide what the backup holds, lock it, plan the chunks; again
+        on a new snapshot if a table changed before its lock (``snapshot.until_unchanged``)."""
+        assert self.conn is not None
+        conn = self.conn
+
+        async def changed(planned: _Planned) -> list[str]:
+            if self.pool is None:
+                self.pool = await session.create_pool(max(1, min(self.o.jobs, len(planned.items))))
+            tables = planned.inventory.tables
+            return await changed_since_snapshot(conn, self.pool.acquire(), tables)
+
+        planned, snapshots = await until_unchanged(
+            conn, lambda: _plan_in_snapshot(conn, self.o, self.emit), changed, self.emit
+        )
+        for skip in planned.inventory.skipped:
+            self.emit(Notice(f"not dumped: {skip.describe()}"))
+        return planned, snapshots
+
+    async def pick_pg_dump(self, planned: _Planned) -> schema.ClientTool | None:
+        """The pg_dump for the server's major, before anything is written: a missing tool
+        fails fast."""
+        if not self.o.with_schema:
+            return None
+        major = planned.catalog.server.version_num // 10000
+        return await anyio.to_thread.run_sync(schema.pick_pg_dump, major)
+
+    async def claim_target(self) -> None:
+        """The ``<name>.partial`` directory under the output's lock, or the store's claim
+        (a conditional write): either keeps two dumps of one name apart."""
+        o, recipients = self.o, list(self.o.recipients) or None
+        assert self.name is not None
+        if self.store is not None:
+            self.target = await anyio.to_thread.run_sync(
+                BackupPrefix.create, self.store, self.name, recipients
+            )
+            return
+        assert isinstance(o.output, Path)
+        # Taken just before anything is written, so a run that fails earlier leaves no
+        # trace; held until the backup has its final name.
+        BackupDirectory.prepare_parent(o.output)
+        self.lock = OutputLock(o.output)
+        self.lock.acquire()
+        self.target = BackupDirectory.create(o.output, self.name, recipients)
+
+    async def copy(
+        self, session: Session, planned: _Planned, pg_dump: schema.ClientTool | None
+    ) -> tuple[dict[str, StoredFile], list[BackupSchema]]:
+        """Every chunk by the pool's connections in the snapshot, and pg_dump's schema of
+        the same snapshot beside them."""
+        o, conn, target, pool = self.o, self.conn, self.target, self.pool
+        assert conn is not None and target is not None and pool is not None
+        coordinator = planned.coordinator
+        self.emit(
+            DumpStarted(
+                snapshot_id=coordinator.snapshot_id,
+                target=str(session.target),
+                tables=sum(1 for t in planned.inventory.tables if t.has_data),
+                chunks=len(planned.items),
+                est_rows=sum(c.est_rows for c in planned.items),
+                jobs=o.jobs,
+                path=str(target.path),
+            )
+        )
+        coordinator_lost = anyio.Event()
+        conn.add_termination_listener(lambda _: coordinator_lost.set())
+        copying = CopyContext(
+            coordinator.snapshot_id,
+            planned.catalog.types,
+            target,
+            o.compression,
+            self.emit,
+            fingerprints=o.fingerprints,
+        )
+        schema_files: list[BackupSchema] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                if pg_dump is not None:
+                    tg.start_soon(
+                        _capture_schema,
+                        pg_dump,
+                        session.params,  # where the coordinator went (pinned)
+                        coordinator.snapshot_id,
+                        o.pg_dump_selection + _unreadable_excluded(planned.inventory),
+                        o.lock_timeout,
+                        target,
+                        schema_files,
+                    )
+                stored = await copy_all(pool, planned.items, copying, coordinator_lost)
+        except BaseExceptionGroup as group:
+            raise most_telling(group) from None
+        finally:
+            await close_pool(pool)
+            self.pool = None
+        # The data is only consistent if the snapshot outlived every import.
+        await coordinator.ensure_alive()
+        self.snapshot_held = time.monotonic() - coordinator.began
+        return stored, schema_files
+
+    async def seal(
+        self, planned: _Planned, stored: dict[str, StoredFile], schema_files: list[BackupSchema]
+    ) -> manifest.Manifest:
+        """SHA256SUMS, then the manifest (not yet where readers trust it); the snapshot
+        ends."""
+        assert self.conn is not None and self.target is not None
+        target = self.target
+        body = _manifest_body(
+            planned=planned,
+            stored=stored,
+            started_at=self.started_at,
+            finished_at=datetime.now(UTC),
+            compression=self.o.compression,
+            schema_files=schema_files[0] if schema_files else None,
+            recipients=[str(r) for r in self.o.recipients],
+        )
+        files = [(f.path, f.sha256) for f in stored.values()]
+        for captured in schema_files:
+            files += [(f.path, f.sha256) for f in captured.files]
+        sums = manifest.sha256sums(sorted(files))
+        await anyio.to_thread.run_sync(target.write_small_file, manifest.SUMS_NAME, sums)
+        content = manifest.serialize(body.to_json())
+        await anyio.to_thread.run_sync(target.write_small_file, manifest.MANIFEST_NAME, content)
+        await _end_snapshot(self.conn)
+        return body
+
+    async def complete(self) -> Path | str:
+        """``--verify``, then the rename (or the store's manifest): the backup is complete;
+        then ``--keep``."""
+        assert self.target is not None
+        if self.o.verify_output:
+            await _verify_written(self.target, self.emit)
+        # From the rename on the backup is complete: a signal or the deadline arriving
+        # now must not undo it.
+        with anyio.CancelScope(shield=True):
+            final_path = await anyio.to_thread.run_sync(self.target.commit)
+            self.finished = True
+            if self.o.keep is not None:  # under our lock, after this backup is complete
+                await anyio.to_thread.run_sync(_keep_newest, self.o.output, self.o.keep, self.emit)
+        return final_path
+
+    async def clean_up(self) -> None:
+        """After a failure or a cancellation: the pool closed, what was written removed
+        (or kept without a manifest with --keep-partial)."""
+        if self.pool is not None:
+            await close_pool(self.pool)
+        if self.target is not None and not self.finished:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(
+                    _abandon, self.target, self.o.keep_partial, self.emit
+                )
+
+    def result(
+        self,
+        final_path: Path | str,
+        planned: _Planned,
+        stored: dict[str, StoredFile],
+        schema_files: list[BackupSchema],
+        body: manifest.Manifest,
+        snapshots: int,
+    ) -> DumpResult:
+        results = _table_results(planned.inventory.tables, planned.chunks, stored)
+        lo_file = stored.get(LargeObjectsJob.stem)
+        result = DumpResult(
+            path=final_path,
+            snapshot_id=planned.coordinator.snapshot_id,
+            tables=results,
+            rows=sum(r.rows for r in results),
+            bytes=sum(r.bytes for r in results),
+            stored_bytes=sum(r.stored_bytes for r in results),
+            files=len(stored),
+            seconds=time.monotonic() - self.started,
+            snapshot_held_seconds=self.snapshot_held,
+            skipped=tuple(planned.inventory.skipped),
+            schema=schema_files[0] if schema_files else None,
+            verified=self.o.verify_output,
+            large_objects=lo_file.objects if lo_file is not None else 0,
+            snapshots=snapshots,
+            manifest=body.to_json(),
+        )
+        self.emit(
+            DumpFinished(
+                path=str(final_path),
+                tables=len(results),
+                rows=result.rows,
+                bytes=result.bytes,
+                stored_bytes=result.stored_bytes,
+                seconds=result.seconds,
+                snapshot_held_seconds=self.snapshot_held,
+            )
+        )
+        return result
 
 
 async def _plan_in_snapshot(
-    conn: asyncpg.Connection, options: _InventoryOptions, emit: EventCallback
+    conn: asyncpg.Connection, options: DumpOptions, emit: EventCallback
 ) -> _Planned:
     """Begin and export a snapshot on ``conn``, decide what the backup holds, lock it and
     plan the chunks, all inside that snapshot."""
@@ -645,28 +783,6 @@ def _unreadable_excluded(inventory: Inventory) -> list[str]:
     ]
 
 
-async def _changed_since_snapshot(
-    coordinator: asyncpg.Connection, pool: asyncpg.Pool, tables: Sequence[Table]
-) -> list[str]:
-    """The tables whose name, columns or storage differ between the snapshot and now.
-
-    The locks are granted, so nothing can change them from here on; but a migration that
-    held a table when the snapshot was taken may have renamed or added a column,
-    truncated or rewritten it, and committed before our lock: the snapshot's catalog then
-    no longer describes the rows a COPY would read. The present is read on a pool
-    connection outside any snapshot.
-    """
-    oids = [t.oid for t in tables]
-    before = await read_signatures(coordinator, oids)
-    async with pool.acquire() as present:
-        after = await read_signatures(present, oids)
-    return [
-        f"{sig.schema}.{sig.name} ({describe_change(sig, after.get(oid))})"
-        for oid, sig in before.items()
-        if after.get(oid) != sig
-    ]
-
-
 async def _verify_written(backup: BackupTarget, emit: EventCallback) -> None:
     """Read back the whole backup as ``asyncsnap verify`` would, before the rename (or, in
     a store, the manifest) makes it complete. Local files come back through the page
@@ -700,48 +816,6 @@ async def _verify_written(backup: BackupTarget, emit: EventCallback) -> None:
             "encrypted: `asyncsnap verify --identity KEY` checks the rows)"
         )
     emit(Notice(f"{said} in {seconds:.2f}s"))
-
-
-def _check_arguments(
-    *,
-    output: str | Path,
-    jobs: int,
-    tables: Iterable[str],
-    exclude_tables: Iterable[str],
-    schemas: Iterable[str],
-    exclude_schemas: Iterable[str],
-    compression: str,
-    name: str | None,
-    lock_timeout: float,
-    statement_timeout: float,
-    max_duration: float | None,
-    keep: int | None,
-) -> tuple[Selection, Path | StoreUrl, str | None]:
-    """Everything that can be wrong before connecting: fail fast, write nothing."""
-    if not isinstance(jobs, int) or jobs < 1:
-        raise UsageError(f"-j must be at least 1, not {jobs!r}", hint="try -j 2")
-    if compression not in COMPRESSIONS:
-        raise UsageError(f"unknown compression {compression!r}", hint="use zstd, gzip or none")
-    if lock_timeout < 0:
-        raise UsageError("--lock-timeout cannot be negative", hint="0 waits forever")
-    if statement_timeout < 0:
-        raise UsageError("--statement-timeout cannot be negative", hint="0 means no limit")
-    if max_duration is not None and max_duration <= 0:
-        raise UsageError("--max-duration must be positive", hint="e.g. --max-duration 3600")
-    if keep is not None and keep < 1:
-        raise UsageError(f"--keep must be at least 1, not {keep}", hint="--keep 7 keeps a week")
-    selection = Selection.from_strings(
-        include=tables, exclude=exclude_tables, schemas=schemas, exclude_schemas=exclude_schemas
-    )
-    where = backup_location(output, role="-o")
-    if isinstance(where, StoreUrl):
-        if name is not None:
-            validate_backup_name(name)
-        return selection, where, name  # the store is asked in _open_store_output
-    output_dir = where.absolute()
-    name = name or default_backup_name(output_dir)
-    BackupDirectory.check_free(output_dir, name)  # create() checks again later
-    return selection, output_dir, name
 
 
 def _open_store_output(url: StoreUrl, name: str | None) -> tuple[S3Store, str]:
@@ -795,6 +869,56 @@ async def _end_snapshot(conn: asyncpg.Connection) -> None:
     await conn.close()
 
 
+def _file_entry(f: StoredFile, pages: tuple[int, int | None] | None) -> BackupFile:
+    return BackupFile(
+        path=f.path,
+        rows=f.rows,
+        bytes=f.bytes,
+        stored_bytes=f.stored_bytes,
+        sha256=f.sha256,
+        longest_line=f.longest_line or None,
+        pages=pages,
+        fingerprint=f.fingerprint,
+    )
+
+
+def _table_entry(
+    t: Table, encs: Mapping[str, Any], files: list[tuple[StoredFile, Chunk]]
+) -> BackupTable:
+    return BackupTable(
+        schema=t.schema,
+        name=t.name,
+        kind=t.kind,
+        parent=t.parent,
+        rows=sum(f.rows for f, _ in files),
+        row_security=t.row_security,
+        columns=tuple(
+            BackupColumn(
+                name=c.name,
+                type=c.type,
+                encoding=encs[c.name],
+                not_null=c.not_null,
+                generated=c.generated,
+                identity=c.identity,
+            )
+            for c in t.columns
+        ),
+        primary_key=tuple(t.primary_key),
+        foreign_keys=tuple(
+            BackupForeignKey(
+                name=fk.name,
+                columns=tuple(fk.columns),
+                references=(fk.ref_schema, fk.ref_table),
+                ref_columns=tuple(fk.ref_columns),
+                deferrable=fk.deferrable,
+                initially_deferred=fk.initially_deferred,
+            )
+            for fk in t.foreign_keys
+        ),
+        files=tuple(_file_entry(f, chunk.pages) for f, chunk in files),
+    )
+
+
 def _manifest_body(
     *,
     planned: _Planned,
@@ -811,63 +935,17 @@ def _manifest_body(
     for chunk in sorted(planned.chunks, key=lambda c: (c.table.key, c.index)):
         files_by_table.setdefault(chunk.table.key, []).append((stored[chunk.stem], chunk))
 
-    def file_entry(f: StoredFile, pages: tuple[int, int | None] | None) -> BackupFile:
-        return BackupFile(
-            path=f.path,
-            rows=f.rows,
-            bytes=f.bytes,
-            stored_bytes=f.stored_bytes,
-            sha256=f.sha256,
-            longest_line=f.longest_line or None,
-            pages=pages,
-            fingerprint=f.fingerprint,
-        )
-
-    tables = []
-    for t in sorted(catalog.tables, key=lambda t: t.key):
-        encs = encodings(t, catalog.types)
-        files = files_by_table.get(t.key, [])
-        tables.append(
-            BackupTable(
-                schema=t.schema,
-                name=t.name,
-                kind=t.kind,
-                parent=t.parent,
-                rows=sum(f.rows for f, _ in files),
-                row_security=t.row_security,
-                columns=tuple(
-                    BackupColumn(
-                        name=c.name,
-                        type=c.type,
-                        encoding=encs[c.name],
-                        not_null=c.not_null,
-                        generated=c.generated,
-                        identity=c.identity,
-                    )
-                    for c in t.columns
-                ),
-                primary_key=tuple(t.primary_key),
-                foreign_keys=tuple(
-                    BackupForeignKey(
-                        name=fk.name,
-                        columns=tuple(fk.columns),
-                        references=(fk.ref_schema, fk.ref_table),
-                        ref_columns=tuple(fk.ref_columns),
-                        deferrable=fk.deferrable,
-                        initially_deferred=fk.initially_deferred,
-                    )
-                    for fk in t.foreign_keys
-                ),
-                files=tuple(file_entry(f, chunk.pages) for f, chunk in files),
-            )
-        )
+    tables = [
+        _table_entry(t, encodings(t, catalog.types), files_by_table.get(t.key, []))
+        for t in sorted(catalog.tables, key=lambda t: t.key)
+    ]
     lo_file = stored.get(LargeObjectsJob.stem)
     large_objects = None
     if lo_file is not None:
         large_objects = BackupLargeObjects(
             objects=lo_file.objects,
             bytes=lo_file.object_bytes,
-            files=(file_entry(lo_file, None),),
+            files=(_file_entry(lo_file, None),),
         )
     sequences = [
         BackupSequence(

@@ -15,15 +15,24 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
 
-from .catalog import Table, sql_name
-from .errors import DumpFailed, LockTimeout, PermissionDenied, SnapshotLost
+from .catalog import Table, describe_change, read_signatures, sql_name
+from .errors import DumpFailed, LockTimeout, PermissionDenied, SnapshotLost, some_names
+from .events import EventCallback, Notice
 from .session import HEALTH_CHECK_TIMEOUT
+
+# A table whose definition or storage changed between the snapshot and its lock (a
+# migration that held the table when the dump started) makes the dump start over on a
+# new snapshot, at most this many snapshots in all.
+SNAPSHOT_ATTEMPTS = 3
+
+Planned = TypeVar("Planned")
 
 # pg_export_snapshot() returns e.g. 00000003-0000001B-1; checked before we put it in SQL.
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
@@ -113,3 +122,61 @@ async def snapshot_transaction(conn: asyncpg.Connection, snapshot_id: str) -> As
             # "invalid snapshot identifier": the exporting transaction has ended.
             raise snapshot_lost() from e
         yield
+
+
+async def until_unchanged(
+    conn: asyncpg.Connection,
+    plan: Callable[[], Awaitable[Planned]],
+    changed: Callable[[Planned], Awaitable[list[str]]],
+    emit: EventCallback,
+) -> tuple[Planned, int]:
+    """``plan`` in a new snapshot on ``conn`` (it begins one, reads the catalog and locks)
+    until ``changed`` finds nothing changed between that snapshot and its locks; the plan
+    and how many snapshots it took. After ``SNAPSHOT_ATTEMPTS`` snapshots, ``DumpFailed``.
+
+    The snapshot then describes what the tables hold now: reading one that does not
+    would write keys the manifest does not list, or lose rows.
+    """
+    for attempt in range(1, SNAPSHOT_ATTEMPTS + 1):
+        planned = await plan()
+        found = await changed(planned)
+        if not found:
+            return planned, attempt
+        await conn.execute("ROLLBACK")
+        listing = some_names(found, limit=3, sep="; ")
+        if attempt == SNAPSHOT_ATTEMPTS:
+            raise DumpFailed(
+                f"tables kept changing between the snapshot and their lock: {listing}",
+                hint="a migration is running; run the dump when it is done",
+            )
+        emit(
+            Notice(
+                f"changed between the snapshot and its lock: {listing}; starting "
+                f"over on a new snapshot ({attempt + 1}/{SNAPSHOT_ATTEMPTS})"
+            )
+        )
+    raise AssertionError("unreachable")
+
+
+async def changed_since_snapshot(
+    coordinator: asyncpg.Connection,
+    present: AbstractAsyncContextManager[asyncpg.Connection],
+    tables: Sequence[Table],
+) -> list[str]:
+    """The tables whose name, columns or storage differ between the snapshot and now.
+
+    The locks are granted, so nothing can change them from here on; but a migration that
+    held a table when the snapshot was taken may have renamed or added a column,
+    truncated or rewritten it, and committed before our lock: the snapshot's catalog then
+    no longer describes the rows a COPY would read. ``present`` is a connection outside
+    any snapshot (one of the pool's).
+    """
+    oids = [t.oid for t in tables]
+    before = await read_signatures(coordinator, oids)
+    async with present as now:
+        after = await read_signatures(now, oids)
+    return [
+        f"{sig.schema}.{sig.name} ({describe_change(sig, after.get(oid))})"
+        for oid, sig in before.items()
+        if after.get(oid) != sig
+    ]

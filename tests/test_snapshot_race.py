@@ -117,7 +117,7 @@ def test_table_that_keeps_changing_fails_the_dump_naming_it(
 ) -> None:
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')")
     # The module, not the function the package exports under the same name.
-    monkeypatch.setattr(importlib.import_module("asyncsnap.dump"), "SNAPSHOT_ATTEMPTS", 1)
+    monkeypatch.setattr(importlib.import_module("asyncsnap.snapshot"), "SNAPSHOT_ATTEMPTS", 1)
     with pytest.raises(DumpFailed, match=r"kept changing .*public\.t \(columns changed: x added\)"):
         anyio.run(dump_while_migrating, db, tmp_path, "ALTER TABLE t ADD COLUMN x int", [])
     assert not any(tmp_path.iterdir())  # nothing was written
