@@ -17,7 +17,7 @@ import asyncpg
 import orjson
 import pytest
 
-from asyncsnap.cli.app import _describe_failure
+from asyncsnap.cli.envelope import describe_failure as _describe_failure
 from asyncsnap.errors import AsyncsnapError, ExitCode
 
 from .conftest import CliRun, Database, Postgres, clean_env, run_cli, table_locked

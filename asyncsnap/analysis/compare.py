@@ -53,7 +53,6 @@ from ..session import CONNECTION_LOST, Session, SessionPolicy
 from ..snapshot import Coordinator, snapshot_lost
 from ..storage.backup import DataFileReader, open_backup
 from ..storage.files import CountingWriter, DataFileWriter, StoredFile
-from ..text import count
 
 Status = Literal["equal", "different", "missing", "columns differ"]
 _LARGE_OBJECTS = ("", "large objects")  # the key of the large objects' numbers
@@ -452,90 +451,3 @@ async def _sequence_states(
             )
         )
     return found
-
-
-def describe_differences(result: CompareResult) -> list[str]:
-    """One line for people per difference, naming the table and the counts."""
-    lines = []
-    for t in result.differences:
-        name = t.qualified if t.schema else t.name
-        if t.status == "missing":
-            lines.append(
-                f"{name}: not in the database ({count(t.backup_rows, 'row')} in the backup)"
-            )
-        elif t.status == "columns differ":
-            lines.append(f"{name}: columns differ from the backup's: {t.detail}")
-        elif t.database_rows != t.backup_rows:
-            lines.append(
-                f"{name}: {count(t.database_rows or 0, 'row')} in the database, "
-                f"{t.backup_rows} in the backup"
-            )
-        else:
-            lines.append(
-                f"{name}: the same number of rows ({t.backup_rows}) but not the same rows "
-                f"(fingerprint {t.database_fingerprint} in the database, "
-                f"{t.backup_fingerprint} in the backup)"
-            )
-    for s in result.sequence_differences:
-        if s.database is None:
-            lines.append(f"sequence {s.schema}.{s.name}: not in the database")
-        else:
-            lines.append(
-                f"sequence {s.schema}.{s.name}: last_value {s.database[0]} "
-                f"(is_called {str(s.database[1]).lower()}) in the database, {s.backup[0]} "
-                f"(is_called {str(s.backup[1]).lower()}) in the backup"
-            )
-    return lines
-
-
-def summary_line(result: CompareResult) -> str:
-    """The line that says what was found equal."""
-    what = f"{count(len(result.tables), 'table')}, {count(result.rows, 'row')}"
-    if result.sequences:
-        what += f", {count(len(result.sequences), 'sequence')}"
-    if result.large_objects is not None:
-        what += ", the large objects"
-    return (
-        f"equal: the database holds exactly the backup's rows ({what}; fingerprints from "
-        f"the {result.fingerprints_from}; {result.seconds:.2f}s)"
-    )
-
-
-def as_json(result: CompareResult) -> dict[str, Any]:
-    """The result for scripts (``compare --json``); README "Output for scripts"."""
-
-    def table(t: TableComparison) -> dict[str, Any]:
-        return {
-            "schema": t.schema or None,
-            "name": t.name,
-            "status": t.status,
-            "backup_rows": t.backup_rows,
-            "database_rows": t.database_rows,
-            "backup_fingerprint": t.backup_fingerprint or None,
-            "database_fingerprint": t.database_fingerprint,
-            "detail": t.detail or None,
-        }
-
-    return {
-        "equal": result.equal,
-        "backup": str(result.backup),
-        "snapshot_id": result.snapshot_id,
-        "fingerprints_from": result.fingerprints_from,
-        "tables": [table(t) for t in result.tables],
-        "sequences": [
-            {
-                "schema": s.schema,
-                "name": s.name,
-                "equal": s.equal,
-                "backup": {"last_value": s.backup[0], "is_called": s.backup[1]},
-                "database": None
-                if s.database is None
-                else {"last_value": s.database[0], "is_called": s.database[1]},
-            }
-            for s in result.sequences
-        ],
-        "large_objects": None if result.large_objects is None else table(result.large_objects),
-        "not_compared": list(result.not_compared),
-        "differences": describe_differences(result),
-        "seconds": round(result.seconds, 3),
-    }

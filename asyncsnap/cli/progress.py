@@ -1,4 +1,4 @@
-"""How the CLI shows what the library reports (``events.py``), and backups (``inspect``).
+"""How the CLI shows what the library reports while it runs (``events.py``).
 
 The CLI picks a renderer: a live rich display on a terminal, one plain line per event
 otherwise (cron mail, CI logs), or nothing with ``--quiet``. The library never imports
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 import orjson
-from rich.console import Console, RenderableType
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -35,8 +35,6 @@ from ..events import (
     RestoreFinished,
     RestoreStarted,
 )
-from ..format import Backup
-from ..inspect import summary
 from ..text import count
 
 if TYPE_CHECKING:
@@ -333,82 +331,3 @@ class JsonLog:
         line = {"ts": utc_timestamp(), **fields}
         self._stream.write(orjson.dumps(line).decode() + "\n")
         self._stream.flush()
-
-
-def summary_tables(backup: Backup) -> list[RenderableType]:
-    """``inspect``'s tables for people."""
-    s = summary(backup)
-    server = s["server"] or {}
-    head = RichTable(
-        show_header=False, box=None, title=f"asyncsnap backup {backup.path}", title_justify="left"
-    )
-    head.add_column()
-    head.add_column()
-    snapshot = s["snapshot"] or {}
-    head.add_row("snapshot", f"{snapshot.get('taken_at')} ({snapshot.get('id')})")
-    head.add_row(
-        "server",
-        f"PostgreSQL {server.get('version')} at "
-        f"{server.get('host') or 'local socket'}:{server.get('port')}, "
-        f"database {server.get('database')}, user {server.get('user')}",
-    )
-    totals = s["totals"] or {}
-    head.add_row(
-        "totals",
-        f"{count(totals.get('tables', 0), 'table')}, {totals.get('rows', 0):,} rows, "
-        f"{human_bytes(totals.get('bytes', 0))} "
-        f"({human_bytes(totals.get('stored_bytes', 0))} {s['compression']})",
-    )
-    if s["encrypted_to"]:
-        head.add_row("ENCRYPTED", "age, to " + ", ".join(s["encrypted_to"]))
-    head.add_row(
-        "schema",
-        f"{s['schema']['sql']} (pg_dump {s['schema']['pg_dump_version']})"
-        if s["schema"]
-        else "none: a data-only backup, restored only into existing tables",
-    )
-    levels = (s["restore_order"] or {}).get("levels", [])
-    order = " → ".join(", ".join(f"{t['schema']}.{t['name']}" for t in lv) for lv in levels)
-    head.add_row("restore order", order)
-    for cycle in (s["restore_order"] or {}).get("cycles", []):
-        head.add_row("cycle", ", ".join(f"{t['schema']}.{t['name']}" for t in cycle))
-    if s["large_objects"] is not None:
-        objects = s["large_objects"]
-        head.add_row("large objects", f"{objects['objects']:,} ({human_bytes(objects['bytes'])})")
-    for t in s["tables"]:
-        if t["row_security"]:
-            head.add_row(
-                "ROW SECURITY",
-                f"{t['schema']}.{t['name']} holds only the rows the dumping role could see",
-            )
-    for k in backup.skipped:
-        head.add_row("NOT DUMPED", k.describe())
-    tables = RichTable()
-    for col, justify in (
-        ("table", "left"),
-        ("kind", "left"),
-        ("rows", "right"),
-        ("files", "right"),
-        ("bytes", "right"),
-        ("stored", "right"),
-    ):
-        tables.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for t in s["tables"]:
-        tables.add_row(
-            f"{t['schema']}.{t['name']}",
-            t["kind"],
-            f"{t['rows']:,}",
-            str(t["files"]),
-            human_bytes(t["bytes"]),
-            human_bytes(t["stored_bytes"]),
-        )
-    if not s["sequence_values"]:
-        return [head, tables]
-    sequences = RichTable()
-    for col, justify in (("sequence", "left"), ("value", "right"), ("of", "left")):
-        sequences.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for q in s["sequence_values"]:
-        # is_called false: the next nextval() returns last_value itself (setval's rule)
-        value = f"{q['last_value']:,}" + ("" if q["is_called"] else " (not yet used)")
-        sequences.add_row(f"{q['schema']}.{q['name']}", value, q["owned_by"] or "")
-    return [head, tables, sequences]

@@ -1,0 +1,60 @@
+"""``asyncsnap verify``: options, then ``asyncsnap.verify`` through the envelope."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..errors import ExitCode
+from ..storage.encryption import load_identities
+from ..text import count
+from ..verify import VerifyResult, verify
+from .envelope import Envelope, print_problems, use_endpoint
+from .options import BackupArgument, DebugOption, EndpointOption, IdentityOption, quiet_option
+
+SHORT_HELP = "Check a backup completely, offline."
+
+
+def verify_command(
+    backup_dir: BackupArgument,
+    identity: IdentityOption = None,
+    endpoint_url: EndpointOption = None,
+    quiet: Annotated[bool, quiet_option("Print only problems.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Check a backup completely, offline: manifest, checksums, rows, every line.
+
+    Exit 0 when the backup is whole; 5, with one error line per problem, when it is not.
+
+    \b
+    Examples:
+      asyncsnap verify /backups/before-migration-42 && echo good
+      # The checksums alone, with standard tools
+      cd /backups/before-migration-42 && sha256sum -c --quiet SHA256SUMS
+    """
+    with Envelope(debug=debug).guard():
+        use_endpoint(endpoint_url)
+        identities = load_identities(identity) if identity else None
+        result = verify(backup_dir, identities=identities)
+    if not result.ok:
+        print_problems(
+            [str(problem) for problem in result.problems],
+            f"{count(len(result.problems), 'problem')}; do not restore from this backup",
+        )
+        raise typer.Exit(ExitCode.VERIFY)
+    if not quiet:
+        typer.echo(_ok_line(result))
+
+
+def _ok_line(result: VerifyResult) -> str:
+    if result.content_checked:
+        return (
+            f"OK {result.path}: {count(result.tables, 'table')}, {count(result.files, 'file')}, "
+            f"{count(result.rows, 'row')}, {count(result.bytes, 'byte')} checked in "
+            f"{result.seconds:.2f}s"
+        )
+    return (
+        f"OK {result.path}: {count(result.files, 'file')} match their sha256 and "
+        f"size; encrypted, so no line was read (give --identity to check every line)"
+    )
