@@ -1717,7 +1717,8 @@ async def _load_table(
             else:
                 await _insert_file(conn, into, reader, progress)
             if stage is not None:
-                reader.finish()  # the file is whole before its values are judged
+                # the file is whole before its values are judged
+                await anyio.to_thread.run_sync(reader.finish)
                 checked = True
                 await stage.check_and_move(conn, entry, reader.rows)
         except (asyncpg.PostgresError, ValueError) as exc:
@@ -1739,7 +1740,8 @@ async def _load_table(
             ) from exc
         finally:
             reader.close()
-        reader.finish()  # size, SHA-256 and rows; raising rolls the table back
+        # size, SHA-256 and rows; raising rolls the table back
+        await anyio.to_thread.run_sync(reader.finish)
     rows, raw = progress.rows, progress.bytes
     seconds = time.monotonic() - started
     emit(
@@ -2057,8 +2059,11 @@ async def _load_large_objects(
         reader = DataFileReader(backup, entry, block_size=BATCH_BYTES)
         batch: list[largeobjects.LargeObjectLine] = []
         size = 0
+        blocks = iter(reader)
         try:
-            for block in reader:
+            # Reading, decompressing, hashing (and decrypting) a block runs in a thread:
+            # the event loop only sends the pieces.
+            while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
                 for raw in block.splitlines():
                     try:
                         line = largeobjects.parse_line(raw)
@@ -2076,7 +2081,7 @@ async def _load_large_objects(
                 await flush(batch)
         finally:
             reader.close()
-        reader.finish()
+        await anyio.to_thread.run_sync(reader.finish)
     for problem in problems[:5]:
         emit(Notice(problem))
     if len(problems) > 5:
