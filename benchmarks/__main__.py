@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 from asyncsnap.connection import resolve  # noqa: E402
 from asyncsnap.session import Session  # noqa: E402
 from benchmarks.duckdb_peer import available as duckdb_available  # noqa: E402
-from tests.pgserver import find_bindir, throwaway_server  # noqa: E402
-from tests.s3server import BUCKET, s3_server, weed  # noqa: E402
+from throwaway.postgres import find_bindir, throwaway_server  # noqa: E402
+from throwaway.s3 import BUCKET, s3_server, weed  # noqa: E402
 
 MIXED_SQL = """
 DROP TABLE IF EXISTS public.mixed;

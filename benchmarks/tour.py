@@ -26,7 +26,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.pgserver import PASSWORD, find_bindir, throwaway_server  # noqa: E402
+from throwaway.postgres import PASSWORD, find_bindir, throwaway_server  # noqa: E402
 
 SHOP_SQL = """
 CREATE TABLE customers (

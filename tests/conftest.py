@@ -3,7 +3,7 @@ database per test that is dropped afterwards, and a runner for the real CLI proc
 
 Tests marked ``versions`` (one per behaviour that depends on the server's major) also run
 against every major named in ``$ASYNCSNAP_TEST_MAJORS`` (e.g. ``14 16 17 18``; servers from
-the package registries, see ``pgmajors``); ``.ci/run`` sets it.
+the package registries, see ``throwaway.majors``); ``.ci/run`` sets it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import anyio.from_thread
 import asyncpg
 import pytest
 
-from .pgserver import Server, find_bindir, throwaway_server
+from throwaway.postgres import Server, find_bindir, throwaway_server
 
 
 @pytest.fixture

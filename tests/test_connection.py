@@ -21,10 +21,10 @@ from asyncsnap.connection import (
     resolve,
     resolve_dsn,
 )
+from throwaway.postgres import PASSWORD, free_port
 
 from .conftest import Database, Postgres, clean_env, execute, run_cli
 from .helpers import manifest_of, run_on_a_terminal
-from .pgserver import PASSWORD, free_port
 
 
 def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

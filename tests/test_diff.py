@@ -11,10 +11,10 @@ import pytest
 
 from asyncsnap.analysis.diff import DiffResult, diff
 from asyncsnap.errors import ExitCode
+from throwaway.postgres import client_bindir
 
 from .conftest import Database, run_cli
 from .helpers import flip_bit_mid_file, manifest_of
-from .pgserver import client_bindir
 from .test_dump import run_dump
 
 pytest.importorskip("duckdb", reason="diff needs the analysis extra (DuckDB)")

@@ -548,7 +548,7 @@ def test_key_forms_are_equal_exactly_when_postgresql_says(db: Database, tmp_path
 def test_diff_and_convert_of_backups_in_an_object_store(db: Database, tmp_path: Path) -> None:
     """Backups in S3 (SeaweedFS) are read straight from the store by the same reader: diff
     counts by key (a text key, a composite key), convert writes every row."""
-    from .s3server import BUCKET, s3_server
+    from throwaway.s3 import BUCKET, s3_server
 
     db.execute(
         "CREATE TABLE people (tenant text, id int, name text, PRIMARY KEY (tenant, id));"

@@ -20,10 +20,10 @@ from pyrage import x25519
 
 from asyncsnap.storage.backup import DataFileReader, LocalSource, open_backup
 from asyncsnap.storage.encryption import load_identities
+from throwaway.s3 import BUCKET, S3Server, s3_server
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
 from .helpers import flip_bit_mid_file, manifest_of
-from .s3server import BUCKET, S3Server, s3_server
 
 TABLES = """
 CREATE TABLE big (id int PRIMARY KEY, pad text);

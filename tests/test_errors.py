@@ -19,9 +19,9 @@ import pytest
 
 from asyncsnap.cli.envelope import describe_failure as _describe_failure
 from asyncsnap.errors import AsyncsnapError, ExitCode
+from throwaway.postgres import PASSWORD, free_port
 
 from .conftest import CliRun, Database, Postgres, clean_env, run_cli, table_locked
-from .pgserver import PASSWORD, free_port
 
 
 def assert_failure(run: CliRun, code: int, message: str) -> None:

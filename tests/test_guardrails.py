@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 import pytest
 
+from throwaway.postgres import PASSWORD
+
 from .conftest import Database, clean_env, run_cli, table_locked
 from .helpers import manifest_of
-from .pgserver import PASSWORD
 from .test_errors import assert_failure, assert_nothing_written
 from .test_interrupt import BIG, wait_until_writing_big
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from throwaway.postgres import PASSWORD
+from throwaway.s3 import S3Server, s3_server
+
 from .conftest import Database, clean_env, execute
-from .pgserver import PASSWORD
-from .s3server import S3Server, s3_server
 from .test_docs import help_text
 from .test_dump import SHOP
 

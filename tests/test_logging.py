@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from throwaway.postgres import PASSWORD, free_port
+
 from .conftest import Database, clean_env, run_cli
-from .pgserver import PASSWORD, free_port
 from .test_dump import SHOP
 from .test_interrupt import BIG
 

@@ -16,8 +16,7 @@ import zstandard
 from asyncsnap.errors import ExitCode, OutputExists, StoreFailed, UsageError
 from asyncsnap.storage.files import DataFileWriter
 from asyncsnap.storage.s3 import S3Store, StoreSink, StoreUrl
-
-from .s3server import ADMIN_KEY, ADMIN_SECRET, BUCKET, SECRET_KEY, S3Server, s3_server
+from throwaway.s3 import ADMIN_KEY, ADMIN_SECRET, BUCKET, SECRET_KEY, S3Server, s3_server
 
 
 @pytest.fixture(scope="module")

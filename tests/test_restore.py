@@ -12,10 +12,10 @@ import pytest
 
 from asyncsnap.errors import RestoreFailed, SchemaMismatch, TargetNotEmpty, VerificationFailed
 from asyncsnap.restore.load import RestorePlan, RestoreResult, restore
+from throwaway.postgres import client_bindir
 
 from .conftest import Database, Postgres, fresh_database, run_cli
 from .helpers import flip_bit_mid_file
-from .pgserver import client_bindir
 from .test_dump import SHOP, run_dump
 
 FIDELITY = r"""

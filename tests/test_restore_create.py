@@ -23,9 +23,9 @@ from pyrage import x25519
 from asyncsnap import format as manifest
 from asyncsnap.errors import SchemaMismatch, TargetLocked, TargetNotEmpty
 from asyncsnap.restore.load import RestoreResult, restore
+from throwaway.postgres import client_bindir, unprivileged_user
 
 from .conftest import Database, Postgres, execute, fetch, run_cli
-from .pgserver import client_bindir, unprivileged_user
 from .test_dump import run_dump
 from .test_restore import digests
 

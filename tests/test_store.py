@@ -14,10 +14,10 @@ from asyncsnap.storage.backup import DataFileReader, open_backup, open_stored_ba
 from asyncsnap.storage.s3 import S3Store, StoreUrl
 from asyncsnap.storage.store import LocalStore, MemoryStore, ObjectMissing, Store, exists
 from asyncsnap.verify import verify_backup
+from throwaway.s3 import BUCKET, S3Server, s3_server
 
 from .conftest import Database, run_cli
 from .helpers import flip_bit_mid_file
-from .s3server import BUCKET, S3Server, s3_server
 
 
 @pytest.fixture(scope="module")

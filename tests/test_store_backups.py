@@ -21,10 +21,7 @@ from pyrage import x25519
 from asyncsnap.errors import ExitCode, OutputExists
 from asyncsnap.storage.prefix import CLAIM_NAME, BackupPrefix
 from asyncsnap.storage.s3 import S3Store, StoreUrl
-
-from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
-from .helpers import failed_with
-from .s3server import (
+from throwaway.s3 import (
     ACCESS_KEY,
     ADMIN_KEY,
     ADMIN_SECRET,
@@ -35,6 +32,9 @@ from .s3server import (
     recording_proxy,
     s3_server,
 )
+
+from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
+from .helpers import failed_with
 from .test_dump import SHOP
 
 README = Path(__file__).resolve().parents[1] / "README.md"

