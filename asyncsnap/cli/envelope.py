@@ -270,11 +270,11 @@ class Envelope:
     ``dsn``: what the command connects with, for redaction (the DSN argument as typed,
     then the checked connection). ``outcome``: the summary's fields so far (from
     ``summary_base``; a command fills in what it learns during the run); written only
-    when ``summary_json`` is given.
+    when ``summary_json`` is given. A command's use of it::
 
-    >>> env = Envelope(debug=False)
-    >>> with env.guard():
-    ...     result = verify(backup_dir)  # a failure: error/hint lines, exit code
+        env = Envelope(debug=debug)
+        with env.guard():  # a failure: its error and hint lines, its exit code
+            result = verify(backup_dir)
     """
 
     def __init__(

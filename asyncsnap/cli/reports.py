@@ -1,6 +1,7 @@
 """Reports of what the library returns, for people and for scripts: ``inspect``'s tables,
 ``compare``'s differences and ``diff``'s changes as lines, and both as ``--json``
-(README "Output for scripts"). The library returns dataclasses and never formats them."""
+(README "Output for scripts"). The library returns the results as dataclasses; how they
+read is decided here."""
 
 from __future__ import annotations
 
