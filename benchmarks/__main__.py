@@ -698,7 +698,7 @@ def linearity(args: argparse.Namespace) -> None:
         print(f"results written to {path}")
 
 
-# Why a target is missed, when it is: measured explanations (README, "Measured").
+# Why a target is missed, when it is: measured explanations (docs/benchmarks.md, "Measured").
 WHY = {
     "restore": "the rows go in with COPY text, the server doing the same parsing as for "
     "pg_restore; the client's reading, zstd, sha256 and JSON-to-COPY conversion (native, "

@@ -101,7 +101,7 @@ def test_readme_setup_commands_are_the_ci_commands() -> None:
     assert install.startswith("pip install -e '.[test]'") and "-e '.[test]'" in ci
     assert test.startswith("python -m pytest")
     commands = [line.strip() for line in ci.splitlines() if line.startswith("python -m pytest")]
-    assert commands == [test, "python -m pytest -m slow"]
+    assert commands == [test, "python -m pytest -m slow -n 0"]
 
 
 def test_public_api_is_callable_as_the_readme_shows() -> None:
