@@ -247,85 +247,9 @@ async def compare(
         )
 
     params = dsn if isinstance(dsn, ConnectParams) else resolve(dsn)
-    # The backup's side runs beside the database's: for a backup without fingerprints
-    # (dump without --fingerprints) it reads and hashes every file, which takes about as
-    # long as reading the database; both mostly wait in native code without the GIL.
-    expected: dict[tuple[str, str], tuple[int, str, bool]] = {}
-    stop = threading.Event()  # the database's side failed: the thread stops between files
-
-    def backup_side() -> None:
-        for saved in tables:
-            if stop.is_set():
-                return
-            expected[saved.key] = backup_numbers(backup, saved.files)
-        if with_large_objects and not stop.is_set():
-            assert backup.large_objects is not None
-            expected[_LARGE_OBJECTS] = backup_numbers(backup, backup.large_objects.files)
-
-    try:
-        async with anyio.create_task_group() as sides:
-            sides.start_soon(partial(anyio.to_thread.run_sync, backup_side, abandon_on_cancel=True))
-            try:
-                database = await _database_side(
-                    params,
-                    backup,
-                    tables,
-                    sequences,
-                    with_large_objects,
-                    jobs,
-                    lock_timeout,
-                    split_larger_than,
-                    emit,
-                )
-            except BaseException:
-                stop.set()
-                raise
-    except BaseExceptionGroup as group:
-        raise most_telling(group) from None
-    items, stored, early = database.items, database.stored, database.early
-
-    results: list[TableComparison] = []
-    read_files = False
-    chunks_by_table: dict[tuple[str, str], list[StoredFile]] = {}
-    for item in items:
-        if not isinstance(item, LargeObjectsJob):
-            chunks_by_table.setdefault(item.table.key, []).append(stored[item.stem])
-    for saved in tables:
-        if saved.key in early:
-            results.append(early[saved.key])
-            continue
-        rows, fingerprint, from_files = expected[saved.key]
-        read_files |= from_files
-        live_files = chunks_by_table.get(saved.key, [])
-        live_rows = sum(f.rows for f in live_files)
-        live_fingerprint = combine(f.fingerprint or "" for f in live_files)
-        same = rows == live_rows and fingerprint == live_fingerprint
-        results.append(
-            TableComparison(
-                saved.schema,
-                saved.name,
-                "equal" if same else "different",
-                backup_rows=rows,
-                database_rows=live_rows,
-                backup_fingerprint=fingerprint,
-                database_fingerprint=live_fingerprint,
-            )
-        )
-    large_objects = None
-    if with_large_objects:
-        assert backup.large_objects is not None
-        rows, fingerprint, from_files = expected[_LARGE_OBJECTS]
-        read_files |= from_files
-        live_lo = stored[LargeObjectsJob.stem]
-        large_objects = TableComparison(
-            "",
-            "large objects",
-            "equal" if (rows, fingerprint) == (live_lo.rows, live_lo.fingerprint) else "different",
-            backup_rows=rows,
-            database_rows=live_lo.rows,
-            backup_fingerprint=fingerprint,
-            database_fingerprint=live_lo.fingerprint,
-        )
+    sides = _Sides(backup, tables, sequences, with_large_objects)
+    database = await sides.run(params, jobs, lock_timeout, split_larger_than, emit)
+    results, large_objects, read_files = sides.judge(database)
     return CompareResult(
         backup=backup.path,
         snapshot_id=database.snapshot_id,
@@ -336,6 +260,121 @@ async def compare(
         fingerprints_from="files" if read_files else "manifest",
         not_compared=tuple(s.describe() for s in backup.skipped),
     )
+
+
+class _Sides:
+    """The two sides of a comparison: the backup's numbers (each table's rows and
+    fingerprint, from the manifest or its files) and the database's (read in one
+    snapshot, as a dump reads), then the judgement."""
+
+    def __init__(
+        self,
+        backup: Backup,
+        tables: list[BackupTable],
+        sequences: list[BackupSequence],
+        with_large_objects: bool,
+    ) -> None:
+        self.backup, self.tables, self.sequences = backup, tables, sequences
+        self.with_large_objects = with_large_objects
+        self.expected: dict[tuple[str, str], tuple[int, str, bool]] = {}
+        self.stop = threading.Event()  # the database's side failed: stop between files
+
+    def backup_side(self) -> None:
+        backup = self.backup
+        for saved in self.tables:
+            if self.stop.is_set():
+                return
+            self.expected[saved.key] = backup_numbers(backup, saved.files)
+        if self.with_large_objects and not self.stop.is_set():
+            assert backup.large_objects is not None
+            self.expected[_LARGE_OBJECTS] = backup_numbers(backup, backup.large_objects.files)
+
+    async def run(
+        self,
+        params: ConnectParams,
+        jobs: int,
+        lock_timeout: float,
+        split_larger_than: int | None,
+        emit: EventCallback,
+    ) -> _DatabaseSide:
+        """Both sides at once. The backup's reads and hashes every file of a backup
+        without fingerprints (dump without --fingerprints), about as long as reading the
+        database; both mostly wait in native code without the GIL."""
+        found: list[_DatabaseSide] = []
+        try:
+            async with anyio.create_task_group() as sides:
+                sides.start_soon(
+                    partial(anyio.to_thread.run_sync, self.backup_side, abandon_on_cancel=True)
+                )
+                try:
+                    found.append(
+                        await _database_side(
+                            params,
+                            self.backup,
+                            self.tables,
+                            self.sequences,
+                            self.with_large_objects,
+                            jobs,
+                            lock_timeout,
+                            split_larger_than,
+                            emit,
+                        )
+                    )
+                except BaseException:
+                    self.stop.set()
+                    raise
+        except BaseExceptionGroup as group:
+            raise most_telling(group) from None
+        return found[0]
+
+    def judge(
+        self, database: _DatabaseSide
+    ) -> tuple[list[TableComparison], TableComparison | None, bool]:
+        """Each table equal or different, the large objects', and whether any file of
+        the backup had to be read."""
+        stored = database.stored
+        results: list[TableComparison] = []
+        read_files = False
+        chunks_by_table: dict[tuple[str, str], list[StoredFile]] = {}
+        for item in database.items:
+            if not isinstance(item, LargeObjectsJob):
+                chunks_by_table.setdefault(item.table.key, []).append(stored[item.stem])
+        for saved in self.tables:
+            if saved.key in database.early:
+                results.append(database.early[saved.key])
+                continue
+            rows, fingerprint, from_files = self.expected[saved.key]
+            read_files |= from_files
+            live_files = chunks_by_table.get(saved.key, [])
+            live_rows = sum(f.rows for f in live_files)
+            live_fingerprint = combine(f.fingerprint or "" for f in live_files)
+            same = rows == live_rows and fingerprint == live_fingerprint
+            results.append(
+                TableComparison(
+                    saved.schema,
+                    saved.name,
+                    "equal" if same else "different",
+                    backup_rows=rows,
+                    database_rows=live_rows,
+                    backup_fingerprint=fingerprint,
+                    database_fingerprint=live_fingerprint,
+                )
+            )
+        if not self.with_large_objects:
+            return results, None, read_files
+        rows, fingerprint, from_files = self.expected[_LARGE_OBJECTS]
+        live_lo = stored[LargeObjectsJob.stem]
+        same = (rows, fingerprint) == (live_lo.rows, live_lo.fingerprint)
+        large_objects = TableComparison(
+            "",
+            "large objects",
+            "equal" if same else "different",
+            backup_rows=rows,
+            database_rows=live_lo.rows,
+            backup_fingerprint=fingerprint,
+            database_fingerprint=live_lo.fingerprint,
+        )
+        return results, large_objects, read_files | from_files
 
 
 @dataclass(frozen=True)

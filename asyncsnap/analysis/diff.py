@@ -642,6 +642,127 @@ def _schema_diff(a: Backup, b: Backup) -> tuple[tuple[str, ...], str | None]:
     return tuple(lines), None
 
 
+class _DiffRun:
+    """One diff's state: the engine (started on the first table that must be read), the
+    ``--rows`` files made so far (removed unless the diff finishes), the scratch."""
+
+    def __init__(
+        self, a: Backup, b: Backup, out_dir: Path | None, *, memory_limit: str, threads: int
+    ) -> None:
+        self.a, self.b, self.out_dir = a, b, out_dir
+        self.memory_limit, self.threads = memory_limit, threads
+        self.scratch = PrivateScratch()
+        self.stack = contextlib.ExitStack()
+        self._reader: _TableReader | None = None
+        self.written: list[Path] = []  # --rows files made by this run
+        self.not_read = 0
+        self.finished = False
+
+    def reader(self) -> _TableReader:
+        if self._reader is None:
+            con = self.stack.enter_context(
+                engine(self.scratch, memory_limit=self.memory_limit, threads=self.threads)
+            )
+            self._reader = _TableReader(con, self.scratch)
+            self.stack.callback(self._reader.close)
+        return self._reader
+
+    def table(
+        self, key: tuple[str, str], ta: BackupTable | None, tb: BackupTable | None
+    ) -> TableDiff:
+        """One table: new or dropped, its columns changed, or its rows compared."""
+        if ta is None or tb is None:
+            return TableDiff(
+                key[0],
+                key[1],
+                "new" if ta is None else "dropped",
+                rows_before=None if ta is None else ta.rows,
+                rows_after=None if tb is None else tb.rows,
+                added=tb.rows if tb is not None else 0,
+                removed=ta.rows if ta is not None else 0,
+            )
+        changes = column_changes(ta, tb)
+        if changes:
+            return TableDiff(key[0], key[1], "columns differ", ta.rows, tb.rows, columns=changes)
+        pk = tb.primary_key if tb.primary_key == ta.primary_key else ()
+        pairing = key_sql(tb, pk) if pk else None
+        unpaired = None
+        if pk and pairing is None:
+            unpaired = _unpaired_reason(tb, pk)
+            pk = ()
+        if _same_files(ta.files, tb.files):
+            self.not_read += 1
+            return TableDiff(key[0], key[1], "unchanged", ta.rows, tb.rows, key=pk)
+        rows_file, (added, removed, changed) = self._rows(key, ta, tb, pk, pairing)
+        return TableDiff(
+            key[0],
+            key[1],
+            "changed" if added or removed or changed else "unchanged",
+            ta.rows,
+            tb.rows,
+            added=added,
+            removed=removed,
+            changed=changed,
+            key=pk,
+            read=True,
+            rows_file=rows_file,
+            unpaired=unpaired,
+        )
+
+    def _rows(
+        self,
+        key: tuple[str, str],
+        ta: BackupTable,
+        tb: BackupTable,
+        pk: tuple[str, ...],
+        pairing: str | None,
+    ) -> tuple[str | None, tuple[int, int, int | None]]:
+        """Read both sides' rows: the counts, and the ``--rows`` file when one was
+        asked for and the table did change."""
+        reader = self.reader()
+        con = reader.differing(tb.qualified, self.a, ta.files, self.b, tb.files, stand_in(tb, pk))
+        rows_file = None
+        out: BinaryIO | None = None
+        if self.out_dir is not None:
+            rows_file = file_stem(*key) + ".ndjson"
+            out = new_private_file(
+                self.out_dir / rows_file, hint="give --rows an empty or new directory"
+            )
+            self.written.append(self.out_dir / rows_file)
+        with out or contextlib.nullcontext():
+            counts = _write_rows(con, tb.qualified, out, pairing, reader.long_lines)
+        if not any(counts) and self.out_dir is not None and rows_file is not None:
+            (self.out_dir / rows_file).unlink()
+            self.written.pop()
+            rows_file = None
+        return rows_file, counts
+
+    def large_objects(self) -> tuple[int, int] | None:
+        """The large objects' counts before and after, when they differ (else None)."""
+        lo_a, lo_b = self.a.large_objects, self.b.large_objects
+        if lo_a is None and lo_b is None:
+            return None
+        files_a = lo_a.files if lo_a else ()
+        files_b = lo_b.files if lo_b else ()
+        same = (
+            lo_a is not None
+            and lo_b is not None
+            and lo_a.objects == lo_b.objects
+            and (
+                _same_files(files_a, files_b)
+                or self.reader().same_lines("large objects", self.a, files_a, self.b, files_b)
+            )
+        )
+        return None if same else (lo_a.objects if lo_a else 0, lo_b.objects if lo_b else 0)
+
+    def clean_up(self) -> None:
+        self.scratch.remove()
+        if not self.finished:  # no rows directory that looks like a whole answer
+            for path in self.written:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
 def diff(
     before: str | Path | Backup,
     after: str | Path | Backup,
@@ -679,125 +800,19 @@ def diff(
             out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot create {out_dir}: {exc.strerror}") from exc
-
     tables_a = {t.key: t for t in a.tables if t.has_data}
     tables_b = {t.key: t for t in b.tables if t.has_data}
-    results: list[TableDiff] = []
-    not_read = 0
-    written: list[Path] = []  # --rows files made by this run
-    finished = False
-    large_objects = None
-    scratch = PrivateScratch()
+    run = _DiffRun(a, b, out_dir, memory_limit=memory_limit, threads=threads)
     try:
-        with contextlib.ExitStack() as stack:
-            reader: _TableReader | None = None
-
-            def read() -> _TableReader:
-                nonlocal reader
-                if reader is None:
-                    reader = _TableReader(
-                        stack.enter_context(
-                            engine(scratch, memory_limit=memory_limit, threads=threads)
-                        ),
-                        scratch,
-                    )
-                    stack.callback(reader.close)
-                return reader
-
-            for key in sorted(tables_a.keys() | tables_b.keys()):
-                ta, tb = tables_a.get(key), tables_b.get(key)
-                if ta is None or tb is None:
-                    results.append(
-                        TableDiff(
-                            key[0],
-                            key[1],
-                            "new" if ta is None else "dropped",
-                            rows_before=None if ta is None else ta.rows,
-                            rows_after=None if tb is None else tb.rows,
-                            added=tb.rows if tb is not None else 0,
-                            removed=ta.rows if ta is not None else 0,
-                        )
-                    )
-                    continue
-                changes = column_changes(ta, tb)
-                if changes:
-                    results.append(
-                        TableDiff(
-                            key[0], key[1], "columns differ", ta.rows, tb.rows, columns=changes
-                        )
-                    )
-                    continue
-                pk = tb.primary_key if tb.primary_key == ta.primary_key else ()
-                pairing = key_sql(tb, pk) if pk else None
-                unpaired = None
-                if pk and pairing is None:
-                    unpaired = _unpaired_reason(tb, pk)
-                    pk = ()
-                if _same_files(ta.files, tb.files):
-                    not_read += 1
-                    results.append(TableDiff(key[0], key[1], "unchanged", ta.rows, tb.rows, key=pk))
-                    continue
-                table_reader = read()
-                con = table_reader.differing(
-                    tb.qualified, a, ta.files, b, tb.files, stand_in(tb, pk)
-                )
-                rows_file = None
-                out: BinaryIO | None = None
-                if out_dir is not None:
-                    rows_file = file_stem(*key) + ".ndjson"
-                    out = new_private_file(
-                        out_dir / rows_file, hint="give --rows an empty or new directory"
-                    )
-                    written.append(out_dir / rows_file)
-                with out or contextlib.nullcontext():
-                    added, removed, changed = _write_rows(
-                        con, tb.qualified, out, pairing, table_reader.long_lines
-                    )
-                status: Status = "changed" if added or removed or changed else "unchanged"
-                if status == "unchanged" and out_dir is not None and rows_file is not None:
-                    (out_dir / rows_file).unlink()
-                    written.pop()
-                    rows_file = None
-                results.append(
-                    TableDiff(
-                        key[0],
-                        key[1],
-                        status,
-                        ta.rows,
-                        tb.rows,
-                        added=added,
-                        removed=removed,
-                        changed=changed,
-                        key=pk,
-                        read=True,
-                        rows_file=rows_file,
-                        unpaired=unpaired,
-                    )
-                )
-
-            lo_a, lo_b = a.large_objects, b.large_objects
-            if lo_a is not None or lo_b is not None:
-                files_a = lo_a.files if lo_a else ()
-                files_b = lo_b.files if lo_b else ()
-                same = (
-                    lo_a is not None
-                    and lo_b is not None
-                    and lo_a.objects == lo_b.objects
-                    and (
-                        _same_files(files_a, files_b)
-                        or read().same_lines("large objects", a, files_a, b, files_b)
-                    )
-                )
-                if not same:
-                    large_objects = (lo_a.objects if lo_a else 0, lo_b.objects if lo_b else 0)
-        finished = True
+        with run.stack:
+            results = [
+                run.table(key, tables_a.get(key), tables_b.get(key))
+                for key in sorted(tables_a.keys() | tables_b.keys())
+            ]
+            large_objects = run.large_objects()
+        run.finished = True
     finally:
-        scratch.remove()
-        if not finished:  # no rows directory that looks like a whole answer
-            for path in written:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-
+        run.clean_up()
     schema_diff, schema_note = _schema_diff(a, b)
     return DiffResult(
         before=a.path,
@@ -808,5 +823,5 @@ def diff(
         schema_diff=schema_diff,
         schema_note=schema_note,
         seconds=time.monotonic() - started,
-        not_read=not_read,
+        not_read=run.not_read,
     )
