@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +257,8 @@ async def dump(
         result = anyio.run(lambda: asyncsnap.dump("postgresql:///app", output="backups"))
         print(result.path, result.rows)
     """
-    options = DumpOptions.build(
+    build = partial(
+        DumpOptions.build,
         output=output,
         jobs=jobs,
         tables=tables,
@@ -280,6 +282,7 @@ async def dump(
         encrypt_to=encrypt_to,
         fingerprints=fingerprints,
     )
+    options = await anyio.to_thread.run_sync(build)  # reads key files, looks at -o
     return await _DumpRun(options, dsn, on_event or (lambda event: None)).run()
 
 
@@ -488,13 +491,19 @@ class _DumpRun:
                 BackupPrefix.create, self.store, self.name, recipients
             )
             return
-        assert isinstance(o.output, Path)
-        # Taken just before anything is written, so a run that fails earlier leaves no
-        # trace; held until the backup has its final name.
-        BackupDirectory.prepare_parent(o.output)
-        self.lock = OutputLock(o.output)
-        self.lock.acquire()
-        self.target = BackupDirectory.create(o.output, self.name, recipients)
+        output, name = o.output, self.name
+        assert isinstance(output, Path)
+
+        def claim() -> None:
+            # Taken just before anything is written, so a run that fails earlier leaves
+            # no trace; held until the backup has its final name. (In a thread: the
+            # directories are created and fsynced.)
+            BackupDirectory.prepare_parent(output)
+            self.lock = OutputLock(output)
+            self.lock.acquire()
+            self.target = BackupDirectory.create(output, name, recipients)
+
+        await anyio.to_thread.run_sync(claim)
 
     async def copy(
         self, session: Session, planned: _Planned, pg_dump: schema.ClientTool | None
