@@ -23,8 +23,8 @@ from typing import Any, Literal, Protocol
 import orjson
 
 from .catalog import SchemaQualified
-from .encode.fingerprint import combine
 from .errors import VerificationFailed
+from .fingerprint import combine
 from .plan import STEM_PATTERN
 
 FORMAT_NAME = "asyncsnap"

@@ -12,8 +12,8 @@ import pytest
 
 from asyncsnap import format as manifest
 from asyncsnap.analysis.compare import CompareResult, compare
-from asyncsnap.encode.fingerprint import of_lines
 from asyncsnap.errors import ExitCode
+from asyncsnap.fingerprint import of_lines
 
 from .conftest import Database, Postgres, fresh_database, run_cli, table_locked
 from .helpers import decompress, failed_with, flip_bit_mid_file, manifest_of

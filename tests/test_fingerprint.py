@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from asyncsnap.encode.fingerprint import EMPTY, RowFingerprint, combine, of_lines
+from asyncsnap.fingerprint import EMPTY, RowFingerprint, combine, of_lines
 
 LINES = [
     b'{"id":1,"name":"a"}',

@@ -31,8 +31,8 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 
 from .. import _rows
-from ..encode.fingerprint import MODULUS
 from ..errors import VerificationFailed
+from ..fingerprint import MODULUS
 from ..format import Backup, BackupFile
 from ..storage.backup import DataFileReader
 

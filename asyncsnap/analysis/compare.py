@@ -43,9 +43,9 @@ from ..catalog import (
 )
 from ..connection import ConnectionSpec, ConnectParams, resolve
 from ..copy import CopyContext, close_pool, copy_all
-from ..encode.fingerprint import RowFingerprint, combine
 from ..errors import DumpFailed, UsageError, most_telling
 from ..events import EventCallback
+from ..fingerprint import RowFingerprint, combine
 from ..format import Backup, BackupFile, BackupSequence, BackupTable, Compression
 from ..jobs import LargeObjectsJob, WorkItem, cancelled_by_server
 from ..plan import DEFAULT_SPLIT_LARGER_THAN, TID_RANGE_SCAN_VERSION, plan_chunks

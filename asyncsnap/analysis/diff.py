@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-from ..encode.fingerprint import MODULUS, combine
 from ..errors import OutputError, VerificationFailed
+from ..fingerprint import MODULUS, combine
 from ..format import Backup, BackupColumn, BackupFile, BackupTable
 from ..plan import file_stem
 from ..scratch import PrivateScratch

@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 import zstandard
 
-from ..encode.fingerprint import RowFingerprint
 from ..errors import (
     OutputError,
     OutputExists,
@@ -30,6 +29,7 @@ from ..errors import (
     OutputNotWritable,
     UsageError,
 )
+from ..fingerprint import RowFingerprint
 from ..format import (
     DATA_DIR,
     EXTENSIONS,

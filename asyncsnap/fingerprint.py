@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from .. import _rows
+from . import _rows
 
 MODULUS = 1 << 128
 EMPTY = "0" * 32  # the fingerprint of no rows
