@@ -52,10 +52,11 @@ from .plan import Chunk
 from .session import CONNECTION_LOST, Session, SessionPolicy
 from .snapshot import snapshot_transaction
 from .storage.encryption import parse_recipients
-from .storage.files import BackupDirectory, DataFileWriter, DataTarget, StoredFile
+from .storage.files import BackupDirectory, DataFileWriter, DataTarget, StoredFile, store_writer
 from .storage.location import backup_location
 from .storage.prefix import BackupPrefix
 from .storage.s3 import S3Store, StoreUrl
+from .storage.store import LocalStore
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,9 @@ class FileTarget:
         relpath = f"{DATA_DIR}/{stem}{EXTENSIONS[compression]}"
         recipients = parse_recipients(self.recipients) if self.recipients else None
         where = backup_location(self.root, role="target")
-        if isinstance(where, StoreUrl):
-            sink = S3Store(where).sink(f"{self.name}/{relpath}" if self.name else relpath)
-            return DataFileWriter(None, relpath, compression, sink=sink, recipients=recipients)
-        return DataFileWriter(Path(where), relpath, compression, recipients=recipients)
+        store = S3Store(where) if isinstance(where, StoreUrl) else LocalStore(Path(where))
+        key = f"{self.name}/{relpath}" if self.name else relpath
+        return store_writer(store, key, relpath, compression, recipients)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from ..format import (
 )
 from ..scratch import PrivateScratch
 from .encryption import EncryptingStage, encrypt_whole
-from .store import LocalFileSink, Sink, fsync_dir, write_file_atomic
+from .store import LocalFileSink, LocalStore, Sink, Store, fsync_dir
 from .store import output_error as _output_error
 
 # zstd level 1, one thread. Level 3 measured free with one stream at design time; with -j 2 on
@@ -248,6 +248,14 @@ class CountingWriter(DataFileWriter):
         )
 
 
+def store_writer(
+    store: Store, key: str, relpath: str, compression: Compression, recipients: list[Any] | None
+) -> DataFileWriter:
+    """A data file streamed to ``key`` in ``store``: compressed, encrypted, hashed and
+    counted here, the same for every store (``relpath`` is its manifest path)."""
+    return DataFileWriter(None, relpath, compression, sink=store.sink(key), recipients=recipients)
+
+
 class DataTarget(Protocol):
     """Where the copy's data files go: a backup, or ``compare``'s counting."""
 
@@ -315,6 +323,7 @@ class BackupDirectory:
         self.recipients = recipients  # age recipients: every file is encrypted to them
         self.final_path = parent / name
         self.path = parent / (name + PARTIAL_SUFFIX)
+        self.store = LocalStore(self.path)  # every file is written through it
         self._scratch = PrivateScratch()  # used when encrypting: outside the backup
 
     @classmethod
@@ -372,15 +381,11 @@ class BackupDirectory:
         return backup
 
     def data_writer(self, stem: str, compression: Compression) -> DataFileWriter:
-        return DataFileWriter(
-            self.path,
-            f"{DATA_DIR}/{stem}{EXTENSIONS[compression]}",
-            compression,
-            recipients=self.recipients,
-        )
+        relpath = f"{DATA_DIR}/{stem}{EXTENSIONS[compression]}"
+        return store_writer(self.store, relpath, relpath, compression, self.recipients)
 
     def write_small_file(self, relpath: str, content: bytes) -> None:
-        write_file_atomic(self.path, relpath, content)
+        self.store.put(relpath, content)
 
     def commit(self) -> Path:
         """Make the backup visible under its final name; durable once this returns."""

@@ -44,7 +44,7 @@ from ..format import MANIFEST_NAME, Backup, Compression, written_by_dump
 from ..scratch import PrivateScratch
 from ..version import __version__
 from .backup import StoreSource, read_manifest
-from .files import DataFileWriter, validate_backup_name
+from .files import DataFileWriter, store_writer, validate_backup_name
 from .retention import Candidate, apply_policy
 from .s3 import S3Store, StoreUrl
 from .store import ObjectMissing, Store, StoredObject, exists
@@ -295,8 +295,8 @@ class BackupPrefix:
 
     def data_writer(self, stem: str, compression: Compression) -> DataFileWriter:
         relpath = f"{manifest.DATA_DIR}/{stem}{manifest.EXTENSIONS[compression]}"
-        sink = self.store.sink(f"{self.name}/{relpath}")
-        return DataFileWriter(None, relpath, compression, sink=sink, recipients=self.recipients)
+        key = f"{self.name}/{relpath}"
+        return store_writer(self.store, key, relpath, compression, self.recipients)
 
     def write_small_file(self, relpath: str, content: bytes) -> None:
         if relpath == MANIFEST_NAME:
