@@ -8,13 +8,15 @@ The library API; the ``asyncsnap`` command is a thin layer over it::
     print(result.path, result.rows)
 """
 
-from .analysis.compare import CompareResult, compare
+from .analysis.compare import compare
 from .analysis.diff import DiffResult, diff
 from .analysis.readers import ConvertResult, convert, read_arrow
+from .api import restore
+from .comparison import CompareResult
 from .connection import ConnectionSpec
 from .dump import DumpResult, TableResult, dump
 from .errors import AsyncsnapError, ExitCode
-from .restore.load import RestoreResult, restore
+from .restore.load import RestoreResult
 from .verify import VerifyResult, verify
 from .version import __version__
 

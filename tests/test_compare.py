@@ -11,7 +11,8 @@ import anyio
 import pytest
 
 from asyncsnap import format as manifest
-from asyncsnap.analysis.compare import CompareResult, compare
+from asyncsnap.analysis.compare import compare
+from asyncsnap.comparison import CompareResult
 from asyncsnap.errors import ExitCode
 from asyncsnap.fingerprint import of_lines
 

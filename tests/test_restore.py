@@ -10,8 +10,9 @@ import anyio
 import asyncpg
 import pytest
 
+from asyncsnap.api import restore
 from asyncsnap.errors import RestoreFailed, SchemaMismatch, TargetNotEmpty, VerificationFailed
-from asyncsnap.restore.load import RestorePlan, RestoreResult, restore
+from asyncsnap.restore.load import RestorePlan, RestoreResult
 from throwaway.postgres import client_bindir
 
 from .conftest import Database, Postgres, fresh_database, run_cli

@@ -15,8 +15,8 @@ import anyio
 import asyncpg
 import pytest
 
+from asyncsnap.api import restore
 from asyncsnap.errors import AsyncsnapError, PermissionDenied, TargetLocked, TargetNotEmpty
-from asyncsnap.restore.load import restore
 
 from .conftest import Database, Postgres, fresh_database, run_cli
 from .helpers import manifest_of

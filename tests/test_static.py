@@ -34,8 +34,8 @@ def test_the_library_core_does_not_import_rich_or_typer() -> None:
     """Presentation is the CLI's: dump, restore, verify and inspect report events and
     return dataclasses, and importing them pulls in neither rich nor typer."""
     probe = (
-        "import sys, asyncsnap, asyncsnap.dump, asyncsnap.restore.load, asyncsnap.verify, "
-        "asyncsnap.inspect, asyncsnap.prune\n"
+        "import sys, asyncsnap, asyncsnap.dump, asyncsnap.api, asyncsnap.restore.load, "
+        "asyncsnap.verify, asyncsnap.inspect, asyncsnap.prune\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'rich', 'typer'}))"
     )
     result = subprocess.run(

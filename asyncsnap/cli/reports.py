@@ -15,8 +15,8 @@ from ..text import count
 from .progress import human_bytes
 
 if TYPE_CHECKING:
-    from ..analysis.compare import CompareResult, TableComparison
     from ..analysis.diff import ColumnChange, DiffResult, TableDiff
+    from ..comparison import CompareResult, TableComparison
     from ..format import Backup
 
 
