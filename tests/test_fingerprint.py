@@ -4,7 +4,12 @@ docs/format.md, however the lines arrive. No server needed."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import subprocess
+import sys
+
+import pytest
 
 from asyncsnap.fingerprint import EMPTY, RowFingerprint, combine, of_lines
 
@@ -101,3 +106,37 @@ def test_every_line_length_up_to_200_against_hashlib() -> None:
             int.from_bytes(digest[8:16], "big"),
         ), len(line)
     assert f"{int.from_bytes(total, 'big'):032x}" == reference(lines)
+
+
+_BOTH_PATHS = """
+import hashlib, os, random
+from asyncsnap import _rows
+rng = random.Random(7)
+lines = [bytes(rng.randrange(256) for _ in range(n)).replace(b"\\n", b"x")
+         for n in [*range(0, 200), 447, 448, 511, 512, 513, 4095, 4096, 100_000] for _ in range(3)]
+data = b"".join(line + b"\\n" for line in lines)
+rows, total, end = _rows.line_fingerprint(data)
+want = sum(int.from_bytes(hashlib.sha256(line).digest()[:16], "big") for line in lines)
+assert (rows, end) == (len(lines), len(data))
+assert total == (want % 2**128).to_bytes(16, "big"), _rows.SHA256_PATH
+kept = _rows.line_columns(data, True, False)
+his, los = memoryview(kept[1]).cast("Q"), memoryview(kept[2]).cast("Q")
+for i, line in enumerate(lines):
+    d = hashlib.sha256(line).digest()
+    assert (his[i], los[i]) == (int.from_bytes(d[:8], "big"), int.from_bytes(d[8:16], "big"))
+print(_rows.SHA256_PATH)
+"""
+
+
+@pytest.mark.parametrize("forced", [None, "evp"])
+def test_each_sha256_path_equals_hashlib(forced: str | None) -> None:
+    """The CPU's SHA instructions (where the CPU has them) and OpenSSL's EVP each give
+    hashlib's SHA-256 for lines of every length around the block and padding edges."""
+    env = {k: v for k, v in os.environ.items() if k != "ASYNCSNAP_SHA256"}
+    if forced is not None:
+        env["ASYNCSNAP_SHA256"] = forced
+    run = subprocess.run(
+        [sys.executable, "-c", _BOTH_PATHS], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == (forced or run.stdout.strip())
