@@ -17,6 +17,7 @@ class LineError(ValueError):
 def ndjson_to_binary(
     data: Buffer, names: tuple[bytes, ...], kinds: bytes, /
 ) -> tuple[bytes, int]: ...
+
 SHA256_PATH: str  # "sha-ni" (the CPU's SHA instructions) or "evp" (OpenSSL)
 
 def line_fingerprint(data: Buffer, /) -> tuple[int, bytes, int]: ...
