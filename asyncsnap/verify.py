@@ -153,19 +153,31 @@ def verify_backup(
     )
 
 
-def _decrypts(backup: Backup, where: str, identities: list[Any]) -> str | None:
-    """Whether the encrypted file ``where`` decrypts whole with ``identities``."""
+def _read_through(
+    backup: Backup, where: str, identities: list[Any] | None, *, whole: bool
+) -> tuple[bytes | None, str | None]:
+    """The first block of ``where`` as written (decrypted), reading the rest too when
+    ``whole`` (every chunk of an age file is authenticated, not only the first); and what
+    is wrong, if it does not decrypt. A missing file (None, None) is not reported here:
+    its size and SHA-256 check says it."""
     plain = plaintext(backup, where, identities)
     try:
-        for _ in plain:
-            pass
+        head = next(plain, b"")
+        if whole:
+            for _ in plain:
+                pass
     except FileNotFoundError:
-        return None  # reported by its size and SHA-256 check
+        return None, None
     except VerificationFailed as exc:
-        return exc.message.removeprefix(where + " ")
+        return None, exc.message.removeprefix(where + " ")
     finally:
         plain.close()
-    return None
+    return head, None
+
+
+def _decrypts(backup: Backup, where: str, identities: list[Any]) -> str | None:
+    """Whether the encrypted file ``where`` decrypts whole with ``identities``."""
+    return _read_through(backup, where, identities, whole=True)[1]
 
 
 def _check_archive(backup: Backup, identities: list[Any] | None, encrypted: bool) -> str | None:
@@ -181,18 +193,9 @@ def _check_archive(backup: Backup, identities: list[Any] | None, encrypted: bool
         except FileNotFoundError:
             return None
         return None if magic == AGE_MAGIC else "is not an age file"
-    plain = plaintext(backup, where, identities or [])
-    try:
-        head = next(plain, b"")
-        if encrypted:
-            for _ in plain:  # every chunk authenticated, not only the first
-                pass
-    except FileNotFoundError:
-        return None  # reported by its size and SHA-256 check
-    except VerificationFailed as exc:
-        return exc.message.removeprefix(where + " ")
-    finally:
-        plain.close()
+    head, wrong = _read_through(backup, where, identities or [], whole=encrypted)
+    if head is None:
+        return wrong
     if head[: len(ARCHIVE_MAGIC)] != ARCHIVE_MAGIC:
         return "is not a pg_dump custom-format archive"
     return None
