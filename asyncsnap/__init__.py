@@ -16,7 +16,7 @@ from .comparison import CompareResult
 from .connection import ConnectionSpec
 from .dump import DumpResult, TableResult, dump
 from .errors import AsyncsnapError, ExitCode
-from .restore.load import RestoreResult
+from .restore.result import RestoreResult
 from .verify import VerifyResult, verify
 from .version import __version__
 

@@ -14,8 +14,8 @@ from .comparison import CompareResult
 from .connection import ConnectionSpec, ConnectParams
 from .events import EventCallback
 from .format import Backup
-from .restore.load import RestoreResult
 from .restore.options import Mode, RestoreOptions
+from .restore.result import RestoreResult
 from .restore.steps import run_restore
 
 

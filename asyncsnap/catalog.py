@@ -585,3 +585,288 @@ async def sample_page_weights(
         f"TABLESAMPLE pg_catalog.system ({percent:.6f}) REPEATABLE (0) GROUP BY 1"
     )
     return [(r["page"], r["weight"]) for r in rows]
+
+
+# What a restore asks of its target ----------------------------------------------------
+# (asyncsnap.restore: the target's checks, the loads, --clean, --create)
+
+
+async def existing_tables(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> list[str]:
+    """``schema.name`` of those of ``keys`` that exist as tables (ordinary or
+    partitioned), in name order."""
+    if not keys:
+        return []
+    rows = await conn.fetch(
+        "SELECT n.nspname AS schema, c.relname AS name FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+        "JOIN ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), "
+        "pg_catalog.unnest($2::pg_catalog.text[])) AS k(s, r) "
+        "ON k.s OPERATOR(pg_catalog.=) n.nspname::pg_catalog.text "
+        "AND k.r OPERATOR(pg_catalog.=) c.relname::pg_catalog.text "
+        "WHERE c.relkind IN ('r', 'p') ORDER BY 1, 2",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return [f"{r['schema']}.{r['name']}" for r in rows]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A foreign key (``name``, of table ``referencing``) to ``referenced``; tables as
+    ``regclass`` prints them."""
+
+    name: str
+    referencing: str
+    referenced: str
+    inside: bool = True  # the referencing table is one of those asked about
+
+
+async def references_to(conn: asyncpg.Connection, names: list[str]) -> list[Reference]:
+    """The foreign keys (not a partition's inherited copy) that reference one of the
+    tables ``names`` (``sql_name`` text; a name that does not resolve is left out), in
+    order of the referencing table and the key's name."""
+    rows = await conn.fetch(
+        "SELECT con.conname AS name, con.conrelid AS oid, "
+        "con.conrelid::pg_catalog.regclass::pg_catalog.text AS referencing, "
+        "con.confrelid::pg_catalog.regclass::pg_catalog.text AS referenced, "
+        "con.conrelid = ANY (k.oids) AS inside "
+        "FROM pg_catalog.pg_constraint con, "
+        "(SELECT pg_catalog.array_agg(pg_catalog.to_regclass(n)::pg_catalog.oid) "
+        "        FILTER (WHERE pg_catalog.to_regclass(n) IS NOT NULL) AS oids "
+        " FROM pg_catalog.unnest($1::pg_catalog.text[]) AS n) AS k "
+        "WHERE con.contype OPERATOR(pg_catalog.=) 'f' AND con.conparentid = 0 "
+        "AND con.confrelid = ANY (k.oids) ORDER BY 3, 1",
+        names,
+    )
+    return [Reference(r["name"], r["referencing"], r["referenced"], r["inside"]) for r in rows]
+
+
+async def references_from_outside(conn: asyncpg.Connection, oids: list[int]) -> list[Reference]:
+    """The tables outside ``oids`` with a foreign key to one of them, one per pair
+    (``name`` empty), in order."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT con.conrelid::pg_catalog.regclass::pg_catalog.text AS referencing, "
+        "con.confrelid::pg_catalog.regclass::pg_catalog.text AS referenced "
+        "FROM pg_catalog.pg_constraint con WHERE con.contype OPERATOR(pg_catalog.=) 'f' "
+        "AND con.confrelid = ANY ($1::pg_catalog.oid[]) "
+        "AND NOT con.conrelid = ANY ($1::pg_catalog.oid[]) ORDER BY 1, 2",
+        oids,
+    )
+    return [Reference("", r["referencing"], r["referenced"], inside=False) for r in rows]
+
+
+_FK_DEFS_SQL = """
+SELECT con.conname AS name, pg_catalog.pg_get_constraintdef(con.oid) AS definition
+FROM pg_catalog.pg_constraint con WHERE con.conrelid = $1 AND con.contype = 'f'
+"""
+
+
+async def foreign_key_definitions(conn: asyncpg.Connection, table: str) -> dict[str, str]:
+    """Name -> definition (``pg_get_constraintdef``) of each foreign key of ``table``
+    (``sql_name`` text).
+
+    :raises asyncpg.PostgresError: when ``table`` does not exist.
+    """
+    oid = await conn.fetchval("SELECT $1::pg_catalog.regclass::pg_catalog.oid", table)
+    return {r["name"]: r["definition"] for r in await conn.fetch(_FK_DEFS_SQL, oid)}
+
+
+async def current_oids(conn: asyncpg.Connection, names: list[str]) -> list[int | None]:
+    """The oid each of ``names`` (``sql_name`` text) resolves to now, in order; None for
+    one that does not exist."""
+    oids = await conn.fetchval(
+        "SELECT pg_catalog.array_agg(pg_catalog.to_regclass(n)::pg_catalog.oid ORDER BY o) "
+        "FROM pg_catalog.unnest($1::pg_catalog.text[]) WITH ORDINALITY AS u(n, o)",
+        names,
+    )
+    return list(oids or [])
+
+
+async def relation_exists(conn: asyncpg.Connection, name: str) -> bool:
+    """Whether ``name`` (``sql_name`` text) is a relation here."""
+    return bool(await conn.fetchval("SELECT pg_catalog.to_regclass($1) IS NOT NULL", name))
+
+
+_SWITCHES_SQL = """
+SELECT t.tgrelid AS oid, 'trigger' AS kind, t.tgname AS name,
+       t.tgenabled::pg_catalog.text AS state
+FROM pg_catalog.pg_trigger t
+WHERE t.tgrelid = ANY ($1::pg_catalog.oid[]) AND NOT t.tgisinternal
+UNION ALL
+SELECT r.ev_class, 'rule', r.rulename, r.ev_enabled::pg_catalog.text
+FROM pg_catalog.pg_rewrite r
+WHERE r.ev_class = ANY ($1::pg_catalog.oid[]) AND r.rulename OPERATOR(pg_catalog.<>) '_RETURN'
+ORDER BY 1, 2, 3
+"""
+
+
+async def triggers_and_rules(
+    conn: asyncpg.Connection, oids: list[int]
+) -> dict[int, list[tuple[str, str, str]]]:
+    """``(kind, name, state)`` of the user triggers and rules (not internal triggers, not
+    a view's ``_RETURN``) of the tables ``oids``, by table oid, in name order: kind
+    "trigger" or "rule", state as pg_trigger.tgenabled or pg_rewrite.ev_enabled (O, A, R
+    or D)."""
+    found: dict[int, list[tuple[str, str, str]]] = {}
+    for r in await conn.fetch(_SWITCHES_SQL, oids):
+        found.setdefault(r["oid"], []).append((r["kind"], r["name"], r["state"]))
+    return found
+
+
+@dataclass(frozen=True)
+class TableRights:
+    """What this role may do to a table."""
+
+    owned: bool  # a member of its owner's role: may ALTER it
+    can_insert: bool
+    can_truncate: bool
+    can_lock: bool  # UPDATE, DELETE or TRUNCATE: may LOCK it IN EXCLUSIVE MODE
+
+
+_RIGHTS_SQL = """
+SELECT c.oid, pg_catalog.pg_has_role(c.relowner, 'USAGE') AS owned,
+       pg_catalog.has_table_privilege(c.oid, 'INSERT') AS can_insert,
+       pg_catalog.has_table_privilege(c.oid, 'TRUNCATE') AS can_truncate,
+       pg_catalog.has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE') AS can_lock
+FROM pg_catalog.pg_class c WHERE c.oid = ANY ($1::pg_catalog.oid[])
+"""
+
+
+async def table_rights(conn: asyncpg.Connection, oids: list[int]) -> dict[int, TableRights]:
+    """This role's rights on each of the tables ``oids`` that still exists, by oid."""
+    return {
+        r["oid"]: TableRights(r["owned"], r["can_insert"], r["can_truncate"], r["can_lock"])
+        for r in await conn.fetch(_RIGHTS_SQL, oids)
+    }
+
+
+async def type_named(conn: asyncpg.Connection, name: str) -> str | None:
+    """The type ``name`` (text from a manifest: a parameter, never SQL) as this server's
+    ``format_type`` names it, without a modifier; None when it is no type here."""
+    try:
+        named: str | None = await conn.fetchval(
+            "SELECT pg_catalog.format_type(pg_catalog.to_regtype($1), NULL)", name
+        )
+    except asyncpg.PostgresError:  # not a type name at all
+        return None
+    return named
+
+
+async def casts_to(conn: asyncpg.Connection, source: str, target: str) -> bool:
+    """Whether a value of type ``source`` casts to ``target`` (both as ``format_type``
+    names them: SQL, never text from a backup)."""
+    try:
+        await conn.fetchval(f"SELECT (NULL::{source})::{target}")
+    except asyncpg.PostgresError:
+        return False
+    return True
+
+
+async def role_names(conn: asyncpg.Connection) -> set[str]:
+    """Every role of the server."""
+    return {r["rolname"] for r in await conn.fetch("SELECT rolname FROM pg_catalog.pg_roles")}
+
+
+async def current_user(conn: asyncpg.Connection) -> str:
+    name: str = await conn.fetchval("SELECT current_user::pg_catalog.text")
+    return name
+
+
+async def roles_present(conn: asyncpg.Connection, roles: set[str]) -> set[str]:
+    """Those of ``roles`` that exist on the server."""
+    rows = await conn.fetch(
+        "SELECT r.rolname::pg_catalog.text AS name FROM pg_catalog.pg_roles r "
+        "WHERE r.rolname OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])",
+        sorted(roles),
+    )
+    return {r["name"] for r in rows}
+
+
+async def tablespace_exists(conn: asyncpg.Connection, name: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tablespace t "
+            "WHERE t.spcname OPERATOR(pg_catalog.=) $1)",
+            name,
+        )
+    )
+
+
+async def known_settings(conn: asyncpg.Connection, names: list[str]) -> set[str]:
+    """Those of ``names`` (lower case) that are parameters of this server."""
+    return {
+        r["name"]
+        for r in await conn.fetch(
+            "SELECT s.name FROM pg_catalog.pg_settings s "
+            "WHERE s.name OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])",
+            names,
+        )
+    }
+
+
+async def current_database(conn: asyncpg.Connection) -> str:
+    name: str = await conn.fetchval("SELECT pg_catalog.current_database()::pg_catalog.text")
+    return name
+
+
+async def database_is_template(conn: asyncpg.Connection, name: str) -> bool | None:
+    """Whether database ``name`` is a template; None when there is no such database."""
+    row = await conn.fetchrow(
+        "SELECT d.datistemplate FROM pg_catalog.pg_database d "
+        "WHERE d.datname OPERATOR(pg_catalog.=) $1",
+        name,
+    )
+    return None if row is None else bool(row["datistemplate"])
+
+
+# Relations of a database that are its own: not the system's, not an extension's.
+_RELATIONS_SQL = """
+SELECT n.nspname AS schema, c.relname AS name, c.relkind::pg_catalog.text AS kind
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname !~ '^pg_(toast|temp_)'
+  AND NOT EXISTS (
+      SELECT 1 FROM pg_catalog.pg_depend d
+      WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+        AND d.objid OPERATOR(pg_catalog.=) c.oid AND d.deptype OPERATOR(pg_catalog.=) 'e')
+ORDER BY 1, 2
+"""
+
+
+async def own_relations(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
+    """``(schema, name, relkind)`` of every table, view, materialized view, foreign
+    table and sequence of the database that is neither the system's nor an extension's."""
+    return [(r["schema"], r["name"], r["kind"]) for r in await conn.fetch(_RELATIONS_SQL)]
+
+
+_LOCK_HOLDER_SQL = """
+SELECT l.pid, a.application_name, a.usename::pg_catalog.text AS usename,
+       pg_catalog.to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+           AS since
+FROM pg_catalog.pg_locks l
+LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid
+WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.granted
+  AND l.database OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database d
+                       WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+  AND l.classid OPERATOR(pg_catalog.=) $1::pg_catalog.int8::pg_catalog.oid
+  AND l.objid OPERATOR(pg_catalog.=) $2::pg_catalog.int8::pg_catalog.oid
+  AND l.objsubid OPERATOR(pg_catalog.=) 2
+LIMIT 1
+"""
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """The session that holds an advisory lock of this database."""
+
+    pid: int
+    user: str | None
+    since: str | None  # its connection's start, UTC, "YYYY-MM-DD HH24:MI:SS"
+
+
+async def advisory_lock_holder(conn: asyncpg.Connection, key1: int, key2: int) -> LockHolder | None:
+    """Who holds the advisory lock ``(key1, key2)`` of this database, if anyone."""
+    row = await conn.fetchrow(_LOCK_HOLDER_SQL, key1, key2)
+    return None if row is None else LockHolder(row["pid"], row["usename"], row["since"])

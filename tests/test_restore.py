@@ -12,7 +12,8 @@ import pytest
 
 from asyncsnap.api import restore
 from asyncsnap.errors import RestoreFailed, SchemaMismatch, TargetNotEmpty, VerificationFailed
-from asyncsnap.restore.load import RestorePlan, RestoreResult
+from asyncsnap.restore.plan import RestorePlan
+from asyncsnap.restore.result import RestoreResult
 from throwaway.postgres import client_bindir
 
 from .conftest import Database, Postgres, fresh_database, run_cli

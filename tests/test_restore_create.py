@@ -23,7 +23,7 @@ from pyrage import x25519
 from asyncsnap import format as manifest
 from asyncsnap.api import restore
 from asyncsnap.errors import SchemaMismatch, TargetLocked, TargetNotEmpty
-from asyncsnap.restore.load import RestoreResult
+from asyncsnap.restore.result import RestoreResult
 from throwaway.postgres import client_bindir, unprivileged_user
 
 from .conftest import Database, Postgres, execute, fetch, run_cli

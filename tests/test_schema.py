@@ -24,7 +24,7 @@ from asyncsnap.errors import (
     VerificationFailed,
 )
 from asyncsnap.format import Backup, BackupSchema, Manifest, SchemaFile
-from asyncsnap.restore.schema import check_options
+from asyncsnap.restore.plan import check_options
 from asyncsnap.schema import drop_statements, script_statements
 from asyncsnap.storage.backup import LocalSource
 

@@ -1,2 +1,4 @@
-"""Restore as a list of steps: the plan, the target's checks, the schema, the data's load and
-the finish."""
+"""Restore as a list of steps (``steps``): the options (``options``), the plan, pure
+(``plan``), the target's checks (``target``), --create's database (``create``), the schema
+(``schema``), the rows (``load``, ``stage``), the finish (``finish``), the result
+(``result``)."""

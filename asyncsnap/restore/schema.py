@@ -1,13 +1,5 @@
-"""The schema half of a restore: which kind of restore, --create, --clean, pre-data and
-post-data, and ANALYZE.
-
-The rule that picks the kind (``choose_kind``, shown first by ``--dry-run``):
-
-- a backup without a schema (format 1-2, ``dump --no-schema``) or ``--data-only``: rows
-  into existing tables;
-- ``--clean`` or ``--create``: the whole backup, schema and rows, replacing what is there;
-- otherwise, by what the target holds of the backup's tables: none, the whole backup
-  (an empty database becomes a copy); all, rows into them; some, an error naming them.
+"""The schema half of a whole restore: --clean, pre-data and post-data, and ANALYZE
+(the kind of restore is chosen by ``plan`` and ``target.choose_kind``).
 
 A whole restore runs pre-data (types, functions, tables, sequences: pg_restore's SQL,
 executed here in one transaction, after ``--clean``'s drops in that same transaction),
@@ -18,6 +10,7 @@ large objects, materialized views and ANALYZE.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,20 +21,12 @@ import anyio.to_thread
 import asyncpg
 
 from .. import schema
-from ..catalog import sql_name
+from ..catalog import references_to, sql_name
 from ..connection import ConnectParams, join_uri
-from ..errors import (
-    RestoreFailed,
-    SchemaMismatch,
-    TargetNotEmpty,
-    UsageError,
-    VerificationFailed,
-    some_names,
-)
-from ..format import Backup, BackupTable
-from ..storage.backup import check_schema_file
-
-Kind = str  # "existing" (rows into existing tables) | "whole" (schema and rows)
+from ..errors import RestoreFailed, VerificationFailed, some_names
+from ..format import Backup
+from ..scratch import PrivateScratch
+from ..storage.backup import check_schema_file, plaintext
 
 
 @dataclass(frozen=True)
@@ -82,111 +67,33 @@ class SchemaSteps:
         return f"then post-data: indexes, constraints, triggers, rules, policies ({how})"
 
 
-async def choose_kind(
-    conn: asyncpg.Connection,
-    backup: Backup,
-    chosen: Sequence[BackupTable],
-    *,
-    filtered: bool,
-    data_only: bool,
-    schema_only: bool,
-    clean: bool,
-    create: bool,
-) -> tuple[Kind, str, list[str]]:
-    """The kind of restore, the reason in words, and the backup's tables the target has.
-    ``chosen`` are the backup's tables the -t/-T filters keep (``filtered``: some given).
-
-    :raises UsageError, SchemaMismatch: when the options or the target rule every kind out.
-    """
-    early = check_options(
-        backup, data_only=data_only, schema_only=schema_only, clean=clean, create=create
-    )
-    if early is not None:
-        return early
-    if (create or clean) and filtered:
-        raise UsageError(
-            "-t/-T choose tables to load into existing tables; --clean and --create restore "
-            "the whole backup",
-            hint="drop -t/-T, or add --data-only to load the chosen tables into existing ones",
-        )
-    if create:
-        return "whole", "--create: a new database with the backup's schema and rows", []
-    existing = await existing_tables(conn, [t.key for t in backup.tables])
-    if clean:
-        return "whole", "--clean: the backup's objects are dropped and re-created", existing
-    if not existing and not filtered:
-        return "whole", "the target has none of the backup's tables: schema and rows", []
-    if schema_only:
-        raise TargetNotEmpty(
-            f"the target already has {some_names(existing)}",
-            hint="pass --clean to drop and re-create the backup's objects",
-        )
-    present = set(existing)
-    missing = [t.qualified for t in chosen if t.qualified not in present]
-    if missing:
-        raise SchemaMismatch(
-            f"the target database has no table {some_names(missing)}"
-            + (f" (it has {some_names(existing)})" if existing else ""),
-            # -t/-T load into existing tables only: --clean refuses them
-            hint="create them first, or leave them out with -T"
-            if filtered
-            else "restore into a database without the backup's tables (or pass --clean) to "
-            "create them, or leave them out with --data-only -T",
-        )
-    return "existing", "the target has the backup's tables: rows into them", []
-
-
-def check_options(
-    backup: Backup, *, data_only: bool, schema_only: bool, clean: bool, create: bool
-) -> tuple[Kind, str, list[str]] | None:
-    """What the options alone decide (before connecting), or None.
-
-    :raises UsageError: for options that exclude each other or need a schema.
-    """
-    if data_only and schema_only:
-        raise UsageError("--data-only and --schema-only exclude each other", hint="choose one")
-    if backup.schema is None:
-        if schema_only or clean or create:
-            flag = "--schema-only" if schema_only else "--clean" if clean else "--create"
-            raise UsageError(
-                f"{flag} needs the schema, and this backup has none "
-                "(written with --no-schema, or by asyncsnap before 0.4)",
-                hint="create the tables yourself, then restore the rows into them",
-            )
-        return "existing", "the backup holds no schema: rows into existing tables", []
-    if data_only:
-        if clean or create:
-            raise UsageError(
-                "--data-only loads into existing tables; --clean and --create make them",
-                hint="drop --data-only to restore schema and rows",
-            )
-        return "existing", "--data-only: rows into existing tables", []
-    return None
-
-
-async def existing_tables(conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]) -> list[str]:
-    """``schema.name`` of those of ``keys`` that exist in the target as tables."""
-    if not keys:
-        return []
-    rows = await conn.fetch(
-        "SELECT n.nspname AS schema, c.relname AS name FROM pg_catalog.pg_class c "
-        "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
-        "JOIN ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), "
-        "pg_catalog.unnest($2::pg_catalog.text[])) AS k(s, r) "
-        "ON k.s OPERATOR(pg_catalog.=) n.nspname::pg_catalog.text "
-        "AND k.r OPERATOR(pg_catalog.=) c.relname::pg_catalog.text "
-        "WHERE c.relkind IN ('r', 'p') ORDER BY 1, 2",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-    )
-    return [f"{r['schema']}.{r['name']}" for r in rows]
-
-
 def local_archive(backup: Backup) -> Path:
     assert backup.schema is not None
     local = backup.source.local_file(backup.schema.archive.path)
     assert local is not None, "a backup in a store is restored from a staged archive"
     return Path(local)
+
+
+def _needs_staging(backup: Backup) -> bool:
+    """Whether pg_restore (which must seek in the archive) needs a local plain copy of it:
+    the backup is encrypted, or not on this machine."""
+    if backup.schema is None:
+        return False
+    return bool(backup.encryption) or backup.source.local_file(backup.schema.archive.path) is None
+
+
+def staged_archive(backup: Backup, scratch: PrivateScratch) -> Path | None:
+    """The schema archive copied (and decrypted) into ``scratch`` (a 0700 temporary
+    directory) for pg_restore; None when pg_restore can read it where it is."""
+    if backup.schema is None or not _needs_staging(backup):
+        return None
+    target = scratch.path() / "schema.pgdump"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    where = backup.schema.archive.path
+    with os.fdopen(fd, "wb") as out:
+        for chunk in plaintext(backup, where):
+            out.write(chunk)
+    return target
 
 
 async def plan_steps(
@@ -321,20 +228,8 @@ async def _refuse_outside_references(conn: asyncpg.Connection, backup: Backup) -
     we do not restore). Keys between the backup's tables are dropped first, so that
     keys added since cannot stop the drops in the archive's order."""
     names = [sql_name(*t.key) for t in backup.tables]
-    rows = await conn.fetch(
-        "SELECT con.conname AS name, con.conrelid AS oid, "
-        "con.conrelid::pg_catalog.regclass::pg_catalog.text AS referencing, "
-        "con.confrelid::pg_catalog.regclass::pg_catalog.text AS referenced, "
-        "con.conrelid = ANY (k.oids) AS inside "
-        "FROM pg_catalog.pg_constraint con, "
-        "(SELECT pg_catalog.array_agg(pg_catalog.to_regclass(n)::pg_catalog.oid) "
-        "        FILTER (WHERE pg_catalog.to_regclass(n) IS NOT NULL) AS oids "
-        " FROM pg_catalog.unnest($1::pg_catalog.text[]) AS n) AS k "
-        "WHERE con.contype OPERATOR(pg_catalog.=) 'f' AND con.conparentid = 0 "
-        "AND con.confrelid = ANY (k.oids) ORDER BY 3, 1",
-        names,
-    )
-    outside = [f"{r['referencing']} ({r['name']})" for r in rows if not r["inside"]]
+    references = await references_to(conn, names)
+    outside = [f"{r.referencing} ({r.name})" for r in references if not r.inside]
     if outside:
         raise RestoreFailed(
             f"--clean cannot drop the backup's tables: {some_names(outside)} outside the "

@@ -1,23 +1,39 @@
-"""Restore as a list of steps: open and check the backup (``_opened``), make --create's
-database (``_Creation``), then in the target (``_RestoreRun``): hold it, choose the kind
-of restore (``schema.choose_kind``), pre-data, the rows (``load``), post-data, compare
-(when the API layer asks), the created database's own properties. Each step is a short
-call into its module: ``schema`` (pg_restore's sections), ``target`` (the target's checks
-and --create), ``load`` (the rows, sequences, large objects), ``options``."""
+"""Restore as a list of steps, each a short call into its module. ``run_restore`` is
+``asyncsnap.restore`` with its options gathered and checked once (``options``):
+
+1. open and check the backup (``_opened``: its keys, every file first with
+   --verify-first);
+2. --create: plan and make the database (``create.Creation``), dropped again on failure;
+3. in the target (``_RestoreRun.load``):
+   a. hold it: one restore at a time (``target.hold_database``);
+   b. choose the kind of restore (``target.choose_kind``; the rule is ``plan``'s);
+   c. a whole restore: its schema steps said and checked (``schema.plan_steps``), then
+      pre-data (``schema.pre_data``; a dry run rehearses it and stops);
+   d. the rows: planned against the target as it is (``target.plan_rows``; a dry run
+      of rows into existing tables stops here), loaded (``load.load_rows``), then the
+      sequences (``finish``), the large objects (``load``), the materialized views
+      (``finish``);
+   e. a whole restore: post-data and ANALYZE (``finish.post_data``);
+4. the result (``_RestoreRun.complete``): --compare's step when the API layer gives one
+   (restore does not import analysis), the created database's own properties, last
+   (``finish``).
+
+A server's error becomes the restore's, with what was committed said in its hint
+(``_RestoreRun._translated``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.to_thread
 import asyncpg
 
-from .. import schema as schema_tools
 from ..comparison import CompareResult
 from ..connection import ConnectionSpec, ConnectParams, resolve
 from ..errors import (
@@ -27,29 +43,26 @@ from ..errors import (
     RestoreFailed,
     UsageError,
     VerificationFailed,
-    some_names,
 )
-from ..events import EventCallback, Notice, RestoreFinished, RestoreStarted
+from ..events import EventCallback, Notice, RestoreStarted
 from ..format import Backup
 from ..scratch import PrivateScratch
 from ..session import Session, SessionPolicy
 from ..storage.backup import open_backup
-from ..text import count
+from . import finish
+from . import load as loading
 from . import schema as restore_schema
 from . import target as restore_target
-from .load import (
-    RestoredTable,
-    RestorePlan,
-    RestoreResult,
-    _as_catalog_table,
-    _Done,
-    _plan,
-    _run,
-    _run_with_pool,
-    _staged_archive,
-    loading_connection,
-)
+from .create import CreatePlan, Creation
 from .options import RestoreOptions
+from .plan import (
+    TRUNCATE_IN_ONE,
+    RestorePlan,
+    check_whole_flags,
+    truncates_in_one_transaction,
+    whole_restore_lines,
+)
+from .result import RestoredTable, RestoreResult, committed, merge, restored_all
 
 # restore --compare: run after the rows are in, on the tables loaded (None: every table),
 # while the target is still held; the API layer passes analysis.compare (restore does not
@@ -86,28 +99,15 @@ async def run_restore(
     # seeks in it) and removed after; made on first use inside the try, so no failure
     # leaks it.
     scratch = PrivateScratch()
-    creation = _Creation(backup, o, policy, scratch)
+    creation = Creation(backup, o, policy, scratch)
     try:
-        archive: Path | None = None
         if o.create:
             rehearsed = await creation.plan(params, announce, started)
             if rehearsed is not None:
                 return rehearsed
             params = await creation.create(emit)
-            archive = creation.archive
-        return await _restore_into(
-            backup,
-            params,
-            policy,
-            scratch,
-            archive,
-            creation.creating,
-            o,
-            announce=announce,
-            emit=emit,
-            started=started,
-            compare_step=compare_step,
-        )
+        into = _Target(backup, params, policy, scratch, creation.archive, creation.creating)
+        return await _restore_into(into, o, announce, emit, started, compare_step)
     except BaseException as exc:
         await creation.undo(exc, emit)
         raise
@@ -143,169 +143,48 @@ async def _opened(backup_dir: str | Path, o: RestoreOptions, emit: EventCallback
     return backup
 
 
-class _Creation:
-    """--create: the database made on a maintenance connection before the restore, and
-    dropped again when the restore fails (running it again then starts over)."""
+class _Target:
+    """Where the restore goes: the backup, the database ``params`` names (made by
+    --create when ``creating`` is set), and the schema archive staged for pg_restore."""
 
     def __init__(
-        self, backup: Backup, o: RestoreOptions, policy: SessionPolicy, scratch: PrivateScratch
+        self,
+        backup: Backup,
+        params: ConnectParams,
+        policy: SessionPolicy,
+        scratch: PrivateScratch,
+        archive: Path | None,
+        creating: CreatePlan | None,
     ) -> None:
-        self.backup, self.o, self.policy, self.scratch = backup, o, policy, scratch
-        self.maintenance: asyncpg.Connection | None = None
-        self.creating: restore_target.CreatePlan | None = None
-        self.created = False
-        self.archive: Path | None = None
-
-    async def plan(
-        self, params: ConnectParams, announce: Callable[[str], None], started: float
-    ) -> RestoreResult | None:
-        """Check and plan the new database; a dry run's result, or None to go on."""
-        o, backup = self.o, self.backup
-        restore_schema.check_options(
-            backup, data_only=o.data_only, schema_only=o.schema_only, clean=o.clean, create=True
-        )
-        # The keys are checked before anything is created: an encrypted archive is
-        # decrypted whole here (a wrong --identity fails now, exit 5).
-        self.archive = await anyio.to_thread.run_sync(_staged_archive, backup, self.scratch)
-        maintenance_session = Session(params, self.policy)
-        self.maintenance = await maintenance_session.connect()
-        self.params = maintenance_session.params  # where it went (pinned)
-        self.creating = await _plan_create(
-            self.maintenance,
-            backup,
-            self.params,
-            self.policy,
-            archive=self.archive,
-            clean=o.clean,
-            drop_database=o.drop_database,
-            no_owner=o.no_owner,
-            no_privileges=o.no_privileges,
-        )
-        lines = self.creating.describe()
-        for line in lines:
-            announce(line)
-        if not o.dry_run:
-            return None
-        lines.append("then the backup's schema and rows are restored into it")
-        return RestoreResult(
-            plan=None, lines=lines, dry_run=True, seconds=time.monotonic() - started
-        )
-
-    async def create(self, emit: EventCallback) -> ConnectParams:
-        """Make the database; the parameters that connect to it."""
-        assert self.maintenance is not None and self.creating is not None
-        creating = self.creating
-        try:
-            await restore_target.create(self.maintenance, creating)
-        except asyncpg.PostgresError as exc:
-            raise RestoreFailed(
-                f"cannot create database {creating.name}: {exc}",
-                hint=getattr(exc, "hint", None)
-                or ("the old database was left in place" if creating.drop else None),
-            ) from exc
-        self.created = True
-        emit(Notice(f"created database {creating.name}"))
-        return restore_schema.with_database(self.params, creating.name)
-
-    async def undo(self, exc: BaseException, emit: EventCallback) -> None:
-        """After a failure: drop the database this run made, and say so."""
-        if not (self.created and self.maintenance is not None and self.creating is not None):
-            return
-        with anyio.CancelScope(shield=True):
-            problem = await restore_target.drop_created(self.maintenance, self.creating.name)
-        told = problem or f"database {self.creating.name}, made by this run, was dropped again"
-        if isinstance(exc, AsyncsnapError):
-            exc.hint = f"{exc.hint}; {told}" if exc.hint else told
-        else:
-            emit(Notice(told))
-
-    def close(self) -> None:
-        if self.maintenance is not None:
-            self.maintenance.terminate()
-
-
-async def _plan_create(
-    maintenance: asyncpg.Connection,
-    backup: Backup,
-    params: ConnectParams,
-    policy: SessionPolicy,
-    *,
-    archive: Path | None,
-    clean: bool,
-    drop_database: bool,
-    no_owner: bool,
-    no_privileges: bool,
-) -> restore_target.CreatePlan:
-    """What --create will do, every name it uses checked (``restore_target.plan_create``).
-
-    :raises AsyncsnapError: as ``plan_create``; a server error as RestoreFailed.
-    """
-    assert backup.schema is not None
-    name = restore_schema.database_name(backup)
-    current = await maintenance.fetchval("SELECT pg_catalog.current_database()::pg_catalog.text")
-    if name == current:
-        raise UsageError(
-            f"--create makes database {name}, and the connection is to it",
-            hint="connect to another database of the server (e.g. postgres), as pg_restore -C",
-        )
-    tool, _ = await anyio.to_thread.run_sync(
-        schema_tools.pick_pg_restore,
-        backup.schema.pg_dump_major,
-        int(maintenance.get_server_version().major),
-    )
-    local = archive or restore_schema.local_archive(backup)
-    toc = await anyio.to_thread.run_sync(schema_tools.list_archive, tool, local)
-
-    async def connect(database: str) -> asyncpg.Connection:
-        return await Session(restore_schema.with_database(params, database), policy).connect()
-
-    try:
-        return await restore_target.plan_create(
-            maintenance,
-            backup,
-            name=name,
-            toc=toc,
-            connect=connect,
-            clean=clean,
-            drop_database=drop_database,
-            no_owner=no_owner,
-            no_privileges=no_privileges,
-        )
-    except asyncpg.PostgresError as exc:
-        raise RestoreFailed(f"cannot create the database: {exc}") from exc
+        self.backup, self.params, self.policy = backup, params, policy
+        self.scratch, self.archive, self.creating = scratch, archive, creating
 
 
 async def _restore_into(
-    backup: Backup,
-    params: ConnectParams,
-    policy: SessionPolicy,
-    scratch: PrivateScratch,
-    archive: Path | None,
-    creating: restore_target.CreatePlan | None,
+    into: _Target,
     o: RestoreOptions,
-    *,
     announce: Callable[[str], None],
     emit: EventCallback,
     started: float,
     compare_step: CompareStep | None,
 ) -> RestoreResult:
-    """The restore proper, into the database ``params`` names (made by --create when
-    ``creating`` is set: its own properties are given once everything else is done)."""
-    session = Session(params, policy)
+    """The restore proper, into ``into``'s database (a created one's own properties are
+    given once everything else is done)."""
+    session = Session(into.params, into.policy)
     try:
-        conn = await loading_connection(session)
+        conn = await loading.loading_connection(session)
     except DatabaseMissing as exc:
         exc.hint = (
             "create it first (createdb, or CREATE DATABASE), or pass --create and connect "
             "to another database of the server (e.g. postgres) to make it from the backup"
         )
         raise
-    run = _RestoreRun(conn, session, backup, scratch, archive, creating, o, announce, emit)
+    run = _RestoreRun(conn, session, into, o, announce, emit)
     try:
         rehearsed = await run.load(started)
         if rehearsed is not None:
             return rehearsed
-        return await run.finish(started, compare_step)
+        return await run.complete(started, compare_step)
     finally:
         # The database stays held until here: after the compare and the properties.
         if not conn.is_closed():
@@ -314,51 +193,36 @@ async def _restore_into(
 
 class _RestoreRun:
     """The restore into one database as a list of steps (``load``: hold the target,
-    choose the kind, pre-data, rows, post-data; ``finish``: compare, the database's own
+    choose the kind, pre-data, rows, post-data; ``complete``: compare, the database's own
     properties), with what a failure's message needs to say what was committed."""
 
     def __init__(
         self,
         conn: asyncpg.Connection,
         session: Session,
-        backup: Backup,
-        scratch: PrivateScratch,
-        archive: Path | None,
-        creating: restore_target.CreatePlan | None,
+        into: _Target,
         o: RestoreOptions,
         announce: Callable[[str], None],
         emit: EventCallback,
     ) -> None:
-        self.conn, self.session, self.backup = conn, session, backup
-        self.scratch, self.archive, self.creating = scratch, archive, creating
+        self.conn, self.session, self.into, self.backup = conn, session, into, into.backup
+        self.creating = into.creating
         self.o, self.announce, self.emit = o, announce, emit
         self.plan: RestorePlan | None = None
         self.kind = "existing"
-        self.results: list[RestoredTable] = []
+        self.results: list[RestoredTable] = []  # as each unit commits (for failures)
         self.single = o.single_transaction
         self.lines: list[str] = []
-        self.done = _Done([], 0, 0, 0)
+        self.sequences = self.large_objects = self.refreshed = 0
 
     async def load(self, started: float) -> RestoreResult | None:
         """Everything that writes the target but its database's properties; a dry run's
         result, or None."""
         o, conn, backup = self.o, self.conn, self.backup
-        try:
+        with self._translated():
             # Before anything is looked at: one restore at a time into a database.
             await restore_target.hold_database(conn, self.session.target.database)
-            chosen = {
-                t.key for t in o.selection.apply([_as_catalog_table(t) for t in backup.tables])
-            }
-            self.kind, reason, replaced = await restore_schema.choose_kind(
-                conn,
-                backup,
-                [t for t in backup.tables if t.key in chosen],
-                filtered=o.selection.filters,
-                data_only=o.data_only,
-                schema_only=o.schema_only,
-                clean=o.clean,
-                create=o.create,
-            )
+            self.kind, reason, replaced = await restore_target.choose_kind(conn, backup, o)
             self.lines = [reason]
             steps = None
             if self.kind == "whole":
@@ -367,20 +231,29 @@ class _RestoreRun:
                     await restore_schema.pre_data(conn, steps, backup, rehearse=True)
                     return self._rehearsed(None, started)
                 await self._pre_data(steps)
-            if self.kind == "existing" and o.mode == "truncate" and not self.single:
-                # TRUNCATE is only safe in the transaction that loads: a damaged file must
-                # leave the old rows in place.
+            if truncates_in_one_transaction(self.kind, o):
                 self.single = True
-                self.lines.append(
-                    "--truncate: every table is emptied and loaded in one transaction"
-                )
-            if not o.schema_only and await self._rows(started):
+                self.lines.append(TRUNCATE_IN_ONE)
+            if not o.schema_only and await self._rows():
                 return self._rehearsed(self.plan, started)
             if steps is not None:
-                await restore_schema.post_data(conn, self.session.params, steps, jobs=o.jobs)
-                self.emit(Notice("post-data created"))
-                if not o.schema_only:
-                    await restore_schema.analyze(conn, backup)
+                await finish.post_data(
+                    conn,
+                    self.session.params,
+                    steps,
+                    backup,
+                    self.emit,
+                    jobs=o.jobs,
+                    schema_only=o.schema_only,
+                )
+        return None
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """A server's error as the restore's (permission denied, or a failure), and with
+        any error, what was committed and how to finish."""
+        try:
+            yield
         except asyncpg.InsufficientPrivilegeError as exc:
             raise PermissionDenied(
                 f"permission denied: {exc}",
@@ -396,30 +269,24 @@ class _RestoreRun:
             if told:
                 exc.hint = f"{exc.hint}; {told}" if exc.hint else told
             raise
-        return None
 
     def _committed(self, *, created: bool = False) -> str | None:
-        return _committed(self.plan, self.results, self.single, self.kind, created=created)
+        return committed(self.plan, self.results, self.single, self.kind, created=created)
+
+    def _say(self, lines: list[str]) -> None:
+        """Lines of the plan: in the result, and logged as they come on a real run."""
+        for line in lines:
+            self.announce(line)
+        self.lines += lines
 
     def _rehearsed(self, plan: RestorePlan | None, started: float) -> RestoreResult:
         seconds = time.monotonic() - started
         return RestoreResult(plan=plan, lines=self.lines, dry_run=True, seconds=seconds)
 
-    async def _schema_steps(self, replaced: Any) -> restore_schema.SchemaSteps:
+    async def _schema_steps(self, replaced: list[str]) -> restore_schema.SchemaSteps:
         """A whole restore's schema steps, said in words (its flags checked first)."""
-        o, backup = self.o, self.backup
-        if o.mode != "refuse" or o.single_transaction:
-            flag = (
-                "--single-transaction"
-                if o.single_transaction
-                else "--truncate"
-                if o.mode == "truncate"
-                else "--append"
-            )
-            raise UsageError(
-                f"{flag} is for loading into existing tables; this restore creates them",
-                hint="drop the flag (--clean replaces existing objects)",
-            )
+        o, backup, into = self.o, self.backup, self.into
+        check_whole_flags(o)
         steps = await restore_schema.plan_steps(
             backup,
             server_major=int(self.conn.get_server_version().major),
@@ -428,23 +295,11 @@ class _RestoreRun:
             no_owner=o.no_owner,
             no_privileges=o.no_privileges,
             replaced=replaced,
-            archive=self.archive
-            or await anyio.to_thread.run_sync(_staged_archive, backup, self.scratch),
+            archive=into.archive
+            or await anyio.to_thread.run_sync(restore_schema.staged_archive, backup, into.scratch),
         )
-        lines = steps.describe(o.jobs)
-        if not o.schema_only:
-            data_rows = sum(t.rows for t in backup.tables)
-            data_tables = sum(1 for t in backup.tables if t.has_data)
-            lines.append(
-                f"then the rows of {count(data_tables, 'table')} "
-                f"({count(data_rows, 'row')}), all at once: no constraint exists yet"
-            )
-        lines.append(steps.describe_post(o.jobs))
-        if not o.schema_only:
-            lines.append("then sequences, large objects and materialized views, then ANALYZE")
-        for line in lines:
-            self.announce(line)
-        self.lines += lines
+        pre, post = steps.describe(o.jobs), steps.describe_post(o.jobs)
+        self._say(whole_restore_lines(pre, post, backup, schema_only=o.schema_only))
         return steps
 
     async def _pre_data(self, steps: restore_schema.SchemaSteps) -> None:
@@ -460,29 +315,12 @@ class _RestoreRun:
         await restore_schema.pre_data(self.conn, steps, backup)
         self.emit(Notice("pre-data created"))
 
-    async def _rows(self, started: float) -> bool:
+    async def _rows(self) -> bool:
         """Plan and load the rows; True when this is a dry run (nothing loaded)."""
-        o, conn, backup = self.o, self.conn, self.backup
-        selection = o.selection
-        plan = await _plan(
-            conn,
-            backup,
-            selection,
-            mode=o.mode,
-            disable_triggers=o.disable_triggers,
-            ignore_missing_columns=o.ignore_missing_columns,
-            # whether --clean could take the database back instead (for hints)
-            clean_applies=backup.schema is not None and not o.data_only and not selection.filters,
-        )
-        if self.kind == "whole" and o.clean:
-            # pg_restore --clean replaces large objects too.
-            plan = replace(plan, replace_large_objects=True)
-        self.plan = plan
+        o = self.o
+        self.plan = plan = await restore_target.plan_rows(self.conn, self.backup, o, kind=self.kind)
         if self.kind == "existing":
-            described = plan.describe()
-            self.lines += described
-            for line in described:
-                self.announce(line)
+            self._say(plan.describe())
             if o.dry_run:
                 return True
             self.emit(
@@ -494,118 +332,61 @@ class _RestoreRun:
                 )
             )
         if self.single:
-            async with conn.transaction():
-                self.done = await _run(
-                    plan,
-                    [conn],
-                    backup,
-                    self.emit,
-                    self.results,
-                    single_transaction=True,
-                    mode=o.mode,
-                )
+            async with self.conn.transaction():
+                await self._load(plan)
         else:
-            self.done = await _run_with_pool(
-                plan, conn, self.session, backup, self.emit, self.results, jobs=o.jobs, mode=o.mode
-            )
+            await self._load(plan)
         return False
 
-    async def finish(self, started: float, compare_step: CompareStep | None) -> RestoreResult:
+    async def _load(self, plan: RestorePlan) -> None:
+        """The rows, then the sequences, the large objects and the materialized views (in
+        the caller's transaction with --single-transaction)."""
+        o, conn, backup, emit = self.o, self.conn, self.backup, self.emit
+        await loading.load_rows(
+            plan,
+            conn,
+            self.session,
+            backup,
+            emit,
+            self.results,
+            jobs=o.jobs,
+            mode=o.mode,
+            single=self.single,
+        )
+        self.sequences = await finish.set_sequences(conn, plan, emit)
+        self.large_objects = await loading.load_large_objects(
+            conn, plan, backup, emit, mode=o.mode, single=self.single
+        )
+        self.refreshed = await finish.refresh_views(conn, plan, emit)
+
+    async def complete(self, started: float, compare_step: CompareStep | None) -> RestoreResult:
         """The result; --compare's answer; the created database's own properties, last."""
-        o, done, plan, creating = self.o, self.done, self.plan, self.creating
+        tables = merge(self.results)
         result = RestoreResult(
-            plan=plan,
+            plan=self.plan,
             lines=self.lines,
-            tables=done.tables,
-            rows=sum(t.rows for t in done.tables),
-            sequences=done.sequences,
-            large_objects=done.large_objects,
-            refreshed=done.refreshed,
+            tables=tables,
+            rows=sum(t.rows for t in tables),
+            sequences=self.sequences,
+            large_objects=self.large_objects,
+            refreshed=self.refreshed,
             seconds=time.monotonic() - started,
             kind=self.kind,
-            database=creating.name if creating is not None else None,
+            database=self.creating.name if self.creating is not None else None,
         )
-        if o.compare and compare_step is not None and plan is not None:
-            self.emit(Notice("comparing the restored tables with the backup"))
-            only = (
-                None if _restored_all(self.backup, plan) else {ld.source.key for ld in plan.loads}
-            )
-            comparison = await compare_step(
-                self.backup,
-                self.session.params,
-                None if only is None else frozenset(only),
-                o.jobs,
-                self.emit,
-            )
-            result = replace(result, comparison=comparison)
-        if creating is not None and creating.properties:
-            # Last: settings, a connection limit or the ACL would apply to the restore's own
-            # sessions (and pg_restore -C, which sets them first, fails on a database with
-            # default_transaction_read_only).
-            try:
-                await restore_target.finish(self.conn, creating)
-            except asyncpg.PostgresError as exc:
-                raise RestoreFailed(
-                    f"setting the properties of database {creating.name} failed: {exc}",
-                    hint=getattr(exc, "hint", None),
-                ) from exc
-            self.emit(
-                Notice(f"database {creating.name}: {creating.described.split('; then ')[-1]}")
-            )
-        self.emit(
-            RestoreFinished(
-                tables=len(result.tables),
-                rows=result.rows,
-                sequences=result.sequences,
-                seconds=result.seconds,
-            )
+        if self.o.compare and compare_step is not None and self.plan is not None:
+            result = replace(result, comparison=await self._compare(compare_step, self.plan))
+        if self.creating is not None:
+            await finish.database_properties(self.conn, self.creating, self.emit)
+        return finish.report(result, self.emit)
+
+    async def _compare(self, compare_step: CompareStep, plan: RestorePlan) -> CompareResult:
+        """restore --compare, while the target is still held: every table, or only the
+        ones loaded."""
+        self.emit(Notice("comparing the restored tables with the backup"))
+        only = (
+            None
+            if restored_all(self.backup, plan)
+            else frozenset(ld.source.key for ld in plan.loads)
         )
-        return result
-
-
-def _restored_all(backup: Backup, plan: RestorePlan) -> bool:
-    """Whether the plan loaded every table of the backup and its large objects."""
-    loaded = {ld.source.key for ld in plan.loads}
-    tables = all(t.key in loaded for t in backup.tables if t.has_data)
-    return tables and (backup.large_objects is None or plan.large_objects > 0)
-
-
-def _committed(
-    plan: RestorePlan | None,
-    results: list[RestoredTable],
-    single: bool,
-    kind: str,
-    *,
-    created: bool = False,
-) -> str | None:
-    """After a failure: which tables were committed and which not, and how to finish.
-    Nothing for a database --create made: it is dropped again (``restore``)."""
-    if plan is None or created or (not results and kind == "existing"):
-        return None
-    rerun = (
-        "run the same restore with --clean to start over"
-        if kind == "whole"
-        else "run it again with --truncate (which loads in one transaction)"
-    )
-    if single:
-        return f"nothing was committed (one transaction); {rerun}"
-    loaded: dict[tuple[str, str], int] = {}
-    for r in results:
-        loaded[(r.schema, r.name)] = loaded.get((r.schema, r.name), 0) + r.rows
-    full = [
-        ld.target.qualified
-        for ld in plan.loads
-        if loaded.get(ld.target.key) == ld.source.rows and ld.target.key in loaded
-    ]
-    part = [
-        ld.target.qualified
-        for ld in plan.loads
-        if ld.target.key in loaded and ld.target.qualified not in full
-    ]
-    rest = [ld.target.qualified for ld in plan.loads if ld.target.key not in loaded]
-    said = [
-        f"committed: {some_names(full) if full else 'none'}",
-        *([f"partly committed (split files): {some_names(part)}"] if part else []),
-        f"not loaded: {some_names(rest) if rest else 'none'}",
-    ]
-    return "; ".join(said) + f"; {rerun}"
+        return await compare_step(self.backup, self.session.params, only, self.o.jobs, self.emit)
