@@ -11,7 +11,7 @@ import typer
 from ..api import restore
 from ..errors import AsyncsnapError, NotEqual, UsageError
 from ..events import Event, RestoreStarted
-from ..restore.load import RestoreResult
+from ..restore.result import RestoreResult
 from ..storage.encryption import load_identities
 from ..text import count
 from .envelope import Envelope, renderers, summary_base, use_endpoint

@@ -55,7 +55,6 @@ from ..storage.backup import DataFileReader
 from .options import Mode
 from .plan import RestorePlan, TableLoad, Unit, cast_target, connections_needed, units
 from .result import RestoredTable
-from .result import RestoreResult as RestoreResult  # the CLI imports it from here
 from .stage import Stage
 from .target import hold_empty
 
