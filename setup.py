@@ -28,6 +28,9 @@ setup(
                 "-Wextra",
                 "-Wno-unused-parameter",
                 "-Werror=deprecated-declarations",
+                # a deprecated function called without its declaration (the header leaves
+                # it out) would otherwise only warn, and link: libcrypto still exports it
+                "-Werror=implicit-function-declaration",
                 *([*SANITIZE, "-fno-sanitize-recover=undefined", "-g"] if sanitized else []),
             ],
             extra_link_args=SANITIZE if sanitized else [],

@@ -17,8 +17,9 @@
  * tests/test_fastpath.py compares the two on every type of the fidelity table.
  *
  * Fingerprints (asyncsnap.fingerprint, docs/format.md "Row fingerprints"): the sum of each
- * line's SHA-256, from OpenSSL's libcrypto (the one Python's hashlib uses; it picks the
- * CPU's SHA instructions where there are some, several times faster than portable code).
+ * line's SHA-256: on the CPU's SHA instructions where it has them (x86 SHA extensions,
+ * below), elsewhere through OpenSSL's EVP interface (libcrypto, the one Python's hashlib
+ * uses). No deprecated OpenSSL call: setup.py makes one a build error.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -124,6 +124,27 @@ his, los = memoryview(kept[1]).cast("Q"), memoryview(kept[2]).cast("Q")
 for i, line in enumerate(lines):
     d = hashlib.sha256(line).digest()
     assert (his[i], los[i]) == (int.from_bytes(d[:8], "big"), int.from_bytes(d[8:16], "big"))
+# two threads at once, as diff's two readers (the GIL is released while hashing)
+import threading
+other = b"".join(line[::-1] + b"\\n" for line in lines)
+want2 = sum(int.from_bytes(hashlib.sha256(line[::-1]).digest()[:16], "big") for line in lines)
+expected = {data: (want % 2**128).to_bytes(16, "big"), other: (want2 % 2**128).to_bytes(16, "big")}
+start, failures = threading.Barrier(2), []
+def hammer(block):
+    start.wait()
+    try:
+        for _ in range(50):
+            got = (_rows.line_fingerprint(block)[1], _rows.line_columns(block, True, False)[3])
+            if got != (expected[block],) * 2:
+                failures.append(len(block))
+    except BaseException as error:
+        failures.append(error)
+threads = [threading.Thread(target=hammer, args=(block,)) for block in (data, other)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+assert not failures, failures
 print(_rows.SHA256_PATH)
 """
 
@@ -131,7 +152,8 @@ print(_rows.SHA256_PATH)
 @pytest.mark.parametrize("forced", [None, "evp"])
 def test_each_sha256_path_equals_hashlib(forced: str | None) -> None:
     """The CPU's SHA instructions (where the CPU has them) and OpenSSL's EVP each give
-    hashlib's SHA-256 for lines of every length around the block and padding edges."""
+    hashlib's SHA-256 for lines of every length around the block and padding edges, also
+    from two threads hashing at once."""
     env = {k: v for k, v in os.environ.items() if k != "ASYNCSNAP_SHA256"}
     if forced is not None:
         env["ASYNCSNAP_SHA256"] = forced
