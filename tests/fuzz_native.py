@@ -4,22 +4,34 @@ with atheris (libFuzzer for Python), each against the independent reference of
 
 Each input seeds a valid case of the entry point (the reference's generators) and its
 remaining bytes are spliced into that case, so libFuzzer's mutations start from inputs
-that reach deep into the parsers. Coverage is the reference's Python and, when the module
-was built with clang's ``-fsanitize=fuzzer-no-link`` and clang's libFuzzer is preloaded
-(``.ci/run`` does both), the C's own edges and comparisons: on ``ndjson_to_copy``, 8
-seconds reached 604 edges with them, 266 without.
+that reach deep into the parsers; the native side gets the case in every kind of buffer
+(the reference's ``as_buffer``), one ending exactly where its memory ends. Coverage is the
+reference's Python and, when the module was built with clang's
+``-fsanitize=fuzzer-no-link`` and a libFuzzer is preloaded, the C's own edges and
+comparisons (on ``ndjson_to_copy``, 8 seconds reached 604 edges with them, 266 without).
 
-    python -m tests.fuzz_native TARGET [libFuzzer flags, e.g. -max_total_time=20]
+``.ci/run`` fuzzes each target twice: on a plain build (many inputs a second, the corpus
+grows), then on a build with AddressSanitizer and UBSan (``ASYNCSNAP_SANITIZE=1``, with
+atheris's ``asan_with_fuzzer.so`` preloaded and ``PYTHONMALLOC=malloc``) that replays
+that corpus, so every input found is also checked for bad memory access, and fuzzes on.
+
+    python -m tests.fuzz_native TARGET [CORPUS_DIR] [libFuzzer flags, e.g. -max_total_time=20]
     python -m tests.fuzz_native --list
+
+``ASYNCSNAP_FUZZ_ROWS``, when set, names the module file the run must load, built with
+libFuzzer's coverage (and, if it has AddressSanitizer's checks, with its runtime
+loaded): otherwise the run stops before fuzzing, as it would test less than it says.
 
 Not a pytest module (its name does not start with ``test_``).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import atheris
 
@@ -47,49 +59,55 @@ def _spliced(rng: random.Random, case: bytes, raw: bytes) -> bytes:
     return case[:at] + raw + case[at:]
 
 
+def _check(name: str, rng: random.Random, reference: Callable[..., object], *args: object) -> None:
+    """The entry point ``name`` on ``args`` (each bytes argument in a buffer of
+    ``as_buffer``'s choice) against ``reference`` on ``args``."""
+    native_args = tuple(ref.as_buffer(rng, arg) for arg in args)
+    ref.Tally(name).check(getattr(_rows, name), native_args, reference, args)
+
+
 def copy_to_ndjson(data: bytes) -> None:
     rng, raw = _case(data)
     case, kinds, prefixes = ref.random_dump_case(rng)
     lines = _spliced(rng, case, raw)
-    args = (lines, kinds, prefixes)
-    ref.Tally("copy_to_ndjson").check(_rows.copy_to_ndjson, args, ref.ref_copy_to_ndjson, args)
+    _check("copy_to_ndjson", rng, ref.ref_copy_to_ndjson, lines, kinds, prefixes)
 
 
 def ndjson_to_copy(data: bytes) -> None:
     rng, raw = _case(data)
     case, names, actions = ref.random_load_case(rng, "xjtaaa")
-    delimiters = bytes(rng.choice((0x2C, 0x3B, rng.randrange(1, 128))) for _ in actions)
-    args = (_spliced(rng, case, raw), names, actions, delimiters)
-    ref.Tally("ndjson_to_copy").check(_rows.ndjson_to_copy, args, ref.ref_ndjson_to_copy, args)
+    delimiters = ref.random_delimiters(rng, len(actions))
+    lines = _spliced(rng, case, raw)
+    _check("ndjson_to_copy", rng, ref.ref_ndjson_to_copy, lines, names, actions, delimiters)
 
 
 def ndjson_to_binary(data: bytes) -> None:
     rng, raw = _case(data)
     case, names, kinds = ref.random_load_case(rng, "x248sb")
-    args = (_spliced(rng, case, raw), names, kinds)
-    tally = ref.Tally("ndjson_to_binary")
-    tally.check(_rows.ndjson_to_binary, args, ref.ref_ndjson_to_binary, args)
+    lines = _spliced(rng, case, raw)
+    _check("ndjson_to_binary", rng, ref.ref_ndjson_to_binary, lines, names, kinds)
 
 
 def json_string(data: bytes) -> None:
-    ref.Tally("json_string").check(_rows.json_string, (data,), ref.json_quote, (data,))
+    rng, raw = _case(data)
+    _check("json_string", rng, ref.json_quote, raw)
 
 
 def line_fingerprint(data: bytes) -> None:
-    args = (data,)
-    tally = ref.Tally("line_fingerprint")
-    tally.check(_rows.line_fingerprint, args, ref.ref_line_fingerprint, args)
+    rng, raw = _case(data)
+    _check("line_fingerprint", rng, ref.ref_line_fingerprint, raw)
 
 
 def line_columns(data: bytes) -> None:
     rng, raw = _case(data)
     lines = raw if raw.endswith(b"\n") or rng.random() < 0.1 else raw + b"\n"
     hashes, text = rng.random() < 0.7, rng.random() < 0.7
-    args: tuple[object, ...] = (lines, hashes, text)
     if hashes and rng.random() < 0.4:
         some = [ref.term(line) >> 64 for line in lines.split(b"\n")[:-1] if rng.random() < 0.5]
-        args = (*args, ref.native_uint64s(sorted(set(some))))
-    ref.Tally("line_columns").check(_rows.line_columns, args, ref.ref_line_columns, args)
+        wanted = ref.native_uint64s(sorted(set(some)))
+        _check("line_columns", rng, ref.ref_line_columns, lines, hashes, text, wanted)
+    else:
+        _check("line_columns", rng, ref.ref_line_columns, lines, hashes, text)
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
@@ -105,6 +123,20 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
 }
 
 
+def _insist_on(expected: Path) -> None:
+    """Stop unless the module loaded is ``expected``, built with libFuzzer's coverage
+    (the C's edges would not guide the fuzzer), and, if it has AddressSanitizer's
+    checks, with its runtime loaded."""
+    loaded = Path(_rows.__file__ or "")
+    binary = loaded.read_bytes()
+    if loaded.resolve() != expected.resolve():
+        sys.exit(f"fuzz_native: the module loaded is {loaded}, not {expected}")
+    if b"__sanitizer_cov_8bit_counters_init" not in binary:
+        sys.exit(f"fuzz_native: {loaded} has no libFuzzer coverage (-fsanitize=fuzzer-no-link)")
+    if b"__asan_report_load" in binary and "asan" not in Path("/proc/self/maps").read_text():
+        sys.exit(f"fuzz_native: {loaded} has AddressSanitizer's checks, its runtime is not loaded")
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--list"]:
         print("\n".join(TARGETS))
@@ -114,6 +146,9 @@ def main() -> None:
         sys.exit(2)
     target = TARGETS[sys.argv[1]]
     print(f"fuzzing {target.__name__}; the module: {_rows.__file__}", file=sys.stderr)
+    expected = os.environ.get("ASYNCSNAP_FUZZ_ROWS")
+    if expected is not None:
+        _insist_on(Path(expected))
     atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
     atheris.Fuzz()
 

@@ -1,6 +1,7 @@
 """The coverage-guided fuzz targets (``tests/fuzz_native.py``) run: each target for a few
 hundred inputs, so the harness does not rot between the CI runs that fuzz for longer
-(``.ci/run``: each target for 20 seconds on a build with libFuzzer's coverage)."""
+(``.ci/run``: each target for 20 seconds on builds with libFuzzer's coverage, the last 8
+with AddressSanitizer and UBSan)."""
 
 from __future__ import annotations
 

@@ -13,12 +13,16 @@ Inputs are valid lines built from random values of every kind (every byte 0-255 
 strings, long numbers, every escape form, every array delimiter), then mutated with
 random bytes from the whole range 0-255, invalid UTF-8 sequences and the formats' special
 tokens. The seed is new on every run and printed with any failure; set
-``ASYNCSNAP_FUZZ_SEED`` to repeat a run. CI also runs this module on a build with
-AddressSanitizer and UBSan (``ASYNCSNAP_SANITIZE=1``, see ``.ci/run``).
+``ASYNCSNAP_FUZZ_SEED`` to repeat a run. The native side gets its input in every kind of
+buffer, one of them ending exactly where its memory ends. CI also runs this module on a
+build with AddressSanitizer and UBSan (``ASYNCSNAP_SANITIZE=1``, see ``.ci/run``), and
+``tests/fuzz_native.py`` fuzzes each entry point against this reference, guided by
+coverage.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -600,15 +604,26 @@ def mutate(rng: random.Random, data: bytes, tokens: list[bytes]) -> bytes:
     return bytes(out)
 
 
+def exact_buffer(data: bytes) -> Any:
+    """A copy of data in a buffer whose memory ends where the data ends. bytes and
+    bytearray keep a NUL after their data, so a read one byte past the end goes unseen;
+    ctypes allocates an array of more than 16 bytes at exactly its size, so where Python
+    takes its memory from malloc (``PYTHONMALLOC=malloc``, as ``.ci/run`` runs the
+    sanitized builds) AddressSanitizer reports that read."""
+    return (ctypes.c_char * len(data)).from_buffer_copy(data)
+
+
 def as_buffer(rng: random.Random, data: Any) -> Any:
-    """The same bytes as bytes, a bytearray or a memoryview (the functions take any
-    buffer; the converters get memoryviews of blocks)."""
-    choice = rng.randrange(3)
+    """The same bytes as bytes, a bytearray, a memoryview (the functions take any buffer;
+    the converters get memoryviews of blocks) or an exact buffer (``exact_buffer``)."""
+    choice = rng.randrange(4)
     if choice == 0 or not isinstance(data, bytes):
         return data
     if choice == 1:
         return bytearray(data)
-    return memoryview(b"?" + data)[1:]
+    if choice == 2:
+        return memoryview(b"?" + data)[1:]
+    return exact_buffer(data)
 
 
 def random_text(rng: random.Random, size: int | None = None) -> str:
@@ -848,6 +863,14 @@ def random_load_case(rng: random.Random, letters: str) -> tuple[bytes, tuple[byt
     return mutate(rng, lines, JSON_TOKENS), tuple(names), actions.encode()
 
 
+def random_delimiters(rng: random.Random, count: int) -> bytes:
+    """Every delimiter an array's type can have that is one byte in UTF-8."""
+    return bytes(
+        rng.choice((0x2C, 0x3B, rng.randrange(1, 128), rng.choice(b'\t\\\n\r"{} ')))
+        for _ in range(count)
+    )
+
+
 # -- the tests -------------------------------------------------------------------------------
 
 
@@ -867,11 +890,7 @@ def fuzz_ndjson_to_copy(rounds: int) -> None:
     tally = Tally("ndjson_to_copy")
     for _ in range(rounds):
         data, names, actions = random_load_case(rng, "xjtaaa")
-        # every delimiter an array's type can have that is one byte in UTF-8
-        delimiters = bytes(
-            rng.choice((0x2C, 0x3B, rng.randrange(1, 128), rng.choice(b'\t\\\n\r"{} ')))
-            for _ in range(len(actions))
-        )
+        delimiters = random_delimiters(rng, len(actions))
         args = (data, names, actions, delimiters)
         native_args = (as_buffer(rng, data), names, actions, delimiters)
         tally.check(_rows.ndjson_to_copy, native_args, ref_ndjson_to_copy, args)
