@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 import asyncsnap
-from asyncsnap.cli.app import run_cancellable
+from asyncsnap.cli.envelope import run_cancellable
 from asyncsnap.events import ChunkFinished, ChunkProgress, ChunkStarted, Event, Notice
 
 from .conftest import Database, clean_env, run_cli

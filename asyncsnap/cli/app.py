@@ -5,6 +5,12 @@ function through the envelope (``envelope.py``: ``AsyncsnapError`` becomes ``err
 ``hint:`` lines on stderr and the documented exit code; anything else is a bug, exit 70,
 ``--debug`` shows the traceback; SIGINT and SIGTERM cancel the run, cleanup is the
 library's) and renders the result (``reports.py``, ``progress.py``).
+
+A fast start: this module and the command modules import only Typer, the standard library
+and the ground floor (errors, text) at the top; the library, the envelope and
+rich are imported inside the commands that use them, so ``--version``, ``--help`` and
+shell completion (a run per Tab) import no asyncpg, DuckDB, pyarrow, obstore or rich.
+``tests/test_fast_start.py`` pins the list of what they import.
 """
 
 from __future__ import annotations
@@ -19,16 +25,15 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from ..errors import ExitCode
-from ..version import __version__
 from . import compare, convert, diff, dump, inspect, prune, restore, verify
-from .envelope import now, run_cancellable, summary_base, write_summary
-from .progress import JsonLog, one_line
 from .secrets import argv_secrets, hide_password_from_process_title, redact
+from .startup import Command, Group
 
-__all__ = ["app", "argv_secrets", "main", "redact", "run_cancellable"]
+__all__ = ["app", "argv_secrets", "main", "redact"]
 
 app = typer.Typer(
     name="asyncsnap",
+    cls=Group,
     help="Consistent, concurrent PostgreSQL exports to checksummed NDJSON, and back.\n\n"
     "asyncsnap dump makes a backup, verify checks it, restore loads it; see each "
     "command's --help for its options and examples.",
@@ -41,6 +46,8 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
+        from ..version import __version__
+
         typer.echo(f"asyncsnap {__version__}")
         raise typer.Exit()
 
@@ -55,20 +62,24 @@ def _root(
     """asyncsnap: consistent, concurrent PostgreSQL exports to checksummed NDJSON."""
     from ..scratch import remove_abandoned_scratch
 
+    # Here, before any command starts a thread; not in main(): --version, --help and
+    # completion start no thread and need not pay for ctypes.
+    _limit_malloc_arenas()
+
     # A run killed before its clean-up left its private scratch directory (of an
     # encrypted backup: plaintext); every run removes those whose process is gone.
     remove_abandoned_scratch()
 
 
 # The commands, in the order --help lists them.
-app.command("dump", short_help=dump.SHORT_HELP)(dump.dump_command)
-app.command("restore", short_help=restore.SHORT_HELP)(restore.restore_command)
-app.command("compare", short_help=compare.SHORT_HELP)(compare.compare_command)
-app.command("diff", short_help=diff.SHORT_HELP)(diff.diff_command)
-app.command("convert", short_help=convert.SHORT_HELP)(convert.convert_command)
-app.command("verify", short_help=verify.SHORT_HELP)(verify.verify_command)
-app.command("prune", short_help=prune.SHORT_HELP)(prune.prune_command)
-app.command("inspect", short_help=inspect.SHORT_HELP)(inspect.inspect_command)
+app.command("dump", cls=Command, short_help=dump.SHORT_HELP)(dump.dump_command)
+app.command("restore", cls=Command, short_help=restore.SHORT_HELP)(restore.restore_command)
+app.command("compare", cls=Command, short_help=compare.SHORT_HELP)(compare.compare_command)
+app.command("diff", cls=Command, short_help=diff.SHORT_HELP)(diff.diff_command)
+app.command("convert", cls=Command, short_help=convert.SHORT_HELP)(convert.convert_command)
+app.command("verify", cls=Command, short_help=verify.SHORT_HELP)(verify.verify_command)
+app.command("prune", cls=Command, short_help=prune.SHORT_HELP)(prune.prune_command)
+app.command("inspect", cls=Command, short_help=inspect.SHORT_HELP)(inspect.inspect_command)
 
 
 # glibc's mallopt parameter for MALLOC_ARENA_MAX (malloc.h).
@@ -99,7 +110,6 @@ def main() -> None:
     instead of Click's usage block.
     """
     hide_password_from_process_title(sys.argv)
-    _limit_malloc_arenas()
     try:
         code = app(prog_name="asyncsnap", standalone_mode=False)
     except typer.Abort:  # Ctrl-C or end of input at a prompt (-W)
@@ -119,6 +129,9 @@ def main() -> None:
 
 def _usage_failed(exc: Any) -> NoReturn:
     """An option error Click found: one error line and one hint line, exit 2."""
+    from .envelope import now, summary_base, write_summary
+    from .progress import JsonLog, one_line
+
     command = exc.ctx.command_path if exc.ctx is not None else "asyncsnap"
     hint = f"see `{command} --help`"
     name = exc.ctx.info_name if exc.ctx is not None else None

@@ -5,14 +5,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
-import orjson
 import typer
 
-from ..analysis.compare import compare
 from ..errors import AsyncsnapError, ExitCode
-from ..storage.encryption import load_identities
 from ..text import count
-from .envelope import Envelope, print_problems, use_endpoint
 from .options import (
     BackupArgument,
     DbnameOption,
@@ -29,7 +25,6 @@ from .options import (
     jobs_option,
     quiet_option,
 )
-from .reports import comparison_json, describe_differences, summary_line
 
 SHORT_HELP = "Whether a database holds exactly a backup's rows."
 
@@ -66,6 +61,13 @@ def compare_command(
       # What differs from the backup, for a script
       asyncsnap compare /backups/before-migration-42 -d shop --json | jq '.differences'
     """
+    import orjson
+
+    from ..analysis.compare import compare
+    from ..storage.encryption import load_identities
+    from .envelope import Envelope, print_problems, use_endpoint
+    from .reports import comparison_json, describe_differences, summary_line
+
     env = Envelope(debug=debug, dsn=dsn)
     with env.guard(AsyncsnapError):
         use_endpoint(endpoint_url)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from ..analysis.readers import DEFAULT_MEMORY_LIMIT, ConvertResult, convert
-from ..storage.encryption import load_identities
 from ..text import count
-from .envelope import Envelope, use_endpoint
 from .options import (
+    DEFAULT_MEMORY_LIMIT,
     BackupArgument,
     DebugOption,
     EndpointOption,
@@ -19,7 +17,9 @@ from .options import (
     jobs_option,
     quiet_option,
 )
-from .progress import one_line
+
+if TYPE_CHECKING:
+    from ..analysis.readers import ConvertResult
 
 SHORT_HELP = "Write a backup's tables as Parquet files, exact types."
 
@@ -51,6 +51,10 @@ def convert_command(
     Examples:
       asyncsnap convert /backups/bench-before --to parquet parquet/bench-before
     """
+    from ..analysis.readers import convert
+    from ..storage.encryption import load_identities
+    from .envelope import Envelope, use_endpoint
+
     with Envelope(debug=debug).guard():
         use_endpoint(endpoint_url)
         identities = load_identities(identity) if identity else []
@@ -68,6 +72,8 @@ def convert_command(
 
 def _render(result: ConvertResult) -> None:
     """One line per table written (the columns kept as text named), then the total."""
+    from .progress import one_line
+
     for table in result.tables:
         text = f" (as text: {', '.join(table.text_columns)})" if table.text_columns else ""
         typer.echo(

@@ -5,17 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import orjson
 import typer
 
-from ..analysis.diff import diff
-from ..analysis.readers import DEFAULT_MEMORY_LIMIT
 from ..errors import ExitCode
-from ..storage.encryption import load_identities
-from .envelope import Envelope, use_endpoint
-from .options import DebugOption, EndpointOption, IdentityOption, jobs_option
-from .progress import one_line
-from .reports import describe_diff, diff_json
+from .options import (
+    DEFAULT_MEMORY_LIMIT,
+    DebugOption,
+    EndpointOption,
+    IdentityOption,
+    jobs_option,
+)
 
 SHORT_HELP = "What changed between two backups, table by table."
 
@@ -66,6 +65,14 @@ def diff_command(
       # The changed rows themselves, one NDJSON file per table, for a closer look
       asyncsnap diff /backups/bench-before /backups/backup_20261124T021500Z --rows changes
     """
+    import orjson
+
+    from ..analysis.diff import diff
+    from ..storage.encryption import load_identities
+    from .envelope import Envelope, use_endpoint
+    from .progress import one_line
+    from .reports import describe_diff, diff_json
+
     with Envelope(debug=debug).guard():
         use_endpoint(endpoint_url)
         identities = load_identities(identity) if identity else []

@@ -7,17 +7,14 @@ from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
-from ..dump import DEFAULT_LOCK_TIMEOUT, DumpResult, dump
 from ..errors import AsyncsnapError
-from ..events import DumpFinished, DumpStarted, Event
-from ..format import PARTIAL_SUFFIX, Compression
-from .envelope import Envelope, renderers, summary_base, use_endpoint
 from .options import (
+    DEFAULT_LOCK_TIMEOUT,
+    Compression,
     DbnameOption,
     DebugOption,
     DsnArgument,
@@ -38,7 +35,10 @@ from .options import (
     parse_size,
     quiet_option,
 )
-from .progress import summary_table
+
+if TYPE_CHECKING:
+    from ..dump import DumpResult
+    from ..events import DumpFinished, Event
 
 SHORT_HELP = "Back up tables at one moment: NDJSON files and a manifest."
 
@@ -225,6 +225,12 @@ def dump_command(
       # Straight to a bucket (credentials from AWS_* or AWS_PROFILE), keep the newest 7 there
       asyncsnap dump -d shop -o s3://backups/nightly/shop --keep 7
     """
+    from rich.console import Console
+
+    from ..dump import dump
+    from .envelope import Envelope, renderers, summary_base, use_endpoint
+    from .progress import summary_table
+
     split_bytes = parse_size(split_larger_than)
     # --summary-json on failure: where the backup was to be, once that is known.
     env = Envelope(
@@ -295,6 +301,9 @@ class _Watch:
         self.finished: list[DumpFinished] = []
 
     def __call__(self, event: Event) -> None:
+        from ..events import DumpFinished, DumpStarted
+        from ..format import PARTIAL_SUFFIX
+
         if isinstance(event, DumpFinished):
             self.finished.append(event)
         if isinstance(event, DumpStarted):
@@ -304,6 +313,8 @@ class _Watch:
 
 def _note_partial(outcome: dict[str, object], keep_partial: bool) -> None:
     """--summary-json of a failed dump: ``partial`` names what --keep-partial kept."""
+    from ..format import PARTIAL_SUFFIX
+
     where = str(outcome["path"] or "")
     kept = where if "://" in where else f"{where}{PARTIAL_SUFFIX}"  # a store: no rename
     if keep_partial and where and ("://" in where or Path(kept).is_dir()):

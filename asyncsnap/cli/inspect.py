@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import orjson
 import typer
-from rich.console import Console
 
-from ..analysis.readers import views_sql
-from ..inspect import summary
-from ..storage.backup import open_backup
-from .envelope import Envelope, use_endpoint
 from .options import BackupArgument, DebugOption, EndpointOption
-from .reports import summary_tables
 
 SHORT_HELP = "Summarise a backup."
 
@@ -46,15 +39,28 @@ def inspect_command(
       # Query a backup with exact types in DuckDB
       asyncsnap inspect /backups/before-migration-42 --sql duckdb > views.sql
     """
+    from ..storage.backup import open_backup
+    from .envelope import Envelope, use_endpoint
+
     with Envelope(debug=debug).guard():
         use_endpoint(endpoint_url)
         backup = open_backup(backup_dir)
         if sql is not None:
+            from ..analysis.readers import views_sql
+
             typer.echo(views_sql(backup), nl=False)
             return
     if as_json:
+        import orjson
+
+        from ..inspect import summary
+
         typer.echo(orjson.dumps(summary(backup), option=orjson.OPT_INDENT_2).decode())
         return
+    from rich.console import Console
+
+    from .reports import summary_tables
+
     console = Console()
     for renderable in summary_tables(backup):
         console.print(renderable)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from ..connection import ConnectionSpec
 from ..errors import ExitCode, Interrupted, UsageError
+
+if TYPE_CHECKING:
+    from ..connection import ConnectionSpec
 
 _UNITS = {
     "": 1,
@@ -66,6 +68,13 @@ def quiet_option(help: str = "Print only errors.") -> Any:
     """``--quiet``/``-q``, with what is still printed."""
     return typer.Option("--quiet", "-q", help=help)
 
+
+# -- the library's values that --help shows, written out here so that --help imports no
+# library module (tests/test_fast_start.py pins each to the library's own)
+
+Compression = Literal["zstd", "gzip", "none"]  # format.Compression
+DEFAULT_LOCK_TIMEOUT = 30.0  # dump.DEFAULT_LOCK_TIMEOUT
+DEFAULT_MEMORY_LIMIT = "256MB"  # analysis.readers.DEFAULT_MEMORY_LIMIT
 
 # -- output for people and scripts
 
@@ -266,6 +275,8 @@ def connection_spec(
                 "no password given at the prompt (-W); nothing was done",
                 exit_code=ExitCode.SIGINT,
             ) from None
+    from ..connection import ConnectionSpec  # asyncpg: not for --help (tests/test_fast_start.py)
+
     return ConnectionSpec(
         dsn=dsn if dsn is not None else dbname,
         host=host,

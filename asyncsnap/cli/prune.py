@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..prune import PruneResult, prune
 from ..text import count
-from .envelope import Envelope, use_endpoint
 from .options import DebugOption, EndpointOption
+
+if TYPE_CHECKING:
+    from ..prune import PruneResult
 
 SHORT_HELP = "Remove old backups, keep the N newest."
 
@@ -61,6 +62,9 @@ def prune_command(
       # In a bucket: also removes dumps that died more than a day ago
       asyncsnap prune s3://backups/nightly/shop --keep 7
     """
+    from ..prune import prune
+    from .envelope import Envelope, use_endpoint
+
     with Envelope(debug=debug).guard():
         use_endpoint(endpoint_url)
         result = prune(

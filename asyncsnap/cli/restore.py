@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..api import restore
 from ..errors import AsyncsnapError, NotEqual, UsageError
-from ..events import Event, RestoreStarted
-from ..restore.result import RestoreResult
-from ..storage.encryption import load_identities
 from ..text import count
-from .envelope import Envelope, renderers, summary_base, use_endpoint
 from .options import (
     BackupArgument,
     DbnameOption,
@@ -37,7 +32,11 @@ from .options import (
     jobs_option,
     quiet_option,
 )
-from .reports import describe_differences, summary_line
+
+if TYPE_CHECKING:
+    from ..events import Event
+    from ..restore.result import RestoreResult
+    from .envelope import Envelope
 
 SHORT_HELP = "Load a backup into a database: schema and rows, or rows."
 
@@ -152,6 +151,10 @@ def restore_command(
       # then prove it holds exactly the backup's rows
       asyncsnap restore /backups/backup_20261124T021500Z -h db.internal -U app -d postgres --create --compare
     """  # noqa: E501 (an example is one line: the help test runs it as written)
+    from ..api import restore
+    from ..storage.encryption import load_identities
+    from .envelope import Envelope, renderers, summary_base, use_endpoint
+
     env = Envelope(
         debug=debug,
         dsn=dsn,
@@ -214,6 +217,8 @@ def restore_command(
 
 def _note_target(outcome: dict[str, object], render: Callable[[Event], None], event: Event) -> None:
     """Passes each event to the renderer, noting for the summary the target it names."""
+    from ..events import RestoreStarted
+
     if isinstance(event, RestoreStarted):
         outcome["target"] = event.target
     render(event)
@@ -222,6 +227,8 @@ def _note_target(outcome: dict[str, object], render: Callable[[Event], None], ev
 def _check_comparison(env: Envelope, result: RestoreResult, backup_dir: str) -> None:
     """--compare: a database that does not hold exactly the backup's rows fails the
     restore (exit 7), its first difference in the error line."""
+    from .reports import describe_differences
+
     comparison = result.comparison
     differences = describe_differences(comparison) if comparison is not None else []
     if differences:
@@ -260,4 +267,6 @@ def _render(result: RestoreResult, *, dry_run: bool) -> None:
         f"{count(result.sequences, 'sequence')}{extra} in {result.seconds:.2f}s"
     )
     if result.comparison is not None:
+        from .reports import summary_line
+
         typer.echo(summary_line(result.comparison))

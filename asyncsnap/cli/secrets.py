@@ -7,14 +7,19 @@ import contextlib
 import os
 import re
 import sys
+from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ..connection import ConnectionSpec, resolve
 from ..errors import AsyncsnapError
+
+if TYPE_CHECKING:
+    from ..connection import ConnectionSpec
 
 # What a command connects with, as far as it is known: the DSN argument as typed before
 # the options are checked, the checked spec after; None for commands that do not connect.
-Connection = str | ConnectionSpec | None
+# (A string: connection.py imports asyncpg, which the start of every command, --help and
+# completion included, would pay for.)
+Connection: TypeAlias = "str | ConnectionSpec | None"
 
 
 def passwords_in(text: str) -> list[str]:
@@ -52,6 +57,8 @@ def argv_secrets(argv: list[str]) -> list[str]:
 
 
 def _secrets(dsn: Connection) -> list[str]:
+    from ..connection import ConnectionSpec, resolve
+
     text = dsn.dsn if isinstance(dsn, ConnectionSpec) else dsn
     candidates = [c for c in (text, os.environ.get("DATABASE_URL")) if c]
     found = [s for candidate in candidates for s in passwords_in(candidate)]

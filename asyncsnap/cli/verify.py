@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import ExitCode
-from ..storage.encryption import load_identities
 from ..text import count
-from ..verify import VerifyResult, verify
-from .envelope import Envelope, print_problems, use_endpoint
 from .options import BackupArgument, DebugOption, EndpointOption, IdentityOption, quiet_option
+
+if TYPE_CHECKING:
+    from ..verify import VerifyResult
 
 SHORT_HELP = "Check a backup completely, offline."
 
@@ -33,6 +33,10 @@ def verify_command(
       # The checksums alone, with standard tools
       cd /backups/before-migration-42 && sha256sum -c --quiet SHA256SUMS
     """
+    from ..storage.encryption import load_identities
+    from ..verify import verify
+    from .envelope import Envelope, print_problems, use_endpoint
+
     with Envelope(debug=debug).guard():
         use_endpoint(endpoint_url)
         identities = load_identities(identity) if identity else None

@@ -1,0 +1,245 @@
+"""A fast start (issue 24): ``asyncsnap --version``, ``--help``, a command's ``--help`` and
+shell completion (one run of the program per Tab) import Typer and the command layer, and
+none of the library: no asyncpg, DuckDB, pyarrow, obstore, rich or pydantic. What they
+import is pinned here, by name, so that a new import shows up; how long they take is a
+figure of ``python -m benchmarks`` (target 0.15 s), never a test's.
+
+``import asyncsnap`` is as cheap: the public API is imported on first use (PEP 562), and
+the functions named as submodules (``dump``, ``verify``, ``restore``) stay the functions
+whichever is imported first."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+
+from .conftest import clean_env
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = ("dump", "restore", "compare", "diff", "convert", "verify", "prune", "inspect")
+
+# The modules of asyncsnap a start may import: the command layer and the ground floor.
+ASYNCSNAP_AT_START = frozenset(
+    {
+        "asyncsnap",
+        "asyncsnap.cli",
+        "asyncsnap.cli.app",
+        "asyncsnap.cli.options",
+        "asyncsnap.cli.secrets",
+        "asyncsnap.cli.startup",
+        *(f"asyncsnap.cli.{command}" for command in COMMANDS),
+        "asyncsnap.errors",
+        "asyncsnap.text",
+        "asyncsnap.version",  # --version
+        "asyncsnap.scratch",  # a command's --help: the group's callback runs before it
+    }
+)
+# The packages outside the standard library a start may import: Typer and its own.
+THIRD_PARTY_AT_START = frozenset({"asyncsnap", "typer", "shellingham", "annotated_doc"})
+# Never at a start, named so that a failure says which: the library's dependencies, the
+# presentation's, Typer's heavy optional paths (pydantic converts values, rich formats),
+# the event loop and the installed metadata's reader.
+NEVER_AT_START = (
+    "asyncpg",
+    "duckdb",
+    "pyarrow",
+    "obstore",
+    "boto3",
+    "rich",
+    "pydantic",
+    "pydantic_core",
+    "anyio",
+    "asyncio",
+    "orjson",
+    "zstandard",
+    "pyrage",
+    "dotenv",
+    "setproctitle",
+    "importlib.metadata",
+    "asyncsnap.cli.envelope",
+    "asyncsnap.cli.progress",
+    "asyncsnap.cli.reports",
+    "asyncsnap.connection",
+    "asyncsnap.format",
+    "asyncsnap.dump",
+    "asyncsnap.api",
+)
+
+# The process runs the command's main() as the installed script does, then prints the
+# modules the run imported beyond those Python itself had at start (site, .pth files).
+PROBE = """
+import json, sys
+before = set(sys.modules)
+from asyncsnap.cli.app import main
+sys.argv = ["asyncsnap", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+print("\\nMODULES " + json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def _complete(shell: str, line: str) -> dict[str, str]:
+    """The environment of a completion request, as each shell's script sets it."""
+    if shell == "bash":
+        words = line.split()
+        cword = len(words) - (0 if line.endswith(" ") else 1)
+        return {
+            "_ASYNCSNAP_COMPLETE": "complete_bash",
+            "COMP_WORDS": line,
+            "COMP_CWORD": str(cword),
+        }
+    return {
+        "_ASYNCSNAP_COMPLETE": f"complete_{shell}",
+        "_TYPER_COMPLETE_ARGS": line,
+        "_TYPER_COMPLETE_FISH_ACTION": "get-args",
+    }
+
+
+# Each start: its arguments, its environment, and a line its output must hold.
+STARTS: dict[str, tuple[list[str], dict[str, str], str]] = {
+    "--version": (["--version"], {}, "asyncsnap "),
+    "--help": (["--help"], {}, "Commands"),
+    **{f"{c} --help": ([c, "--help"], {}, f"Usage: asyncsnap {c}") for c in COMMANDS},
+    "bash: a command": ([], _complete("bash", "asyncsnap du"), "dump"),
+    "bash: an option, after a value": (
+        [],
+        _complete("bash", "asyncsnap dump -j 3 --co"),
+        "--compress",
+    ),
+    "bash: a choice": ([], _complete("bash", "asyncsnap dump --compress "), "gzip"),
+    "zsh: an option": ([], _complete("zsh", "asyncsnap restore x --compa"), '"--compare":"Then'),
+    "fish: an option": ([], _complete("fish", "asyncsnap dump --sp"), "--split-larger-than\t"),
+}
+
+
+def start(args: list[str], env: dict[str, str]) -> tuple[str, list[str]]:
+    """What the start printed, and the modules it imported."""
+    run = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**clean_env(), "COLUMNS": "100", "TERM": "dumb", **env},
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    output, _, modules = run.stdout.rpartition("\nMODULES ")
+    return output, json.loads(modules)
+
+
+@pytest.mark.parametrize("name", STARTS)
+def test_a_start_imports_only_typer_and_the_command_layer(name: str) -> None:
+    args, env, expected = STARTS[name]
+    output, modules = start(args, env)
+    assert expected in output, output
+    never = [m for m in modules if m.startswith(NEVER_AT_START)]
+    assert never == [], f"{name} imports {never}"
+    ours = sorted(m for m in modules if m.split(".")[0] == "asyncsnap")
+    assert set(ours) <= ASYNCSNAP_AT_START, sorted(set(ours) - ASYNCSNAP_AT_START)
+    packages = {m.split(".")[0] for m in modules} - set(sys.stdlib_module_names)
+    packages = {p for p in packages if not p.startswith("_")}  # e.g. _cffi_backend
+    assert packages <= THIRD_PARTY_AT_START, sorted(packages - THIRD_PARTY_AT_START)
+
+
+def test_completion_help_is_one_line_each() -> None:
+    """A long help stays on its candidate's line (Typer's rich pass wrapped it at 80
+    columns: fish took the rest for a candidate of its own)."""
+    output, _ = start([], _complete("fish", "asyncsnap dump --split"))
+    assert output.strip().splitlines() == [
+        "--split-larger-than\tRead tables larger than SIZE in page ranges over several "
+        "connections (e.g. 256MB, 2GB, off)."
+    ]
+    output, _ = start([], _complete("zsh", "asyncsnap du"))
+    assert output.strip() == (
+        '_arguments \'*: :(("dump":"Back up tables at one moment\\\\: NDJSON files and a '
+        "manifest.\"))'"
+    )
+
+
+def test_given_values_are_still_converted_and_checked(tmp_path: Path) -> None:
+    """Values typed on the command line go through Typer's converters as before: a number,
+    a bound, a choice."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "asyncsnap", *args],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=60,
+        )
+
+    done = run("prune", str(tmp_path), "--keep", "2", "--dry-run", "--abandoned-after", "700")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("kept 0, would remove 0"), done.stdout
+    for args, message in (
+        (("prune", str(tmp_path), "--keep", "x"), "Invalid value for '--keep'"),
+        (("prune", str(tmp_path), "--keep", "0"), "greater than or equal to 1"),
+        (("dump", "--compress", "lz4"), "'lz4' is not one of 'zstd', 'gzip', 'none'"),
+    ):
+        failed = run(*args)
+        assert failed.returncode == 2 and message in failed.stderr, (args, failed.stderr)
+
+
+def test_the_commands_defaults_are_the_librarys() -> None:
+    """--help shows defaults written out in cli/options.py, so that it imports no library
+    module; they are the library's own."""
+    from asyncsnap.analysis import readers
+    from asyncsnap.cli import options
+    from asyncsnap.dump import DEFAULT_LOCK_TIMEOUT
+    from asyncsnap.format import COMPRESSIONS, Compression
+
+    assert typing.get_args(options.Compression) == typing.get_args(Compression) == COMPRESSIONS
+    assert options.DEFAULT_LOCK_TIMEOUT == DEFAULT_LOCK_TIMEOUT
+    assert options.DEFAULT_MEMORY_LIMIT == readers.DEFAULT_MEMORY_LIMIT
+
+
+def python(code: str) -> str:
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
+def test_import_asyncsnap_imports_nothing_else_of_it() -> None:
+    found = python(
+        "import sys, asyncsnap\nprint(sorted(m for m in sys.modules if m.startswith('asyncsnap')))"
+    )
+    assert found == "['asyncsnap']"
+
+
+@pytest.mark.parametrize("first", ["submodules", "functions"])
+def test_the_public_functions_win_over_their_submodules(first: str) -> None:
+    """``asyncsnap.dump`` is the function, whether ``asyncsnap.dump`` the module was
+    imported before it was asked for or after (the import system binds a submodule to
+    its package's attribute); ``from asyncsnap import ...`` and ``dir`` see the API."""
+    submodules = "import asyncsnap.dump, asyncsnap.verify, asyncsnap.restore.load, asyncsnap.api"
+    functions = "found = (asyncsnap.dump, asyncsnap.verify, asyncsnap.restore)"
+    code = "\n".join(
+        [
+            "import sys, asyncsnap",
+            *([submodules, functions] if first == "submodules" else [functions, submodules]),
+            "m = sys.modules",
+            "assert found == (m['asyncsnap.dump'].dump, m['asyncsnap.verify'].verify,"
+            " m['asyncsnap.api'].restore), found",
+            "assert (asyncsnap.dump, asyncsnap.verify, asyncsnap.restore) == found",
+            "from asyncsnap import dump, restore, verify",
+            "assert (dump, verify, restore) == found",
+            "assert all(getattr(asyncsnap, name) is not None for name in asyncsnap.__all__)",
+            "assert set(asyncsnap.__all__) <= set(dir(asyncsnap))",
+            "assert not hasattr(asyncsnap, 'no_such_name')",
+            # a test's monkeypatch sets, then puts back
+            "asyncsnap.dump = len\nassert asyncsnap.dump is len",
+            "asyncsnap.dump = found[0]\nassert asyncsnap.dump is found[0]",
+            "print('ok')",
+        ]
+    )
+    assert python(code) == "ok"
