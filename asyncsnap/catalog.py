@@ -524,6 +524,14 @@ async def read_sequence_states(
     Sequences are not transactional: the value read is the current one, which is never
     behind any value used by a row in the snapshot (those were taken before it). Restoring
     it is therefore safe, as with pg_dump.
+
+    Reading a sequence locks it (ACCESS SHARE) until the transaction ends; in the dump's
+    snapshot transaction, which already holds a lock per table, ten thousand sequences
+    would fill the server's lock table ("out of shared memory" at the default
+    ``max_locks_per_transaction``, where pg_dump fails too). Each batch is read in a
+    savepoint that is rolled back, which gives its locks back (the values are not
+    transactional, so nothing read is undone); outside a transaction block a batch is
+    its own transaction.
     """
     states: dict[int, tuple[int, bool]] = {}
     for start in range(0, len(sequences), _SEQUENCE_BATCH):
@@ -533,7 +541,18 @@ async def read_sequence_states(
             f"FROM {sql_name(s.schema, s.name)}"
             for i, s in enumerate(batch)
         )
-        for r in await conn.fetch(query):
+        if conn.is_in_transaction():
+            # (raw SQL: the dump's snapshot transaction was begun with BEGIN, which
+            # asyncpg's savepoints refuse to nest in); a failed read fails the caller's
+            # transaction as before
+            await conn.execute("SAVEPOINT asyncsnap_sequences")
+            rows = await conn.fetch(query)
+            await conn.execute(
+                "ROLLBACK TO SAVEPOINT asyncsnap_sequences; RELEASE asyncsnap_sequences"
+            )
+        else:
+            rows = await conn.fetch(query)
+        for r in rows:
             seq = batch[r["i"]]
             states[seq.oid] = (r["last_value"], r["is_called"])
     return states

@@ -27,6 +27,7 @@ from __future__ import annotations
 import codecs
 import glob
 import importlib.util
+import itertools
 import os
 import re
 import shutil
@@ -263,14 +264,14 @@ def render_sql(
     return result.stdout
 
 
-def list_archive(tool: ClientTool, archive: Path) -> str:
+def list_archive(tool: ClientTool, archive: Path, *options: str) -> str:
     """The archive's table of contents, ``pg_restore --list``: a line ``id; tableoid oid
     DESC SCHEMA NAME OWNER`` per entry (names with their newlines made spaces).
 
     :raises RestoreFailed: when pg_restore cannot read it.
     """
     result = subprocess.run(
-        [str(tool.path), "--list", str(archive)], capture_output=True, check=False
+        [str(tool.path), "--list", *options, str(archive)], capture_output=True, check=False
     )
     if result.returncode != 0:
         raise RestoreFailed(
@@ -375,6 +376,66 @@ def drop_statements(script: str) -> str:
             hint="drop the backup's objects yourself, then restore without --clean",
         )
     return "\n".join(drops)
+
+
+# The header pg_restore's plain output puts before each entry (_printTocEntry); pg_dump
+# makes the names in it one line (newlines become spaces).
+_ENTRY_HEADER = "\n--\n-- Name: "
+
+
+def script_entries(script: str) -> tuple[str, list[str]]:
+    """``script`` (after ``script_statements``) cut before each entry's header: the
+    prologue (its SETs) and one text per entry, in the script's order.
+
+    A header can also be spelled inside an entry (in a function's body, a quoted name):
+    the caller checks the count against the archive's table of contents
+    (``count_entries``), since such a cut makes one entry more. Had it gone unnoticed, the
+    piece before the cut would end inside a string, a quoted name or a comment, which the
+    server refuses.
+    """
+    cuts = []
+    start = 0
+    while (found := script.find(_ENTRY_HEADER, start)) != -1:
+        end_of_name = script.find("\n", found + len(_ENTRY_HEADER))
+        if script.startswith("\n--\n", end_of_name):
+            cuts.append(found + 1)
+        start = found + 1
+    if not cuts:
+        return script, []
+    bounds = [*cuts, len(script)]
+    return script[: cuts[0]], [script[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def count_entries(
+    tool: ClientTool, archive: Path, *, section: str, no_owner: bool, no_privileges: bool
+) -> int:
+    """How many entries of ``section`` pg_restore renders with these options (its
+    ``--list``, which applies the same choice).
+
+    :raises RestoreFailed: when pg_restore cannot read the archive.
+    """
+    args = [f"--section={section}"]
+    args += ["--no-owner"] if no_owner else []
+    args += ["--no-privileges"] if no_privileges else []
+    listing = list_archive(tool, archive, *args)
+    return sum(1 for line in listing.splitlines() if line and not line.startswith(";"))
+
+
+def split_statements(drops: str) -> list[str]:
+    """``drop_statements``' block as its statements: a statement ends with a line that
+    ends in ``;`` outside a quoted name (the block holds names, never strings)."""
+    statements: list[str] = []
+    current: list[str] = []
+    quotes = 0
+    for line in drops.split("\n"):
+        current.append(line)
+        quotes += line.count('"')
+        if line.endswith(";") and quotes % 2 == 0:
+            statements.append("\n".join(current))
+            current, quotes = [], 0
+    if current:
+        statements.append("\n".join(current))
+    return statements
 
 
 async def server_settings(conn: asyncpg.Connection) -> frozenset[str]:

@@ -25,7 +25,12 @@ from asyncsnap.errors import (
 )
 from asyncsnap.format import Backup, BackupSchema, Manifest, SchemaFile
 from asyncsnap.restore.plan import check_options
-from asyncsnap.schema import drop_statements, script_statements
+from asyncsnap.schema import (
+    drop_statements,
+    script_entries,
+    script_statements,
+    split_statements,
+)
 from asyncsnap.storage.backup import LocalSource
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
@@ -182,6 +187,58 @@ def test_rich_database_restores_into_an_empty_database_exactly(
         assert copy.fetchval(
             "SELECT count(*) FROM pg_stats WHERE schemaname = 'shop' AND tablename = 'orders'"
         )
+
+
+def _transactions(db: Database) -> int:
+    """How many transactions made the tables of schema shop: their row types' xmin
+    (post-data rewrites their pg_class rows, never these)."""
+    return int(
+        db.fetchval(
+            "SELECT count(DISTINCT t.xmin::text) FROM pg_type t JOIN pg_class c "
+            "ON c.oid = t.typrelid WHERE c.relnamespace = 'shop'::regnamespace "
+            "AND c.relkind IN ('r', 'p')"
+        )
+    )
+
+
+@pytest.mark.versions
+def test_a_large_schema_is_made_in_batches_exactly(
+    db: Database,
+    postgres: Postgres,
+    role: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Beyond OBJECTS_PER_TRANSACTION objects the schema commits in batches (ten
+    thousand tables would overflow the lock table, tests/test_many_tables.py): here seven
+    objects a batch, the rich database comes back exact, --clean's drops batched too; a
+    function whose body spells a header (a cut that does not match the archive's table
+    of contents) makes it run in one transaction, exact as well."""
+    from asyncsnap.restore import schema as restore_schema
+
+    monkeypatch.setattr(restore_schema, "OBJECTS_PER_TRANSACTION", 7)
+    make_rich(db, role[0])
+    backup = Path(run_dump(db, tmp_path / "plain", jobs=2).path)
+    with fresh_database(postgres, "asyncsnap_batched") as copy:
+        run_restore(backup, copy, jobs=2)
+        assert digests(copy.dsn) == digests(db.dsn)
+        assert schema_text(copy) == schema_text(db)
+        assert _transactions(copy) > 1
+        copy.execute("ALTER TABLE shop.base DROP COLUMN note; DROP TABLE shop.notes")
+        run_restore(backup, copy, jobs=2, clean=True)
+        assert digests(copy.dsn) == digests(db.dsn)
+        assert schema_text(copy) == schema_text(db)
+    db.execute(
+        "CREATE FUNCTION shop.spelled() RETURNS int LANGUAGE sql AS $$\n--\n"
+        "-- Name: x; Type: TABLE; Schema: shop; Owner: y\n--\nSELECT 1$$"
+    )
+    backup = Path(run_dump(db, tmp_path / "spelled", jobs=2).path)
+    with fresh_database(postgres, "asyncsnap_spelled") as copy:
+        run_restore(backup, copy, jobs=2)
+        assert digests(copy.dsn) == digests(db.dsn)
+        assert schema_text(copy) == schema_text(db)
+        assert _transactions(copy) == 1
+        assert copy.fetchval("SELECT shop.spelled()") == 1
 
 
 def test_migration_went_wrong_restore_clean_gives_back_schema_and_data(
@@ -583,6 +640,37 @@ def test_drop_statements_stop_at_a_name_with_a_newline() -> None:
     evil = 'DROP TABLE IF EXISTS public."a\nSELECT 1; --";\n--\n'
     with pytest.raises(RestoreFailed, match="one per line"):
         drop_statements(evil)
+
+
+def test_script_entries_cut_before_each_header() -> None:
+    """A large schema commits in batches of entries (restore.schema); the cuts fall
+    before pg_restore's headers, and a header spelled inside an entry (a function body)
+    makes one piece more, which the caller checks against the table of contents."""
+    prologue = "SET a = 1;\nSELECT pg_catalog.set_config('search_path', '', false);\n"
+    one = "--\n-- Name: t; Type: TABLE; Schema: public; Owner: me\n--\n\nCREATE TABLE t ();\n\n"
+    two = "--\n-- Name: s; Type: SEQUENCE; Schema: public; Owner: me\n--\n\nCREATE SEQUENCE s;\n"
+    found = script_entries(prologue + "\n" + one + two)
+    assert found == (prologue + "\n", [one, two])
+    assert script_entries("SET a = 1;\n") == ("SET a = 1;\n", [])
+    body = (
+        "CREATE FUNCTION f() RETURNS int AS $$\n--\n-- Name: x; Type: TABLE; Schema: -; "
+        "Owner: y\n--\nSELECT 1$$ LANGUAGE sql;\n"
+    )
+    fake = "--\n-- Name: f(); Type: FUNCTION; Schema: public; Owner: me\n--\n\n" + body
+    assert len(script_entries(prologue + "\n" + fake)[1]) == 2  # one entry, two pieces
+    # "-- Name:" not between two "--" lines is no header
+    assert script_entries("x\n--\n-- Name: a; Type: T\nSELECT 1;\n")[1] == []
+
+
+def test_split_statements_keeps_a_quoted_name_with_a_newline_whole() -> None:
+    drops = 'DROP TABLE IF EXISTS public."a\nDROP DATABASE x; --";\nDROP TYPE IF EXISTS public.m;'
+    assert split_statements(drops) == [
+        'DROP TABLE IF EXISTS public."a\nDROP DATABASE x; --";',
+        "DROP TYPE IF EXISTS public.m;",
+    ]
+    assert split_statements('DROP TABLE IF EXISTS public."a"";\nb";') == [
+        'DROP TABLE IF EXISTS public."a"";\nb";'
+    ]
 
 
 def test_target_not_empty_is_refused_by_the_plan(

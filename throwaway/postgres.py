@@ -16,8 +16,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .majors import bindir_for
@@ -98,6 +98,8 @@ class Server:
     root: Path
     port: int
     user: pwd.struct_passwd | None
+    # Server settings over the defaults below (e.g. PostgreSQL's own max_connections).
+    settings: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def datadir(self) -> Path:
@@ -150,6 +152,7 @@ class Server:
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60 "
             "-c timezone=America/Sao_Paulo"
         )
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run(
             self.bindir / "pg_ctl",
             "-D",
@@ -175,13 +178,19 @@ class Server:
 
 
 @contextlib.contextmanager
-def throwaway_server(bindir: Path | None = None) -> Iterator[Server]:
-    """A new cluster of the binaries in ``bindir`` (default: ``find_bindir()``), started,
-    and removed when the block ends."""
+def throwaway_server(
+    bindir: Path | None = None, settings: Mapping[str, str] | None = None
+) -> Iterator[Server]:
+    """A new cluster of the binaries in ``bindir`` (default: ``find_bindir()``), started
+    with ``settings`` over the test defaults, and removed when the block ends."""
     # Not under pytest's tmp_path: that is 0700 and owned by root when we are root.
     root = Path(tempfile.mkdtemp(prefix="asyncsnap-pg-"))
     server = Server(
-        bindir=bindir or find_bindir(), root=root, port=free_port(), user=unprivileged_user()
+        bindir=bindir or find_bindir(),
+        root=root,
+        port=free_port(),
+        user=unprivileged_user(),
+        settings=dict(settings or {}),
     )
     try:
         server.start()

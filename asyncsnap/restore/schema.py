@@ -53,7 +53,8 @@ class SchemaSteps:
         ]
         extra = f" ({', '.join(options)})" if options else ""
         lines.append(
-            f"pre-data: types, functions, tables, sequences in one transaction{extra} "
+            f"pre-data: types, functions, tables, sequences in one transaction (beyond "
+            f"{OBJECTS_PER_TRANSACTION} objects, one per {OBJECTS_PER_TRANSACTION}){extra} "
             f"(pg_restore {self.tool.version})"
         )
         return lines
@@ -155,36 +156,115 @@ async def _script(conn: asyncpg.Connection, steps: SchemaSteps, section: str) ->
     return schema.drop_statements(script) if clean else script
 
 
+# A schema of at most this many objects (--clean's drops counted) is made in one
+# transaction, so that a failure leaves nothing of it. A larger one commits after every
+# this many, as ``pg_restore --transaction-size`` does: creating a table takes a few locks
+# (the table, its TOAST table and index, its sequences) held until the transaction ends,
+# and the server's lock table holds max_locks_per_transaction x max_connections (64 x 100
+# by default) for all sessions, which ten thousand tables in one transaction overflow.
+OBJECTS_PER_TRANSACTION = 500
+
+
 async def pre_data(
     conn: asyncpg.Connection, steps: SchemaSteps, backup: Backup, *, rehearse: bool = False
 ) -> None:
-    """Create (with --clean, first drop) the backup's pre-data objects in one transaction.
+    """Create (with --clean, first drop) the backup's pre-data objects: in one transaction
+    or, beyond ``OBJECTS_PER_TRANSACTION`` objects, in transactions of that many.
 
     ``rehearse`` runs pre-data and post-data and rolls both back: what ``--dry-run`` does
     to find, without changing anything, every error the schema would hit (a missing
-    role, an object in the way, a foreign key from a table outside the backup).
+    role, an object in the way, a foreign key from a table outside the backup); always in
+    one transaction, so a schema too large for the server's lock table cannot be
+    rehearsed (said in the error).
     """
     script = await _script(conn, steps, "pre-data")
+    drops = await _script(conn, steps, "drops") if steps.clean else ""
+    if steps.clean:
+        await _refuse_outside_references(conn, backup)
+    batches = None if rehearse else await _batches(steps, "pre-data", script, drops)
+    if batches is not None:
+        await _run_batches(conn, batches, steps)
+        return
     tx = conn.transaction()
     await tx.start()
     try:
         if steps.clean:
-            await _refuse_outside_references(conn, backup)
-            await _run(conn, await _script(conn, steps, "drops"), "--clean", steps)
+            await _run(conn, drops, "--clean", steps)
         await _run(conn, script, "pre-data", steps)
         if rehearse:
             await _run(conn, await _script(conn, steps, "post-data"), "post-data", steps)
-    except BaseException:
+    except BaseException as exc:
         with anyio.CancelScope(shield=True):
             if not conn.is_closed():
                 await tx.rollback()
                 await conn.execute("RESET ALL")
+        if rehearse and _lock_table_full(exc):
+            raise RestoreFailed(
+                f"--dry-run cannot rehearse this schema: {exc.__cause__}",
+                hint="it rehearses the whole schema in one transaction, which the server's "
+                "lock table cannot hold; raise max_locks_per_transaction for the rehearsal, "
+                f"or run without --dry-run (which commits every {OBJECTS_PER_TRANSACTION} "
+                "objects)",
+            ) from exc
         raise
     if rehearse:
         await tx.rollback()
     else:
         await tx.commit()
     await conn.execute("RESET ALL")  # the script's SETs outlive its transaction
+
+
+def _lock_table_full(exc: BaseException) -> bool:
+    return isinstance(exc.__cause__, asyncpg.OutOfMemoryError)
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """A large schema's work in transactions: the prologue's SETs (run once, they hold
+    for the session), then each batch of (section, SQL) pieces in its own transaction."""
+
+    prologue: str
+    batches: list[list[tuple[str, str]]]
+
+
+async def _batches(steps: SchemaSteps, section: str, script: str, drops: str) -> _Batches | None:
+    """``script`` (with --clean, ``drops`` first) cut into transactions of
+    ``OBJECTS_PER_TRANSACTION`` objects; None when it fits in one, or when its pieces do
+    not match the archive's table of contents (a header spelled inside an entry, see
+    ``schema.script_entries``): then it runs in one transaction, as it always did."""
+    prologue, entries = schema.script_entries(script)
+    pieces = [("--clean", d) for d in (schema.split_statements(drops) if drops else [])]
+    pieces += [(section, entry) for entry in entries]
+    if len(pieces) <= OBJECTS_PER_TRANSACTION:
+        return None
+    expected = await anyio.to_thread.run_sync(
+        lambda: schema.count_entries(
+            steps.tool,
+            steps.archive,
+            section=section,
+            no_owner=steps.no_owner,
+            no_privileges=steps.no_privileges,
+        )
+    )
+    if expected != len(entries):
+        return None
+    size = OBJECTS_PER_TRANSACTION
+    return _Batches(prologue, [pieces[i : i + size] for i in range(0, len(pieces), size)])
+
+
+async def _run_batches(conn: asyncpg.Connection, work: _Batches, steps: SchemaSteps) -> None:
+    """Each batch in its own transaction; a failure says what was kept."""
+    try:
+        await schema.run_script(conn, work.prologue)
+        for batch in work.batches:
+            async with conn.transaction():
+                for section in dict.fromkeys(s for s, _ in batch):  # --clean's, then section's
+                    sql = "\n".join(text for s, text in batch if s == section)
+                    await _run(conn, sql, section, steps, batched=True)
+    finally:
+        with anyio.CancelScope(shield=True):
+            if not conn.is_closed():
+                await conn.execute("RESET ALL")  # the script's SETs outlive its transactions
 
 
 async def post_data(
@@ -202,12 +282,23 @@ async def post_data(
         )
         return
     script = await _script(conn, steps, "post-data")
+    batches = await _batches(steps, "post-data", script, "")
+    if batches is not None:
+        await _run_batches(conn, batches, steps)
+        return
     async with conn.transaction():
         await _run(conn, script, "post-data", steps)
     await conn.execute("RESET ALL")
 
 
-async def _run(conn: asyncpg.Connection, script: str, section: str, steps: SchemaSteps) -> None:
+async def _run(
+    conn: asyncpg.Connection,
+    script: str,
+    section: str,
+    steps: SchemaSteps,
+    *,
+    batched: bool = False,
+) -> None:
     try:
         await schema.run_script(conn, script)
     except asyncpg.PostgresError as exc:
@@ -218,8 +309,19 @@ async def _run(conn: asyncpg.Connection, script: str, section: str, steps: Schem
             hint = "pass --clean to drop the backup's objects first"
         raise RestoreFailed(
             f"creating the schema ({section}) failed: {exc}",
-            hint=hint or "nothing of the schema was kept (one transaction)",
+            hint=_kept(hint, batched=batched),
         ) from exc
+
+
+def _kept(hint: str | None, *, batched: bool) -> str:
+    """The failure's hint, and what of the schema was kept."""
+    if not batched:
+        return hint or "nothing of the schema was kept (one transaction)"
+    kept = (
+        f"the schema commits every {OBJECTS_PER_TRANSACTION} objects, so the ones before "
+        "this were kept: the same command with --clean starts over"
+    )
+    return f"{hint}; {kept}" if hint else kept
 
 
 async def _refuse_outside_references(conn: asyncpg.Connection, backup: Backup) -> None:
