@@ -2,7 +2,8 @@
 
 Each work item (a table or a page range of one, or the large objects) is a ``jobs.ChunkJob``
 run by one connection of the pool (``jobs.run_chunk``), largest first, in a transaction
-that imports the coordinator's snapshot.
+that imports the coordinator's snapshot; a worker keeps its connection and that
+transaction from one item to the next (``snapshot.SnapshotReader``).
 
 A connection lost at any point of an item (before the COPY, during it, at the commit, or
 while the transaction ends) discards the item's file and copies it again on a fresh
@@ -32,7 +33,7 @@ from .jobs import (
     run_chunk,
 )
 from .session import RELEASE_ERRORS
-from .snapshot import snapshot_lost
+from .snapshot import SnapshotReader, snapshot_lost
 from .storage.files import DataTarget, StoredFile
 
 # A chunk whose connection dies (backend terminated, network reset) is copied again on a
@@ -79,8 +80,12 @@ async def copy_all(
     queue: Iterator[WorkItem] = iter(items)  # shared: each worker takes the next largest
 
     async def worker() -> None:
-        for item in queue:
-            stored[item.stem] = await _copy_with_retries(pool, item, ctx)
+        held = _Held(pool, ctx.snapshot_id)
+        try:
+            for item in queue:
+                stored[item.stem] = await _copy_with_retries(held, item, ctx)
+        finally:
+            await held.give_back(broken=False)
 
     async def watch_coordinator() -> None:
         # Fail fast: once the snapshot holder is gone no further chunk can import it.
@@ -100,16 +105,47 @@ async def copy_all(
     return stored
 
 
-async def _copy_with_retries(pool: asyncpg.Pool, item: WorkItem, ctx: CopyContext) -> StoredFile:
+class _Held:
+    """A worker's connection, kept from one item to the next with its transaction in the
+    snapshot (``SnapshotReader``), until the worker ends or the connection fails."""
+
+    def __init__(self, pool: asyncpg.Pool, snapshot_id: str) -> None:
+        self.pool, self.snapshot_id = pool, snapshot_id
+        self.conn: asyncpg.Connection | None = None
+        self.reader: SnapshotReader | None = None
+
+    async def get(self) -> tuple[asyncpg.Connection, SnapshotReader]:
+        if self.conn is None or self.reader is None:
+            # Acquired anew after a failure: the pool replaces a connection that died.
+            self.conn = await self.pool.acquire()
+            self.reader = SnapshotReader(self.conn, self.snapshot_id)
+        return self.conn, self.reader
+
+    async def give_back(self, *, broken: bool) -> None:
+        """Back to the pool, its transaction ended; a broken one is terminated first so
+        that the pool never tries to reset it (which raises on a connection stuck
+        mid-COPY)."""
+        conn, reader, self.conn, self.reader = self.conn, self.reader, None, None
+        if conn is None:
+            return
+        with anyio.CancelScope(shield=True):
+            if broken and not connection_gone(conn):
+                conn.terminate()
+            if reader is not None and not broken:
+                await reader.end()
+            # A failed release terminated the connection; the pool opens a new one.
+            with contextlib.suppress(*RELEASE_ERRORS):
+                await self.pool.release(conn)
+
+
+async def _copy_with_retries(held: _Held, item: WorkItem, ctx: CopyContext) -> StoredFile:
     for attempt in range(1, CHUNK_ATTEMPTS + 1):
-        # Acquired per attempt: the pool replaces a connection that died.
-        conn = await pool.acquire()
-        broken = True  # until the item is copied: a failure leaves the protocol unknown
+        conn, reader = await held.get()
         try:
-            stored = await run_chunk(conn, ctx.job(item), ctx.emit)
-            broken = False
-            return stored
+            return await run_chunk(conn, ctx.job(item), ctx.emit, reader)
         except ChunkConnectionLost as exc:
+            # A failure leaves the protocol unknown: this connection is not used again.
+            await held.give_back(broken=True)
             if attempt == CHUNK_ATTEMPTS:
                 raise DumpFailed(
                     f"{exc.message} (gave up after {CHUNK_ATTEMPTS} attempts)", hint=exc.hint
@@ -124,23 +160,10 @@ async def _copy_with_retries(pool: asyncpg.Pool, item: WorkItem, ctx: CopyContex
             # A server error leaves the connection usable; anything else (cancellation
             # included) may have left it mid-protocol. Cancelled COPYs are cancelled on
             # the server when the pool closes (``close_pool``).
-            broken = False
+            await held.give_back(broken=False)
             raise
-        finally:
-            await _give_back(pool, conn, broken=broken)
         await anyio.sleep(_RETRY_PAUSE * attempt)
     raise AssertionError("unreachable")
-
-
-async def _give_back(pool: asyncpg.Pool, conn: asyncpg.Connection, *, broken: bool) -> None:
-    """Return ``conn`` to the pool; a broken one is terminated first so that the pool
-    never tries to reset it (which raises on a connection stuck mid-COPY)."""
-    with anyio.CancelScope(shield=True):
-        if broken and not connection_gone(conn):
-            conn.terminate()
-        # A failed release terminated the connection; the pool opens a new one.
-        with contextlib.suppress(*RELEASE_ERRORS):
-            await pool.release(conn)
 
 
 async def close_pool(pool: asyncpg.Pool) -> None:

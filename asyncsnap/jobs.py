@@ -50,7 +50,7 @@ from .format import DATA_DIR, EXTENSIONS, MAX_LINE_BYTES, Compression
 from .largeobjects import LARGE_OBJECTS_STEM, dump_large_objects
 from .plan import Chunk
 from .session import CONNECTION_LOST, Session, SessionPolicy
-from .snapshot import snapshot_transaction
+from .snapshot import SnapshotReader
 from .storage.encryption import parse_recipients
 from .storage.files import BackupDirectory, DataFileWriter, DataTarget, StoredFile, store_writer
 from .storage.location import backup_location
@@ -166,9 +166,24 @@ def cancelled_by_server(exc: asyncpg.QueryCanceledError, doing: str) -> DumpFail
     )
 
 
-async def run_chunk(conn: asyncpg.Connection, job: ChunkJob, emit: EventCallback) -> StoredFile:
+async def run_chunk(
+    conn: asyncpg.Connection,
+    job: ChunkJob,
+    emit: EventCallback,
+    reader: SnapshotReader | None = None,
+) -> StoredFile:
     """Copy one job's item into its file inside a transaction that imports the snapshot;
-    every failure is translated, a lost connection to ``ChunkConnectionLost``."""
+    every failure is translated, a lost connection to ``ChunkConnectionLost``.
+
+    ``reader``: the connection's transaction in the snapshot, kept open from one chunk to
+    the next by a caller that copies many (the dump's workers); without it the chunk has
+    a transaction of its own."""
+    if reader is None:
+        reader = SnapshotReader(conn, job.snapshot_id)
+        try:
+            return await run_chunk(conn, job, emit, reader)
+        finally:
+            await reader.end()
     item = job.item
     emit(ChunkStarted(label=item.label, est_rows=item.est_rows))
     started = time.monotonic()
@@ -182,7 +197,7 @@ async def run_chunk(conn: asyncpg.Connection, job: ChunkJob, emit: EventCallback
     try:
         try:
             if isinstance(item, LargeObjectsJob):
-                async with snapshot_transaction(conn, job.snapshot_id):
+                async with reader.transaction():
                     objects = await dump_large_objects(
                         conn,
                         writer,
@@ -193,7 +208,7 @@ async def run_chunk(conn: asyncpg.Connection, job: ChunkJob, emit: EventCallback
                     )
                     emit(ChunkProgress(item.label, writer.rows, writer.raw_bytes))
             else:
-                longest = await _copy_rows(conn, job, writer, emit)
+                longest = await _copy_rows(conn, job, writer, emit, reader)
         except asyncpg.LockNotAvailableError as exc:
             assert isinstance(item, Chunk)
             raise LockTimeout(
@@ -329,7 +344,11 @@ class _Pipe:
 
 
 async def _copy_rows(
-    conn: asyncpg.Connection, job: ChunkJob, writer: DataFileWriter, emit: EventCallback
+    conn: asyncpg.Connection,
+    job: ChunkJob,
+    writer: DataFileWriter,
+    emit: EventCallback,
+    reader: SnapshotReader,
 ) -> int:
     """COPY one chunk's rows into ``writer``, in a transaction that imports the snapshot;
     returns the length of the longest line when one is longer than any value can be
@@ -364,7 +383,7 @@ async def _copy_rows(
     while True:
         before = writer.rows
         try:
-            async with snapshot_transaction(conn, job.snapshot_id):
+            async with reader.transaction():
                 # pg_dump's guard: if someone queued an ACCESS EXCLUSIVE lock behind the
                 # coordinator's ACCESS SHARE, waiting here would deadlock undetected
                 # (we wait for them, they wait for the coordinator, which waits for us).

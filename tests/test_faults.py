@@ -37,11 +37,11 @@ _PHASES = {
     "before-begin": "state = 'idle'",
     # ChunkProgress from the COPY sink: the server is sending rows.
     "mid-copy": "state = 'active' AND query LIKE 'COPY%'",
-    # The last ChunkProgress, after the COPY ended and before the transaction ends.
+    # The last ChunkProgress, after the COPY ended, before the chunk's file is sealed.
     "at-commit": "state = 'idle in transaction' AND query LIKE 'COPY%'",
-    # ChunkFinished of the first table: the connection is back in the pool, and the
-    # next chunk gets it.
-    "between-chunks": "state = 'idle'",
+    # ChunkFinished of the first table: the worker keeps its connection and its
+    # transaction in the snapshot (snapshot.SnapshotReader) for the next chunk.
+    "between-chunks": "state = 'idle in transaction' AND query LIKE 'COPY%'",
 }
 
 
@@ -121,10 +121,12 @@ def test_worker_connection_lost_in_each_phase_is_retried(
         )
     )
     assert fired == [1]  # exactly the worker was ended, in that phase
-    retried = any("retrying on a new connection in the same snapshot (2/3)" in n for n in notices)
-    # Between chunks the pool notices the dead connection when it gets it back and opens
-    # a new one: nothing to retry. In a chunk, the chunk is copied again.
-    assert retried == (phase != "between-chunks"), notices
+    retried = [n for n in notices if "retrying on a new connection in the same snapshot" in n]
+    # In a chunk, the chunk is copied again. Once its COPY is over (at its end, between
+    # chunks) the first chunk's file is whole; the next chunk, on the same connection,
+    # finds it dead and is copied again on a new one.
+    again = "public.b_second" if phase in ("at-commit", "between-chunks") else "public.a_first"
+    assert len(retried) == 1 and again in retried[0] and "(2/3)" in retried[0], notices
     assert faulty.rows == clean.rows == ROWS + 1000
     # Same rows, same order, same bytes: the same files as a run without the fault.
     sums = [
@@ -273,3 +275,60 @@ def test_event_loop_and_library_messages_never_reach_stderr_raw(
         "Resetting connection with an active transaction <Connection>",
         "asyncpg.pool: Pool.close() is taking over 60 seconds",
     ]
+
+
+def _worker_transaction(dsn: str) -> tuple[str, int]:
+    """The dump's worker (its last statement a COPY): when its transaction began, and
+    how many relation locks it holds."""
+    found: list[tuple[str, int]] = []
+
+    async def go() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            row = await conn.fetchrow(
+                "SELECT a.xact_start::text, (SELECT count(*) FROM pg_locks l WHERE l.pid = a.pid "
+                "AND l.locktype = 'relation') FROM pg_stat_activity a "
+                "WHERE a.application_name = 'asyncsnap' AND a.datname = current_database() "
+                "AND a.query LIKE 'COPY%'"
+            )
+            assert row is not None
+            found.append((row[0], row[1]))
+        finally:
+            await conn.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(go()))
+    thread.start()
+    thread.join()
+    return found[0]
+
+
+def test_a_worker_copies_many_small_tables_per_snapshot_transaction(
+    db: Database, tmp_path: Path
+) -> None:
+    """A worker keeps its transaction in the snapshot from one chunk to the next (a
+    BEGIN, a snapshot import and a COMMIT less per small table), and ends it every
+    CHUNKS_PER_TRANSACTION chunks, so that the locks it holds stay few; the files are
+    those of the same dump."""
+    from asyncsnap.snapshot import CHUNKS_PER_TRANSACTION
+
+    tables = 2 * CHUNKS_PER_TRANSACTION + 20
+    db.execute(
+        f"DO $$ BEGIN FOR i IN 1..{tables} LOOP EXECUTE format("
+        "'CREATE TABLE %I AS SELECT g AS id FROM generate_series(1, 3) g', 't' || i); "
+        "END LOOP; END $$"
+    )
+    seen: list[tuple[str, int]] = []
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, ChunkFinished):
+            seen.append(_worker_transaction(db.dsn))
+
+    result = anyio.run(
+        lambda: asyncsnap.dump(
+            db.dsn, output=tmp_path, name="b", jobs=1, on_event=on_event, with_schema=False
+        )
+    )
+    assert result.rows == 3 * tables and len(seen) == tables
+    assert len({started for started, _ in seen}) == 3
+    assert max(locks for _, locks in seen) <= CHUNKS_PER_TRANSACTION + 1
+    assert asyncsnap.verify(result.path).ok
