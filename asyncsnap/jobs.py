@@ -362,7 +362,7 @@ async def _copy_rows(
     chunk = job.item
     assert isinstance(chunk, Chunk)
     table = chunk.table
-    shape = DumpShape.of(table, dict(job.types))
+    shape = DumpShape.of(table, job.types)
     next_report = time.monotonic() + PROGRESS_INTERVAL
     pipe = _Pipe(shape, writer)
 
@@ -399,7 +399,7 @@ async def _copy_rows(
                             "value; reading it column by column"
                         )
                     )
-                    line = await bigrows.write_row(conn, table, dict(job.types), after, writer)
+                    line = await bigrows.write_row(conn, table, job.types, after, writer)
                     longest, arrived = max(longest, line), None
                     before = writer.rows
                 try:
