@@ -270,6 +270,9 @@ async def _retyped(conn: asyncpg.Connection, load: TableLoad) -> tuple[Retyped, 
     return tuple(found)
 
 
+_EMPTY_BATCH = 200
+
+
 async def _check_empty(
     conn: asyncpg.Connection, loads: list[TableLoad], mode: Mode, *, clean_applies: bool = False
 ) -> None:
@@ -280,11 +283,18 @@ async def _check_empty(
     if mode != "refuse":
         return
     busy = []
-    for load in loads:
-        if await conn.fetchval(
-            f"SELECT EXISTS (SELECT 1 FROM ONLY {sql_name(load.target.schema, load.target.name)})"
-        ):
-            busy.append(load.target.qualified)
+    # A round trip per _EMPTY_BATCH tables, not per table (ten thousand small tables).
+    for start in range(0, len(loads), _EMPTY_BATCH):
+        batch = loads[start : start + _EMPTY_BATCH]
+        filled = await conn.fetchval(
+            "SELECT ARRAY["
+            + ", ".join(
+                f"EXISTS (SELECT 1 FROM ONLY {sql_name(ld.target.schema, ld.target.name)})"
+                for ld in batch
+            )
+            + "]"
+        )
+        busy += [ld.target.qualified for ld, rows in zip(batch, filled, strict=True) if rows]
     if busy:
         raise TargetNotEmpty(
             f"the target already has rows in {some_names(busy)}",
