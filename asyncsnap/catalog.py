@@ -690,15 +690,19 @@ async def foreign_key_definitions(conn: asyncpg.Connection, table: str) -> dict[
     return {r["name"]: r["definition"] for r in await conn.fetch(_FK_DEFS_SQL, oid)}
 
 
-async def current_oids(conn: asyncpg.Connection, names: list[str]) -> list[int | None]:
-    """The oid each of ``names`` (``sql_name`` text) resolves to now, in order; None for
-    one that does not exist."""
-    oids = await conn.fetchval(
-        "SELECT pg_catalog.array_agg(pg_catalog.to_regclass(n)::pg_catalog.oid ORDER BY o) "
-        "FROM pg_catalog.unnest($1::pg_catalog.text[]) WITH ORDINALITY AS u(n, o)",
+async def current_oids_and_rows(
+    conn: asyncpg.Connection, names: list[str]
+) -> tuple[list[int | None], list[bool]]:
+    """The oid each of ``names`` (``sql_name`` text, which must all exist) resolves to
+    now, and whether each has a row, in order, in one query."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT pg_catalog.array_agg(pg_catalog.to_regclass(n)::pg_catalog.oid "
+        "ORDER BY o) FROM pg_catalog.unnest($1::pg_catalog.text[]) WITH ORDINALITY AS u(n, o)), "
+        "ARRAY[" + ", ".join(f"EXISTS (SELECT 1 FROM ONLY {n})" for n in names) + "]",
         names,
     )
-    return list(oids or [])
+    assert row is not None
+    return list(row[0] or []), list(row[1])
 
 
 async def relation_exists(conn: asyncpg.Connection, name: str) -> bool:

@@ -16,7 +16,13 @@ import asyncpg
 import pytest
 
 from asyncsnap.api import restore
-from asyncsnap.errors import AsyncsnapError, PermissionDenied, TargetLocked, TargetNotEmpty
+from asyncsnap.errors import (
+    AsyncsnapError,
+    PermissionDenied,
+    SchemaMismatch,
+    TargetLocked,
+    TargetNotEmpty,
+)
 
 from .conftest import Database, Postgres, fresh_database, run_cli
 from .helpers import manifest_of
@@ -238,3 +244,47 @@ def test_a_role_that_cannot_lock_the_table_is_refused_before_anything_loads(
     assert db.fetchval("SELECT count(*) FROM t") == 0
     anyio.run(lambda: restore(backup, dsn, data_only=True, mode="append"), backend="asyncio")
     assert db.fetchval("SELECT count(*) FROM t") == 1
+
+
+def test_a_table_replaced_between_plan_and_load_is_refused(
+    db: Database, target: Database, tmp_path: Path
+) -> None:
+    """Another session renames the table the plan read and creates a new one of that name
+    while the restore waits for its lock: the load's check, under the lock, finds another
+    table (its oid) and refuses it, loading nothing, naming it."""
+    db.execute(SOURCE)
+    backup = Path(run_dump(db, tmp_path).path)
+    copy_schema(db, target)
+
+    async def go() -> BaseException | None:
+        blocker = await asyncpg.connect(target.dsn)
+        watcher = await asyncpg.connect(target.dsn)
+        try:
+            await blocker.execute("BEGIN; LOCK TABLE keyless IN SHARE MODE")
+            seen = {blocker.get_server_pid(), watcher.get_server_pid()}
+            result: list[BaseException | None] = []
+
+            async def restoring() -> None:
+                result.append(
+                    await _outcome(
+                        lambda: restore(backup, target.dsn, data_only=True, tables=["keyless"])
+                    )
+                )
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(restoring)
+                await _wait_for_lock_waiter(watcher, "keyless", seen)  # planned, now waits
+                await blocker.execute(
+                    "ALTER TABLE keyless RENAME TO keyless_old; "
+                    "CREATE TABLE keyless (id int, v text); COMMIT"
+                )
+            return result[0]
+        finally:
+            for conn in (blocker, watcher):
+                await conn.close()
+
+    outcome = anyio.run(go, backend="asyncio")
+    assert isinstance(outcome, SchemaMismatch), outcome
+    assert "public.keyless changed while the restore was planning" in str(outcome)
+    assert target.fetchval("SELECT count(*) FROM keyless") == 0
+    assert target.fetchval("SELECT count(*) FROM keyless_old") == 0

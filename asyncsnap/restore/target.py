@@ -39,7 +39,7 @@ import asyncpg
 from ..catalog import (
     advisory_lock_holder,
     casts_to,
-    current_oids,
+    current_oids_and_rows,
     describe_tables,
     existing_tables,
     list_tables,
@@ -332,7 +332,9 @@ async def hold_empty(conn: asyncpg.Connection, loads: Sequence[TableLoad]) -> No
     """
     names = [sql_name(ld.target.schema, ld.target.name) for ld in loads]
     await conn.execute(f"LOCK TABLE {', '.join('ONLY ' + n for n in names)} IN EXCLUSIVE MODE")
-    oids = await current_oids(conn, names)
+    # The oids and the rows in one round trip (the LOCK found every name, so each
+    # EXISTS has a table to read, perhaps a replaced one, which the oids tell).
+    oids, filled = await current_oids_and_rows(conn, names)
     replaced = [ld.target.qualified for ld, oid in zip(loads, oids, strict=True)
                 if oid != ld.target.oid]  # fmt: skip
     if replaced:
@@ -341,9 +343,6 @@ async def hold_empty(conn: asyncpg.Connection, loads: Sequence[TableLoad]) -> No
             "replaced by another session)",
             hint="nothing of it was loaded; run the restore again",
         )
-    filled = await conn.fetchval(
-        "SELECT ARRAY[" + ", ".join(f"EXISTS (SELECT 1 FROM ONLY {n})" for n in names) + "]"
-    )
     busy = [ld.target.qualified for ld, rows in zip(loads, filled, strict=True) if rows]
     if busy:
         raise TargetNotEmpty(
