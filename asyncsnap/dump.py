@@ -678,7 +678,8 @@ async def _plan_in_snapshot(
     )
     await coordinator.lock(inventory.tables, lock_timeout=options.lock_timeout)
     described = await describe_tables(conn, inventory.tables)
-    catalog = Catalog(server=server, tables=described, types=await read_types(conn))
+    types = await read_types(conn, [t.oid for t in described])
+    catalog = Catalog(server=server, tables=described, types=types)
     states = await read_sequence_states(conn, [p.info for p in inventory.sequences])
     sequence_states = [
         SequenceState(

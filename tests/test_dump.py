@@ -416,3 +416,43 @@ def test_reading_sequences_in_the_snapshot_keeps_no_lock_on_them(db: Database) -
     states, held, in_transaction = anyio.run(go, backend="asyncio")
     assert states == {"s1": (2, True), "s2": (40, False)}
     assert held == 0 and in_transaction
+
+
+def test_the_types_read_for_a_dump_are_those_its_columns_are_made_of(db: Database) -> None:
+    """A dump reads only the types its tables' columns use, to any depth (a domain over
+    an array of a domain over an enum), not every row type of the database; each
+    column's encoding is what all the catalog's types give."""
+    from asyncsnap.catalog import (
+        Column,
+        TypeInfo,
+        describe_tables,
+        list_tables,
+        read_server_info,
+        read_types,
+    )
+    from asyncsnap.encode.render import column_encoding
+
+    db.execute(
+        "CREATE TYPE mood AS ENUM ('ok'); CREATE DOMAIN d1 AS mood; CREATE DOMAIN d2 AS d1[];"
+        "CREATE TYPE unused AS (a int); CREATE TABLE other (u unused);"
+        "CREATE TABLE t (a d2, b int[], c text, d unused)"
+    )
+
+    async def go() -> tuple[dict[int, TypeInfo], dict[int, TypeInfo], list[Column]]:
+        conn = await asyncpg.connect(db.dsn)
+        try:
+            server = await read_server_info(conn)
+            listed = [x for x in await list_tables(conn, server) if x.name == "t"]
+            (table,) = await describe_tables(conn, listed)
+            used = await read_types(conn, [table.oid])
+            every = await read_types(conn)
+            return used, every, list(table.columns)
+        finally:
+            await conn.close()
+
+    used, every, columns = anyio.run(go, backend="asyncio")
+    names = {t.name for t in used.values()}
+    assert {"d2", "_d1", "d1", "mood", "_int4", "int4", "text", "unused"} <= names
+    assert "other" not in names and "_mood" not in names and len(used) < len(every) / 10
+    for column in columns:
+        assert column_encoding(column, used) == column_encoding(column, every)
