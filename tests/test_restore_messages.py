@@ -78,9 +78,7 @@ def test_quiet_restore_keeps_its_stdout_summary_line(
         assert equal.startswith("equal:")
 
 
-def test_tables_with_rows_are_found_across_the_checks_batches(
-    db: Database, tmp_path: Path
-) -> None:
+def test_tables_with_rows_are_found_across_the_checks_batches(db: Database, tmp_path: Path) -> None:
     """The plan checks that the target's tables are empty 200 a query (a round trip per
     table was most of a restore of thousands of small ones): the tables with rows on
     either side of a batch's edge are all named, in the backup's order."""
