@@ -794,9 +794,10 @@ def linearity(args: argparse.Namespace) -> None:
 MANY_DATASETS = ((3_000, 20), (10_000, 3))
 MANY_SCHEMAS = 5
 MANY_BATCH = 500  # tables made per transaction
-# The source has more locks: pg_dump, like asyncsnap's snapshot, locks every table at once
-# and runs out of shared memory on 10,000 tables at the default 64 per transaction. The
-# restore target has PostgreSQL's default lock settings, where pg_restore -j works.
+# The source has more locks: at the default 64 per transaction asyncsnap's dump of 10,000
+# tables runs out of shared memory, its snapshot and the pg_dump that takes the schema each
+# locking every table at once (docs/benchmarks.md). The restore target has PostgreSQL's
+# default lock settings, where pg_restore -j works.
 MANY_SOURCE = {"max_connections": "100", "max_locks_per_transaction": "256"}
 MANY_TARGET = {"max_connections": "100"}
 MANY_RSS_TARGET_MIB = 96  # the 10,000-table dump and restore
