@@ -16,6 +16,7 @@ from typing import Literal
 
 import asyncpg
 
+from .batches import batched
 from .errors import PermissionDenied, some_names
 
 TableKind = Literal["table", "partitioned", "partition"]
@@ -454,6 +455,30 @@ async def read_signatures(conn: asyncpg.Connection, oids: list[int]) -> dict[int
     }
 
 
+# What PostgreSQL sizes its shared lock table by: max_locks_per_transaction for each
+# server process and prepared transaction that can hold locks (lock.c, MaxBackends).
+_LOCK_CAPACITY_SQL = """
+SELECT pg_catalog.current_setting('max_locks_per_transaction')::int
+       * (pg_catalog.current_setting('max_connections')::int
+          + pg_catalog.current_setting('max_prepared_transactions')::int
+          + pg_catalog.current_setting('autovacuum_max_workers')::int + 1
+          + pg_catalog.current_setting('max_worker_processes')::int
+          + pg_catalog.current_setting('max_wal_senders')::int) AS capacity,
+       (SELECT pg_catalog.count(*) FROM pg_catalog.pg_index i
+         WHERE i.indrelid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[])) AS indexes
+"""
+
+
+async def read_lock_capacity(conn: asyncpg.Connection, oids: list[int]) -> tuple[int, int]:
+    """How many locks the server's lock table is sized for, all sessions together, and
+    how many indexes the tables ``oids`` have (pg_dump's catalog functions lock them too).
+    The table can borrow a little spare shared memory beyond its size: a floor, not the
+    exact limit."""
+    row = await conn.fetchrow(_LOCK_CAPACITY_SQL, oids)
+    assert row is not None
+    return row["capacity"], row["indexes"]
+
+
 def describe_change(before: Signature, after: Signature | None) -> str:
     """How a table changed between the snapshot and the lock, for a message."""
     if after is None:
@@ -561,8 +586,7 @@ async def read_sequence_states(
     its own transaction.
     """
     states: dict[int, tuple[int, bool]] = {}
-    for start in range(0, len(sequences), _SEQUENCE_BATCH):
-        batch = sequences[start : start + _SEQUENCE_BATCH]
+    for batch in batched(sequences, _SEQUENCE_BATCH):
         query = " UNION ALL ".join(
             f"SELECT {i}::pg_catalog.int4 AS i, last_value, is_called "
             f"FROM {sql_name(s.schema, s.name)}"

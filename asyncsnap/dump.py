@@ -32,6 +32,7 @@ from .catalog import (
     describe_tables,
     list_sequences,
     list_tables,
+    read_lock_capacity,
     read_sequence_states,
     read_server_info,
     read_types,
@@ -44,6 +45,7 @@ from .database import read_properties
 from .encode.render import encodings
 from .errors import (
     DumpFailed,
+    SnapshotLost,
     StoreFailed,
     TimeLimitExceeded,
     UsageError,
@@ -85,7 +87,13 @@ from .plan import (
 )
 from .prune import prune
 from .session import CONNECTION_LOST, Session, SessionPolicy
-from .snapshot import Coordinator, changed_since_snapshot, snapshot_lost, until_unchanged
+from .snapshot import (
+    Coordinator,
+    changed_since_snapshot,
+    locks_fit_together,
+    snapshot_lost,
+    until_unchanged,
+)
 from .storage.encryption import parse_recipients
 from .storage.files import (
     BackupDirectory,
@@ -174,6 +182,10 @@ class _Planned:
     items: list[WorkItem]
     order: RestoreOrder
     database: DatabaseProperties | None = None  # the database's own (restore --create)
+    # Locked only after pg_dump has taken the schema (``snapshot.locks_fit_together``);
+    # the lock table's size then, for the notice.
+    schema_first: bool = False
+    lock_capacity: int = 0
 
 
 async def dump(
@@ -397,6 +409,9 @@ class _DumpRun:
         self.pool: asyncpg.Pool | None = None
         self.target: BackupTarget | None = None
         self.lock: OutputLock | None = None
+        # pg_dump's archive when it was taken before the locks (``_Planned.schema_first``).
+        self.schema_archive: Path | None = None
+        self.schema_failure: DumpFailed | None = None  # pg_dump's, until the check below
         self.finished = False
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
@@ -418,7 +433,8 @@ class _DumpRun:
                 try:
                     planned, snapshots = await self.take_snapshot(session)
                     pg_dump = await self.pick_pg_dump(planned)
-                    await self.claim_target()
+                    if self.target is None:
+                        await self.claim_target()
                     stored, schema_files = await self.copy(session, planned, pg_dump)
                     body = await self.seal(planned, stored, schema_files)
                     final_path = await self.complete()
@@ -426,10 +442,18 @@ class _DumpRun:
                     raise cancelled_by_server(exc, "a catalog query or lock") from exc
                 except CONNECTION_LOST as exc:
                     raise snapshot_lost() from exc  # the coordinator's own connection died
+                except asyncpg.OutOfMemoryError as exc:
+                    # "out of shared memory": the lock table is full (other sessions' locks
+                    # count too).
+                    raise DumpFailed(
+                        f"server error: {exc.message}",
+                        hint="the server's lock table is full: raise max_locks_per_transaction"
+                        " (a restart), or dump fewer tables at once (-t/-T/-n/-N)",
+                    ) from exc
                 except asyncpg.PostgresError as exc:
                     # Catalog reads and locks failing for a reason not translated nearer.
                     hint = getattr(exc, "hint", None) or "see the server log"
-                    raise DumpFailed(f"server error: {exc}", hint=hint) from exc
+                    raise DumpFailed(f"server error: {exc.message}", hint=hint) from exc
             except BaseException:
                 await self.clean_up()
                 raise
@@ -464,14 +488,63 @@ class _DumpRun:
             if self.pool is None:
                 self.pool = await session.create_pool(max(1, min(self.o.jobs, len(planned.items))))
             tables = planned.inventory.tables
-            return await changed_since_snapshot(conn, self.pool.acquire(), tables)
+            found = await changed_since_snapshot(conn, self.pool.acquire(), tables)
+            failure, self.schema_failure = self.schema_failure, None
+            if failure is not None and not found:
+                raise failure  # pg_dump failed, and not because a table changed
+            return found
 
-        planned, snapshots = await until_unchanged(
-            conn, lambda: _plan_in_snapshot(conn, self.o, self.emit), changed, self.emit
-        )
+        async def plan() -> _Planned:
+            planned = await _plan_in_snapshot(conn, self.o, self.emit)
+            if planned.schema_first:
+                await self.schema_before_locks(session, planned)
+            return planned
+
+        planned, snapshots = await until_unchanged(conn, plan, changed, self.emit)
         for skip in planned.inventory.skipped:
             self.emit(Notice(f"not dumped: {skip.describe()}"))
         return planned, snapshots
+
+    async def schema_before_locks(self, session: Session, planned: _Planned) -> None:
+        """pg_dump's archive of the snapshot, then the snapshot's locks: for a selection
+        whose locks and pg_dump's do not fit in the server's lock table at once. pg_dump
+        holds its own locks while it reads, and ``until_unchanged`` then finds any table
+        that changed between the snapshot and our locks (the archive is taken again on
+        the next snapshot)."""
+        tables = len(planned.inventory.tables)
+        if self.schema_archive is None:  # once, not on each snapshot
+            self.emit(
+                Notice(
+                    f"{count(tables, 'table')}: pg_dump takes the schema before the data is "
+                    f"copied; the server's lock table ({planned.lock_capacity} locks, "
+                    "max_locks_per_transaction x connections) cannot hold pg_dump's locks "
+                    "beside the snapshot's"
+                )
+            )
+        pg_dump = await self.pick_pg_dump(planned)
+        assert pg_dump is not None  # schema_first implies with_schema
+        if self.target is None:
+            await self.claim_target()
+        assert self.target is not None
+        try:
+            self.schema_archive = await _pg_dump_archive(
+                pg_dump,
+                session.params,
+                planned.coordinator.snapshot_id,
+                self.o.pg_dump_selection + _unreadable_excluded(planned.inventory),
+                self.o.lock_timeout,
+                self.target,
+            )
+        except SnapshotLost:
+            raise
+        except DumpFailed as failure:
+            # pg_dump reads some definitions from the present catalog (pg_get_indexdef
+            # and the like): a table rewritten since the snapshot can fail it ("cache
+            # lookup failed for index"). That is a change like any other: the check that
+            # follows finds it and starts over; with no change found, the failure stands.
+            self.schema_failure = failure
+            return
+        await planned.coordinator.lock(planned.inventory.tables, lock_timeout=self.o.lock_timeout)
 
     async def pick_pg_dump(self, planned: _Planned) -> schema.ClientTool | None:
         """The pg_dump for the server's major, before anything is written: a missing tool
@@ -537,7 +610,9 @@ class _DumpRun:
         schema_files: list[BackupSchema] = []
         try:
             async with anyio.create_task_group() as tg:
-                if pg_dump is not None:
+                if pg_dump is not None and self.schema_archive is not None:
+                    tg.start_soon(_store_schema, pg_dump, self.schema_archive, target, schema_files)
+                elif pg_dump is not None:
                     tg.start_soon(
                         _capture_schema,
                         pg_dump,
@@ -676,7 +751,14 @@ async def _plan_in_snapshot(
         large_objects=options.large_objects,
         large_object_counts=object_counts,
     )
-    await coordinator.lock(inventory.tables, lock_timeout=options.lock_timeout)
+    capacity, schema_first = 0, False
+    if options.with_schema:
+        capacity, indexes = await read_lock_capacity(conn, [t.oid for t in inventory.tables])
+        schema_first = not locks_fit_together(
+            tables=len(inventory.tables), indexes=indexes, jobs=options.jobs, capacity=capacity
+        )
+    if not schema_first:  # else after pg_dump (_DumpRun.take_snapshot)
+        await coordinator.lock(inventory.tables, lock_timeout=options.lock_timeout)
     described = await describe_tables(conn, inventory.tables)
     types = await read_types(conn, [t.oid for t in described])
     catalog = Catalog(server=server, tables=described, types=types)
@@ -728,6 +810,8 @@ async def _plan_in_snapshot(
         items=items,
         order=restore_order(described),
         database=database,
+        schema_first=schema_first,
+        lock_capacity=capacity,
     )
 
 
@@ -741,39 +825,62 @@ async def _capture_schema(
     out: list[BackupSchema],
 ) -> None:
     """pg_dump's schema archive of the snapshot, and its plain SQL, into ``schema/``."""
+    archive = await _pg_dump_archive(pg_dump, params, snapshot_id, selection, lock_timeout, backup)
+    await _store_schema(pg_dump, archive, backup, out)
+
+
+async def _pg_dump_archive(
+    pg_dump: schema.ClientTool,
+    params: ConnectParams,
+    snapshot_id: str,
+    selection: list[str],
+    lock_timeout: float,
+    backup: BackupTarget,
+) -> Path:
+    """pg_dump's schema archive of the snapshot, in the backup's scratch directory."""
     directory = await anyio.to_thread.run_sync(backup.scratch_directory)
     temp = directory / ".capture.tmp"
     try:
-        try:
-            await schema.capture(
-                pg_dump,
-                params,
-                snapshot_id=snapshot_id,
-                selection=selection,
-                lock_timeout=lock_timeout,
-                archive=temp,
-            )
-        except DumpFailed as exc:
-            # The coordinator died (so its snapshot is gone): say that, as the copy does.
-            if "invalid snapshot identifier" in exc.message:
-                raise snapshot_lost() from exc
-            raise
-        pg_restore = await anyio.to_thread.run_sync(
-            lambda: schema.pick_pg_restore(pg_dump.major, pg_dump.major)[0]
+        await schema.capture(
+            pg_dump,
+            params,
+            snapshot_id=snapshot_id,
+            selection=selection,
+            lock_timeout=lock_timeout,
+            archive=temp,
         )
-
-        def seal() -> BackupSchema:
-            archive = temp.read_bytes()
-            sql = schema.render_sql(pg_restore, temp)
-            return BackupSchema(
-                pg_dump_version=pg_dump.version,
-                archive=write_content_file(backup, SCHEMA_ARCHIVE_PATH, archive),
-                sql=write_content_file(backup, SCHEMA_SQL_PATH, sql),
-            )
-
-        out.append(await anyio.to_thread.run_sync(seal))
-    finally:
+    except DumpFailed as exc:
         temp.unlink(missing_ok=True)
+        # The coordinator died (so its snapshot is gone): say that, as the copy does.
+        if "invalid snapshot identifier" in exc.message:
+            raise snapshot_lost() from exc
+        raise
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
+
+
+async def _store_schema(
+    pg_dump: schema.ClientTool, archive: Path, backup: BackupTarget, out: list[BackupSchema]
+) -> None:
+    """The archive and its plain SQL as the backup's schema files; the archive's scratch
+    copy then removed (after a failure, with the scratch directory)."""
+    pg_restore = await anyio.to_thread.run_sync(
+        lambda: schema.pick_pg_restore(pg_dump.major, pg_dump.major)[0]
+    )
+
+    def seal() -> BackupSchema:
+        sql = schema.render_sql(pg_restore, archive)
+        stored = BackupSchema(
+            pg_dump_version=pg_dump.version,
+            archive=write_content_file(backup, SCHEMA_ARCHIVE_PATH, archive.read_bytes()),
+            sql=write_content_file(backup, SCHEMA_SQL_PATH, sql),
+        )
+        archive.unlink()
+        return stored
+
+    out.append(await anyio.to_thread.run_sync(seal))
 
 
 def _unreadable_excluded(inventory: Inventory) -> list[str]:

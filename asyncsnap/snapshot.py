@@ -25,6 +25,7 @@ import anyio
 import asyncpg
 import asyncpg.transaction
 
+from .batches import batched
 from .catalog import Table, describe_change, read_signatures, sql_name
 from .errors import DumpFailed, LockTimeout, PermissionDenied, SnapshotLost, some_names
 from .events import EventCallback, Notice
@@ -77,8 +78,7 @@ class Coordinator:
         a migration's ACCESS EXCLUSIVE.
         """
         await self.conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout * 1000)}")
-        for start in range(0, len(tables), LOCK_BATCH):
-            batch = tables[start : start + LOCK_BATCH]
+        for batch in batched(tables, LOCK_BATCH):
             names = ", ".join(f"ONLY {sql_name(t.schema, t.name)}" for t in batch)
             try:
                 await self.conn.execute(
@@ -158,6 +158,18 @@ async def _import(conn: asyncpg.Connection, snapshot_id: str) -> None:
 # (max_locks_per_transaction x max_connections for all sessions) must not fill up with a
 # worker's thousands of small tables.
 CHUNKS_PER_TRANSACTION = 50
+
+
+def locks_fit_together(*, tables: int, indexes: int, jobs: int, capacity: int) -> bool:
+    """Whether the server's lock table (``capacity``: ``catalog.read_lock_capacity``) holds
+    at once the snapshot's locks (every table), pg_dump's (every table again, and the
+    indexes its catalog functions open) and the workers' (a table and an index for each
+    chunk of an open transaction). When it does not, the dump takes the schema first and
+    locks after pg_dump has ended (``dump._DumpRun.take_snapshot``): pg_dump alone
+    needs as many locks as it does without asyncsnap. Estimated high on purpose: a wrong
+    "no" costs the overlap of schema and data, a wrong "yes" fails the dump."""
+    workers = jobs * CHUNKS_PER_TRANSACTION * 2
+    return 2 * tables + indexes + workers <= capacity
 
 
 class SnapshotReader:

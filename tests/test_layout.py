@@ -21,6 +21,7 @@ FORBIDDEN = {
     "text": ("*",),
     "version": ("*",),
     "scratch": ("*",),
+    "batches": ("*",),
     # the format's row fingerprint: what the manifest records, below the format
     "fingerprint": ("*",),
     # the format and the stores know nothing of the commands that use them
@@ -41,7 +42,7 @@ FORBIDDEN = {
     "dump": ("restore", "analysis", "api", "cli"),
 }
 # The allowed exceptions to a "*": the ground may import only the ground.
-GROUND = ("errors", "events", "text", "version")
+GROUND = ("errors", "events", "text", "version", "batches")
 
 # Longer than this is a function to split (a command's option declarations do not count:
 # a Typer command's parameters are its interface, one per option).

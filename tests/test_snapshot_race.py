@@ -23,7 +23,8 @@ from .helpers import manifest_of, read_rows
 _WAITING = """
 SELECT count(*) FROM pg_catalog.pg_locks l
 JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-WHERE NOT l.granted AND a.application_name = 'asyncsnap' AND a.datname = current_database()
+WHERE NOT l.granted AND a.application_name IN ('asyncsnap', 'pg_dump')
+  AND a.datname = current_database()
 """
 
 
@@ -93,9 +94,19 @@ async def dump_while_migrating(
         ),
     ],
 )
+@pytest.mark.parametrize("schema_first", [False, True], ids=["locks-first", "schema-first"])
 def test_table_changed_between_snapshot_and_lock_starts_over(
-    db: Database, tmp_path: Path, migration: str, columns: list[str], rows: list[dict[str, Any]]
+    db: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    migration: str,
+    columns: list[str],
+    rows: list[dict[str, Any]],
+    schema_first: bool,
 ) -> None:
+    if schema_first:  # as when the server's lock table is small (test_dump_locks.py)
+        dump_module = importlib.import_module("asyncsnap.dump")
+        monkeypatch.setattr(dump_module, "locks_fit_together", lambda **_: False)
     db.execute(
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b')"
     )
@@ -110,11 +121,19 @@ def test_table_changed_between_snapshot_and_lock_starts_over(
     assert [c["name"] for c in entry["columns"]] == columns
     assert sorted(read_rows(tmp_path / "b")[("public", "t")], key=lambda r: r["id"]) == rows
     assert asyncsnap.verify(tmp_path / "b").ok
+    # The schema is the new snapshot's too (pg_dump ran again when it came first).
+    sql = (tmp_path / "b" / "schema" / "schema.sql").read_text()
+    (table_sql,) = [part for part in sql.split(";") if "CREATE TABLE public.t " in part]
+    assert [c for c in columns if f"    {c} " in table_sql] == columns
 
 
+@pytest.mark.parametrize("schema_first", [False, True], ids=["locks-first", "schema-first"])
 def test_table_that_keeps_changing_fails_the_dump_naming_it(
-    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schema_first: bool
 ) -> None:
+    if schema_first:
+        dump_module = importlib.import_module("asyncsnap.dump")
+        monkeypatch.setattr(dump_module, "locks_fit_together", lambda **_: False)
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')")
     # The module, not the function the package exports under the same name.
     monkeypatch.setattr(importlib.import_module("asyncsnap.snapshot"), "SNAPSHOT_ATTEMPTS", 1)

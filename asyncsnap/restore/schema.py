@@ -21,6 +21,7 @@ import anyio.to_thread
 import asyncpg
 
 from .. import schema
+from ..batches import batched
 from ..catalog import references_to, sql_name
 from ..connection import ConnectParams, join_uri
 from ..errors import RestoreFailed, VerificationFailed, some_names
@@ -248,8 +249,7 @@ async def _batches(steps: SchemaSteps, section: str, script: str, drops: str) ->
     )
     if expected != len(entries):
         return None
-    size = OBJECTS_PER_TRANSACTION
-    return _Batches(prologue, [pieces[i : i + size] for i in range(0, len(pieces), size)])
+    return _Batches(prologue, [list(b) for b in batched(pieces, OBJECTS_PER_TRANSACTION)])
 
 
 async def _run_batches(conn: asyncpg.Connection, work: _Batches, steps: SchemaSteps) -> None:

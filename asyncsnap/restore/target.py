@@ -36,6 +36,7 @@ from dataclasses import replace
 
 import asyncpg
 
+from ..batches import batched
 from ..catalog import (
     advisory_lock_holder,
     casts_to,
@@ -284,8 +285,7 @@ async def _check_empty(
         return
     busy = []
     # A round trip per _EMPTY_BATCH tables, not per table (ten thousand small tables).
-    for start in range(0, len(loads), _EMPTY_BATCH):
-        batch = loads[start : start + _EMPTY_BATCH]
+    for batch in batched(loads, _EMPTY_BATCH):
         filled = await conn.fetchval(
             "SELECT ARRAY["
             + ", ".join(
