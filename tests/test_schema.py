@@ -23,7 +23,6 @@ from asyncsnap.errors import (
     UsageError,
     VerificationFailed,
 )
-from asyncsnap.format import Backup, BackupSchema, Manifest, SchemaFile
 from asyncsnap.restore.plan import check_options
 from asyncsnap.schema import (
     drop_statements,
@@ -31,12 +30,12 @@ from asyncsnap.schema import (
     script_statements,
     split_statements,
 )
-from asyncsnap.storage.backup import LocalSource
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
 from .helpers import flip_bit_mid_file
 from .test_dump import run_dump
 from .test_restore import copy_schema, digests, run_restore, schema_sql
+from .test_restore_plan import backup_of
 
 # Every kind of object pg_dump knows that a test can make with the server alone; {role}
 # is a role of the server that gets privileges.
@@ -701,28 +700,6 @@ def test_dry_run_predicts_a_missing_insert_privilege(
 # --- the rule that picks the kind of restore, from the options alone (no server) -----
 
 
-def _backup(with_schema: bool) -> Backup:
-    schema = None
-    if with_schema:
-        schema = BackupSchema(
-            "15.18",
-            SchemaFile("schema/schema.pgdump", 1, "a" * 64),
-            SchemaFile("schema/schema.sql", 1, "b" * 64),
-        )
-    return Backup(
-        path=Path("b"),
-        source=LocalSource(Path("b")),
-        manifest=Manifest(
-            format_version=3,
-            compression="zstd",
-            settings={},
-            tables=(),
-            sequences=(),
-            schema=schema,
-        ),
-    )
-
-
 @pytest.mark.parametrize(
     ("with_schema", "options", "expected"),
     [
@@ -742,7 +719,7 @@ def test_the_kind_of_restore_from_the_options(
 ) -> None:
     flags = {"data_only": False, "schema_only": False, "clean": False, "create": False}
     flags.update(options)
-    backup = _backup(with_schema)
+    backup = backup_of(schema=with_schema)
     if expected in (None, "existing"):
         decided = check_options(backup, **flags)
         assert (decided[0] if decided else None) == expected
