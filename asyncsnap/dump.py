@@ -145,7 +145,13 @@ class DumpResult:
     verified: bool  # every file was read back and checked before the rename (--verify)
     large_objects: int = 0  # objects written
     snapshots: int = 1  # snapshots taken: more than one when a table changed under the first
-    manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+    written: manifest.Manifest | None = field(default=None, repr=False)  # the manifest
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest's body as written, built when asked for (for ten thousand tables
+        the dicts take tens of MB)."""
+        return self.written.to_json() if self.written is not None else {}
 
 
 def default_backup_name(output_dir: Path, now: datetime | None = None) -> str:
@@ -655,7 +661,7 @@ class _DumpRun:
             files += [(f.path, f.sha256) for f in captured.files]
         sums = manifest.sha256sums(sorted(files))
         await anyio.to_thread.run_sync(target.write_small_file, manifest.SUMS_NAME, sums)
-        content = manifest.serialize(body.to_json())
+        content = manifest.serialize_manifest(body)
         await anyio.to_thread.run_sync(target.write_small_file, manifest.MANIFEST_NAME, content)
         await _end_snapshot(self.conn)
         return body
@@ -712,7 +718,7 @@ class _DumpRun:
             verified=self.o.verify_output,
             large_objects=lo_file.objects if lo_file is not None else 0,
             snapshots=snapshots,
-            manifest=body.to_json(),
+            written=body,
         )
         self.emit(
             DumpFinished(

@@ -7,7 +7,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asyncsnap import format as manifest
 from asyncsnap.errors import VerificationFailed
@@ -66,3 +69,70 @@ def test_sha256sums_format() -> None:
     assert manifest.sha256sums([("data/a.ndjson.zst", "ab" * 32)]) == (
         f"{'ab' * 32}  data/a.ndjson.zst\n".encode()
     )
+
+
+# --- the dump's manifest serialized a table at a time (issue 24: memory at 10,000 tables)
+
+_NAMES = st.text(
+    st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=12
+)
+_COLUMNS = st.builds(
+    manifest.BackupColumn,
+    name=_NAMES,
+    type=st.sampled_from(["integer", "text", 'public."odd\ntype"', "numeric(10,2)[]"]),
+    encoding=st.sampled_from(["json", "text", "array"]),
+    not_null=st.booleans(),
+    generated=st.none() | _NAMES,
+    identity=st.sampled_from([None, "a", "d"]),
+)
+_FILES = st.builds(
+    manifest.BackupFile,
+    path=_NAMES.map(lambda n: f"data/{n}.ndjson.zst"),
+    rows=st.integers(0, 2**63 - 1),
+    bytes=st.integers(0, 2**40),
+    stored_bytes=st.integers(0, 2**40),
+    sha256=st.just("ab" * 32),
+    longest_line=st.none() | st.integers(1, 2**31),
+    pages=st.none() | st.tuples(st.integers(0, 10**6), st.none() | st.integers(0, 10**6)),
+    fingerprint=st.none() | st.just("cd" * 32),
+)
+_FOREIGN_KEYS = st.builds(
+    manifest.BackupForeignKey,
+    name=_NAMES,
+    columns=st.tuples(_NAMES),
+    references=st.tuples(_NAMES, _NAMES),
+    ref_columns=st.tuples(_NAMES),
+    deferrable=st.booleans(),
+    initially_deferred=st.booleans(),
+)
+_TABLES = st.builds(
+    manifest.BackupTable,
+    schema=_NAMES,
+    name=_NAMES,
+    kind=st.sampled_from(["table", "partitioned"]),
+    parent=st.none() | st.tuples(_NAMES, _NAMES),
+    rows=st.integers(0, 2**63 - 1),
+    columns=st.lists(_COLUMNS, max_size=4).map(tuple),
+    files=st.lists(_FILES, max_size=3).map(tuple),
+    row_security=st.booleans(),
+    primary_key=st.lists(_NAMES, max_size=2).map(tuple),
+    foreign_keys=st.lists(_FOREIGN_KEYS, max_size=2).map(tuple),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tables=st.lists(_TABLES, max_size=6), settings_=st.dictionaries(_NAMES, _NAMES))
+def test_manifest_serialized_a_table_at_a_time_is_the_whole_serialized(
+    tables: list[manifest.BackupTable], settings_: dict[str, str]
+) -> None:
+    written = manifest.Manifest(
+        format_version=manifest.FORMAT_VERSION,
+        compression="zstd",
+        settings=settings_,
+        tables=tuple(tables),
+        sequences=(),
+        started_at="2026-12-05T00:00:00Z",
+    )
+    whole = manifest.serialize(written.to_json())
+    assert manifest.serialize_manifest(written) == whole
+    assert orjson.loads(whole)["tables"] == [t.to_json() for t in tables]
