@@ -646,6 +646,484 @@ fail:
     return result;
 }
 
+/* ------------------------------------------------------ dump: COPY binary -> JSON */
+
+/* The same lines from COPY's binary format: each value's send form rendered exactly as
+ * its output function and the converter above would write it (the session's TimeZone is
+ * UTC and its DateStyle ISO). Per column: */
+enum {
+    D_INT2 = '2',
+    D_INT4 = '4',
+    D_INT8 = '8',
+    D_NUMERIC = 'N',
+    D_BOOL = 'b',
+    D_TIMESTAMP = 't',
+    D_TIMESTAMPTZ = 'z',
+    D_DATE = 'D',
+    D_UUID = 'u',
+    D_BYTEA = 'x',
+    D_STRING = 's', /* text types, enums, json: the bytes as a JSON string */
+    D_JSONB = 'j',  /* jsonb: a version byte (1), then its text as a JSON string */
+    D_RAW = 'r',    /* JSON the server rendered, sent as text: written as it is */
+};
+
+static inline uint16_t be16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint64_t be64(const unsigned char *p)
+{
+    return (uint64_t)be32(p) << 32 | be32(p + 4);
+}
+
+/* The decimal digits of v at p (at most 20); returns how many. */
+static int put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    int n = 0, k;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (k = 0; k < n; k++) p[k] = tmp[n - 1 - k];
+    return n;
+}
+
+static int put_i64(char *p, int64_t v)
+{
+    if (v < 0) {
+        p[0] = '-';
+        return 1 + put_u64(p + 1, (uint64_t)0 - (uint64_t)v);
+    }
+    return put_u64(p, (uint64_t)v);
+}
+
+/* v zero-padded to at least width digits */
+static int put_padded(char *p, uint64_t v, int width)
+{
+    char tmp[20];
+    int n = put_u64(tmp, v), k = 0;
+    while (n + k < width) p[k++] = '0';
+    memcpy(p + k, tmp, (size_t)n);
+    return n + k;
+}
+
+/* numeric_send's fields as get_str_from_var writes them (base 10000 digits). */
+static int put_numeric(Buf *out, const unsigned char *f, size_t len, Err *err, Py_ssize_t line,
+                       int col)
+{
+    int ndigits, weight, d, i;
+    uint16_t sign, dscale;
+    char *p;
+    if (len < 8) goto bad;
+    ndigits = (int16_t)be16(f);
+    weight = (int16_t)be16(f + 2);
+    sign = be16(f + 4);
+    dscale = be16(f + 6);
+    if (ndigits < 0 || len != 8 + 2 * (size_t)ndigits) goto bad;
+    if (sign == 0xC000 || sign == 0xD000 || sign == 0xF000) {
+        const char *s = sign == 0xC000 ? "\"NaN\"" : sign == 0xD000 ? "\"Infinity\"" : "\"-Infinity\"";
+        RESERVE(out, 12);
+        PUTS(out, s, strlen(s));
+        return 0;
+    }
+    if ((sign != 0 && sign != 0x4000) || (dscale & 0xC000)) goto bad;
+    for (i = 0; i < ndigits; i++)
+        if (be16(f + 8 + 2 * i) > 9999) goto bad;
+    /* sign, the integer part's digits (4 per base digit), point, dscale digits */
+    RESERVE(out, 2 + 4 * (size_t)(weight > 0 ? weight + 1 : 1) + 1 + (size_t)dscale + 4);
+    p = out->p + out->len;
+    if (sign == 0x4000) *p++ = '-';
+    if (weight < 0) {
+        d = weight + 1;
+        *p++ = '0';
+    } else {
+        for (d = 0; d <= weight; d++) {
+            int dig = d < ndigits ? be16(f + 8 + 2 * d) : 0, d1, putit = d > 0;
+            d1 = dig / 1000;
+            dig -= d1 * 1000;
+            putit |= d1 > 0;
+            if (putit) *p++ = (char)('0' + d1);
+            d1 = dig / 100;
+            dig -= d1 * 100;
+            putit |= d1 > 0;
+            if (putit) *p++ = (char)('0' + d1);
+            d1 = dig / 10;
+            dig -= d1 * 10;
+            putit |= d1 > 0;
+            if (putit) *p++ = (char)('0' + d1);
+            *p++ = (char)('0' + dig);
+        }
+    }
+    if (dscale > 0) {
+        char *end;
+        *p++ = '.';
+        end = p + dscale;
+        for (i = 0; i < dscale; d++, i += 4) {
+            int dig = d >= 0 && d < ndigits ? be16(f + 8 + 2 * d) : 0;
+            p[0] = (char)('0' + dig / 1000);
+            p[1] = (char)('0' + dig / 100 % 10);
+            p[2] = (char)('0' + dig / 10 % 10);
+            p[3] = (char)('0' + dig % 10);
+            p += 4;
+        }
+        p = end;
+    }
+    out->len = (size_t)(p - out->p);
+    return 0;
+bad:
+    err_set(err, line, col, "unexpected numeric from the server");
+    return -1;
+}
+
+/* PostgreSQL's j2date: a Julian day as year, month, day (proleptic Gregorian). */
+static void j2date(int jd, int *year, int *month, int *day)
+{
+    unsigned int julian = (unsigned int)jd, quad, extra;
+    int y;
+    julian += 32044;
+    quad = julian / 146097;
+    extra = (julian - quad * 146097) * 4 + 3;
+    julian += 60 + quad * 3 + extra / 146097;
+    quad = julian / 1461;
+    julian -= quad * 1461;
+    y = (int)(julian * 4 / 1461);
+    julian = ((y != 0) ? ((julian + 305) % 365) : ((julian + 306) % 366)) + 123;
+    y += (int)quad * 4;
+    *year = y - 4800;
+    quad = julian * 2141 / 65536;
+    *day = (int)(julian - 7834 * quad / 256);
+    *month = (int)((quad + 10) % 12 + 1);
+}
+
+#define POSTGRES_EPOCH_JDATE 2451545
+#define USECS_PER_DAY INT64_C(86400000000)
+
+/* "YYYY-MM-DD" of a Julian day as the ISO DateStyle writes it (years before 1 as
+ * 1 - year, with *bc set). Returns the length. */
+static int put_ymd(char *p, int jd, int *bc)
+{
+    int y, m, d, k;
+    j2date(jd, &y, &m, &d);
+    *bc = y <= 0;
+    k = put_padded(p, (uint64_t)(y > 0 ? y : -(y - 1)), 4);
+    p[k++] = '-';
+    k += put_padded(p + k, (uint64_t)m, 2);
+    p[k++] = '-';
+    k += put_padded(p + k, (uint64_t)d, 2);
+    return k;
+}
+
+/* timestamp(tz)_send's microseconds since 2000-01-01 as put_timestamp writes the text
+ * form (the session is in UTC: the offset is always +00:00). */
+static int put_binary_timestamp(Buf *out, int64_t t, int with_tz, Err *err, Py_ssize_t line,
+                                int col)
+{
+    int64_t date, time;
+    int k = 1, bc;
+    char *p;
+    RESERVE(out, 64);
+    p = out->p + out->len;
+    if (t == INT64_MAX || t == INT64_MIN) {
+        const char *s = t == INT64_MAX ? "\"infinity\"" : "\"-infinity\"";
+        PUTS(out, s, strlen(s));
+        return 0;
+    }
+    date = t / USECS_PER_DAY;
+    time = t - date * USECS_PER_DAY;
+    if (time < 0) {
+        time += USECS_PER_DAY;
+        date -= 1;
+    }
+    date += POSTGRES_EPOCH_JDATE;
+    if (date < 0 || date > INT32_MAX) {
+        err_set(err, line, col, "unexpected timestamp from the server");
+        return -1;
+    }
+    p[0] = '"';
+    k += put_ymd(p + k, (int)date, &bc);
+    p[k++] = 'T';
+    k += put_padded(p + k, (uint64_t)(time / INT64_C(3600000000)), 2);
+    time %= INT64_C(3600000000);
+    p[k++] = ':';
+    k += put_padded(p + k, (uint64_t)(time / 60000000), 2);
+    time %= 60000000;
+    p[k++] = ':';
+    k += put_padded(p + k, (uint64_t)(time / 1000000), 2);
+    time %= 1000000;
+    if (time) {
+        int digits = 6;
+        while (time % 10 == 0) {
+            time /= 10;
+            digits--;
+        }
+        p[k++] = '.';
+        k += put_padded(p + k, (uint64_t)time, digits);
+    }
+    if (with_tz) {
+        memcpy(p + k, "+00:00", 6);
+        k += 6;
+    }
+    if (bc) {
+        memcpy(p + k, " BC", 3);
+        k += 3;
+    }
+    p[k++] = '"';
+    out->len += (size_t)k;
+    return 0;
+}
+
+typedef struct {
+    const char *kinds;
+    Py_ssize_t ncols;
+    const char **prefixes;
+    Py_ssize_t *prefix_lens;
+} BinShape;
+
+/* Where the whole tuples of s[0..n) end (after COPY binary's trailer when it is there):
+ * each tuple is a field count and that many (length, bytes) fields. */
+static size_t binary_whole(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i + 2 <= n) {
+        int16_t fields = (int16_t)be16(s + i);
+        size_t j = i + 2;
+        int k;
+        if (fields == -1) return j;
+        for (k = 0; k < fields; k++) {
+            int32_t len;
+            if (j + 4 > n) return i;
+            len = (int32_t)be32(s + j);
+            j += 4;
+            if (len > 0) {
+                if ((size_t)len > n - j) return i;
+                j += (size_t)len;
+            }
+        }
+        i = j;
+    }
+    return i;
+}
+
+static int binary_to_json(const unsigned char *s, size_t n, const BinShape *shape, Buf *out,
+                          Py_ssize_t *rows_out, size_t *longest_out, Err *err)
+{
+    size_t i = 0, longest = 0;
+    Py_ssize_t line = 0;
+    while (i < n) {
+        size_t line_start = out->len;
+        int16_t fields;
+        int col;
+        if (i + 2 > n) goto cut;
+        fields = (int16_t)be16(s + i);
+        i += 2;
+        if (fields == -1) {
+            if (i != n) {
+                err_set(err, line, -1, "data after the end of the COPY");
+                return -1;
+            }
+            break;
+        }
+        if (fields != shape->ncols) {
+            err_set(err, line, -1, "the row has a different number of columns");
+            return -1;
+        }
+        for (col = 0; col < shape->ncols; col++) {
+            const unsigned char *f;
+            int32_t len;
+            char kind = shape->kinds[col];
+            if (i + 4 > n) goto cut;
+            len = (int32_t)be32(s + i);
+            i += 4;
+            if (len < -1 || (len > 0 && (size_t)len > n - i)) goto cut;
+            f = s + i;
+            RESERVE(out, (size_t)shape->prefix_lens[col] + 64);
+            PUTS(out, shape->prefixes[col], (size_t)shape->prefix_lens[col]);
+            if (len == -1) {
+                PUTS(out, "null", 4);
+                continue;
+            }
+            i += (size_t)len;
+            switch (kind) {
+            case D_INT2:
+                if (len != 2) goto bad;
+                out->len += (size_t)put_i64(out->p + out->len, (int16_t)be16(f));
+                break;
+            case D_INT4:
+                if (len != 4) goto bad;
+                out->len += (size_t)put_i64(out->p + out->len, (int32_t)be32(f));
+                break;
+            case D_INT8:
+                if (len != 8) goto bad;
+                out->len += (size_t)put_i64(out->p + out->len, (int64_t)be64(f));
+                break;
+            case D_BOOL:
+                if (len != 1 || f[0] > 1) goto bad;
+                if (f[0])
+                    PUTS(out, "true", 4);
+                else
+                    PUTS(out, "false", 5);
+                break;
+            case D_NUMERIC:
+                if (put_numeric(out, f, (size_t)len, err, line, col) < 0) return -1;
+                break;
+            case D_TIMESTAMP:
+            case D_TIMESTAMPTZ:
+                if (len != 8) goto bad;
+                if (put_binary_timestamp(out, (int64_t)be64(f), kind == D_TIMESTAMPTZ, err, line,
+                                         col) < 0)
+                    return -1;
+                break;
+            case D_DATE: {
+                int32_t d;
+                int bc, k;
+                if (len != 4) goto bad;
+                d = (int32_t)be32(f);
+                if (d == INT32_MIN || d == INT32_MAX) {
+                    const char *t = d == INT32_MAX ? "\"infinity\"" : "\"-infinity\"";
+                    PUTS(out, t, strlen(t));
+                    break;
+                }
+                if ((int64_t)d + POSTGRES_EPOCH_JDATE < 0) goto bad;
+                PUT(out, '"');
+                k = put_ymd(out->p + out->len, d + POSTGRES_EPOCH_JDATE, &bc);
+                out->len += (size_t)k;
+                if (bc) PUTS(out, " BC", 3);
+                PUT(out, '"');
+                break;
+            }
+            case D_UUID: {
+                int k;
+                if (len != 16) goto bad;
+                PUT(out, '"');
+                for (k = 0; k < 16; k++) {
+                    if (k == 4 || k == 6 || k == 8 || k == 10) PUT(out, '-');
+                    PUT(out, hexdigits[f[k] >> 4]);
+                    PUT(out, hexdigits[f[k] & 15]);
+                }
+                PUT(out, '"');
+                break;
+            }
+            case D_BYTEA: {
+                int32_t k;
+                char *p;
+                RESERVE(out, 2 * (size_t)len + 8);
+                PUTS(out, "\"\\\\x", 4);
+                p = out->p + out->len;
+                for (k = 0; k < len; k++) {
+                    *p++ = hexdigits[f[k] >> 4];
+                    *p++ = hexdigits[f[k] & 15];
+                }
+                out->len += 2 * (size_t)len;
+                PUT(out, '"');
+                break;
+            }
+            case D_JSONB:
+                if (len < 1 || f[0] != 1) goto bad;
+                if (put_quoted(out, (const char *)f + 1, (size_t)len - 1, err) < 0) return -1;
+                break;
+            case D_STRING:
+                if (put_quoted(out, (const char *)f, (size_t)len, err) < 0) return -1;
+                break;
+            case D_RAW:
+                if (len == 0 || memchr(f, '\n', (size_t)len) || memchr(f, '\r', (size_t)len)) {
+                    err_set(err, line, col, "unexpected JSON from the server");
+                    return -1;
+                }
+                RESERVE(out, (size_t)len);
+                PUTS(out, f, (size_t)len);
+                break;
+            default:
+                err_set(err, line, col, "unknown column kind");
+                return -1;
+            }
+            continue;
+        bad:
+            err_set(err, line, col, "unexpected binary value from the server");
+            return -1;
+        }
+        RESERVE(out, 3);
+        if (shape->ncols == 0)
+            PUTS(out, "{}\n", 3);
+        else
+            PUTS(out, "}\n", 2);
+        if (out->len - line_start > longest) longest = out->len - line_start;
+        line++;
+    }
+    *rows_out = line;
+    *longest_out = longest;
+    return 0;
+cut:
+    err_set(err, line, -1, "the tuple ends early");
+    return -1;
+}
+
+static PyObject *py_binary_to_ndjson(PyObject *self, PyObject *args)
+{
+    Py_buffer data, kinds;
+    PyObject *prefixes, *result = NULL;
+    BinShape shape = {NULL, 0, NULL, NULL};
+    Buf buffer = {NULL, 0, 0, NULL, 0}, *out = &buffer;
+    Err err = {{0}, 0, "", -1, -1};
+    Py_ssize_t rows = 0, k;
+    size_t longest = 0;
+    int rc;
+    if (!PyArg_ParseTuple(args, "y*y*O!", &data, &kinds, &PyTuple_Type, &prefixes)) return NULL;
+    shape.ncols = kinds.len;
+    shape.kinds = kinds.buf;
+    if (PyTuple_GET_SIZE(prefixes) != kinds.len) {
+        PyErr_SetString(PyExc_ValueError, "one prefix per column");
+        goto fail;
+    }
+    shape.prefixes = PyMem_Malloc(sizeof(char *) * (size_t)(kinds.len + 1));
+    shape.prefix_lens = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(kinds.len + 1));
+    if (!shape.prefixes || !shape.prefix_lens) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (k = 0; k < kinds.len; k++) {
+        PyObject *p = PyTuple_GET_ITEM(prefixes, k);
+        char *ps;
+        if (PyBytes_AsStringAndSize(p, &ps, &shape.prefix_lens[k]) < 0) goto fail;
+        shape.prefixes[k] = ps;
+    }
+    /* bytea doubles: room for 2.5 times the input, more is grown */
+    if (start_buffer(out, (size_t)data.len + (size_t)data.len) < 0) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = binary_to_json(data.buf, (size_t)data.len, &shape, out, &rows, &longest, &err);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        raise_err(&err);
+        goto fail;
+    }
+    {
+        PyObject *bytes = finish_buffer(out);
+        if (bytes == NULL) goto fail;
+        result = Py_BuildValue("(Nnn)", bytes, rows, (Py_ssize_t)longest);
+    }
+fail:
+    release_buffer(out);
+    PyMem_Free(shape.prefixes);
+    PyMem_Free(shape.prefix_lens);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&kinds);
+    return result;
+}
+
+static PyObject *py_binary_whole(PyObject *self, PyObject *arg)
+{
+    Py_buffer data;
+    size_t end;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0) return NULL;
+    end = binary_whole(data.buf, (size_t)data.len);
+    PyBuffer_Release(&data);
+    return PyLong_FromSize_t(end);
+}
+
 static PyObject *py_json_string(PyObject *self, PyObject *arg)
 {
     Py_buffer data;
@@ -1752,6 +2230,14 @@ static PyMethodDef methods[] = {
      "copy_to_ndjson(data, kinds, prefixes) -> (ndjson, rows, longest_line)\n\n"
      "Whole lines of COPY text output as NDJSON lines; kinds has one letter per column, "
      "prefixes the '{\"name\":' or ',\"name\":' written before each value."},
+    {"binary_to_ndjson", py_binary_to_ndjson, METH_VARARGS,
+     "binary_to_ndjson(data, kinds, prefixes) -> (ndjson, rows, longest_line)\n\n"
+     "Whole tuples of COPY binary output (no header; the trailer may end them) as NDJSON "
+     "lines, the same as copy_to_ndjson writes from the text format; kinds has one letter "
+     "per column: 2/4/8 integers, N numeric, b boolean, t/z timestamp(tz), "
+     "D date, u uuid, x bytea, s string, j jsonb, r server-rendered JSON."},
+    {"binary_whole", py_binary_whole, METH_O,
+     "binary_whole(data) -> int: where the whole tuples of COPY binary data end."},
     {"ndjson_to_copy", py_ndjson_to_copy, METH_VARARGS,
      "ndjson_to_copy(data, names, actions, delimiters) -> (copy_text, rows)\n\n"
      "Whole NDJSON lines as COPY text input; names are the keys expected in order, "

@@ -9,7 +9,8 @@ connection with the run's session policy (``run_chunk_alone``), imports the snap
 copies, and returns the file's ``StoredFile``, which is all the manifest needs of it.
 The local dump runs the same function on its pool's connections (``copy.copy_all``).
 
-The server sends COPY text; ``_Pipe`` turns it into NDJSON on the client's cores, and the
+The server sends COPY (binary where every column has a binary renderer, else text;
+``rowcodec.DumpShape``); ``_Pipe`` turns it into NDJSON on the client's cores, and the
 writer counts, compresses, hashes, encrypts and writes it; the writer is fed from
 asyncpg's COPY sink, so a slow disk slows the server instead of filling memory.
 """
@@ -30,7 +31,7 @@ import asyncpg
 from .catalog import TypeInfo, sql_name
 from .connection import ConnectParams
 from .encode import bigrows
-from .encode.rowcodec import DumpShape, LineSplitter, copy_query
+from .encode.rowcodec import DumpShape, copy_query
 from .errors import (
     DataIntegrityError,
     DumpFailed,
@@ -289,7 +290,7 @@ class _Pipe:
     def __init__(self, shape: DumpShape, writer: DataFileWriter) -> None:
         self._shape = shape
         self._writer = writer
-        self._splitter = LineSplitter()
+        self._splitter = shape.splitter()
         self._pieces: list[bytes] = []
         self._size = 0
         self._inflight: asyncio.Future[None] | None = None
@@ -322,7 +323,8 @@ class _Pipe:
             await inflight
 
     async def flush(self, label: str) -> None:
-        """Convert what arrived; every line must have arrived whole."""
+        """Convert what arrived; every line must have arrived whole. The next COPY starts
+        afresh (a binary one with its header)."""
         await self._submit()
         await self._settle()
         if self._splitter.pending:
@@ -330,6 +332,7 @@ class _Pipe:
                 f"{label}: the COPY data does not end with a whole line",
                 hint="please report this as a bug",
             )
+        self._splitter = self._shape.splitter()
 
     async def abandon(self) -> None:
         """After a failure: wait for the batch in flight (its thread writes to the file
@@ -340,7 +343,7 @@ class _Pipe:
                     await self._inflight
                 self._inflight = None
         self._pieces.clear()
-        self._splitter = LineSplitter()
+        self._splitter = self._shape.splitter()
 
 
 async def _copy_rows(
@@ -354,7 +357,7 @@ async def _copy_rows(
     returns the length of the longest line when one is longer than any value can be
     (written column by column, or converted from a row whose text form fit), else 0.
 
-    The server sends COPY text; ``_Pipe`` turns it into NDJSON on the client's cores. A
+    The server sends COPY text or binary; ``_Pipe`` turns it into NDJSON on the client's cores. A
     row too big for the server to send as one COPY row fails the COPY after the rows
     before it arrived whole. A new transaction in the same snapshot then finds that row,
     writes it with ``bigrows``, and copies the rest of the chunk after it.
@@ -410,10 +413,13 @@ async def _copy_rows(
                             schema_name=table.schema,
                             columns=[c.name for c in table.columns],
                             output=sink,
+                            format=shape.copy_format,
                         )
                     else:
                         status = await conn.copy_from_query(
-                            copy_query(table, shape, chunk.pages, after), output=sink
+                            copy_query(table, shape, chunk.pages, after),
+                            output=sink,
+                            format=shape.copy_format,
                         )
                 except asyncpg.PostgresError as exc:
                     if bigrows.too_big(exc):  # the rows before the big one arrived whole

@@ -22,7 +22,14 @@ import pytest
 from asyncsnap import _rows, verify
 from asyncsnap.catalog import describe_tables, list_tables, read_types
 from asyncsnap.encode.render import select_rows_sql
-from asyncsnap.encode.rowcodec import DumpShape, LineSplitter, LoadShape, column_kind, copy_query
+from asyncsnap.encode.rowcodec import (
+    BINARY_HEADER,
+    DumpShape,
+    LineSplitter,
+    LoadShape,
+    column_kind,
+    copy_query,
+)
 from asyncsnap.format import RENDER_SETTINGS
 
 from .conftest import Database, Postgres, fresh_database
@@ -176,7 +183,7 @@ def test_dump_shape_and_query_are_planned_from_the_catalog() -> None:
         """, "f" FROM ONLY "s""x"."t.y" WHERE ctid >= '(0,0)'::pg_catalog.tid """
         """AND ctid < '(10,0)'::pg_catalog.tid"""
     )
-    assert DumpShape.of(make_table(col("a", 23), col("f", 701)), TYPES).plain_table
+    assert DumpShape.of(make_table(col("a", 23), col("j", 3802)), TYPES).plain_table
     assert shape.prefixes == (b'{"a":', b',"j\\"":', b',"arr":', b',"f":')
 
 
@@ -271,7 +278,9 @@ def empty_copy(postgres: Postgres, db: Database) -> Iterator[Database]:
 
 
 async def _both_paths(dsn: str) -> dict[str, tuple[list[bytes], list[bytes], str]]:
-    """Per table: the server-rendered lines, the fast path's lines and its column kinds."""
+    """Per table: the server-rendered lines, the fast path's lines and its column kinds;
+    for a table the dump reads in COPY's binary format, the text path's lines as well
+    (``text:`` before the table's name)."""
     conn = await asyncpg.connect(dsn, server_settings=dict(RENDER_SETTINGS))
     try:
         tables = await describe_tables(
@@ -289,10 +298,20 @@ async def _both_paths(dsn: str) -> dict[str, tuple[list[bytes], list[bytes], str
             async def sink(data: bytes, pieces: list[bytes] = pieces) -> None:
                 pieces.append(data)
 
-            await conn.copy_from_query(copy_query(table, shape), output=sink)
-            out, _, _ = shape.encode(b"".join(pieces))
+            query = copy_query(table, shape)
+            await conn.copy_from_query(query, output=sink, format=shape.copy_format)
+            data = b"".join(pieces)
+            if shape.binary is not None:
+                data = data.removeprefix(BINARY_HEADER)
+            out, _, _ = shape.encode(data)
             kinds = "".join(column_kind(c, types) for c in table.columns)
             result[table.name] = (sorted(rendered), sorted(out.splitlines(keepends=True)), kinds)
+            if shape.binary is not None:
+                pieces.clear()
+                await conn.copy_from_query(query, output=sink, format="text")
+                out, _, _ = _rows.copy_to_ndjson(b"".join(pieces), shape.kinds, shape.prefixes)
+                lines = sorted(out.splitlines(keepends=True))
+                result["text:" + table.name] = (sorted(rendered), lines, kinds)
         return result
     finally:
         await conn.close()
@@ -307,7 +326,11 @@ def test_fast_path_writes_the_server_rendered_lines_byte_for_byte(db: Database) 
         "tz timestamptz, s text, a int[], fa float8[], j jsonb);"
         "INSERT INTO mixed_kinds VALUES (1, 1.50, -0, true, '2024-01-01 00:00:00.5', "
         "'2024-01-01 00:00+05:45', E'tab\\there', '{1,NULL}', '{0,1.5}', '{\"k\": null}'), "
-        "(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
+        "(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);"
+        # without a float: read in COPY's binary format (and in text, compared too)
+        "CREATE TABLE binary_kinds AS SELECT i, n, b, ts, tz, s, a, j, "
+        "date '0001-01-01 BC' AS d, uuid 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11' AS u, "
+        "bytea '\\x00ff' AS by FROM mixed_kinds"
     )
     paths = anyio.run(_both_paths, db.dsn)
     seen: set[str] = set()
@@ -315,6 +338,7 @@ def test_fast_path_writes_the_server_rendered_lines_byte_for_byte(db: Database) 
         assert fast == rendered, name
         seen.update(kinds)
     assert seen == {"n", "f", "b", "s", "t", "z", "r"}  # every kind was compared
+    assert "text:binary_kinds" in paths  # and the binary format
 
 
 def test_arrays_with_quotes_and_box_delimiters_round_trip(

@@ -15,6 +15,12 @@ column takes"):
   and the bounds test are the server's), sent as one more COPY column; on restore their
   JSON arrays become array literals natively.
 
+A table whose every column is of a type in ``_BINARY_DUMP`` (or an enum, or
+server-rendered) is sent in COPY's binary format instead, and ``_rows.binary_to_ndjson``
+writes the same lines from the send forms: measured less work for the server than text
+(docs/benchmarks.md, "Binary COPY on dump"); ``tests/test_binary_copy.py`` holds the two
+converters to the same bytes on random values of every such type, on every major.
+
 Anything the converter does not expect (a timestamp in another shape, an object where the
 format has none) raises: a line is exact or it is not written.
 """
@@ -43,6 +49,30 @@ _CATALOG_KINDS = {
 }
 SERVER_RENDERED = "r"
 
+# Catalog types the dump reads from COPY's binary format, and how (``_rows.c``'s D_
+# kinds): the converter renders each send form as its output function would. Not floats:
+# their shortest round-trip text (Ryu, on the server) costs the client more than the
+# server saves, and a cast to text inside a binary COPY costs the server more than text
+# COPY (docs/benchmarks.md, "Binary COPY on dump"): a table with one stays on text.
+_BINARY_DUMP = {
+    "int2": "2",
+    "int4": "4",
+    "int8": "8",
+    "numeric": "N",
+    "bool": "b",
+    "timestamp": "t",
+    "timestamptz": "z",
+    "date": "D",
+    "uuid": "u",
+    "bytea": "x",
+    "text": "s",
+    "varchar": "s",
+    "bpchar": "s",
+    "name": "s",
+    "json": "s",
+    "jsonb": "j",
+}
+
 
 def column_kind(column: Column, types: Mapping[int, TypeInfo]) -> str:
     """How the dump's converter writes ``column``: one letter of ``_rows.c``'s kinds."""
@@ -55,6 +85,21 @@ def column_kind(column: Column, types: Mapping[int, TypeInfo]) -> str:
     if info is not None and info.schema == "pg_catalog":
         return _CATALOG_KINDS.get(info.name, "s")
     return "s"
+
+
+def binary_kind(column: Column, types: Mapping[int, TypeInfo]) -> str | None:
+    """How the dump's binary converter writes ``column``; None when it cannot (the table
+    then takes the text format)."""
+    if column_encoding(column, types) == "array":
+        return SERVER_RENDERED  # the server's JSON, sent as text
+    info = resolve_domain(column.type_oid, types)
+    if info is None:
+        return None
+    if info.typtype == "e":
+        return "s"  # enum_send sends the label, as enum_out writes it
+    if info.schema == "pg_catalog":
+        return _BINARY_DUMP.get(info.name)
+    return None
 
 
 def _prefixes(names: list[str]) -> tuple[bytes, ...]:
@@ -76,29 +121,49 @@ class DumpShape:
     # rendered by the server or generated. The server then skips the executor's
     # projection (measured 5-10% less time for pgbench_accounts than the SELECT form).
     plain_table: bool = False
+    # Per column, the binary converter's kind when every column has one: the COPY is
+    # then asked in binary format (measured cheaper for the server, and no dearer for
+    # the client: docs/benchmarks.md, "Binary COPY on dump"); None: text format.
+    binary: bytes | None = None
 
     @classmethod
     def of(cls, table: Table, types: Mapping[int, TypeInfo]) -> DumpShape:
         kinds, exprs = [], []
+        binary: list[str | None] = []
         for column in table.columns:
             kind = column_kind(column, types)
             kinds.append(kind)
+            binary.append(binary_kind(column, types))
             if kind == SERVER_RENDERED:
                 exprs.append(f"({column_json_sql(column, types)})::pg_catalog.text")
             else:
                 exprs.append(quote_ident(column.name))
+        binary_kinds = None if None in binary else "".join(k for k in binary if k)
         return cls(
             kinds="".join(kinds).encode(),
             prefixes=_prefixes([c.name for c in table.columns]),
             select_list=", ".join(exprs),
             plain_table=SERVER_RENDERED not in kinds
             and not any(c.generated for c in table.columns),
+            binary=binary_kinds.encode() if binary_kinds else None,
         )
 
+    @property
+    def copy_format(self) -> str:
+        """The COPY format the converter reads: ``binary`` or ``text``."""
+        return "binary" if self.binary is not None else "text"
+
+    def splitter(self) -> LineSplitter | TupleSplitter:
+        """What keeps the end of a row that has not fully arrived, for this format."""
+        return TupleSplitter() if self.binary is not None else LineSplitter()
+
     def encode(self, lines: bytes | bytearray | memoryview) -> tuple[bytes, int, int]:
-        """Whole lines of COPY text as NDJSON: ``(ndjson, rows, longest line)``. Releases
-        the GIL: call it from a worker thread."""
-        out, rows, longest = _rows.copy_to_ndjson(lines, self.kinds, self.prefixes)
+        """Whole rows of COPY (lines of text, or binary tuples after the header) as NDJSON:
+        ``(ndjson, rows, longest line)``. Releases the GIL: call it from a worker thread."""
+        if self.binary is not None:
+            out, rows, longest = _rows.binary_to_ndjson(lines, self.binary, self.prefixes)
+        else:
+            out, rows, longest = _rows.copy_to_ndjson(lines, self.kinds, self.prefixes)
         return out, rows, longest
 
 
@@ -141,6 +206,42 @@ class LineSplitter:
         if cut < len(data):
             self._tail += memoryview(data)[cut:]
         return lines
+
+    @property
+    def pending(self) -> int:
+        return len(self._tail)
+
+
+class TupleSplitter:
+    """``LineSplitter`` for COPY's binary format: checks and drops the header, then keeps
+    the end of a tuple that has not fully arrived (``_rows.binary_whole`` walks the field
+    lengths). The trailer goes with the last tuples; the converter checks it ends them."""
+
+    def __init__(self) -> None:
+        self._tail = bytearray()
+        self._header = True  # the header has not been read yet
+
+    def whole_lines(self, data: bytes) -> bytes | memoryview:
+        """The whole tuples of what arrived so far, as ``LineSplitter.whole_lines``."""
+        buffer: bytes | bytearray = data
+        if self._tail or self._header:
+            self._tail += data
+            buffer = self._tail
+            if self._header:
+                if len(self._tail) < len(BINARY_HEADER):
+                    return b""
+                if not self._tail.startswith(BINARY_HEADER):
+                    raise ValueError("unexpected COPY binary header from the server")
+                del self._tail[: len(BINARY_HEADER)]
+                self._header = False
+        cut = _rows.binary_whole(buffer)
+        if buffer is data:
+            if cut < len(data):
+                self._tail += memoryview(data)[cut:]
+            return data if cut == len(data) else memoryview(data)[:cut]
+        whole = bytes(memoryview(self._tail)[:cut])
+        del self._tail[:cut]
+        return whole
 
     @property
     def pending(self) -> int:
