@@ -660,6 +660,7 @@ class _DumpRun:
         for captured in schema_files:
             files += [(f.path, f.sha256) for f in captured.files]
         sums = manifest.sha256sums(sorted(files))
+        await anyio.to_thread.run_sync(target.sync_data)  # data files first, then the lists
         await anyio.to_thread.run_sync(target.write_small_file, manifest.SUMS_NAME, sums)
         content = manifest.serialize_manifest(body)
         await anyio.to_thread.run_sync(target.write_small_file, manifest.MANIFEST_NAME, content)

@@ -296,6 +296,11 @@ class BackupTarget(Protocol):
 
     def data_writer(self, stem: str, compression: Compression) -> DataFileWriter: ...
     def write_small_file(self, relpath: str, content: bytes) -> None: ...
+    def sync_data(self) -> None:
+        """Make every data file written so far durable: before SHA256SUMS and the
+        manifest name them."""
+        ...
+
     def scratch_directory(self) -> Path:
         """A private local directory for pg_dump's archive before it is stored."""
         ...
@@ -323,7 +328,8 @@ class BackupDirectory:
         self.recipients = recipients  # age recipients: every file is encrypted to them
         self.final_path = parent / name
         self.path = parent / (name + PARTIAL_SUFFIX)
-        self.store = LocalStore(self.path)  # every file is written through it
+        # Every file is written through it; data files are fsynced together (sync_data).
+        self.store = LocalStore(self.path, deferred_sync=True)
         self._scratch = PrivateScratch()  # used when encrypting: outside the backup
 
     @classmethod
@@ -387,9 +393,13 @@ class BackupDirectory:
     def write_small_file(self, relpath: str, content: bytes) -> None:
         self.store.put(relpath, content)
 
+    def sync_data(self) -> None:
+        self.store.sync()
+
     def commit(self) -> Path:
         """Make the backup visible under its final name; durable once this returns."""
         self._scratch.remove()
+        self.store.sync()  # (the dump's seal did; anything written since)
         try:
             fsync_dir(self.path / DATA_DIR)
             fsync_dir(self.path)

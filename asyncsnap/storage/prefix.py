@@ -304,6 +304,9 @@ class BackupPrefix:
             return
         self.store.put(f"{self.name}/{relpath}", content)
 
+    def sync_data(self) -> None:
+        """Nothing to do: an object is durable once its upload has returned."""
+
     def scratch_directory(self) -> Path:
         return self._scratch.path()
 

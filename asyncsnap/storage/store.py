@@ -19,6 +19,7 @@ import io
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -196,10 +197,12 @@ def write_file_atomic(root: Path, relpath: str, content: bytes) -> None:
 
 class LocalFileSink:
     """A file written under a temporary name (``.NAME.tmp``, created 0600, never an
-    existing one), fsynced and renamed by ``finish``."""
+    existing one), fsynced and renamed by ``finish``; or, given ``unsynced``, renamed and
+    added to it, for its owner to fsync later with the others (``LocalStore.sync``)."""
 
-    def __init__(self, final_path: Path) -> None:
+    def __init__(self, final_path: Path, unsynced: list[str] | None = None) -> None:
         self.final_path = final_path
+        self._unsynced = unsynced
         self.where = str(final_path)
         self.temp_path = final_path.with_name("." + final_path.name + ".tmp")
         try:
@@ -219,12 +222,17 @@ class LocalFileSink:
     def finish(self) -> None:
         assert self._fd is not None
         try:
-            os.fsync(self._fd)
+            if self._unsynced is None:
+                os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
             os.rename(self.temp_path, self.final_path)
         except OSError as exc:
             raise output_error(exc, self.final_path) from exc
+        if self._unsynced is not None:
+            # (a str, not the Path: ten thousand of those weigh some MB; list.append
+            # takes one thread at a time)
+            self._unsynced.append(self.where)
 
     def discard(self) -> None:
         if self._fd is not None:
@@ -235,12 +243,48 @@ class LocalFileSink:
                 path.unlink()
 
 
+# Threads that fsync a deferred batch of files: the kernel writes them back together and
+# commits the journal for many at once. Measured on this project's 2-core VM (ext4), 5,000
+# files of 300 bytes: fsynced one by one as written 12.3 s; fsynced at the end from one
+# thread 5.1 s, from 8 threads 0.6 s. (pg_dump too syncs its files at its end.)
+SYNC_THREADS = 8
+
+
 class LocalStore:
     """A directory of this machine as a store: names are paths below ``root``; a name's
-    folders are created 0700 on write, files 0600, every write fsynced."""
+    folders are created 0700 on write, files 0600, every write fsynced. With
+    ``deferred_sync``, streamed files (``sink``) are fsynced by ``sync`` instead, all at
+    once: their owner calls it before anything names them as written."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, deferred_sync: bool = False) -> None:
         self.root = root
+        self._unsynced: list[str] | None = [] if deferred_sync else None
+
+    def sync(self) -> None:
+        """Make every file streamed since the last call durable, and their folders."""
+        if not self._unsynced:
+            return
+        paths, self._unsynced[:] = list(self._unsynced), []
+        folders = sorted({os.path.dirname(p) for p in paths})
+
+        def fsync_file(path: str) -> None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise output_error(exc, Path(path)) from exc
+
+        with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="asyncsnap-sync") as pool:
+            for _ in pool.map(fsync_file, paths):
+                pass
+        for folder in folders:
+            try:
+                fsync_dir(Path(folder))
+            except OSError as exc:
+                raise output_error(exc, Path(folder)) from exc
 
     @property
     def where(self) -> str:
@@ -294,7 +338,7 @@ class LocalStore:
     def sink(self, name: str) -> Sink:
         path = self._path(name)
         self._folder_for(path)
-        return LocalFileSink(path)
+        return LocalFileSink(path, self._unsynced)
 
     def objects(self, under: str = "") -> list[StoredObject]:
         base = self._path(under) if under else self.root
