@@ -96,6 +96,26 @@ def _write_spliced(
     write(after)
 
 
+def _checksum_by_table(body: dict[str, Any]) -> str:
+    """``checksum(body)`` without the canonical bytes of every table at once (80 MB for
+    fifty thousand tables): each table's are hashed and let go. A body whose tables are
+    not a list, or that holds the placeholder itself, is hashed whole, as before."""
+    tables = body.get("tables")
+    if not isinstance(tables, list):
+        return checksum(body)
+    rest = canonical_bytes({**body, "tables": _TABLES_HERE})
+    if rest.count(_TABLES_HERE_JSON) != 1:
+        return checksum(body)
+    digest = hashlib.sha256()
+    _write_spliced(
+        digest.update,
+        rest,
+        (orjson.dumps(t, option=orjson.OPT_SORT_KEYS) for t in tables),
+        (b"[", b",", b"]"),
+    )
+    return digest.hexdigest()
+
+
 def serialize_manifest(written: Manifest) -> bytes:
     """``serialize(written.to_json())``, byte for byte, without holding every table's
     entry at once, as dicts or as bytes: each is serialized alone, hashed or written, and
@@ -186,7 +206,7 @@ def load_bytes(raw: bytes, path: str) -> dict[str, Any]:
             hint="upgrade asyncsnap",
         )
     stated = body.get(CHECKSUM_KEY)
-    if not isinstance(stated, str) or stated != checksum(body):
+    if not isinstance(stated, str) or stated != _checksum_by_table(body):
         raise VerificationFailed(
             f"{path} does not match its own checksum: it was edited or damaged"
         )
@@ -838,7 +858,11 @@ class Manifest:
         files = _Files(c, local)
         tables: list[BackupTable] = []
         seen_tables: set[Ref] = set()
-        for i, raw in enumerate(c.lst(body.get("tables"), "tables")):
+        raw_tables = c.lst(body.get("tables"), "tables")
+        for i in range(len(raw_tables)):
+            # Each entry's dicts let go once read: for ten thousand tables the parsed
+            # JSON and the typed entries would otherwise be held at once.
+            raw, raw_tables[i] = raw_tables[i], None
             table = _table(c, files, raw, f"tables[{i}]")
             if table.key in seen_tables:
                 raise c.fail(f"tables[{i}]", f"lists {table.qualified} twice")
@@ -1030,7 +1054,8 @@ def safe_relative_path(root: Path | None, relpath: str, checker: _Checker, where
 
 
 def parse(root: Path | str, body: dict[str, Any], source: FileSource) -> Backup:
-    """Check a loaded manifest (``load``) field by field and return it typed.
+    """Check a loaded manifest (``load``) field by field and return it typed. ``body``'s
+    table entries are let go as they are read: it is not for use afterwards.
 
     Every field's type and range, every path (relative, no ``..``, no symlink, inside
     ``root``; the schema files' fixed names), the sums that must agree.

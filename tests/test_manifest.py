@@ -133,4 +133,39 @@ def test_manifest_serialized_a_table_at_a_time_is_the_whole_serialized(
     )
     whole = manifest.serialize(written.to_json())
     assert manifest.serialize_manifest(written) == whole
+    body = written.to_json()
+    assert manifest._checksum_by_table(body) == manifest.checksum(body)
     assert orjson.loads(whole)["tables"] == [t.to_json() for t in tables]
+
+
+@pytest.mark.parametrize("where", ["table name", "setting", "both"])
+def test_manifest_holding_the_checksums_placeholder_is_still_checked_whole(
+    tmp_path: Path, where: str
+) -> None:
+    """A manifest is untrusted input: one that spells the placeholder the reader's
+    table-by-table checksum splices at (no PostgreSQL name can) is hashed whole, so it
+    is accepted exactly when intact."""
+    placeholder = "\x00tables\x00"
+    table = manifest.BackupTable(
+        schema="s",
+        name=placeholder if where != "setting" else "t",
+        kind="table",
+        parent=None,
+        rows=0,
+        columns=(),
+        files=(),
+    )
+    settings = {"x": placeholder} if where != "table name" else {}
+    written = manifest.Manifest(
+        format_version=manifest.FORMAT_VERSION,
+        compression="zstd",
+        settings=settings,
+        tables=(table,),
+        sequences=(),
+    )
+    raw = manifest.serialize(written.to_json())
+    assert manifest.load_bytes(raw, "m")[manifest.CHECKSUM_KEY] == manifest.checksum(
+        written.to_json()
+    )
+    with pytest.raises(VerificationFailed, match="does not match its own checksum"):
+        manifest.load_bytes(raw.replace(b'"rows": 0', b'"rows": 1'), "m")
