@@ -650,12 +650,14 @@ fail:
 
 /* The same lines from COPY's binary format: each value's send form rendered exactly as
  * its output function and the converter above would write it (the session's TimeZone is
- * UTC and its DateStyle ISO). Per column: */
+ * UTC, its DateStyle ISO, its extra_float_digits 3). Per column: */
 enum {
     D_INT2 = '2',
     D_INT4 = '4',
     D_INT8 = '8',
     D_NUMERIC = 'N',
+    D_FLOAT4 = 'e',
+    D_FLOAT8 = 'd',
     D_BOOL = 'b',
     D_TIMESTAMP = 't',
     D_TIMESTAMPTZ = 'z',
@@ -775,6 +777,232 @@ static int put_numeric(Buf *out, const unsigned char *f, size_t len, Err *err, P
 bad:
     err_set(err, line, col, "unexpected numeric from the server");
     return -1;
+}
+
+/* Floats as float4out/float8out write them with extra_float_digits > 0 (PostgreSQL 12+,
+ * src/common/d2s.c and f2s.c, Ryu): the shortest decimal strictly inside the value's
+ * rounding interval (PostgreSQL builds Ryu with STRICTLY_SHORTEST 0: never the exact
+ * midpoint between two floats), the nearest to the value of those, in fixed notation for
+ * decimal exponents -4 to 14 (float4: 5), else d.ddde+XX. Ryu's search runs here step for
+ * step on the interval's ends and the value scaled to integers (vm, vp, vr); Ryu reads
+ * those floors from tables of powers of 5, here they are computed exactly: in 128-bit
+ * arithmetic where they fit (doubles from about 2.4e-4 to 1.7e38), else in a bignum. */
+
+static unsigned __int128 pow10_128[39];
+
+static void init_pow10(void)
+{
+    int k;
+    pow10_128[0] = 1;
+    for (k = 1; k < 39; k++) pow10_128[k] = pow10_128[k - 1] * 10;
+}
+
+/* Non-negative integers of up to 40 32-bit words (1280 bits: a double's m * 2^e2 or
+ * m * 10^k at Ryu's scale needs at most 1140), least significant word first. */
+typedef struct {
+    uint32_t w[40];
+    int n;
+} Big;
+
+static void big_set(Big *b, uint64_t v)
+{
+    b->w[0] = (uint32_t)v;
+    b->w[1] = (uint32_t)(v >> 32);
+    b->n = b->w[1] ? 2 : 1;
+}
+
+static void big_mul(Big *b, uint32_t m)
+{
+    uint64_t carry = 0;
+    int i;
+    for (i = 0; i < b->n; i++) {
+        carry += (uint64_t)b->w[i] * m;
+        b->w[i] = (uint32_t)carry;
+        carry >>= 32;
+    }
+    if (carry) b->w[b->n++] = (uint32_t)carry;
+}
+
+/* b /= d; returns whether nothing was left over */
+static int big_div(Big *b, uint32_t d)
+{
+    uint64_t rest = 0;
+    int i;
+    for (i = b->n - 1; i >= 0; i--) {
+        uint64_t cur = rest << 32 | b->w[i];
+        b->w[i] = (uint32_t)(cur / d);
+        rest = cur % d;
+    }
+    while (b->n > 1 && b->w[b->n - 1] == 0) b->n--;
+    return rest == 0;
+}
+
+static void big_shl(Big *b, int s)
+{
+    int words = s / 32, bits = s % 32, i;
+    uint32_t top = 0;
+    if (bits) {
+        for (i = 0; i < b->n; i++) {
+            uint32_t w = b->w[i];
+            b->w[i] = w << bits | top;
+            top = w >> (32 - bits);
+        }
+        if (top) b->w[b->n++] = top;
+    }
+    if (words) {
+        memmove(b->w + words, b->w, sizeof(uint32_t) * (size_t)b->n);
+        memset(b->w, 0, sizeof(uint32_t) * (size_t)words);
+        b->n += words;
+    }
+}
+
+/* b >> s, as a uint64 (at Ryu's scales the floors fit) */
+static uint64_t big_shr64(const Big *b, int s)
+{
+    int words = s / 32, i;
+    unsigned __int128 t = 0;
+    for (i = 2; i >= 0; i--) t = t << 32 | (words + i < b->n ? b->w[words + i] : 0);
+    return (uint64_t)(t >> (s % 32));
+}
+
+/* floor(x * 2^e2 / 10^e10), e2 and e10 both >= 0 or both <= 0, exactly: in 128 bits where
+ * it fits, else in a Big */
+static uint64_t floor_scaled(uint64_t x, int e2, int e10)
+{
+    Big b;
+    int q;
+    if (e2 >= 0) {
+        if (64 - __builtin_clzll(x) + e2 <= 127 && e10 <= 38)
+            return (uint64_t)(((unsigned __int128)x << e2) / pow10_128[e10]);
+        big_set(&b, x);
+        big_shl(&b, e2);
+        for (q = e10; q >= 9; q -= 9) big_div(&b, 1000000000);
+        if (q) big_div(&b, (uint32_t)pow10_128[q]);
+        return (uint64_t)b.w[0] | (b.n > 1 ? (uint64_t)b.w[1] << 32 : 0);
+    }
+    if (-e10 <= 38 && -e2 < 128 && (unsigned __int128)x <= ~(unsigned __int128)0 / pow10_128[-e10])
+        return (uint64_t)(((unsigned __int128)x * pow10_128[-e10]) >> -e2);
+    big_set(&b, x);
+    for (q = -e10; q >= 9; q -= 9) big_mul(&b, 1000000000);
+    if (q) big_mul(&b, (uint32_t)pow10_128[q]);
+    return big_shr64(&b, -e2);
+}
+
+static int pow5_factor(uint64_t v)
+{
+    int n = 0;
+    while (v % 5 == 0) {
+        v /= 5;
+        n++;
+    }
+    return n;
+}
+
+/* PostgreSQL's d2d (single: f2d) with STRICTLY_SHORTEST 0, step for step, on exact floors
+ * in place of Ryu's tables: m2 * 2^e2 is the value, e2 lowered by 2 for the quarter units
+ * of mv = 4 * m2. *out is the digits, *exp10 the exponent of the last one. */
+static void shortest_digits(uint64_t m2, int e2, int mm_shift, int single, uint64_t *out,
+                            int *exp10)
+{
+    const uint64_t mv = 4 * m2, mp = mv + 2, mm = mv - 1 - (uint64_t)mm_shift;
+    uint64_t vr, vp, vm;
+    int q, e10, removed = 0, vr_tz = 0;
+    uint8_t last = 0;
+    if (e2 >= 0) {
+        /* log10(2^e2); d2s one less above 2^3 */
+        q = (int)(((uint64_t)e2 * 78913) >> 18) - (!single && e2 > 3);
+        e10 = q;
+    } else {
+        /* log10(5^-e2); d2s one less above -e2 = 1 */
+        q = (int)(((uint64_t)-e2 * 732923) >> 20) - (!single && -e2 > 1);
+        e10 = q + e2;
+    }
+    vr = floor_scaled(mv, e2, e10);
+    vp = floor_scaled(mp, e2, e10);
+    vm = floor_scaled(mm, e2, e10);
+    if (single && q != 0 && (vp - 1) / 10 <= vm / 10)
+        last = (uint8_t)(floor_scaled(mv, e2, e10 - 1) % 10); /* f2s: one digit more */
+    if (e2 >= 0) {
+        if (q <= (single ? 9 : 21)) {
+            if (mv % 5 == 0)
+                vr_tz = pow5_factor(mv) >= q;
+            else
+                vp -= pow5_factor(mp) >= q; /* the upper end is not taken */
+        }
+    } else if (q <= 1) {
+        vr_tz = 1;
+        vp--;
+    } else if (q < (single ? 31 : 63)) {
+        vr_tz = (mv & ((UINT64_C(1) << (q - 1)) - 1)) == 0; /* Ryu's bound, as it is */
+    }
+    while (vp / 10 > vm / 10) {
+        vr_tz &= last == 0;
+        last = (uint8_t)(vr % 10);
+        vr /= 10;
+        vp /= 10;
+        vm /= 10;
+        removed++;
+    }
+    if (vr_tz && last == 5 && vr % 2 == 0) last = 4; /* exactly half: to even */
+    *out = vr + (vr == vm || last >= 5);
+    *exp10 = e10 + removed;
+}
+
+/* float4out (single) / float8out's text for the value of these bits into p; returns the
+ * length. */
+static int float_text(uint64_t bits, int single, char *p)
+{
+    const int mbits = single ? 23 : 52, ebits = single ? 8 : 11, bias = single ? 127 : 1023;
+    const uint64_t mantissa = bits & ((UINT64_C(1) << mbits) - 1);
+    const int exponent = (int)((bits >> mbits) & ((1u << ebits) - 1));
+    const int sign = (int)((bits >> (mbits + ebits)) & 1);
+    char digits[24];
+    int n, x, k = 0, i;
+    uint64_t out;
+    if (exponent == (1 << ebits) - 1) {
+        if (mantissa) {
+            memcpy(p, "NaN", 3);
+            return 3;
+        }
+        if (sign) p[k++] = '-';
+        memcpy(p + k, "Infinity", 8);
+        return k + 8;
+    }
+    if (sign) p[k++] = '-';
+    if (exponent == 0 && mantissa == 0) {
+        p[k++] = '0';
+        return k;
+    }
+    {
+        uint64_t m2 = exponent ? (UINT64_C(1) << mbits) | mantissa : mantissa;
+        int e2 = (exponent ? exponent : 1) - bias - mbits - 2, e10;
+        shortest_digits(m2, e2, mantissa != 0 || exponent <= 1, single, &out, &e10);
+        n = put_u64(digits, out);
+        x = e10 + n - 1;
+    }
+    if (x >= -4 && x < (single ? 6 : 15)) {
+        if (x < 0) {
+            memcpy(p + k, "0.", 2);
+            k += 2;
+            for (i = -1; i > x; i--) p[k++] = '0';
+            memcpy(p + k, digits, (size_t)n);
+            return k + n;
+        }
+        for (i = 0; i <= x || i < n; i++) {
+            if (i == x + 1) p[k++] = '.';
+            p[k++] = i < n ? digits[i] : '0';
+        }
+        return k;
+    }
+    p[k++] = digits[0];
+    if (n > 1) {
+        p[k++] = '.';
+        memcpy(p + k, digits + 1, (size_t)(n - 1));
+        k += n - 1;
+    }
+    p[k++] = 'e';
+    p[k++] = x < 0 ? '-' : '+';
+    return k + put_padded(p + k, (uint64_t)(x < 0 ? -x : x), 2);
 }
 
 /* PostgreSQL's j2date: a Julian day as year, month, day (proleptic Gregorian). */
@@ -965,6 +1193,24 @@ static int binary_to_json(const unsigned char *s, size_t n, const BinShape *shap
                 else
                     PUTS(out, "false", 5);
                 break;
+            case D_FLOAT4:
+            case D_FLOAT8: {
+                /* as K_FLOAT: a number, or a string where it is not one (and "-0") */
+                uint64_t bits;
+                char text[40];
+                int k;
+                if (len != (kind == D_FLOAT4 ? 4 : 8)) goto bad;
+                bits = kind == D_FLOAT4 ? be32(f) : be64(f);
+                k = float_text(bits, kind == D_FLOAT4, text);
+                if (text[k - 1] >= '0' && text[k - 1] <= '9' && !(k == 2 && text[0] == '-' && text[1] == '0')) {
+                    PUTS(out, text, (size_t)k);
+                } else {
+                    PUT(out, '"');
+                    PUTS(out, text, (size_t)k);
+                    PUT(out, '"');
+                }
+                break;
+            }
             case D_NUMERIC:
                 if (put_numeric(out, f, (size_t)len, err, line, col) < 0) return -1;
                 break;
@@ -2234,7 +2480,7 @@ static PyMethodDef methods[] = {
      "binary_to_ndjson(data, kinds, prefixes) -> (ndjson, rows, longest_line)\n\n"
      "Whole tuples of COPY binary output (no header; the trailer may end them) as NDJSON "
      "lines, the same as copy_to_ndjson writes from the text format; kinds has one letter "
-     "per column: 2/4/8 integers, N numeric, b boolean, t/z timestamp(tz), "
+     "per column: 2/4/8 integers, N numeric, e/d float4/8, b boolean, t/z timestamp(tz), "
      "D date, u uuid, x bytea, s string, j jsonb, r server-rendered JSON."},
     {"binary_whole", py_binary_whole, METH_O,
      "binary_whole(data) -> int: where the whole tuples of COPY binary data end."},
@@ -2274,6 +2520,7 @@ PyMODINIT_FUNC PyInit__rows(void)
 {
     PyObject *m;
     init_tables();
+    init_pow10();
     if (sha256_md == NULL) sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
 #ifdef HAVE_SHA_NI_PATH
     {

@@ -3,7 +3,8 @@ the lines it writes are byte for byte those of the text path, which ``test_fastp
 holds to the server-rendered lines.
 
 The fuzz stores random values of every type the binary path renders (integer extremes,
-numerics of huge and tiny weights and scales, NaN and the infinities, timestamps from
+numerics of huge and tiny weights and scales, NaN and the infinities, float4 and float8
+values of every size, -0 and subnormals among them, timestamps from
 4714 BC to 294276 AD and at infinity, dates to 5874897 AD, every code point in strings,
 random bytes, JSON with odd whitespace, enum labels with quotes, a domain, an array) in a
 real server's table, reads them back with COPY in both formats and compares the converters'
@@ -14,7 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import decimal
+import fractions
 import json
+import math
 import random
 import struct
 from typing import Any
@@ -38,21 +42,20 @@ from .test_render import TYPES, col, make_table
 
 
 def test_tables_of_rendered_types_take_binary() -> None:
-    """int4, an array (server-rendered, as text), jsonb, an enum."""
-    table = make_table(col("a", 23), col("arr", 20006), col("j", 3802), col("e", 20005))
-    shape = DumpShape.of(table, TYPES)
-    assert shape.binary == b"4rjs" and shape.copy_format == "binary"
-    assert shape.select_list.startswith('"a", (CASE WHEN')
+    """int4, a domain over float8, an array (server-rendered, as text), jsonb, an enum."""
+    table = make_table(col("a", 23), col("f", 20000), col("arr", 20006), col("j", 3802))
+    shape = DumpShape.of(make_table(*table.columns, col("e", 20005)), TYPES)
+    assert shape.binary == b"4drjs" and shape.copy_format == "binary"
+    assert shape.select_list.startswith('"a", "f", (CASE WHEN')
     assert not shape.plain_table  # the array needs the SELECT
-    plain = DumpShape.of(make_table(col("a", 23), col("j", 3802)), TYPES)
-    assert plain.binary == b"4j" and plain.plain_table
+    plain = DumpShape.of(make_table(col("a", 23), col("f", 701), col("j", 3802)), TYPES)
+    assert plain.binary == b"4dj" and plain.plain_table
 
 
-@pytest.mark.parametrize("oid", [20004, 701, 20000])  # an extension's type, floats
-def test_a_type_without_a_binary_renderer_keeps_the_table_on_text(oid: int) -> None:
-    shape = DumpShape.of(make_table(col("a", 23), col("x", oid)), TYPES)
+def test_a_type_without_a_binary_renderer_keeps_the_table_on_text() -> None:
+    shape = DumpShape.of(make_table(col("a", 23), col("g", 20004)), TYPES)  # an extension's
     assert shape.binary is None and shape.copy_format == "text"
-    assert shape.select_list == '"a", "x"'
+    assert shape.select_list == '"a", "g"'
 
 
 # -- the converter, without a server -------------------------------------------------------
@@ -112,11 +115,12 @@ def test_tuples_cut_anywhere_are_kept_for_the_next_piece() -> None:
 def test_damaged_binary_data_raises_and_never_crashes() -> None:
     """Random mutations of valid tuples of every kind: a line, or ValueError."""
     rng = random.Random(24)
-    kinds = b"248NbtzDuxsjr"
+    kinds = b"248NbtzDuxsjred"
     row = [
         b"\x00\x01", b"\x00\x00\x00\x02", b"\x00" * 7 + b"\x03",
         b"\x00\x02\x00\x00\x00\x00\x00\x02\x00\x01\x13\x88", b"\x01", b"\x00" * 8, b"\x00" * 8,
         b"\x00" * 4, bytes(range(16)), b"\x00\xff", "é".encode(), b"\x01{}", b"[1]",
+        b"\x3f\xc0\x00\x00", b"\x3f\xf8" + bytes(6),
     ]  # fmt: skip
     prefixes = tuple(b"," + f'"c{i}"'.encode() + b":" for i in range(len(kinds)))
     valid = tuple_of(*row)
@@ -128,6 +132,75 @@ def test_damaged_binary_data_raises_and_never_crashes() -> None:
         data = data[: rng.randint(0, len(data))]
         with contextlib.suppress(ValueError):
             _rows.binary_to_ndjson(bytes(data), kinds, prefixes)
+
+
+def float_line(bits: int, single: bool) -> bytes:
+    data = struct.pack(">hiI" if single else ">hiQ", 1, 4 if single else 8, bits)
+    out, _, _ = _rows.binary_to_ndjson(data, b"e" if single else b"d", (b'{"a":',))
+    return out[5:-2]
+
+
+def _value(bits: int, single: bool) -> fractions.Fraction:
+    return fractions.Fraction(
+        struct.unpack(">f" if single else ">d", struct.pack(">I" if single else ">Q", bits))[0]
+    )
+
+
+def shortest(bits: int, single: bool) -> decimal.Decimal:
+    """The shortest decimal strictly inside the rounding interval of this positive float
+    (the midpoints to its neighbours: PostgreSQL never writes a midpoint), the nearest to
+    it of those (a tie to the even digit): exact rational arithmetic."""
+    f = _value(bits, single)
+    top = 0x7F7FFFFF if single else 0x7FEFFFFFFFFFFFFF
+    lower = (_value(bits - 1, single) + f) / 2 if bits > 1 else f / 2
+    upper = (f + _value(bits + 1, single)) / 2 if bits < top else f + (f - lower)
+    for p in range(1, 18):
+        nearest = decimal.Decimal(f"{float(f):.{p - 1}e}")
+        step = decimal.Decimal(1).scaleb(nearest.adjusted() - p + 1)
+        found = [
+            c
+            for c in (nearest - step, nearest, nearest + step)
+            if c > 0 and lower < fractions.Fraction(c) < upper
+        ]
+        if found:
+            return min(
+                found, key=lambda c: (abs(fractions.Fraction(c) - f), c.as_tuple()[1][-1] % 2)
+            )
+    raise AssertionError("no decimal of 17 digits reads back")
+
+
+def pg_float_text(bits: int, single: bool) -> bytes:
+    """float4out/float8out (extra_float_digits > 0) as to_json writes them, from
+    ``shortest``: fixed notation for decimal exponents
+    -4 to 14 (float4: 5), else d.ddde+XX; NaN, the infinities and -0 as strings."""
+    x = struct.unpack(">f" if single else ">d", struct.pack(">I" if single else ">Q", bits))[0]
+    if x != x or x in (float("inf"), float("-inf")) or (x == 0 and math.copysign(1, x) < 0):
+        return b'"' + float_text(x).replace("-0.0", "-0").encode() + b'"'
+    if x == 0:
+        return b"0"
+    value = shortest(bits & (0x7FFFFFFF if single else 2**63 - 1), single).normalize()
+    sign = b"-" if x < 0 else b""
+    x10 = value.adjusted()
+    if -4 <= x10 < (6 if single else 15):
+        return sign + format(value, "f").encode()
+    digits = "".join(map(str, value.as_tuple().digits))
+    body = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+    return sign + f"{body}e{'-' if x10 < 0 else '+'}{abs(x10):02d}".encode()
+
+
+@settings(max_examples=3000, deadline=None, database=None)
+@given(
+    bits=st.integers(0, 2**64 - 1)
+    | st.floats().map(lambda x: struct.unpack(">Q", struct.pack(">d", x))[0])
+)
+def test_float8_renders_as_shortest_round_trip(bits: int) -> None:
+    assert float_line(bits, False) == pg_float_text(bits, False)
+
+
+@settings(max_examples=3000, deadline=None, database=None)
+@given(bits=st.integers(0, 2**32 - 1))
+def test_float4_renders_as_shortest_round_trip(bits: int) -> None:
+    assert float_line(bits, True) == pg_float_text(bits, True)
 
 
 # -- random values against a real server ---------------------------------------------------
@@ -142,6 +215,8 @@ COLUMNS = [
     ("i4", "int4"),
     ("i8", "int8"),
     ("n", "numeric"),
+    ("f4", "float4"),
+    ("f8", "float8"),
     ("b", "bool"),
     ("ts", "timestamp"),
     ("tz", "timestamptz"),
@@ -200,6 +275,11 @@ def numerics(infinities: bool) -> st.SearchStrategy[str]:
     return st.one_of(finite, st.sampled_from(special))
 
 
+def float_text(x: float) -> str:
+    """A float literal the server reads back as exactly ``x`` (shortest round trip)."""
+    return "NaN" if x != x else repr(x).replace("inf", "Infinity")
+
+
 def rows_of(infinities: bool) -> st.SearchStrategy[list[list[str | None]]]:
     strings = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"))
     json_values = st.recursive(
@@ -220,6 +300,19 @@ def rows_of(infinities: bool) -> st.SearchStrategy[list[list[str | None]]]:
         "int4": st.integers(-(2**31), 2**31 - 1).map(str),
         "int8": st.integers(-(2**63), 2**63 - 1).map(str),
         "numeric": numerics(infinities),
+        # dyadic values (few mantissa bits) too: where Ryu's ties and exact ends are
+        "float4": st.floats(width=32).map(float_text)
+        | st.builds(
+            lambda m, e: float_text(m * 2.0**e), st.integers(-4096, 4096), st.integers(-149, 100)
+        )
+        | st.sampled_from(["1e-45", "1.1754944e-38", "3.4028235e+38", "1e6", "123456"]),
+        "float8": st.floats().map(float_text)
+        | st.builds(
+            lambda m, e: float_text(m * 2.0**e),
+            st.integers(-(2**20), 2**20),
+            st.integers(-1074, 1000),
+        )
+        | st.sampled_from(["5e-324", "2.2250738585072014e-308", "1e15", "1e16", "1e-5", "-0"]),
         "bool": st.sampled_from(["t", "f"]),
         "timestamp": instants.map(timestamp_text) | st.sampled_from(["infinity", "-infinity"]),
         "timestamptz": instants.map(lambda us: timestamp_text(us, "+00"))
@@ -257,7 +350,7 @@ async def _lines_both_ways(dsn: str, rows: list[list[str | None]]) -> dict[str, 
         )
         types = await read_types(conn)
         shape = DumpShape.of(table, types)
-        assert shape.binary == b"248NbtzDuxsssssjs4r"
+        assert shape.binary == b"248NedbtzDuxsssssjs4r"
         query = copy_query(table, shape)
         text: list[bytes] = []
         splitter, binary = TupleSplitter(), []

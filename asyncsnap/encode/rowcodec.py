@@ -50,15 +50,16 @@ _CATALOG_KINDS = {
 SERVER_RENDERED = "r"
 
 # Catalog types the dump reads from COPY's binary format, and how (``_rows.c``'s D_
-# kinds): the converter renders each send form as its output function would. Not floats:
-# their shortest round-trip text (Ryu, on the server) costs the client more than the
-# server saves, and a cast to text inside a binary COPY costs the server more than text
-# COPY (docs/benchmarks.md, "Binary COPY on dump"): a table with one stays on text.
+# kinds): the converter renders each send form as its output function would (floats as
+# PostgreSQL 12+'s shortest round trip, as extra_float_digits 3 asks on every major the
+# dump supports).
 _BINARY_DUMP = {
     "int2": "2",
     "int4": "4",
     "int8": "8",
     "numeric": "N",
+    "float4": "e",
+    "float8": "d",
     "bool": "b",
     "timestamp": "t",
     "timestamptz": "z",
