@@ -51,6 +51,7 @@ from .errors import (
     UsageError,
     VerificationFailed,
     most_telling,
+    server_error,
     some_names,
 )
 from .events import DumpFinished, DumpStarted, EventCallback, Notice
@@ -448,18 +449,11 @@ class _DumpRun:
                     raise cancelled_by_server(exc, "a catalog query or lock") from exc
                 except CONNECTION_LOST as exc:
                     raise snapshot_lost() from exc  # the coordinator's own connection died
-                except asyncpg.OutOfMemoryError as exc:
-                    # "out of shared memory": the lock table is full (other sessions' locks
-                    # count too).
-                    raise DumpFailed(
-                        f"server error: {exc.message}",
-                        hint="the server's lock table is full: raise max_locks_per_transaction"
-                        " (a restart), or dump fewer tables at once (-t/-T/-n/-N)",
-                    ) from exc
                 except asyncpg.PostgresError as exc:
-                    # Catalog reads and locks failing for a reason not translated nearer.
-                    hint = getattr(exc, "hint", None) or "see the server log"
-                    raise DumpFailed(f"server error: {exc.message}", hint=hint) from exc
+                    # Catalog reads and locks failing for a reason not translated nearer
+                    # (a full lock table: other sessions' locks count too).
+                    message, hint = server_error(exc, "dump fewer tables at once (-t/-T/-n/-N)")
+                    raise DumpFailed(f"server error: {message}", hint=hint) from exc
             except BaseException:
                 await self.clean_up()
                 raise

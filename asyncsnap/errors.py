@@ -205,3 +205,22 @@ def most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
             if isinstance(exc, kind):
                 return exc
     return leaves[0]
+
+
+# SQLSTATE 53200, "out of shared memory": in practice the server's lock table is full.
+_OUT_OF_SHARED_MEMORY = "53200"
+
+
+def server_error(exc: BaseException, fewer: str) -> tuple[str, str]:
+    """A server error's one-line message and its hint: the server's own message (asyncpg's
+    ``str`` appends the HINT and DETAIL lines), and its hint, or for a full lock table one
+    that names the setting and ``fewer`` (how to ask for fewer tables at once)."""
+    message = getattr(exc, "message", None) or str(exc)
+    if getattr(exc, "sqlstate", None) == _OUT_OF_SHARED_MEMORY:
+        hint = (
+            "the server's lock table is full: raise max_locks_per_transaction "
+            f"(a restart), or {fewer}"
+        )
+    else:
+        hint = getattr(exc, "hint", None) or "see the server log"
+    return message, hint

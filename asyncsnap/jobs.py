@@ -38,6 +38,7 @@ from .errors import (
     LockTimeout,
     PermissionDenied,
     StatementTimeout,
+    server_error,
 )
 from .events import (
     PROGRESS_INTERVAL,
@@ -229,9 +230,9 @@ async def run_chunk(
         except asyncpg.PostgresError as exc:
             if connection_gone(conn):  # e.g. the transaction's exit after the backend died
                 raise _lost(item, exc) from exc
+            message, hint = server_error(exc, "dump fewer tables at once (-t/-T/-n/-N)")
             raise DumpFailed(
-                f"server error while copying {item.label}: {exc}",
-                hint=getattr(exc, "hint", None) or "see the server log",
+                f"server error while copying {item.label}: {message}", hint=hint
             ) from exc
         stored = await anyio.to_thread.run_sync(_seal, writer)
     except BaseException:

@@ -131,6 +131,20 @@ def test_dump_with_both_lock_sets_at_once_runs_out_of_locks(
     assert not any(tmp_path.iterdir())
 
 
+async def _fill_lock_table(dsn: str, room: int) -> asyncpg.Connection:
+    """A session holding advisory locks until the lock table is full, whatever spare
+    shared memory earlier tests left it, then giving ``room`` back; close it to free."""
+    holder = await asyncpg.connect(dsn)
+    held = 0
+    with contextlib.suppress(asyncpg.OutOfMemoryError):
+        while True:
+            await holder.execute(f"SELECT pg_catalog.pg_advisory_lock({held + 1})")
+            held += 1
+    for key in range(held, held - room, -1):
+        await holder.execute(f"SELECT pg_catalog.pg_advisory_unlock({key})")
+    return holder
+
+
 def test_a_full_lock_table_fails_the_dump_in_one_line_with_a_hint(
     small_lock_table: Server, tmp_path: Path
 ) -> None:
@@ -138,17 +152,9 @@ def test_a_full_lock_table_fails_the_dump_in_one_line_with_a_hint(
     (the server's message without its own hint), and a hint that says which setting."""
 
     async def dump_beside_a_holder() -> None:
-        holder = await asyncpg.connect(small_lock_table.dsn())
+        # Room for the dump's catalog reads, not for its locks.
+        holder = await _fill_lock_table(small_lock_table.dsn(), room=60)
         try:
-            # Advisory locks until the lock table is full, whatever spare shared memory
-            # earlier tests left it; then room for the dump's catalog reads, not its locks.
-            held = 0
-            with contextlib.suppress(asyncpg.OutOfMemoryError):
-                while True:
-                    await holder.execute(f"SELECT pg_catalog.pg_advisory_lock({held + 1})")
-                    held += 1
-            for key in range(held, held - 60, -1):
-                await holder.execute(f"SELECT pg_catalog.pg_advisory_unlock({key})")
             await asyncsnap.dump(
                 small_lock_table.dsn(), output=tmp_path, name="b", jobs=2, with_schema=False
             )
@@ -159,5 +165,25 @@ def test_a_full_lock_table_fails_the_dump_in_one_line_with_a_hint(
         anyio.run(dump_beside_a_holder)
     assert caught.value.message == "server error: out of shared memory"
     assert caught.value.hint is not None
-    assert "max_locks_per_transaction" in caught.value.hint
+    assert "lock table is full: raise max_locks_per_transaction" in caught.value.hint
     assert not any(tmp_path.iterdir())
+
+
+def test_a_full_lock_table_fails_compare_in_one_line_with_a_hint(
+    small_lock_table: Server, tmp_path: Path
+) -> None:
+    _dump(small_lock_table, tmp_path, [])
+
+    async def compare_beside_a_holder() -> None:
+        holder = await _fill_lock_table(small_lock_table.dsn(), room=60)
+        try:
+            await asyncsnap.compare(tmp_path / "b", small_lock_table.dsn())
+        finally:
+            await holder.close()
+
+    with pytest.raises(DumpFailed) as caught:
+        anyio.run(compare_beside_a_holder)
+    assert caught.value.message == "server error: out of shared memory"
+    assert caught.value.hint is not None
+    assert "lock table is full" in caught.value.hint
+    assert "compare fewer tables at once" in caught.value.hint

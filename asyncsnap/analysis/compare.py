@@ -44,7 +44,7 @@ from ..catalog import (
 from ..comparison import CompareResult, SequenceComparison, TableComparison
 from ..connection import ConnectionSpec, ConnectParams, resolve
 from ..copy import CopyContext, close_pool, copy_all
-from ..errors import DumpFailed, UsageError, most_telling
+from ..errors import DumpFailed, UsageError, most_telling, server_error
 from ..events import EventCallback
 from ..fingerprint import RowFingerprint, combine
 from ..format import Backup, BackupFile, BackupSequence, BackupTable, Compression
@@ -386,9 +386,8 @@ async def _database_side(
         except CONNECTION_LOST as exc:
             raise snapshot_lost() from exc
         except asyncpg.PostgresError as exc:
-            raise DumpFailed(
-                f"server error: {exc}", hint=getattr(exc, "hint", None) or "see the server log"
-            ) from exc
+            message, hint = server_error(exc, "compare fewer tables at once (-t/-T)")
+            raise DumpFailed(f"server error: {message}", hint=hint) from exc
     finally:
         if pool is not None:
             await close_pool(pool)

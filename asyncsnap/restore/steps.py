@@ -43,6 +43,7 @@ from ..errors import (
     RestoreFailed,
     UsageError,
     VerificationFailed,
+    server_error,
 )
 from ..events import EventCallback, Notice, RestoreStarted
 from ..format import Backup
@@ -260,10 +261,8 @@ class _RestoreRun:
                 hint=self._committed() or "restore as the tables' owner or grant INSERT",
             ) from exc
         except asyncpg.PostgresError as exc:
-            raise RestoreFailed(
-                f"server error: {exc}",
-                hint=self._committed() or getattr(exc, "hint", None) or "see the server log",
-            ) from exc
+            message, hint = server_error(exc, "restore fewer tables at once (-t/-T)")
+            raise RestoreFailed(f"server error: {message}", hint=self._committed() or hint) from exc
         except AsyncsnapError as exc:
             told = self._committed(created=self.creating is not None)
             if told:
