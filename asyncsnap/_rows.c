@@ -662,6 +662,9 @@ enum {
     D_TIMESTAMP = 't',
     D_TIMESTAMPTZ = 'z',
     D_DATE = 'D',
+    D_TIME = 'T',
+    D_TIMETZ = 'Z',
+    D_INTERVAL = 'I', /* in the iso_8601 IntervalStyle the session pins */
     D_UUID = 'u',
     D_BYTEA = 'x',
     D_STRING = 's', /* text types, enums, json: the bytes as a JSON string */
@@ -1102,6 +1105,101 @@ static int put_binary_timestamp(Buf *out, int64_t t, int with_tz, Err *err, Py_s
     return 0;
 }
 
+/* seconds, and a fraction of up to six digits without its trailing zeros (AppendSeconds) */
+static int put_seconds(char *p, int64_t sec, int64_t fsec, int pad)
+{
+    int k = pad ? put_padded(p, (uint64_t)sec, 2) : put_u64(p, (uint64_t)sec);
+    if (fsec) {
+        int digits = 6;
+        while (fsec % 10 == 0) {
+            fsec /= 10;
+            digits--;
+        }
+        p[k++] = '.';
+        k += put_padded(p + k, (uint64_t)fsec, digits);
+    }
+    return k;
+}
+
+/* time_send's microseconds since midnight as time_out writes them: HH:MM:SS[.f] */
+static int time_text(char *p, int64_t t)
+{
+    int k = put_padded(p, (uint64_t)(t / INT64_C(3600000000)), 2);
+    t %= INT64_C(3600000000);
+    p[k++] = ':';
+    k += put_padded(p + k, (uint64_t)(t / 60000000), 2);
+    t %= 60000000;
+    p[k++] = ':';
+    return k + put_seconds(p + k, t / 1000000, t % 1000000, 1);
+}
+
+/* timetz's zone, seconds west of UTC, as EncodeTimezone writes it: +hh[:mm[:ss]] */
+static int zone_text(char *p, int32_t tz)
+{
+    int64_t sec = tz < 0 ? -(int64_t)tz : tz, min = sec / 60, hour;
+    int k = 0;
+    sec -= min * 60;
+    hour = min / 60;
+    min -= hour * 60;
+    p[k++] = tz <= 0 ? '+' : '-';
+    k += put_padded(p + k, (uint64_t)hour, 2);
+    if (sec != 0 || min != 0) {
+        p[k++] = ':';
+        k += put_padded(p + k, (uint64_t)min, 2);
+    }
+    if (sec != 0) {
+        p[k++] = ':';
+        k += put_padded(p + k, (uint64_t)sec, 2);
+    }
+    return k;
+}
+
+/* interval_send's microseconds, days and months as interval_out writes them in the
+ * iso_8601 IntervalStyle (EncodeInterval): P1Y2M3DT4H5M6.5S, each part with its own sign,
+ * PT0S for zero; infinity and -infinity (17+) */
+static int interval_text(char *p, int64_t time, int32_t days, int32_t months)
+{
+    int64_t year = months / 12, mon = months % 12, hour, min, sec, fsec;
+    int k = 0;
+    if (time == INT64_MAX && days == INT32_MAX && months == INT32_MAX) {
+        memcpy(p, "infinity", 8);
+        return 8;
+    }
+    if (time == INT64_MIN && days == INT32_MIN && months == INT32_MIN) {
+        memcpy(p, "-infinity", 9);
+        return 9;
+    }
+    hour = time / INT64_C(3600000000);
+    time -= hour * INT64_C(3600000000);
+    min = time / 60000000;
+    time -= min * 60000000;
+    sec = time / 1000000;
+    fsec = time - sec * 1000000;
+    if (!year && !mon && !days && !hour && !min && !sec && !fsec) {
+        memcpy(p, "PT0S", 4);
+        return 4;
+    }
+    p[k++] = 'P';
+#define ISO_PART(v, c)                  \
+    if (v) {                            \
+        k += put_i64(p + k, (int64_t)v); \
+        p[k++] = c;                     \
+    }
+    ISO_PART(year, 'Y')
+    ISO_PART(mon, 'M')
+    ISO_PART(days, 'D')
+    if (hour || min || sec || fsec) p[k++] = 'T';
+    ISO_PART(hour, 'H')
+    ISO_PART(min, 'M')
+#undef ISO_PART
+    if (sec || fsec) {
+        if (sec < 0 || fsec < 0) p[k++] = '-';
+        k += put_seconds(p + k, sec < 0 ? -sec : sec, fsec < 0 ? -fsec : fsec, 0);
+        p[k++] = 'S';
+    }
+    return k;
+}
+
 typedef struct {
     const char *kinds;
     Py_ssize_t ncols;
@@ -1236,6 +1334,27 @@ static int binary_to_json(const unsigned char *s, size_t n, const BinShape *shap
                 k = put_ymd(out->p + out->len, d + POSTGRES_EPOCH_JDATE, &bc);
                 out->len += (size_t)k;
                 if (bc) PUTS(out, " BC", 3);
+                PUT(out, '"');
+                break;
+            }
+            case D_TIME:
+            case D_TIMETZ:
+            case D_INTERVAL: {
+                char text[96];
+                int k;
+                if (kind == D_TIME && len == 8)
+                    k = time_text(text, (int64_t)be64(f));
+                else if (kind == D_TIMETZ && len == 12) {
+                    k = time_text(text, (int64_t)be64(f));
+                    k += zone_text(text + k, (int32_t)be32(f + 8));
+                } else if (kind == D_INTERVAL && len == 16)
+                    k = interval_text(text, (int64_t)be64(f), (int32_t)be32(f + 8),
+                                      (int32_t)be32(f + 12));
+                else
+                    goto bad;
+                RESERVE(out, (size_t)k + 2);
+                PUT(out, '"');
+                PUTS(out, text, (size_t)k);
                 PUT(out, '"');
                 break;
             }
@@ -2481,7 +2600,8 @@ static PyMethodDef methods[] = {
      "Whole tuples of COPY binary output (no header; the trailer may end them) as NDJSON "
      "lines, the same as copy_to_ndjson writes from the text format; kinds has one letter "
      "per column: 2/4/8 integers, N numeric, e/d float4/8, b boolean, t/z timestamp(tz), "
-     "D date, u uuid, x bytea, s string, j jsonb, r server-rendered JSON."},
+     "D date, T time, Z timetz, I interval, u uuid, x bytea, s string, j jsonb, "
+     "r server-rendered JSON."},
     {"binary_whole", py_binary_whole, METH_O,
      "binary_whole(data) -> int: where the whole tuples of COPY binary data end."},
     {"ndjson_to_copy", py_ndjson_to_copy, METH_VARARGS,

@@ -4,11 +4,12 @@ holds to the server-rendered lines.
 
 The fuzz stores random values of every type the binary path renders (integer extremes,
 numerics of huge and tiny weights and scales, NaN and the infinities, float4 and float8
-values of every size, -0 and subnormals among them, timestamps from
-4714 BC to 294276 AD and at infinity, dates to 5874897 AD, every code point in strings,
-random bytes, JSON with odd whitespace, enum labels with quotes, a domain, an array) in a
-real server's table, reads them back with COPY in both formats and compares the converters'
-lines, and the server's own ``row_to_json`` lines, on every major (``versions``).
+values of every size, -0 and subnormals among them, timestamps from 4714 BC to 294276 AD
+and at infinity, dates to 5874897 AD, times with zones, intervals of every sign, every
+code point in strings, random bytes, JSON with odd whitespace, enum labels with quotes, a
+domain, an array) in a real server's table, reads them back with COPY in both formats and
+compares the converters' lines, and the server's own ``row_to_json`` lines, on every
+major (``versions``).
 """
 
 from __future__ import annotations
@@ -115,12 +116,13 @@ def test_tuples_cut_anywhere_are_kept_for_the_next_piece() -> None:
 def test_damaged_binary_data_raises_and_never_crashes() -> None:
     """Random mutations of valid tuples of every kind: a line, or ValueError."""
     rng = random.Random(24)
-    kinds = b"248NbtzDuxsjred"
+    kinds = b"248NbtzDuxsjredTZI"
     row = [
         b"\x00\x01", b"\x00\x00\x00\x02", b"\x00" * 7 + b"\x03",
         b"\x00\x02\x00\x00\x00\x00\x00\x02\x00\x01\x13\x88", b"\x01", b"\x00" * 8, b"\x00" * 8,
         b"\x00" * 4, bytes(range(16)), b"\x00\xff", "é".encode(), b"\x01{}", b"[1]",
-        b"\x3f\xc0\x00\x00", b"\x3f\xf8" + bytes(6),
+        b"\x3f\xc0\x00\x00", b"\x3f\xf8" + bytes(6), bytes(7) + b"\x01",
+        bytes(7) + b"\x01\xff\xff\xff\xf0", bytes(7) + b"\x01" + b"\xff" * 8,
     ]  # fmt: skip
     prefixes = tuple(b"," + f'"c{i}"'.encode() + b":" for i in range(len(kinds)))
     valid = tuple_of(*row)
@@ -221,6 +223,9 @@ COLUMNS = [
     ("ts", "timestamp"),
     ("tz", "timestamptz"),
     ("d", "date"),
+    ("ti", "time"),
+    ("tt", "timetz"),
+    ("iv", "interval"),
     ("u", "uuid"),
     ("by", "bytea"),
     ("t", "text"),
@@ -259,6 +264,23 @@ def timestamp_text(us: int, zone: str = "") -> str:
     return text + (" BC" if y <= 0 else "")
 
 
+def time_text(us: int) -> str:
+    secs, frac = divmod(us, 1_000_000)
+    return f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{frac:06d}"
+
+
+def zone_text(seconds_east: int) -> str:
+    sign = "-" if seconds_east < 0 else "+"
+    minutes, secs = divmod(abs(seconds_east), 60)
+    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}:{secs:02d}"
+
+
+def interval_time(us: int) -> str:
+    """Microseconds as fields each within int32 (PostgreSQL 14's interval input limit)."""
+    hours, rest = divmod(us, 3_600_000_000)
+    return f"{hours} hours {rest // 1_000_000} seconds {rest % 1_000_000} microseconds"
+
+
 def numerics(infinities: bool) -> st.SearchStrategy[str]:
     """Numeric literals: many digits on both sides of the point, exponents that move it far
     (weights and scales of hundreds of base-10000 digits), zeros that set the scale."""
@@ -280,7 +302,8 @@ def float_text(x: float) -> str:
     return "NaN" if x != x else repr(x).replace("inf", "Infinity")
 
 
-def rows_of(infinities: bool) -> st.SearchStrategy[list[list[str | None]]]:
+def rows_of(infinities: bool, major: int) -> st.SearchStrategy[list[list[str | None]]]:
+    later = ["infinity", "-infinity"] if major >= 17 else []  # infinite intervals: 17+
     strings = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"))
     json_values = st.recursive(
         st.none()
@@ -319,6 +342,19 @@ def rows_of(infinities: bool) -> st.SearchStrategy[list[list[str | None]]]:
         | st.sampled_from(["infinity", "-infinity"]),
         "date": st.integers(MIN_DATE, END_DATE - 1).map(date_text)
         | st.sampled_from(["infinity", "-infinity"]),
+        "time": st.integers(0, 86_400_000_000).map(time_text),
+        "timetz": st.builds(
+            lambda us, zone: time_text(us) + zone_text(zone),
+            st.integers(0, 86_400_000_000),
+            st.integers(-57599, 57599) | st.sampled_from([0, 3600, -19800, 45296]),
+        ),
+        "interval": st.builds(
+            lambda months, days, us: f"{months} months {days} days {interval_time(us)}",
+            st.integers(-(2**31) + 1, 2**31 - 1) | st.integers(-30, 30),
+            st.integers(-(2**31) + 1, 2**31 - 1) | st.integers(-40, 40),
+            st.integers(-(2**62), 2**62) | st.integers(-(10**10), 10**10),
+        )
+        | st.sampled_from(["0", "-1 microseconds", "1 year -1 second", "-1.5 seconds", *later]),
         "uuid": st.uuids().map(str),
         "bytea": st.binary(max_size=40).map(lambda b: "\\x" + b.hex()),
         "text": strings,
@@ -350,7 +386,7 @@ async def _lines_both_ways(dsn: str, rows: list[list[str | None]]) -> dict[str, 
         )
         types = await read_types(conn)
         shape = DumpShape.of(table, types)
-        assert shape.binary == b"248NedbtzDuxsssssjs4r"
+        assert shape.binary == b"248NedbtzDTZIuxsssssjs4r"
         query = copy_query(table, shape)
         text: list[bytes] = []
         splitter, binary = TupleSplitter(), []
@@ -394,7 +430,7 @@ def _fuzz(db: Database, examples: int) -> None:
         database=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
-    @given(rows=rows_of(infinities))
+    @given(rows=rows_of(infinities, db.server_version // 10000))
     def check(rows: list[list[str | None]]) -> None:
         lines = anyio.run(_lines_both_ways, db.dsn, rows)
         assert lines["binary"] == lines["text"]

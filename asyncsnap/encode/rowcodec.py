@@ -64,6 +64,9 @@ _BINARY_DUMP = {
     "timestamp": "t",
     "timestamptz": "z",
     "date": "D",
+    "time": "T",
+    "timetz": "Z",
+    "interval": "I",  # in the iso_8601 IntervalStyle (format.RENDER_SETTINGS)
     "uuid": "u",
     "bytea": "x",
     "text": "s",
@@ -240,9 +243,10 @@ class TupleSplitter:
             if cut < len(data):
                 self._tail += memoryview(data)[cut:]
             return data if cut == len(data) else memoryview(data)[:cut]
-        whole = bytes(memoryview(self._tail)[:cut])
-        del self._tail[:cut]
-        return whole
+        # handed over, not copied (a tuple of hundreds of MB arrives in many pieces); the
+        # rest, most often a piece of one tuple, starts the next tail
+        whole, self._tail = self._tail, bytearray(memoryview(self._tail)[cut:])
+        return memoryview(whole)[:cut]
 
     @property
     def pending(self) -> int:
