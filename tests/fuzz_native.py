@@ -88,6 +88,21 @@ def ndjson_to_binary(data: bytes) -> None:
     _check("ndjson_to_binary", rng, ref.ref_ndjson_to_binary, lines, names, kinds)
 
 
+def binary_to_ndjson(data: bytes) -> None:
+    rng, raw = _case(data)
+    case, kinds, prefixes = ref.random_binary_case(rng)
+    at = rng.randrange(len(case) + 1)  # the fuzzer's bytes anywhere among the tuples
+    tuples = case[:at] + raw + case[at:]
+    _check("binary_to_ndjson", rng, ref.ref_binary_to_ndjson, tuples, kinds, prefixes)
+
+
+def binary_whole(data: bytes) -> None:
+    rng, raw = _case(data)
+    case = ref.random_binary_case(rng)[0]
+    at = rng.randrange(len(case) + 1)
+    _check("binary_whole", rng, ref.ref_binary_whole, case[:at] + raw + case[at:])
+
+
 def json_string(data: bytes) -> None:
     rng, raw = _case(data)
     _check("json_string", rng, ref.json_quote, raw)
@@ -116,6 +131,8 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
         copy_to_ndjson,
         ndjson_to_copy,
         ndjson_to_binary,
+        binary_to_ndjson,
+        binary_whole,
         json_string,
         line_fingerprint,
         line_columns,

@@ -29,6 +29,7 @@ import os
 import random
 import re
 import struct
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -956,10 +957,179 @@ def fuzz_json_string(rounds: int) -> None:
     assert tally.accepted == rounds
 
 
+# -- the reference: COPY binary tuples (dump) -> NDJSON --------------------------------------
+# The kinds whose rendering is plain enough to state again here; numbers with a
+# renderer of their own (numeric, floats, timestamps, dates, times, intervals) are held
+# against the server's text in tests/test_binary_copy.py.
+BINARY_KINDS = "248bsxujr"
+_INT_SIZES = {"2": 2, "4": 4, "8": 8}
+
+
+def ref_binary_whole(data: bytes) -> int:
+    """Where the whole tuples of COPY binary data end: after the trailer (-1) when it
+    is there, else after the last tuple whose every field arrived."""
+    i = 0
+    while i + 2 <= len(data):
+        fields = int.from_bytes(data[i : i + 2], "big", signed=True)
+        j = i + 2
+        if fields == -1:
+            return j
+        for _ in range(max(fields, 0)):
+            if j + 4 > len(data):
+                return i
+            length = int.from_bytes(data[j : j + 4], "big", signed=True)
+            j += 4
+            if length > 0:
+                if length > len(data) - j:
+                    return i
+                j += length
+        i = j
+    return i
+
+
+def binary_json_value(kind: str, field: bytes) -> bytes:
+    """One binary field's JSON, as docs/format.md says the dump writes the type's value."""
+    if kind in _INT_SIZES:
+        if len(field) != _INT_SIZES[kind]:
+            raise Invalid("an integer of another size")
+        return str(int.from_bytes(field, "big", signed=True)).encode()
+    if kind == "b":
+        if field not in (b"\x00", b"\x01"):
+            raise Invalid("not a boolean")
+        return b"true" if field == b"\x01" else b"false"
+    if kind == "s":
+        return json_quote(field)
+    if kind == "x":
+        return b'"\\\\x' + field.hex().encode() + b'"'
+    if kind == "u":
+        if len(field) != 16:
+            raise Invalid("not a uuid")
+        return b'"' + str(uuid.UUID(bytes=field)).encode() + b'"'
+    if kind == "j":
+        if not field or field[0] != 1:
+            raise Invalid("not jsonb version 1")
+        return json_quote(field[1:])
+    if kind == "r":  # JSON the server rendered, sent as text: as it is, on one line
+        if not field or b"\n" in field or b"\r" in field:
+            raise Invalid("not a server-rendered JSON value")
+        return field
+    raise AssertionError(kind)
+
+
+def ref_binary_to_ndjson(
+    data: bytes, kinds: bytes, prefixes: tuple[bytes, ...]
+) -> tuple[bytes, int, int]:
+    """Whole COPY binary tuples (after the header; the trailer may end them) as NDJSON
+    lines: ``(ndjson, rows, longest line)``."""
+    out, i, rows, longest = [], 0, 0, 0
+    while i < len(data):
+        if i + 2 > len(data):
+            raise Invalid("the tuple ends early", rows)
+        fields = int.from_bytes(data[i : i + 2], "big", signed=True)
+        i += 2
+        if fields == -1:
+            if i != len(data):
+                raise Invalid("data after the end of the COPY", rows)
+            break
+        if fields != len(kinds):
+            raise Invalid("another number of columns", rows)
+        line = []
+        for col, kind in enumerate(kinds.decode()):
+            if i + 4 > len(data):
+                raise Invalid("the tuple ends early", rows)
+            length = int.from_bytes(data[i : i + 4], "big", signed=True)
+            i += 4
+            if length < -1 or length > len(data) - i:
+                raise Invalid("the tuple ends early", rows)
+            line.append(prefixes[col])
+            if length == -1:
+                line.append(b"null")
+                continue
+            field = data[i : i + length]
+            i += length
+            try:
+                line.append(binary_json_value(kind, field))
+            except Invalid as exc:
+                raise Invalid(str(exc), rows) from None
+        line.append(b"}\n" if kinds else b"{}\n")
+        text = b"".join(line)
+        out.append(text)
+        longest = max(longest, len(text))
+        rows += 1
+    return b"".join(out), rows, longest
+
+
+def random_binary_field(rng: random.Random, kind: str) -> bytes:
+    """A field of ``kind`` (its length first), NULL now and then, a wrong size rarely."""
+    if rng.random() < 0.1:
+        return b"\xff\xff\xff\xff"
+    if kind in _INT_SIZES:
+        size = _INT_SIZES[kind] if rng.random() < 0.95 else rng.choice((1, 2, 4, 8))
+        value = rng.choice((0, -1, 1, 2 ** (8 * size - 1) - 1, -(2 ** (8 * size - 1))))
+        value = (
+            value
+            if rng.random() < 0.5
+            else rng.randrange(-(2 ** (8 * size - 1)), 2 ** (8 * size - 1))
+        )
+        raw = value.to_bytes(size, "big", signed=True)
+    elif kind == "b":
+        raw = bytes([rng.choice((0, 1, 1, 0, 2))])
+    elif kind == "u":
+        raw = bytes(rng.randrange(256) for _ in range(rng.choice((16, 16, 16, 15))))
+    elif kind == "x":
+        raw = random_bytes(rng)
+    elif kind == "j":
+        raw = bytes([rng.choice((1, 1, 1, 2))]) + random_text(rng).encode()
+    elif kind == "r":
+        raw = json.dumps(random_json_value(rng), ensure_ascii=False).encode()
+        if rng.random() < 0.05:
+            raw += rng.choice((b"\n", b"\r", b""))
+    else:
+        raw = random_text(rng).encode() if rng.random() < 0.8 else random_bytes(rng)
+    return len(raw).to_bytes(4, "big", signed=True) + raw
+
+
+def random_binary_case(rng: random.Random) -> tuple[bytes, bytes, tuple[bytes, ...]]:
+    kinds = "".join(rng.choice(BINARY_KINDS) for _ in range(rng.choice((0, 1, 1, 2, 3, 6))))
+    names = [random_name(rng) for _ in kinds]
+    prefixes = tuple((b"{" if i == 0 else b",") + json_quote(n) + b":" for i, n in enumerate(names))
+    tuples = [
+        len(kinds).to_bytes(2, "big") + b"".join(random_binary_field(rng, k) for k in kinds)
+        for _ in range(rng.choice((0, 1, 1, 2, 4)))
+    ]
+    data = b"".join(tuples) + (b"\xff\xff" if rng.random() < 0.5 else b"")
+    out = bytearray(data)
+    for _ in range(rng.choice((0, 0, 0, 1, 1, 2))):  # a byte changed, cut or added
+        at = rng.randrange(len(out) + 1)
+        action = rng.randrange(3)
+        if action == 0 and at < len(out):
+            out[at] = rng.randrange(256)
+        elif action == 1:
+            del out[at:]
+        else:
+            out[at:at] = bytes([rng.randrange(256)])
+    return bytes(out), kinds.encode(), prefixes
+
+
+def fuzz_binary_to_ndjson(rounds: int) -> None:
+    rng = rng_for("binary_to_ndjson")
+    tally, whole = Tally("binary_to_ndjson"), Tally("binary_whole")
+    for _ in range(rounds):
+        data, kinds, prefixes = random_binary_case(rng)
+        native_args = (as_buffer(rng, data), kinds, prefixes)
+        tally.check(
+            _rows.binary_to_ndjson, native_args, ref_binary_to_ndjson, (data, kinds, prefixes)
+        )
+        whole.check(_rows.binary_whole, (as_buffer(rng, data),), ref_binary_whole, (data,))
+    tally.assert_both_sides(rounds)
+    assert whole.accepted == rounds
+
+
 FUZZERS = [
     fuzz_copy_to_ndjson,
     fuzz_ndjson_to_copy,
     fuzz_ndjson_to_binary,
+    fuzz_binary_to_ndjson,
     fuzz_lines,
     fuzz_json_string,
 ]
@@ -997,6 +1167,19 @@ def test_reference_knows_the_documented_examples() -> None:
         b"\x00\x02\x00\x00\x00\x02\x80\x00\x00\x00\x00\x01\x01",
         1,
     )
+    tuple_ = (
+        b"\x00\x05"
+        + b"\x00\x00\x00\x04\xff\xff\xff\xfe"  # int4 -2
+        + b"\x00\x00\x00\x01\x01"  # true
+        + b'\x00\x00\x00\x02a"'  # text a"
+        + b"\x00\x00\x00\x02\x00\xff"  # bytea
+        + b"\xff\xff\xff\xff"  # NULL uuid
+    )
+    names = tuple((b"{" if i == 0 else b",") + b'"%c":' % c for i, c in enumerate(b"abcde"))
+    line = b'{"a":-2,"b":true,"c":"a\\"","d":"\\\\x00ff","e":null}\n'
+    assert ref_binary_to_ndjson(tuple_ + b"\xff\xff", b"4bsxu", names) == (line, 1, len(line))
+    assert ref_binary_whole(tuple_ + tuple_[:-3]) == len(tuple_)
+    assert ref_binary_whole(tuple_ + b"\xff\xff" + b"junk") == len(tuple_) + 2
     assert json_quote(b'\x01"\\\n\x7f\xc3\xa9') == b'"\\u0001\\"\\\\\\n\x7f\xc3\xa9"'
     for bad in (b'{"a":"\\ud800"}\n', b'{"a":"\xc0\x80"}\n', b'{"a":"\\u0000"}\n', b'{"a":01}\n'):
         with pytest.raises(Invalid):
