@@ -15,6 +15,7 @@ major (``versions``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import decimal
 import fractions
@@ -33,7 +34,13 @@ from hypothesis import strategies as st
 from asyncsnap import _rows
 from asyncsnap.catalog import describe_tables, list_tables, read_types
 from asyncsnap.encode.render import select_rows_sql
-from asyncsnap.encode.rowcodec import BINARY_HEADER, DumpShape, TupleSplitter, copy_query
+from asyncsnap.encode.rowcodec import (
+    BINARY_HEADER,
+    BINARY_TOAST_LIMIT,
+    DumpShape,
+    TupleSplitter,
+    copy_query,
+)
 from asyncsnap.format import RENDER_SETTINGS
 
 from .conftest import Database
@@ -57,6 +64,16 @@ def test_a_type_without_a_binary_renderer_keeps_the_table_on_text() -> None:
     shape = DumpShape.of(make_table(col("a", 23), col("g", 20004)), TYPES)  # an extension's
     assert shape.binary is None and shape.copy_format == "text"
     assert shape.select_list == '"a", "g"'
+
+
+def test_a_table_with_much_toast_stays_on_text() -> None:
+    """Big values: on text a row the server cannot send is written column by column
+    (``bigrows``, bounded memory); in binary it would arrive whole (docs/benchmarks.md)."""
+    columns = (col("a", 23), col("b", 3802))  # int4, jsonb
+    small = dataclasses.replace(make_table(*columns), table_bytes=BINARY_TOAST_LIMIT)
+    assert DumpShape.of(small, TYPES).copy_format == "binary"
+    big = dataclasses.replace(small, table_bytes=BINARY_TOAST_LIMIT + 8192 * 10 + 1, heap_pages=10)
+    assert DumpShape.of(big, TYPES).copy_format == "text"
 
 
 # -- the converter, without a server -------------------------------------------------------
