@@ -983,12 +983,14 @@ WHY = {
     "many_dump": "the dump is bound by the client's CPU, per table. Measured on 2026-12-04 "
     "(asyncsnap 7885845, whole processes, two alternating pairs each, the machine shared): "
     "10,000 tables x 3 rows took 22.9-24.3 s wall, 13.1-15.5 s of client CPU and 5.1-5.3 s "
-    "of the server's CPU, against pg_dump -Fd -j 2's 4.9-5.7 s, 2.0 s and 2.2-2.4 s; "
-    "3,000 x 20: 6.3-8.2 s, 5.6-7.2 s and 1.6-1.9 s against 1.6-2.7 s, 0.7-2.3 s and "
-    "0.9-1.1 s. The pg_dump --schema-only the dump runs inside is 0.2-0.5 s of that client "
-    "CPU, so asyncsnap's own process spends 1.3-2.4 ms of CPU a table, pg_dump about 0.2; "
-    "its per-table copying (first table started to last finished) is 19-20 s of the "
-    "10,000-table run. Not yet broken down inside the process.",
+    "of the server's CPU, against pg_dump -Fd -j 2's 4.9-5.7 s, 2.0 s and 2.2-2.4 s. On "
+    "2026-12-05 (py-spy, 10,000 x 3): the event loop's thread is busy only a third of the "
+    "time; the rest waits on each chunk's round trips (LOCK NOWAIT, then COPY) and on "
+    "three thread hand-offs a chunk (file creation, conversion, seal), which are 40% of "
+    "the loop's own busy time (ThreadPoolExecutor.submit and Condition.notify); creating "
+    "a file is ~0.3 ms of a worker thread. Data files fsynced together at the end instead "
+    "of one by one (9488db3) took 7% off in alternating pairs; binary COPY changes "
+    "nothing for tables of 3 rows.",
     "many_restore": "measured on 2026-12-04 (asyncsnap 7885845, whole processes, two "
     "alternating pairs, the machine shared): 3,000 tables x 20 rows in 13.9-14.3 s against "
     "pg_restore -j 2's 8.9-11.2 s, with 6.3-6.7 s of client CPU against 1.2-1.5 s and about "
@@ -996,15 +998,17 @@ WHY = {
     "1.7 ms a table) share the two cores with the server. 10,000 x 3: 31.5 and 46.6 s "
     "against 21.1 and 54.4 s (client CPU 16.9-18.9 s against 6.6-9.3 s): the server's "
     "CPU for the same restore varied 2-3x between runs, so a single run does not settle it.",
-    "many_rss_dump": "the peak is asyncsnap's own process (157 MiB polled from /proc on "
-    "2026-12-04; its pg_dump --schema-only child 65 MiB), and it grows with the tables: "
-    "48 MiB at 60 tables, 80 at 3,000, 157-160 at 10,000, about 11 KiB a table. The "
-    "backup's manifest alone is 14.5 MB for 10,000 tables (1.45 KB a table); what the "
-    "process holds per table was not measured further.",
+    "many_rss_dump": "the peak is asyncsnap's own process, and it grows with the tables: "
+    "55 MiB for one table, 128 at 10,000 (2026-12-05; 157-160 before the manifest was "
+    "serialized a table at a time, 6561979). Not from compression (128 MiB with "
+    "--compress none too) nor the schema (127 with --no-schema); Python's own objects "
+    "at the end of the copy are ~29 MB traced (tracemalloc) for 10,000 tables (catalog, "
+    "plan, file entries), the rest is the allocator's keeping of what was freed.",
     "many_rss_restore": "the peak is asyncsnap's own process (125-127 MiB polled from /proc "
     "on 2026-12-04; its pg_restore children 9-24 MiB each), and it grows with the tables: "
-    "53 MiB at 60 tables, 75-77 at 3,000, 125-127 at 10,000, about 7 KiB a table; what it "
-    "holds per table was not measured further.",
+    "53 MiB at 60 tables, 75-77 at 3,000, 125-127 at 10,000, about 7 KiB a table. Reading "
+    "the manifest is most of it: orjson.loads of a 10,000-table manifest (16 MB) peaks "
+    "at about 5 times its size while it parses (80 MB for 50,000 tables: 449 MiB).",
     "startup": "a start that does no work is Python's own (~40 ms with site and this "
     "machine's .pth files), Typer's import (~45 ms) and its building of the 8 commands' "
     "options from their signatures (~30 ms); nothing of the library is imported "
