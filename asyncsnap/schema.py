@@ -351,11 +351,14 @@ def drop_statements(script: str) -> str:
     """The DROP statements that ``pg_restore --clean --if-exists`` (both sections) puts
     between its prologue and the first object, one per line, and nothing else.
 
-    A name with a newline in it would continue a statement on the next line: the block
-    then ends early, inside a quoted name, and the server refuses it (it fails closed;
-    no text after the cut is run).
+    A name with a newline in it continues its statement on the next line: a line that
+    starts inside a quoted name (an odd count of ``"`` before it; the block holds names,
+    never strings, and ``""`` inside a name counts twice) belongs to the drop before it,
+    read as the server reads it. Refusing such lines made ``--clean`` fail for any backup
+    with a newline in a name (found by tests/test_schema_batches_fuzz.py). Should the
+    block end inside a quoted name, the server refuses it (it fails closed).
 
-    :raises RestoreFailed: when no block of drops is where pg_restore puts it.
+    :raises RestoreFailed: when a line outside quoted names is not a drop.
     """
     lines = script.split("\n")
     start = next(
@@ -365,9 +368,11 @@ def drop_statements(script: str) -> str:
     if start is None:
         return ""
     drops = []
+    quotes = 0
     for line in lines[start:]:
-        if line.startswith(("DROP ", "ALTER TABLE IF EXISTS ")):
+        if quotes % 2 or line.startswith(("DROP ", "ALTER TABLE IF EXISTS ")):
             drops.append(line)
+            quotes += line.count('"')
             continue
         if line == "" or line.startswith(("--", "SET ")):
             break

@@ -629,14 +629,17 @@ def test_script_statements_keeps_only_what_a_plain_connection_runs() -> None:
         script_statements(b"\\restrict K\n\\! rm -rf /\n", frozenset())
 
 
-def test_drop_statements_stop_at_a_name_with_a_newline() -> None:
+def test_drop_statements_keep_a_name_with_a_newline_whole() -> None:
     body = "SET x = 1;\n\nDROP TABLE IF EXISTS public.t;\nDROP TYPE IF EXISTS public.m;\n--\n"
     assert drop_statements(body) == "DROP TABLE IF EXISTS public.t;\nDROP TYPE IF EXISTS public.m;"
     # A line that continues a quoted name is sent with the rest, so the server reads it
     # as the name it is; one that does not look like a drop stops the block.
     quoted = 'DROP TABLE IF EXISTS public."a\nDROP DATABASE x; --";\n--\n'
     assert drop_statements(quoted) == 'DROP TABLE IF EXISTS public."a\nDROP DATABASE x; --";'
-    evil = 'DROP TABLE IF EXISTS public."a\nSELECT 1; --";\n--\n'
+    # inside a quoted name, any line is the name's (the server reads it so)
+    named = 'DROP TABLE IF EXISTS public."a\n\n--\nSELECT 1; ""b";\nDROP TYPE public.m;\n--\n'
+    assert drop_statements(named) == named.removesuffix("\n--\n")
+    evil = 'DROP TABLE IF EXISTS public."a";\nSELECT 1; --\n--\n'
     with pytest.raises(RestoreFailed, match="one per line"):
         drop_statements(evil)
 
