@@ -588,7 +588,12 @@ done:
     return rc;
 }
 
-static PyObject *py_copy_to_ndjson(PyObject *self, PyObject *args)
+static int binary_to_json(const char *data, size_t n, const RowShape *shape, Buf *out,
+                          Py_ssize_t *rows_out, size_t *longest_out, Err *err);
+
+/* The dump's converters, text (copy_to_json) or binary (binary_to_json), as Python
+ * calls them: (data, kinds, prefixes) -> (ndjson, rows, longest line). */
+static PyObject *convert_rows(PyObject *args, int binary)
 {
     Py_buffer data, kinds;
     PyObject *prefixes, *result = NULL;
@@ -617,16 +622,20 @@ static PyObject *py_copy_to_ndjson(PyObject *self, PyObject *args)
         if (PyBytes_AsStringAndSize(p, &ps, &shape.prefix_lens[k]) < 0) goto fail;
         shape.prefixes[k] = ps;
     }
-    if (data.len > 0 && ((const char *)data.buf)[data.len - 1] != '\n') {
+    if (!binary && data.len > 0 && ((const char *)data.buf)[data.len - 1] != '\n') {
         PyErr_SetString(PyExc_ValueError, "the data does not end with a whole line");
         goto fail;
     }
-    if (start_buffer(out, (size_t)data.len) < 0) {
+    /* binary: bytea doubles, so room for twice the input (more is grown) */
+    if (start_buffer(out, binary ? (size_t)data.len + (size_t)data.len : (size_t)data.len) < 0) {
         PyErr_NoMemory();
         goto fail;
     }
     Py_BEGIN_ALLOW_THREADS
-    rc = copy_to_json(data.buf, (size_t)data.len, &shape, out, &rows, &longest, &err);
+    if (binary)
+        rc = binary_to_json(data.buf, (size_t)data.len, &shape, out, &rows, &longest, &err);
+    else
+        rc = copy_to_json(data.buf, (size_t)data.len, &shape, out, &rows, &longest, &err);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         raise_err(&err);
@@ -644,6 +653,11 @@ fail:
     PyBuffer_Release(&data);
     PyBuffer_Release(&kinds);
     return result;
+}
+
+static PyObject *py_copy_to_ndjson(PyObject *self, PyObject *args)
+{
+    return convert_rows(args, 0);
 }
 
 /* ------------------------------------------------------ dump: COPY binary -> JSON */
@@ -1200,12 +1214,6 @@ static int interval_text(char *p, int64_t time, int32_t days, int32_t months)
     return k;
 }
 
-typedef struct {
-    const char *kinds;
-    Py_ssize_t ncols;
-    const char **prefixes;
-    Py_ssize_t *prefix_lens;
-} BinShape;
 
 /* Where the whole tuples of s[0..n) end (after COPY binary's trailer when it is there):
  * each tuple is a field count and that many (length, bytes) fields. */
@@ -1232,9 +1240,10 @@ static size_t binary_whole(const unsigned char *s, size_t n)
     return i;
 }
 
-static int binary_to_json(const unsigned char *s, size_t n, const BinShape *shape, Buf *out,
+static int binary_to_json(const char *data, size_t n, const RowShape *shape, Buf *out,
                           Py_ssize_t *rows_out, size_t *longest_out, Err *err)
 {
+    const unsigned char *s = (const unsigned char *)data;
     size_t i = 0, longest = 0;
     Py_ssize_t line = 0;
     while (i < n) {
@@ -1426,57 +1435,7 @@ cut:
 
 static PyObject *py_binary_to_ndjson(PyObject *self, PyObject *args)
 {
-    Py_buffer data, kinds;
-    PyObject *prefixes, *result = NULL;
-    BinShape shape = {NULL, 0, NULL, NULL};
-    Buf buffer = {NULL, 0, 0, NULL, 0}, *out = &buffer;
-    Err err = {{0}, 0, "", -1, -1};
-    Py_ssize_t rows = 0, k;
-    size_t longest = 0;
-    int rc;
-    if (!PyArg_ParseTuple(args, "y*y*O!", &data, &kinds, &PyTuple_Type, &prefixes)) return NULL;
-    shape.ncols = kinds.len;
-    shape.kinds = kinds.buf;
-    if (PyTuple_GET_SIZE(prefixes) != kinds.len) {
-        PyErr_SetString(PyExc_ValueError, "one prefix per column");
-        goto fail;
-    }
-    shape.prefixes = PyMem_Malloc(sizeof(char *) * (size_t)(kinds.len + 1));
-    shape.prefix_lens = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(kinds.len + 1));
-    if (!shape.prefixes || !shape.prefix_lens) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    for (k = 0; k < kinds.len; k++) {
-        PyObject *p = PyTuple_GET_ITEM(prefixes, k);
-        char *ps;
-        if (PyBytes_AsStringAndSize(p, &ps, &shape.prefix_lens[k]) < 0) goto fail;
-        shape.prefixes[k] = ps;
-    }
-    /* bytea doubles: room for 2.5 times the input, more is grown */
-    if (start_buffer(out, (size_t)data.len + (size_t)data.len) < 0) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    rc = binary_to_json(data.buf, (size_t)data.len, &shape, out, &rows, &longest, &err);
-    Py_END_ALLOW_THREADS
-    if (rc < 0) {
-        raise_err(&err);
-        goto fail;
-    }
-    {
-        PyObject *bytes = finish_buffer(out);
-        if (bytes == NULL) goto fail;
-        result = Py_BuildValue("(Nnn)", bytes, rows, (Py_ssize_t)longest);
-    }
-fail:
-    release_buffer(out);
-    PyMem_Free(shape.prefixes);
-    PyMem_Free(shape.prefix_lens);
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&kinds);
-    return result;
+    return convert_rows(args, 1);
 }
 
 static PyObject *py_binary_whole(PyObject *self, PyObject *arg)
