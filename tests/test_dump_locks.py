@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -145,27 +145,38 @@ async def _fill_lock_table(dsn: str, room: int) -> asyncpg.Connection:
     return holder
 
 
+def _failure_beside_a_full_lock_table(
+    server: Server, command: Callable[[], Awaitable[object]]
+) -> DumpFailed:
+    """What ``command`` fails with while another session fills the lock table, leaving
+    room for its catalog reads, not for its locks."""
+
+    async def beside_a_holder() -> None:
+        holder = await _fill_lock_table(server.dsn(), room=60)
+        try:
+            await command()
+        finally:
+            await holder.close()
+
+    with pytest.raises(DumpFailed) as caught:
+        anyio.run(beside_a_holder)
+    return caught.value
+
+
 def test_a_full_lock_table_fails_the_dump_in_one_line_with_a_hint(
     small_lock_table: Server, tmp_path: Path
 ) -> None:
     """Another session's locks fill the lock table before the snapshot's: one error line
     (the server's message without its own hint), and a hint that says which setting."""
-
-    async def dump_beside_a_holder() -> None:
-        # Room for the dump's catalog reads, not for its locks.
-        holder = await _fill_lock_table(small_lock_table.dsn(), room=60)
-        try:
-            await asyncsnap.dump(
-                small_lock_table.dsn(), output=tmp_path, name="b", jobs=2, with_schema=False
-            )
-        finally:
-            await holder.close()
-
-    with pytest.raises(DumpFailed) as caught:
-        anyio.run(dump_beside_a_holder)
-    assert caught.value.message == "server error: out of shared memory"
-    assert caught.value.hint is not None
-    assert "lock table is full: raise max_locks_per_transaction" in caught.value.hint
+    failure = _failure_beside_a_full_lock_table(
+        small_lock_table,
+        lambda: asyncsnap.dump(
+            small_lock_table.dsn(), output=tmp_path, name="b", jobs=2, with_schema=False
+        ),
+    )
+    assert failure.message == "server error: out of shared memory"
+    assert failure.hint is not None
+    assert "lock table is full: raise max_locks_per_transaction" in failure.hint
     assert not any(tmp_path.iterdir())
 
 
@@ -173,17 +184,10 @@ def test_a_full_lock_table_fails_compare_in_one_line_with_a_hint(
     small_lock_table: Server, tmp_path: Path
 ) -> None:
     _dump(small_lock_table, tmp_path, [])
-
-    async def compare_beside_a_holder() -> None:
-        holder = await _fill_lock_table(small_lock_table.dsn(), room=60)
-        try:
-            await asyncsnap.compare(tmp_path / "b", small_lock_table.dsn())
-        finally:
-            await holder.close()
-
-    with pytest.raises(DumpFailed) as caught:
-        anyio.run(compare_beside_a_holder)
-    assert caught.value.message == "server error: out of shared memory"
-    assert caught.value.hint is not None
-    assert "lock table is full" in caught.value.hint
-    assert "compare fewer tables at once" in caught.value.hint
+    failure = _failure_beside_a_full_lock_table(
+        small_lock_table, lambda: asyncsnap.compare(tmp_path / "b", small_lock_table.dsn())
+    )
+    assert failure.message == "server error: out of shared memory"
+    assert failure.hint is not None
+    assert "lock table is full" in failure.hint
+    assert "compare fewer tables at once" in failure.hint
