@@ -182,8 +182,9 @@ def test_sigkill_mid_upload_leaves_nothing_that_looks_complete(s3: S3Server, db:
     # A day has not passed: it might still be running, so it stays. (Compare the claim
     # only: the store may still be completing an upload the dump sent before it died.)
     assert f"n/{CLAIM_NAME}" in keys(s3, "killed")
-    # With renewals every 0.1 s (the floor is then 1 s), a claim 1.5 s old is a dead dump's.
-    time.sleep(1.5)  # time passing is the point: the claim ages
+    # With renewals every 0.1 s (the floor is then 1 s), a claim 2.5 s old is a dead dump's
+    # (listed times are whole seconds: prune counts a second less than the listing says).
+    time.sleep(2.5)  # time passing is the point: the claim ages
     env = cli_env(s3, ASYNCSNAP_CLAIM_RENEW_SECONDS="0.1")
     run = run_cli(
         "prune", f"s3://{BUCKET}/killed", "--keep", "1", "--abandoned-after", "1", env=env
@@ -532,7 +533,7 @@ def test_prune_on_a_prefix_removes_only_what_its_dumps_wrote(s3: S3Server, db: D
     assert dead.name == "dead"
 
     dead._stop_renewal()  # as killed: its claim is no longer renewed
-    time.sleep(1.5)  # time passing is the point: the claim becomes older than 1 s
+    time.sleep(2.5)  # time passing is the point: older than 1 s, plus the listing's second
     env = cli_env(s3, ASYNCSNAP_CLAIM_RENEW_SECONDS="0.1")  # floor 1 s
     run = run_cli("prune", prefix, "--keep", "1", "--abandoned-after", "1", env=env)
     assert run.returncode == 0, run.stderr

@@ -12,10 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
+import orjson
 import pytest
 
-from asyncsnap.storage.prefix import CLAIM_NAME
+from asyncsnap.storage.prefix import CLAIM_NAME, claim_body, prune_prefix
+from asyncsnap.storage.s3 import S3Store, StoreUrl
 from throwaway.s3 import BUCKET, S3Server, s3_server
 
 from .conftest import CliRun, Database, clean_env, run_cli
@@ -126,6 +129,30 @@ def test_a_dump_running_past_the_floor_is_never_taken_for_dead(s3: S3Server, db:
     assert run.returncode == 0, run.stderr
 
 
+def test_a_claim_0_6_s_old_is_never_taken_for_dead_by_its_listed_second(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing's modification times are whole seconds: a claim written at 12.65 lists
+    as 12. Prune at 13.25 took it for 1.25 s old, past an --abandoned-after of 1 s, and removed
+    a dump that had renewed its claim 0.6 s before (CI, with renewals every 0.1 s).
+    Prune now takes the listing's second off a claim's age."""
+    for variable, value in {**s3.env(), "ASYNCSNAP_CLAIM_RENEW_SECONDS": "0.1"}.items():
+        monkeypatch.setenv(variable, value)
+    url = StoreUrl.parse(f"s3://{BUCKET}/young")
+    store = S3Store(url)
+    while not 0.6 <= time.time() % 1 < 0.7:  # late in a second, which the listing rounds away
+        time.sleep(0.01)
+    written = time.time()
+    store.put(f"n/{CLAIM_NAME}", orjson.dumps(claim_body("n")) + b"\n")
+    listed = {o.key: o.modified for o in store.objects()}[f"n/{CLAIM_NAME}"]
+    assert listed is not None and listed.microsecond == 0, listed  # the premise: whole seconds
+    time.sleep(max(0.0, written + 0.6 - time.time()))
+    pruned = prune_prefix(url, keep=1, abandoned_after=timedelta(seconds=1))
+    assert pruned.abandoned == [], pruned
+    assert pruned.reasons["n"] == "a dump claimed it recently: it may still be writing"
+    assert keys(s3, "young") == [f"n/{CLAIM_NAME}"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("phase", "marker"),
@@ -149,7 +176,7 @@ def test_a_dump_whose_objects_were_removed_never_completes(
     _wait_for(s3, prefix, dump, f"n/{marker}")
     dump.send_signal(signal.SIGSTOP)
     try:
-        time.sleep(5.5)
+        time.sleep(6.5)  # past the 5 s given, plus the listing's whole second
         run = _prune(s3, prefix, "5")
         assert run.returncode == 0, run.stderr
         assert f"removed s3://{BUCKET}/{prefix}/n (a dump that died: no manifest)" in run.stdout

@@ -65,6 +65,10 @@ ABANDONED_AFTER = timedelta(hours=24)
 # ABANDONED_FLOOR_RENEWALS renewals (a few renewals may fail while the store is slow).
 CLAIM_RENEW_SECONDS = 60.0
 ABANDONED_FLOOR_RENEWALS = 10
+# An object's modification time in a listing is whole seconds (S3's LastModified; seaweedfs
+# too): a claim rewritten at 12.95 lists as 12, so its age as listed is up to a second more
+# than its true age. Prune takes that second off before comparing with --abandoned-after.
+LISTED_TIME_RESOLUTION = timedelta(seconds=1)
 
 
 @dataclass
@@ -466,7 +470,7 @@ def prune_prefix(
             claim = read_claim(store, entry.name)
             if not claim.ours:
                 reasons[entry.name] = claim.why
-            elif entry.claimed is not None and moment - entry.claimed > abandoned_after:
+            elif entry.claimed is not None and claim_age(entry.claimed, moment) > abandoned_after:
                 abandoned.append(entry.name)
             else:
                 reasons[entry.name] = "a dump claimed it recently: it may still be writing"
@@ -533,9 +537,16 @@ def _alive_since(
     claim = listed.get(f"{name}/{CLAIM_NAME}")
     if claim is None or claim.modified is None:
         return "its claim went away while prune ran"
-    if datetime.now(UTC) - claim.modified <= abandoned_after or claim.modified > moment:
+    if claim_age(claim.modified, datetime.now(UTC)) <= abandoned_after or claim.modified > moment:
         return "a dump renewed its claim: it is still writing"
     return None
+
+
+def claim_age(modified: datetime, now: datetime) -> timedelta:
+    """How long ago a claim listed as ``modified`` was surely written: the listing's
+    whole seconds taken off (``LISTED_TIME_RESOLUTION``), so a claim renewed every 0.1 s
+    never looks older than 0.1 s plus the listing's delay."""
+    return now - modified - LISTED_TIME_RESOLUTION
 
 
 def _listed_files(backup: Backup) -> set[str]:
