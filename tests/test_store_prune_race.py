@@ -110,15 +110,19 @@ def test_a_dump_running_past_the_floor_is_never_taken_for_dead(s3: S3Server, db:
     )
     env = {**_env(s3), "ASYNCSNAP_CLAIM_RENEW_SECONDS": "0.1"}
     dump = _start(db, "alive", env)
-    _wait_for(s3, "alive", dump, f"n/{CLAIM_NAME}")
-    started, prunes = time.monotonic(), 0
-    while dump.poll() is None:
-        time.sleep(0.5)
-        run = run_cli("prune", f"s3://{BUCKET}/alive", *_PRUNE, "1", env=env)
-        assert run.returncode == 0, run.stderr
-        assert not [line for line in run.stdout.splitlines() if line.startswith("removed ")]
-        prunes += 1
-    ran = time.monotonic() - started
+    try:
+        _wait_for(s3, "alive", dump, f"n/{CLAIM_NAME}")
+        started, prunes = time.monotonic(), 0
+        while dump.poll() is None:
+            time.sleep(0.5)
+            run = run_cli("prune", f"s3://{BUCKET}/alive", *_PRUNE, "1", env=env)
+            assert run.returncode == 0, run.stderr
+            assert not [line for line in run.stdout.splitlines() if line.startswith("removed ")]
+            prunes += 1
+        ran = time.monotonic() - started
+    finally:
+        if dump.poll() is None:  # failed above: not left running into the next test
+            dump.kill()
     stdout, stderr = dump.communicate(timeout=120)
     assert dump.returncode == 0, stderr
     # it ran past twice the floor (1 s) and was pruned meanwhile; a 1M-row dump took 2.2 s
