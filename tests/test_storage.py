@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from pyrage import x25519
 
 from asyncsnap.errors import OutputExists, UsageError
 from asyncsnap.storage.files import BackupDirectory
@@ -51,6 +52,36 @@ def test_discard_removes_partial_file(tmp_path: Path) -> None:
     writer.discard()
     writer.discard()  # twice is fine
     assert list((backup.path / "data").iterdir()) == []
+
+
+def test_a_cheap_writer_touches_no_disk_before_its_first_flush(tmp_path: Path) -> None:
+    """The dump makes a small table's writer and converts its rows on the event loop
+    (``cheap_writers``): neither may create a file or a folder, or write one; the
+    seal's thread does it all. An encrypted backup's writers are not cheap (age's
+    thread)."""
+    backup = BackupDirectory.create(tmp_path, "b")
+    assert backup.cheap_writers
+    before = sorted(p.relative_to(backup.path) for p in backup.path.rglob("*"))
+    writer = backup.data_writer("public.t-0123456789ab", "zstd")
+    writer.write(LINES[0] * 100)  # under the write buffer
+    assert sorted(p.relative_to(backup.path) for p in backup.path.rglob("*")) == before
+    writer.close_data()
+    assert writer.temp_path.exists()
+    stored = writer.finish()
+    assert decode("zstd", (backup.path / stored.path).read_bytes()) == LINES[0] * 100
+    recipient = x25519.Identity.generate().to_public()
+    assert not BackupDirectory.create(tmp_path, "e", recipients=[recipient]).cheap_writers
+
+
+def test_discarding_a_writer_that_wrote_nothing_removes_nothing(tmp_path: Path) -> None:
+    """A writer discarded before it touched the disk never made a file: whatever is at
+    its names is not its to remove."""
+    backup = BackupDirectory.create(tmp_path, "b")
+    writer = backup.data_writer("x-000000000000", "zstd")
+    writer.final_path.parent.mkdir(parents=True, exist_ok=True)
+    writer.final_path.write_bytes(b"not the writer's")
+    writer.discard()
+    assert writer.final_path.read_bytes() == b"not the writer's"
 
 
 def test_directory_lifecycle(tmp_path: Path) -> None:

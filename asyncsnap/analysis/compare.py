@@ -112,6 +112,8 @@ def _column_difference(saved: BackupTable, live: Table) -> str:
 class _Counting:
     """The copy's target: every chunk gets a writer that keeps only counts and sums."""
 
+    cheap_writers = True
+
     def data_writer(self, stem: str, compression: Compression) -> DataFileWriter:
         return CountingWriter(stem)
 

@@ -54,7 +54,7 @@ from .store import output_error as _output_error
 _ZSTD_LEVEL = 1
 _GZIP_LEVEL = 6
 # Bytes handed to write() at once; bounds memory per open file.
-_WRITE_BUFFER = 1 << 20
+WRITE_BUFFER = 1 << 20
 
 
 class _Compressor(Protocol):
@@ -171,7 +171,7 @@ class DataFileWriter:
             return
         self._pending.append(out)
         self._pending_size += len(out)
-        if self._pending_size >= _WRITE_BUFFER:
+        if self._pending_size >= WRITE_BUFFER:
             self._flush_pending()
 
     def _flush_pending(self) -> None:
@@ -261,6 +261,14 @@ class DataTarget(Protocol):
 
     def data_writer(self, stem: str, compression: Compression) -> DataFileWriter: ...
 
+    @property
+    def cheap_writers(self) -> bool:
+        """Whether ``data_writer`` does no I/O and starts no thread, and a writer's
+        ``write`` touches its sink only past ``WRITE_BUFFER``: then the event loop makes a
+        chunk's writer and converts a small chunk itself, and the chunk's one hop to a
+        thread is its seal (a local, unencrypted file; a count)."""
+        ...
+
 
 class _Hashing:
     """The last stage before the sink: the stored bytes' sha256 and size."""
@@ -295,6 +303,11 @@ class BackupTarget(Protocol):
     recipients: list[Any] | None  # age recipients: every file is encrypted to them
 
     def data_writer(self, stem: str, compression: Compression) -> DataFileWriter: ...
+    @property
+    def cheap_writers(self) -> bool:
+        """As ``DataTarget.cheap_writers``."""
+        ...
+
     def write_small_file(self, relpath: str, content: bytes) -> None: ...
     def sync_data(self) -> None:
         """Make every data file written so far durable: before SHA256SUMS and the
@@ -385,6 +398,10 @@ class BackupDirectory:
         except OSError as exc:
             raise _output_error(exc, parent) from exc
         return backup
+
+    @property
+    def cheap_writers(self) -> bool:
+        return not self.recipients  # an encrypted file starts age's thread
 
     def data_writer(self, stem: str, compression: Compression) -> DataFileWriter:
         relpath = f"{DATA_DIR}/{stem}{EXTENSIONS[compression]}"

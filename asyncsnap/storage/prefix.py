@@ -297,6 +297,8 @@ class BackupPrefix:
         prefix._renewal = ClaimRenewal(store, name, claim)
         return prefix
 
+    cheap_writers = False  # an upload begins with the writer
+
     def data_writer(self, stem: str, compression: Compression) -> DataFileWriter:
         relpath = f"{manifest.DATA_DIR}/{stem}{manifest.EXTENSIONS[compression]}"
         key = f"{self.name}/{relpath}"

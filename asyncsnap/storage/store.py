@@ -198,34 +198,47 @@ def write_file_atomic(root: Path, relpath: str, content: bytes) -> None:
 class LocalFileSink:
     """A file written under a temporary name (``.NAME.tmp``, created 0600, never an
     existing one), fsynced and renamed by ``finish``; or, given ``unsynced``, renamed and
-    added to it, for its owner to fsync later with the others (``LocalStore.sync``)."""
+    added to it, for its owner to fsync later with the others (``LocalStore.sync``).
+
+    Nothing touches the disk before the first ``write`` or ``finish``: making a sink is
+    free, so the dump makes a small table's writer on the event loop and creates,
+    writes and renames its file in one hop to a thread (``jobs.run_chunk``)."""
 
     def __init__(self, final_path: Path, unsynced: list[str] | None = None) -> None:
         self.final_path = final_path
         self._unsynced = unsynced
         self.where = str(final_path)
         self.temp_path = final_path.with_name("." + final_path.name + ".tmp")
-        try:
-            self._fd: int | None = os.open(
-                self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-            )
-        except OSError as exc:
-            raise output_error(exc, self.temp_path) from exc
+        self._fd: int | None = None
+        self._state = "new"  # then "open", "finished", "discarded"
+
+    def _open(self) -> int:
+        if self._fd is None:
+            assert self._state == "new", self._state
+            try:
+                self._fd = os.open(
+                    self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+                )
+            except OSError as exc:
+                raise output_error(exc, self.temp_path) from exc
+            self._state = "open"
+        return self._fd
 
     def write(self, block: bytes) -> None:
-        assert self._fd is not None
+        fd = self._open()
         try:
-            _write_all(self._fd, block)
+            _write_all(fd, block)
         except OSError as exc:
             raise output_error(exc, self.final_path) from exc
 
     def finish(self) -> None:
-        assert self._fd is not None
+        fd = self._open()
         try:
             if self._unsynced is None:
-                os.fsync(self._fd)
-            os.close(self._fd)
+                os.fsync(fd)
+            os.close(fd)
             self._fd = None
+            self._state = "finished"
             os.rename(self.temp_path, self.final_path)
         except OSError as exc:
             raise output_error(exc, self.final_path) from exc
@@ -238,6 +251,9 @@ class LocalFileSink:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        state, self._state = self._state, "discarded"
+        if state in ("new", "discarded"):
+            return  # nothing of ours on disk: never a file someone else made there
         for path in (self.temp_path, self.final_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -259,6 +275,7 @@ class LocalStore:
     def __init__(self, root: Path, *, deferred_sync: bool = False) -> None:
         self.root = root
         self._unsynced: list[str] | None = [] if deferred_sync else None
+        self._folders: set[Path] = set()  # made (or found) by this store: not asked again
 
     def sync(self) -> None:
         """Make every file streamed since the last call durable, and their folders."""
@@ -299,10 +316,13 @@ class LocalStore:
         return self.root.joinpath(*parts)
 
     def _folder_for(self, path: Path) -> None:
+        if path.parent in self._folders:
+            return  # a dump's ten thousand files share one folder
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise output_error(exc, path.parent) from exc
+        self._folders.add(path.parent)
 
     def open_read(self, name: str, *, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
         path = self._path(name)
