@@ -15,13 +15,14 @@ to the pool in an unknown protocol state: it is terminated, and the pool opens a
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
 import asyncpg
 
-from .catalog import TypeInfo
+from .catalog import Table, TypeInfo
 from .errors import DumpFailed, most_telling
 from .events import EventCallback, Notice
 from .format import Compression
@@ -32,6 +33,7 @@ from .jobs import (
     connection_gone,
     run_chunk,
 )
+from .plan import Chunk
 from .session import RELEASE_ERRORS
 from .snapshot import SnapshotReader, snapshot_lost
 from .storage.files import DataTarget, StoredFile
@@ -40,6 +42,10 @@ from .storage.files import DataTarget, StoredFile
 # fresh connection that imports the same snapshot, at most this many times in all.
 CHUNK_ATTEMPTS = 3
 _RETRY_PAUSE = 0.5
+# A table this small (heap and TOAST) is copied in a run with the small ones after it, up
+# to SMALL_RUN of them: at most a few MB, tens of milliseconds, per run.
+SMALL_TABLE = 256 << 10
+SMALL_RUN = 20
 # How long a failed or cancelled dump waits for the server to cancel its COPYs and for
 # the connections to close cleanly before it cuts them.
 _CLOSE_GRACE = 5.0
@@ -77,13 +83,21 @@ async def copy_all(
 ) -> dict[str, StoredFile]:
     """Copy every item with the pool's connections; returns the stored files by stem."""
     stored: dict[str, StoredFile] = {}
-    queue: Iterator[WorkItem] = iter(items)  # shared: each worker takes the next largest
+    queue = deque(items)  # shared: each worker takes the next largest
 
     async def worker() -> None:
         held = _Held(pool, ctx.snapshot_id)
         try:
-            for item in queue:
-                stored[item.stem] = await _copy_with_retries(held, item, ctx)
+            while queue:
+                run = [queue.popleft()]
+                # A small table takes the small ones after it: one LOCK statement for
+                # them all (``SnapshotReader.lock``); a run is short, so the workers
+                # still end together.
+                while _small(run[0]) and queue and _small(queue[0]) and len(run) < SMALL_RUN:
+                    run.append(queue.popleft())
+                held.plan([item.table for item in run if isinstance(item, Chunk)])
+                for item in run:
+                    stored[item.stem] = await _copy_with_retries(held, item, ctx)
         finally:
             await held.give_back(broken=False)
 
@@ -105,6 +119,10 @@ async def copy_all(
     return stored
 
 
+def _small(item: WorkItem) -> bool:
+    return isinstance(item, Chunk) and item.pages is None and item.table.table_bytes <= SMALL_TABLE
+
+
 class _Held:
     """A worker's connection, kept from one item to the next with its transaction in the
     snapshot (``SnapshotReader``), until the worker ends or the connection fails."""
@@ -113,12 +131,20 @@ class _Held:
         self.pool, self.snapshot_id = pool, snapshot_id
         self.conn: asyncpg.Connection | None = None
         self.reader: SnapshotReader | None = None
+        self.planned: list[Table] = []
+
+    def plan(self, tables: list[Table]) -> None:
+        """The tables this worker copies next (``SnapshotReader.plan``)."""
+        self.planned = tables
+        if self.reader is not None:
+            self.reader.plan(tables)
 
     async def get(self) -> tuple[asyncpg.Connection, SnapshotReader]:
         if self.conn is None or self.reader is None:
             # Acquired anew after a failure: the pool replaces a connection that died.
             self.conn = await self.pool.acquire()
             self.reader = SnapshotReader(self.conn, self.snapshot_id)
+            self.reader.plan(self.planned)
         return self.conn, self.reader
 
     async def give_back(self, *, broken: bool) -> None:

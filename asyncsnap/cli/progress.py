@@ -117,13 +117,23 @@ def utc_timestamp(seconds: float | None = None) -> str:
     >>> utc_timestamp(0)
     '1970-01-01T00:00:00Z'
     """
+    if seconds is None:
+        now = int(time.time())
+        if now != _last_stamp[0]:  # formatted once a second, not once a line
+            _last_stamp[:] = [now, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))]
+        return str(_last_stamp[1])
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+_last_stamp: list[int | str] = [-1, ""]
 
 
 def one_line(text: str) -> str:
     """``text`` on one line: a server message's DETAIL and HINT lines joined with " ",
     control characters inside it escaped (``\\n``, ``\\x1b``), so that a table named
     ``"a\\n2026-... asyncsnap: dump complete"`` cannot forge a line of a log."""
+    if text.isprintable():  # most lines: nothing to join or escape
+        return text
     lines = text.split("\n")
     # asyncpg puts a server's DETAIL and HINT on lines of their own: those join with a
     # space; any other line break is inside a name or value and is escaped.
