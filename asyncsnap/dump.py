@@ -656,8 +656,7 @@ class _DumpRun:
         sums = manifest.sha256sums(sorted(files))
         await anyio.to_thread.run_sync(target.sync_data)  # data files first, then the lists
         await anyio.to_thread.run_sync(target.write_small_file, manifest.SUMS_NAME, sums)
-        content = manifest.serialize_manifest(body)
-        await anyio.to_thread.run_sync(target.write_small_file, manifest.MANIFEST_NAME, content)
+        await anyio.to_thread.run_sync(target.write_manifest, body)
         await _end_snapshot(self.conn)
         return body
 

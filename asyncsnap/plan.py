@@ -43,7 +43,7 @@ def _slug(text: str) -> str:
     return slug or "_"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """One unit of work: a table, or a page range of it, copied into one file.
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import orjson
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from asyncsnap import format as manifest
 from asyncsnap.errors import VerificationFailed
+from asyncsnap.storage.files import BackupDirectory
 
 BODY = {"format": "asyncsnap", "format_version": 1, "tables": [{"name": "ünï", "rows": 3}]}
 
@@ -134,6 +136,10 @@ def test_manifest_serialized_a_table_at_a_time_is_the_whole_serialized(
     )
     whole = manifest.serialize(written.to_json())
     assert manifest.serialize_manifest(written) == whole
+    with tempfile.TemporaryDirectory() as parent:  # a local backup streams it to its file
+        backup = BackupDirectory.create(Path(parent), "b")
+        backup.write_manifest(written)
+        assert (backup.path / manifest.MANIFEST_NAME).read_bytes() == whole
     body = written.to_json()
     assert manifest.checksum(body) == hashlib.sha256(manifest.canonical_bytes(body)).hexdigest()
     assert orjson.loads(whole)["tables"] == [t.to_json() for t in tables]

@@ -39,11 +39,13 @@ from ..format import (
     SUMS_NAME,
     Backup,
     Compression,
+    Manifest,
     SchemaFile,
+    write_manifest,
 )
 from ..scratch import PrivateScratch
 from .encryption import EncryptingStage, encrypt_whole
-from .store import LocalFileSink, LocalStore, Sink, Store, fsync_dir
+from .store import LocalFileSink, LocalStore, Sink, Store, fsync_dir, write_file_streamed
 from .store import output_error as _output_error
 
 # zstd level 1, one thread. Level 3 measured free with one stream at design time; with -j 2 on
@@ -84,7 +86,7 @@ def _compressor(kind: Compression) -> _Compressor:
     return _Identity()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredFile:
     """What was written for one data file; becomes the file's manifest entry."""
 
@@ -309,6 +311,11 @@ class BackupTarget(Protocol):
         ...
 
     def write_small_file(self, relpath: str, content: bytes) -> None: ...
+    def write_manifest(self, written: Manifest) -> None:
+        """Write ``manifest.json`` (``format.write_manifest``): the last file a dump
+        writes before its commit."""
+        ...
+
     def sync_data(self) -> None:
         """Make every data file written so far durable: before SHA256SUMS and the
         manifest name them."""
@@ -409,6 +416,9 @@ class BackupDirectory:
 
     def write_small_file(self, relpath: str, content: bytes) -> None:
         self.store.put(relpath, content)
+
+    def write_manifest(self, written: Manifest) -> None:
+        write_file_streamed(self.path, MANIFEST_NAME, lambda write: write_manifest(written, write))
 
     def sync_data(self) -> None:
         self.store.sync()

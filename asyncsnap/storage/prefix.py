@@ -310,6 +310,10 @@ class BackupPrefix:
             return
         self.store.put(f"{self.name}/{relpath}", content)
 
+    def write_manifest(self, written: manifest.Manifest) -> None:
+        # Kept as bytes: commit puts it (retried whole) and reads it back to compare.
+        self._manifest = manifest.serialize_manifest(written)
+
     def sync_data(self) -> None:
         """Nothing to do: an object is durable once its upload has returned."""
 
