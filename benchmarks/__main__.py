@@ -980,17 +980,17 @@ WHY = {
     "without compressing or writing, and hashes every line.",
     "small": "per-table costs: a process start (~0.3 s of Python imports), a transaction, a "
     "snapshot import and an fsync per table; pg_dump pays one process and no JSON.",
-    "many_dump": "the dump is bound by the client's CPU, per table. Measured on 2026-12-04 "
-    "(asyncsnap 7885845, whole processes, two alternating pairs each, the machine shared): "
-    "10,000 tables x 3 rows took 22.9-24.3 s wall, 13.1-15.5 s of client CPU and 5.1-5.3 s "
-    "of the server's CPU, against pg_dump -Fd -j 2's 4.9-5.7 s, 2.0 s and 2.2-2.4 s. On "
-    "2026-12-05 (py-spy, 10,000 x 3): the event loop's thread is busy only a third of the "
-    "time; the rest waits on each chunk's round trips (LOCK NOWAIT, then COPY) and on "
-    "three thread hand-offs a chunk (file creation, conversion, seal), which are 40% of "
-    "the loop's own busy time (ThreadPoolExecutor.submit and Condition.notify); creating "
-    "a file is ~0.3 ms of a worker thread. Data files fsynced together at the end instead "
-    "of one by one (9488db3) took 7% off in alternating pairs; binary COPY changes "
-    "nothing for tables of 3 rows.",
+    "many_dump": "the dump is bound by the client's CPU, per table. On 2026-12-05, 10,000 "
+    "tables x 3 rows on one database (farm-bench, whole processes): asyncsnap 13.2 s wall, "
+    "5.5 s user and 7.4 s system CPU; pg_dump -Fd -j 2 8.1 s (7.1-9.3), 0.7 s user and 6.4 "
+    "s system. The system time is mostly both tools' file creation, renames and fsyncs on "
+    "this VM's disk; the difference is asyncsnap's Python per table, on the event loop's "
+    "thread (py-spy of the copy: asyncpg's COPY call a third of it, with its send and "
+    "epoll registration; the writer's set-up, a zstd context and paths, 15%). A small "
+    "table now takes one hop to a thread instead of three (629e4d7) and a worker locks a "
+    "run of 20 small tables in one statement (66deebb): -20% wall at 10,000 tables (16.5 "
+    "to 13.2 s, alternating), -17% at 3,000 (6.1 to 5.2 s). Before: on 2026-12-04 "
+    "(7885845) 22.9-24.3 s wall against pg_dump's 4.9-5.7 s on a shared machine.",
     "many_restore": "measured on 2026-12-04 (asyncsnap 7885845, whole processes, two "
     "alternating pairs, the machine shared): 3,000 tables x 20 rows in 13.9-14.3 s against "
     "pg_restore -j 2's 8.9-11.2 s, with 6.3-6.7 s of client CPU against 1.2-1.5 s and about "
@@ -998,12 +998,11 @@ WHY = {
     "1.7 ms a table) share the two cores with the server. 10,000 x 3: 31.5 and 46.6 s "
     "against 21.1 and 54.4 s (client CPU 16.9-18.9 s against 6.6-9.3 s): the server's "
     "CPU for the same restore varied 2-3x between runs, so a single run does not settle it.",
-    "many_rss_dump": "the peak is asyncsnap's own process, and it grows with the tables: "
-    "55 MiB for one table, 128 at 10,000 (2026-12-05; 157-160 before the manifest was "
-    "serialized a table at a time, 6561979). Not from compression (128 MiB with "
-    "--compress none too) nor the schema (127 with --no-schema); Python's own objects "
-    "at the end of the copy are ~29 MB traced (tracemalloc) for 10,000 tables (catalog, "
-    "plan, file entries), the rest is the allocator's keeping of what was freed.",
+    "many_rss_dump": "the peak is asyncsnap's own process: 53 MiB of imports, 82 MiB through "
+    "a 10,000-table copy (the catalog and plan), and it was highest at the end: 128 MiB "
+    "until 46574b3, then 95-96 MiB (a future per file to fsync, 18 MB; the manifest's 13 "
+    "MB of bytes before a local backup wrote them; the catalog's dataclasses without "
+    "slots). It grows with the tables, about 4 KiB a table.",
     "many_rss_restore": "the peak is asyncsnap's own process (125-127 MiB polled from /proc "
     "on 2026-12-04; its pg_restore children 9-24 MiB each), and it grows with the tables: "
     "53 MiB at 60 tables, 75-77 at 3,000, 125-127 at 10,000, about 7 KiB a table. Reading "
