@@ -47,6 +47,22 @@ _SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
 LOCK_BATCH = 100
 
 
+async def lock_together(conn: asyncpg.Connection, tables: Sequence[Table], *, nowait: bool) -> bool:
+    """ACCESS SHARE on ``tables`` in one statement, inside a savepoint; False, with the
+    statement taken back (the transaction goes on), when any of them failed: the caller
+    then locks each alone, so that an error names its table."""
+    names = ", ".join(f"ONLY {sql_name(t.schema, t.name)}" for t in tables)
+    mode = "ACCESS SHARE MODE NOWAIT" if nowait else "ACCESS SHARE MODE"
+    try:
+        await conn.execute(
+            f"SAVEPOINT asyncsnap_lock; LOCK TABLE {names} IN {mode}; RELEASE asyncsnap_lock"
+        )
+    except asyncpg.PostgresError:
+        await conn.execute("ROLLBACK TO SAVEPOINT asyncsnap_lock; RELEASE asyncsnap_lock")
+        return False
+    return True
+
+
 class Coordinator:
     """The connection that holds the exported snapshot (see the module docstring)."""
 
@@ -79,16 +95,7 @@ class Coordinator:
         """
         await self.conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout * 1000)}")
         for batch in batched(tables, LOCK_BATCH):
-            names = ", ".join(f"ONLY {sql_name(t.schema, t.name)}" for t in batch)
-            try:
-                await self.conn.execute(
-                    f"SAVEPOINT asyncsnap_lock; LOCK TABLE {names} IN ACCESS SHARE MODE; "
-                    "RELEASE asyncsnap_lock"
-                )
-            except asyncpg.PostgresError:
-                await self.conn.execute(
-                    "ROLLBACK TO SAVEPOINT asyncsnap_lock; RELEASE asyncsnap_lock"
-                )
+            if not await lock_together(self.conn, batch, nowait=False):
                 await self._lock_each(batch, lock_timeout)
         # Later statements in this transaction must not inherit the timeout.
         await self.conn.execute("SET LOCAL lock_timeout = 0")
@@ -202,7 +209,7 @@ class SnapshotReader:
         coordinator, which waits for us); ``asyncpg.LockNotAvailableError`` then.
 
         The planned tables after it that this transaction still copies are locked in the
-        same statement (a round trip per table less, measured below); if any of them
+        same statement (a round trip per table less: docs/benchmarks.md); if any of them
         fails, a savepoint takes the statement back and ``table`` is locked alone, so
         that a failure always names the table being copied."""
         key = (table.schema, table.name)
@@ -217,20 +224,10 @@ class SnapshotReader:
                 if (t.schema, t.name) not in self._locked
             ]
             if len(group) > 1:
-                names = ", ".join(f"ONLY {sql_name(t.schema, t.name)}" for t in group)
-                try:
-                    await self.conn.execute(
-                        f"SAVEPOINT asyncsnap_lock; LOCK TABLE {names} IN ACCESS SHARE MODE "
-                        "NOWAIT; RELEASE asyncsnap_lock"
-                    )
-                except asyncpg.PostgresError:
-                    await self.conn.execute(
-                        "ROLLBACK TO SAVEPOINT asyncsnap_lock; RELEASE asyncsnap_lock"
-                    )
-                    self.plan([])  # from here each table alone, its failure its own
-                else:
+                if await lock_together(self.conn, group, nowait=True):
                     self._locked.update((t.schema, t.name) for t in group)
                     return
+                self.plan([])  # from here each table alone, its failure its own
         await self.conn.execute(
             f"LOCK TABLE ONLY {sql_name(table.schema, table.name)} IN ACCESS SHARE MODE NOWAIT"
         )
