@@ -7,6 +7,7 @@ this module (nor rich).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
@@ -118,14 +119,13 @@ def utc_timestamp(seconds: float | None = None) -> str:
     '1970-01-01T00:00:00Z'
     """
     if seconds is None:
-        now = int(time.time())
-        if now != _last_stamp[0]:  # formatted once a second, not once a line
-            _last_stamp[:] = [now, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))]
-        return str(_last_stamp[1])
+        return _second_stamp(int(time.time()))  # formatted once a second, not once a line
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-_last_stamp: list[int | str] = [-1, ""]
+@functools.lru_cache(maxsize=1)
+def _second_stamp(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 def one_line(text: str) -> str:
