@@ -4,6 +4,7 @@ goes away, wrong credentials, a missing bucket; encryption there."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -31,6 +32,7 @@ from throwaway.s3 import (
     S3Server,
     recording_proxy,
     s3_server,
+    slow_link,
 )
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
@@ -119,6 +121,27 @@ def _big_table(db: Database) -> None:
     )
 
 
+# The upload rate of the link a dump that is to be stopped mid-upload goes through: the big
+# table's backup is some 35 MB, so the dump uploads for half a minute on any machine.
+SLOW_UPLOAD = 1_000_000
+
+
+@contextlib.contextmanager
+def _slow_dump(
+    server: S3Server, db: Database, prefix: str, env: dict[str, str]
+) -> Iterator[subprocess.Popen[str]]:
+    """A dump of ``db`` to ``prefix`` whose uploads pass at SLOW_UPLOAD bytes a second:
+    stopping it once it uploads (``_wait_for_claim``) is then never a race with its end."""
+    with slow_link(server.endpoint, SLOW_UPLOAD) as link:
+        dump = _start_dump(db, prefix, {**env, "AWS_ENDPOINT_URL": link.endpoint})
+        try:
+            yield dump
+        finally:
+            if dump.poll() is None:
+                dump.kill()
+            dump.communicate()
+
+
 def _start_dump(db: Database, prefix: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", prefix, "--name", "n", "-q"],
@@ -164,10 +187,10 @@ def test_sigkill_mid_upload_leaves_nothing_that_looks_complete(s3: S3Server, db:
     once it is older than --abandoned-after."""
     _big_table(db)
     env = cli_env(s3)
-    dump = _start_dump(db, f"s3://{BUCKET}/killed", env)
-    _wait_for_claim(s3, "killed", dump)
-    dump.send_signal(signal.SIGKILL)
-    dump.communicate()
+    with _slow_dump(s3, db, f"s3://{BUCKET}/killed", env) as dump:
+        _wait_for_claim(s3, "killed", dump)
+        dump.send_signal(signal.SIGKILL)
+        dump.communicate()
     left = keys(s3, "killed")
     assert f"n/{CLAIM_NAME}" in left and "n/manifest.json" not in left, left
 
@@ -198,10 +221,10 @@ def test_sigterm_mid_upload_removes_everything_it_wrote(s3: S3Server, db: Databa
     """An interrupted dump (SIGTERM, as systemd or a CI runner stops it) aborts its uploads
     and removes what it wrote, the claim last: the name is free again."""
     _big_table(db)
-    dump = _start_dump(db, f"s3://{BUCKET}/stopped", cli_env(s3))
-    _wait_for_claim(s3, "stopped", dump)
-    dump.send_signal(signal.SIGTERM)
-    stdout, stderr = dump.communicate(timeout=120)
+    with _slow_dump(s3, db, f"s3://{BUCKET}/stopped", cli_env(s3)) as dump:
+        _wait_for_claim(s3, "stopped", dump)
+        dump.send_signal(signal.SIGTERM)
+        stdout, stderr = dump.communicate(timeout=120)
     assert dump.returncode == 143, stderr
     assert stdout == "" and "error: interrupted by SIGTERM; nothing was kept" in stderr, stderr
     assert keys(s3, "stopped") == []
@@ -214,10 +237,10 @@ def test_a_store_that_goes_away_fails_the_dump_cleanly(db: Database, tmp_path: P
     _big_table(db)
     with s3_server() as server:
         env = cli_env(server, ASYNCSNAP_STORE_RETRY_SECONDS="2")
-        dump = _start_dump(db, f"s3://{BUCKET}/gone", env)
-        _wait_for_claim(server, "gone", dump)
-        server.stop()
-        stdout, stderr = dump.communicate(timeout=180)
+        with _slow_dump(server, db, f"s3://{BUCKET}/gone", env) as dump:
+            _wait_for_claim(server, "gone", dump)
+            server.stop()
+            stdout, stderr = dump.communicate(timeout=180)
         assert dump.returncode == 4, stderr
         errors = [line for line in stderr.splitlines() if line.startswith(("error:", "hint:"))]
         assert len(errors) == 2 and errors[0].startswith("error: could not write s3://"), stderr

@@ -235,3 +235,91 @@ def recording_proxy() -> Iterator[RecordingProxy]:
         done.set()
         thread.join(timeout=10)
         listener.close()
+
+
+@dataclass
+class SlowLink:
+    """A TCP forwarder in front of an S3 endpoint that passes uploads at a fixed rate
+    (all connections together): a dump through it is still uploading seconds after it
+    began, whatever the machine's load, so a test can stop it mid-upload without racing
+    it. Replies pass at full speed. ``forwarded`` counts the upload bytes passed."""
+
+    port: int
+    bytes_per_second: int
+    forwarded: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def slow_link(endpoint: str, bytes_per_second: int) -> Iterator[SlowLink]:
+    """Forward ``127.0.0.1:<port>`` to ``endpoint`` (``http://host:port``) until the block
+    ends. A connection to a stopped endpoint is closed at once, as the endpoint's own
+    refusal would be."""
+    host, _, port = endpoint.removeprefix("http://").partition(":")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.2)  # so that the thread sees ``done``
+    link = SlowLink(listener.getsockname()[1], bytes_per_second)
+    done = threading.Event()
+    pace = threading.Lock()
+    # When the shared link is next free: each chunk moves it on by its length / rate.
+    free_at = [time.monotonic()]
+    chunk = 16 * 1024
+
+    def pump(source: socket.socket, sink: socket.socket, throttled: bool) -> None:
+        try:
+            while not done.is_set():
+                data = source.recv(chunk)
+                if not data:
+                    break
+                if throttled:
+                    with pace:
+                        start = max(free_at[0], time.monotonic())
+                        free_at[0] = start + len(data) / link.bytes_per_second
+                        link.forwarded += len(data)
+                    time.sleep(max(0.0, free_at[0] - time.monotonic()))
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def connect(client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection((host, int(port)), timeout=5)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        client.settimeout(None)
+        upload = threading.Thread(target=pump, args=(client, upstream, True), daemon=True)
+        upload.start()
+        pump(upstream, client, False)
+        upload.join()
+        client.close()
+        upstream.close()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed
+            threading.Thread(target=connect, args=(client,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield link
+    finally:
+        done.set()
+        thread.join(timeout=10)
+        listener.close()
