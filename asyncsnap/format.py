@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
+from . import jsonload
 from .catalog import SchemaQualified
 from .errors import VerificationFailed
 from .fingerprint import combine
@@ -195,7 +196,7 @@ def no_manifest(where: str, example: str | None) -> VerificationFailed:
 def load_bytes(raw: bytes, path: str) -> dict[str, Any]:
     """``load`` for a manifest's bytes read from ``path`` (a file or an object's URL)."""
     try:
-        body = orjson.loads(raw)
+        body = jsonload.loads(raw)  # orjson's answer, without its transient tree
     except orjson.JSONDecodeError as exc:
         raise VerificationFailed(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:

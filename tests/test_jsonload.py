@@ -1,0 +1,127 @@
+"""``jsonload.loads`` is orjson's answer: the same value (types, -0.0 and all) or an
+error, on random documents, written in every way JSON allows, and on mutations of them."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asyncsnap import jsonload
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and of the same types all the way down (1 != 1.0, 0.0 != -0.0 here)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    return bool(a == b)
+
+
+def _outcome(parse: Any, raw: bytes) -> tuple[str, Any]:
+    try:
+        return "value", parse(raw)
+    except orjson.JSONDecodeError:
+        return "error", None
+
+
+def check(raw: bytes) -> None:
+    ours, theirs = _outcome(jsonload.loads, raw), _outcome(orjson.loads, raw)
+    assert ours[0] == theirs[0], (raw[:200], ours, theirs)
+    assert _same(ours[1], theirs[1]), (raw[:200], ours, theirs)
+
+
+_NUMBERS = st.one_of(
+    st.integers(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.0, -0.0, 1e308, 5e-324, 2**63, -(2**63), 2**64 - 1, 2**64]),
+)
+_VALUES = st.recursive(
+    st.none() | st.booleans() | _NUMBERS | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+# Number texts JSON allows, and some it does not, written out by hand.
+_NUMBER_TEXT = st.from_regex(r"\A-?(0|[1-9][0-9]{0,25})(\.[0-9]{1,25})?([eE][+-]?[0-9]{1,4})?\Z")
+
+
+def _written(value: Any, how: int) -> bytes:
+    if how == 0:  # as orjson writes (which refuses integers past 64 bits)
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    if how == 1:
+        return json.dumps(value, ensure_ascii=True).encode()
+    return json.dumps(value, ensure_ascii=False, indent=2).encode()
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_VALUES, how=st.integers(0, 2))
+def test_random_documents_parse_as_orjson_parses_them(value: Any, how: int) -> None:
+    check(_written(value, how))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    value=_VALUES,
+    how=st.integers(0, 2),
+    at=st.integers(min_value=0),
+    junk=st.binary(min_size=1, max_size=6)
+    | st.sampled_from(
+        [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"\\ud800", b"\\udfff", b'"\\ud800"']
+    ),
+    replace=st.booleans(),
+)
+def test_mutated_documents_parse_or_fail_as_orjson(
+    value: Any, how: int, at: int, junk: bytes, replace: bool
+) -> None:
+    raw = _written(value, how)
+    at %= len(raw) + 1
+    check(raw[:at] + junk + raw[at + (len(junk) if replace else 0) :])
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=_NUMBER_TEXT)
+def test_numbers_written_by_hand(text: str) -> None:
+    check(f'{{"n": {text}, "l": [{text}]}}'.encode())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'"\\ud800"',  # a lone surrogate: orjson refuses it
+        b'"\\ud83d\\ude00"',  # a pair: one character
+        b'"\\\\ud800"',  # an escaped backslash, then text
+        b"NaN",
+        b"[Infinity]",
+        b"-Infinity",
+        b"1e400",
+        b"-1e400",
+        b"1e-400",
+        b"123456789012345678901234567890",  # past 64 bits: orjson's float
+        b"18446744073709551615",
+        b"18446744073709551616",
+        b"-9223372036854775808",
+        b"-9223372036854775809",
+        b"[" * 5000 + b"]" * 5000,  # past the standard library's recursion limit
+        b'{"a": 1, "a": 2}',
+        b"\xef\xbb\xbf{}",
+        b'"\xff"',
+        b'"\x01"',
+        b"",
+        b" {} ",
+        b"-0",
+        b"-0.0",
+    ],
+)
+def test_where_the_two_parsers_differ(raw: bytes) -> None:
+    check(raw)
