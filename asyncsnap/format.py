@@ -15,7 +15,7 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
@@ -98,7 +98,7 @@ def checksum(body: dict[str, Any]) -> str:
     once (80 MB for fifty thousand tables): each table's are hashed and let go. A body
     whose tables are not a list, or that holds the placeholder itself, is hashed whole."""
     tables = body.get("tables")
-    if not isinstance(tables, list):
+    if not isinstance(tables, list | jsonload.StreamedArray):
         return hashlib.sha256(canonical_bytes(body)).hexdigest()
     rest = canonical_bytes({**body, "tables": _TABLES_HERE})
     if rest.count(_TABLES_HERE_JSON) != 1:
@@ -168,7 +168,7 @@ def _backups_inside(directory: Path) -> list[Path]:
         return []
 
 
-def load(backup_dir: Path) -> dict[str, Any]:
+def load(backup_dir: Path, *, streamed: bool = False) -> dict[str, Any]:
     """Read and check a backup's manifest: format name, version, then checksum.
 
     Raises ``VerificationFailed`` naming what is wrong. A directory without a manifest is
@@ -180,7 +180,7 @@ def load(backup_dir: Path) -> dict[str, Any]:
     except FileNotFoundError as exc:
         inside = _backups_inside(backup_dir)
         raise no_manifest(str(backup_dir), str(inside[-1]) if inside else None) from exc
-    return load_bytes(raw, str(path))
+    return load_bytes(raw, str(path), streamed=streamed)
 
 
 def no_manifest(where: str, example: str | None) -> VerificationFailed:
@@ -193,10 +193,15 @@ def no_manifest(where: str, example: str | None) -> VerificationFailed:
     )
 
 
-def load_bytes(raw: bytes, path: str) -> dict[str, Any]:
-    """``load`` for a manifest's bytes read from ``path`` (a file or an object's URL)."""
+def load_bytes(raw: bytes, path: str, *, streamed: bool = False) -> dict[str, Any]:
+    """``load`` for a manifest's bytes read from ``path`` (a file or an object's URL).
+
+    ``streamed``: its ``tables`` a ``jsonload.StreamedArray`` (read for the checksum,
+    then again by ``parse``, an entry at a time), for a body only ``parse`` reads: ten
+    thousand entries' dicts are then never held at once."""
     try:
-        body = jsonload.loads(raw)  # orjson's answer, without its transient tree
+        # orjson's answer, without its transient tree (jsonload)
+        body = jsonload.loads_streaming(raw, "tables") if streamed else jsonload.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise VerificationFailed(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:
@@ -862,11 +867,13 @@ class Manifest:
         files = _Files(c, local)
         tables: list[BackupTable] = []
         seen_tables: set[Ref] = set()
-        raw_tables = c.lst(body.get("tables"), "tables")
-        for i in range(len(raw_tables)):
-            # Each entry's dicts let go once read: for ten thousand tables the parsed
-            # JSON and the typed entries would otherwise be held at once.
-            raw, raw_tables[i] = raw_tables[i], None
+        raw_tables = body.get("tables")
+        entries = (
+            raw_tables
+            if isinstance(raw_tables, jsonload.StreamedArray)
+            else _let_go(c.lst(raw_tables, "tables"))
+        )
+        for i, raw in enumerate(entries):
             table = _table(c, files, raw, f"tables[{i}]")
             if table.key in seen_tables:
                 raise c.fail(f"tables[{i}]", f"lists {table.qualified} twice")
@@ -898,6 +905,14 @@ class Manifest:
             restore_order=RestoreOrderInfo.parse(c, body.get("restore_order")),
             totals=Totals.parse(c, body.get("totals")),
         )
+
+
+def _let_go(entries: list[Any]) -> Iterator[Any]:
+    """``entries`` one by one, each let go once given: for ten thousand tables the parsed
+    JSON and the typed entries would otherwise be held at once."""
+    for i in range(len(entries)):
+        entry, entries[i] = entries[i], None
+        yield entry
 
 
 class FileSource(Protocol):

@@ -8,7 +8,7 @@ ms). The two disagree on a few inputs, and orjson's answer is the one the format
 defines (docs/format.md): ``loads`` hands those to orjson. They are
 
 - integers of 19 digits or more (orjson makes a float of one past 64 bits; the standard
-  library an exact int): any run of 19 digits in the bytes goes to orjson;
+  library an exact int): a number of 19 digits before its point goes to orjson;
 - escaped surrogates (orjson refuses a lone one; the standard library keeps it in the
   string): any ``\\uD8..`` to ``\\uDF..`` goes to orjson;
 - ``NaN``, ``Infinity`` and numbers past a float's range (orjson refuses them): the
@@ -24,13 +24,16 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
-# Where the two parsers could disagree (see above): a false match only costs orjson's
-# memory, so the patterns are wide (a digit run inside a string matches too).
-_ORJSON_ONLY = re.compile(rb"[0-9]{19}|\\u[dD][89a-fA-F]")
+# Where the two parsers could disagree (see above). A number starts the document or
+# follows ``[``, ``:`` or ``,`` (a string holding such text matches too, which only costs
+# orjson's memory); any 19 digits would match most manifests of ten thousand files, whose
+# SHA-256s hold runs of them.
+_ORJSON_ONLY = re.compile(rb"(?:\A|[\[:,])[ \t\n\r]*-?[0-9]{19}|\\u[dD][89a-fA-F]")
 
 
 class _Refused(ValueError):
@@ -59,3 +62,110 @@ def loads(raw: bytes) -> Any:
         return _DECODER.decode(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, _Refused
         return orjson.loads(raw)
+
+
+# JSON's whitespace, and no other.
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip(text: str, at: int) -> int:
+    match = _WHITESPACE.match(text, at)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
+class _NotPlain(Exception):
+    """The document is not one the streaming reader takes (not an object, a repeated
+    key, the array not an array): ``loads`` parses it whole."""
+
+
+class StreamedArray:
+    """A top-level array left in the document's text, parsed one element at a time on
+    each pass over it: a manifest's ten thousand table entries are never all objects at
+    once. Its elements are what ``loads`` gives (its structure was read through once)."""
+
+    __slots__ = ("_start", "_text")
+
+    def __init__(self, text: str, start: int) -> None:
+        self._text, self._start = text, start
+
+    def __iter__(self) -> Iterator[Any]:
+        text = self._text
+        at = _skip(text, self._start + 1)
+        if text[at] == "]":
+            return
+        while True:
+            value, at = _DECODER.raw_decode(text, at)
+            yield value
+            at = _skip(text, at)
+            closing = text[at] == "]"
+            at = _skip(text, at + 1)
+            if closing:
+                return
+
+    def materialized(self) -> list[Any]:
+        return list(self)
+
+
+def _array_end(text: str, start: int) -> int:
+    """Where the array opening at ``start`` ends (each element parsed and let go)."""
+    at = _skip(text, start + 1)
+    if text[at : at + 1] == "]":
+        return at + 1
+    while True:
+        _, at = _DECODER.raw_decode(text, at)
+        at = _skip(text, at)
+        mark = text[at : at + 1]
+        if mark == "]":
+            return at + 1
+        if mark != ",":
+            raise _NotPlain
+        at = _skip(text, at + 1)
+
+
+def _object_streaming(text: str, key: str) -> dict[str, Any]:
+    """The top-level object of ``text``, its ``key`` array a ``StreamedArray``; raises
+    ``_NotPlain`` (or the decoder's error) for any other document."""
+    at = _skip(text, 0)
+    if text[at : at + 1] != "{":
+        raise _NotPlain
+    body: dict[str, Any] = {}
+    at = _skip(text, at + 1)
+    if text[at : at + 1] == "}":
+        at += 1
+    else:
+        while True:
+            name, at = _DECODER.raw_decode(text, at)
+            if not isinstance(name, str) or name in body:  # a repeated key: the last wins
+                raise _NotPlain
+            at = _skip(text, at)
+            if text[at : at + 1] != ":":
+                raise _NotPlain
+            at = _skip(text, at + 1)
+            if name == key and text[at : at + 1] == "[":
+                body[name], at = StreamedArray(text, at), _array_end(text, at)
+            else:
+                body[name], at = _DECODER.raw_decode(text, at)
+            at = _skip(text, at)
+            mark = text[at : at + 1]
+            at += 1
+            if mark == "}":
+                break
+            if mark != ",":
+                raise _NotPlain
+            at = _skip(text, at)
+    if _skip(text, at) != len(text):
+        raise _NotPlain
+    return body
+
+
+def loads_streaming(raw: bytes, key: str) -> Any:
+    """``loads(raw)``, except that when it is an object whose ``key`` holds an array, that
+    array is a ``StreamedArray`` (its ``materialized()`` is ``loads``'s list). The text is
+    kept while the array is: about the size of ``raw``."""
+    if _ORJSON_ONLY.search(raw):
+        return orjson.loads(raw)
+    try:
+        return _object_streaming(raw.decode("utf-8"), key)
+    except (_NotPlain, ValueError, RecursionError):
+        return loads(raw)

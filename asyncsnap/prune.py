@@ -170,7 +170,7 @@ def _complete_backup(entry: Path) -> Backup | str:
     if not (entry / MANIFEST_NAME).is_file():
         return "no manifest.json: not a complete asyncsnap backup"
     try:
-        return manifest.parse(entry, manifest.load(entry), LocalSource(entry))
+        return manifest.parse(entry, manifest.load(entry, streamed=True), LocalSource(entry))
     except VerificationFailed:
         return "its manifest.json does not check out"
 

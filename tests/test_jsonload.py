@@ -125,3 +125,88 @@ def test_numbers_written_by_hand(text: str) -> None:
 )
 def test_where_the_two_parsers_differ(raw: bytes) -> None:
     check(raw)
+
+
+def _materialized(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: v.materialized() if isinstance(v, jsonload.StreamedArray) else v
+            for k, v in value.items()
+        }
+    return value
+
+
+def check_streaming(raw: bytes) -> None:
+    """``loads_streaming`` is ``loads`` once its streamed array is read, twice over."""
+    try:
+        streamed = jsonload.loads_streaming(raw, "tables")
+    except orjson.JSONDecodeError:
+        streamed_outcome: tuple[str, Any] = ("error", None)
+    else:
+        first = _materialized(streamed)
+        assert _same(first, _materialized(streamed)), raw[:200]  # every pass the same
+        streamed_outcome = ("value", first)
+    whole = _outcome(orjson.loads, raw)
+    assert streamed_outcome[0] == whole[0], (raw[:200], streamed_outcome, whole)
+    assert _same(streamed_outcome[1], whole[1]), (raw[:200], streamed_outcome, whole)
+
+
+_BODIES = st.dictionaries(
+    st.sampled_from(["format", "tables", "totals", "x", ""]) | st.text(max_size=3),
+    _VALUES,
+    max_size=5,
+)
+_TABLE_LISTS = st.lists(_VALUES, max_size=6)
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=_BODIES, tables=_TABLE_LISTS, how=st.integers(0, 2), has_tables=st.booleans())
+def test_a_streamed_array_is_the_parsed_list(
+    body: dict[str, Any], tables: list[Any], how: int, has_tables: bool
+) -> None:
+    if has_tables:
+        body = {**body, "tables": tables}
+    check_streaming(_written(body, how))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    body=_BODIES,
+    tables=_TABLE_LISTS,
+    how=st.integers(0, 2),
+    at=st.integers(min_value=0),
+    junk=st.binary(min_size=1, max_size=6)
+    | st.sampled_from(
+        [b",", b"]", b"[", b"}", b"{", b":", b'"tables":[1],', b'"tables":', b" ", b"\t\n"]
+    ),
+    replace=st.booleans(),
+)
+def test_a_mutated_document_streams_or_fails_as_orjson(
+    body: dict[str, Any], tables: list[Any], how: int, at: int, junk: bytes, replace: bool
+) -> None:
+    raw = _written({**body, "tables": tables}, how)
+    at %= len(raw) + 1
+    check_streaming(raw[:at] + junk + raw[at + (len(junk) if replace else 0) :])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"tables": [1, 2], "tables": [3]}',  # a repeated key: the last wins
+        b'{"tables": [], "a": 1}',
+        b'{"tables": [ ] }',
+        b'{"tables": [1,]}',
+        b'{"tables": [1 2]}',
+        b'{"tables": {"a": 1}}',
+        b'{"tables": 5}',
+        b'{"tables": [[1], {"b": [2]}]} ',
+        b'{"tables": [1]} x',
+        b'[{"tables": [1]}]',
+        b'{"a": 1,}',
+        b"{}",
+        b'{"tables": [NaN]}',
+        b'{"tables": ["\\ud800"]}',
+    ],
+)
+def test_streaming_where_documents_are_odd(raw: bytes) -> None:
+    check_streaming(raw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -15,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asyncsnap import format as manifest
+from asyncsnap import jsonload
 from asyncsnap.errors import VerificationFailed
 from asyncsnap.storage.files import BackupDirectory
 
@@ -140,6 +142,14 @@ def test_manifest_serialized_a_table_at_a_time_is_the_whole_serialized(
         backup = BackupDirectory.create(Path(parent), "b")
         backup.write_manifest(written)
         assert (backup.path / manifest.MANIFEST_NAME).read_bytes() == whole
+        # Read back (checksum checked) with its tables streamed, as open_backup reads it,
+        # and whole: the same body.
+        streamed = manifest.load(backup.path, streamed=True)
+        if isinstance(streamed["tables"], jsonload.StreamedArray):
+            streamed["tables"] = streamed["tables"].materialized()
+        else:  # parsed whole only where a number has 19 digits or more (orjson's float)
+            assert re.search(rb"[\[:,]\s*-?[0-9]{19}", whole), whole
+        assert streamed == manifest.load(backup.path) == orjson.loads(whole)
     body = written.to_json()
     assert manifest.checksum(body) == hashlib.sha256(manifest.canonical_bytes(body)).hexdigest()
     assert orjson.loads(whole)["tables"] == [t.to_json() for t in tables]

@@ -102,7 +102,7 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
         )
     if not root.is_dir():
         raise VerificationFailed(f"{root} is not a directory", hint="give a backup directory")
-    return manifest.parse(root, manifest.load(root), LocalSource(root))
+    return manifest.parse(root, manifest.load(root, streamed=True), LocalSource(root))
 
 
 def open_stored_backup(store: Store, name: str = "") -> Backup:
@@ -124,9 +124,9 @@ def open_stored_backup(store: Store, name: str = "") -> Backup:
 
 def read_manifest(store: Store, key: str) -> dict[str, Any]:
     """The manifest at ``key``, read and checked as ``manifest.load`` checks a local one
-    (``ObjectMissing`` if there is none)."""
+    (``ObjectMissing`` if there is none); its tables streamed, for ``manifest.parse``."""
     raw = b"".join(store.open_read(key))
-    return manifest.load_bytes(raw, f"{store.where}/{key}")
+    return manifest.load_bytes(raw, f"{store.where}/{key}", streamed=True)
 
 
 def plaintext(

@@ -329,7 +329,7 @@ class BackupPrefix:
 
     def _parsed(self) -> Backup:
         assert self._manifest is not None
-        body = manifest.load_bytes(self._manifest, f"{self.path}/{MANIFEST_NAME}")
+        body = manifest.load_bytes(self._manifest, f"{self.path}/{MANIFEST_NAME}", streamed=True)
         return manifest.parse(self.path, body, source=StoreSource(self.store, self.name))
 
     def commit(self) -> str:
