@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -204,12 +204,13 @@ class RecordingProxy:
 
 
 @contextlib.contextmanager
-def recording_proxy() -> Iterator[RecordingProxy]:
+def _accepting(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A listener on a free loopback port whose thread gives each connection to
+    ``handle`` until the block ends; its port."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     listener.settimeout(0.2)  # so that the thread sees ``done``
-    proxy = RecordingProxy(listener.getsockname()[1], [])
     done = threading.Event()
 
     def serve() -> None:
@@ -220,21 +221,32 @@ def recording_proxy() -> Iterator[RecordingProxy]:
                 continue
             except OSError:
                 return  # closed
-            with conn:
-                conn.settimeout(5)
-                try:
-                    proxy.seen.append(conn.recv(4096).split(b"\r\n", 1)[0])
-                except OSError as exc:
-                    proxy.seen.append(repr(exc).encode())
+            handle(conn)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield proxy
+        yield listener.getsockname()[1]
     finally:
         done.set()
         thread.join(timeout=10)
         listener.close()
+
+
+@contextlib.contextmanager
+def recording_proxy() -> Iterator[RecordingProxy]:
+    seen: list[bytes] = []
+
+    def record(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                seen.append(conn.recv(4096).split(b"\r\n", 1)[0])
+            except OSError as exc:
+                seen.append(repr(exc).encode())
+
+    with _accepting(record) as port:
+        yield RecordingProxy(port, seen)
 
 
 @dataclass
@@ -259,12 +271,8 @@ def slow_link(endpoint: str, bytes_per_second: int) -> Iterator[SlowLink]:
     ends. A connection to a stopped endpoint is closed at once, as the endpoint's own
     refusal would be."""
     host, _, port = endpoint.removeprefix("http://").partition(":")
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    listener.settimeout(0.2)  # so that the thread sees ``done``
-    link = SlowLink(listener.getsockname()[1], bytes_per_second)
-    done = threading.Event()
+    link = SlowLink(0, bytes_per_second)
+    stopped = threading.Event()
     pace = threading.Lock()
     # When the shared link is next free: each chunk moves it on by its length / rate.
     free_at = [time.monotonic()]
@@ -272,7 +280,7 @@ def slow_link(endpoint: str, bytes_per_second: int) -> Iterator[SlowLink]:
 
     def pump(source: socket.socket, sink: socket.socket, throttled: bool) -> None:
         try:
-            while not done.is_set():
+            while not stopped.is_set():
                 data = source.recv(chunk)
                 if not data:
                     break
@@ -305,21 +313,11 @@ def slow_link(endpoint: str, bytes_per_second: int) -> Iterator[SlowLink]:
         client.close()
         upstream.close()
 
-    def serve() -> None:
-        while not done.is_set():
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # closed
-            threading.Thread(target=connect, args=(client,), daemon=True).start()
+    def forward(client: socket.socket) -> None:
+        threading.Thread(target=connect, args=(client,), daemon=True).start()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield link
-    finally:
-        done.set()
-        thread.join(timeout=10)
-        listener.close()
+    with _accepting(forward) as link.port:
+        try:
+            yield link
+        finally:
+            stopped.set()
