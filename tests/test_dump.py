@@ -460,6 +460,52 @@ def test_the_types_read_for_a_dump_are_those_its_columns_are_made_of(db: Databas
         assert column_encoding(column, used) == column_encoding(column, every)
 
 
+def test_tables_described_in_batches_are_described_as_in_one(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """describe_tables asks DESCRIBE_BATCH tables a query (a high-water mark of rows
+    held, ten thousand tables): in batches of two, five tables with keys, foreign keys
+    across batches and sizes come out as they do in one query, in their order."""
+    from asyncsnap import catalog
+
+    db.execute(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (x int, y int,"
+        " PRIMARY KEY (x, y)); CREATE TABLE c (id int REFERENCES a, bx int, by int,"
+        " FOREIGN KEY (bx, by) REFERENCES b); CREATE TABLE d (n numeric(10, 2)[]);"
+        "CREATE TABLE e (); INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 500) g"
+    )
+
+    queries: list[str] = []
+
+    async def described() -> list[catalog.Table]:
+        conn = await asyncpg.connect(db.dsn)
+        try:
+            server = await catalog.read_server_info(conn)
+            listed = [t for t in await catalog.list_tables(conn, server) if t.schema == "public"]
+            conn.add_query_logger(
+                lambda record: (
+                    queries.append(record.query)
+                    if record.query
+                    in (catalog._SIZES_SQL, catalog._COLUMNS_SQL, catalog._CONSTRAINTS_SQL)
+                    else None
+                )
+            )
+            return await catalog.describe_tables(conn, sorted(listed, key=lambda t: t.name))
+        finally:
+            await conn.close()
+
+    whole = anyio.run(described, backend="asyncio")
+    assert len(queries) == 3  # sizes, columns, constraints: one query each
+    queries.clear()
+    monkeypatch.setattr(catalog, "DESCRIBE_BATCH", 2)
+    assert anyio.run(described, backend="asyncio") == whole
+    assert len(queries) == 9  # the same three for each of three batches
+    assert [t.name for t in whole] == ["a", "b", "c", "d", "e"]
+    assert [len(t.columns) for t in whole] == [2, 2, 3, 1, 0]
+    assert [len(t.foreign_keys) for t in whole] == [0, 0, 2, 0, 0]
+    assert whole[1].primary_key == ("x", "y") and whole[0].table_bytes > 0
+
+
 def test_data_files_are_fsynced_before_sha256sums_and_the_manifest(
     db: Database, tmp_path: Path
 ) -> None:
