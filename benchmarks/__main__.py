@@ -1004,12 +1004,11 @@ WHY = {
     "MB of bytes before a local backup wrote them; the catalog's dataclasses without "
     "slots). It grows with the tables, about 4 KiB a table.",
     "many_rss_restore": "the peak is asyncsnap's own process (its pg_restore children 9-24 "
-    "MiB each), and it grows with the tables: about 7 KiB a table. Reading the manifest "
-    "no longer sets it (2026-12-05: its tables are streamed, opening a 10,000-table backup "
-    "peaks at 67 MiB, from 107, and verify at 81 from 123): polled from /proc, the "
-    "restore holds 94 MiB through pre-data (pg_restore's script cut into batches) and "
-    "reaches 122 MiB when the rows' plan is made (the target's columns described, 40,000 "
-    "of them, and a load planned for each table).",
+    "MiB each), and it grows with the tables. 2026-12-05: 123.5 MiB at 10,000 tables, then "
+    "95.7-98.8 (the manifest's tables streamed, pre-data's script not cut into a list of "
+    "lines, the target described 1,000 tables a query, like names shared); what remains "
+    "is the interpreter and imports (~33 MiB), the backup's and the target's catalogs "
+    "and a load planned for each table.",
     "startup": "a start that does no work is Python's own (~40 ms with site and this "
     "machine's .pth files), Typer's import (~45 ms) and its building of the 8 commands' "
     "options from their signatures (~30 ms); nothing of the library is imported "
