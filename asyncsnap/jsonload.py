@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import orjson
@@ -90,30 +90,21 @@ class StreamedArray:
         self._text, self._start = text, start
 
     def __iter__(self) -> Iterator[Any]:
-        text = self._text
-        at = _skip(text, self._start + 1)
-        if text[at] == "]":
-            return
-        while True:
-            value, at = _DECODER.raw_decode(text, at)
-            yield value
-            at = _skip(text, at)
-            closing = text[at] == "]"
-            at = _skip(text, at + 1)
-            if closing:
-                return
+        yield from _elements(self._text, self._start)
 
     def materialized(self) -> list[Any]:
         return list(self)
 
 
-def _array_end(text: str, start: int) -> int:
-    """Where the array opening at ``start`` ends (each element parsed and let go)."""
+def _elements(text: str, start: int) -> Generator[Any, None, int]:
+    """Each element of the array opening at ``start``; returns where the array ends.
+    Raises ``_NotPlain`` (or the decoder's error) where it is not a JSON array."""
     at = _skip(text, start + 1)
     if text[at : at + 1] == "]":
         return at + 1
     while True:
-        _, at = _DECODER.raw_decode(text, at)
+        value, at = _DECODER.raw_decode(text, at)
+        yield value
         at = _skip(text, at)
         mark = text[at : at + 1]
         if mark == "]":
@@ -121,6 +112,16 @@ def _array_end(text: str, start: int) -> int:
         if mark != ",":
             raise _NotPlain
         at = _skip(text, at + 1)
+
+
+def _array_end(text: str, start: int) -> int:
+    """Where the array opening at ``start`` ends (each element parsed and let go)."""
+    walk = _elements(text, start)
+    while True:
+        try:
+            next(walk)
+        except StopIteration as ended:
+            return int(ended.value)
 
 
 def _object_streaming(text: str, key: str) -> dict[str, Any]:
