@@ -408,8 +408,12 @@ class _TableReader:
             ]
             self.con.register("both_texts", read_together(sources))
             # The join's hash table on the identities (few), not on the stream (all lines):
-            # DuckDB cannot know the stream's size and may guess it small.
-            self.con.execute("SET disabled_optimizers = 'build_side_probe_side'")
+            # DuckDB cannot know the stream's size and may guess it small. And no filter
+            # from the join pushed into the stream's scan: DuckDB 1.5 hands it to pyarrow
+            # as a Python int, which fails for an identity past 2^63 (OverflowError).
+            self.con.execute(
+                "SET disabled_optimizers = 'build_side_probe_side,join_filter_pushdown'"
+            )
             try:
                 run_engine(
                     what,
