@@ -27,6 +27,7 @@ from . import format as manifest
 from . import schema
 from .catalog import (
     Catalog,
+    ServerInfo,
     Table,
     default_sequences,
     describe_tables,
@@ -72,7 +73,7 @@ from .format import (
     DatabaseProperties,
     Skipped,
 )
-from .inventory import Inventory, take_inventory
+from .inventory import Inventory, LargeObjectCounts, take_inventory
 from .jobs import LargeObjectsJob, WorkItem, cancelled_by_server
 from .largeobjects import count_large_objects
 from .patterns import Selection
@@ -88,6 +89,7 @@ from .plan import (
 )
 from .prune import prune
 from .session import CONNECTION_LOST, Session, SessionPolicy
+from .slot import SlotKeeper, check_publication_name, check_slot_name
 from .snapshot import (
     Coordinator,
     changed_since_snapshot,
@@ -147,6 +149,7 @@ class DumpResult:
     large_objects: int = 0  # objects written
     snapshots: int = 1  # snapshots taken: more than one when a table changed under the first
     written: manifest.Manifest | None = field(default=None, repr=False)  # the manifest
+    slot: manifest.SlotInfo | None = None  # dump --slot: where increments start
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -193,6 +196,7 @@ class _Planned:
     # the lock table's size then, for the notice.
     schema_first: bool = False
     lock_capacity: int = 0
+    slot: manifest.SlotInfo | None = None  # dump --slot: the slot whose start this is
 
 
 async def dump(
@@ -220,6 +224,8 @@ async def dump(
     with_schema: bool = True,
     encrypt_to: Sequence[str] = (),
     fingerprints: bool = False,
+    slot: str | None = None,
+    publication: str | None = None,
     on_event: EventCallback | None = None,
 ) -> DumpResult:
     """Export the selected tables at one moment into ``<output>/<name>``.
@@ -267,6 +273,13 @@ async def dump(
         docs/format.md "Row fingerprints"), so that ``compare`` reads no file and ``diff``
         can skip tables whose rows are the same; costs the dump a SHA-256 of every line
         (1.12 of the time on pgbench scale 50, measured), hence not by default.
+    :param slot: create the logical replication slot of this name, and dump in the
+        snapshot that is its start (``asyncsnap.slot``): the backup an incremental one can
+        follow. The manifest records the slot, its publication and its consistent LSN.
+        Needs ``wal_level = logical``, a role with REPLICATION and psycopg 3
+        (``asyncsnap[incremental]``).
+    :param publication: with ``slot``, the existing publication to decode with (checked,
+        never changed); without it one named like the slot is created for the tables.
     :param on_event: called with progress events (see ``asyncsnap.events``).
     :raises ClientToolMissing: when no pg_dump can dump the server and ``with_schema``.
     :raises AsyncsnapError: a subclass with the exit code for every expected failure.
@@ -300,6 +313,8 @@ async def dump(
         with_schema=with_schema,
         encrypt_to=encrypt_to,
         fingerprints=fingerprints,
+        slot=slot,
+        publication=publication,
     )
     options = await anyio.to_thread.run_sync(build)  # reads key files, looks at -o
     return await _DumpRun(options, dsn, on_event or (lambda event: None)).run()
@@ -331,6 +346,8 @@ class DumpOptions:
     with_schema: bool
     recipients: tuple[Any, ...]  # age recipients, parsed; empty: not encrypted
     fingerprints: bool
+    slot: str | None
+    publication: str | None
 
     @classmethod
     def build(
@@ -351,6 +368,7 @@ class DumpOptions:
         """
         recipients = tuple(parse_recipients(encrypt_to)) if encrypt_to else ()
         _check_numbers(**given)
+        _check_slot(given["slot"], given["publication"])
         tables, exclude_tables = list(tables), list(exclude_tables)
         schemas, exclude_schemas = list(schemas), list(exclude_schemas)
         selection = Selection.from_strings(
@@ -374,6 +392,18 @@ class DumpOptions:
             recipients=recipients,
             **given,
         )
+
+
+def _check_slot(slot: str | None, publication: str | None) -> None:
+    if slot is not None:
+        check_slot_name(slot)
+    if publication is not None:
+        if slot is None:
+            raise UsageError(
+                "--publication is for a backup with a replication slot",
+                hint="add --slot NAME, or leave out --publication",
+            )
+        check_publication_name(publication)
 
 
 def _check_numbers(
@@ -419,6 +449,8 @@ class _DumpRun:
         # pg_dump's archive when it was taken before the locks (``_Planned.schema_first``).
         self.schema_archive: Path | None = None
         self.schema_failure: DumpFailed | None = None  # pg_dump's, until the check below
+        self.session: Session | None = None
+        self.slot: SlotKeeper | None = None  # dump --slot
         self.finished = False
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
@@ -432,6 +464,7 @@ class _DumpRun:
                 statement_timeout=o.statement_timeout, row_security=o.enable_row_security
             ),
         )
+        self.session = session
         # Everything until the backup is complete runs under the deadline (None: none); the
         # cancellation it causes takes the same clean-up path as Ctrl-C.
         with anyio.move_on_after(o.max_duration):
@@ -483,6 +516,9 @@ class _DumpRun:
         on a new snapshot if a table changed before its lock (``snapshot.until_unchanged``)."""
         assert self.conn is not None
         conn = self.conn
+        if self.o.slot is not None:
+            self.slot = SlotKeeper(session.params, self.o.slot, self.o.publication)
+            await _prepare_slot(conn, self.o, self.slot)
 
         async def changed(planned: _Planned) -> list[str]:
             if self.pool is None:
@@ -495,7 +531,7 @@ class _DumpRun:
             return found
 
         async def plan() -> _Planned:
-            planned = await _plan_in_snapshot(conn, self.o, self.emit)
+            planned = await _plan_in_snapshot(conn, self.o, self.emit, self.slot)
             if planned.schema_first:
                 await self.schema_before_locks(session, planned)
             return planned
@@ -680,11 +716,34 @@ class _DumpRun:
         (or kept without a manifest with --keep-partial)."""
         if self.pool is not None:
             await close_pool(self.pool)
+        if self.slot is not None and not self.finished:
+            with anyio.CancelScope(shield=True):
+                await self.abandon_slot(self.slot)
         if self.target is not None and not self.finished:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(
                     _abandon, self.target, self.o.keep_partial, self.emit
                 )
+
+    async def abandon_slot(self, slot: SlotKeeper) -> None:
+        """The slot and publication this failed dump made, dropped on a connection of
+        their own (the coordinator's may be mid-transaction or gone); a failure to drop
+        them is said, not raised over the dump's own error."""
+        assert self.session is not None
+        try:
+            with anyio.fail_after(30):
+                conn = await self.session.connect()
+                try:
+                    await slot.abandon(conn)
+                finally:
+                    await conn.close()
+        except (Exception, TimeoutError) as exc:
+            self.emit(
+                Notice(
+                    f"could not drop replication slot {slot.name} after the failure "
+                    f"({exc}); drop it with: asyncsnap slot drop {slot.name}"
+                )
+            )
 
     def result(
         self,
@@ -713,6 +772,7 @@ class _DumpRun:
             large_objects=lo_file.objects if lo_file is not None else 0,
             snapshots=snapshots,
             written=body,
+            slot=planned.slot,
         )
         self.emit(
             DumpFinished(
@@ -728,14 +788,10 @@ class _DumpRun:
         return result
 
 
-async def _plan_in_snapshot(
-    conn: asyncpg.Connection, options: DumpOptions, emit: EventCallback
-) -> _Planned:
-    """Begin and export a snapshot on ``conn``, decide what the backup holds, lock it and
-    plan the chunks, all inside that snapshot."""
-    coordinator = await Coordinator.begin(conn)
-    server = await read_server_info(conn)
-    database = await read_properties(conn, server.version_num)
+async def _select(
+    conn: asyncpg.Connection, options: DumpOptions, server: ServerInfo
+) -> tuple[Inventory, LargeObjectCounts]:
+    """What the options select of what the catalog lists, as ``conn`` sees it."""
     relations = await list_tables(conn, server)
     sequences = await list_sequences(conn)
     table_oids = [t.oid for t in relations if t.is_table]
@@ -751,6 +807,38 @@ async def _plan_in_snapshot(
         large_objects=options.large_objects,
         large_object_counts=object_counts,
     )
+    return inventory, object_counts
+
+
+async def _prepare_slot(conn: asyncpg.Connection, options: DumpOptions, slot: SlotKeeper) -> None:
+    """``--slot``'s checks and publication, before the snapshot: for the tables the options
+    select now (checked again in the snapshot)."""
+    server = await read_server_info(conn)
+    inventory, _ = await _select(conn, options, server)
+    await slot.prepare(conn, inventory.tables, lock_timeout=options.lock_timeout)
+
+
+async def _plan_in_snapshot(
+    conn: asyncpg.Connection,
+    options: DumpOptions,
+    emit: EventCallback,
+    slot: SlotKeeper | None = None,
+) -> _Planned:
+    """Begin and export a snapshot on ``conn`` (with ``slot``, the new slot's), decide
+    what the backup holds, lock it and plan the chunks, all inside that snapshot."""
+    if slot is None:
+        coordinator = await Coordinator.begin(conn)
+        server = await read_server_info(conn)
+    else:
+        version = await conn.fetchval(
+            "SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4"
+        )
+        coordinator = await slot.begin(conn, version)
+        server = await read_server_info(conn)
+    database = await read_properties(conn, server.version_num)
+    inventory, object_counts = await _select(conn, options, server)
+    if slot is not None:
+        await slot.check(conn, inventory.tables)
     capacity, schema_first = 0, False
     if options.with_schema:
         capacity, indexes = await read_lock_capacity(conn, [t.oid for t in inventory.tables])
@@ -812,6 +900,7 @@ async def _plan_in_snapshot(
         database=database,
         schema_first=schema_first,
         lock_capacity=capacity,
+        slot=slot.info if slot is not None else None,
     )
 
 
@@ -1092,6 +1181,7 @@ def _manifest_body(
             id=planned.coordinator.snapshot_id,
             taken_at=_utc_iso(planned.coordinator.taken_at),
         ),
+        slot=planned.slot,
         server=manifest.ServerInfo(
             version=server.version,
             version_num=server.version_num,

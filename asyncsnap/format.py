@@ -674,6 +674,59 @@ class SnapshotInfo:
         )
 
 
+# A replication slot's name: PostgreSQL's rule (lower-case letters, digits, _, at most 63).
+SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
+SLOT_PLUGIN = "pgoutput"
+LSN = re.compile(r"[0-9A-F]{1,8}/[0-9A-F]{1,8}")  # as PostgreSQL writes one
+SYSTEM_IDENTIFIER = re.compile(r"[0-9]{1,20}")
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """``slot``: the logical replication slot whose start is this backup's snapshot
+    (``dump --slot``): where an incremental backup's changes begin. Absent otherwise."""
+
+    name: str
+    publication: str
+    consistent_lsn: str  # X/Y, upper-case hexadecimal as the server writes it
+    system_identifier: str  # the cluster's (IDENTIFY_SYSTEM), decimal
+    plugin: str = SLOT_PLUGIN
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "plugin": self.plugin,
+            "publication": self.publication,
+            "consistent_lsn": self.consistent_lsn,
+            "system_identifier": self.system_identifier,
+        }
+
+    @classmethod
+    def parse(cls, c: _Checker, raw: Any) -> SlotInfo | None:
+        if raw is None:
+            return None
+        s = c.obj(raw, "slot")
+
+        def matching(key: str, pattern: re.Pattern[str], what: str) -> str:
+            value: str = c.string(s.get(key), f"slot.{key}")
+            if not pattern.fullmatch(value):
+                raise c.fail(f"slot.{key}", f"is not {what}: {value!r}")
+            return value
+
+        publication: str = c.string(s.get("publication"), "slot.publication")
+        if not publication or len(publication.encode()) > 63 or "\0" in publication:
+            raise c.fail("slot.publication", f"is not a publication name: {publication!r}")
+        return cls(
+            name=matching("name", SLOT_NAME, "a replication slot name"),
+            plugin=c.choice(s.get("plugin"), "slot.plugin", (SLOT_PLUGIN,)),
+            publication=publication,
+            consistent_lsn=matching("consistent_lsn", LSN, "a WAL position (X/Y)"),
+            system_identifier=matching(
+                "system_identifier", SYSTEM_IDENTIFIER, "a system identifier"
+            ),
+        )
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     """``server``: the source server and database. Fields a backup of an older asyncsnap
@@ -819,6 +872,7 @@ class Manifest:
     server: ServerInfo | None = None
     restore_order: RestoreOrderInfo | None = None
     totals: Totals | None = None
+    slot: SlotInfo | None = None  # dump --slot's; absent otherwise
 
     def to_json(self, *, tables: bool = True) -> dict[str, Any]:
         """The manifest's body (``serialize`` adds its checksum), keys in the order the
@@ -837,6 +891,7 @@ class Manifest:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "snapshot": maybe(self.snapshot),
+            **({"slot": self.slot.to_json()} if self.slot is not None else {}),
             "server": maybe(self.server),
             "database": maybe(self.database),
             "settings": dict(self.settings),
@@ -901,6 +956,7 @@ class Manifest:
             started_at=c.string(body.get("started_at"), "started_at", allow_none=True),
             finished_at=c.string(body.get("finished_at"), "finished_at", allow_none=True),
             snapshot=SnapshotInfo.parse(c, body.get("snapshot")),
+            slot=SlotInfo.parse(c, body.get("slot")),
             server=ServerInfo.parse(c, body.get("server")),
             restore_order=RestoreOrderInfo.parse(c, body.get("restore_order")),
             totals=Totals.parse(c, body.get("totals")),

@@ -73,9 +73,16 @@ class Coordinator:
         self.began = time.monotonic()  # for "snapshot held for N s"
 
     @classmethod
-    async def begin(cls, conn: asyncpg.Connection) -> Coordinator:
-        """Start the snapshot transaction on ``conn`` and export it."""
+    async def begin(cls, conn: asyncpg.Connection, *, imported: str | None = None) -> Coordinator:
+        """Start the snapshot transaction on ``conn`` and export it; with ``imported``, in
+        that snapshot (a replication slot's start, exported by the connection that created
+        the slot): exported again, the workers import it from this transaction, which
+        outlives the slot's connection."""
         await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        if imported is not None:
+            if not _SNAPSHOT_ID.fullmatch(imported):
+                raise DumpFailed(f"unexpected snapshot identifier {imported!r} from the server")
+            await conn.execute(f"SET TRANSACTION SNAPSHOT '{imported}'")
         row = await conn.fetchrow(
             "SELECT pg_catalog.pg_export_snapshot() AS id, pg_catalog.now() AS taken_at"
         )

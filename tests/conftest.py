@@ -26,6 +26,9 @@ import pytest
 
 from throwaway.postgres import Server, find_bindir, throwaway_server
 
+# The tests' servers decode WAL (dump --slot and increments need wal_level = logical).
+LOGICAL = {"wal_level": "logical"}
+
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -102,7 +105,7 @@ def _servers() -> Iterator[Callable[[str | None], Postgres]]:
                     started[major] = Postgres(admin_dsn=external, server=None)
                 else:
                     bindir = find_bindir(major) if major is not None else None
-                    server = stack.enter_context(throwaway_server(bindir))
+                    server = stack.enter_context(throwaway_server(bindir, settings=LOGICAL))
                     started[major] = Postgres(admin_dsn=server.dsn(), server=server)
             return started[major]
 
@@ -162,6 +165,14 @@ def fresh_database(postgres: Postgres, prefix: str) -> Iterator[Database]:
     try:
         yield Database(name=name, dsn=postgres.dsn(name), postgres=postgres)
     finally:
+        # A replication slot of the database (dump --slot's) would keep it from being dropped.
+        anyio.run(
+            execute,
+            postgres.admin_dsn,
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+            f" WHERE database = '{name}'",
+            backend="asyncio",
+        )
         anyio.run(
             execute, postgres.admin_dsn, f'DROP DATABASE "{name}" WITH (FORCE)', backend="asyncio"
         )

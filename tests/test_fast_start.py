@@ -21,7 +21,17 @@ import pytest
 from .conftest import clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("dump", "restore", "compare", "diff", "convert", "verify", "prune", "inspect")
+COMMANDS = (
+    "dump",
+    "restore",
+    "compare",
+    "diff",
+    "convert",
+    "verify",
+    "prune",
+    "inspect",
+    "drop-slot",
+)
 
 # The modules of asyncsnap a start may import: the command layer and the ground floor.
 ASYNCSNAP_AT_START = frozenset(
@@ -32,7 +42,7 @@ ASYNCSNAP_AT_START = frozenset(
         "asyncsnap.cli.options",
         "asyncsnap.cli.secrets",
         "asyncsnap.cli.startup",
-        *(f"asyncsnap.cli.{command}" for command in COMMANDS),
+        *(f"asyncsnap.cli.{command.replace('-', '_')}" for command in COMMANDS),
         "asyncsnap.errors",
         "asyncsnap.text",
         "asyncsnap.version",  # --version

@@ -32,6 +32,9 @@ FORBIDDEN = {
     "plan": ("storage", "dump", "restore", "analysis", "api", "cli", "jobs", "copy"),
     "session": ("storage", "dump", "restore", "analysis", "api", "cli", "jobs", "copy"),
     "snapshot": ("storage", "dump", "restore", "analysis", "api", "cli", "jobs", "copy"),
+    # a replication slot's start and its changes' messages: below the commands that use them
+    "slot": ("storage", "dump", "restore", "analysis", "api", "cli", "jobs", "copy"),
+    "pgoutput": ("*",),
     # a chunk's job runs anywhere: it needs no command above it
     "jobs": ("dump", "restore", "analysis", "api", "cli", "copy", "verify", "prune"),
     "copy": ("dump", "restore", "analysis", "api", "cli"),

@@ -40,6 +40,7 @@ DUMP_SUMMARY_KEYS = {
     "large_objects",
     "snapshots",
     "skipped",
+    "slot",
     "error",
     "hint",
 }

@@ -25,7 +25,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from ..errors import ExitCode
-from . import compare, convert, diff, dump, inspect, prune, restore, verify
+from . import compare, convert, diff, drop_slot, dump, inspect, prune, restore, verify
 from .secrets import argv_secrets, hide_password_from_process_title, redact
 from .startup import Command, Group
 
@@ -80,6 +80,7 @@ app.command("convert", cls=Command, short_help=convert.SHORT_HELP)(convert.conve
 app.command("verify", cls=Command, short_help=verify.SHORT_HELP)(verify.verify_command)
 app.command("prune", cls=Command, short_help=prune.SHORT_HELP)(prune.prune_command)
 app.command("inspect", cls=Command, short_help=inspect.SHORT_HELP)(inspect.inspect_command)
+app.command("drop-slot", cls=Command, short_help=drop_slot.SHORT_HELP)(drop_slot.drop_slot_command)
 
 
 # glibc's mallopt parameter for MALLOC_ARENA_MAX (malloc.h).

@@ -201,6 +201,25 @@ def dump_command(
             "and diff checks what it reads (a SHA-256 of every line: about 12% more time).",
         ),
     ] = False,
+    slot: Annotated[
+        str | None,
+        typer.Option(
+            "--slot",
+            metavar="NAME",
+            help="Create the logical replication slot NAME and dump in the snapshot that is "
+            "its start: the full backup increments follow (needs wal_level = logical, a "
+            "role with REPLICATION and the incremental extra: psycopg).",
+        ),
+    ] = None,
+    publication: Annotated[
+        str | None,
+        typer.Option(
+            "--publication",
+            metavar="NAME",
+            help="With --slot: the existing publication to decode with (checked, never "
+            "changed); by default one named like the slot is created for the tables.",
+        ),
+    ] = None,
     endpoint_url: EndpointOption = None,
     log_format: LogFormatOption = "text",
     summary_json: SummaryOption = None,
@@ -278,6 +297,8 @@ def dump_command(
         with_schema=not no_schema,
         encrypt_to=encrypt_to or (),
         fingerprints=fingerprints,
+        slot=slot,
+        publication=publication,
         on_event=watch,
     )
     left = "the incomplete backup was kept (--keep-partial)" if keep_partial else "nothing was kept"
@@ -341,4 +362,5 @@ def _summary(result: DumpResult) -> dict[str, object]:
         "large_objects": result.large_objects,
         "snapshots": result.snapshots,
         "skipped": [asdict(k) for k in result.skipped],
+        "slot": result.slot.to_json() if result.slot is not None else None,
     }

@@ -49,6 +49,7 @@ DUMP_COUNTS = (
     "large_objects",
     "snapshots",
     "skipped",
+    "slot",
 )
 RESTORE_COUNTS = ("tables", "rows", "sequences", "large_objects", "refreshed", "seconds")
 
