@@ -35,6 +35,7 @@ FORBIDDEN = {
     # a replication slot's start and its changes' messages: below the commands that use them
     "slot": ("storage", "dump", "restore", "analysis", "api", "cli", "jobs", "copy"),
     "pgoutput": ("*",),
+    "changes": ("storage", "dump", "restore", "analysis", "api", "cli", "jobs", "copy", "slot"),
     # a chunk's job runs anywhere: it needs no command above it
     "jobs": ("dump", "restore", "analysis", "api", "cli", "copy", "verify", "prune"),
     "copy": ("dump", "restore", "analysis", "api", "cli"),

@@ -1,0 +1,245 @@
+"""The committed changes a logical replication slot holds after a position: what an
+incremental backup is made of (issue 25).
+
+The slot is read with the server's SQL interface (``pg_logical_slot_peek_binary_changes``,
+pgoutput protocol 1), which never consumes it: the slot moves only when the caller says so
+(``advance``), after what it read is safely stored, so a reader killed midway reads the
+same again. Rows arrive through a cursor, a batch at a time, never all at once.
+
+Which transactions belong to a stretch of WAL, exactly
+------------------------------------------------------
+A transaction is placed by its commit record's LSN (pgoutput's ``commit_lsn``, the start
+of the record). A backup made with ``dump --slot`` holds every transaction whose commit
+LSN is before the slot's consistent point, and none after; from there, each read covers the
+transactions whose commit LSN is at or after ``start`` and ends at the end of the last
+commit it returns (``ChangeSet.end``): every transaction committed before that point was
+decoded before it (the server decodes in commit order), and the next read starts there.
+Decoding sees flushed WAL only, and a commit record that is not wholly flushed is not
+decoded yet: its LSN is past the last complete one, so the next read has it. Advancing the
+slot to ``end`` makes the server skip, from then on, exactly the transactions a read
+covered (it skips commits whose record starts before the slot's position).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import asyncpg
+
+from .pgoutput import (
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    LogicalMessage,
+    Message,
+    Origin,
+    Relation,
+    Truncate,
+    TypeInfo,
+    Update,
+    Value,
+    decode,
+    format_lsn,
+)
+
+# Rows of the decoding function fetched at a time (each one message).
+FETCH_BATCH = 1000
+
+
+class ChangesUnreadable(Exception):
+    """The slot's messages do not add up (a change outside a transaction, a relation never
+    described, a message that does not follow the protocol): nothing read can be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """One row's insert, update or delete, in the relation as it was described then."""
+
+    kind: Literal["insert", "update", "delete"]
+    relation: Relation
+    # The old row's key columns (replica identity), or the whole old row (FULL); None for
+    # an insert, and for an update that did not change the key.
+    old: tuple[Value, ...] | None
+    old_is_key: bool
+    new: tuple[Value, ...] | None  # None for a delete
+
+
+@dataclass(frozen=True, slots=True)
+class TruncateChange:
+    relations: tuple[Relation, ...]
+    cascade: bool
+    restart_identity: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    xid: int
+    commit_lsn: int
+    end_lsn: int
+    commit_time: int  # microseconds since 2000-01-01 UTC
+    changes: tuple[RowChange | TruncateChange, ...]
+
+
+@dataclass
+class ChangeSet:
+    """What one read covered: the transactions from ``start`` up to ``end``."""
+
+    start: int
+    end: int
+    transactions: list[Transaction] = field(default_factory=list)
+
+    @property
+    def span(self) -> str:
+        return f"{format_lsn(self.start)}..{format_lsn(self.end)}"
+
+
+class _Assembler:
+    """Messages in, whole transactions out: checks that they add up."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.relations: dict[int, Relation] = {}
+        self.begin: Begin | None = None
+        self.changes: list[RowChange | TruncateChange] = []
+
+    def feed(self, message: Message) -> Transaction | None:
+        if isinstance(message, Relation):
+            self.relations[message.oid] = message
+        elif isinstance(message, (TypeInfo, Origin, LogicalMessage)):
+            pass  # types are named by the backup's columns; origins and messages unused
+        elif isinstance(message, Begin):
+            if self.begin is not None:
+                raise ChangesUnreadable("a transaction began inside another")
+            self.begin, self.changes = message, []
+        elif isinstance(message, Commit):
+            return self._commit(message)
+        elif self.begin is None:
+            raise ChangesUnreadable(f"a {type(message).__name__} outside a transaction")
+        elif isinstance(message, Insert):
+            self.changes.append(
+                RowChange("insert", self._relation(message.relation), None, False, message.new)
+            )
+        elif isinstance(message, Update):
+            self.changes.append(
+                RowChange(
+                    "update",
+                    self._relation(message.relation),
+                    message.old,
+                    message.old_is_key,
+                    message.new,
+                )
+            )
+        elif isinstance(message, Delete):
+            self.changes.append(
+                RowChange(
+                    "delete",
+                    self._relation(message.relation),
+                    message.old,
+                    message.old_is_key,
+                    None,
+                )
+            )
+        elif isinstance(message, Truncate):
+            self.changes.append(
+                TruncateChange(
+                    tuple(self._relation(r) for r in message.relations),
+                    message.cascade,
+                    message.restart_identity,
+                )
+            )
+        return None
+
+    def _relation(self, oid: int) -> Relation:
+        try:
+            return self.relations[oid]
+        except KeyError:
+            raise ChangesUnreadable(f"a change of relation {oid}, never described") from None
+
+    def _commit(self, commit: Commit) -> Transaction | None:
+        begin, self.begin = self.begin, None
+        if begin is None:
+            raise ChangesUnreadable("a commit without its transaction")
+        if commit.commit_lsn != begin.final_lsn:
+            raise ChangesUnreadable(
+                f"a transaction committed at {format_lsn(commit.commit_lsn)}, announced at "
+                f"{format_lsn(begin.final_lsn)}"
+            )
+        if commit.commit_lsn < self.start:
+            return None  # covered by an earlier read (the slot was not advanced after it)
+        return Transaction(
+            xid=begin.xid,
+            commit_lsn=commit.commit_lsn,
+            end_lsn=commit.end_lsn,
+            commit_time=commit.commit_time,
+            changes=tuple(self.changes),
+        )
+
+    def finish(self) -> None:
+        if self.begin is not None:
+            raise ChangesUnreadable("the changes ended inside a transaction")
+
+
+async def read_changes(
+    conn: asyncpg.Connection,
+    slot: str,
+    publication: str,
+    start: int,
+    upto: int | None = None,
+) -> ChangeSet:
+    """The transactions the slot holds whose commit LSN is at or after ``start``, up to
+    the flushed end of WAL (or ``upto``), without consuming them (module docstring).
+
+    :raises ChangesUnreadable: when the messages do not add up.
+    """
+    found = ChangeSet(start=start, end=start)
+    async for transaction in transactions(conn, slot, publication, start, upto):
+        found.transactions.append(transaction)
+        found.end = transaction.end_lsn
+    return found
+
+
+async def transactions(
+    conn: asyncpg.Connection,
+    slot: str,
+    publication: str,
+    start: int,
+    upto: int | None = None,
+) -> AsyncIterator[Transaction]:
+    """``read_changes``' transactions one at a time, in commit order."""
+    assembler = _Assembler(start)
+    async with conn.transaction(isolation="read_committed", readonly=True):
+        cursor = conn.cursor(
+            "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes("
+            "$1, $2::pg_catalog.pg_lsn, NULL, 'proto_version', '1', 'publication_names', $3)",
+            slot,
+            upto,  # asyncpg sends a pg_lsn as an integer
+            publication,
+            prefetch=FETCH_BATCH,
+        )
+        async for row in cursor:
+            for transaction in _fed(assembler, bytes(row["data"])):
+                yield transaction
+    assembler.finish()
+
+
+def _fed(assembler: _Assembler, data: bytes) -> Iterator[Transaction]:
+    try:
+        message = decode(data)
+    except ValueError as exc:
+        raise ChangesUnreadable(f"a message the slot sent cannot be read: {exc}") from exc
+    done = assembler.feed(message)
+    if done is not None:
+        yield done
+
+
+async def advance(conn: asyncpg.Connection, slot: str, to: int) -> None:
+    """Move the slot to ``to``: the server forgets (and frees the WAL of) the transactions
+    before it. Call it only once what was read up to there is stored."""
+    await conn.execute(
+        "SELECT pg_catalog.pg_replication_slot_advance($1, $2::pg_catalog.pg_lsn)",
+        slot,
+        to,
+    )
