@@ -949,11 +949,12 @@ WHY = {
     "about 3 s for pgbench scale 50, pg_restore's under 1 s. A split table's files now "
     "load in page order (sorted by size they reached the primary key out of order: -j 1 "
     "13.7 s, now 9.4 s against 10.0 s for one raw COPY FROM).",
-    "dump_raw": "the raw COPY is the server's text output alone; the dump adds the "
-    "client's conversion to JSON, zstd and sha256 (about 6 s of client CPU per GB of JSON "
-    "on pgbench), which share the two cores with the server's backends. Binary COPY (what "
-    "DuckDB asks for) costs the server 10-30% less than text on pgbench_accounts; not "
-    "built (every binary form would need its own exact renderer).",
+    "dump_raw": "the raw COPY is the server's text output alone, received and dropped; the "
+    "dump adds the client's conversion to JSON, zstd and sha256, which share the two cores "
+    "with the server's backends. On 2026-12-05 (main at d40fd05), pgbench scale 50: dump "
+    "2.45 s wall, 2.25 s client CPU (3.4 s per GB of JSON); raw COPY 2.08 s, 0.67 s. The "
+    "dump reads in binary COPY where every column has an exact renderer (the server's work "
+    "11-39% less than text), so what is left is the client's own, on cores the server needs.",
     "old": "the ratio is set by per-row costs, not start-up: the old script spends 5.6 us "
     "a pgbench row and 20 us a mixed row in Python (fetch, dicts, json.dump).",
     "rss": "the interpreter and its imports are ~36-45 MiB of it; each chunk in flight "
@@ -1019,17 +1020,19 @@ WHY = {
 # The ratio targets, each at most: dataset, what, key in the run's ratios, target, and
 # the WHY entry that explains a miss. A ratio the run did not measure is not judged.
 RATIO_TARGETS: list[tuple[str, str, str, float, str]] = [
-    ("pgbench", "dump / raw COPY", "asyncsnap/raw_copy", 1.0, "dump_raw"),
-    ("mixed", "dump / raw COPY", "asyncsnap/raw_copy", 1.0, "dump_raw"),
+    # issue 24's targets where it set them (dump / raw COPY 0.9, / DuckDB 0.8, restore /
+    # pg_restore --data-only 0.9); earlier issues' elsewhere
+    ("pgbench", "dump / raw COPY", "asyncsnap/raw_copy", 0.9, "dump_raw"),
+    ("mixed", "dump / raw COPY", "asyncsnap/raw_copy", 0.9, "dump_raw"),
     ("mixed", "dump / pg_dump (defaults)", "asyncsnap/pg_dump", 0.7, "pg_dump"),
     ("small_tables", "dump / pg_dump (defaults)", "asyncsnap/pg_dump", 1.5, "small"),
     *[
         (ds, what, key, target, why)
         for ds in ("pgbench", "mixed")
         for what, key, target, why in (
-            ("restore / pg_restore", "restore/pg_restore", 1.0, "restore"),
+            ("restore / pg_restore", "restore/pg_restore", 0.9, "restore"),
             ("whole restore / pg_restore -j", "whole_restore/pg_restore_whole", 1.0, "restore"),
-            ("dump / DuckDB export", "asyncsnap/duckdb", 1.0, "native"),
+            ("dump / DuckDB export", "asyncsnap/duckdb", 0.8, "native"),
             ("dump with age / without, time", "age/plain", 1.10, "age"),
             ("restore / DuckDB load", "restore/duckdb_load", 1.0, "native"),
             ("compare of the restored tables / dump", "compare/dump", 1.0, "compare"),
