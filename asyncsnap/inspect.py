@@ -20,6 +20,8 @@ def summary(backup: Backup) -> dict[str, Any]:
         "format_version": m.format_version,
         "tool": maybe(m.tool),
         "snapshot": maybe(m.snapshot),
+        # dump --slot: the replication slot whose start this backup is; null otherwise
+        "slot": maybe(m.slot),
         "started_at": m.started_at,
         "finished_at": m.finished_at,
         "server": maybe(m.server),

@@ -308,8 +308,15 @@ def test_drop_slot_removes_the_slot_and_its_own_publication(db: Database, tmp_pa
     assert again.returncode == 0 and again.stdout.splitlines() == [
         f"no replication slot {slot} (nothing to drop)"
     ]
-    # the backup itself is untouched and still restores
-    assert open_backup(tmp_path / "b").manifest.slot is not None
+    # the backup itself is untouched; inspect shows where its slot started
+    info = open_backup(tmp_path / "b").manifest.slot
+    assert info is not None
+    shown = run_cli("inspect", str(tmp_path / "b"), "--json")
+    assert json.loads(shown.stdout)["slot"] == info.to_json()
+    table = run_cli("inspect", str(tmp_path / "b"), env={**clean_env(), "COLUMNS": "200"})
+    assert re.search(
+        rf"slot +{slot} at {info.consistent_lsn} \(publication {slot};", table.stdout
+    ), table.stdout
 
 
 @pytest.mark.parametrize(

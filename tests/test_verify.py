@@ -184,6 +184,7 @@ def test_inspect_table_and_json(backup: Path) -> None:
     assert summary["totals"]["rows"] == 2070
     assert {t["name"]: t["rows"] for t in summary["tables"]}["order_lines"] == 1500
     assert summary["snapshot"]["id"]
+    assert summary["slot"] is None  # made without --slot
 
 
 def test_inspect_lists_each_sequence_with_its_value(backup: Path) -> None:

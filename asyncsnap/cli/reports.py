@@ -31,6 +31,13 @@ def summary_tables(backup: Backup) -> list[RenderableType]:
     head.add_column()
     snapshot = s["snapshot"] or {}
     head.add_row("snapshot", f"{snapshot.get('taken_at')} ({snapshot.get('id')})")
+    if s["slot"] is not None:
+        slot = s["slot"]
+        head.add_row(
+            "slot",
+            f"{slot['name']} at {slot['consistent_lsn']} (publication {slot['publication']}; "
+            "the server holds its WAL until increments read it or it is dropped)",
+        )
     head.add_row(
         "server",
         f"PostgreSQL {server.get('version')} at "
