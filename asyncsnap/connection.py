@@ -626,7 +626,7 @@ def translate_connect_error(exc: BaseException, target: Target) -> Exception | N
         )
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
         return AuthenticationFailed(
-            f"the server refused user {target.user!r}: {_first_line(exc)}",
+            f"the server refused user {target.user!r}: {first_line(exc)}",
             hint="check the user name and the server's pg_hba.conf",
         )
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
@@ -646,7 +646,7 @@ def translate_connect_error(exc: BaseException, target: Target) -> Exception | N
         )
     if isinstance(exc, asyncpg.exceptions.ClientConfigurationError | ValueError):
         return UsageError(
-            f"invalid connection string: {_first_line(exc)}",
+            f"invalid connection string: {first_line(exc)}",
             hint="use postgresql://user@host:port/dbname",
         )
     if isinstance(exc, socket.gaierror):
@@ -660,7 +660,7 @@ def translate_connect_error(exc: BaseException, target: Target) -> Exception | N
             hint="is the server up and reachable from here?",
         )
     if isinstance(exc, OSError | asyncpg.exceptions.ConnectionFailureError):
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
         return ConnectionFailed(
             f"could not connect to {target.host}:{target.port}: {reason}",
             hint="is the server running and accepting connections? check host and port",
@@ -677,6 +677,6 @@ def _valid_ports(text: str) -> bool:
     return all(p.isdigit() and 1 <= int(p) <= 65535 for p in text.split(","))
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

@@ -716,7 +716,7 @@ class _DumpRun:
         (or kept without a manifest with --keep-partial)."""
         if self.pool is not None:
             await close_pool(self.pool)
-        if self.slot is not None and not self.finished:
+        if self.slot is not None and self.slot.made_anything and not self.finished:
             with anyio.CancelScope(shield=True):
                 await self.abandon_slot(self.slot)
         if self.target is not None and not self.finished:
@@ -741,7 +741,7 @@ class _DumpRun:
             self.emit(
                 Notice(
                     f"could not drop replication slot {slot.name} after the failure "
-                    f"({exc}); drop it with: asyncsnap slot drop {slot.name}"
+                    f"({exc}); drop it with: asyncsnap drop-slot {slot.name}"
                 )
             )
 

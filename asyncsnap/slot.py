@@ -10,7 +10,7 @@ as of the slot's consistent point.
 What the slot decodes is what a publication covers, as of each change's time (pgoutput
 reads it in the historic catalog): so the publication exists, covering every table of
 the backup, before the slot is created. asyncsnap creates one named like the slot (and
-marks it with a comment, so that ``slot drop`` removes only its own), or uses the one
+marks it with a comment, so that ``drop-slot`` removes only its own), or uses the one
 given with ``--publication`` without changing it.
 
 Adding a table without a replica identity to a publication that publishes updates and
@@ -31,13 +31,13 @@ import anyio
 import asyncpg
 
 from .catalog import Table, quote_ident, sql_name
-from .connection import ConnectionSpec, ConnectParams, resolve
+from .connection import ConnectionSpec, ConnectParams, first_line, resolve
 from .errors import DumpFailed, LockTimeout, PermissionDenied, UsageError, some_names
 from .format import LSN, SLOT_NAME, SLOT_PLUGIN, SYSTEM_IDENTIFIER, SlotInfo
 from .session import Session, SessionPolicy
 from .snapshot import Coordinator
 
-# The comment on a publication asyncsnap created: ``slot drop`` drops only those.
+# The comment on a publication asyncsnap created: ``drop-slot`` drops only those.
 PUBLICATION_MARK = "asyncsnap: publication of replication slot "
 # Replication commands' option syntax of PostgreSQL 15+; before it, keywords.
 OPTION_SYNTAX_VERSION = 150000
@@ -292,7 +292,7 @@ class SlotCreation:
             self._conn = psycopg.connect(self.params.uri or "", **kwargs)
         except psycopg.Error as exc:
             raise DumpFailed(
-                f"could not open a replication connection: {_first_line(exc)}",
+                f"could not open a replication connection: {first_line(exc)}",
                 hint="pg_hba.conf must allow this role a replication connection to the "
                 "database (a 'replication' entry is for physical replication only)",
             ) from exc
@@ -376,10 +376,6 @@ def _psycopg() -> Any:
     return psycopg
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 class SlotKeeper:
     """``dump --slot``'s side of a dump: the checks and the publication before the
     snapshot, the slot that is the snapshot (created again if the dump starts over on a
@@ -392,6 +388,11 @@ class SlotKeeper:
         self.publication = publication or name
         self.created_publication = False
         self.info: SlotInfo | None = None  # the slot there now, created by this run
+
+    @property
+    def made_anything(self) -> bool:
+        """Whether ``abandon`` has something to drop."""
+        return self.info is not None or self.created_publication
 
     async def prepare(
         self, conn: asyncpg.Connection, tables: Sequence[Table], *, lock_timeout: float
