@@ -34,6 +34,7 @@ from .catalog import Table, quote_ident, sql_name
 from .connection import ConnectionSpec, ConnectParams, first_line, resolve
 from .errors import DumpFailed, LockTimeout, PermissionDenied, UsageError, some_names
 from .format import LSN, SLOT_NAME, SLOT_PLUGIN, SYSTEM_IDENTIFIER, SlotInfo
+from .pgoutput import format_lsn
 from .session import Session, SessionPolicy
 from .snapshot import Coordinator
 
@@ -462,6 +463,7 @@ class SlotDropResult:
     slot: str
     slot_dropped: bool  # False: there was no slot of that name
     publication_dropped: bool  # the publication asyncsnap had created for it
+    held_bytes: int | None = None  # the WAL the server kept for it, freed now
 
 
 async def drop_replication_slot(
@@ -481,6 +483,7 @@ async def drop_replication_slot(
     conn = await session.connect()
     try:
         publication = not keep_publication and await _ours(conn, name)
+        before = await slot_state(conn, name)
         try:
             dropped = await drop_slot(conn, name, publication=publication)
         except asyncpg.ObjectInUseError as exc:
@@ -494,7 +497,12 @@ async def drop_replication_slot(
                 f"this role may not drop replication slot {name}",
                 hint="run it as a role with REPLICATION",
             ) from exc
-        return SlotDropResult(slot=name, slot_dropped=dropped, publication_dropped=publication)
+        return SlotDropResult(
+            slot=name,
+            slot_dropped=dropped,
+            publication_dropped=publication,
+            held_bytes=before.held_bytes if before is not None else None,
+        )
     finally:
         await conn.close()
 
@@ -509,3 +517,73 @@ async def _ours(conn: asyncpg.Connection, name: str) -> bool:
             PUBLICATION_MARK + name,
         )
     )
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """A replication slot as the server has it now (``slot_state``)."""
+
+    name: str
+    plugin: str | None
+    database: str | None
+    active: bool
+    confirmed_flush: int | None  # where decoding starts: increments read from here
+    wal_status: str | None  # reserved, extended, unreserved or lost (PostgreSQL 13+)
+    held_bytes: int | None  # WAL kept for it: the current WAL position less its restart_lsn
+
+
+async def slot_state(conn: asyncpg.Connection, name: str) -> SlotState | None:
+    """Slot ``name`` now, or None when there is none of that name."""
+    row = await conn.fetchrow(
+        "SELECT s.plugin, s.database, s.active, s.confirmed_flush_lsn, s.wal_status,"
+        " pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn)::int8"
+        "   AS held"
+        " FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1",
+        name,
+    )
+    if row is None:
+        return None
+    return SlotState(
+        name=name,
+        plugin=row["plugin"],
+        database=row["database"],
+        active=row["active"],
+        confirmed_flush=row["confirmed_flush_lsn"],
+        wal_status=row["wal_status"],
+        held_bytes=row["held"],
+    )
+
+
+def check_followable(state: SlotState | None, slot: SlotInfo, start: int, database: str) -> None:
+    """Whether the changes after ``start`` (the end of the backup being followed) can
+    still be read from ``slot``'s slot: it exists, in this database, decodes with
+    pgoutput, has kept its WAL and was not moved past ``start``.
+
+    :raises NotReplicable: saying which, and that a new full backup is needed.
+    """
+    new_full = "a new full backup starts a new chain: asyncsnap dump --slot NAME"
+    if state is None:
+        raise NotReplicable(
+            f"replication slot {slot.name} no longer exists: the changes after the backup "
+            "cannot be read",
+            hint=new_full,
+        )
+    if state.database != database or state.plugin != SLOT_PLUGIN:
+        raise NotReplicable(
+            f"replication slot {slot.name} is not the backup's: it decodes "
+            f"{state.database} with {state.plugin}",
+            hint=new_full,
+        )
+    if state.wal_status == "lost":
+        raise NotReplicable(
+            f"replication slot {slot.name} was invalidated: the server removed WAL it had "
+            "not read (max_slot_wal_keep_size)",
+            hint=new_full + ", and read increments more often or raise max_slot_wal_keep_size",
+        )
+    if state.confirmed_flush is not None and state.confirmed_flush > start:
+        raise NotReplicable(
+            f"replication slot {slot.name} was moved past the backup's end "
+            f"({format_lsn(state.confirmed_flush)} > {format_lsn(start)}): the changes "
+            "between are gone",
+            hint=new_full + " (did another chain, or another tool, read this slot?)",
+        )

@@ -31,7 +31,8 @@ from asyncsnap.errors import (
     VerificationFailed,
 )
 from asyncsnap.format import SlotInfo
-from asyncsnap.slot import NotReplicable
+from asyncsnap.pgoutput import parse_lsn
+from asyncsnap.slot import NotReplicable, SlotState, check_followable, slot_state
 from asyncsnap.storage.backup import open_backup
 from tests.conftest import Database, Postgres, clean_env, execute, run_cli
 from tests.test_verify import reseal
@@ -289,7 +290,10 @@ def test_a_given_publication_is_checked_and_never_changed(db: Database, tmp_path
     # drop-slot leaves a publication it did not create
     run = run_cli("drop-slot", slot, db.dsn)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == [f"dropped replication slot {slot}"]
+    assert re.fullmatch(
+        rf"dropped replication slot {slot} \(it kept [0-9.]+ [KMG]?i?B of WAL on the server\)\n",
+        run.stdout,
+    ), run.stdout
     assert db.fetch("SELECT 1 FROM pg_publication WHERE pubname = 'mine'")
 
 
@@ -299,10 +303,9 @@ def test_drop_slot_removes_the_slot_and_its_own_publication(db: Database, tmp_pa
     run_dump(db.dsn, output=tmp_path, name="b", slot=slot, with_schema=False)
     run = run_cli("drop-slot", slot, db.dsn)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == [
-        f"dropped replication slot {slot}",
-        f"dropped publication {slot}",
-    ]
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith(f"dropped replication slot {slot} (it kept ")
+    assert lines[1:] == [f"dropped publication {slot}"]
     nothing_made(db, tmp_path / "none", slot)
     again = run_cli("drop-slot", slot, db.dsn)
     assert again.returncode == 0 and again.stdout.splitlines() == [
@@ -378,3 +381,67 @@ def test_a_forged_slot_entry_is_refused(
     reseal(backup, lambda body: body.update(slot={**GOOD_SLOT, key: value}))
     with pytest.raises(VerificationFailed, match=re.escape(says)):
         open_backup(backup)
+
+
+def test_a_slot_that_can_no_longer_be_followed_says_why(db: Database, tmp_path: Path) -> None:
+    db.execute(TABLES)
+    slot = slot_name()
+    result = run_dump(db.dsn, output=tmp_path, name="b", slot=slot, with_schema=False)
+    info = result.slot
+    assert info is not None
+    start = parse_lsn(info.consistent_lsn)
+
+    async def check() -> SlotState | None:
+        conn = await asyncpg.connect(db.dsn)
+        try:
+            state = await slot_state(conn, slot)
+            if state is not None:
+                check_followable(state, info, start, db.name)
+            return state
+        finally:
+            await conn.close()
+
+    state = anyio.run(check, backend="asyncio")
+    assert state is not None and state.plugin == "pgoutput" and not state.active
+    assert state.confirmed_flush == start and state.held_bytes is not None
+    with pytest.raises(NotReplicable, match="is not the backup's"):
+        check_followable(state, info, start, "another_database")
+
+    # moved on by someone else: the changes since the backup are gone
+    db.execute("SET synchronous_commit = on; INSERT INTO public.events VALUES (-5, 'later')")
+    db.execute("SELECT pg_replication_slot_advance($1, pg_current_wal_flush_lsn())", slot)
+    with pytest.raises(NotReplicable, match="was moved past the backup's end") as moved:
+        anyio.run(check, backend="asyncio")
+    assert "a new full backup" in (moved.value.hint or "")
+
+    db.execute("SELECT pg_drop_replication_slot($1)", slot)
+    assert anyio.run(check, backend="asyncio") is None
+    with pytest.raises(NotReplicable, match=f"replication slot {slot} no longer exists"):
+        check_followable(None, info, start, db.name)
+
+
+def test_an_invalidated_slot_is_said_to_be(tmp_path: Path) -> None:
+    """max_slot_wal_keep_size let the server remove WAL the slot had not read."""
+    settings = {"wal_level": "logical", "max_slot_wal_keep_size": "1MB"}
+    with throwaway_server(settings=settings) as server:
+        anyio.run(execute, server.dsn(), TABLES, backend="asyncio")
+        result = run_dump(server.dsn(), output=tmp_path, slot="kept", with_schema=False)
+        assert result.slot is not None
+
+        async def churn() -> SlotState | None:
+            conn = await asyncpg.connect(server.dsn())
+            try:
+                for _ in range(3):
+                    await conn.execute(
+                        "INSERT INTO public.wide SELECT g, repeat('y', 3000)"
+                        " FROM generate_series(1, 2000) g; SELECT pg_switch_wal()"
+                    )
+                await conn.execute("CHECKPOINT")
+                return await slot_state(conn, "kept")
+            finally:
+                await conn.close()
+
+        state = anyio.run(churn, backend="asyncio")
+    assert state is not None and state.wal_status == "lost"
+    with pytest.raises(NotReplicable, match="slot kept was invalidated"):
+        check_followable(state, result.slot, parse_lsn(result.slot.consistent_lsn), "postgres")

@@ -73,7 +73,12 @@ def drop_slot_command(
     work = partial(drop_replication_slot, connection, name, keep_publication=keep_publication)
     result = env.run(work, left="nothing was dropped")
     if result.slot_dropped:
-        typer.echo(f"dropped replication slot {result.slot}")
+        held = ""
+        if result.held_bytes is not None:
+            from .progress import human_bytes
+
+            held = f" (it kept {human_bytes(result.held_bytes)} of WAL on the server)"
+        typer.echo(f"dropped replication slot {result.slot}{held}")
     else:
         typer.echo(f"no replication slot {result.slot} (nothing to drop)")
     if result.publication_dropped:
