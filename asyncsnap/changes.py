@@ -22,7 +22,7 @@ covered (it skips commits whose record starts before the slot's position).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -90,10 +90,6 @@ class ChangeSet:
     start: int
     end: int
     transactions: list[Transaction] = field(default_factory=list)
-
-    @property
-    def span(self) -> str:
-        return f"{format_lsn(self.start)}..{format_lsn(self.end)}"
 
 
 class _Assembler:
@@ -220,19 +216,17 @@ async def transactions(
             prefetch=FETCH_BATCH,
         )
         async for row in cursor:
-            for transaction in _fed(assembler, bytes(row["data"])):
-                yield transaction
+            done = assembler.feed(_decoded(bytes(row["data"])))
+            if done is not None:
+                yield done
     assembler.finish()
 
 
-def _fed(assembler: _Assembler, data: bytes) -> Iterator[Transaction]:
+def _decoded(data: bytes) -> Message:
     try:
-        message = decode(data)
+        return decode(data)
     except ValueError as exc:
         raise ChangesUnreadable(f"a message the slot sent cannot be read: {exc}") from exc
-    done = assembler.feed(message)
-    if done is not None:
-        yield done
 
 
 async def advance(conn: asyncpg.Connection, slot: str, to: int) -> None:

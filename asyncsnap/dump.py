@@ -815,7 +815,12 @@ async def _prepare_slot(conn: asyncpg.Connection, options: DumpOptions, slot: Sl
     select now (checked again in the snapshot)."""
     server = await read_server_info(conn)
     inventory, _ = await _select(conn, options, server)
-    await slot.prepare(conn, inventory.tables, lock_timeout=options.lock_timeout)
+    await slot.prepare(
+        conn,
+        inventory.tables,
+        lock_timeout=options.lock_timeout,
+        server_version=server.version_num,
+    )
 
 
 async def _plan_in_snapshot(
@@ -826,15 +831,8 @@ async def _plan_in_snapshot(
 ) -> _Planned:
     """Begin and export a snapshot on ``conn`` (with ``slot``, the new slot's), decide
     what the backup holds, lock it and plan the chunks, all inside that snapshot."""
-    if slot is None:
-        coordinator = await Coordinator.begin(conn)
-        server = await read_server_info(conn)
-    else:
-        version = await conn.fetchval(
-            "SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4"
-        )
-        coordinator = await slot.begin(conn, version)
-        server = await read_server_info(conn)
+    coordinator = await (Coordinator.begin(conn) if slot is None else slot.begin(conn))
+    server = await read_server_info(conn)
     database = await read_properties(conn, server.version_num)
     inventory, object_counts = await _select(conn, options, server)
     if slot is not None:

@@ -681,6 +681,11 @@ LSN = re.compile(r"[0-9A-F]{1,8}/[0-9A-F]{1,8}")  # as PostgreSQL writes one
 SYSTEM_IDENTIFIER = re.compile(r"[0-9]{1,20}")
 
 
+def is_publication_name(name: str) -> bool:
+    """A name PostgreSQL can give a publication: 1 to 63 bytes (NAMEDATALEN - 1), no NUL."""
+    return 0 < len(name.encode()) <= 63 and "\0" not in name
+
+
 @dataclass(frozen=True)
 class SlotInfo:
     """``slot``: the logical replication slot whose start is this backup's snapshot
@@ -714,7 +719,7 @@ class SlotInfo:
             return value
 
         publication: str = c.string(s.get("publication"), "slot.publication")
-        if not publication or len(publication.encode()) > 63 or "\0" in publication:
+        if not is_publication_name(publication):
             raise c.fail("slot.publication", f"is not a publication name: {publication!r}")
         return cls(
             name=matching("name", SLOT_NAME, "a replication slot name"),

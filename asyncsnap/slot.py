@@ -32,8 +32,9 @@ import asyncpg
 
 from .catalog import Table, quote_ident, sql_name
 from .connection import ConnectionSpec, ConnectParams, first_line, resolve
+from .database import quote_literal
 from .errors import DumpFailed, LockTimeout, PermissionDenied, UsageError, some_names
-from .format import LSN, SLOT_NAME, SLOT_PLUGIN, SYSTEM_IDENTIFIER, SlotInfo
+from .format import LSN, SLOT_NAME, SLOT_PLUGIN, SYSTEM_IDENTIFIER, SlotInfo, is_publication_name
 from .pgoutput import format_lsn
 from .session import Session, SessionPolicy
 from .snapshot import Coordinator
@@ -60,7 +61,7 @@ def check_slot_name(name: str, *, option: str = "--slot") -> str:
 
 
 def check_publication_name(name: str) -> str:
-    if not name or len(name.encode()) > 63 or "\0" in name:
+    if not is_publication_name(name):
         raise UsageError(
             f"--publication {name!r} is not a publication name",
             hint="the name of an existing publication (at most 63 bytes)",
@@ -190,7 +191,7 @@ async def ensure_publication(
             await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout * 1000)}")
             await conn.execute(f"CREATE PUBLICATION {quoted} FOR TABLE {listed}")
             await conn.execute(
-                f"COMMENT ON PUBLICATION {quoted} IS " + _literal(PUBLICATION_MARK + slot)
+                f"COMMENT ON PUBLICATION {quoted} IS " + quote_literal(PUBLICATION_MARK + slot)
             )
     except asyncpg.LockNotAvailableError as exc:
         raise LockTimeout(
@@ -227,10 +228,6 @@ async def check_published(
             "not reach an increment",
             hint=f"ALTER PUBLICATION {publication} ADD TABLE ..., or leave it out with -T",
         )
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 class SlotCreation:
@@ -350,20 +347,17 @@ class SlotCreation:
             await anyio.to_thread.run_sync(conn.close)
 
 
-async def drop_slot(conn: asyncpg.Connection, name: str, *, publication: bool = True) -> bool:
-    """Drop slot ``name`` and, when asked, the publication asyncsnap created for it (the
-    one named like it whose comment marks it as asyncsnap's). True when the slot was
-    there."""
-    ours = publication and await _ours(conn, name)
-    there = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1)",
+async def drop_slot(conn: asyncpg.Connection, name: str) -> None:
+    """Drop slot ``name`` if it is there."""
+    await conn.execute(
+        "SELECT pg_catalog.pg_drop_replication_slot(s.slot_name)"
+        " FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1",
         name,
     )
-    if there:
-        await conn.execute("SELECT pg_catalog.pg_drop_replication_slot($1)", name)
-    if ours:
-        await conn.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(name)}")
-    return bool(there)
+
+
+async def drop_publication(conn: asyncpg.Connection, name: str) -> None:
+    await conn.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(name)}")
 
 
 def _psycopg() -> Any:
@@ -389,6 +383,7 @@ class SlotKeeper:
         self.publication = publication or name
         self.created_publication = False
         self.info: SlotInfo | None = None  # the slot there now, created by this run
+        self.server_version = 0  # server_version_num, from prepare
 
     @property
     def made_anything(self) -> bool:
@@ -396,10 +391,16 @@ class SlotKeeper:
         return self.info is not None or self.created_publication
 
     async def prepare(
-        self, conn: asyncpg.Connection, tables: Sequence[Table], *, lock_timeout: float
+        self,
+        conn: asyncpg.Connection,
+        tables: Sequence[Table],
+        *,
+        lock_timeout: float,
+        server_version: int,
     ) -> None:
         """Before the snapshot, outside any transaction: the server, the role, the
         tables' replica identity, then the publication (it must exist before the slot)."""
+        self.server_version = server_version
         await check_server(conn, self.name)
         await check_replica_identity(conn, replicated(tables))
         self.created_publication = await ensure_publication(
@@ -410,34 +411,32 @@ class SlotKeeper:
             lock_timeout=lock_timeout,
         )
 
-    async def begin(self, conn: asyncpg.Connection, server_version: int) -> Coordinator:
+    async def begin(self, conn: asyncpg.Connection) -> Coordinator:
         """A new slot, and the coordinator's transaction in the snapshot that is its
         start (a slot made for an earlier snapshot of this dump is dropped first)."""
         if self.info is not None:
-            await drop_slot(conn, self.name, publication=False)
+            await drop_slot(conn, self.name)
             self.info = None
-        creation = SlotCreation(self.params, self.name, server_version)
+        creation = SlotCreation(self.params, self.name, self.server_version)
         try:
-            await creation.create()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await creation.close()
-            raise
-        finally:
-            # Made, even if the dump was cancelled as it was: abandon() must drop it.
-            if creation.created is not None:
-                lsn, _, system_identifier = creation.created
-                self.info = SlotInfo(
-                    name=self.name,
-                    publication=self.publication,
-                    consistent_lsn=lsn,
-                    system_identifier=system_identifier,
-                )
-        try:
+            try:
+                await creation.create()
+            finally:
+                # Made, even if the dump was cancelled as it was: abandon() must drop it.
+                if creation.created is not None:
+                    lsn, _, system_identifier = creation.created
+                    self.info = SlotInfo(
+                        name=self.name,
+                        publication=self.publication,
+                        consistent_lsn=lsn,
+                        system_identifier=system_identifier,
+                    )
             assert creation.created is not None
             return await Coordinator.begin(conn, imported=creation.created[1])
         finally:
-            await creation.close()  # the coordinator holds the snapshot from here on
+            # The coordinator holds the snapshot from here on (or the dump failed).
+            with anyio.CancelScope(shield=True):
+                await creation.close()
 
     async def check(self, conn: asyncpg.Connection, tables: Sequence[Table]) -> None:
         """In the snapshot: what ``prepare`` checked still holds for the tables the backup
@@ -449,10 +448,10 @@ class SlotKeeper:
         """The dump failed: drop the slot it made, and the publication if it made it (no
         backup needs either)."""
         if self.info is not None:
-            await drop_slot(conn, self.name, publication=False)
+            await drop_slot(conn, self.name)
             self.info = None
         if self.created_publication:
-            await conn.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(self.publication)}")
+            await drop_publication(conn, self.publication)
             self.created_publication = False
 
 
@@ -485,7 +484,8 @@ async def drop_replication_slot(
         publication = not keep_publication and await _ours(conn, name)
         before = await slot_state(conn, name)
         try:
-            dropped = await drop_slot(conn, name, publication=publication)
+            if before is not None:
+                await drop_slot(conn, name)
         except asyncpg.ObjectInUseError as exc:
             raise NotReplicable(
                 f"replication slot {name} is in use ({exc.message})",
@@ -497,9 +497,11 @@ async def drop_replication_slot(
                 f"this role may not drop replication slot {name}",
                 hint="run it as a role with REPLICATION",
             ) from exc
+        if publication:
+            await drop_publication(conn, name)
         return SlotDropResult(
             slot=name,
-            slot_dropped=dropped,
+            slot_dropped=before is not None,
             publication_dropped=publication,
             held_bytes=before.held_bytes if before is not None else None,
         )
