@@ -210,9 +210,11 @@ def test_backup_and_database_sides_run_at_once(db: Database, tmp_path: Path) -> 
     data.unlink()
     os.mkfifo(data)
     seen = threading.Event()
+    locked = threading.Event()
 
     def feed_when_the_database_is_read() -> None:
         with table_locked(db.dsn, "public.t"):
+            locked.set()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not seen.is_set():
                 waiting = db.fetchval(
@@ -227,6 +229,9 @@ def test_backup_and_database_sides_run_at_once(db: Database, tmp_path: Path) -> 
 
     feeder = threading.Thread(target=feed_when_the_database_is_read, daemon=True)
     feeder.start()
+    # The lock is held before compare starts: taken after compare's own, it would wait
+    # behind it, which compare refuses ("a lock request waiting behind"), a race CI hit.
+    assert locked.wait(30), "the test's session could not lock the table"
     result = run_compare(backup, db)
     feeder.join(5)
     assert seen.is_set(), "the database's side did not start while the backup's side read"
