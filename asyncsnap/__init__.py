@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # what type checkers and readers see; at run time, _PUBLIC be
     from .connection import ConnectionSpec
     from .dump import DumpResult, TableResult, dump
     from .errors import AsyncsnapError, ExitCode
+    from .increment import IncrementResult, dump_increment
     from .restore.result import RestoreResult
     from .verify import VerifyResult, verify
     from .version import __version__
@@ -40,6 +41,7 @@ __all__ = [
     "DiffResult",
     "DumpResult",
     "ExitCode",
+    "IncrementResult",
     "RestoreResult",
     "TableResult",
     "VerifyResult",
@@ -48,6 +50,7 @@ __all__ = [
     "convert",
     "diff",
     "dump",
+    "dump_increment",
     "read_arrow",
     "restore",
     "verify",
@@ -69,6 +72,8 @@ _PUBLIC = {
     "dump": "dump",
     "AsyncsnapError": "errors",
     "ExitCode": "errors",
+    "IncrementResult": "increment",
+    "dump_increment": "increment",
     "RestoreResult": "restore.result",
     "VerifyResult": "verify",
     "verify": "verify",

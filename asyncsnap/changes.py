@@ -22,7 +22,8 @@ covered (it skips commits whose record starts before the slot's position).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,6 +48,8 @@ from .pgoutput import (
 
 # Rows of the decoding function fetched at a time (each one message).
 FETCH_BATCH = 1000
+# The prefix of the logical decoding messages asyncsnap emits (``emit_mark``).
+MARK_PREFIX = "asyncsnap"
 
 
 class ChangesUnreadable(Exception):
@@ -81,6 +84,9 @@ class Transaction:
     end_lsn: int
     commit_time: int  # microseconds since 2000-01-01 UTC
     changes: tuple[RowChange | TruncateChange, ...]
+    # The contents of the transactional messages with prefix MARK_PREFIX it emitted
+    # (read only with ``marks=True``): how an increment finds its own boundary.
+    marks: tuple[bytes, ...] = ()
 
 
 @dataclass
@@ -92,61 +98,93 @@ class ChangeSet:
     transactions: list[Transaction] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class TransactionStart:
+    """A transaction's first message in a stream (``stream``): its changes follow."""
+
+    xid: int
+    commit_lsn: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionEnd:
+    """A transaction's commit in a stream, after its changes."""
+
+    xid: int
+    commit_lsn: int
+    end_lsn: int
+    commit_time: int  # microseconds since 2000-01-01 UTC
+    changes: int
+    marks: tuple[bytes, ...]  # as ``Transaction.marks``
+
+
+StreamItem = TransactionStart | RowChange | TruncateChange | TransactionEnd
+
+
 class _Assembler:
-    """Messages in, whole transactions out: checks that they add up."""
+    """Messages in, a transaction's start, its changes and its end out, each as it comes
+    (a transaction of millions of rows is never held); checks that they add up, and
+    leaves out the transactions committed before ``start``."""
 
     def __init__(self, start: int) -> None:
         self.start = start
         self.relations: dict[int, Relation] = {}
         self.begin: Begin | None = None
-        self.changes: list[RowChange | TruncateChange] = []
+        self.skipping = False  # the transaction begun was covered by an earlier read
+        self.changes = 0
+        self.marks: list[bytes] = []
 
-    def feed(self, message: Message) -> Transaction | None:
+    def feed(self, message: Message) -> StreamItem | None:
         if isinstance(message, Relation):
             self.relations[message.oid] = message
-        elif isinstance(message, (TypeInfo, Origin, LogicalMessage)):
-            pass  # types are named by the backup's columns; origins and messages unused
+        elif isinstance(message, LogicalMessage):
+            if message.transactional and message.prefix == MARK_PREFIX:
+                if self.begin is None:
+                    raise ChangesUnreadable("a transactional message outside a transaction")
+                self.marks.append(message.content)
+        elif isinstance(message, (TypeInfo, Origin)):
+            pass  # types are named by the backup's columns; origins unused
         elif isinstance(message, Begin):
             if self.begin is not None:
                 raise ChangesUnreadable("a transaction began inside another")
-            self.begin, self.changes = message, []
+            self.begin, self.changes, self.marks = message, 0, []
+            # Covered by an earlier read (the slot was not advanced after it)?
+            self.skipping = message.final_lsn < self.start
+            if not self.skipping:
+                return TransactionStart(message.xid, message.final_lsn)
         elif isinstance(message, Commit):
             return self._commit(message)
         elif self.begin is None:
             raise ChangesUnreadable(f"a {type(message).__name__} outside a transaction")
-        elif isinstance(message, Insert):
-            self.changes.append(
-                RowChange("insert", self._relation(message.relation), None, False, message.new)
-            )
-        elif isinstance(message, Update):
-            self.changes.append(
-                RowChange(
-                    "update",
-                    self._relation(message.relation),
-                    message.old,
-                    message.old_is_key,
-                    message.new,
-                )
-            )
-        elif isinstance(message, Delete):
-            self.changes.append(
-                RowChange(
-                    "delete",
-                    self._relation(message.relation),
-                    message.old,
-                    message.old_is_key,
-                    None,
-                )
-            )
-        elif isinstance(message, Truncate):
-            self.changes.append(
-                TruncateChange(
-                    tuple(self._relation(r) for r in message.relations),
-                    message.cascade,
-                    message.restart_identity,
-                )
-            )
+        else:
+            change = self._change(message)
+            if not self.skipping:
+                self.changes += 1
+                return change
         return None
+
+    def _change(self, message: Message) -> RowChange | TruncateChange:
+        if isinstance(message, Insert):
+            return RowChange("insert", self._relation(message.relation), None, False, message.new)
+        if isinstance(message, Update):
+            return RowChange(
+                "update",
+                self._relation(message.relation),
+                message.old,
+                message.old_is_key,
+                message.new,
+            )
+        if isinstance(message, Delete):
+            return RowChange(
+                "delete", self._relation(message.relation), message.old, message.old_is_key, None
+            )
+        if isinstance(message, Truncate):
+            return TruncateChange(
+                tuple(self._relation(r) for r in message.relations),
+                message.cascade,
+                message.restart_identity,
+            )
+        raise ChangesUnreadable(f"an unexpected {type(message).__name__} in a transaction")
 
     def _relation(self, oid: int) -> Relation:
         try:
@@ -154,7 +192,7 @@ class _Assembler:
         except KeyError:
             raise ChangesUnreadable(f"a change of relation {oid}, never described") from None
 
-    def _commit(self, commit: Commit) -> Transaction | None:
+    def _commit(self, commit: Commit) -> TransactionEnd | None:
         begin, self.begin = self.begin, None
         if begin is None:
             raise ChangesUnreadable("a commit without its transaction")
@@ -163,14 +201,15 @@ class _Assembler:
                 f"a transaction committed at {format_lsn(commit.commit_lsn)}, announced at "
                 f"{format_lsn(begin.final_lsn)}"
             )
-        if commit.commit_lsn < self.start:
-            return None  # covered by an earlier read (the slot was not advanced after it)
-        return Transaction(
+        if self.skipping:
+            return None
+        return TransactionEnd(
             xid=begin.xid,
             commit_lsn=commit.commit_lsn,
             end_lsn=commit.end_lsn,
             commit_time=commit.commit_time,
-            changes=tuple(self.changes),
+            changes=self.changes,
+            marks=tuple(self.marks),
         )
 
     def finish(self) -> None:
@@ -203,22 +242,58 @@ async def transactions(
     publication: str,
     start: int,
     upto: int | None = None,
-) -> AsyncIterator[Transaction]:
-    """``read_changes``' transactions one at a time, in commit order."""
+) -> AsyncGenerator[Transaction, None]:
+    """``read_changes``' transactions one at a time, in commit order (each held whole:
+    ``stream`` for transactions of any size)."""
+    changes: list[RowChange | TruncateChange] = []
+    async with contextlib.aclosing(stream(conn, slot, publication, start, upto)) as items:
+        async for item in items:
+            if isinstance(item, TransactionStart):
+                changes = []
+            elif isinstance(item, TransactionEnd):
+                yield Transaction(
+                    item.xid,
+                    item.commit_lsn,
+                    item.end_lsn,
+                    item.commit_time,
+                    tuple(changes),
+                    item.marks,
+                )
+            else:
+                changes.append(item)
+
+
+async def stream(
+    conn: asyncpg.Connection,
+    slot: str,
+    publication: str,
+    start: int,
+    upto: int | None = None,
+    *,
+    marks: bool = False,
+) -> AsyncGenerator[StreamItem, None]:
+    """The transactions ``read_changes`` reads, as each one's start, its changes one by
+    one and its end, in commit order; with ``marks``, the decoding messages asyncsnap
+    emitted are in the ends (``TransactionEnd.marks``).
+
+    The server's SQL interface decodes the whole stretch before it returns a row (into a
+    tuplestore, spilled to disk past work_mem); the rows then come a batch at a time."""
     assembler = _Assembler(start)
     async with conn.transaction(isolation="read_committed", readonly=True):
         cursor = conn.cursor(
             "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes("
-            "$1, $2::pg_catalog.pg_lsn, NULL, 'proto_version', '1', 'publication_names', $3)",
+            "$1, $2::pg_catalog.pg_lsn, NULL, 'proto_version', '1', 'publication_names', $3,"
+            " 'messages', $4)",
             slot,
             upto,  # asyncpg sends a pg_lsn as an integer
             publication,
+            "true" if marks else "false",
             prefetch=FETCH_BATCH,
         )
         async for row in cursor:
-            done = assembler.feed(_decoded(bytes(row["data"])))
-            if done is not None:
-                yield done
+            item = assembler.feed(_decoded(bytes(row["data"])))
+            if item is not None:
+                yield item
     assembler.finish()
 
 
@@ -227,6 +302,29 @@ def _decoded(data: bytes) -> Message:
         return decode(data)
     except ValueError as exc:
         raise ChangesUnreadable(f"a message the slot sent cannot be read: {exc}") from exc
+
+
+async def emit_mark(conn: asyncpg.Connection, content: bytes) -> int:
+    """Commit a transaction holding only a decoding message (prefix MARK_PREFIX,
+    ``content``), flushed before this returns; the current WAL position after it, which
+    is past its commit record.
+
+    An increment ends at the end of this commit: a point every earlier commit's record
+    has wholly passed, known to be flushed, and one the slot's reader recognises
+    (``transactions(..., marks=True)``). Reading up to "the current position" instead
+    could end inside a commit record not yet flushed, which decoding would not return
+    although it committed before that point: advancing the slot there would lose it.
+    """
+    async with conn.transaction():
+        # Flushed when COMMIT returns, whatever the role's or database's setting.
+        await conn.execute("SET LOCAL synchronous_commit = on")
+        await conn.execute(
+            "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2::pg_catalog.bytea)",
+            MARK_PREFIX,
+            content,
+        )
+    position: int = await conn.fetchval("SELECT pg_catalog.pg_current_wal_lsn()")
+    return position
 
 
 async def advance(conn: asyncpg.Connection, slot: str, to: int) -> None:

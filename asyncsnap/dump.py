@@ -176,7 +176,7 @@ def _first_free_name(is_free: Callable[[str], bool], now: datetime | None = None
     return base  # 99 in one second: check_free names the collision
 
 
-def _utc_iso(moment: datetime) -> str:
+def utc_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -508,7 +508,7 @@ class _DumpRun:
         fails fast."""
         if isinstance(self.o.output, StoreUrl):
             self.store, self.name = await anyio.to_thread.run_sync(
-                _open_store_output, self.o.output, self.name
+                open_store_output, self.o.output, self.name
             )
 
     async def take_snapshot(self, session: Session) -> tuple[_Planned, int]:
@@ -722,7 +722,7 @@ class _DumpRun:
         if self.target is not None and not self.finished:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(
-                    _abandon, self.target, self.o.keep_partial, self.emit
+                    abandon_target, self.target, self.o.keep_partial, self.emit
                 )
 
     async def abandon_slot(self, slot: SlotKeeper) -> None:
@@ -1022,7 +1022,7 @@ async def _verify_written(backup: BackupTarget, emit: EventCallback) -> None:
     emit(Notice(f"{said} in {seconds:.2f}s"))
 
 
-def _open_store_output(url: StoreUrl, name: str | None) -> tuple[S3Store, str]:
+def open_store_output(url: StoreUrl, name: str | None) -> tuple[S3Store, str]:
     """Open the store, check that the credentials may list the prefix and that the name is
     free (``BackupPrefix.create`` claims it later, conditionally)."""
     store = S3Store(url)
@@ -1050,7 +1050,7 @@ def _keep_newest(output: Path | StoreUrl, keep: int, emit: EventCallback) -> Non
         emit(Notice(f"left {path} in place (not written by asyncsnap)"))
 
 
-def _abandon(backup: BackupTarget, keep_partial: bool, emit: EventCallback) -> None:
+def abandon_target(backup: BackupTarget, keep_partial: bool, emit: EventCallback) -> None:
     """After a failure: remove what was written, or with ``keep_partial`` keep the files
     written so far, but never a manifest, so it cannot pass for a backup."""
     try:
@@ -1073,7 +1073,7 @@ async def _end_snapshot(conn: asyncpg.Connection) -> None:
     await conn.close()
 
 
-def _file_entry(f: StoredFile, pages: tuple[int, int | None] | None) -> BackupFile:
+def file_entry(f: StoredFile, pages: tuple[int, int | None] | None) -> BackupFile:
     return BackupFile(
         path=f.path,
         rows=f.rows,
@@ -1119,7 +1119,7 @@ def _table_entry(
             )
             for fk in t.foreign_keys
         ),
-        files=tuple(_file_entry(f, chunk.pages) for f, chunk in files),
+        files=tuple(file_entry(f, chunk.pages) for f, chunk in files),
     )
 
 
@@ -1149,7 +1149,7 @@ def _manifest_body(
         large_objects = BackupLargeObjects(
             objects=lo_file.objects,
             bytes=lo_file.object_bytes,
-            files=(_file_entry(lo_file, None),),
+            files=(file_entry(lo_file, None),),
         )
     sequences = [
         BackupSequence(
@@ -1173,11 +1173,11 @@ def _manifest_body(
         else manifest.PLAIN_FORMAT_VERSION,
         encryption=tuple(recipients),
         tool=manifest.ToolInfo(name="asyncsnap", version=__version__),
-        started_at=_utc_iso(started_at),
-        finished_at=_utc_iso(finished_at),
+        started_at=utc_iso(started_at),
+        finished_at=utc_iso(finished_at),
         snapshot=manifest.SnapshotInfo(
             id=planned.coordinator.snapshot_id,
-            taken_at=_utc_iso(planned.coordinator.taken_at),
+            taken_at=utc_iso(planned.coordinator.taken_at),
         ),
         slot=planned.slot,
         server=manifest.ServerInfo(

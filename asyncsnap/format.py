@@ -30,8 +30,9 @@ from .plan import STEM_PATTERN
 
 FORMAT_NAME = "asyncsnap"
 # The version this asyncsnap writes; it reads every version from 1 up to it.
-FORMAT_VERSION = 4  # the newest this version reads
-ENCRYPTED_FORMAT_VERSION = 4  # written for encrypted backups only
+FORMAT_VERSION = 5  # the newest this version reads
+INCREMENT_FORMAT_VERSION = 5  # written for incremental backups (dump --since) only
+ENCRYPTED_FORMAT_VERSION = 4  # written for encrypted full backups
 PLAIN_FORMAT_VERSION = 3  # written for the others, which every 0.5+ reader reads
 MANIFEST_NAME = "manifest.json"
 SUMS_NAME = "SHA256SUMS"
@@ -273,10 +274,11 @@ SCHEMA_ARCHIVE_PATH = "schema/schema.pgdump"  # pg_dump --format=custom --schema
 SCHEMA_SQL_PATH = "schema/schema.sql"  # the same, rendered as plain SQL by pg_restore
 # The first bytes of a pg_dump custom-format archive (verify checks them).
 ARCHIVE_MAGIC = b"PGDMP"
-# A dump's data files (docs/format.md, "Layout"): a table's stem (plan.file_stem), or the
-# large objects' file (largeobjects.LARGE_OBJECTS_STEM), with a compression's extension.
+# A dump's data files (docs/format.md, "Layout"): a table's stem (plan.file_stem), the
+# large objects' file (largeobjects.LARGE_OBJECTS_STEM) or an increment's transactions
+# (TRANSACTIONS_STEM), with a compression's extension.
 _DATA_PATH = re.compile(
-    rf"{DATA_DIR}/(?:large-objects|{STEM_PATTERN})"
+    rf"{DATA_DIR}/(?:large-objects|transactions|{STEM_PATTERN})"
     + "(?:"
     + "|".join(re.escape(ext) for ext in EXTENSIONS.values())
     + ")"
@@ -732,6 +734,89 @@ class SlotInfo:
         )
 
 
+# An incremental backup's data files (docs/format.md, "Incremental backups"): every line
+# of a table's change file has these keys, in this order; the transactions file's lines
+# have TRANSACTION_KEYS.
+CHANGE_KEYS = ("op", "lsn", "xid", "n", "key", "row", "unchanged")
+CHANGE_OPS = ("insert", "update", "delete", "truncate")
+TRANSACTION_KEYS = ("xid", "lsn", "end_lsn", "commit_time", "changes")
+TRANSACTIONS_STEM = "transactions"  # data/transactions.ndjson.zst
+
+
+@dataclass(frozen=True)
+class IncrementInfo:
+    """``increment``: what makes a backup incremental (``dump --since``): the backup it
+    follows and the stretch of WAL whose committed transactions it holds. Absent in a
+    full backup."""
+
+    parent: str  # the parent backup's name (a sibling: same directory or store prefix)
+    parent_manifest_sha256: str  # the parent's manifest checksum: which backup, exactly
+    start_lsn: str  # the parent's end (its slot's consistent LSN, or its own end_lsn)
+    end_lsn: str  # the end of the increment's last commit (its boundary's)
+    transactions: int
+    transactions_file: BackupFile | None  # None when no transaction changed a row
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "parent": {"name": self.parent, "manifest_sha256": self.parent_manifest_sha256},
+            "start_lsn": self.start_lsn,
+            "end_lsn": self.end_lsn,
+            "transactions": self.transactions,
+            "transactions_file": None
+            if self.transactions_file is None
+            else self.transactions_file.to_json(),
+        }
+
+    @classmethod
+    def parse(cls, c: _Checker, files: _Files, raw: Any) -> IncrementInfo | None:
+        if raw is None:
+            return None
+        i = c.obj(raw, "increment")
+        parent = c.obj(i.get("parent"), "increment.parent")
+        name: str = c.string(parent.get("name"), "increment.parent.name")
+        if not is_backup_name(name):
+            raise c.fail("increment.parent.name", f"is not a backup's name: {name!r}")
+        digest: str = c.string(parent.get("manifest_sha256"), "increment.parent.manifest_sha256")
+        if not _HEX64.fullmatch(digest):
+            raise c.fail("increment.parent.manifest_sha256", "is not a SHA-256 hex digest")
+        lsns = []
+        for key in ("start_lsn", "end_lsn"):
+            value: str = c.string(i.get(key), f"increment.{key}")
+            if not LSN.fullmatch(value):
+                raise c.fail(f"increment.{key}", f"is not a WAL position (X/Y): {value!r}")
+            lsns.append(value)
+        if lsn_value(lsns[1]) < lsn_value(lsns[0]):
+            raise c.fail("increment.end_lsn", "is before its start_lsn")
+        count = c.count(i.get("transactions"), "increment.transactions")
+        raw_file = i.get("transactions_file")
+        file = None if raw_file is None else files.one(raw_file, "increment.transactions_file")
+        if (file.rows if file is not None else 0) != count:
+            raise c.fail("increment.transactions", "is not its transactions file's lines")
+        return cls(name, digest, lsns[0], lsns[1], count, file)
+
+
+def is_backup_name(name: str) -> bool:
+    """A name a backup can have (``dump --name``'s rule): one path component, not ``.`` or
+    ``..``, without ``/``, ``\\``, control characters or the ``.partial`` suffix, at most
+    200 bytes. A name read from a manifest chooses a path only if it passes.
+
+    >>> is_backup_name("backup_20261205T010000Z"), is_backup_name("../x"), is_backup_name("..")
+    (True, False, False)
+    """
+    return (
+        0 < len(name.encode()) <= 200
+        and name not in (".", "..")
+        and not any(ch in "/\\" or ord(ch) < 32 or ord(ch) == 127 for ch in name)
+        and not name.endswith(PARTIAL_SUFFIX)
+    )
+
+
+def lsn_value(text: str) -> int:
+    """A WAL position's number from its text form (``LSN``-checked)."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     """``server``: the source server and database. Fields a backup of an older asyncsnap
@@ -877,7 +962,11 @@ class Manifest:
     server: ServerInfo | None = None
     restore_order: RestoreOrderInfo | None = None
     totals: Totals | None = None
-    slot: SlotInfo | None = None  # dump --slot's; absent otherwise
+    slot: SlotInfo | None = None  # dump --slot's (and its increments'); absent otherwise
+    increment: IncrementInfo | None = None  # dump --since's; absent in a full backup
+    # The manifest's own checksum as read (an increment names its parent by it); not
+    # part of the body written.
+    checksum: str | None = field(default=None, compare=False)
 
     def to_json(self, *, tables: bool = True) -> dict[str, Any]:
         """The manifest's body (``serialize`` adds its checksum), keys in the order the
@@ -897,6 +986,7 @@ class Manifest:
             "finished_at": self.finished_at,
             "snapshot": maybe(self.snapshot),
             **({"slot": self.slot.to_json()} if self.slot is not None else {}),
+            **({"increment": self.increment.to_json()} if self.increment is not None else {}),
             "server": maybe(self.server),
             "database": maybe(self.database),
             "settings": dict(self.settings),
@@ -940,6 +1030,8 @@ class Manifest:
             seen_tables.add(table.key)
             tables.append(table)
         sequences = c.lst(body.get("sequences"), "sequences")
+        slot = SlotInfo.parse(c, body.get("slot"))
+        increment = _increment(c, files, body, version, slot)
         # Absent in manifests written before asyncsnap 0.2: nothing was skipped.
         skipped = c.lst(body.get("skipped", []), "skipped")
         return cls(
@@ -961,11 +1053,31 @@ class Manifest:
             started_at=c.string(body.get("started_at"), "started_at", allow_none=True),
             finished_at=c.string(body.get("finished_at"), "finished_at", allow_none=True),
             snapshot=SnapshotInfo.parse(c, body.get("snapshot")),
-            slot=SlotInfo.parse(c, body.get("slot")),
+            slot=slot,
+            increment=increment,
+            checksum=body.get(CHECKSUM_KEY),
             server=ServerInfo.parse(c, body.get("server")),
             restore_order=RestoreOrderInfo.parse(c, body.get("restore_order")),
             totals=Totals.parse(c, body.get("totals")),
         )
+
+
+def _increment(
+    c: _Checker, files: _Files, body: dict[str, Any], version: int, slot: SlotInfo | None
+) -> IncrementInfo | None:
+    """An increment's entry, with what only an increment may (and must) be: version 5, a
+    slot, no schema and no large objects."""
+    if body.get("increment") is None:
+        return None
+    if version < INCREMENT_FORMAT_VERSION:
+        raise c.fail("increment", f"is not known in format version {version}")
+    increment = IncrementInfo.parse(c, files, body.get("increment"))
+    if slot is None:
+        raise c.fail("slot", "is missing: an increment follows a slot")
+    for key in ("schema", "large_objects"):
+        if body.get(key) is not None:
+            raise c.fail(key, "is not empty: an increment holds rows' changes only")
+    return increment
 
 
 def _let_go(entries: list[Any]) -> Iterator[Any]:
@@ -1044,8 +1156,19 @@ class Backup:
     def database(self) -> DatabaseProperties | None:
         return self.manifest.database
 
+    @property
+    def increment(self) -> IncrementInfo | None:
+        return self.manifest.increment
+
     def data_files(self) -> list[tuple[tuple[str, ...], BackupFile]]:
         """Every data file with the keys each of its lines must have, in order."""
+        increment = self.manifest.increment
+        if increment is not None:
+            found: list[tuple[tuple[str, ...], BackupFile]]
+            found = [(CHANGE_KEYS, f) for t in self.tables for f in t.files]
+            if increment.transactions_file is not None:
+                found.append((TRANSACTION_KEYS, increment.transactions_file))
+            return found
         found = [(tuple(c.name for c in t.columns), f) for t in self.tables for f in t.files]
         if self.large_objects is not None:
             found += [(LARGE_OBJECT_KEYS, f) for f in self.large_objects.files]
@@ -1339,6 +1462,8 @@ def _schema(c: _Checker, files: _Files, raw: Any) -> BackupSchema | None:
 def _encryption(c: _Checker, body: dict[str, Any], version: int) -> tuple[str, ...]:
     if version < ENCRYPTED_FORMAT_VERSION:
         return ()
+    if version >= INCREMENT_FORMAT_VERSION and body.get("encryption") is None:
+        return ()  # version 5 (increments) says it when it is encrypted; 4 always is
     enc = c.obj(body.get("encryption"), "encryption")
     if enc.get("method") != "age":
         raise c.fail("encryption.method", "is not age")

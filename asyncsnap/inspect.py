@@ -22,6 +22,8 @@ def summary(backup: Backup) -> dict[str, Any]:
         "snapshot": maybe(m.snapshot),
         # dump --slot: the replication slot whose start this backup is; null otherwise
         "slot": maybe(m.slot),
+        # dump --since: the parent and the stretch of WAL; null for a full backup
+        "increment": maybe(m.increment),
         "started_at": m.started_at,
         "finished_at": m.finished_at,
         "server": maybe(m.server),

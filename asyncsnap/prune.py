@@ -135,7 +135,7 @@ def prune(
             else:
                 backups[entry.name] = checked
         decision = apply_policy(
-            [Candidate(name, b.manifest.started_at) for name, b in backups.items()],
+            [Candidate(name, b.manifest.started_at, _parent(b)) for name, b in backups.items()],
             keep=keep,
             include_named=include_named,
         )
@@ -213,3 +213,8 @@ def _remove_backup_directory(path: Path, backup: Backup, *, dry_run: bool) -> li
         if not names and not dirs and here not in mine and here != path:
             stays.append(here)  # an empty directory of someone else's
     return stays
+
+
+def _parent(backup: Backup) -> str | None:
+    """An increment's parent's name (retention keeps chains whole); None: a full backup."""
+    return None if backup.increment is None else backup.increment.parent

@@ -86,7 +86,7 @@ def verify(
     True
     """
     started = time.monotonic()
-    backup = open_backup(path, in_progress=in_progress)
+    backup = open_backup(path, in_progress=in_progress, increments=True)
     return verify_backup(backup, on_file=on_file, identities=identities, started=started)
 
 
@@ -258,9 +258,15 @@ def _files_and_columns(
 ) -> list[tuple[list[tuple[str, str | None]], BackupFile]]:
     """Every data file with the keys of its lines and their encodings (none for the large
     objects' file: any JSON value)."""
-    by_path: dict[str, list[tuple[str, str | None]]] = {
-        f.path: [(c.name, c.encoding) for c in t.columns] for t in backup.tables for f in t.files
-    }
+    by_path: dict[str, list[tuple[str, str | None]]] = (
+        {}  # an increment's lines are changes: their keys are the format's (any JSON)
+        if backup.increment is not None
+        else {
+            f.path: [(c.name, c.encoding) for c in t.columns]
+            for t in backup.tables
+            for f in t.files
+        }
+    )
     found: list[tuple[list[tuple[str, str | None]], BackupFile]] = []
     for keys, entry in backup.data_files():
         found.append((by_path.get(entry.path) or [(k, None) for k in keys], entry))

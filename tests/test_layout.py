@@ -43,7 +43,9 @@ FORBIDDEN = {
     # the commands are composed above the library (restore --compare, dump --keep)
     "restore": ("analysis", "dump", "api", "cli", "prune"),
     "analysis": ("restore", "dump", "api", "cli", "prune"),
-    "dump": ("restore", "analysis", "api", "cli"),
+    "dump": ("restore", "analysis", "api", "cli", "increment"),
+    # dump --since: a dump's output, and a slot's changes, composed
+    "increment": ("restore", "analysis", "api", "cli"),
 }
 # The allowed exceptions to a "*": the ground may import only the ground.
 GROUND = ("errors", "events", "text", "version", "batches")

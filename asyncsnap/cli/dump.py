@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -52,15 +52,17 @@ def dump_command(
     no_password: NoPasswordOption = False,
     ask_password: PasswordPromptOption = False,
     output: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--output",
             "-o",
             metavar="OUTPUT",
-            help="Directory to put the backup in, or an object store prefix "
-            "(s3://bucket/prefix, gs://, az://), written to with no local copy.",
+            help="Directory to put the backup in (default: the current one; with --since, "
+            "its parent's), or an object store prefix (s3://bucket/prefix, gs://, az://), "
+            "written to with no local copy.",
+            show_default=False,
         ),
-    ] = ".",
+    ] = None,
     jobs: Annotated[int, jobs_option("Connections copying at once.")] = 2,
     table: TableOption = None,
     exclude_table: ExcludeTableOption = None,
@@ -220,6 +222,15 @@ def dump_command(
             "changed); by default one named like the slot is created for the tables.",
         ),
     ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="BACKUP",
+            help="Write an incremental backup instead: the changes committed after BACKUP "
+            "(the chain's last backup, full or incremental), read from its slot, beside it.",
+        ),
+    ] = None,
     endpoint_url: EndpointOption = None,
     log_format: LogFormatOption = "text",
     summary_json: SummaryOption = None,
@@ -243,6 +254,9 @@ def dump_command(
       asyncsnap dump -o /backups --keep 7 --log-format json --summary-json /backups/last-run.json
       # Straight to a bucket (credentials from AWS_* or AWS_PROFILE), keep the newest 7 there
       asyncsnap dump -d shop -o s3://backups/nightly/shop --keep 7
+      # A chain: a full backup that starts a slot, then the changes since the last backup
+      asyncsnap dump -d shop -o /backups --slot shop_chain --name full
+      asyncsnap dump -d shop --since /backups/full
     """
     from rich.console import Console
 
@@ -250,6 +264,24 @@ def dump_command(
     from .envelope import Envelope, renderers, summary_base, use_endpoint
     from .progress import summary_table
 
+    if since is not None:
+        _dump_increment(
+            _not_for_increments(locals()),
+            dsn=dsn,
+            connection=(dbname, host, port, username, no_password, ask_password),
+            since=since,
+            output=output,
+            name=name,
+            compress=compress,
+            encrypt_to=encrypt_to or [],
+            endpoint_url=endpoint_url,
+            quiet=quiet,
+            log_format=log_format,
+            summary_json=summary_json,
+            debug=debug,
+        )
+        return
+    output = "." if output is None else output
     split_bytes = parse_size(split_larger_than)
     # --summary-json on failure: where the backup was to be, once that is known.
     env = Envelope(
@@ -309,6 +341,123 @@ def dump_command(
     if live is not None and watch.finished:
         Console(stderr=True).print(summary_table(result.tables, watch.finished[0]))
     # The one line on stdout, in every mode: the backup's path, for scripts.
+    typer.echo(str(result.path))
+
+
+def _not_for_increments(given: dict[str, Any]) -> list[str]:
+    """The options of ``dump_command`` (its arguments, ``given``) that a full backup takes
+    and an increment cannot: those given, by their names."""
+    refused = {
+        "-j": given["jobs"] != 2,
+        "-t/-T/-n/-N": bool(
+            given["table"] or given["exclude_table"] or given["schema"] or given["exclude_schema"]
+        ),
+        "--lock-timeout": given["lock_timeout"] != DEFAULT_LOCK_TIMEOUT,
+        "--statement-timeout": given["statement_timeout"] != 0.0,
+        "--max-duration": given["max_duration"] is not None,
+        "--split-larger-than": given["split_larger_than"] != "64MB",
+        "--skip-unreadable": given["skip_unreadable"],
+        "--enable-row-security": given["enable_row_security"],
+        "-b/-B": given["large_objects"] is not None,
+        "--no-unlogged-table-data": given["no_unlogged_table_data"],
+        "--keep": given["keep"] is not None,
+        "--keep-partial": given["keep_partial"],
+        "--verify": given["verify_output"],
+        "--no-schema": given["no_schema"],
+        "--fingerprints": given["fingerprints"],
+        "--slot": given["slot"] is not None,
+        "--publication": given["publication"] is not None,
+    }
+    return [option for option, is_given in refused.items() if is_given]
+
+
+def _dump_increment(
+    refused: list[str],
+    *,
+    dsn: str | None,
+    connection: tuple[str | None, str | None, str | None, str | None, bool, bool],
+    since: str,
+    output: str | None,
+    name: str | None,
+    compress: str,
+    encrypt_to: list[str],
+    endpoint_url: str | None,
+    quiet: bool,
+    log_format: str,
+    summary_json: Path | None,
+    debug: bool,
+) -> None:
+    """``dump --since``: ``asyncsnap.dump_increment`` through the envelope."""
+    from ..errors import UsageError
+    from ..increment import dump_increment
+    from ..text import count
+    from .envelope import Envelope, renderers, summary_base, use_endpoint
+    from .progress import human_bytes
+
+    env = Envelope(
+        debug=debug,
+        dsn=dsn,
+        log_format=log_format,
+        summary_json=summary_json,
+        outcome=summary_base("dump", path=None),
+    )
+    dbname, host, port, username, no_password, ask_password = connection
+    with env.guard(AsyncsnapError):
+        if refused:
+            raise UsageError(
+                f"{refused[0]} does not apply to an incremental backup (--since)",
+                hint="an increment holds every change of the chain's tables; leave it out",
+            )
+        use_endpoint(endpoint_url)
+        env.dsn = spec = connection_spec(
+            dsn,
+            dbname,
+            host=host,
+            port=port,
+            user=username,
+            no_password=no_password,
+            ask_password=ask_password,
+        )
+    live, render = renderers(quiet, log_format)
+    work = partial(
+        dump_increment,
+        spec,
+        since=since,
+        output=output,
+        name=name,
+        compression=compress,  # type: ignore[arg-type]
+        encrypt_to=encrypt_to,
+        on_event=render,
+    )
+    result = env.run(work, live, left="nothing was kept; the slot was not advanced")
+    env.succeed(
+        path=str(result.path),
+        parent=result.parent,
+        start_lsn=result.start_lsn,
+        end_lsn=result.end_lsn,
+        transactions=result.transactions,
+        changes=result.changes,
+        tables=len(result.tables),
+        files=result.files,
+        bytes=result.bytes,
+        stored_bytes=result.stored_bytes,
+        sequences=result.sequences,
+        seconds=round(result.seconds, 3),
+        wal_held_bytes=result.wal_held_bytes,
+        new_tables=list(result.new_tables),
+    )
+    if not quiet:
+        held = (
+            ""
+            if result.wal_held_bytes is None
+            else f"; the slot holds {human_bytes(result.wal_held_bytes)} of WAL"
+        )
+        typer.echo(
+            f"increment of {result.parent}: {count(result.transactions, 'transaction')}, "
+            f"{count(result.changes, 'change')} in {count(len(result.tables), 'table')} "
+            f"({result.start_lsn} to {result.end_lsn}){held}",
+            err=True,
+        )
     typer.echo(str(result.path))
 
 

@@ -44,10 +44,12 @@ def inspect_command(
 
     with Envelope(debug=debug).guard():
         use_endpoint(endpoint_url)
-        backup = open_backup(backup_dir)
+        backup = open_backup(backup_dir, increments=True)
         if sql is not None:
             from ..analysis.readers import views_sql
+            from ..storage.backup import refuse_increment
 
+            refuse_increment(backup)  # its files hold changes, not a table's rows
             typer.echo(views_sql(backup), nl=False)
             return
     if as_json:

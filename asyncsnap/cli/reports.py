@@ -29,8 +29,17 @@ def summary_tables(backup: Backup) -> list[RenderableType]:
     )
     head.add_column()
     head.add_column()
-    snapshot = s["snapshot"] or {}
-    head.add_row("snapshot", f"{snapshot.get('taken_at')} ({snapshot.get('id')})")
+    increment = s["increment"]
+    if increment is not None:
+        head.add_row(
+            "INCREMENT",
+            f"the changes after {increment['parent']['name']}: "
+            f"{count(increment['transactions'], 'transaction')} committed from "
+            f"{increment['start_lsn']} to {increment['end_lsn']}",
+        )
+    else:
+        snapshot = s["snapshot"] or {}
+        head.add_row("snapshot", f"{snapshot.get('taken_at')} ({snapshot.get('id')})")
     if s["slot"] is not None:
         slot = s["slot"]
         head.add_row(
@@ -57,6 +66,8 @@ def summary_tables(backup: Backup) -> list[RenderableType]:
         "schema",
         f"{s['schema']['sql']} (pg_dump {s['schema']['pg_dump_version']})"
         if s["schema"]
+        else "none: an increment holds changes of rows"
+        if increment is not None
         else "none: a data-only backup, restored only into existing tables",
     )
     levels = (s["restore_order"] or {}).get("levels", [])

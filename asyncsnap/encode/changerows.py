@@ -14,6 +14,7 @@ such column for a batch of rows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import asyncpg
@@ -33,7 +34,11 @@ _COPY_ESCAPES = {
     ord("\t"): b"\\t",
     ord("\v"): b"\\v",
 }
-_NEEDS_ESCAPE = bytes(_COPY_ESCAPES)
+_NEEDS_ESCAPE = re.compile(b"[" + re.escape(bytes(_COPY_ESCAPES)) + b"]")
+
+
+def _escape(match: re.Match[bytes]) -> bytes:
+    return _COPY_ESCAPES[match.group()[0]]
 
 
 def copy_field(value: bytes | None) -> bytes:
@@ -44,9 +49,9 @@ def copy_field(value: bytes | None) -> bytes:
     """
     if value is None:
         return b"\\N"
-    if not any(c in _NEEDS_ESCAPE for c in value):
+    if _NEEDS_ESCAPE.search(value) is None:
         return value
-    return b"".join(_COPY_ESCAPES.get(c, bytes((c,))) for c in value)
+    return _NEEDS_ESCAPE.sub(_escape, value)
 
 
 class ChangeRowEncoder:

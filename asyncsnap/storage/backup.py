@@ -80,12 +80,14 @@ class LocalSource(StoreSource):
         self.root = root
 
 
-def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
+def open_backup(path: str | Path, *, in_progress: bool = False, increments: bool = False) -> Backup:
     """Open a backup (a directory, or ``s3://bucket/prefix/NAME``) and check its manifest
     (not yet the data files).
 
     ``in_progress`` is for the dump checking its own ``.partial`` directory before the
-    rename (``dump --verify``); everyone else refuses a ``.partial``.
+    rename (``dump --verify``); everyone else refuses a ``.partial``. ``increments``: an
+    incremental backup is accepted (verify, inspect, ``dump --since``); every other reader
+    reads full backups and refuses one.
 
     :raises VerificationFailed: for anything in the manifest a reader must not trust.
 
@@ -93,7 +95,7 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
     """
     root = backup_location(path, role="BACKUP")
     if not isinstance(root, Path):
-        return open_stored_backup(S3Store(root))
+        return open_stored_backup(S3Store(root), increments=increments)
     if root.name.endswith(PARTIAL_SUFFIX) and not in_progress:
         raise VerificationFailed(
             f"{root} is an incomplete backup (a dump that failed, was interrupted or is "
@@ -102,11 +104,25 @@ def open_backup(path: str | Path, *, in_progress: bool = False) -> Backup:
         )
     if not root.is_dir():
         raise VerificationFailed(f"{root} is not a directory", hint="give a backup directory")
-    return manifest.parse(root, manifest.load(root, streamed=True), LocalSource(root))
+    opened = manifest.parse(root, manifest.load(root, streamed=True), LocalSource(root))
+    return opened if increments else refuse_increment(opened)
 
 
-def open_stored_backup(store: Store, name: str = "") -> Backup:
-    """The backup at ``name`` in ``store`` (its root when empty), its manifest checked."""
+def refuse_increment(backup: Backup) -> Backup:
+    """``backup``, if it is a full backup: an increment holds changes, not rows."""
+    if backup.increment is not None:
+        raise VerificationFailed(
+            f"{backup.path} is an incremental backup (the changes after "
+            f"{backup.increment.parent}): this command reads full backups",
+            hint="give its full backup (the first of its chain, made with dump --slot); "
+            "verify and inspect read increments",
+        )
+    return backup
+
+
+def open_stored_backup(store: Store, name: str = "", *, increments: bool = False) -> Backup:
+    """The backup at ``name`` in ``store`` (its root when empty), its manifest checked;
+    an increment only with ``increments`` (``open_backup``)."""
     source = StoreSource(store, name)
     try:
         body = read_manifest(store, f"{name}/{MANIFEST_NAME}" if name else MANIFEST_NAME)
@@ -119,7 +135,8 @@ def open_stored_backup(store: Store, name: str = "") -> Backup:
         )
         example = f"{source.where}/{inside[-1].rpartition('/')[2]}" if inside else None
         raise manifest.no_manifest(source.where, example) from exc
-    return manifest.parse(source.where, body, source)
+    opened = manifest.parse(source.where, body, source)
+    return opened if increments else refuse_increment(opened)
 
 
 def read_manifest(store: Store, key: str) -> dict[str, Any]:

@@ -448,7 +448,7 @@ class BackupDirectory:
     def written(self) -> Backup:
         from .backup import open_backup
 
-        return open_backup(self.path, in_progress=True)
+        return open_backup(self.path, in_progress=True, increments=True)
 
     def scratch_directory(self) -> Path:
         """``schema/`` inside the backup; for an encrypted backup a private temporary

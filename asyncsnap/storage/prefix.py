@@ -489,7 +489,14 @@ def prune_prefix(
         except (VerificationFailed, ObjectMissing):
             reasons[entry.name] = "its manifest.json does not check out"
             continue
-        complete.append(Candidate(entry.name, backup.manifest.started_at))
+        increment = backup.manifest.increment
+        complete.append(
+            Candidate(
+                entry.name,
+                backup.manifest.started_at,
+                None if increment is None else increment.parent,
+            )
+        )
         files[entry.name] = _listed_files(backup)
     decision = apply_policy(complete, keep=keep, include_named=include_named)
     reasons.update(decision.reasons)

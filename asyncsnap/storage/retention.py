@@ -16,6 +16,7 @@ class Candidate:
 
     name: str  # its directory or folder name
     started_at: str | None  # the manifest's ``started_at`` (ISO 8601 UTC); None: absent
+    parent: str | None = None  # an increment's parent (a sibling's name); None: a full backup
 
 
 @dataclass
@@ -50,4 +51,19 @@ def apply_policy(found: Sequence[Candidate], *, keep: int, include_named: bool) 
     dated.sort(reverse=True)
     decision.kept = [name for _, name in dated[:keep]]
     decision.removed = [name for _, name in dated[keep:]]
+    _keep_chains(found, decision)
     return decision
+
+
+def _keep_chains(found: Sequence[Candidate], decision: Decision) -> None:
+    """Every ancestor of a kept backup out of ``removed``, into ``reasons``."""
+    parents = {c.name: c.parent for c in found}
+    needed: set[str] = set()
+    for name in [*decision.kept, *decision.named, *decision.reasons]:
+        parent = parents.get(name)
+        while parent is not None and parent not in needed:
+            needed.add(parent)
+            parent = parents.get(parent)
+    for name in needed & set(decision.removed):
+        decision.removed.remove(name)
+        decision.reasons[name] = "a newer increment kept follows it (its chain is kept whole)"

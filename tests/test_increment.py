@@ -1,0 +1,583 @@
+"""``dump --since``: incremental backups of a chain, against real servers.
+
+The central promise: a full backup made with ``--slot`` with its increments' change lines
+applied in order (each row by its replica identity, unchanged TOASTed values kept) holds
+exactly the rows a full backup of the same moment holds, line for line. The workload is
+random (fixed seeds) around what decoding makes hard: keys that change, TOASTed values
+left untouched, REPLICA IDENTITY FULL with duplicate rows, a unique index as identity,
+partitions a row moves between, a generated column, TRUNCATE, rolled-back and
+interleaved transactions, values that are hard to write exactly. The oracle is a full
+dump of the end state, made by the same tool's full-backup path and checked against the
+server by the dump's own tests."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+import zstandard
+
+from asyncsnap.dump import dump
+from asyncsnap.errors import ExitCode, UsageError, VerificationFailed
+from asyncsnap.format import Backup
+from asyncsnap.increment import ChainBroken, dump_increment
+from asyncsnap.slot import NotReplicable
+from asyncsnap.storage.backup import open_backup
+from asyncsnap.verify import verify
+from tests.conftest import Database, clean_env, run_cli
+
+SCHEMA = (
+    """
+CREATE TABLE public.accounts (id int PRIMARY KEY, balance numeric, note text, tags text[],
+    doc jsonb, at timestamptz, raw bytea, f float8, big text);
+ALTER TABLE public.accounts ALTER COLUMN big SET STORAGE EXTERNAL;  -- TOASTed, uncompressed
+CREATE TABLE public.dupes (a int, b text);
+ALTER TABLE public.dupes REPLICA IDENTITY FULL;
+CREATE TABLE public.by_index (u int NOT NULL, w text, CONSTRAINT by_index_u UNIQUE (u));
+ALTER TABLE public.by_index REPLICA IDENTITY USING INDEX by_index_u;
+CREATE TABLE public.{odd} (id int PRIMARY KEY, v text,
+    g int GENERATED ALWAYS AS (id * 2) STORED);
+CREATE TABLE public.parts (id int, region text, v text, PRIMARY KEY (id, region))
+    PARTITION BY LIST (region);
+CREATE TABLE public.parts_eu PARTITION OF public.parts FOR VALUES IN ('eu');
+CREATE TABLE public.parts_us PARTITION OF public.parts FOR VALUES IN ('us');
+CREATE SEQUENCE public.counter;
+INSERT INTO public.accounts SELECT g, g / 7.0, 'n' || g, ARRAY['a', NULL, 'c'],
+    jsonb_build_object('k', g), '2026-01-01'::timestamptz + g * interval '1 hour',
+    '\\x00ff'::bytea, g * 0.1, repeat(md5(g::text), 100)
+    FROM generate_series(1, 40) g;
+INSERT INTO public.dupes SELECT g % 4, 'b' || (g % 2) FROM generate_series(1, 16) g;
+INSERT INTO public.by_index SELECT g, 'w' || g FROM generate_series(1, 20) g;
+INSERT INTO public.{odd} SELECT g, 'v' || g FROM generate_series(1, 10) g;
+INSERT INTO public.parts SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 'p' || g
+    FROM generate_series(1, 10) g;
+"""
+).format(odd='"Odd ""name"""')
+# The identity columns each table's rows are found by (None: the whole row, FULL).
+IDENTITY: dict[str, tuple[str, ...] | None] = {
+    "accounts": ("id",),
+    "dupes": None,
+    "by_index": ("u",),
+    'Odd "name"': ("id",),
+    "parts_eu": ("id", "region"),
+    "parts_us": ("id", "region"),
+}
+GENERATED = {'Odd "name"': ("g",)}  # recomputed by a restore; the slot does not send them
+HARD_TEXT = ["", "tab\there", "line\nbreak", 'quote " and \\ slash', "é ü 日本", "\x01\x1f"]
+HARD_FLOAT = ["NaN", "Infinity", "-Infinity", "-0", "1e308", "5e-324", "0.1"]
+HARD_NUMERIC = ["NaN", "0", "-0.000", "123456789012345678901234567890.123456789", "1e-20"]
+
+Rows = dict[str, list[dict[str, Any]]]
+
+
+def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return anyio.run(partial(fn, *args, **kwargs), backend="asyncio")
+
+
+def slot_name() -> str:
+    return "inc_" + uuid.uuid4().hex[:10]
+
+
+def parse(line: bytes) -> Any:
+    """A line with every number kept as its text: compared exactly."""
+    return json.loads(line, parse_float=str, parse_int=str)
+
+
+def lines(backup: Backup, path: str) -> list[bytes]:
+    raw = (Path(backup.path) / path).read_bytes()
+    text = zstandard.ZstdDecompressor().decompress(raw, max_output_size=1 << 28)
+    return text.splitlines()
+
+
+def full_rows(path: Path) -> Rows:
+    backup = open_backup(path)
+    found: Rows = {}
+    for table in backup.tables:
+        if table.kind == "partitioned":
+            continue
+        found[table.name] = [parse(x) for f in table.files for x in lines(backup, f.path)]
+    return found
+
+
+def apply_increment(rows: Rows, path: Path, seen: set[str] | None = None) -> Backup:
+    """``path``'s change lines applied to ``rows`` as a restore must apply them; ``seen``
+    gets the kinds of change met (to check that the workload made each)."""
+    backup = open_backup(path, increments=True)
+    for table in backup.tables:
+        for f in table.files:
+            for raw in lines(backup, f.path):
+                change = parse(raw)
+                apply_change(rows.setdefault(table.name, []), table.name, change)
+                if seen is not None:
+                    seen.add(_kind(table.name, change))
+    return backup
+
+
+def _kind(table: str, change: dict[str, Any]) -> str:
+    if change["unchanged"]:
+        return "unchanged TOAST"
+    if change["op"] == "update" and change["key"] is not None:
+        return f"{table}: key changed" if IDENTITY[table] else f"{table}: whole old row"
+    return f"{change['op']} {table}"
+
+
+def apply_change(rows: list[dict[str, Any]], table: str, change: dict[str, Any]) -> None:
+    assert list(change) == ["op", "lsn", "xid", "n", "key", "row", "unchanged"]
+    op, key, row = change["op"], change["key"], change["row"]
+    if op == "truncate":
+        rows.clear()
+        return
+    if op == "insert":
+        assert key is None and not change["unchanged"]
+        rows.append(row)
+        return
+    identity = IDENTITY[table]
+    probe = key if key is not None else row
+    names = list(probe) if identity is None else list(identity)
+    assert identity is None or key is None or list(key) == list(identity), change
+    matches = [i for i, r in enumerate(rows) if all(r[c] == probe[c] for c in names)]
+    assert matches, (table, change)
+    assert identity is None or len(matches) == 1, (table, change)
+    if op == "delete":
+        assert row is None
+        del rows[matches[0]]
+        return
+    old = rows[matches[0]]
+    assert set(change["unchanged"]) | set(row) == set(old) - set(GENERATED.get(table, ()))
+    rows[matches[0]] = {**old, **row}
+
+
+def comparable(rows: Rows) -> dict[str, list[str]]:
+    return {
+        table: sorted(
+            json.dumps({k: v for k, v in r.items() if k not in GENERATED.get(table, ())})
+            for r in found
+        )
+        for table, found in rows.items()
+    }
+
+
+async def workload(dsn: str, rng: random.Random, transactions: int) -> None:
+    """Random transactions over every table: some rolled back, some interleaved."""
+    a = await asyncpg.connect(dsn)
+    b = await asyncpg.connect(dsn)
+    try:
+        next_id = 1000 + rng.randrange(10**6) * 100
+        for _ in range(transactions):
+            shape = rng.random()
+            if shape < 0.15:  # two at once, committed in the other order than begun
+                await a.execute("BEGIN")
+                await b.execute("BEGIN")
+                next_id = await _ops(a, rng, next_id, truncate=False)
+                await b.execute(
+                    "INSERT INTO public.by_index VALUES ($1, 'from b')", next_id + 50_000_000
+                )
+                next_id += 1
+                await b.execute("COMMIT")
+                await a.execute("COMMIT")
+            elif shape < 0.25:
+                await a.execute("BEGIN")
+                next_id = await _ops(a, rng, next_id)
+                await a.execute("ROLLBACK")
+            else:
+                await a.execute("BEGIN")
+                next_id = await _ops(a, rng, next_id)
+                await a.execute("COMMIT")
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _ops(
+    conn: asyncpg.Connection, rng: random.Random, next_id: int, truncate: bool = True
+) -> int:
+    for _ in range(rng.randint(1, 6)):
+        op = rng.randrange(14)
+        if op == 0:
+            await conn.execute(
+                "INSERT INTO public.accounts VALUES ($1, $2::text::numeric, $3, $4,"
+                " $5::text::jsonb, now(), $6, $7::text::float8, $8)",
+                next_id,
+                rng.choice(HARD_NUMERIC),
+                rng.choice([*HARD_TEXT, None]),
+                rng.choice([[], ["x", None], ['{"q"}', "a,b"], None]),
+                rng.choice(['{"a": null}', "null", '[1, 2.50, "x"]', None]),
+                rng.choice([b"", b"\x00\x01", bytes(range(256)), None]),
+                rng.choice(HARD_FLOAT),
+                rng.choice(["small", "b" * 9000, None]),
+            )
+            next_id += 1
+        elif op == 1:  # the TOASTed column untouched: the slot sends it as unchanged
+            await conn.execute(
+                "UPDATE public.accounts SET balance = balance + 1, note = $2"
+                " WHERE id = (SELECT min(id) FROM public.accounts WHERE id >= $1)",
+                rng.randrange(1, 60),  # mostly the first rows, whose big values are TOASTed
+                rng.choice(HARD_TEXT),
+            )
+        elif op == 2:
+            await conn.execute(
+                "UPDATE public.accounts SET big = $2 WHERE id = (SELECT max(id)"
+                " FROM public.accounts WHERE id <= $1)",
+                rng.randrange(1, next_id),
+                "B" * rng.choice([10, 9000]),
+            )
+        elif op == 3:  # a key that changes
+            await conn.execute(
+                "UPDATE public.accounts SET id = $2 WHERE id = (SELECT min(id) FROM"
+                " public.accounts WHERE id >= $1)",
+                rng.randrange(1, next_id),
+                next_id,
+            )
+            next_id += 1
+        elif op == 4:
+            await conn.execute(
+                "DELETE FROM public.accounts WHERE id = (SELECT min(id) FROM public.accounts"
+                " WHERE id >= $1)",
+                rng.randrange(1, next_id),
+            )
+        elif op == 5:
+            await conn.execute(
+                "INSERT INTO public.dupes SELECT $1, 'b' || $2::int FROM generate_series(1, 2)",
+                rng.randrange(4),
+                rng.randrange(2),
+            )
+        elif op == 6:  # one of several identical rows
+            await conn.execute(
+                "UPDATE public.dupes SET b = b || 'x' WHERE ctid = (SELECT min(ctid) FROM"
+                " public.dupes WHERE a = $1)",
+                rng.randrange(4),
+            )
+        elif op == 7:
+            await conn.execute("DELETE FROM public.dupes WHERE a = $1", rng.randrange(4))
+        elif op == 8 and truncate and rng.random() < 0.3:
+            await conn.execute("TRUNCATE public.dupes")
+        elif op == 9:  # the identity (a unique index) changes
+            await conn.execute(
+                "UPDATE public.by_index SET u = $2 WHERE u = (SELECT min(u) FROM public.by_index"
+                " WHERE u >= $1)",
+                rng.randrange(1, 30),
+                next_id,
+            )
+            next_id += 1
+        elif op == 10:
+            await conn.execute(
+                'INSERT INTO public."Odd ""name""" (id, v) VALUES ($1, $2)',
+                next_id,
+                rng.choice(HARD_TEXT),
+            )
+            next_id += 1
+        elif op == 11:
+            await conn.execute(
+                'UPDATE public."Odd ""name""" SET id = id + 1000000, v = \'moved\''
+                ' WHERE id = (SELECT min(id) FROM public."Odd ""name""" WHERE id >= $1)',
+                rng.randrange(1, next_id),
+            )
+        elif op == 12:  # a row that moves to the other partition: delete, then insert
+            await conn.execute(
+                "UPDATE public.parts SET region = CASE region WHEN 'eu' THEN 'us' ELSE 'eu' END"
+                " WHERE id = (SELECT min(id) FROM public.parts WHERE id >= $1)",
+                rng.randrange(1, 12),
+            )
+        else:
+            await conn.execute("SELECT nextval('public.counter')")
+    return next_id
+
+
+def test_a_chain_of_increments_applied_to_its_full_backup_is_the_end_state(
+    db: Database, tmp_path: Path
+) -> None:
+    db.execute(SCHEMA)
+    slot = slot_name()
+    run(dump, db.dsn, output=tmp_path, slot=slot, name="full")
+    rows = full_rows(tmp_path / "full")
+    rng = random.Random(25)
+    parent = "full"
+    seen: set[str] = set()
+    for step in range(3):
+        run(workload, db.dsn, rng, 25)
+        result = run(dump_increment, db.dsn, since=tmp_path / parent, name=f"inc{step}")
+        assert result.parent == parent and result.changes > 0
+        backup = apply_increment(rows, tmp_path / f"inc{step}", seen)
+        assert backup.increment is not None and backup.increment.parent == parent
+        assert verify(tmp_path / f"inc{step}").ok
+        parent = f"inc{step}"
+    end = run(dump, db.dsn, output=tmp_path, name="end", with_schema=False)
+    assert comparable(rows) == comparable(full_rows(tmp_path / "end"))
+    assert {
+        "unchanged TOAST",
+        "accounts: key changed",
+        "by_index: key changed",
+        "dupes: whole old row",
+        "delete dupes",
+        "truncate dupes",
+        "delete parts_eu",
+        "insert parts_us",
+        'insert Odd "name"',
+    } <= seen, seen
+    # The slot was advanced to the last increment's end, and its sequences are now's.
+    last = open_backup(tmp_path / parent, increments=True)
+    assert last.increment is not None
+    assert (
+        db.fetchval(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slot
+        )
+        == last.increment.end_lsn
+    )
+    assert [(s.name, s.last_value, s.is_called) for s in last.sequences] == [
+        (s.name, s.last_value, s.is_called) for s in end.written.sequences
+    ]
+
+
+def test_increments_taken_while_writers_commit_miss_and_repeat_nothing(
+    db: Database, tmp_path: Path
+) -> None:
+    """Commits land before, during and after each increment's boundary (one writer with
+    ``synchronous_commit = off``, whose last commits are not yet flushed when an
+    increment reads): every one is in exactly one increment."""
+    db.execute(SCHEMA)
+    run(dump, db.dsn, output=tmp_path, slot=slot_name(), name="full")
+    rows = full_rows(tmp_path / "full")
+
+    async def scenario() -> None:
+        stop = anyio.Event()
+
+        async def writer(lazy: bool, first: int) -> None:
+            conn = await asyncpg.connect(db.dsn)
+            try:
+                if lazy:
+                    await conn.execute("SET synchronous_commit = off")
+                n = first
+                while not stop.is_set():
+                    async with conn.transaction():
+                        await conn.execute("INSERT INTO public.by_index VALUES ($1, 'w')", n)
+                        await conn.execute(
+                            "UPDATE public.accounts SET balance = balance + 1 WHERE id = $1",
+                            n % 40 + 1,
+                        )
+                    n += 1
+            finally:
+                await conn.close()
+
+        parent = "full"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer, True, 10_000)
+            tg.start_soon(writer, False, 20_000_000)
+            for step in range(6):
+                await anyio.sleep(0.15)
+                await dump_increment(db.dsn, since=tmp_path / parent, name=f"inc{step}")
+                parent = f"inc{step}"
+            stop.set()
+        await dump_increment(db.dsn, since=tmp_path / parent, name="last")
+
+    run(scenario)
+    for name in [*(f"inc{step}" for step in range(6)), "last"]:
+        apply_increment(rows, tmp_path / name)
+    run(dump, db.dsn, output=tmp_path, name="end", with_schema=False)
+    assert comparable(rows) == comparable(full_rows(tmp_path / "end"))
+    assert len(rows["by_index"]) > 100
+
+
+def slot_position(db: Database, slot: str) -> str | None:
+    return db.fetchval(  # type: ignore[no-any-return]
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slot
+    )
+
+
+def chain(db: Database, tmp_path: Path) -> str:
+    """A chain's full backup (``full``), and its slot's name."""
+    db.execute(SCHEMA)
+    slot = slot_name()
+    run(dump, db.dsn, output=tmp_path, slot=slot, name="full")
+    return slot
+
+
+@pytest.mark.parametrize(
+    "ddl, names",
+    [
+        ("ALTER TABLE public.accounts ADD COLUMN extra int", "public.accounts"),
+        ("ALTER TABLE public.by_index ALTER COLUMN w TYPE varchar(20)", "public.by_index"),
+        ("DROP TABLE public.dupes", "public.dupes was dropped or renamed"),
+        ("ALTER TABLE public.dupes RENAME TO dupes2", "public.dupes was dropped or renamed"),
+        # Undone before the increment: the catalog is as it was, the slot's relation
+        # message for the insert made in between is not.
+        (
+            "ALTER TABLE public.accounts ADD COLUMN extra int;"
+            " INSERT INTO public.accounts (id, extra) VALUES (-1, 5);"
+            " ALTER TABLE public.accounts DROP COLUMN extra",
+            "public.accounts",
+        ),
+        (
+            "CREATE TABLE public.newer (id int PRIMARY KEY); ALTER PUBLICATION {slot} ADD"
+            " TABLE public.newer; INSERT INTO public.newer VALUES (1)",
+            "public.newer is in publication",
+        ),
+    ],
+)
+def test_what_an_increment_cannot_carry_fails_it_and_nothing_is_written(
+    db: Database, tmp_path: Path, ddl: str, names: str
+) -> None:
+    slot = chain(db, tmp_path)
+    db.execute("INSERT INTO public.accounts (id) VALUES (-2)")
+    db.execute(ddl.format(slot=slot))
+    before = slot_position(db, slot)
+    with pytest.raises(ChainBroken, match=names.replace(".", r"\.")) as failure:
+        run(dump_increment, db.dsn, since=tmp_path / "full")
+    assert failure.value.hint == "a new full backup starts a new chain: asyncsnap dump --slot NAME"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".asyncsnap.lock", "full"] or sorted(
+        p.name for p in tmp_path.iterdir()
+    ) == ["full"]
+    assert slot_position(db, slot) == before
+
+
+def test_a_table_made_since_the_full_backup_is_named(db: Database, tmp_path: Path) -> None:
+    chain(db, tmp_path)
+    db.execute(
+        "CREATE TABLE public.newer (id int PRIMARY KEY); INSERT INTO public.newer VALUES (1)"
+    )
+    said: list[str] = []
+    result = run(
+        dump_increment,
+        db.dsn,
+        since=tmp_path / "full",
+        on_event=lambda event: said.append(getattr(event, "message", "")),
+    )
+    assert result.new_tables == ("public.newer",)
+    assert "public.newer is not in this chain (added since its full backup?)" in said
+
+
+def test_a_gone_slot_fails_the_increment_and_nothing_is_written(
+    db: Database, tmp_path: Path
+) -> None:
+    slot = chain(db, tmp_path)
+    db.execute("SELECT pg_drop_replication_slot($1)", slot)
+    with pytest.raises(NotReplicable, match=f"replication slot {slot} no longer exists"):
+        run(dump_increment, db.dsn, since=tmp_path / "full")
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["full"]
+
+
+def test_an_increment_not_advanced_is_read_again_to_the_same_files(
+    db: Database, tmp_path: Path
+) -> None:
+    """What a run killed after its backup was complete but before the slot moved leaves:
+    the next run from the same parent reads the same transactions (and skips the dead
+    run's boundary), so its files are the same, byte for byte."""
+    slot = chain(db, tmp_path)
+    run(workload, db.dsn, random.Random(7), 20)
+    first = run(dump_increment, db.dsn, since=tmp_path / "full", name="a", advance_slot=False)
+    assert slot_position(db, slot) == open_backup(tmp_path / "full").manifest.slot.consistent_lsn  # type: ignore[union-attr]
+    second = run(dump_increment, db.dsn, since=tmp_path / "full", name="b")
+    assert first.changes == second.changes > 0
+    assert (tmp_path / "a" / "SHA256SUMS").read_bytes() == (
+        tmp_path / "b" / "SHA256SUMS"
+    ).read_bytes()
+    assert slot_position(db, slot) == second.end_lsn
+
+
+def test_an_increment_with_no_changes_is_small_and_advances_the_slot(
+    db: Database, tmp_path: Path
+) -> None:
+    slot = chain(db, tmp_path)
+    db.execute(
+        "CREATE TABLE public.unpublished (id int); INSERT INTO public.unpublished VALUES (1)"
+    )
+    result = run(dump_increment, db.dsn, since=tmp_path / "full", name="none")
+    assert (result.transactions, result.changes, result.files) == (0, 0, 0)
+    assert sorted(p.name for p in (tmp_path / "none").rglob("*")) == [
+        "SHA256SUMS",
+        "data",
+        "manifest.json",
+    ]
+    assert slot_position(db, slot) == result.end_lsn != result.start_lsn
+    assert verify(tmp_path / "none").ok
+
+
+def test_dump_since_from_the_command_line(db: Database, tmp_path: Path) -> None:
+    chain(db, tmp_path)
+    db.execute("UPDATE public.accounts SET note = 'cli' WHERE id = 1")
+    summary = tmp_path.parent / f"{tmp_path.name}-summary.json"
+    done = run_cli(
+        "dump", db.dsn, "--since", str(tmp_path / "full"), "--name", "inc",
+        "--summary-json", str(summary), env=clean_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{tmp_path / 'inc'}\n"
+    outcome = json.loads(summary.read_text())
+    assert (outcome["parent"], outcome["transactions"], outcome["changes"]) == ("full", 1, 1)
+    assert "increment of full: 1 transaction, 1 change in 1 table" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["-t", "public.accounts"], "-t/-T/-n/-N does not apply to an incremental backup"),
+        (["--slot", "other"], "--slot does not apply to an incremental backup"),
+        (["-o", "elsewhere"], "an increment is written beside its parent"),
+    ],
+)
+def test_options_an_increment_cannot_take_are_usage_errors(
+    db: Database, tmp_path: Path, args: list[str], says: str
+) -> None:
+    chain(db, tmp_path)
+    done = run_cli(
+        "dump", db.dsn, "--since", str(tmp_path / "full"), *args, env=clean_env(), cwd=tmp_path
+    )
+    assert done.returncode == ExitCode.USAGE
+    assert done.stderr.splitlines()[-2].startswith(f"error: {says}"), done.stderr
+
+
+def test_a_full_backup_without_a_slot_cannot_be_followed(db: Database, tmp_path: Path) -> None:
+    db.execute(SCHEMA)
+    run(dump, db.dsn, output=tmp_path, name="plain", with_schema=False)
+    with pytest.raises(UsageError, match="was not made with a replication slot"):
+        run(dump_increment, db.dsn, since=tmp_path / "plain")
+
+
+def test_commands_that_read_full_backups_refuse_an_increment(db: Database, tmp_path: Path) -> None:
+    chain(db, tmp_path)
+    run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    for args in (
+        ["restore", str(tmp_path / "inc"), db.dsn, "--dry-run"],
+        ["diff", str(tmp_path / "full"), str(tmp_path / "inc")],
+    ):
+        done = run_cli(*args, env=clean_env())
+        assert done.returncode == ExitCode.VERIFY, (args, done.stderr)
+        assert (
+            f"{tmp_path / 'inc'} is an incremental backup (the changes after full)" in done.stderr
+        )
+    with pytest.raises(VerificationFailed, match="is an incremental backup"):
+        open_backup(tmp_path / "inc")
+    assert run_cli("verify", str(tmp_path / "inc"), env=clean_env()).returncode == 0
+
+
+def test_inspect_shows_an_increment_and_prune_keeps_its_chain(db: Database, tmp_path: Path) -> None:
+    chain(db, tmp_path)
+    # Default names (retention's), one second apart so that they sort by time.
+    parent = "full"
+    for name in ("backup_20260101T000000Z", "backup_20260101T000001Z"):
+        db.execute("UPDATE public.accounts SET note = $1 WHERE id = 2", name)
+        run(dump_increment, db.dsn, since=tmp_path / parent, name=name)
+        parent = name
+    shown = run_cli("inspect", str(tmp_path / "backup_20260101T000001Z"), env=clean_env())
+    assert shown.returncode == 0, shown.stderr
+    assert "INCREMENT" in shown.stdout and "the changes after" in shown.stdout
+    as_json = json.loads(
+        run_cli("inspect", "--json", str(tmp_path / "backup_20260101T000001Z")).stdout
+    )
+    assert as_json["increment"]["parent"]["name"] == "backup_20260101T000000Z"
+    assert as_json["increment"]["transactions"] == 1
+    # "full" has a name of its own; the first increment is older than the one kept.
+    pruned = run_cli("prune", str(tmp_path), "--keep", "1", env=clean_env())
+    assert pruned.returncode == 0, pruned.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "backup_20260101T000000Z",
+        "backup_20260101T000001Z",
+        "full",
+    ]
