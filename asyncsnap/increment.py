@@ -575,6 +575,20 @@ class _TableChanges:
             else:
                 key_columns = self.all_columns
             key = old if key_columns is self.all_columns else tuple(old[i] for i in key_columns)
+        elif change.kind == "update":
+            # The identity did not change: the server sent no old key, and the new row's
+            # identity columns are the row to update (written out, so that every update
+            # and delete line names its row by itself).
+            assert change.new is not None
+            key_columns = self.key_columns
+            key = tuple(change.new[i] for i in key_columns)
+            if UNCHANGED in key:
+                raise ChainBroken(
+                    f"{self.table.qualified}: an update whose identity columns the server "
+                    "did not send (a TOASTed key value left unchanged): its row cannot be named",
+                    hint="give the table a replica identity of columns with small values "
+                    "(ALTER TABLE ... REPLICA IDENTITY), then a new full backup",
+                )
         row_columns: tuple[int, ...] | None = None
         new = change.new
         unchanged: list[str] = []

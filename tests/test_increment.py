@@ -32,7 +32,7 @@ from asyncsnap.increment import ChainBroken, dump_increment
 from asyncsnap.slot import NotReplicable
 from asyncsnap.storage.backup import open_backup
 from asyncsnap.verify import verify
-from tests.conftest import Database, clean_env, run_cli
+from tests.conftest import Database, clean_env, fresh_database, run_cli
 
 SCHEMA = (
     """
@@ -44,7 +44,7 @@ ALTER TABLE public.dupes REPLICA IDENTITY FULL;
 CREATE TABLE public.by_index (u int NOT NULL, w text, CONSTRAINT by_index_u UNIQUE (u));
 ALTER TABLE public.by_index REPLICA IDENTITY USING INDEX by_index_u;
 CREATE TABLE public.{odd} (id int PRIMARY KEY, v text,
-    g int GENERATED ALWAYS AS (id * 2) STORED);
+    g int GENERATED ALWAYS AS (id * 2) STORED, "it's $asyncsnap$ x" text DEFAULT 'd');
 CREATE TABLE public.parts (id int, region text, v text, PRIMARY KEY (id, region))
     PARTITION BY LIST (region);
 CREATE TABLE public.parts_eu PARTITION OF public.parts FOR VALUES IN ('eu');
@@ -124,8 +124,13 @@ def apply_increment(rows: Rows, path: Path, seen: set[str] | None = None) -> Bac
 def _kind(table: str, change: dict[str, Any]) -> str:
     if change["unchanged"]:
         return "unchanged TOAST"
-    if change["op"] == "update" and change["key"] is not None:
-        return f"{table}: key changed" if IDENTITY[table] else f"{table}: whole old row"
+    identity = IDENTITY[table]
+    if change["op"] == "update" and identity is None:
+        return f"{table}: whole old row"
+    if change["op"] == "update" and any(
+        change["key"][c] != change["row"][c] for c in identity or ()
+    ):
+        return f"{table}: key changed"
     return f"{change['op']} {table}"
 
 
@@ -140,9 +145,10 @@ def apply_change(rows: list[dict[str, Any]], table: str, change: dict[str, Any])
         rows.append(row)
         return
     identity = IDENTITY[table]
-    probe = key if key is not None else row
+    assert key is not None, change  # every update and delete names its row
+    probe = key
     names = list(probe) if identity is None else list(identity)
-    assert identity is None or key is None or list(key) == list(identity), change
+    assert identity is None or list(key) == list(identity), change
     matches = [i for i, r in enumerate(rows) if all(r[c] == probe[c] for c in names)]
     assert matches, (table, change)
     assert identity is None or len(matches) == 1, (table, change)
@@ -540,12 +546,12 @@ def test_a_full_backup_without_a_slot_cannot_be_followed(db: Database, tmp_path:
         run(dump_increment, db.dsn, since=tmp_path / "plain")
 
 
-def test_commands_that_read_full_backups_refuse_an_increment(db: Database, tmp_path: Path) -> None:
+def test_commands_that_read_only_full_backups_refuse_an_increment(db: Database, tmp_path: Path) -> None:
     chain(db, tmp_path)
     run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
     for args in (
-        ["restore", str(tmp_path / "inc"), db.dsn, "--dry-run"],
         ["diff", str(tmp_path / "full"), str(tmp_path / "inc")],
+        ["inspect", str(tmp_path / "inc"), "--sql", "duckdb"],
     ):
         done = run_cli(*args, env=clean_env())
         assert done.returncode == ExitCode.VERIFY, (args, done.stderr)
@@ -581,3 +587,121 @@ def test_inspect_shows_an_increment_and_prune_keeps_its_chain(db: Database, tmp_
         "backup_20260101T000001Z",
         "full",
     ]
+
+
+def table_digests(dsn: str) -> dict[str, tuple[int, str]]:
+    """Each table's row count and the md5 of its rows' text, sorted: SQL's own answer."""
+
+    async def read() -> dict[str, tuple[int, str]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            found = {}
+            names = await conn.fetch(
+                "SELECT format('%I.%I', n.nspname, c.relname) AS t FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relkind = 'r' AND n.nspname = 'public'"
+            )
+            for (name,) in names:
+                found[name] = tuple(
+                    await conn.fetchrow(
+                        f"SELECT count(*), md5(coalesce(string_agg(r, E'\\n' ORDER BY r), ''))"
+                        f" FROM (SELECT t::text AS r FROM {name} t) s"
+                    )
+                )
+            return found
+        finally:
+            await conn.close()
+
+    return run(read)  # type: ignore[no-any-return]
+
+
+def test_a_restored_chain_is_the_source_table_for_table(db: Database, tmp_path: Path) -> None:
+    """Full backup, three increments of a random workload, restored (a whole restore into
+    an empty database): every table's rows and every sequence equal the source's, as SQL
+    computes them on both."""
+    chain(db, tmp_path)
+    rng = random.Random(2512)
+    parent = "full"
+    for step in range(3):
+        run(workload, db.dsn, rng, 30)
+        run(dump_increment, db.dsn, since=tmp_path / parent, name=f"inc{step}")
+        parent = f"inc{step}"
+    with fresh_database(db.postgres, "chain_target") as target:
+        done = run_cli("restore", str(tmp_path / "inc2"), target.dsn, env=clean_env())
+        assert done.returncode == 0, done.stderr
+        assert "applied inc0" in done.stderr and "applied inc2" in done.stderr
+        assert table_digests(target.dsn) == table_digests(db.dsn)
+        assert target.fetchval("SELECT last_value FROM public.counter") == db.fetchval(
+            "SELECT last_value FROM public.counter"
+        )
+
+
+def forge_changes(backup: Path, table: str, lines: list[bytes]) -> None:
+    """Replace ``table``'s change file in the increment ``backup`` with ``lines``, its
+    manifest entry and SHA256SUMS made to match (a forged increment)."""
+    import hashlib
+
+    from tests.test_verify import reseal
+
+    data = b"".join(line + b"\n" for line in lines)
+    stored = zstandard.ZstdCompressor().compress(data)
+    body = json.loads((backup / "manifest.json").read_text())
+    entry = next(t for t in body["tables"] if t["name"] == table)
+    path = f"data/{table}-forged.ndjson.zst"
+    (backup / path).write_bytes(stored)
+    digest = hashlib.sha256(stored).hexdigest()
+    entry["files"] = [
+        {
+            "path": path,
+            "rows": len(lines),
+            "bytes": len(data),
+            "stored_bytes": len(stored),
+            "sha256": digest,
+            "pages": None,
+            "longest_line": None,
+            "fingerprint": None,
+        }
+    ]
+    entry["rows"] = len(lines)
+    sums = (backup / "SHA256SUMS").read_text() + f"{digest}  {path}\n"
+    (backup / "SHA256SUMS").write_text(sums)
+    reseal(backup, lambda b: b.update(tables=body["tables"]))
+
+
+def test_a_change_that_finds_no_row_fails_the_restore_and_is_rolled_back(
+    db: Database, tmp_path: Path
+) -> None:
+    chain(db, tmp_path)
+    db.execute("UPDATE public.accounts SET note = 'applied' WHERE id = 3")
+    run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    lsn = open_backup(tmp_path / "inc", increments=True).increment.end_lsn  # type: ignore[union-attr]
+    forge_changes(
+        tmp_path / "inc",
+        "by_index",
+        [
+            b'{"op":"delete","lsn":"%s","xid":1,"n":0,"key":{"u":424242},"row":null,'
+            b'"unchanged":[]}' % lsn.encode()
+        ],
+    )
+    with fresh_database(db.postgres, "chain_target") as target:
+        done = run_cli("restore", str(tmp_path / "inc"), target.dsn, env=clean_env())
+        assert done.returncode == ExitCode.FAILED
+        assert 'no row with the key {"u":424242}' in done.stderr
+        assert "the increment was rolled back" in done.stderr
+        # The full backup is restored; the increment (accounts' change too) is not.
+        assert target.fetchval("SELECT note FROM public.accounts WHERE id = 3") == "n3"
+
+
+def test_restoring_a_chain_needs_a_superuser_and_says_so_first(
+    db: Database, tmp_path: Path, role: tuple[str, str]
+) -> None:
+    chain(db, tmp_path)
+    run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    name, password = role
+    with fresh_database(db.postgres, "chain_target") as target:
+        target.execute(f"GRANT ALL ON SCHEMA public TO {name}")
+        dsn = db.postgres.dsn(target.name, user=name, password=password)
+        done = run_cli("restore", str(tmp_path / "inc"), dsn, env=clean_env())
+        assert done.returncode == ExitCode.FAILED, done.stderr
+        assert "applying a chain's increments needs a superuser" in done.stderr
+        assert target.fetchval("SELECT count(*) FROM pg_class WHERE relname = 'accounts'") == 0

@@ -49,11 +49,12 @@ from ..events import EventCallback, Notice, RestoreStarted
 from ..format import Backup
 from ..scratch import PrivateScratch
 from ..session import Session, SessionPolicy
-from ..storage.backup import open_backup
+from . import chain as restore_chain
 from . import finish
 from . import load as loading
 from . import schema as restore_schema
 from . import target as restore_target
+from .chain import Chain, open_chain
 from .create import CreatePlan, Creation
 from .options import RestoreOptions
 from .plan import (
@@ -90,7 +91,8 @@ async def run_restore(
     announce: Callable[[str], None] = (
         (lambda line: None) if o.dry_run else (lambda line: emit(Notice(line)))
     )
-    backup = await _opened(backup_dir, o, emit)
+    chain = await _opened(backup_dir, o, emit)
+    backup = chain.full
     params = resolve(dsn)
     # The settings the values were rendered with are the ones to read them back with
     # (open_backup accepted them only as the documented values).
@@ -108,6 +110,7 @@ async def run_restore(
                 return rehearsed
             params = await creation.create(emit)
         into = _Target(backup, params, policy, scratch, creation.archive, creation.creating)
+        into.chain = chain
         return await _restore_into(into, o, announce, emit, started, compare_step)
     except BaseException as exc:
         await creation.undo(exc, emit)
@@ -117,10 +120,25 @@ async def run_restore(
         scratch.remove()
 
 
-async def _opened(backup_dir: str | Path, o: RestoreOptions, emit: EventCallback) -> Backup:
-    """The backup, its manifest checked, its keys given, every file checked first with
-    --verify-first."""
-    backup = await anyio.to_thread.run_sync(open_backup, backup_dir)
+async def _opened(backup_dir: str | Path, o: RestoreOptions, emit: EventCallback) -> Chain:
+    """The backup (with, for an increment, its chain: each link checked), its manifest
+    checked, its keys given, every file checked first with --verify-first."""
+    chain = await anyio.to_thread.run_sync(open_chain, backup_dir)
+    if chain.increments and o.compare:
+        raise UsageError(
+            "--compare compares the rows with a backup's files, and a chain's end state is "
+            "in no backup's files",
+            hint="leave out --compare; dump the restored database to compare it",
+        )
+    opened = [await _keyed(b, o) for b in (chain.full, *chain.increments)]
+    chain = Chain(full=opened[0], increments=tuple(opened[1:]))
+    for s in chain.full.skipped:
+        emit(Notice(f"not in the backup: {s.describe()}"))
+    return chain
+
+
+async def _keyed(backup: Backup, o: RestoreOptions) -> Backup:
+    """One backup of the chain with its keys, checked whole first with --verify-first."""
     if backup.encryption and not o.identities:
         raise UsageError(
             f"{backup.path} is encrypted (age, to {backup.encryption[0][:16]}...)",
@@ -139,8 +157,6 @@ async def _opened(backup_dir: str | Path, o: RestoreOptions, emit: EventCallback
                 f"verification failed: {checked.problems[0]}",
                 hint="nothing was loaded; `asyncsnap verify` lists every problem",
             )
-    for s in backup.skipped:
-        emit(Notice(f"not in the backup: {s.describe()}"))
     return backup
 
 
@@ -159,6 +175,7 @@ class _Target:
     ) -> None:
         self.backup, self.params, self.policy = backup, params, policy
         self.scratch, self.archive, self.creating = scratch, archive, creating
+        self.chain = Chain(full=backup, increments=())  # run_restore's, when a chain
 
 
 async def _restore_into(
@@ -214,17 +231,25 @@ class _RestoreRun:
         self.results: list[RestoredTable] = []  # as each unit commits (for failures)
         self.single = o.single_transaction
         self.lines: list[str] = []
-        self.sequences = self.large_objects = self.refreshed = 0
+        self.sequences = self.large_objects = self.refreshed = self.changes = 0
 
     async def load(self, started: float) -> RestoreResult | None:
         """Everything that writes the target but its database's properties; a dry run's
         result, or None."""
         o, conn, backup = self.o, self.conn, self.backup
+        chain = self.into.chain
         with self._translated():
             # Before anything is looked at: one restore at a time into a database.
             await restore_target.hold_database(conn, self.session.target.database)
+            if chain.increments:
+                if o.schema_only:
+                    raise UsageError(
+                        "--schema-only restores no rows, and a chain's increments are rows",
+                        hint="give the chain's full backup, or leave out --schema-only",
+                    )
+                await restore_chain.check_can_apply(conn)
             self.kind, reason, replaced = await restore_target.choose_kind(conn, backup, o)
-            self.lines = [reason]
+            self.lines = [reason, *chain.describe()]
             steps = None
             if self.kind == "whole":
                 steps = await self._schema_steps(replaced)
@@ -247,7 +272,27 @@ class _RestoreRun:
                     jobs=o.jobs,
                     schema_only=o.schema_only,
                 )
+            if chain.increments:
+                await self._apply(chain)
         return None
+
+    async def _apply(self, chain: Chain) -> None:
+        """The chain's increments, once the full backup is restored (its indexes, which
+        find each changed row, are there), then the last increment's sequences."""
+        assert self.plan is not None
+        # The target's triggers and rules as they are now (post-data made them).
+        loads = await restore_target.with_switches(self.conn, self.plan.loads, self.o.mode)
+        self.changes = await restore_chain.apply_increments(self.conn, chain, loads, self.emit)
+        last = chain.increments[-1]
+        wanted = {(s[0], s[1]) for s in self.plan.sequences}
+        sequences = [
+            (s.schema, s.name, s.last_value, s.is_called)
+            for s in last.sequences
+            if (s.schema, s.name) in wanted
+        ]
+        self.sequences = await finish.set_sequences(
+            self.conn, replace(self.plan, sequences=sequences), self.emit
+        )
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:

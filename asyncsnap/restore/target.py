@@ -168,7 +168,7 @@ async def plan_rows(
     loads = plan_loads(
         backup, described, selection, ignore_missing_columns=o.ignore_missing_columns
     )
-    loads = await _with_switches(conn, loads, o.mode)
+    loads = await with_switches(conn, loads, o.mode)
     loads = [replace(ld, retyped=await _retyped(conn, ld)) for ld in loads]
     # whether --clean could take the database back instead (for hints)
     clean_applies = backup.schema is not None and not o.data_only and not selection.filters
@@ -195,7 +195,7 @@ async def plan_rows(
     return plan
 
 
-async def _with_switches(
+async def with_switches(
     conn: asyncpg.Connection, loads: list[TableLoad], mode: Mode
 ) -> list[TableLoad]:
     """The loads with their target's triggers and rules; refuses, before anything is

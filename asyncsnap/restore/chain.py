@@ -1,0 +1,308 @@
+"""Restoring a chain (issue 25): the full backup as any restore does, then each
+increment's changes applied in order (docs/format.md, "Incremental backups").
+
+``open_chain`` follows an increment's parents by name beside it, checking each link (the
+parent's manifest checksum, its end as the child's start, one slot) before anything is
+restored. ``apply_increments`` then applies each increment in one transaction of its own,
+table by table, its lines in order, through a PL/pgSQL function made per table in the
+session's ``pg_temp`` (``apply_function_sql``): the lines go to the server as they are
+stored, a JSON array a batch, and each change is one statement there, its values read
+with the same declared types and casts as a restore's rows (``TableLoad``). Every update
+and delete must find exactly its row, or the increment fails and rolls back: a target
+that is not the chain's state is said, never silently patched.
+
+While changes are applied no trigger, rule or foreign-key action fires (the session is a
+replica: ``session_replication_role``, which needs a superuser, as pg_restore's
+``--disable-triggers`` does; ALWAYS and REPLICA triggers and rules are switched off for
+the transaction).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from ..catalog import quote_ident, sql_name
+from ..errors import PermissionDenied, RestoreFailed, VerificationFailed
+from ..events import EventCallback, Notice
+from ..format import Backup, BackupTable
+from ..storage.backup import DataFileReader, open_backup
+from ..storage.location import backup_location
+from ..storage.s3 import StoreUrl
+from .plan import TableLoad, cast_target
+
+# More links than this is a loop (a chain of a year of increments every minute is less).
+_MAX_CHAIN = 1_000_000
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A full backup and the increments after it, oldest first (none: a full backup)."""
+
+    full: Backup
+    increments: tuple[Backup, ...]
+
+    def describe(self) -> list[str]:
+        if not self.increments:
+            return []
+        last = self.increments[-1].increment
+        assert last is not None
+        changes = sum(t.rows for b in self.increments for t in b.tables)
+        return [
+            f"then {len(self.increments)} increment(s) of {_name(self.full.path)} applied in "
+            f"order, {changes:,} changes, to {last.end_lsn} ({_name(self.increments[-1].path)})"
+        ]
+
+
+def _name(path: Path | str) -> str:
+    return path.name if isinstance(path, Path) else str(path).rstrip("/").rpartition("/")[2]
+
+
+def _sibling(path: Path | str, name: str) -> Path | str:
+    where = backup_location(path, role="BACKUP")
+    if isinstance(where, StoreUrl):
+        return str(path).rstrip("/").rpartition("/")[0] + "/" + name
+    return where.parent / name
+
+
+def open_chain(path: str | Path) -> Chain:
+    """The backup at ``path``, and if it is an increment, its chain: every parent found
+    by name beside it, each link checked.
+
+    :raises VerificationFailed: a parent missing, or not the one an increment names.
+    """
+    latest = open_backup(path, increments=True)
+    found = [latest]
+    child = latest
+    while (link := child.increment) is not None:
+        if len(found) > _MAX_CHAIN:
+            raise VerificationFailed(f"{path}: its chain does not end (a loop of parents)")
+        where = _sibling(child.path, link.parent)
+        try:
+            parent = open_backup(where, increments=True)
+        except VerificationFailed as exc:
+            raise VerificationFailed(
+                f"{child.path} follows {link.parent}, which cannot be read: {exc.message}",
+                hint="a chain is restored from beside its backups: keep every backup of it "
+                "in one directory or prefix (prune and --keep do)",
+            ) from exc
+        if parent.manifest.checksum != link.parent_manifest_sha256:
+            raise VerificationFailed(
+                f"{where} is not the backup {child.path} follows: its manifest's checksum differs",
+                hint="a backup of that name was made again; the chain is broken",
+            )
+        slot, parent_slot = child.manifest.slot, parent.manifest.slot
+        parent_end = (
+            parent.increment.end_lsn
+            if parent.increment is not None
+            else (parent_slot.consistent_lsn if parent_slot is not None else None)
+        )
+        if (
+            parent_slot is None
+            or slot is None
+            or (parent_slot.name, parent_slot.system_identifier)
+            != (slot.name, slot.system_identifier)
+            or parent_end != link.start_lsn
+        ):
+            raise VerificationFailed(
+                f"{child.path} does not start where {where} ends (another slot, or a gap)",
+                hint="the backup was altered or not made by asyncsnap; do not restore it",
+            )
+        found.append(parent)
+        child = parent
+    return Chain(full=found[-1], increments=tuple(reversed(found[:-1])))
+
+
+async def check_can_apply(conn: asyncpg.Connection) -> None:
+    """Applying changes needs ``session_replication_role``: refused before anything is
+    restored when this role cannot set it."""
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise PermissionDenied(
+            "applying a chain's increments needs a superuser: no trigger, rule or foreign "
+            "key action may fire while the changes are applied (session_replication_role)",
+            hint="restore the chain as a superuser, or restore its full backup alone",
+        ) from exc
+
+
+async def apply_increments(
+    conn: asyncpg.Connection,
+    chain: Chain,
+    loads: list[TableLoad],
+    emit: EventCallback,
+) -> int:
+    """Every increment of ``chain`` applied to the tables ``loads`` restored, in order,
+    each in one transaction; how many changes were applied."""
+    by_key = {load.source.key: load for load in loads}
+    made: dict[tuple[str, str], str] = {}
+    total = 0
+    for increment in chain.increments:
+        applied = 0
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            for table in increment.tables:
+                load = by_key.get(table.key)
+                if load is None or not table.files:
+                    continue
+                function = made.get(table.key)
+                if function is None:
+                    function = made[table.key] = f"pg_temp.asyncsnap_apply_{len(made)}"
+                    await conn.execute(apply_function_sql(function, load))
+                for switch in load.switches:
+                    if switch.state in ("A", "R"):  # these fire in a replica session
+                        await conn.execute(switch.off(_target(load)))
+                applied += await _apply_table(conn, increment, table, function)
+                for switch in load.switches:
+                    if switch.state in ("A", "R"):
+                        await conn.execute(switch.back(_target(load)))
+        total += applied
+        emit(Notice(f"applied {_name(increment.path)}: {applied:,} changes"))
+    return total
+
+
+async def _apply_table(
+    conn: asyncpg.Connection, increment: Backup, table: BackupTable, function: str
+) -> int:
+    applied = 0
+    for entry in table.files:
+        reader = DataFileReader(increment, entry, identities=list(increment.identities) or None)
+        try:
+            for block in reader:  # whole lines, each ending in a newline (none inside)
+                applied += await _call(conn, function, bytes(block))
+            reader.finish()  # its hash and count match the manifest, or nothing commits
+        finally:
+            reader.close()
+    return applied
+
+
+async def _call(conn: asyncpg.Connection, function: str, block: bytes) -> int:
+    """A block of change lines applied: sent as a JSON array of them."""
+    array = b"[" + block.rstrip(b"\n").replace(b"\n", b",") + b"]"
+    try:
+        done: int = await conn.fetchval(f"SELECT {function}($1::pg_catalog.json)", array)
+    except asyncpg.RaiseError as exc:
+        raise RestoreFailed(
+            f"an increment does not apply: {exc}",
+            hint="the target is not the chain's state before it (changed since the full "
+            "backup was restored?); the increment was rolled back",
+        ) from exc
+    return done
+
+
+def _target(load: TableLoad) -> str:
+    return sql_name(load.target.schema, load.target.name)
+
+
+def apply_function_sql(function: str, load: TableLoad) -> str:
+    """A PL/pgSQL function that applies a JSON array of one table's change lines in
+    order, each update and delete to exactly one row (else it raises), and returns how
+    many it applied. Names are quoted identifiers; no value of a line reaches SQL text."""
+    # A partitioned target (the restore loads a partition's rows through its root): the
+    # row is found in whichever partition holds it, and an insert is routed.
+    target = ("" if load.target.kind == "partitioned" else "ONLY ") + _target(load)
+    types = {c.name: c.type for c in load.target.columns}
+    bare = {c.name: cast_target(c.bare_type or c.type) for c in load.target.columns}
+
+    def declared(names: list[str]) -> str:
+        return ", ".join(
+            f"{quote_ident(n)} pg_catalog.text"
+            if n in load.text_columns
+            else f"{quote_ident(n)} {types[n]}"
+            for n in names
+        )
+
+    def value(alias: str, name: str) -> str:
+        col = f"{alias}.{quote_ident(name)}"
+        return f"{col}::{bare[name]}" if name in load.text_columns else col
+
+    columns = list(load.columns)
+    cols = ", ".join(quote_ident(c) for c in columns)
+    overriding = " OVERRIDING SYSTEM VALUE" if load.overriding else ""
+    row = f"pg_catalog.json_to_record(ch->'row') AS p({declared(columns)})"
+    key_row = f"pg_catalog.json_to_record(ch->'key') AS k({declared(columns)})"
+    primary = list(load.source.primary_key)
+    if primary and all(c in columns for c in primary):
+        # By the primary key's own equality (its index finds the row); the line's key
+        # may hold other identity columns too (an identity index): they must then match.
+        match = " AND ".join(f"t.{quote_ident(c)} = {value('k', c)}" for c in primary)
+        where = f"({match})"
+        one_row = f"SELECT t.ctid FROM {target} t, {key_row} WHERE {where}"
+    else:
+        # REPLICA IDENTITY FULL or an identity index: the first row whose columns named in
+        # the key have the key's values, compared as their text (exact, and for every
+        # type, also those without an equality operator).
+        match = " AND ".join(
+            f"(NOT (ch->'key')::pg_catalog.jsonb ? {_literal(c)} OR "
+            f"t.{quote_ident(c)}::pg_catalog.text IS NOT DISTINCT FROM "
+            f"({value('k', c)})::pg_catalog.text)"
+            for c in columns
+        )
+        one_row = f"SELECT t.ctid FROM {target} t, {key_row} WHERE {match or 'true'} LIMIT 1"
+    sets = ", ".join(
+        f"{quote_ident(c)} = CASE WHEN u.skip ? {_literal(c)} THEN t.{quote_ident(c)} "
+        f"ELSE {value('p', c)} END"
+        for c in columns
+    )
+    if columns:
+        values = ", ".join(value("p", c) for c in columns)
+        insert = f"INSERT INTO {_target(load)} ({cols}){overriding} SELECT {values} FROM {row};"
+        update = (
+            f"UPDATE {target} t SET {sets} FROM {row}, "
+            "(SELECT (ch->'unchanged')::pg_catalog.jsonb AS skip) u "
+            f"WHERE t.ctid = ({one_row});"
+        )
+    else:
+        insert = f"INSERT INTO {_target(load)} DEFAULT VALUES;"
+        update = f"PERFORM 1 FROM {target} t WHERE t.ctid = ({one_row});"
+    delete = f"DELETE FROM {target} t WHERE t.ctid = ({one_row});"
+    missing = (
+        "IF n <> 1 THEN RAISE EXCEPTION '% of %: no row with the key % (the change at % #%)', "
+        f"ch->>'op', {_literal(load.source.qualified)}, ch->'key', ch->>'lsn', ch->>'n'; END IF;"
+    )
+    body = f"""
+DECLARE
+    ch pg_catalog.json;
+    n pg_catalog.int8;
+    done pg_catalog.int8 := 0;
+BEGIN
+    FOR ch IN SELECT e FROM pg_catalog.json_array_elements(changes) AS e LOOP
+        CASE ch->>'op'
+        WHEN 'insert' THEN
+            {insert}
+        WHEN 'update' THEN
+            {update}
+            GET DIAGNOSTICS n = ROW_COUNT;
+            {missing}
+        WHEN 'delete' THEN
+            {delete}
+            GET DIAGNOSTICS n = ROW_COUNT;
+            {missing}
+        WHEN 'truncate' THEN
+            DELETE FROM {target};
+        ELSE
+            RAISE EXCEPTION 'a change of %: unknown op %',
+                {_literal(load.source.qualified)}, ch->>'op';
+        END CASE;
+        done := done + 1;
+    END LOOP;
+    RETURN done;
+END
+"""
+    # The body's quote: a tag no name in it holds (a name is the database's, maybe hostile).
+    tag = "$asyncsnap$"
+    while tag in body:
+        tag = f"$asyncsnap_{secrets.token_hex(8)}$"
+    return (
+        f"CREATE FUNCTION {function}(changes pg_catalog.json) RETURNS pg_catalog.int8\n"
+        f"LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS {tag}{body}{tag}"
+    )
+
+
+def _literal(text: str) -> str:
+    """A string literal (standard_conforming_strings is on in every session of ours)."""
+    return "'" + text.replace("'", "''") + "'"
