@@ -43,6 +43,7 @@ async def restore(
     drop_database: bool = False,
     identities: Sequence[Any] = (),
     compare: bool = False,
+    to: str | None = None,
     on_event: EventCallback | None = None,
 ) -> RestoreResult:
     """Restore a backup into the database ``dsn`` points at: the whole of it (schema and
@@ -78,6 +79,8 @@ async def restore(
     :param schema_only, data_only: only the schema, or only the rows.
     :param dry_run: plan and report, change nothing; a whole restore's schema is run and
         rolled back, so its errors show.
+    :param to: for a chain (``backup_dir`` an increment): stop at this backup of it (a
+        name), or at this WAL position (``X/Y``: the transactions committed before it).
     :param compare: after the restore, compare the restored tables with the backup
         (``asyncsnap.compare``; the result is ``comparison``: the caller decides what a
         difference means).
@@ -108,6 +111,7 @@ async def restore(
         drop_database=drop_database,
         identities=identities,
         compare=compare,
+        to=to,
     )
     return await run_restore(
         backup_dir,

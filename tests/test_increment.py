@@ -546,7 +546,9 @@ def test_a_full_backup_without_a_slot_cannot_be_followed(db: Database, tmp_path:
         run(dump_increment, db.dsn, since=tmp_path / "plain")
 
 
-def test_commands_that_read_only_full_backups_refuse_an_increment(db: Database, tmp_path: Path) -> None:
+def test_commands_that_read_only_full_backups_refuse_an_increment(
+    db: Database, tmp_path: Path
+) -> None:
     chain(db, tmp_path)
     run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
     for args in (
@@ -705,3 +707,31 @@ def test_restoring_a_chain_needs_a_superuser_and_says_so_first(
         assert done.returncode == ExitCode.FAILED, done.stderr
         assert "applying a chain's increments needs a superuser" in done.stderr
         assert target.fetchval("SELECT count(*) FROM pg_class WHERE relname = 'accounts'") == 0
+
+
+def test_restore_to_a_backup_of_the_chain_or_a_wal_position_between(
+    db: Database, tmp_path: Path
+) -> None:
+    """``--to inc0`` is the state at inc0's end; ``--to LSN`` inside inc1 is the state
+    when that position was current (every transaction committed before it, none after)."""
+    chain(db, tmp_path)
+    rng = random.Random(99)
+    run(workload, db.dsn, rng, 15)
+    at_inc0 = table_digests(db.dsn)
+    run(dump_increment, db.dsn, since=tmp_path / "full", name="inc0")
+    run(workload, db.dsn, rng, 15)
+    middle = db.fetchval("SELECT pg_current_wal_insert_lsn()::text")  # commits are async
+    at_middle = table_digests(db.dsn)
+    run(workload, db.dsn, rng, 15)
+    run(dump_increment, db.dsn, since=tmp_path / "inc0", name="inc1")
+    for to, expected in (("inc0", at_inc0), (middle, at_middle)):
+        with fresh_database(db.postgres, "chain_target") as target:
+            done = run_cli(
+                "restore", str(tmp_path / "inc1"), target.dsn, "--to", to, env=clean_env()
+            )
+            assert done.returncode == 0, done.stderr
+            assert table_digests(target.dsn) == expected, to
+    assert at_middle != at_inc0
+    refused = run_cli("restore", str(tmp_path / "inc1"), db.dsn, "--to", "0/1", env=clean_env())
+    assert refused.returncode == ExitCode.USAGE
+    assert "is outside the chain" in refused.stderr

@@ -125,6 +125,15 @@ def restore_command(
             "exit 7 if they differ.",
         ),
     ] = False,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="BACKUP|LSN",
+            help="For a chain (BACKUP an increment): stop at this backup of it (its name), "
+            "or at this WAL position (X/Y: what committed before it).",
+        ),
+    ] = None,
     identity: IdentityOption = None,
     endpoint_url: EndpointOption = None,
     quiet: Annotated[bool, quiet_option()] = False,
@@ -201,6 +210,7 @@ def restore_command(
         drop_database=drop_database,
         identities=identities,
         compare=compare_after,
+        to=to,
         on_event=partial(_note_target, env.outcome, render),
     )
     left = (

@@ -26,9 +26,10 @@ from pathlib import Path
 import asyncpg
 
 from ..catalog import quote_ident, sql_name
-from ..errors import PermissionDenied, RestoreFailed, VerificationFailed
+from ..errors import PermissionDenied, RestoreFailed, UsageError, VerificationFailed
 from ..events import EventCallback, Notice
-from ..format import Backup, BackupTable
+from ..format import LSN, Backup, BackupTable, lsn_value
+from ..pgoutput import format_lsn
 from ..storage.backup import DataFileReader, open_backup
 from ..storage.location import backup_location
 from ..storage.s3 import StoreUrl
@@ -44,6 +45,44 @@ class Chain:
 
     full: Backup
     increments: tuple[Backup, ...]
+    # ``--to LSN``: the last increment applied only up to here (the transactions that
+    # committed before it); None: whole.
+    upto: int | None = None
+
+    def stop_at(self, to: str) -> Chain:
+        """The chain up to ``to``: one of its backups' names, or a WAL position (``X/Y``)
+        between its start and its end.
+
+        :raises UsageError: when ``to`` is neither.
+        """
+        names = [_name(b.path) for b in (self.full, *self.increments)]
+        if to in names:
+            return Chain(self.full, self.increments[: names.index(to)])
+        if LSN.fullmatch(to.upper()) is None:
+            raise UsageError(
+                f"--to {to!r} is neither a backup of this chain nor a WAL position",
+                hint=f"give one of {', '.join(names)}, or an LSN such as 0/16B3748",
+            )
+        upto = lsn_value(to.upper())
+        slot = self.full.manifest.slot
+        assert slot is not None and self.increments
+        first = lsn_value(slot.consistent_lsn)
+        last = self.increments[-1].increment
+        assert last is not None
+        if not first <= upto <= lsn_value(last.end_lsn):
+            raise UsageError(
+                f"--to {to} is outside the chain, which holds {slot.consistent_lsn} to "
+                f"{last.end_lsn}",
+                hint="give a WAL position between the two",
+            )
+        kept = []
+        for increment in self.increments:
+            info = increment.increment
+            assert info is not None
+            if lsn_value(info.start_lsn) >= upto:
+                break
+            kept.append(increment)
+        return Chain(self.full, tuple(kept), upto)
 
     def describe(self) -> list[str]:
         if not self.increments:
@@ -51,9 +90,10 @@ class Chain:
         last = self.increments[-1].increment
         assert last is not None
         changes = sum(t.rows for b in self.increments for t in b.tables)
+        end = last.end_lsn if self.upto is None else f"{format_lsn(self.upto)} (--to)"
         return [
             f"then {len(self.increments)} increment(s) of {_name(self.full.path)} applied in "
-            f"order, {changes:,} changes, to {last.end_lsn} ({_name(self.increments[-1].path)})"
+            f"order, up to {changes:,} changes, to {end} ({_name(self.increments[-1].path)})"
         ]
 
 
@@ -156,7 +196,7 @@ async def apply_increments(
                 for switch in load.switches:
                     if switch.state in ("A", "R"):  # these fire in a replica session
                         await conn.execute(switch.off(_target(load)))
-                applied += await _apply_table(conn, increment, table, function)
+                applied += await _apply_table(conn, increment, table, function, chain.upto)
                 for switch in load.switches:
                     if switch.state in ("A", "R"):
                         await conn.execute(switch.back(_target(load)))
@@ -166,25 +206,31 @@ async def apply_increments(
 
 
 async def _apply_table(
-    conn: asyncpg.Connection, increment: Backup, table: BackupTable, function: str
+    conn: asyncpg.Connection,
+    increment: Backup,
+    table: BackupTable,
+    function: str,
+    upto: int | None,
 ) -> int:
     applied = 0
     for entry in table.files:
         reader = DataFileReader(increment, entry, identities=list(increment.identities) or None)
         try:
             for block in reader:  # whole lines, each ending in a newline (none inside)
-                applied += await _call(conn, function, bytes(block))
+                applied += await _call(conn, function, bytes(block), upto)
             reader.finish()  # its hash and count match the manifest, or nothing commits
         finally:
             reader.close()
     return applied
 
 
-async def _call(conn: asyncpg.Connection, function: str, block: bytes) -> int:
+async def _call(conn: asyncpg.Connection, function: str, block: bytes, upto: int | None) -> int:
     """A block of change lines applied: sent as a JSON array of them."""
     array = b"[" + block.rstrip(b"\n").replace(b"\n", b",") + b"]"
     try:
-        done: int = await conn.fetchval(f"SELECT {function}($1::pg_catalog.json)", array)
+        done: int = await conn.fetchval(
+            f"SELECT {function}($1::pg_catalog.json, $2::pg_catalog.pg_lsn)", array, upto
+        )
     except asyncpg.RaiseError as exc:
         raise RestoreFailed(
             f"an increment does not apply: {exc}",
@@ -271,6 +317,9 @@ DECLARE
     done pg_catalog.int8 := 0;
 BEGIN
     FOR ch IN SELECT e FROM pg_catalog.json_array_elements(changes) AS e LOOP
+        IF upto IS NOT NULL AND (ch->>'lsn')::pg_catalog.pg_lsn >= upto THEN
+            CONTINUE;  -- restore --to: committed at or after the point asked for
+        END IF;
         CASE ch->>'op'
         WHEN 'insert' THEN
             {insert}
@@ -298,7 +347,8 @@ END
     while tag in body:
         tag = f"$asyncsnap_{secrets.token_hex(8)}$"
     return (
-        f"CREATE FUNCTION {function}(changes pg_catalog.json) RETURNS pg_catalog.int8\n"
+        f"CREATE FUNCTION {function}(changes pg_catalog.json, upto pg_catalog.pg_lsn)"
+        " RETURNS pg_catalog.int8\n"
         f"LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS {tag}{body}{tag}"
     )
 

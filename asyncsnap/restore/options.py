@@ -35,6 +35,7 @@ class RestoreOptions:
     drop_database: bool = False
     identities: tuple[Any, ...] = ()
     compare: bool = False
+    to: str | None = None  # a chain's restore stops at this backup of it, or this LSN
 
     @classmethod
     def build(

@@ -124,6 +124,13 @@ async def _opened(backup_dir: str | Path, o: RestoreOptions, emit: EventCallback
     """The backup (with, for an increment, its chain: each link checked), its manifest
     checked, its keys given, every file checked first with --verify-first."""
     chain = await anyio.to_thread.run_sync(open_chain, backup_dir)
+    if o.to is not None:
+        if not chain.increments:
+            raise UsageError(
+                "--to is for a chain: the backup given is a full backup",
+                hint="give the chain's latest increment, and --to the point to stop at",
+            )
+        chain = chain.stop_at(o.to)
     if chain.increments and o.compare:
         raise UsageError(
             "--compare compares the rows with a backup's files, and a chain's end state is "
@@ -131,7 +138,7 @@ async def _opened(backup_dir: str | Path, o: RestoreOptions, emit: EventCallback
             hint="leave out --compare; dump the restored database to compare it",
         )
     opened = [await _keyed(b, o) for b in (chain.full, *chain.increments)]
-    chain = Chain(full=opened[0], increments=tuple(opened[1:]))
+    chain = Chain(full=opened[0], increments=tuple(opened[1:]), upto=chain.upto)
     for s in chain.full.skipped:
         emit(Notice(f"not in the backup: {s.describe()}"))
     return chain
