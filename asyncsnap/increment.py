@@ -72,6 +72,7 @@ from .format import (
     Compression,
     IncrementInfo,
 )
+from .largeobjects import count_large_objects
 from .pgoutput import UNCHANGED, Relation, Value, format_lsn
 from .plan import file_stem
 from .session import CONNECTION_LOST, Session, SessionPolicy
@@ -243,6 +244,13 @@ class _IncrementRun:
                 raise DumpFailed(
                     f"the slot's changes cannot be read: {exc}", hint=_NEW_FULL
                 ) from exc
+            except asyncpg.InsufficientPrivilegeError as exc:
+                raise NotReplicable(
+                    f"this role cannot read replication slot {self.slot.name} or write its "
+                    f"boundary: {exc}",
+                    hint="run as a role with the REPLICATION attribute (ALTER ROLE ... "
+                    "REPLICATION), as the chain's full backup was",
+                ) from exc
         except BaseException:
             if self.target is not None:
                 with anyio.CancelScope(shield=True):
@@ -265,6 +273,14 @@ class _IncrementRun:
         for qualified in new_tables:
             self.emit(Notice(f"{qualified} is not in this chain (added since its full backup?)"))
         sequences = await list_sequences(conn)
+        objects = await count_large_objects(conn)
+        if objects.total:
+            self.emit(
+                Notice(
+                    f"the database holds {objects.total:,} large objects: an increment does "
+                    "not carry their changes (logical decoding does not), a full backup does"
+                )
+            )
         boundary = os.urandom(16).hex().encode()
         upto = await emit_mark(conn, boundary)
         await self._claim()
@@ -332,7 +348,8 @@ class _IncrementRun:
             entry = parent[table.key]
             now = [(c.name, c.type) for c in table.columns]
             then = [(c.name, c.type) for c in entry.columns]
-            if now != then:
+            # The primary key too: a restore of the chain finds rows by it.
+            if now != then or table.primary_key != entry.primary_key:
                 raise _definition_changed(table.qualified, self.o.parent_name)
             found[table.oid] = _TableChanges(table, entry, types)
         return found

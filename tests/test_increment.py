@@ -412,6 +412,10 @@ def chain(db: Database, tmp_path: Path) -> str:
         ("ALTER TABLE public.by_index ALTER COLUMN w TYPE varchar(20)", "public.by_index"),
         ("DROP TABLE public.dupes", "public.dupes was dropped or renamed"),
         ("ALTER TABLE public.dupes RENAME TO dupes2", "public.dupes was dropped or renamed"),
+        (
+            "ALTER TABLE public.by_index ADD PRIMARY KEY (u)",  # the key restore finds rows by
+            "public.by_index's definition changed",
+        ),
         # Undone before the increment: the catalog is as it was, the slot's relation
         # message for the insert made in between is not.
         (
@@ -692,6 +696,20 @@ def test_a_change_that_finds_no_row_fails_the_restore_and_is_rolled_back(
         assert "the increment was rolled back" in done.stderr
         # The full backup is restored; the increment (accounts' change too) is not.
         assert target.fetchval("SELECT note FROM public.accounts WHERE id = 3") == "n3"
+
+
+def test_a_role_without_replication_cannot_take_an_increment(
+    db: Database, tmp_path: Path, role: tuple[str, str]
+) -> None:
+    chain(db, tmp_path)
+    name, password = role
+    db.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {name}")
+    db.execute(f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {name}")
+    dsn = db.postgres.dsn(db.name, user=name, password=password)
+    with pytest.raises(NotReplicable, match="cannot read replication slot") as failure:
+        run(dump_increment, dsn, since=tmp_path / "full")
+    assert "REPLICATION attribute" in (failure.value.hint or "")
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["full"]
 
 
 def test_restoring_a_chain_needs_a_superuser_and_says_so_first(
