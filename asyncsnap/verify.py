@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from .storage.backup import (
     open_backup,
     plaintext,
 )
+from .storage.chain import backup_name, open_chain
 from .storage.encryption import AGE_MAGIC
 
 # SHA256SUMS has one short line per file; more than this is not ours.
@@ -62,6 +63,7 @@ class VerifyResult:
     # False: an encrypted backup checked without its key: every stored byte against its
     # sha256 and size, but no line read (no rows counted)
     content_checked: bool = True
+    backups: int = 1  # an increment's chain: every backup of it was checked
 
     @property
     def ok(self) -> bool:
@@ -75,19 +77,42 @@ def verify(
     in_progress: bool = False,
     identities: list[Any] | None = None,
 ) -> VerifyResult:
-    """Check a backup completely, without a database.
+    """Check a backup completely, without a database; an increment with its whole chain
+    (every link, then every backup's files: ``storage.chain``).
 
-    Raises ``VerificationFailed`` when the manifest itself cannot be trusted; returns a
-    result listing problems in the data files otherwise. ``on_file`` is called before
-    each data file (and may raise to stop); ``in_progress`` lets the dump check its own
-    ``.partial`` directory before making it complete.
+    Raises ``VerificationFailed`` when the manifest itself cannot be trusted (or a link of
+    the chain); returns a result listing problems in the data files otherwise. ``on_file``
+    is called before each data file (and may raise to stop); ``in_progress`` lets the dump
+    check its own ``.partial`` directory before making it complete.
 
     >>> verify("backups/backup_20261124T021500Z").ok  # doctest: +SKIP
     True
     """
     started = time.monotonic()
     backup = open_backup(path, in_progress=in_progress, increments=True)
-    return verify_backup(backup, on_file=on_file, identities=identities, started=started)
+    if backup.increment is None or in_progress:
+        return verify_backup(backup, on_file=on_file, identities=identities, started=started)
+    chain = open_chain(path)
+    results = [
+        verify_backup(b, on_file=on_file, identities=identities)
+        for b in (chain.full, *chain.increments)
+    ]
+    return VerifyResult(
+        path=backup.path,
+        tables=results[0].tables,
+        files=sum(r.files for r in results),
+        rows=sum(r.rows for r in results),
+        bytes=sum(r.bytes for r in results),
+        seconds=time.monotonic() - started,
+        # Each problem named by its backup: the files of a chain's backups share names.
+        problems=[
+            replace(p, file=f"{backup_name(r.path)}/{p.file or ''}".rstrip("/"))
+            for r in results
+            for p in r.problems
+        ],
+        content_checked=all(r.content_checked for r in results),
+        backups=len(results),
+    )
 
 
 def verify_backup(

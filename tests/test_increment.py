@@ -753,3 +753,25 @@ def test_restore_to_a_backup_of_the_chain_or_a_wal_position_between(
     refused = run_cli("restore", str(tmp_path / "inc1"), db.dsn, "--to", "0/1", env=clean_env())
     assert refused.returncode == ExitCode.USAGE
     assert "is outside the chain" in refused.stderr
+
+
+def test_verify_of_an_increment_checks_its_whole_chain(db: Database, tmp_path: Path) -> None:
+    chain(db, tmp_path)
+    db.execute("UPDATE public.accounts SET note = 'x' WHERE id = 1")
+    run(dump_increment, db.dsn, since=tmp_path / "full", name="inc0")
+    run(dump_increment, db.dsn, since=tmp_path / "inc0", name="inc1")
+    done = run_cli("verify", str(tmp_path / "inc1"), env=clean_env())
+    assert done.returncode == 0 and "(a chain of 3 backups)" in done.stdout, done.stdout
+    # A byte of the full backup's rows damaged: named by its backup.
+    damaged = sorted((tmp_path / "full" / "data").glob("public.accounts-*"))[0]
+    raw = bytearray(damaged.read_bytes())
+    raw[-5] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    done = run_cli("verify", str(tmp_path / "inc1"), env=clean_env())
+    assert done.returncode == ExitCode.VERIFY
+    assert f"full/data/{damaged.name}" in done.stderr
+    # A link missing: the chain cannot be read, and the restore says so before anything.
+    (tmp_path / "inc0" / "manifest.json").unlink()
+    done = run_cli("verify", str(tmp_path / "inc1"), env=clean_env())
+    assert done.returncode == ExitCode.VERIFY
+    assert "follows inc0, which cannot be read" in done.stderr

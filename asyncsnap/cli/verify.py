@@ -52,13 +52,15 @@ def verify_command(
 
 
 def _ok_line(result: VerifyResult) -> str:
+    chain = f" (a chain of {result.backups} backups)" if result.backups > 1 else ""
     if result.content_checked:
         return (
-            f"OK {result.path}: {count(result.tables, 'table')}, {count(result.files, 'file')}, "
+            f"OK {result.path}{chain}: {count(result.tables, 'table')}, "
+            f"{count(result.files, 'file')}, "
             f"{count(result.rows, 'row')}, {count(result.bytes, 'byte')} checked in "
             f"{result.seconds:.2f}s"
         )
     return (
-        f"OK {result.path}: {count(result.files, 'file')} match their sha256 and "
+        f"OK {result.path}{chain}: {count(result.files, 'file')} match their sha256 and "
         f"size; encrypted, so no line was read (give --identity to check every line)"
     )

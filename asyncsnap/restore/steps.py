@@ -49,12 +49,12 @@ from ..events import EventCallback, Notice, RestoreStarted
 from ..format import Backup
 from ..scratch import PrivateScratch
 from ..session import Session, SessionPolicy
+from ..storage.chain import Chain, open_chain
 from . import chain as restore_chain
 from . import finish
 from . import load as loading
 from . import schema as restore_schema
 from . import target as restore_target
-from .chain import Chain, open_chain
 from .create import CreatePlan, Creation
 from .options import RestoreOptions
 from .plan import (
