@@ -50,6 +50,10 @@ CREATE TABLE public.parts (id int, region text, v text, PRIMARY KEY (id, region)
 CREATE TABLE public.parts_eu PARTITION OF public.parts FOR VALUES IN ('eu');
 CREATE TABLE public.parts_us PARTITION OF public.parts FOR VALUES IN ('us');
 CREATE SEQUENCE public.counter;
+CREATE TABLE public.pk_and_index (id int PRIMARY KEY, code text NOT NULL, v text,
+    CONSTRAINT pk_and_index_code UNIQUE (code));
+ALTER TABLE public.pk_and_index REPLICA IDENTITY USING INDEX pk_and_index_code;
+INSERT INTO public.pk_and_index SELECT g, 'c' || g, 'v' FROM generate_series(1, 10) g;
 INSERT INTO public.accounts SELECT g, g / 7.0, 'n' || g, ARRAY['a', NULL, 'c'],
     jsonb_build_object('k', g), '2026-01-01'::timestamptz + g * interval '1 hour',
     '\\x00ff'::bytea, g * 0.1, repeat(md5(g::text), 100)
@@ -69,6 +73,7 @@ IDENTITY: dict[str, tuple[str, ...] | None] = {
     'Odd "name"': ("id",),
     "parts_eu": ("id", "region"),
     "parts_us": ("id", "region"),
+    "pk_and_index": ("code",),  # an identity index beside another primary key
 }
 GENERATED = {'Odd "name"': ("g",)}  # recomputed by a restore; the slot does not send them
 HARD_TEXT = ["", "tab\there", "line\nbreak", 'quote " and \\ slash', "é ü 日本", "\x01\x1f"]
@@ -292,6 +297,13 @@ async def _ops(
                 " WHERE id = (SELECT min(id) FROM public.parts WHERE id >= $1)",
                 rng.randrange(1, 12),
             )
+        elif rng.random() < 0.5:  # the identity index's columns change, or not
+            await conn.execute(
+                "UPDATE public.pk_and_index SET v = v || 'x',"
+                " code = CASE WHEN $2 THEN code || 'y' ELSE code END WHERE id = $1",
+                rng.randrange(1, 11),
+                rng.random() < 0.5,
+            )
         else:
             await conn.execute("SELECT nextval('public.counter')")
     return next_id
@@ -325,6 +337,7 @@ def test_a_chain_of_increments_applied_to_its_full_backup_is_the_end_state(
         "delete dupes",
         "truncate dupes",
         "delete parts_eu",
+        "pk_and_index: key changed",
         "insert parts_us",
         'insert Odd "name"',
     } <= seen, seen

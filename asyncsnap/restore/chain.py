@@ -119,76 +119,103 @@ def _target(load: TableLoad) -> str:
     return sql_name(load.target.schema, load.target.name)
 
 
+class _Columns:
+    """How a table's values are read from a line's objects: declared as the restore
+    declares them (the column's type, or text cast to it for ``text`` encodings)."""
+
+    def __init__(self, load: TableLoad) -> None:
+        self.load = load
+        self.names = list(load.columns)
+        self.types = {c.name: c.type for c in load.target.columns}
+        self.bare = {c.name: cast_target(c.bare_type or c.type) for c in load.target.columns}
+
+    def record(self, key: str, alias: str) -> str:
+        """The line's object ``key`` as a typed record named ``alias``."""
+        declared = ", ".join(
+            f"{quote_ident(n)} pg_catalog.text"
+            if n in self.load.text_columns
+            else f"{quote_ident(n)} {self.types[n]}"
+            for n in self.names
+        )
+        return f"pg_catalog.json_to_record(ch->{_literal(key)}) AS {alias}({declared})"
+
+    def value(self, alias: str, name: str) -> str:
+        col = f"{alias}.{quote_ident(name)}"
+        return f"{col}::{self.bare[name]}" if name in self.load.text_columns else col
+
+
+def _find_row(load: TableLoad, columns: _Columns, target: str) -> str:
+    """PL/pgSQL that sets ``found_table`` and ``found_row`` to the row a change's key
+    names, or raises: by the primary key's equality (its index finds the row) when the
+    key holds the primary key's columns; else (REPLICA IDENTITY FULL, or an identity
+    index that is not the primary key) the first row whose columns named in the key have
+    the key's values, compared as their text (exact, and for every type, also those
+    without an equality operator)."""
+    key = columns.record("key", "k")
+    by_text = " AND ".join(
+        f"(NOT (ch->'key')::pg_catalog.jsonb ? {_literal(c)} OR "
+        f"t.{quote_ident(c)}::pg_catalog.text IS NOT DISTINCT FROM "
+        f"({columns.value('k', c)})::pg_catalog.text)"
+        for c in columns.names
+    )
+    text_search = (
+        f"SELECT t.tableoid, t.ctid INTO found_table, found_row FROM {target} t, {key} "
+        f"WHERE {by_text or 'true'} LIMIT 1;"
+    )
+    primary = list(load.source.primary_key)
+    if not primary or not all(c in columns.names for c in primary):
+        search = text_search
+    else:
+        by_key = " AND ".join(f"t.{quote_ident(c)} = {columns.value('k', c)}" for c in primary)
+        search = (
+            f"IF (ch->'key')::pg_catalog.jsonb ?& ARRAY[{', '.join(map(_literal, primary))}]"
+            f" THEN SELECT t.tableoid, t.ctid INTO found_table, found_row FROM {target} t, "
+            f"{key} WHERE {by_key}; ELSE {text_search} END IF;"
+        )
+    return (
+        f"found_row := NULL; {search} IF found_row IS NULL THEN RAISE EXCEPTION "
+        "'% of %: no row with the key % (the change at % #%)', ch->>'op', "
+        f"{_literal(load.source.qualified)}, ch->'key', ch->>'lsn', ch->>'n'; END IF;"
+    )
+
+
 def apply_function_sql(function: str, load: TableLoad) -> str:
     """A PL/pgSQL function that applies a JSON array of one table's change lines in
     order, each update and delete to exactly one row (else it raises), and returns how
     many it applied. Names are quoted identifiers; no value of a line reaches SQL text."""
     # A partitioned target (the restore loads a partition's rows through its root): the
-    # row is found in whichever partition holds it, and an insert is routed.
+    # row is found in whichever partition holds it (tableoid and ctid name it), and an
+    # insert is routed.
     target = ("" if load.target.kind == "partitioned" else "ONLY ") + _target(load)
-    types = {c.name: c.type for c in load.target.columns}
-    bare = {c.name: cast_target(c.bare_type or c.type) for c in load.target.columns}
-
-    def declared(names: list[str]) -> str:
-        return ", ".join(
-            f"{quote_ident(n)} pg_catalog.text"
-            if n in load.text_columns
-            else f"{quote_ident(n)} {types[n]}"
-            for n in names
+    columns = _Columns(load)
+    names = columns.names
+    this_row = "t.tableoid = found_table AND t.ctid = found_row"
+    if names:
+        cols = ", ".join(quote_ident(c) for c in names)
+        overriding = " OVERRIDING SYSTEM VALUE" if load.overriding else ""
+        values = ", ".join(columns.value("p", c) for c in names)
+        insert = (
+            f"INSERT INTO {_target(load)} ({cols}){overriding} SELECT {values} "
+            f"FROM {columns.record('row', 'p')};"
         )
-
-    def value(alias: str, name: str) -> str:
-        col = f"{alias}.{quote_ident(name)}"
-        return f"{col}::{bare[name]}" if name in load.text_columns else col
-
-    columns = list(load.columns)
-    cols = ", ".join(quote_ident(c) for c in columns)
-    overriding = " OVERRIDING SYSTEM VALUE" if load.overriding else ""
-    row = f"pg_catalog.json_to_record(ch->'row') AS p({declared(columns)})"
-    key_row = f"pg_catalog.json_to_record(ch->'key') AS k({declared(columns)})"
-    primary = list(load.source.primary_key)
-    if primary and all(c in columns for c in primary):
-        # By the primary key's own equality (its index finds the row); the line's key
-        # may hold other identity columns too (an identity index): they must then match.
-        match = " AND ".join(f"t.{quote_ident(c)} = {value('k', c)}" for c in primary)
-        where = f"({match})"
-        one_row = f"SELECT t.ctid FROM {target} t, {key_row} WHERE {where}"
-    else:
-        # REPLICA IDENTITY FULL or an identity index: the first row whose columns named in
-        # the key have the key's values, compared as their text (exact, and for every
-        # type, also those without an equality operator).
-        match = " AND ".join(
-            f"(NOT (ch->'key')::pg_catalog.jsonb ? {_literal(c)} OR "
-            f"t.{quote_ident(c)}::pg_catalog.text IS NOT DISTINCT FROM "
-            f"({value('k', c)})::pg_catalog.text)"
-            for c in columns
+        sets = ", ".join(
+            f"{quote_ident(c)} = CASE WHEN u.skip ? {_literal(c)} THEN t.{quote_ident(c)} "
+            f"ELSE {columns.value('p', c)} END"
+            for c in names
         )
-        one_row = f"SELECT t.ctid FROM {target} t, {key_row} WHERE {match or 'true'} LIMIT 1"
-    sets = ", ".join(
-        f"{quote_ident(c)} = CASE WHEN u.skip ? {_literal(c)} THEN t.{quote_ident(c)} "
-        f"ELSE {value('p', c)} END"
-        for c in columns
-    )
-    if columns:
-        values = ", ".join(value("p", c) for c in columns)
-        insert = f"INSERT INTO {_target(load)} ({cols}){overriding} SELECT {values} FROM {row};"
         update = (
-            f"UPDATE {target} t SET {sets} FROM {row}, "
-            "(SELECT (ch->'unchanged')::pg_catalog.jsonb AS skip) u "
-            f"WHERE t.ctid = ({one_row});"
+            f"UPDATE {target} t SET {sets} FROM {columns.record('row', 'p')}, "
+            f"(SELECT (ch->'unchanged')::pg_catalog.jsonb AS skip) u WHERE {this_row};"
         )
     else:
         insert = f"INSERT INTO {_target(load)} DEFAULT VALUES;"
-        update = f"PERFORM 1 FROM {target} t WHERE t.ctid = ({one_row});"
-    delete = f"DELETE FROM {target} t WHERE t.ctid = ({one_row});"
-    missing = (
-        "IF n <> 1 THEN RAISE EXCEPTION '% of %: no row with the key % (the change at % #%)', "
-        f"ch->>'op', {_literal(load.source.qualified)}, ch->'key', ch->>'lsn', ch->>'n'; END IF;"
-    )
+        update = "NULL;  -- a table without columns: the row found is the row"
+    find = _find_row(load, columns, target)
     body = f"""
 DECLARE
     ch pg_catalog.json;
-    n pg_catalog.int8;
+    found_table pg_catalog.oid;
+    found_row pg_catalog.tid;
     done pg_catalog.int8 := 0;
 BEGIN
     FOR ch IN SELECT e FROM pg_catalog.json_array_elements(changes) AS e LOOP
@@ -199,13 +226,11 @@ BEGIN
         WHEN 'insert' THEN
             {insert}
         WHEN 'update' THEN
+            {find}
             {update}
-            GET DIAGNOSTICS n = ROW_COUNT;
-            {missing}
         WHEN 'delete' THEN
-            {delete}
-            GET DIAGNOSTICS n = ROW_COUNT;
-            {missing}
+            {find}
+            DELETE FROM {target} t WHERE {this_row};
         WHEN 'truncate' THEN
             DELETE FROM {target};
         ELSE
