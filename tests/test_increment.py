@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ from asyncsnap.slot import NotReplicable
 from asyncsnap.storage.backup import open_backup
 from asyncsnap.verify import verify
 from tests.conftest import Database, clean_env, fresh_database, run_cli
+from tests.test_store_backups import cli_env
+from throwaway.s3 import BUCKET, S3Server, s3_server
 
 SCHEMA = (
     """
@@ -788,3 +790,41 @@ def test_verify_of_an_increment_checks_its_whole_chain(db: Database, tmp_path: P
     done = run_cli("verify", str(tmp_path / "inc1"), env=clean_env())
     assert done.returncode == ExitCode.VERIFY
     assert "follows inc0, which cannot be read" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with s3_server() as server:
+        yield server
+
+
+def test_an_encrypted_chain_in_object_storage(s3: S3Server, db: Database, tmp_path: Path) -> None:
+    """A full backup and an increment written straight to a bucket, encrypted; the chain
+    is found there by name, verified and restored with the key."""
+    from pyrage import x25519
+
+    db.execute(SCHEMA)
+    identity = x25519.Identity.generate()
+    key = tmp_path / "key.txt"
+    key.write_text(f"{identity}\n")
+    public = str(identity.to_public())
+    env = cli_env(s3)
+    prefix = f"s3://{BUCKET}/chains"
+    full = run_cli(
+        "dump", db.dsn, "-o", prefix, "--slot", slot_name(), "--name", "full",
+        "--encrypt-to", public, env=env,
+    )  # fmt: skip
+    assert full.returncode == 0, full.stderr
+    run(workload, db.dsn, random.Random(3), 20)
+    inc = run_cli(
+        "dump", db.dsn, "--since", f"{prefix}/full", "--encrypt-to", public, "--name", "inc",
+        env=env,
+    )  # fmt: skip
+    assert inc.returncode == 0, inc.stderr
+    assert inc.stdout.strip() == f"{prefix}/inc"
+    checked = run_cli("verify", f"{prefix}/inc", "--identity", str(key), env=env)
+    assert checked.returncode == 0 and "(a chain of 2 backups)" in checked.stdout
+    with fresh_database(db.postgres, "chain_target") as target:
+        done = run_cli("restore", f"{prefix}/inc", target.dsn, "--identity", str(key), env=env)
+        assert done.returncode == 0, done.stderr
+        assert table_digests(target.dsn) == table_digests(db.dsn)
