@@ -828,3 +828,56 @@ def test_an_encrypted_chain_in_object_storage(s3: S3Server, db: Database, tmp_pa
         done = run_cli("restore", f"{prefix}/inc", target.dsn, "--identity", str(key), env=env)
         assert done.returncode == 0, done.stderr
         assert table_digests(target.dsn) == table_digests(db.dsn)
+
+
+def test_an_increment_killed_at_any_point_reruns_to_the_same_files(
+    db: Database, tmp_path: Path
+) -> None:
+    """SIGKILL while the slot is read (before anything is written), and while the files
+    are written: no backup looks complete, the slot has not moved, and the next run
+    writes the files a run that was never killed writes, byte for byte."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    slot = chain(db, tmp_path)
+    db.execute(
+        "INSERT INTO public.by_index SELECT g, repeat('w', 50)"
+        " FROM generate_series(1000, 150000) g;"
+        "UPDATE public.accounts SET note = 'killed' WHERE id <= 20"
+    )
+    start = slot_position(db, slot)
+    reference = run(dump_increment, db.dsn, since=tmp_path / "full", name="ref", advance_slot=False)
+
+    def started(name: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "asyncsnap", "dump", db.dsn, "--since",
+             str(tmp_path / "full"), "--name", name],
+            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    early = started("early")
+    time.sleep(0.3)  # connected, checking and reading: nothing claimed yet, or just now
+    early.send_signal(signal.SIGKILL)
+    early.wait()
+    writing = started("writing")
+    deadline = time.monotonic() + 60
+    data = tmp_path / "writing.partial" / "data"
+    while not (data.is_dir() and any(data.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    writing.send_signal(signal.SIGKILL)
+    writing.wait()
+    assert data.is_dir(), "the run ended before it was killed mid-write"
+    for name in ("early", "writing"):
+        assert not (tmp_path / name).exists()  # never complete-looking
+        assert not (tmp_path / f"{name}.partial" / "manifest.json").exists()
+    assert slot_position(db, slot) == start
+    again = run_cli(
+        "dump", db.dsn, "--since", str(tmp_path / "full"), "--name", "again", env=clean_env()
+    )
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again" / "SHA256SUMS").read_bytes() == (
+        tmp_path / "ref" / "SHA256SUMS"
+    ).read_bytes()
+    assert reference.changes > 140_000
