@@ -129,9 +129,9 @@ def restore_command(
         str | None,
         typer.Option(
             "--to",
-            metavar="BACKUP|LSN",
-            help="For a chain (BACKUP an increment): stop at this backup of it (its name), "
-            "or at this WAL position (X/Y: what committed before it).",
+            metavar="POINT",
+            help="For a chain (BACKUP an increment): stop at POINT, a backup of it (its name), "
+            "or a WAL position (X/Y: what committed before it).",
         ),
     ] = None,
     identity: IdentityOption = None,
