@@ -3,6 +3,7 @@
     python -m benchmarks [--quick] [--scale N] [--mixed-rows N] [--small-tables N]
                          [--runs N] [--jobs N] [--skip-old] [--dsn DSN --target-dsn DSN]
     python -m benchmarks --many [--quick] [--runs N] [--jobs N]
+    python -m benchmarks --incremental [--quick] [--scale N] [--runs N] [--jobs N]
 
 Starts a throwaway PostgreSQL from the installed binaries unless --dsn is given (that
 database is *filled* with the benchmark tables; restores go to --target-dsn, emptied
@@ -480,7 +481,18 @@ def main() -> None:
         help="instead: issue 24's many-table datasets (3,000 tables x 20 rows, 10,000 x 3): "
         "dump and whole restore against pg_dump and pg_restore, on two servers of its own",
     )
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="instead: issue 25's incremental backups on pgbench (1%% of accounts updated): "
+        "an increment against the full dump, and a chain's restore against a full backup's",
+    )
     args = parser.parse_args()
+    if args.incremental:
+        if args.dsn:
+            parser.error("--incremental starts its own server (wal_level = logical): no --dsn")
+        incremental(args)
+        return
     if args.many:
         if args.dsn:
             parser.error(
@@ -1336,6 +1348,150 @@ def _chart(report: dict[str, object], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     print(f"chart written to {path}")
+
+
+# Issue 25's targets: an increment against the full dump of the same database, and the
+# restore of the chain (full backup + increment) against a full backup of the same state.
+INCREMENT_TARGETS = {
+    "increment/full dump (time)": 0.10,
+    "increment/full dump (bytes)": 0.05,
+    "chain restore/full restore": 1.10,
+}
+INCREMENT_WHY = {
+    "increment/full dump (time)": "an increment's time is a fixed part (the program's start, "
+    "the checks and the catalog read, the boundary's commit, the server decoding the slot's "
+    "WAL from its restart point: the empty increment below) and a part per change (pgoutput "
+    "decoded and each row converted in Python: client CPU below), against a full dump that "
+    "streams rows at the server's COPY speed",
+    "chain restore/full restore": "the chain's restore is the full backup's, then each "
+    "change applied as one statement on the server (a PL/pgSQL function over the lines: a row "
+    "found by its key, updated, its index entries written) after the indexes exist",
+}
+
+
+def incremental(args: argparse.Namespace) -> None:
+    """Issue 25's figures on pgbench: a full dump, the same with ``--slot``, 1% of the
+    accounts updated, the increment (and an empty one after it), then the chain's whole
+    restore against the whole restore of a full backup of the same state, alternating."""
+    scale = args.scale or (2 if args.quick else 50)
+    runs = args.runs or (1 if args.quick else 3)
+    with (
+        throwaway_server(settings={"wal_level": "logical"}) as server,
+        tempfile.TemporaryDirectory(prefix="asyncsnap-incremental-") as tmp,
+    ):
+        sql(server.dsn(), "CREATE DATABASE incr")
+        dsn, target = server.dsn("incr"), server.dsn("postgres")
+        print(f"building pgbench scale {scale} ...", flush=True)
+        subprocess.run(
+            [str(find_bindir() / "pgbench"), "-i", "-q", "-s", str(scale), dsn],
+            check=True,
+            capture_output=True,
+        )
+        # Insert-only, and without a key: the slot needs a replica identity for it.
+        sql(dsn, "ALTER TABLE public.pgbench_history REPLICA IDENTITY FULL")
+        sql(dsn, "VACUUM ANALYZE")
+        samples: dict[str, Runs] = {
+            name: Runs(name)
+            for name in (
+                "full dump",
+                "full dump --slot",
+                "increment",
+                "empty increment",
+                "chain restore",
+                "full restore",
+            )
+        }
+        sizes: dict[str, list[int]] = {"full dump": [], "increment": []}
+        cli = [*PY, "asyncsnap"]
+        for r in range(runs):
+            work = Path(tmp) / f"run{r}"
+            work.mkdir()
+
+            def timed(name: str, cmd: list[str]) -> None:
+                checkpoint(dsn)
+                wall, rss, cpu = measure(cmd)
+                samples[name].samples.append((wall, rss, 0, cpu))
+                print(".", end="", flush=True)
+
+            jobs = ["-j", str(args.jobs)]
+            timed("full dump", [*cli, "dump", dsn, "-o", str(work), "--name", "plain", *jobs])
+            slot = f"bench_{r}"
+            timed(
+                "full dump --slot",
+                [*cli, "dump", dsn, "-o", str(work), "--name", "full", "--slot", slot, *jobs],
+            )
+            sql(
+                dsn,
+                f"UPDATE public.pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = {r}",
+            )
+            timed("increment", [*cli, "dump", dsn, "--since", str(work / "full"), "--name", "inc"])
+            timed(
+                "empty increment",
+                [*cli, "dump", dsn, "--since", str(work / "inc"), "--name", "empty"],
+            )
+            sizes["full dump"].append(dir_size(work / "plain"))
+            sizes["increment"].append(dir_size(work / "inc"))
+            measure([*cli, "dump", dsn, "-o", str(work), "--name", "end", *jobs])  # untimed
+            order = [("chain restore", "empty"), ("full restore", "end")]
+            for name, backup in order if r % 2 == 0 else reversed(order):
+                sql(target, f"DROP DATABASE IF EXISTS {name.replace(' ', '_')} WITH (FORCE)")
+                sql(target, f"CREATE DATABASE {name.replace(' ', '_')} TEMPLATE template0")
+                into = server.dsn(name.replace(" ", "_"))
+                timed(name, [*cli, "restore", str(work / backup), into, *jobs, "--quiet"])
+            totals = "SELECT count(*) + sum(abalance) FROM public.pgbench_accounts"
+            if fetchval(server.dsn("chain_restore"), totals) != fetchval(dsn, totals):
+                raise SystemExit("the chain's restore does not hold the source's accounts")
+            measure([*cli, "drop-slot", slot, dsn])
+            shutil.rmtree(work)
+    medians = {name: runs_.median for name, runs_ in samples.items()}
+    found = {
+        "increment/full dump (time)": medians["increment"] / medians["full dump"],
+        "increment/full dump (bytes)": statistics.median(sizes["increment"])
+        / statistics.median(sizes["full dump"]),
+        "chain restore/full restore": medians["chain restore"] / medians["full restore"],
+    }
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "scale": scale,
+        "runs": runs,
+        "jobs": args.jobs,
+        "changed_accounts": scale * 1000,
+        "tools": {
+            name: {
+                "median_s": r.median,
+                "runs_s": [x[0] for x in r.samples],
+                "peak_rss_mib": max(x[1] for x in r.samples) / 1024,
+                "client_cpu_s": statistics.median(x[3] for x in r.samples),
+            }
+            for name, r in samples.items()
+        },
+        "bytes": {name: statistics.median(v) for name, v in sizes.items()},
+        "targets": [],
+    }
+    print(f"\npgbench scale {scale}, {scale * 1000:,} accounts updated, median of {runs}:")
+    for name, tool in report["tools"].items():
+        print(
+            f"  {name:18} {tool['median_s']:6.2f} s  client CPU {tool['client_cpu_s']:5.2f} s"
+            f"  peak RSS {tool['peak_rss_mib']:4.0f} MiB"
+        )
+    sizes_found = report["bytes"]
+    print(
+        f"  bytes: full dump {sizes_found['full dump']:,}, increment {sizes_found['increment']:,}"
+    )
+    print("targets (issue 25):")
+    for name, value in found.items():
+        limit = INCREMENT_TARGETS[name]
+        met = value <= limit
+        entry: dict[str, Any] = {"name": name, "value": value, "target": limit, "met": met}
+        if not met:
+            entry["why"] = INCREMENT_WHY.get(name, "")
+        report["targets"].append(entry)
+        print(f"  {name}: {value:.3f} (target {limit}) {'met' if met else 'MISSED'}")
+        if not met:
+            print(f"    why: {entry['why']}")
+    path = args.results.with_name("increment.json")
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results written to {path}")
 
 
 if __name__ == "__main__":
