@@ -11,7 +11,7 @@ manifest, the rename from ``<name>.partial`` to ``<name>``). Any failure removes
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -58,12 +58,10 @@ from .errors import (
 from .events import DumpFinished, DumpStarted, EventCallback, Notice
 from .format import (
     COMPRESSIONS,
-    DEFAULT_NAME_FORMAT,
     RENDER_SETTINGS,
     SCHEMA_ARCHIVE_PATH,
     SCHEMA_SQL_PATH,
     BackupColumn,
-    BackupFile,
     BackupForeignKey,
     BackupLargeObjects,
     BackupSchema,
@@ -107,7 +105,14 @@ from .storage.files import (
     write_content_file,
 )
 from .storage.location import backup_location
-from .storage.prefix import BackupPrefix, list_backups
+from .storage.output import (
+    abandon_target,
+    default_backup_name,
+    file_entry,
+    open_store_output,
+    utc_iso,
+)
+from .storage.prefix import BackupPrefix
 from .storage.s3 import S3Store, StoreUrl
 from .text import count
 from .verify import verify_backup
@@ -156,28 +161,6 @@ class DumpResult:
         """The manifest's body as written, built when asked for (for ten thousand tables
         the dicts take tens of MB)."""
         return self.written.to_json() if self.written is not None else {}
-
-
-def default_backup_name(output_dir: Path, now: datetime | None = None) -> str:
-    """``backup_YYYYMMDDTHHMMSSZ`` in UTC; when a backup (or a dump's ``.partial``) of that
-    second is already in ``output_dir``, the first free of ``-2`` .. ``-99`` after it, so
-    that runs started in the same second do not collide (``manifest.DEFAULT_NAME``)."""
-    return _first_free_name(lambda candidate: BackupDirectory.is_free(output_dir, candidate), now)
-
-
-def _first_free_name(is_free: Callable[[str], bool], now: datetime | None = None) -> str:
-    """``backup_YYYYMMDDTHHMMSSZ`` for ``now``, or the first of ``-2`` .. ``-99`` after it
-    that ``is_free``."""
-    base = (now or datetime.now(UTC)).strftime(DEFAULT_NAME_FORMAT)
-    for n in range(1, 100):
-        candidate = base if n == 1 else f"{base}-{n}"
-        if is_free(candidate):
-            return candidate
-    return base  # 99 in one second: check_free names the collision
-
-
-def utc_iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -1022,18 +1005,6 @@ async def _verify_written(backup: BackupTarget, emit: EventCallback) -> None:
     emit(Notice(f"{said} in {seconds:.2f}s"))
 
 
-def open_store_output(url: StoreUrl, name: str | None) -> tuple[S3Store, str]:
-    """Open the store, check that the credentials may list the prefix and that the name is
-    free (``BackupPrefix.create`` claims it later, conditionally)."""
-    store = S3Store(url)
-    store.check_access()
-    if name is None:
-        taken = {b.name for b in list_backups(store)}
-        name = _first_free_name(lambda candidate: candidate not in taken)
-    BackupPrefix.check_free(store, name)
-    return store, name
-
-
 def _keep_newest(output: Path | StoreUrl, keep: int, emit: EventCallback) -> None:
     """``--keep``: prune the output (locally under the lock the dump holds)."""
     try:
@@ -1050,40 +1021,10 @@ def _keep_newest(output: Path | StoreUrl, keep: int, emit: EventCallback) -> Non
         emit(Notice(f"left {path} in place (not written by asyncsnap)"))
 
 
-def abandon_target(backup: BackupTarget, keep_partial: bool, emit: EventCallback) -> None:
-    """After a failure: remove what was written, or with ``keep_partial`` keep the files
-    written so far, but never a manifest, so it cannot pass for a backup."""
-    try:
-        kept = backup.abandon(keep_partial)
-    except StoreFailed as exc:
-        emit(
-            Notice(
-                f"could not remove the incomplete backup at {backup.path} ({exc.message}); "
-                "it has no manifest, and prune removes it once it is a day old"
-            )
-        )
-        return
-    if kept is not None:
-        emit(Notice(f"kept the incomplete backup at {kept} (--keep-partial)"))
-
-
 async def _end_snapshot(conn: asyncpg.Connection) -> None:
     # Read-only: ROLLBACK and COMMIT are the same; ROLLBACK says so.
     await conn.execute("ROLLBACK")
     await conn.close()
-
-
-def file_entry(f: StoredFile, pages: tuple[int, int | None] | None) -> BackupFile:
-    return BackupFile(
-        path=f.path,
-        rows=f.rows,
-        bytes=f.bytes,
-        stored_bytes=f.stored_bytes,
-        sha256=f.sha256,
-        longest_line=f.longest_line or None,
-        pages=pages,
-        fingerprint=f.fingerprint,
-    )
 
 
 def _table_entry(

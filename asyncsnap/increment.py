@@ -57,7 +57,6 @@ from .changes import (
     stream,
 )
 from .connection import ConnectionSpec, resolve
-from .dump import abandon_target, default_backup_name, file_entry, open_store_output, utc_iso
 from .encode.changerows import ChangeRowEncoder
 from .errors import DumpFailed, UsageError
 from .events import EventCallback, Notice
@@ -81,6 +80,13 @@ from .storage.backup import open_backup
 from .storage.encryption import parse_recipients
 from .storage.files import BackupDirectory, BackupTarget, DataFileWriter, OutputLock
 from .storage.location import backup_location
+from .storage.output import (
+    abandon_target,
+    default_backup_name,
+    file_entry,
+    open_store_output,
+    utc_iso,
+)
 from .storage.prefix import BackupPrefix
 from .storage.s3 import S3Store, StoreUrl
 from .version import __version__

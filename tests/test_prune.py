@@ -117,7 +117,7 @@ def test_dumps_in_the_same_second_get_distinct_default_names(db: Database, tmp_p
     retention counts it as a default-named backup."""
     from datetime import UTC, datetime
 
-    from asyncsnap.dump import default_backup_name
+    from asyncsnap.storage.output import default_backup_name
 
     db.execute("CREATE TABLE t (id int)")
     moment = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
