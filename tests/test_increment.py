@@ -881,3 +881,40 @@ def test_an_increment_killed_at_any_point_reruns_to_the_same_files(
         tmp_path / "ref" / "SHA256SUMS"
     ).read_bytes()
     assert reference.changes > 140_000
+
+
+def test_a_block_of_updates_by_primary_key_in_one_statement_ends_as_one_by_one(
+    db: Database, tmp_path: Path
+) -> None:
+    """The restore's one-statement path for a block of updates by primary key: the
+    result is the source's, also when a unique column's values move between rows in an
+    order a single statement may trip over (it then goes one change at a time), and a row
+    that is not there is named all the same."""
+    db.execute(
+        "CREATE TABLE public.uniq (id int PRIMARY KEY, code text UNIQUE, v text);"
+        "INSERT INTO public.uniq SELECT g, 'c' || g, 'v' FROM generate_series(1, 3000) g"
+    )
+    slot = slot_name()
+    run(dump, db.dsn, output=tmp_path, slot=slot, name="full")
+    db.execute("UPDATE public.uniq SET v = v || 'x' WHERE id % 3 = 0")
+    db.execute("UPDATE public.uniq SET code = 'moved' WHERE id = 1")
+    db.execute("UPDATE public.uniq SET code = 'c1' WHERE id = 2")  # 1's old code
+    run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    with fresh_database(db.postgres, "chain_target") as target:
+        done = run_cli("restore", str(tmp_path / "inc"), target.dsn, env=clean_env())
+        assert done.returncode == 0, done.stderr
+        assert table_digests(target.dsn) == table_digests(db.dsn)
+    lsn = open_backup(tmp_path / "inc", increments=True).increment.end_lsn  # type: ignore[union-attr]
+    forge_changes(
+        tmp_path / "inc",
+        "uniq",
+        [
+            b'{"op":"update","lsn":"%s","xid":1,"n":%d,"key":{"id":%d},'
+            b'"row":{"id":%d,"code":"k%d","v":"w"},"unchanged":[]}' % (lsn.encode(), i, i, i, i)
+            for i in (5, 6, 9999, 7)
+        ],
+    )
+    with fresh_database(db.postgres, "chain_target") as target:
+        done = run_cli("restore", str(tmp_path / "inc"), target.dsn, env=clean_env())
+        assert done.returncode == ExitCode.FAILED
+        assert 'no row with the key {"id":9999}' in done.stderr

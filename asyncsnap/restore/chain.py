@@ -129,15 +129,16 @@ class _Columns:
         self.types = {c.name: c.type for c in load.target.columns}
         self.bare = {c.name: cast_target(c.bare_type or c.type) for c in load.target.columns}
 
-    def record(self, key: str, alias: str) -> str:
-        """The line's object ``key`` as a typed record named ``alias``."""
+    def record(self, key: str, alias: str, line: str = "ch") -> str:
+        """The object ``key`` of the line ``line`` (a json value) as a typed record named
+        ``alias``."""
         declared = ", ".join(
             f"{quote_ident(n)} pg_catalog.text"
             if n in self.load.text_columns
             else f"{quote_ident(n)} {self.types[n]}"
             for n in self.names
         )
-        return f"pg_catalog.json_to_record(ch->{_literal(key)}) AS {alias}({declared})"
+        return f"pg_catalog.json_to_record({line}->{_literal(key)}) AS {alias}({declared})"
 
     def value(self, alias: str, name: str) -> str:
         col = f"{alias}.{quote_ident(name)}"
@@ -179,6 +180,66 @@ def _find_row(load: TableLoad, columns: _Columns, target: str) -> str:
     )
 
 
+def _whole_block(load: TableLoad, columns: _Columns, target: str) -> str:
+    """PL/pgSQL that applies a block in one statement when that is sure to end as the
+    changes one by one would, and returns: a block of inserts only (one INSERT, in the
+    lines' order), or of updates only, each naming its row by the primary key, none
+    changing it, none leaving a value unchanged, no row named twice (rows updated once
+    each end the same in any order). The update is checked to find every row; when it
+    does not, or a unique constraint objects to its order, it is undone (its block is a
+    subtransaction) and the block goes one change at a time, which says which one."""
+    names = columns.names
+    if not names:
+        return ""
+    cols = ", ".join(quote_ident(c) for c in names)
+    overriding = " OVERRIDING SYSTEM VALUE" if load.overriding else ""
+    values = ", ".join(columns.value("p", c) for c in names)
+    # (the lines are "c" here: "ch" is the function's variable, which SQL would confuse)
+    rows = "pg_catalog.json_array_elements(changes) WITH ORDINALITY AS e(c, i), " + (
+        columns.record("row", "p", "c")
+    )
+    later = "(upto IS NOT NULL AND (c->>'lsn')::pg_catalog.pg_lsn >= upto)"
+    inserts = f"""
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.json_array_elements(changes) AS e(c)
+                   WHERE c->>'op' <> 'insert' OR {later}) THEN
+        INSERT INTO {_target(load)} ({cols}){overriding}
+            SELECT {values} FROM {rows} ORDER BY e.i;
+        RETURN pg_catalog.json_array_length(changes);
+    END IF;"""
+    primary = list(load.source.primary_key)
+    if not primary or not all(c in names for c in primary):
+        return inserts
+    same_key = " AND ".join(
+        f"c->'key'->>{_literal(k)} IS NOT DISTINCT FROM c->'row'->>{_literal(k)}" for k in primary
+    )
+    has_key = f"(c->'key')::pg_catalog.jsonb ?& ARRAY[{', '.join(map(_literal, primary))}]"
+    keys = ", ".join(columns.value("p", k) for k in primary)
+    match = " AND ".join(f"t.{quote_ident(k)} = q.{quote_ident(k)}" for k in primary)
+    sets = ", ".join(f"{quote_ident(n)} = q.{quote_ident(n)}" for n in names)
+    typed = ", ".join(f"{columns.value('p', n)} AS {quote_ident(n)}" for n in names)
+    return (
+        inserts
+        + f"""
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.json_array_elements(changes) AS e(c)
+                   WHERE c->>'op' <> 'update' OR {later}
+                      OR pg_catalog.json_array_length(c->'unchanged') <> 0
+                      OR NOT {has_key} OR NOT ({same_key}))
+       AND (SELECT pg_catalog.count(DISTINCT ({keys})) FROM {rows})
+           = pg_catalog.json_array_length(changes) THEN
+        BEGIN
+            UPDATE {target} t SET {sets} FROM (SELECT {typed} FROM {rows}) q WHERE {match};
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n = pg_catalog.json_array_length(changes) THEN
+                RETURN n;
+            END IF;
+            RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'asyncsnap: a row not found';
+        EXCEPTION WHEN unique_violation OR raise_exception THEN
+            NULL;  -- undone: one change at a time below
+        END;
+    END IF;"""
+    )
+
+
 def apply_function_sql(function: str, load: TableLoad) -> str:
     """A PL/pgSQL function that applies a JSON array of one table's change lines in
     order, each update and delete to exactly one row (else it raises), and returns how
@@ -217,7 +278,9 @@ DECLARE
     found_table pg_catalog.oid;
     found_row pg_catalog.tid;
     done pg_catalog.int8 := 0;
+    n pg_catalog.int8;
 BEGIN
+    {_whole_block(load, columns, target)}
     FOR ch IN SELECT e FROM pg_catalog.json_array_elements(changes) AS e LOOP
         IF upto IS NOT NULL AND (ch->>'lsn')::pg_catalog.pg_lsn >= upto THEN
             CONTINUE;  -- restore --to: committed at or after the point asked for
