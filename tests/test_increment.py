@@ -311,6 +311,7 @@ async def _ops(
     return next_id
 
 
+@pytest.mark.versions
 def test_a_chain_of_increments_applied_to_its_full_backup_is_the_end_state(
     db: Database, tmp_path: Path
 ) -> None:
@@ -357,6 +358,7 @@ def test_a_chain_of_increments_applied_to_its_full_backup_is_the_end_state(
     ]
 
 
+@pytest.mark.versions
 def test_increments_taken_while_writers_commit_miss_and_repeat_nothing(
     db: Database, tmp_path: Path
 ) -> None:
@@ -536,6 +538,13 @@ def test_dump_since_from_the_command_line(db: Database, tmp_path: Path) -> None:
     assert done.stdout == f"{tmp_path / 'inc'}\n"
     outcome = json.loads(summary.read_text())
     assert (outcome["parent"], outcome["transactions"], outcome["changes"]) == ("full", 1, 1)
+    # A failed increment's summary has the same keys (null for what it did not get to).
+    failed = run_cli(
+        "dump", db.dsn, "--since", str(tmp_path / "full"), "--name", "inc",
+        "--summary-json", str(summary), env=clean_env(),
+    )  # fmt: skip
+    assert failed.returncode == ExitCode.OUTPUT, failed.stderr
+    assert set(json.loads(summary.read_text())) == set(outcome)
     assert "increment of full: 1 transaction, 1 change in 1 table" in done.stderr
 
 
@@ -636,6 +645,7 @@ def table_digests(dsn: str) -> dict[str, tuple[int, str]]:
     return run(read)  # type: ignore[no-any-return]
 
 
+@pytest.mark.versions
 def test_a_restored_chain_is_the_source_table_for_table(db: Database, tmp_path: Path) -> None:
     """Full backup, three increments of a random workload, restored (a whole restore into
     an empty database): every table's rows and every sequence equal the source's, as SQL

@@ -41,6 +41,17 @@ if TYPE_CHECKING:
     from ..events import DumpFinished, Event
 
 SHORT_HELP = "Back up tables at one moment: NDJSON files and a manifest."
+# --summary-json's keys of an increment (dump --since), beside a dump's.
+INCREMENT_COUNTS = (
+    "parent",
+    "start_lsn",
+    "end_lsn",
+    "transactions",
+    "changes",
+    "sequences",
+    "wal_held_bytes",
+    "new_tables",
+)
 
 
 def dump_command(
@@ -399,7 +410,8 @@ def _dump_increment(
         dsn=dsn,
         log_format=log_format,
         summary_json=summary_json,
-        outcome=summary_base("dump", path=None),
+        # The same keys on failure as on success: a full dump's, and an increment's own.
+        outcome=summary_base("dump", path=None, **dict.fromkeys(INCREMENT_COUNTS)),
     )
     dbname, host, port, username, no_password, ask_password = connection
     with env.guard(AsyncsnapError):
