@@ -158,8 +158,8 @@ async def ensure_publication(
     """
     name = given or slot
     row = await conn.fetchrow(
-        "SELECT p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate AS everything"
-        " FROM pg_catalog.pg_publication p WHERE p.pubname = $1",
+        "SELECT p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate AS everything,"
+        " p.pubviaroot AS via_root FROM pg_catalog.pg_publication p WHERE p.pubname = $1",
         name,
     )
     if given is not None:
@@ -175,6 +175,14 @@ async def ensure_publication(
                 "truncate: an increment would miss changes",
                 hint=f"ALTER PUBLICATION {given} SET (publish = 'insert, update, delete, "
                 "truncate'), or leave out --publication",
+            )
+        if row["via_root"]:
+            raise NotReplicable(
+                f"publication {given} publishes partitions' changes as their root's "
+                "(publish_via_partition_root): an increment follows each partition, as the "
+                "backup holds them",
+                hint=f"ALTER PUBLICATION {given} SET (publish_via_partition_root = false), "
+                "or leave out --publication",
             )
         return False
     if row is not None:

@@ -281,6 +281,10 @@ def test_a_given_publication_is_checked_and_never_changed(db: Database, tmp_path
         run_dump(db.dsn, output=tmp_path, slot=slot, publication="partial")
     with pytest.raises(NotReplicable, match="publication absent does not exist"):
         run_dump(db.dsn, output=tmp_path, slot=slot, publication="absent")
+    # Partitions' changes as their root's: an increment would not find their tables.
+    db.execute("CREATE PUBLICATION rooted FOR ALL TABLES WITH (publish_via_partition_root)")
+    with pytest.raises(NotReplicable, match="publish_via_partition_root"):
+        run_dump(db.dsn, output=tmp_path, slot=slot, publication="rooted")
 
     db.execute("ALTER PUBLICATION mine ADD TABLE public.wide, public.parts")
     result = run_dump(
