@@ -94,6 +94,9 @@ from .version import __version__
 # Changes of one table encoded at a time (a converter call and, for array columns, a
 # query per column per batch).
 ENCODE_BATCH = 1000
+# Changes waiting across all tables: past this every table's are encoded and written, so
+# that a transaction touching ten thousand tables holds no more than this in memory.
+PENDING_LIMIT = 20_000
 # pgoutput's commit time: microseconds since PostgreSQL's epoch.
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _NEW_FULL = "a new full backup starts a new chain: asyncsnap dump --slot NAME"
@@ -222,6 +225,7 @@ class _IncrementRun:
         self.target: BackupTarget | None = None
         self.lock: OutputLock | None = None
         self.writers: dict[str, DataFileWriter] = {}
+        self.pending = 0  # changes added and not yet encoded, across tables
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
         parent = options.parent.manifest
@@ -435,8 +439,14 @@ class _IncrementRun:
                 raise _not_in_chain(change.relation, self.o.parent_name)
             changes.check(change.relation, self.o.parent_name)
             changes.add((xid, lsn, n), change)
+            self.pending += 1
             if len(changes.pending) >= ENCODE_BATCH:
+                self.pending -= len(changes.pending)
                 await self._flush(conn, changes)
+            elif self.pending >= PENDING_LIMIT:
+                for waiting in tables.values():
+                    await self._flush(conn, waiting)
+                self.pending = 0
             return
         for relation in change.relations:
             changes = tables.get(relation.oid)

@@ -928,3 +928,23 @@ def test_a_block_of_updates_by_primary_key_in_one_statement_ends_as_one_by_one(
         done = run_cli("restore", str(tmp_path / "inc"), target.dsn, env=clean_env())
         assert done.returncode == ExitCode.FAILED
         assert 'no row with the key {"id":9999}' in done.stderr
+
+
+def test_small_batches_write_the_same_lines(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changes encoded a few at a time, per table and across tables (the bounds that
+    keep a huge transaction's memory flat), give the same files as one batch."""
+    import asyncsnap.increment as increment_module
+
+    slot = chain(db, tmp_path)
+    run(workload, db.dsn, random.Random(11), 30)
+    whole = run(dump_increment, db.dsn, since=tmp_path / "full", name="whole", advance_slot=False)
+    monkeypatch.setattr(increment_module, "ENCODE_BATCH", 2)
+    monkeypatch.setattr(increment_module, "PENDING_LIMIT", 3)
+    small = run(dump_increment, db.dsn, since=tmp_path / "full", name="small")
+    assert small.changes == whole.changes > 50
+    assert (tmp_path / "small" / "SHA256SUMS").read_bytes() == (
+        tmp_path / "whole" / "SHA256SUMS"
+    ).read_bytes()
+    assert slot_position(db, slot) == small.end_lsn
