@@ -27,7 +27,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def readme_cron_command() -> str:
     """The command part (after the five time fields) of the README's crontab line."""
     blocks = [b.split("```", 1)[0] for b in README.read_text().split("```cron")[1:]]
-    (block,) = [b for b in blocks if "s3://" not in b]  # the other one: test_store_backups
+    # the others: test_store_backups (s3://), test_increment (a chain's --since)
+    (block,) = [b for b in blocks if "s3://" not in b and "--since" not in b]
     (line,) = [ln for ln in block.splitlines() if ln.strip() and not ln.startswith("#")]
     return line.split(None, 5)[5]
 

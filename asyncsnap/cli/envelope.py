@@ -51,7 +51,16 @@ DUMP_COUNTS = (
     "skipped",
     "slot",
 )
-RESTORE_COUNTS = ("tables", "rows", "sequences", "large_objects", "refreshed", "seconds")
+RESTORE_COUNTS = (
+    "tables",
+    "rows",
+    "sequences",
+    "large_objects",
+    "refreshed",
+    "increments",
+    "changes",
+    "seconds",
+)
 
 
 def now() -> str:

@@ -258,6 +258,8 @@ def _summary(result: RestoreResult) -> dict[str, object]:
         "sequences": result.sequences,
         "large_objects": result.large_objects,
         "refreshed": result.refreshed,
+        "increments": result.increments,
+        "changes": result.changes,
         "seconds": round(result.seconds, 3),
     }
 
@@ -272,6 +274,11 @@ def _render(result: RestoreResult, *, dry_run: bool) -> None:
     extra = f", {count(result.large_objects, 'large object')}" if result.large_objects else ""
     if result.refreshed:
         extra += f", {count(result.refreshed, 'materialized view')} refreshed"
+    if result.increments:
+        extra += (
+            f", then {count(result.increments, 'increment')} applied "
+            f"({count(result.changes, 'change')})"
+        )
     typer.echo(
         f"restored {count(len(result.tables), 'table')}, {count(result.rows, 'row')}, "
         f"{count(result.sequences, 'sequence')}{extra} in {result.seconds:.2f}s"

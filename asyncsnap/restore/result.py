@@ -37,6 +37,8 @@ class RestoreResult:
     sequences: int = 0
     large_objects: int = 0
     refreshed: int = 0  # materialized views
+    increments: int = 0  # a chain's increments applied after its full backup
+    changes: int = 0  # their changes applied
     seconds: float = 0.0
     dry_run: bool = False
     # compare=True: the restored tables against the backup (``asyncsnap.compare``)

@@ -421,6 +421,8 @@ class _RestoreRun:
             sequences=self.sequences,
             large_objects=self.large_objects,
             refreshed=self.refreshed,
+            increments=len(self.into.chain.increments),
+            changes=self.changes,
             seconds=time.monotonic() - started,
             kind=self.kind,
             database=self.creating.name if self.creating is not None else None,
