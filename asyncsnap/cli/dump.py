@@ -37,8 +37,10 @@ from .options import (
 )
 
 if TYPE_CHECKING:
+    from ..connection import ConnectionSpec
     from ..dump import DumpResult
     from ..events import DumpFinished, Event
+    from .envelope import Envelope
 
 SHORT_HELP = "Back up tables at one moment: NDJSON files and a manifest."
 # --summary-json's keys of an increment (dump --since), beside a dump's.
@@ -275,34 +277,27 @@ def dump_command(
     from .envelope import Envelope, renderers, summary_base, use_endpoint
     from .progress import summary_table
 
-    if since is not None:
-        _dump_increment(
-            _not_for_increments(locals()),
-            dsn=dsn,
-            connection=(dbname, host, port, username, no_password, ask_password),
-            since=since,
-            output=output,
-            name=name,
-            compress=compress,
-            encrypt_to=encrypt_to or [],
-            endpoint_url=endpoint_url,
-            quiet=quiet,
-            log_format=log_format,
-            summary_json=summary_json,
-            debug=debug,
-        )
-        return
-    output = "." if output is None else output
-    split_bytes = parse_size(split_larger_than)
-    # --summary-json on failure: where the backup was to be, once that is known.
+    refused = _not_for_increments(locals()) if since is not None else []
+    output_dir = "." if output is None else output
+    # --summary-json on failure: where the backup was to be, once that is known; an
+    # increment's keys too (the same keys on failure as on success).
     env = Envelope(
         debug=debug,
         dsn=dsn,
         log_format=log_format,
         summary_json=summary_json,
-        outcome=summary_base("dump", path=os.path.join(output, name) if name else None),
+        outcome=summary_base("dump", path=os.path.join(output_dir, name) if name else None)
+        if since is None
+        else summary_base("dump", path=None, **dict.fromkeys(INCREMENT_COUNTS)),
     )
     with env.guard(AsyncsnapError):
+        if refused:
+            from ..errors import UsageError
+
+            raise UsageError(
+                f"{refused[0]} does not apply to an incremental backup (--since)",
+                hint="an increment holds every change of the chain's tables; leave it out",
+            )
         use_endpoint(endpoint_url)
         env.dsn = connection = connection_spec(
             dsn,
@@ -313,6 +308,21 @@ def dump_command(
             no_password=no_password,
             ask_password=ask_password,
         )
+    if since is not None:
+        _dump_increment(
+            env,
+            connection,
+            since=since,
+            output=output,
+            name=name,
+            compress=compress,
+            encrypt_to=encrypt_to or [],
+            quiet=quiet,
+            log_format=log_format,
+        )
+        return
+    output = output_dir
+    split_bytes = parse_size(split_larger_than)
     live, render = renderers(quiet, log_format)
     watch = _Watch(env.outcome, render)
     work = partial(
@@ -383,57 +393,27 @@ def _not_for_increments(given: dict[str, Any]) -> list[str]:
 
 
 def _dump_increment(
-    refused: list[str],
+    env: Envelope,
+    connection: ConnectionSpec,
     *,
-    dsn: str | None,
-    connection: tuple[str | None, str | None, str | None, str | None, bool, bool],
     since: str,
     output: str | None,
     name: str | None,
     compress: str,
     encrypt_to: list[str],
-    endpoint_url: str | None,
     quiet: bool,
     log_format: str,
-    summary_json: Path | None,
-    debug: bool,
 ) -> None:
     """``dump --since``: ``asyncsnap.dump_increment`` through the envelope."""
-    from ..errors import UsageError
     from ..increment import dump_increment
     from ..text import count
-    from .envelope import Envelope, renderers, summary_base, use_endpoint
+    from .envelope import renderers
     from .progress import human_bytes
 
-    env = Envelope(
-        debug=debug,
-        dsn=dsn,
-        log_format=log_format,
-        summary_json=summary_json,
-        # The same keys on failure as on success: a full dump's, and an increment's own.
-        outcome=summary_base("dump", path=None, **dict.fromkeys(INCREMENT_COUNTS)),
-    )
-    dbname, host, port, username, no_password, ask_password = connection
-    with env.guard(AsyncsnapError):
-        if refused:
-            raise UsageError(
-                f"{refused[0]} does not apply to an incremental backup (--since)",
-                hint="an increment holds every change of the chain's tables; leave it out",
-            )
-        use_endpoint(endpoint_url)
-        env.dsn = spec = connection_spec(
-            dsn,
-            dbname,
-            host=host,
-            port=port,
-            user=username,
-            no_password=no_password,
-            ask_password=ask_password,
-        )
     live, render = renderers(quiet, log_format)
     work = partial(
         dump_increment,
-        spec,
+        connection,
         since=since,
         output=output,
         name=name,
