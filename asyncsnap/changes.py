@@ -159,7 +159,9 @@ class _Assembler:
         else:
             change = self._change(message)
             if not self.skipping:
-                self.changes += 1
+                # One change a row, and a TRUNCATE one a table it names (the lines of
+                # an increment are counted so)
+                self.changes += len(change.relations) if isinstance(change, TruncateChange) else 1
                 return change
         return None
 

@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -806,7 +807,7 @@ def is_backup_name(name: str) -> bool:
     return (
         0 < len(name.encode()) <= 200
         and name not in (".", "..")
-        and not any(ch in "/\\" or ord(ch) < 32 or ord(ch) == 127 for ch in name)
+        and not any(ch in "/\\" or unicodedata.category(ch) == "Cc" for ch in name)
         and not name.endswith(PARTIAL_SUFFIX)
     )
 
@@ -1068,13 +1069,15 @@ def _increment(
     """An increment's entry, with what only an increment may (and must) be: version 5, a
     slot, no schema and no large objects."""
     if body.get("increment") is None:
+        if version >= INCREMENT_FORMAT_VERSION:  # a full backup is never written as 5
+            raise c.fail("increment", "is missing: version 5 is an increment's")
         return None
     if version < INCREMENT_FORMAT_VERSION:
         raise c.fail("increment", f"is not known in format version {version}")
     increment = IncrementInfo.parse(c, files, body.get("increment"))
     if slot is None:
         raise c.fail("slot", "is missing: an increment follows a slot")
-    for key in ("schema", "large_objects"):
+    for key in ("schema", "large_objects", "snapshot", "database"):
         if body.get(key) is not None:
             raise c.fail(key, "is not empty: an increment holds rows' changes only")
     return increment

@@ -70,12 +70,13 @@ from .format import (
     BackupTable,
     Compression,
     IncrementInfo,
+    is_backup_name,
 )
 from .largeobjects import count_large_objects
 from .pgoutput import UNCHANGED, Relation, Value, format_lsn
 from .plan import file_stem
 from .session import CONNECTION_LOST, Session, SessionPolicy
-from .slot import NotReplicable, SlotState, check_followable, slot_state
+from .slot import NotReplicable, SlotState, check_followable, check_publication, slot_state
 from .storage.backup import open_backup
 from .storage.encryption import parse_recipients
 from .storage.files import BackupDirectory, BackupTarget, DataFileWriter, OutputLock
@@ -194,6 +195,12 @@ class _IncrementOptions:
         else:
             where = where.absolute()
             home, parent_name = where.parent, where.name
+        if not is_backup_name(parent_name):
+            raise UsageError(
+                f"--since {since}: {parent_name!r} cannot name a chain's backup (an increment "
+                "names its parent by it)",
+                hint="give a backup in a directory or prefix, named as dump names one",
+            )
         parent = open_backup(since, increments=True)
         if parent.manifest.slot is None:
             raise UsageError(
@@ -226,6 +233,7 @@ class _IncrementRun:
         self.lock: OutputLock | None = None
         self.writers: dict[str, DataFileWriter] = {}
         self.pending = 0  # changes added and not yet encoded, across tables
+        self.database = ""
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
         parent = options.parent.manifest
@@ -274,9 +282,11 @@ class _IncrementRun:
 
     async def _run(self, conn: asyncpg.Connection) -> IncrementResult:
         server = await read_server_info(conn)
+        self.database = server.database or ""
         check_followable(
-            await slot_state(conn, self.slot.name), self.slot, self.start, server.database or ""
+            await slot_state(conn, self.slot.name), self.slot, self.start, self.database
         )
+        await check_publication(conn, self.slot.publication, server.version_num or 0)
         await _check_system(conn, self.slot.system_identifier)
         tables = await self._tables(conn)
         new_tables = await _new_tables(conn, self.o.parent, self.slot.publication)
@@ -295,6 +305,13 @@ class _IncrementRun:
         upto = await emit_mark(conn, boundary)
         await self._claim()
         end, count = await self._read(conn, tables, boundary, upto)
+        # The server decoded from where the slot was when the read began: had another
+        # run advanced it past our start since the check above, transactions between
+        # would be missing from this read (a slot only moves forward, and a read holds
+        # it, so a check after the read sees any such move).
+        check_followable(
+            await slot_state(conn, self.slot.name), self.slot, self.start, self.database
+        )
         states = await self._sequences(conn, sequences)
         written = await self._seal(end, count, states)
         with anyio.CancelScope(shield=True):  # complete from here: not undone by a signal
@@ -412,8 +429,13 @@ class _IncrementRun:
                         log.clear()
                 else:
                     await self._change(conn, tables, head, n, item)
-                    n += 1
+                    n += len(item.relations) if isinstance(item, TruncateChange) else 1
             else:
+                # Not found: the slot was moved past it (said by the check the caller
+                # makes), or something ate it
+                check_followable(
+                    await slot_state(conn, self.slot.name), self.slot, self.start, self.database
+                )
                 raise DumpFailed(
                     "the slot's changes ended before the increment's boundary",
                     hint="run the same command again: the slot was not advanced",
@@ -448,12 +470,12 @@ class _IncrementRun:
                     await self._flush(conn, waiting)
                 self.pending = 0
             return
-        for relation in change.relations:
+        for i, relation in enumerate(change.relations):  # a line each, numbered in turn
             changes = tables.get(relation.oid)
             if changes is None:
                 raise _not_in_chain(relation, self.o.parent_name)
             changes.check(relation, self.o.parent_name)
-            changes.add((xid, lsn, n), None)
+            changes.add((xid, lsn, n + i), None)
 
     async def _flush(self, conn: asyncpg.Connection, changes: _TableChanges) -> None:
         if changes.pending:

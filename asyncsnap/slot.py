@@ -157,34 +157,12 @@ async def ensure_publication(
     :raises PermissionDenied: when this role may not create it.
     """
     name = given or slot
-    row = await conn.fetchrow(
-        "SELECT p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate AS everything,"
-        " p.pubviaroot AS via_root FROM pg_catalog.pg_publication p WHERE p.pubname = $1",
-        name,
-    )
     if given is not None:
-        if row is None:
-            raise NotReplicable(
-                f"publication {given} does not exist in this database",
-                hint=f"CREATE PUBLICATION for the backup's tables, or leave out --publication "
-                f"(asyncsnap then creates one named {slot})",
-            )
-        if not row["everything"]:
-            raise NotReplicable(
-                f"publication {given} does not publish every insert, update, delete and "
-                "truncate: an increment would miss changes",
-                hint=f"ALTER PUBLICATION {given} SET (publish = 'insert, update, delete, "
-                "truncate'), or leave out --publication",
-            )
-        if row["via_root"]:
-            raise NotReplicable(
-                f"publication {given} publishes partitions' changes as their root's "
-                "(publish_via_partition_root): an increment follows each partition, as the "
-                "backup holds them",
-                hint=f"ALTER PUBLICATION {given} SET (publish_via_partition_root = false), "
-                "or leave out --publication",
-            )
+        await check_publication(
+            conn, given, conn.get_server_version().major * 10000, option="--publication"
+        )
         return False
+    row = await conn.fetchrow("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", name)
     if row is not None:
         raise NotReplicable(
             f"a publication named {name} already exists",
@@ -213,6 +191,64 @@ async def ensure_publication(
             hint="create the publication as the tables' owner and give it with --publication",
         ) from exc
     return True
+
+
+async def check_publication(
+    conn: asyncpg.Connection, name: str, server_version: int, *, option: str | None = None
+) -> None:
+    """The publication a chain decodes with carries every change of its tables: it
+    exists, publishes inserts, updates, deletes and truncates, names partitions' changes
+    as the partitions' (not through their root), and filters neither rows nor columns
+    (PostgreSQL 15+). Checked when the chain starts and again at each increment: an
+    ALTER PUBLICATION in between would leave changes out, silently.
+
+    :raises NotReplicable: saying which.
+    """
+    leave_out = ", or leave out --publication" if option else ""
+    row = await conn.fetchrow(
+        "SELECT p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate AS everything,"
+        " p.pubviaroot AS via_root FROM pg_catalog.pg_publication p WHERE p.pubname = $1",
+        name,
+    )
+    if row is None:
+        raise NotReplicable(
+            f"publication {name} does not exist in this database",
+            hint="CREATE PUBLICATION for the backup's tables" + leave_out
+            if option
+            else "a new full backup starts a new chain: asyncsnap dump --slot NAME",
+        )
+    fix = None
+    if not row["everything"]:
+        what = "does not publish every insert, update, delete and truncate"
+        fix = f"ALTER PUBLICATION {name} SET (publish = 'insert, update, delete, truncate')"
+    elif row["via_root"]:
+        what = (
+            "publishes partitions' changes as their root's (publish_via_partition_root), "
+            "and the backup follows each partition"
+        )
+        fix = f"ALTER PUBLICATION {name} SET (publish_via_partition_root = false)"
+    elif server_version >= 150000:
+        filtered = await conn.fetchval(
+            "SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', n.nspname, c.relname),"
+            " ', ' ORDER BY n.nspname, c.relname)"
+            " FROM pg_catalog.pg_publication_rel r"
+            " JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid"
+            " JOIN pg_catalog.pg_class c ON c.oid = r.prrelid"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE p.pubname = $1 AND (r.prqual IS NOT NULL OR r.prattrs IS NOT NULL)",
+            name,
+        )
+        if filtered:
+            what = f"filters the rows or columns it publishes of {filtered}"
+            fix = f"ALTER PUBLICATION {name} SET TABLE ... without WHERE or column lists"
+    if fix is not None:
+        raise NotReplicable(
+            f"publication {name} {what}: an increment would miss changes",
+            hint=fix + leave_out
+            if option
+            else f"{fix}, then a new full backup (changes already left out are lost to "
+            "this chain): asyncsnap dump --slot NAME",
+        )
 
 
 async def check_published(

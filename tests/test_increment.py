@@ -56,6 +56,12 @@ CREATE TABLE public.pk_and_index (id int PRIMARY KEY, code text NOT NULL, v text
     CONSTRAINT pk_and_index_code UNIQUE (code));
 ALTER TABLE public.pk_and_index REPLICA IDENTITY USING INDEX pk_and_index_code;
 INSERT INTO public.pk_and_index SELECT g, 'c' || g, 'v' FROM generate_series(1, 10) g;
+-- an identity column only its default may set, and columns named like the restore's
+-- PL/pgSQL variables
+CREATE TABLE public.always_id (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text,
+    ch text, found_row text, done int);
+INSERT INTO public.always_id (v, ch, found_row, done)
+    SELECT 'v' || g, 'ch', 'fr', g FROM generate_series(1, 10) g;
 INSERT INTO public.accounts SELECT g, g / 7.0, 'n' || g, ARRAY['a', NULL, 'c'],
     jsonb_build_object('k', g), '2026-01-01'::timestamptz + g * interval '1 hour',
     '\\x00ff'::bytea, g * 0.1, repeat(md5(g::text), 100)
@@ -76,6 +82,7 @@ IDENTITY: dict[str, tuple[str, ...] | None] = {
     "parts_eu": ("id", "region"),
     "parts_us": ("id", "region"),
     "pk_and_index": ("code",),  # an identity index beside another primary key
+    "always_id": ("id",),
 }
 GENERATED = {'Odd "name"': ("g",)}  # recomputed by a restore; the slot does not send them
 HARD_TEXT = ["", "tab\there", "line\nbreak", 'quote " and \\ slash', "é ü 日本", "\x01\x1f"]
@@ -299,6 +306,16 @@ async def _ops(
                 " WHERE id = (SELECT min(id) FROM public.parts WHERE id >= $1)",
                 rng.randrange(1, 12),
             )
+        elif rng.random() < 0.3:
+            await conn.execute(
+                "UPDATE public.always_id SET v = v || 'x', ch = $2, done = done + 1"
+                " WHERE id = (SELECT min(id) FROM public.always_id WHERE id >= $1)",
+                rng.randrange(1, 12),
+                rng.choice(HARD_TEXT),
+            )
+            await conn.execute(
+                "INSERT INTO public.always_id (v, ch, found_row, done) VALUES ('new', 'c', 'f', 0)"
+            )
         elif rng.random() < 0.5:  # the identity index's columns change, or not
             await conn.execute(
                 "UPDATE public.pk_and_index SET v = v || 'x',"
@@ -341,6 +358,7 @@ def test_a_chain_of_increments_applied_to_its_full_backup_is_the_end_state(
         "truncate dupes",
         "delete parts_eu",
         "pk_and_index: key changed",
+        "update always_id",
         "insert parts_us",
         'insert Odd "name"',
     } <= seen, seen
@@ -993,5 +1011,101 @@ def test_the_readme_crontab_of_a_chain_gives_a_restorable_chain(
     assert checked.returncode == 0 and "(a chain of 3 backups)" in checked.stdout
     with fresh_database(db.postgres, "chain_target") as target:
         done = run_cli("restore", str(backups / chain_end), target.dsn, env=clean_env())
+        assert done.returncode == 0, done.stderr
+        assert table_digests(target.dsn) == table_digests(db.dsn)
+
+
+@pytest.mark.parametrize("past_the_boundary", [False, True], ids=["before", "past"])
+def test_a_slot_moved_by_another_run_during_the_read_fails_the_increment(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, past_the_boundary: bool
+) -> None:
+    """Another run advances the slot between this one's check and its read (past a
+    change this read then never sees, or past the boundary too): the increment fails,
+    nothing is written."""
+    import asyncsnap.increment as increment_module
+    from asyncsnap.changes import advance
+
+    slot = chain(db, tmp_path)
+    db.execute("UPDATE public.accounts SET note = 'lost?' WHERE id = 4")
+    real_mark = increment_module.emit_mark  # type: ignore[attr-defined]
+
+    async def mark_then_moved(conn: asyncpg.Connection, content: bytes) -> int:
+        before = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")  # past the UPDATE
+        position = await real_mark(conn, content)
+        other = await asyncpg.connect(db.dsn)
+        try:  # as a concurrent run would
+            await advance(other, slot, position if past_the_boundary else before)
+        finally:
+            await other.close()
+        return position
+
+    monkeypatch.setattr(increment_module, "emit_mark", mark_then_moved)
+    with pytest.raises(NotReplicable, match="was moved past the backup's end"):
+        run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["full"]
+
+
+@pytest.mark.parametrize(
+    "alter, says",
+    [
+        ("ALTER PUBLICATION {slot} SET (publish = 'insert')", "does not publish every"),
+        (
+            "ALTER PUBLICATION {slot} SET (publish_via_partition_root = true)",
+            "publish_via_partition_root",
+        ),
+        (
+            "ALTER PUBLICATION {slot} SET TABLE public.accounts WHERE (id > 5), public.dupes,"
+            ' public.by_index, public."Odd ""name""", public.parts_eu, public.parts_us,'
+            " public.pk_and_index, public.always_id",
+            "filters the rows or columns it publishes of public.accounts",
+        ),
+    ],
+)
+def test_a_publication_changed_after_the_full_backup_fails_the_increment(
+    db: Database, tmp_path: Path, alter: str, says: str
+) -> None:
+    slot = chain(db, tmp_path)
+    db.execute(alter.format(slot=slot))
+    with pytest.raises(NotReplicable, match=says):
+        run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["full"]
+
+
+def test_constraints_and_types_a_restore_must_respect(db: Database, tmp_path: Path) -> None:
+    """An exclusion constraint a single statement's order trips; a deferrable unique
+    constraint the source checked at its statement's end; a primary key whose equality
+    is an extension's operator (ltree); a TRUNCATE of two tables at once."""
+    db.execute(
+        "CREATE EXTENSION ltree;"
+        "CREATE TABLE public.r (id int PRIMARY KEY, d int4range,"
+        " EXCLUDE USING gist (d WITH &&));"
+        "INSERT INTO public.r VALUES (1, '[1,2)'), (2, '[3,4)');"
+        "CREATE TABLE public.s (id int PRIMARY KEY,"
+        " pos int UNIQUE DEFERRABLE INITIALLY IMMEDIATE);"
+        "INSERT INTO public.s VALUES (1, 1), (2, 2);"
+        "CREATE TABLE public.tree (path ltree PRIMARY KEY, v text);"
+        "INSERT INTO public.tree VALUES ('a.b', 'x'), ('a.c', 'y');"
+        "CREATE TABLE public.t1 (id int PRIMARY KEY); CREATE TABLE public.t2 (id int PRIMARY KEY);"
+        "INSERT INTO public.t1 VALUES (1); INSERT INTO public.t2 VALUES (1);"
+    )
+    run(dump, db.dsn, output=tmp_path, slot=slot_name(), name="full")
+    db.execute("UPDATE public.r SET d = '[5,6)' WHERE id = 2")
+    db.execute("UPDATE public.r SET d = '[3,4)' WHERE id = 1")
+    db.execute("UPDATE public.s SET pos = 3 - pos")
+    db.execute("UPDATE public.tree SET v = 'z' WHERE path = 'a.b'")
+    db.execute("DELETE FROM public.tree WHERE path = 'a.c'")
+    db.execute("TRUNCATE public.t1, public.t2; INSERT INTO public.t2 VALUES (2)")
+    result = run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    inc = open_backup(tmp_path / "inc", increments=True)
+    found = {t.name: [parse(x) for f in t.files for x in lines(inc, f.path)] for t in inc.tables}
+    truncates = [
+        (c["n"], c["lsn"]) for name in ("t1", "t2") for c in found[name] if c["op"] == "truncate"
+    ]
+    assert len(truncates) == 2 and len(set(truncates)) == 2  # a line each, numbered in turn
+    assert result.changes == sum(len(v) for v in found.values())
+    transactions = [parse(x) for x in lines(inc, inc.increment.transactions_file.path)]  # type: ignore[union-attr]
+    assert sum(int(t["changes"]) for t in transactions) == result.changes
+    with fresh_database(db.postgres, "chain_target") as target:
+        done = run_cli("restore", str(tmp_path / "inc"), target.dsn, env=clean_env())
         assert done.returncode == 0, done.stderr
         assert table_digests(target.dsn) == table_digests(db.dsn)

@@ -60,6 +60,9 @@ async def apply_increments(
         applied = 0
         async with conn.transaction():
             await conn.execute("SET LOCAL session_replication_role = replica")
+            # Deferrable constraints checked at the commit, as the source's statements
+            # (which changed several rows at once) had them checked at their ends.
+            await conn.execute("SET CONSTRAINTS ALL DEFERRED")
             for table in increment.tables:
                 load = by_key.get(table.key)
                 if load is None or not table.files:
@@ -67,7 +70,8 @@ async def apply_increments(
                 function = made.get(table.key)
                 if function is None:
                     function = made[table.key] = f"pg_temp.asyncsnap_apply_{len(made)}"
-                    await conn.execute(apply_function_sql(function, load))
+                    equals = await primary_key_equality(conn, load.target.oid)
+                    await conn.execute(apply_function_sql(function, load, equals))
                 for switch in load.switches:
                     if switch.state in ("A", "R"):  # these fire in a replica session
                         await conn.execute(switch.off(_target(load)))
@@ -78,6 +82,27 @@ async def apply_increments(
         total += applied
         emit(Notice(f"applied {backup_name(increment.path)}: {applied:,} changes"))
     return total
+
+
+async def primary_key_equality(conn: asyncpg.Connection, table: int) -> dict[str, str]:
+    """The equality operator of each primary-key column of ``table``, from its index's
+    operator classes, as ``OPERATOR(schema.=)``: the one its index finds rows by."""
+    rows = await conn.fetch(
+        "SELECT a.attname, pg_catalog.format('OPERATOR(%I.%s)', n.nspname, o.oprname) AS op"
+        " FROM pg_catalog.pg_index i,"
+        " ROWS FROM (pg_catalog.unnest(i.indkey::pg_catalog.int2[]),"
+        "   pg_catalog.unnest(i.indclass::pg_catalog.oid[])) AS k(attnum, opclass)"
+        " JOIN pg_catalog.pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum"
+        " JOIN pg_catalog.pg_opclass c ON c.oid = k.opclass"
+        " JOIN pg_catalog.pg_amop p ON p.amopfamily = c.opcfamily"
+        "  AND p.amoplefttype = c.opcintype AND p.amoprighttype = c.opcintype"
+        "  AND p.amopstrategy = 3 AND p.amopmethod = c.opcmethod"
+        " JOIN pg_catalog.pg_operator o ON o.oid = p.amopopr"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace"
+        " WHERE i.indrelid = $1 AND i.indisprimary",
+        table,
+    )
+    return {r["attname"]: r["op"] for r in rows}
 
 
 async def _apply_table(
@@ -123,15 +148,31 @@ class _Columns:
     """How a table's values are read from a line's objects: declared as the restore
     declares them (the column's type, or text cast to it for ``text`` encodings)."""
 
-    def __init__(self, load: TableLoad) -> None:
+    def __init__(self, load: TableLoad, equals: dict[str, str] | None = None) -> None:
         self.load = load
-        self.names = list(load.columns)
+        # The columns a change line holds: those the restore writes, but not the ones
+        # generated at the source (the slot does not send them; the target computes
+        # them, or, where they are plain columns there, keeps what the full backup gave).
+        generated = {c.name for c in load.source.columns if c.generated is not None}
+        self.names = [n for n in load.columns if n not in generated]
+        # The columns an update may set: a GENERATED ALWAYS identity column only ever
+        # takes its default (the source could not have changed it either).
+        always = {c.name for c in load.target.columns if c.identity == "always"}
+        self.settable = [n for n in self.names if n not in always]
         self.types = {c.name: c.type for c in load.target.columns}
         self.bare = {c.name: cast_target(c.bare_type or c.type) for c in load.target.columns}
+        # The primary key's equality operators, schema-qualified (an extension's type
+        # has its operator in its own schema, which the function's search_path lacks).
+        self.equals = equals or {}
+
+    def equal(self, left: str, right: str, name: str) -> str:
+        return f"{left} {self.equals.get(name, 'OPERATOR(pg_catalog.=)')} {right}"
 
     def record(self, key: str, alias: str, line: str = "ch") -> str:
         """The object ``key`` of the line ``line`` (a json value) as a typed record named
         ``alias``."""
+        if not self.names:  # a table without columns: nothing to read
+            return f"(SELECT 1 AS asyncsnap_nothing) AS {alias}"
         declared = ", ".join(
             f"{quote_ident(n)} pg_catalog.text"
             if n in self.load.text_columns
@@ -167,7 +208,9 @@ def _find_row(load: TableLoad, columns: _Columns, target: str) -> str:
     if not primary or not all(c in columns.names for c in primary):
         search = text_search
     else:
-        by_key = " AND ".join(f"t.{quote_ident(c)} = {columns.value('k', c)}" for c in primary)
+        by_key = " AND ".join(
+            columns.equal(f"t.{quote_ident(c)}", columns.value("k", c), c) for c in primary
+        )
         search = (
             f"IF (ch->'key')::pg_catalog.jsonb ?& ARRAY[{', '.join(map(_literal, primary))}]"
             f" THEN SELECT t.tableoid, t.ctid INTO found_table, found_row FROM {target} t, "
@@ -214,8 +257,10 @@ def _whole_block(load: TableLoad, columns: _Columns, target: str) -> str:
     )
     has_key = f"(c->'key')::pg_catalog.jsonb ?& ARRAY[{', '.join(map(_literal, primary))}]"
     keys = ", ".join(columns.value("p", k) for k in primary)
-    match = " AND ".join(f"t.{quote_ident(k)} = q.{quote_ident(k)}" for k in primary)
-    sets = ", ".join(f"{quote_ident(n)} = q.{quote_ident(n)}" for n in names)
+    match = " AND ".join(
+        columns.equal(f"t.{quote_ident(k)}", f"q.{quote_ident(k)}", k) for k in primary
+    )
+    sets = ", ".join(f"{quote_ident(n)} = q.{quote_ident(n)}" for n in columns.settable)
     typed = ", ".join(f"{columns.value('p', n)} AS {quote_ident(n)}" for n in names)
     return (
         inserts
@@ -233,22 +278,23 @@ def _whole_block(load: TableLoad, columns: _Columns, target: str) -> str:
                 RETURN n;
             END IF;
             RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'asyncsnap: a row not found';
-        EXCEPTION WHEN unique_violation OR raise_exception THEN
+        EXCEPTION WHEN unique_violation OR exclusion_violation OR raise_exception THEN
             NULL;  -- undone: one change at a time below
         END;
     END IF;"""
     )
 
 
-def apply_function_sql(function: str, load: TableLoad) -> str:
+def apply_function_sql(function: str, load: TableLoad, equals: dict[str, str] | None = None) -> str:
     """A PL/pgSQL function that applies a JSON array of one table's change lines in
     order, each update and delete to exactly one row (else it raises), and returns how
-    many it applied. Names are quoted identifiers; no value of a line reaches SQL text."""
+    many it applied. Names are quoted identifiers; no value of a line reaches SQL text.
+    ``equals``: the primary key's equality operators by column (``primary_key_equality``)."""
     # A partitioned target (the restore loads a partition's rows through its root): the
     # row is found in whichever partition holds it (tableoid and ctid name it), and an
     # insert is routed.
     target = ("" if load.target.kind == "partitioned" else "ONLY ") + _target(load)
-    columns = _Columns(load)
+    columns = _Columns(load, equals)
     names = columns.names
     this_row = "t.tableoid = found_table AND t.ctid = found_row"
     if names:
@@ -262,7 +308,7 @@ def apply_function_sql(function: str, load: TableLoad) -> str:
         sets = ", ".join(
             f"{quote_ident(c)} = CASE WHEN u.skip ? {_literal(c)} THEN t.{quote_ident(c)} "
             f"ELSE {columns.value('p', c)} END"
-            for c in names
+            for c in columns.settable
         )
         update = (
             f"UPDATE {target} t SET {sets} FROM {columns.record('row', 'p')}, "
@@ -272,7 +318,10 @@ def apply_function_sql(function: str, load: TableLoad) -> str:
         insert = f"INSERT INTO {_target(load)} DEFAULT VALUES;"
         update = "NULL;  -- a table without columns: the row found is the row"
     find = _find_row(load, columns, target)
+    # A column may be named like a variable: in SQL, the name is the variable's (every
+    # column here is written qualified by its table's alias).
     body = f"""
+#variable_conflict use_variable
 DECLARE
     ch pg_catalog.json;
     found_table pg_catalog.oid;

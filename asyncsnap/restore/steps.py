@@ -370,6 +370,22 @@ class _RestoreRun:
         """Plan and load the rows; True when this is a dry run (nothing loaded)."""
         o = self.o
         self.plan = plan = await restore_target.plan_rows(self.conn, self.backup, o, kind=self.kind)
+        retyped = [
+            ld.target.qualified
+            for ld in plan.loads
+            if ld.retyped
+            # or a column generated at the source written here: changes do not carry it
+            or any(c.generated and c.name in ld.columns for c in ld.source.columns)
+        ]
+        if self.into.chain.increments and retyped:
+            # A full restore checks every value its type here would change (a staging
+            # table); changes are applied straight into the table, unchecked.
+            raise UsageError(
+                f"{retyped[0]} has columns of other types or kinds than the chain's: a "
+                "chain's changes are restored only into tables of its own definition",
+                hint="restore into tables made from the backup (a whole restore), or give "
+                "the full backup alone",
+            )
         if self.kind == "existing":
             self._say(plan.describe())
             if o.dry_run:

@@ -95,6 +95,8 @@ def open_chain(path: str | Path) -> Chain:
 
     :raises VerificationFailed: a parent missing, or not the one an increment names.
     """
+    if not isinstance(backup_location(path, role="BACKUP"), StoreUrl):
+        path = Path(path).resolve()  # "." names a directory whose siblings are its parent's
     latest = open_backup(path, increments=True)
     found = [latest]
     child = latest
