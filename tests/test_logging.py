@@ -58,6 +58,8 @@ RESTORE_SUMMARY_KEYS = {
     "sequences",
     "large_objects",
     "refreshed",
+    "increments",
+    "changes",
     "seconds",
     "error",
     "hint",
