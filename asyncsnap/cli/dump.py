@@ -269,7 +269,7 @@ def dump_command(
       asyncsnap dump -d shop -o s3://backups/nightly/shop --keep 7
       # A chain: a full backup that starts a slot, then the changes since the last backup
       asyncsnap dump -d shop -o /backups --slot shop_chain --name full
-      asyncsnap dump -d shop --since /backups/full
+      asyncsnap dump -d shop --since /backups/full --name inc-1
     """
     from rich.console import Console
 
