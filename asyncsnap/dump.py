@@ -107,12 +107,12 @@ from .storage.files import (
 from .storage.location import backup_location
 from .storage.output import (
     abandon_target,
+    claim_target,
     default_backup_name,
     file_entry,
     open_store_output,
     utc_iso,
 )
-from .storage.prefix import BackupPrefix
 from .storage.s3 import S3Store, StoreUrl
 from .text import count
 from .verify import verify_backup
@@ -575,27 +575,16 @@ class _DumpRun:
 
     async def claim_target(self) -> None:
         """The ``<name>.partial`` directory under the output's lock, or the store's claim
-        (a conditional write): either keeps two dumps of one name apart."""
-        o, recipients = self.o, list(self.o.recipients) or None
+        (``storage.output.claim_target``); the lock held until the backup has its final
+        name."""
         assert self.name is not None
-        if self.store is not None:
-            self.target = await anyio.to_thread.run_sync(
-                BackupPrefix.create, self.store, self.name, recipients
-            )
-            return
-        output, name = o.output, self.name
-        assert isinstance(output, Path)
-
-        def claim() -> None:
-            # Taken just before anything is written, so a run that fails earlier leaves
-            # no trace; held until the backup has its final name. (In a thread: the
-            # directories are created and fsynced.)
-            BackupDirectory.prepare_parent(output)
-            self.lock = OutputLock(output)
-            self.lock.acquire()
-            self.target = BackupDirectory.create(output, name, recipients)
-
-        await anyio.to_thread.run_sync(claim)
+        self.target, self.lock = await anyio.to_thread.run_sync(
+            claim_target,
+            self.o.output,
+            self.store,
+            self.name,
+            list(self.o.recipients) or None,
+        )
 
     async def copy(
         self, session: Session, planned: _Planned, pg_dump: schema.ClientTool | None

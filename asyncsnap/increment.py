@@ -83,12 +83,12 @@ from .storage.files import BackupDirectory, BackupTarget, DataFileWriter, Output
 from .storage.location import backup_location
 from .storage.output import (
     abandon_target,
+    claim_target,
     default_backup_name,
     file_entry,
     open_store_output,
     utc_iso,
 )
-from .storage.prefix import BackupPrefix
 from .storage.s3 import S3Store, StoreUrl
 from .version import __version__
 
@@ -288,8 +288,9 @@ class _IncrementRun:
         )
         await check_publication(conn, self.slot.publication, server.version_num or 0)
         await _check_system(conn, self.slot.system_identifier)
-        tables = await self._tables(conn)
-        new_tables = await _new_tables(conn, self.o.parent, self.slot.publication)
+        live = [t for t in await list_tables(conn) if t.is_table]
+        tables = await self._tables(conn, live)
+        new_tables = await _new_tables(conn, self.o.parent, self.slot.publication, live)
         for qualified in new_tables:
             self.emit(Notice(f"{qualified} is not in this chain (added since its full backup?)"))
         sequences = await list_sequences(conn)
@@ -356,11 +357,13 @@ class _IncrementRun:
             )
             return None
 
-    async def _tables(self, conn: asyncpg.Connection) -> dict[int, _TableChanges]:
-        """The parent's tables as the catalog has them now, by oid, each checked against
-        the parent's definition."""
+    async def _tables(
+        self, conn: asyncpg.Connection, tables: list[Table]
+    ) -> dict[int, _TableChanges]:
+        """The parent's tables as the catalog has them now (``tables``), by oid, each
+        checked against the parent's definition."""
         parent = {t.key: t for t in self.o.parent.tables if t.kind != "partitioned"}
-        live = {t.key: t for t in await list_tables(conn) if t.is_table}
+        live = {t.key: t for t in tables}
         missing = sorted(parent[k].qualified for k in parent if k not in live)
         if missing:
             raise ChainBroken(
@@ -382,22 +385,14 @@ class _IncrementRun:
         return found
 
     async def _claim(self) -> None:
-        recipients = list(self.o.recipients) or None
         assert self.name is not None
-        if self.store is not None:
-            self.target = await anyio.to_thread.run_sync(
-                BackupPrefix.create, self.store, self.name, recipients
-            )
-            return
-        output, name = self.o.output, self.name
-        assert isinstance(output, Path)
-
-        def claim() -> None:
-            self.lock = OutputLock(output)
-            self.lock.acquire()
-            self.target = BackupDirectory.create(output, name, recipients)
-
-        await anyio.to_thread.run_sync(claim)
+        self.target, self.lock = await anyio.to_thread.run_sync(
+            claim_target,
+            self.o.output,
+            self.store,
+            self.name,
+            list(self.o.recipients) or None,
+        )
 
     async def _read(
         self,
@@ -754,10 +749,12 @@ async def _check_system(conn: asyncpg.Connection, expected: str) -> None:
         )
 
 
-async def _new_tables(conn: asyncpg.Connection, parent: Backup, publication: str) -> list[str]:
-    """Tables of the parent's schemas that the chain does not hold (made since its full
-    backup, or left out of it); a table the publication has and the chain does not fails
-    the increment."""
+async def _new_tables(
+    conn: asyncpg.Connection, parent: Backup, publication: str, tables: list[Table]
+) -> list[str]:
+    """Tables (of the catalog's ``tables``) in the parent's schemas that the chain does
+    not hold (made since its full backup, or left out of it); a table the publication has
+    and the chain does not fails the increment."""
     held = {t.key for t in parent.tables}
     published = await conn.fetch(
         "SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables WHERE pubname = $1",
@@ -772,8 +769,4 @@ async def _new_tables(conn: asyncpg.Connection, parent: Backup, publication: str
                 hint=_NEW_FULL,
             )
     schemas = {t.schema for t in parent.tables}
-    return sorted(
-        t.qualified
-        for t in await list_tables(conn)
-        if t.is_table and t.schema in schemas and t.key not in held
-    )
+    return sorted(t.qualified for t in tables if t.schema in schemas and t.key not in held)

@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ..errors import StoreFailed
 from ..events import EventCallback, Notice
 from ..format import DEFAULT_NAME_FORMAT, BackupFile
-from .files import BackupDirectory, BackupTarget, StoredFile
+from .files import BackupDirectory, BackupTarget, OutputLock, StoredFile
 from .prefix import BackupPrefix, list_backups
 from .s3 import S3Store, StoreUrl
 
@@ -78,3 +79,25 @@ def file_entry(f: StoredFile, pages: tuple[int, int | None] | None) -> BackupFil
         pages=pages,
         fingerprint=f.fingerprint,
     )
+
+
+def claim_target(
+    output: Path | StoreUrl, store: S3Store | None, name: str, recipients: list[Any] | None
+) -> tuple[BackupTarget, OutputLock | None]:
+    """Where a run writes ``name``: the store's claim (a conditional write), or the
+    ``<name>.partial`` directory under the output directory's lock, which the caller
+    releases once the backup has its final name (None for a store). Either keeps two
+    runs of one name apart. Blocking (the directories are created and fsynced): call it
+    in a worker thread, just before anything is written, so that a run failing earlier
+    leaves no trace."""
+    if store is not None:
+        return BackupPrefix.create(store, name, recipients), None
+    assert isinstance(output, Path)
+    BackupDirectory.prepare_parent(output)
+    lock = OutputLock(output)
+    lock.acquire()
+    try:
+        return BackupDirectory.create(output, name, recipients), lock
+    except BaseException:
+        lock.release()
+        raise
