@@ -27,6 +27,7 @@ from . import jsonload
 from .catalog import SchemaQualified
 from .errors import VerificationFailed
 from .fingerprint import combine
+from .pgoutput import parse_lsn
 from .plan import STEM_PATTERN
 
 FORMAT_NAME = "asyncsnap"
@@ -786,7 +787,7 @@ class IncrementInfo:
             if not LSN.fullmatch(value):
                 raise c.fail(f"increment.{key}", f"is not a WAL position (X/Y): {value!r}")
             lsns.append(value)
-        if lsn_value(lsns[1]) < lsn_value(lsns[0]):
+        if parse_lsn(lsns[1]) < parse_lsn(lsns[0]):
             raise c.fail("increment.end_lsn", "is before its start_lsn")
         count = c.count(i.get("transactions"), "increment.transactions")
         raw_file = i.get("transactions_file")
@@ -810,12 +811,6 @@ def is_backup_name(name: str) -> bool:
         and not any(ch in "/\\" or unicodedata.category(ch) == "Cc" for ch in name)
         and not name.endswith(PARTIAL_SUFFIX)
     )
-
-
-def lsn_value(text: str) -> int:
-    """A WAL position's number from its text form (``LSN``-checked)."""
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
 
 
 @dataclass(frozen=True)

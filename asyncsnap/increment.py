@@ -73,7 +73,7 @@ from .format import (
     is_backup_name,
 )
 from .largeobjects import count_large_objects
-from .pgoutput import UNCHANGED, Relation, Value, format_lsn
+from .pgoutput import UNCHANGED, Relation, Value, format_lsn, parse_lsn
 from .plan import file_stem
 from .session import CONNECTION_LOST, Session, SessionPolicy
 from .slot import NotReplicable, SlotState, check_followable, check_publication, slot_state
@@ -239,7 +239,7 @@ class _IncrementRun:
         parent = options.parent.manifest
         assert parent.slot is not None
         self.slot = parent.slot
-        self.start = manifest.lsn_value(
+        self.start = parse_lsn(
             parent.increment.end_lsn if parent.increment is not None else parent.slot.consistent_lsn
         )
 

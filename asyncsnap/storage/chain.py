@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError, VerificationFailed
-from ..format import LSN, Backup, lsn_value
-from ..pgoutput import format_lsn
+from ..format import LSN, Backup
+from ..pgoutput import format_lsn, parse_lsn
 from .backup import open_backup
 from .location import backup_location
 from .s3 import StoreUrl
@@ -44,13 +44,13 @@ class Chain:
                 f"--to {to!r} is neither a backup of this chain nor a WAL position",
                 hint=f"give one of {', '.join(names)}, or an LSN such as 0/16B3748",
             )
-        upto = lsn_value(to.upper())
+        upto = parse_lsn(to.upper())
         slot = self.full.manifest.slot
         assert slot is not None and self.increments
-        first = lsn_value(slot.consistent_lsn)
+        first = parse_lsn(slot.consistent_lsn)
         last = self.increments[-1].increment
         assert last is not None
-        if not first <= upto <= lsn_value(last.end_lsn):
+        if not first <= upto <= parse_lsn(last.end_lsn):
             raise UsageError(
                 f"--to {to} is outside the chain, which holds {slot.consistent_lsn} to "
                 f"{last.end_lsn}",
@@ -60,7 +60,7 @@ class Chain:
         for increment in self.increments:
             info = increment.increment
             assert info is not None
-            if lsn_value(info.start_lsn) >= upto:
+            if parse_lsn(info.start_lsn) >= upto:
                 break
             kept.append(increment)
         return Chain(self.full, tuple(kept), upto)
