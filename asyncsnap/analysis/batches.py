@@ -52,7 +52,7 @@ class LineBatches:
 
     def __init__(
         self,
-        backup: Backup,
+        backup: Backup | None,
         files: Sequence[BackupFile],
         *,
         hashes: bool = True,
@@ -120,6 +120,9 @@ class LineBatches:
             raise
 
     def _file(self, entry: BackupFile) -> Iterator[pa.RecordBatch]:
+        if self.backup is None:
+            yield from self._scratch_file(entry)
+            return
         reader = DataFileReader(self.backup, entry, block_size=self.block_size, count_rows=False)
         try:
             for block in reader:
@@ -129,7 +132,23 @@ class LineBatches:
         finally:
             reader.close()
 
-    def _batch(self, reader: DataFileReader, block: bytes | bytearray) -> pa.RecordBatch:
+    def _scratch_file(self, entry: BackupFile) -> Iterator[pa.RecordBatch]:
+        """A plain file's lines, in blocks of whole lines, its line count checked."""
+        counted = _Counted(entry)
+        with open(entry.path, "rb") as fh:
+            pending = b""
+            while chunk := fh.read(self.block_size):
+                block = pending + chunk
+                end = block.rfind(b"\n") + 1
+                pending = block[end:]
+                if end:
+                    yield self._batch(counted, block[:end])
+            if pending:
+                raise VerificationFailed(f"{entry.path}: its last line has no newline")
+        if counted.rows != entry.rows:
+            raise VerificationFailed(f"{entry.path}: {counted.rows} lines, not {entry.rows}")
+
+    def _batch(self, reader: DataFileReader | _Counted, block: bytes | bytearray) -> pa.RecordBatch:
         try:
             if self.wanted is None:
                 found = _rows.line_columns(block, self.hashes, self.text)
@@ -176,6 +195,14 @@ class LineBatches:
                 f"{what}: {self.rows} rows read of the {self.expected_rows} the manifest lists",
                 hint="report this: every row of a table must reach the answer",
             )
+
+
+class _Counted:
+    """What ``LineBatches._batch`` keeps of a reader for a scratch file: its lines."""
+
+    def __init__(self, entry: BackupFile) -> None:
+        self.entry = entry
+        self.rows = 0
 
 
 def read_together(

@@ -48,6 +48,7 @@ from ..format import Backup, BackupColumn, BackupFile, BackupTable
 from ..plan import file_stem
 from ..scratch import PrivateScratch
 from ..storage.backup import check_schema_file, plaintext
+from .chain_diff import ChainSpan, chain_span, describe, table_span
 from .readers import (
     DEFAULT_MEMORY_LIMIT,
     attempts,
@@ -126,6 +127,7 @@ class DiffResult:
     schema_note: str | None = None  # why the schema's SQL was not compared
     seconds: float = 0.0
     not_read: int = 0  # tables decided from the manifests alone
+    chain: bool = False  # read from the increments between two backups of one chain
 
     @property
     def changed_tables(self) -> list[TableDiff]:
@@ -299,9 +301,9 @@ class _TableReader:
     def same_lines(
         self,
         what: str,
-        a: Backup,
+        a: Backup | None,
         before: Sequence[BackupFile],
-        b: Backup,
+        b: Backup | None,
         after: Sequence[BackupFile],
     ) -> bool:
         """Whether two sets of files hold the same multiset of lines (read, not assumed)."""
@@ -311,9 +313,9 @@ class _TableReader:
     def differing(
         self,
         what: str,
-        a: Backup,
+        a: Backup | None,
         before: Sequence[BackupFile],
-        b: Backup,
+        b: Backup | None,
         after: Sequence[BackupFile],
         stand_in: Callable[[bytes, int, int], bytes],
     ) -> Any:
@@ -334,9 +336,9 @@ class _TableReader:
     def _group(
         self,
         what: str,
-        a: Backup,
+        a: Backup | None,
         before: Sequence[BackupFile],
-        b: Backup,
+        b: Backup | None,
         after: Sequence[BackupFile],
     ) -> None:
         """Pass 1: each line's 128-bit identity, no text; keep in ``h`` the identities whose
@@ -369,9 +371,9 @@ class _TableReader:
     def _fetch_lines(
         self,
         what: str,
-        a: Backup,
+        a: Backup | None,
         before: Sequence[BackupFile],
-        b: Backup,
+        b: Backup | None,
         after: Sequence[BackupFile],
     ) -> None:
         """Pass 2: the lines of the identities in ``h``, from the side(s) that hold them,
@@ -646,6 +648,57 @@ def _schema_diff(a: Backup, b: Backup) -> tuple[tuple[str, ...], str | None]:
     return tuple(lines), None
 
 
+def _pairing(
+    table: BackupTable, pk: tuple[str, ...], full: BackupTable | None = None
+) -> tuple[tuple[str, ...], str | None, str | None]:
+    """The primary key rows are paired by (``()``: compared whole), the engine's expression
+    for it, and why a key was not used."""
+    if not pk:
+        return (), None, None
+    missing = [
+        k for k in (full.primary_key if full else ()) if k not in {c.name for c in table.columns}
+    ]
+    if missing:
+        return (
+            (),
+            None,
+            (
+                f"key column {missing[0]} is generated, and an increment's changes do not carry "
+                "generated columns"
+            ),
+        )
+    pairing = key_sql(table, pk)
+    if pairing is None:
+        return (), None, _unpaired_reason(table, pk)
+    return pk, pairing, None
+
+
+def _compared(
+    key: tuple[str, str],
+    rows_before: int,
+    rows_after: int,
+    counts: tuple[int, int, int | None],
+    pk: tuple[str, ...],
+    rows_file: str | None,
+    unpaired: str | None,
+) -> TableDiff:
+    added, removed, changed = counts
+    return TableDiff(
+        key[0],
+        key[1],
+        "changed" if added or removed or changed else "unchanged",
+        rows_before,
+        rows_after,
+        added=added,
+        removed=removed,
+        changed=changed,
+        key=pk,
+        read=True,
+        rows_file=rows_file,
+        unpaired=unpaired,
+    )
+
+
 class _DiffRun:
     """One diff's state: the engine (started on the first table that must be read), the
     ``--rows`` files made so far (removed unless the diff finishes), the scratch."""
@@ -688,43 +741,46 @@ class _DiffRun:
         changes = column_changes(ta, tb)
         if changes:
             return TableDiff(key[0], key[1], "columns differ", ta.rows, tb.rows, columns=changes)
-        pk = tb.primary_key if tb.primary_key == ta.primary_key else ()
-        pairing = key_sql(tb, pk) if pk else None
-        unpaired = None
-        if pk and pairing is None:
-            unpaired = _unpaired_reason(tb, pk)
-            pk = ()
+        pk, pairing, unpaired = _pairing(
+            tb, tb.primary_key if tb.primary_key == ta.primary_key else ()
+        )
         if _same_files(ta.files, tb.files):
             self.not_read += 1
             return TableDiff(key[0], key[1], "unchanged", ta.rows, tb.rows, key=pk)
-        rows_file, (added, removed, changed) = self._rows(key, ta, tb, pk, pairing)
-        return TableDiff(
-            key[0],
-            key[1],
-            "changed" if added or removed or changed else "unchanged",
-            ta.rows,
-            tb.rows,
-            added=added,
-            removed=removed,
-            changed=changed,
-            key=pk,
-            read=True,
-            rows_file=rows_file,
-            unpaired=unpaired,
+        sides = (self.a, ta.files, self.b, tb.files)
+        rows_file, counts = self._rows(key, tb, pk, pairing, sides)
+        return _compared(key, ta.rows, tb.rows, counts, pk, rows_file, unpaired)
+
+    def chain_table(self, span: ChainSpan, number: int, table: BackupTable) -> TableDiff:
+        """One table of a chain: from the changes between the two backups."""
+        found = table_span(span, table, self.scratch.path(), number)
+        view = found.table
+        pk, pairing, unpaired = _pairing(view, view.primary_key, table)
+        if not found.touched:
+            self.not_read += 1
+            return TableDiff(*table.key, "unchanged", found.rows_before, found.rows_after, key=pk)
+        try:
+            sides = (None, found.before, None, found.after)
+            rows_file, counts = self._rows(table.key, view, pk, pairing, sides)
+        finally:
+            for entry in (*found.before, *found.after):
+                Path(entry.path).unlink(missing_ok=True)
+        return _compared(
+            table.key, found.rows_before, found.rows_after, counts, pk, rows_file, unpaired
         )
 
     def _rows(
         self,
         key: tuple[str, str],
-        ta: BackupTable,
         tb: BackupTable,
         pk: tuple[str, ...],
         pairing: str | None,
+        sides: tuple[Backup | None, Sequence[BackupFile], Backup | None, Sequence[BackupFile]],
     ) -> tuple[str | None, tuple[int, int, int | None]]:
         """Read both sides' rows: the counts, and the ``--rows`` file when one was
         asked for and the table did change."""
         reader = self.reader()
-        con = reader.differing(tb.qualified, self.a, ta.files, self.b, tb.files, stand_in(tb, pk))
+        con = reader.differing(tb.qualified, *sides, stand_in(tb, pk))
         rows_file = None
         out: BinaryIO | None = None
         if self.out_dir is not None:
@@ -796,7 +852,9 @@ def diff(
     """
     started = time.monotonic()
     import_duckdb()
-    a, b = opened_backup(before, identities), opened_backup(after, identities)
+    a = opened_backup(before, identities, increments=True)
+    b = opened_backup(after, identities, increments=True)
+    span = chain_span(a, b, lambda member: opened_backup(member, identities))
     out_dir = None
     if rows_dir is not None:
         out_dir = Path(rows_dir)
@@ -809,15 +867,22 @@ def diff(
     run = _DiffRun(a, b, out_dir, memory_limit=memory_limit, threads=threads)
     try:
         with run.stack:
-            results = [
-                run.table(key, tables_a.get(key), tables_b.get(key))
-                for key in sorted(tables_a.keys() | tables_b.keys())
-            ]
-            large_objects = run.large_objects()
+            if span is not None:
+                chain_tables = sorted(
+                    (t for t in span.full.tables if t.has_data), key=lambda t: t.key
+                )
+                results = [run.chain_table(span, i, t) for i, t in enumerate(chain_tables)]
+                large_objects = None
+            else:
+                results = [
+                    run.table(key, tables_a.get(key), tables_b.get(key))
+                    for key in sorted(tables_a.keys() | tables_b.keys())
+                ]
+                large_objects = run.large_objects()
         run.finished = True
     finally:
         run.clean_up()
-    schema_diff, schema_note = _schema_diff(a, b)
+    schema_diff, schema_note = _schema_diff(a, b) if span is None else ((), describe(span))
     return DiffResult(
         before=a.path,
         after=b.path,
@@ -828,4 +893,5 @@ def diff(
         schema_note=schema_note,
         seconds=time.monotonic() - started,
         not_read=run.not_read,
+        chain=span is not None,
     )

@@ -350,11 +350,14 @@ def engine(
         con.close()
 
 
-def opened_backup(backup: str | Path | Backup, identities: Sequence[Any]) -> Backup:
-    """A backup opened (``open_backup``) with the keys to read it, if it is encrypted.
+def opened_backup(
+    backup: str | Path | Backup, identities: Sequence[Any], *, increments: bool = False
+) -> Backup:
+    """A backup opened (``open_backup``; an increment only with ``increments``) with the
+    keys to read it, if it is encrypted.
 
     :raises UsageError: it is encrypted and no key was given."""
-    opened = backup if isinstance(backup, Backup) else open_backup(backup)
+    opened = backup if isinstance(backup, Backup) else open_backup(backup, increments=increments)
     if identities:
         opened = replace(opened, identities=tuple(identities))
     if opened.encryption and not opened.identities:

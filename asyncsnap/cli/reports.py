@@ -262,7 +262,8 @@ def describe_diff(result: DiffResult) -> list[str]:
     lines.append(
         f"total: {result.added} added, {result.removed} removed, {result.changed} changed in "
         f"{changed} of {count(len(result.tables), 'table')}; "
-        f"{result.not_read} not read (same files); {result.seconds:.2f}s"
+        f"{result.not_read} not read ({'no change between' if result.chain else 'same files'}); "
+        f"{result.seconds:.2f}s"
     )
     if result.schema_note:
         lines.append(f"schema: not compared: {result.schema_note}")

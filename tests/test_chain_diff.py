@@ -1,0 +1,256 @@
+"""``diff`` of two backups of one chain, read from the increments between them.
+
+Two oracles, both on the same data: SQL's own answer (each state's rows as the server
+writes them, fetched at the moment each backup is taken, paired by primary key in Python)
+and ``diff`` of full backups of the same states (the full-backup path, checked against
+SQL by ``test_diff_exact``), whose ``--rows`` files a chain's diff must equal line for
+line."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asyncsnap import _rows
+from asyncsnap.analysis.chain_diff import _CHANGE_LINE, CannotDiffChain, _join, _Layout, _prefixes
+from asyncsnap.analysis.diff import DiffResult, diff
+from asyncsnap.dump import dump
+from asyncsnap.errors import ExitCode
+from asyncsnap.format import BackupColumn, BackupTable
+from asyncsnap.increment import dump_increment
+from tests.conftest import Database, clean_env, run_cli
+from tests.test_increment import chain, run, slot_name, workload
+
+# Each table's primary key as SQL text (None: compared as whole rows, as diff does for a
+# table without a primary key).
+KEYS: dict[str, str | None] = {
+    "accounts": "id::text",
+    "dupes": None,
+    "by_index": None,
+    'Odd "name"': "id::text",
+    "parts_eu": "id::text || ',' || region",
+    "parts_us": "id::text || ',' || region",
+    "pk_and_index": "id::text",
+    "always_id": "id::text",
+}
+
+State = dict[str, Any]  # table -> {key: row text} or Counter of row texts
+
+
+def sql_state(dsn: str) -> State:
+    """Every table's rows as the server writes them (``row::text``)."""
+
+    async def read() -> State:
+        conn = await asyncpg.connect(dsn)
+        try:
+            found: State = {}
+            for table, key in KEYS.items():
+                name = f"public.{_quoted(table)}"
+                if key is None:
+                    rows = await conn.fetch(f"SELECT t::text AS r FROM {name} t")
+                    found[table] = Counter(r["r"] for r in rows)
+                else:
+                    rows = await conn.fetch(f"SELECT {key} AS k, t::text AS r FROM {name} t")
+                    found[table] = {r["k"]: r["r"] for r in rows}
+            return found
+        finally:
+            await conn.close()
+
+    return run(read)  # type: ignore[no-any-return]
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"' if not name.isidentifier() else name
+
+
+def expected(before: State, after: State) -> dict[str, tuple[int, int, int | None, int, int]]:
+    """SQL's answer per table: added, removed, changed, rows before, rows after."""
+    found: dict[str, tuple[int, int, int | None, int, int]] = {}
+    for table, key in KEYS.items():
+        a, b = before[table], after[table]
+        if key is None:
+            added = sum((b - a).values())
+            removed = sum((a - b).values())
+            found[table] = (added, removed, 0, sum(a.values()), sum(b.values()))
+        else:
+            changed = sum(1 for k in a.keys() & b.keys() if a[k] != b[k])
+            found[table] = (
+                len(b.keys() - a.keys()),
+                len(a.keys() - b.keys()),
+                changed,
+                len(a),
+                len(b),
+            )
+    return found
+
+
+def answered(result: DiffResult) -> dict[str, tuple[int, int, int | None, int, int]]:
+    """diff's answer per table (``changed`` 0 for rows compared whole: there is none)."""
+    return {
+        t.name: (t.added, t.removed, t.changed or 0, t.rows_before or 0, t.rows_after or 0)
+        for t in result.tables
+        if t.name in KEYS
+    }
+
+
+def without_generated(line: bytes) -> bytes:
+    """A ``--rows`` line of the full diff without the generated column ``g`` (a chain's
+    diff leaves generated columns out: changes do not carry them)."""
+    change = orjson.loads(line)
+    for side in ("row", "before", "after"):
+        if side in change:
+            change[side].pop("g", None)
+    return orjson.dumps(change)
+
+
+@pytest.mark.parametrize("seed", [2512, 7])
+def test_a_chain_diff_is_sqls_answer_and_the_full_backups_diff(
+    db: Database, tmp_path: Path, seed: int
+) -> None:
+    """A chain of three increments of a random workload (keys that change, TOASTed values
+    left alone, FULL identity with duplicates, TRUNCATE, partitions, a generated column),
+    each state also dumped whole: every diff between two of the chain's backups, either
+    way round, is SQL's answer and the same rows as the full backups' diff."""
+    chain(db, tmp_path)
+    states = [sql_state(db.dsn)]
+    run(dump, db.dsn, output=tmp_path, name="whole0", with_schema=False)
+    rng = random.Random(seed)
+    names = ["full"]
+    for step in range(3):
+        run(workload, db.dsn, rng, 20)
+        run(dump_increment, db.dsn, since=tmp_path / names[-1], name=f"inc{step}")
+        names.append(f"inc{step}")
+        states.append(sql_state(db.dsn))
+        run(dump, db.dsn, output=tmp_path, name=f"whole{step + 1}", with_schema=False)
+    for i, j in ((0, 1), (0, 3), (1, 3), (3, 1), (2, 0), (2, 2)):
+        got = diff(tmp_path / names[i], tmp_path / names[j], rows_dir=tmp_path / f"rows{i}{j}")
+        assert answered(got) == expected(states[i], states[j]), (i, j)
+        assert got.schema_diff == () and got.large_objects is None
+        whole = diff(
+            tmp_path / f"whole{i}", tmp_path / f"whole{j}", rows_dir=tmp_path / f"whole{i}{j}"
+        )
+        assert answered(whole) == answered(got)
+        assert [(s.name, s.before, s.after) for s in got.sequences] == [
+            (s.name, s.before, s.after) for s in whole.sequences
+        ]
+        for t in whole.tables:
+            if t.rows_file is None:
+                continue
+            theirs = (tmp_path / f"whole{i}{j}" / t.rows_file).read_bytes().splitlines()
+            ours = (tmp_path / f"rows{i}{j}" / t.rows_file).read_bytes().splitlines()
+            if t.name == 'Odd "name"':
+                theirs = [without_generated(x) for x in theirs]
+            assert ours == theirs, (i, j, t.name)
+        # a table no change between the two touched is not read
+        assert got.not_read >= sum(1 for t in got.tables if t.status == "unchanged") - 2
+
+
+def test_diff_of_an_increment_from_the_command_line(db: Database, tmp_path: Path) -> None:
+    chain(db, tmp_path)
+    db.execute("UPDATE public.accounts SET note = 'changed' WHERE id = 3")
+    db.execute("DELETE FROM public.dupes WHERE a = 1")
+    run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    done = run_cli("diff", str(tmp_path / "full"), str(tmp_path / "inc"), env=clean_env())
+    assert done.returncode == 0, done.stderr
+    assert "public.accounts: 40 -> 40 rows: 0 added, 0 removed, 1 changed" in done.stdout, (
+        done.stdout
+    )
+    assert "public.dupes: 16 -> 12 rows: 0 added, 4 removed" in done.stdout, done.stdout
+    assert "not read (no change between)" in done.stdout
+    assert "schema: not compared: backups of one chain" in done.stdout
+    # another chain's increment is refused, naming both
+    other = tmp_path / "other"
+    db.execute("CREATE TABLE public.t (id int PRIMARY KEY)")
+    run(dump, db.dsn, output=other, slot=slot_name(), name="full", tables=["public.t"])
+    db.execute("INSERT INTO public.t VALUES (1)")
+    run(dump_increment, db.dsn, since=other / "full", name="inc")
+    done = run_cli("diff", str(tmp_path / "inc"), str(other / "inc"), env=clean_env())
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert "are not backups of one chain" in done.stderr
+    with pytest.raises(CannotDiffChain):
+        diff(tmp_path / "full", other / "inc")
+
+
+# --------------------------------------------------------------- no server
+
+_NAMES = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=6)
+_VALUES = st.one_of(
+    st.integers(-(10**20), 10**20).map(lambda n: str(n).encode()),
+    st.text(max_size=12).map(lambda s: _rows.json_string(s.encode())),
+    st.lists(st.text(max_size=5), max_size=3).map(orjson.dumps),
+    st.just(b"null"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    columns=st.lists(_NAMES, min_size=1, max_size=5, unique=True),
+    data=st.data(),
+)
+def test_a_lines_identity_is_cut_exactly_whatever_its_names_and_values(
+    columns: list[str], data: Any
+) -> None:
+    """The pattern that picks a full backup's lines by identity, and the cut of a change's
+    key, give each line's identity values byte for byte: names and values holding quotes,
+    commas, colons, braces and other columns' names."""
+    identity = tuple(
+        sorted(data.draw(st.sets(st.sampled_from(columns), min_size=1)), key=columns.index)
+    )
+    table = BackupTable(
+        "public",
+        "t",
+        "table",
+        None,
+        0,
+        tuple(BackupColumn(c, "text", "json", False, None, None) for c in columns),
+        (),
+    )
+    layout = _Layout(table)
+    rows = data.draw(
+        st.lists(
+            st.lists(_VALUES, min_size=len(columns), max_size=len(columns)), min_size=1, max_size=5
+        )
+    )
+    lines = [_join(_prefixes(columns), row) for row in rows]
+    keys = []
+    for row in rows:
+        values = [row[columns.index(c)] for c in identity]
+        keys.append(layout.change_key(_join(_prefixes(identity), values)))
+        assert keys[-1] == b"\0".join(values)
+    block = b"\n".join(lines) + b"\n"
+    found = [b"\0".join(m.groups()) for m in layout.line_pattern().finditer(block)]
+    assert found == keys
+    assert [layout.line_key(line) for line in lines] == keys
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"op":"insert","lsn":"0/1","xid":1,"n":0,"key":null,"row":{"a":"}"},"unchanged":[]}',
+        b'{"op":"update","lsn":"0/1","xid":1,"n":0,"key":{"a":"x\\"}"},"row":{"a":1},"unchanged":["b"]}',
+        b'{"op":"truncate","lsn":"A/FF","xid":9,"n":3,"key":null,"row":null,"unchanged":[]}',
+    ],
+)
+def test_change_lines_are_cut_at_their_own_keys(line: bytes) -> None:
+    assert _CHANGE_LINE.fullmatch(line) is not None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"op":"insert","lsn":"0/1","xid":1,"n":0,"key":null,"row":{"a":{"b":1}},"unchanged":[]}',
+        b'{"op":"upsert","lsn":"0/1","xid":1,"n":0,"key":null,"row":null,"unchanged":[]}',
+        b'{"op":"insert","lsn":"0/1","xid":1,"n":0,"key":null,"row":{"a":"x"}',
+        b'{"op":"insert","lsn":"0/1","xid":1,"n":0,"key":null,"row":{"a":"x"},"unchanged":[]} ',
+    ],
+)
+def test_lines_that_are_not_change_lines_are_refused(line: bytes) -> None:
+    assert _CHANGE_LINE.fullmatch(line) is None
