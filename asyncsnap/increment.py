@@ -76,7 +76,15 @@ from .largeobjects import count_large_objects
 from .pgoutput import UNCHANGED, Relation, Value, format_lsn, parse_lsn
 from .plan import file_stem
 from .session import CONNECTION_LOST, Session, SessionPolicy
-from .slot import NotReplicable, SlotState, check_followable, check_publication, slot_state
+from .slot import (
+    NEW_FULL_HINT,
+    NotReplicable,
+    SlotState,
+    check_followable,
+    check_publication,
+    check_system,
+    slot_state,
+)
 from .storage.backup import open_backup
 from .storage.encryption import parse_recipients
 from .storage.files import BackupDirectory, BackupTarget, DataFileWriter, OutputLock
@@ -100,7 +108,6 @@ ENCODE_BATCH = 1000
 PENDING_LIMIT = 20_000
 # pgoutput's commit time: microseconds since PostgreSQL's epoch.
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_NEW_FULL = "a new full backup starts a new chain: asyncsnap dump --slot NAME"
 
 
 class ChainBroken(DumpFailed):
@@ -260,7 +267,7 @@ class _IncrementRun:
                 ) from exc
             except ChangesUnreadable as exc:
                 raise DumpFailed(
-                    f"the slot's changes cannot be read: {exc}", hint=_NEW_FULL
+                    f"the slot's changes cannot be read: {exc}", hint=NEW_FULL_HINT
                 ) from exc
             except asyncpg.InsufficientPrivilegeError as exc:
                 raise NotReplicable(
@@ -287,7 +294,7 @@ class _IncrementRun:
             await slot_state(conn, self.slot.name), self.slot, self.start, self.database
         )
         await check_publication(conn, self.slot.publication, server.version_num or 0)
-        await _check_system(conn, self.slot.system_identifier)
+        await check_system(conn, self.slot.system_identifier)
         live = [t for t in await list_tables(conn) if t.is_table]
         tables = await self._tables(conn, live)
         new_tables = await _new_tables(conn, self.o.parent, self.slot.publication, live)
@@ -369,7 +376,7 @@ class _IncrementRun:
             raise ChainBroken(
                 f"{missing[0]} was dropped or renamed since {self.o.parent_name}"
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
-                hint=_NEW_FULL,
+                hint=NEW_FULL_HINT,
             )
         described = await describe_tables(conn, [live[k] for k in parent])
         types = await read_types(conn, [t.oid for t in described])
@@ -497,7 +504,7 @@ class _IncrementRun:
             if live is None:
                 raise ChainBroken(
                     f"sequence {s.qualified} was dropped or renamed since {self.o.parent_name}",
-                    hint=_NEW_FULL,
+                    hint=NEW_FULL_HINT,
                 )
             wanted.append((s, live))
         states = await read_sequence_states(conn, [live for _, live in wanted])
@@ -721,7 +728,7 @@ def _definition_changed(qualified: str, parent: str) -> ChainBroken:
     return ChainBroken(
         f"{qualified}'s definition changed since {parent} (ALTER TABLE, or a table "
         "dropped and made again): its changes no longer fit the chain's rows",
-        hint=_NEW_FULL,
+        hint=NEW_FULL_HINT,
     )
 
 
@@ -730,23 +737,8 @@ def _not_in_chain(relation: Relation, parent: str) -> ChainBroken:
     return ChainBroken(
         f"{qualified} has changes in the slot but is not in the chain of {parent} (added "
         "to the publication since?)",
-        hint=_NEW_FULL,
+        hint=NEW_FULL_HINT,
     )
-
-
-async def _check_system(conn: asyncpg.Connection, expected: str) -> None:
-    """The server is the cluster the chain began on (a restored copy or a standby
-    promoted elsewhere has the same slot name but other WAL)."""
-    try:
-        found = await conn.fetchval("SELECT system_identifier FROM pg_catalog.pg_control_system()")
-    except asyncpg.InsufficientPrivilegeError:
-        return  # the slot's name, database and position were checked already
-    if str(found) != expected:
-        raise NotReplicable(
-            f"this server's system identifier is {found}, the chain's is {expected}: "
-            "it is another cluster",
-            hint=_NEW_FULL,
-        )
 
 
 async def _new_tables(
@@ -766,7 +758,7 @@ async def _new_tables(
             raise ChainBroken(
                 f"{key[0]}.{key[1]} is in publication {publication} but not in the "
                 f"chain's backups: it was added since the full backup",
-                hint=_NEW_FULL,
+                hint=NEW_FULL_HINT,
             )
     schemas = {t.schema for t in parent.tables}
     return sorted(t.qualified for t in tables if t.schema in schemas and t.key not in held)

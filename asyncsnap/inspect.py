@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .format import Backup
 
+if TYPE_CHECKING:
+    from .slot import SlotStanding
 
-def summary(backup: Backup) -> dict[str, Any]:
-    """The facts ``inspect --json`` prints: snapshot, server, totals, tables, order."""
+
+def summary(backup: Backup, slot_now: SlotStanding | None = None) -> dict[str, Any]:
+    """The facts ``inspect --json`` prints: snapshot, server, totals, tables, order;
+    ``slot_now``: the chain's slot on the server now (``inspect -d``)."""
     m = backup.manifest
 
     def maybe(value: Any) -> Any:
@@ -24,6 +28,8 @@ def summary(backup: Backup) -> dict[str, Any]:
         "slot": maybe(m.slot),
         # dump --since: the parent and the stretch of WAL; null for a full backup
         "increment": maybe(m.increment),
+        # inspect -d: the slot on the server now (WAL held, whether --since would work)
+        "slot_now": None if slot_now is None else asdict(slot_now),
         "started_at": m.started_at,
         "finished_at": m.finished_at,
         "server": maybe(m.server),

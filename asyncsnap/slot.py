@@ -35,7 +35,7 @@ from .connection import ConnectionSpec, ConnectParams, first_line, resolve
 from .database import quote_literal
 from .errors import DumpFailed, LockTimeout, PermissionDenied, UsageError, some_names
 from .format import LSN, SLOT_NAME, SLOT_PLUGIN, SYSTEM_IDENTIFIER, SlotInfo, is_publication_name
-from .pgoutput import format_lsn
+from .pgoutput import format_lsn, parse_lsn
 from .session import Session, SessionPolicy
 from .snapshot import Coordinator
 
@@ -565,6 +565,9 @@ async def _ours(conn: asyncpg.Connection, name: str) -> bool:
     )
 
 
+NEW_FULL_HINT = "a new full backup starts a new chain: asyncsnap dump --slot NAME"
+
+
 @dataclass(frozen=True)
 class SlotState:
     """A replication slot as the server has it now (``slot_state``)."""
@@ -600,6 +603,23 @@ async def slot_state(conn: asyncpg.Connection, name: str) -> SlotState | None:
     )
 
 
+async def check_system(conn: asyncpg.Connection, expected: str) -> None:
+    """The server is the cluster the chain began on (a restored copy or a standby
+    promoted elsewhere has the same slot name but other WAL).
+
+    :raises NotReplicable: it is another cluster."""
+    try:
+        found = await conn.fetchval("SELECT system_identifier FROM pg_catalog.pg_control_system()")
+    except asyncpg.InsufficientPrivilegeError:
+        return  # the slot's name, database and position are checked all the same
+    if str(found) != expected:
+        raise NotReplicable(
+            f"this server's system identifier is {found}, the chain's is {expected}: "
+            "it is another cluster",
+            hint=NEW_FULL_HINT,
+        )
+
+
 def check_followable(state: SlotState | None, slot: SlotInfo, start: int, database: str) -> None:
     """Whether the changes after ``start`` (the end of the backup being followed) can
     still be read from ``slot``'s slot: it exists, in this database, decodes with
@@ -607,7 +627,7 @@ def check_followable(state: SlotState | None, slot: SlotInfo, start: int, databa
 
     :raises NotReplicable: saying which, and that a new full backup is needed.
     """
-    new_full = "a new full backup starts a new chain: asyncsnap dump --slot NAME"
+    new_full = NEW_FULL_HINT
     if state is None:
         raise NotReplicable(
             f"replication slot {slot.name} no longer exists: the changes after the backup "
@@ -633,3 +653,52 @@ def check_followable(state: SlotState | None, slot: SlotInfo, start: int, databa
             "between are gone",
             hint=new_full + " (did another chain, or another tool, read this slot?)",
         )
+
+
+@dataclass(frozen=True)
+class SlotStanding:
+    """A chain's slot as the server has it now, seen from one backup of the chain
+    (``slot_standing``: what ``inspect BACKUP -d DB`` shows)."""
+
+    name: str
+    exists: bool
+    wal_status: str | None  # reserved, extended, unreserved or lost (PostgreSQL 13+)
+    held_bytes: int | None  # WAL the server keeps for it
+    confirmed_flush_lsn: str | None  # where the next increment's changes begin
+    backup_end_lsn: str  # where the backup's state ends (its slot's start, or its end_lsn)
+    followable: bool  # dump --since this backup can read every change after it
+    latest: bool  # the slot begins exactly at this backup's end: it is the chain's latest
+    why: str | None  # when not followable: the reason, as dump --since would say it
+
+
+async def slot_standing(
+    dsn: str | ConnectionSpec | None, slot: SlotInfo, end_lsn: str
+) -> SlotStanding:
+    """Slot ``slot`` on the server ``dsn`` names, against a backup of its chain that ends
+    at ``end_lsn``: whether it is there and intact, how much WAL it holds, and whether
+    ``dump --since`` that backup would work (the same checks, nothing changed)."""
+    end = parse_lsn(end_lsn)
+    session = Session(resolve(dsn), SessionPolicy())
+    conn = await session.connect()
+    try:
+        state = await slot_state(conn, slot.name)
+        why = None
+        try:
+            await check_system(conn, slot.system_identifier)
+            check_followable(state, slot, end, await conn.fetchval("SELECT current_database()"))
+        except NotReplicable as exc:
+            why = exc.message
+    finally:
+        await conn.close()
+    confirmed = None if state is None or state.confirmed_flush is None else state.confirmed_flush
+    return SlotStanding(
+        name=slot.name,
+        exists=state is not None,
+        wal_status=None if state is None else state.wal_status,
+        held_bytes=None if state is None else state.held_bytes,
+        confirmed_flush_lsn=None if confirmed is None else format_lsn(confirmed),
+        backup_end_lsn=end_lsn,
+        followable=why is None,
+        latest=why is None and confirmed == end,
+        why=why,
+    )

@@ -637,6 +637,42 @@ def test_inspect_shows_an_increment_and_prune_keeps_its_chain(db: Database, tmp_
     ]
 
 
+def test_inspect_with_a_database_shows_the_slots_wal_and_which_backup_it_follows(
+    db: Database, tmp_path: Path
+) -> None:
+    """inspect -d: the WAL the chain's slot holds, and whether dump --since the backup
+    would work (the latest: yes; an older one: no, a later increment moved the slot; the
+    slot dropped: no), the same in --json; a backup without a slot: a usage error."""
+    slot = chain(db, tmp_path)
+    db.execute("UPDATE public.accounts SET note = 'x' WHERE id = 1")
+    run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+
+    def standing(name: str) -> dict[str, Any]:
+        done = run_cli("inspect", str(tmp_path / name), "-d", db.dsn, "--json", env=clean_env())
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["slot_now"]  # type: ignore[no-any-return]
+
+    latest = standing("inc")
+    assert latest["exists"] and latest["followable"] and latest["latest"]
+    assert latest["held_bytes"] >= 0 and latest["confirmed_flush_lsn"] == latest["backup_end_lsn"]
+    older = standing("full")
+    assert older["exists"] and not older["followable"] and not older["latest"]
+    done = run_cli("inspect", str(tmp_path / "inc"), "-d", db.dsn, env=clean_env())
+    assert "slot now" in done.stdout and "the next increment" in done.stdout, done.stdout
+    done = run_cli("inspect", str(tmp_path / "full"), "-d", db.dsn, env=clean_env())
+    assert "a later increment advanced it" in " ".join(done.stdout.split()), done.stdout
+    plain = run_cli("inspect", str(tmp_path / "inc"), "--json", env=clean_env())
+    assert json.loads(plain.stdout)["slot_now"] is None
+    assert run_cli("drop-slot", slot, db.dsn, env=clean_env()).returncode == 0
+    gone = standing("inc")
+    assert not gone["exists"] and not gone["followable"]
+    assert "no longer exists" in gone["why"]
+    run(dump, db.dsn, output=tmp_path, name="plain", with_schema=False)
+    done = run_cli("inspect", str(tmp_path / "plain"), "-d", db.dsn, env=clean_env())
+    assert done.returncode == ExitCode.USAGE
+    assert "was not made with a replication slot" in done.stderr
+
+
 def table_digests(dsn: str) -> dict[str, tuple[int, str]]:
     """Each table's row count and the md5 of its rows' text, sorted: SQL's own answer."""
 

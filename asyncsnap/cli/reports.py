@@ -11,6 +11,7 @@ from rich.console import RenderableType
 from rich.table import Table as RichTable
 
 from ..inspect import summary
+from ..pgoutput import parse_lsn
 from ..text import count
 from .progress import human_bytes
 
@@ -18,11 +19,42 @@ if TYPE_CHECKING:
     from ..analysis.diff import ColumnChange, DiffResult, TableDiff
     from ..comparison import CompareResult, TableComparison
     from ..format import Backup
+    from ..slot import SlotStanding
 
 
-def summary_tables(backup: Backup) -> list[RenderableType]:
+def slot_now_text(standing: SlotStanding) -> str:
+    """The chain's slot on the server, seen from one of its backups (``inspect -d``)."""
+    if not standing.exists:
+        return f"not on the server: {standing.why}"
+    held = (
+        ""
+        if standing.held_bytes is None
+        else f"holds {human_bytes(standing.held_bytes)} of WAL"
+        + (f" ({standing.wal_status})" if standing.wal_status else "")
+        + "; "
+    )
+    if standing.latest:
+        return f"{held}the next increment (dump --since this backup) follows this backup"
+    if standing.followable:
+        return (
+            f"{held}it starts at {standing.confirmed_flush_lsn}, before this backup's end "
+            f"{standing.backup_end_lsn} (not advanced after it): dump --since this backup works"
+        )
+    if (
+        standing.wal_status != "lost"
+        and standing.confirmed_flush_lsn is not None
+        and (parse_lsn(standing.confirmed_flush_lsn) > parse_lsn(standing.backup_end_lsn))
+    ):
+        return (
+            f"{held}a later increment advanced it to {standing.confirmed_flush_lsn}: only "
+            "the chain's latest backup can be followed"
+        )
+    return f"{held}{standing.why}"
+
+
+def summary_tables(backup: Backup, slot_now: SlotStanding | None = None) -> list[RenderableType]:
     """``inspect``'s tables for people."""
-    s = summary(backup)
+    s = summary(backup, slot_now)
     server = s["server"] or {}
     head = RichTable(
         show_header=False, box=None, title=f"asyncsnap backup {backup.path}", title_justify="left"
@@ -47,6 +79,8 @@ def summary_tables(backup: Backup) -> list[RenderableType]:
             f"{slot['name']} at {slot['consistent_lsn']} (publication {slot['publication']}; "
             "the server holds its WAL until increments read it or it is dropped)",
         )
+    if slot_now is not None:
+        head.add_row("slot now", slot_now_text(slot_now))
     head.add_row(
         "server",
         f"PostgreSQL {server.get('version')} at "
