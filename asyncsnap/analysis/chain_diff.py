@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -45,6 +46,7 @@ from ..errors import UsageError, VerificationFailed
 from ..format import Backup, BackupFile, BackupTable
 from ..storage.backup import DataFileReader
 from ..storage.chain import backup_name, open_chain
+from .readers import attempts, line_prefixes, run_engine, token_sql
 
 # One change line (docs/format.md, "Change files"): its keys in their fixed order; ``key``
 # and ``row`` are objects of column values, which hold no object (an ``{`` or ``}`` occurs
@@ -159,7 +161,6 @@ class _Layout:
     def __init__(self, table: BackupTable) -> None:
         self.table = table
         self.identity: tuple[str, ...] | None = None  # the columns change keys name rows by
-        self._line_pattern: re.Pattern[bytes] | None = None
         self.sent = tuple(c.name for c in self.table.columns if c.generated is None)
         self.all_prefixes = _prefixes([c.name for c in self.table.columns])
         self.sent_prefixes = _prefixes(self.sent)
@@ -243,25 +244,14 @@ class _Layout:
         before = dict(zip(self.sent, _cut(old, self.sent_prefixes), strict=True))
         return _join(self.sent_prefixes, [given.get(n, before[n]) for n in self.sent])
 
-    def line_pattern(self) -> re.Pattern[bytes]:
-        """A pattern over a full backup's block of lines whose groups are each line's
-        identity values (each between its column's prefix and the next one's)."""
-        if self._line_pattern is None:
-            assert self.identity is not None
-            names = [c.name for c in self.table.columns]
-            parts = [rb"^"]
-            at = 0
-            for name in self.identity:
-                i = names.index(name)
-                assert i >= at, "a key's columns are in the table's order"
-                if i > at:
-                    parts.append(rb"[^\n]*?")
-                parts.append(re.escape(self.all_prefixes[i]) + rb"([^\n]*?)")
-                after = self.all_prefixes[i + 1] if i + 1 < len(names) else None
-                parts.append(rb"(?=" + re.escape(after) + rb")" if after else rb"(?=\}$)")
-                at = i + 1
-            self._line_pattern = re.compile(b"".join(parts), re.MULTILINE)
-        return self._line_pattern
+    def key_sql(self) -> str:
+        """A DuckDB expression for the identity's values of a full backup's ``line``, as
+        ``_key`` joins them (``readers.token_sql``: each value cut between its column's
+        prefix and the next one's)."""
+        assert self.identity is not None
+        prefixes = line_prefixes(self.table)
+        names = [c.name for c in self.table.columns]
+        return " || chr(0) || ".join(token_sql(prefixes, names.index(n)) for n in self.identity)
 
 
 def _lines(backup: Backup, entry: BackupFile) -> Iterator[bytes]:
@@ -387,9 +377,12 @@ def _count(span: ChainSpan, table: BackupTable, upto: int) -> int:
     return rows
 
 
-def table_span(span: ChainSpan, table: BackupTable, scratch: Path, number: int) -> TableSpan:
+def table_span(
+    span: ChainSpan, table: BackupTable, scratch: Path, number: int, engine: Callable[[], Any]
+) -> TableSpan:
     """One table of the chain between the span's two backups (``table``: the full
-    backup's entry); scratch files named after ``number``."""
+    backup's entry); scratch files named after ``number``; ``engine()`` the DuckDB
+    connection (started when first needed)."""
     files = span.table_files(table.key)
     if not any(i > span.before for i, _, _ in files):
         rows = _count(span, table, span.before)
@@ -401,7 +394,7 @@ def table_span(span: ChainSpan, table: BackupTable, scratch: Path, number: int) 
     named = {c.key for _, c in changes if c.key is not None}
     replay = _Replay(layout, table.rows)
     if named:
-        for line in _full_lines(span.full, table, layout, named):
+        for line in _full_lines(engine(), span.full, table, layout, named):
             replay.state.setdefault(layout.line_key(line), []).append(line)
     for i, change in changes:
         if i > span.before and not replay.recording:
@@ -412,7 +405,7 @@ def table_span(span: ChainSpan, table: BackupTable, scratch: Path, number: int) 
         raise AssertionError("no change between the two backups")
     rows_after = replay.rows
     removed = (
-        _full_lines(span.full, table, layout, named, unnamed=True)
+        _full_lines(engine(), span.full, table, layout, named, unnamed=True)
         if replay.full_lines_removed
         else iter(())
     )
@@ -424,28 +417,59 @@ def table_span(span: ChainSpan, table: BackupTable, scratch: Path, number: int) 
 
 
 def _full_lines(
-    full: Backup, table: BackupTable, layout: _Layout, named: set[bytes], *, unnamed: bool = False
+    con: Any,
+    full: Backup,
+    table: BackupTable,
+    layout: _Layout,
+    named: set[bytes],
+    *,
+    unnamed: bool = False,
 ) -> Iterator[bytes]:
     """The full backup's lines (as held here) whose identity is in ``named``, or with
-    ``unnamed`` those whose identity is not."""
-    pattern = layout.line_pattern() if layout.identity is not None else None
-    for entry in table.files:
-        for block in _lines(full, entry):
-            if pattern is None:  # no change named a row: every line is unnamed
-                if unnamed:
-                    yield from (layout.normal(line) for line in block.splitlines())
-                continue
-            count = 0
-            for m in pattern.finditer(block):
-                count += 1
-                if (layout._key(m.groups()) in named) != unnamed:
-                    end = block.index(b"\n", m.end())
-                    yield layout.normal(block[m.start() : end])
-            if count != block.count(b"\n"):
-                raise VerificationFailed(
-                    f"{entry.path}: a line without the columns {table.qualified} has",
-                    hint="the backup was altered or not made by asyncsnap",
-                )
+    ``unnamed`` those whose identity is not. The engine picks them: every line is read
+    (and checked) by asyncsnap's reader, natively, and only the picked ones reach Python."""
+    import pyarrow as pa
+
+    from .batches import LineBatches
+
+    what = f"{table.qualified} in {full.path}"
+    if layout.identity is None:  # no change named a row
+        where = "true" if unnamed else "false"
+    else:
+        try:
+            keys = [k.decode() for k in named]
+        except UnicodeDecodeError:
+            raise VerificationFailed(
+                f"{what}: a change's key is not UTF-8",
+                hint="the backup was altered or not made by asyncsnap",
+            ) from None
+        con.register("named_keys", pa.table({"k": pa.array(keys, pa.large_string())}))
+        where = f"({layout.key_sql()}) {'NOT ' if unnamed else ''}IN (SELECT k FROM named_keys)"
+
+    def attempt() -> None:
+        lines = LineBatches(full, table.files, hashes=False, text=True)
+        con.register("full_lines", lines.reader())
+        try:
+            run_engine(
+                what,
+                [lines],
+                lambda: con.execute(
+                    "CREATE OR REPLACE TEMP TABLE picked AS "
+                    f"SELECT line FROM full_lines WHERE {where}"
+                ),
+                con,
+            )
+        finally:
+            con.unregister("full_lines")
+
+    attempts(con, attempt)
+    if layout.identity is not None:
+        con.unregister("named_keys")
+    result = con.execute("SELECT line FROM picked")
+    while batch := result.fetchmany(10_000):
+        for (line,) in batch:
+            yield layout.normal(line.encode())
+    con.execute("DROP TABLE picked")
 
 
 def _write(path: Path, delta: Counter[bytes], sign: int, extra: Iterator[bytes]) -> BackupFile:
