@@ -40,6 +40,7 @@ from .catalog import (
     sample_page_weights,
 )
 from .catalog import Sequence as SequenceState
+from .cluster import ClusterAddress
 from .connection import ConnectionSpec, ConnectParams, resolve
 from .copy import CopyContext, close_pool, copy_all
 from .database import read_properties
@@ -209,6 +210,7 @@ async def dump(
     fingerprints: bool = False,
     slot: str | None = None,
     publication: str | None = None,
+    cluster: str | None = None,
     on_event: EventCallback | None = None,
 ) -> DumpResult:
     """Export the selected tables at one moment into ``<output>/<name>``.
@@ -263,6 +265,10 @@ async def dump(
         (``asyncsnap[incremental]``).
     :param publication: with ``slot``, the existing publication to decode with (checked,
         never changed); without it one named like the slot is created for the tables.
+    :param cluster: copy the chunks as tasks on a Dask cluster (``asyncsnap.cluster``):
+        a scheduler's address (``tcp://host:8786``) or ``local:N`` (N worker processes
+        started here); the workers write the files, so ``output`` is an object store or a
+        directory they all share. Needs ``asyncsnap[cluster]``.
     :param on_event: called with progress events (see ``asyncsnap.events``).
     :raises ClientToolMissing: when no pg_dump can dump the server and ``with_schema``.
     :raises AsyncsnapError: a subclass with the exit code for every expected failure.
@@ -298,6 +304,7 @@ async def dump(
         fingerprints=fingerprints,
         slot=slot,
         publication=publication,
+        cluster=None if cluster is None else ClusterAddress.parse(cluster),
     )
     options = await anyio.to_thread.run_sync(build)  # reads key files, looks at -o
     return await _DumpRun(options, dsn, on_event or (lambda event: None)).run()
@@ -331,6 +338,7 @@ class DumpOptions:
     fingerprints: bool
     slot: str | None
     publication: str | None
+    cluster: ClusterAddress | None  # --cluster: the chunks as tasks on a Dask cluster
 
     @classmethod
     def build(
@@ -631,7 +639,19 @@ class _DumpRun:
                         target,
                         schema_files,
                     )
-                stored = await copy_all(pool, planned.items, copying, coordinator_lost)
+                if o.cluster is None:
+                    stored = await copy_all(pool, planned.items, copying, coordinator_lost)
+                else:
+                    from .cluster import copy_on_cluster
+
+                    stored = await copy_on_cluster(
+                        o.cluster,
+                        planned.items,
+                        copying,
+                        session.params,
+                        session.policy,
+                        coordinator_lost,
+                    )
         except BaseExceptionGroup as group:
             raise most_telling(group) from None
         finally:

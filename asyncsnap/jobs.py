@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -95,6 +96,9 @@ class FileTarget:
     root: str  # a local directory, or an object store URL (the dump's -o prefix)
     name: str = ""  # the backup's name under a store's prefix; "" for a local directory
     recipients: tuple[str, ...] = ()  # age public keys (age1...)
+    # In a local directory, each write's temporary name gets a part of its own: a job
+    # run again elsewhere after its first run was killed finds that run's file in place.
+    unique_temporaries: bool = False
 
     @classmethod
     def of(cls, target: BackupDirectory | BackupPrefix) -> FileTarget:
@@ -110,7 +114,13 @@ class FileTarget:
         relpath = f"{DATA_DIR}/{stem}{EXTENSIONS[compression]}"
         recipients = parse_recipients(self.recipients) if self.recipients else None
         where = backup_location(self.root, role="target")
-        store = S3Store(where) if isinstance(where, StoreUrl) else LocalStore(Path(where))
+        store = (
+            S3Store(where)
+            if isinstance(where, StoreUrl)
+            else LocalStore(
+                Path(where), attempt=secrets.token_hex(6) if self.unique_temporaries else ""
+            )
+        )
         key = f"{self.name}/{relpath}" if self.name else relpath
         return store_writer(store, key, relpath, compression, recipients)
 

@@ -244,6 +244,16 @@ def dump_command(
             "(the chain's last backup, full or incremental), read from its slot, beside it.",
         ),
     ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            metavar="ADDRESS",
+            help="Copy the chunks as tasks on a Dask cluster: a scheduler (tcp://host:8786) "
+            "or local:N (N worker processes here). The workers write the files: -o is an "
+            "object store or a directory they all share (needs the cluster extra).",
+        ),
+    ] = None,
     endpoint_url: EndpointOption = None,
     log_format: LogFormatOption = "text",
     summary_json: SummaryOption = None,
@@ -270,6 +280,8 @@ def dump_command(
       # A chain: a full backup that starts a slot, then the changes since the last backup
       asyncsnap dump -d shop -o /backups --slot shop_chain --name full
       asyncsnap dump -d shop --since /backups/full --name inc-1
+      # One snapshot's chunks on a Dask cluster, each worker writing to the bucket
+      asyncsnap dump -d shop -o s3://backups/shop --cluster tcp://scheduler:8786 -j 16
     """
     from rich.console import Console
 
@@ -352,6 +364,7 @@ def dump_command(
         fingerprints=fingerprints,
         slot=slot,
         publication=publication,
+        cluster=cluster,
         on_event=watch,
     )
     left = "the incomplete backup was kept (--keep-partial)" if keep_partial else "nothing was kept"
@@ -388,6 +401,7 @@ def _not_for_increments(given: dict[str, Any]) -> list[str]:
         "--fingerprints": given["fingerprints"],
         "--slot": given["slot"] is not None,
         "--publication": given["publication"] is not None,
+        "--cluster": given["cluster"] is not None,
     }
     return [option for option, is_given in refused.items() if is_given]
 

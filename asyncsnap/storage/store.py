@@ -217,11 +217,17 @@ class LocalFileSink:
     free, so the dump makes a small table's writer on the event loop and creates,
     writes and renames its file in one hop to a thread (``jobs.run_chunk``)."""
 
-    def __init__(self, final_path: Path, unsynced: list[str] | None = None) -> None:
+    def __init__(
+        self, final_path: Path, unsynced: list[str] | None = None, *, attempt: str = ""
+    ) -> None:
+        """``attempt``: a part of the temporary name, for writers of one name in several
+        processes (``jobs.FileTarget``: a cluster task run again while a killed run's
+        temporary file is still there)."""
         self.final_path = final_path
         self._unsynced = unsynced
         self.where = str(final_path)
-        self.temp_path = final_path.with_name("." + final_path.name + ".tmp")
+        tag = f".{attempt}" if attempt else ""
+        self.temp_path = final_path.with_name("." + final_path.name + tag + ".tmp")
         self._fd: int | None = None
         self._state = "new"  # then "open", "finished", "discarded"
 
@@ -285,9 +291,10 @@ class LocalStore:
     ``deferred_sync``, streamed files (``sink``) are fsynced by ``sync`` instead, all at
     once: their owner calls it before anything names them as written."""
 
-    def __init__(self, root: Path, *, deferred_sync: bool = False) -> None:
+    def __init__(self, root: Path, *, deferred_sync: bool = False, attempt: str = "") -> None:
         self.root = root
         self._unsynced: list[str] | None = [] if deferred_sync else None
+        self._attempt = attempt  # ``LocalFileSink``'s
         self._folders: set[Path] = set()  # made (or found) by this store: not asked again
 
     def sync(self) -> None:
@@ -378,7 +385,7 @@ class LocalStore:
     def sink(self, name: str) -> Sink:
         path = self._path(name)
         self._folder_for(path)
-        return LocalFileSink(path, self._unsynced)
+        return LocalFileSink(path, self._unsynced, attempt=self._attempt)
 
     def objects(self, under: str = "") -> list[StoredObject]:
         base = self._path(under) if under else self.root

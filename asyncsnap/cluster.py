@@ -1,0 +1,314 @@
+"""One snapshot's chunks on a Dask cluster: ``dump --cluster ADDRESS``.
+
+The coordinator does what a local dump does up to the copy (exports the snapshot, locks,
+plans the chunks, claims the backup's name) and after it (SHA256SUMS, then the manifest
+last); between, each chunk is a task on a Dask ``distributed`` cluster: a worker imports
+the snapshot with the run's session policy, copies its chunk, converts, compresses,
+hashes, encrypts when asked, writes its file straight to the backup (an object store's
+prefix, or a directory every worker shares), and returns only the file's manifest entry
+(``jobs.run_chunk_alone``, the local dump's own code). The coordinator's transaction holds
+the snapshot until the last task has ended, so the files are of one moment.
+
+- ``ADDRESS`` is a scheduler (``tcp://host:8786``, ``tls://...``) or ``local:N``: a local
+  cluster of N worker processes started for the dump (past the GIL on one machine).
+- Secrets never travel in a task: the connection's URI goes without its password (a
+  worker takes it from its own environment: ``PGPASSWORD``, ``~/.pgpass``, as libpq); a
+  local cluster's workers are started with ``PGPASSWORD`` in their environment. Object
+  store credentials are the worker's own (``AWS_*``), as for any store client; an age
+  recipient is a public key.
+- A worker lost mid-task: the scheduler runs the task again elsewhere (its file is written
+  under a temporary name of its own, so a killed run's leftover is never in the way); a
+  connection lost mid-copy is retried in the task, as the local dump does. A task that
+  fails otherwise fails the dump with one error naming the worker and the cause.
+- A local directory as the output is checked first: every worker must see a file the
+  coordinator wrote into the backup's directory (a shared file system), else the dump is
+  refused before any chunk is copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import anyio
+
+from .connection import ConnectParams, join_uri
+from .copy import CHUNK_ATTEMPTS, CopyContext
+from .errors import AsyncsnapError, DumpFailed, UsageError
+from .events import ChunkFinished, ChunkStarted
+from .format import DATA_DIR
+from .jobs import ChunkConnectionLost, ChunkJob, FileTarget, WorkItem, run_chunk_alone
+from .session import SessionPolicy
+from .snapshot import snapshot_lost
+from .storage.files import BackupDirectory, StoredFile
+from .storage.prefix import BackupPrefix
+
+_LOCAL = re.compile(r"local:([0-9]{1,3})")
+_SCHEMES = ("tcp://", "tls://", "ws://", "wss://")
+_MAX_LOCAL_WORKERS = 256
+_RETRY_PAUSE = 0.5
+
+
+@dataclass(frozen=True)
+class ClusterAddress:
+    """Where the chunks run: a Dask scheduler's address, or ``local:N``."""
+
+    text: str
+    local_workers: int | None = None  # local:N
+
+    @classmethod
+    def parse(cls, text: str) -> ClusterAddress:
+        """:raises UsageError: for anything else."""
+        local = _LOCAL.fullmatch(text)
+        if local is not None and 1 <= int(local.group(1)) <= _MAX_LOCAL_WORKERS:
+            return cls(text, int(local.group(1)))
+        if text.startswith(_SCHEMES) and len(text) > len("tcp://"):
+            return cls(text)
+        raise UsageError(
+            f"--cluster {text!r} is neither a scheduler address nor local:N",
+            hint="give a Dask scheduler (tcp://host:8786) or local:N for N worker processes "
+            f"here (1 to {_MAX_LOCAL_WORKERS})",
+        )
+
+
+def import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as exc:
+        raise UsageError(
+            "--cluster needs Dask's distributed, which is not installed",
+            hint="pip install 'asyncsnap[cluster]'",
+        ) from exc
+    return distributed
+
+
+def without_password(params: ConnectParams) -> tuple[ConnectParams, str | None]:
+    """The connection a task carries: its URI without the password (the worker's own
+    environment gives it, as libpq's does), and the password taken out, if any."""
+    if params.uri is None:
+        return replace(params, secrets=()), None
+    parts = urlsplit(params.uri)
+    password = None if parts.password is None else unquote(parts.password)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    netloc = (userinfo.partition(":")[0] + "@" + host) if at else parts.netloc
+    query = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "password":
+            password = value
+        else:
+            query.append((key, value))
+    return replace(
+        params, uri=join_uri(parts.scheme, netloc, parts.path, query), secrets=()
+    ), password
+
+
+@dataclass(frozen=True)
+class ChunkFailure:
+    """What a task returns instead of raising: an exception's pickled form would lose its
+    hint and could not say which worker it was."""
+
+    worker: str
+    kind: str
+    message: str
+    hint: str | None
+    exit_code: int
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        return str(worker.name if worker.name is not None else worker.address)
+    except Exception:
+        return f"pid {os.getpid()}"
+
+
+def copy_chunk(job: ChunkJob, params: ConnectParams, policy: SessionPolicy) -> Any:
+    """The task: one chunk copied into its file by this worker, the file's entry returned
+    (``StoredFile``), or a ``ChunkFailure``. A connection lost mid-copy is tried again,
+    as the local dump does."""
+    import asyncio
+
+    try:
+        for attempt in range(CHUNK_ATTEMPTS):
+            try:
+                return asyncio.run(run_chunk_alone(job, params, policy))
+            except ChunkConnectionLost:
+                if attempt + 1 == CHUNK_ATTEMPTS:
+                    raise
+                time.sleep(_RETRY_PAUSE)
+    except AsyncsnapError as exc:
+        return ChunkFailure(
+            _worker_name(), type(exc).__name__, exc.message, exc.hint, exc.exit_code
+        )
+    except Exception as exc:
+        return ChunkFailure(
+            _worker_name(), type(exc).__name__, str(exc), None, DumpFailed.exit_code
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _sees(path: str, content: str) -> bool:
+    """On a worker: whether the coordinator's check file is there with its content."""
+    try:
+        return Path(path).read_text() == content
+    except OSError:
+        return False
+
+
+class _ChunkFailed(DumpFailed):
+    def __init__(self, failure: ChunkFailure, label: str) -> None:
+        super().__init__(
+            f"worker {failure.worker} failed copying {label}: {failure.message}",
+            hint=failure.hint or "the worker's log says more",
+        )
+        self.exit_code = failure.exit_code
+
+
+@contextlib.asynccontextmanager
+async def cluster_client(address: ClusterAddress, password: str | None) -> AsyncIterator[Any]:
+    """A client of the cluster (a local one started, and stopped after)."""
+    distributed = import_distributed()
+    if address.local_workers is None:
+        try:
+            client = await distributed.Client(address.text, asynchronous=True, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise DumpFailed(
+                f"cannot reach the Dask scheduler at {address.text}: {exc}",
+                hint="check the address and that `dask scheduler` runs there",
+            ) from exc
+        try:
+            yield client
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client.close()
+        return
+    env = {"PGPASSWORD": password} if password is not None else {}
+    cluster = await distributed.LocalCluster(
+        n_workers=address.local_workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        asynchronous=True,
+        env=env,
+        silence_logs=40,  # logging.ERROR: a worker's restart is ours to tell
+    )
+    try:
+        client = await distributed.Client(cluster, asynchronous=True)
+        try:
+            yield client
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client.close()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await cluster.close()
+
+
+async def check_shared(client: Any, target: BackupDirectory) -> None:
+    """Every worker sees the backup's directory: a file the coordinator wrote there.
+
+    :raises UsageError: naming a worker that does not."""
+    content = secrets.token_hex(16)
+    probe = Path(target.path) / f".cluster-check-{content[:8]}"
+    await anyio.to_thread.run_sync(probe.write_text, content)
+    try:
+        seen = await client.run(_sees, str(probe), content)
+    finally:
+        probe.unlink(missing_ok=True)
+    blind = sorted(worker for worker, ok in seen.items() if not ok)
+    if not seen or blind:
+        raise UsageError(
+            f"worker {blind[0] if blind else '(none)'} cannot see {target.path}: with "
+            "--cluster, workers write the files themselves",
+            hint="give -o a directory every worker mounts at the same path, or an object "
+            "store (s3://bucket/prefix)",
+        )
+
+
+async def copy_on_cluster(
+    address: ClusterAddress,
+    items: Sequence[WorkItem],
+    ctx: CopyContext,
+    params: ConnectParams,
+    policy: SessionPolicy,
+    coordinator_lost: anyio.Event,
+) -> dict[str, StoredFile]:
+    """Every item as a task on the cluster; returns the stored files by stem."""
+    backup = ctx.backup
+    assert isinstance(backup, BackupDirectory | BackupPrefix)
+    target = replace(FileTarget.of(backup), unique_temporaries=True)
+    task_params, password = without_password(params)
+    stored: dict[str, StoredFile] = {}
+    distributed = import_distributed()
+    async with cluster_client(address, password) as client:
+        if isinstance(backup, BackupDirectory):
+            await check_shared(client, backup)
+        run_id = secrets.token_hex(6)
+        labels = {}
+        futures = []
+        for item in items:
+            job = replace(ctx.job(item), target=target)
+            key = f"asyncsnap-{run_id}-{item.stem}"
+            labels[key] = item
+            ctx.emit(ChunkStarted(label=item.label, est_rows=item.est_rows))
+            futures.append(client.submit(copy_chunk, job, task_params, policy, key=key, pure=False))
+
+        async def gather() -> None:
+            async for future in distributed.as_completed(futures):
+                item = labels[future.key]
+                try:
+                    found = await future
+                except distributed.KilledWorker as exc:
+                    raise DumpFailed(
+                        f"the cluster gave up on {item.label}: the workers running it died ({exc})",
+                        hint="the workers' logs say why (memory?); nothing was kept",
+                    ) from None
+                if isinstance(found, ChunkFailure):
+                    raise _ChunkFailed(found, item.label)
+                stored[item.stem] = found
+                ctx.emit(
+                    ChunkFinished(
+                        label=item.label,
+                        rows=found.rows,
+                        bytes=found.bytes,
+                        stored_bytes=found.stored_bytes,
+                        seconds=found.seconds,
+                    )
+                )
+
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def watch_coordinator() -> None:
+                    await coordinator_lost.wait()
+                    raise snapshot_lost()
+
+                tg.start_soon(watch_coordinator)
+                await gather()
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            from .errors import most_telling
+
+            raise most_telling(group) from None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client.cancel(futures, force=True)
+    if isinstance(backup, BackupDirectory):
+        # A killed run's temporary file (its task ran again under another name).
+        await anyio.to_thread.run_sync(_remove_leftovers, Path(backup.path) / DATA_DIR)
+    return stored
+
+
+def _remove_leftovers(data: Path) -> None:
+    for path in data.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
