@@ -136,13 +136,15 @@ class LineBatches:
         """A plain file's lines, in blocks of whole lines, its line count checked."""
         counted = _Counted(entry)
         with open(entry.path, "rb") as fh:
-            pending = b""
+            pending = bytearray()  # grown in place: a long line is not copied per read
             while chunk := fh.read(self.block_size):
-                block = pending + chunk
-                end = block.rfind(b"\n") + 1
-                pending = block[end:]
-                if end:
-                    yield self._batch(counted, block[:end])
+                end = chunk.rfind(b"\n") + 1
+                if not end:
+                    pending += chunk
+                    continue
+                block = bytes(pending) + chunk[:end]
+                pending = bytearray(chunk[end:])
+                yield self._batch(counted, block)
             if pending:
                 raise VerificationFailed(f"{entry.path}: its last line has no newline")
         if counted.rows != entry.rows:

@@ -32,6 +32,7 @@ the lines they name, are held while that table is compared.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -58,10 +59,23 @@ _CHANGE_LINE = re.compile(
     rb'"unchanged":(\[[^\n]*\])\}'
 )
 _OP = re.compile(rb'^\{"op":"(insert|update|delete|truncate)"', re.MULTILINE)
-# A column name in an object: after ``{`` or ``,``, a string followed by ``:``. Inside a
-# string a quote is escaped, and in an array a string is followed by ``,`` or ``]``, so this
-# finds exactly the object's own keys.
-_NAME = re.compile(rb'[{,]"((?:[^"\\]|\\.)*)":')
+
+# One member of an object of column values, read by the JSON grammar (so an array's
+# strings are never taken for names, whatever they hold): ``{`` or ``,``, the name, ``:``,
+# and a value: a string, a bare scalar (number, null, true, false) or an array of those,
+# nested at most as deep as PostgreSQL's arrays (6 dimensions).
+_STRING = rb'"(?:[^"\\]++|\\.)*+"'
+_SCALAR = rb'[^",\[\]{}]++'
+
+
+def _array(depth: int) -> bytes:
+    inner = _STRING + b"|" + _SCALAR + (b"|" + _array(depth - 1) if depth > 1 else b"")
+    return rb"\[(?:(?:" + inner + rb")(?:,(?:" + inner + rb"))*+)?\]"
+
+
+_MEMBER = re.compile(
+    rb"[{,](" + _STRING + rb"):(" + _STRING + b"|" + _SCALAR + b"|" + _array(7) + rb")"
+)
 
 
 class CannotDiffChain(UsageError):
@@ -126,20 +140,32 @@ def _prefixes(names: Sequence[str]) -> list[bytes]:
     ]
 
 
-def _cut(text: bytes, prefixes: Sequence[bytes]) -> list[bytes]:
-    """The values of an object of exactly these columns (in order), as bytes: each prefix
-    occurs once in it (``readers.token_sql``), so a value ends where the next prefix is."""
-    values = []
-    at = 0
-    for i, prefix in enumerate(prefixes):
-        if text.startswith(prefix, at):
-            at += len(prefix)
-        else:  # pragma: no cover - the names were checked before
-            raise AssertionError("object does not start with its column")
-        end = text.find(prefixes[i + 1], at) if i + 1 < len(prefixes) else len(text) - 1
-        values.append(text[at:end])
-        at = end
-    return values
+def _members(obj: bytes) -> list[tuple[bytes, bytes]] | None:
+    """An object's members in order, each (its name's JSON text without the quotes, its
+    value's bytes); None when ``obj`` is not an object of column values."""
+    if obj == b"{}":
+        return []
+    members = []
+    at, end = 0, len(obj) - 1
+    if not obj.startswith(b"{") or not obj.endswith(b"}"):
+        return None
+    while at < end:
+        m = _MEMBER.match(obj, at)
+        if m is None or (at == 0) != (obj[at] == 0x7B):  # ``{`` first, then ``,``
+            return None
+        members.append((m.group(1)[1:-1], m.group(2)))
+        at = m.end()
+    return members if at == end else None
+
+
+# A column name whose ``,"name":`` can occur inside an array value: it starts where a
+# string element can end (``,`` or ``]``), ends where one can begin (``,`` or ``[``) and
+# holds only what lies between an array's strings.
+_FOOLING_NAME = re.compile(r'[,\]][^"\\{}]*[,\[]|,')
+
+
+def _damaged(what: str) -> VerificationFailed:
+    return VerificationFailed(what, hint="the backup was altered or not made by asyncsnap")
 
 
 def _join(prefixes: Sequence[bytes], values: Sequence[bytes]) -> bytes:
@@ -166,7 +192,13 @@ class _Layout:
         self.sent_prefixes = _prefixes(self.sent)
         self.has_generated = len(self.sent) != len(self.table.columns)
         self._escaped = {_rows.json_string(n.encode())[1:-1]: n for n in self.sent}
-        self._row_prefixes: dict[tuple[str, ...], list[bytes]] = {}
+        self._all_escaped = {
+            _rows.json_string(c.name.encode())[1:-1]: c.name for c in table.columns
+        }
+        # Whether the engine's cut of a line (between one column's ``,"name":`` and the
+        # next one's) is exact: a name that could be read across an array's strings
+        # (``,"name":`` inside ``["a,",":b"]`` for a column named ``,``) is not.
+        self.plain_names = not any(_FOOLING_NAME.fullmatch(c.name) for c in table.columns)
 
     @property
     def view(self) -> BackupTable:
@@ -177,28 +209,29 @@ class _Layout:
             self.table, columns=tuple(c for c in self.table.columns if c.generated is None)
         )
 
-    def names(self, obj: bytes, what: str) -> tuple[str, ...]:
-        found = []
-        for escaped in _NAME.findall(obj):
-            name = self._escaped.get(escaped)
-            if name is None:
-                raise VerificationFailed(
-                    f"{self.table.qualified}: a change's {what} names a column the table "
-                    "does not have",
-                    hint="the backup was altered or not made by asyncsnap",
-                )
-            found.append(name)
-        return tuple(found)
+    def values(self, obj: bytes, what: str, *, generated: bool = False) -> dict[str, bytes]:
+        """An object's values by column name, in its order (``generated``: it may hold
+        generated columns, as a full backup's line does).
 
-    def prefixes(self, names: tuple[str, ...]) -> list[bytes]:
-        found = self._row_prefixes.get(names)
-        if found is None:
-            found = self._row_prefixes[names] = _prefixes(names)
+        :raises VerificationFailed: it is not an object of this table's columns."""
+        members = _members(obj)
+        if members is None:
+            raise _damaged(f"{self.table.qualified}: a {what} that is not an object of columns")
+        known = self._all_escaped if generated else self._escaped
+        found = {}
+        for escaped, value in members:
+            name = known.get(escaped)
+            if name is None or name in found:
+                raise _damaged(
+                    f"{self.table.qualified}: a {what} names a column the table does not have"
+                )
+            found[name] = value
         return found
 
     def change_key(self, obj: bytes) -> bytes:
         """The identity's values in a change's ``key``, as one bytes key."""
-        names = self.names(obj, "key")
+        values = self.values(obj, "change's key")
+        names = tuple(values)
         if self.identity is None:
             self.identity = names
         elif names != self.identity:
@@ -209,39 +242,51 @@ class _Layout:
                 hint="restore the chain into a scratch database and dump it, then diff the "
                 "two full backups",
             )
-        return self._key(_cut(obj, self.prefixes(names)))
+        return self._key(list(values.values()))
 
     def _key(self, values: Sequence[bytes]) -> bytes:
         # no raw NUL occurs in JSON text (a string escapes it), so it separates values
         return b"\0".join(values)
 
+    def _sent_values(self, line: bytes) -> dict[str, bytes]:
+        values = self.values(line, "line")
+        if tuple(values) != self.sent:
+            raise _damaged(f"{self.table.qualified}: a line without the table's columns")
+        return values
+
+    def full_line_key(self, line: bytes) -> bytes:
+        """The identity's values of a full backup's line (every column)."""
+        assert self.identity is not None
+        values = self.values(line, "line", generated=True)
+        if len(values) != len(self.table.columns):
+            raise _damaged(f"{self.table.qualified}: a line without the table's columns")
+        return self._key([values[n] for n in self.identity])
+
     def line_key(self, line: bytes) -> bytes:
         """The identity's values of a line held here (``sent`` columns)."""
         assert self.identity is not None
-        values = dict(zip(self.sent, _cut(line, self.sent_prefixes), strict=True))
+        values = self._sent_values(line)
         return self._key([values[n] for n in self.identity])
 
     def normal(self, full_line: bytes) -> bytes:
         """A full backup's line as lines here hold it (without generated columns)."""
         if not self.has_generated:
             return full_line
-        values = _cut(full_line, self.all_prefixes)
-        kept = [v for c, v in zip(self.table.columns, values, strict=True) if c.generated is None]
-        return _join(self.sent_prefixes, kept)
+        values = self.values(full_line, "line", generated=True)
+        if tuple(values) != tuple(c.name for c in self.table.columns):
+            raise _damaged(f"{self.table.qualified}: a line without the table's columns")
+        return _join(self.sent_prefixes, [values[n] for n in self.sent])
 
     def row_line(self, row: bytes, unchanged: tuple[str, ...], old: bytes | None) -> bytes:
         """A change's new line: its ``row``'s values, the ``unchanged`` ones from ``old``."""
+        given = self.values(row, "change's row")
         names = tuple(n for n in self.sent if n not in unchanged) if unchanged else self.sent
-        if self.names(row, "row") != names:
-            raise VerificationFailed(
-                f"{self.table.qualified}: a change's row does not hold the table's columns",
-                hint="the backup was altered or not made by asyncsnap",
-            )
+        if tuple(given) != names:
+            raise _damaged(f"{self.table.qualified}: a change's row without the table's columns")
         if not unchanged:
             return row
         assert old is not None
-        given = dict(zip(names, _cut(row, self.prefixes(names)), strict=True))
-        before = dict(zip(self.sent, _cut(old, self.sent_prefixes), strict=True))
+        before = self._sent_values(old)
         return _join(self.sent_prefixes, [given.get(n, before[n]) for n in self.sent])
 
     def key_sql(self) -> str:
@@ -280,9 +325,20 @@ def _parse(
                     hint="the backup was altered or not made by asyncsnap",
                 )
             op, key, row, unchanged = m.groups()
+            if (key == b"null") != (op in (b"insert", b"truncate")) or (row == b"null") != (
+                op in (b"delete", b"truncate")
+            ):
+                raise _damaged(f"{entry.path}: line {number}'s key or row does not fit its op")
             names: tuple[str, ...] = ()
             if unchanged != b"[]":
-                names = tuple(orjson.loads(unchanged))
+                try:
+                    names = tuple(orjson.loads(unchanged))
+                except orjson.JSONDecodeError:
+                    names = (0,)  # type: ignore[assignment]  # refused just below
+                if op != b"update" or not all(isinstance(n, str) for n in names):
+                    raise _damaged(
+                        f"{entry.path}: line {number}'s unchanged is not a list of names"
+                    )
             yield _Change(
                 op,
                 None if key == b"null" else layout.change_key(key),
@@ -426,25 +482,41 @@ def _full_lines(
     unnamed: bool = False,
 ) -> Iterator[bytes]:
     """The full backup's lines (as held here) whose identity is in ``named``, or with
-    ``unnamed`` those whose identity is not. The engine picks them: every line is read
-    (and checked) by asyncsnap's reader, natively, and only the picked ones reach Python."""
+    ``unnamed`` those whose identity is not (after a TRUNCATE: most of the table)."""
+    if layout.identity is None:  # no change named a row: every line is unnamed
+        if unnamed:
+            for entry in table.files:
+                for block in _lines(full, entry):
+                    yield from (layout.normal(line) for line in block.splitlines())
+        return
+    if unnamed or not layout.plain_names:
+        # Each line's identity read here, by the JSON grammar.
+        for entry in table.files:
+            for block in _lines(full, entry):
+                for line in block.splitlines():
+                    if (layout.full_line_key(line) in named) != unnamed:
+                        yield layout.normal(line)
+        return
+    yield from _picked_lines(con, full, table, layout, named)
+
+
+def _picked_lines(
+    con: Any, full: Backup, table: BackupTable, layout: _Layout, named: set[bytes]
+) -> Iterator[bytes]:
+    """The full backup's lines whose identity is in ``named``, picked by the engine: every
+    line read (and checked) by asyncsnap's native reader, only the picked ones reaching
+    Python, each checked again here."""
     import pyarrow as pa
 
     from .batches import LineBatches
 
     what = f"{table.qualified} in {full.path}"
-    if layout.identity is None:  # no change named a row
-        where = "true" if unnamed else "false"
-    else:
-        try:
-            keys = [k.decode() for k in named]
-        except UnicodeDecodeError:
-            raise VerificationFailed(
-                f"{what}: a change's key is not UTF-8",
-                hint="the backup was altered or not made by asyncsnap",
-            ) from None
-        con.register("named_keys", pa.table({"k": pa.array(keys, pa.large_string())}))
-        where = f"({layout.key_sql()}) {'NOT ' if unnamed else ''}IN (SELECT k FROM named_keys)"
+    try:
+        keys = [k.decode() for k in named]
+    except UnicodeDecodeError:
+        raise _damaged(f"{what}: a change's key is not UTF-8") from None
+    con.register("named_keys", pa.table({"k": pa.array(keys, pa.large_string())}))
+    where = "true" if not layout.identity else f"({layout.key_sql()}) IN (SELECT k FROM named_keys)"
 
     def attempt() -> None:
         lines = LineBatches(full, table.files, hashes=False, text=True)
@@ -463,12 +535,14 @@ def _full_lines(
             con.unregister("full_lines")
 
     attempts(con, attempt)
-    if layout.identity is not None:
-        con.unregister("named_keys")
+    con.unregister("named_keys")
     result = con.execute("SELECT line FROM picked")
     while batch := result.fetchmany(10_000):
-        for (line,) in batch:
-            yield layout.normal(line.encode())
+        for (text,) in batch:
+            line = text.encode()
+            if layout.full_line_key(line) not in named:  # pragma: no cover - plain names
+                raise AssertionError("the engine picked a line no change names")
+            yield layout.normal(line)
     con.execute("DROP TABLE picked")
 
 
@@ -477,7 +551,7 @@ def _write(path: Path, delta: Counter[bytes], sign: int, extra: Iterator[bytes])
     moved), then ``extra``'s lines."""
     rows = 0
     size = 0
-    with open(path, "xb") as out:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
         for line, moved in delta.items():
             for _ in range(moved * sign):
                 out.write(line + b"\n")
