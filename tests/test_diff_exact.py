@@ -429,8 +429,9 @@ def _float_sql(x: float, cast: str) -> str:
 def _numeric_sql(t: tuple[int, int, int]) -> str:
     """digits / 10^scale, written with ``extra`` trailing zeros."""
     digits, scale, extra = t
-    exact = decimal.Decimal(digits).scaleb(-scale)
-    return f"'{exact.quantize(decimal.Decimal(1).scaleb(-scale - extra))}'::numeric"
+    with decimal.localcontext(decimal.Context(prec=100)):  # past the default 28 digits
+        exact = decimal.Decimal(digits).scaleb(-scale)
+        return f"'{exact.quantize(decimal.Decimal(1).scaleb(-scale - extra))}'::numeric"
 
 
 def _key_values() -> dict[str, Any]:

@@ -281,7 +281,7 @@ def dump_command(
       asyncsnap dump -d shop -o /backups --slot shop_chain --name full
       asyncsnap dump -d shop --since /backups/full --name inc-1
       # One snapshot's chunks on a Dask cluster, each worker writing to the bucket
-      asyncsnap dump -d shop -o s3://backups/shop --cluster tcp://scheduler:8786 -j 16
+      asyncsnap dump -d shop -o s3://backups/shop --cluster tcp://scheduler:8786
     """
     from rich.console import Console
 
