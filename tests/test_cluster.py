@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import anyio
 import pytest
 
 from asyncsnap.cluster import ClusterAddress, without_password
@@ -27,6 +28,7 @@ from asyncsnap.errors import ExitCode, UsageError
 from asyncsnap.verify import verify
 from tests.conftest import Database, clean_env, fresh_database, run_cli
 from tests.test_increment import run, table_digests
+from tests.test_interrupt import BIG, _asyncsnap_backends, wait_until_writing_big
 from tests.test_store_backups import cli_env
 from throwaway.s3 import BUCKET, S3Server, s3_server
 
@@ -128,30 +130,38 @@ def test_a_worker_killed_mid_chunk_leaves_an_exact_backup(db: Database, tmp_path
 def _worker_pids() -> list[int]:
     """The Dask worker processes this process started (a local cluster's nannies run in
     it; each worker process names itself ``dask worker [address]``)."""
+    return [pid for pid in _dask_workers() if _descends(_ppid(pid), os.getpid())]
+
+
+def _dask_workers() -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        ppid = int(next(x for x in status.splitlines() if x.startswith("PPid:")).split()[1])
-        if cmdline[0].startswith(b"dask worker") and _descends(ppid, os.getpid()):
+        if cmdline.startswith(b"dask worker"):
             found.append(int(entry.name))
     return sorted(found)
+
+
+def _ppid(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return int(next(x for x in status.splitlines() if x.startswith("PPid:")).split()[1])
 
 
 def _descends(pid: int, ancestor: int) -> bool:
     for _ in range(5):
         if pid == ancestor:
             return True
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
+        if pid <= 1:
             return False
-        pid = int(next(x for x in status.splitlines() if x.startswith("PPid:")).split()[1])
+        pid = _ppid(pid)
     return False
 
 
@@ -301,3 +311,59 @@ def test_an_encrypted_cluster_dump_to_a_bucket_from_the_command_line(
         restored = run_cli("restore", f"{prefix}/enc", target.dsn, "--identity", str(key), env=env)
         assert restored.returncode == 0, restored.stderr
         assert table_digests(target.dsn) == table_digests(db.dsn)
+
+
+def test_sigterm_of_the_coordinator_keeps_nothing_and_stops_the_workers(
+    db: Database, tmp_path: Path
+) -> None:
+    """SIGTERM while the workers write: exit 143, nothing left that looks complete (the
+    partial directory removed, as a local dump's), no worker process and no session of
+    the dump's left behind."""
+    db.execute(BIG)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "asyncsnap",
+            "dump",
+            db.dsn,
+            "-o",
+            str(tmp_path),
+            "--name",
+            "b",
+            "--compress",
+            "none",
+            "--cluster",
+            "local:2",
+        ],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until_writing_big(proc, tmp_path / "b.partial")
+        workers = _worker_pids_of(proc.pid)
+        assert workers
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "a worker process outlived the dump"
+        time.sleep(0.1)
+    assert anyio.run(_asyncsnap_backends, db.dsn, backend="asyncio") == 0
+
+
+def _worker_pids_of(parent: int) -> list[int]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = [pid for pid in _dask_workers() if _descends(_ppid(pid), parent)]
+        if found:
+            return found
+        time.sleep(0.05)
+    return []
