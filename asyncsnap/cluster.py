@@ -32,7 +32,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -136,16 +136,27 @@ def copy_chunk(job: ChunkJob, params: ConnectParams, policy: SessionPolicy) -> A
     """The task: one chunk copied into its file by this worker, the file's entry returned
     (``StoredFile``), or a ``ChunkFailure``. A connection lost mid-copy is tried again,
     as the local dump does."""
+    return guarded(_copy_chunk, job, params, policy)
+
+
+def _copy_chunk(job: ChunkJob, params: ConnectParams, policy: SessionPolicy) -> StoredFile:
     import asyncio
 
+    for attempt in range(CHUNK_ATTEMPTS):
+        try:
+            return asyncio.run(run_chunk_alone(job, params, policy))
+        except ChunkConnectionLost:
+            if attempt + 1 == CHUNK_ATTEMPTS:
+                raise
+            time.sleep(_RETRY_PAUSE)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def guarded(fn: Any, *args: Any) -> Any:
+    """On a worker: ``fn(*args)``, or a ``ChunkFailure`` naming this worker and the cause
+    (asyncsnap's error as it was, with its hint and exit code)."""
     try:
-        for attempt in range(CHUNK_ATTEMPTS):
-            try:
-                return asyncio.run(run_chunk_alone(job, params, policy))
-            except ChunkConnectionLost:
-                if attempt + 1 == CHUNK_ATTEMPTS:
-                    raise
-                time.sleep(_RETRY_PAUSE)
+        return fn(*args)
     except AsyncsnapError as exc:
         return ChunkFailure(
             _worker_name(), type(exc).__name__, exc.message, exc.hint, exc.exit_code
@@ -154,7 +165,59 @@ def copy_chunk(job: ChunkJob, params: ConnectParams, policy: SessionPolicy) -> A
         return ChunkFailure(
             _worker_name(), type(exc).__name__, str(exc), None, DumpFailed.exit_code
         )
-    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def blocking_client(address: ClusterAddress) -> Iterator[Any]:
+    """A client of the cluster for code that is not async (a local one started, and
+    stopped after): ``verify --cluster``."""
+    distributed = import_distributed()
+    if address.local_workers is None:
+        try:
+            client = distributed.Client(address.text, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise DumpFailed(
+                f"cannot reach the Dask scheduler at {address.text}: {exc}",
+                hint="check the address and that `dask scheduler` runs there",
+            ) from exc
+        with client:
+            yield client
+        return
+    with (
+        distributed.LocalCluster(
+            n_workers=address.local_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=40,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def map_on_cluster(
+    address: ClusterAddress, fn: Any, arguments: Sequence[tuple[Any, ...]], labels: Sequence[str]
+) -> list[Any]:
+    """``fn(*args)`` for each of ``arguments`` as a task (``fn`` a module-level function,
+    sent by reference; ``arguments`` hold no secret), the results in order.
+
+    :raises DumpFailed: a task failed (naming its worker, its ``labels`` entry and the
+        cause, with the cause's exit code), or the workers running one kept dying."""
+    distributed = import_distributed()
+    with blocking_client(address) as client:
+        futures = [client.submit(guarded, fn, *args, pure=False) for args in arguments]
+        try:
+            results = client.gather(futures)
+        except distributed.KilledWorker as exc:
+            raise DumpFailed(
+                f"the cluster gave up on a task: the workers running it died ({exc})",
+                hint="the workers' logs say why (memory?)",
+            ) from None
+    for label, result in zip(labels, results, strict=True):
+        if isinstance(result, ChunkFailure):
+            raise _ChunkFailed(result, label, doing="checking")
+    return list(results)
 
 
 def _sees(path: str, content: str) -> bool:
@@ -166,9 +229,9 @@ def _sees(path: str, content: str) -> bool:
 
 
 class _ChunkFailed(DumpFailed):
-    def __init__(self, failure: ChunkFailure, label: str) -> None:
+    def __init__(self, failure: ChunkFailure, label: str, doing: str = "copying") -> None:
         super().__init__(
-            f"worker {failure.worker} failed copying {label}: {failure.message}",
+            f"worker {failure.worker} failed {doing} {label}: {failure.message}",
             hint=failure.hint or "the worker's log says more",
         )
         self.exit_code = failure.exit_code
@@ -201,6 +264,7 @@ async def cluster_client(address: ClusterAddress, password: str | None) -> Async
         asynchronous=True,
         env=env,
         silence_logs=40,  # logging.ERROR: a worker's restart is ours to tell
+        preload=["asyncsnap.cluster"],  # imported as a worker starts, not by its first task
     )
     try:
         client = await distributed.Client(cluster, asynchronous=True)
@@ -235,8 +299,60 @@ async def check_shared(client: Any, target: BackupDirectory) -> None:
         )
 
 
+class BackgroundCluster:
+    """A cluster's client opened in the background (``serve``) while the dump connects,
+    exports its snapshot and plans: a local cluster's worker processes start meanwhile
+    (and import what a task runs: ``preload``), instead of after the plan."""
+
+    def __init__(self, address: ClusterAddress, password: str | None) -> None:
+        self.address = address
+        self.password = password
+        self.client: Any = None
+        self._ready = anyio.Event()
+        self._closing = anyio.Event()
+
+    async def serve(self) -> None:
+        try:
+            async with cluster_client(self.address, self.password) as client:
+                self.client = client
+                self._ready.set()
+                await self._closing.wait()
+        finally:
+            self._ready.set()
+
+    async def ready(self) -> Any:
+        """The client, once the cluster is up."""
+        await self._ready.wait()
+        if self.client is None:  # pragma: no cover - serve's failure cancels the dump first
+            raise DumpFailed(f"the cluster at {self.address.text} did not start")
+        return self.client
+
+    def close(self) -> None:
+        self._closing.set()
+
+
+@contextlib.asynccontextmanager
+async def background_cluster(
+    address: ClusterAddress, params: ConnectParams
+) -> AsyncIterator[BackgroundCluster]:
+    """A ``BackgroundCluster`` for the body's duration; a cluster that cannot start fails
+    the body (which is cancelled) with its error."""
+    from .errors import most_telling
+
+    cluster = BackgroundCluster(address, without_password(params)[1])
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cluster.serve)
+            try:
+                yield cluster
+            finally:
+                cluster.close()
+    except BaseExceptionGroup as group:
+        raise most_telling(group) from None
+
+
 async def copy_on_cluster(
-    address: ClusterAddress,
+    cluster: BackgroundCluster,
     items: Sequence[WorkItem],
     ctx: CopyContext,
     params: ConnectParams,
@@ -247,62 +363,62 @@ async def copy_on_cluster(
     backup = ctx.backup
     assert isinstance(backup, BackupDirectory | BackupPrefix)
     target = replace(FileTarget.of(backup), unique_temporaries=True)
-    task_params, password = without_password(params)
+    task_params, _ = without_password(params)
     stored: dict[str, StoredFile] = {}
     distributed = import_distributed()
-    async with cluster_client(address, password) as client:
-        if isinstance(backup, BackupDirectory):
-            await check_shared(client, backup)
-        run_id = secrets.token_hex(6)
-        labels = {}
-        futures = []
-        for item in items:
-            job = replace(ctx.job(item), target=target)
-            key = f"asyncsnap-{run_id}-{item.stem}"
-            labels[key] = item
-            ctx.emit(ChunkStarted(label=item.label, est_rows=item.est_rows))
-            futures.append(client.submit(copy_chunk, job, task_params, policy, key=key, pure=False))
+    client = await cluster.ready()
+    if isinstance(backup, BackupDirectory):
+        await check_shared(client, backup)
+    run_id = secrets.token_hex(6)
+    labels = {}
+    futures = []
+    for item in items:
+        job = replace(ctx.job(item), target=target)
+        key = f"asyncsnap-{run_id}-{item.stem}"
+        labels[key] = item
+        ctx.emit(ChunkStarted(label=item.label, est_rows=item.est_rows))
+        futures.append(client.submit(copy_chunk, job, task_params, policy, key=key, pure=False))
 
-        async def gather() -> None:
-            async for future in distributed.as_completed(futures):
-                item = labels[future.key]
-                try:
-                    found = await future
-                except distributed.KilledWorker as exc:
-                    raise DumpFailed(
-                        f"the cluster gave up on {item.label}: the workers running it died ({exc})",
-                        hint="the workers' logs say why (memory?); nothing was kept",
-                    ) from None
-                if isinstance(found, ChunkFailure):
-                    raise _ChunkFailed(found, item.label)
-                stored[item.stem] = found
-                ctx.emit(
-                    ChunkFinished(
-                        label=item.label,
-                        rows=found.rows,
-                        bytes=found.bytes,
-                        stored_bytes=found.stored_bytes,
-                        seconds=found.seconds,
-                    )
+    async def gather() -> None:
+        async for future in distributed.as_completed(futures):
+            item = labels[future.key]
+            try:
+                found = await future
+            except distributed.KilledWorker as exc:
+                raise DumpFailed(
+                    f"the cluster gave up on {item.label}: the workers running it died ({exc})",
+                    hint="the workers' logs say why (memory?); nothing was kept",
+                ) from None
+            if isinstance(found, ChunkFailure):
+                raise _ChunkFailed(found, item.label)
+            stored[item.stem] = found
+            ctx.emit(
+                ChunkFinished(
+                    label=item.label,
+                    rows=found.rows,
+                    bytes=found.bytes,
+                    stored_bytes=found.stored_bytes,
+                    seconds=found.seconds,
                 )
+            )
 
-        try:
-            async with anyio.create_task_group() as tg:
+    try:
+        async with anyio.create_task_group() as tg:
 
-                async def watch_coordinator() -> None:
-                    await coordinator_lost.wait()
-                    raise snapshot_lost()
+            async def watch_coordinator() -> None:
+                await coordinator_lost.wait()
+                raise snapshot_lost()
 
-                tg.start_soon(watch_coordinator)
-                await gather()
-                tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            from .errors import most_telling
+            tg.start_soon(watch_coordinator)
+            await gather()
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        from .errors import most_telling
 
-            raise most_telling(group) from None
-        finally:
-            with anyio.CancelScope(shield=True):
-                await client.cancel(futures, force=True)
+        raise most_telling(group) from None
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.cancel(futures, force=True)
     if isinstance(backup, BackupDirectory):
         # A killed run's temporary file (its task ran again under another name).
         await anyio.to_thread.run_sync(_remove_leftovers, Path(backup.path) / DATA_DIR)

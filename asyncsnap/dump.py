@@ -40,7 +40,7 @@ from .catalog import (
     sample_page_weights,
 )
 from .catalog import Sequence as SequenceState
-from .cluster import ClusterAddress
+from .cluster import BackgroundCluster, ClusterAddress
 from .connection import ConnectionSpec, ConnectParams, resolve
 from .copy import CopyContext, close_pool, copy_all
 from .database import read_properties
@@ -442,6 +442,7 @@ class _DumpRun:
         self.schema_failure: DumpFailed | None = None  # pg_dump's, until the check below
         self.session: Session | None = None
         self.slot: SlotKeeper | None = None  # dump --slot
+        self.cluster: BackgroundCluster | None = None  # dump --cluster, started first
         self.finished = False
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
@@ -459,39 +460,47 @@ class _DumpRun:
         # Everything until the backup is complete runs under the deadline (None: none); the
         # cancellation it causes takes the same clean-up path as Ctrl-C.
         with anyio.move_on_after(o.max_duration):
-            self.conn = await session.connect()
+            if o.cluster is None:
+                return await self._run(session)
+            from .cluster import background_cluster
+
+            async with background_cluster(o.cluster, session.params) as self.cluster:
+                return await self._run(session)
+        raise TimeLimitExceeded(
+            f"the dump did not finish within --max-duration {o.max_duration:g}s and was "
+            "cancelled" + ("; the incomplete backup was kept" if o.keep_partial else ""),
+            hint="raise --max-duration, dump fewer tables (-t/-T), or use more -j",
+        )
+
+    async def _run(self, session: Session) -> DumpResult:
+        """The steps, under ``run``'s deadline (and with its cluster, if any)."""
+        self.conn = await session.connect()
+        try:
             try:
-                try:
-                    planned, snapshots = await self.take_snapshot(session)
-                    pg_dump = await self.pick_pg_dump(planned)
-                    if self.target is None:
-                        await self.claim_target()
-                    stored, schema_files = await self.copy(session, planned, pg_dump)
-                    body = await self.seal(planned, stored, schema_files)
-                    final_path = await self.complete()
-                except asyncpg.QueryCanceledError as exc:
-                    raise cancelled_by_server(exc, "a catalog query or lock") from exc
-                except CONNECTION_LOST as exc:
-                    raise snapshot_lost() from exc  # the coordinator's own connection died
-                except asyncpg.PostgresError as exc:
-                    # Catalog reads and locks failing for a reason not translated nearer
-                    # (a full lock table: other sessions' locks count too).
-                    message, hint = server_error(exc, "dump fewer tables at once (-t/-T/-n/-N)")
-                    raise DumpFailed(f"server error: {message}", hint=hint) from exc
-            except BaseException:
-                await self.clean_up()
-                raise
-            finally:
-                if self.lock is not None:
-                    self.lock.release()
-                if not self.conn.is_closed():
-                    self.conn.terminate()
-        if not self.finished:
-            raise TimeLimitExceeded(
-                f"the dump did not finish within --max-duration {o.max_duration:g}s and was "
-                "cancelled" + ("; the incomplete backup was kept" if o.keep_partial else ""),
-                hint="raise --max-duration, dump fewer tables (-t/-T), or use more -j",
-            )
+                planned, snapshots = await self.take_snapshot(session)
+                pg_dump = await self.pick_pg_dump(planned)
+                if self.target is None:
+                    await self.claim_target()
+                stored, schema_files = await self.copy(session, planned, pg_dump)
+                body = await self.seal(planned, stored, schema_files)
+                final_path = await self.complete()
+            except asyncpg.QueryCanceledError as exc:
+                raise cancelled_by_server(exc, "a catalog query or lock") from exc
+            except CONNECTION_LOST as exc:
+                raise snapshot_lost() from exc  # the coordinator's own connection died
+            except asyncpg.PostgresError as exc:
+                # Catalog reads and locks failing for a reason not translated nearer
+                # (a full lock table: other sessions' locks count too).
+                message, hint = server_error(exc, "dump fewer tables at once (-t/-T/-n/-N)")
+                raise DumpFailed(f"server error: {message}", hint=hint) from exc
+        except BaseException:
+            await self.clean_up()
+            raise
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+            if not self.conn.is_closed():
+                self.conn.terminate()
         return self.result(final_path, planned, stored, schema_files, body, snapshots)
 
     async def open_output(self) -> None:
@@ -644,8 +653,9 @@ class _DumpRun:
                 else:
                     from .cluster import copy_on_cluster
 
+                    assert self.cluster is not None
                     stored = await copy_on_cluster(
-                        o.cluster,
+                        self.cluster,
                         planned.items,
                         copying,
                         session.params,

@@ -18,7 +18,7 @@ import orjson
 
 from . import format as manifest
 from .encode.rowcodec import LineNotAsDescribed, LoadShape
-from .errors import VerificationFailed
+from .errors import UsageError, VerificationFailed
 from .format import ARCHIVE_MAGIC, DATA_DIR, SCHEMA_DIR, Backup, BackupFile
 from .storage.backup import (
     DataFileReader,
@@ -76,6 +76,8 @@ def verify(
     on_file: Callable[[str], None] | None = None,
     in_progress: bool = False,
     identities: list[Any] | None = None,
+    cluster: str | None = None,
+    identity_file: str | Path | None = None,
 ) -> VerifyResult:
     """Check a backup completely, without a database; an increment with its whole chain
     (every link, then every backup's files: ``storage.chain``).
@@ -85,16 +87,37 @@ def verify(
     is called before each data file (and may raise to stop); ``in_progress`` lets the dump
     check its own ``.partial`` directory before making it complete.
 
+    ``cluster`` (``asyncsnap.cluster``: a scheduler's address or ``local:N``): the data
+    files are checked by the cluster's workers, each reading its files from where the
+    backup is (an object store, or a directory they share); the key of an encrypted
+    backup reaches them as ``identity_file``, a path each worker reads itself (the key
+    never travels in a task).
+
     >>> verify("backups/backup_20261124T021500Z").ok  # doctest: +SKIP
     True
     """
     started = time.monotonic()
     backup = open_backup(path, in_progress=in_progress, increments=True)
+    spread = None
+    if cluster is not None:
+        from .cluster import ClusterAddress
+
+        if identities and identity_file is None:
+            raise UsageError(
+                "verify on a cluster takes the key as a file each worker reads",
+                hint="give --identity FILE at a path every worker has",
+            )
+        spread = (
+            ClusterAddress.parse(cluster),
+            None if identity_file is None else str(identity_file),
+        )
     if backup.increment is None or in_progress:
-        return verify_backup(backup, on_file=on_file, identities=identities, started=started)
+        return verify_backup(
+            backup, on_file=on_file, identities=identities, started=started, cluster=spread
+        )
     chain = open_chain(path)
     results = [
-        verify_backup(b, on_file=on_file, identities=identities)
+        verify_backup(b, on_file=on_file, identities=identities, cluster=spread)
         for b in (chain.full, *chain.increments)
     ]
     return VerifyResult(
@@ -121,9 +144,11 @@ def verify_backup(
     on_file: Callable[[str], None] | None = None,
     identities: list[Any] | None = None,
     started: float | None = None,
+    cluster: tuple[Any, str | None] | None = None,
 ) -> VerifyResult:
     """``verify`` for a backup already opened (``open_backup``), or one being written
-    (``dump --verify``)."""
+    (``dump --verify``); ``cluster``: (its address, the key file's path), to check the
+    data files there."""
     started = time.monotonic() if started is None else started
     encrypted = bool(backup.encryption)
     readable = not encrypted or bool(identities)
@@ -143,29 +168,29 @@ def verify_backup(
         if wrong is not None:
             problems.append(Problem(wrong, backup.schema.archive.path))
     rows = size = files = 0
-    for columns, entry in _files_and_columns(backup):
-        if on_file is not None:
-            on_file(entry.path)
+    data = _files_and_columns(backup)
+    if cluster is None:
+        checked = []
+        for columns, entry in data:
+            if on_file is not None:
+                on_file(entry.path)
+            checked.append(_check_file(backup, columns, entry, identities, readable))
+    else:
+        from .cluster import map_on_cluster
+
+        address, identity_file = cluster
+        checked = map_on_cluster(
+            address,
+            check_file_task,
+            [(str(backup.path), e.path, identity_file if readable else None) for _, e in data],
+            [e.path for _, e in data],
+        )
+    for problem, file_rows, file_bytes in checked:
         files += 1
-        if not readable:
-            problem = _check_stored(backup, entry)
-            if problem is not None:
-                problems.append(problem)
-            size += entry.bytes
-            continue
-        reader = DataFileReader(backup, entry, identities=identities if encrypted else None)
-        problem = _check_lines(reader, LoadShape.checking(columns))
-        if problem is None:
-            try:
-                reader.finish()
-            except VerificationFailed as exc:
-                problem = Problem(exc.message.removeprefix(entry.path + " "), entry.path)
-        else:
-            reader.close()
         if problem is not None:
             problems.append(problem)
-        rows += reader.rows
-        size += reader.raw_bytes
+        rows += file_rows
+        size += file_bytes
     return VerifyResult(
         path=backup.path,
         tables=sum(1 for t in backup.tables if t.has_data),
@@ -176,6 +201,48 @@ def verify_backup(
         problems=problems,
         content_checked=readable,
     )
+
+
+def _check_file(
+    backup: Backup,
+    columns: list[tuple[str, str | None]],
+    entry: BackupFile,
+    identities: list[Any] | None,
+    readable: bool,
+) -> tuple[Problem | None, int, int]:
+    """One data file: its problem (None: whole), rows and bytes. Without the key of an
+    encrypted backup, its stored bytes against the manifest's size and sha256."""
+    if not readable:
+        return _check_stored(backup, entry), 0, entry.bytes
+    encrypted = bool(backup.encryption)
+    reader = DataFileReader(backup, entry, identities=identities if encrypted else None)
+    problem = _check_lines(reader, LoadShape.checking(columns))
+    if problem is None:
+        try:
+            reader.finish()
+        except VerificationFailed as exc:
+            problem = Problem(exc.message.removeprefix(entry.path + " "), entry.path)
+    else:
+        reader.close()
+    return problem, reader.rows, reader.raw_bytes
+
+
+def check_file_task(
+    location: str, path: str, identity_file: str | None
+) -> tuple[Problem | None, int, int]:
+    """On a cluster's worker: ``_check_file`` of the backup at ``location``'s data file
+    ``path``, the key read from ``identity_file`` here (None: unencrypted, or checked
+    without the key)."""
+    from .storage.encryption import load_identities
+
+    backup = open_backup(location, increments=True)
+    found = {e.path: (columns, e) for columns, e in _files_and_columns(backup)}
+    if path not in found:
+        raise VerificationFailed(f"{location}: its manifest no longer lists {path}")
+    columns, entry = found[path]
+    identities = load_identities(identity_file) if identity_file else None
+    readable = not backup.encryption or bool(identities)
+    return _check_file(backup, columns, entry, identities, readable)
 
 
 def _read_through(

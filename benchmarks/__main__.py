@@ -4,6 +4,7 @@
                          [--runs N] [--jobs N] [--skip-old] [--dsn DSN --target-dsn DSN]
     python -m benchmarks --many [--quick] [--runs N] [--jobs N]
     python -m benchmarks --incremental [--quick] [--scale N] [--runs N] [--jobs N]
+    python -m benchmarks --cluster [--quick] [--scale N] [--runs N]
 
 Starts a throwaway PostgreSQL from the installed binaries unless --dsn is given (that
 database is *filled* with the benchmark tables; restores go to --target-dsn, emptied
@@ -17,6 +18,7 @@ and, with matplotlib installed, a PNG chart. Timings are never asserted: not a t
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -487,7 +489,19 @@ def main() -> None:
         help="instead: issue 25's incremental backups on pgbench (1%% of accounts updated): "
         "an increment against the full dump, and a chain's restore against a full backup's",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="instead: issue 26's dump --cluster local:2 against the local -j 2 dump on "
+        "pgbench, and the Dask engine's fixed costs (a local cluster's start, a task's "
+        "round trip)",
+    )
     args = parser.parse_args()
+    if args.cluster:
+        if args.dsn:
+            parser.error("--cluster starts its own server: no --dsn")
+        cluster(args)
+        return
     if args.incremental:
         if args.dsn:
             parser.error("--incremental starts its own server (wal_level = logical): no --dsn")
@@ -1517,6 +1531,214 @@ def incremental(args: argparse.Namespace) -> None:
     path = args.results.with_name("increment.json")
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results written to {path}")
+
+
+CLUSTER_TARGETS = {"cluster local:2 / local -j 2 (dump)": 1.15}
+CLUSTER_WHY = {
+    "cluster local:2 / local -j 2 (dump)": "the engine's fixed costs, paid once a dump: "
+    "three processes import distributed (the coordinator and two workers, each figure "
+    "below; a worker also imports the task's modules), the local cluster starts and stops, "
+    "and on two cores that CPU is taken from the server and the conversion. The cluster "
+    "starts while the dump plans, but planning pgbench takes a fraction of a second. Per "
+    "chunk the cost is a task's round trip (below) and a connection importing the snapshot, "
+    "which are small; on a dump of a few seconds the fixed part is most of the gap, on "
+    "hours of dump it vanishes (docs/scaling.md)",
+}
+
+
+def cluster(args: argparse.Namespace) -> None:
+    """Issue 26's figures: ``dump --cluster local:2`` against the local ``-j 2`` dump on
+    pgbench (alternating, medians), both writing the same files; then the engine's fixed
+    costs measured on their own: a local cluster of 2 processes started and closed, and
+    the round trip of a task that does nothing."""
+    scale = args.scale or (2 if args.quick else 50)
+    runs = args.runs or (1 if args.quick else 3)
+    with (
+        throwaway_server() as server,
+        tempfile.TemporaryDirectory(prefix="asyncsnap-cluster-") as tmp,
+    ):
+        sql(server.dsn(), "CREATE DATABASE spread")
+        dsn = server.dsn("spread")
+        print(f"building pgbench scale {scale} ...", flush=True)
+        subprocess.run(
+            [str(find_bindir() / "pgbench"), "-i", "-q", "-s", str(scale), dsn],
+            check=True,
+            capture_output=True,
+        )
+        sql(dsn, "VACUUM ANALYZE")
+        names = {"local -j 2": ["-j", "2"], "cluster local:2": ["--cluster", "local:2"]}
+        samples = {name: Runs(name) for name in names}
+        cli = [*PY, "asyncsnap"]
+        sums: dict[str, set[str]] = {name: set() for name in names}
+        for r in range(runs):
+            for name in names if r % 2 == 0 else list(reversed(names)):
+                out = Path(tmp) / f"{name.replace(' ', '_').replace(':', '')}-{r}"
+                checkpoint(dsn)
+                wall, rss, cpu = measure([*cli, "dump", dsn, "-o", str(out), "--name", "b",
+                                          "--no-schema", *names[name]])  # fmt: skip
+                samples[name].samples.append((wall, rss, dir_size(out / "b"), cpu))
+                sums[name].add(
+                    "\n".join(sorted((out / "b" / "SHA256SUMS").read_text().splitlines()))
+                )
+                shutil.rmtree(out)
+                print(".", end="", flush=True)
+        if len(sums["local -j 2"] | sums["cluster local:2"]) != 1:
+            raise SystemExit("the cluster's files are not the local dump's")
+        out = Path(tmp) / "size"
+        measure([*cli, "dump", dsn, "-o", str(out), "--name", "b", "--no-schema"])
+        ndjson_bytes = json.loads((out / "b" / "manifest.json").read_text())["totals"]["bytes"]
+        copy_rate = _server_copy_rate(dsn)
+    engine = _engine_costs()
+    engine["store_put_mb_s"] = _store_rate()
+    for what, module in (
+        ("import_distributed", "distributed"),
+        ("import_task", "asyncsnap.cluster"),
+    ):
+        walls, cpus = [], []
+        for _ in range(3):
+            wall, _, cpu = measure([sys.executable, "-c", f"import {module}"])
+            walls.append(wall)
+            cpus.append(cpu)
+        engine[f"{what}_s"] = statistics.median(walls)
+        engine[f"{what}_cpu_s"] = statistics.median(cpus)
+    medians = {name: r.median for name, r in samples.items()}
+    ratio = medians["cluster local:2"] / medians["local -j 2"]
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "scale": scale,
+        "runs": runs,
+        "tools": {
+            name: {
+                "median_s": r.median,
+                "runs_s": [x[0] for x in r.samples],
+                "peak_rss_mib": max(x[1] for x in r.samples) / 1024,
+                "client_cpu_s": statistics.median(x[3] for x in r.samples),
+                "stored_bytes": r.samples[0][2],
+            }
+            for name, r in samples.items()
+        },
+        "engine": engine,
+        # for docs/scaling.md: the client's CPU per GB of NDJSON (the local dump's), and
+        # one backend's text COPY rate with a client that only counts the bytes
+        "ndjson_bytes": ndjson_bytes,
+        "client_cpu_s_per_gb": statistics.median(x[3] for x in samples["local -j 2"].samples)
+        / (ndjson_bytes / 1e9),
+        "server_copy": copy_rate,
+        "targets": [],
+    }
+    print(f"\npgbench scale {scale}, median of {runs}:")
+    for name, tool in report["tools"].items():
+        print(
+            f"  {name:16} {tool['median_s']:6.2f} s  client CPU {tool['client_cpu_s']:5.2f} s"
+            f"  peak RSS {tool['peak_rss_mib']:4.0f} MiB"
+        )
+    print(
+        f"  engine: local cluster of 2 started and closed {engine['cluster_start_s']:.2f} s; "
+        f"a task's round trip {engine['task_round_trip_ms']:.2f} ms; "
+        f"{engine['tasks_per_s']:.0f} no-op tasks/s; a process importing distributed "
+        f"{engine['import_distributed_s']:.2f} s, and a task's modules "
+        f"{engine['import_task_s']:.2f} s"
+    )
+    print(
+        f"  client CPU per GB of NDJSON {report['client_cpu_s_per_gb']:.2f} s; one backend's "
+        f"text COPY {copy_rate['mb_s']:.0f} MB/s ({copy_rate['seconds']:.2f} s for "
+        f"{copy_rate['bytes'] / 1e6:.0f} MB); the local object store's put "
+        f"{engine['store_put_mb_s']:.0f} MB/s"
+    )
+    name = "cluster local:2 / local -j 2 (dump)"
+    limit = CLUSTER_TARGETS[name]
+    entry: dict[str, Any] = {"name": name, "value": ratio, "target": limit, "met": ratio <= limit}
+    if not entry["met"]:
+        entry["why"] = CLUSTER_WHY[name]
+    report["targets"].append(entry)
+    print(f"  {name}: {ratio:.3f} (target {limit}) {'met' if entry['met'] else 'MISSED'}")
+    if not entry["met"]:
+        print(f"    why: {entry['why']}")
+    path = args.results.with_name("cluster.json")
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results written to {path}")
+
+
+def _server_copy_rate(dsn: str) -> dict[str, float]:
+    """One backend sending pgbench_accounts as text COPY to a client that only counts the
+    bytes: what the server side of one chunk's connection can do (median of 3)."""
+
+    async def once() -> tuple[float, int]:
+        conn = await connect(dsn)
+        try:
+            received = 0
+
+            async def sink(data: bytes) -> None:
+                nonlocal received
+                received += len(data)
+
+            t0 = time.perf_counter()
+            await conn.copy_from_query("SELECT * FROM public.pgbench_accounts", output=sink)
+            return time.perf_counter() - t0, received
+        finally:
+            await conn.close()
+
+    runs = [asyncio.run(once()) for _ in range(3)]
+    seconds = statistics.median(r[0] for r in runs)
+    size = runs[0][1]
+    return {"seconds": seconds, "bytes": size, "mb_s": size / 1e6 / seconds}
+
+
+def _store_rate() -> float:
+    """MB/s of one 256 MB object streamed to a local SeaweedFS through asyncsnap's store
+    (this machine's loopback: an upper bound for a store across a network)."""
+    from asyncsnap.storage.s3 import S3Store, StoreUrl
+
+    block = os.urandom(8 << 20)
+    with s3_server() as server:
+        store = S3Store(StoreUrl.parse(f"s3://{BUCKET}/rate"), environ=server.env())
+        t0 = time.perf_counter()
+        sink = store.sink("object")
+        for _ in range(32):
+            sink.write(block)
+        sink.finish()
+        return 256 / (time.perf_counter() - t0)
+
+
+def _engine_costs() -> dict[str, float]:
+    """A local Dask cluster of 2 worker processes: its start and close, one task's round
+    trip (median of 50, one at a time) and the throughput of 500 no-op tasks."""
+    import asyncio
+
+    async def go() -> dict[str, float]:
+        from asyncsnap.cluster import import_distributed
+
+        distributed = import_distributed()
+        started = time.perf_counter()
+        async with (
+            distributed.LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                asynchronous=True,
+                silence_logs=40,
+            ) as local,
+            distributed.Client(local, asynchronous=True) as client,
+        ):
+            up = time.perf_counter() - started
+            trips = []
+            for i in range(50):
+                t0 = time.perf_counter()
+                await client.submit(int, i, pure=False)
+                trips.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            await client.gather(client.map(int, range(500), pure=False))
+            many = time.perf_counter() - t0
+            closing = time.perf_counter()
+        closed = time.perf_counter() - closing
+        return {
+            "cluster_start_s": up + closed,
+            "task_round_trip_ms": statistics.median(trips) * 1000,
+            "tasks_per_s": 500 / many,
+        }
+
+    return asyncio.run(go())
 
 
 if __name__ == "__main__":

@@ -307,6 +307,11 @@ def test_an_encrypted_cluster_dump_to_a_bucket_from_the_command_line(
     assert done.stdout.strip() == f"{prefix}/enc"
     checked = run_cli("verify", f"{prefix}/enc", "--identity", str(key), env=env)
     assert checked.returncode == 0, checked.stderr
+    spread = run_cli(
+        "verify", f"{prefix}/enc", "--identity", str(key), "--cluster", "local:2", env=env
+    )
+    assert spread.returncode == 0, spread.stderr
+    assert spread.stdout.split(" checked in ")[0] == checked.stdout.split(" checked in ")[0]
     with fresh_database(db.postgres, "cluster_target") as target:
         restored = run_cli("restore", f"{prefix}/enc", target.dsn, "--identity", str(key), env=env)
         assert restored.returncode == 0, restored.stderr
@@ -367,3 +372,20 @@ def _worker_pids_of(parent: int) -> list[int]:
             return found
         time.sleep(0.05)
     return []
+
+
+def test_verify_on_a_cluster_finds_what_verify_finds(db: Database, tmp_path: Path) -> None:
+    """A damaged byte in one data file: verify --cluster names the same file and problem,
+    exit 5, as the local verify; a whole backup: the same counts."""
+    db.execute(SCHEMA)
+    run(dump, db.dsn, output=tmp_path, name="b", split_larger_than=256 << 10)
+    whole = verify(tmp_path / "b", cluster="local:2")
+    assert whole.ok and whole.rows == verify(tmp_path / "b").rows
+    damaged = sorted((tmp_path / "b" / "data").glob("public.wide-*"))[1]
+    raw = bytearray(damaged.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    local = run_cli("verify", str(tmp_path / "b"), env=clean_env())
+    spread = run_cli("verify", str(tmp_path / "b"), "--cluster", "local:2", env=clean_env())
+    assert local.returncode == spread.returncode == ExitCode.VERIFY
+    assert spread.stderr == local.stderr and damaged.name in spread.stderr

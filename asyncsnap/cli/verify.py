@@ -21,6 +21,16 @@ def verify_command(
     identity: IdentityOption = None,
     endpoint_url: EndpointOption = None,
     quiet: Annotated[bool, quiet_option("Print only problems.")] = False,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            metavar="ADDRESS",
+            help="Check the data files on a Dask cluster's workers (tcp://host:8786 or "
+            "local:N), each reading them where the backup is; the --identity file is read "
+            "by each worker at its path (needs the cluster extra).",
+        ),
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Check a backup completely, offline: manifest, checksums, rows, every line.
@@ -32,6 +42,8 @@ def verify_command(
       asyncsnap verify /backups/before-migration-42 && echo good
       # The checksums alone, with standard tools
       cd /backups/before-migration-42 && sha256sum -c --quiet SHA256SUMS
+      # A big backup in a bucket, its files checked by a cluster's workers
+      asyncsnap verify s3://backups/shop/backup_20261124T021500Z --cluster tcp://scheduler:8786
     """
     from ..storage.encryption import load_identities
     from ..verify import verify
@@ -40,7 +52,7 @@ def verify_command(
     with Envelope(debug=debug).guard():
         use_endpoint(endpoint_url)
         identities = load_identities(identity) if identity else None
-        result = verify(backup_dir, identities=identities)
+        result = verify(backup_dir, identities=identities, cluster=cluster, identity_file=identity)
     if not result.ok:
         print_problems(
             [str(problem) for problem in result.problems],
