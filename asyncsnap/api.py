@@ -44,6 +44,8 @@ async def restore(
     identities: Sequence[Any] = (),
     compare: bool = False,
     to: str | None = None,
+    cluster: str | None = None,
+    identity_file: str | None = None,
     on_event: EventCallback | None = None,
 ) -> RestoreResult:
     """Restore a backup into the database ``dsn`` points at: the whole of it (schema and
@@ -81,6 +83,12 @@ async def restore(
         rolled back, so its errors show.
     :param to: for a chain (``backup_dir`` an increment): stop at this backup of it (a
         name), or at this WAL position (``X/Y``: the transactions committed before it).
+    :param cluster: load the rows on a Dask cluster (``asyncsnap.cluster``: a scheduler's
+        address or ``local:N``), a table or a split table's file a task in its own
+        transaction; the schema, sequences, large objects and a chain's changes on this
+        machine. Not with ``single_transaction`` or ``mode="truncate"``. The workers read
+        the backup where it is (an object store, or a directory they share) and an
+        encrypted backup's key from ``identity_file``, a path each worker reads.
     :param compare: after the restore, compare the restored tables with the backup
         (``asyncsnap.compare``; the result is ``comparison``: the caller decides what a
         difference means).
@@ -112,6 +120,8 @@ async def restore(
         identities=identities,
         compare=compare,
         to=to,
+        cluster=cluster,
+        identity_file=identity_file,
     )
     return await run_restore(
         backup_dir,

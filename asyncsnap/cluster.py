@@ -189,6 +189,7 @@ def blocking_client(address: ClusterAddress) -> Iterator[Any]:
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # as cluster_client's
             silence_logs=40,
         ) as cluster,
         distributed.Client(cluster) as client,
@@ -216,7 +217,7 @@ def map_on_cluster(
             ) from None
     for label, result in zip(labels, results, strict=True):
         if isinstance(result, ChunkFailure):
-            raise _ChunkFailed(result, label, doing="checking")
+            raise TaskFailed(result, label, doing="checking")
     return list(results)
 
 
@@ -228,7 +229,7 @@ def _sees(path: str, content: str) -> bool:
         return False
 
 
-class _ChunkFailed(DumpFailed):
+class TaskFailed(DumpFailed):
     def __init__(self, failure: ChunkFailure, label: str, doing: str = "copying") -> None:
         super().__init__(
             f"worker {failure.worker} failed {doing} {label}: {failure.message}",
@@ -261,6 +262,9 @@ async def cluster_client(address: ClusterAddress, password: str | None) -> Async
         threads_per_worker=1,
         processes=True,
         dashboard_address=None,
+        # no dashboard, and the scheduler's HTTP endpoints (health, metrics) on a free
+        # port of this host only: two dumps at once must not contend for :8787
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         asynchronous=True,
         env=env,
         silence_logs=40,  # logging.ERROR: a worker's restart is ours to tell
@@ -390,7 +394,7 @@ async def copy_on_cluster(
                     hint="the workers' logs say why (memory?); nothing was kept",
                 ) from None
             if isinstance(found, ChunkFailure):
-                raise _ChunkFailed(found, item.label)
+                raise TaskFailed(found, item.label)
             stored[item.stem] = found
             ctx.emit(
                 ChunkFinished(

@@ -1716,6 +1716,7 @@ def _engine_costs() -> dict[str, float]:
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                 asynchronous=True,
                 silence_logs=40,
             ) as local,

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -313,7 +314,10 @@ def test_an_encrypted_cluster_dump_to_a_bucket_from_the_command_line(
     assert spread.returncode == 0, spread.stderr
     assert spread.stdout.split(" checked in ")[0] == checked.stdout.split(" checked in ")[0]
     with fresh_database(db.postgres, "cluster_target") as target:
-        restored = run_cli("restore", f"{prefix}/enc", target.dsn, "--identity", str(key), env=env)
+        restored = run_cli(
+            "restore", f"{prefix}/enc", target.dsn, "--identity", str(key),
+            "--cluster", "local:2", env=env,
+        )  # fmt: skip
         assert restored.returncode == 0, restored.stderr
         assert table_digests(target.dsn) == table_digests(db.dsn)
 
@@ -389,3 +393,50 @@ def test_verify_on_a_cluster_finds_what_verify_finds(db: Database, tmp_path: Pat
     spread = run_cli("verify", str(tmp_path / "b"), "--cluster", "local:2", env=clean_env())
     assert local.returncode == spread.returncode == ExitCode.VERIFY
     assert spread.stderr == local.stderr and damaged.name in spread.stderr
+
+
+def test_a_restore_on_a_cluster_is_the_source_and_refuses_one_transaction(
+    db: Database, tmp_path: Path
+) -> None:
+    """A whole restore whose rows are loaded by two worker processes (split tables' files
+    on both, parents before children): every table equals the source's; what must be one
+    transaction is refused before anything is touched."""
+    db.execute(SCHEMA)
+    db.execute(
+        "CREATE TABLE public.child (id int PRIMARY KEY, wide int REFERENCES public.wide (id));"
+        "INSERT INTO public.child SELECT g, g FROM generate_series(1, 500) g"
+    )
+    run(dump, db.dsn, output=tmp_path, name="b", split_larger_than=256 << 10)
+    with fresh_database(db.postgres, "cluster_target") as target:
+        done = run_cli(
+            "restore", str(tmp_path / "b"), target.dsn, "--cluster", "local:2", env=clean_env()
+        )
+        assert done.returncode == 0, done.stderr
+        assert table_digests(target.dsn) == table_digests(db.dsn)
+    with fresh_database(db.postgres, "cluster_target") as target:
+        for option in ("--single-transaction", "--truncate"):
+            done = run_cli(
+                "restore", str(tmp_path / "b"), target.dsn, "--cluster", "local:2", option,
+                env=clean_env(),
+            )  # fmt: skip
+            assert done.returncode == ExitCode.USAGE, done.stderr
+            assert f"{option} loads every row in one transaction" in done.stderr
+        assert target.fetchval("SELECT count(*) FROM pg_class WHERE relname = 'wide'") == 0
+
+
+def test_two_cluster_dumps_at_once_do_not_contend_for_a_port(db: Database, tmp_path: Path) -> None:
+    """Two local clusters in one process at once (two dumps): each scheduler's HTTP
+    endpoints on a free port of its own (the default :8787 made the second warn, and
+    the tests turn warnings into errors)."""
+    db.execute(SCHEMA)
+
+    async def both() -> None:
+        async with anyio.create_task_group() as tg:
+            for name in ("one", "two"):
+                (tmp_path / name).mkdir()
+                tg.start_soon(
+                    partial(dump, db.dsn, output=tmp_path / name, name="b", cluster="local:1")
+                )
+
+    anyio.run(both, backend="asyncio")
+    assert data_sums(tmp_path / "one" / "b") == data_sums(tmp_path / "two" / "b")

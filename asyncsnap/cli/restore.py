@@ -135,6 +135,16 @@ def restore_command(
         ),
     ] = None,
     identity: IdentityOption = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            metavar="ADDRESS",
+            help="Load the rows on a Dask cluster's workers (tcp://host:8786 or local:N), a "
+            "table or file a task; the schema and the rest here. Not with "
+            "--single-transaction or --truncate (needs the cluster extra).",
+        ),
+    ] = None,
     endpoint_url: EndpointOption = None,
     quiet: Annotated[bool, quiet_option()] = False,
     log_format: LogFormatOption = "text",
@@ -211,6 +221,8 @@ def restore_command(
         identities=identities,
         compare=compare_after,
         to=to,
+        cluster=cluster,
+        identity_file=identity,
         on_event=partial(_note_target, env.outcome, render),
     )
     left = (

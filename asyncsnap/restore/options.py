@@ -36,6 +36,8 @@ class RestoreOptions:
     identities: tuple[Any, ...] = ()
     compare: bool = False
     to: str | None = None  # a chain's restore stops at this backup of it, or this LSN
+    cluster: str | None = None  # the rows loaded by a Dask cluster's workers
+    identity_file: str | None = None  # with cluster: the key, as a path each worker reads
 
     @classmethod
     def build(
@@ -66,6 +68,8 @@ class RestoreOptions:
     def check(self) -> None:
         if self.jobs < 1:
             raise UsageError(f"-j must be at least 1, not {self.jobs!r}", hint="try -j 2")
+        if self.cluster is not None:
+            self._check_cluster()
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r}", hint="use refuse, truncate or append")
         if self.compare and (self.schema_only or self.dry_run):
@@ -73,6 +77,28 @@ class RestoreOptions:
             raise UsageError(
                 f"--compare compares the rows a restore loaded; {flag} loads none",
                 hint="drop one of the two",
+            )
+
+    def _check_cluster(self) -> None:
+        """What a restore on a cluster can spread: the rows, a table (or a split table's
+        file) a task, each in its own transaction, as -j does; not one transaction."""
+        from ..cluster import ClusterAddress
+
+        ClusterAddress.parse(self.cluster or "")
+        for given, option in (
+            (self.single_transaction, "--single-transaction"),
+            (self.mode == "truncate", "--truncate"),
+        ):
+            if given:
+                raise UsageError(
+                    f"{option} loads every row in one transaction on one connection: it "
+                    "cannot be spread over a cluster",
+                    hint=f"leave out --cluster, or {option}",
+                )
+        if self.identities and self.identity_file is None:
+            raise UsageError(
+                "a restore on a cluster takes the key as a file each worker reads",
+                hint="give --identity FILE at a path every worker has",
             )
 
     def check_drop_database(self) -> None:

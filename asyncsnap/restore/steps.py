@@ -409,17 +409,24 @@ class _RestoreRun:
         """The rows, then the sequences, the large objects and the materialized views (in
         the caller's transaction with --single-transaction)."""
         o, conn, backup, emit = self.o, self.conn, self.backup, self.emit
-        await loading.load_rows(
-            plan,
-            conn,
-            self.session,
-            backup,
-            emit,
-            self.results,
-            jobs=o.jobs,
-            mode=o.mode,
-            single=self.single,
-        )
+        if o.cluster is None:
+            await loading.load_rows(
+                plan,
+                conn,
+                self.session,
+                backup,
+                emit,
+                self.results,
+                jobs=o.jobs,
+                mode=o.mode,
+                single=self.single,
+            )
+        else:
+            from .spread import load_rows_on_cluster
+
+            await load_rows_on_cluster(
+                plan, self.session, backup, emit, self.results, o.cluster, o.identity_file, o.mode
+            )
         self.sequences = await finish.set_sequences(conn, plan, emit)
         self.large_objects = await loading.load_large_objects(
             conn, plan, backup, emit, mode=o.mode, single=self.single

@@ -1,0 +1,153 @@
+"""``restore --cluster``: the rows loaded by a Dask cluster's workers.
+
+What is spread: the rows only, the same units as ``-j`` (a table, one file of a split
+table, or the tables of a foreign-key cycle), each a task that opens its own connection
+to the target with the restore's session policy, reads its files where the backup is (an
+object store, or a directory the workers share) and loads them in one transaction of its
+own (``load._load_unit``, the local path's code). Level by level, parents before
+children; within a level, a split table's first file (whose transaction checks the table
+is empty) before its others. The schema before and after, the sequences, the large
+objects and a chain's changes stay on this machine's connection.
+
+What is not: ``--single-transaction`` and ``--truncate`` (one transaction on one
+connection), refused by ``options.RestoreOptions``. As with ``-j``, a failure leaves the
+units already committed; the restore fails and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import anyio
+
+from ..cluster import (
+    ChunkFailure,
+    ClusterAddress,
+    TaskFailed,
+    background_cluster,
+    guarded,
+    import_distributed,
+    without_password,
+)
+from ..connection import ConnectParams
+from ..events import ChunkFinished, ChunkStarted, EventCallback
+from ..format import Backup
+from ..session import Session, SessionPolicy
+from ..storage.backup import open_backup
+from .load import _load_unit, loading_connection
+from .options import Mode
+from .plan import RestorePlan, Unit, units
+from .result import RestoredTable
+
+
+def load_unit_task(
+    location: str,
+    identity_file: str | None,
+    unit: Unit,
+    params: ConnectParams,
+    policy: SessionPolicy,
+) -> list[RestoredTable]:
+    """On a worker: one unit loaded in a transaction of its own, on a connection of its
+    own; the backup opened where it is, the key read from ``identity_file`` here."""
+
+    async def go() -> list[RestoredTable]:
+        backup = open_backup(location)
+        if identity_file is not None and backup.encryption:
+            from ..storage.encryption import load_identities
+
+            backup = replace(backup, identities=tuple(load_identities(identity_file)))
+        conn = await loading_connection(Session(params, policy))
+        try:
+            return await _load_unit(conn, unit, backup, lambda event: None, own_transaction=True)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+
+    return asyncio.run(go())
+
+
+def _label(unit: Unit) -> str:
+    first = unit.loads[0].source.qualified
+    if unit.file_index is not None:
+        return f"{first} (file {unit.file_index + 1})"
+    return first if len(unit.loads) == 1 else f"{first} and its cycle"
+
+
+async def load_rows_on_cluster(
+    plan: RestorePlan,
+    session: Session,
+    backup: Backup,
+    emit: EventCallback,
+    results: list[RestoredTable],
+    address: str,
+    identity_file: str | None,
+    mode: Mode,
+) -> None:
+    """The plan's rows, each unit a task on the cluster at ``address``."""
+    distributed = import_distributed()
+    params, _ = without_password(session.params)
+    async with background_cluster(ClusterAddress.parse(address), session.params) as running:
+        client = await running.ready()
+        for level in plan.levels:
+            level_units = units(plan, level, split_files=True, checks=mode == "refuse")
+            # A split table's first file checks the table is empty; its others follow.
+            first = [u for u in level_units if u.after is None]
+            later = [u for u in level_units if u.after is not None]
+            for phase in (first, later):
+                await _run_phase(
+                    client, distributed, phase, backup, (identity_file, params, session.policy),
+                    emit, results,
+                )  # fmt: skip
+
+
+async def _run_phase(
+    client: Any,
+    distributed: Any,
+    phase: Sequence[Unit],
+    backup: Backup,
+    task: tuple[str | None, ConnectParams, SessionPolicy],
+    emit: EventCallback,
+    results: list[RestoredTable],
+) -> None:
+    """One phase of a level: its units as tasks, each result kept as it comes."""
+    identity_file, params, policy = task
+    if not phase:
+        return
+    futures = {}
+    for unit in phase:
+        sent = replace(unit, checked=None, after=None)  # events stay here
+        emit(ChunkStarted(label=_label(unit), est_rows=unit.rows, verb="loading"))
+        future = client.submit(
+            guarded,
+            load_unit_task,
+            str(backup.path),
+            identity_file,
+            sent,
+            params,
+            policy,
+            pure=False,
+        )
+        futures[future.key] = (future, unit)
+    try:
+        async for future in distributed.as_completed([f for f, _ in futures.values()]):
+            unit = futures[future.key][1]
+            found = await future
+            if isinstance(found, ChunkFailure):
+                raise TaskFailed(found, _label(unit), doing="loading")
+            results.extend(found)
+            emit(
+                ChunkFinished(
+                    label=_label(unit),
+                    rows=sum(r.rows for r in found),
+                    bytes=0,
+                    stored_bytes=0,
+                    seconds=0.0,
+                    verb="loaded",
+                )
+            )
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.cancel([f for f, _ in futures.values()], force=True)
