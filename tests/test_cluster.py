@@ -167,9 +167,9 @@ def _descends(pid: int, ancestor: int) -> bool:
 
 
 @contextlib.contextmanager
-def dask_cluster(password: str) -> Iterator[str]:
+def dask_cluster(password: str, **worker_env: str) -> Iterator[str]:
     """A scheduler and two workers started as users start them (the dask commands), the
-    workers' environment holding ``PGPASSWORD``."""
+    workers' environment holding ``PGPASSWORD`` (and ``worker_env``)."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = str(Path(sys.executable).parent / "dask")
@@ -185,7 +185,7 @@ def dask_cluster(password: str) -> Iterator[str]:
             procs.append(
                 subprocess.Popen(
                     [dask, "worker", address, "--nthreads", "1", "--name", f"w{i}", "--no-nanny"],
-                    env={**clean_env(), "PGPASSWORD": password},
+                    env={**clean_env(), "PGPASSWORD": password, **worker_env},
                     **quiet,  # type: ignore[call-overload]
                 )
             )
@@ -440,3 +440,85 @@ def test_two_cluster_dumps_at_once_do_not_contend_for_a_port(db: Database, tmp_p
 
     anyio.run(both, backend="asyncio")
     assert data_sums(tmp_path / "one" / "b") == data_sums(tmp_path / "two" / "b")
+
+
+def test_workers_killed_mid_upload_leave_an_exact_backup_and_no_stray_object(
+    s3: S3Server, db: Database, tmp_path: Path
+) -> None:
+    """SIGKILL of a worker while chunks stream into a bucket: its task runs again, the
+    backup verifies and holds the local dump's rows, and the backup's prefix holds
+    exactly its listed files, SHA256SUMS, the manifest and the claim."""
+    from asyncsnap.storage.s3 import S3Store, StoreUrl
+    from asyncsnap.storage.store import open_object
+
+    db.execute(SCHEMA)
+    db.execute(
+        "INSERT INTO public.wide SELECT g, repeat(md5(g::text), 40), g, now()"
+        " FROM generate_series(40001, 200000) g"
+    )
+    run(dump, db.dsn, output=tmp_path, name="local", split_larger_than=1 << 20)
+    killed: list[int] = []
+    env = s3.env()
+    os.environ.update(env)  # the coordinator's store client, and its workers' (inherited)
+    try:
+        killer = threading.Thread(target=_kill_a_copying_worker, args=(db, killed))
+        killer.start()
+        try:
+            run(
+                dump,
+                db.dsn,
+                output=f"s3://{BUCKET}/killed",
+                name="spread",
+                split_larger_than=1 << 20,
+                cluster="local:2",
+            )
+        finally:
+            killer.join()
+        assert killed, "no worker was killed: the test did not test anything"
+        assert verify(f"s3://{BUCKET}/killed/spread").ok
+        store = S3Store(StoreUrl.parse(f"s3://{BUCKET}/killed/spread"), environ=env)
+        found = {o.key for o in store.objects()}
+        sums = open_object(store, "SHA256SUMS").read().decode().splitlines()
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+    assert sorted(x for x in sums if " data/" in x) == data_sums(tmp_path / "local")
+    listed = {x.split("  ", 1)[1] for x in sums}
+    assert found == listed | {"SHA256SUMS", "manifest.json", "claim.json"}
+
+
+def _kill_a_copying_worker(db: Database, killed: list[int]) -> None:
+    """SIGKILL one of this process's Dask workers once a COPY of the dump runs."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not killed:
+        rows = db.fetch(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE 'COPY %'"
+            " AND application_name = 'asyncsnap' AND pid <> pg_backend_pid()"
+        )
+        if rows[0]["n"]:
+            for pid in _worker_pids():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+        time.sleep(0.02)
+
+
+def test_a_worker_without_the_stores_credentials_fails_the_dump_naming_it(
+    s3: S3Server, db: Database, tmp_path: Path
+) -> None:
+    """Workers whose environment has no credentials for the bucket (the coordinator has
+    them): one error naming a worker and the store's refusal, and no backup."""
+    from asyncsnap.storage.s3 import S3Store, StoreUrl
+
+    db.execute(SCHEMA)
+    password = urlsplit(db.dsn).password or ""
+    no_keys = {**cli_env(s3), "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    with dask_cluster(password, **no_keys) as address:
+        done = run_cli(
+            "dump", db.dsn, "-o", f"s3://{BUCKET}/nokeys", "--name", "x", "--cluster", address,
+            env=cli_env(s3),
+        )  # fmt: skip
+    assert done.returncode == ExitCode.OUTPUT, done.stderr
+    assert "worker w" in done.stderr, done.stderr
+    store = S3Store(StoreUrl.parse(f"s3://{BUCKET}/nokeys"), environ=s3.env())
+    assert not [o.key for o in store.objects() if o.key.endswith("manifest.json")]
