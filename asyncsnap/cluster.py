@@ -36,11 +36,10 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
 
-from .connection import ConnectParams, join_uri
+from .connection import ConnectParams, split_password
 from .copy import CHUNK_ATTEMPTS, CopyContext
 from .errors import AsyncsnapError, DumpFailed, UsageError
 from .events import ChunkFinished, ChunkStarted
@@ -95,19 +94,8 @@ def without_password(params: ConnectParams) -> tuple[ConnectParams, str | None]:
     environment gives it, as libpq's does), and the password taken out, if any."""
     if params.uri is None:
         return replace(params, secrets=()), None
-    parts = urlsplit(params.uri)
-    password = None if parts.password is None else unquote(parts.password)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    netloc = (userinfo.partition(":")[0] + "@" + host) if at else parts.netloc
-    query = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "password":
-            password = value
-        else:
-            query.append((key, value))
-    return replace(
-        params, uri=join_uri(parts.scheme, netloc, parts.path, query), secrets=()
-    ), password
+    uri, password = split_password(params.uri)
+    return replace(params, uri=uri, secrets=()), password
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,27 @@ def join_uri(scheme: str, netloc: str, path: str, query: list[tuple[str, str]]) 
     return uri + ("?" + _query(query) if query else "")
 
 
+def split_password(uri: str) -> tuple[str, str | None]:
+    """``uri`` without its password (in the user part or a ``password`` parameter, the
+    parameter winning as in libpq), and that password: for a program or a process that
+    must reach the server without the secret in its arguments or its task.
+
+    >>> split_password("postgresql://app:s%40cret@db/shop?sslmode=require")
+    ('postgresql://app@db/shop?sslmode=require', 's@cret')
+    """
+    parts = urlsplit(uri)
+    password = unquote(parts.password) if parts.password else None
+    query = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "password":
+            password = value
+        else:
+            query.append((key, value))
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0] if at else ""
+    return join_uri(parts.scheme, (user + "@" if user else "") + host, parts.path, query), password
+
+
 def _query(pairs: list[tuple[str, str]]) -> str:
     """Query parameters with ``%20`` for a space: libpq decodes only ``%XX``, not ``+``."""
     return urlencode(pairs, quote_via=quote)

@@ -36,12 +36,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
 import asyncpg
 
-from .connection import ConnectParams, join_uri
+from .connection import ConnectParams, split_password
 from .errors import ClientToolMissing, DumpFailed, RestoreFailed
 
 _VERSION = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
@@ -166,17 +165,7 @@ def tool_invocation(params: ConnectParams) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     if params.uri is None:
         return [], env
-    parts = urlsplit(params.uri)
-    password = unquote(parts.password) if parts.password else None
-    query = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "password":
-            password = value
-        else:
-            query.append((key, value))
-    userinfo, at, host = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0] if at else ""
-    cleaned = join_uri(parts.scheme, (user + "@" if user else "") + host, parts.path, query)
+    cleaned, password = split_password(params.uri)
     if password is not None:
         env["PGPASSWORD"] = password
     if params.connect_timeout is not None:

@@ -93,23 +93,7 @@ def test_a_worker_killed_mid_chunk_leaves_an_exact_backup(db: Database, tmp_path
     )
     run(dump, db.dsn, output=tmp_path, name="local", split_larger_than=1 << 20)
     killed: list[int] = []
-
-    def kill_a_worker() -> None:
-        # the first worker process that holds a connection copying (COPY in pg_stat_activity)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not killed:
-            rows = db.fetch(
-                "SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE 'COPY %'"
-                " AND application_name = 'asyncsnap' AND pid <> pg_backend_pid()"
-            )
-            if rows[0]["n"]:
-                for pid in _worker_pids():
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    break
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_a_worker)
+    killer = threading.Thread(target=_kill_a_copying_worker, args=(db, killed))
     killer.start()
     try:
         run(
