@@ -86,12 +86,7 @@ def test_a_worker_killed_mid_chunk_leaves_an_exact_backup(db: Database, tmp_path
     """SIGKILL of a worker process while it copies: the scheduler runs its task again on
     another worker, and the backup is the local dump's, file for file, with no stray
     file (the killed run's temporary file is removed by the coordinator)."""
-    db.execute(SCHEMA)
-    db.execute(
-        "INSERT INTO public.wide SELECT g, repeat(md5(g::text), 40), g, now()"
-        " FROM generate_series(40001, 200000) g"
-    )
-    run(dump, db.dsn, output=tmp_path, name="local", split_larger_than=1 << 20)
+    _big_wide_and_its_local_dump(db, tmp_path)
     killed: list[int] = []
     killer = threading.Thread(target=_kill_a_copying_worker, args=(db, killed))
     killer.start()
@@ -435,12 +430,7 @@ def test_workers_killed_mid_upload_leave_an_exact_backup_and_no_stray_object(
     from asyncsnap.storage.s3 import S3Store, StoreUrl
     from asyncsnap.storage.store import open_object
 
-    db.execute(SCHEMA)
-    db.execute(
-        "INSERT INTO public.wide SELECT g, repeat(md5(g::text), 40), g, now()"
-        " FROM generate_series(40001, 200000) g"
-    )
-    run(dump, db.dsn, output=tmp_path, name="local", split_larger_than=1 << 20)
+    _big_wide_and_its_local_dump(db, tmp_path)
     killed: list[int] = []
     env = s3.env()
     os.environ.update(env)  # the coordinator's store client, and its workers' (inherited)
@@ -469,6 +459,17 @@ def test_workers_killed_mid_upload_leave_an_exact_backup_and_no_stray_object(
     assert sorted(x for x in sums if " data/" in x) == data_sums(tmp_path / "local")
     listed = {x.split("  ", 1)[1] for x in sums}
     assert found == listed | {"SHA256SUMS", "manifest.json", "claim.json"}
+
+
+def _big_wide_and_its_local_dump(db: Database, tmp_path: Path) -> None:
+    """The schema with public.wide grown to 200,000 longer rows (copied in several 1 MB
+    chunks, long enough to be killed in), and a local dump of it, ``local``."""
+    db.execute(SCHEMA)
+    db.execute(
+        "INSERT INTO public.wide SELECT g, repeat(md5(g::text), 40), g, now()"
+        " FROM generate_series(40001, 200000) g"
+    )
+    run(dump, db.dsn, output=tmp_path, name="local", split_larger_than=1 << 20)
 
 
 def _kill_a_copying_worker(db: Database, killed: list[int]) -> None:
