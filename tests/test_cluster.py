@@ -8,6 +8,7 @@ moment although its files were written by several processes."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -507,3 +509,28 @@ def test_a_worker_without_the_stores_credentials_fails_the_dump_naming_it(
     assert "worker w" in done.stderr, done.stderr
     store = S3Store(StoreUrl.parse(f"s3://{BUCKET}/nokeys"), environ=s3.env())
     assert not [o.key for o in store.objects() if o.key.endswith("manifest.json")]
+
+
+def test_a_backup_the_workers_cannot_read_is_refused_before_rows_load(
+    db: Database, tmp_path: Path
+) -> None:
+    """restore --cluster asks every worker to open the backup where the coordinator found
+    it (here: a worker elsewhere, that answers no): refused, naming the worker, before a
+    row is loaded."""
+    from asyncsnap.api import restore
+
+    # (``import asyncsnap.restore.spread as`` finds the package's lazy ``restore``
+    # function under that name first)
+    spread: Any = importlib.import_module("asyncsnap.restore.spread")
+
+    db.execute(SCHEMA)
+    run(dump, db.dsn, output=tmp_path, name="b")
+    real = spread.sees_backup
+    try:
+        spread.sees_backup = lambda location, checksum: False
+        with fresh_database(db.postgres, "cluster_target") as target:
+            with pytest.raises(UsageError, match="cannot read the backup at"):
+                run(restore, tmp_path / "b", target.dsn, cluster="local:1")
+            assert target.fetchval("SELECT count(*) FROM public.wide") == 0
+    finally:
+        spread.sees_backup = real

@@ -17,6 +17,7 @@ units already committed; the restore fails and says so.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -33,6 +34,7 @@ from ..cluster import (
     without_password,
 )
 from ..connection import ConnectParams
+from ..errors import UsageError
 from ..events import ChunkFinished, ChunkStarted, EventCallback
 from ..format import Backup
 from ..session import Session, SessionPolicy
@@ -69,6 +71,20 @@ def load_unit_task(
     return asyncio.run(go())
 
 
+def sees_backup(location: str, checksum: str) -> bool:
+    """On a worker: whether the backup at ``location`` is there, the same one (its
+    manifest's checksum)."""
+    try:
+        return open_backup(location).manifest.checksum == checksum
+    except Exception:
+        return False
+
+
+def _location(backup: Backup) -> str:
+    """Where workers find the backup: its store URL, or its directory's absolute path."""
+    return backup.path if isinstance(backup.path, str) else os.path.abspath(backup.path)
+
+
 def _label(unit: Unit) -> str:
     first = unit.loads[0].source.qualified
     if unit.file_index is not None:
@@ -89,8 +105,18 @@ async def load_rows_on_cluster(
     """The plan's rows, each unit a task on the cluster at ``address``."""
     distributed = import_distributed()
     params, _ = without_password(session.params)
+    location = _location(backup)
     async with background_cluster(ClusterAddress.parse(address), session.params) as running:
         client = await running.ready()
+        seen = await client.run(sees_backup, location, backup.manifest.checksum)
+        blind = sorted(worker for worker, ok in seen.items() if not ok)
+        if not seen or blind:
+            raise UsageError(
+                f"worker {blind[0] if blind else '(none)'} cannot read the backup at "
+                f"{location}: with --cluster, workers read the files themselves",
+                hint="keep the backup in an object store, or in a directory every worker "
+                "mounts at the same path",
+            )
         for level in plan.levels:
             level_units = units(plan, level, split_files=True, checks=mode == "refuse")
             # A split table's first file checks the table is empty; its others follow.
@@ -98,7 +124,7 @@ async def load_rows_on_cluster(
             later = [u for u in level_units if u.after is not None]
             for phase in (first, later):
                 await _run_phase(
-                    client, distributed, phase, backup, (identity_file, params, session.policy),
+                    client, distributed, phase, location, (identity_file, params, session.policy),
                     emit, results,
                 )  # fmt: skip
 
@@ -107,7 +133,7 @@ async def _run_phase(
     client: Any,
     distributed: Any,
     phase: Sequence[Unit],
-    backup: Backup,
+    location: str,
     task: tuple[str | None, ConnectParams, SessionPolicy],
     emit: EventCallback,
     results: list[RestoredTable],
@@ -123,7 +149,7 @@ async def _run_phase(
         future = client.submit(
             guarded,
             load_unit_task,
-            str(backup.path),
+            location,
             identity_file,
             sent,
             params,
