@@ -42,13 +42,16 @@ import anyio
 from .connection import ConnectParams, split_password
 from .copy import CHUNK_ATTEMPTS, CopyContext
 from .errors import AsyncsnapError, DumpFailed, UsageError
-from .events import ChunkFinished, ChunkStarted
+from .events import ChunkFinished, ChunkProgress, ChunkStarted
 from .format import DATA_DIR
 from .jobs import ChunkConnectionLost, ChunkJob, FileTarget, WorkItem, run_chunk_alone
 from .session import SessionPolicy
 from .snapshot import snapshot_lost
+from .storage.backup import LocalSource, StoreSource, check_stored
 from .storage.files import BackupDirectory, StoredFile
+from .storage.location import backup_location
 from .storage.prefix import BackupPrefix
+from .storage.s3 import S3Store, StoreUrl
 
 _LOCAL = re.compile(r"local:([0-9]{1,3})")
 _SCHEMES = ("tcp://", "tls://", "ws://", "wss://")
@@ -120,24 +123,99 @@ def _worker_name() -> str:
         return f"pid {os.getpid()}"
 
 
-def copy_chunk(job: ChunkJob, params: ConnectParams, policy: SessionPolicy) -> Any:
+def copy_chunk(
+    job: ChunkJob, params: ConnectParams, policy: SessionPolicy, topic: str | None = None
+) -> Any:
     """The task: one chunk copied into its file by this worker, the file's entry returned
     (``StoredFile``), or a ``ChunkFailure``. A connection lost mid-copy is tried again,
-    as the local dump does."""
-    return guarded(_copy_chunk, job, params, policy)
+    as the local dump does. ``topic``: where its progress goes (``_progress_sender``)."""
+    return guarded(_copy_chunk, job, params, policy, topic)
 
 
-def _copy_chunk(job: ChunkJob, params: ConnectParams, policy: SessionPolicy) -> StoredFile:
+def _progress_sender(topic: str | None) -> Any:
+    """The task's ``emit``: its progress (every ``events.PROGRESS_INTERVAL`` at most, as
+    the copy reports it) sent to the coordinator as the worker's events on ``topic``
+    (the table's label and counts only); other events stay here."""
+    if topic is None:
+        return None
+    from distributed import get_worker
+
+    worker = get_worker()
+
+    def emit(event: Any) -> None:
+        if isinstance(event, ChunkProgress):
+            worker.log_event(topic, (event.label, event.rows, event.bytes))
+
+    return emit
+
+
+def _copy_chunk(
+    job: ChunkJob, params: ConnectParams, policy: SessionPolicy, topic: str | None
+) -> StoredFile:
     import asyncio
 
+    emit = _progress_sender(topic)
+    assert isinstance(job.target, FileTarget)
     for attempt in range(CHUNK_ATTEMPTS):
         try:
-            return asyncio.run(run_chunk_alone(job, params, policy))
+            stored = asyncio.run(run_chunk_alone(job, params, policy, emit))
+            return replace(stored, stamp=file_stamp(job.target, stored.path))
         except ChunkConnectionLost:
             if attempt + 1 == CHUNK_ATTEMPTS:
                 raise
             time.sleep(_RETRY_PAUSE)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def file_stamp(target: FileTarget, path: str) -> str | None:
+    """What the store says of a backup's file now: an object's entity tag, or a local
+    file's inode, size and modification time (a file renamed over it has another inode).
+    Taken by the task just after it wrote the file, and again by the coordinator before
+    the manifest (``check_stamps``)."""
+    where = backup_location(target.root, role="target")
+    if isinstance(where, StoreUrl):
+        return S3Store(where).etag(f"{target.name}/{path}" if target.name else path)
+    try:
+        st = os.stat(os.path.join(where, path))
+    except FileNotFoundError:
+        return None
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def check_stamps(target: FileTarget, stored: dict[str, StoredFile]) -> None:
+    """Every file is still the one its task wrote (its stamp unchanged): a run of the
+    same task that the scheduler had given up on (a worker cut off, not dead) may have
+    written its file again after it.
+
+    :raises DumpFailed: naming the file replaced."""
+    where = backup_location(target.root, role="target")
+    if isinstance(where, StoreUrl):
+        prefix = f"{target.name}/" if target.name else ""
+        tags = {
+            o.key.removeprefix(prefix): o.etag
+            for o in S3Store(where).objects(f"{prefix}{DATA_DIR}" if prefix else DATA_DIR)
+        }
+        now = {f.path: tags.get(f.path) for f in stored.values()}
+    else:
+        now = {f.path: file_stamp(target, f.path) for f in stored.values()}
+    source = (
+        StoreSource(S3Store(where), target.name)
+        if isinstance(where, StoreUrl)
+        else LocalSource(Path(where))
+    )
+    for entry in stored.values():
+        if now[entry.path] == entry.stamp:
+            continue
+        # Written again (Dask runs a finished task again when the worker holding its
+        # result dies before the result was released): the same bytes are no harm.
+        wrong = check_stored(source, entry.path, entry.stored_bytes, entry.sha256)
+        if wrong is not None:
+            raise DumpFailed(
+                f"{entry.path} changed after its task wrote it ({wrong}): another run of "
+                "the same task wrote it again",
+                hint="run the dump again (a worker died or was cut off from the scheduler "
+                "while its task's file was being written again)",
+            )
 
 
 def guarded(fn: Any, *args: Any) -> Any:
@@ -362,6 +440,13 @@ async def copy_on_cluster(
     if isinstance(backup, BackupDirectory):
         await check_shared(client, backup)
     run_id = secrets.token_hex(6)
+    topic = f"asyncsnap-progress-{run_id}"
+
+    def progress(event: tuple[float, Any]) -> None:
+        label, rows, size = event[1]
+        ctx.emit(ChunkProgress(label=str(label), rows=int(rows), bytes=int(size)))
+
+    client.subscribe_topic(topic, progress)
     labels = {}
     futures = []
     for item in items:
@@ -369,7 +454,9 @@ async def copy_on_cluster(
         key = f"asyncsnap-{run_id}-{item.stem}"
         labels[key] = item
         ctx.emit(ChunkStarted(label=item.label, est_rows=item.est_rows))
-        futures.append(client.submit(copy_chunk, job, task_params, policy, key=key, pure=False))
+        futures.append(
+            client.submit(copy_chunk, job, task_params, policy, topic, key=key, pure=False)
+        )
 
     async def gather() -> None:
         async for future in distributed.as_completed(futures):
@@ -381,6 +468,7 @@ async def copy_on_cluster(
                     f"the cluster gave up on {item.label}: the workers running it died ({exc})",
                     hint="the workers' logs say why (memory?); nothing was kept",
                 ) from None
+            future.release()  # the result is here: a dying worker's copy is not recomputed
             if isinstance(found, ChunkFailure):
                 raise TaskFailed(found, item.label)
             stored[item.stem] = found
@@ -409,11 +497,13 @@ async def copy_on_cluster(
 
         raise most_telling(group) from None
     finally:
+        client.unsubscribe_topic(topic)
         with anyio.CancelScope(shield=True):
             await client.cancel(futures, force=True)
     if isinstance(backup, BackupDirectory):
         # A killed run's temporary file (its task ran again under another name).
         await anyio.to_thread.run_sync(_remove_leftovers, Path(backup.path) / DATA_DIR)
+    await anyio.to_thread.run_sync(check_stamps, target, stored)
     return stored
 
 

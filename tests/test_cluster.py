@@ -8,6 +8,7 @@ moment although its files were written by several processes."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import os
 import signal
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ import pytest
 from asyncsnap.cluster import ClusterAddress, without_password
 from asyncsnap.connection import ConnectParams
 from asyncsnap.dump import dump
-from asyncsnap.errors import ExitCode, UsageError
+from asyncsnap.errors import DumpFailed, ExitCode, UsageError
 from asyncsnap.verify import verify
 from tests.conftest import Database, clean_env, fresh_database, run_cli
 from tests.test_increment import run, table_digests
@@ -534,3 +536,101 @@ def test_a_backup_the_workers_cannot_read_is_refused_before_rows_load(
             assert target.fetchval("SELECT count(*) FROM public.wide") == 0
     finally:
         spread.sees_backup = real
+
+
+def test_a_restore_on_a_cluster_into_existing_tables(db: Database, tmp_path: Path) -> None:
+    """The rows of a backup into tables that exist and are empty (a schema-only restore
+    first, then --data-only --cluster): parents before children, every table the
+    source's; run again, the tables hold rows and it is refused."""
+    db.execute(SCHEMA)
+    db.execute(
+        "CREATE TABLE public.child (id int PRIMARY KEY, wide int REFERENCES public.wide (id));"
+        "INSERT INTO public.child SELECT g, g FROM generate_series(1, 500) g"
+    )
+    run(dump, db.dsn, output=tmp_path, name="b", split_larger_than=256 << 10)
+    with fresh_database(db.postgres, "cluster_target") as target:
+        schema = run_cli(
+            "restore", str(tmp_path / "b"), target.dsn, "--schema-only", env=clean_env()
+        )
+        assert schema.returncode == 0, schema.stderr
+        rows = ("restore", str(tmp_path / "b"), target.dsn, "--data-only", "--cluster", "local:2")
+        done = run_cli(*rows, env=clean_env())
+        assert done.returncode == 0, done.stderr
+        assert table_digests(target.dsn) == table_digests(db.dsn)
+        again = run_cli(*rows, env=clean_env())
+        assert again.returncode != 0 and "already has rows in public.child" in again.stderr
+        assert table_digests(target.dsn) == table_digests(db.dsn)
+
+
+def test_a_chunks_progress_reaches_the_coordinator_while_it_is_copied(
+    db: Database, tmp_path: Path
+) -> None:
+    """A worker's progress (rows and bytes so far, every quarter second at most) comes to
+    the coordinator's events while the chunk is copied, before it is finished."""
+    from asyncsnap.events import ChunkFinished, ChunkProgress
+
+    db.execute(SCHEMA)
+    db.execute(
+        "INSERT INTO public.wide SELECT g, repeat(md5(g::text), 40), g, now()"
+        " FROM generate_series(40001, 300000) g"
+    )
+    events: list[Any] = []
+    run(
+        dump,
+        db.dsn,
+        output=tmp_path,
+        name="b",
+        split_larger_than=None,
+        cluster="local:1",
+        on_event=events.append,
+    )
+    wide = [e for e in events if getattr(e, "label", "") == "public.wide"]
+    progress = [e.rows for e in wide if isinstance(e, ChunkProgress)]
+    assert progress, [type(e).__name__ for e in wide]
+    assert progress == sorted(progress) and progress[0] > 0
+    finished = next(e for e in wide if isinstance(e, ChunkFinished))
+    assert wide.index(finished) > max(i for i, e in enumerate(wide) if isinstance(e, ChunkProgress))
+    assert progress[-1] <= finished.rows == 300_000
+
+
+def test_a_file_replaced_after_its_task_wrote_it_fails_the_dump(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """The coordinator's last check: each file is still the one its task wrote (a local
+    file's inode, size and time; an object's entity tag), or at least the same bytes (a
+    finished task Dask ran again when the worker holding its result died). Replaced by
+    other bytes (a task run twice, the loser late): the dump fails naming it."""
+    from asyncsnap.cluster import check_stamps, file_stamp
+    from asyncsnap.jobs import FileTarget
+    from asyncsnap.storage.files import StoredFile
+    from asyncsnap.storage.s3 import S3Store, StoreUrl
+
+    (tmp_path / "b" / "data").mkdir(parents=True)
+    local = FileTarget(str(tmp_path / "b"))
+    (tmp_path / "b" / "data" / "t.ndjson").write_bytes(b'{"a":1}\n')
+    entry = StoredFile("data/t.ndjson", 1, 8, 8, "0" * 64, stamp=file_stamp(local, "data/t.ndjson"))
+    check_stamps(local, {"t": entry})
+    (tmp_path / "same").write_bytes(b'{"a":1}\n')  # the same bytes again: no harm
+    os.rename(tmp_path / "same", tmp_path / "b" / "data" / "t.ndjson")
+    entry = replace(entry, sha256=hashlib.sha256(b'{"a":1}\n').hexdigest())
+    check_stamps(local, {"t": entry})
+    (tmp_path / "other").write_bytes(b'{"a":2}\n')
+    os.rename(tmp_path / "other", tmp_path / "b" / "data" / "t.ndjson")
+    with pytest.raises(DumpFailed, match=r"data/t\.ndjson changed after its task wrote it"):
+        check_stamps(local, {"t": entry})
+
+    os.environ.update(s3.env())
+    try:
+        store = S3Store(StoreUrl.parse(f"s3://{BUCKET}/stamps"))
+        remote = FileTarget(f"s3://{BUCKET}/stamps", "b")
+        store.put("b/data/t.ndjson.zst", b"first")
+        entry = StoredFile("data/t.ndjson.zst", 1, 5, 5, hashlib.sha256(b"first").hexdigest())
+        entry = replace(entry, stamp=file_stamp(remote, entry.path))
+        store.put("b/data/t.ndjson.zst", b"first")
+        check_stamps(remote, {"t": entry})
+        store.put("b/data/t.ndjson.zst", b"other")
+        with pytest.raises(DumpFailed, match="changed after its task wrote it"):
+            check_stamps(remote, {"t": entry})
+    finally:
+        for key in s3.env():
+            os.environ.pop(key, None)

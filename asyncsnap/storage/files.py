@@ -101,6 +101,10 @@ class StoredFile:
     object_bytes: int = 0  # large-object file only: their bytes
     longest_line: int = 0  # the longest line written column by column (``bigrows``), if any
     fingerprint: str | None = None  # of the lines written (``asyncsnap.fingerprint``)
+    # What the store says of the file just after it was written (``cluster.file_stamp``):
+    # a cluster's coordinator checks it again, so that a run of the same task the
+    # scheduler had given up on cannot have replaced it unseen. Not in the manifest.
+    stamp: str | None = None
 
 
 class DataFileWriter:

@@ -268,10 +268,23 @@ class S3Store:
         with self._translated("list", base):
             pages = obstore.list(self._store, prefix=base or None)
             return [
-                StoredObject(str(meta["path"])[cut:], int(meta["size"]), meta.get("last_modified"))
+                StoredObject(
+                    str(meta["path"])[cut:],
+                    int(meta["size"]),
+                    meta.get("last_modified"),
+                    meta.get("e_tag"),
+                )
                 for page in pages
                 for meta in page
             ]
+
+    def etag(self, name: str) -> str | None:
+        """The object's entity tag as the store has it now (a HEAD)."""
+        import obstore
+
+        key = self.url.key(name)
+        with self._translated("read", key):
+            return obstore.head(self._store, key).get("e_tag")
 
     def delete(self, names: Sequence[str]) -> None:
         import obstore

@@ -35,6 +35,7 @@ class StoredObject:
     key: str  # relative to the store's root
     size: int
     modified: datetime | None = None
+    etag: str | None = None  # an object store's entity tag (None: a local file)
 
 
 class ObjectMissing(StoreFailed):
