@@ -85,6 +85,8 @@ def test_the_help_examples_run_as_written(db: Database, tmp_path: Path, s3: S3Se
         )
         line = re.sub(r"-d shop\b", f"-d {db.name}", line)
         line = re.sub(r"(?<!:/)/backups", str(backups), line)  # not s3://backups
+        # A Dask scheduler's address: here, a local cluster of two worker processes.
+        line = line.replace("--cluster tcp://scheduler:8786", "--cluster local:2")
         nightly = sorted(backups.glob("backup_*")) if backups.exists() else []
         if nightly:
             line = line.replace("backup_20261124T021500Z", nightly[-1].name)

@@ -61,7 +61,7 @@ def inspect_command(
       # Query a backup with exact types in DuckDB
       asyncsnap inspect /backups/before-migration-42 --sql duckdb > views.sql
       # How much WAL does the chain's slot hold, and can this backup be followed?
-      asyncsnap inspect /backups/shop/inc-2 -d shop
+      asyncsnap inspect /backups/inc-1 -d shop
     """
     from ..storage.backup import open_backup
     from .envelope import Envelope, use_endpoint

@@ -42,8 +42,8 @@ def verify_command(
       asyncsnap verify /backups/before-migration-42 && echo good
       # The checksums alone, with standard tools
       cd /backups/before-migration-42 && sha256sum -c --quiet SHA256SUMS
-      # A big backup in a bucket, its files checked by a cluster's workers
-      asyncsnap verify s3://backups/shop/backup_20261124T021500Z --cluster tcp://scheduler:8786
+      # A big backup's files checked by a cluster's workers (a directory they all mount)
+      asyncsnap verify /backups/before-migration-42 --cluster tcp://scheduler:8786
     """
     from ..storage.encryption import load_identities
     from ..verify import verify
