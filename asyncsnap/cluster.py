@@ -32,7 +32,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -435,7 +435,6 @@ async def copy_on_cluster(
     target = replace(FileTarget.of(backup), unique_temporaries=True)
     task_params, _ = without_password(params)
     stored: dict[str, StoredFile] = {}
-    distributed = import_distributed()
     client = await cluster.ready()
     if isinstance(backup, BackupDirectory):
         await check_shared(client, backup)
@@ -458,29 +457,18 @@ async def copy_on_cluster(
             client.submit(copy_chunk, job, task_params, policy, topic, key=key, pure=False)
         )
 
-    async def gather() -> None:
-        async for future in distributed.as_completed(futures):
-            item = labels[future.key]
-            try:
-                found = await future
-            except distributed.KilledWorker as exc:
-                raise DumpFailed(
-                    f"the cluster gave up on {item.label}: the workers running it died ({exc})",
-                    hint="the workers' logs say why (memory?); nothing was kept",
-                ) from None
-            future.release()  # the result is here: a dying worker's copy is not recomputed
-            if isinstance(found, ChunkFailure):
-                raise TaskFailed(found, item.label)
-            stored[item.stem] = found
-            ctx.emit(
-                ChunkFinished(
-                    label=item.label,
-                    rows=found.rows,
-                    bytes=found.bytes,
-                    stored_bytes=found.stored_bytes,
-                    seconds=found.seconds,
-                )
+    def finished(key: str, found: StoredFile) -> None:
+        item = labels[key]
+        stored[item.stem] = found
+        ctx.emit(
+            ChunkFinished(
+                label=item.label,
+                rows=found.rows,
+                bytes=found.bytes,
+                stored_bytes=found.stored_bytes,
+                seconds=found.seconds,
             )
+        )
 
     try:
         async with anyio.create_task_group() as tg:
@@ -490,7 +478,7 @@ async def copy_on_cluster(
                 raise snapshot_lost()
 
             tg.start_soon(watch_coordinator)
-            await gather()
+            await run_tasks(client, futures, {k: i.label for k, i in labels.items()}, finished)
             tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         from .errors import most_telling
@@ -498,13 +486,45 @@ async def copy_on_cluster(
         raise most_telling(group) from None
     finally:
         client.unsubscribe_topic(topic)
-        with anyio.CancelScope(shield=True):
-            await client.cancel(futures, force=True)
     if isinstance(backup, BackupDirectory):
         # A killed run's temporary file (its task ran again under another name).
         await anyio.to_thread.run_sync(_remove_leftovers, Path(backup.path) / DATA_DIR)
     await anyio.to_thread.run_sync(check_stamps, target, stored)
     return stored
+
+
+async def run_tasks(
+    client: Any,
+    futures: Sequence[Any],
+    labels: Mapping[str, str],
+    on_result: Callable[[str, Any], None],
+    doing: str = "copying",
+) -> None:
+    """Wait for the tasks (``futures`` of ``guarded`` tasks, ``labels`` by key), handing
+    each result to ``on_result`` as it comes, released at once: Dask would otherwise run a
+    finished task again when the worker holding its result dies. Every task left is
+    cancelled when this ends, however it ends.
+
+    :raises TaskFailed: a task failed (naming its worker, its label and the cause).
+    :raises DumpFailed: the workers running a task kept dying."""
+    distributed = import_distributed()
+    try:
+        async for future in distributed.as_completed(futures):
+            label = labels[future.key]
+            try:
+                found = await future
+            except distributed.KilledWorker as exc:
+                raise DumpFailed(
+                    f"the cluster gave up on {label}: the workers running it died ({exc})",
+                    hint="the workers' logs say why (memory?)",
+                ) from None
+            future.release()
+            if isinstance(found, ChunkFailure):
+                raise TaskFailed(found, label, doing=doing)
+            on_result(future.key, found)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.cancel(list(futures), force=True)
 
 
 def _remove_leftovers(data: Path) -> None:

@@ -25,12 +25,10 @@ from typing import Any
 import anyio
 
 from ..cluster import (
-    ChunkFailure,
     ClusterAddress,
-    TaskFailed,
     background_cluster,
     guarded,
-    import_distributed,
+    run_tasks,
     without_password,
 )
 from ..connection import ConnectParams
@@ -103,7 +101,6 @@ async def load_rows_on_cluster(
     mode: Mode,
 ) -> None:
     """The plan's rows, each unit a task on the cluster at ``address``."""
-    distributed = import_distributed()
     params, _ = without_password(session.params)
     location = _location(backup)
     async with background_cluster(ClusterAddress.parse(address), session.params) as running:
@@ -124,14 +121,12 @@ async def load_rows_on_cluster(
             later = [u for u in level_units if u.after is not None]
             for phase in (first, later):
                 await _run_phase(
-                    client, distributed, phase, location, (identity_file, params, session.policy),
-                    emit, results,
-                )  # fmt: skip
+                    client, phase, location, (identity_file, params, session.policy), emit, results
+                )
 
 
 async def _run_phase(
     client: Any,
-    distributed: Any,
     phase: Sequence[Unit],
     location: str,
     task: tuple[str | None, ConnectParams, SessionPolicy],
@@ -142,7 +137,8 @@ async def _run_phase(
     identity_file, params, policy = task
     if not phase:
         return
-    futures = {}
+    futures = []
+    units_by_key = {}
     for unit in phase:
         sent = replace(unit, checked=None, after=None)  # events stay here
         emit(ChunkStarted(label=_label(unit), est_rows=unit.rows, verb="loading"))
@@ -156,24 +152,21 @@ async def _run_phase(
             policy,
             pure=False,
         )
-        futures[future.key] = (future, unit)
-    try:
-        async for future in distributed.as_completed([f for f, _ in futures.values()]):
-            unit = futures[future.key][1]
-            found = await future
-            if isinstance(found, ChunkFailure):
-                raise TaskFailed(found, _label(unit), doing="loading")
-            results.extend(found)
-            emit(
-                ChunkFinished(
-                    label=_label(unit),
-                    rows=sum(r.rows for r in found),
-                    bytes=0,
-                    stored_bytes=0,
-                    seconds=0.0,
-                    verb="loaded",
-                )
+        futures.append(future)
+        units_by_key[future.key] = unit
+
+    def loaded(key: str, found: list[RestoredTable]) -> None:
+        results.extend(found)
+        emit(
+            ChunkFinished(
+                label=_label(units_by_key[key]),
+                rows=sum(r.rows for r in found),
+                bytes=0,
+                stored_bytes=0,
+                seconds=0.0,
+                verb="loaded",
             )
-    finally:
-        with anyio.CancelScope(shield=True):
-            await client.cancel([f for f, _ in futures.values()], force=True)
+        )
+
+    labels = {key: _label(unit) for key, unit in units_by_key.items()}
+    await run_tasks(client, futures, labels, loaded, doing="loading")
