@@ -17,6 +17,8 @@ import typing
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from .conftest import clean_env
 
@@ -196,6 +198,110 @@ def test_given_values_are_still_converted_and_checked(tmp_path: Path) -> None:
     ):
         failed = run(*args)
         assert failed.returncode == 2 and message in failed.stderr, (args, failed.stderr)
+
+
+def _options() -> list[tuple[str, typing.Any]]:
+    """Every parameter of every command, with its command's name."""
+    import typer.main
+
+    from asyncsnap.cli.app import app
+
+    group = typer.main.get_command(app)
+    found = [(group, p) for p in group.params]
+    for command in group.commands.values():  # type: ignore[attr-defined]
+        found += [(command, p) for p in command.params]
+    return [(c, p) for c, p in found if getattr(p, "type_descriptor", None) is not None]
+
+
+OPTIONS = _options()
+# Values a command line may hold for each kind: numbers in Python's and pydantic's other
+# spellings, bounds, choices in other cases, argv's undecodable bytes (lone surrogates).
+AWKWARD = [
+    "",
+    " 2",
+    "2 ",
+    "+2",
+    "-1",
+    "0",
+    "1",
+    "007",
+    "1_0",
+    "1e3",
+    "2.5",
+    "2.50",
+    ".5",
+    "5.",
+    "inf",
+    "nan",
+    "0x10",
+    "\u0662",
+    "9" * 15,
+    "9" * 16,
+    "0.001",
+    "0.0009",
+    "zstd",
+    "ZSTD",
+    "json",
+    "Json",
+    "x\udcff",
+    "true",
+    "false",
+    "s3://b/x",
+    "-",
+]
+
+
+@pytest.mark.parametrize("command,param", OPTIONS, ids=[f"{c.name} {p.name}" for c, p in OPTIONS])
+@settings(max_examples=150, deadline=None, database=None)
+@given(
+    value=st.one_of(
+        st.sampled_from(AWKWARD),
+        st.text(max_size=12),
+        st.from_regex(r"[0-9]{1,17}(\.[0-9]{0,17})?", fullmatch=True),
+        st.booleans(),
+        st.lists(st.one_of(st.sampled_from(AWKWARD), st.text(max_size=6)), max_size=3).map(tuple),
+    )
+)
+def test_a_given_value_is_what_typers_converter_makes_of_it(
+    command: typing.Any, param: typing.Any, value: typing.Any
+) -> None:
+    """The values converted without pydantic (cli/startup.py's plain_value) are exactly
+    Typer's; every value Typer refuses goes to Typer (which then says why)."""
+    from typer._click import Context
+    from typer._click.exceptions import BadParameter
+    from typer._coercion import build_runtime_param
+
+    from asyncsnap.cli.startup import DECLINED, plain_value
+
+    multiple = param.multiple or param.nargs == -1
+    plain = plain_value(param.type_descriptor, value, multiple=multiple)
+    converter = build_runtime_param(param.type_descriptor)
+    try:
+        typers = converter.coerce(value, param=param, ctx=Context(command))
+    except BadParameter:
+        assert plain is DECLINED, (value, plain)
+        return
+    if plain is not DECLINED:
+        assert type(plain) is type(typers) and plain == typers, (value, plain, typers)
+
+
+def test_a_command_given_plain_values_imports_no_pydantic(tmp_path: Path) -> None:
+    """The values of a real command line (a number, a bound, a choice, repeated strings)
+    are converted without pydantic."""
+    output, modules = start(
+        [
+            "prune",
+            str(tmp_path),
+            "--keep",
+            "2",
+            "--dry-run",
+            "--abandoned-after",
+            "700.5",
+        ],
+        {},
+    )
+    assert output.startswith("kept 0, would remove 0"), output
+    assert not [m for m in modules if m.startswith(("pydantic", "pydantic_core"))]
 
 
 def test_the_commands_defaults_are_the_librarys() -> None:
