@@ -200,7 +200,7 @@ def test_given_values_are_still_converted_and_checked(tmp_path: Path) -> None:
         assert failed.returncode == 2 and message in failed.stderr, (args, failed.stderr)
 
 
-def _options() -> list[tuple[str, typing.Any]]:
+def _options() -> list[tuple[typing.Any, typing.Any]]:
     """Every parameter of every command, with its command's name."""
     import typer.main
 
