@@ -58,10 +58,13 @@ from .result import RestoredTable
 from .stage import Stage
 from .target import hold_empty
 
-# NDJSON bytes per INSERT. ~5 MB batches measured best at design time; 1 MiB restores pgbench
-# scale 30 with -j 2 as fast as 2 MiB (6.1-6.2 s) at 77-80 MiB peak RSS instead of 94:
-# each batch exists several times at once (reader, replace, join, asyncpg's buffer).
-BATCH_BYTES = 1 << 20
+# NDJSON bytes read, checked and converted at a time: each block exists several times at
+# once (the read, the converted COPY data, asyncpg's message, the socket's buffer, and the
+# next block converted meanwhile), per connection. 512 KiB against 1 MiB (2026-12-05,
+# whole restores of pgbench scale 50 and the 2 M-row mixed table, -j 2, 5 alternating
+# pairs): wall 1.01 and 0.97 times, client CPU 0.92 and 0.96, peak RSS 56 against 59 MiB
+# and 58 against 62; 256 KiB took 0.2 s more user CPU for 3 MiB less.
+BATCH_BYTES = 512 << 10
 
 
 async def loading_connection(session: Session) -> asyncpg.Connection:
