@@ -259,6 +259,8 @@ AWKWARD = [
         st.text(max_size=12),
         st.from_regex(r"[0-9]{1,17}(\.[0-9]{0,17})?", fullmatch=True),
         st.booleans(),
+        st.integers(min_value=-3, max_value=10**6),
+        st.floats(allow_nan=True, allow_infinity=True),
         st.lists(st.one_of(st.sampled_from(AWKWARD), st.text(max_size=6)), max_size=3).map(tuple),
     )
 )
@@ -283,6 +285,23 @@ def test_a_given_value_is_what_typers_converter_makes_of_it(
         return
     if plain is not DECLINED:
         assert type(plain) is type(typers) and plain == typers, (value, plain, typers)
+
+
+def test_every_default_is_converted_without_pydantic() -> None:
+    """Click passes each option's default through the converter whether it was given or
+    not (a float default such as dump's --lock-timeout 30.0 imported pydantic for every
+    dump)."""
+    from asyncsnap.cli.startup import DECLINED, plain_value
+
+    defaults = [(c.name, p) for c, p in OPTIONS if p.default is not None]
+    assert len(defaults) > 20
+    declined = [
+        (name, p.name, p.default)
+        for name, p in defaults
+        if plain_value(p.type_descriptor, p.default, multiple=p.multiple or p.nargs == -1)
+        is DECLINED
+    ]
+    assert declined == []
 
 
 def test_a_command_given_plain_values_imports_no_pydantic(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ from typer._click.shell_completion import CompletionItem, add_completion_class
 from typer._coercion import RuntimeParam, TypeDescriptor, build_runtime_param
 from typer._completion_classes import FishComplete, PowerShellComplete, ZshComplete
 from typer.core import TyperCommand, TyperGroup, _TyperParameter
+from typer.models import ParameterInfo
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ def plain_value(descriptor: TypeDescriptor, value: Any, *, multiple: bool) -> An
         return DECLINED
     if annotation is bool:
         return value if type(value) is bool else DECLINED
+    if annotation in (int, float) and type(value) is annotation:  # a default, as written
+        return _bounded(value, info)
     if not _text(value):
         return DECLINED
     if descriptor.is_choice:
@@ -113,7 +116,15 @@ def plain_value(descriptor: TypeDescriptor, value: Any, *, multiple: bool) -> An
         number = float(value)
     else:
         return DECLINED
-    if info.clamp or (info.min is not None and number < info.min):
+    return _bounded(number, info)
+
+
+def _bounded(number: float, info: ParameterInfo) -> Any:
+    """``number`` if it is within the option's bounds, else ``DECLINED`` (Typer says
+    which bound it missed)."""
+    if info.clamp or number != number:  # NaN: Typer's answer, whatever it is
+        return DECLINED
+    if info.min is not None and number < info.min:
         return DECLINED
     if info.max is not None and number > info.max:
         return DECLINED
