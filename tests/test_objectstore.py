@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -213,3 +216,66 @@ def test_the_endpoint_is_the_one_botocore_resolves(
         assert theirs.endswith(".amazonaws.com"), theirs
     else:
         assert ours == theirs
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {},
+        {"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "us-west-2"},
+        {"AWS_DEFAULT_REGION": "us-west-2"},
+        {"AWS_ENDPOINT_URL": "http://127.0.0.1:3333"},
+        {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:4444", "AWS_ENDPOINT_URL": "http://g:3"},
+        {"AWS_ENDPOINT_URL": "http://g:3", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"},
+        {"AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "maybe"},
+        {"AWS_USE_FIPS_ENDPOINT": "true"},
+        {"AWS_ENDPOINT_URL": "ftp://x"},
+        {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_SESSION_TOKEN": "t"},
+        {"AWS_ACCESS_KEY_ID": "k"},
+    ],
+)
+def test_without_a_profile_or_files_the_settings_are_botocores(
+    variables: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No profile named and no shared files: botocore is not imported (14 MiB of peak
+    RSS), and every setting, or the refusal, is what reading them with botocore gives."""
+    from asyncsnap.errors import UsageError
+    from asyncsnap.storage import awsconfig
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    environ = {
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        **variables,
+    }
+
+    def outcome() -> object:
+        try:
+            settings = awsconfig.resolve(environ)
+        except UsageError as exc:
+            return ("refused", str(exc), exc.hint)
+        return replace(settings, session=None)
+
+    assert awsconfig._nothing_to_read(environ)
+    ours = outcome()
+    monkeypatch.setattr(awsconfig, "_nothing_to_read", lambda environ: False)
+    assert ours == outcome()
+    (tmp_path / "no-config").write_text("[default]\n")
+    monkeypatch.undo()
+    assert not awsconfig._nothing_to_read(environ)  # a file to read: botocore reads it
+
+
+def test_an_s3_store_with_keys_in_the_environment_imports_no_botocore(s3: S3Server) -> None:
+    code = (
+        "import sys\n"
+        "from asyncsnap.storage.s3 import S3Store, StoreUrl\n"
+        "S3Store(StoreUrl.parse('s3://backups/x')).check_access()\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('boto', 'botocore'))))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=s3.env(), capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
