@@ -58,7 +58,7 @@ from .changes import (
 )
 from .connection import ConnectionSpec, resolve
 from .encode.changerows import ChangeRowEncoder
-from .errors import DumpFailed, UsageError
+from .errors import DumpFailed, UsageError, VerificationFailed
 from .events import EventCallback, Notice
 from .format import (
     CHANGE_OPS,
@@ -567,8 +567,31 @@ class _IncrementRun:
         sums = manifest.sha256sums(sorted((f.path, f.sha256) for f in files))
         await anyio.to_thread.run_sync(target.sync_data)
         await anyio.to_thread.run_sync(target.write_small_file, manifest.SUMS_NAME, sums)
+        await anyio.to_thread.run_sync(self._check_parent)
         await anyio.to_thread.run_sync(target.write_manifest, body)
         return body
+
+    def _check_parent(self) -> None:
+        """The parent is still there as it was opened, just before the manifest makes this
+        increment complete. In an object store a prune waits for no lock of a running
+        increment (locally it waits for the directory's, which this run holds), so a prune
+        that ran meanwhile may have removed the parent: the increment would be an orphan,
+        which no restore can use. (A prune between this check and the manifest's write,
+        milliseconds, is not caught.)"""
+        parent = self.o.parent
+        try:
+            now = open_backup(str(parent.path), increments=True)
+        except VerificationFailed as exc:
+            raise ChainBroken(
+                f"{self.o.parent_name} was removed while this increment was written "
+                f"(a prune?): {exc}",
+                hint=NEW_FULL_HINT,
+            ) from exc
+        if now.manifest.checksum != parent.manifest.checksum:
+            raise ChainBroken(
+                f"{self.o.parent_name} was replaced while this increment was written",
+                hint=NEW_FULL_HINT,
+            )
 
     def _discard(self) -> None:
         for writer in self.writers.values():

@@ -1145,3 +1145,35 @@ def test_constraints_and_types_a_restore_must_respect(db: Database, tmp_path: Pa
         done = run_cli("restore", str(tmp_path / "inc"), target.dsn, env=clean_env())
         assert done.returncode == 0, done.stderr
         assert table_digests(target.dsn) == table_digests(db.dsn)
+
+
+def test_a_parent_pruned_while_its_increment_is_written_leaves_no_orphan(
+    s3: S3Server, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a store a prune waits for no lock of a running increment: when it removes the
+    parent meanwhile (here between the read of the slot and the seal), the increment
+    fails naming it, writes no manifest and leaves no object, and the slot stays."""
+    from asyncsnap import increment
+    from asyncsnap.storage.prefix import remove_backup
+    from asyncsnap.storage.s3 import S3Store, StoreUrl
+
+    for variable, value in s3.env().items():
+        monkeypatch.setenv(variable, value)
+    db.execute(SCHEMA)
+    prefix = f"s3://{BUCKET}/pruned"
+    slot = slot_name()
+    run(dump, db.dsn, output=prefix, slot=slot, name="full")
+    db.execute("UPDATE public.accounts SET note = 'after' WHERE id <= 5")
+    start = slot_position(db, slot)
+    store = S3Store(StoreUrl.parse(prefix))
+    sequences = increment._IncrementRun._sequences
+
+    async def pruned_meanwhile(self: Any, conn: Any, listed: Any) -> Any:
+        await anyio.to_thread.run_sync(remove_backup, store, "full")
+        return await sequences(self, conn, listed)
+
+    monkeypatch.setattr(increment._IncrementRun, "_sequences", pruned_meanwhile)
+    with pytest.raises(ChainBroken, match="full was removed while this increment was written"):
+        run(dump_increment, db.dsn, since=f"{prefix}/full", name="inc")
+    assert [o.key for o in store.objects("inc")] == []
+    assert slot_position(db, slot) == start
