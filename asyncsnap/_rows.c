@@ -2549,6 +2549,60 @@ fail:
     return result;
 }
 
+/* ------------------------------------------------------------ line counts */
+
+/* How many newlines: the row count of a block of NDJSON lines, which every reader takes
+ * (restore, verify, compare). bytes.count(b"\n") goes a byte at a time: 2.9 GB/s,
+ * measured on 512 KiB of pgbench's lines, and it was a fifth of a restore's client CPU
+ * (perf, pgbench scale 50); sixteen bytes compared at a time on x86-64 (SSE2, which every
+ * x86-64 has), a byte at a time elsewhere. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <emmintrin.h>
+static Py_ssize_t newlines(const unsigned char *p, Py_ssize_t n)
+{
+    Py_ssize_t count = 0, i = 0;
+    const __m128i nl = _mm_set1_epi8('\n');
+    while (i + 64 <= n) {
+        /* four compares summed as bytes (each -1 or 0; at most -4): one popcount-free
+         * reduction per 64 bytes */
+        __m128i a = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + i)), nl);
+        __m128i b = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + i + 16)), nl);
+        __m128i c = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + i + 32)), nl);
+        __m128i d = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + i + 48)), nl);
+        __m128i sum = _mm_sub_epi8(_mm_setzero_si128(),
+                                   _mm_add_epi8(_mm_add_epi8(a, b), _mm_add_epi8(c, d)));
+        __m128i wide = _mm_sad_epu8(sum, _mm_setzero_si128());
+        count += _mm_cvtsi128_si64(wide) + _mm_cvtsi128_si64(_mm_unpackhi_epi64(wide, wide));
+        i += 64;
+    }
+    for (; i < n; i++) count += p[i] == '\n';
+    return count;
+}
+#else
+static Py_ssize_t newlines(const unsigned char *p, Py_ssize_t n)
+{
+    Py_ssize_t count = 0;
+    for (Py_ssize_t i = 0; i < n; i++) count += p[i] == '\n';
+    return count;
+}
+#endif
+
+static PyObject *py_count_lines(PyObject *self, PyObject *arg)
+{
+    Py_buffer data;
+    Py_ssize_t count;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0) return NULL;
+    if (data.len >= 65536) {
+        Py_BEGIN_ALLOW_THREADS
+        count = newlines((const unsigned char *)data.buf, data.len);
+        Py_END_ALLOW_THREADS
+    } else {
+        count = newlines((const unsigned char *)data.buf, data.len);
+    }
+    PyBuffer_Release(&data);
+    return PyLong_FromSsize_t(count);
+}
+
 static PyMethodDef methods[] = {
     {"copy_to_ndjson", py_copy_to_ndjson, METH_VARARGS,
      "copy_to_ndjson(data, kinds, prefixes) -> (ndjson, rows, longest_line)\n\n"
@@ -2584,6 +2638,8 @@ static PyMethodDef methods[] = {
      "offsets and the lines without newlines (checked UTF-8). None for what was not asked; "
      "longest: the longest line's length; lines: the lines in data. wanted: a sorted uint64 "
      "array: only lines whose first hash half is in it are given back."},
+    {"count_lines", py_count_lines, METH_O,
+     "count_lines(data) -> int: how many newlines data holds (bytes.count(b'\\n'), faster)."},
     {"json_string", py_json_string, METH_O,
      "json_string(utf8) -> bytes: the bytes as a JSON string, escaped as escape_json does."},
     {NULL, NULL, 0, NULL},

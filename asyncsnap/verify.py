@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from . import _rows
 from . import format as manifest
 from .encode.rowcodec import LineNotAsDescribed, LoadShape
 from .errors import UsageError, VerificationFailed
@@ -316,7 +317,7 @@ def _check_lines(reader: DataFileReader, shape: LoadShape) -> Problem | None:
                     reader.entry.path,
                     exc.line,
                 )
-            line_no += block.count(b"\n")
+            line_no += _rows.count_lines(block)
             del block
     except VerificationFailed as exc:
         return Problem(exc.message.removeprefix(reader.entry.path + " "), reader.entry.path)

@@ -113,6 +113,12 @@ def line_fingerprint(data: bytes) -> None:
     _check("line_fingerprint", rng, ref.ref_line_fingerprint, raw)
 
 
+def count_lines(data: bytes) -> None:
+    rng, raw = _case(data)
+    newlines = raw.replace(bytes([rng.randrange(256)]), b"\n")  # dense and sparse
+    _check("count_lines", rng, lambda block: block.count(b"\n"), newlines)
+
+
 def line_columns(data: bytes) -> None:
     rng, raw = _case(data)
     lines = raw if raw.endswith(b"\n") or rng.random() < 0.1 else raw + b"\n"
@@ -135,6 +141,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
         binary_whole,
         json_string,
         line_fingerprint,
+        count_lines,
         line_columns,
     )
 }

@@ -10,6 +10,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asyncsnap.fingerprint import EMPTY, RowFingerprint, combine, of_lines
 
@@ -162,3 +164,24 @@ def test_each_sha256_path_equals_hashlib(forced: str | None) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == (forced or run.stdout.strip())
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(
+    data=st.one_of(
+        st.binary(max_size=700),
+        st.lists(st.sampled_from([b"\n", b"x", b"\n\n", b"\xff" * 7, b"y" * 40]), max_size=200).map(
+            b"".join
+        ),
+    ),
+    offset=st.integers(min_value=0, max_value=63),
+)
+def test_count_lines_is_bytes_count(data: bytes, offset: int) -> None:
+    """The native newline count (sixteen bytes at a time) is ``bytes.count(b"\\n")`` at
+    every length and alignment, newlines dense or sparse."""
+    from asyncsnap import _rows
+
+    padded = bytes(offset) + data + b"\n" * (offset % 3)
+    view = memoryview(padded)[offset:]
+    assert _rows.count_lines(view) == bytes(view).count(b"\n")
+    assert _rows.count_lines(b"\n" * (64 * 300 + offset)) == 64 * 300 + offset

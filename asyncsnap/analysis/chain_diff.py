@@ -304,7 +304,7 @@ def _lines(backup: Backup, entry: BackupFile) -> Iterator[bytes]:
     reader = DataFileReader(backup, entry, count_rows=False)
     try:
         for block in reader:
-            reader.rows += block.count(b"\n")
+            reader.rows += _rows.count_lines(block)
             yield bytes(block)
         reader.finish()
     finally:

@@ -30,7 +30,7 @@ import anyio
 import anyio.to_thread
 import asyncpg
 
-from .. import largeobjects
+from .. import _rows, largeobjects
 from ..catalog import current_user, foreign_key_definitions, quote_ident, role_names, sql_name
 from ..encode import bigrows
 from ..encode.rowcodec import BINARY_HEADER, BINARY_TRAILER, LoadShape
@@ -455,7 +455,7 @@ async def _converted(
         block = next(blocks, None)
         if block is None:
             return None
-        first_line, lines_read = lines_read + 1, lines_read + block.count(b"\n")
+        first_line, lines_read = lines_read + 1, lines_read + _rows.count_lines(block)
         return _segments(block, shape, first_line)
 
     ahead = loop.run_in_executor(None, produce)
@@ -565,7 +565,7 @@ async def _insert_file(
         if block is None:
             break
         await _load_block(conn, load, sql, block)
-        progress.add(block.count(b"\n"), len(block))
+        progress.add(_rows.count_lines(block), len(block))
         del block
 
 
@@ -575,7 +575,7 @@ async def _load_block(
     """Insert a block of lines: as one JSON array, or, when it holds a long line, the
     long lines one by one and the runs of short lines between them as arrays."""
     if len(block) <= LONG_LINE:
-        await conn.execute(sql, _json_array(block, block.count(b"\n")))
+        await conn.execute(sql, _json_array(block, _rows.count_lines(block)))
         return
     view = memoryview(block)
     start = run_start = 0
@@ -584,13 +584,13 @@ async def _load_block(
         if end - start > LONG_LINE:
             if run_start < start:
                 run = view[run_start:start]
-                await conn.execute(sql, _json_array(run, bytes(run).count(b"\n")))
+                await conn.execute(sql, _json_array(run, _rows.count_lines(run)))
             await _load_long_line(conn, load, view[start : end - 1])
             run_start = end
         start = end
     if run_start < len(block):
         run = view[run_start:]
-        await conn.execute(sql, _json_array(run, bytes(run).count(b"\n")))
+        await conn.execute(sql, _json_array(run, _rows.count_lines(run)))
 
 
 def _json_array(block: bytes | bytearray | memoryview, lines: int) -> bytes:

@@ -19,6 +19,7 @@ from typing import Any
 
 import zstandard
 
+from .. import _rows
 from .. import format as manifest
 from ..errors import UsageError, VerificationFailed
 from ..format import (
@@ -343,7 +344,7 @@ class DataFileReader:
                 self._pending += memoryview(data)[cut:]
             del data
             if self.count_rows:
-                self.rows += block.count(b"\n")
+                self.rows += _rows.count_lines(block)
             self.raw_bytes += len(block)
             return block
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import zstandard
 
+from .. import _rows
 from ..errors import (
     OutputError,
     OutputExists,
@@ -164,7 +165,7 @@ class DataFileWriter:
     def write(self, data: bytes, lines: int | None = None) -> None:
         """Add NDJSON bytes (any split: lines may cross calls); ``lines``, when the caller
         knows how many newlines ``data`` holds (counting costs a pass holding the GIL)."""
-        self.rows += data.count(b"\n") if lines is None else lines
+        self.rows += _rows.count_lines(data) if lines is None else lines
         self.raw_bytes += len(data)
         if data:
             self.last_byte = data[-1:]
