@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -227,6 +228,10 @@ def run_cancellable(
             tg.cancel_scope.cancel()
 
     _route_library_logging(debug_log)
+    # What the imports made lives as long as the process: out of the collector's sight, a
+    # collection of the young objects the work makes (a run over ten thousand tables
+    # makes many) does not also walk every module, function and class.
+    gc.freeze()
     try:
         anyio.run(main, backend="asyncio")
     except BaseExceptionGroup as group:
