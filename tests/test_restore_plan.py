@@ -5,6 +5,7 @@ of restore, which columns load into what, the order and the units, and the words
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from asyncsnap.format import (
 )
 from asyncsnap.restore.options import RestoreOptions
 from asyncsnap.restore.plan import (
+    SMALL_TABLE,
+    TABLES_A_RUN,
     TRUNCATE_IN_ONE,
     Retyped,
     TableLoad,
@@ -449,6 +452,49 @@ def test_a_level_in_units_cycles_whole_split_tables_by_file() -> None:
     whole = units(plan, level, split_files=False)
     assert [(_names(u.loads), u.file_index) for u in whole] == [
         (["events"], None),
+        (["stock", "warehouses"], None),
+        (["customers"], None),
+    ]
+
+
+def _level_of(*tables: BackupTable) -> tuple[Any, list[TableLoad]]:
+    """A plan of unrelated tables (one level) and that level."""
+    backup = backup_of(*tables)
+    targets = [ttable(t.name, oid=i + 1) for i, t in enumerate(tables)]
+    o = RestoreOptions.build()
+    loads = plan_loads(backup, targets, o.selection, ignore_missing_columns=False)
+    plan = order_loads(
+        loads, targets, backup, o.selection, mode=o.mode, disable_triggers=False,
+        matviews=[], view_dependencies=[],
+    )  # fmt: skip
+    assert len(plan.levels) == 1
+    return plan, plan.levels[0]
+
+
+def _sized(name: str, rows: int, size: int) -> BackupTable:
+    file = BackupFile(f"data/{name}.ndjson.zst", rows, size, size // 4, "0" * 64)
+    return replace(btable(name, rows=rows), files=(file,))
+
+
+def test_small_tables_load_in_runs_sharing_a_transaction() -> None:
+    """Whole small tables share a transaction, TABLES_A_RUN and SMALL_TABLE bytes at most
+    a run; a big table, a split table's files and a cycle keep theirs; every table is
+    loaded once, checked in its run's transaction."""
+    smalls = [_sized(f"t{i:02}", 45 - i, 1000) for i in range(45)]
+    plan, level = _level_of(*smalls, _sized("big", 10**6, SMALL_TABLE + 1))
+    found = units(plan, level, split_files=True, checks=True)
+    assert [len(u.loads) for u in found] == [1, TABLES_A_RUN, TABLES_A_RUN, 5]
+    assert _names(found[0].loads) == ["big"] and all(u.checks for u in found)
+    loaded = [name for u in found[1:] for name in _names(u.loads)]
+    assert sorted(loaded) == sorted(t.name for t in smalls)
+    third = SMALL_TABLE // 3 + 1  # two fit a run's bytes, not three
+    plan, level = _level_of(*(_sized(n, 1, third) for n in ("a", "b", "c")))
+    assert [len(u.loads) for u in units(plan, level, split_files=True)] == [2, 1]
+    # the shop's level: the split table's files and the cycle stay as they were
+    _, _, shop = _shop_plan()
+    found = units(shop, shop.levels[0], split_files=True, checks=True)
+    assert [(_names(u.loads), u.file_index) for u in found][:3] == [
+        (["events"], 0),
         (["stock", "warehouses"], None),
         (["customers"], None),
     ]

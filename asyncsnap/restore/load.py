@@ -9,8 +9,9 @@ instead, a block of lines as one ``json`` parameter; a line too long for either 
 through ``encode.bigrows``; a table whose column types changed since the dump goes
 through a staging table first (``stage.Stage``).
 
-Every table loads in one transaction, while its files are hashed and counted: a file
-that does not match the manifest rolls its table back and fails the run. A table split at
+Every table loads in one transaction (small ones, a run of them in one:
+``plan.units``), while its files are hashed and counted: a file that does not match the
+manifest rolls its table (its run) back and fails the run. A table split at
 dump time loads over several connections, one transaction per file; a failure then
 leaves the files already committed (the run fails and says so; rerun with --truncate), and
 --single-transaction loads everything in one transaction instead. Order comes from

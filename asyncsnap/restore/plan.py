@@ -522,7 +522,7 @@ def _root(key: TableKey, by_key: dict[TableKey, Table]) -> TableKey:
 @dataclass
 class Unit:
     """What one connection loads in one transaction: a table, one file of a split table,
-    or every table of a foreign-key cycle."""
+    every table of a foreign-key cycle, or a run of small tables (``_small_together``)."""
 
     loads: list[TableLoad]
     cycle: CyclePlan | None = None
@@ -549,7 +549,8 @@ def units(
     constraints need one transaction. With ``checks`` (the default mode: refuse tables
     with rows), each table's first unit holds it and checks it is empty; a split table's
     later files wait for that check and come after the level's other units, so that
-    their connections load other tables meanwhile."""
+    their connections load other tables meanwhile. Small whole tables load in runs, a
+    transaction a run (``_small_together``), unless everything is one transaction."""
     in_cycle = {k: c for c in plan.cycles for k in c.tables}
     grouped: dict[object, Unit] = {}
     found: list[Unit] = []
@@ -571,7 +572,39 @@ def units(
             (later if checks else found).extend(rest)
         else:
             found.append(Unit(loads=[load], checks=checks))
-    return _biggest_first([*found, *grouped.values()]) + _biggest_first(later)
+    ordered = _biggest_first([*found, *grouped.values()])
+    # (in one transaction for everything, --single-transaction, there is nothing to share)
+    return (_small_together(ordered) if split_files else ordered) + _biggest_first(later)
+
+
+# Small tables load several to a transaction: a table of its own paid BEGIN, the LOCK and
+# the emptiness check, and COMMIT (and its WAL flush) for a COPY of a few rows, four round
+# trips of five. A run shares them: the same atomicity per run as per table (a failure or
+# a kill leaves none of a run's tables loaded, and the failure says which were), the locks
+# of one run at most TABLES_A_RUN, as the dump takes them (``copy.SMALL_RUN``).
+SMALL_TABLE = 256 << 10  # its files' NDJSON bytes
+TABLES_A_RUN = 20
+
+
+def _small_together(units: list[Unit]) -> list[Unit]:
+    """``units`` with each stretch of whole small tables (no cycle, no split file) joined
+    into runs of at most ``TABLES_A_RUN`` tables and ``SMALL_TABLE`` bytes together."""
+    found: list[Unit] = []
+    run: Unit | None = None
+    size = 0
+    for unit in units:
+        load = unit.loads[0]
+        table_bytes = sum(f.bytes for f in load.source.files)
+        if unit.cycle is not None or unit.file_index is not None or table_bytes > SMALL_TABLE:
+            found.append(unit)
+            continue
+        if run is None or len(run.loads) >= TABLES_A_RUN or size + table_bytes > SMALL_TABLE:
+            run = Unit(loads=[], checks=unit.checks)
+            found.append(run)
+            size = 0
+        run.loads.append(load)
+        size += table_bytes
+    return found
 
 
 def _biggest_first(units: list[Unit]) -> list[Unit]:

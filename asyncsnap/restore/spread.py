@@ -87,7 +87,13 @@ def _label(unit: Unit) -> str:
     first = unit.loads[0].source.qualified
     if unit.file_index is not None:
         return f"{first} (file {unit.file_index + 1})"
-    return first if len(unit.loads) == 1 else f"{first} and its cycle"
+    if len(unit.loads) == 1:
+        return first
+    return (
+        f"{first} and its cycle"
+        if unit.cycle is not None
+        else f"{first} and {len(unit.loads) - 1} more"
+    )
 
 
 async def load_rows_on_cluster(
