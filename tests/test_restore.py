@@ -475,6 +475,36 @@ def test_flipped_byte_refused_by_verify_and_restore_nothing_loaded(
     assert empty_copy.fetchval("SELECT count(*) FROM t") == 0
 
 
+def test_a_damaged_file_in_a_run_of_small_tables_loads_none_of_the_run(
+    db: Database, empty_copy: Database, tmp_path: Path
+) -> None:
+    """Small tables share a transaction (``plan.units``): a damaged file in one of them
+    rolls back the whole run, and the failure's hint names every table of it as not
+    loaded (a run's rows are committed all or none); the others then restore."""
+    db.execute(
+        "CREATE SCHEMA runs;"
+        + "".join(
+            f"CREATE TABLE runs.s{i} (id int);"
+            f"INSERT INTO runs.s{i} SELECT generate_series(1, {i + 1});"
+            for i in range(6)
+        )
+    )
+    copy_schema(db, empty_copy)
+    backup = Path(run_dump(db, tmp_path, compression="none").path)
+    flip_bit_mid_file(next((backup / "data").glob("runs.s3-*")))
+    run = run_cli("restore", str(backup), empty_copy.dsn, "-j", "1", "-n", "runs")
+    assert run.returncode == 5, run.stderr
+    hint = run.stderr.rpartition("hint: ")[2]
+    assert hint.startswith("the backup is damaged; runs.s3 was rolled back, and with it"), hint
+    assert all(f"runs.s{i}" in hint for i in (0, 1, 2, 4, 5)) and "none of them loaded" in hint
+    assert [empty_copy.fetchval(f"SELECT count(*) FROM runs.s{i}") for i in range(6)] == [0] * 6
+    done = run_cli("restore", str(backup), empty_copy.dsn, "-n", "runs", "-T", "runs.s3", "-q")
+    assert done.returncode == 0, done.stderr
+    assert [empty_copy.fetchval(f"SELECT count(*) FROM runs.s{i}") for i in range(6)] == [
+        0 if i == 3 else i + 1 for i in range(6)
+    ]
+
+
 def test_single_transaction_is_all_or_nothing(
     db: Database, empty_copy: Database, tmp_path: Path
 ) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -255,7 +255,10 @@ async def _load_unit(
             for switch in own:
                 if switch.state != "D":
                     await conn.execute(switch.off(target))
-            results.append(await _load_table(conn, load, backup, emit, unit.file_index))
+            together = [] if unit.cycle is not None else unit.loads  # a run's tables
+            results.append(
+                await _load_table(conn, load, backup, emit, unit.file_index, together=together)
+            )
             if all_off:
                 await conn.execute(f"ALTER TABLE {target} ENABLE TRIGGER ALL")
                 # ENABLE ALL also turned on disabled triggers and made ALWAYS and REPLICA
@@ -297,13 +300,23 @@ async def _load_table(
     backup: Backup,
     emit: EventCallback,
     file_index: int | None = None,
+    *,
+    together: Sequence[TableLoad] = (),
 ) -> RestoredTable:
-    """Load a table's files (or only file ``file_index``) on ``conn``, in its transaction."""
+    """Load a table's files (or only file ``file_index``) on ``conn``, in its transaction;
+    ``together``: the tables that share it (a run of small tables), which a failure here
+    rolls back too."""
     files = load.source.files
     label = load.source.qualified
     if file_index is not None:
         files = (files[file_index],)
         label += f" [{file_index + 1}/{len(load.source.files)}]"
+    others = [ld.source.qualified for ld in together if ld is not load]
+    rolled_back = f"{label} was rolled back" + (
+        f", and with it the tables of its transaction, none of them loaded: {some_names(others)}"
+        if others
+        else ""
+    )
     emit(ChunkStarted(label=label, est_rows=sum(f.rows for f in files), verb="loading"))
     started = time.monotonic()
     # Where the types are the backup's, the rows go straight in; else through a stage.
@@ -332,16 +345,16 @@ async def _load_table(
             if not checked and reader.damaged():
                 raise VerificationFailed(
                     f"{entry.path} does not match its SHA-256 in the manifest",
-                    hint=f"the backup is damaged; {label} was rolled back",
+                    hint=f"the backup is damaged; {rolled_back}",
                 ) from exc
             if isinstance(exc, ValueError):  # the converter: a line not as the format says
                 raise RestoreFailed(
                     f"loading {label}: {entry.path}, {exc}",
-                    hint=f"the file is not what docs/format.md describes; {label} was rolled back",
+                    hint=f"the file is not what docs/format.md describes; {rolled_back}",
                 ) from exc
             raise RestoreFailed(
                 f"loading {label} from {entry.path}: {exc}{_suspects(load, exc)}",
-                hint=getattr(exc, "hint", None) or f"{label} was rolled back",
+                hint=getattr(exc, "hint", None) or rolled_back,
             ) from exc
         finally:
             reader.close()
