@@ -35,8 +35,13 @@ sys.exit(code)
 MIB = 1 << 20
 # Start-up of the interpreter and our imports, with room to spare.
 _BASE = 200 * MIB
-# How many times the longest line each command may hold (README, "Big values").
-_FACTORS = {"dump": 2.5, "verify": 3.5, "restore": 5.5, "diff": 5, "convert": 5}
+# How many times the longest line each command may hold (docs/cli-reference.md, "Big
+# values"). convert's follows from its design, not from one run: DuckDB's limit is raised
+# to 5 times the line plus 64 MiB, and the line DuckDB reads in place (the Arrow batch) is
+# outside that limit, as are DuckDB's and pyarrow's own allocations, hence the larger base.
+# It peaked at 4.4 times here and at 6.5 times (1977 MiB, a 304 MiB line) on a CI machine.
+_FACTORS = {"dump": 2.5, "verify": 3.5, "restore": 5.5, "diff": 5, "convert": 6}
+_BASES = {"convert": 400 * MIB}
 
 _TABLE = "CREATE TABLE big (id int PRIMARY KEY, txt text, bin bytea)"
 
@@ -80,7 +85,7 @@ def test_a_300_mb_row_dumps_verifies_and_restores_in_bounded_memory(
         )
         assert same and target.fetchval("SELECT count(*) FROM big") == 2
     for command, peak in rss.items():
-        bound = _BASE + _FACTORS[command] * line
+        bound = _BASES.get(command, _BASE) + _FACTORS[command] * line
         assert peak < bound, f"{command}: {peak / MIB:.0f} MiB, bound {bound / MIB:.0f} MiB"
 
 
@@ -233,5 +238,5 @@ def test_a_300_mb_last_row_through_diff_and_convert_in_bounded_memory(
         (2, 19 * 16 * MIB + 1),
     ]
     for command, peak in rss.items():
-        bound = _BASE + _FACTORS[command] * line
+        bound = _BASES.get(command, _BASE) + _FACTORS[command] * line
         assert peak < bound, f"{command}: {peak / MIB:.0f} MiB, bound {bound / MIB:.0f} MiB"
