@@ -31,6 +31,7 @@ from asyncsnap.encode.rowcodec import (
     copy_query,
 )
 from asyncsnap.format import RENDER_SETTINGS
+from asyncsnap.restore.load import BATCH_BYTES
 
 from .conftest import Database, Postgres, fresh_database
 from .test_dump import run_dump
@@ -413,6 +414,31 @@ def test_restore_refuses_a_resealed_file_whose_lines_break_the_format(
     assert "rolled back" in str(getattr(caught.value, "hint", ""))
     assert empty_copy.fetchval("SELECT count(*) FROM kv") == 0
     assert json.loads((backup / "manifest.json").read_text())["tables"][0]["rows"] == 2
+
+
+def test_a_broken_line_past_the_first_block_is_named_by_its_line_in_the_file(
+    db: Database, empty_copy: Database, tmp_path: Path
+) -> None:
+    """Restore reads a file in blocks (``BATCH_BYTES``) and numbers each block's lines
+    from the lines the reader gave before it: a broken line deep in a file of several
+    blocks is named by its own line number, not by its place in its block."""
+    db.execute(
+        "CREATE TABLE kv (a text, b text);"
+        "INSERT INTO kv SELECT 'row-' || i, repeat('v', 40) FROM generate_series(1, 40000) i"
+    )
+    copy_schema(db, empty_copy)
+    backup = Path(run_dump(db, tmp_path).path)
+    (entry,) = json.loads((backup / "manifest.json").read_text())["tables"][0]["files"]
+    assert entry["bytes"] > 3 * BATCH_BYTES  # the line is in the file's fourth block
+
+    def swap_one(line: bytes) -> bytes:
+        row = orjson.loads(line)
+        return orjson.dumps(dict(reversed(row.items())) if row["a"] == "row-31234" else row)
+
+    rewrite_lines(backup, "kv", swap_one)
+    with pytest.raises(Exception, match="line 31234, column 'a': the keys are not"):
+        run_restore(backup, empty_copy)
+    assert empty_copy.fetchval("SELECT count(*) FROM kv") == 0
 
 
 def test_verify_finds_a_value_of_the_wrong_kind_for_its_encoding(

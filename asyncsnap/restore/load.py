@@ -456,20 +456,16 @@ def _segments(block: bytes | bytearray, shape: LoadShape, first_line: int) -> li
     return segments
 
 
-async def _converted(
-    blocks: Iterator[bytes | bytearray], shape: LoadShape
-) -> AsyncGenerator[_Segment, None]:
-    """A file's segments in order (``blocks``: its reader, open): the next block is read,
-    checked and converted in a worker thread while the caller sends this one."""
+async def _converted(reader: DataFileReader, shape: LoadShape) -> AsyncGenerator[_Segment, None]:
+    """A file's segments in order (``reader``: opened by ``iter()``): the next block is
+    read, checked and converted in a worker thread while the caller sends this one."""
     loop = asyncio.get_running_loop()
-    lines_read = 0
 
     def produce() -> list[_Segment] | None:
-        nonlocal lines_read
-        block = next(blocks, None)
+        first_line = reader.rows + 1  # the reader counts the lines of each block it gives
+        block = next(reader, None)
         if block is None:
             return None
-        first_line, lines_read = lines_read + 1, lines_read + _rows.count_lines(block)
         return _segments(block, shape, first_line)
 
     ahead = loop.run_in_executor(None, produce)
@@ -500,7 +496,7 @@ async def _copy_file(
     next block is read, checked and converted in a worker thread while this one is sent.
     A line longer than ``LONG_LINE`` ends the COPY, goes through ``bigrows``, and a new
     COPY takes the lines after it."""
-    source = _converted(iter(reader), shape)
+    source = _converted(iter(reader), shape)  # iter() opens the file
     waiting: _Segment | None = None  # a segment that ended the previous COPY
     finished = False
     try:

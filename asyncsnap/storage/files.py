@@ -74,17 +74,22 @@ class _Identity:
         return b""
 
 
+def _zstd() -> zstandard.ZstdCompressor:
+    # write_content_size is impossible when streaming; the checksum lets `zstd -t` and
+    # `zstd -dc` detect corruption on their own.
+    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True)
+
+
+# wbits=31: gzip framing, mtime 0 and no file name, so output is reproducible.
+_GZIP_WBITS = 31
+
+
 def _compressor(kind: Compression) -> _Compressor:
     if kind == "zstd":
-        # write_content_size is impossible when streaming; the checksum lets `zstd -t`
-        # and `zstd -dc` detect corruption on their own.
-        compressor: _Compressor = zstandard.ZstdCompressor(
-            level=_ZSTD_LEVEL, write_checksum=True
-        ).compressobj()
+        compressor: _Compressor = _zstd().compressobj()
         return compressor
     if kind == "gzip":
-        # wbits=31: gzip framing, mtime 0 and no file name, so output is reproducible.
-        return zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)
+        return zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
     return _Identity()
 
 
@@ -98,17 +103,16 @@ _thread_compressors = threading.local()
 
 
 def _compressed_whole(kind: Compression, data: bytes) -> bytes:
-    """``data`` compressed as one frame (one gzip member), as ``_compressor`` would
-    compress it streamed."""
+    """``data`` compressed as one frame (one gzip member), with ``_compressor``'s
+    settings."""
     if kind == "zstd":
         compressor = getattr(_thread_compressors, "zstd", None)
         if compressor is None:
-            compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True)
-            _thread_compressors.zstd = compressor
+            compressor = _thread_compressors.zstd = _zstd()
         out: bytes = compressor.compress(data)
         return out
     if kind == "gzip":
-        return zlib.compress(data, _GZIP_LEVEL, 31)
+        return zlib.compress(data, _GZIP_LEVEL, _GZIP_WBITS)
     return data
 
 
