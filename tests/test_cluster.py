@@ -31,9 +31,10 @@ from asyncsnap.connection import ConnectParams
 from asyncsnap.dump import dump
 from asyncsnap.errors import DumpFailed, ExitCode, UsageError
 from asyncsnap.verify import verify
-from tests.conftest import Database, clean_env, fresh_database, run_cli
+from tests.conftest import Database, Postgres, clean_env, fresh_database, run_cli
 from tests.test_increment import run, table_digests
 from tests.test_interrupt import BIG, _asyncsnap_backends, wait_until_writing_big
+from tests.test_restore_create import admin_execute, database_named
 from tests.test_store_backups import cli_env
 from throwaway.s3 import BUCKET, S3Server, s3_server
 
@@ -560,6 +561,54 @@ def test_a_restore_on_a_cluster_into_existing_tables(db: Database, tmp_path: Pat
         again = run_cli(*rows, env=clean_env())
         assert again.returncode != 0 and "already has rows in public.child" in again.stderr
         assert table_digests(target.dsn) == table_digests(db.dsn)
+
+
+def test_a_restore_on_a_cluster_creates_the_database_and_cleans_it(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """--create and --clean with --cluster: the coordinator makes (or cleans) the
+    database the backup names and the workers load into that one, not into the database
+    the DSN names; each time every table is the source's. Each table's event carries the
+    worker's own figures, as a local restore's does (it said 0 bytes in 0.00 s)."""
+    from asyncsnap.events import ChunkFinished
+    from asyncsnap.api import restore
+
+    with database_named(postgres, "asyncsnap_spread") as source:
+        source.execute(SCHEMA)
+        source.execute(
+            "CREATE TABLE public.child (id int PRIMARY KEY, wide int REFERENCES public.wide);"
+            "INSERT INTO public.child SELECT g, g FROM generate_series(1, 500) g"
+        )
+        run(dump, source.dsn, output=tmp_path, name="b", split_larger_than=256 << 10)
+        expected = table_digests(source.dsn)
+        admin_execute(postgres, f'ALTER DATABASE "{source.name}" RENAME TO "{source.name}_src"')
+
+        events: list[Any] = []
+        run(restore, tmp_path / "b", postgres.admin_dsn, create=True, cluster="local:2",
+            on_event=events.append)  # fmt: skip
+        assert table_digests(source.dsn) == expected
+        finished = [e for e in events if isinstance(e, ChunkFinished)]
+        assert finished and all(e.seconds > 0 and e.bytes > 0 for e in finished), finished
+        local: list[Any] = []
+        with fresh_database(postgres, "cluster_local") as elsewhere:
+            run(restore, tmp_path / "b", elsewhere.dsn, on_event=local.append)
+        assert sum(e.bytes for e in finished) == sum(
+            e.bytes for e in local if isinstance(e, ChunkFinished)
+        )
+
+        source.execute(
+            "INSERT INTO public.child VALUES (501, 1); DELETE FROM public.wide WHERE id > 900;"
+            "CREATE TABLE public.stray (x int)"
+        )
+        cleaned = run_cli(
+            "restore", str(tmp_path / "b"), source.dsn, "--clean", "--cluster", "local:2",
+            env=clean_env(),
+        )  # fmt: skip
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert table_digests(source.dsn) == {
+            **expected,
+            "public.stray": (0, hashlib.md5().hexdigest()),
+        }
 
 
 def test_a_chunks_progress_reaches_the_coordinator_while_it_is_copied(

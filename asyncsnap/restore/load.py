@@ -368,7 +368,7 @@ async def _load_table(
         )
     )
     return RestoredTable(
-        schema=load.target.schema, name=load.target.name, rows=rows, seconds=seconds
+        schema=load.target.schema, name=load.target.name, rows=rows, seconds=seconds, bytes=raw
     )
 
 

@@ -17,6 +17,7 @@ class RestoredTable:
     name: str
     rows: int
     seconds: float
+    bytes: int = 0  # of its files' NDJSON
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,13 @@ def merge(results: list[RestoredTable]) -> list[RestoredTable]:
     for r in results:
         before = merged.get((r.schema, r.name))
         if before is not None:
-            r = RestoredTable(r.schema, r.name, before.rows + r.rows, before.seconds + r.seconds)
+            r = RestoredTable(
+                r.schema,
+                r.name,
+                before.rows + r.rows,
+                before.seconds + r.seconds,
+                before.bytes + r.bytes,
+            )
         merged[(r.schema, r.name)] = r
     return sorted(merged.values(), key=lambda r: (r.schema, r.name))
 

@@ -163,13 +163,14 @@ async def _run_phase(
 
     def loaded(key: str, found: list[RestoredTable]) -> None:
         results.extend(found)
+        # The worker's own figures: a unit's tables load one after another in its task.
         emit(
             ChunkFinished(
                 label=_label(units_by_key[key]),
                 rows=sum(r.rows for r in found),
-                bytes=0,
+                bytes=sum(r.bytes for r in found),
                 stored_bytes=0,
-                seconds=0.0,
+                seconds=sum(r.seconds for r in found),
                 verb="loaded",
             )
         )
