@@ -2546,10 +2546,14 @@ static int in_sorted(const unsigned char *w, size_t n, uint64_t v)
  *   lines: how many lines data holds.
  * wanted (needs with_hashes): a sorted native uint64 array; only the lines whose first 8
  * bytes of SHA-256 are in it are given back (diff's second pass: a few lines of many).
+ * firsts (needs wanted): one native uint64 per line of data, what the first pass found as
+ * each line's first 8 bytes: a line whose entry is not in wanted is passed over unhashed;
+ * one whose entry is in it is hashed and kept only if its own first 8 bytes are too. The
+ * result is wanted's alone when firsts are the lines' own (else a subset of it).
  * Nothing of data is kept: the results are new bytes objects. */
 static PyObject *py_line_columns(PyObject *self, PyObject *args)
 {
-    Py_buffer data, wanted = {0};
+    Py_buffer data, wanted = {0}, firsts = {0};
     int with_hashes = 0, with_text = 0, filtering;
     Py_ssize_t lines = 0, rows = 0, bad = -1, longest = 0, line = 0;
     size_t written = 0;
@@ -2559,7 +2563,7 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
     unsigned char sum[16];
     int k;
     LineHasher hasher = {NULL, 0};
-    if (!PyArg_ParseTuple(args, "y*pp|y*", &data, &with_hashes, &with_text, &wanted))
+    if (!PyArg_ParseTuple(args, "y*pp|y*y*", &data, &with_hashes, &with_text, &wanted, &firsts))
         return NULL;
     filtering = wanted.buf != NULL;
     if (filtering && (!with_hashes || wanted.len % 8 != 0)) {
@@ -2574,6 +2578,10 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
             goto fail;
         }
         lines = (Py_ssize_t)count_newlines(s, n);
+    }
+    if (firsts.buf != NULL && (!filtering || firsts.len != lines * 8)) {
+        PyErr_SetString(PyExc_ValueError, "line_columns: firsts needs wanted, a uint64 a line");
+        goto fail;
     }
     /* sized for every line; cut to the lines kept at the end */
     if (with_hashes) {
@@ -2591,6 +2599,7 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
     {
         const unsigned char *s = data.buf;
         const unsigned char *w = filtering ? (const unsigned char *)wanted.buf : NULL;
+        const unsigned char *known = (const unsigned char *)firsts.buf; /* or NULL */
         size_t n = (size_t)data.len, start = 0, nw = (size_t)wanted.len / 8;
         uint64_t *his = with_hashes ? (uint64_t *)PyBytes_AS_STRING(hi) : NULL;
         uint64_t *los = with_hashes ? (uint64_t *)PyBytes_AS_STRING(lo) : NULL;
@@ -2606,7 +2615,14 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
                 unsigned __int128 v;
                 size_t next = start + len + 1;
                 const unsigned char *nl2;
-                if (have_next) {
+                if (known != NULL && !in_sorted(w, nw, uint64_at(known, (size_t)line))) {
+                    start = next; /* not a line the first pass found wanted: not hashed */
+                    line++;
+                    continue;
+                }
+                if (known != NULL) {
+                    v = line_digest128(&hasher, s + start, len); /* few: one at a time */
+                } else if (have_next) {
                     v = next_digest;
                     have_next = 0;
                 } else if (next < n && (nl2 = memchr(s + next, '\n', n - next)) != NULL) {
@@ -2678,6 +2694,7 @@ fail:
     Py_XDECREF(text);
     PyBuffer_Release(&data);
     if (wanted.buf != NULL) PyBuffer_Release(&wanted);
+    if (firsts.buf != NULL) PyBuffer_Release(&firsts);
     if (hasher.ctx != NULL) result = hasher_close(&hasher, result);
     return result;
 }

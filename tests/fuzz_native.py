@@ -126,7 +126,11 @@ def line_columns(data: bytes) -> None:
     if hashes and rng.random() < 0.4:
         some = [ref.term(line) >> 64 for line in lines.split(b"\n")[:-1] if rng.random() < 0.5]
         wanted = ref.native_uint64s(sorted(set(some)))
-        _check("line_columns", rng, ref.ref_line_columns, lines, hashes, text, wanted)
+        if rng.random() < 0.5:
+            firsts = ref._firsts(rng, lines)
+            _check("line_columns", rng, ref.ref_line_columns, lines, hashes, text, wanted, firsts)
+        else:
+            _check("line_columns", rng, ref.ref_line_columns, lines, hashes, text, wanted)
     else:
         _check("line_columns", rng, ref.ref_line_columns, lines, hashes, text)
 

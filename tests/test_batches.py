@@ -53,3 +53,50 @@ def test_two_readers_store_long_lines_at_once(tmp_path: Path) -> None:
         store.copy_to(identity, out)
         assert out.getvalue() == line
     store.close()
+
+
+def test_the_second_pass_hashes_only_the_lines_the_first_recorded_as_wanted(
+    tmp_path: Path,
+) -> None:
+    """diff's first pass records each line's identity's first half, in order; its second
+    pass, given that record and the wanted halves, passes over the lines whose recorded
+    half is not wanted (unhashed) and checks the rest against their own hash: with the
+    true record it gives exactly the wanted lines, with a record that no longer says a
+    line is wanted it gives that line no more, and a record that ran out fails."""
+    import struct
+
+    import pytest
+
+    from asyncsnap.analysis.batches import LineBatches
+    from asyncsnap.errors import VerificationFailed
+    from asyncsnap.format import BackupFile
+
+    data = _lines(7, 3000, 60)
+    path = tmp_path / "t.ndjson"
+    path.write_bytes(data)
+    entry = BackupFile(
+        path=str(path), rows=3000, bytes=len(data), stored_bytes=len(data), sha256=""
+    )
+    lines = data.split(b"\n")[:-1]
+    firsts = [int.from_bytes(hashlib.sha256(line).digest()[:8], "big") for line in lines]
+
+    record = io.BytesIO()
+    first = LineBatches(None, [entry], hashes=True, text=False, block_size=4096,
+                        record_firsts=record)  # fmt: skip
+    assert sum(batch.num_rows for batch in first) == 3000
+    assert struct.unpack("=3000Q", record.getvalue()) == tuple(firsts)
+
+    wanted_lines = (5, 1234, 2999)
+    wanted = struct.pack("=3Q", *sorted(firsts[i] for i in wanted_lines))
+
+    def second(known: bytes) -> list[bytes]:
+        batches = LineBatches(None, [entry], wanted=wanted, block_size=4096,
+                              firsts=io.BytesIO(known))  # fmt: skip
+        return [line.encode() for b in batches for line in b.column("line").to_pylist()]
+
+    assert second(record.getvalue()) == [lines[i] for i in wanted_lines]
+    altered = bytearray(record.getvalue())
+    altered[1234 * 8 : 1235 * 8] = struct.pack("=Q", firsts[1233])
+    assert second(bytes(altered)) == [lines[5], lines[2999]]
+    with pytest.raises(VerificationFailed, match="more lines than the first reading found"):
+        second(record.getvalue()[:-8])

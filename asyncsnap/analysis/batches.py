@@ -60,6 +60,8 @@ class LineBatches:
         block_size: int = _BLOCK,
         long_lines: LongLines | None = None,
         wanted: bytes | None = None,
+        record_firsts: BinaryIO | None = None,
+        firsts: BinaryIO | None = None,
     ) -> None:
         """``long_lines`` (with ``hashes`` and ``text``): lines longer than its ``limit`` go
         there, and the batch's ``line`` holds ``long_lines.stand_in(line)`` instead, with
@@ -68,9 +70,18 @@ class LineBatches:
 
         ``wanted`` (with ``hashes``): a sorted array of native uint64s; only the lines
         whose identity's first half is in it are given (every line is still read, checked
-        and counted)."""
+        and counted).
+
+        ``record_firsts`` (with ``hashes``, without ``wanted``): each line's identity's
+        first half is written there, a native uint64 a line in the order read (diff's
+        first pass). ``firsts`` (with ``wanted``): such a record of the same files, read
+        along: a line whose recorded half is not wanted is passed over without being
+        hashed (diff's second pass hashes the few it gives, not every line). A file
+        changed in between gives fewer lines, never others: the caller counts them."""
         self.long_lines = long_lines
         self.wanted = wanted
+        self.record_firsts = record_firsts
+        self.firsts = firsts
         self.backup = backup
         self.files = [f for f in files if f.rows]
         self.hashes = hashes
@@ -154,8 +165,11 @@ class LineBatches:
         try:
             if self.wanted is None:
                 found = _rows.line_columns(block, self.hashes, self.text)
-            else:
+            elif self.firsts is None:
                 found = _rows.line_columns(block, self.hashes, self.text, self.wanted)
+            else:
+                known = self._recorded(_rows.count_lines(block), reader)
+                found = _rows.line_columns(block, self.hashes, self.text, self.wanted, known)
             rows, hi, lo, total, offsets, text, longest, lines = found
         except _rows.LineError as exc:
             line = reader.rows + exc.line + 1
@@ -164,6 +178,9 @@ class LineBatches:
                 hint="the backup is damaged; `asyncsnap verify` says more",
             ) from None
         columns: list[pa.Array] = []
+        if self.record_firsts is not None:
+            assert hi is not None
+            self.record_firsts.write(hi)
         if self.hashes:
             assert hi is not None and lo is not None and total is not None
             columns.append(pa.Array.from_buffers(pa.uint64(), rows, [None, pa.py_buffer(hi)]))
@@ -186,6 +203,17 @@ class LineBatches:
         reader.rows += lines  # finish() checks them against the manifest
         self.longest = max(self.longest, longest)
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+    def _recorded(self, lines: int, reader: DataFileReader | _Counted) -> bytes:
+        """The next ``lines`` entries of ``firsts``."""
+        assert self.firsts is not None
+        known = self.firsts.read(8 * lines)
+        if len(known) != 8 * lines:
+            raise VerificationFailed(
+                f"{reader.entry.path}: more lines than the first reading found",
+                hint="the files changed while diff read them; run it again",
+            )
+        return known
 
     def check_read(self, what: str) -> None:
         """Raise unless every line of every file was read (and each file matched its

@@ -329,8 +329,16 @@ class _TableReader:
         directory = self.scratch.path() / f"long-lines-{self.tables}"
         directory.mkdir(mode=0o700)
         self.long_lines = LongLines(directory, stand_in)
-        self._group(what, a, before, b, after)
-        self._fetch_lines(what, a, before, b, after)
+        # Pass 1 records each line's identity's first half, per side, in the order read;
+        # pass 2 then hashes only the lines recorded as wanted (SHA-256 of every line of
+        # both sides again was half of pass 2's CPU).
+        firsts = (directory / "firsts-before", directory / "firsts-after")
+        try:
+            self._group(what, a, before, b, after, record=firsts)
+            self._fetch_lines(what, a, before, b, after, firsts)
+        finally:
+            for path in firsts:
+                path.unlink(missing_ok=True)
         return self.con
 
     def _group(
@@ -340,27 +348,38 @@ class _TableReader:
         before: Sequence[BackupFile],
         b: Backup | None,
         after: Sequence[BackupFile],
+        record: tuple[Path, Path] | None = None,
     ) -> None:
         """Pass 1: each line's 128-bit identity, no text; keep in ``h`` the identities whose
         counts differ (the engine holds 17 bytes a distinct line, spilling past its
-        limit)."""
+        limit). ``record``: where each side's lines' first halves go (``LineBatches``'
+        ``record_firsts``)."""
         from .batches import LineBatches, read_together
 
         def attempt() -> tuple[LineBatches, LineBatches]:
-            old = LineBatches(a, before, hashes=True, text=False)
-            new = LineBatches(b, after, hashes=True, text=False)
-            self.con.register("both_lines", read_together([old, new], sides=[-1, 1]))
-            run_engine(
-                what,
-                [old, new],
-                lambda: self.con.execute(
-                    """CREATE OR REPLACE TEMP TABLE h AS
-                    SELECT h1, h2, sum(side)::BIGINT AS net FROM both_lines
-                    GROUP BY h1, h2 HAVING sum(side) <> 0"""
-                ),
-                self.con,
-            )
-            return old, new
+            with contextlib.ExitStack() as files:
+                sinks = (
+                    [None, None]
+                    if record is None
+                    else [
+                        files.enter_context(open(path, "wb"))
+                        for path in record  # anew each attempt
+                    ]
+                )
+                old = LineBatches(a, before, hashes=True, text=False, record_firsts=sinks[0])
+                new = LineBatches(b, after, hashes=True, text=False, record_firsts=sinks[1])
+                self.con.register("both_lines", read_together([old, new], sides=[-1, 1]))
+                run_engine(
+                    what,
+                    [old, new],
+                    lambda: self.con.execute(
+                        """CREATE OR REPLACE TEMP TABLE h AS
+                        SELECT h1, h2, sum(side)::BIGINT AS net FROM both_lines
+                        GROUP BY h1, h2 HAVING sum(side) <> 0"""
+                    ),
+                    self.con,
+                )
+                return old, new
 
         old, new = attempts(self.con, attempt)
         self.con.unregister("both_lines")
@@ -375,10 +394,13 @@ class _TableReader:
         before: Sequence[BackupFile],
         b: Backup | None,
         after: Sequence[BackupFile],
+        firsts: tuple[Path, Path],
     ) -> None:
         """Pass 2: the lines of the identities in ``h``, from the side(s) that hold them,
-        into ``d``: one line per identity (its text is the same wherever it occurs)."""
-        from .batches import LineBatches, read_together
+        into ``d``: one line per identity (its text is the same wherever it occurs).
+        ``firsts``: pass 1's record of each side's lines (hashed again only where it says
+        a line is wanted)."""
+        from .batches import LineBatches
 
         wanted = self.con.execute(
             "SELECT count(*) FILTER (WHERE net < 0), count(*) FILTER (WHERE net > 0) FROM h"
@@ -400,38 +422,24 @@ class _TableReader:
         }
 
         def attempt() -> None:
-            sources = [
-                LineBatches(backup, files, long_lines=self.long_lines, wanted=sieve[side])
-                for backup, files, needed, side in (
-                    (a, before, wanted[0], "< 0"),
-                    (b, after, wanted[1], "> 0"),
-                )
-                if needed
-            ]
-            self.con.register("both_texts", read_together(sources))
-            # The join's hash table on the identities (few), not on the stream (all lines):
-            # DuckDB cannot know the stream's size and may guess it small. And no filter
-            # from the join pushed into the stream's scan: DuckDB 1.5 hands it to pyarrow
-            # as a Python int, which fails for an identity past 2^63 (OverflowError).
-            self.con.execute(
-                "SET disabled_optimizers = 'build_side_probe_side,join_filter_pushdown'"
-            )
-            try:
-                run_engine(
-                    what,
-                    sources,
-                    lambda: self.con.execute(
-                        """CREATE OR REPLACE TEMP TABLE d AS
-                        SELECT h.h1, h.h2, any_value(l.line) AS line, any_value(l.cut) AS cut,
-                            any_value(h.net) AS net
-                        FROM both_texts l JOIN h ON l.h1 = h.h1 AND l.h2 = h.h2
-                        GROUP BY h.h1, h.h2"""
-                    ),
-                    self.con,
-                )
-            finally:
-                self.con.execute("RESET disabled_optimizers")
-                self.con.unregister("both_texts")
+            with contextlib.ExitStack() as opened:
+                sources = [
+                    LineBatches(
+                        backup,
+                        files,
+                        long_lines=self.long_lines,
+                        wanted=sieve[side],
+                        firsts=None
+                        if sieve[side] is None
+                        else opened.enter_context(open(record, "rb", buffering=1 << 20)),
+                    )
+                    for backup, files, needed, side, record in (
+                        (a, before, wanted[0], "< 0", firsts[0]),
+                        (b, after, wanted[1], "> 0", firsts[1]),
+                    )
+                    if needed
+                ]
+                self._join(what, sources)
 
         attempts(self.con, attempt)
         found = self.con.execute("SELECT count(*) FROM d").fetchall()[0][0]
@@ -440,6 +448,33 @@ class _TableReader:
                 f"{what}: {found} of the {wanted[0] + wanted[1]} differing lines found again",
                 hint="the files changed while diff read them; run it again",
             )
+
+    def _join(self, what: str, sources: Sequence[LineBatches]) -> None:
+        """The lines of ``sources`` whose identities are in ``h``, into ``d``."""
+        from .batches import read_together
+
+        self.con.register("both_texts", read_together(sources))
+        # The join's hash table on the identities (few), not on the stream (all lines):
+        # DuckDB cannot know the stream's size and may guess it small. And no filter
+        # from the join pushed into the stream's scan: DuckDB 1.5 hands it to pyarrow
+        # as a Python int, which fails for an identity past 2^63 (OverflowError).
+        self.con.execute("SET disabled_optimizers = 'build_side_probe_side,join_filter_pushdown'")
+        try:
+            run_engine(
+                what,
+                sources,
+                lambda: self.con.execute(
+                    """CREATE OR REPLACE TEMP TABLE d AS
+                    SELECT h.h1, h.h2, any_value(l.line) AS line, any_value(l.cut) AS cut,
+                        any_value(h.net) AS net
+                    FROM both_texts l JOIN h ON l.h1 = h.h1 AND l.h2 = h.h2
+                    GROUP BY h.h1, h.h2"""
+                ),
+                self.con,
+            )
+        finally:
+            self.con.execute("RESET disabled_optimizers")
+            self.con.unregister("both_texts")
 
     def _sieve(self, side: str) -> bytes:
         """The sorted first halves of the identities in ``h`` with ``net {side}``, as a
