@@ -2532,6 +2532,36 @@ static int in_sorted(const unsigned char *w, size_t n, uint64_t v)
     return lo < n && uint64_at(w, lo) == v;
 }
 
+/* A set of wanted values, for asking of every line whether it is in it: a bitmap of their
+ * top WANTED_BITS bits answers most lines no at once, and the sorted array settles the
+ * rest (a binary search per line was most of a diff's second pass, perf). */
+#define WANTED_BITS 20
+typedef struct {
+    const unsigned char *w;
+    size_t n;
+    uint64_t *bits; /* 2^WANTED_BITS bits, or NULL: every question goes to the array */
+} Wanted;
+
+static void wanted_open(Wanted *set, const unsigned char *w, size_t n)
+{
+    size_t i;
+    set->w = w;
+    set->n = n;
+    set->bits = n ? calloc((size_t)1 << (WANTED_BITS - 6), sizeof(uint64_t)) : NULL;
+    if (set->bits == NULL) return;
+    for (i = 0; i < n; i++) {
+        uint64_t top = uint64_at(w, i) >> (64 - WANTED_BITS);
+        set->bits[top >> 6] |= (uint64_t)1 << (top & 63);
+    }
+}
+
+static inline int wanted_has(const Wanted *set, uint64_t v)
+{
+    uint64_t top = v >> (64 - WANTED_BITS);
+    if (set->bits != NULL && !(set->bits[top >> 6] & ((uint64_t)1 << (top & 63)))) return 0;
+    return in_sorted(set->w, set->n, v);
+}
+
 /* line_columns(data, with_hashes, with_text[, wanted]): the lines of data (whole lines,
  * each ending in a newline) as the columns of an Arrow record batch for the analysis
  * engine:
@@ -2600,6 +2630,7 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
         const unsigned char *s = data.buf;
         const unsigned char *w = filtering ? (const unsigned char *)wanted.buf : NULL;
         const unsigned char *known = (const unsigned char *)firsts.buf; /* or NULL */
+        Wanted set;
         size_t n = (size_t)data.len, start = 0, nw = (size_t)wanted.len / 8;
         uint64_t *his = with_hashes ? (uint64_t *)PyBytes_AS_STRING(hi) : NULL;
         uint64_t *los = with_hashes ? (uint64_t *)PyBytes_AS_STRING(lo) : NULL;
@@ -2608,6 +2639,7 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
         /* the next line's digest, when it was computed with this one's */
         int have_next = 0;
         unsigned __int128 next_digest = 0;
+        wanted_open(&set, w, filtering ? nw : 0);
         while (start < n) {
             const unsigned char *nl = memchr(s + start, '\n', n - start);
             size_t len = (size_t)(nl - (s + start));
@@ -2615,7 +2647,7 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
                 unsigned __int128 v;
                 size_t next = start + len + 1;
                 const unsigned char *nl2;
-                if (known != NULL && !in_sorted(w, nw, uint64_at(known, (size_t)line))) {
+                if (known != NULL && !wanted_has(&set, uint64_at(known, (size_t)line))) {
                     start = next; /* not a line the first pass found wanted: not hashed */
                     line++;
                     continue;
@@ -2632,7 +2664,7 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
                 } else {
                     v = line_digest128(&hasher, s + start, len);
                 }
-                if (filtering && !in_sorted(w, nw, (uint64_t)(v >> 64))) {
+                if (filtering && !wanted_has(&set, (uint64_t)(v >> 64))) {
                     start += len + 1;
                     line++;
                     continue;
@@ -2653,6 +2685,7 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
             start += len + 1;
         }
         if (with_text) offs[rows] = (int64_t)written;
+        free(set.bits);
     }
     Py_END_ALLOW_THREADS
     if (bad >= 0) {
