@@ -999,10 +999,11 @@ WHY = {
     "rows: 90 against 70 MiB) and did not change with 5 or 8 MiB parts, 1 or 2 in flight; "
     "capping malloc at two arenas (0.7.0) took 6 MiB off (86 against 61 MiB).",
     "diff": "asyncsnap's reader hashes every line of both exports (SHA-256, 128 bits: a "
-    "line's identity) and DuckDB groups them; a second pass reads both again for the "
-    "differing lines only. Reading everything twice, checked, is the price of an exact "
-    "answer: 0.8.0's diff, on DuckDB's own CSV reader and hash(), was 1.2x faster and "
-    "could miss rows.",
+    "line's identity; two lines at once on the SHA instructions) and DuckDB groups them "
+    "(a hash table of every distinct line); a second pass reads both again and hashes "
+    "only the lines the first recorded as differing. Reading everything twice, checked, "
+    "is the price of an exact answer: 0.8.0's diff, on DuckDB's own CSV reader and "
+    "hash(), was 1.2x faster and could miss rows.",
     "compare": "compare reads the database as a dump does (the same COPY and encoder), "
     "without compressing or writing, and hashes every line.",
     "small": "per-table costs: a process start (~0.3 s of Python imports), a transaction, a "

@@ -11,24 +11,26 @@ How, and why so:
   fingerprint (docs/format.md, "Row fingerprints", ``dump --fingerprints``) are equal,
   is not read: its rows are
   the same multiset. After a benchmark run that is most tables.
-- The others are read by DuckDB (an optional extra), out of core: it spills to a private
-  temporary directory past ``memory_limit``, so memory stays bounded whatever the size.
-  Lines are compared as the bytes the dump wrote, never as parsed values: a row is
-  unchanged exactly when its line is, and no number goes through a float. A first pass
-  groups the rows of both sides by a 64-bit hash of the line and keeps the hashes whose
-  counts differ (cheap: no line is kept); a second pass fetches those lines and groups
-  them exactly. A hash collision between a removed and an added line would hide both:
-  with fingerprints in both manifests (``dump --fingerprints``) the result is checked
-  against them (both sides' fingerprints and the SHA-256 of every differing line must add
-  up; if they do not, the table is grouped by whole lines, exact and slower); without,
-  the first pass groups by two 64-bit hashes of different inputs, 128 bits.
+- The others are read by asyncsnap's own reader (``batches``) and grouped by DuckDB (an
+  optional extra), out of core: it spills to a private temporary directory past
+  ``memory_limit``, so memory stays bounded whatever the size. Lines are compared as the
+  bytes the dump wrote, never as parsed values: a row is unchanged exactly when its line
+  is, and no number goes through a float. A line's identity is the first 128 bits of its
+  SHA-256, computed by the reader (a hostile database cannot make two of its rows collide
+  as it could with a fast hash). A first pass groups both sides' identities and keeps
+  those whose counts differ (no line is kept), and records each line's identity's first
+  half in the order read; a second pass reads both again, hashes only the lines that
+  record says are wanted (checking each against its own hash), and groups those lines.
+  The answer is checked to add up: A's rows and fingerprint plus the differing lines' are
+  B's, and with fingerprints in the manifests (``dump --fingerprints``) each side's are
+  the recorded ones.
 - Rows that differ are paired by the primary key's values as the dump wrote them (the
   bytes of each key column's JSON value in the line, cut at the next column's key, which
   cannot occur inside a value: quotes in strings are escaped).
 
-Files are checked against the manifest's SHA-256 before DuckDB reads them; an encrypted
-backup or one in an object store is first copied, decrypted and checked, into the private
-temporary directory.
+Every file is checked against the manifest's SHA-256 and row count as it is read
+(decrypted in the stream when the backup is encrypted, from the store when it is in one):
+an answer that missed a row, or read a file that does not match, is never given.
 """
 
 from __future__ import annotations
