@@ -2636,12 +2636,13 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
         uint64_t *los = with_hashes ? (uint64_t *)PyBytes_AS_STRING(lo) : NULL;
         int64_t *offs = with_text ? (int64_t *)PyBytes_AS_STRING(offsets) : NULL;
         char *out = with_text ? PyBytes_AS_STRING(text) : NULL;
-        /* the next line's digest, when it was computed with this one's */
+        /* the next line's digest and end, when they were found with this one's */
         int have_next = 0;
         unsigned __int128 next_digest = 0;
+        const unsigned char *next_nl = NULL;
         wanted_open(&set, w, filtering ? nw : 0);
         while (start < n) {
-            const unsigned char *nl = memchr(s + start, '\n', n - start);
+            const unsigned char *nl = have_next ? next_nl : memchr(s + start, '\n', n - start);
             size_t len = (size_t)(nl - (s + start));
             if (with_hashes) {
                 unsigned __int128 v;
@@ -2660,6 +2661,7 @@ static PyObject *py_line_columns(PyObject *self, PyObject *args)
                 } else if (next < n && (nl2 = memchr(s + next, '\n', n - next)) != NULL) {
                     line_digest128_two(&hasher, s + start, len, s + next,
                                        (size_t)(nl2 - (s + next)), &v, &next_digest);
+                    next_nl = nl2;
                     have_next = 1;
                 } else {
                     v = line_digest128(&hasher, s + start, len);
