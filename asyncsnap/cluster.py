@@ -42,7 +42,7 @@ import anyio
 from .connection import ConnectParams, split_password
 from .copy import CHUNK_ATTEMPTS, CopyContext
 from .errors import AsyncsnapError, DumpFailed, UsageError
-from .events import ChunkFinished, ChunkProgress, ChunkStarted
+from .events import ChunkFinished, ChunkProgress, ChunkStarted, Notice
 from .format import DATA_DIR
 from .jobs import ChunkConnectionLost, ChunkJob, FileTarget, WorkItem, run_chunk_alone
 from .session import SessionPolicy
@@ -141,12 +141,24 @@ def _progress_sender(topic: str | None) -> Any:
     from distributed import get_worker
 
     worker = get_worker()
+    key = worker.get_current_task()  # this task's: the copy runs in the task's own thread
 
     def emit(event: Any) -> None:
         if isinstance(event, ChunkProgress):
+            if _cancelled(worker, key):
+                raise DumpFailed("the dump this chunk was copied for stopped")
             worker.log_event(topic, (event.label, event.rows, event.bytes))
 
     return emit
+
+
+def _cancelled(worker: Any, key: Any) -> bool:
+    """Whether the scheduler no longer wants this running task (the dump failed or was
+    interrupted, and cancelled it): Dask cannot stop a running task, so the copy asks at
+    each progress report and stops itself, discarding its file, instead of finishing an
+    upload into a backup that is being removed."""
+    task = worker.state.tasks.get(key)
+    return task is None or task.state == "cancelled"
 
 
 def _copy_chunk(
@@ -386,7 +398,10 @@ class BackgroundCluster:
             async with cluster_client(self.address, self.password) as client:
                 self.client = client
                 self._ready.set()
-                await self._closing.wait()
+                # Open until ``close``, even when the dump is cancelled (a signal): its
+                # clean-up still asks the workers whether its tasks stopped.
+                with anyio.CancelScope(shield=True):
+                    await self._closing.wait()
         finally:
             self._ready.set()
 
@@ -471,21 +486,40 @@ async def copy_on_cluster(
         )
 
     try:
-        async with anyio.create_task_group() as tg:
+        try:
+            async with anyio.create_task_group() as tg:
 
-            async def watch_coordinator() -> None:
-                await coordinator_lost.wait()
-                raise snapshot_lost()
+                async def watch_coordinator() -> None:
+                    await coordinator_lost.wait()
+                    raise snapshot_lost()
 
-            tg.start_soon(watch_coordinator)
-            await run_tasks(client, futures, {k: i.label for k, i in labels.items()}, finished)
-            tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        from .errors import most_telling
+                tg.start_soon(watch_coordinator)
+                await run_tasks(client, futures, {k: i.label for k, i in labels.items()}, finished)
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            from .errors import most_telling
 
-        raise most_telling(group) from None
-    finally:
-        client.unsubscribe_topic(topic)
+            raise most_telling(group) from None
+        finally:
+            client.unsubscribe_topic(topic)
+    except BaseException:
+        # The tasks are cancelled; the backup is removed only once none still runs (each
+        # stops at its next progress report), or a task finishing now could leave its file.
+        with anyio.CancelScope(shield=True):
+            still = await wait_until_stopped(client, f"asyncsnap-{run_id}-")
+        if still != 0:
+            ran = (
+                f"{still} task(s) of this dump still ran on the cluster when it stopped"
+                if still
+                else "the cluster could not say whether this dump's tasks stopped"
+            )
+            ctx.emit(
+                Notice(
+                    f"{ran}: a file they finish is left without a manifest (in a store, "
+                    "prune removes it)"
+                )
+            )
+        raise
     if isinstance(backup, BackupDirectory):
         # A killed run's temporary file (its task ran again under another name).
         await anyio.to_thread.run_sync(_remove_leftovers, Path(backup.path) / DATA_DIR)
@@ -525,6 +559,33 @@ async def run_tasks(
     finally:
         with anyio.CancelScope(shield=True):
             await client.cancel(list(futures), force=True)
+
+
+async def wait_until_stopped(client: Any, prefix: str, limit: float = 30.0) -> int | None:
+    """Wait (at most ``limit`` seconds) until no worker runs a task whose key starts with
+    ``prefix``; returns how many still did (``None``: the workers could not be asked)."""
+    running = 0
+    with anyio.move_on_after(limit):
+        while True:
+            try:
+                counts = await client.run(_running, prefix, on_error="ignore")
+            except Exception:  # the scheduler gone: nothing left to ask
+                return None
+            running = sum(counts.values())
+            if not running:
+                return 0
+            await anyio.sleep(0.1)
+    return running
+
+
+def _running(prefix: str, dask_worker: Any) -> int:
+    """On a worker (``Client.run``, in its event loop): how many of its running tasks'
+    keys start with ``prefix`` (a cancelled task runs on until it returns)."""
+    return sum(
+        1
+        for key, task in dask_worker.state.tasks.items()
+        if str(key).startswith(prefix) and task.state in ("executing", "long-running", "cancelled")
+    )
 
 
 def _remove_leftovers(data: Path) -> None:

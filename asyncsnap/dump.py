@@ -10,8 +10,9 @@ manifest, the rename from ``<name>.partial`` to ``<name>``). Any failure removes
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -460,12 +461,7 @@ class _DumpRun:
         # Everything until the backup is complete runs under the deadline (None: none); the
         # cancellation it causes takes the same clean-up path as Ctrl-C.
         with anyio.move_on_after(o.max_duration):
-            if o.cluster is None:
-                return await self._run(session)
-            from .cluster import background_cluster
-
-            async with background_cluster(o.cluster, session.params) as self.cluster:
-                return await self._run(session)
+            return await self._run(session)
         raise TimeLimitExceeded(
             f"the dump did not finish within --max-duration {o.max_duration:g}s and was "
             "cancelled" + ("; the incomplete backup was kept" if o.keep_partial else ""),
@@ -477,13 +473,17 @@ class _DumpRun:
         self.conn = await session.connect()
         try:
             try:
-                planned, snapshots = await self.take_snapshot(session)
-                pg_dump = await self.pick_pg_dump(planned)
-                if self.target is None:
-                    await self.claim_target()
-                stored, schema_files = await self.copy(session, planned, pg_dump)
-                body = await self.seal(planned, stored, schema_files)
-                final_path = await self.complete()
+                # The cluster (if any) is closed before a failure's clean-up: a local
+                # cluster's workers are stopped, so none is still writing a file into
+                # the directory the clean-up removes.
+                async with self.cluster_if_any(session):
+                    planned, snapshots = await self.take_snapshot(session)
+                    pg_dump = await self.pick_pg_dump(planned)
+                    if self.target is None:
+                        await self.claim_target()
+                    stored, schema_files = await self.copy(session, planned, pg_dump)
+                    body = await self.seal(planned, stored, schema_files)
+                    final_path = await self.complete()
             except asyncpg.QueryCanceledError as exc:
                 raise cancelled_by_server(exc, "a catalog query or lock") from exc
             except CONNECTION_LOST as exc:
@@ -502,6 +502,18 @@ class _DumpRun:
             if not self.conn.is_closed():
                 self.conn.terminate()
         return self.result(final_path, planned, stored, schema_files, body, snapshots)
+
+    @contextlib.asynccontextmanager
+    async def cluster_if_any(self, session: Session) -> AsyncIterator[None]:
+        """With ``--cluster``: its client opened in the background (``self.cluster``) for
+        the body's duration, and closed after it, however it ends."""
+        if self.o.cluster is None:
+            yield
+            return
+        from .cluster import background_cluster
+
+        async with background_cluster(self.o.cluster, session.params) as self.cluster:
+            yield
 
     async def open_output(self) -> None:
         """A store's credentials, bucket and name, checked before connecting: a typo

@@ -344,12 +344,67 @@ def test_sigterm_of_the_coordinator_keeps_nothing_and_stops_the_workers(
         proc.kill()
     assert proc.returncode == 143, err
     assert "interrupted by SIGTERM" in err and "Traceback" not in err
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [], sorted(map(str, tmp_path.rglob("*")))
     deadline = time.monotonic() + 20
     while any(Path(f"/proc/{pid}").exists() for pid in workers):
         assert time.monotonic() < deadline, "a worker process outlived the dump"
         time.sleep(0.1)
     assert anyio.run(_asyncsnap_backends, db.dsn, backend="asyncio") == 0
+
+
+def test_sigterm_of_the_coordinator_stops_a_remote_workers_upload(
+    s3: S3Server, db: Database, tmp_path: Path
+) -> None:
+    """Workers the dump did not start (``dask worker``) outlive the coordinator: SIGTERM
+    while one streams the big table into the bucket stops its task too, and the backup's
+    prefix is left empty (no object finished after the clean-up removed the others)."""
+    from asyncsnap.storage.s3 import S3Store, StoreUrl
+
+    db.execute(BIG)
+    password = urlsplit(db.dsn).password or ""
+    prefix = f"s3://{BUCKET}/remote-term"
+    with dask_cluster(password, **cli_env(s3)) as address:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", prefix, "--name",
+                "b", "--compress", "none", "--cluster", address,
+            ],
+            env=cli_env(s3),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        try:
+            anyio.run(_copying_big, db.dsn, proc, backend="asyncio")
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 143, err
+        assert "interrupted by SIGTERM" in err and "Traceback" not in err, err
+        # The workers live on: give a task that did not stop the time to finish its file.
+        assert anyio.run(_asyncsnap_backends, db.dsn, backend="asyncio") == 0
+        time.sleep(1)
+    store = S3Store(StoreUrl.parse(prefix), environ=s3.env())
+    assert [o.key for o in store.objects()] == []
+
+
+async def _copying_big(dsn: str, proc: subprocess.Popen[Any]) -> None:
+    """Return once a session of the dump has been copying public.big for half a second."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        with anyio.fail_after(60):
+            while not await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'asyncsnap' "
+                "AND query LIKE 'COPY%big%' AND now() - query_start > interval '0.5 s'"
+            ):
+                if proc.poll() is not None:
+                    raise AssertionError(f"the dump ended first: {proc.communicate()[1]}")
+                await anyio.sleep(0.05)
+    finally:
+        await conn.close()
 
 
 def _worker_pids_of(parent: int) -> list[int]:
