@@ -42,7 +42,7 @@ import anyio
 from .connection import ConnectParams, split_password
 from .copy import CHUNK_ATTEMPTS, CopyContext
 from .errors import AsyncsnapError, DumpFailed, UsageError
-from .events import ChunkFinished, ChunkProgress, ChunkStarted, Notice
+from .events import ChunkFinished, ChunkProgress, ChunkStarted, EventCallback, Notice
 from .format import DATA_DIR
 from .jobs import ChunkConnectionLost, ChunkJob, FileTarget, WorkItem, run_chunk_alone
 from .session import SessionPolicy
@@ -141,24 +141,38 @@ def _progress_sender(topic: str | None) -> Any:
     from distributed import get_worker
 
     worker = get_worker()
-    key = worker.get_current_task()  # this task's: the copy runs in the task's own thread
+    stop_if_cancelled = cancellation_check()
 
     def emit(event: Any) -> None:
         if isinstance(event, ChunkProgress):
-            if _cancelled(worker, key):
-                raise DumpFailed("the dump this chunk was copied for stopped")
+            stop_if_cancelled()
             worker.log_event(topic, (event.label, event.rows, event.bytes))
 
     return emit
 
 
-def _cancelled(worker: Any, key: Any) -> bool:
-    """Whether the scheduler no longer wants this running task (the dump failed or was
-    interrupted, and cancelled it): Dask cannot stop a running task, so the copy asks at
-    each progress report and stops itself, discarding its file, instead of finishing an
-    upload into a backup that is being removed."""
-    task = worker.state.tasks.get(key)
-    return task is None or task.state == "cancelled"
+class TaskCancelled(AsyncsnapError):
+    """A task stopped itself: the scheduler had cancelled it (its run failed or was
+    interrupted). Its result reaches no one."""
+
+
+def cancellation_check() -> Callable[[], None]:
+    """In a task's thread: a function raising ``TaskCancelled`` once the scheduler no
+    longer wants this task. Dask cannot stop a running task, so a task asks at each of
+    its events (a copy's progress reports, a load's tables) and stops itself: a copy
+    discards its file instead of finishing an upload into a backup being removed, a load
+    rolls back instead of committing rows after its restore said what was committed."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    key = worker.get_current_task()  # this task's: it runs in the task's own thread
+
+    def check() -> None:
+        task = worker.state.tasks.get(key)
+        if task is None or task.state == "cancelled":
+            raise TaskCancelled("the run this task belonged to stopped")
+
+    return check
 
 
 def _copy_chunk(
@@ -486,40 +500,28 @@ async def copy_on_cluster(
         )
 
     try:
-        try:
-            async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as tg:
 
-                async def watch_coordinator() -> None:
-                    await coordinator_lost.wait()
-                    raise snapshot_lost()
+            async def watch_coordinator() -> None:
+                await coordinator_lost.wait()
+                raise snapshot_lost()
 
-                tg.start_soon(watch_coordinator)
-                await run_tasks(client, futures, {k: i.label for k, i in labels.items()}, finished)
-                tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            from .errors import most_telling
-
-            raise most_telling(group) from None
-        finally:
-            client.unsubscribe_topic(topic)
-    except BaseException:
-        # The tasks are cancelled; the backup is removed only once none still runs (each
-        # stops at its next progress report), or a task finishing now could leave its file.
-        with anyio.CancelScope(shield=True):
-            still = await wait_until_stopped(client, f"asyncsnap-{run_id}-")
-        if still != 0:
-            ran = (
-                f"{still} task(s) of this dump still ran on the cluster when it stopped"
-                if still
-                else "the cluster could not say whether this dump's tasks stopped"
+            tg.start_soon(watch_coordinator)
+            await run_tasks(
+                client,
+                futures,
+                {k: i.label for k, i in labels.items()},
+                finished,
+                prefix=f"asyncsnap-{run_id}-",
+                emit=ctx.emit,
             )
-            ctx.emit(
-                Notice(
-                    f"{ran}: a file they finish is left without a manifest (in a store, "
-                    "prune removes it)"
-                )
-            )
-        raise
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        from .errors import most_telling
+
+        raise most_telling(group) from None
+    finally:
+        client.unsubscribe_topic(topic)
     if isinstance(backup, BackupDirectory):
         # A killed run's temporary file (its task ran again under another name).
         await anyio.to_thread.run_sync(_remove_leftovers, Path(backup.path) / DATA_DIR)
@@ -533,14 +535,43 @@ async def run_tasks(
     labels: Mapping[str, str],
     on_result: Callable[[str, Any], None],
     doing: str = "copying",
+    prefix: str | None = None,
+    emit: EventCallback | None = None,
 ) -> None:
     """Wait for the tasks (``futures`` of ``guarded`` tasks, ``labels`` by key), handing
     each result to ``on_result`` as it comes, released at once: Dask would otherwise run a
     finished task again when the worker holding its result dies. Every task left is
-    cancelled when this ends, however it ends.
+    cancelled when this ends, however it ends; after a failure, with ``prefix`` (the start
+    of every key), this waits until no worker still runs one (each stops at its next event:
+    ``cancellation_check``), so that what the caller then removes or reports stays so;
+    tasks still running after the wait are said to ``emit``.
 
     :raises TaskFailed: a task failed (naming its worker, its label and the cause).
     :raises DumpFailed: the workers running a task kept dying."""
+    try:
+        await _run_tasks(client, futures, labels, on_result, doing)
+    except BaseException:
+        if prefix is not None:
+            with anyio.CancelScope(shield=True):
+                still = await wait_until_stopped(client, prefix)
+            if still != 0 and emit is not None:
+                emit(
+                    Notice(
+                        f"{still} task(s) still ran on the cluster when this stopped"
+                        if still
+                        else "the cluster could not say whether this run's tasks stopped"
+                    )
+                )
+        raise
+
+
+async def _run_tasks(
+    client: Any,
+    futures: Sequence[Any],
+    labels: Mapping[str, str],
+    on_result: Callable[[str, Any], None],
+    doing: str,
+) -> None:
     distributed = import_distributed()
     try:
         async for future in distributed.as_completed(futures):

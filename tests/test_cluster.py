@@ -618,6 +618,40 @@ def test_a_restore_on_a_cluster_into_existing_tables(db: Database, tmp_path: Pat
         assert table_digests(target.dsn) == table_digests(db.dsn)
 
 
+def test_a_failed_restore_on_a_cluster_leaves_no_unit_loading_after_it(
+    db: Database, tmp_path: Path
+) -> None:
+    """One unit fails (a row its target refuses, at the end of its file) while another
+    still streams the big table on a worker the restore did not start (``dask worker``):
+    the restore fails saying so, and the big table's unit rolls back instead of
+    committing after the restore returned."""
+    db.execute(BIG)
+    db.execute(
+        "CREATE TABLE public.refused (id int, pad text);"
+        "INSERT INTO public.refused SELECT g, repeat(md5(g::text), 8) "
+        "FROM generate_series(1, 60000) g"
+    )
+    run(dump, db.dsn, output=tmp_path, name="b", split_larger_than=None)
+    password = urlsplit(db.dsn).password or ""
+    with fresh_database(db.postgres, "cluster_target") as target:
+        schema = run_cli(
+            "restore", str(tmp_path / "b"), target.dsn, "--schema-only", env=clean_env()
+        )
+        assert schema.returncode == 0, schema.stderr
+        target.execute("ALTER TABLE public.refused ADD CONSTRAINT last CHECK (id < 60000)")
+        with dask_cluster(password) as address:
+            done = run_cli(
+                "restore", str(tmp_path / "b"), target.dsn, "--data-only", "--cluster", address,
+                env=clean_env(),
+            )  # fmt: skip
+            assert done.returncode != 0, done.stderr
+            assert '"last"' in done.stderr, done.stderr
+            # The workers live on: a unit still loading would commit now.
+            assert anyio.run(_asyncsnap_backends, target.dsn, backend="asyncio") == 0
+            time.sleep(1)
+            assert target.fetchval("SELECT count(*) FROM public.big") == 0
+
+
 def test_a_restore_on_a_cluster_creates_the_database_and_cleans_it(
     postgres: Postgres, tmp_path: Path
 ) -> None:

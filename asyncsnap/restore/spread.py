@@ -11,13 +11,17 @@ objects and a chain's changes stay on this machine's connection.
 
 What is not: ``--single-transaction`` and ``--truncate`` (one transaction on one
 connection), refused by ``options.RestoreOptions``. As with ``-j``, a failure leaves the
-units already committed; the restore fails and says so.
+units already committed; the restore fails and says so. Dask cannot stop a running task:
+a unit still loading when the restore fails asks at each event of its load (progress, a
+table done, the last just before its commit) and rolls back, and the restore waits (at
+most 30 s) until none runs, so that no unit commits after the failure was reported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -27,6 +31,7 @@ import anyio
 from ..cluster import (
     ClusterAddress,
     background_cluster,
+    cancellation_check,
     guarded,
     run_tasks,
     without_password,
@@ -53,6 +58,8 @@ def load_unit_task(
     """On a worker: one unit loaded in a transaction of its own, on a connection of its
     own; the backup opened where it is, the key read from ``identity_file`` here."""
 
+    stop_if_cancelled = cancellation_check()
+
     async def go() -> list[RestoredTable]:
         backup = open_backup(location)
         if identity_file is not None and backup.encryption:
@@ -61,7 +68,11 @@ def load_unit_task(
             backup = replace(backup, identities=tuple(load_identities(identity_file)))
         conn = await loading_connection(Session(params, policy))
         try:
-            return await _load_unit(conn, unit, backup, lambda event: None, own_transaction=True)
+            # Events stay here, but each asks whether the restore still wants this unit:
+            # the last comes before the commit, so a cancelled unit rolls back.
+            return await _load_unit(
+                conn, unit, backup, lambda event: stop_if_cancelled(), own_transaction=True
+            )
         finally:
             with anyio.CancelScope(shield=True):
                 await conn.close()
@@ -145,7 +156,8 @@ async def _run_phase(
         return
     futures = []
     units_by_key = {}
-    for unit in phase:
+    run_id = secrets.token_hex(6)
+    for i, unit in enumerate(phase):
         sent = replace(unit, checked=None, after=None)  # events stay here
         emit(ChunkStarted(label=_label(unit), est_rows=unit.rows, verb="loading"))
         future = client.submit(
@@ -156,6 +168,7 @@ async def _run_phase(
             sent,
             params,
             policy,
+            key=f"asyncsnap-load-{run_id}-{i}",
             pure=False,
         )
         futures.append(future)
@@ -176,4 +189,13 @@ async def _run_phase(
         )
 
     labels = {key: _label(unit) for key, unit in units_by_key.items()}
-    await run_tasks(client, futures, labels, loaded, doing="loading")
+    # After a failure, no unit still loading: what the failure says was committed stays so.
+    await run_tasks(
+        client,
+        futures,
+        labels,
+        loaded,
+        doing="loading",
+        prefix=f"asyncsnap-load-{run_id}-",
+        emit=emit,
+    )
