@@ -132,20 +132,19 @@ def copy_chunk(
     return guarded(_copy_chunk, job, params, policy, topic)
 
 
-def _progress_sender(topic: str | None) -> Any:
+def _progress_sender(topic: str | None, stop_if_cancelled: Callable[[], None]) -> Any:
     """The task's ``emit``: its progress (every ``events.PROGRESS_INTERVAL`` at most, as
     the copy reports it) sent to the coordinator as the worker's events on ``topic``
-    (the table's label and counts only); other events stay here."""
-    if topic is None:
-        return None
+    (the table's label and counts only); other events stay here. Every event first asks
+    whether the task is still wanted (``cancellation_check``): the copy's start, before
+    its file is created, and its end, before the file is complete, among them."""
     from distributed import get_worker
 
     worker = get_worker()
-    stop_if_cancelled = cancellation_check()
 
     def emit(event: Any) -> None:
-        if isinstance(event, ChunkProgress):
-            stop_if_cancelled()
+        stop_if_cancelled()
+        if topic is not None and isinstance(event, ChunkProgress):
             worker.log_event(topic, (event.label, event.rows, event.bytes))
 
     return emit
@@ -180,9 +179,11 @@ def _copy_chunk(
 ) -> StoredFile:
     import asyncio
 
-    emit = _progress_sender(topic)
+    stop_if_cancelled = cancellation_check()
+    emit = _progress_sender(topic, stop_if_cancelled)
     assert isinstance(job.target, FileTarget)
     for attempt in range(CHUNK_ATTEMPTS):
+        stop_if_cancelled()  # an attempt after a lost connection, too
         try:
             stored = asyncio.run(run_chunk_alone(job, params, policy, emit))
             return replace(stored, stamp=file_stamp(job.target, stored.path))
@@ -259,6 +260,18 @@ def guarded(fn: Any, *args: Any) -> Any:
         )
 
 
+# How long a scheduler may have no worker before a run gives up on it: workers started
+# with the scheduler (a job script, a test) join a second or two after it listens.
+WORKERS_TIMEOUT = 60.0
+
+
+def _no_workers(address: ClusterAddress) -> DumpFailed:
+    return DumpFailed(
+        f"no worker joined the Dask scheduler at {address.text} within {WORKERS_TIMEOUT:.0f} s",
+        hint="start workers with `dask worker ADDRESS` (they need asyncsnap installed)",
+    )
+
+
 @contextlib.contextmanager
 def blocking_client(address: ClusterAddress) -> Iterator[Any]:
     """A client of the cluster for code that is not async (a local one started, and
@@ -273,6 +286,10 @@ def blocking_client(address: ClusterAddress) -> Iterator[Any]:
                 hint="check the address and that `dask scheduler` runs there",
             ) from exc
         with client:
+            try:
+                client.wait_for_workers(1, timeout=WORKERS_TIMEOUT)
+            except TimeoutError:
+                raise _no_workers(address) from None
             yield client
         return
     with (
@@ -343,6 +360,10 @@ async def cluster_client(address: ClusterAddress, password: str | None) -> Async
                 hint="check the address and that `dask scheduler` runs there",
             ) from exc
         try:
+            try:
+                await client.wait_for_workers(1, timeout=WORKERS_TIMEOUT)
+            except TimeoutError:
+                raise _no_workers(address) from None
             yield client
         finally:
             with anyio.CancelScope(shield=True):
@@ -592,21 +613,36 @@ async def _run_tasks(
             await client.cancel(list(futures), force=True)
 
 
-async def wait_until_stopped(client: Any, prefix: str, limit: float = 30.0) -> int | None:
-    """Wait (at most ``limit`` seconds) until no worker runs a task whose key starts with
-    ``prefix``; returns how many still did (``None``: the workers could not be asked)."""
-    running = 0
+async def wait_until_stopped(client: Any, prefix: str, limit: float = 10.0) -> int | None:
+    """Wait (at most ``limit`` seconds) until the scheduler holds no task whose key starts
+    with ``prefix`` still to run (a cancel reaches it after ``Client.cancel`` returns) and
+    no worker runs one. Returns 0 then; else how many workers' tasks still ran when the
+    limit passed, or ``None`` when the cluster could not say (a worker did not answer)."""
+    still: int | None = None
     with anyio.move_on_after(limit):
         while True:
             try:
-                counts = await client.run(_running, prefix, on_error="ignore")
+                pending = await client.run_on_scheduler(_to_run, prefix)
+                counts = await client.run(_running, prefix, on_error="return")
             except Exception:  # the scheduler gone: nothing left to ask
                 return None
-            running = sum(counts.values())
-            if not running:
+            answers = [n for n in counts.values() if isinstance(n, int)]
+            still = sum(answers) if len(answers) == len(counts) else None
+            if still == 0 and pending == 0:
                 return 0
-            await anyio.sleep(0.1)
-    return running
+            await anyio.sleep(0.25)
+    return still
+
+
+def _to_run(prefix: str, dask_scheduler: Any) -> int:
+    """On the scheduler (``Client.run_on_scheduler``): how many tasks whose keys start with
+    ``prefix`` it may still send to a worker or is running."""
+    return sum(
+        1
+        for key, task in dask_scheduler.tasks.items()
+        if str(key).startswith(prefix)
+        and task.state in ("released", "waiting", "queued", "no-worker", "processing")
+    )
 
 
 def _running(prefix: str, dask_worker: Any) -> int:

@@ -470,20 +470,22 @@ class _DumpRun:
 
     async def _run(self, session: Session) -> DumpResult:
         """The steps, under ``run``'s deadline (and with its cluster, if any)."""
-        self.conn = await session.connect()
         try:
             try:
-                # The cluster (if any) is closed before a failure's clean-up: a local
-                # cluster's workers are stopped, so none is still writing a file into
-                # the directory the clean-up removes.
+                # The cluster (if any) starts first, in the background, while this connects
+                # and plans; it is closed once the chunks are copied, before the manifest:
+                # a failure's clean-up (below) then finds a local cluster's workers stopped
+                # (none still writing into the directory it removes), and a signal while
+                # the cluster closes comes before the backup is complete, never after.
                 async with self.cluster_if_any(session):
+                    self.conn = await session.connect()
                     planned, snapshots = await self.take_snapshot(session)
                     pg_dump = await self.pick_pg_dump(planned)
                     if self.target is None:
                         await self.claim_target()
                     stored, schema_files = await self.copy(session, planned, pg_dump)
-                    body = await self.seal(planned, stored, schema_files)
-                    final_path = await self.complete()
+                body = await self.seal(planned, stored, schema_files)
+                final_path = await self.complete()
             except asyncpg.QueryCanceledError as exc:
                 raise cancelled_by_server(exc, "a catalog query or lock") from exc
             except CONNECTION_LOST as exc:
@@ -499,7 +501,7 @@ class _DumpRun:
         finally:
             if self.lock is not None:
                 self.lock.release()
-            if not self.conn.is_closed():
+            if self.conn is not None and not self.conn.is_closed():
                 self.conn.terminate()
         return self.result(final_path, planned, stored, schema_files, body, snapshots)
 

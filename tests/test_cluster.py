@@ -154,26 +154,28 @@ def _descends(pid: int, ancestor: int) -> bool:
 def dask_cluster(password: str, **worker_env: str) -> Iterator[str]:
     """A scheduler and two workers started as users start them (the dask commands), the
     workers' environment holding ``PGPASSWORD`` (and ``worker_env``)."""
+    with dask_scheduler() as (address, procs):
+        procs += start_dask_workers(address, password, **worker_env)
+        yield address
+
+
+_DASK = str(Path(sys.executable).parent / "dask")
+_QUIET: Any = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+
+
+@contextlib.contextmanager
+def dask_scheduler() -> Iterator[tuple[str, list[subprocess.Popen[Any]]]]:
+    """A `dask scheduler` alone: its address, and a list of processes (it, and what the
+    caller adds) stopped afterwards."""
     port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    dask = str(Path(sys.executable).parent / "dask")
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     procs = [
         subprocess.Popen(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-            **quiet,  # type: ignore[call-overload]
+            [_DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            **_QUIET,
         )
     ]
     try:
-        for i in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [dask, "worker", address, "--nthreads", "1", "--name", f"w{i}", "--no-nanny"],
-                    env={**clean_env(), "PGPASSWORD": password, **worker_env},
-                    **quiet,  # type: ignore[call-overload]
-                )
-            )
-        yield address
+        yield f"tcp://127.0.0.1:{port}", procs
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -183,6 +185,43 @@ def dask_cluster(password: str, **worker_env: str) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def start_dask_workers(address: str, password: str, **env: str) -> list[subprocess.Popen[Any]]:
+    """Two `dask worker` processes (w0, w1) with ``PGPASSWORD`` (and ``env``)."""
+    return [
+        subprocess.Popen(
+            [_DASK, "worker", address, "--nthreads", "1", "--name", f"w{i}", "--no-nanny"],
+            env={**clean_env(), "PGPASSWORD": password, **env},
+            **_QUIET,
+        )
+        for i in range(2)
+    ]
+
+
+def test_a_dump_waits_for_workers_that_join_late_and_fails_without_any(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduler whose workers are not there yet (started with it, they join a second
+    or two later): the dump waits for one, then runs; a scheduler no worker joins fails
+    the dump with one error saying so, and leaves nothing."""
+    import asyncsnap.cluster
+
+    db.execute(SCHEMA)
+    monkeypatch.setattr(asyncsnap.cluster, "WORKERS_TIMEOUT", 3.0)
+    password = urlsplit(db.dsn).password or ""
+    with dask_scheduler() as (address, procs):
+        with pytest.raises(DumpFailed, match="no worker joined the Dask scheduler"):
+            run(dump, db.dsn, output=tmp_path, name="none", cluster=address)
+        assert list(tmp_path.iterdir()) == []
+        monkeypatch.setattr(asyncsnap.cluster, "WORKERS_TIMEOUT", 60.0)
+        late = threading.Timer(1.0, lambda: procs.extend(start_dask_workers(address, password)))
+        late.start()
+        try:
+            done = run(dump, db.dsn, output=tmp_path, name="late", cluster=address)
+        finally:
+            late.join()
+        assert verify(done.path).ok
 
 
 def _free_port() -> int:

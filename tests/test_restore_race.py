@@ -7,6 +7,7 @@ test waits for server state (a session waiting in ``pg_locks``), never a fixed s
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -24,9 +25,10 @@ from asyncsnap.errors import (
     TargetNotEmpty,
 )
 
-from .conftest import Database, Postgres, fresh_database, run_cli
+from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
 from .helpers import manifest_of
 from .test_dump import run_dump
+from .test_interrupt import _asyncsnap_backends
 from .test_restore import copy_schema, digests
 
 TRIES = 20
@@ -288,3 +290,75 @@ def test_a_table_replaced_between_plan_and_load_is_refused(
     assert "public.keyless changed while the restore was planning" in str(outcome)
     assert target.fetchval("SELECT count(*) FROM keyless") == 0
     assert target.fetchval("SELECT count(*) FROM keyless_old") == 0
+
+
+HELD_GATE = """
+CREATE TABLE public.parent (id int PRIMARY KEY);
+INSERT INTO public.parent SELECT generate_series(1, 200000);
+ALTER TABLE public.big ADD CONSTRAINT checked_at_commit FOREIGN KEY (id)
+    REFERENCES public.parent (id) DEFERRABLE INITIALLY DEFERRED;
+CREATE FUNCTION public.held(i int) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF i = 2 THEN
+        PERFORM pg_advisory_xact_lock(4242);  -- until the test lets go
+        RAISE EXCEPTION 'the gate closed';
+    END IF;
+    RETURN true;
+END $$;
+ALTER TABLE public.gate ADD CONSTRAINT held CHECK (public.held(id));
+"""
+
+
+def test_a_unit_committing_while_another_fails_is_counted_in_what_was_committed(
+    db: Database, tmp_path: Path
+) -> None:
+    """-j 2: one unit's COMMIT is under way (a deferred foreign key checked at commit, a
+    second of it) when the other unit fails. A COMMIT once sent completes on the server
+    whoever waits, so the restore waits for it: what the failure says was committed is
+    what the target holds, when the restore returns and after. (Before, the restore
+    returned at once saying nothing of public.big, which then held every row.)"""
+    db.execute(
+        "CREATE TABLE big (id int, pad text);"
+        "INSERT INTO big SELECT g, repeat('x', 40) FROM generate_series(1, 200000) g;"
+        "CREATE TABLE gate (id int); INSERT INTO gate VALUES (1), (2);"
+    )
+    backup = str(run_dump(db, tmp_path, name="b").path)
+    with fresh_database(db.postgres, "race") as target:
+        schema = run_cli("restore", backup, target.dsn, "--schema-only")
+        assert schema.returncode == 0, schema.stderr
+        target.execute(HELD_GATE)
+
+        async def race() -> tuple[int, str, int]:
+            holder = await asyncpg.connect(target.dsn)
+            try:
+                await holder.execute("SELECT pg_advisory_lock(4242)")
+                restoring = await anyio.open_process(
+                    [sys.executable, "-m", "asyncsnap", "restore", backup, target.dsn,
+                     "--data-only", "-j", "2"],
+                    env=clean_env(),
+                )  # fmt: skip
+                async with restoring:
+                    with anyio.fail_after(60):  # the gate's unit waits on the lock
+                        while True:
+                            if await holder.fetchval(
+                                "SELECT count(*) FROM pg_stat_activity WHERE "
+                                "application_name = 'asyncsnap' AND state = 'active' "
+                                "AND query ILIKE 'COMMIT%'"
+                            ):
+                                break
+                            await anyio.sleep(0.01)
+                    await holder.execute("SELECT pg_advisory_unlock(4242)")
+                    assert restoring.stderr is not None
+                    err = b"".join([part async for part in restoring.stderr]).decode()
+                    code = await restoring.wait()
+                rows_at_return = await holder.fetchval("SELECT count(*) FROM public.big")
+                return code, err, rows_at_return
+            finally:
+                await holder.close()
+
+        code, err, rows_at_return = anyio.run(race, backend="asyncio")
+        assert code != 0 and "the gate closed" in err, err
+        assert anyio.run(_asyncsnap_backends, target.dsn, backend="asyncio") == 0
+        assert target.fetchval("SELECT count(*) FROM public.big") == rows_at_return
+        # The COMMIT was under way before the gate opened: it is waited for, and said.
+        assert rows_at_return == 200000 and "committed: public.big" in err, err

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -222,11 +222,13 @@ async def _load_unit(
     emit: EventCallback,
     *,
     own_transaction: bool,
+    before_commit: Callable[[], None] | None = None,
 ) -> list[RestoredTable]:
     """Load a unit in one transaction. Everything it changes besides rows (a cycle's
     constraints dropped and re-created, triggers and rules switched off and back) is
     DDL in that same transaction: a failure or a SIGKILL at any moment rolls all of it
-    back, and nothing stays dropped or switched off."""
+    back, and nothing stays dropped or switched off. ``before_commit`` runs last inside
+    the transaction; raising there rolls the unit back (a cluster's cancelled task)."""
     strategy = unit.cycle.strategy if unit.cycle is not None else None
     async with _transaction(conn, own=own_transaction):
         if unit.checks:
@@ -271,6 +273,8 @@ async def _load_unit(
                     await conn.execute(switch.back(target))
         if dropped:
             await _recreate_constraints(conn, dropped, emit)
+        if before_commit is not None:
+            before_commit()
     return results
 
 
@@ -291,7 +295,13 @@ async def _transaction(conn: asyncpg.Connection, *, own: bool) -> AsyncIterator[
             if not conn.is_closed():
                 await tx.rollback()
         raise
-    await tx.commit()
+    # Awaited to its end even when the restore is being cancelled (another unit failed,
+    # a signal): a COMMIT once sent completes on the server whether or not anyone waits
+    # (a deferred constraint's checks can make it last seconds), and a unit committed
+    # after its restore stopped waiting would be missing from what the failure says was
+    # committed. Its table is then counted; the cancellation comes right after.
+    with anyio.CancelScope(shield=True):
+        await tx.commit()
 
 
 async def _load_table(

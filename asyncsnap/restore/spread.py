@@ -13,8 +13,10 @@ What is not: ``--single-transaction`` and ``--truncate`` (one transaction on one
 connection), refused by ``options.RestoreOptions``. As with ``-j``, a failure leaves the
 units already committed; the restore fails and says so. Dask cannot stop a running task:
 a unit still loading when the restore fails asks at each event of its load (progress, a
-table done, the last just before its commit) and rolls back, and the restore waits (at
-most 30 s) until none runs, so that no unit commits after the failure was reported.
+table done) and as the last step before its commit, and rolls back; the restore waits (at
+most 10 s) until none runs, so that no unit commits after the failure was reported. A
+unit whose COMMIT was already on its way when the cancel came is committed without the
+failure's message naming it (the window is that one round trip).
 """
 
 from __future__ import annotations
@@ -68,10 +70,15 @@ def load_unit_task(
             backup = replace(backup, identities=tuple(load_identities(identity_file)))
         conn = await loading_connection(Session(params, policy))
         try:
-            # Events stay here, but each asks whether the restore still wants this unit:
-            # the last comes before the commit, so a cancelled unit rolls back.
+            # Events stay here, but each asks whether the restore still wants this unit,
+            # and so does the last step before the commit: a cancelled unit rolls back.
             return await _load_unit(
-                conn, unit, backup, lambda event: stop_if_cancelled(), own_transaction=True
+                conn,
+                unit,
+                backup,
+                lambda event: stop_if_cancelled(),
+                own_transaction=True,
+                before_commit=stop_if_cancelled,
             )
         finally:
             with anyio.CancelScope(shield=True):
