@@ -173,3 +173,35 @@ def test_sigkill_leaves_only_a_partial_that_verify_and_restore_refuse(
         assert "incomplete backup" in run.stderr and "Traceback" not in run.stderr
     again = run_cli("dump", db.dsn, "-o", str(out), "--name", "c", "-t", "small")
     assert again.returncode == 0, again.stderr  # the dead run's lock blocks nothing
+
+
+def test_a_signal_just_after_the_dump_completed_changes_nothing(
+    db: Database, tmp_path: Path
+) -> None:
+    """SIGTERM 0 to 60 ms after the dump says it is complete: each time the backup stands,
+    exit 0, its path on stdout. (The signal used to land between the work's end and the
+    process's exit, where its default action killed the process: status -15, no error
+    line, a complete backup.)"""
+    db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    for attempt, delay in enumerate((0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06)):
+        name = f"b{attempt}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", str(tmp_path),
+             "--name", name],
+            env=clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if line.startswith("dump complete") or " dump complete: " in line:
+                    time.sleep(delay)
+                    proc.send_signal(signal.SIGTERM)
+                    break
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, (delay, proc.returncode, err)
+        assert out.strip() == str(tmp_path / name)

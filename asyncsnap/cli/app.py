@@ -24,6 +24,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from .. import cli
 from ..errors import ExitCode
 from . import compare, convert, diff, drop_slot, dump, inspect, prune, restore, verify
 from .secrets import argv_secrets, hide_password_from_process_title, redact
@@ -111,6 +112,7 @@ def main() -> None:
     instead of Click's usage block.
     """
     hide_password_from_process_title(sys.argv)
+    cli.ends_with_command = True  # see envelope.run_cancellable
     try:
         code = app(prog_name="asyncsnap", standalone_mode=False)
     except typer.Abort:  # Ctrl-C or end of input at a prompt (-W)

@@ -29,6 +29,7 @@ import orjson
 import typer
 from rich.console import Console
 
+from .. import cli
 from ..errors import AsyncsnapError, ExitCode, Interrupted, OutputError, most_telling
 from ..events import Event
 from .progress import JsonLog, LiveDisplay, PlainLog, one_line
@@ -217,11 +218,18 @@ def run_cancellable(
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        received.append(signum)
-                        tg.cancel_scope.cancel()
-                        return
+                try:
+                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for signum in signals:
+                            received.append(signum)
+                            tg.cancel_scope.cancel()
+                            return
+                finally:
+                    # The receiver just put the default actions back: without an await
+                    # in between, no signal can land on them.
+                    if finished and cli.ends_with_command:
+                        signal.signal(signal.SIGINT, signal.SIG_IGN)
+                        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
             tg.start_soon(watch)
             finished.append(await work())
