@@ -168,10 +168,26 @@ def cancellation_check() -> Callable[[], None]:
 
     def check() -> None:
         task = worker.state.tasks.get(key)
-        if task is None or task.state == "cancelled":
+        stopped = _STOPPED_RUNS  # replaced whole by ``_stop_run``, never changed in place
+        if (
+            task is None
+            or task.state == "cancelled"
+            or any(str(key).startswith(run) for run in stopped)
+        ):
             raise TaskCancelled("the run this task belonged to stopped")
 
     return check
+
+
+# On a worker: the key prefixes of runs that failed (``run_tasks``), whose tasks stop at
+# their next check but still return, so that the run learns what each one did.
+_STOPPED_RUNS: frozenset[str] = frozenset()
+
+
+def _stop_run(prefix: str) -> None:
+    """On a worker (``Client.run``): the run whose keys start with ``prefix`` stopped."""
+    global _STOPPED_RUNS
+    _STOPPED_RUNS = _STOPPED_RUNS | {prefix}
 
 
 def _copy_chunk(
@@ -558,22 +574,38 @@ async def run_tasks(
     doing: str = "copying",
     prefix: str | None = None,
     emit: EventCallback | None = None,
+    settle: bool = False,
 ) -> None:
     """Wait for the tasks (``futures`` of ``guarded`` tasks, ``labels`` by key), handing
     each result to ``on_result`` as it comes, released at once: Dask would otherwise run a
     finished task again when the worker holding its result dies. Every task left is
-    cancelled when this ends, however it ends; after a failure, with ``prefix`` (the start
-    of every key), this waits until no worker still runs one (each stops at its next event:
-    ``cancellation_check``), so that what the caller then removes or reports stays so;
-    tasks still running after the wait are said to ``emit``.
+    cancelled when this ends, however it ends.
+
+    After a failure, with ``prefix`` (the start of every key): with ``settle``, the
+    workers are first told the run stopped and the tasks running then are awaited (at
+    most ``SETTLE_LIMIT`` seconds): each stops at its next check (``cancellation_check``)
+    and returns, or returns what it finished meanwhile (a COMMIT already on its way),
+    which goes to ``on_result`` too, so that what the caller then reports is what was
+    done. Then the rest is cancelled and waited for (``wait_until_stopped``); tasks still
+    running after that are said to ``emit``.
 
     :raises TaskFailed: a task failed (naming its worker, its label and the cause).
     :raises DumpFailed: the workers running a task kept dying."""
+    handled: set[str] = set()
+
+    def took(key: str, found: Any) -> None:
+        handled.add(key)
+        on_result(key, found)
+
     try:
-        await _run_tasks(client, futures, labels, on_result, doing)
+        await _run_tasks(client, futures, labels, took, doing)
     except BaseException:
         if prefix is not None:
             with anyio.CancelScope(shield=True):
+                if settle:
+                    out = [f for f in futures if f.key not in handled]
+                    await _settle(client, prefix, out, took)
+                await client.cancel(list(futures), force=True)
                 still = await wait_until_stopped(client, prefix)
             if still != 0 and emit is not None:
                 emit(
@@ -584,6 +616,35 @@ async def run_tasks(
                     )
                 )
         raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.cancel(list(futures), force=True)
+
+
+SETTLE_LIMIT = 10.0
+
+
+async def _settle(
+    client: Any, prefix: str, out: Sequence[Any], on_result: Callable[[str, Any], None]
+) -> None:
+    """After a failure: tell the workers the run stopped (a task starting from now on
+    stops at once), cancel the tasks not yet running, and take what the running ones
+    return (for at most ``SETTLE_LIMIT`` seconds), failures and stops ignored."""
+    distributed = import_distributed()
+    try:
+        await client.run(_stop_run, prefix, on_error="return")
+        running = set(await client.run_on_scheduler(_processing, prefix))
+    except Exception:  # the scheduler gone: nothing to settle
+        return
+    await client.cancel([f for f in out if f.key not in running], force=True)
+    with anyio.move_on_after(SETTLE_LIMIT):
+        async for future in distributed.as_completed([f for f in out if f.key in running]):
+            try:
+                found = await future
+            except Exception:
+                continue
+            if not isinstance(found, ChunkFailure):
+                on_result(future.key, found)
 
 
 async def _run_tasks(
@@ -594,23 +655,19 @@ async def _run_tasks(
     doing: str,
 ) -> None:
     distributed = import_distributed()
-    try:
-        async for future in distributed.as_completed(futures):
-            label = labels[future.key]
-            try:
-                found = await future
-            except distributed.KilledWorker as exc:
-                raise DumpFailed(
-                    f"the cluster gave up on {label}: the workers running it died ({exc})",
-                    hint="the workers' logs say why (memory?)",
-                ) from None
-            future.release()
-            if isinstance(found, ChunkFailure):
-                raise TaskFailed(found, label, doing=doing)
-            on_result(future.key, found)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await client.cancel(list(futures), force=True)
+    async for future in distributed.as_completed(futures):
+        label = labels[future.key]
+        try:
+            found = await future
+        except distributed.KilledWorker as exc:
+            raise DumpFailed(
+                f"the cluster gave up on {label}: the workers running it died ({exc})",
+                hint="the workers' logs say why (memory?)",
+            ) from None
+        future.release()
+        if isinstance(found, ChunkFailure):
+            raise TaskFailed(found, label, doing=doing)
+        on_result(future.key, found)
 
 
 async def wait_until_stopped(client: Any, prefix: str, limit: float = 10.0) -> int | None:
@@ -632,6 +689,15 @@ async def wait_until_stopped(client: Any, prefix: str, limit: float = 10.0) -> i
                 return 0
             await anyio.sleep(0.25)
     return still
+
+
+def _processing(prefix: str, dask_scheduler: Any) -> list[str]:
+    """On the scheduler: the keys starting with ``prefix`` that a worker runs now."""
+    return [
+        str(key)
+        for key, task in dask_scheduler.tasks.items()
+        if str(key).startswith(prefix) and task.state == "processing"
+    ]
 
 
 def _to_run(prefix: str, dask_scheduler: Any) -> int:

@@ -35,6 +35,7 @@ from tests.conftest import Database, Postgres, clean_env, fresh_database, run_cl
 from tests.test_increment import run, table_digests
 from tests.test_interrupt import BIG, _asyncsnap_backends, wait_until_writing_big
 from tests.test_restore_create import admin_execute, database_named
+from tests.test_restore_race import gated_backup, restore_with_a_commit_under_way
 from tests.test_store_backups import cli_env
 from throwaway.s3 import BUCKET, S3Server, s3_server
 
@@ -689,6 +690,27 @@ def test_a_failed_restore_on_a_cluster_leaves_no_unit_loading_after_it(
             assert anyio.run(_asyncsnap_backends, target.dsn, backend="asyncio") == 0
             time.sleep(1)
             assert target.fetchval("SELECT count(*) FROM public.big") == 0
+
+
+def test_a_unit_committing_on_a_worker_while_another_fails_is_reported(
+    db: Database, tmp_path: Path
+) -> None:
+    """restore --cluster on `dask worker` processes: public.big's COMMIT is under way (a
+    deferred foreign key) when public.gate's unit fails. The restore waits for the
+    committing unit's own answer, so what it says was committed is what the target
+    holds. (Before, its task was cancelled and its result lost: the failure named
+    nothing committed while public.big held every row.)"""
+    backup = gated_backup(db, tmp_path)
+    password = urlsplit(db.dsn).password or ""
+    with fresh_database(db.postgres, "cluster_target") as target, dask_cluster(password) as address:
+        code, err, rows_at_return = restore_with_a_commit_under_way(
+            target, backup, "--data-only", "--cluster", address
+        )
+        assert code != 0 and "the gate closed" in err, err
+        assert anyio.run(_asyncsnap_backends, target.dsn, backend="asyncio") == 0
+        time.sleep(1)
+        assert target.fetchval("SELECT count(*) FROM public.big") == rows_at_return
+        assert rows_at_return == 200000 and "committed: public.big" in err, err
 
 
 def test_a_restore_on_a_cluster_creates_the_database_and_cleans_it(

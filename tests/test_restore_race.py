@@ -317,48 +317,65 @@ def test_a_unit_committing_while_another_fails_is_counted_in_what_was_committed(
     whoever waits, so the restore waits for it: what the failure says was committed is
     what the target holds, when the restore returns and after. (Before, the restore
     returned at once saying nothing of public.big, which then held every row.)"""
-    db.execute(
-        "CREATE TABLE big (id int, pad text);"
-        "INSERT INTO big SELECT g, repeat('x', 40) FROM generate_series(1, 200000) g;"
-        "CREATE TABLE gate (id int); INSERT INTO gate VALUES (1), (2);"
-    )
-    backup = str(run_dump(db, tmp_path, name="b").path)
+    backup = gated_backup(db, tmp_path)
     with fresh_database(db.postgres, "race") as target:
-        schema = run_cli("restore", backup, target.dsn, "--schema-only")
-        assert schema.returncode == 0, schema.stderr
-        target.execute(HELD_GATE)
-
-        async def race() -> tuple[int, str, int]:
-            holder = await asyncpg.connect(target.dsn)
-            try:
-                await holder.execute("SELECT pg_advisory_lock(4242)")
-                restoring = await anyio.open_process(
-                    [sys.executable, "-m", "asyncsnap", "restore", backup, target.dsn,
-                     "--data-only", "-j", "2"],
-                    env=clean_env(),
-                )  # fmt: skip
-                async with restoring:
-                    with anyio.fail_after(60):  # the gate's unit waits on the lock
-                        while True:
-                            if await holder.fetchval(
-                                "SELECT count(*) FROM pg_stat_activity WHERE "
-                                "application_name = 'asyncsnap' AND state = 'active' "
-                                "AND query ILIKE 'COMMIT%'"
-                            ):
-                                break
-                            await anyio.sleep(0.01)
-                    await holder.execute("SELECT pg_advisory_unlock(4242)")
-                    assert restoring.stderr is not None
-                    err = b"".join([part async for part in restoring.stderr]).decode()
-                    code = await restoring.wait()
-                rows_at_return = await holder.fetchval("SELECT count(*) FROM public.big")
-                return code, err, rows_at_return
-            finally:
-                await holder.close()
-
-        code, err, rows_at_return = anyio.run(race, backend="asyncio")
+        code, err, rows_at_return = restore_with_a_commit_under_way(
+            target, backup, "--data-only", "-j", "2"
+        )
         assert code != 0 and "the gate closed" in err, err
         assert anyio.run(_asyncsnap_backends, target.dsn, backend="asyncio") == 0
         assert target.fetchval("SELECT count(*) FROM public.big") == rows_at_return
         # The COMMIT was under way before the gate opened: it is waited for, and said.
         assert rows_at_return == 200000 and "committed: public.big" in err, err
+
+
+def gated_backup(db: Database, tmp_path: Path) -> str:
+    """A backup of public.big (200,000 rows) and public.gate (2 rows)."""
+    db.execute(
+        "CREATE TABLE big (id int, pad text);"
+        "INSERT INTO big SELECT g, repeat('x', 40) FROM generate_series(1, 200000) g;"
+        "CREATE TABLE gate (id int); INSERT INTO gate VALUES (1), (2);"
+    )
+    return str(run_dump(db, tmp_path, name="b").path)
+
+
+def restore_with_a_commit_under_way(
+    target: Database, backup: str, *args: str
+) -> tuple[int, str, int]:
+    """Restore ``backup`` (``gated_backup``) into ``target`` with ``args``: public.big's
+    COMMIT checks a deferred foreign key (a second), public.gate's second row waits on an
+    advisory lock this holds, released once the big table's COMMIT is seen under way,
+    and then fails. The restore's exit code, its stderr, and public.big's rows at its
+    return."""
+    schema = run_cli("restore", backup, target.dsn, "--schema-only")
+    assert schema.returncode == 0, schema.stderr
+    target.execute(HELD_GATE)
+
+    async def race() -> tuple[int, str, int]:
+        holder = await asyncpg.connect(target.dsn)
+        try:
+            await holder.execute("SELECT pg_advisory_lock(4242)")
+            restoring = await anyio.open_process(
+                [sys.executable, "-m", "asyncsnap", "restore", backup, target.dsn, *args],
+                env=clean_env(),
+            )
+            async with restoring:
+                with anyio.fail_after(60):  # the gate's unit waits on the lock
+                    while True:
+                        if await holder.fetchval(
+                            "SELECT count(*) FROM pg_stat_activity WHERE "
+                            "application_name = 'asyncsnap' AND state = 'active' "
+                            "AND query ILIKE 'COMMIT%'"
+                        ):
+                            break
+                        await anyio.sleep(0.01)
+                await holder.execute("SELECT pg_advisory_unlock(4242)")
+                assert restoring.stderr is not None
+                err = b"".join([part async for part in restoring.stderr]).decode()
+                code = await restoring.wait()
+            rows_at_return = await holder.fetchval("SELECT count(*) FROM public.big")
+            return code, err, rows_at_return
+        finally:
+            await holder.close()
+
+    return anyio.run(race, backend="asyncio")

@@ -12,11 +12,10 @@ objects and a chain's changes stay on this machine's connection.
 What is not: ``--single-transaction`` and ``--truncate`` (one transaction on one
 connection), refused by ``options.RestoreOptions``. As with ``-j``, a failure leaves the
 units already committed; the restore fails and says so. Dask cannot stop a running task:
-a unit still loading when the restore fails asks at each event of its load (progress, a
-table done) and as the last step before its commit, and rolls back; the restore waits (at
-most 10 s) until none runs, so that no unit commits after the failure was reported. A
-unit whose COMMIT was already on its way when the cancel came is committed without the
-failure's message naming it (the window is that one round trip).
+the workers are told the restore stopped (``cluster.run_tasks`` with ``settle``), each
+unit then running rolls back at its next check (its load's events, its last step before
+the COMMIT) or, when its COMMIT was already under way, returns what it committed, and the
+restore waits for those answers (at most 10 s) before it reports.
 """
 
 from __future__ import annotations
@@ -61,6 +60,7 @@ def load_unit_task(
     own; the backup opened where it is, the key read from ``identity_file`` here."""
 
     stop_if_cancelled = cancellation_check()
+    stop_if_cancelled()  # sent just as its restore failed
 
     async def go() -> list[RestoredTable]:
         backup = open_backup(location)
@@ -205,4 +205,5 @@ async def _run_phase(
         doing="loading",
         prefix=f"asyncsnap-load-{run_id}-",
         emit=emit,
+        settle=True,  # a unit committing as the failure came is still reported
     )
