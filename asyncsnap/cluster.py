@@ -32,7 +32,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -505,6 +505,7 @@ async def copy_on_cluster(
     if isinstance(backup, BackupDirectory):
         await check_shared(client, backup)
     run_id = secrets.token_hex(6)
+    prefix = f"asyncsnap-{run_id}-"  # every task's key: its stem after it
     topic = f"asyncsnap-progress-{run_id}"
 
     def progress(event: tuple[float, Any]) -> None:
@@ -516,7 +517,7 @@ async def copy_on_cluster(
     futures = []
     for item in items:
         job = replace(ctx.job(item), target=target)
-        key = f"asyncsnap-{run_id}-{item.stem}"
+        key = prefix + item.stem
         labels[key] = item
         ctx.emit(ChunkStarted(label=item.label, est_rows=item.est_rows))
         futures.append(
@@ -549,7 +550,7 @@ async def copy_on_cluster(
                 futures,
                 {k: i.label for k, i in labels.items()},
                 finished,
-                prefix=f"asyncsnap-{run_id}-",
+                prefix=prefix,
                 emit=ctx.emit,
             )
             tg.cancel_scope.cancel()
@@ -600,25 +601,25 @@ async def run_tasks(
     try:
         await _run_tasks(client, futures, labels, took, doing)
     except BaseException:
-        if prefix is not None:
-            with anyio.CancelScope(shield=True):
-                if settle:
-                    out = [f for f in futures if f.key not in handled]
-                    await _settle(client, prefix, out, took)
-                await client.cancel(list(futures), force=True)
-                still = await wait_until_stopped(client, prefix)
-            if still != 0 and emit is not None:
-                emit(
-                    Notice(
-                        f"{still} task(s) still ran on the cluster when this stopped"
-                        if still
-                        else "the cluster could not say whether this run's tasks stopped"
-                    )
-                )
-        raise
-    finally:
+        still: int | None = 0
         with anyio.CancelScope(shield=True):
+            if settle and prefix is not None:
+                out = [f for f in futures if f.key not in handled]
+                await _settle(client, prefix, out, took)
             await client.cancel(list(futures), force=True)
+            if prefix is not None:
+                still = await wait_until_stopped(client, prefix)
+        if still != 0 and emit is not None:
+            emit(
+                Notice(
+                    f"{still} task(s) still ran on the cluster when this stopped"
+                    if still
+                    else "the cluster could not say whether this run's tasks stopped"
+                )
+            )
+        raise
+    with anyio.CancelScope(shield=True):
+        await client.cancel(list(futures), force=True)
 
 
 SETTLE_LIMIT = 10.0
@@ -691,34 +692,32 @@ async def wait_until_stopped(client: Any, prefix: str, limit: float = 10.0) -> i
     return still
 
 
-def _processing(prefix: str, dask_scheduler: Any) -> list[str]:
-    """On the scheduler: the keys starting with ``prefix`` that a worker runs now."""
+def _keys(tasks: Mapping[Any, Any], prefix: str, states: Collection[str]) -> list[str]:
+    """The keys in ``tasks`` (a scheduler's or a worker's) starting with ``prefix`` whose
+    task is in one of ``states``."""
     return [
         str(key)
-        for key, task in dask_scheduler.tasks.items()
-        if str(key).startswith(prefix) and task.state == "processing"
+        for key, task in tasks.items()
+        if str(key).startswith(prefix) and task.state in states
     ]
+
+
+def _processing(prefix: str, dask_scheduler: Any) -> list[str]:
+    """On the scheduler: the keys starting with ``prefix`` that a worker runs now."""
+    return _keys(dask_scheduler.tasks, prefix, ("processing",))
 
 
 def _to_run(prefix: str, dask_scheduler: Any) -> int:
     """On the scheduler (``Client.run_on_scheduler``): how many tasks whose keys start with
     ``prefix`` it may still send to a worker or is running."""
-    return sum(
-        1
-        for key, task in dask_scheduler.tasks.items()
-        if str(key).startswith(prefix)
-        and task.state in ("released", "waiting", "queued", "no-worker", "processing")
-    )
+    states = ("released", "waiting", "queued", "no-worker", "processing")
+    return len(_keys(dask_scheduler.tasks, prefix, states))
 
 
 def _running(prefix: str, dask_worker: Any) -> int:
     """On a worker (``Client.run``, in its event loop): how many of its running tasks'
     keys start with ``prefix`` (a cancelled task runs on until it returns)."""
-    return sum(
-        1
-        for key, task in dask_worker.state.tasks.items()
-        if str(key).startswith(prefix) and task.state in ("executing", "long-running", "cancelled")
-    )
+    return len(_keys(dask_worker.state.tasks, prefix, ("executing", "long-running", "cancelled")))
 
 
 def _remove_leftovers(data: Path) -> None:

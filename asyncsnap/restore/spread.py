@@ -163,7 +163,7 @@ async def _run_phase(
         return
     futures = []
     units_by_key = {}
-    run_id = secrets.token_hex(6)
+    prefix = f"asyncsnap-load-{secrets.token_hex(6)}-"  # every task's key: its index after it
     for i, unit in enumerate(phase):
         sent = replace(unit, checked=None, after=None)  # events stay here
         emit(ChunkStarted(label=_label(unit), est_rows=unit.rows, verb="loading"))
@@ -175,7 +175,7 @@ async def _run_phase(
             sent,
             params,
             policy,
-            key=f"asyncsnap-load-{run_id}-{i}",
+            key=f"{prefix}{i}",
             pure=False,
         )
         futures.append(future)
@@ -203,7 +203,7 @@ async def _run_phase(
         labels,
         loaded,
         doing="loading",
-        prefix=f"asyncsnap-load-{run_id}-",
+        prefix=prefix,
         emit=emit,
         settle=True,  # a unit committing as the failure came is still reported
     )
