@@ -5,10 +5,14 @@ The chain is opened and checked before anything is restored (``storage.chain``).
 ``apply_increments`` applies each increment in one transaction of its own,
 table by table, its lines in order, through a PL/pgSQL function made per table in the
 session's ``pg_temp`` (``apply_function_sql``): the lines go to the server as they are
-stored, a JSON array a batch, and each change is one statement there, its values read
-with the same declared types and casts as a restore's rows (``TableLoad``). Every update
-and delete must find exactly its row, or the increment fails and rolls back: a target
-that is not the chain's state is said, never silently patched.
+stored, a JSON array a segment, their values read with the same declared types and casts
+as a restore's rows (``TableLoad``). A segment is a run of lines the client took for one
+kind (``segments``): a run of inserts, of updates or of deletes by primary key is one
+statement when that is sure to end as the changes one by one would (the server checks
+every line; the client's guess only picks which statement is tried), else the segment
+goes one change a statement. Every update and delete must find exactly its row, or the
+increment fails and rolls back: a target that is not the chain's state is said, never
+silently patched.
 
 While changes are applied no trigger, rule or foreign-key action fires (the session is a
 replica: ``session_replication_role``, which needs a superuser, as pg_restore's
@@ -22,6 +26,7 @@ import secrets
 
 import asyncpg
 
+from .. import _rows
 from ..catalog import quote_ident, sql_name
 from ..errors import PermissionDenied, RestoreFailed
 from ..events import EventCallback, Notice
@@ -117,19 +122,66 @@ async def _apply_table(
         reader = DataFileReader(increment, entry, identities=list(increment.identities) or None)
         try:
             for block in reader:  # whole lines, each ending in a newline (none inside)
-                applied += await _call(conn, function, bytes(block), upto)
+                for kind, segment in segments(bytes(block)):
+                    applied += await _call(conn, function, segment, upto, kind)
             reader.finish()  # its hash and count match the manifest, or nothing commits
         finally:
             reader.close()
     return applied
 
 
-async def _call(conn: asyncpg.Connection, function: str, block: bytes, upto: int | None) -> int:
-    """A block of change lines applied: sent as a JSON array of them."""
-    array = b"[" + block.rstrip(b"\n").replace(b"\n", b",") + b"]"
+# A run of lines of one kind shorter than this goes with its neighbours, one change a
+# statement: a call of its own would cost more than it saves.
+SHORTEST_RUN = 32
+_KINDS = {b"insert": "insert", b"update": "update", b"delete": "delete"}
+_OP = b'{"op":"'
+
+
+def segments(block: bytes) -> list[tuple[str, bytes]]:
+    """``block``'s lines (each ending in a newline) cut into runs, in order, each with
+    the kind it looks like (``insert``, ``update`` or ``delete``, by the op a line
+    starts with as asyncsnap writes them), or ``mixed``: runs shorter than
+    ``SHORTEST_RUN``, and lines of other ops, together. Only a guess that picks the
+    statement the server tries first; the server checks every line."""
+    first = block[len(_OP) : len(_OP) + 6]
+    if (
+        first in _KINDS
+        and block.startswith(_OP)
+        and block.count(b"\n" + _OP + first + b'"') == _rows.count_lines(block) - 1
+        and block[len(_OP) + 6 : len(_OP) + 7] == b'"'
+    ):
+        return [(_KINDS[first], block)]  # the common case: one kind throughout
+    runs: list[tuple[str, list[bytes]]] = []
+    for line in block.splitlines(keepends=True):
+        kind = _KINDS.get(line[len(_OP) : len(_OP) + 6], "mixed")
+        if kind != "mixed" and not line.startswith(_OP + line[len(_OP) : len(_OP) + 6] + b'"'):
+            kind = "mixed"
+        if runs and runs[-1][0] == kind:
+            runs[-1][1].append(line)
+        else:
+            runs.append((kind, [line]))
+    out: list[tuple[str, bytes]] = []
+    for kind, lines in runs:
+        if len(lines) < SHORTEST_RUN:
+            kind = "mixed"
+        if out and out[-1][0] == "mixed" and kind == "mixed":
+            out[-1] = ("mixed", out[-1][1] + b"".join(lines))
+        else:
+            out.append((kind, b"".join(lines)))
+    return out
+
+
+async def _call(
+    conn: asyncpg.Connection, function: str, lines: bytes, upto: int | None, kind: str
+) -> int:
+    """Change lines applied: sent as a JSON array of them."""
+    array = b"[" + lines.rstrip(b"\n").replace(b"\n", b",") + b"]"
     try:
         done: int = await conn.fetchval(
-            f"SELECT {function}($1::pg_catalog.json, $2::pg_catalog.pg_lsn)", array, upto
+            f"SELECT {function}($1::pg_catalog.json, $2::pg_catalog.pg_lsn, $3)",
+            array,
+            upto,
+            kind,
         )
     except asyncpg.RaiseError as exc:
         raise RestoreFailed(
@@ -173,13 +225,14 @@ class _Columns:
         ``alias``."""
         if not self.names:  # a table without columns: nothing to read
             return f"(SELECT 1 AS asyncsnap_nothing) AS {alias}"
-        declared = ", ".join(
-            f"{quote_ident(n)} pg_catalog.text"
-            if n in self.load.text_columns
-            else f"{quote_ident(n)} {self.types[n]}"
-            for n in self.names
-        )
+        declared = ", ".join(self.declared(n) for n in self.names)
         return f"pg_catalog.json_to_record({line}->{_literal(key)}) AS {alias}({declared})"
+
+    def declared(self, name: str) -> str:
+        """The column ``name`` as a line's value is read: its type, or text for the
+        columns restored from their text form (``value`` casts those)."""
+        kind = "pg_catalog.text" if name in self.load.text_columns else self.types[name]
+        return f"{quote_ident(name)} {kind}"
 
     def value(self, alias: str, name: str) -> str:
         col = f"{alias}.{quote_ident(name)}"
@@ -223,73 +276,130 @@ def _find_row(load: TableLoad, columns: _Columns, target: str) -> str:
     )
 
 
-def _whole_block(load: TableLoad, columns: _Columns, target: str) -> str:
-    """PL/pgSQL that applies a block in one statement when that is sure to end as the
-    changes one by one would, and returns: a block of inserts only (one INSERT, in the
-    lines' order), or of updates only, each naming its row by the primary key, none
-    changing it, none leaving a value unchanged, no row named twice (rows updated once
-    each end the same in any order). The update is checked to find every row; when it
-    does not, or a unique constraint objects to its order, it is undone (its block is a
-    subtransaction) and the block goes one change at a time, which says which one."""
+def _one_statement(load: TableLoad, columns: _Columns, target: str, row_type: str) -> str:
+    """PL/pgSQL that applies a segment the client took for a run of one kind (``kind``)
+    in one statement, and returns, when that is sure to end as the changes one by one
+    would; else it falls through to the loop, which goes one change at a time and says
+    which one fails. The server checks every line: the client's guess only picks which
+    statement is tried.
+
+    - inserts: every line an insert with a row, none past ``upto``: one INSERT, in the
+      lines' order.
+    - updates (a primary key the lines hold): each line an update whose key and new row
+      name the same row by the primary key's equality (the key did not change), the
+      TOASTed values it did not send kept as the loop keeps them. Rows updated once each
+      end the same in any order: the statement must update exactly as many rows as there
+      are lines, so a row not found, or named twice, or a line that is not such an update,
+      undoes it, as does a unique constraint objecting to its order.
+    - deletes (the same key): each line a delete; exactly as many rows deleted as lines.
+
+    Each statement runs in a subtransaction: any error in it (a unique constraint, a line
+    that is not what it starts as, a value its type refuses) undoes it, and the loop then
+    applies the segment, or fails on the change that cannot apply, with its own error:
+    what a segment ends as never depends on which way it went.
+
+    A segment's lines are parsed once, each row straight into ``row_type`` (a composite
+    of the declared types: the values as the loop reads them)."""
     names = columns.names
     if not names:
         return ""
     cols = ", ".join(quote_ident(c) for c in names)
     overriding = " OVERRIDING SYSTEM VALUE" if load.overriding else ""
-    values = ", ".join(columns.value("p", c) for c in names)
-    # (the lines are "c" here: "ch" is the function's variable, which SQL would confuse)
-    rows = "pg_catalog.json_array_elements(changes) WITH ORDINALITY AS e(c, i), " + (
-        columns.record("row", "p", "c")
+    later = "(upto IS NOT NULL AND c.lsn >= upto)"
+    applies = f"c.lsn IS NOT NULL AND NOT {later}"  # what the loop would apply
+    # The lines as records: op, lsn and key as text and json, the row typed (parsed once).
+    fields = (
+        'op pg_catalog.text, lsn pg_catalog.pg_lsn, key pg_catalog.json, "row" '
+        f"{row_type}, unchanged pg_catalog.json"
     )
-    later = "(upto IS NOT NULL AND (c->>'lsn')::pg_catalog.pg_lsn >= upto)"
+    lines = f"pg_catalog.json_to_recordset(changes) AS c({fields})"
+    in_order = (
+        f"ROWS FROM (pg_catalog.json_to_recordset(changes) AS ({fields})) WITH ORDINALITY"
+        ' AS c(op, lsn, key, "row", unchanged, i)'
+    )
+    new = '(c."row")'
+    length = "pg_catalog.json_array_length(changes)"
     inserts = f"""
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.json_array_elements(changes) AS e(c)
-                   WHERE c->>'op' <> 'insert' OR {later}) THEN
-        INSERT INTO {_target(load)} ({cols}){overriding}
-            SELECT {values} FROM {rows} ORDER BY e.i;
-        RETURN pg_catalog.json_array_length(changes);
+    IF kind = 'insert' THEN
+        BEGIN
+            IF NOT EXISTS (
+                    SELECT 1 FROM pg_catalog.json_to_recordset(changes) AS c(op pg_catalog.text,
+                        lsn pg_catalog.pg_lsn, "row" pg_catalog.json)
+                    WHERE c.op IS DISTINCT FROM 'insert' OR c.lsn IS NULL OR {later}
+                       OR pg_catalog.json_typeof(c."row") IS DISTINCT FROM 'object') THEN
+                INSERT INTO {_target(load)} ({cols}){overriding}
+                    SELECT {", ".join(columns.value(new, c) for c in names)} FROM {in_order}
+                    ORDER BY c.i;
+                RETURN {length};
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            NULL;  -- undone: one change at a time below, which says what fails
+        END;
     END IF;"""
     primary = list(load.source.primary_key)
     if not primary or not all(c in names for c in primary):
         return inserts
-    same_key = " AND ".join(
-        f"c->'key'->>{_literal(k)} IS NOT DISTINCT FROM c->'row'->>{_literal(k)}" for k in primary
+    # The key's primary-key columns, typed as the row's (a key without them gives nulls,
+    # which match no row: the statement is then undone).
+    key = (
+        "pg_catalog.json_to_record(c.key) AS k("
+        + ", ".join(columns.declared(k) for k in primary)
+        + ")"
     )
-    has_key = f"(c->'key')::pg_catalog.jsonb ?& ARRAY[{', '.join(map(_literal, primary))}]"
-    keys = ", ".join(columns.value("p", k) for k in primary)
+    same_row = " AND ".join(
+        columns.equal(columns.value("k", k), columns.value(new, k), k) for k in primary
+    )
     match = " AND ".join(
         columns.equal(f"t.{quote_ident(k)}", f"q.{quote_ident(k)}", k) for k in primary
     )
-    sets = ", ".join(f"{quote_ident(n)} = q.{quote_ident(n)}" for n in columns.settable)
-    typed = ", ".join(f"{columns.value('p', n)} AS {quote_ident(n)}" for n in names)
+    # A column the source did not send (an unchanged TOASTed value) keeps the target's.
+    sets = ", ".join(
+        f"{quote_ident(n)} = CASE WHEN q.asyncsnap_skip OPERATOR(pg_catalog.?) {_literal(n)}"
+        f" THEN t.{quote_ident(n)} ELSE q.{quote_ident(n)} END"
+        for n in columns.settable
+    )
+    typed = ", ".join(f"{columns.value(new, n)} AS {quote_ident(n)}" for n in names)
+    keys = ", ".join(f"{columns.value('k', k)} AS {quote_ident(k)}" for k in primary)
+
+    def undone_unless_every_line(statement: str) -> str:
+        return f"""
+        BEGIN
+            {statement}
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n = {length} THEN
+                RETURN n;
+            END IF;
+            RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'asyncsnap: not one row a line';
+        EXCEPTION WHEN OTHERS THEN  -- (never a cancel: OTHERS leaves query_canceled out)
+            NULL;  -- undone: one change at a time below, which says what fails
+        END;"""
+
+    updates = undone_unless_every_line(
+        f"UPDATE {target} t SET {sets} FROM (SELECT {typed}, "
+        "c.unchanged::pg_catalog.jsonb AS asyncsnap_skip "
+        f"FROM {lines}, {key} WHERE c.op = 'update' AND {applies} AND {same_row}) q "
+        f"WHERE {match};"
+    )
+    deletes = undone_unless_every_line(
+        f"DELETE FROM {target} t USING (SELECT {keys} FROM {lines}, {key} "
+        f"WHERE c.op = 'delete' AND {applies}) q WHERE {match};"
+    )
     return (
         inserts
         + f"""
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.json_array_elements(changes) AS e(c)
-                   WHERE c->>'op' <> 'update' OR {later}
-                      OR pg_catalog.json_array_length(c->'unchanged') <> 0
-                      OR NOT {has_key} OR NOT ({same_key}))
-       AND (SELECT pg_catalog.count(DISTINCT ({keys})) FROM {rows})
-           = pg_catalog.json_array_length(changes) THEN
-        BEGIN
-            UPDATE {target} t SET {sets} FROM (SELECT {typed} FROM {rows}) q WHERE {match};
-            GET DIAGNOSTICS n = ROW_COUNT;
-            IF n = pg_catalog.json_array_length(changes) THEN
-                RETURN n;
-            END IF;
-            RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'asyncsnap: a row not found';
-        EXCEPTION WHEN unique_violation OR exclusion_violation OR raise_exception THEN
-            NULL;  -- undone: one change at a time below
-        END;
+    IF kind = 'update' THEN{updates}
+    ELSIF kind = 'delete' THEN{deletes}
     END IF;"""
     )
 
 
 def apply_function_sql(function: str, load: TableLoad, equals: dict[str, str] | None = None) -> str:
-    """A PL/pgSQL function that applies a JSON array of one table's change lines in
-    order, each update and delete to exactly one row (else it raises), and returns how
-    many it applied. Names are quoted identifiers; no value of a line reaches SQL text.
-    ``equals``: the primary key's equality operators by column (``primary_key_equality``)."""
+    """A PL/pgSQL function (and the row type it reads rows into, ``{function}_row``)
+    that applies a JSON array of one table's change lines in order, each update and
+    delete to exactly one row (else it raises), and returns how many it applied; its
+    ``kind`` is what the client took the lines for (``segments``). Names are quoted
+    identifiers; no value of a line reaches SQL text. ``equals``: the primary key's
+    equality operators by column (``primary_key_equality``)."""
     # A partitioned target (the restore loads a partition's rows through its root): the
     # row is found in whichever partition holds it (tableoid and ctid name it), and an
     # insert is routed.
@@ -318,6 +428,15 @@ def apply_function_sql(function: str, load: TableLoad, equals: dict[str, str] | 
         insert = f"INSERT INTO {_target(load)} DEFAULT VALUES;"
         update = "NULL;  -- a table without columns: the row found is the row"
     find = _find_row(load, columns, target)
+    qualified = _literal(load.source.qualified)
+    # A line must be what the format says it is: an op it names, never a guess from
+    # what is missing (a line without "row" is not an insert of nulls).
+    has_row = (
+        "IF pg_catalog.json_typeof(ch->'row') IS DISTINCT FROM 'object' THEN RAISE EXCEPTION "
+        f"'% of %: the line has no row (the change at % #%)', ch->>'op', {qualified}, "
+        "ch->>'lsn', ch->>'n'; END IF;"
+    )
+    row_type = f"{function}_row"
     # A column may be named like a variable: in SQL, the name is the variable's (every
     # column here is written qualified by its table's alias).
     body = f"""
@@ -329,15 +448,21 @@ DECLARE
     done pg_catalog.int8 := 0;
     n pg_catalog.int8;
 BEGIN
-    {_whole_block(load, columns, target)}
+    {_one_statement(load, columns, target, row_type)}
     FOR ch IN SELECT e FROM pg_catalog.json_array_elements(changes) AS e LOOP
+        IF pg_catalog.json_typeof(ch) IS DISTINCT FROM 'object' OR ch->>'lsn' IS NULL THEN
+            RAISE EXCEPTION 'a change of %: not a change line with an lsn: %',
+                {qualified}, pg_catalog.left(ch::pg_catalog.text, 200);
+        END IF;
         IF upto IS NOT NULL AND (ch->>'lsn')::pg_catalog.pg_lsn >= upto THEN
             CONTINUE;  -- restore --to: committed at or after the point asked for
         END IF;
         CASE ch->>'op'
         WHEN 'insert' THEN
+            {has_row}
             {insert}
         WHEN 'update' THEN
+            {has_row}
             {find}
             {update}
         WHEN 'delete' THEN
@@ -346,8 +471,7 @@ BEGIN
         WHEN 'truncate' THEN
             DELETE FROM {target};
         ELSE
-            RAISE EXCEPTION 'a change of %: unknown op %',
-                {_literal(load.source.qualified)}, ch->>'op';
+            RAISE EXCEPTION 'a change of %: unknown op %', {qualified}, ch->>'op';
         END CASE;
         done := done + 1;
     END LOOP;
@@ -358,9 +482,12 @@ END
     tag = "$asyncsnap$"
     while tag in body:
         tag = f"$asyncsnap_{secrets.token_hex(8)}$"
+    # The row type the one-statement paths parse a segment's rows into.
+    declared = ", ".join(columns.declared(n) for n in names) or "asyncsnap_nothing pg_catalog.int4"
     return (
-        f"CREATE FUNCTION {function}(changes pg_catalog.json, upto pg_catalog.pg_lsn)"
-        " RETURNS pg_catalog.int8\n"
+        f"CREATE TYPE {row_type} AS ({declared});\n"
+        f"CREATE FUNCTION {function}(changes pg_catalog.json, upto pg_catalog.pg_lsn,"
+        " kind pg_catalog.text) RETURNS pg_catalog.int8\n"
         f"LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS {tag}{body}{tag}"
     )
 
