@@ -263,18 +263,37 @@ def test_a_run_of_updates_by_key_is_one_statement(icu_db: Database, tmp_path: Pa
     db.execute("SELECT pg_drop_replication_slot($1)", slot)
 
 
-def _line(op: str, i: int) -> bytes:
-    return b'{"op":"%s","lsn":"0/1","xid":1,"n":%d,"key":null,"row":null,"unchanged":[]}\n' % (
-        op.encode(),
-        i,
+def _line(op: str, i: int, key: int) -> bytes:
+    if op == "odd":  # not as asyncsnap writes a line
+        return b'{"n":%d,"op":"update"}\n' % i
+    return (
+        b'{"op":"%s","lsn":"0/1","xid":1,"n":%d,"key":{"id":%d},"row":{"id":%d},"unchanged":[]}\n'
+        % (
+            op.encode(),
+            i,
+            key,
+            key,
+        )
     )
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(["insert", "update", "delete", "truncate", "odd"]), max_size=200))
-def test_segments_keep_every_line_in_order_and_name_only_long_runs(ops: list[str]) -> None:
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["insert", "update", "delete", "truncate", "odd"]),
+            st.integers(0, 2000),
+        ),
+        max_size=200,
+    ),
+    st.integers(0, 199),
+)
+def test_segments_keep_every_line_in_order_and_name_only_long_runs(
+    ops: list[tuple[str, int]], unique_from: int
+) -> None:
+    # lines from ``unique_from`` on name keys no other line names
     block = b"".join(
-        _line(op, i) if op != "odd" else b'{"n":%d,"op":"update"}\n' % i for i, op in enumerate(ops)
+        _line(op, i, key if i < unique_from else 10_000 + i) for i, (op, key) in enumerate(ops)
     )
     cut = segments(block)
     assert b"".join(part for _, part in cut) == block
@@ -283,8 +302,16 @@ def test_segments_keep_every_line_in_order_and_name_only_long_runs(ops: list[str
         if kind != "mixed":
             assert len(lines) >= SHORTEST_RUN or len(cut) == 1
             assert all(line.startswith(b'{"op":"%s"' % kind.encode()) for line in lines)
+        if kind == "update":  # a run of updates that names a row twice is not tried whole
+            keys = [line.split(b'"key":')[1].split(b',"row"')[0] for line in lines]
+            assert len(set(keys)) == len(keys)
     # neighbours are never both mixed, nor both of one kind
     assert all(a[0] != b[0] for a, b in itertools.pairwise(cut))
+    # and a long run of updates of distinct rows is always tried whole
+    tail = ops[unique_from:]
+    alone = not 0 < unique_from <= len(ops) or ops[unique_from - 1][0] != "update"
+    if alone and len(tail) >= SHORTEST_RUN and all(op == "update" for op, _ in tail):
+        assert cut[-1][0] == "update"
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ the transaction).
 
 from __future__ import annotations
 
+import re
 import secrets
 
 import asyncpg
@@ -141,8 +142,9 @@ def segments(block: bytes) -> list[tuple[str, bytes]]:
     """``block``'s lines (each ending in a newline) cut into runs, in order, each with
     the kind it looks like (``insert``, ``update`` or ``delete``, by the op a line
     starts with as asyncsnap writes them), or ``mixed``: runs shorter than
-    ``SHORTEST_RUN``, and lines of other ops, together. Only a guess that picks the
-    statement the server tries first; the server checks every line."""
+    ``SHORTEST_RUN``, lines of other ops, and runs of updates that name a row twice,
+    together. Only a guess that picks the statement the server tries first; the server
+    checks every line."""
     first = block[len(_OP) : len(_OP) + 6]
     if (
         first in _KINDS
@@ -150,7 +152,7 @@ def segments(block: bytes) -> list[tuple[str, bytes]]:
         and block.count(b"\n" + _OP + first + b'"') == _rows.count_lines(block) - 1
         and block[len(_OP) + 6 : len(_OP) + 7] == b'"'
     ):
-        return [(_KINDS[first], block)]  # the common case: one kind throughout
+        return [_checked(_KINDS[first], block)]  # the common case: one kind throughout
     runs: list[tuple[str, list[bytes]]] = []
     for line in block.splitlines(keepends=True):
         kind = _KINDS.get(line[len(_OP) : len(_OP) + 6], "mixed")
@@ -164,11 +166,28 @@ def segments(block: bytes) -> list[tuple[str, bytes]]:
     for kind, lines in runs:
         if len(lines) < SHORTEST_RUN:
             kind = "mixed"
+        kind, run = _checked(kind, b"".join(lines))
         if out and out[-1][0] == "mixed" and kind == "mixed":
-            out[-1] = ("mixed", out[-1][1] + b"".join(lines))
+            out[-1] = ("mixed", out[-1][1] + run)
         else:
-            out.append((kind, b"".join(lines)))
+            out.append((kind, run))
     return out
+
+
+# A line's key as asyncsnap writes it: the fields before it hold no text of the database's.
+_KEY = re.compile(rb',"key":(.*?),"row":')
+
+
+def _checked(kind: str, run: bytes) -> tuple[str, bytes]:
+    """A run of updates that names a row twice (a counter row updated again and again)
+    cannot be one statement: it goes one change at a time without the server trying
+    it first (which parsed and joined every line to find out). Keys written alike are
+    equal; any other way to name a row twice is left to the server's check."""
+    if kind == "update":
+        keys = _KEY.findall(run)
+        if len(keys) != _rows.count_lines(run) or len(set(keys)) != len(keys):
+            return "mixed", run
+    return kind, run
 
 
 async def _call(
@@ -220,13 +239,13 @@ class _Columns:
     def equal(self, left: str, right: str, name: str) -> str:
         return f"{left} {self.equals.get(name, 'OPERATOR(pg_catalog.=)')} {right}"
 
-    def record(self, key: str, alias: str, line: str = "ch") -> str:
+    def record(self, source: str, alias: str) -> str:
         """The object ``key`` of the line ``line`` (a json value) as a typed record named
         ``alias``."""
         if not self.names:  # a table without columns: nothing to read
             return f"(SELECT 1 AS asyncsnap_nothing) AS {alias}"
         declared = ", ".join(self.declared(n) for n in self.names)
-        return f"pg_catalog.json_to_record({line}->{_literal(key)}) AS {alias}({declared})"
+        return f"pg_catalog.json_to_record({source}) AS {alias}({declared})"
 
     def declared(self, name: str) -> str:
         """The column ``name`` as a line's value is read: its type, or text for the
@@ -246,9 +265,9 @@ def _find_row(load: TableLoad, columns: _Columns, target: str) -> str:
     index that is not the primary key) the first row whose columns named in the key have
     the key's values, compared as their text (exact, and for every type, also those
     without an equality operator)."""
-    key = columns.record("key", "k")
+    key = columns.record("line_key", "k")
     by_text = " AND ".join(
-        f"(NOT (ch->'key')::pg_catalog.jsonb ? {_literal(c)} OR "
+        f"(NOT line_keys ? {_literal(c)} OR "
         f"t.{quote_ident(c)}::pg_catalog.text IS NOT DISTINCT FROM "
         f"({columns.value('k', c)})::pg_catalog.text)"
         for c in columns.names
@@ -265,14 +284,16 @@ def _find_row(load: TableLoad, columns: _Columns, target: str) -> str:
             columns.equal(f"t.{quote_ident(c)}", columns.value("k", c), c) for c in primary
         )
         search = (
-            f"IF (ch->'key')::pg_catalog.jsonb ?& ARRAY[{', '.join(map(_literal, primary))}]"
+            f"IF line_keys ?& ARRAY[{', '.join(map(_literal, primary))}]"
             f" THEN SELECT t.tableoid, t.ctid INTO found_table, found_row FROM {target} t, "
             f"{key} WHERE {by_key}; ELSE {text_search} END IF;"
         )
+    # (the key read from the line once: each ``->`` on a json value parses it again)
     return (
-        f"found_row := NULL; {search} IF found_row IS NULL THEN RAISE EXCEPTION "
+        "found_row := NULL; line_key := ch->'key'; line_keys := line_key::pg_catalog.jsonb; "
+        f"{search} IF found_row IS NULL THEN RAISE EXCEPTION "
         "'% of %: no row with the key % (the change at % #%)', ch->>'op', "
-        f"{_literal(load.source.qualified)}, ch->'key', ch->>'lsn', ch->>'n'; END IF;"
+        f"{_literal(load.source.qualified)}, line_key, line_lsn, ch->>'n'; END IF;"
     )
 
 
@@ -413,7 +434,7 @@ def apply_function_sql(function: str, load: TableLoad, equals: dict[str, str] | 
         values = ", ".join(columns.value("p", c) for c in names)
         insert = (
             f"INSERT INTO {_target(load)} ({cols}){overriding} SELECT {values} "
-            f"FROM {columns.record('row', 'p')};"
+            f"FROM {columns.record('line_row', 'p')};"
         )
         sets = ", ".join(
             f"{quote_ident(c)} = CASE WHEN u.skip ? {_literal(c)} THEN t.{quote_ident(c)} "
@@ -421,7 +442,7 @@ def apply_function_sql(function: str, load: TableLoad, equals: dict[str, str] | 
             for c in columns.settable
         )
         update = (
-            f"UPDATE {target} t SET {sets} FROM {columns.record('row', 'p')}, "
+            f"UPDATE {target} t SET {sets} FROM {columns.record('line_row', 'p')}, "
             f"(SELECT (ch->'unchanged')::pg_catalog.jsonb AS skip) u WHERE {this_row};"
         )
     else:
@@ -432,9 +453,10 @@ def apply_function_sql(function: str, load: TableLoad, equals: dict[str, str] | 
     # A line must be what the format says it is: an op it names, never a guess from
     # what is missing (a line without "row" is not an insert of nulls).
     has_row = (
-        "IF pg_catalog.json_typeof(ch->'row') IS DISTINCT FROM 'object' THEN RAISE EXCEPTION "
+        "line_row := ch->'row'; "
+        "IF pg_catalog.json_typeof(line_row) IS DISTINCT FROM 'object' THEN RAISE EXCEPTION "
         f"'% of %: the line has no row (the change at % #%)', ch->>'op', {qualified}, "
-        "ch->>'lsn', ch->>'n'; END IF;"
+        "line_lsn, ch->>'n'; END IF;"
     )
     row_type = f"{function}_row"
     # A column may be named like a variable: in SQL, the name is the variable's (every
@@ -447,14 +469,19 @@ DECLARE
     found_row pg_catalog.tid;
     done pg_catalog.int8 := 0;
     n pg_catalog.int8;
+    line_lsn pg_catalog.text;
+    line_key pg_catalog.json;
+    line_keys pg_catalog.jsonb;
+    line_row pg_catalog.json;
 BEGIN
     {_one_statement(load, columns, target, row_type)}
     FOR ch IN SELECT e FROM pg_catalog.json_array_elements(changes) AS e LOOP
-        IF pg_catalog.json_typeof(ch) IS DISTINCT FROM 'object' OR ch->>'lsn' IS NULL THEN
+        line_lsn := ch->>'lsn';  -- (null too when the line is not an object)
+        IF line_lsn IS NULL THEN
             RAISE EXCEPTION 'a change of %: not a change line with an lsn: %',
                 {qualified}, pg_catalog.left(ch::pg_catalog.text, 200);
         END IF;
-        IF upto IS NOT NULL AND (ch->>'lsn')::pg_catalog.pg_lsn >= upto THEN
+        IF upto IS NOT NULL AND line_lsn::pg_catalog.pg_lsn >= upto THEN
             CONTINUE;  -- restore --to: committed at or after the point asked for
         END IF;
         CASE ch->>'op'
