@@ -1381,9 +1381,12 @@ INCREMENT_WHY = {
     "WAL from its restart point: the empty increment below) and a part per change (pgoutput "
     "decoded and each row converted in Python: client CPU below), against a full dump that "
     "streams rows at the server's COPY speed",
-    "chain restore/full restore": "the chain's restore is the full backup's, then each "
-    "change applied as one statement on the server (a PL/pgSQL function over the lines: a row "
-    "found by its key, updated, its index entries written) after the indexes exist",
+    "chain restore/full restore": "the chain's restore is the full backup's, then the "
+    "changes applied after the indexes exist: the 1% of accounts updated here are one "
+    "UPDATE per 4 MiB of lines (the lines parsed once on the server, each row found by its "
+    "key), but they lie on most of the table's pages, each read, dirtied and written "
+    "again with its index entries: the same UPDATE from a table already holding the new "
+    "rows takes about half of the apply (docs/benchmarks.md)",
 }
 
 
