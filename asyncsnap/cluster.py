@@ -28,11 +28,14 @@ the snapshot until the last task has ended, so the files are of one moment.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import secrets
+import signal
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,14 @@ import anyio
 
 from .connection import ConnectParams, split_password
 from .copy import CHUNK_ATTEMPTS, CopyContext
-from .errors import AsyncsnapError, DumpFailed, UsageError
+from .errors import (
+    AsyncsnapError,
+    DumpFailed,
+    ExitCode,
+    Interrupted,
+    UsageError,
+    most_telling,
+)
 from .events import ChunkFinished, ChunkProgress, ChunkStarted, EventCallback, Notice
 from .format import DATA_DIR
 from .jobs import ChunkConnectionLost, ChunkJob, FileTarget, WorkItem, run_chunk_alone
@@ -288,62 +298,88 @@ def _no_workers(address: ClusterAddress) -> DumpFailed:
     )
 
 
-@contextlib.contextmanager
-def blocking_client(address: ClusterAddress) -> Iterator[Any]:
-    """A client of the cluster for code that is not async (a local one started, and
-    stopped after): ``verify --cluster``."""
-    distributed = import_distributed()
-    if address.local_workers is None:
-        try:
-            client = distributed.Client(address.text, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise DumpFailed(
-                f"cannot reach the Dask scheduler at {address.text}: {exc}",
-                hint="check the address and that `dask scheduler` runs there",
-            ) from exc
-        with client:
-            try:
-                client.wait_for_workers(1, timeout=WORKERS_TIMEOUT)
-            except TimeoutError:
-                raise _no_workers(address) from None
-            yield client
-        return
-    with (
-        distributed.LocalCluster(
-            n_workers=address.local_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # as cluster_client's
-            silence_logs=40,
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        yield client
+def quiet_engine() -> None:
+    """Once a signal stopped the run: the engine's log silenced. A local cluster stopped
+    while its workers were joining has its scheduler log each join it cut short as an
+    ERROR with a traceback, noise under the one error line the command ends with. (Its
+    log is kept otherwise: a worker that cannot start says why there.)"""
+    logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
 
 
 def map_on_cluster(
     address: ClusterAddress, fn: Any, arguments: Sequence[tuple[Any, ...]], labels: Sequence[str]
 ) -> list[Any]:
     """``fn(*args)`` for each of ``arguments`` as a task (``fn`` a module-level function,
-    sent by reference; ``arguments`` hold no secret), the results in order.
+    sent by reference; ``arguments`` hold no secret), the results in order: for code that
+    is not async (``verify --cluster``), on an event loop of its own.
+
+    Called from the main thread, SIGINT and SIGTERM stop it as they stop a dump: the
+    tasks cancelled and the cluster closed (a local one's workers stopped) before it
+    raises ``Interrupted``, with no traceback of the engine's and no process left.
 
     :raises DumpFailed: a task failed (naming its worker, its ``labels`` entry and the
         cause, with the cause's exit code), or the workers running one kept dying."""
-    distributed = import_distributed()
-    with blocking_client(address) as client:
-        futures = [client.submit(guarded, fn, *args, pure=False) for args in arguments]
-        try:
-            results = client.gather(futures)
-        except distributed.KilledWorker as exc:
-            raise DumpFailed(
-                f"the cluster gave up on a task: the workers running it died ({exc})",
-                hint="the workers' logs say why (memory?)",
-            ) from None
-    for label, result in zip(labels, results, strict=True):
-        if isinstance(result, ChunkFailure):
-            raise TaskFailed(result, label, doing="checking")
-    return list(results)
+    received: list[int] = []
+    done: list[list[Any]] = []
+    # (the loop's signal handling leaves the default actions behind: the caller's are put back)
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        anyio.run(
+            _map_on_cluster, address, fn, arguments, labels, received, done, backend="asyncio"
+        )
+    except BaseExceptionGroup as group:
+        raise most_telling(group) from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for number, handler in before.items():
+                if handler is not None:
+                    signal.signal(number, handler)
+    if not done:
+        got = received[0] if received else signal.SIGINT
+        raise Interrupted(
+            f"interrupted by {signal.Signals(got).name}; the backup was not checked to the end",
+            exit_code=ExitCode.SIGINT if got == signal.SIGINT else ExitCode.SIGTERM,
+        )
+    return done[0]
+
+
+async def _map_on_cluster(
+    address: ClusterAddress,
+    fn: Any,
+    arguments: Sequence[tuple[Any, ...]],
+    labels: Sequence[str],
+    received: list[int],
+    done: list[list[Any]],
+) -> None:
+    async with anyio.create_task_group() as tg:
+        if threading.current_thread() is threading.main_thread():
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        received.append(signum)
+                        quiet_engine()
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stop_on_signal)
+        async with cluster_client(address, None) as client:
+            futures = [client.submit(guarded, fn, *args, pure=False) for args in arguments]
+            found: dict[str, Any] = {}
+            try:
+                await _run_tasks(
+                    client,
+                    futures,
+                    {f.key: label for f, label in zip(futures, labels, strict=True)},
+                    found.__setitem__,
+                    "checking",
+                )
+            finally:
+                if len(found) < len(futures):  # a remote scheduler forgets the rest
+                    with anyio.CancelScope(shield=True):
+                        await client.cancel(futures)
+            done.append([found[f.key] for f in futures])
+        tg.cancel_scope.cancel()
 
 
 def _sees(path: str, content: str) -> bool:

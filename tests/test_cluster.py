@@ -457,6 +457,66 @@ def _worker_pids_of(parent: int) -> list[int]:
     return []
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_verify_on_a_cluster_with_one_line_and_no_process_left(
+    db: Database, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """verify --cluster stopped while a worker checks a file: one error line and the
+    signal's exit code, no process left (SIGTERM killed verify without a word, its
+    workers' semaphores leaked; SIGINT printed the engine's tracebacks). The worker is held
+    inside its check by the key of an encrypted backup given as a FIFO: the coordinator
+    reads it once, the worker then waits on it."""
+    from pyrage import x25519
+
+    db.execute(SCHEMA)
+    identity = x25519.Identity.generate()
+    run(dump, db.dsn, output=tmp_path, name="b", encrypt_to=[str(identity.to_public())])
+    key = tmp_path / "key"
+    os.mkfifo(key)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asyncsnap", "verify", str(tmp_path / "b"),
+         "--identity", str(key), "--cluster", "local:2"],
+        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with open(key, "w") as fifo:  # what the coordinator reads
+            fifo.write(f"{identity}\n")
+        deadline = time.monotonic() + 60
+        while True:  # until the coordinator has closed the key (no reader left)
+            try:
+                os.close(os.open(key, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                break
+            assert time.monotonic() < deadline, "the coordinator kept the key open"
+            time.sleep(0.01)
+        while True:  # a writer opens without waiting once a worker waits to read the key
+            try:
+                held = os.open(key, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "no worker read the key"
+                time.sleep(0.05)
+        try:
+            workers = _worker_pids_of(proc.pid)
+            assert workers
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            os.close(held)
+    finally:
+        proc.kill()
+    code = ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM
+    assert proc.returncode == code, err
+    assert err.splitlines() == [
+        f"error: interrupted by {signum.name}; the backup was not checked to the end"
+    ], err
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "a worker process outlived verify"
+        time.sleep(0.1)
+
+
 def test_verify_on_a_cluster_finds_what_verify_finds(db: Database, tmp_path: Path) -> None:
     """A damaged byte in one data file: verify --cluster names the same file and problem,
     exit 5, as the local verify; a whole backup: the same counts."""

@@ -222,6 +222,7 @@ def run_cancellable(
                     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                         async for signum in signals:
                             received.append(signum)
+                            _quiet_engine()
                             tg.cancel_scope.cancel()
                             return
                 finally:
@@ -251,6 +252,39 @@ def run_cancellable(
         f"interrupted by {signal.Signals(signum).name}; {left}",
         exit_code=ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM,
     )
+
+
+def _quiet_engine() -> None:
+    """As ``cluster.quiet_engine`` (not imported here: a command without --cluster never
+    loads it): once a signal stopped the run, a cluster engine torn down in a hurry logs
+    each worker's join it cut short as an ERROR with a traceback, noise under the one
+    error line the command ends with."""
+    logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
+
+
+@contextlib.contextmanager
+def interrupted_by_signals(left: str) -> Iterator[None]:
+    """For synchronous work in the main thread (``verify``): SIGINT and SIGTERM raise
+    ``Interrupted``, ending with ``left``, where the work is, so the command ends with one
+    error line and its exit code (SIGTERM's default action killed it without a word).
+    Once the work has finished, a signal changes nothing (as ``run_cancellable``)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        _quiet_engine()
+        raise Interrupted(
+            f"interrupted by {signal.Signals(signum).name}; {left}",
+            exit_code=ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM,
+        )
+
+    before = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except BaseException:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        raise
+    for signum, handler in before.items():
+        signal.signal(signum, signal.SIG_IGN if cli.ends_with_command else handler)
 
 
 def renderers(

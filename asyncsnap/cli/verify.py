@@ -47,9 +47,12 @@ def verify_command(
     """
     from ..storage.encryption import load_identities
     from ..verify import verify
-    from .envelope import Envelope, print_problems, use_endpoint
+    from .envelope import Envelope, interrupted_by_signals, print_problems, use_endpoint
 
-    with Envelope(debug=debug).guard():
+    with (
+        Envelope(debug=debug).guard(),
+        interrupted_by_signals("the backup was not checked to the end"),
+    ):
         use_endpoint(endpoint_url)
         identities = load_identities(identity) if identity else None
         result = verify(backup_dir, identities=identities, cluster=cluster, identity_file=identity)
