@@ -28,7 +28,6 @@ the snapshot until the last task has ended, so the files are of one moment.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import secrets
@@ -44,18 +43,12 @@ import anyio
 
 from .connection import ConnectParams, split_password
 from .copy import CHUNK_ATTEMPTS, CopyContext
-from .errors import (
-    AsyncsnapError,
-    DumpFailed,
-    ExitCode,
-    Interrupted,
-    UsageError,
-    most_telling,
-)
+from .errors import AsyncsnapError, DumpFailed, UsageError, most_telling
 from .events import ChunkFinished, ChunkProgress, ChunkStarted, EventCallback, Notice
 from .format import DATA_DIR
 from .jobs import ChunkConnectionLost, ChunkJob, FileTarget, WorkItem, run_chunk_alone
 from .session import SessionPolicy
+from .signals import cancel_on_signal, interrupted
 from .snapshot import snapshot_lost
 from .storage.backup import LocalSource, StoreSource, check_stored
 from .storage.files import BackupDirectory, StoredFile
@@ -298,14 +291,6 @@ def _no_workers(address: ClusterAddress) -> DumpFailed:
     )
 
 
-def quiet_engine() -> None:
-    """Once a signal stopped the run: the engine's log silenced. A local cluster stopped
-    while its workers were joining has its scheduler log each join it cut short as an
-    ERROR with a traceback, noise under the one error line the command ends with. (Its
-    log is kept otherwise: a worker that cannot start says why there.)"""
-    logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
-
-
 def map_on_cluster(
     address: ClusterAddress, fn: Any, arguments: Sequence[tuple[Any, ...]], labels: Sequence[str]
 ) -> list[Any]:
@@ -335,10 +320,8 @@ def map_on_cluster(
                 if handler is not None:
                     signal.signal(number, handler)
     if not done:
-        got = received[0] if received else signal.SIGINT
-        raise Interrupted(
-            f"interrupted by {signal.Signals(got).name}; the backup was not checked to the end",
-            exit_code=ExitCode.SIGINT if got == signal.SIGINT else ExitCode.SIGTERM,
+        raise interrupted(
+            received[0] if received else signal.SIGINT, "the backup was not checked to the end"
         )
     return done[0]
 
@@ -353,16 +336,7 @@ async def _map_on_cluster(
 ) -> None:
     async with anyio.create_task_group() as tg:
         if threading.current_thread() is threading.main_thread():
-
-            async def stop_on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        received.append(signum)
-                        quiet_engine()
-                        tg.cancel_scope.cancel()
-                        return
-
-            tg.start_soon(stop_on_signal)
+            tg.start_soon(cancel_on_signal, tg.cancel_scope, received)
         async with cluster_client(address, None) as client:
             futures = [client.submit(guarded, fn, *args, pure=False) for args in arguments]
             found: dict[str, Any] = {}

@@ -76,17 +76,6 @@ def test_missing_file(backup: Path) -> None:
     assert problem.file == f"data/{f.name}" and "missing" in problem.message
 
 
-def test_a_data_file_that_is_not_a_regular_file_is_not_read(backup: Path) -> None:
-    """A FIFO in a data file's place (a hostile backup directory) is reported, not
-    opened and waited on: verify blocked on it forever."""
-    data = orders_file(backup)
-    data.unlink()
-    os.mkfifo(data)
-    done = run_cli("verify", str(backup), timeout=60)
-    assert done.returncode == ExitCode.VERIFY, done.stderr
-    assert f"data/{data.name}: is missing" in done.stderr
-
-
 def test_extra_file(backup: Path) -> None:
     (backup / "data" / "sneaky.ndjson").write_text("{}\n")
     [problem] = verify(backup).problems

@@ -32,6 +32,7 @@ from rich.console import Console
 from .. import cli
 from ..errors import AsyncsnapError, ExitCode, Interrupted, OutputError, most_telling
 from ..events import Event
+from ..signals import cancel_on_signal, interrupted, quiet_engine
 from .progress import JsonLog, LiveDisplay, PlainLog, one_line
 from .secrets import Connection, redact
 
@@ -219,12 +220,7 @@ def run_cancellable(
 
             async def watch() -> None:
                 try:
-                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                        async for signum in signals:
-                            received.append(signum)
-                            _quiet_engine()
-                            tg.cancel_scope.cancel()
-                            return
+                    await cancel_on_signal(tg.cancel_scope, received)
                 finally:
                     # The receiver just put the default actions back: without an await
                     # in between, no signal can land on them.
@@ -247,19 +243,7 @@ def run_cancellable(
         raise most_telling(group) from None
     if finished:
         return finished[0]
-    signum = received[0] if received else signal.SIGINT
-    raise Interrupted(
-        f"interrupted by {signal.Signals(signum).name}; {left}",
-        exit_code=ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM,
-    )
-
-
-def _quiet_engine() -> None:
-    """As ``cluster.quiet_engine`` (not imported here: a command without --cluster never
-    loads it): once a signal stopped the run, a cluster engine torn down in a hurry logs
-    each worker's join it cut short as an ERROR with a traceback, noise under the one
-    error line the command ends with."""
-    logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
+    raise interrupted(received[0] if received else signal.SIGINT, left)
 
 
 @contextlib.contextmanager
@@ -270,11 +254,8 @@ def interrupted_by_signals(left: str) -> Iterator[None]:
     Once the work has finished, a signal changes nothing (as ``run_cancellable``)."""
 
     def interrupt(signum: int, frame: object) -> None:
-        _quiet_engine()
-        raise Interrupted(
-            f"interrupted by {signal.Signals(signum).name}; {left}",
-            exit_code=ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM,
-        )
+        quiet_engine()
+        raise interrupted(signum, left)
 
     before = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

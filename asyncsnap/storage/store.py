@@ -17,7 +17,6 @@ import contextlib
 import errno
 import io
 import os
-import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -355,21 +354,10 @@ class LocalStore:
 
     def open_read(self, name: str, *, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
         path = self._path(name)
-        # Only a regular file is an object: a backup directory is possibly hostile, and a
-        # FIFO in a data file's place blocked verify and restore forever (a link to
-        # /dev/zero read on without end). Opened without blocking, then looked at.
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fh = open(path, "rb")  # noqa: SIM115 (closed by _FileChunks, which owns it)
         except FileNotFoundError as exc:
             raise ObjectMissing(f"{path} is missing", hint=None) from exc
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ObjectMissing(f"{path} is not a regular file", hint=None)
-            os.set_blocking(fd, True)
-            fh = open(fd, "rb")  # noqa: SIM115 (closed by _FileChunks, which owns it)
-        except BaseException:
-            os.close(fd)
-            raise
         return _FileChunks(fh, chunk_size)
 
     def put(self, name: str, data: bytes) -> None:
