@@ -430,7 +430,9 @@ def change_lines(draw: st.DrawFn, table: str) -> list[bytes]:
         if op_i in ("delete", "truncate"):
             row = "null"
         if wild and draw(st.integers(0, 15)) == 0:  # a line that is not what it starts as
-            row = draw(st.sampled_from(["null", "[]", "{}", '"x"', '{"id":"x"}']))
+            # (a string that reads as a record literal was applied by the update statement)
+            literal = f'"({row_key},{i},w)"' if table == "num" else f'"({row_key[1:-1]},w)"'
+            row = draw(st.sampled_from(["null", "[]", "{}", '"x"', '{"id":"x"}', literal]))
         lines.append(
             b'{"op":"%s","lsn":"0/10","xid":1,"n":%d,"key":%s,"row":%s,"unchanged":%s}'
             % (op_i.encode(), i, key.encode(), row.encode(), unchanged.encode())
@@ -508,3 +510,40 @@ def test_one_statement_ends_as_one_change_at_a_time(
     ]
     guessed, one_by_one = run(_outcomes, db.dsn, backup, table, cuts)
     assert guessed == one_by_one, cuts
+
+
+def test_a_target_without_the_sources_primary_key_goes_one_change_at_a_time(
+    diff_db: tuple[Database, Path],
+) -> None:
+    """Restored with --data-only into a table without the source's primary key, a key may
+    find two rows: one statement deleting a run of lines counted one line's two rows for
+    another line's none, and succeeded where one change at a time fails."""
+    db, backup = diff_db
+    db.execute(
+        "ALTER TABLE public.num DROP CONSTRAINT num_pkey;"
+        " INSERT INTO public.num VALUES (1, 500, 'twin', '')"
+    )
+    deletes = [
+        b'{"op":"delete","lsn":"0/10","xid":1,"n":%d,"key":{"id":%d},"row":null,"unchanged":[]}'
+        % (i, key)
+        for i, key in enumerate([1, 2, 3, 4, 5, 99])
+    ]
+    guessed, one_by_one = run(_outcomes, db.dsn, backup, "num", [("delete", deletes)])
+    assert guessed == one_by_one
+    assert "no row with the key" in one_by_one
+
+
+def test_an_update_whose_row_is_a_string_fails_as_one_change_at_a_time(
+    diff_db: tuple[Database, Path],
+) -> None:
+    """A row written as a string that reads as a record literal: the update statement
+    applied it, where one change at a time refuses the line."""
+    db, backup = diff_db
+    updates = [
+        b'{"op":"update","lsn":"0/10","xid":1,"n":%d,"key":{"id":%d},"row":"(%d,%d,x,)",'
+        b'"unchanged":[]}' % (i, i, i, i)
+        for i in range(1, 7)
+    ]
+    guessed, one_by_one = run(_outcomes, db.dsn, backup, "num", [("update", updates)])
+    assert guessed == one_by_one
+    assert "has no row" in one_by_one

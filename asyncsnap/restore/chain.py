@@ -306,7 +306,9 @@ def _one_statement(load: TableLoad, columns: _Columns, target: str, row_type: st
 
     - inserts: every line an insert with a row, none past ``upto``: one INSERT, in the
       lines' order.
-    - updates (a primary key the lines hold): each line an update whose key and new row
+    - updates (a primary key the lines hold, and the target's own primary key on the
+      same columns, so that a key finds one row at most): each line an update whose key
+      and new row
       name the same row by the primary key's equality (the key did not change), the
       TOASTed values it did not send kept as the loop keeps them. Rows updated once each
       end the same in any order: the statement must update exactly as many rows as there
@@ -319,8 +321,8 @@ def _one_statement(load: TableLoad, columns: _Columns, target: str, row_type: st
     applies the segment, or fails on the change that cannot apply, with its own error:
     what a segment ends as never depends on which way it went.
 
-    A segment's lines are parsed once, each row straight into ``row_type`` (a composite
-    of the declared types: the values as the loop reads them)."""
+    A segment's lines are parsed once, each row into ``row_type`` (a composite of the
+    declared types: the values as the loop reads them)."""
     names = columns.names
     if not names:
         return ""
@@ -333,7 +335,10 @@ def _one_statement(load: TableLoad, columns: _Columns, target: str, row_type: st
         'op pg_catalog.text, lsn pg_catalog.pg_lsn, key pg_catalog.json, "row" '
         f"{row_type}, unchanged pg_catalog.json"
     )
-    lines = f"pg_catalog.json_to_recordset(changes) AS c({fields})"
+    deleted = (
+        "pg_catalog.json_to_recordset(changes) AS c(op pg_catalog.text, lsn pg_catalog.pg_lsn,"
+        " key pg_catalog.json)"
+    )
     in_order = (
         f"ROWS FROM (pg_catalog.json_to_recordset(changes) AS ({fields})) WITH ORDINALITY"
         ' AS c(op, lsn, key, "row", unchanged, i)'
@@ -358,7 +363,11 @@ def _one_statement(load: TableLoad, columns: _Columns, target: str, row_type: st
         END;
     END IF;"""
     primary = list(load.source.primary_key)
-    if not primary or not all(c in names for c in primary):
+    # A row found by the key must be the only one: the target's own primary key must be
+    # on exactly these columns (a target without it, restored into with --data-only,
+    # could hold two rows where a line names one, covering another line's miss in the
+    # count of rows changed).
+    if not primary or not all(c in names for c in primary) or set(columns.equals) != set(primary):
         return inserts
     # The key's primary-key columns, typed as the row's (a key without them gives nulls,
     # which match no row: the statement is then undone).
@@ -367,8 +376,16 @@ def _one_statement(load: TableLoad, columns: _Columns, target: str, row_type: st
         + ", ".join(columns.declared(k) for k in primary)
         + ")"
     )
+    # An update's row read from its json, which must be an object: parsed as a column
+    # of the row type, a string would be read as a record literal, where the loop refuses
+    # the line ("has no row"); json_populate_record fails on it, and the loop then says so.
+    updated = (
+        "pg_catalog.json_to_recordset(changes) AS c(op pg_catalog.text, lsn pg_catalog.pg_lsn,"
+        ' key pg_catalog.json, "row" pg_catalog.json, unchanged pg_catalog.json), '
+        f'pg_catalog.json_populate_record(NULL::{row_type}, c."row") AS r'
+    )
     same_row = " AND ".join(
-        columns.equal(columns.value("k", k), columns.value(new, k), k) for k in primary
+        columns.equal(columns.value("k", k), columns.value("r", k), k) for k in primary
     )
     match = " AND ".join(
         columns.equal(f"t.{quote_ident(k)}", f"q.{quote_ident(k)}", k) for k in primary
@@ -379,7 +396,7 @@ def _one_statement(load: TableLoad, columns: _Columns, target: str, row_type: st
         f" THEN t.{quote_ident(n)} ELSE q.{quote_ident(n)} END"
         for n in columns.settable
     )
-    typed = ", ".join(f"{columns.value(new, n)} AS {quote_ident(n)}" for n in names)
+    typed = ", ".join(f"{columns.value('r', n)} AS {quote_ident(n)}" for n in names)
     keys = ", ".join(f"{columns.value('k', k)} AS {quote_ident(k)}" for k in primary)
 
     def undone_unless_every_line(statement: str) -> str:
@@ -398,11 +415,11 @@ def _one_statement(load: TableLoad, columns: _Columns, target: str, row_type: st
     updates = undone_unless_every_line(
         f"UPDATE {target} t SET {sets} FROM (SELECT {typed}, "
         "c.unchanged::pg_catalog.jsonb AS asyncsnap_skip "
-        f"FROM {lines}, {key} WHERE c.op = 'update' AND {applies} AND {same_row}) q "
+        f"FROM {updated}, {key} WHERE c.op = 'update' AND {applies} AND {same_row}) q "
         f"WHERE {match};"
     )
     deletes = undone_unless_every_line(
-        f"DELETE FROM {target} t USING (SELECT {keys} FROM {lines}, {key} "
+        f"DELETE FROM {target} t USING (SELECT {keys} FROM {deleted}, {key} "
         f"WHERE c.op = 'delete' AND {applies}) q WHERE {match};"
     )
     return (
