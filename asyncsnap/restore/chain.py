@@ -323,52 +323,72 @@ def _one_statement(load: TableLoad, columns: _Columns, target: str, row_type: st
 
     A segment's lines are parsed once, each row into ``row_type`` (a composite of the
     declared types: the values as the loop reads them)."""
-    names = columns.names
-    if not names:
+    if not columns.names:
         return ""
-    cols = ", ".join(quote_ident(c) for c in names)
-    overriding = " OVERRIDING SYSTEM VALUE" if load.overriding else ""
-    later = "(upto IS NOT NULL AND c.lsn >= upto)"
-    applies = f"c.lsn IS NOT NULL AND NOT {later}"  # what the loop would apply
-    # The lines as records: op, lsn and key as text and json, the row typed (parsed once).
-    fields = (
-        'op pg_catalog.text, lsn pg_catalog.pg_lsn, key pg_catalog.json, "row" '
-        f"{row_type}, unchanged pg_catalog.json"
-    )
-    deleted = (
-        "pg_catalog.json_to_recordset(changes) AS c(op pg_catalog.text, lsn pg_catalog.pg_lsn,"
-        " key pg_catalog.json)"
-    )
-    in_order = (
-        f"ROWS FROM (pg_catalog.json_to_recordset(changes) AS ({fields})) WITH ORDINALITY"
-        ' AS c(op, lsn, key, "row", unchanged, i)'
-    )
-    new = '(c."row")'
-    length = "pg_catalog.json_array_length(changes)"
-    inserts = f"""
-    IF kind = 'insert' THEN
-        BEGIN
-            IF NOT EXISTS (
-                    SELECT 1 FROM pg_catalog.json_to_recordset(changes) AS c(op pg_catalog.text,
-                        lsn pg_catalog.pg_lsn, "row" pg_catalog.json)
-                    WHERE c.op IS DISTINCT FROM 'insert' OR c.lsn IS NULL OR {later}
-                       OR pg_catalog.json_typeof(c."row") IS DISTINCT FROM 'object') THEN
-                INSERT INTO {_target(load)} ({cols}){overriding}
-                    SELECT {", ".join(columns.value(new, c) for c in names)} FROM {in_order}
-                    ORDER BY c.i;
-                RETURN {length};
-            END IF;
-        EXCEPTION WHEN OTHERS THEN
-            NULL;  -- undone: one change at a time below, which says what fails
-        END;
-    END IF;"""
+    inserts = _inserts(load, columns, row_type)
     primary = list(load.source.primary_key)
     # A row found by the key must be the only one: the target's own primary key must be
     # on exactly these columns (a target without it, restored into with --data-only,
     # could hold two rows where a line names one, covering another line's miss in the
     # count of rows changed).
-    if not primary or not all(c in names for c in primary) or set(columns.equals) != set(primary):
+    if (
+        not primary
+        or not all(c in columns.names for c in primary)
+        or set(columns.equals) != set(primary)
+    ):
         return inserts
+    updates, deletes = _by_key(columns, target, row_type, primary)
+    return (
+        inserts
+        + f"""
+    IF kind = 'update' THEN{updates}
+    ELSIF kind = 'delete' THEN{deletes}
+    END IF;"""
+    )
+
+
+# Which lines a one-statement path applies: those the loop would apply.
+_LATER = "(upto IS NOT NULL AND c.lsn >= upto)"
+_APPLIES = f"c.lsn IS NOT NULL AND NOT {_LATER}"
+_LENGTH = "pg_catalog.json_array_length(changes)"
+
+
+def _inserts(load: TableLoad, columns: _Columns, row_type: str) -> str:
+    """A run of inserts as one INSERT, in the lines' order, once every line is checked to
+    be an insert with a row object, none past ``upto``."""
+    names = columns.names
+    fields = (
+        'op pg_catalog.text, lsn pg_catalog.pg_lsn, key pg_catalog.json, "row" '
+        f"{row_type}, unchanged pg_catalog.json"
+    )
+    in_order = (
+        f"ROWS FROM (pg_catalog.json_to_recordset(changes) AS ({fields})) WITH ORDINALITY"
+        ' AS c(op, lsn, key, "row", unchanged, i)'
+    )
+    overriding = " OVERRIDING SYSTEM VALUE" if load.overriding else ""
+    return f"""
+    IF kind = 'insert' THEN
+        BEGIN
+            IF NOT EXISTS (
+                    SELECT 1 FROM pg_catalog.json_to_recordset(changes) AS c(op pg_catalog.text,
+                        lsn pg_catalog.pg_lsn, "row" pg_catalog.json)
+                    WHERE c.op IS DISTINCT FROM 'insert' OR c.lsn IS NULL OR {_LATER}
+                       OR pg_catalog.json_typeof(c."row") IS DISTINCT FROM 'object') THEN
+                INSERT INTO {_target(load)} ({", ".join(quote_ident(c) for c in names)})
+                    {overriding}
+                    SELECT {", ".join(columns.value('(c."row")', c) for c in names)}
+                    FROM {in_order} ORDER BY c.i;
+                RETURN {_LENGTH};
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            NULL;  -- undone: one change at a time below, which says what fails
+        END;
+    END IF;"""
+
+
+def _by_key(columns: _Columns, target: str, row_type: str, primary: list[str]) -> tuple[str, str]:
+    """A run of updates, and one of deletes, by the primary key ``primary``, each as one
+    statement that must change exactly one row a line."""
     # The key's primary-key columns, typed as the row's (a key without them gives nulls,
     # which match no row: the statement is then undone).
     key = (
@@ -384,6 +404,10 @@ def _one_statement(load: TableLoad, columns: _Columns, target: str, row_type: st
         ' key pg_catalog.json, "row" pg_catalog.json, unchanged pg_catalog.json), '
         f'pg_catalog.json_populate_record(NULL::{row_type}, c."row") AS r'
     )
+    deleted = (
+        "pg_catalog.json_to_recordset(changes) AS c(op pg_catalog.text, lsn pg_catalog.pg_lsn,"
+        " key pg_catalog.json)"
+    )
     same_row = " AND ".join(
         columns.equal(columns.value("k", k), columns.value("r", k), k) for k in primary
     )
@@ -396,39 +420,33 @@ def _one_statement(load: TableLoad, columns: _Columns, target: str, row_type: st
         f" THEN t.{quote_ident(n)} ELSE q.{quote_ident(n)} END"
         for n in columns.settable
     )
-    typed = ", ".join(f"{columns.value('r', n)} AS {quote_ident(n)}" for n in names)
+    typed = ", ".join(f"{columns.value('r', n)} AS {quote_ident(n)}" for n in columns.names)
     keys = ", ".join(f"{columns.value('k', k)} AS {quote_ident(k)}" for k in primary)
+    updates = _undone_unless_one_row_a_line(
+        f"UPDATE {target} t SET {sets} FROM (SELECT {typed}, "
+        "c.unchanged::pg_catalog.jsonb AS asyncsnap_skip "
+        f"FROM {updated}, {key} WHERE c.op = 'update' AND {_APPLIES} AND {same_row}) q "
+        f"WHERE {match};"
+    )
+    deletes = _undone_unless_one_row_a_line(
+        f"DELETE FROM {target} t USING (SELECT {keys} FROM {deleted}, {key} "
+        f"WHERE c.op = 'delete' AND {_APPLIES}) q WHERE {match};"
+    )
+    return updates, deletes
 
-    def undone_unless_every_line(statement: str) -> str:
-        return f"""
+
+def _undone_unless_one_row_a_line(statement: str) -> str:
+    return f"""
         BEGIN
             {statement}
             GET DIAGNOSTICS n = ROW_COUNT;
-            IF n = {length} THEN
+            IF n = {_LENGTH} THEN
                 RETURN n;
             END IF;
             RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'asyncsnap: not one row a line';
         EXCEPTION WHEN OTHERS THEN  -- (never a cancel: OTHERS leaves query_canceled out)
             NULL;  -- undone: one change at a time below, which says what fails
         END;"""
-
-    updates = undone_unless_every_line(
-        f"UPDATE {target} t SET {sets} FROM (SELECT {typed}, "
-        "c.unchanged::pg_catalog.jsonb AS asyncsnap_skip "
-        f"FROM {updated}, {key} WHERE c.op = 'update' AND {applies} AND {same_row}) q "
-        f"WHERE {match};"
-    )
-    deletes = undone_unless_every_line(
-        f"DELETE FROM {target} t USING (SELECT {keys} FROM {deleted}, {key} "
-        f"WHERE c.op = 'delete' AND {applies}) q WHERE {match};"
-    )
-    return (
-        inserts
-        + f"""
-    IF kind = 'update' THEN{updates}
-    ELSIF kind = 'delete' THEN{deletes}
-    END IF;"""
-    )
 
 
 def apply_function_sql(function: str, load: TableLoad, equals: dict[str, str] | None = None) -> str:
