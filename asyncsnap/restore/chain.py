@@ -134,8 +134,13 @@ async def _apply_table(
 # A run of lines of one kind shorter than this goes with its neighbours, one change a
 # statement: a call of its own would cost more than it saves.
 SHORTEST_RUN = 32
-_KINDS = {b"insert": "insert", b"update": "update", b"delete": "delete"}
-_OP = b'{"op":"'
+# How a line of each kind starts, as asyncsnap writes it (all three the same length).
+_STARTS = {b'{"op":"%s"' % op.encode(): op for op in ("insert", "update", "delete")}
+_START = len(next(iter(_STARTS)))
+
+
+def _kind_of(line: bytes) -> str:
+    return _STARTS.get(line[:_START], "mixed")
 
 
 def segments(block: bytes) -> list[tuple[str, bytes]]:
@@ -145,32 +150,32 @@ def segments(block: bytes) -> list[tuple[str, bytes]]:
     ``SHORTEST_RUN``, lines of other ops, and runs of updates that name a row twice,
     together. Only a guess that picks the statement the server tries first; the server
     checks every line."""
-    first = block[len(_OP) : len(_OP) + 6]
-    if (
-        first in _KINDS
-        and block.startswith(_OP)
-        and block.count(b"\n" + _OP + first + b'"') == _rows.count_lines(block) - 1
-        and block[len(_OP) + 6 : len(_OP) + 7] == b'"'
-    ):
-        return [_checked(_KINDS[first], block)]  # the common case: one kind throughout
+    kind = _kind_of(block)
+    if kind != "mixed" and block.count(b"\n" + block[:_START]) == _rows.count_lines(block) - 1:
+        # the common case: one kind throughout
+        return [("mixed" if _names_a_row_twice(kind, block) else kind, block)]
     runs: list[tuple[str, list[bytes]]] = []
     for line in block.splitlines(keepends=True):
-        kind = _KINDS.get(line[len(_OP) : len(_OP) + 6], "mixed")
-        if kind != "mixed" and not line.startswith(_OP + line[len(_OP) : len(_OP) + 6] + b'"'):
-            kind = "mixed"
+        kind = _kind_of(line)
         if runs and runs[-1][0] == kind:
             runs[-1][1].append(line)
         else:
             runs.append((kind, [line]))
     out: list[tuple[str, bytes]] = []
+    # The lines of neighbouring mixed runs, joined once (a concatenation each was
+    # quadratic: 13 s for a 4 MiB block whose ops alternate).
+    mixed: list[bytes] = []
     for kind, lines in runs:
-        if len(lines) < SHORTEST_RUN:
-            kind = "mixed"
-        kind, run = _checked(kind, b"".join(lines))
-        if out and out[-1][0] == "mixed" and kind == "mixed":
-            out[-1] = ("mixed", out[-1][1] + run)
-        else:
-            out.append((kind, run))
+        run = b"" if kind == "mixed" or len(lines) < SHORTEST_RUN else b"".join(lines)
+        if not run or _names_a_row_twice(kind, run):
+            mixed.extend(lines)
+            continue
+        if mixed:
+            out.append(("mixed", b"".join(mixed)))
+            mixed = []
+        out.append((kind, run))
+    if mixed:
+        out.append(("mixed", b"".join(mixed)))
     return out
 
 
@@ -178,16 +183,16 @@ def segments(block: bytes) -> list[tuple[str, bytes]]:
 _KEY = re.compile(rb',"key":(.*?),"row":')
 
 
-def _checked(kind: str, run: bytes) -> tuple[str, bytes]:
-    """A run of updates that names a row twice (a counter row updated again and again)
-    cannot be one statement: it goes one change at a time without the server trying
-    it first (which parsed and joined every line to find out). Keys written alike are
-    equal; any other way to name a row twice is left to the server's check."""
-    if kind == "update":
-        keys = _KEY.findall(run)
-        if len(keys) != _rows.count_lines(run) or len(set(keys)) != len(keys):
-            return "mixed", run
-    return kind, run
+def _names_a_row_twice(kind: str, run: bytes) -> bool:
+    """Whether ``run`` is a run of updates that names a row twice (a counter row updated
+    again and again), which cannot be one statement: it goes one change at a time
+    without the server trying it first (which parsed and joined every line to find
+    out). Keys written alike are equal; any other way to name a row twice is left to the
+    server's check."""
+    if kind != "update":
+        return False
+    keys = _KEY.findall(run)
+    return len(keys) != _rows.count_lines(run) or len(set(keys)) != len(keys)
 
 
 async def _call(
@@ -240,12 +245,15 @@ class _Columns:
         return f"{left} {self.equals.get(name, 'OPERATOR(pg_catalog.=)')} {right}"
 
     def record(self, source: str, alias: str) -> str:
-        """The object ``key`` of the line ``line`` (a json value) as a typed record named
+        """The json object ``source`` (an SQL expression) as a typed record named
         ``alias``."""
         if not self.names:  # a table without columns: nothing to read
             return f"(SELECT 1 AS asyncsnap_nothing) AS {alias}"
-        declared = ", ".join(self.declared(n) for n in self.names)
-        return f"pg_catalog.json_to_record({source}) AS {alias}({declared})"
+        return f"pg_catalog.json_to_record({source}) AS {alias}({self.fields()})"
+
+    def fields(self) -> str:
+        """Every column a line holds, as a record or the row type declares it."""
+        return ", ".join(self.declared(n) for n in self.names)
 
     def declared(self, name: str) -> str:
         """The column ``name`` as a line's value is read: its type, or text for the
@@ -308,12 +316,12 @@ def _one_statement(load: TableLoad, columns: _Columns, target: str, row_type: st
       lines' order.
     - updates (a primary key the lines hold, and the target's own primary key on the
       same columns, so that a key finds one row at most): each line an update whose key
-      and new row
-      name the same row by the primary key's equality (the key did not change), the
-      TOASTed values it did not send kept as the loop keeps them. Rows updated once each
-      end the same in any order: the statement must update exactly as many rows as there
-      are lines, so a row not found, or named twice, or a line that is not such an update,
-      undoes it, as does a unique constraint objecting to its order.
+      and new row name the same row by the primary key's equality (the key did not
+      change), the TOASTed values it did not send kept as the loop keeps them. Rows
+      updated once each end the same in any order: the statement must update exactly as
+      many rows as there are lines, so a row not found, or named twice, or a line that
+      is not such an update, undoes it, as does a unique constraint objecting to its
+      order.
     - deletes (the same key): each line a delete; exactly as many rows deleted as lines.
 
     Each statement runs in a subtransaction: any error in it (a unique constraint, a line
@@ -545,7 +553,7 @@ END
     while tag in body:
         tag = f"$asyncsnap_{secrets.token_hex(8)}$"
     # The row type the one-statement paths parse a segment's rows into.
-    declared = ", ".join(columns.declared(n) for n in names) or "asyncsnap_nothing pg_catalog.int4"
+    declared = columns.fields() or "asyncsnap_nothing pg_catalog.int4"
     return (
         f"CREATE TYPE {row_type} AS ({declared});\n"
         f"CREATE FUNCTION {function}(changes pg_catalog.json, upto pg_catalog.pg_lsn,"
