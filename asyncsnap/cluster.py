@@ -305,12 +305,11 @@ def map_on_cluster(
     :raises DumpFailed: a task failed (naming its worker, its ``labels`` entry and the
         cause, with the cause's exit code), or the workers running one kept dying."""
     received: list[int] = []
-    done: list[list[Any]] = []
     # (the loop's signal handling leaves the default actions behind: the caller's are put back)
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        anyio.run(
-            _map_on_cluster, address, fn, arguments, labels, received, done, backend="asyncio"
+        results = anyio.run(
+            _map_on_cluster, address, fn, arguments, labels, received, backend="asyncio"
         )
     except BaseExceptionGroup as group:
         raise most_telling(group) from None
@@ -319,11 +318,11 @@ def map_on_cluster(
             for number, handler in before.items():
                 if handler is not None:
                     signal.signal(number, handler)
-    if not done:
+    if results is None:
         raise interrupted(
             received[0] if received else signal.SIGINT, "the backup was not checked to the end"
         )
-    return done[0]
+    return results
 
 
 async def _map_on_cluster(
@@ -332,8 +331,9 @@ async def _map_on_cluster(
     arguments: Sequence[tuple[Any, ...]],
     labels: Sequence[str],
     received: list[int],
-    done: list[list[Any]],
-) -> None:
+) -> list[Any] | None:
+    """The results, or None when a signal (noted in ``received``) stopped the run."""
+    results = None
     async with anyio.create_task_group() as tg:
         if threading.current_thread() is threading.main_thread():
             tg.start_soon(cancel_on_signal, tg.cancel_scope, received)
@@ -352,8 +352,9 @@ async def _map_on_cluster(
                 if len(found) < len(futures):  # a remote scheduler forgets the rest
                     with anyio.CancelScope(shield=True):
                         await client.cancel(futures)
-            done.append([found[f.key] for f in futures])
+            results = [found[f.key] for f in futures]
         tg.cancel_scope.cancel()
+    return results
 
 
 def _sees(path: str, content: str) -> bool:

@@ -30,7 +30,7 @@ import typer
 from rich.console import Console
 
 from .. import cli
-from ..errors import AsyncsnapError, ExitCode, Interrupted, OutputError, most_telling
+from ..errors import AsyncsnapError, ExitCode, OutputError, most_telling
 from ..events import Event
 from ..signals import cancel_on_signal, interrupted, quiet_engine
 from .progress import JsonLog, LiveDisplay, PlainLog, one_line
@@ -258,14 +258,13 @@ def interrupted_by_signals(left: str) -> Iterator[None]:
         raise interrupted(signum, left)
 
     before = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    finished = False
     try:
         yield
-    except BaseException:
+        finished = True
+    finally:
         for signum, handler in before.items():
-            signal.signal(signum, handler)
-        raise
-    for signum, handler in before.items():
-        signal.signal(signum, signal.SIG_IGN if cli.ends_with_command else handler)
+            signal.signal(signum, signal.SIG_IGN if finished and cli.ends_with_command else handler)
 
 
 def renderers(
@@ -336,7 +335,7 @@ class Envelope:
         if isinstance(exc, typer.Exit | SystemExit):
             return exc
         if isinstance(exc, KeyboardInterrupt):
-            exc = Interrupted("interrupted by SIGINT; nothing was kept", exit_code=ExitCode.SIGINT)
+            exc = interrupted(signal.SIGINT, "nothing was kept")
         code, message, hint = describe_failure(exc)
         problem = write_summary(
             self.summary_json,
