@@ -168,6 +168,20 @@ class VerificationFailed(AsyncsnapError):
     exit_code = ExitCode.VERIFY
 
 
+class NotARegularFile(VerificationFailed):
+    """Raised when a file read as a backup's (a manifest, a data or schema file) is a
+    FIFO, a device, a socket or a directory: a FIFO's read waits for a writer forever and
+    a device's may never end. asyncsnap writes only regular files."""
+
+    def __init__(self, path: object, what: str) -> None:
+        super().__init__(
+            f"{path} {what}",
+            hint="asyncsnap writes only regular files: this backup was changed after it "
+            "was written; restore from another backup",
+        )
+        self.what = what  # "is a FIFO, not a regular file": for a list of a backup's problems
+
+
 class Interrupted(AsyncsnapError):
     """Raised by the CLI's signal handling when SIGINT or SIGTERM cancelled the run."""
 

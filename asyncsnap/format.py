@@ -29,6 +29,7 @@ from .errors import VerificationFailed
 from .fingerprint import combine
 from .pgoutput import parse_lsn
 from .plan import STEM_PATTERN
+from .regular_files import read_regular
 
 FORMAT_NAME = "asyncsnap"
 # The version this asyncsnap writes; it reads every version from 1 up to it.
@@ -179,7 +180,7 @@ def load(backup_dir: Path, *, streamed: bool = False) -> dict[str, Any]:
     """
     path = backup_dir / MANIFEST_NAME
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path)
     except FileNotFoundError as exc:
         inside = _backups_inside(backup_dir)
         raise no_manifest(str(backup_dir), str(inside[-1]) if inside else None) from exc

@@ -4,6 +4,8 @@ rows (row counts and fingerprints, docs/format.md "Row fingerprints")."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,9 @@ from asyncsnap.analysis.compare import compare
 from asyncsnap.comparison import CompareResult
 from asyncsnap.errors import ExitCode
 from asyncsnap.fingerprint import of_lines
+from asyncsnap.format import Backup
+from asyncsnap.storage.backup import open_stored_backup
+from asyncsnap.storage.store import READ_CHUNK, LocalStore
 
 from .conftest import Database, Postgres, fresh_database, run_cli, table_locked
 from .helpers import decompress, failed_with, flip_bit_mid_file, manifest_of
@@ -28,7 +33,7 @@ def target(postgres: Postgres) -> Iterator[Database]:
         yield database
 
 
-def run_compare(backup: Path, db: Database, **kwargs: object) -> CompareResult:
+def run_compare(backup: Path | Backup, db: Database, **kwargs: object) -> CompareResult:
     async def go() -> CompareResult:
         return await compare(backup, db.dsn, **kwargs)  # type: ignore[arg-type]
 
@@ -193,26 +198,33 @@ def test_restore_compare_of_some_tables_finds_rows_that_were_there_before(
     assert target.fetchval("SELECT count(*) FROM kept") == 11  # the restore itself stands
 
 
-def test_backup_and_database_sides_run_at_once(db: Database, tmp_path: Path) -> None:
-    """The backup's files are read beside the database, not before it: a data file that is
-    a FIFO blocks the backup's side until the test writes the file's bytes into it, which
-    it does only once compare's session waits for the table's lock (held by the test, so
-    the database's side stays visible). Before, the backup's side had to finish first."""
-    import os
-    import threading
-    import time
+class _HeldStore(LocalStore):
+    """A backup directory whose one file is not given to its reader until ``go`` is set
+    (a slow disk, or an object store's slow first byte): what a reader waits for."""
 
+    def __init__(self, root: Path, held: str, go: threading.Event) -> None:
+        super().__init__(root)
+        self._held, self._go = held, go
+
+    def open_read(self, name: str, *, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        if name == self._held:
+            self._go.wait(60)
+        return super().open_read(name, chunk_size=chunk_size)
+
+
+def test_backup_and_database_sides_run_at_once(db: Database, tmp_path: Path) -> None:
+    """The backup's files are read beside the database, not before it: the backup's one
+    data file is held from its reader until compare's session waits for the table's lock
+    (held by the test, so the database's side stays visible). Before, the backup's side
+    had to finish first."""
     db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
     backup = Path(run_dump(db, tmp_path).path)  # without fingerprints: files are read
     entry = manifest_of(backup)["tables"][0]["files"][0]
-    data = backup / entry["path"]
-    stored = data.read_bytes()
-    data.unlink()
-    os.mkfifo(data)
     seen = threading.Event()
     locked = threading.Event()
+    go = threading.Event()
 
-    def feed_when_the_database_is_read() -> None:
+    def release_when_the_database_is_read() -> None:
         with table_locked(db.dsn, "public.t"):
             locked.set()
             deadline = time.monotonic() + 30
@@ -224,16 +236,16 @@ def test_backup_and_database_sides_run_at_once(db: Database, tmp_path: Path) -> 
                 if waiting:
                     seen.set()
                 time.sleep(0.05)
-        with open(data, "wb") as fifo:  # in any case: a waiting reader must not hang
-            fifo.write(stored)
+        go.set()  # in any case: a waiting reader must not hang
 
-    feeder = threading.Thread(target=feed_when_the_database_is_read, daemon=True)
-    feeder.start()
+    releaser = threading.Thread(target=release_when_the_database_is_read, daemon=True)
+    releaser.start()
     # The lock is held before compare starts: taken after compare's own, it would wait
     # behind it, which compare refuses ("a lock request waiting behind"), a race CI hit.
     assert locked.wait(30), "the test's session could not lock the table"
-    result = run_compare(backup, db)
-    feeder.join(5)
+    held = open_stored_backup(_HeldStore(backup, entry["path"], go))
+    result = run_compare(held, db)
+    releaser.join(5)
     assert seen.is_set(), "the database's side did not start while the backup's side read"
     assert result.equal and result.fingerprints_from == "files"
 

@@ -22,6 +22,7 @@ FORBIDDEN = {
     "version": ("*",),
     "scratch": ("*",),
     "batches": ("*",),
+    "regular_files": ("*",),
     # the format's row fingerprint: what the manifest records, below the format
     "fingerprint": ("*",),
     # the format and the stores know nothing of the commands that use them
@@ -48,7 +49,7 @@ FORBIDDEN = {
     "increment": ("restore", "analysis", "api", "cli"),
 }
 # The allowed exceptions to a "*": the ground may import only the ground.
-GROUND = ("errors", "events", "text", "version", "batches")
+GROUND = ("errors", "events", "text", "version", "batches", "regular_files")
 
 # Longer than this is a function to split (a command's option declarations do not count:
 # a Typer command's parameters are its interface, one per option).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from asyncsnap.errors import ExitCode, VerificationFailed
 from asyncsnap.storage.backup import open_backup
 from asyncsnap.verify import verify
 
-from .conftest import Database, run_cli
+from .conftest import Database, Postgres, fresh_database, run_cli
 from .helpers import failed_with
 from .test_dump import SHOP, run_dump
 
@@ -24,6 +24,12 @@ from .test_dump import SHOP, run_dump
 def backup(db: Database, tmp_path: Path) -> Path:
     db.execute(SHOP)
     return Path(run_dump(db, tmp_path / "out", name="b").path)
+
+
+@pytest.fixture
+def empty(postgres: Postgres) -> Iterator[Database]:
+    with fresh_database(postgres, "asyncsnap_verify_target") as database:
+        yield database
 
 
 def orders_file(backup: Path) -> Path:
@@ -207,3 +213,51 @@ def test_verify_of_the_output_directory_points_at_a_backup_in_it(backup: Path) -
     error, hint = run.stderr.splitlines()
     assert error.startswith(f"error: {backup.parent} has no manifest.json")
     assert hint == f"hint: it holds backups (dump's -o): give one of them, e.g. {backup}"
+
+
+def replaced_by(path: Path, kind: str) -> None:
+    """``path`` replaced by a FIFO (no writer: a read of it waits forever), a directory,
+    or a symbolic link to a device that never ends."""
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        os.symlink("/dev/zero", path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [
+        ("fifo", "is a FIFO, not a regular file"),
+        ("directory", "is a directory, not a regular file"),
+    ],
+)
+def test_a_data_file_that_is_not_a_regular_file_is_named_not_waited_for(
+    db: Database, empty: Database, backup: Path, kind: str, what: str
+) -> None:
+    """A hostile backup whose data file is a FIFO hung verify, restore and compare in
+    open(), with no word, forever; a directory raised IsADirectoryError. Now each is
+    named, and verify lists it as one of the backup's problems."""
+    f = orders_file(backup)
+    replaced_by(f, kind)
+    [problem] = verify(backup).problems
+    assert problem.file == f"data/{f.name}" and problem.message == what
+    run = run_cli("verify", str(backup), timeout=60)
+    failed_with(run, ExitCode.VERIFY, f"data/{f.name}: {what}", None)
+    for command in ("restore", empty.dsn), ("compare", db.dsn):
+        run = run_cli(command[0], str(backup), command[1], timeout=60)
+        failed_with(run, ExitCode.VERIFY, f"data/{f.name} {what}", "the backup is damaged")
+
+
+def test_a_manifest_that_is_a_fifo_or_a_device_is_refused_at_once(backup: Path) -> None:
+    """The manifest, read before anything else, is refused the same way: a FIFO would
+    hang, ``/dev/zero`` would be read until memory ran out."""
+    manifest_path = backup / manifest.MANIFEST_NAME
+    replaced_by(manifest_path, "fifo")
+    with pytest.raises(VerificationFailed, match="is a FIFO, not a regular file"):
+        open_backup(backup)
+    replaced_by(manifest_path, "device")
+    run = run_cli("verify", str(backup), timeout=60)
+    failed_with(run, ExitCode.VERIFY, f"{manifest_path} is a character device", "asyncsnap")

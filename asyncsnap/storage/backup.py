@@ -21,7 +21,7 @@ import zstandard
 
 from .. import _rows
 from .. import format as manifest
-from ..errors import UsageError, VerificationFailed
+from ..errors import NotARegularFile, UsageError, VerificationFailed
 from ..format import (
     MANIFEST_NAME,
     PARTIAL_SUFFIX,
@@ -182,6 +182,8 @@ def check_stored(source: FileSource, relpath: str, size: int, sha256: str) -> st
                 found += len(block)
     except FileNotFoundError:
         return "is missing"
+    except NotARegularFile as exc:
+        return exc.what
     if found != size:
         return f"has {found} bytes, the manifest says {size}"
     if digest.hexdigest() != sha256:
@@ -281,6 +283,8 @@ class DataFileReader:
             self._fh = self.backup.source.open(self.entry.path)  # closed in finish/close
         except FileNotFoundError as exc:
             raise self._fail("is missing") from exc
+        except NotARegularFile as exc:
+            raise self._fail(exc.what) from exc
         self._raw = _HashingReader(self._fh)
         plain: io.RawIOBase = self._raw
         if self.backup.encryption:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import DiskFull, OutputError, OutputExists, OutputNotWritable, StoreFailed
+from ..regular_files import open_regular
 
 READ_CHUNK = 1 << 20
 
@@ -355,7 +356,7 @@ class LocalStore:
     def open_read(self, name: str, *, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
         path = self._path(name)
         try:
-            fh = open(path, "rb")  # noqa: SIM115 (closed by _FileChunks, which owns it)
+            fh = open_regular(path)  # closed by _FileChunks, which owns it
         except FileNotFoundError as exc:
             raise ObjectMissing(f"{path} is missing", hint=None) from exc
         return _FileChunks(fh, chunk_size)
