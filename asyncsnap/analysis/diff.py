@@ -11,8 +11,15 @@ How, and why so:
   manifests) is not read: its rows are the same multiset. After a benchmark run that is
   most tables. Equal fingerprints are not taken as equal rows (a sum of hashes can be
   steered by whoever chooses many rows).
-- The others are read by asyncsnap's own reader (``batches``) and grouped by DuckDB (an
-  optional extra), out of core: it spills to a private temporary directory past
+- The others are first read both at once, in order (``merge``): two backups of one
+  table hold most rows in the same order, so the lines both sides share in a run are
+  passed over as bytes, and only where they part is a line set aside, until the other
+  side's copy cancels it. What is left is the lines whose copies differ, exactly; they
+  are few, and go to the engine for the pairing by key. When they would not stay few
+  (a table rewritten in another order, most rows changed: more than ``merge.LIMIT_BYTES``
+  set aside), or one of them is long or not UTF-8, the table is read again as follows.
+- Otherwise both sides are read by asyncsnap's own reader (``batches``) and grouped by
+  DuckDB (an optional extra), out of core: it spills to a private temporary directory past
   ``memory_limit``, so memory stays bounded whatever the size. Lines are compared as the
   bytes the dump wrote, never as parsed values: a row is unchanged exactly when its line
   is, and no number goes through a float. A line's identity is the first 128 bits of its
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -334,6 +342,8 @@ class _TableReader:
         # Pass 1 records each line's identity's first half, per side, in the order read;
         # pass 2 then hashes only the lines recorded as wanted (SHA-256 of every line of
         # both sides again was half of pass 2's CPU).
+        if self._merged(what, a, before, b, after):
+            return self.con
         firsts = (directory / "firsts-before", directory / "firsts-after")
         try:
             self._group(what, a, before, b, after, record=firsts)
@@ -342,6 +352,64 @@ class _TableReader:
             for path in firsts:
                 path.unlink(missing_ok=True)
         return self.con
+
+    def _merged(
+        self,
+        what: str,
+        a: Backup | None,
+        before: Sequence[BackupFile],
+        b: Backup | None,
+        after: Sequence[BackupFile],
+    ) -> bool:
+        """``d`` from both sides read in order (``merge``), when their differing lines
+        stay few, each short and UTF-8; False (nothing done) otherwise."""
+        import pyarrow as pa
+
+        from . import merge
+
+        assert self.long_lines is not None
+        try:
+            found = merge.differing_lines(a, before, b, after, limit_bytes=merge.LIMIT_BYTES)
+        except merge.TooFarApart:
+            return False
+        rows: dict[str, list[Any]] = {"h1": [], "h2": [], "line": [], "net": []}
+        for lines, sign in ((found.removed, -1), (found.added, 1)):
+            for line, copies in lines.items():
+                if len(line) - 1 > self.long_lines.limit:
+                    return False  # the engine would hold it whole: the stand-ins' way
+                try:
+                    text = line[:-1].decode()
+                except UnicodeDecodeError:
+                    return False  # the reader's way names the line
+                identity = hashlib.sha256(line[:-1]).digest()
+                rows["h1"].append(int.from_bytes(identity[:8], "big"))
+                rows["h2"].append(int.from_bytes(identity[8:16], "big"))
+                rows["line"].append(text)
+                rows["net"].append(sign * copies)
+        net = sum(rows["net"])
+        if found.rows_before + net != found.rows_after:
+            raise VerificationFailed(
+                f"{what}: the merge of both sides does not add up to the lines read "
+                f"({found.rows_before} + {net} rows against {found.rows_after})",
+                hint="report this: no answer is given when it cannot be checked",
+            )
+        merged = pa.table(
+            {
+                "h1": pa.array(rows["h1"], pa.uint64()),
+                "h2": pa.array(rows["h2"], pa.uint64()),
+                "line": pa.array(rows["line"], pa.large_string()),
+                "net": pa.array(rows["net"], pa.int64()),
+            }
+        )
+        self.con.register("merged", merged)
+        try:
+            self.con.execute(
+                "CREATE OR REPLACE TEMP TABLE d AS "
+                "SELECT h1, h2, line, false AS cut, net FROM merged"
+            )
+        finally:
+            self.con.unregister("merged")
+        return True
 
     def _group(
         self,
