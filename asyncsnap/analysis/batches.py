@@ -146,20 +146,8 @@ class LineBatches:
     def _scratch_file(self, entry: BackupFile) -> Iterator[pa.RecordBatch]:
         """A plain file's lines, in blocks of whole lines, its line count checked."""
         counted = _Counted(entry)
-        with open(entry.path, "rb") as fh:
-            pending = bytearray()  # grown in place: a long line is not copied per read
-            while chunk := fh.read(self.block_size):
-                end = chunk.rfind(b"\n") + 1
-                if not end:
-                    pending += chunk
-                    continue
-                block = bytes(pending) + chunk[:end]
-                pending = bytearray(chunk[end:])
-                yield self._batch(counted, block)
-            if pending:
-                raise VerificationFailed(f"{entry.path}: its last line has no newline")
-        if counted.rows != entry.rows:
-            raise VerificationFailed(f"{entry.path}: {counted.rows} lines, not {entry.rows}")
+        for block in plain_blocks(entry, self.block_size):
+            yield self._batch(counted, block)
 
     def _batch(self, reader: DataFileReader | _Counted, block: bytes | bytearray) -> pa.RecordBatch:
         try:
@@ -225,6 +213,27 @@ class LineBatches:
                 f"{what}: {self.rows} rows read of the {self.expected_rows} the manifest lists",
                 hint="report this: every row of a table must reach the answer",
             )
+
+
+def plain_blocks(entry: BackupFile, block_size: int = _BLOCK) -> Iterator[bytes]:
+    """A plain file of this machine (a chain's table, written by diff itself) as blocks of
+    whole lines; its line count is checked against ``entry.rows`` at its end."""
+    rows = 0
+    with open(entry.path, "rb") as fh:
+        pending = bytearray()  # grown in place: a long line is not copied per read
+        while chunk := fh.read(block_size):
+            end = chunk.rfind(b"\n") + 1
+            if not end:
+                pending += chunk
+                continue
+            block = bytes(pending) + chunk[:end]
+            pending = bytearray(chunk[end:])
+            rows += _rows.count_lines(block)
+            yield block
+        if pending:
+            raise VerificationFailed(f"{entry.path}: its last line has no newline")
+    if rows != entry.rows:
+        raise VerificationFailed(f"{entry.path}: {rows} lines, not {entry.rows}")
 
 
 class _Counted:

@@ -339,11 +339,11 @@ class _TableReader:
         directory = self.scratch.path() / f"long-lines-{self.tables}"
         directory.mkdir(mode=0o700)
         self.long_lines = LongLines(directory, stand_in)
+        if self._merged(what, a, before, b, after):
+            return self.con
         # Pass 1 records each line's identity's first half, per side, in the order read;
         # pass 2 then hashes only the lines recorded as wanted (SHA-256 of every line of
         # both sides again was half of pass 2's CPU).
-        if self._merged(what, a, before, b, after):
-            return self.con
         firsts = (directory / "firsts-before", directory / "firsts-after")
         try:
             self._group(what, a, before, b, after, record=firsts)

@@ -28,9 +28,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .. import _rows
-from ..errors import VerificationFailed
 from ..format import Backup, BackupFile
 from ..storage.backup import DataFileReader
+from .batches import _read_ahead, plain_blocks
 
 LIMIT_BYTES = 64 << 20  # lines set aside, with a dict entry's overhead each
 _ENTRY_OVERHEAD = 100  # bytes a line costs beyond its own in a dict of bytes
@@ -56,8 +56,6 @@ class _Side:
     """One side's lines as blocks of whole lines, read ahead in a thread of its own."""
 
     def __init__(self, backup: Backup | None, files: Sequence[BackupFile]) -> None:
-        from .batches import _read_ahead
-
         self.files = [f for f in files if f.rows]
         self.rows = 0
         self._blocks = _read_ahead([self._read(backup)])
@@ -67,7 +65,7 @@ class _Side:
     def _read(self, backup: Backup | None) -> Iterator[bytes | bytearray]:
         for entry in self.files:
             if backup is None:
-                yield from _scratch_blocks(entry)
+                yield from plain_blocks(entry, _BLOCK)
                 continue
             reader = DataFileReader(backup, entry, block_size=_BLOCK, count_rows=False)
             try:
@@ -98,26 +96,6 @@ class _Side:
         close = getattr(self._blocks, "close", None)
         if close is not None:
             close()
-
-
-def _scratch_blocks(entry: BackupFile) -> Iterator[bytes]:
-    """A plain file of this machine (a chain's table, written by diff itself) as blocks of
-    whole lines, its line count checked."""
-    rows = 0
-    with open(entry.path, "rb") as fh:
-        pending = b""
-        while chunk := fh.read(_BLOCK):
-            end = chunk.rfind(b"\n") + 1
-            if not end:
-                pending += chunk
-                continue
-            block, pending = pending + chunk[:end], chunk[end:]
-            rows += _rows.count_lines(block)
-            yield block
-        if pending:
-            raise VerificationFailed(f"{entry.path}: its last line has no newline")
-    if rows != entry.rows:
-        raise VerificationFailed(f"{entry.path}: {rows} lines, not {entry.rows}")
 
 
 class _Aside:
