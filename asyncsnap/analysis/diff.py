@@ -65,6 +65,7 @@ from .readers import (
     engine,
     import_duckdb,
     line_prefixes,
+    memory_limit_bytes,
     new_private_file,
     opened_backup,
     run_engine,
@@ -320,7 +321,7 @@ class _TableReader:
         from . import merge
 
         try:
-            found = merge.differing_lines(a, before, b, after, limit_bytes=merge.LIMIT_BYTES)
+            found = merge.differing_lines(a, before, b, after, limit_bytes=self._merge_limit())
         except merge.TooFarApart:
             pass
         else:
@@ -361,6 +362,13 @@ class _TableReader:
                 path.unlink(missing_ok=True)
         return self.con
 
+    def _merge_limit(self) -> int:
+        """What the merge may set aside: ``merge.LIMIT_BYTES``, and at most a quarter of
+        the engine's memory limit (``--memory-limit`` bounds diff's memory as a whole)."""
+        from . import merge
+
+        return min(merge.LIMIT_BYTES, memory_limit_bytes(self.con) // 4)
+
     def _merged(
         self,
         what: str,
@@ -377,7 +385,7 @@ class _TableReader:
 
         assert self.long_lines is not None
         try:
-            found = merge.differing_lines(a, before, b, after, limit_bytes=merge.LIMIT_BYTES)
+            found = merge.differing_lines(a, before, b, after, limit_bytes=self._merge_limit())
         except merge.TooFarApart:
             return False
         rows: dict[str, list[Any]] = {"h1": [], "h2": [], "line": [], "net": []}
