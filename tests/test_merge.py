@@ -124,3 +124,21 @@ def test_a_file_with_fewer_lines_than_its_entry_is_refused(tmp_path: Path) -> No
     new = [BackupFile(side(tmp_path, "b", lines)[0].path, 3, 0, 0, "0" * 64)]
     with pytest.raises(VerificationFailed, match="2 lines, not 3"):
         merge.differing_lines(None, old, None, new)
+
+
+def test_many_changes_give_up_after_a_tenth_not_at_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quarter of the rows updated (each moved to the end with a new value): the lines
+    set aside grow at a steady rate, and the merge gives up once a tenth of the lines
+    project past the bound, instead of reading on until it passes it."""
+    monkeypatch.setattr(merge, "_BLOCK", 4096)
+    monkeypatch.setattr(merge, "PROJECT_AFTER_LINES", 1000)
+    before = [f'{{"k":{i},"v":"{"x" * 40}"}}\n'.encode() for i in range(20_000)]
+    kept = [line for i, line in enumerate(before) if i % 4]
+    changed = [line.replace(b"x", b"y") for i, line in enumerate(before) if not i % 4]
+    old, new = side(tmp_path, "a", before), side(tmp_path, "b", kept + changed)
+    with pytest.raises(merge.TooFarApart, match=r"after \d+ of 40000 lines"):
+        merge.differing_lines(None, old, None, new, limit_bytes=600_000)
+    found = merge.differing_lines(None, old, None, new, limit_bytes=64 << 20)
+    assert len(found.removed) == len(found.added) == 5000
