@@ -119,6 +119,22 @@ def count_lines(data: bytes) -> None:
     _check("count_lines", rng, lambda block: block.count(b"\n"), newlines)
 
 
+def equal_lines(data: bytes) -> None:
+    """Two sides that share a run of lines, then part (or not), each from some start."""
+    rng, raw = _case(data)
+    raw = raw.replace(bytes([rng.randrange(256)]), b"\n")  # lines, short and long
+    cut = rng.randrange(len(raw) + 1)
+    shared, rest = raw[:cut], raw[cut:]
+    a = bytes(rng.randrange(256) for _ in range(rng.randrange(4))) + shared + rest
+    tail = rest[::-1] if rng.random() < 0.5 else rest[: rng.randrange(len(rest) + 1)]
+    b = shared + tail
+    a_start = (
+        len(a) - len(shared) - len(rest) if rng.random() < 0.9 else rng.randrange(-2, len(a) + 3)
+    )
+    b_start = 0 if rng.random() < 0.9 else rng.randrange(-2, len(b) + 3)
+    _check("equal_lines", rng, ref.ref_equal_lines, a, a_start, b, b_start)
+
+
 def line_columns(data: bytes) -> None:
     rng, raw = _case(data)
     lines = raw if raw.endswith(b"\n") or rng.random() < 0.1 else raw + b"\n"
@@ -146,6 +162,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
         json_string,
         line_fingerprint,
         count_lines,
+        equal_lines,
         line_columns,
     )
 }

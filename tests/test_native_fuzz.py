@@ -505,6 +505,20 @@ def term(line: bytes) -> int:
     return int.from_bytes(hashlib.sha256(line).digest()[:16], "big")
 
 
+def ref_equal_lines(a: bytes, a_start: int, b: bytes, b_start: int) -> int:
+    """The bytes of the run of whole lines that ``a[a_start:]`` and ``b[b_start:]`` both
+    begin with, a line at a time."""
+    if not (0 <= a_start <= len(a) and 0 <= b_start <= len(b)):
+        raise Invalid("a start outside its buffer")
+    run = 0
+    while (end := a.find(b"\n", a_start + run)) >= 0:
+        line = a[a_start + run : end + 1]
+        if b[b_start + run : b_start + run + len(line)] != line:
+            break
+        run += len(line)
+    return run
+
+
 def ref_line_fingerprint(data: bytes) -> tuple[int, bytes, int]:
     *whole, rest = data.split(b"\n")
     total = sum(map(term, whole)) % 2**128
