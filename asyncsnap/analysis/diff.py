@@ -74,6 +74,7 @@ from .readers import (
 
 if TYPE_CHECKING:
     from .batches import LineBatches, LongLines
+    from .merge import Differing
 
 Status = Literal["unchanged", "changed", "new", "dropped", "columns differ"]
 
@@ -318,13 +319,8 @@ class _TableReader:
         after: Sequence[BackupFile],
     ) -> bool:
         """Whether two sets of files hold the same multiset of lines (read, not assumed)."""
-        from . import merge
-
-        try:
-            found = merge.differing_lines(a, before, b, after, limit_bytes=self._merge_limit())
-        except merge.TooFarApart:
-            pass
-        else:
+        found = self._merge(a, before, b, after)
+        if found is not None:
             return not found.removed and not found.added
         self._group(what, a, before, b, after)
         return not self.con.execute("SELECT count(*) FROM h").fetchall()[0][0]
@@ -362,12 +358,23 @@ class _TableReader:
                 path.unlink(missing_ok=True)
         return self.con
 
-    def _merge_limit(self) -> int:
-        """What the merge may set aside: ``merge.LIMIT_BYTES``, and at most a quarter of
-        the engine's memory limit (``--memory-limit`` bounds diff's memory as a whole)."""
+    def _merge(
+        self,
+        a: Backup | None,
+        before: Sequence[BackupFile],
+        b: Backup | None,
+        after: Sequence[BackupFile],
+    ) -> Differing | None:
+        """Both sides read in order (``merge``), or None when they are too far apart. The
+        merge sets aside at most ``merge.LIMIT_BYTES`` and a quarter of the engine's
+        memory limit (``--memory-limit`` bounds diff's memory as a whole)."""
         from . import merge
 
-        return min(merge.LIMIT_BYTES, memory_limit_bytes(self.con) // 4)
+        limit = min(merge.LIMIT_BYTES, memory_limit_bytes(self.con) // 4)
+        try:
+            return merge.differing_lines(a, before, b, after, limit_bytes=limit)
+        except merge.TooFarApart:
+            return None
 
     def _merged(
         self,
@@ -381,12 +388,9 @@ class _TableReader:
         stay few, each short and UTF-8; False (nothing done) otherwise."""
         import pyarrow as pa
 
-        from . import merge
-
         assert self.long_lines is not None
-        try:
-            found = merge.differing_lines(a, before, b, after, limit_bytes=self._merge_limit())
-        except merge.TooFarApart:
+        found = self._merge(a, before, b, after)
+        if found is None:
             return False
         rows: dict[str, list[Any]] = {"h1": [], "h2": [], "line": [], "net": []}
         for lines, sign in ((found.removed, -1), (found.added, 1)):

@@ -35,6 +35,7 @@ from .batches import _read_ahead, plain_blocks
 LIMIT_BYTES = 64 << 20  # lines set aside, with a dict entry's overhead each
 _ENTRY_OVERHEAD = 100  # bytes a line costs beyond its own in a dict of bytes
 PROJECT_AFTER_LINES = 100_000  # fewer read: too few to project the rest from
+PARTED_AT_MOST = 100_000  # partings allowed whatever the lines (then a quarter of them)
 _BLOCK = 4 << 20
 
 
@@ -64,24 +65,28 @@ class _Side:
         self.block: bytes | bytearray = b""
         self.at = 0
 
-    def _read(self, backup: Backup | None) -> Iterator[bytes | bytearray]:
+    def _read(self, backup: Backup | None) -> Iterator[tuple[bytes | bytearray, int]]:
+        """Each block with its lines, counted once here (in the reading thread) for both
+        the reader's check and the side's own count."""
         for entry in self.files:
             if backup is None:
-                yield from plain_blocks(entry, _BLOCK)
+                for plain in plain_blocks(entry, _BLOCK):
+                    yield plain, _rows.count_lines(plain)
                 continue
             reader = DataFileReader(backup, entry, block_size=_BLOCK, count_rows=False)
             try:
                 for block in reader:
-                    reader.rows += _rows.count_lines(block)
-                    yield block
+                    lines = _rows.count_lines(block)
+                    reader.rows += lines
+                    yield block, lines
                 reader.finish()  # its size, SHA-256 and lines against the manifest
             finally:
                 reader.close()
 
     def next_block(self) -> bool:
         """Move to the next block; False at the end of the side's files."""
-        for block in self._blocks:
-            self.rows += _rows.count_lines(block)
+        for block, lines in self._blocks:
+            self.rows += lines
             self.block, self.at = block, 0
             return True
         self.block, self.at = b"", 0
@@ -164,7 +169,7 @@ def _merge(old: _Side, new: _Side, limit_bytes: int) -> Differing:
             more_new = new.next_block()
             continue
         parted += 1
-        if parted > 100_000 and parted * 4 > old.rows + new.rows:
+        if parted > PARTED_AT_MOST and parted * 4 > old.rows + new.rows:
             raise TooFarApart(f"the sides parted {parted} times")
         line_old = old.line()
         if aside_new.take(line_old):  # B set it aside: A catches up
