@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -339,3 +340,55 @@ def test_a_row_whose_key_changed_is_one_removed_and_one_added(db: Database, tmp_
         '{"change":"removed","row":{"id":5,"v":"v5"}}',
         '{"change":"added","row":{"id":100,"v":"v5"}}',
     ]
+
+
+def _replace_line(backup: Path, table: str, old: bytes, new: bytes) -> None:
+    """Make a backup by hand: one line of ``table``'s only file replaced, the file's
+    SHA-256 and sizes and the manifest's own checksum made to match (as a hostile
+    writer would)."""
+    import hashlib
+
+    import zstandard
+
+    from asyncsnap import format as manifest_module
+
+    body = orjson.loads((backup / "manifest.json").read_bytes())
+    body.pop(manifest_module.CHECKSUM_KEY)
+    (entry,) = next(t for t in body["tables"] if t["name"] == table)["files"]
+    path = backup / entry["path"]
+    text = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+    assert text.count(old) == 1
+    text = text.replace(old, new)
+    stored = zstandard.ZstdCompressor().compress(text)
+    path.write_bytes(stored)
+    entry.update(
+        sha256=hashlib.sha256(stored).hexdigest(),
+        stored_bytes=len(stored),
+        bytes=len(text),
+    )
+    body["totals"]["bytes"] += len(new) - len(old)
+    body["totals"]["stored_bytes"] = sum(
+        f["stored_bytes"] for t in body["tables"] for f in t["files"]
+    )
+    (backup / "manifest.json").write_bytes(manifest_module.serialize(body))
+    (backup / "SHA256SUMS").unlink(missing_ok=True)
+
+
+def test_a_changed_line_that_is_not_utf8_fails_the_diff_naming_it(
+    db: Database, tmp_path: Path
+) -> None:
+    """A hand-made backup whose files match its manifest but hold a line that is not
+    UTF-8: the lines both sides share are passed over as bytes, so the bad line is among
+    those that differ; diff must not answer from it, and fails naming its file and line
+    (exit 5), as the reader of every line does."""
+    db.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);"
+        "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g"
+    )
+    before, after = exports_around(db, tmp_path, "UPDATE t SET v = 'w' WHERE id = 4")
+    _replace_line(after, "t", b'"v":"w"}', b'"v":"\xff"}')
+    run = run_cli("diff", str(before), str(after))
+    assert run.returncode == ExitCode.VERIFY, run.stderr
+    error, hint = run.stderr.splitlines()
+    assert re.fullmatch(r"error: data/public\.t-\w+\.ndjson\.zst: line 10 is .*UTF-8.*", error)
+    assert hint == "hint: the backup is damaged; `asyncsnap verify` says more"

@@ -7,7 +7,8 @@ lines each, and the run of lines they both begin with is passed over in the nati
 module (``_rows.equal_lines``: compared as bytes, never hashed, copied or handed to the
 engine). Where the sides part, the line of each is set aside, unless the other side has
 already set the same line aside: then both copies are gone, and the side that had it
-reads on. What is left at the end is exact, multiplicities included: the lines of A
+reads on. The usual parting (A's line left its place: A's next line is B's) sets aside
+A's line alone and passes over the run after it at once. What is left at the end is exact, multiplicities included: the lines of A
 that B does not hold (as many times more as A holds them) and those of B that A does not.
 
 Why it is exact: each step takes one copy of a line from a side and either cancels it
@@ -173,6 +174,16 @@ def _merge(old: _Side, new: _Side, limit_bytes: int) -> Differing:
             raise TooFarApart(f"the sides parted {parted} times")
         line_old = old.line()
         if aside_new.take(line_old):  # B set it aside: A catches up
+            continue
+        # The usual parting: a row that left its place (updated, deleted). A's next
+        # line is B's, so only A's line is set aside, and the run after it passed over.
+        run = _rows.equal_lines(old.block, old.at, new.block, new.at)
+        if run:
+            aside_old.add(line_old)
+            old.at += run
+            new.at += run
+            _bounded(aside_old, aside_new, limit_bytes)
+            _projected(aside_old, aside_new, limit_bytes, old, new)
             continue
         line_new = new.line()
         if aside_old.take(line_new):  # A set it aside: B catches up; A's line again
