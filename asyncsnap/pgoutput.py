@@ -212,41 +212,85 @@ class _Reader:
         self.pos += length
         return value
 
-    def tuple_data(self) -> tuple[Value, ...]:
-        # The hot loop of decoding (one pass per row change): locals, no method calls.
-        count = self.i16()
-        if count < 0:
-            raise MalformedMessage(f"a row of {count} columns")
-        data, pos, size = self.data, self.pos, len(self.data)
-        values: list[Value] = []
-        append = values.append
-        for _ in range(count):
-            if pos >= size:
-                raise MalformedMessage(f"cut short at byte {pos}")
-            kind = data[pos]
-            pos += 1
-            if kind == 0x74:  # 't': the text form
-                if pos + 4 > size:
-                    raise MalformedMessage(f"cut short at byte {pos}")
-                (length,) = _I32.unpack_from(data, pos)
-                pos += 4
-                if length < 0 or pos + length > size:
-                    raise MalformedMessage(f"a value of {length} bytes past the message's end")
-                append(data[pos : pos + length])
-                pos += length
-            elif kind == 0x6E:  # 'n'
-                append(None)
-            elif kind == 0x75:  # 'u'
-                append(UNCHANGED)
-            else:  # 'b' (binary) only when asked for, and asyncsnap never asks
-                self.pos = pos - 1
-                raise MalformedMessage(f"a column value of kind {chr(kind)!r}")
-        self.pos = pos
-        return tuple(values)
-
     def end(self, what: str) -> None:
         if self.pos != len(self.data):
             raise MalformedMessage(f"{len(self.data) - self.pos} bytes after a {what} message")
+
+
+def _tuple_data(data: bytes, pos: int) -> tuple[tuple[Value, ...], int]:
+    """A row's values from ``pos``, and where they end. The hot loop of decoding (one
+    pass per row change): locals, no method calls."""
+    size = len(data)
+    if pos + 2 > size:
+        raise MalformedMessage(f"cut short at byte {pos}")
+    (count,) = _I16.unpack_from(data, pos)
+    pos += 2
+    if count < 0:
+        raise MalformedMessage(f"a row of {count} columns")
+    values: list[Value] = []
+    append = values.append
+    for _ in range(count):
+        if pos >= size:
+            raise MalformedMessage(f"cut short at byte {pos}")
+        kind = data[pos]
+        pos += 1
+        if kind == 0x74:  # 't': the text form
+            if pos + 4 > size:
+                raise MalformedMessage(f"cut short at byte {pos}")
+            (length,) = _I32.unpack_from(data, pos)
+            pos += 4
+            if length < 0 or pos + length > size:
+                raise MalformedMessage(f"a value of {length} bytes past the message's end")
+            append(data[pos : pos + length])
+            pos += length
+        elif kind == 0x6E:  # 'n'
+            append(None)
+        elif kind == 0x75:  # 'u'
+            append(UNCHANGED)
+        else:  # 'b' (binary) only when asked for, and asyncsnap never asks
+            raise MalformedMessage(f"a column value of kind {chr(kind)!r}")
+    return tuple(values), pos
+
+
+_RELATION_AND_KIND = struct.Struct("!IB")
+
+
+def _row_change(data: bytes) -> Insert | Update | Delete:
+    """An insert, update or delete (``data[0]`` is I, U or D): the messages of every row
+    changed, read without a ``_Reader`` (a third of decoding's time went to its calls)."""
+    if len(data) < 6:
+        raise MalformedMessage(f"cut short at byte {len(data)}")
+    tag = data[0]
+    relation, kind = _RELATION_AND_KIND.unpack_from(data, 1)
+    message: Insert | Update | Delete
+    if tag == 0x49:  # 'I'
+        if kind != 0x4E:
+            raise MalformedMessage("an insert without its new row")
+        new, pos = _tuple_data(data, 6)
+        message = Insert(relation=relation, new=new)
+    elif tag == 0x55:  # 'U'
+        old: tuple[Value, ...] | None = None
+        pos = 6
+        if kind in (0x4B, 0x4F):  # 'K', 'O'
+            old, pos = _tuple_data(data, pos)
+            if pos >= len(data):
+                raise MalformedMessage(f"cut short at byte {pos}")
+            new_kind = data[pos]
+            pos += 1
+        else:
+            new_kind = kind
+        if new_kind != 0x4E:
+            raise MalformedMessage(f"an update whose new row is of kind {chr(new_kind)!r}")
+        new, pos = _tuple_data(data, pos)
+        message = Update(relation=relation, old=old, old_is_key=kind == 0x4B, new=new)
+    else:  # 'D'
+        if kind not in (0x4B, 0x4F):
+            raise MalformedMessage(f"a delete whose old row is of kind {chr(kind)!r}")
+        old_row, pos = _tuple_data(data, 6)
+        message = Delete(relation=relation, old=old_row, old_is_key=kind == 0x4B)
+    if pos != len(data):
+        raise MalformedMessage(f"{len(data) - pos} bytes after a {type(message).__name__} message")
+    return message
 
 
 def decode(data: bytes) -> Message:
@@ -254,6 +298,8 @@ def decode(data: bytes) -> Message:
 
     :raises MalformedMessage: when it does not follow protocol version 1.
     """
+    if data[:1] in (b"I", b"U", b"D"):
+        return _row_change(data)
     r = _Reader(data)
     tag = r.tag()
     message: Message
@@ -268,19 +314,6 @@ def decode(data: bytes) -> Message:
         message = _relation(r)
     elif tag == "Y":
         message = TypeInfo(oid=r.u32(), schema=r.cstring(), name=r.cstring())
-    elif tag == "I":
-        relation = r.u32()
-        if r.tag() != "N":
-            raise MalformedMessage("an insert without its new row")
-        message = Insert(relation=relation, new=r.tuple_data())
-    elif tag == "U":
-        message = _update(r)
-    elif tag == "D":
-        relation = r.u32()
-        kind = r.tag()
-        if kind not in ("K", "O"):
-            raise MalformedMessage(f"a delete whose old row is of kind {kind!r}")
-        message = Delete(relation=relation, old=r.tuple_data(), old_is_key=kind == "K")
     elif tag == "T":
         count = r.u32()
         options = r.u8()
@@ -325,16 +358,3 @@ def _relation(r: _Reader) -> Relation:
     return Relation(
         oid=oid, schema=schema, name=name, replica_identity=identity, columns=tuple(columns)
     )
-
-
-def _update(r: _Reader) -> Update:
-    relation = r.u32()
-    kind = r.tag()
-    old: tuple[Value, ...] | None = None
-    old_is_key = False
-    if kind in ("K", "O"):
-        old, old_is_key = r.tuple_data(), kind == "K"
-        kind = r.tag()
-    if kind != "N":
-        raise MalformedMessage(f"an update whose new row is of kind {kind!r}")
-    return Update(relation=relation, old=old, old_is_key=old_is_key, new=r.tuple_data())

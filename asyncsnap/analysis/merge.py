@@ -8,8 +8,9 @@ module (``_rows.equal_lines``: compared as bytes, never hashed, copied or handed
 engine). Where the sides part, the line of each is set aside, unless the other side has
 already set the same line aside: then both copies are gone, and the side that had it
 reads on. The usual parting (A's line left its place: A's next line is B's) sets aside
-A's line alone and passes over the run after it at once. What is left at the end is exact, multiplicities included: the lines of A
-that B does not hold (as many times more as A holds them) and those of B that A does not.
+A's line alone and passes over the run after it at once. What is left at the end is
+exact, multiplicities included: the lines of A that B does not hold (as many times more
+as A holds them) and those of B that A does not.
 
 Why it is exact: each step takes one copy of a line from a side and either cancels it
 against one copy set aside by the other side, or sets it aside; a line is set aside on
