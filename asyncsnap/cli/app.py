@@ -84,22 +84,24 @@ app.command("inspect", cls=Command, short_help=inspect.SHORT_HELP)(inspect.inspe
 app.command("drop-slot", cls=Command, short_help=drop_slot.SHORT_HELP)(drop_slot.drop_slot_command)
 
 
-# glibc's mallopt parameters (malloc.h), each with the environment variable that sets it
-# (a user's own setting wins), and asyncsnap's value.
+# glibc's mallopt parameters (malloc.h: M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD),
+# each with the environment variable and the GLIBC_TUNABLES name that set it (a user's own
+# setting wins, even an empty one: glibc has applied it), and asyncsnap's value.
 _MALLOC_TUNING = (
     # At most two malloc arenas. glibc gives threads that allocate at once arenas of their
     # own (up to eight per core), and the converter, zstd, age and obstore threads each
     # kept memory in theirs. Measured on 1 M mixed rows, five alternating pairs of whole
     # runs: peak RSS 67 -> 61 MiB to disk and 92 -> 86 MiB to S3, wall time 0.98 and 0.99
     # of before (within the runs' spread).
-    (-8, "MALLOC_ARENA_MAX", 2),  # M_ARENA_MAX
+    (-8, "MALLOC_ARENA_MAX", "glibc.malloc.arena_max", 2),  # M_ARENA_MAX
     # Blocks of lines (4 MiB read, decompressed, cut at the last newline) from the heap,
     # and up to 32 MiB of freed heap kept for the next ones, not given back to the kernel
     # and faulted in again page by page: a verify of pgbench scale 50 (650 MB of lines)
     # faulted 184,000 pages, 17,000 so (system time 0.20 -> 0.02 s, wall 1.25 -> 1.07 s;
-    # diff and compare 0.1-0.15 s less system time; peak RSS of a dump +3 MiB).
-    (-3, "MALLOC_MMAP_THRESHOLD_", 8 << 20),  # M_MMAP_THRESHOLD
-    (-1, "MALLOC_TRIM_THRESHOLD_", 32 << 20),  # M_TRIM_THRESHOLD
+    # diff and compare 0.1-0.15 s less system time; peak RSS of a dump +1-4 MiB, of a
+    # diff of 1 M rows +11 MiB).
+    (-3, "MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold", 8 << 20),
+    (-1, "MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold", 32 << 20),
 )
 
 
@@ -113,8 +115,11 @@ def _tune_malloc() -> None:
         return
     with contextlib.suppress(OSError, AttributeError):
         mallopt = ctypes.CDLL(None).mallopt
-        for parameter, variable, value in _MALLOC_TUNING:
-            if not os.environ.get(variable):
+        tunables = {
+            item.partition("=")[0] for item in os.environ.get("GLIBC_TUNABLES", "").split(":")
+        }
+        for parameter, variable, tunable, value in _MALLOC_TUNING:
+            if variable not in os.environ and tunable not in tunables:
                 mallopt(parameter, value)
 
 
