@@ -1006,7 +1006,12 @@ WHY = {
     "and grouped by DuckDB as before, in two passes (2026-12-06: 3.5-3.7 s on this "
     "pgbench, against 1.5-1.7 s merged).",
     "compare": "compare reads the database as a dump does (the same COPY and encoder), "
-    "without compressing or writing, and hashes every line.",
+    "without compressing or writing, and hashes every line of both sides (a default "
+    "backup's manifest holds no fingerprints): SHA-256 of 10 M lines, two at a time on "
+    "the CPU's SHA unit, is 41% of its client CPU (perf, 2026-12-06, pgbench scale 50). "
+    "compare --json promises both sides' fingerprints (docs/cli-reference.md), so it "
+    "cannot merge the lines in order as diff does without a change of that contract; "
+    "of a backup dumped with --fingerprints only the database's side is hashed.",
     "small": "per-table costs: a process start (~0.3 s of Python imports), a transaction, a "
     "snapshot import and an fsync per table; pg_dump pays one process and no JSON.",
     "many_dump": "the dump is bound by the client's CPU, per table. On 2026-12-05, 10,000 "
