@@ -55,6 +55,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
@@ -65,7 +66,7 @@ def _root(
 
     # Here, before any command starts a thread; not in main(): --version, --help and
     # completion start no thread and need not pay for ctypes.
-    _tune_malloc()
+    _tune_malloc(reads_blocks=ctx.invoked_subcommand in _READERS)
 
     # A run killed before its clean-up left its private scratch directory (of an
     # encrypted backup: plaintext); every run removes those whose process is gone.
@@ -94,20 +95,26 @@ _MALLOC_TUNING = (
     # runs: peak RSS 67 -> 61 MiB to disk and 92 -> 86 MiB to S3, wall time 0.98 and 0.99
     # of before (within the runs' spread).
     (-8, "MALLOC_ARENA_MAX", "glibc.malloc.arena_max", 2),  # M_ARENA_MAX
-    # Blocks of lines (4 MiB read, decompressed, cut at the last newline) from the heap,
-    # and up to 32 MiB of freed heap kept for the next ones, not given back to the kernel
-    # and faulted in again page by page: a verify of pgbench scale 50 (650 MB of lines)
-    # faulted 184,000 pages, 17,000 so (system time 0.20 -> 0.02 s, wall 1.25 -> 1.07 s;
-    # diff and compare 0.1-0.15 s less system time; peak RSS of a dump +1-4 MiB, of a
-    # diff of 1 M rows +11 MiB).
+)
+# For the commands that read backups (``_READERS``): blocks of lines (4 MiB read,
+# decompressed, cut at the last newline) from the heap, and up to 32 MiB of freed heap
+# kept for the next ones, not given back to the kernel and faulted in again page by
+# page: a verify of pgbench scale 50 (650 MB of lines) faulted 184,000 pages, 17,000 so
+# (system time 0.20 -> 0.02 s, wall 1.25 -> 1.07 s; diff and compare 0.1-0.15 s less
+# system time). Not for dump and restore, held to 64 MiB: the heap kept costs them more
+# than the faults (a dump of pgbench 0.91 of the wall time, but peak RSS +3 MiB, and +11
+# MiB for the mixed table to S3, in the benchmark).
+_BLOCK_TUNING = (
     (-3, "MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold", 8 << 20),
     (-1, "MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold", 32 << 20),
 )
+_READERS = frozenset({"verify", "compare", "diff"})
 
 
-def _tune_malloc() -> None:
-    """glibc's allocator set for blocks of lines read by threads (``_MALLOC_TUNING``).
-    Must run before threads start; a no-op off glibc."""
+def _tune_malloc(*, reads_blocks: bool) -> None:
+    """glibc's allocator set for threads (``_MALLOC_TUNING``), and for blocks of lines
+    read by them when the command ``reads_blocks`` (``_BLOCK_TUNING``). Must run before
+    threads start; a no-op off glibc."""
     import ctypes
     import platform
 
@@ -118,7 +125,10 @@ def _tune_malloc() -> None:
         tunables = {
             item.partition("=")[0] for item in os.environ.get("GLIBC_TUNABLES", "").split(":")
         }
-        for parameter, variable, tunable, value in _MALLOC_TUNING:
+        for parameter, variable, tunable, value in (
+            *_MALLOC_TUNING,
+            *(_BLOCK_TUNING if reads_blocks else ()),
+        ):
             if variable not in os.environ and tunable not in tunables:
                 mallopt(parameter, value)
 
