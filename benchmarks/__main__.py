@@ -1398,13 +1398,15 @@ INCREMENT_WHY = {
     "transaction; 0.027 of the full dump on 2026-12-05 and 2026-12-06.",
     "chain diff/full diff": "a diff of a chain must read the full backup's files of each "
     "changed table to find the rows the changes name (their before images), and reads "
-    "each change in Python (its JSON members cut by a regular expression, about five "
-    "times a change); a diff of two full backups now passes over the lines both share as "
-    "bytes (2026-12-06, the merge), so it got faster and the chain's did not. On "
-    "2026-12-06 (afternoon), 50,000 account updates: chain diff 2.75 s, of which (cProfile) "
-    "two thirds the changes' members and a fifth DuckDB picking the named lines out of "
-    "the full file; the diff of two full backups 1.16 s. Before the merge the full diff "
-    "took 3.72 s and the ratio was 0.69.",
+    "each change in Python (its JSON members cut by a regular expression, three times a "
+    "change; five before 2026-12-06's memo of the last object read); a diff of two full "
+    "backups now passes over the lines both share as bytes (2026-12-06, the merge), so it "
+    "got faster and the chain's did not. On 2026-12-06 (afternoon), 50,000 account "
+    "updates: chain diff 2.75 s, of which (cProfile) two thirds the changes' members and "
+    "a fifth DuckDB picking the named lines out of the full file; the diff of two full "
+    "backups 1.16 s. Before the merge the full diff took 3.72 s and the ratio was 0.69. "
+    "With the memo, alternating with ac73783 (2 pairs, whole processes): 3.07-3.09 -> "
+    "2.51-2.56 s.",
 }
 
 

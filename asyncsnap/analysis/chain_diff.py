@@ -199,6 +199,9 @@ class _Layout:
         # next one's) is exact: a name that could be read across an array's strings
         # (``,"name":`` inside ``["a,",":b"]`` for a column named ``,``) is not.
         self.plain_names = not any(_FOOLING_NAME.fullmatch(c.name) for c in table.columns)
+        # The last object ``values`` read, and how: a change's row, then its key read from
+        # the same bytes; a full backup's line picked, then keyed again (two reads of five)
+        self._last: tuple[bytes, bool, dict[str, bytes]] | None = None
 
     @property
     def view(self) -> BackupTable:
@@ -214,6 +217,9 @@ class _Layout:
         generated columns, as a full backup's line does).
 
         :raises VerificationFailed: it is not an object of this table's columns."""
+        last = self._last
+        if last is not None and last[1] == generated and last[0] == obj:
+            return last[2]
         members = _members(obj)
         if members is None:
             raise _damaged(f"{self.table.qualified}: a {what} that is not an object of columns")
@@ -226,6 +232,7 @@ class _Layout:
                     f"{self.table.qualified}: a {what} names a column the table does not have"
                 )
             found[name] = value
+        self._last = (obj, generated, found)
         return found
 
     def change_key(self, obj: bytes) -> bytes:
