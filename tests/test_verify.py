@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -266,11 +267,22 @@ def test_a_manifest_that_is_a_fifo_or_a_device_is_refused_at_once(backup: Path) 
 
 
 def _pages_faulted(*args: str, **env: str) -> int:
-    """The pages the ``asyncsnap`` command faulted in (minor faults), as a child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
-    run = run_cli(*args, env=clean_env(**env))
-    assert run.returncode == 0, run.stderr
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before
+    """The pages the ``asyncsnap`` command faulted in (minor faults), as a child process:
+    its own, from ``wait4`` (RUSAGE_CHILDREN would add any child of an earlier test that
+    ``subprocess`` reaps meanwhile)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asyncsnap", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=clean_env(**env),
+    )
+    assert proc.stderr is not None
+    with proc.stderr:
+        errors = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, errors
+    return usage.ru_minflt
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
