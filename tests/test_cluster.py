@@ -157,7 +157,19 @@ def dask_cluster(password: str, **worker_env: str) -> Iterator[str]:
     workers' environment holding ``PGPASSWORD`` (and ``worker_env``)."""
     with dask_scheduler() as (address, procs):
         procs += start_dask_workers(address, password, **worker_env)
+        _wait_for_workers(address, 2)
         yield address
+
+
+def _wait_for_workers(address: str, count: int) -> None:
+    """Until ``count`` workers have joined the scheduler. A run waits for one worker only;
+    started while the second was still joining, it gave the first every unit, one after
+    another, and a test of two units at once (one failing while another loads) saw the
+    other committed before the failure (CI, 2026-12-06)."""
+    from distributed import Client
+
+    with Client(address, timeout=60) as client:  # type: ignore[no-untyped-call]
+        client.wait_for_workers(count, timeout=60)
 
 
 _DASK = str(Path(sys.executable).parent / "dask")
@@ -749,7 +761,7 @@ def test_a_failed_restore_on_a_cluster_leaves_no_unit_loading_after_it(
             # The workers live on: a unit still loading would commit now.
             assert anyio.run(_asyncsnap_backends, target.dsn, backend="asyncio") == 0
             time.sleep(1)
-            assert target.fetchval("SELECT count(*) FROM public.big") == 0
+            assert target.fetchval("SELECT count(*) FROM public.big") == 0, done.stderr
 
 
 def test_a_unit_committing_on_a_worker_while_another_fails_is_reported(
