@@ -108,6 +108,13 @@ def json_string(data: bytes) -> None:
     _check("json_string", rng, ref.json_quote, raw)
 
 
+def json_members(data: bytes) -> None:
+    rng, raw = _case(data)
+    case = ref.random_object(rng)
+    at = rng.randrange(len(case) + 1)
+    _check("json_members", rng, ref.ref_json_members, case[:at] + raw + case[at:])
+
+
 def line_fingerprint(data: bytes) -> None:
     rng, raw = _case(data)
     _check("line_fingerprint", rng, ref.ref_line_fingerprint, raw)
@@ -160,6 +167,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
         binary_to_ndjson,
         binary_whole,
         json_string,
+        json_members,
         line_fingerprint,
         count_lines,
         equal_lines,

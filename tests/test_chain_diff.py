@@ -25,7 +25,6 @@ from asyncsnap.analysis.chain_diff import (
     CannotDiffChain,
     _join,
     _Layout,
-    _members,
     _prefixes,
 )
 from asyncsnap.analysis.diff import DiffResult, diff
@@ -285,7 +284,8 @@ def test_a_name_an_array_can_spell_is_read_by_the_grammar_not_cut_by_the_engine(
     [b'{"x","a":1}', b'{"a":1,}', b'{"a":{"b":1}}', b'{"a":1}}', b'{"a" :1}', b'{,"a":1}', b"{"],
 )
 def test_objects_that_are_not_of_column_values_are_refused(obj: bytes) -> None:
-    assert _members(obj) is None
+    with pytest.raises(ValueError):
+        _rows.json_members(obj)
 
 
 @pytest.mark.parametrize(

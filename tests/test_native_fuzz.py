@@ -996,6 +996,62 @@ def fuzz_json_string(rounds: int) -> None:
     assert tally.accepted == rounds
 
 
+# -- the reference: an object of column values' members (chain diff) ---------------------
+# docs/format.md: a line is ``{``, ``"name":value`` members joined by ``,``, then ``}``; a
+# value is a string, a bare scalar or an array of those, nested as deep as PostgreSQL's
+# arrays go (six dimensions; one more is still read). Written as the grammar's regular
+# expressions, the way the chain's diff read objects before the native reader.
+_MEMBER_STRING = rb'"(?:[^"\\]++|\\.)*+"'
+_MEMBER_SCALAR = rb'[^",\[\]{}]++'
+
+
+def _member_array(depth: int) -> bytes:
+    inner = _MEMBER_STRING + b"|" + _MEMBER_SCALAR
+    if depth > 1:
+        inner += b"|" + _member_array(depth - 1)
+    return rb"\[(?:(?:" + inner + rb")(?:,(?:" + inner + rb"))*+)?\]"
+
+
+_MEMBER = re.compile(
+    rb"[{,](" + _MEMBER_STRING + rb"):("
+    + _MEMBER_STRING + b"|" + _MEMBER_SCALAR + b"|" + _member_array(7) + rb")"
+)  # fmt: skip
+
+
+def ref_json_members(obj: bytes) -> list[tuple[bytes, bytes]]:
+    """Each member's name (without its quotes) and value, as written; Invalid unless
+    ``obj`` is such an object."""
+    if not obj.startswith(b"{") or not obj.endswith(b"}") or len(obj) < 2:
+        raise Invalid("not an object")
+    if obj == b"{}":
+        return []
+    members: list[tuple[bytes, bytes]] = []
+    at, end = 0, len(obj) - 1
+    while at < end:
+        m = _MEMBER.match(obj, at)
+        if m is None or obj[at] != (0x7B if at == 0 else 0x2C):  # ``{`` first, then ``,``
+            raise Invalid(f"no member at {at}")
+        members.append((m.group(1)[1:-1], m.group(2)))
+        at = m.end()
+    if at != end:
+        raise Invalid("not one object")
+    return members
+
+
+def random_object(rng: random.Random) -> bytes:
+    """An object of column values as a backup's line holds it (a change's key or row),
+    of every value kind, mutated now and then."""
+    names = [random_name(rng) for _ in range(rng.choice((0, 1, 1, 2, 3, 6)))]
+    actions = [rng.choice("248bsjax") for _ in names]
+    values = [json_text(rng, random_column_value(rng, a)) for a in actions]
+    obj = (
+        b"{"
+        + b",".join(json_quote(n) + b":" + v for n, v in zip(names, values, strict=True))
+        + b"}"
+    )
+    return mutate(rng, obj, JSON_TOKENS).removesuffix(b"\n") if rng.random() < 0.4 else obj
+
+
 # -- the reference: COPY binary tuples (dump) -> NDJSON --------------------------------------
 # The kinds whose rendering is plain enough to state again here; numbers with a
 # renderer of their own (numeric, floats, timestamps, dates, times, intervals) are held
@@ -1164,6 +1220,15 @@ def fuzz_binary_to_ndjson(rounds: int) -> None:
     assert whole.accepted == rounds
 
 
+def fuzz_json_members(rounds: int) -> None:
+    rng = rng_for("json_members")
+    tally = Tally("json_members")
+    for _ in range(rounds):
+        obj = random_object(rng)
+        tally.check(_rows.json_members, (as_buffer(rng, obj),), ref_json_members, (obj,))
+    tally.assert_both_sides(rounds)
+
+
 FUZZERS = [
     fuzz_copy_to_ndjson,
     fuzz_ndjson_to_copy,
@@ -1171,6 +1236,7 @@ FUZZERS = [
     fuzz_binary_to_ndjson,
     fuzz_lines,
     fuzz_json_string,
+    fuzz_json_members,
 ]
 
 
@@ -1220,6 +1286,15 @@ def test_reference_knows_the_documented_examples() -> None:
     assert ref_binary_whole(tuple_ + tuple_[:-3]) == len(tuple_)
     assert ref_binary_whole(tuple_ + b"\xff\xff" + b"junk") == len(tuple_) + 2
     assert json_quote(b'\x01"\\\n\x7f\xc3\xa9') == b'"\\u0001\\"\\\\\\n\x7f\xc3\xa9"'
+    assert ref_json_members(b'{"a":[["x,\\"",null]],"b":-1.5e3,"":"}"}') == [
+        (b"a", b'[["x,\\"",null]]'),
+        (b"b", b"-1.5e3"),
+        (b"", b'"}"'),
+    ]
+    assert ref_json_members(b"{}") == []
+    for bad in (b'{"a":{"b":1}}', b'{"a":1,}', b'{"a" :1}', b'{"a":1}}', b"{", b"{" + b"[" * 8):
+        with pytest.raises(Invalid):
+            ref_json_members(bad)
     for bad in (b'{"a":"\\ud800"}\n', b'{"a":"\xc0\x80"}\n', b'{"a":"\\u0000"}\n', b'{"a":01}\n'):
         with pytest.raises(Invalid):
             ref_ndjson_to_copy(bad, (b"a",), b"x", b",")

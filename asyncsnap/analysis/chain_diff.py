@@ -60,23 +60,6 @@ _CHANGE_LINE = re.compile(
 )
 _OP = re.compile(rb'^\{"op":"(insert|update|delete|truncate)"', re.MULTILINE)
 
-# One member of an object of column values, read by the JSON grammar (so an array's
-# strings are never taken for names, whatever they hold): ``{`` or ``,``, the name, ``:``,
-# and a value: a string, a bare scalar (number, null, true, false) or an array of those,
-# nested at most as deep as PostgreSQL's arrays (6 dimensions).
-_STRING = rb'"(?:[^"\\]++|\\.)*+"'
-_SCALAR = rb'[^",\[\]{}]++'
-
-
-def _array(depth: int) -> bytes:
-    inner = _STRING + b"|" + _SCALAR + (b"|" + _array(depth - 1) if depth > 1 else b"")
-    return rb"\[(?:(?:" + inner + rb")(?:,(?:" + inner + rb"))*+)?\]"
-
-
-_MEMBER = re.compile(
-    rb"[{,](" + _STRING + rb"):(" + _STRING + b"|" + _SCALAR + b"|" + _array(7) + rb")"
-)
-
 
 class CannotDiffChain(UsageError):
     """The two backups are not of one chain, or a table's changes do not name rows in a
@@ -140,24 +123,6 @@ def _prefixes(names: Sequence[str]) -> list[bytes]:
     ]
 
 
-def _members(obj: bytes) -> list[tuple[bytes, bytes]] | None:
-    """An object's members in order, each (its name's JSON text without the quotes, its
-    value's bytes); None when ``obj`` is not an object of column values."""
-    if obj == b"{}":
-        return []
-    members = []
-    at, end = 0, len(obj) - 1
-    if not obj.startswith(b"{") or not obj.endswith(b"}"):
-        return None
-    while at < end:
-        m = _MEMBER.match(obj, at)
-        if m is None or (at == 0) != (obj[at] == 0x7B):  # ``{`` first, then ``,``
-            return None
-        members.append((m.group(1)[1:-1], m.group(2)))
-        at = m.end()
-    return members if at == end else None
-
-
 # A column name whose ``,"name":`` can occur inside an array value: it starts where a
 # string element can end (``,`` or ``]``), ends where one can begin (``,`` or ``[``) and
 # holds only what lies between an array's strings.
@@ -217,12 +182,17 @@ class _Layout:
         generated columns, as a full backup's line does).
 
         :raises VerificationFailed: it is not an object of this table's columns."""
+        generated = generated and self.has_generated  # else both read the same names
         last = self._last
         if last is not None and last[1] == generated and last[0] == obj:
             return last[2]
-        members = _members(obj)
-        if members is None:
-            raise _damaged(f"{self.table.qualified}: a {what} that is not an object of columns")
+        try:
+            # by the JSON grammar (so an array's strings are never taken for names)
+            members = _rows.json_members(obj)
+        except ValueError:
+            raise _damaged(
+                f"{self.table.qualified}: a {what} that is not an object of columns"
+            ) from None
         known = self._all_escaped if generated else self._escaped
         found = {}
         for escaped, value in members:
