@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -10,10 +11,14 @@ import pty
 import select
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import zstandard
+
+from asyncsnap import format as manifest_module
 
 from .conftest import CliRun, clean_env
 
@@ -52,6 +57,27 @@ def read_rows(backup: Path | str) -> dict[tuple[str, str], list[dict[str, Any]]]
 
 def manifest_of(backup: Path | str) -> dict[str, Any]:
     return json.loads((Path(backup) / "manifest.json").read_text())  # type: ignore[no-any-return]
+
+
+def reseal(backup: Path | str, edit: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
+    """A forged (or an older version's) manifest: ``edit`` changes the body, which is then
+    sealed with a valid checksum again, as a hostile writer would; the edited body."""
+    path = Path(backup) / manifest_module.MANIFEST_NAME
+    body: dict[str, Any] = orjson.loads(path.read_bytes())
+    body.pop(manifest_module.CHECKSUM_KEY)
+    edit(body)
+    path.write_bytes(manifest_module.serialize(body))
+    return body
+
+
+def rewrite_data_file(backup: Path | str, entry: dict[str, Any], text: bytes) -> None:
+    """A data file's lines replaced by ``text`` (zstd), its manifest ``entry`` made to match
+    (SHA-256, sizes; the rows and fingerprint left to the caller)."""
+    stored = zstandard.ZstdCompressor().compress(text)
+    (Path(backup) / entry["path"]).write_bytes(stored)
+    entry.update(
+        sha256=hashlib.sha256(stored).hexdigest(), stored_bytes=len(stored), bytes=len(text)
+    )
 
 
 def table_entry(backup: Path | str, schema: str, name: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -16,7 +17,7 @@ from asyncsnap.errors import ExitCode
 from throwaway.postgres import client_bindir
 
 from .conftest import Database, run_cli
-from .helpers import flip_bit_mid_file, manifest_of
+from .helpers import decompress, flip_bit_mid_file, manifest_of, reseal, rewrite_data_file
 from .test_dump import run_dump
 
 pytest.importorskip("duckdb", reason="diff needs the analysis extra (DuckDB)")
@@ -346,31 +347,18 @@ def _replace_line(backup: Path, table: str, old: bytes, new: bytes) -> None:
     """Make a backup by hand: one line of ``table``'s only file replaced, the file's
     SHA-256 and sizes and the manifest's own checksum made to match (as a hostile
     writer would)."""
-    import hashlib
 
-    import zstandard
+    def edit(body: dict[str, Any]) -> None:
+        (entry,) = next(t for t in body["tables"] if t["name"] == table)["files"]
+        text = decompress(backup / entry["path"])
+        assert text.count(old) == 1
+        rewrite_data_file(backup, entry, text.replace(old, new))
+        body["totals"]["bytes"] += len(new) - len(old)
+        body["totals"]["stored_bytes"] = sum(
+            f["stored_bytes"] for t in body["tables"] for f in t["files"]
+        )
 
-    from asyncsnap import format as manifest_module
-
-    body = orjson.loads((backup / "manifest.json").read_bytes())
-    body.pop(manifest_module.CHECKSUM_KEY)
-    (entry,) = next(t for t in body["tables"] if t["name"] == table)["files"]
-    path = backup / entry["path"]
-    text = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
-    assert text.count(old) == 1
-    text = text.replace(old, new)
-    stored = zstandard.ZstdCompressor().compress(text)
-    path.write_bytes(stored)
-    entry.update(
-        sha256=hashlib.sha256(stored).hexdigest(),
-        stored_bytes=len(stored),
-        bytes=len(text),
-    )
-    body["totals"]["bytes"] += len(new) - len(old)
-    body["totals"]["stored_bytes"] = sum(
-        f["stored_bytes"] for t in body["tables"] for f in t["files"]
-    )
-    (backup / "manifest.json").write_bytes(manifest_module.serialize(body))
+    reseal(backup, edit)
     (backup / "SHA256SUMS").unlink(missing_ok=True)
 
 

@@ -19,7 +19,7 @@ from asyncsnap.analysis.readers import convert, read_arrow, views_sql
 from asyncsnap.errors import ExitCode
 
 from .conftest import Database, clean_env, run_cli
-from .helpers import manifest_of
+from .helpers import manifest_of, reseal, rewrite_data_file
 from .test_diff import by_name, exports_around
 
 duckdb = pytest.importorskip("duckdb", reason="diff needs the analysis extra (DuckDB)")
@@ -196,31 +196,21 @@ def _rows_file_keys(result: DiffResult, rows: Path, name: str) -> list[str]:
 def test_damaged_manifest_whose_rows_break_the_key_is_refused(db: Database, tmp_path: Path) -> None:
     """Two differing lines with one primary key on one side cannot be paired: an error,
     never a count."""
-    import hashlib
-
-    import zstandard
-
-    from asyncsnap import format as manifest_module
-
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 1)")
     before, after = exports_around(db, tmp_path, "UPDATE t SET v = 2")
+
+    def two_rows_of_one_key(manifest: dict[str, Any]) -> None:
+        entry = manifest["tables"][0]["files"][0]
+        rewrite_data_file(after, entry, b'{"id":1,"v":2}\n{"id":1,"v":3}\n')
+        entry.update(rows=2, fingerprint=None)
+        manifest["tables"][0]["rows"] = 2
+        manifest["totals"]["rows"] = manifest["totals"]["rows"] + 1
+        manifest["totals"]["bytes"] = sum(
+            f["bytes"] for t in manifest["tables"] for f in t["files"]
+        )
+
     # a hand-made after: two rows with id 1, re-sealed so that every checksum holds
-    manifest = manifest_of(after)
-    entry = manifest["tables"][0]["files"][0]
-    raw = b'{"id":1,"v":2}\n{"id":1,"v":3}\n'
-    stored = zstandard.ZstdCompressor().compress(raw)
-    (after / entry["path"]).write_bytes(stored)
-    entry.update(
-        rows=2,
-        bytes=len(raw),
-        stored_bytes=len(stored),
-        sha256=hashlib.sha256(stored).hexdigest(),
-        fingerprint=None,
-    )
-    manifest["tables"][0]["rows"] = 2
-    manifest["totals"]["rows"] = manifest["totals"]["rows"] + 1
-    manifest["totals"]["bytes"] = sum(f["bytes"] for t in manifest["tables"] for f in t["files"])
-    (after / "manifest.json").write_bytes(manifest_module.serialize(manifest))
+    reseal(after, two_rows_of_one_key)
     run = run_cli("diff", str(before), str(after))
     assert run.returncode == ExitCode.VERIFY, run.stdout + run.stderr
     assert run.stderr.splitlines()[0] == (

@@ -34,6 +34,7 @@ from asyncsnap.format import RENDER_SETTINGS
 from asyncsnap.restore.load import BATCH_BYTES
 
 from .conftest import Database, Postgres, fresh_database
+from .helpers import reseal
 from .test_dump import run_dump
 from .test_restore import (
     FIDELITY,
@@ -43,7 +44,6 @@ from .test_restore import (
     has_xml,
     run_restore,
 )
-from .test_verify import reseal
 
 
 def escape_json(value: bytes) -> bytes:

@@ -19,12 +19,11 @@ import asyncpg
 import orjson
 import pytest
 
-from asyncsnap import format as manifest_module
 from asyncsnap.errors import VerificationFailed
 from asyncsnap.format import RENDER_SETTINGS, checked_render_settings
 
 from .conftest import Database, Postgres, execute, fresh_database, run_cli
-from .helpers import manifest_of, read_rows
+from .helpers import manifest_of, read_rows, reseal
 
 # Each shadow runs the trap, then the real function. The trap writes a file into the
 # server's data directory (COPY TO a file runs as the superuser who called it) and tries to
@@ -246,10 +245,7 @@ def test_forced_row_level_security_on_the_owner_fails_the_dump(
 
 
 def _reseal(backup: Path, **settings: str) -> None:
-    body = orjson.loads((backup / "manifest.json").read_bytes())
-    body.pop(manifest_module.CHECKSUM_KEY)
-    body["settings"].update(settings)
-    (backup / "manifest.json").write_bytes(manifest_module.serialize(body))
+    reseal(backup, lambda body: body["settings"].update(settings))
 
 
 def test_resealed_manifest_with_a_foreign_setting_is_refused(

@@ -725,33 +725,20 @@ def test_a_restored_chain_is_the_source_table_for_table(db: Database, tmp_path: 
 def forge_changes(backup: Path, table: str, lines: list[bytes]) -> None:
     """Replace ``table``'s change file in the increment ``backup`` with ``lines``, its
     manifest entry and SHA256SUMS made to match (a forged increment)."""
-    import hashlib
+    from tests.helpers import reseal, rewrite_data_file
 
-    from tests.test_verify import reseal
-
-    data = b"".join(line + b"\n" for line in lines)
-    stored = zstandard.ZstdCompressor().compress(data)
-    body = json.loads((backup / "manifest.json").read_text())
-    entry = next(t for t in body["tables"] if t["name"] == table)
     path = f"data/{table}-forged.ndjson.zst"
-    (backup / path).write_bytes(stored)
-    digest = hashlib.sha256(stored).hexdigest()
-    entry["files"] = [
-        {
-            "path": path,
-            "rows": len(lines),
-            "bytes": len(data),
-            "stored_bytes": len(stored),
-            "sha256": digest,
-            "pages": None,
-            "longest_line": None,
-            "fingerprint": None,
-        }
-    ]
-    entry["rows"] = len(lines)
-    sums = (backup / "SHA256SUMS").read_text() + f"{digest}  {path}\n"
+    forged: dict[str, Any] = {"path": path, "rows": len(lines), "pages": None}
+    forged.update(longest_line=None, fingerprint=None)
+    rewrite_data_file(backup, forged, b"".join(line + b"\n" for line in lines))
+
+    def edit(body: dict[str, Any]) -> None:
+        entry = next(t for t in body["tables"] if t["name"] == table)
+        entry["files"], entry["rows"] = [forged], len(lines)
+
+    reseal(backup, edit)
+    sums = (backup / "SHA256SUMS").read_text() + f"{forged['sha256']}  {path}\n"
     (backup / "SHA256SUMS").write_text(sums)
-    reseal(backup, lambda b: b.update(tables=body["tables"]))
 
 
 def test_a_change_that_finds_no_row_fails_the_restore_and_is_rolled_back(

@@ -10,10 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from asyncsnap import format as manifest_module
-
 from .conftest import Database, Postgres, fresh_database, run_cli
-from .helpers import decompress, manifest_of
+from .helpers import decompress, manifest_of, reseal
 
 SCHEMA = """
 CREATE TABLE orders (id serial PRIMARY KEY, total numeric);
@@ -262,11 +260,12 @@ def test_damaged_large_object_file_restores_nothing(
     assert changed != raw
     path.write_bytes(changed)
     if damage == "foreign-line":
-        body = manifest_of(tmp_path / "b")
-        body.pop("manifest_sha256")
-        body["large_objects"]["files"][0]["sha256"] = hashlib.sha256(changed).hexdigest()
-        body["large_objects"]["files"][0]["stored_bytes"] = len(changed)
-        (tmp_path / "b" / "manifest.json").write_bytes(manifest_module.serialize(body))
+        reseal(
+            tmp_path / "b",
+            lambda body: body["large_objects"]["files"][0].update(
+                sha256=hashlib.sha256(changed).hexdigest(), stored_bytes=len(changed)
+            ),
+        )
         sums = f"{hashlib.sha256(changed).hexdigest()}  {entry['path']}\n"
         (tmp_path / "b" / "SHA256SUMS").write_text(sums)
     with fresh_database(postgres, "asyncsnap_target") as target:

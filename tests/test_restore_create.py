@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import orjson
 import pytest
 from pyrage import x25519
 
-from asyncsnap import format as manifest
 from asyncsnap.api import restore
 from asyncsnap.errors import SchemaMismatch, TargetLocked, TargetNotEmpty
 from asyncsnap.restore.result import RestoreResult
 from throwaway.postgres import client_bindir, unprivileged_user
 
 from .conftest import Database, Postgres, execute, fetch, run_cli
+from .helpers import manifest_of, reseal
 from .test_dump import run_dump
 from .test_restore import digests
 
@@ -373,10 +372,7 @@ def test_create_of_a_backup_without_database_properties_says_so(
     server's defaults, and says what it could not restore."""
     db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
     backup = Path(run_dump(db, tmp_path).path)
-    body = orjson.loads((backup / "manifest.json").read_bytes())
-    del body["database"], body["manifest_sha256"]
-    body["manifest_sha256"] = manifest.checksum(body)
-    (backup / "manifest.json").write_bytes(manifest.serialize(body))
+    reseal(backup, lambda body: body.pop("database"))
     expected = digests(db.dsn)
     run = run_cli("restore", str(backup), postgres.admin_dsn, "--create", "--clean")
     assert run.returncode == 0, run.stderr
@@ -393,17 +389,13 @@ def test_hostile_settings_in_a_manifest_are_refused_or_stay_values(
     anything is dropped or created."""
     db.execute("CREATE TABLE t (id int)")
     backup = Path(run_dump(db, tmp_path).path)
-    body = orjson.loads((backup / "manifest.json").read_bytes())
-    props = body["database"]
+    props = manifest_of(backup)["database"]
 
-    def reseal(**changes: Any) -> None:
-        body["database"] = {**props, **changes}
-        body.pop("manifest_sha256")
-        body["manifest_sha256"] = manifest.checksum(body)
-        (backup / "manifest.json").write_bytes(manifest.serialize(body))
+    def with_properties(**changes: Any) -> None:
+        reseal(backup, lambda body: body.update(database={**props, **changes}))
 
     evil = "x'; DROP TABLE t; --"
-    reseal(settings=[f"asyncsnap.evil={evil}"], comment=evil)
+    with_properties(settings=[f"asyncsnap.evil={evil}"], comment=evil)
     ok = run_cli("restore", str(backup), postgres.admin_dsn, "--create", "--clean")
     assert ok.returncode == 0, ok.stderr
     comment = "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1"
@@ -415,7 +407,7 @@ def test_hostile_settings_in_a_manifest_are_refused_or_stay_values(
         (["work_mem=1MB; DROP TABLE t"], 1, 'invalid value for parameter "work_mem"'),
         (["no_such_parameter=1"], 1, "does not know: no_such_parameter"),
     ):
-        reseal(settings=settings)
+        with_properties(settings=settings)
         bad = run_cli("restore", str(backup), postgres.admin_dsn, "--create", "--clean")
         assert bad.returncode == code and said in bad.stderr, bad.stderr
         assert db.fetchval("SELECT to_regclass('public.t') IS NOT NULL")  # nothing dropped

@@ -10,11 +10,11 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-from asyncsnap import format as manifest
 from asyncsnap.errors import (
     PermissionDenied,
     RestoreFailed,
@@ -32,7 +32,7 @@ from asyncsnap.schema import (
 )
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
-from .helpers import flip_bit_mid_file
+from .helpers import flip_bit_mid_file, reseal
 from .test_dump import run_dump
 from .test_restore import copy_schema, digests, run_restore, schema_sql
 from .test_restore_plan import backup_of
@@ -375,9 +375,7 @@ def test_a_manifest_cannot_point_restore_at_another_schema_file(
 ) -> None:
     db.execute("CREATE TABLE t (id int)")
     backup = Path(run_dump(db, tmp_path).path)
-    body = orjson.loads((backup / "manifest.json").read_bytes())
-    body["schema"]["archive"]["path"] = "data/../schema/evil.pgdump"
-    (backup / "manifest.json").write_bytes(manifest.serialize(body))
+    reseal(backup, lambda body: body["schema"]["archive"].update(path="data/../schema/evil.pgdump"))
     run = run_cli("verify", str(backup))
     assert run.returncode == 5 and "schema.archive.path" in run.stderr
 
@@ -597,13 +595,15 @@ def test_version_1_backup_still_restores(db: Database, postgres: Postgres, tmp_p
     no row_security) restores into existing tables."""
     db.execute("CREATE TABLE t (id serial PRIMARY KEY, v text); INSERT INTO t (v) VALUES ('a')")
     backup = Path(run_dump(db, tmp_path, with_schema=False).path)
-    body = orjson.loads((backup / "manifest.json").read_bytes())
-    body["format_version"] = 1
-    for key in ("schema", "large_objects", "skipped"):
-        del body[key]
-    for table in body["tables"]:
-        del table["row_security"]
-    (backup / "manifest.json").write_bytes(manifest.serialize(body))
+
+    def as_version_1_wrote_it(body: dict[str, Any]) -> None:
+        body["format_version"] = 1
+        for key in ("schema", "large_objects", "skipped"):
+            del body[key]
+        for table in body["tables"]:
+            del table["row_security"]
+
+    reseal(backup, as_version_1_wrote_it)
     assert run_cli("verify", str(backup)).returncode == 0
     with fresh_database(postgres, "asyncsnap_v1") as copy:
         copy_schema(db, copy)

@@ -35,7 +35,7 @@ from asyncsnap.pgoutput import parse_lsn
 from asyncsnap.slot import NotReplicable, SlotState, check_followable, slot_state
 from asyncsnap.storage.backup import open_backup
 from tests.conftest import Database, Postgres, clean_env, execute, run_cli
-from tests.test_verify import reseal
+from tests.helpers import reseal
 from throwaway.postgres import throwaway_server
 
 TABLES = """

@@ -8,7 +8,7 @@ import platform
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from asyncsnap.storage.backup import open_backup
 from asyncsnap.verify import verify
 
 from .conftest import Database, Postgres, clean_env, fresh_database, run_cli
-from .helpers import failed_with, manifest_of
+from .helpers import failed_with, manifest_of, reseal
 from .test_dump import SHOP, run_dump
 
 
@@ -37,13 +37,6 @@ def empty(postgres: Postgres) -> Iterator[Database]:
 
 def orders_file(backup: Path) -> Path:
     return next((backup / "data").glob("public.orders-*"))
-
-
-def reseal(backup: Path, edit: Callable[[dict[str, object]], None]) -> None:
-    """Edit the manifest and give it a valid checksum again (a forged manifest)."""
-    body = json.loads((backup / manifest.MANIFEST_NAME).read_text())
-    edit(body)
-    (backup / manifest.MANIFEST_NAME).write_bytes(manifest.serialize(body))
 
 
 def test_good_backup_verifies(backup: Path) -> None:
