@@ -276,13 +276,33 @@ async def stream(
 ) -> AsyncGenerator[StreamItem, None]:
     """The transactions ``read_changes`` reads, as each one's start, its changes one by
     one and its end, in commit order; with ``marks``, the decoding messages asyncsnap
-    emitted are in the ends (``TransactionEnd.marks``).
+    emitted are in the ends (``TransactionEnd.marks``)."""
+    batches = stream_batches(conn, slot, publication, start, upto, marks=marks)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for item in batch:
+                yield item
+
+
+async def stream_batches(
+    conn: asyncpg.Connection,
+    slot: str,
+    publication: str,
+    start: int,
+    upto: int | None = None,
+    *,
+    marks: bool = False,
+) -> AsyncGenerator[list[StreamItem], None]:
+    """``stream``'s items, a list of them for each batch of messages fetched: a reader
+    that takes an item without awaiting pays no asynchronous step a change (for 50,000
+    changes those steps took a fifth of reading them).
 
     The server's SQL interface decodes the whole stretch before it returns a row (into a
     tuplestore, spilled to disk past work_mem); the rows then come a batch at a time."""
     assembler = _Assembler(start)
+    feed = assembler.feed
     async with conn.transaction(isolation="read_committed", readonly=True):
-        cursor = conn.cursor(
+        cursor = await conn.cursor(
             "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes("
             "$1, $2::pg_catalog.pg_lsn, NULL, 'proto_version', '1', 'publication_names', $3,"
             " 'messages', $4)",
@@ -290,12 +310,14 @@ async def stream(
             upto,  # asyncpg sends a pg_lsn as an integer
             publication,
             "true" if marks else "false",
-            prefetch=FETCH_BATCH,
         )
-        async for row in cursor:
-            item = assembler.feed(_decoded(bytes(row["data"])))
-            if item is not None:
-                yield item
+        while rows := await cursor.fetch(FETCH_BATCH):
+            items = []
+            for row in rows:
+                item = feed(_decoded(bytes(row[0])))
+                if item is not None:
+                    items.append(item)
+            yield items
     assembler.finish()
 
 

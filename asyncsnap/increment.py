@@ -54,7 +54,7 @@ from .changes import (
     TruncateChange,
     advance,
     emit_mark,
-    stream,
+    stream_batches,
 )
 from .connection import ConnectionSpec, resolve
 from .encode.changerows import ChangeRowEncoder
@@ -414,48 +414,58 @@ class _IncrementRun:
         log: list[bytes] = []
         head = (0, 0)  # the transaction being read: xid, commit LSN
         n = 0  # its changes so far
-        items = stream(conn, self.slot.name, self.slot.publication, self.start, upto, marks=True)
-        async with contextlib.aclosing(items):
-            async for item in items:
-                if isinstance(item, TransactionStart):
-                    head, n = (item.xid, item.commit_lsn), 0
-                elif isinstance(item, TransactionEnd):
-                    if boundary in item.marks:
-                        end = item.end_lsn
-                        break
-                    if item.changes:  # else another run's boundary, or nothing published
-                        log.append(_transaction_line(item))
-                        count += 1
-                    if len(log) >= ENCODE_BATCH:
-                        await self._write(TRANSACTIONS_STEM, b"".join(log), len(log))
-                        log.clear()
-                else:
-                    await self._change(conn, tables, head, n, item)
-                    n += len(item.relations) if isinstance(item, TruncateChange) else 1
-            else:
-                # Not found: the slot was moved past it (said by the check the caller
-                # makes), or something ate it
-                check_followable(
-                    await slot_state(conn, self.slot.name), self.slot, self.start, self.database
-                )
-                raise DumpFailed(
-                    "the slot's changes ended before the increment's boundary",
-                    hint="run the same command again: the slot was not advanced",
-                )
+        end: int | None = None
+        batches = stream_batches(
+            conn, self.slot.name, self.slot.publication, self.start, upto, marks=True
+        )
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                for item in batch:
+                    if isinstance(item, TransactionStart):
+                        head, n = (item.xid, item.commit_lsn), 0
+                    elif isinstance(item, TransactionEnd):
+                        if boundary in item.marks:
+                            end = item.end_lsn
+                            break
+                        if item.changes:  # else another run's boundary, or nothing published
+                            log.append(_transaction_line(item))
+                            count += 1
+                        if len(log) >= ENCODE_BATCH:
+                            await self._write(TRANSACTIONS_STEM, b"".join(log), len(log))
+                            log.clear()
+                    else:
+                        due = self._add(tables, head, n, item)
+                        if due:
+                            for changes in due:
+                                await self._flush(conn, changes)
+                        n += len(item.relations) if isinstance(item, TruncateChange) else 1
+                if end is not None:
+                    break
+        if end is None:
+            # Not found: the slot was moved past it (said by the check the caller makes),
+            # or something ate it
+            check_followable(
+                await slot_state(conn, self.slot.name), self.slot, self.start, self.database
+            )
+            raise DumpFailed(
+                "the slot's changes ended before the increment's boundary",
+                hint="run the same command again: the slot was not advanced",
+            )
         for changes in tables.values():
             await self._flush(conn, changes)
         if log:
             await self._write(TRANSACTIONS_STEM, b"".join(log), len(log))
         return end, count
 
-    async def _change(
+    def _add(
         self,
-        conn: asyncpg.Connection,
         tables: dict[int, _TableChanges],
         head: tuple[int, int],
         n: int,
         change: RowChange | TruncateChange,
-    ) -> None:
+    ) -> list[_TableChanges] | None:
+        """One change taken into its table's pending lines; the tables whose lines are due
+        to be written now (one reached a batch, or all together hold too many), or None."""
         xid, lsn = head
         if isinstance(change, RowChange):
             changes = tables.get(change.relation.oid)
@@ -466,18 +476,18 @@ class _IncrementRun:
             self.pending += 1
             if len(changes.pending) >= ENCODE_BATCH:
                 self.pending -= len(changes.pending)
-                await self._flush(conn, changes)
-            elif self.pending >= PENDING_LIMIT:
-                for waiting in tables.values():
-                    await self._flush(conn, waiting)
+                return [changes]
+            if self.pending >= PENDING_LIMIT:
                 self.pending = 0
-            return
+                return list(tables.values())
+            return None
         for i, relation in enumerate(change.relations):  # a line each, numbered in turn
             changes = tables.get(relation.oid)
             if changes is None:
                 raise _not_in_chain(relation, self.o.parent_name)
             changes.check(relation, self.o.parent_name)
             changes.add((xid, lsn, n + i), None)
+        return None
 
     async def _flush(self, conn: asyncpg.Connection, changes: _TableChanges) -> None:
         if changes.pending:
