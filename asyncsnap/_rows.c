@@ -2942,6 +2942,174 @@ done:
     return members;
 }
 
+/* A key's 64-bit hash, for asking of many lines whether their key is one of a few:
+ * FNV-1a over its bytes, then splitmix64's finalizer, so that the top bits (which a
+ * Wanted set's bitmap reads) depend on every byte. Not a digest: a hit is a candidate,
+ * which the caller checks. */
+#define KEY_HASH_START 0xcbf29ce484222325ULL
+
+static inline uint64_t key_hash_add(uint64_t h, const unsigned char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+static inline uint64_t key_hash_end(uint64_t h)
+{
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebULL;
+    return h ^ (h >> 31);
+}
+
+static PyObject *py_key_hash(PyObject *self, PyObject *arg)
+{
+    Py_buffer key;
+    uint64_t h;
+    if (PyObject_GetBuffer(arg, &key, PyBUF_SIMPLE) < 0) return NULL;
+    h = key_hash_end(key_hash_add(KEY_HASH_START, key.buf, key.len));
+    PyBuffer_Release(&key);
+    return PyLong_FromUnsignedLongLong(h);
+}
+
+/* pick_lines(data, prefixes, identity, wanted) -> the lines (each with its newline) whose
+ * key is a candidate: data is whole lines of a backup's data file, each an object whose
+ * members begin with prefixes[0], prefixes[1], ... (`{"a":`, `,"b":`, in the table's
+ * order); a line's key is the values (as written) of the columns identity numbers, in
+ * that order, joined by NUL bytes (no raw NUL occurs in JSON text), and it is a
+ * candidate when key_hash of it is in wanted (sorted native uint64s). Each value is read
+ * by json_members' grammar up to the last column the key needs; the rest of a line is
+ * not read. LineError names the first line whose members do not begin so. A chain's diff
+ * takes the lines its changes name from a full backup's file by this (through the
+ * analysis engine it was most of that diff's time). */
+static PyObject *py_pick_lines(PyObject *self, PyObject *args)
+{
+    Py_buffer data, wanted;
+    PyObject *prefixes, *identity, *result = NULL;
+    Py_ssize_t nprefixes, nkey, need = 0, i;
+    const unsigned char **pre = NULL;
+    Py_ssize_t *prelen = NULL, *key = NULL, *vstart = NULL, *vend = NULL, *picked = NULL;
+    Py_ssize_t npicked = 0, bad_line = -1, total = 0;
+    int nomem = 0;
+    if (!PyArg_ParseTuple(args, "y*O!O!y*:pick_lines", &data, &PyTuple_Type, &prefixes,
+                          &PyTuple_Type, &identity, &wanted))
+        return NULL;
+    nprefixes = PyTuple_GET_SIZE(prefixes);
+    nkey = PyTuple_GET_SIZE(identity);
+    if (wanted.len % 8 != 0 || nkey == 0 || (data.len > 0 &&
+        ((const unsigned char *)data.buf)[data.len - 1] != '\n')) {
+        PyErr_SetString(PyExc_ValueError,
+                        "pick_lines: whole lines, a key of columns and uint64s wanted");
+        goto done;
+    }
+    key = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)nkey);
+    if (key == NULL) goto nomemory;
+    for (i = 0; i < nkey; i++) {
+        key[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(identity, i));
+        if (key[i] == -1 && PyErr_Occurred()) goto done;
+        if (key[i] < 0 || key[i] >= nprefixes) {
+            PyErr_SetString(PyExc_ValueError, "pick_lines: a key column without its prefix");
+            goto done;
+        }
+        if (key[i] + 1 > need) need = key[i] + 1;
+    }
+    pre = PyMem_Malloc(sizeof(*pre) * (size_t)need);
+    prelen = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)need);
+    vstart = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)need);
+    vend = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)need);
+    if (pre == NULL || prelen == NULL || vstart == NULL || vend == NULL) goto nomemory;
+    for (i = 0; i < need; i++) {
+        PyObject *item = PyTuple_GET_ITEM(prefixes, i);
+        if (!PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "pick_lines: prefixes are bytes");
+            goto done;
+        }
+        pre[i] = (const unsigned char *)PyBytes_AS_STRING(item);
+        prelen[i] = PyBytes_GET_SIZE(item);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    {
+        const unsigned char *s = data.buf;
+        Py_ssize_t n = data.len, start = 0, line = 0, cap = 0;
+        Wanted set;
+        wanted_open(&set, wanted.buf, (size_t)wanted.len / 8);
+        while (start < n) {
+            const unsigned char *p = s + start;
+            Py_ssize_t len = (const unsigned char *)memchr(p, '\n', (size_t)(n - start)) - p;
+            Py_ssize_t at = 0, c;
+            uint64_t h = KEY_HASH_START;
+            for (c = 0; c < need; c++) {
+                if (len - at < prelen[c] || memcmp(p + at, pre[c], (size_t)prelen[c]) != 0)
+                    break;
+                vstart[c] = at + prelen[c];
+                at = member_value_end(p, len, vstart[c], MEMBER_DEPTH);
+                if (at < 0) break;
+                vend[c] = at;
+            }
+            if (c < need) {
+                bad_line = line;
+                break;
+            }
+            for (c = 0; c < nkey; c++) {
+                if (c > 0) h = key_hash_add(h, (const unsigned char *)"", 1);
+                h = key_hash_add(h, p + vstart[key[c]], vend[key[c]] - vstart[key[c]]);
+            }
+            if (wanted_has(&set, key_hash_end(h))) {
+                if (npicked == cap) {
+                    Py_ssize_t *grown;
+                    cap = cap ? cap * 2 : 64;
+                    grown = realloc(picked, sizeof(Py_ssize_t) * 2 * (size_t)cap);
+                    if (grown == NULL) {
+                        nomem = 1;
+                        break;
+                    }
+                    picked = grown;
+                }
+                picked[2 * npicked] = start;
+                picked[2 * npicked + 1] = len + 1;
+                npicked++;
+                total += len + 1;
+            }
+            start += len + 1;
+            line++;
+        }
+        free(set.bits);
+    }
+    Py_END_ALLOW_THREADS
+    if (nomem) goto nomemory;
+    if (bad_line >= 0) {
+        Err err = {{0}, 0, "", -1, -1};
+        err_set(&err, bad_line, -1, "not a line of the table's columns");
+        raise_err(&err);
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, total);
+    if (result != NULL) {
+        char *out = PyBytes_AS_STRING(result);
+        for (i = 0; i < npicked; i++) {
+            memcpy(out, (const char *)data.buf + picked[2 * i], (size_t)picked[2 * i + 1]);
+            out += picked[2 * i + 1];
+        }
+    }
+    goto done;
+nomemory:
+    PyErr_NoMemory();
+done:
+    free(picked);
+    PyMem_Free(key);
+    PyMem_Free(pre);
+    PyMem_Free(prelen);
+    PyMem_Free(vstart);
+    PyMem_Free(vend);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&wanted);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"copy_to_ndjson", py_copy_to_ndjson, METH_VARARGS,
      "copy_to_ndjson(data, kinds, prefixes) -> (ndjson, rows, longest_line)\n\n"
@@ -2985,6 +3153,14 @@ static PyMethodDef methods[] = {
     {"json_members", py_json_members, METH_O,
      "json_members(obj) -> [(name, value), ...]: an object of column values' members (names "
      "without quotes, as written; values as their bytes); ValueError when it is not one."},
+    {"key_hash", py_key_hash, METH_O,
+     "key_hash(key) -> int: a key's 64-bit hash (FNV-1a, then splitmix64's finalizer), as "
+     "pick_lines asks of it."},
+    {"pick_lines", py_pick_lines, METH_VARARGS,
+     "pick_lines(data, prefixes, identity, wanted) -> bytes: the whole lines whose key (the "
+     "values of the columns identity numbers, joined by NUL) has its key_hash in wanted, a "
+     "sorted native uint64 array; LineError for a line whose members do not begin with the "
+     "prefixes."},
     {"json_string", py_json_string, METH_O,
      "json_string(utf8) -> bytes: the bytes as a JSON string, escaped as escape_json does."},
     {NULL, NULL, 0, NULL},

@@ -115,6 +115,18 @@ def json_members(data: bytes) -> None:
     _check("json_members", rng, ref.ref_json_members, case[:at] + raw + case[at:])
 
 
+def pick_lines(data: bytes) -> None:
+    rng, raw = _case(data)
+    lines, prefixes, identity, wanted = ref.random_pick_case(rng)
+    lines = _spliced(rng, lines, raw)
+    _check("pick_lines", rng, ref.ref_pick_lines, lines, prefixes, identity, wanted)
+
+
+def key_hash(data: bytes) -> None:
+    rng, raw = _case(data)
+    _check("key_hash", rng, ref.ref_key_hash, raw)
+
+
 def line_fingerprint(data: bytes) -> None:
     rng, raw = _case(data)
     _check("line_fingerprint", rng, ref.ref_line_fingerprint, raw)
@@ -168,6 +180,8 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
         binary_whole,
         json_string,
         json_members,
+        pick_lines,
+        key_hash,
         line_fingerprint,
         count_lines,
         equal_lines,

@@ -8,6 +8,7 @@ line."""
 
 from __future__ import annotations
 
+import array
 import random
 from collections import Counter
 from pathlib import Path
@@ -33,6 +34,7 @@ from asyncsnap.errors import ExitCode, VerificationFailed
 from asyncsnap.format import BackupColumn, BackupTable
 from asyncsnap.increment import dump_increment
 from tests.conftest import Database, clean_env, run_cli
+from tests.helpers import decompress, manifest_of, reseal, rewrite_data_file, table_entry
 from tests.test_increment import chain, forge_changes, run, slot_name, workload
 
 # Each table's primary key as SQL text (None: compared as whole rows, as diff does for a
@@ -241,23 +243,29 @@ def test_a_lines_identity_is_cut_exactly_whatever_its_names_and_values(
         assert keys[-1] == b"\0".join(values)
     assert [layout.full_line_key(line) for line in lines] == keys
     assert [layout.line_key(line) for line in lines] == keys
-    if layout.plain_names:
-        import duckdb
-        import pyarrow as pa
+    # A full backup's lines are picked by their identity natively, by the same grammar:
+    # every line of a wanted identity is a candidate (a hash collision may add others,
+    # which the caller reads again), in the file's order.
+    wanted = data.draw(st.sets(st.sampled_from(keys)))
+    picked = _rows.pick_lines(
+        b"".join(line + b"\n" for line in lines),
+        tuple(layout.all_prefixes),
+        tuple(columns.index(c) for c in identity),
+        _wanted(wanted),
+    ).splitlines()
+    assert [p for p in picked if layout.full_line_key(p) in wanted] == [
+        line for line, key in zip(lines, keys, strict=True) if key in wanted
+    ]
 
-        con = duckdb.connect()
-        con.register("l", pa.table({"line": [x.decode() for x in lines]}))
-        query = f"SELECT {layout.key_sql()} FROM l"
-        assert [r[0].encode() for r in con.execute(query).fetchall()] == keys
+
+def _wanted(keys: set[bytes]) -> bytes:
+    return array.array("Q", sorted({_rows.key_hash(k) for k in keys})).tobytes()
 
 
-def test_a_name_an_array_can_spell_is_read_by_the_grammar_not_cut_by_the_engine() -> None:
+def test_a_name_an_array_can_spell_is_read_by_the_grammar() -> None:
     """A column named ``,`` after an array holding ``"a,"`` then ``":b"``: its prefix
-    ``,",":`` occurs inside the array, so a cut at the next column's prefix (the engine's)
-    is wrong; such a table's lines are read by the grammar."""
-    import duckdb
-    import pyarrow as pa
-
+    ``,",":`` occurs inside the array, so a cut at the next column's prefix would read
+    ``":b"]`` as its value; the grammar reads the array whole, and the identity right."""
     columns = ["tags", ","]
     table = BackupTable(
         "public",
@@ -270,13 +278,39 @@ def test_a_name_an_array_can_spell_is_read_by_the_grammar_not_cut_by_the_engine(
     )
     layout = _Layout(table)
     line = _join(_prefixes(columns), [b'["a,",":b"]', b"1"])
+    other = _join(_prefixes(columns), [b'["a,",":b"]', b"2"])
     key = layout.change_key(_join(_prefixes(["tags"]), [b'["a,",":b"]']))
     assert layout.full_line_key(line) == key == b'["a,",":b"]'
-    assert not layout.plain_names
-    con = duckdb.connect()
-    con.register("l", pa.table({"line": [line.decode()]}))
-    engine_cut = con.execute(f"SELECT {layout.key_sql()} FROM l").fetchall()[0][0]
-    assert engine_cut.encode() != key  # why the engine is not used for this table
+    prefixes = tuple(layout.all_prefixes)
+    assert _rows.pick_lines(line + b"\n" + other + b"\n", prefixes, (1,), _wanted({b"1"})) == (
+        line + b"\n"
+    )
+    assert _rows.pick_lines(line + b"\n", prefixes, (0,), _wanted({key})) == line + b"\n"
+
+
+def test_a_full_backup_line_without_the_tables_columns_fails_the_chains_diff(
+    db: Database, tmp_path: Path
+) -> None:
+    """A full backup's line that does not begin with its table's columns (the file and
+    the manifest made to match): the chain's diff fails naming the file and the line,
+    never reads past it."""
+    chain(db, tmp_path)
+    db.execute("UPDATE public.accounts SET note = 'x' WHERE id = 1")
+    run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    full, inc = tmp_path / "full", tmp_path / "inc"
+    (path,) = [f["path"] for f in table_entry(full, "public", "accounts")["files"]]
+
+    def damage(body: dict[str, Any]) -> None:
+        (entry,) = next(t for t in body["tables"] if t["name"] == "accounts")["files"]
+        lines = decompress(full / path).splitlines(keepends=True)
+        lines[2] = b'{"nope":1}\n'
+        rewrite_data_file(full, entry, b"".join(lines))
+
+    reseal(full, damage)
+    sealed = manifest_of(full)["manifest_sha256"]  # the increment names its parent so
+    reseal(inc, lambda body: body["increment"]["parent"].update(manifest_sha256=sealed))
+    with pytest.raises(VerificationFailed, match=f"{path}: line 3 is not a line of"):
+        diff(full, inc)
 
 
 @pytest.mark.parametrize(

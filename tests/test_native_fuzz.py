@@ -1052,6 +1052,73 @@ def random_object(rng: random.Random) -> bytes:
     return mutate(rng, obj, JSON_TOKENS).removesuffix(b"\n") if rng.random() < 0.4 else obj
 
 
+# -- the reference: a full backup's lines picked by their identity (chain diff) ---------
+_MASK64 = 2**64 - 1
+_MEMBER_VALUE = re.compile(_MEMBER_STRING + b"|" + _MEMBER_SCALAR + b"|" + _member_array(7))
+
+
+def ref_key_hash(key: bytes) -> int:
+    """FNV-1a (64 bits) over the key's bytes, then splitmix64's finalizer."""
+    h = 0xCBF29CE484222325
+    for byte in key:
+        h = ((h ^ byte) * 0x100000001B3) & _MASK64
+    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return h ^ (h >> 31)
+
+
+def ref_pick_lines(
+    data: bytes, prefixes: tuple[bytes, ...], identity: tuple[int, ...], wanted: bytes
+) -> bytes:
+    """The lines whose key (the identity's values, as written, joined by NUL) hashes to
+    one of ``wanted``; each line read member by member, by the grammar, as far as the key
+    needs: Invalid at the first line whose members do not begin with ``prefixes``."""
+    if len(wanted) % 8 or not identity or any(not 0 <= i < len(prefixes) for i in identity):
+        raise Invalid("not the arguments asked for")
+    hashes = set(struct.unpack(f"={len(wanted) // 8}Q", wanted))
+    out = []
+    for number, line in enumerate(lines_of(data)):
+        values, at = [], 0
+        for prefix in prefixes[: max(identity) + 1]:
+            if not line.startswith(prefix, at):
+                raise Invalid("not the table's columns", number)
+            m = _MEMBER_VALUE.match(line, at + len(prefix))
+            if m is None:
+                raise Invalid("not a value", number)
+            values.append(m.group())
+            at = m.end()
+        if ref_key_hash(b"\0".join(values[i] for i in identity)) in hashes:
+            out.append(line + b"\n")
+    return b"".join(out)
+
+
+def random_pick_case(
+    rng: random.Random,
+) -> tuple[bytes, tuple[bytes, ...], tuple[int, ...], bytes]:
+    """Lines of a table's columns (every value kind), an identity of some of them in any
+    order, and the hashes of some lines' keys (and of none): mutated now and then."""
+    names = [random_name(rng) for _ in range(rng.choice((1, 1, 2, 3, 6)))]
+    prefixes = tuple((b"{" if i == 0 else b",") + json_quote(n) + b":" for i, n in enumerate(names))
+    identity = tuple(rng.sample(range(len(names)), rng.randrange(1, len(names) + 1)))
+    if rng.random() < 0.02:
+        identity = rng.choice(((), (len(names),)))
+    lines, hashes = [], []
+    for _ in range(rng.choice((0, 1, 2, 3, 8))):
+        actions = [rng.choice("248bsjax") for _ in names]
+        values = [json_text(rng, random_column_value(rng, a)) for a in actions]
+        lines.append(b"".join(p + v for p, v in zip(prefixes, values, strict=True)) + b"}\n")
+        if identity and max(identity) < len(values) and rng.random() < 0.5:
+            hashes.append(ref_key_hash(b"\0".join(values[i] for i in identity)))
+    hashes += [rng.randrange(2**64) for _ in range(rng.randrange(3))]
+    wanted = native_uint64s(sorted(set(hashes)))
+    if rng.random() < 0.02:
+        wanted += b"\x00"
+    data = b"".join(lines)
+    if rng.random() < 0.3:
+        data = mutate(rng, data, JSON_TOKENS)
+    return data, prefixes, identity, wanted
+
+
 # -- the reference: COPY binary tuples (dump) -> NDJSON --------------------------------------
 # The kinds whose rendering is plain enough to state again here; numbers with a
 # renderer of their own (numeric, floats, timestamps, dates, times, intervals) are held
@@ -1229,6 +1296,20 @@ def fuzz_json_members(rounds: int) -> None:
     tally.assert_both_sides(rounds)
 
 
+def fuzz_pick_lines(rounds: int) -> None:
+    rng = rng_for("pick_lines")
+    tally, hashes = Tally("pick_lines"), Tally("key_hash")
+    for _ in range(rounds):
+        data, prefixes, identity, wanted = random_pick_case(rng)
+        args = (data, prefixes, identity, wanted)
+        native_args = (as_buffer(rng, data), prefixes, identity, as_buffer(rng, wanted))
+        tally.check(_rows.pick_lines, native_args, ref_pick_lines, args)
+        key = random_bytes(rng)
+        hashes.check(_rows.key_hash, (as_buffer(rng, key),), ref_key_hash, (key,))
+    tally.assert_both_sides(rounds)
+    assert hashes.accepted == rounds
+
+
 FUZZERS = [
     fuzz_copy_to_ndjson,
     fuzz_ndjson_to_copy,
@@ -1237,6 +1318,7 @@ FUZZERS = [
     fuzz_lines,
     fuzz_json_string,
     fuzz_json_members,
+    fuzz_pick_lines,
 ]
 
 
@@ -1292,6 +1374,13 @@ def test_reference_knows_the_documented_examples() -> None:
         (b"", b'"}"'),
     ]
     assert ref_json_members(b"{}") == []
+    assert ref_key_hash(b"") == 0xF52A15E9A9B5E89B  # FNV-1a's offset basis, finalized
+    prefixes = (b'{"a":', b',"b":')
+    line = b'{"a":["x,\\"",[1]],"b":"k"}\n'
+    assert ref_pick_lines(line, prefixes, (1,), native_uint64s([ref_key_hash(b'"k"')])) == line
+    assert ref_pick_lines(line, prefixes, (0,), native_uint64s([ref_key_hash(b'"k"')])) == b""
+    with pytest.raises(Invalid):
+        ref_pick_lines(b'{"b":1}\n', prefixes, (1,), b"")
     for bad in (b'{"a":{"b":1}}', b'{"a":1,}', b'{"a" :1}', b'{"a":1}}', b"{", b"{" + b"[" * 8):
         with pytest.raises(Invalid):
             ref_json_members(bad)

@@ -32,13 +32,14 @@ the lines they name, are held while that table is compared.
 
 from __future__ import annotations
 
+import array
 import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -47,7 +48,6 @@ from ..errors import UsageError, VerificationFailed
 from ..format import Backup, BackupFile, BackupTable
 from ..storage.backup import DataFileReader
 from ..storage.chain import backup_name, open_chain
-from .readers import attempts, line_prefixes, run_engine, token_sql
 
 # One change line (docs/format.md, "Change files"): its keys in their fixed order; ``key``
 # and ``row`` are objects of column values, which hold no object (an ``{`` or ``}`` occurs
@@ -123,12 +123,6 @@ def _prefixes(names: Sequence[str]) -> list[bytes]:
     ]
 
 
-# A column name whose ``,"name":`` can occur inside an array value: it starts where a
-# string element can end (``,`` or ``]``), ends where one can begin (``,`` or ``[``) and
-# holds only what lies between an array's strings.
-_FOOLING_NAME = re.compile(r'[,\]][^"\\{}]*[,\[]|,')
-
-
 def _damaged(what: str) -> VerificationFailed:
     return VerificationFailed(what, hint="the backup was altered or not made by asyncsnap")
 
@@ -160,10 +154,6 @@ class _Layout:
         self._all_escaped = {
             _rows.json_string(c.name.encode())[1:-1]: c.name for c in table.columns
         }
-        # Whether the engine's cut of a line (between one column's ``,"name":`` and the
-        # next one's) is exact: a name that could be read across an array's strings
-        # (``,"name":`` inside ``["a,",":b"]`` for a column named ``,``) is not.
-        self.plain_names = not any(_FOOLING_NAME.fullmatch(c.name) for c in table.columns)
         # The last object ``values`` read, and how: a change's row, then its key read from
         # the same bytes; a full backup's line picked, then keyed again (two reads of five)
         self._last: tuple[bytes, bool, dict[str, bytes]] | None = None
@@ -265,15 +255,6 @@ class _Layout:
         assert old is not None
         before = self._sent_values(old)
         return _join(self.sent_prefixes, [given.get(n, before[n]) for n in self.sent])
-
-    def key_sql(self) -> str:
-        """A DuckDB expression for the identity's values of a full backup's ``line``, as
-        ``_key`` joins them (``readers.token_sql``: each value cut between its column's
-        prefix and the next one's)."""
-        assert self.identity is not None
-        prefixes = line_prefixes(self.table)
-        names = [c.name for c in self.table.columns]
-        return " || chr(0) || ".join(token_sql(prefixes, names.index(n)) for n in self.identity)
 
 
 def _lines(backup: Backup, entry: BackupFile) -> Iterator[bytes]:
@@ -410,9 +391,7 @@ def _count(span: ChainSpan, table: BackupTable, upto: int) -> int:
     return rows
 
 
-def table_span(
-    span: ChainSpan, table: BackupTable, scratch: Path, number: int, engine: Callable[[], Any]
-) -> TableSpan:
+def table_span(span: ChainSpan, table: BackupTable, scratch: Path, number: int) -> TableSpan:
     """One table of the chain between the span's two backups (``table``: the full
     backup's entry); scratch files named after ``number``; ``engine()`` the DuckDB
     connection (started when first needed)."""
@@ -427,7 +406,7 @@ def table_span(
     named = {c.key for _, c in changes if c.key is not None}
     replay = _Replay(layout, table.rows)
     if named:
-        for line in _full_lines(engine(), span.full, table, layout, named):
+        for line in _full_lines(span.full, table, layout, named):
             replay.state.setdefault(layout.line_key(line), []).append(line)
     for i, change in changes:
         if i > span.before and not replay.recording:
@@ -438,7 +417,7 @@ def table_span(
         raise AssertionError("no change between the two backups")
     rows_after = replay.rows
     removed = (
-        _full_lines(engine(), span.full, table, layout, named, unnamed=True)
+        _full_lines(span.full, table, layout, named, unnamed=True)
         if replay.full_lines_removed
         else iter(())
     )
@@ -450,7 +429,6 @@ def table_span(
 
 
 def _full_lines(
-    con: Any,
     full: Backup,
     table: BackupTable,
     layout: _Layout,
@@ -466,61 +444,56 @@ def _full_lines(
                 for block in _lines(full, entry):
                     yield from (layout.normal(line) for line in block.splitlines())
         return
-    if unnamed or not layout.plain_names:
-        # Each line's identity read here, by the JSON grammar.
+    if unnamed:
+        # Each line's identity read here, by the JSON grammar: most lines are kept.
         for entry in table.files:
             for block in _lines(full, entry):
                 for line in block.splitlines():
                     if (layout.full_line_key(line) in named) != unnamed:
                         yield layout.normal(line)
         return
-    yield from _picked_lines(con, full, table, layout, named)
+    yield from _picked_lines(full, table, layout, named)
 
 
 def _picked_lines(
-    con: Any, full: Backup, table: BackupTable, layout: _Layout, named: set[bytes]
+    full: Backup, table: BackupTable, layout: _Layout, named: set[bytes]
 ) -> Iterator[bytes]:
-    """The full backup's lines whose identity is in ``named``, picked by the engine: every
-    line read (and checked) by asyncsnap's native reader, only the picked ones reaching
-    Python, each checked again here."""
-    import pyarrow as pa
+    """The full backup's lines whose identity is in ``named``: each line's identity read
+    natively, by the JSON grammar (``_rows.pick_lines``: a line whose identity hashes as
+    a named one's is a candidate), each candidate read again here and kept if named. The
+    files are read two at a time (the reading and picking let other threads run)."""
+    assert layout.identity
+    names = [c.name for c in table.columns]
+    identity = tuple(names.index(n) for n in layout.identity)
+    wanted = array.array("Q", sorted({_rows.key_hash(k) for k in named})).tobytes()
+    prefixes = tuple(layout.all_prefixes)
 
-    from .batches import LineBatches
-
-    what = f"{table.qualified} in {full.path}"
-    try:
-        keys = [k.decode() for k in named]
-    except UnicodeDecodeError:
-        raise _damaged(f"{what}: a change's key is not UTF-8") from None
-    con.register("named_keys", pa.table({"k": pa.array(keys, pa.large_string())}))
-    where = "true" if not layout.identity else f"({layout.key_sql()}) IN (SELECT k FROM named_keys)"
-
-    def attempt() -> None:
-        lines = LineBatches(full, table.files, hashes=False, text=True)
-        con.register("full_lines", lines.reader())
+    def candidates(entry: BackupFile) -> list[bytes]:
+        found = []
+        reader = DataFileReader(full, entry, count_rows=False)
         try:
-            run_engine(
-                what,
-                [lines],
-                lambda: con.execute(
-                    "CREATE OR REPLACE TEMP TABLE picked AS "
-                    f"SELECT line FROM full_lines WHERE {where}"
-                ),
-                con,
-            )
+            for block in reader:
+                try:
+                    found.append(_rows.pick_lines(block, prefixes, identity, wanted))
+                except _rows.LineError as exc:
+                    raise _damaged(
+                        f"{entry.path}: line {reader.rows + exc.line + 1} is not a line of "
+                        f"{table.qualified}'s columns"
+                    ) from None
+                reader.rows += _rows.count_lines(block)
+            reader.finish()
         finally:
-            con.unregister("full_lines")
+            reader.close()
+        return found
 
-    attempts(con, attempt)
-    con.unregister("named_keys")
-    result = con.execute("SELECT line FROM picked")
-    while batch := result.fetchmany(10_000):
-        for (text,) in batch:
-            line = text.encode()
-            if layout.full_line_key(line) not in named:  # pragma: no cover - plain names
-                raise AssertionError("the engine picked a line no change names")
-            yield layout.normal(line)
-    con.execute("DROP TABLE picked")
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="asyncsnap-pick")
+    try:
+        for found in pool.map(candidates, table.files):
+            for line in b"".join(found).splitlines():
+                if layout.full_line_key(line) in named:
+                    yield layout.normal(line)
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _write(path: Path, delta: Counter[bytes], sign: int, extra: Iterator[bytes]) -> BackupFile:

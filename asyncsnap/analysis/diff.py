@@ -871,7 +871,7 @@ class _DiffRun:
 
     def chain_table(self, span: ChainSpan, number: int, table: BackupTable) -> TableDiff:
         """One table of a chain: from the changes between the two backups."""
-        found = table_span(span, table, self.scratch.path(), number, lambda: self.reader().con)
+        found = table_span(span, table, self.scratch.path(), number)
         view = found.table
         pk, pairing, unpaired = _pairing(view, view.primary_key, table)
         if not found.touched:
