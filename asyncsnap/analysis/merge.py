@@ -183,8 +183,7 @@ def _merge(old: _Side, new: _Side, limit_bytes: int) -> Differing:
             aside_old.add(line_old)
             old.at += run
             new.at += run
-            _bounded(aside_old, aside_new, limit_bytes)
-            _projected(aside_old, aside_new, limit_bytes, old, new)
+            _bounded_now_and_at_the_end(aside_old, aside_new, limit_bytes, old, new)
             continue
         line_new = new.line()
         if aside_old.take(line_new):  # A set it aside: B catches up; A's line again
@@ -192,8 +191,7 @@ def _merge(old: _Side, new: _Side, limit_bytes: int) -> Differing:
             continue
         aside_old.add(line_old)
         aside_new.add(line_new)
-        _bounded(aside_old, aside_new, limit_bytes)
-        _projected(aside_old, aside_new, limit_bytes, old, new)
+        _bounded_now_and_at_the_end(aside_old, aside_new, limit_bytes, old, new)
     for side, aside, other, more in (
         (old, aside_old, aside_new, more_old),
         (new, aside_new, aside_old, more_new),
@@ -206,6 +204,13 @@ def _merge(old: _Side, new: _Side, limit_bytes: int) -> Differing:
                     _bounded(aside_old, aside_new, limit_bytes)
             more = side.next_block()
     return Differing(aside_old.lines, aside_new.lines, old.rows, new.rows)
+
+
+def _bounded_now_and_at_the_end(
+    one: _Aside, other: _Aside, limit_bytes: int, old: _Side, new: _Side
+) -> None:
+    _bounded(one, other, limit_bytes)
+    _projected(one, other, limit_bytes, old, new)
 
 
 def _projected(one: _Aside, other: _Aside, limit_bytes: int, old: _Side, new: _Side) -> None:
