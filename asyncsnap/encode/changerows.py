@@ -101,17 +101,20 @@ class ChangeRowEncoder:
     ) -> list[bytes]:
         """The rows' lines (each without its newline), in order."""
         width = len(self.table.columns)
-        fields = [list(row) for row in rows]
-        for row in fields:
+        for row in rows:
             if len(row) != width:
                 raise ValueError(
                     f"a row of {len(row)} values for {self.table.qualified}'s {width} columns"
                 )
-        for i, query in self.rendered.items():
-            texts = [None if (v := row[i]) is None else v.decode() for row in fields]
-            rendered = await conn.fetch(query, texts)
-            for row, value in zip(fields, rendered, strict=True):
-                row[i] = None if value[0] is None else value[0].encode()
+        fields: Sequence[Sequence[bytes | None]] = rows
+        if self.rendered:  # (copied only when the server renders values into them)
+            copies = [list(row) for row in rows]
+            for i, query in self.rendered.items():
+                texts = [None if (v := row[i]) is None else v.decode() for row in copies]
+                rendered = await conn.fetch(query, texts)
+                for row, value in zip(copies, rendered, strict=True):
+                    row[i] = None if value[0] is None else value[0].encode()
+            fields = copies
         text = b"".join([copy_line(row) for row in fields])
         out, count, _ = _rows.copy_to_ndjson(text, self.kinds, self.prefixes)
         if count != len(fields):
