@@ -121,6 +121,9 @@ class TransactionEnd:
 StreamItem = TransactionStart | RowChange | TruncateChange | TransactionEnd
 
 
+_ROW_CHANGES = (Insert, Update, Delete)
+
+
 class _Assembler:
     """Messages in, a transaction's start, its changes and its end out, each as it comes
     (a transaction of millions of rows is never held); checks that they add up, and
@@ -135,6 +138,13 @@ class _Assembler:
         self.marks: list[bytes] = []
 
     def feed(self, message: Message) -> StreamItem | None:
+        if type(message) in _ROW_CHANGES and self.begin is not None:
+            # The most of any stream, asked first (then every other kind in turn)
+            change = self._change(message)
+            if self.skipping:
+                return None
+            self.changes += 1
+            return change
         if isinstance(message, Relation):
             self.relations[message.oid] = message
         elif isinstance(message, LogicalMessage):
@@ -166,9 +176,7 @@ class _Assembler:
         return None
 
     def _change(self, message: Message) -> RowChange | TruncateChange:
-        if isinstance(message, Insert):
-            return RowChange("insert", self._relation(message.relation), None, False, message.new)
-        if isinstance(message, Update):
+        if isinstance(message, Update):  # (the most common kind first)
             return RowChange(
                 "update",
                 self._relation(message.relation),
@@ -176,6 +184,8 @@ class _Assembler:
                 message.old_is_key,
                 message.new,
             )
+        if isinstance(message, Insert):
+            return RowChange("insert", self._relation(message.relation), None, False, message.new)
         if isinstance(message, Delete):
             return RowChange(
                 "delete", self._relation(message.relation), message.old, message.old_is_key, None

@@ -422,7 +422,13 @@ class _IncrementRun:
         async with contextlib.aclosing(batches):
             async for batch in batches:
                 for item in batch:
-                    if isinstance(item, TransactionStart):
+                    if isinstance(item, RowChange):  # (the most of a stream, asked first)
+                        due = self._add(tables, head, n, item)
+                        if due:
+                            for changes in due:
+                                await self._flush(conn, changes)
+                        n += 1
+                    elif isinstance(item, TransactionStart):
                         head, n = (item.xid, item.commit_lsn), 0
                     elif isinstance(item, TransactionEnd):
                         if boundary in item.marks:
@@ -434,12 +440,9 @@ class _IncrementRun:
                         if len(log) >= ENCODE_BATCH:
                             await self._write(TRANSACTIONS_STEM, b"".join(log), len(log))
                             log.clear()
-                    else:
-                        due = self._add(tables, head, n, item)
-                        if due:
-                            for changes in due:
-                                await self._flush(conn, changes)
-                        n += len(item.relations) if isinstance(item, TruncateChange) else 1
+                    else:  # a TRUNCATE: a line a table it names
+                        self._add(tables, head, n, item)
+                        n += len(item.relations)
                 if end is not None:
                     break
         if end is None:
