@@ -127,6 +127,14 @@ def key_hash(data: bytes) -> None:
     _check("key_hash", rng, ref.ref_key_hash, raw)
 
 
+def pgoutput_values(data: bytes) -> None:
+    rng, raw = _case(data)
+    case, pos = ref.random_tuple_data(rng)
+    at = rng.randrange(len(case) + 1)
+    message = case[:at] + raw + case[at:]
+    _check("pgoutput_values", rng, ref.ref_pgoutput_values, message, pos, ref.UNCHANGED_MARK)
+
+
 def line_fingerprint(data: bytes) -> None:
     rng, raw = _case(data)
     _check("line_fingerprint", rng, ref.ref_line_fingerprint, raw)
@@ -182,6 +190,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
         json_members,
         pick_lines,
         key_hash,
+        pgoutput_values,
         line_fingerprint,
         count_lines,
         equal_lines,

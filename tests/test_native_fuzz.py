@@ -1119,6 +1119,62 @@ def random_pick_case(
     return data, prefixes, identity, wanted
 
 
+# -- the reference: a row's values as pgoutput sends them (increments) ------------------
+# PostgreSQL's logical replication protocol, message formats, "TupleData": Int16 the
+# number of columns, then for each a Byte1 'n' (NULL), 'u' (an unchanged TOASTed value),
+# or 't' (text: Int32 length, then that many bytes) or 'b' (binary, never asked for).
+UNCHANGED_MARK = object()
+
+
+def ref_pgoutput_values(data: bytes, pos: int, unchanged: object) -> tuple[tuple[Any, ...], int]:
+    def take(size: int) -> bytes:
+        nonlocal pos
+        if pos < 0 or pos + size > len(data):
+            raise Invalid(f"cut short at byte {pos}")
+        got = data[pos : pos + size]
+        pos += size
+        return got
+
+    (count,) = struct.unpack("!h", take(2))
+    if count < 0:
+        raise Invalid(f"a row of {count} columns")
+    values: list[Any] = []
+    for _ in range(count):
+        kind = take(1)
+        if kind == b"t":
+            (length,) = struct.unpack("!i", take(4))
+            if length < 0 or pos + length > len(data):
+                raise Invalid(f"a value of {length} bytes past the message's end")
+            values.append(take(length))
+        elif kind in (b"n", b"u"):
+            values.append(None if kind == b"n" else unchanged)
+        else:
+            raise Invalid(f"a column value of kind {kind.decode('latin-1')!r}")
+    return tuple(values), pos
+
+
+def random_tuple_data(rng: random.Random) -> tuple[bytes, int]:
+    """A message's bytes holding a row's values at some position: every kind, every
+    length, valid or not, cut short or followed by more."""
+    head = bytes(rng.randrange(256) for _ in range(rng.choice((0, 0, 1, 5))))
+    count = rng.choice((0, 1, 2, 3, 7, -1, 300))
+    body = bytearray(struct.pack("!h", count))
+    for _ in range(max(0, min(count, 8))):
+        kind = rng.choice(b"tttnu" + bytes([rng.randrange(256)]))
+        body.append(kind)
+        if kind == ord("t"):
+            value = random_bytes(rng)[: rng.choice((0, 1, 10, 1000))]
+            length = len(value) if rng.random() < 0.9 else rng.choice((-1, -5, 2**31 - 1))
+            body += struct.pack("!i", length) + value
+    data = head + bytes(body)
+    if rng.random() < 0.2:
+        data = data[: rng.randrange(len(data) + 1)]
+    elif rng.random() < 0.2:
+        data += bytes(rng.randrange(256) for _ in range(rng.randrange(4)))
+    pos = len(head) if rng.random() < 0.95 else rng.randrange(-1, len(data) + 2)
+    return data, pos
+
+
 # -- the reference: COPY binary tuples (dump) -> NDJSON --------------------------------------
 # The kinds whose rendering is plain enough to state again here; numbers with a
 # renderer of their own (numeric, floats, timestamps, dates, times, intervals) are held
@@ -1310,6 +1366,18 @@ def fuzz_pick_lines(rounds: int) -> None:
     assert hashes.accepted == rounds
 
 
+def fuzz_pgoutput_values(rounds: int) -> None:
+    rng = rng_for("pgoutput_values")
+    tally = Tally("pgoutput_values")
+    for _ in range(rounds):
+        data, pos = random_tuple_data(rng)
+        native_args = (as_buffer(rng, data), pos, UNCHANGED_MARK)
+        tally.check(
+            _rows.pgoutput_values, native_args, ref_pgoutput_values, (data, pos, UNCHANGED_MARK)
+        )
+    tally.assert_both_sides(rounds)
+
+
 FUZZERS = [
     fuzz_copy_to_ndjson,
     fuzz_ndjson_to_copy,
@@ -1319,6 +1387,7 @@ FUZZERS = [
     fuzz_json_string,
     fuzz_json_members,
     fuzz_pick_lines,
+    fuzz_pgoutput_values,
 ]
 
 
