@@ -135,6 +135,13 @@ def pgoutput_values(data: bytes) -> None:
     _check("pgoutput_values", rng, ref.ref_pgoutput_values, message, pos, ref.UNCHANGED_MARK)
 
 
+def copy_text(data: bytes) -> None:
+    rng, raw = _case(data)
+    rows = ref.random_rows(rng)
+    rows.insert(rng.randrange(len(rows) + 1), tuple(raw.split(b"\x00")))  # the fuzzer's
+    _check("copy_text", rng, ref.ref_copy_text, rows)
+
+
 def line_fingerprint(data: bytes) -> None:
     rng, raw = _case(data)
     _check("line_fingerprint", rng, ref.ref_line_fingerprint, raw)
@@ -191,6 +198,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
         pick_lines,
         key_hash,
         pgoutput_values,
+        copy_text,
         line_fingerprint,
         count_lines,
         equal_lines,

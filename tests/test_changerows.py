@@ -16,11 +16,12 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
+from asyncsnap import _rows
 from asyncsnap.catalog import describe_tables, list_tables, read_types
 from asyncsnap.changes import RowChange, read_changes
 from asyncsnap.connection import resolve
 from asyncsnap.dump import dump
-from asyncsnap.encode.changerows import ChangeRowEncoder, copy_field, copy_line
+from asyncsnap.encode.changerows import ChangeRowEncoder
 from asyncsnap.pgoutput import UNCHANGED, parse_lsn
 from asyncsnap.session import Session, SessionPolicy
 from asyncsnap.slot import SlotCreation
@@ -172,9 +173,12 @@ def test_slot_values_become_the_dumps_own_lines(db: Database, tmp_path: Path, se
 
 
 def test_copy_fields_are_escaped_as_copy_escapes_them() -> None:
-    assert copy_field(None) == b"\\N"
-    assert copy_field(b"\\N") == b"\\\\N"  # the two characters, not NULL
-    assert copy_field(bytes(range(14))) == (b"\x00\x01\x02\x03\x04\x05\x06\x07\\b\\t\\n\\v\\f\\r")
+    assert _rows.copy_text([(None, b"\\N")]) == b"\\N\t\\\\N\n"  # NULL; the two characters
+    assert _rows.copy_text([(bytes(range(14)),), ()]) == (
+        b"\x00\x01\x02\x03\x04\x05\x06\x07\\b\\t\\n\\v\\f\\r\n\n"
+    )
+    with pytest.raises(TypeError):
+        _rows.copy_text([("text",)])  # type: ignore[list-item]
 
 
 # Field bytes drawn mostly from what COPY escapes, so that rows with and without them,
@@ -182,11 +186,16 @@ def test_copy_fields_are_escaped_as_copy_escapes_them() -> None:
 _fields = st.one_of(st.none(), st.binary(max_size=6), st.sampled_from([b"\t", b"\\", b"\n"]))
 
 
-@given(st.lists(_fields, min_size=1, max_size=6))
-def test_a_row_is_a_copy_line_of_its_fields(row: list[bytes | None]) -> None:
-    """``copy_line`` takes a shortcut for rows with no NULL and nothing to escape; every
-    row is still the fields as ``copy_field`` makes them, tab-separated."""
-    assert copy_line(row) == b"\t".join(copy_field(v) for v in row) + b"\n"
+@given(st.lists(st.lists(_fields, max_size=6).map(tuple), max_size=4))
+def test_rows_are_copy_lines_of_their_fields(rows: list[tuple[bytes | None, ...]]) -> None:
+    """Each row a line: its fields tab-separated, NULL as ``\\N``, COPY's escapes (a
+    backslash and \\b \\f \\n \\r \\t \\v) applied to each value."""
+    escapes = {0x5C: b"\\\\", 8: b"\\b", 12: b"\\f", 10: b"\\n", 13: b"\\r", 9: b"\\t", 11: b"\\v"}
+    fields = [
+        [b"\\N" if v is None else b"".join(escapes.get(c, bytes([c])) for c in v) for v in row]
+        for row in rows
+    ]
+    assert _rows.copy_text(rows) == b"".join(b"\t".join(row) + b"\n" for row in fields)
 
 
 @pytest.mark.versions

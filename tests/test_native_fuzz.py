@@ -1175,6 +1175,33 @@ def random_tuple_data(rng: random.Random) -> tuple[bytes, int]:
     return data, pos
 
 
+# -- the reference: rows as lines of COPY's text format (increments) --------------------
+# COPY TO's text format: fields separated by tabs, NULL as \N, a backslash and the
+# characters \b \f \n \r \t \v written as those escapes; a newline ends each row.
+_COPY_TO_ESCAPES = {0x5C: b"\\\\", 8: b"\\b", 12: b"\\f", 10: b"\\n", 13: b"\\r", 9: b"\\t",
+                    11: b"\\v"}  # fmt: skip
+
+
+def ref_copy_text(rows: list[Any]) -> bytes:
+    return b"".join(
+        b"\t".join(
+            b"\\N" if v is None else b"".join(_COPY_TO_ESCAPES.get(c, bytes([c])) for c in v)
+            for v in row
+        )
+        + b"\n"
+        for row in rows
+    )
+
+
+def random_rows(rng: random.Random) -> list[Any]:
+    """Rows (tuples or lists) of values of every byte and NULLs."""
+    rows: list[Any] = []
+    for _ in range(rng.choice((0, 1, 2, 5))):
+        row = [None if rng.random() < 0.15 else random_bytes(rng) for _ in range(rng.randrange(5))]
+        rows.append(tuple(row) if rng.random() < 0.5 else row)
+    return rows
+
+
 # -- the reference: COPY binary tuples (dump) -> NDJSON --------------------------------------
 # The kinds whose rendering is plain enough to state again here; numbers with a
 # renderer of their own (numeric, floats, timestamps, dates, times, intervals) are held
@@ -1378,6 +1405,15 @@ def fuzz_pgoutput_values(rounds: int) -> None:
     tally.assert_both_sides(rounds)
 
 
+def fuzz_copy_text(rounds: int) -> None:
+    rng = rng_for("copy_text")
+    tally = Tally("copy_text")
+    for _ in range(rounds):
+        rows = random_rows(rng)
+        tally.check(_rows.copy_text, (rows,), ref_copy_text, (rows,))
+    assert tally.accepted == rounds
+
+
 FUZZERS = [
     fuzz_copy_to_ndjson,
     fuzz_ndjson_to_copy,
@@ -1388,6 +1424,7 @@ FUZZERS = [
     fuzz_json_members,
     fuzz_pick_lines,
     fuzz_pgoutput_values,
+    fuzz_copy_text,
 ]
 
 

@@ -5,7 +5,7 @@ exactly as a full backup's (issue 25).
 The slot sends each value as its type's output function writes it, in the decoding
 session's settings: ``changes.read_changes`` runs on a connection with the session policy,
 so these are the settings a dump's COPY renders with. Such a row becomes a line of COPY
-text (escaped as COPY escapes it) and goes through the dump's own converter
+text (``_rows.copy_text``: escaped as COPY escapes it) and goes through the dump's own converter
 (``_rows.copy_to_ndjson``, the dump's text path, tested byte for byte against the server's
 rendering). Columns whose JSON the server renders in a dump (arrays: ``rowcodec
 .SERVER_RENDERED``) are rendered by the server here too, from their text form, a query per
@@ -14,9 +14,7 @@ such column for a batch of rows.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from typing import cast
 
 import asyncpg
 
@@ -24,56 +22,6 @@ from .. import _rows
 from ..catalog import Table, TypeInfo, quote_ident
 from .render import column_json_sql
 from .rowcodec import SERVER_RENDERED, DumpShape
-
-# COPY's text format: a backslash and these characters are escaped in a field.
-_COPY_ESCAPES = {
-    ord("\\"): b"\\\\",
-    ord("\b"): b"\\b",
-    ord("\f"): b"\\f",
-    ord("\n"): b"\\n",
-    ord("\r"): b"\\r",
-    ord("\t"): b"\\t",
-    ord("\v"): b"\\v",
-}
-_NEEDS_ESCAPE = re.compile(b"[" + re.escape(bytes(_COPY_ESCAPES)) + b"]")
-# The same but the tab, which separates a line's fields (``copy_line``).
-_NEEDS_ESCAPE_BUT_TAB = re.compile(
-    b"[" + re.escape(bytes(c for c in _COPY_ESCAPES if c != ord("\t"))) + b"]"
-)
-
-
-def _escape(match: re.Match[bytes]) -> bytes:
-    return _COPY_ESCAPES[match.group()[0]]
-
-
-def copy_field(value: bytes | None) -> bytes:
-    """One value as a field of a COPY text line: ``\\N`` for NULL, else escaped.
-
-    >>> copy_field(None), copy_field(b"a\\tb\\\\"), copy_field(b"plain")
-    (b'\\\\N', b'a\\\\tb\\\\\\\\', b'plain')
-    """
-    if value is None:
-        return b"\\N"
-    if _NEEDS_ESCAPE.search(value) is None:
-        return value
-    return _NEEDS_ESCAPE.sub(_escape, value)
-
-
-def copy_line(row: Sequence[bytes | None]) -> bytes:
-    """A row's values as a line of COPY text (with its newline), each field as
-    ``copy_field`` makes it.
-
-    >>> copy_line([b"1", None, b"a\\tb"]), copy_line([b"1", b"x"])
-    (b'1\\t\\\\N\\ta\\\\tb\\n', b'1\\tx\\n')
-    """
-    if None not in row:
-        # The usual row: no NULL, nothing to escape (its only tabs the separators), so
-        # the fields joined as they are; one join and two scans, not a call a field.
-        values = cast(Sequence[bytes], row)
-        line = b"\t".join(values)
-        if line.count(b"\t") == len(values) - 1 and _NEEDS_ESCAPE_BUT_TAB.search(line) is None:
-            return line + b"\n"
-    return b"\t".join([copy_field(v) for v in row]) + b"\n"
 
 
 class ChangeRowEncoder:
@@ -115,7 +63,7 @@ class ChangeRowEncoder:
                 for row, value in zip(copies, rendered, strict=True):
                     row[i] = None if value[0] is None else value[0].encode()
             fields = copies
-        text = b"".join([copy_line(row) for row in fields])
+        text = _rows.copy_text(fields)
         out, count, _ = _rows.copy_to_ndjson(text, self.kinds, self.prefixes)
         if count != len(fields):
             raise AssertionError(f"{count} lines from {len(fields)} rows")
