@@ -3010,7 +3010,10 @@ static PyObject *py_pick_lines(PyObject *self, PyObject *args)
     if (key == NULL) goto nomemory;
     for (i = 0; i < nkey; i++) {
         key[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(identity, i));
-        if (key[i] == -1 && PyErr_Occurred()) goto done;
+        if (key[i] == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) goto done;
+            PyErr_Clear(); /* an index past any tuple: said as any other one without */
+        }
         if (key[i] < 0 || key[i] >= nprefixes) {
             PyErr_SetString(PyExc_ValueError, "pick_lines: a key column without its prefix");
             goto done;

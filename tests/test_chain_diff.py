@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import random
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -375,3 +376,67 @@ def test_a_forged_change_file_is_refused_as_damaged(
     forge_changes(tmp_path / "inc", "accounts", [line])
     with pytest.raises(VerificationFailed, match=says):
         diff(tmp_path / "full", tmp_path / "inc")
+
+
+def test_a_table_without_columns_is_diffed_from_its_changes(db: Database, tmp_path: Path) -> None:
+    """A table without columns, REPLICA IDENTITY FULL: a change names its row by the empty
+    identity (``"key":{}``), which every line has; one row deleted of five."""
+    db.execute(
+        "CREATE TABLE public.nocols (); ALTER TABLE public.nocols REPLICA IDENTITY FULL;"
+        " INSERT INTO public.nocols SELECT FROM generate_series(1, 5)"
+    )
+    run(dump, db.dsn, output=tmp_path, slot=slot_name(), name="full")
+    db.execute("DELETE FROM public.nocols WHERE ctid = '(0,1)'")
+    run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    (table,) = [t for t in diff(tmp_path / "full", tmp_path / "inc").tables if t.name == "nocols"]
+    assert (table.status, table.rows_before, table.rows_after, table.removed) == (
+        "changed",
+        5,
+        4,
+        1,
+    )
+
+
+def test_a_failure_in_one_file_stops_the_others_being_read(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full backup's files are read two at a time: when one fails (its first line
+    damaged here), the file read beside it stops at its next block, instead of being read
+    to its end first (a big file or a slow store made the error wait minutes)."""
+    import functools
+
+    from asyncsnap.analysis import chain_diff
+    from asyncsnap.storage.backup import DataFileReader
+
+    db.execute(
+        "CREATE TABLE public.big (id int PRIMARY KEY, pad text);"
+        " INSERT INTO public.big SELECT g, repeat('x', 200) FROM generate_series(1, 40000) g"
+    )
+    run(dump, db.dsn, output=tmp_path, slot=slot_name(), name="full", split_larger_than=1 << 20)
+    db.execute("UPDATE public.big SET pad = 'y' WHERE id = 7")
+    run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    full, inc = tmp_path / "full", tmp_path / "inc"
+    paths = [f["path"] for f in table_entry(full, "public", "big")["files"]]
+    assert len(paths) >= 4
+
+    def damage(body: dict[str, Any]) -> None:
+        entry = next(t for t in body["tables"] if t["name"] == "big")["files"][0]
+        lines = decompress(full / paths[0]).splitlines(keepends=True)
+        rewrite_data_file(full, entry, b"".join([b'{"nope":1}\n', *lines[1:]]))
+
+    reseal(full, damage)
+    sealed = manifest_of(full)["manifest_sha256"]
+    reseal(inc, lambda body: body["increment"]["parent"].update(manifest_sha256=sealed))
+    others: list[str] = []
+
+    class Slow(DataFileReader):
+        def __next__(self) -> bytes | bytearray:
+            if Path(self.backup.path) == full and self.entry.path != paths[0]:
+                others.append(self.entry.path)
+                time.sleep(0.2)  # a big file, a slow store
+            return super().__next__()
+
+    monkeypatch.setattr(chain_diff, "DataFileReader", functools.partial(Slow, block_size=1 << 18))
+    with pytest.raises(VerificationFailed, match=f"{paths[0]}: line 1 is not a line of"):
+        diff(full, inc)
+    assert len(others) <= 2, others  # a block of the file beside it, and maybe one more

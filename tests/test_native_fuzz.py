@@ -1075,6 +1075,8 @@ def ref_pick_lines(
     needs: Invalid at the first line whose members do not begin with ``prefixes``."""
     if len(wanted) % 8 or not identity or any(not 0 <= i < len(prefixes) for i in identity):
         raise Invalid("not the arguments asked for")
+    if not all(type(p) is bytes for p in prefixes[: max(identity) + 1]):
+        raise TypeError("prefixes are bytes")
     hashes = set(struct.unpack(f"={len(wanted) // 8}Q", wanted))
     out = []
     for number, line in enumerate(lines_of(data)):
@@ -1101,7 +1103,7 @@ def random_pick_case(
     prefixes = tuple((b"{" if i == 0 else b",") + json_quote(n) + b":" for i, n in enumerate(names))
     identity = tuple(rng.sample(range(len(names)), rng.randrange(1, len(names) + 1)))
     if rng.random() < 0.02:
-        identity = rng.choice(((), (len(names),)))
+        identity = rng.choice(((), (len(names),), (-1,), (2**63,), (2**70,)))
     lines, hashes = [], []
     for _ in range(rng.choice((0, 1, 2, 3, 8))):
         actions = [rng.choice("248bsjax") for _ in names]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import array
 import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -393,8 +394,7 @@ def _count(span: ChainSpan, table: BackupTable, upto: int) -> int:
 
 def table_span(span: ChainSpan, table: BackupTable, scratch: Path, number: int) -> TableSpan:
     """One table of the chain between the span's two backups (``table``: the full
-    backup's entry); scratch files named after ``number``; ``engine()`` the DuckDB
-    connection (started when first needed)."""
+    backup's entry); scratch files named after ``number``."""
     files = span.table_files(table.key)
     if not any(i > span.before for i, _, _ in files):
         rows = _count(span, table, span.before)
@@ -444,8 +444,9 @@ def _full_lines(
                 for block in _lines(full, entry):
                     yield from (layout.normal(line) for line in block.splitlines())
         return
-    if unnamed:
-        # Each line's identity read here, by the JSON grammar: most lines are kept.
+    if unnamed or not layout.identity:
+        # Each line's identity read here, by the JSON grammar: most lines are kept, or
+        # every line is named (a table without columns, named by its empty identity).
         for entry in table.files:
             for block in _lines(full, entry):
                 for line in block.splitlines():
@@ -468,11 +469,17 @@ def _picked_lines(
     wanted = array.array("Q", sorted({_rows.key_hash(k) for k in named})).tobytes()
     prefixes = tuple(layout.all_prefixes)
 
+    stop = threading.Event()  # the caller failed or stopped: files being read end early
+
     def candidates(entry: BackupFile) -> list[bytes]:
-        found = []
+        found: list[bytes] = []
+        if stop.is_set():
+            return found
         reader = DataFileReader(full, entry, count_rows=False)
         try:
             for block in reader:
+                if stop.is_set():
+                    return found
                 try:
                     found.append(_rows.pick_lines(block, prefixes, identity, wanted))
                 except _rows.LineError as exc:
@@ -493,6 +500,7 @@ def _picked_lines(
                 if layout.full_line_key(line) in named:
                     yield layout.normal(line)
     finally:
+        stop.set()
         pool.shutdown(cancel_futures=True)
 
 
