@@ -3272,15 +3272,22 @@ static PyObject *py_copy_text(PyObject *self, PyObject *arg)
     if (result == NULL) goto done;
     out = PyBytes_AS_STRING(result);
     {
-        /* The allocation may have run a collection, and a finalizer could have changed a
-         * list of rows: every write is checked against the size (and every value's type
-         * again), so such a change is an error, never a write past the end. */
+        /* Nothing between the passes runs Python code today (a bytes object is not one
+         * the collector tracks, so its allocation starts no collection whose finalizers
+         * could change a list of rows); should that ever change, every row's and value's
+         * type is checked again and every write against the size: a change of the rows
+         * is an error, never a read of a wrong object or a write past the end. */
         const char *end = out + total;
         int changed = PySequence_Fast_GET_SIZE(rows) != nrows;
         row_items = PySequence_Fast_ITEMS(rows); /* (a list's items may have moved) */
         for (r = 0; r < nrows && !changed; r++) {
             PyObject *row = row_items[r];
-            Py_ssize_t width = PySequence_Fast_GET_SIZE(row), k;
+            Py_ssize_t width, k;
+            if (!PyTuple_Check(row) && !PyList_Check(row)) {
+                changed = 1;
+                break;
+            }
+            width = PySequence_Fast_GET_SIZE(row);
             for (k = 0; k < width && !changed; k++) {
                 PyObject *value = PySequence_Fast_GET_ITEM(row, k);
                 if (k > 0) changed |= !copy_put(&out, end, (const unsigned char *)"\t", 1, 0);

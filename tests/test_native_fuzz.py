@@ -1159,7 +1159,7 @@ def random_tuple_data(rng: random.Random) -> tuple[bytes, int]:
     """A message's bytes holding a row's values at some position: every kind, every
     length, valid or not, cut short or followed by more."""
     head = bytes(rng.randrange(256) for _ in range(rng.choice((0, 0, 1, 5))))
-    count = rng.choice((0, 1, 2, 3, 7, -1, 300))
+    count = rng.choice((0, 1, 2, 3, 7, -1, 300, 32767, -32768))
     body = bytearray(struct.pack("!h", count))
     for _ in range(max(0, min(count, 8))):
         kind = rng.choice(b"tttnu" + bytes([rng.randrange(256)]))
@@ -1482,6 +1482,13 @@ def test_reference_knows_the_documented_examples() -> None:
         (b"", b'"}"'),
     ]
     assert ref_json_members(b"{}") == []
+    mark = UNCHANGED_MARK
+    values = b"\x00\x03t\x00\x00\x00\x02abnu"  # 3 columns: "ab", NULL, unchanged
+    assert ref_pgoutput_values(b"I" + values + b"!", 1, mark) == ((b"ab", None, mark), 12)
+    for cut in (values[:-1], values[:5], b"\x00\x01b"):
+        with pytest.raises(Invalid):
+            ref_pgoutput_values(cut, 0, mark)
+    assert ref_copy_text([(b"a\\b\t", None), [], (b"",)]) == b"a\\\\b\\t\t\\N\n\n\n"
     assert ref_key_hash(b"") == 0xF52A15E9A9B5E89B  # FNV-1a's offset basis, finalized
     prefixes = (b'{"a":', b',"b":')
     line = b'{"a":["x,\\"",[1]],"b":"k"}\n'
