@@ -100,7 +100,7 @@ class ChangeSet:
 
 @dataclass(frozen=True, slots=True)
 class TransactionStart:
-    """A transaction's first message in a stream (``stream``): its changes follow."""
+    """A transaction's first message in a stream (``stream_batches``): its changes follow."""
 
     xid: int
     commit_lsn: int
@@ -256,42 +256,25 @@ async def transactions(
     upto: int | None = None,
 ) -> AsyncGenerator[Transaction, None]:
     """``read_changes``' transactions one at a time, in commit order (each held whole:
-    ``stream`` for transactions of any size)."""
+    ``stream_batches`` for transactions of any size)."""
     changes: list[RowChange | TruncateChange] = []
-    async with contextlib.aclosing(stream(conn, slot, publication, start, upto)) as items:
-        async for item in items:
-            if isinstance(item, TransactionStart):
-                changes = []
-            elif isinstance(item, TransactionEnd):
-                yield Transaction(
-                    item.xid,
-                    item.commit_lsn,
-                    item.end_lsn,
-                    item.commit_time,
-                    tuple(changes),
-                    item.marks,
-                )
-            else:
-                changes.append(item)
-
-
-async def stream(
-    conn: asyncpg.Connection,
-    slot: str,
-    publication: str,
-    start: int,
-    upto: int | None = None,
-    *,
-    marks: bool = False,
-) -> AsyncGenerator[StreamItem, None]:
-    """The transactions ``read_changes`` reads, as each one's start, its changes one by
-    one and its end, in commit order; with ``marks``, the decoding messages asyncsnap
-    emitted are in the ends (``TransactionEnd.marks``)."""
-    batches = stream_batches(conn, slot, publication, start, upto, marks=marks)
+    batches = stream_batches(conn, slot, publication, start, upto)
     async with contextlib.aclosing(batches):
         async for batch in batches:
             for item in batch:
-                yield item
+                if isinstance(item, TransactionStart):
+                    changes = []
+                elif isinstance(item, TransactionEnd):
+                    yield Transaction(
+                        item.xid,
+                        item.commit_lsn,
+                        item.end_lsn,
+                        item.commit_time,
+                        tuple(changes),
+                        item.marks,
+                    )
+                else:
+                    changes.append(item)
 
 
 async def stream_batches(
@@ -303,9 +286,11 @@ async def stream_batches(
     *,
     marks: bool = False,
 ) -> AsyncGenerator[list[StreamItem], None]:
-    """``stream``'s items, a list of them for each batch of messages fetched: a reader
-    that takes an item without awaiting pays no asynchronous step a change (for 50,000
-    changes those steps took a fifth of reading them).
+    """The transactions ``read_changes`` reads, as each one's start, its changes one by
+    one and its end, in commit order, a list of them for each batch of messages fetched
+    (a reader that takes an item without awaiting pays no asynchronous step a change: for
+    50,000 changes those steps took a fifth of reading them); with ``marks``, the
+    decoding messages asyncsnap emitted are in the ends (``TransactionEnd.marks``).
 
     The server's SQL interface decodes the whole stretch before it returns a row (into a
     tuplestore, spilled to disk past work_mem); the rows then come a batch at a time."""
