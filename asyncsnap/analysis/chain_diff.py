@@ -496,9 +496,10 @@ def _picked_lines(
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="asyncsnap-pick")
     try:
         for found in pool.map(candidates, table.files):
-            for line in b"".join(found).splitlines():
-                if layout.full_line_key(line) in named:
-                    yield layout.normal(line)
+            for picked in found:  # (each block's few lines, split where they are)
+                for line in picked.splitlines():
+                    if layout.full_line_key(line) in named:
+                        yield layout.normal(line)
     finally:
         stop.set()
         pool.shutdown(cancel_futures=True)
