@@ -28,13 +28,14 @@ the snapshot until the last task has ended, so the files are of one moment.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,93 @@ def import_distributed() -> Any:
             hint="pip install 'asyncsnap[cluster]'",
         ) from exc
     return distributed
+
+
+# A local cluster's workers are forked from multiprocessing's fork server, a process of
+# its own that imports what a worker runs once (``start_fork_server``): spawned, each
+# worker imported distributed, the task's modules and this program's entry point anew
+# (0.8 s of CPU a worker, taken from the server and the conversion on a small machine).
+# Not forked from this process, although that is faster still (a dump of pgbench 1.5-1.7
+# times the local one, against 2.0-2.1 spawned): a worker forked from the coordinator
+# holds copies of its sockets and of its signal wake-up pipe, so a SIGTERM sent to a
+# worker woke the coordinator's handler and stopped the dump, and once in five SIGKILLs
+# of the coordinator two workers lived on, holding its connection, and with it the
+# snapshot, open (both seen, 2026-12-06; docs/scaling.md).
+_FORK_SERVER_PRELOAD = ["__main__", "distributed", "asyncsnap.cluster"]
+
+
+def start_fork_server() -> None:
+    """Start the fork server, importing ``_FORK_SERVER_PRELOAD``, unless one runs: early,
+    so that its imports overlap the coordinator's.
+
+    Its workers inherit its environment, not this process's when they start: so it
+    starts with what Dask's nanny sets in this process for a spawned worker (allocator
+    and thread pool settings, ``distributed.nanny.pre-spawn-environ``, a variable already
+    set winning, as Dask has it) and with the variable that has a worker name itself in
+    ``ps`` ("dask worker [address]"). The rest of a worker's environment is given to it
+    as it starts (``_worker_environment``)."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    import dask
+    from distributed.proctitle import enable_proctitle_on_children
+
+    for name, value in dask.config.get("distributed.nanny.pre-spawn-environ").items():
+        if value is not None:
+            os.environ.setdefault(name, str(value))
+    enable_proctitle_on_children()  # type: ignore[no-untyped-call]
+    multiprocessing.get_context("forkserver").set_forkserver_preload(_FORK_SERVER_PRELOAD)
+    forkserver.ensure_running()
+
+
+# A local cluster's worker's environment, as JSON, made its own by ``dask_setup``.
+_ENVIRONMENT = "ASYNCSNAP_WORKER_ENVIRONMENT"
+
+
+def _worker_environment(password: str | None) -> dict[str, str]:
+    """What a local cluster's worker is started with: this process's environment now, as a
+    spawned worker had it (a store's credentials set since the fork server started
+    included, and one unset since left out), with the connection's password.
+
+    One variable, which the worker unpacks (``dask_setup``): Dask sets each variable given
+    to it in the new process before it names itself, and with every variable set there
+    the name was lost (``ps`` showed the fork server's command line)."""
+    env = dict(os.environ)
+    if password is not None:
+        env["PGPASSWORD"] = password
+    return {_ENVIRONMENT: json.dumps(env)}
+
+
+def dask_setup(worker: Any) -> None:
+    """Dask runs this as a worker that preloads this module starts: a local cluster's
+    worker takes the coordinator's environment (``_worker_environment``), keeping what
+    Dask's own configuration sets for a worker."""
+    import dask
+
+    packed = os.environ.pop(_ENVIRONMENT, None)
+    if packed is None:  # a worker not started by ``cluster_client``
+        return
+    wanted: dict[str, str] = json.loads(packed)
+    for key in ("distributed.nanny.pre-spawn-environ", "distributed.nanny.environ"):
+        for name in dask.config.get(key, {}):
+            if name in os.environ:
+                wanted.setdefault(name, os.environ[name])
+    for name in [name for name in os.environ if name not in wanted]:
+        del os.environ[name]
+    os.environ.update(wanted)
+
+
+@contextlib.contextmanager
+def _forked_from_server(distributed: Any) -> Iterator[None]:
+    """Workers started within are forked from the fork server. A worker started again
+    later (its process died) is started as Dask's configuration says (spawned)."""
+    import dask
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        # Dask names its own preload on its first use of the fork server, not ours: the
+        # server started first (``start_fork_server``) keeps ours.
+        start_fork_server()
+        yield
 
 
 def without_password(params: ConnectParams) -> tuple[ConnectParams, str | None]:
@@ -396,20 +484,21 @@ async def cluster_client(address: ClusterAddress, password: str | None) -> Async
             with anyio.CancelScope(shield=True):
                 await client.close()
         return
-    env = {"PGPASSWORD": password} if password is not None else {}
-    cluster = await distributed.LocalCluster(
-        n_workers=address.local_workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        # no dashboard, and the scheduler's HTTP endpoints (health, metrics) on a free
-        # port of this host only: two dumps at once must not contend for :8787
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        asynchronous=True,
-        env=env,
-        silence_logs=40,  # logging.ERROR: a worker's restart is ours to tell
-        preload=["asyncsnap.cluster"],  # imported as a worker starts, not by its first task
-    )
+    with _forked_from_server(distributed):
+        env = _worker_environment(password)
+        cluster = await distributed.LocalCluster(
+            n_workers=address.local_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            # no dashboard, and the scheduler's HTTP endpoints (health, metrics) on a free
+            # port of this host only: two dumps at once must not contend for :8787
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            asynchronous=True,
+            env=env,
+            silence_logs=40,  # logging.ERROR: a worker's restart is ours to tell
+            preload=["asyncsnap.cluster"],  # imported as a worker starts, not by its first task
+        )
     try:
         client = await distributed.Client(cluster, asynchronous=True)
         try:
@@ -487,6 +576,8 @@ async def background_cluster(
     from .errors import most_telling
 
     cluster = BackgroundCluster(address, without_password(params)[1])
+    if address.local_workers is not None:
+        start_fork_server()  # its imports while this one imports distributed and connects
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(cluster.serve)
