@@ -117,6 +117,13 @@ _FORK_SERVER_PRELOAD = ["__main__", "distributed", "asyncsnap.cluster"]
 _ALLOCATOR_AS_A_LOCAL_DUMPS = {"MALLOC_TRIM_THRESHOLD_"}
 
 
+def start_local_fork_server(address: str) -> None:
+    """For ``local:N``: the fork server started now, by a command that starts its cluster
+    later (``restore --cluster``), so that the server's imports overlap its own work."""
+    if ClusterAddress.parse(address).local_workers is not None:
+        start_fork_server()
+
+
 def start_fork_server() -> None:
     """Start the fork server, importing ``_FORK_SERVER_PRELOAD``, unless one runs: early,
     so that its imports overlap the coordinator's.
@@ -130,6 +137,7 @@ def start_fork_server() -> None:
     import multiprocessing
     from multiprocessing import forkserver
 
+    import_distributed()  # its absence said as a usage error, before dask's is
     import dask
     from distributed.proctitle import enable_proctitle_on_children
 

@@ -450,6 +450,31 @@ def test_a_local_clusters_workers_have_the_environment_of_when_it_starts() -> No
     ]
 
 
+def test_without_the_cluster_extra_dump_and_restore_say_what_to_install(
+    db: Database, tmp_path: Path
+) -> None:
+    """``--cluster local:N`` where distributed cannot be imported: one error line and the
+    extra to install, exit 2, no traceback, nothing written; for a dump (whose cluster
+    starts first) and a restore (whose fork server starts as it plans)."""
+    db.execute(SCHEMA)
+    run(dump, db.dsn, output=tmp_path, name="b")
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    (missing / "distributed.py").write_text("raise ImportError('no distributed here')\n")
+    env = clean_env() | {"PYTHONPATH": str(missing)}
+    out = tmp_path / "out"
+    for args in (
+        ("dump", db.dsn, "-o", str(out), "--cluster", "local:2"),
+        ("restore", str(tmp_path / "b"), db.dsn, "--cluster", "local:2"),
+    ):
+        done = run_cli(*args, env=env)
+        assert done.returncode == ExitCode.USAGE, done.stderr
+        assert "--cluster needs Dask's distributed" in done.stderr, done.stderr
+        assert "pip install 'asyncsnap[cluster]'" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_a_killed_coordinator_leaves_no_worker_and_no_session_holding_the_snapshot(
     db: Database, tmp_path: Path
 ) -> None:
