@@ -94,6 +94,15 @@ class Runs:
     def median(self) -> float:
         return statistics.median(s[0] for s in self.samples)
 
+    def summary(self) -> dict[str, Any]:
+        """Median wall time, every run's, the highest peak RSS and the median client CPU."""
+        return {
+            "median_s": self.median,
+            "runs_s": [s[0] for s in self.samples],
+            "peak_rss_mib": max(s[1] for s in self.samples) / 1024,
+            "client_cpu_s": statistics.median(s[3] for s in self.samples),
+        }
+
 
 GNU_TIME = shutil.which("time", path="/usr/bin:/bin")
 
@@ -1549,15 +1558,7 @@ def incremental(args: argparse.Namespace) -> None:
         "runs": runs,
         "jobs": args.jobs,
         "changed_accounts": scale * 1000,
-        "tools": {
-            name: {
-                "median_s": r.median,
-                "runs_s": [x[0] for x in r.samples],
-                "peak_rss_mib": max(x[1] for x in r.samples) / 1024,
-                "client_cpu_s": statistics.median(x[3] for x in r.samples),
-            }
-            for name, r in samples.items()
-        },
+        "tools": {name: r.summary() for name, r in samples.items()},
         "bytes": {name: statistics.median(v) for name, v in sizes.items()},
         "targets": [],
     }
@@ -1676,24 +1677,9 @@ def cluster(args: argparse.Namespace) -> None:
         "scale": scale,
         "runs": runs,
         "tools": {
-            name: {
-                "median_s": r.median,
-                "runs_s": [x[0] for x in r.samples],
-                "peak_rss_mib": max(x[1] for x in r.samples) / 1024,
-                "client_cpu_s": statistics.median(x[3] for x in r.samples),
-                "stored_bytes": r.samples[0][2],
-            }
-            for name, r in samples.items()
+            name: r.summary() | {"stored_bytes": r.samples[0][2]} for name, r in samples.items()
         },
-        "restore": {
-            name: {
-                "median_s": r.median,
-                "runs_s": [x[0] for x in r.samples],
-                "peak_rss_mib": max(x[1] for x in r.samples) / 1024,
-                "client_cpu_s": statistics.median(x[3] for x in r.samples),
-            }
-            for name, r in loads.items()
-        },
+        "restore": {name: r.summary() for name, r in loads.items()},
         "engine": engine,
         # for docs/scaling.md: the client's CPU per GB of NDJSON (the local dump's), and
         # one backend's text COPY rate with a client that only counts the bytes

@@ -484,21 +484,9 @@ def test_a_killed_coordinator_leaves_no_worker_and_no_session_holding_the_snapsh
     coordinator itself hold copies of its sockets and of each other's pipes that tell a
     worker its parent is gone: once in five such kills by hand, two lived on, and the
     snapshot's session with them. This test did not catch that in three runs.)"""
-    db.execute(BIG)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", str(tmp_path), "--name",
-         "b", "--compress", "none", "--cluster", "local:2"],
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_until_writing_big(proc, tmp_path / "b.partial")
-        workers = _worker_pids_of(proc.pid)
-        assert workers
-    finally:
-        proc.kill()
-        proc.wait()
+    proc, workers = _cluster_dump_writing_big(db, tmp_path)
+    proc.kill()
+    proc.communicate()
     deadline = time.monotonic() + 20
     while any(_alive(pid) for pid in workers):
         assert time.monotonic() < deadline, "a worker outlived its coordinator"
@@ -514,6 +502,21 @@ def test_a_worker_sent_sigterm_is_restarted_and_the_dump_goes_on(
     task runs again, and the dump completes (exit 0, a backup that verifies). A worker
     forked from the coordinator itself shared its signal wake-up pipe: the SIGTERM reached
     the coordinator's handler, which stopped the whole dump (exit 143)."""
+    proc, workers = _cluster_dump_writing_big(db, tmp_path)
+    try:
+        os.kill(workers[0], signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert verify(str(tmp_path / "b")).ok
+
+
+def _cluster_dump_writing_big(
+    db: Database, tmp_path: Path
+) -> tuple[subprocess.Popen[str], list[int]]:
+    """A ``dump --cluster local:2`` of ``BIG`` into ``tmp_path / "b"``, once it writes the
+    big table, and its workers' process ids."""
     db.execute(BIG)
     proc = subprocess.Popen(
         [sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", str(tmp_path), "--name",
@@ -527,12 +530,11 @@ def test_a_worker_sent_sigterm_is_restarted_and_the_dump_goes_on(
         wait_until_writing_big(proc, tmp_path / "b.partial")
         workers = _worker_pids_of(proc.pid)
         assert workers
-        os.kill(workers[0], signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
+    except BaseException:
         proc.kill()
-    assert proc.returncode == 0, err
-    assert verify(str(tmp_path / "b")).ok
+        proc.communicate()
+        raise
+    return proc, workers
 
 
 def _alive(pid: int) -> bool:
