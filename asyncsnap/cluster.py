@@ -117,10 +117,10 @@ _FORK_SERVER_PRELOAD = ["__main__", "distributed", "asyncsnap.cluster"]
 _ALLOCATOR_AS_A_LOCAL_DUMPS = {"MALLOC_TRIM_THRESHOLD_"}
 
 
-def start_local_fork_server(address: str) -> None:
-    """For ``local:N``: the fork server started now, by a command that starts its cluster
-    later (``restore --cluster``), so that the server's imports overlap its own work."""
-    if ClusterAddress.parse(address).local_workers is not None:
+def start_local_fork_server(address: ClusterAddress) -> None:
+    """For ``local:N``: the fork server started now, before the cluster (in the background
+    of a dump, as a restore starts), so that its imports overlap the caller's work."""
+    if address.local_workers is not None:
         start_fork_server()
 
 
@@ -187,7 +187,7 @@ def dask_setup(worker: Any) -> None:
 
 
 @contextlib.contextmanager
-def _forked_from_server(distributed: Any) -> Iterator[None]:
+def _forked_from_server() -> Iterator[None]:
     """Workers started within are forked from the fork server. A worker started again
     later (its process died) is started as Dask's configuration says (spawned)."""
     import dask
@@ -500,7 +500,7 @@ async def cluster_client(address: ClusterAddress, password: str | None) -> Async
             with anyio.CancelScope(shield=True):
                 await client.close()
         return
-    with _forked_from_server(distributed):
+    with _forked_from_server():
         env = _worker_environment(password)
         cluster = await distributed.LocalCluster(
             n_workers=address.local_workers,
@@ -592,8 +592,7 @@ async def background_cluster(
     from .errors import most_telling
 
     cluster = BackgroundCluster(address, without_password(params)[1])
-    if address.local_workers is not None:
-        start_fork_server()  # its imports while this one imports distributed and connects
+    start_local_fork_server(address)  # its imports while this one imports and connects
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(cluster.serve)

@@ -1588,6 +1588,8 @@ def incremental(args: argparse.Namespace) -> None:
     print(f"results written to {path}")
 
 
+# The runs compared, dump and restore alike: their options.
+CLUSTER_RUNS = {"local -j 2": ["-j", "2"], "cluster local:2": ["--cluster", "local:2"]}
 CLUSTER_TARGETS = {
     "cluster local:2 / local -j 2 (dump)": 1.15,
     "cluster local:2 / local -j 2 (restore)": 1.15,
@@ -1636,22 +1638,20 @@ def cluster(args: argparse.Namespace) -> None:
             capture_output=True,
         )
         sql(dsn, "VACUUM ANALYZE")
-        names = {"local -j 2": ["-j", "2"], "cluster local:2": ["--cluster", "local:2"]}
-        samples = {name: Runs(name) for name in names}
         cli = [*PY, "asyncsnap"]
-        sums: dict[str, set[str]] = {name: set() for name in names}
-        for r in range(runs):
-            for name in names if r % 2 == 0 else list(reversed(names)):
-                out = Path(tmp) / f"{name.replace(' ', '_').replace(':', '')}-{r}"
-                checkpoint(dsn)
-                wall, rss, cpu = measure([*cli, "dump", dsn, "-o", str(out), "--name", "b",
-                                          "--no-schema", *names[name]])  # fmt: skip
-                samples[name].samples.append((wall, rss, dir_size(out / "b"), cpu))
-                sums[name].add(
-                    "\n".join(sorted((out / "b" / "SHA256SUMS").read_text().splitlines()))
-                )
-                shutil.rmtree(out)
-                print(".", end="", flush=True)
+        sums: dict[str, set[str]] = {name: set() for name in CLUSTER_RUNS}
+
+        def one_dump(name: str) -> tuple[float, int, int, float]:
+            out = Path(tmp) / f"{name.replace(' ', '_').replace(':', '')}-{time.monotonic_ns()}"
+            checkpoint(dsn)
+            wall, rss, cpu = measure([*cli, "dump", dsn, "-o", str(out), "--name", "b",
+                                      "--no-schema", *CLUSTER_RUNS[name]])  # fmt: skip
+            size = dir_size(out / "b")
+            sums[name].add("\n".join(sorted((out / "b" / "SHA256SUMS").read_text().splitlines())))
+            shutil.rmtree(out)
+            return wall, rss, size, cpu
+
+        samples = alternate(list(CLUSTER_RUNS), runs, one_dump, {n: n for n in CLUSTER_RUNS})
         if len(sums["local -j 2"] | sums["cluster local:2"]) != 1:
             raise SystemExit("the cluster's files are not the local dump's")
         out = Path(tmp) / "size"
@@ -1740,15 +1740,14 @@ def _cluster_restores(cli: list[str], backup: Path, dsn: str, runs: int) -> dict
     by ``restore --cluster local:2`` (alternating, each after a checkpoint); then once
     more on the cluster with ``--compare``, which exits 7 unless the rows are the
     backup's."""
-    names = {"local -j 2": ["-j", "2"], "cluster local:2": ["--cluster", "local:2"]}
-    loads = {name: Runs(name) for name in names}
-    for r in range(runs):
-        for name in names if r % 2 == 0 else list(reversed(names)):
-            sql(dsn, f"TRUNCATE {PGBENCH_TABLES}")  # not timed
-            checkpoint(dsn)
-            wall, rss, cpu = measure([*cli, "restore", str(backup), dsn, "-q", *names[name]])
-            loads[name].samples.append((wall, rss, 0, cpu))
-            print(".", end="", flush=True)
+
+    def one(name: str) -> tuple[float, int, int, float]:
+        sql(dsn, f"TRUNCATE {PGBENCH_TABLES}")  # not timed
+        checkpoint(dsn)
+        wall, rss, cpu = measure([*cli, "restore", str(backup), dsn, "-q", *CLUSTER_RUNS[name]])
+        return wall, rss, 0, cpu
+
+    loads = alternate(list(CLUSTER_RUNS), runs, one, {name: name for name in CLUSTER_RUNS})
     sql(dsn, f"TRUNCATE {PGBENCH_TABLES}")
     measure([*cli, "restore", str(backup), dsn, "-q", "--cluster", "local:2", "--compare"])
     return loads

@@ -234,6 +234,18 @@ def run_cli(
     return CliRun(proc.returncode, proc.stdout, proc.stderr)
 
 
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start the real ``asyncsnap`` command in a child process, its output in text pipes
+    (for a test that signals it, kills it or reads it as it runs)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "asyncsnap", *args],
+        env=env if env is not None else clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @contextlib.contextmanager
 def table_locked(dsn: str, table: str) -> Iterator[None]:
     """Another session holds ACCESS EXCLUSIVE on ``table`` until the block ends, so a

@@ -32,7 +32,14 @@ from asyncsnap.connection import ConnectParams
 from asyncsnap.dump import dump
 from asyncsnap.errors import DumpFailed, ExitCode, UsageError
 from asyncsnap.verify import verify
-from tests.conftest import Database, Postgres, clean_env, fresh_database, run_cli
+from tests.conftest import (
+    Database,
+    Postgres,
+    clean_env,
+    fresh_database,
+    run_cli,
+    start_cli,
+)
 from tests.test_increment import run, table_digests
 from tests.test_interrupt import BIG, _asyncsnap_backends, wait_until_writing_big
 from tests.test_restore_create import admin_execute, database_named
@@ -365,32 +372,8 @@ def test_sigterm_of_the_coordinator_keeps_nothing_and_stops_the_workers(
     """SIGTERM while the workers write: exit 143, nothing left that looks complete (the
     partial directory removed, as a local dump's), no worker process and no session of
     the dump's left behind."""
-    db.execute(BIG)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "asyncsnap",
-            "dump",
-            db.dsn,
-            "-o",
-            str(tmp_path),
-            "--name",
-            "b",
-            "--compress",
-            "none",
-            "--cluster",
-            "local:2",
-        ],
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, workers = _cluster_dump_writing_big(db, tmp_path)
     try:
-        wait_until_writing_big(proc, tmp_path / "b.partial")
-        workers = _worker_pids_of(proc.pid)
-        assert workers
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -518,14 +501,8 @@ def _cluster_dump_writing_big(
     """A ``dump --cluster local:2`` of ``BIG`` into ``tmp_path / "b"``, once it writes the
     big table, and its workers' process ids."""
     db.execute(BIG)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", str(tmp_path), "--name",
-         "b", "--compress", "none", "--cluster", "local:2"],
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc = start_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "b", "--compress", "none",
+                     "--cluster", "local:2")  # fmt: skip
     try:
         wait_until_writing_big(proc, tmp_path / "b.partial")
         workers = _worker_pids_of(proc.pid)
@@ -557,16 +534,8 @@ def test_sigterm_of_the_coordinator_stops_a_remote_workers_upload(
     password = urlsplit(db.dsn).password or ""
     prefix = f"s3://{BUCKET}/remote-term"
     with dask_cluster(password, **cli_env(s3)) as address:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", prefix, "--name",
-                "b", "--compress", "none", "--cluster", address,
-            ],
-            env=cli_env(s3),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
+        proc = start_cli("dump", db.dsn, "-o", prefix, "--name", "b", "--compress", "none",
+                         "--cluster", address, env=cli_env(s3))  # fmt: skip
         try:
             anyio.run(_copying_big, db.dsn, proc, backend="asyncio")
             proc.send_signal(signal.SIGTERM)
@@ -626,11 +595,8 @@ def test_a_signal_stops_verify_on_a_cluster_with_one_line_and_no_process_left(
     run(dump, db.dsn, output=tmp_path, name="b", encrypt_to=[str(identity.to_public())])
     key = tmp_path / "key"
     os.mkfifo(key)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "asyncsnap", "verify", str(tmp_path / "b"),
-         "--identity", str(key), "--cluster", "local:2"],
-        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_cli("verify", str(tmp_path / "b"), "--identity", str(key), "--cluster",
+                     "local:2")  # fmt: skip
     try:
         with open(key, "w") as fifo:  # what the coordinator reads
             fifo.write(f"{identity}\n")

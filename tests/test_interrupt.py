@@ -17,7 +17,7 @@ import pytest
 import asyncsnap
 from asyncsnap.events import ChunkProgress, Event
 
-from .conftest import Database, clean_env, run_cli
+from .conftest import Database, clean_env, run_cli, start_cli
 
 BIG = """
 CREATE TABLE big (id int, pad text);
@@ -96,25 +96,7 @@ def test_signal_mid_dump_exits_with_signal_code_and_keeps_nothing(
     db: Database, tmp_path: Path, signum: int, code: int
 ) -> None:
     db.execute(BIG)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "asyncsnap",
-            "dump",
-            db.dsn,
-            "-o",
-            str(tmp_path),
-            "--name",
-            "b",
-            "--compress",
-            "none",
-        ],
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli("dump", db.dsn, "-o", str(tmp_path), "--name", "b", "--compress", "none")
     try:
         wait_until_writing_big(proc, tmp_path / "b.partial")
         proc.send_signal(signum)
@@ -185,14 +167,7 @@ def test_a_signal_just_after_the_dump_completed_changes_nothing(
     db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
     for attempt, delay in enumerate((0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06)):
         name = f"b{attempt}"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", str(tmp_path),
-             "--name", name],
-            env=clean_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
+        proc = start_cli("dump", db.dsn, "-o", str(tmp_path), "--name", name)
         try:
             assert proc.stderr is not None
             for line in proc.stderr:

@@ -249,9 +249,10 @@ class _RestoreRun:
             # Before anything is looked at: one restore at a time into a database.
             await restore_target.hold_database(conn, self.session.target.database)
             if o.cluster is not None and not o.dry_run:
-                from ..cluster import start_local_fork_server
+                from ..cluster import ClusterAddress, start_local_fork_server
 
-                start_local_fork_server(o.cluster)  # while this plans (and creates tables)
+                # while this plans (and creates tables)
+                start_local_fork_server(ClusterAddress.parse(o.cluster))
             if chain.increments:
                 if o.schema_only:
                     raise UsageError(
