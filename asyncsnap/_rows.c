@@ -2985,7 +2985,9 @@ static PyObject *py_key_hash(PyObject *self, PyObject *arg)
  * by json_members' grammar up to the last column the key needs; the rest of a line is
  * not read. LineError names the first line whose members do not begin so. A chain's diff
  * takes the lines its changes name from a full backup's file by this (through the
- * analysis engine it was most of that diff's time). */
+ * analysis engine it was most of that diff's time). With rest true, the result is
+ * (picked, rest): rest the other lines, in order (a chain's restore loads those as they
+ * are and replays its changes on the picked ones). */
 static PyObject *py_pick_lines(PyObject *self, PyObject *args)
 {
     Py_buffer data, wanted;
@@ -2994,9 +2996,9 @@ static PyObject *py_pick_lines(PyObject *self, PyObject *args)
     const unsigned char **pre = NULL;
     Py_ssize_t *prelen = NULL, *key = NULL, *vstart = NULL, *vend = NULL, *picked = NULL;
     Py_ssize_t npicked = 0, bad_line = -1, total = 0;
-    int nomem = 0;
-    if (!PyArg_ParseTuple(args, "y*O!O!y*:pick_lines", &data, &PyTuple_Type, &prefixes,
-                          &PyTuple_Type, &identity, &wanted))
+    int nomem = 0, rest = 0;
+    if (!PyArg_ParseTuple(args, "y*O!O!y*|p:pick_lines", &data, &PyTuple_Type, &prefixes,
+                          &PyTuple_Type, &identity, &wanted, &rest))
         return NULL;
     nprefixes = PyTuple_GET_SIZE(prefixes);
     nkey = PyTuple_GET_SIZE(identity);
@@ -3097,6 +3099,25 @@ static PyObject *py_pick_lines(PyObject *self, PyObject *args)
             memcpy(out, (const char *)data.buf + picked[2 * i], (size_t)picked[2 * i + 1]);
             out += picked[2 * i + 1];
         }
+    }
+    if (result != NULL && rest) {
+        /* the gaps between the picked lines, in order */
+        PyObject *others = PyBytes_FromStringAndSize(NULL, data.len - total), *pair;
+        if (others == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        char *out = PyBytes_AS_STRING(others);
+        Py_ssize_t from = 0;
+        for (i = 0; i <= npicked; i++) {
+            Py_ssize_t to = i < npicked ? picked[2 * i] : data.len;
+            memcpy(out, (const char *)data.buf + from, (size_t)(to - from));
+            out += to - from;
+            if (i < npicked) from = picked[2 * i] + picked[2 * i + 1];
+        }
+        pair = PyTuple_Pack(2, result, others);
+        Py_DECREF(others);
+        Py_SETREF(result, pair);
     }
     goto done;
 nomemory:
@@ -3362,7 +3383,7 @@ static PyMethodDef methods[] = {
      "pick_lines(data, prefixes, identity, wanted) -> bytes: the whole lines whose key (the "
      "values of the columns identity numbers, joined by NUL) has its key_hash in wanted, a "
      "sorted native uint64 array; LineError for a line whose members do not begin with the "
-     "prefixes."},
+     "prefixes. pick_lines(..., True) -> (picked, rest): rest the other lines, in order."},
     {"pgoutput_values", py_pgoutput_values, METH_VARARGS,
      "pgoutput_values(data, pos, unchanged) -> (values, end): a row's values (pgoutput's "
      "TupleData) from data[pos:]: bytes, None for NULL, unchanged for 'u'; ValueError for "

@@ -1,5 +1,6 @@
 # The native converter (_rows.c); see asyncsnap.rowcodec for how it is used.
 from collections.abc import Sequence
+from typing import Literal, overload
 
 from typing_extensions import Buffer
 
@@ -20,9 +21,19 @@ def copy_text(rows: Sequence[Sequence[bytes | None]], /) -> bytes: ...
 def pgoutput_values(
     data: Buffer, pos: int, unchanged: object, /
 ) -> tuple[tuple[object, ...], int]: ...
+@overload
 def pick_lines(
     data: Buffer, prefixes: tuple[bytes, ...], identity: tuple[int, ...], wanted: Buffer, /
 ) -> bytes: ...
+@overload
+def pick_lines(
+    data: Buffer,
+    prefixes: tuple[bytes, ...],
+    identity: tuple[int, ...],
+    wanted: Buffer,
+    rest: Literal[True],
+    /,
+) -> tuple[bytes, bytes]: ...
 
 class LineError(ValueError):
     what: str

@@ -119,7 +119,8 @@ def pick_lines(data: bytes) -> None:
     rng, raw = _case(data)
     lines, prefixes, identity, wanted = ref.random_pick_case(rng)
     lines = _spliced(rng, lines, raw)
-    _check("pick_lines", rng, ref.ref_pick_lines, lines, prefixes, identity, wanted)
+    rest = rng.random() < 0.5
+    _check("pick_lines", rng, ref.ref_pick_lines, lines, prefixes, identity, wanted, rest)
 
 
 def key_hash(data: bytes) -> None:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from asyncsnap.api import restore
 from asyncsnap.dump import dump
 from asyncsnap.increment import dump_increment
+from asyncsnap.restore import replay
 from asyncsnap.restore.chain import SHORTEST_RUN, segments
 from tests.conftest import Database, fresh_database
 from tests.test_increment import forge_changes, run, slot_name, table_digests
@@ -209,14 +210,16 @@ def icu_db(db: Database) -> Database:
 
 
 @settings(
-    max_examples=12,
+    max_examples=16,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(steps=st.lists(step, min_size=1, max_size=6))
+@given(steps=st.lists(step, min_size=1, max_size=6), replayed=st.booleans())
 def test_a_restored_chain_of_bulk_changes_is_the_source(
-    icu_db: Database, tmp_path: Path, steps: list[tuple[str, str, int, int, int]]
+    icu_db: Database, tmp_path: Path, steps: list[tuple[str, str, int, int, int]], replayed: bool
 ) -> None:
+    """Either way a table's changes go: replayed on its lines as they load, or applied
+    on the server after the load."""
     db = icu_db
     db.execute(RESET)
     out = tmp_path / uuid.uuid4().hex[:8]
@@ -225,17 +228,25 @@ def test_a_restored_chain_of_bulk_changes_is_the_source(
         run(dump, db.dsn, output=out, slot=slot, name="full")
         run(_workload, db.dsn, steps)
         run(dump_increment, db.dsn, since=out / "full", name="inc")
-        with fresh_database(db.postgres, "chain_apply") as target:
+        with (
+            fresh_database(db.postgres, "chain_apply") as target,
+            pytest.MonkeyPatch.context() as mp,
+        ):
+            if not replayed:
+                mp.setattr(replay, "TABLE_CHANGE_BYTES", -1)
             run(restore, out / "inc", target.dsn, jobs=2)
-            assert table_digests(target.dsn) == table_digests(db.dsn), steps
+            assert table_digests(target.dsn) == table_digests(db.dsn), (steps, replayed)
     finally:
         db.execute("SELECT pg_drop_replication_slot($1)", slot)
 
 
-def test_a_run_of_updates_by_key_is_one_statement(icu_db: Database, tmp_path: Path) -> None:
+def test_a_run_of_updates_by_key_is_one_statement(
+    icu_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The long run of updates is applied by one statement, in a subtransaction of its
     own (its rows' xmin is not the transaction's), while a short run goes one change at a
     time (its rows' xmin is the transaction's); both end as the source."""
+    monkeypatch.setattr(replay, "TABLE_CHANGE_BYTES", -1)  # applied after the load
     db = icu_db
     db.execute(RESET)
     slot = slot_name()
@@ -331,12 +342,23 @@ def test_segments_keep_every_line_in_order_and_name_only_long_runs(
         (b'["op","insert"]', "not a change line"),
     ],
 )
+@pytest.mark.parametrize("replayed", [False, True], ids=["applied", "replayed"])
 def test_a_line_that_is_not_a_change_fails_the_restore(
-    icu_db: Database, tmp_path: Path, line: bytes, says: str
+    icu_db: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    line: bytes,
+    says: str,
+    replayed: bool,
 ) -> None:
     """A line is applied as what it says it is, never guessed from what it lacks (a line
     without an op was applied as an insert, one without a row inserted nulls), whether it
-    comes alone or in a long run of inserts."""
+    comes alone or in a long run of inserts. Replayed as the rows load, every such line
+    is refused as the change files are read, before any row loads."""
+    if replayed:
+        says = "is not a change line"
+    else:
+        monkeypatch.setattr(replay, "TABLE_CHANGE_BYTES", -1)
     db = icu_db
     db.execute(RESET)
     slot = slot_name()

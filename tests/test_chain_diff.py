@@ -22,14 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asyncsnap import _rows
-from asyncsnap.analysis.chain_diff import (
-    _CHANGE_LINE,
-    CannotDiffChain,
-    _join,
-    _Layout,
-    _prefixes,
-)
+from asyncsnap.analysis.chain_diff import CannotDiffChain
 from asyncsnap.analysis.diff import DiffResult, diff
+from asyncsnap.chainlines import CHANGE_LINE, Layout, join_object, object_prefixes
 from asyncsnap.dump import dump
 from asyncsnap.errors import ExitCode, VerificationFailed
 from asyncsnap.format import BackupColumn, BackupTable
@@ -229,18 +224,18 @@ def test_a_lines_identity_is_cut_exactly_whatever_its_names_and_values(
         tuple(BackupColumn(c, "text", "json", False, None, None) for c in columns),
         (),
     )
-    layout = _Layout(table)
+    layout = Layout(table)
     rows = data.draw(
         st.lists(
             st.lists(_VALUES, min_size=len(columns), max_size=len(columns)), min_size=1, max_size=5
         )
     )
-    lines = [_join(_prefixes(columns), row) for row in rows]
+    lines = [join_object(object_prefixes(columns), row) for row in rows]
     keys = []
     for row, line in zip(rows, lines, strict=True):
         assert layout.values(line, "line") == dict(zip(columns, row, strict=True))
         values = [row[columns.index(c)] for c in identity]
-        keys.append(layout.change_key(_join(_prefixes(identity), values)))
+        keys.append(layout.change_key(join_object(object_prefixes(identity), values)))
         assert keys[-1] == b"\0".join(values)
     assert [layout.full_line_key(line) for line in lines] == keys
     assert [layout.line_key(line) for line in lines] == keys
@@ -277,10 +272,10 @@ def test_a_name_an_array_can_spell_is_read_by_the_grammar() -> None:
         tuple(BackupColumn(c, "text[]", "array", False, None, None) for c in columns),
         (),
     )
-    layout = _Layout(table)
-    line = _join(_prefixes(columns), [b'["a,",":b"]', b"1"])
-    other = _join(_prefixes(columns), [b'["a,",":b"]', b"2"])
-    key = layout.change_key(_join(_prefixes(["tags"]), [b'["a,",":b"]']))
+    layout = Layout(table)
+    line = join_object(object_prefixes(columns), [b'["a,",":b"]', b"1"])
+    other = join_object(object_prefixes(columns), [b'["a,",":b"]', b"2"])
+    key = layout.change_key(join_object(object_prefixes(["tags"]), [b'["a,",":b"]']))
     assert layout.full_line_key(line) == key == b'["a,",":b"]'
     prefixes = tuple(layout.all_prefixes)
     assert _rows.pick_lines(line + b"\n" + other + b"\n", prefixes, (1,), _wanted({b"1"})) == (
@@ -332,7 +327,7 @@ def test_objects_that_are_not_of_column_values_are_refused(obj: bytes) -> None:
     ],
 )
 def test_change_lines_are_cut_at_their_own_keys(line: bytes) -> None:
-    assert _CHANGE_LINE.fullmatch(line) is not None
+    assert CHANGE_LINE.fullmatch(line) is not None
 
 
 @pytest.mark.parametrize(
@@ -345,7 +340,7 @@ def test_change_lines_are_cut_at_their_own_keys(line: bytes) -> None:
     ],
 )
 def test_lines_that_are_not_change_lines_are_refused(line: bytes) -> None:
-    assert _CHANGE_LINE.fullmatch(line) is None
+    assert CHANGE_LINE.fullmatch(line) is None
 
 
 HEAD = b'{"op":"%s","lsn":"0/1","xid":1,"n":0,'

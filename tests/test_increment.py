@@ -25,10 +25,12 @@ import asyncpg
 import pytest
 import zstandard
 
+from asyncsnap.api import restore
 from asyncsnap.dump import dump
-from asyncsnap.errors import ExitCode, UsageError, VerificationFailed
+from asyncsnap.errors import ExitCode, RestoreFailed, UsageError, VerificationFailed
 from asyncsnap.format import Backup
 from asyncsnap.increment import ChainBroken, dump_increment
+from asyncsnap.restore import replay
 from asyncsnap.slot import NotReplicable
 from asyncsnap.storage.backup import open_backup
 from asyncsnap.verify import verify
@@ -759,9 +761,18 @@ def test_a_change_that_finds_no_row_fails_the_restore_and_is_rolled_back(
     with fresh_database(db.postgres, "chain_target") as target:
         done = run_cli("restore", str(tmp_path / "inc"), target.dsn, env=clean_env())
         assert done.returncode == ExitCode.FAILED
-        assert 'no row with the key {"u":424242}' in done.stderr
-        assert "the increment was rolled back" in done.stderr
-        # The full backup is restored; the increment (accounts' change too) is not.
+        # found while the table's rows load, its changes replayed on them (restore.replay)
+        assert 'delete of public.by_index: no row with the key {"u":424242}' in done.stderr
+        assert "the chain is damaged" in done.stderr, done.stderr
+        assert target.fetchval("SELECT count(*) FROM public.by_index") == 0
+    # Applied after the load (a table whose changes are not replayed): the increment is
+    # rolled back, the full backup's rows stay.
+    with fresh_database(db.postgres, "chain_target") as target, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(replay, "TABLE_CHANGE_BYTES", -1)
+        with pytest.raises(RestoreFailed) as failed:
+            run(restore, tmp_path / "inc", target.dsn)
+        assert 'no row with the key {"u":424242}' in str(failed.value)
+        assert "the increment was rolled back" in (failed.value.hint or "")
         assert target.fetchval("SELECT note FROM public.accounts WHERE id = 3") == "n3"
 
 

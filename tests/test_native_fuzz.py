@@ -1068,17 +1068,22 @@ def ref_key_hash(key: bytes) -> int:
 
 
 def ref_pick_lines(
-    data: bytes, prefixes: tuple[bytes, ...], identity: tuple[int, ...], wanted: bytes
-) -> bytes:
+    data: bytes,
+    prefixes: tuple[bytes, ...],
+    identity: tuple[int, ...],
+    wanted: bytes,
+    rest: bool = False,
+) -> bytes | tuple[bytes, bytes]:
     """The lines whose key (the identity's values, as written, joined by NUL) hashes to
     one of ``wanted``; each line read member by member, by the grammar, as far as the key
-    needs: Invalid at the first line whose members do not begin with ``prefixes``."""
+    needs: Invalid at the first line whose members do not begin with ``prefixes``. With
+    ``rest``, those and the other lines, each in order."""
     if len(wanted) % 8 or not identity or any(not 0 <= i < len(prefixes) for i in identity):
         raise Invalid("not the arguments asked for")
     if not all(type(p) is bytes for p in prefixes[: max(identity) + 1]):
         raise TypeError("prefixes are bytes")
     hashes = set(struct.unpack(f"={len(wanted) // 8}Q", wanted))
-    out = []
+    out, others = [], []
     for number, line in enumerate(lines_of(data)):
         values, at = [], 0
         for prefix in prefixes[: max(identity) + 1]:
@@ -1091,7 +1096,9 @@ def ref_pick_lines(
             at = m.end()
         if ref_key_hash(b"\0".join(values[i] for i in identity)) in hashes:
             out.append(line + b"\n")
-    return b"".join(out)
+        else:
+            others.append(line + b"\n")
+    return (b"".join(out), b"".join(others)) if rest else b"".join(out)
 
 
 def random_pick_case(
@@ -1386,9 +1393,10 @@ def fuzz_pick_lines(rounds: int) -> None:
     tally, hashes = Tally("pick_lines"), Tally("key_hash")
     for _ in range(rounds):
         data, prefixes, identity, wanted = random_pick_case(rng)
-        args = (data, prefixes, identity, wanted)
-        native_args = (as_buffer(rng, data), prefixes, identity, as_buffer(rng, wanted))
-        tally.check(_rows.pick_lines, native_args, ref_pick_lines, args)
+        rest = rng.random() < 0.5  # the other lines too, as a chain's restore asks
+        args = (data, prefixes, identity, wanted, rest)
+        native = (as_buffer(rng, data), prefixes, identity, as_buffer(rng, wanted), rest)
+        tally.check(_rows.pick_lines, native, ref_pick_lines, args)
         key = random_bytes(rng)
         hashes.check(_rows.key_hash, (as_buffer(rng, key),), ref_key_hash, (key,))
     tally.assert_both_sides(rounds)

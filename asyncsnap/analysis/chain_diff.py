@@ -34,32 +34,28 @@ from __future__ import annotations
 
 import array
 import os
-import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
 from .. import _rows
+from ..chainlines import (
+    OP,
+    Change,
+    Layout,
+    MixedIdentity,
+    Replay,
+    damaged,
+    file_lines,
+    read_changes,
+)
 from ..errors import UsageError, VerificationFailed
 from ..format import Backup, BackupFile, BackupTable
 from ..storage.backup import DataFileReader
 from ..storage.chain import backup_name, open_chain
-
-# One change line (docs/format.md, "Change files"): its keys in their fixed order; ``key``
-# and ``row`` are objects of column values, which hold no object (an ``{`` or ``}`` occurs
-# only inside a string), so an object ends at the first brace outside a string.
-_OBJECT = rb'\{(?:[^"{}]++|"(?:[^"\\]++|\\.)*+")*+\}'
-_CHANGE_LINE = re.compile(
-    rb'\{"op":"(insert|update|delete|truncate)","lsn":"[0-9A-F]{1,8}/[0-9A-F]{1,8}",'
-    rb'"xid":[0-9]+,"n":[0-9]+,"key":(null|' + _OBJECT + rb'),"row":(null|' + _OBJECT + rb"),"
-    rb'"unchanged":(\[[^\n]*\])\}'
-)
-_OP = re.compile(rb'^\{"op":"(insert|update|delete|truncate)"', re.MULTILINE)
 
 
 class CannotDiffChain(UsageError):
@@ -116,260 +112,13 @@ def chain_span(a: Backup, b: Backup, keyed: Callable[[Backup], Backup]) -> Chain
     )
 
 
-def _prefixes(names: Sequence[str]) -> list[bytes]:
-    """What precedes each column's value in an object of these columns, in this order."""
-    return [
-        (b"{" if i == 0 else b",") + _rows.json_string(n.encode()) + b":"
-        for i, n in enumerate(names)
-    ]
-
-
-def _damaged(what: str) -> VerificationFailed:
-    return VerificationFailed(what, hint="the backup was altered or not made by asyncsnap")
-
-
-def _join(prefixes: Sequence[bytes], values: Sequence[bytes]) -> bytes:
-    return b"".join(p + v for p, v in zip(prefixes, values, strict=True)) + b"}"
-
-
-@dataclass
-class _Change:
-    op: bytes
-    key: bytes | None  # the identity's values (``_Layout.key``), for update and delete
-    row: bytes | None  # the row object as written
-    unchanged: tuple[str, ...]
-
-
-class _Layout:
-    """How a table's lines are cut and keyed: the full backup's lines hold every column;
-    lines here hold the columns a change carries (``sent``: the generated ones left out)."""
-
-    def __init__(self, table: BackupTable) -> None:
-        self.table = table
-        self.identity: tuple[str, ...] | None = None  # the columns change keys name rows by
-        self.sent = tuple(c.name for c in self.table.columns if c.generated is None)
-        self.all_prefixes = _prefixes([c.name for c in self.table.columns])
-        self.sent_prefixes = _prefixes(self.sent)
-        self.has_generated = len(self.sent) != len(self.table.columns)
-        self._escaped = {_rows.json_string(n.encode())[1:-1]: n for n in self.sent}
-        self._all_escaped = {
-            _rows.json_string(c.name.encode())[1:-1]: c.name for c in table.columns
-        }
-        # The last object ``values`` read, and how: a change's row, then its key read from
-        # the same bytes; a full backup's line picked, then keyed again (two reads of five)
-        self._last: tuple[bytes, bool, dict[str, bytes]] | None = None
-
-    @property
-    def view(self) -> BackupTable:
-        """The table as lines here hold it (what the engine pairs and counts)."""
-        if not self.has_generated:
-            return self.table
-        return replace(
-            self.table, columns=tuple(c for c in self.table.columns if c.generated is None)
-        )
-
-    def values(self, obj: bytes, what: str, *, generated: bool = False) -> dict[str, bytes]:
-        """An object's values by column name, in its order (``generated``: it may hold
-        generated columns, as a full backup's line does).
-
-        :raises VerificationFailed: it is not an object of this table's columns."""
-        generated = generated and self.has_generated  # else both read the same names
-        last = self._last
-        if last is not None and last[1] == generated and last[0] == obj:
-            return last[2]
-        try:
-            # by the JSON grammar (so an array's strings are never taken for names)
-            members = _rows.json_members(obj)
-        except ValueError:
-            raise _damaged(
-                f"{self.table.qualified}: a {what} that is not an object of columns"
-            ) from None
-        known = self._all_escaped if generated else self._escaped
-        found = {}
-        for escaped, value in members:
-            name = known.get(escaped)
-            if name is None or name in found:
-                raise _damaged(
-                    f"{self.table.qualified}: a {what} names a column the table does not have"
-                )
-            found[name] = value
-        self._last = (obj, generated, found)
-        return found
-
-    def change_key(self, obj: bytes) -> bytes:
-        """The identity's values in a change's ``key``, as one bytes key."""
-        values = self.values(obj, "change's key")
-        names = tuple(values)
-        if self.identity is None:
-            self.identity = names
-        elif names != self.identity:
-            raise CannotDiffChain(
-                f"{self.table.qualified}: its changes name rows by different columns "
-                f"({', '.join(self.identity)} and {', '.join(names)}: REPLICA IDENTITY FULL "
-                "with values the server did not send)",
-                hint="restore the chain into a scratch database and dump it, then diff the "
-                "two full backups",
-            )
-        return self._key(list(values.values()))
-
-    def _key(self, values: Sequence[bytes]) -> bytes:
-        # no raw NUL occurs in JSON text (a string escapes it), so it separates values
-        return b"\0".join(values)
-
-    def _sent_values(self, line: bytes) -> dict[str, bytes]:
-        values = self.values(line, "line")
-        if tuple(values) != self.sent:
-            raise _damaged(f"{self.table.qualified}: a line without the table's columns")
-        return values
-
-    def full_line_key(self, line: bytes) -> bytes:
-        """The identity's values of a full backup's line (every column)."""
-        assert self.identity is not None
-        values = self.values(line, "line", generated=True)
-        if len(values) != len(self.table.columns):
-            raise _damaged(f"{self.table.qualified}: a line without the table's columns")
-        return self._key([values[n] for n in self.identity])
-
-    def line_key(self, line: bytes) -> bytes:
-        """The identity's values of a line held here (``sent`` columns)."""
-        assert self.identity is not None
-        values = self._sent_values(line)
-        return self._key([values[n] for n in self.identity])
-
-    def normal(self, full_line: bytes) -> bytes:
-        """A full backup's line as lines here hold it (without generated columns)."""
-        if not self.has_generated:
-            return full_line
-        values = self.values(full_line, "line", generated=True)
-        if tuple(values) != tuple(c.name for c in self.table.columns):
-            raise _damaged(f"{self.table.qualified}: a line without the table's columns")
-        return _join(self.sent_prefixes, [values[n] for n in self.sent])
-
-    def row_line(self, row: bytes, unchanged: tuple[str, ...], old: bytes | None) -> bytes:
-        """A change's new line: its ``row``'s values, the ``unchanged`` ones from ``old``."""
-        given = self.values(row, "change's row")
-        names = tuple(n for n in self.sent if n not in unchanged) if unchanged else self.sent
-        if tuple(given) != names:
-            raise _damaged(f"{self.table.qualified}: a change's row without the table's columns")
-        if not unchanged:
-            return row
-        assert old is not None
-        before = self._sent_values(old)
-        return _join(self.sent_prefixes, [given.get(n, before[n]) for n in self.sent])
-
-
-def _lines(backup: Backup, entry: BackupFile) -> Iterator[bytes]:
-    """A data file's blocks of whole lines, the file checked against its manifest."""
-    reader = DataFileReader(backup, entry, count_rows=False)
-    try:
-        for block in reader:
-            reader.rows += _rows.count_lines(block)
-            yield bytes(block)
-        reader.finish()
-    finally:
-        reader.close()
-
-
-def _parse(
-    table: BackupTable, layout: _Layout, backup: Backup, entry: BackupFile
-) -> Iterator[_Change]:
-    number = 0
-    for block in _lines(backup, entry):
-        for line in block.splitlines():
-            number += 1
-            m = _CHANGE_LINE.fullmatch(line)
-            if m is None:
-                raise VerificationFailed(
-                    f"{entry.path}: line {number} is not a change line",
-                    hint="the backup was altered or not made by asyncsnap",
-                )
-            op, key, row, unchanged = m.groups()
-            if (key == b"null") != (op in (b"insert", b"truncate")) or (row == b"null") != (
-                op in (b"delete", b"truncate")
-            ):
-                raise _damaged(f"{entry.path}: line {number}'s key or row does not fit its op")
-            names: tuple[str, ...] = ()
-            if unchanged != b"[]":
-                try:
-                    names = tuple(orjson.loads(unchanged))
-                except orjson.JSONDecodeError:
-                    names = (0,)  # type: ignore[assignment]  # refused just below
-                if op != b"update" or not all(isinstance(n, str) for n in names):
-                    raise _damaged(
-                        f"{entry.path}: line {number}'s unchanged is not a list of names"
-                    )
-            yield _Change(
-                op,
-                None if key == b"null" else layout.change_key(key),
-                None if row == b"null" else row,
-                names,
-            )
-        del block
-
-
-class _Replay:
-    """A table's rows, as far as the changes touch them, moved change by change; between
-    the two backups it counts each line's copies gained and lost (``delta``)."""
-
-    def __init__(self, layout: _Layout, rows: int) -> None:
-        self.layout = layout
-        self.state: dict[bytes, list[bytes]] = {}  # identity -> its lines now
-        self.rows = rows
-        self.full_lines_left = True  # the full backup's untracked lines are still there
-        self.full_lines_removed = False  # ... and a TRUNCATE between the two removed them
-        self.recording = False
-        self.delta: Counter[bytes] = Counter()
-
-    def _add(self, line: bytes) -> None:
-        key = self.layout.line_key(line) if self.layout.identity is not None else line
-        self.state.setdefault(key, []).append(line)
-        self.rows += 1
-        if self.recording:
-            self.delta[line] += 1
-
-    def _take(self, key: bytes) -> bytes:
-        lines = self.state.get(key)
-        if not lines:
-            raise VerificationFailed(
-                f"{self.layout.table.qualified}: a change names a row the chain's state does "
-                "not hold",
-                hint="the chain is damaged or not made by asyncsnap (verify says more)",
-            )
-        line = lines.pop()
-        self.rows -= 1
-        if self.recording:
-            self.delta[line] -= 1
-        return line
-
-    def apply(self, change: _Change) -> None:
-        if change.op == b"insert":
-            assert change.row is not None
-            self._add(self.layout.row_line(change.row, (), None))
-        elif change.op == b"delete":
-            assert change.key is not None
-            self._take(change.key)
-        elif change.op == b"update":
-            assert change.key is not None and change.row is not None
-            old = self._take(change.key)
-            self._add(self.layout.row_line(change.row, change.unchanged, old))
-        else:  # truncate
-            if self.recording:
-                for lines in self.state.values():
-                    for line in lines:
-                        self.delta[line] -= 1
-                self.full_lines_removed = self.full_lines_removed or self.full_lines_left
-            self.state.clear()
-            self.rows = 0
-            self.full_lines_left = False
-
-
 @dataclass(frozen=True)
 class TableSpan:
     """One table between the two backups: its row counts in each, and when a change
     between them touched it, the scratch files of the lines each state holds that the
     other does not (``before``, ``after``), for the engine."""
 
-    table: BackupTable  # as the engine sees it (``_Layout.view``)
+    table: BackupTable  # as the engine sees it (``Layout.view``)
     rows_before: int
     rows_after: int
     before: tuple[BackupFile, ...] = ()
@@ -381,8 +130,8 @@ def _count(span: ChainSpan, table: BackupTable, upto: int) -> int:
     """The table's rows after ``upto`` increments: each change line's op is enough."""
     rows = table.rows
     for _, increment, entry in (f for f in span.table_files(table.key) if f[0] <= upto):
-        for block in _lines(increment, entry):
-            for op in _OP.findall(block):
+        for block in file_lines(increment, entry):
+            for op in OP.findall(block):
                 if op == b"insert":
                     rows += 1
                 elif op == b"delete":
@@ -399,12 +148,19 @@ def table_span(span: ChainSpan, table: BackupTable, scratch: Path, number: int) 
     if not any(i > span.before for i, _, _ in files):
         rows = _count(span, table, span.before)
         return TableSpan(table, rows, rows)
-    layout = _Layout(table)
-    changes: list[tuple[int, _Change]] = []
+    layout = Layout(table)
+    changes: list[tuple[int, Change]] = []
     for i, increment, entry in files:
-        changes += [(i, c) for c in _parse(table, layout, increment, entry)]
+        try:
+            changes += [(i, c) for c in read_changes(layout, increment, entry)]
+        except MixedIdentity as exc:
+            raise CannotDiffChain(
+                str(exc),
+                hint="restore the chain into a scratch database and dump it, then diff the "
+                "two full backups",
+            ) from None
     named = {c.key for _, c in changes if c.key is not None}
-    replay = _Replay(layout, table.rows)
+    replay = Replay(layout, table.rows)
     if named:
         for line in _full_lines(span.full, table, layout, named):
             replay.state.setdefault(layout.line_key(line), []).append(line)
@@ -431,7 +187,7 @@ def table_span(span: ChainSpan, table: BackupTable, scratch: Path, number: int) 
 def _full_lines(
     full: Backup,
     table: BackupTable,
-    layout: _Layout,
+    layout: Layout,
     named: set[bytes],
     *,
     unnamed: bool = False,
@@ -441,14 +197,14 @@ def _full_lines(
     if layout.identity is None:  # no change named a row: every line is unnamed
         if unnamed:
             for entry in table.files:
-                for block in _lines(full, entry):
+                for block in file_lines(full, entry):
                     yield from (layout.normal(line) for line in block.splitlines())
         return
     if unnamed or not layout.identity:
         # Each line's identity read here, by the JSON grammar: most lines are kept, or
         # every line is named (a table without columns, named by its empty identity).
         for entry in table.files:
-            for block in _lines(full, entry):
+            for block in file_lines(full, entry):
                 for line in block.splitlines():
                     if (layout.full_line_key(line) in named) != unnamed:
                         yield layout.normal(line)
@@ -457,7 +213,7 @@ def _full_lines(
 
 
 def _picked_lines(
-    full: Backup, table: BackupTable, layout: _Layout, named: set[bytes]
+    full: Backup, table: BackupTable, layout: Layout, named: set[bytes]
 ) -> Iterator[bytes]:
     """The full backup's lines whose identity is in ``named``: each line's identity read
     natively, by the JSON grammar (``_rows.pick_lines``: a line whose identity hashes as
@@ -483,7 +239,7 @@ def _picked_lines(
                 try:
                     found.append(_rows.pick_lines(block, prefixes, identity, wanted))
                 except _rows.LineError as exc:
-                    raise _damaged(
+                    raise damaged(
                         f"{entry.path}: line {reader.rows + exc.line + 1} is not a line of "
                         f"{table.qualified}'s columns"
                     ) from None

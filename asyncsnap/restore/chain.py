@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Mapping
 
 import asyncpg
 
@@ -35,6 +36,7 @@ from ..format import Backup, BackupTable
 from ..storage.backup import DataFileReader
 from ..storage.chain import Chain, backup_name
 from .plan import TableLoad, cast_target
+from .replay import TableReplay
 
 
 async def check_can_apply(conn: asyncpg.Connection) -> None:
@@ -56,14 +58,17 @@ async def apply_increments(
     chain: Chain,
     loads: list[TableLoad],
     emit: EventCallback,
+    replayed: Mapping[tuple[str, str], TableReplay] | None = None,
 ) -> int:
     """Every increment of ``chain`` applied to the tables ``loads`` restored, in order,
-    each in one transaction; how many changes were applied."""
+    each in one transaction; how many changes were applied. ``replayed``: the tables
+    whose changes were replayed as they loaded (``replay``), counted here."""
     by_key = {load.source.key: load for load in loads}
+    replayed = replayed or {}
     made: dict[tuple[str, str], str] = {}
     total = 0
-    for increment in chain.increments:
-        applied = 0
+    for number, increment in enumerate(chain.increments):
+        applied = sum(r.counts[number] for r in replayed.values())
         async with conn.transaction():
             await conn.execute("SET LOCAL session_replication_role = replica")
             # Deferrable constraints checked at the commit, as the source's statements
@@ -71,7 +76,7 @@ async def apply_increments(
             await conn.execute("SET CONSTRAINTS ALL DEFERRED")
             for table in increment.tables:
                 load = by_key.get(table.key)
-                if load is None or not table.files:
+                if load is None or not table.files or table.key in replayed:
                     continue
                 function = made.get(table.key)
                 if function is None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -55,6 +55,7 @@ from ..session import Session
 from ..storage.backup import DataFileReader
 from .options import Mode
 from .plan import RestorePlan, TableLoad, Unit, cast_target, connections_needed, units
+from .replay import TableReplay
 from .result import RestoredTable
 from .stage import Stage
 from .target import hold_empty
@@ -98,18 +99,32 @@ async def load_rows(
     jobs: int,
     mode: Mode,
     single: bool,
+    replays: Mapping[TableKey, TableReplay] | None = None,
 ) -> None:
     """Load the plan's tables, level by level, adding each table (or file of a split
     table) to ``results`` as it is committed. With ``single``, everything on ``conn`` in
     the caller's transaction; else on up to ``jobs`` connections (``conn`` and more of
-    ``session``), a transaction per unit."""
+    ``session``), a transaction per unit. ``replays``: the tables whose chain's changes
+    are replayed as they load (``replay``)."""
+    replays = replays or {}
     if single:
-        await _load_levels(plan, [conn], backup, emit, results, single=True, mode=mode)
+        await _load_levels(
+            plan, [conn], backup, emit, results, single=True, mode=mode, replays=replays
+        )
         return
     size = connections_needed(plan, jobs)
     others = [await loading_connection(session) for _ in range(size - 1)]
     try:
-        await _load_levels(plan, [conn, *others], backup, emit, results, single=False, mode=mode)
+        await _load_levels(
+            plan,
+            [conn, *others],
+            backup,
+            emit,
+            results,
+            single=False,
+            mode=mode,
+            replays=replays,
+        )
     finally:
         for other in others:
             other.terminate()
@@ -124,6 +139,7 @@ async def _load_levels(
     *,
     single: bool,
     mode: Mode,
+    replays: Mapping[TableKey, TableReplay],
 ) -> None:
     main = conns[0]
     loads = plan.loads
@@ -138,13 +154,15 @@ async def _load_levels(
         )
         if single:
             for unit in level_units:
-                results += await _load_unit(main, unit, backup, emit, own_transaction=False)
+                results += await _load_unit(
+                    main, unit, backup, emit, own_transaction=False, replays=replays
+                )
             continue
         queue = iter(level_units)  # shared: each connection takes the next unit
         try:
             async with anyio.create_task_group() as tg:
                 for conn in conns[: len(level_units)]:
-                    tg.start_soon(_worker, conn, queue, results, backup, emit)
+                    tg.start_soon(_worker, conn, queue, results, backup, emit, replays)
         except BaseExceptionGroup as group:
             raise most_telling(group) from None
 
@@ -167,6 +185,7 @@ async def _worker(
     results: list[RestoredTable],
     backup: Backup,
     emit: EventCallback,
+    replays: Mapping[TableKey, TableReplay],
 ) -> None:
     """Take units from the shared queue until it is empty."""
     for unit in queue:
@@ -174,7 +193,9 @@ async def _worker(
             # A later file of a split table: its table is checked by the first file's
             # transaction, whose lock its COPY then waits for.
             await unit.after.wait()
-        results.extend(await _load_unit(conn, unit, backup, emit, own_transaction=True))
+        results.extend(
+            await _load_unit(conn, unit, backup, emit, own_transaction=True, replays=replays)
+        )
 
 
 async def _drop_cycle_constraints(
@@ -223,6 +244,7 @@ async def _load_unit(
     *,
     own_transaction: bool,
     before_commit: Callable[[], None] | None = None,
+    replays: Mapping[TableKey, TableReplay] | None = None,
 ) -> list[RestoredTable]:
     """Load a unit in one transaction. Everything it changes besides rows (a cycle's
     constraints dropped and re-created, triggers and rules switched off and back) is
@@ -258,8 +280,11 @@ async def _load_unit(
                 if switch.state != "D":
                     await conn.execute(switch.off(target))
             together = [] if unit.cycle is not None else unit.loads  # a run's tables
+            replay = replays.get(load.source.key) if replays else None
             results.append(
-                await _load_table(conn, load, backup, emit, unit.file_index, together=together)
+                await _load_table(
+                    conn, load, backup, emit, unit.file_index, together=together, replay=replay
+                )
             )
             if all_off:
                 await conn.execute(f"ALTER TABLE {target} ENABLE TRIGGER ALL")
@@ -312,10 +337,13 @@ async def _load_table(
     file_index: int | None = None,
     *,
     together: Sequence[TableLoad] = (),
+    replay: TableReplay | None = None,
 ) -> RestoredTable:
     """Load a table's files (or only file ``file_index``) on ``conn``, in its transaction;
     ``together``: the tables that share it (a run of small tables), which a failure here
-    rolls back too."""
+    rolls back too. ``replay``: its chain's changes, replayed on the lines they name
+    (those lines are set aside as the files load; after its last file, what they become
+    is loaded in that file's transaction)."""
     files = load.source.files
     label = load.source.qualified
     if file_index is not None:
@@ -334,6 +362,8 @@ async def _load_table(
     into = stage.staged if stage is not None else load
     shape = LoadShape.of(into.source, into.target, into.columns)
     progress = _Progress(label, emit)
+    if replay is not None:
+        assert stage is None and shape is not None  # as ``replay.plan_replays`` chose
     for entry in files:
         reader = DataFileReader(backup, entry, block_size=BATCH_BYTES)
         checked = False  # the file matched the manifest (a staged table: before the INSERT)
@@ -341,7 +371,8 @@ async def _load_table(
             if stage is not None:
                 await stage.create(conn)
             if shape is not None:
-                await _copy_file(conn, into, shape, reader, progress)
+                keep = replay.part if replay is not None else None
+                await _copy_file(conn, into, shape, reader, progress, keep)
             else:
                 await _insert_file(conn, into, reader, progress)
             if stage is not None:
@@ -370,6 +401,16 @@ async def _load_table(
             reader.close()
         # size, SHA-256 and rows; raising rolls the table back
         await anyio.to_thread.run_sync(reader.finish)
+        if replay is not None and replay.file_loaded():
+            assert shape is not None
+            replayed = await anyio.to_thread.run_sync(replay.lines)
+            try:
+                await _copy_file(conn, into, shape, _Lines(replayed), progress)
+            except (asyncpg.PostgresError, ValueError) as exc:
+                raise RestoreFailed(
+                    f"loading {label}: its rows as its chain's changes leave them: {exc}",
+                    hint=getattr(exc, "hint", None) or rolled_back,
+                ) from exc
     rows, raw = progress.rows, progress.bytes
     seconds = time.monotonic() - started
     emit(
@@ -466,9 +507,38 @@ def _segments(block: bytes | bytearray, shape: LoadShape, first_line: int) -> li
     return segments
 
 
-async def _converted(reader: DataFileReader, shape: LoadShape) -> AsyncGenerator[_Segment, None]:
+class _Lines:
+    """Lines made here (a table's rows as its chain's changes leave them), given in
+    blocks as a file's reader gives them."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data, self._at = data, 0
+        self.rows = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> bytes:
+        data, at = self._data, self._at
+        if at >= len(data):
+            raise StopIteration
+        end = (
+            len(data) if len(data) - at <= BATCH_BYTES else data.index(b"\n", at + BATCH_BYTES) + 1
+        )
+        self._at = end
+        block = data[at:end]
+        self.rows += _rows.count_lines(block)
+        return block
+
+
+async def _converted(
+    reader: DataFileReader | _Lines,
+    shape: LoadShape,
+    keep: Callable[[bytes | bytearray], bytes | bytearray] | None = None,
+) -> AsyncGenerator[_Segment, None]:
     """A file's segments in order (``reader``: opened by ``iter()``): the next block is
-    read, checked and converted in a worker thread while the caller sends this one."""
+    read, checked and converted in a worker thread while the caller sends this one.
+    ``keep``: the lines of a block to load (a chain's restore sets some aside)."""
     loop = asyncio.get_running_loop()
 
     def produce() -> list[_Segment] | None:
@@ -476,7 +546,15 @@ async def _converted(reader: DataFileReader, shape: LoadShape) -> AsyncGenerator
         block = next(reader, None)
         if block is None:
             return None
-        return _segments(block, shape, first_line)
+        if keep is None:
+            return _segments(block, shape, first_line)
+        kept = keep(block)
+        try:
+            return _segments(kept, shape, first_line) if kept else []
+        except ValueError:
+            # said as the whole block's lines are numbered (the same line fails there)
+            _segments(block, shape, first_line)
+            raise
 
     ahead = loop.run_in_executor(None, produce)
     try:
@@ -499,14 +577,16 @@ async def _copy_file(
     conn: asyncpg.Connection,
     load: TableLoad,
     shape: LoadShape,
-    reader: DataFileReader,
+    reader: DataFileReader | _Lines,
     progress: _Progress,
+    keep: Callable[[bytes | bytearray], bytes | bytearray] | None = None,
 ) -> None:
     """Load one file with ``COPY ... FROM STDIN`` (text), converted by ``rowcodec``: the
     next block is read, checked and converted in a worker thread while this one is sent.
     A line longer than ``LONG_LINE`` ends the COPY, goes through ``bigrows``, and a new
-    COPY takes the lines after it."""
-    source = _converted(iter(reader), shape)  # iter() opens the file
+    COPY takes the lines after it. ``keep``: as ``_converted``'s."""
+    opened = reader.__iter__()  # a file's reader opens its file here
+    source = _converted(opened, shape, keep)
     waiting: _Segment | None = None  # a segment that ended the previous COPY
     finished = False
     try:

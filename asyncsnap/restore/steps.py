@@ -47,6 +47,7 @@ from ..errors import (
 )
 from ..events import EventCallback, Notice, RestoreStarted
 from ..format import Backup
+from ..plan import TableKey
 from ..scratch import PrivateScratch
 from ..session import Session, SessionPolicy
 from ..storage.chain import Chain, open_chain
@@ -64,6 +65,7 @@ from .plan import (
     truncates_in_one_transaction,
     whole_restore_lines,
 )
+from .replay import TableReplay, plan_replays
 from .result import RestoredTable, RestoreResult, committed, merge, restored_all
 
 # restore --compare: run after the rows are in, on the tables loaded (None: every table),
@@ -239,6 +241,7 @@ class _RestoreRun:
         self.single = o.single_transaction
         self.lines: list[str] = []
         self.sequences = self.large_objects = self.refreshed = self.changes = 0
+        self.replays: dict[TableKey, TableReplay] = {}  # a chain's tables replayed as loaded
 
     async def load(self, started: float) -> RestoreResult | None:
         """Everything that writes the target but its database's properties; a dry run's
@@ -294,7 +297,9 @@ class _RestoreRun:
         assert self.plan is not None
         # The target's triggers and rules as they are now (post-data made them).
         loads = await restore_target.with_switches(self.conn, self.plan.loads, self.o.mode)
-        self.changes = await restore_chain.apply_increments(self.conn, chain, loads, self.emit)
+        self.changes = await restore_chain.apply_increments(
+            self.conn, chain, loads, self.emit, self.replays
+        )
         last = chain.increments[-1]
         wanted = {(s[0], s[1]) for s in self.plan.sequences}
         sequences = [
@@ -415,6 +420,10 @@ class _RestoreRun:
         the caller's transaction with --single-transaction)."""
         o, conn, backup, emit = self.o, self.conn, self.backup, self.emit
         if o.cluster is None:
+            chain = self.into.chain
+            if chain.increments and o.mode != "append":
+                # the tables' rows are the full backup's: changes replay as they load
+                self.replays = await anyio.to_thread.run_sync(plan_replays, chain, plan.loads)
             await loading.load_rows(
                 plan,
                 conn,
@@ -425,6 +434,7 @@ class _RestoreRun:
                 jobs=o.jobs,
                 mode=o.mode,
                 single=self.single,
+                replays=self.replays,
             )
         else:
             from .spread import load_rows_on_cluster
