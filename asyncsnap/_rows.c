@@ -3134,6 +3134,119 @@ done:
     return result;
 }
 
+/* line_keys(data, prefixes, identity, whole) -> [key, ...]: each line's key as pick_lines
+ * reads it (the values of the columns identity numbers, as written, joined by NUL bytes),
+ * every line of data (whole lines) an object whose members begin with prefixes[0],
+ * prefixes[1], ...; with whole, each line must be exactly those members (its object ends
+ * after the last prefix's value). LineError names the first line that is not so. A chain's
+ * restore keys the lines it set aside, and the keys its changes name, by this. */
+static PyObject *py_line_keys(PyObject *self, PyObject *args)
+{
+    Py_buffer data;
+    PyObject *prefixes, *identity, *result = NULL;
+    Py_ssize_t nprefixes, nkey, need = 0, i;
+    const unsigned char **pre = NULL;
+    Py_ssize_t *prelen = NULL, *key = NULL, *vstart = NULL, *vend = NULL;
+    int whole = 0;
+    if (!PyArg_ParseTuple(args, "y*O!O!p:line_keys", &data, &PyTuple_Type, &prefixes,
+                          &PyTuple_Type, &identity, &whole))
+        return NULL;
+    nprefixes = PyTuple_GET_SIZE(prefixes);
+    nkey = PyTuple_GET_SIZE(identity);
+    if (nkey == 0 || (data.len > 0 && ((const unsigned char *)data.buf)[data.len - 1] != '\n')) {
+        PyErr_SetString(PyExc_ValueError, "line_keys: whole lines and a key of columns");
+        goto done;
+    }
+    key = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)nkey);
+    if (key == NULL) goto nomemory;
+    for (i = 0; i < nkey; i++) {
+        key[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(identity, i));
+        if (key[i] == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) goto done;
+            PyErr_Clear(); /* an index past any tuple: said as any other one without */
+        }
+        if (key[i] < 0 || key[i] >= nprefixes) {
+            PyErr_SetString(PyExc_ValueError, "line_keys: a key column without its prefix");
+            goto done;
+        }
+        if (key[i] + 1 > need) need = key[i] + 1;
+    }
+    if (whole) need = nprefixes;
+    pre = PyMem_Malloc(sizeof(*pre) * (size_t)need);
+    prelen = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)need);
+    vstart = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)need);
+    vend = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)need);
+    if (pre == NULL || prelen == NULL || vstart == NULL || vend == NULL) goto nomemory;
+    for (i = 0; i < need; i++) {
+        PyObject *item = PyTuple_GET_ITEM(prefixes, i);
+        if (!PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "line_keys: prefixes are bytes");
+            goto done;
+        }
+        pre[i] = (const unsigned char *)PyBytes_AS_STRING(item);
+        prelen[i] = PyBytes_GET_SIZE(item);
+    }
+    result = PyList_New(0);
+    if (result == NULL) goto done;
+    {
+        const unsigned char *s = data.buf;
+        Py_ssize_t n = data.len, start = 0, line = 0;
+        while (start < n) {
+            const unsigned char *p = s + start;
+            Py_ssize_t len = (const unsigned char *)memchr(p, '\n', (size_t)(n - start)) - p;
+            Py_ssize_t at = 0, c, size = 0;
+            PyObject *k;
+            char *out;
+            for (c = 0; c < need; c++) {
+                if (len - at < prelen[c] || memcmp(p + at, pre[c], (size_t)prelen[c]) != 0)
+                    break;
+                vstart[c] = at + prelen[c];
+                at = member_value_end(p, len, vstart[c], MEMBER_DEPTH);
+                if (at < 0) break;
+                vend[c] = at;
+            }
+            if (c < need || (whole && (at != len - 1 || p[at] != '}'))) {
+                Err err = {{0}, 0, "", -1, -1};
+                err_set(&err, line, -1, "not a line of the key's columns");
+                raise_err(&err);
+                Py_CLEAR(result);
+                goto done;
+            }
+            for (c = 0; c < nkey; c++) size += vend[key[c]] - vstart[key[c]] + (c > 0);
+            k = PyBytes_FromStringAndSize(NULL, size);
+            if (k == NULL) {
+                Py_CLEAR(result);
+                goto done;
+            }
+            out = PyBytes_AS_STRING(k);
+            for (c = 0; c < nkey; c++) {
+                if (c > 0) *out++ = '\0';
+                memcpy(out, p + vstart[key[c]], (size_t)(vend[key[c]] - vstart[key[c]]));
+                out += vend[key[c]] - vstart[key[c]];
+            }
+            if (PyList_Append(result, k) < 0) {
+                Py_DECREF(k);
+                Py_CLEAR(result);
+                goto done;
+            }
+            Py_DECREF(k);
+            start += len + 1;
+            line++;
+        }
+    }
+    goto done;
+nomemory:
+    PyErr_NoMemory();
+done:
+    PyMem_Free(key);
+    PyMem_Free(pre);
+    PyMem_Free(prelen);
+    PyMem_Free(vstart);
+    PyMem_Free(vend);
+    PyBuffer_Release(&data);
+    return result;
+}
+
 /* pgoutput_values(data, pos, unchanged) -> (values, end): a row's values as logical
  * replication's protocol (version 1) sends them ("TupleData") from data[pos:], and where
  * they end: a count (int16), then per column 'n' (NULL: None), 'u' (a TOASTed value the
@@ -3384,6 +3497,10 @@ static PyMethodDef methods[] = {
      "values of the columns identity numbers, joined by NUL) has its key_hash in wanted, a "
      "sorted native uint64 array; LineError for a line whose members do not begin with the "
      "prefixes. pick_lines(..., True) -> (picked, rest): rest the other lines, in order."},
+    {"line_keys", py_line_keys, METH_VARARGS,
+     "line_keys(data, prefixes, identity, whole) -> [bytes]: each whole line's key as "
+     "pick_lines reads it (the identity's values joined by NUL); with whole, each line must "
+     "be exactly the prefixes' members. LineError for the first line that is not so."},
     {"pgoutput_values", py_pgoutput_values, METH_VARARGS,
      "pgoutput_values(data, pos, unchanged) -> (values, end): a row's values (pgoutput's "
      "TupleData) from data[pos:]: bytes, None for NULL, unchanged for 'u'; ValueError for "

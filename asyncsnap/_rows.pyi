@@ -34,6 +34,9 @@ def pick_lines(
     rest: Literal[True],
     /,
 ) -> tuple[bytes, bytes]: ...
+def line_keys(
+    data: Buffer, prefixes: tuple[bytes, ...], identity: tuple[int, ...], whole: bool, /
+) -> list[bytes]: ...
 
 class LineError(ValueError):
     what: str

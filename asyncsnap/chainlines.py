@@ -34,6 +34,13 @@ CHANGE_LINE = re.compile(
     rb'"unchanged":(\[[^\n]*\])\}'
 )
 OP = re.compile(rb'^\{"op":"(insert|update|delete|truncate)"', re.MULTILINE)
+# The key of each update and delete line of a block, read without the rest of the line
+# (which ``CHANGE_LINE`` checks when the changes are read).
+NAMED_KEYS = re.compile(
+    rb'^\{"op":"(?:update|delete)","lsn":"[0-9A-F]{1,8}/[0-9A-F]{1,8}","xid":[0-9]+,"n":[0-9]+,'
+    rb'"key":(' + _OBJECT + rb")",
+    re.MULTILINE,
+)
 
 
 class MixedIdentity(ValueError):
@@ -57,7 +64,7 @@ def join_object(prefixes: Sequence[bytes], values: Sequence[bytes]) -> bytes:
     return b"".join(p + v for p, v in zip(prefixes, values, strict=True)) + b"}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Change:
     op: bytes
     lsn: int  # its transaction's commit

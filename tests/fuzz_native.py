@@ -123,6 +123,13 @@ def pick_lines(data: bytes) -> None:
     _check("pick_lines", rng, ref.ref_pick_lines, lines, prefixes, identity, wanted, rest)
 
 
+def line_keys(data: bytes) -> None:
+    rng, raw = _case(data)
+    lines, prefixes, identity, _ = ref.random_pick_case(rng)
+    lines = _spliced(rng, lines, raw)
+    _check("line_keys", rng, ref.ref_line_keys, lines, prefixes, identity, rng.random() < 0.5)
+
+
 def key_hash(data: bytes) -> None:
     rng, raw = _case(data)
     _check("key_hash", rng, ref.ref_key_hash, raw)
@@ -197,6 +204,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
         json_string,
         json_members,
         pick_lines,
+        line_keys,
         key_hash,
         pgoutput_values,
         copy_text,

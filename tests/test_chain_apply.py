@@ -354,7 +354,7 @@ def test_a_line_that_is_not_a_change_fails_the_restore(
     """A line is applied as what it says it is, never guessed from what it lacks (a line
     without an op was applied as an insert, one without a row inserted nulls), whether it
     comes alone or in a long run of inserts. Replayed as the rows load, every such line
-    is refused as the change files are read, before any row loads."""
+    is refused as the table's changes are read, and the table's load is rolled back."""
     if replayed:
         says = "is not a change line"
     else:
@@ -369,8 +369,9 @@ def test_a_line_that_is_not_a_change_fails_the_restore(
     inc = tmp_path / "inc"
     lsn = Path(inc / "manifest.json").read_text().split('"end_lsn": "')[1].split('"')[0]
     good = [
-        b'{"op":"insert","lsn":"%s","xid":1,"n":%d,"key":null,"row":{"id":%d,"u":%d},'
-        b'"unchanged":[]}' % (lsn.encode(), i, 5000 + i, 5000 + i)
+        b'{"op":"insert","lsn":"%s","xid":1,"n":%d,"key":null,'
+        b'"row":{"id":%d,"u":%d,"n":null,"v":null,"big":null},"unchanged":[]}'
+        % (lsn.encode(), i, 5000 + i, 5000 + i)
         for i in range(SHORTEST_RUN * 2)
     ]
     bad = line.replace(b"%s", lsn.encode())

@@ -1101,6 +1101,33 @@ def ref_pick_lines(
     return (b"".join(out), b"".join(others)) if rest else b"".join(out)
 
 
+def ref_line_keys(
+    data: bytes, prefixes: tuple[bytes, ...], identity: tuple[int, ...], whole: bool
+) -> list[bytes]:
+    """Each line's key as ``ref_pick_lines`` reads it; with ``whole``, a line must be
+    exactly the members ``prefixes`` begin: Invalid at the first line that is not so."""
+    if not identity or any(not 0 <= i < len(prefixes) for i in identity):
+        raise Invalid("not the arguments asked for")
+    need = len(prefixes) if whole else max(identity) + 1
+    if not all(type(p) is bytes for p in prefixes[:need]):
+        raise TypeError("prefixes are bytes")
+    keys = []
+    for number, line in enumerate(lines_of(data)):
+        values, at = [], 0
+        for prefix in prefixes[:need]:
+            if not line.startswith(prefix, at):
+                raise Invalid("not the key's columns", number)
+            m = _MEMBER_VALUE.match(line, at + len(prefix))
+            if m is None:
+                raise Invalid("not a value", number)
+            values.append(m.group())
+            at = m.end()
+        if whole and line[at:] != b"}":
+            raise Invalid("more than the key's columns", number)
+        keys.append(b"\0".join(values[i] for i in identity))
+    return keys
+
+
 def random_pick_case(
     rng: random.Random,
 ) -> tuple[bytes, tuple[bytes, ...], tuple[int, ...], bytes]:
@@ -1403,6 +1430,20 @@ def fuzz_pick_lines(rounds: int) -> None:
     assert hashes.accepted == rounds
 
 
+def fuzz_line_keys(rounds: int) -> None:
+    rng = rng_for("line_keys")
+    tally = Tally("line_keys")
+    for _ in range(rounds):
+        data, prefixes, identity, _ = random_pick_case(rng)
+        whole = rng.random() < 0.5
+        if whole and rng.random() < 0.3:  # the lines' members, or fewer: refused
+            prefixes = prefixes[: rng.randrange(1, len(prefixes) + 1)]
+        args = (data, prefixes, identity, whole)
+        native = (as_buffer(rng, data), prefixes, identity, whole)
+        tally.check(_rows.line_keys, native, ref_line_keys, args)
+    tally.assert_both_sides(rounds)
+
+
 def fuzz_pgoutput_values(rounds: int) -> None:
     rng = rng_for("pgoutput_values")
     tally = Tally("pgoutput_values")
@@ -1433,6 +1474,7 @@ FUZZERS = [
     fuzz_json_string,
     fuzz_json_members,
     fuzz_pick_lines,
+    fuzz_line_keys,
     fuzz_pgoutput_values,
     fuzz_copy_text,
 ]

@@ -32,58 +32,61 @@ from dataclasses import dataclass, field
 
 from .. import _rows
 from ..chainlines import (
+    NAMED_KEYS,
     Change,
     Layout,
     MixedIdentity,
     Replay,
+    file_lines,
     join_object,
     object_prefixes,
     read_changes,
 )
 from ..encode.rowcodec import LoadShape
 from ..errors import RestoreFailed
+from ..format import Backup, BackupFile
 from ..pgoutput import format_lsn
 from ..storage.chain import Chain
 from .plan import TableLoad
 
-# The change lines one table's replay may hold (their bytes as the manifest gives them),
-# and all tables' together: a table past either is applied after the load instead. The
-# changes are held as objects, several times their lines' size.
+# The change lines of one table a replay may take (their bytes as the manifest gives them),
+# and of all tables together: a table past either is applied after the load instead. A
+# replay holds the full backup's lines its changes name, and a line a change makes, each
+# at once (the changes are read as a stream).
 TABLE_CHANGE_BYTES = 32 << 20
 ALL_CHANGE_BYTES = 64 << 20
 
 
 @dataclass
 class TableReplay:
-    """One table's changes, to replay on the full backup's lines as they load."""
+    """One table's changes, to replay on the full backup's lines as they load: which lines
+    to set aside is known by their identity's hash (``wanted``, read from the change
+    lines' keys before the load); the changes themselves are read when they are
+    replayed."""
 
     load: TableLoad
     layout: Layout
-    changes: list[tuple[int, Change]]  # (which increment, from 0), in order
-    counts: list[int]  # changes replayed, per increment
+    files: list[tuple[int, Backup, BackupFile]]  # (which increment, from 0), in order
+    upto: int | None  # restore --to: changes committed at or after it are left out
+    wanted: bytes  # the named identities' key hashes, sorted native uint64s
+    counts: list[int]  # changes replayed, per increment (once replayed)
     files_left: int
-    named: set[bytes] = field(init=False)
-    _wanted: bytes = field(init=False)
     _identity: tuple[int, ...] = field(init=False)
     _picked: list[bytes] = field(init=False, default_factory=list)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.named = {c.key for _, c in self.changes if c.key is not None}
         names = [c.name for c in self.load.source.columns]
-        identity = self.layout.identity or ()
-        self._identity = tuple(names.index(n) for n in identity)
-        hashes = sorted({_rows.key_hash(k) for k in self.named})
-        self._wanted = array.array("Q", hashes).tobytes()
+        self._identity = tuple(names.index(n) for n in self.layout.identity or ())
 
     def part(self, block: bytes | bytearray) -> bytes | bytearray:
         """A block of the full backup's lines without the ones a change may name (a
         worker thread's: those are kept for ``lines``)."""
-        if not self.named:
-            return block
+        if not self._identity:
+            return block  # only inserts: no line is named
         try:
             picked, rest = _rows.pick_lines(
-                block, tuple(self.layout.all_prefixes), self._identity, self._wanted, True
+                block, tuple(self.layout.all_prefixes), self._identity, self.wanted, True
             )
         except _rows.LineError:
             return block  # the converter says what is wrong with which line
@@ -98,27 +101,28 @@ class TableReplay:
         return self.files_left == 0
 
     def lines(self) -> bytes:
-        """The lines the full backup's set-aside lines become, every change replayed (and
-        the lines set aside only for a key hash's likeness, as they were).
+        """The lines the set-aside lines become, every change replayed on them in order
+        (a line set aside only for its hash's likeness stays as it was).
 
         :raises RestoreFailed: a change names a row the chain's state does not hold."""
         layout = self.layout
         replay = Replay(layout, 0)
-        kept: list[bytes] = []
-        for block in self._picked:
-            for line in block.splitlines():
-                key = layout.full_line_key(line)
-                if key in self.named:
+        if self._identity:
+            prefixes = tuple(layout.all_prefixes)
+            for block in self._picked:
+                keys = _rows.line_keys(block, prefixes, self._identity, False)
+                for key, line in zip(keys, block.splitlines(), strict=True):
                     replay.state.setdefault(key, []).append(line)
-                else:
-                    kept.append(line)
-        self._picked.clear()
-        for _, change in self.changes:
-            if change.key is not None and not replay.state.get(change.key):
-                raise self._not_found(change)
-            replay.apply(change)
-        kept += (line for lines in replay.state.values() for line in lines)
-        return b"".join(line + b"\n" for line in kept)
+            self._picked.clear()
+        for i, increment, entry in self.files:
+            for change in read_changes(layout, increment, entry):
+                if self.upto is not None and change.lsn >= self.upto:
+                    continue
+                if change.key is not None and not replay.state.get(change.key):
+                    raise self._not_found(change)
+                replay.apply(change)
+                self.counts[i] += 1
+        return b"".join(line + b"\n" for lines in replay.state.values() for line in lines)
 
     def _not_found(self, change: Change) -> RestoreFailed:
         assert change.key is not None and self.layout.identity is not None
@@ -134,11 +138,12 @@ class TableReplay:
 
 def plan_replays(chain: Chain, loads: Sequence[TableLoad]) -> dict[tuple[str, str], TableReplay]:
     """The tables of ``loads`` whose changes are replayed as they load (see the module's
-    docstring for which), their change files read and checked; in a worker thread."""
-    by_key = {ld.source.key: ld for ld in loads}
+    docstring for which), each with the hashes of the identities its changes name (read
+    from its change files, each checked against the manifest); in a worker thread."""
     budget = ALL_CHANGE_BYTES
     replays: dict[tuple[str, str], TableReplay] = {}
-    for key, load in by_key.items():
+    for load in loads:
+        key = load.source.key
         if not _replayable(load):
             continue
         files = [
@@ -152,24 +157,52 @@ def plan_replays(chain: Chain, loads: Sequence[TableLoad]) -> dict[tuple[str, st
         if not files or size > min(TABLE_CHANGE_BYTES, budget):
             continue
         layout = Layout(load.source)
-        changes: list[tuple[int, Change]] = []
-        try:
-            for i, increment, entry in files:
-                changes += (
-                    (i, c)
-                    for c in read_changes(layout, increment, entry)
-                    if chain.upto is None or c.lsn < chain.upto
-                )
-        except MixedIdentity:
+        wanted = _named(layout, files)
+        if wanted is None:
             continue
-        if any(c.op == b"truncate" for _, c in changes) or layout.identity == ():
-            continue
-        counts = [0] * len(chain.increments)
-        for i, _ in changes:
-            counts[i] += 1
         budget -= size
-        replays[key] = TableReplay(load, layout, changes, counts, len(load.source.files))
+        counts = [0] * len(chain.increments)
+        replays[key] = TableReplay(
+            load, layout, files, chain.upto, wanted, counts, len(load.source.files)
+        )
     return replays
+
+
+def _named(layout: Layout, files: list[tuple[int, Backup, BackupFile]]) -> bytes | None:
+    """The key hashes of the identities a table's changes name (``layout`` learns the
+    identity's columns); None when it cannot be replayed: a TRUNCATE among them, or
+    changes that name rows by different columns, or by none."""
+    hashes: set[int] = set()
+    for _, increment, entry in files:
+        for block in file_lines(increment, entry):
+            if block.startswith(_TRUNCATE) or b"\n" + _TRUNCATE in block:
+                return None
+            keys = NAMED_KEYS.findall(block)
+            if not keys:
+                continue
+            try:
+                layout.change_key(keys[0])  # the identity's columns, from the first key
+            except MixedIdentity:
+                return None
+            assert layout.identity is not None
+            if not layout.identity:
+                return None
+            try:
+                # every key exactly the identity's columns, read natively
+                named = _rows.line_keys(
+                    b"\n".join(keys) + b"\n",
+                    tuple(object_prefixes(layout.identity)),
+                    tuple(range(len(layout.identity))),
+                    True,
+                )
+            except _rows.LineError:
+                return None  # REPLICA IDENTITY FULL with values the server did not send
+            hashes.update(map(_rows.key_hash, named))
+    return array.array("Q", sorted(hashes)).tobytes()
+
+
+# How a TRUNCATE's line starts: it empties the table, the full backup's lines with it.
+_TRUNCATE = b'{"op":"truncate"'
 
 
 def _replayable(load: TableLoad) -> bool:
