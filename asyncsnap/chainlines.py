@@ -189,9 +189,9 @@ class Layout:
         return join_object(self.sent_prefixes, [given.get(n, before[n]) for n in self.sent])
 
 
-def file_lines(backup: Backup, entry: BackupFile) -> Iterator[bytes]:
+def file_lines(backup: Backup, entry: BackupFile, block_size: int = 4 << 20) -> Iterator[bytes]:
     """A data file's blocks of whole lines, the file checked against its manifest."""
-    reader = DataFileReader(backup, entry, count_rows=False)
+    reader = DataFileReader(backup, entry, count_rows=False, block_size=block_size)
     try:
         for block in reader:
             reader.rows += _rows.count_lines(block)
@@ -208,7 +208,8 @@ def read_changes(layout: Layout, backup: Backup, entry: BackupFile) -> Iterator[
     :raises VerificationFailed: a line that is not a change line.
     :raises MixedIdentity: changes that name rows by different columns."""
     number = 0
-    for block in file_lines(backup, entry):
+    # (small blocks: each is held as its lines too, while the changes are replayed)
+    for block in file_lines(backup, entry, block_size=1 << 20):
         for line in block.splitlines():
             number += 1
             m = CHANGE_LINE.fullmatch(line)

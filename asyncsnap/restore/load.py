@@ -403,7 +403,7 @@ async def _load_table(
         await anyio.to_thread.run_sync(reader.finish)
         if replay is not None and replay.file_loaded():
             assert shape is not None
-            replayed = await anyio.to_thread.run_sync(replay.lines)
+            replayed = await anyio.to_thread.run_sync(replay.replay)
             try:
                 await _copy_file(conn, into, shape, _Lines(replayed), progress)
             except (asyncpg.PostgresError, ValueError) as exc:
@@ -508,25 +508,18 @@ def _segments(block: bytes | bytearray, shape: LoadShape, first_line: int) -> li
 
 
 class _Lines:
-    """Lines made here (a table's rows as its chain's changes leave them), given in
-    blocks as a file's reader gives them."""
+    """Lines made here (a table's rows as its chain's changes leave them), blocks of whole
+    lines given as a file's reader gives them."""
 
-    def __init__(self, data: bytes) -> None:
-        self._data, self._at = data, 0
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._blocks = blocks
         self.rows = 0
 
     def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> bytes:
-        data, at = self._data, self._at
-        if at >= len(data):
-            raise StopIteration
-        end = (
-            len(data) if len(data) - at <= BATCH_BYTES else data.index(b"\n", at + BATCH_BYTES) + 1
-        )
-        self._at = end
-        block = data[at:end]
+        block = next(self._blocks)
         self.rows += _rows.count_lines(block)
         return block
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import array
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .. import _rows
@@ -53,8 +53,8 @@ from .plan import TableLoad
 # and of all tables together: a table past either is applied after the load instead. A
 # replay holds the full backup's lines its changes name, and a line a change makes, each
 # at once (the changes are read as a stream).
-TABLE_CHANGE_BYTES = 32 << 20
-ALL_CHANGE_BYTES = 64 << 20
+TABLE_CHANGE_BYTES = 24 << 20
+ALL_CHANGE_BYTES = 48 << 20
 
 
 @dataclass
@@ -100,29 +100,32 @@ class TableReplay:
         self.files_left -= 1
         return self.files_left == 0
 
-    def lines(self) -> bytes:
-        """The lines the set-aside lines become, every change replayed on them in order
-        (a line set aside only for its hash's likeness stays as it was).
+    def replay(self) -> Iterator[bytes]:
+        """The lines the set-aside lines become, every change replayed on them in order (a
+        line set aside only for its hash's likeness stays as it was), in blocks of whole
+        lines; each is let go as its block is made.
 
         :raises RestoreFailed: a change names a row the chain's state does not hold."""
         layout = self.layout
         replay = Replay(layout, 0)
+        state = replay.state
         if self._identity:
             prefixes = tuple(layout.all_prefixes)
-            for block in self._picked:
+            while self._picked:
+                block = self._picked.pop()
                 keys = _rows.line_keys(block, prefixes, self._identity, False)
                 for key, line in zip(keys, block.splitlines(), strict=True):
-                    replay.state.setdefault(key, []).append(line)
-            self._picked.clear()
+                    state.setdefault(key, []).append(line)
+                del block, keys
         for i, increment, entry in self.files:
             for change in read_changes(layout, increment, entry):
                 if self.upto is not None and change.lsn >= self.upto:
                     continue
-                if change.key is not None and not replay.state.get(change.key):
+                if change.key is not None and not state.get(change.key):
                     raise self._not_found(change)
                 replay.apply(change)
                 self.counts[i] += 1
-        return b"".join(line + b"\n" for lines in replay.state.values() for line in lines)
+        return _blocks(state)
 
     def _not_found(self, change: Change) -> RestoreFailed:
         assert change.key is not None and self.layout.identity is not None
@@ -134,6 +137,25 @@ class TableReplay:
             hint="the chain is damaged (its full backup does not hold the row); the tables "
             "loaded before this one stay loaded: restore another chain with --truncate",
         )
+
+
+def _blocks(state: dict[bytes, list[bytes]]) -> Iterator[bytes]:
+    """``state``'s lines, in blocks of about ``BLOCK_BYTES``, emptying it as they go."""
+    block: list[bytes] = []
+    size = 0
+    while state:
+        for line in state.popitem()[1]:
+            block.append(line)
+            size += len(line) + 1
+        if size >= BLOCK_BYTES:
+            yield b"\n".join(block) + b"\n"
+            block, size = [], 0
+    if block:
+        yield b"\n".join(block) + b"\n"
+
+
+# The replayed lines go to COPY in blocks of this many bytes (as a file's are read).
+BLOCK_BYTES = 512 << 10
 
 
 def plan_replays(chain: Chain, loads: Sequence[TableLoad]) -> dict[tuple[str, str], TableReplay]:
