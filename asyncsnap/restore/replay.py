@@ -72,7 +72,9 @@ class TableReplay:
     counts: list[int]  # changes replayed, per increment (once replayed)
     files_left: int
     _identity: tuple[int, ...] = field(init=False)
-    _picked: list[bytes] = field(init=False, default_factory=list)
+    # (one buffer: bytes objects made in the loading threads and held through the load
+    # kept their allocator's arenas from shrinking, 27 MiB more RSS by its end)
+    _picked: bytearray = field(init=False, default_factory=bytearray)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -92,7 +94,7 @@ class TableReplay:
             return block  # the converter says what is wrong with which line
         if picked:
             with self._lock:
-                self._picked.append(picked)
+                self._picked += picked
         return rest
 
     def file_loaded(self) -> bool:
@@ -111,12 +113,11 @@ class TableReplay:
         state = replay.state
         if self._identity:
             prefixes = tuple(layout.all_prefixes)
-            while self._picked:
-                block = self._picked.pop()
-                keys = _rows.line_keys(block, prefixes, self._identity, False)
-                for key, line in zip(keys, block.splitlines(), strict=True):
-                    state.setdefault(key, []).append(line)
-                del block, keys
+            picked, self._picked = self._picked, bytearray()
+            keys = _rows.line_keys(picked, prefixes, self._identity, False)
+            for key, line in zip(keys, bytes(picked).splitlines(), strict=True):
+                state.setdefault(key, []).append(line)
+            del picked, keys
         for i, increment, entry in self.files:
             for change in read_changes(layout, increment, entry):
                 if self.upto is not None and change.lsn >= self.upto:
