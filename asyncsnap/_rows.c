@@ -3134,6 +3134,167 @@ done:
     return result;
 }
 
+/* A change line's object (chainlines.CHANGE_LINE's OBJECT): `{`, then anything but `"`,
+ * `{` and `}`, or strings (`"`, then bytes but `"` and `\`, or `\` and any byte but a
+ * newline, then `"`), up to a `}`. Where it ends (past its `}`), or -1. */
+static Py_ssize_t change_object_end(const unsigned char *p, Py_ssize_t n, Py_ssize_t at)
+{
+    if (at >= n || p[at] != '{') return -1;
+    at++;
+    while (at < n) {
+        unsigned char c = p[at];
+        if (c == '}') return at + 1;
+        if (c == '{') return -1;
+        if (c == '"') {
+            at++;
+            for (;;) {
+                if (at >= n) return -1;
+                if (p[at] == '"') break;
+                if (p[at] == '\\') {
+                    if (at + 1 >= n || p[at + 1] == '\n') return -1;
+                    at += 2;
+                } else {
+                    at++;
+                }
+            }
+        }
+        at++;
+    }
+    return -1;
+}
+
+static int change_literal(const unsigned char *p, Py_ssize_t n, Py_ssize_t *at, const char *lit)
+{
+    size_t len = strlen(lit);
+    if (n - *at < (Py_ssize_t)len || memcmp(p + *at, lit, len) != 0) return 0;
+    *at += (Py_ssize_t)len;
+    return 1;
+}
+
+/* [0-9A-F]{1,8}: its value, or -1 */
+static int64_t change_hex(const unsigned char *p, Py_ssize_t n, Py_ssize_t *at)
+{
+    int64_t v = 0;
+    Py_ssize_t start = *at;
+    while (*at < n && *at - start < 9) {
+        unsigned char c = p[*at];
+        if (c >= '0' && c <= '9') v = v * 16 + (c - '0');
+        else if (c >= 'A' && c <= 'F') v = v * 16 + (c - 'A' + 10);
+        else break;
+        (*at)++;
+    }
+    if (*at == start || *at - start > 8) return -1;
+    return v;
+}
+
+static int change_digits(const unsigned char *p, Py_ssize_t n, Py_ssize_t *at)
+{
+    Py_ssize_t start = *at;
+    while (*at < n && p[*at] >= '0' && p[*at] <= '9') (*at)++;
+    return *at > start;
+}
+
+static PyObject *change_ops[4];
+static const char *change_op_names[4] = {"insert", "update", "delete", "truncate"};
+
+/* change_lines(data) -> [(op, lsn, key, row, unchanged), ...]: each whole line of data
+ * read as a change line (chainlines.CHANGE_LINE, its reference): op one of the four (the
+ * same bytes object each time), lsn the commit's position as an int, key and row the
+ * objects as written or None (null), unchanged the list as written. LineError names the
+ * first line that is not one. A chain's restore and diff read their changes by it. */
+static PyObject *py_change_lines(PyObject *self, PyObject *arg)
+{
+    Py_buffer data;
+    PyObject *result = NULL;
+    Py_ssize_t start = 0, line = 0;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *s = data.buf;
+    Py_ssize_t total = data.len;
+    if (total > 0 && s[total - 1] != '\n') {
+        PyErr_SetString(PyExc_ValueError, "change_lines: whole lines");
+        goto done;
+    }
+    result = PyList_New(0);
+    if (result == NULL) goto done;
+    while (start < total) {
+        const unsigned char *p = s + start;
+        Py_ssize_t n = (const unsigned char *)memchr(p, '\n', (size_t)(total - start)) - p;
+        Py_ssize_t at = 0, key = -1, key_end = -1, row = -1, row_end = -1;
+        int op = -1, i;
+        int64_t high, low;
+        PyObject *item;
+        if (!change_literal(p, n, &at, "{\"op\":\"")) goto refused;
+        for (i = 0; i < 4; i++) {
+            Py_ssize_t len = (Py_ssize_t)strlen(change_op_names[i]);
+            if (n - at >= len + 1 && memcmp(p + at, change_op_names[i], (size_t)len) == 0 &&
+                p[at + len] == '"') {
+                op = i;
+                at += len;
+                break;
+            }
+        }
+        if (op < 0 || !change_literal(p, n, &at, "\",\"lsn\":\"")) goto refused;
+        if ((high = change_hex(p, n, &at)) < 0 || !change_literal(p, n, &at, "/")) goto refused;
+        if ((low = change_hex(p, n, &at)) < 0) goto refused;
+        if (!change_literal(p, n, &at, "\",\"xid\":") || !change_digits(p, n, &at)) goto refused;
+        if (!change_literal(p, n, &at, ",\"n\":") || !change_digits(p, n, &at)) goto refused;
+        if (!change_literal(p, n, &at, ",\"key\":")) goto refused;
+        if (!change_literal(p, n, &at, "null")) {
+            key = at;
+            if ((at = change_object_end(p, n, at)) < 0) goto refused;
+            key_end = at;
+        }
+        if (!change_literal(p, n, &at, ",\"row\":")) goto refused;
+        if (!change_literal(p, n, &at, "null")) {
+            row = at;
+            if ((at = change_object_end(p, n, at)) < 0) goto refused;
+            row_end = at;
+        }
+        if (!change_literal(p, n, &at, ",\"unchanged\":")) goto refused;
+        /* \[[^\n]*\]\} to the line's end */
+        if (n - at < 3 || p[at] != '[' || p[n - 2] != ']' || p[n - 1] != '}') goto refused;
+        item = Py_BuildValue("(OKOOy#)", change_ops[op],
+                             (unsigned long long)(((uint64_t)high << 32) | (uint64_t)low),
+                             Py_None, Py_None, (const char *)p + at, n - 1 - at);
+        if (item == NULL) goto failed;
+        if (key >= 0) {
+            PyObject *k = PyBytes_FromStringAndSize((const char *)p + key, key_end - key);
+            if (k == NULL) {
+                Py_DECREF(item);
+                goto failed;
+            }
+            Py_SETREF(PyTuple_GET_ITEM(item, 2), k); /* a new tuple: ours to fill */
+        }
+        if (row >= 0) {
+            PyObject *r = PyBytes_FromStringAndSize((const char *)p + row, row_end - row);
+            if (r == NULL) {
+                Py_DECREF(item);
+                goto failed;
+            }
+            Py_SETREF(PyTuple_GET_ITEM(item, 3), r);
+        }
+        if (PyList_Append(result, item) < 0) {
+            Py_DECREF(item);
+            goto failed;
+        }
+        Py_DECREF(item);
+        start += n + 1;
+        line++;
+        continue;
+    refused: {
+        Err err = {{0}, 0, "", -1, -1};
+        err_set(&err, line, -1, "not a change line");
+        raise_err(&err);
+    }
+    failed:
+        Py_CLEAR(result);
+        goto done;
+    }
+done:
+    PyBuffer_Release(&data);
+    return result;
+}
+
 /* line_keys(data, prefixes, identity, whole) -> [key, ...]: each line's key as pick_lines
  * reads it (the values of the columns identity numbers, as written, joined by NUL bytes),
  * every line of data (whole lines) an object whose members begin with prefixes[0],
@@ -3497,6 +3658,10 @@ static PyMethodDef methods[] = {
      "values of the columns identity numbers, joined by NUL) has its key_hash in wanted, a "
      "sorted native uint64 array; LineError for a line whose members do not begin with the "
      "prefixes. pick_lines(..., True) -> (picked, rest): rest the other lines, in order."},
+    {"change_lines", py_change_lines, METH_O,
+     "change_lines(data) -> [(op, lsn, key, row, unchanged)]: each whole line read as a change "
+     "line (chainlines.CHANGE_LINE); key and row None for null. LineError for the first line "
+     "that is not one."},
     {"line_keys", py_line_keys, METH_VARARGS,
      "line_keys(data, prefixes, identity, whole) -> [bytes]: each whole line's key as "
      "pick_lines reads it (the identity's values joined by NUL); with whole, each line must "
@@ -3537,6 +3702,13 @@ PyMODINIT_FUNC PyInit__rows(void)
     }
     m = PyModule_Create(&module);
     if (m == NULL) return NULL;
+    for (int i = 0; i < 4; i++) {
+        if (change_ops[i] == NULL) change_ops[i] = PyBytes_FromString(change_op_names[i]);
+        if (change_ops[i] == NULL) {
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
     LineError = PyErr_NewExceptionWithDoc(
         "asyncsnap._rows.LineError",
         "A line not as expected: .what, .line (0-based within the data given) and "

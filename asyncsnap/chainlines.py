@@ -71,6 +71,9 @@ class Change:
     key: bytes | None  # the identity's values (``Layout.key``), for update and delete
     row: bytes | None  # the row object as written
     unchanged: tuple[str, ...]
+    # the identity's values in ``row`` when it holds every column a change carries and
+    # the identity was known when it was read (else None: read when it is needed)
+    row_key: bytes | None = None
 
 
 class Layout:
@@ -143,6 +146,45 @@ class Layout:
             )
         return self._key(list(values.values()))
 
+    def change_keys(self, objs: list[bytes]) -> list[bytes]:
+        """``change_key`` of each of ``objs``, read natively when each is exactly the
+        identity's columns (the first one read names them)."""
+        if not objs:
+            return []
+        if self.identity is None:
+            self.change_key(objs[0])
+        assert self.identity is not None
+        if self.identity:
+            try:
+                return _rows.line_keys(
+                    b"\n".join(objs) + b"\n",
+                    tuple(object_prefixes(self.identity)),
+                    tuple(range(len(self.identity))),
+                    True,
+                )
+            except _rows.LineError:
+                pass  # one that is not: read each as change_key does, which says why
+        return [self.change_key(obj) for obj in objs]
+
+    def row_keys(self, rows: list[bytes]) -> list[bytes | None]:
+        """The identity's values of each change's row that holds every column a change
+        carries (``sent``), read natively; None for each when the identity is not known
+        yet, or one is not such a row (read when needed, which says what is wrong)."""
+        if not rows or not self.identity:
+            return [None] * len(rows)
+        try:
+            keys: list[bytes | None] = list(
+                _rows.line_keys(
+                    b"\n".join(rows) + b"\n",
+                    tuple(self.sent_prefixes),
+                    tuple(self.sent.index(n) for n in self.identity),
+                    True,
+                )
+            )
+        except _rows.LineError:
+            return [None] * len(rows)
+        return keys
+
     def _key(self, values: Sequence[bytes]) -> bytes:
         # no raw NUL occurs in JSON text (a string escapes it), so it separates values
         return b"\0".join(values)
@@ -203,27 +245,35 @@ def file_lines(backup: Backup, entry: BackupFile, block_size: int = 4 << 20) -> 
 
 def read_changes(layout: Layout, backup: Backup, entry: BackupFile) -> Iterator[Change]:
     """A change file's changes, in order, each line checked against the format (its
-    key read as ``layout``'s identity).
+    key read as ``layout``'s identity), a block of lines at a time, natively
+    (``_rows.change_lines``, whose reference is ``CHANGE_LINE``).
 
     :raises VerificationFailed: a line that is not a change line.
     :raises MixedIdentity: changes that name rows by different columns."""
     number = 0
     # (small blocks: each is held as its lines too, while the changes are replayed)
     for block in file_lines(backup, entry, block_size=1 << 20):
-        for line in block.splitlines():
+        try:
+            parsed = _rows.change_lines(block)
+        except _rows.LineError as exc:
+            raise VerificationFailed(
+                f"{entry.path}: line {number + exc.line + 1} is not a change line",
+                hint="the backup was altered or not made by asyncsnap",
+            ) from None
+        del block
+        keys = iter(layout.change_keys([key for _, _, key, _, _ in parsed if key is not None]))
+        whole = [
+            row for op, _, _, row, unchanged in parsed if row is not None and unchanged == b"[]"
+        ]
+        row_keys = iter(layout.row_keys(whole))
+        for op, lsn, key, row, unchanged in parsed:
             number += 1
-            m = CHANGE_LINE.fullmatch(line)
-            if m is None:
-                raise VerificationFailed(
-                    f"{entry.path}: line {number} is not a change line",
-                    hint="the backup was altered or not made by asyncsnap",
-                )
-            op, high, low, key, row, unchanged = m.groups()
-            if (key == b"null") != (op in (b"insert", b"truncate")) or (row == b"null") != (
+            if (key is None) != (op in (b"insert", b"truncate")) or (row is None) != (
                 op in (b"delete", b"truncate")
             ):
                 raise damaged(f"{entry.path}: line {number}'s key or row does not fit its op")
             names: tuple[str, ...] = ()
+            row_key = None
             if unchanged != b"[]":
                 try:
                     names = tuple(orjson.loads(unchanged))
@@ -231,14 +281,9 @@ def read_changes(layout: Layout, backup: Backup, entry: BackupFile) -> Iterator[
                     names = (0,)  # type: ignore[assignment]  # refused just below
                 if op != b"update" or not all(isinstance(n, str) for n in names):
                     raise damaged(f"{entry.path}: line {number}'s unchanged is not a list of names")
-            yield Change(
-                op,
-                int(high, 16) << 32 | int(low, 16),
-                None if key == b"null" else layout.change_key(key),
-                None if row == b"null" else row,
-                names,
-            )
-        del block
+            elif row is not None:
+                row_key = next(row_keys)
+            yield Change(op, lsn, None if key is None else next(keys), row, names, row_key)
 
 
 class Replay:
@@ -254,8 +299,9 @@ class Replay:
         self.recording = False
         self.delta: Counter[bytes] = Counter()
 
-    def _add(self, line: bytes) -> None:
-        key = self.layout.line_key(line) if self.layout.identity is not None else line
+    def _add(self, line: bytes, key: bytes | None = None) -> None:
+        if key is None:
+            key = self.layout.line_key(line) if self.layout.identity is not None else line
         self.state.setdefault(key, []).append(line)
         self.rows += 1
         if self.recording:
@@ -278,14 +324,20 @@ class Replay:
     def apply(self, change: Change) -> None:
         if change.op == b"insert":
             assert change.row is not None
-            self._add(self.layout.row_line(change.row, (), None))
+            if change.row_key is not None:  # the row read whole, every column there
+                self._add(change.row, change.row_key)
+            else:
+                self._add(self.layout.row_line(change.row, (), None))
         elif change.op == b"delete":
             assert change.key is not None
             self._take(change.key)
         elif change.op == b"update":
             assert change.key is not None and change.row is not None
             old = self._take(change.key)
-            self._add(self.layout.row_line(change.row, change.unchanged, old))
+            if change.row_key is not None:
+                self._add(change.row, change.row_key)
+            else:
+                self._add(self.layout.row_line(change.row, change.unchanged, old))
         else:  # truncate
             if self.recording:
                 for lines in self.state.values():

@@ -130,6 +130,12 @@ def line_keys(data: bytes) -> None:
     _check("line_keys", rng, ref.ref_line_keys, lines, prefixes, identity, rng.random() < 0.5)
 
 
+def change_lines(data: bytes) -> None:
+    rng, raw = _case(data)
+    lines = _spliced(rng, ref.random_change_lines(rng), raw)
+    _check("change_lines", rng, ref.ref_change_lines, lines)
+
+
 def key_hash(data: bytes) -> None:
     rng, raw = _case(data)
     _check("key_hash", rng, ref.ref_key_hash, raw)
@@ -205,6 +211,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
         json_members,
         pick_lines,
         line_keys,
+        change_lines,
         key_hash,
         pgoutput_values,
         copy_text,

@@ -37,6 +37,7 @@ from typing import Any, TypeAlias
 import pytest
 
 from asyncsnap import _rows
+from asyncsnap.chainlines import CHANGE_LINE
 
 SEED = int(os.environ.get("ASYNCSNAP_FUZZ_SEED") or random.SystemRandom().randrange(2**32))
 ROUNDS = 1000  # inputs per converter in the default run; the slow run takes 25 times more
@@ -1101,6 +1102,55 @@ def ref_pick_lines(
     return (b"".join(out), b"".join(others)) if rest else b"".join(out)
 
 
+# -- the reference: change lines (an increment's files) ---------------------------------
+def ref_change_lines(data: bytes) -> list[tuple[bytes, int, bytes | None, bytes | None, bytes]]:
+    """Each line read by ``chainlines.CHANGE_LINE`` (the format's regular expression):
+    Invalid at the first line it does not match whole."""
+    out = []
+    for number, line in enumerate(lines_of(data)):
+        m = CHANGE_LINE.fullmatch(line)
+        if m is None:
+            raise Invalid("not a change line", number)
+        op, high, low, key, row, unchanged = m.groups()
+        lsn = int(high, 16) << 32 | int(low, 16)
+        out.append(
+            (op, lsn, None if key == b"null" else key, None if row == b"null" else row, unchanged)
+        )
+    return out
+
+
+def random_change_lines(rng: random.Random) -> bytes:
+    """Change lines as an increment writes them (objects of every value kind, LSNs and
+    numbers of every length), their parts now and then not as it writes them, mutated now
+    and then."""
+
+    def hexes() -> bytes:
+        digits = "".join(rng.choice("0123456789ABCDEF") for _ in range(rng.choice((1, 2, 8))))
+        if rng.random() < 0.03:
+            digits = rng.choice(("", "123456789", "1a", "G", "-1"))
+        return digits.encode()
+
+    lines = []
+    for _ in range(rng.choice((0, 1, 2, 3, 8))):
+        op = rng.choice((b"insert", b"update", b"delete", b"truncate"))
+        if rng.random() < 0.03:
+            op = rng.choice((b"", b"Insert", b"upsert", b"insert ", b"trunc"))
+        key = b"null" if rng.random() < 0.3 else random_object(rng)
+        row = b"null" if rng.random() < 0.3 else random_object(rng)
+        unchanged = rng.choice((b"[]", b"[]", b'["a","b"]', b'["]}"]', b"[", b"]", b"[}]"))
+        numbers = [str(rng.choice((0, 7, 2**31, 2**70))).encode() for _ in range(2)]
+        if rng.random() < 0.03:
+            numbers[rng.randrange(2)] = rng.choice((b"", b"-1", b"1.5", b"null"))
+        lines.append(
+            b'{"op":"%s","lsn":"%s/%s","xid":%s,"n":%s,"key":%s,"row":%s,"unchanged":%s}\n'
+            % (op, hexes(), hexes(), numbers[0], numbers[1], key, row, unchanged)
+        )
+    data = b"".join(lines)
+    if rng.random() < 0.3:
+        data = mutate(rng, data, [*JSON_TOKENS, b"null", b'"op":', b"},"])
+    return data
+
+
 def ref_line_keys(
     data: bytes, prefixes: tuple[bytes, ...], identity: tuple[int, ...], whole: bool
 ) -> list[bytes]:
@@ -1430,6 +1480,15 @@ def fuzz_pick_lines(rounds: int) -> None:
     assert hashes.accepted == rounds
 
 
+def fuzz_change_lines(rounds: int) -> None:
+    rng = rng_for("change_lines")
+    tally = Tally("change_lines")
+    for _ in range(rounds):
+        data = random_change_lines(rng)
+        tally.check(_rows.change_lines, (as_buffer(rng, data),), ref_change_lines, (data,))
+    tally.assert_both_sides(rounds)
+
+
 def fuzz_line_keys(rounds: int) -> None:
     rng = rng_for("line_keys")
     tally = Tally("line_keys")
@@ -1475,6 +1534,7 @@ FUZZERS = [
     fuzz_json_members,
     fuzz_pick_lines,
     fuzz_line_keys,
+    fuzz_change_lines,
     fuzz_pgoutput_values,
     fuzz_copy_text,
 ]
