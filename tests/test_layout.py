@@ -37,6 +37,8 @@ FORBIDDEN = {
     "slot": ("storage", "dump", "restore", "analysis", "api", "cli", "jobs", "copy"),
     "pgoutput": ("*",),
     "changes": ("storage", "dump", "restore", "analysis", "api", "cli", "jobs", "copy", "slot"),
+    # a chain's change lines read and replayed: shared by a chain's restore and its diff
+    "chainlines": ("dump", "restore", "analysis", "api", "cli", "jobs", "copy", "increment"),
     # a chunk's job runs anywhere: it needs no command above it
     "jobs": ("dump", "restore", "analysis", "api", "cli", "copy", "verify", "prune"),
     "copy": ("dump", "restore", "analysis", "api", "cli"),
