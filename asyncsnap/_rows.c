@@ -2976,6 +2976,88 @@ static PyObject *py_key_hash(PyObject *self, PyObject *arg)
     return PyLong_FromUnsignedLongLong(h);
 }
 
+/* How pick_lines and line_keys read a line's key: the prefixes of the members to read
+ * (`need` of them: up to the key's last column, or all with whole) and the key's columns
+ * (indexes into them), with room for where each value starts and ends. */
+typedef struct {
+    Py_ssize_t nkey, need;
+    const unsigned char **pre;
+    Py_ssize_t *prelen, *key, *vstart, *vend;
+} KeyReader;
+
+static void key_reader_close(KeyReader *kr)
+{
+    PyMem_Free(kr->key);
+    PyMem_Free(kr->pre);
+    PyMem_Free(kr->prelen);
+    PyMem_Free(kr->vstart);
+    PyMem_Free(kr->vend);
+}
+
+/* 0, or -1 with an exception set (``name`` says whose arguments were wrong); close it
+ * either way. */
+static int key_reader_open(KeyReader *kr, PyObject *prefixes, PyObject *identity, int whole,
+                           const char *name)
+{
+    Py_ssize_t nprefixes = PyTuple_GET_SIZE(prefixes), i;
+    memset(kr, 0, sizeof(*kr));
+    kr->nkey = PyTuple_GET_SIZE(identity);
+    if (kr->nkey == 0) {
+        PyErr_Format(PyExc_ValueError, "%s: a key of no column", name);
+        return -1;
+    }
+    kr->key = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)kr->nkey);
+    if (kr->key == NULL) goto nomemory;
+    for (i = 0; i < kr->nkey; i++) {
+        kr->key[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(identity, i));
+        if (kr->key[i] == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+            PyErr_Clear(); /* an index past any tuple: said as any other one without */
+        }
+        if (kr->key[i] < 0 || kr->key[i] >= nprefixes) {
+            PyErr_Format(PyExc_ValueError, "%s: a key column without its prefix", name);
+            return -1;
+        }
+        if (kr->key[i] + 1 > kr->need) kr->need = kr->key[i] + 1;
+    }
+    if (whole) kr->need = nprefixes;
+    kr->pre = PyMem_Malloc(sizeof(*kr->pre) * (size_t)kr->need);
+    kr->prelen = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)kr->need);
+    kr->vstart = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)kr->need);
+    kr->vend = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)kr->need);
+    if (kr->pre == NULL || kr->prelen == NULL || kr->vstart == NULL || kr->vend == NULL)
+        goto nomemory;
+    for (i = 0; i < kr->need; i++) {
+        PyObject *item = PyTuple_GET_ITEM(prefixes, i);
+        if (!PyBytes_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "%s: prefixes are bytes", name);
+            return -1;
+        }
+        kr->pre[i] = (const unsigned char *)PyBytes_AS_STRING(item);
+        kr->prelen[i] = PyBytes_GET_SIZE(item);
+    }
+    return 0;
+nomemory:
+    PyErr_NoMemory();
+    return -1;
+}
+
+/* Read a line's members up to the last one needed: where the last ends, or -1 when the
+ * line's members do not begin with the prefixes. No Python call: runs without the GIL. */
+static Py_ssize_t key_reader_read(KeyReader *kr, const unsigned char *p, Py_ssize_t len)
+{
+    Py_ssize_t at = 0, c;
+    for (c = 0; c < kr->need; c++) {
+        if (len - at < kr->prelen[c] || memcmp(p + at, kr->pre[c], (size_t)kr->prelen[c]) != 0)
+            return -1;
+        kr->vstart[c] = at + kr->prelen[c];
+        at = member_value_end(p, len, kr->vstart[c], MEMBER_DEPTH);
+        if (at < 0) return -1;
+        kr->vend[c] = at;
+    }
+    return at;
+}
+
 /* pick_lines(data, prefixes, identity, wanted) -> the lines (each with its newline) whose
  * key is a candidate: data is whole lines of a backup's data file, each an object whose
  * members begin with prefixes[0], prefixes[1], ... (`{"a":`, `,"b":`, in the table's
@@ -2992,50 +3074,19 @@ static PyObject *py_pick_lines(PyObject *self, PyObject *args)
 {
     Py_buffer data, wanted;
     PyObject *prefixes, *identity, *result = NULL;
-    Py_ssize_t nprefixes, nkey, need = 0, i;
-    const unsigned char **pre = NULL;
-    Py_ssize_t *prelen = NULL, *key = NULL, *vstart = NULL, *vend = NULL, *picked = NULL;
-    Py_ssize_t npicked = 0, bad_line = -1, total = 0;
+    KeyReader kr;
+    Py_ssize_t *picked = NULL, npicked = 0, bad_line = -1, total = 0, i;
     int nomem = 0, rest = 0;
     if (!PyArg_ParseTuple(args, "y*O!O!y*|p:pick_lines", &data, &PyTuple_Type, &prefixes,
                           &PyTuple_Type, &identity, &wanted, &rest))
         return NULL;
-    nprefixes = PyTuple_GET_SIZE(prefixes);
-    nkey = PyTuple_GET_SIZE(identity);
-    if (wanted.len % 8 != 0 || nkey == 0 || (data.len > 0 &&
+    memset(&kr, 0, sizeof(kr));
+    if (wanted.len % 8 != 0 || (data.len > 0 &&
         ((const unsigned char *)data.buf)[data.len - 1] != '\n')) {
-        PyErr_SetString(PyExc_ValueError,
-                        "pick_lines: whole lines, a key of columns and uint64s wanted");
+        PyErr_SetString(PyExc_ValueError, "pick_lines: whole lines and uint64s wanted");
         goto done;
     }
-    key = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)nkey);
-    if (key == NULL) goto nomemory;
-    for (i = 0; i < nkey; i++) {
-        key[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(identity, i));
-        if (key[i] == -1 && PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) goto done;
-            PyErr_Clear(); /* an index past any tuple: said as any other one without */
-        }
-        if (key[i] < 0 || key[i] >= nprefixes) {
-            PyErr_SetString(PyExc_ValueError, "pick_lines: a key column without its prefix");
-            goto done;
-        }
-        if (key[i] + 1 > need) need = key[i] + 1;
-    }
-    pre = PyMem_Malloc(sizeof(*pre) * (size_t)need);
-    prelen = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)need);
-    vstart = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)need);
-    vend = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)need);
-    if (pre == NULL || prelen == NULL || vstart == NULL || vend == NULL) goto nomemory;
-    for (i = 0; i < need; i++) {
-        PyObject *item = PyTuple_GET_ITEM(prefixes, i);
-        if (!PyBytes_Check(item)) {
-            PyErr_SetString(PyExc_TypeError, "pick_lines: prefixes are bytes");
-            goto done;
-        }
-        pre[i] = (const unsigned char *)PyBytes_AS_STRING(item);
-        prelen[i] = PyBytes_GET_SIZE(item);
-    }
+    if (key_reader_open(&kr, prefixes, identity, 0, "pick_lines") < 0) goto done;
     Py_BEGIN_ALLOW_THREADS
     {
         const unsigned char *s = data.buf;
@@ -3045,23 +3096,16 @@ static PyObject *py_pick_lines(PyObject *self, PyObject *args)
         while (start < n) {
             const unsigned char *p = s + start;
             Py_ssize_t len = (const unsigned char *)memchr(p, '\n', (size_t)(n - start)) - p;
-            Py_ssize_t at = 0, c;
+            Py_ssize_t c;
             uint64_t h = KEY_HASH_START;
-            for (c = 0; c < need; c++) {
-                if (len - at < prelen[c] || memcmp(p + at, pre[c], (size_t)prelen[c]) != 0)
-                    break;
-                vstart[c] = at + prelen[c];
-                at = member_value_end(p, len, vstart[c], MEMBER_DEPTH);
-                if (at < 0) break;
-                vend[c] = at;
-            }
-            if (c < need) {
+            if (key_reader_read(&kr, p, len) < 0) {
                 bad_line = line;
                 break;
             }
-            for (c = 0; c < nkey; c++) {
+            for (c = 0; c < kr.nkey; c++) {
+                Py_ssize_t k = kr.key[c];
                 if (c > 0) h = key_hash_add(h, (const unsigned char *)"", 1);
-                h = key_hash_add(h, p + vstart[key[c]], vend[key[c]] - vstart[key[c]]);
+                h = key_hash_add(h, p + kr.vstart[k], kr.vend[k] - kr.vstart[k]);
             }
             if (wanted_has(&set, key_hash_end(h))) {
                 if (npicked == cap) {
@@ -3124,11 +3168,7 @@ nomemory:
     PyErr_NoMemory();
 done:
     free(picked);
-    PyMem_Free(key);
-    PyMem_Free(pre);
-    PyMem_Free(prelen);
-    PyMem_Free(vstart);
-    PyMem_Free(vend);
+    key_reader_close(&kr);
     PyBuffer_Release(&data);
     PyBuffer_Release(&wanted);
     return result;
@@ -3305,48 +3345,17 @@ static PyObject *py_line_keys(PyObject *self, PyObject *args)
 {
     Py_buffer data;
     PyObject *prefixes, *identity, *result = NULL;
-    Py_ssize_t nprefixes, nkey, need = 0, i;
-    const unsigned char **pre = NULL;
-    Py_ssize_t *prelen = NULL, *key = NULL, *vstart = NULL, *vend = NULL;
+    KeyReader kr;
     int whole = 0;
     if (!PyArg_ParseTuple(args, "y*O!O!p:line_keys", &data, &PyTuple_Type, &prefixes,
                           &PyTuple_Type, &identity, &whole))
         return NULL;
-    nprefixes = PyTuple_GET_SIZE(prefixes);
-    nkey = PyTuple_GET_SIZE(identity);
-    if (nkey == 0 || (data.len > 0 && ((const unsigned char *)data.buf)[data.len - 1] != '\n')) {
-        PyErr_SetString(PyExc_ValueError, "line_keys: whole lines and a key of columns");
+    memset(&kr, 0, sizeof(kr));
+    if (data.len > 0 && ((const unsigned char *)data.buf)[data.len - 1] != '\n') {
+        PyErr_SetString(PyExc_ValueError, "line_keys: whole lines");
         goto done;
     }
-    key = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)nkey);
-    if (key == NULL) goto nomemory;
-    for (i = 0; i < nkey; i++) {
-        key[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(identity, i));
-        if (key[i] == -1 && PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) goto done;
-            PyErr_Clear(); /* an index past any tuple: said as any other one without */
-        }
-        if (key[i] < 0 || key[i] >= nprefixes) {
-            PyErr_SetString(PyExc_ValueError, "line_keys: a key column without its prefix");
-            goto done;
-        }
-        if (key[i] + 1 > need) need = key[i] + 1;
-    }
-    if (whole) need = nprefixes;
-    pre = PyMem_Malloc(sizeof(*pre) * (size_t)need);
-    prelen = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)need);
-    vstart = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)need);
-    vend = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)need);
-    if (pre == NULL || prelen == NULL || vstart == NULL || vend == NULL) goto nomemory;
-    for (i = 0; i < need; i++) {
-        PyObject *item = PyTuple_GET_ITEM(prefixes, i);
-        if (!PyBytes_Check(item)) {
-            PyErr_SetString(PyExc_TypeError, "line_keys: prefixes are bytes");
-            goto done;
-        }
-        pre[i] = (const unsigned char *)PyBytes_AS_STRING(item);
-        prelen[i] = PyBytes_GET_SIZE(item);
-    }
+    if (key_reader_open(&kr, prefixes, identity, whole, "line_keys") < 0) goto done;
     result = PyList_New(0);
     if (result == NULL) goto done;
     {
@@ -3355,32 +3364,25 @@ static PyObject *py_line_keys(PyObject *self, PyObject *args)
         while (start < n) {
             const unsigned char *p = s + start;
             Py_ssize_t len = (const unsigned char *)memchr(p, '\n', (size_t)(n - start)) - p;
-            Py_ssize_t at = 0, c, size = 0;
+            Py_ssize_t at = key_reader_read(&kr, p, len), c, size = 0;
+            Py_ssize_t *key = kr.key, *vstart = kr.vstart, *vend = kr.vend;
             PyObject *k;
             char *out;
-            for (c = 0; c < need; c++) {
-                if (len - at < prelen[c] || memcmp(p + at, pre[c], (size_t)prelen[c]) != 0)
-                    break;
-                vstart[c] = at + prelen[c];
-                at = member_value_end(p, len, vstart[c], MEMBER_DEPTH);
-                if (at < 0) break;
-                vend[c] = at;
-            }
-            if (c < need || (whole && (at != len - 1 || p[at] != '}'))) {
+            if (at < 0 || (whole && (at != len - 1 || p[at] != '}'))) {
                 Err err = {{0}, 0, "", -1, -1};
                 err_set(&err, line, -1, "not a line of the key's columns");
                 raise_err(&err);
                 Py_CLEAR(result);
                 goto done;
             }
-            for (c = 0; c < nkey; c++) size += vend[key[c]] - vstart[key[c]] + (c > 0);
+            for (c = 0; c < kr.nkey; c++) size += vend[key[c]] - vstart[key[c]] + (c > 0);
             k = PyBytes_FromStringAndSize(NULL, size);
             if (k == NULL) {
                 Py_CLEAR(result);
                 goto done;
             }
             out = PyBytes_AS_STRING(k);
-            for (c = 0; c < nkey; c++) {
+            for (c = 0; c < kr.nkey; c++) {
                 if (c > 0) *out++ = '\0';
                 memcpy(out, p + vstart[key[c]], (size_t)(vend[key[c]] - vstart[key[c]]));
                 out += vend[key[c]] - vstart[key[c]];
@@ -3395,15 +3397,8 @@ static PyObject *py_line_keys(PyObject *self, PyObject *args)
             line++;
         }
     }
-    goto done;
-nomemory:
-    PyErr_NoMemory();
 done:
-    PyMem_Free(key);
-    PyMem_Free(pre);
-    PyMem_Free(prelen);
-    PyMem_Free(vstart);
-    PyMem_Free(vend);
+    key_reader_close(&kr);
     PyBuffer_Release(&data);
     return result;
 }
