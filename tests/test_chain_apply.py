@@ -233,7 +233,7 @@ def test_a_restored_chain_of_bulk_changes_is_the_source(
             pytest.MonkeyPatch.context() as mp,
         ):
             if not replayed:
-                mp.setattr(replay, "TABLE_CHANGE_BYTES", -1)
+                mp.setattr(replay, "REPLAY_BYTES", -1)
             run(restore, out / "inc", target.dsn, jobs=2)
             assert table_digests(target.dsn) == table_digests(db.dsn), (steps, replayed)
     finally:
@@ -246,7 +246,7 @@ def test_a_run_of_updates_by_key_is_one_statement(
     """The long run of updates is applied by one statement, in a subtransaction of its
     own (its rows' xmin is not the transaction's), while a short run goes one change at a
     time (its rows' xmin is the transaction's); both end as the source."""
-    monkeypatch.setattr(replay, "TABLE_CHANGE_BYTES", -1)  # applied after the load
+    monkeypatch.setattr(replay, "REPLAY_BYTES", -1)  # applied after the load
     db = icu_db
     db.execute(RESET)
     slot = slot_name()
@@ -358,7 +358,7 @@ def test_a_line_that_is_not_a_change_fails_the_restore(
     if replayed:
         says = "is not a change line"
     else:
-        monkeypatch.setattr(replay, "TABLE_CHANGE_BYTES", -1)
+        monkeypatch.setattr(replay, "REPLAY_BYTES", -1)
     db = icu_db
     db.execute(RESET)
     slot = slot_name()

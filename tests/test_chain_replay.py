@@ -77,7 +77,7 @@ def test_a_split_tables_changes_replay_as_its_files_load(
         assert _xmins(target) == files
         replayed_changes = result.changes
     # The same chain applied after the load: the same rows, written twice
-    monkeypatch.setattr(replay, "TABLE_CHANGE_BYTES", -1)
+    monkeypatch.setattr(replay, "REPLAY_BYTES", -1)
     with fresh_database(db.postgres, "applied") as target:
         result = run(restore, inc, target.dsn, jobs=2)
         assert table_digests(target.dsn) == table_digests(db.dsn)
@@ -123,18 +123,91 @@ def test_a_chain_replays_into_truncated_tables_in_one_transaction(
         assert _xmins(target) == 1
 
 
-def test_tables_past_the_replays_budget_are_applied_after_the_load(
+def test_past_the_replays_budget_every_table_is_applied_after_the_load(
     chain_of_split_table: tuple[Database, Path, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The change lines all replays may take (``ALL_CHANGE_BYTES``): room for ``small``'s
-    only, so ``big``'s changes are applied after the load, ``small``'s replayed; the same
-    rows either way."""
+    """What the replays would hold (``REPLAY_BYTES``) has room for ``small``'s but not for
+    ``big``'s: neither is replayed (tables of one restore end at one moment), both are
+    applied after the load; the same rows."""
     db, inc, files = chain_of_split_table
     small = sum(f["bytes"] for f in table_entry(inc, "public", "small")["files"])
-    monkeypatch.setattr(replay, "ALL_CHANGE_BYTES", small)
+    monkeypatch.setattr(replay, "REPLAY_BYTES", small * 4)
     with fresh_database(db.postgres, "budget") as target:
         run(restore, inc, target.dsn, jobs=2)
         assert table_digests(target.dsn) == table_digests(db.dsn)
         assert _xmins(target) > files  # big: updated after its files loaded
-        # small: one file, its rows all committed by its load's transaction
-        assert target.fetchval("SELECT count(DISTINCT xmin::text) FROM public.small") == 1
+        # small: half its rows updated after its load, by the apply
+        assert target.fetchval("SELECT count(DISTINCT xmin::text) FROM public.small") == 2
+
+
+# A parent and a child, one with a column generated at the source (its changes cannot be
+# replayed: they do not carry it): the chain moves a child to a parent it inserts, and
+# deletes a parent whose child goes with it (ON DELETE CASCADE).
+FOREIGN_KEY_SCHEMA = """
+CREATE TABLE public.parent (id int PRIMARY KEY, v text{parent});
+CREATE TABLE public.child (id int PRIMARY KEY,
+    pid int REFERENCES public.parent ON DELETE CASCADE{child});
+INSERT INTO public.parent (id, v) SELECT g, 'p' FROM generate_series(1, 10) g;
+INSERT INTO public.child (id, pid) SELECT g, g FROM generate_series(1, 10) g;
+"""
+GENERATED = ", g int GENERATED ALWAYS AS (id * 2) STORED"
+
+
+@pytest.mark.parametrize("generated", ["parent", "child"])
+@pytest.mark.parametrize("kind", ["whole", "existing"])
+def test_tables_a_foreign_key_joins_end_at_one_moment(
+    db: Database, tmp_path: Path, generated: str, kind: str
+) -> None:
+    """One table's changes replayed beside another's applied after the load left a child
+    naming a parent row only the later apply makes, and post-data's foreign key (or the
+    COPY into existing tables) refused the restore: every table or none is replayed."""
+    schema = FOREIGN_KEY_SCHEMA.format(
+        parent=GENERATED if generated == "parent" else "",
+        child=GENERATED if generated == "child" else "",
+    )
+    db.execute(schema)
+    slot = slot_name()
+    try:
+        run(dump, db.dsn, output=tmp_path, slot=slot, name="full")
+        db.execute(
+            "INSERT INTO public.parent (id, v) VALUES (11, 'new');"
+            " UPDATE public.child SET pid = 11 WHERE id = 1;"
+            " DELETE FROM public.parent WHERE id = 3"
+        )
+        run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    finally:
+        db.execute("SELECT pg_drop_replication_slot($1)", slot)
+    with fresh_database(db.postgres, "joined") as target:
+        if kind == "existing":
+            target.execute(schema.split("INSERT")[0])
+        run(restore, tmp_path / "inc", target.dsn, jobs=2)
+        assert table_digests(target.dsn) == table_digests(db.dsn)
+
+
+def test_the_replays_budget_counts_the_lines_changes_name(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Updates that leave a big TOASTed value alone are small change lines naming big
+    lines, which a replay holds: the budget counts those lines (as their table's average
+    line), and past it the chain is applied after the load."""
+    db.execute(
+        "CREATE TABLE public.fat (id int PRIMARY KEY, n int, big text);"
+        " ALTER TABLE public.fat ALTER COLUMN big SET STORAGE EXTERNAL;"
+        " INSERT INTO public.fat SELECT g, g, repeat(md5(g::text), 1500)"
+        " FROM generate_series(1, 200) g"
+    )
+    slot = slot_name()
+    try:
+        run(dump, db.dsn, output=tmp_path, slot=slot, name="full")
+        db.execute("UPDATE public.fat SET n = -n WHERE id % 2 = 0")
+        run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    finally:
+        db.execute("SELECT pg_drop_replication_slot($1)", slot)
+    changes = sum(f["bytes"] for f in table_entry(tmp_path / "inc", "public", "fat")["files"])
+    assert changes < 100_000  # 100 updates, the 48 KB values not in them
+    monkeypatch.setattr(replay, "REPLAY_BYTES", 1 << 20)  # 100 named lines: 4.8 MB
+    with fresh_database(db.postgres, "fat") as target:
+        run(restore, tmp_path / "inc", target.dsn)
+        assert table_digests(target.dsn) == table_digests(db.dsn)
+        # applied after the load: the updated rows are the apply's, the others the load's
+        assert target.fetchval("SELECT count(DISTINCT xmin::text) FROM public.fat") == 2

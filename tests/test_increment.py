@@ -768,7 +768,7 @@ def test_a_change_that_finds_no_row_fails_the_restore_and_is_rolled_back(
     # Applied after the load (a table whose changes are not replayed): the increment is
     # rolled back, the full backup's rows stay.
     with fresh_database(db.postgres, "chain_target") as target, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(replay, "TABLE_CHANGE_BYTES", -1)
+        mp.setattr(replay, "REPLAY_BYTES", -1)
         with pytest.raises(RestoreFailed) as failed:
             run(restore, tmp_path / "inc", target.dsn)
         assert 'no row with the key {"u":424242}' in str(failed.value)

@@ -419,7 +419,12 @@ async def _load_table(
         )
     )
     return RestoredTable(
-        schema=load.target.schema, name=load.target.name, rows=rows, seconds=seconds, bytes=raw
+        schema=load.target.schema,
+        name=load.target.name,
+        rows=rows,
+        seconds=seconds,
+        bytes=raw,
+        files=len(files),
     )
 
 

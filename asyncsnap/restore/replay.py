@@ -11,12 +11,16 @@ replayed on the set-aside lines (``chainlines.Replay``: bytes, as a chain's diff
 them) and the lines that result are loaded in that file's transaction. The server writes
 each row once, in the state the chain ends in.
 
-A table goes this way when its rows are exactly the full backup's (a restore that refuses
-or truncates a non-empty table, not ``--append``), through COPY, in this process (not
-``--cluster``), with no column generated at the source (changes do not carry them), no
-``TRUNCATE`` among its changes, changes that name rows by one set of columns, and change
-files small enough to hold (``TABLE_CHANGE_BYTES``, ``ALL_CHANGE_BYTES``). Every other
-table is applied after the load, as ``restore.chain`` does; the outcome is the same rows.
+Every table or none: the tables loaded together must be of one moment, the full
+backup's or the chain's end, when post-data checks their foreign keys (and when a COPY
+into existing tables does): a table replayed beside one applied after the load left a
+child naming a parent row only the later apply made. So the changes are replayed when
+every table with changes can be: its rows are exactly the full backup's (a restore that
+refuses or truncates a non-empty table, not ``--append``), through COPY, in this process
+(not ``--cluster``), with no column generated at the source (changes do not carry them),
+no ``TRUNCATE`` among its changes, changes that name rows by one set of columns, and what
+the replays would hold (``REPLAY_BYTES``) small enough; else every table is applied after
+the load, as ``restore.chain`` does. The outcome is the same rows.
 
 A change that names a row the full backup and the changes before it do not hold fails the
 restore (the chain is damaged): found when the table's last file has loaded, so tables
@@ -49,12 +53,12 @@ from ..pgoutput import format_lsn
 from ..storage.chain import Chain
 from .plan import TableLoad
 
-# The change lines of one table a replay may take (their bytes as the manifest gives them),
-# and of all tables together: a table past either is applied after the load instead. A
-# replay holds the full backup's lines its changes name, and a line a change makes, each
-# at once (the changes are read as a stream).
-TABLE_CHANGE_BYTES = 24 << 20
-ALL_CHANGE_BYTES = 48 << 20
+# What the replays may hold, estimated before the load: a replay holds the full backup's
+# lines its changes name (each estimated as its table's average line), a line each change
+# makes (estimated as the change lines' bytes), and about ``ROW_BYTES`` more a row. Past
+# it, every table's changes are applied after the load.
+REPLAY_BYTES = 64 << 20
+ROW_BYTES = 200
 
 
 @dataclass
@@ -113,11 +117,17 @@ class TableReplay:
         state = replay.state
         if self._identity:
             prefixes = tuple(layout.all_prefixes)
-            picked, self._picked = self._picked, bytearray()
-            keys = _rows.line_keys(picked, prefixes, self._identity, False)
-            for key, line in zip(keys, bytes(picked).splitlines(), strict=True):
-                state.setdefault(key, []).append(line)
-            del picked, keys
+            picked = self._picked
+            while picked:
+                # the last MiB of lines, cut off the buffer: the lines are held once
+                # (the order of a key's lines is no matter: they are alike to a change)
+                cut = picked.rfind(b"\n", 0, max(len(picked) - (1 << 20), 0)) + 1
+                chunk = bytes(picked[cut:])
+                del picked[cut:]
+                keys = _rows.line_keys(chunk, prefixes, self._identity, False)
+                for key, line in zip(keys, chunk.splitlines(), strict=True):
+                    state.setdefault(key, []).append(line)
+                del chunk, keys
         for i, increment, entry in self.files:
             for change in read_changes(layout, increment, entry):
                 if self.upto is not None and change.lsn >= self.upto:
@@ -160,35 +170,41 @@ BLOCK_BYTES = 512 << 10
 
 
 def plan_replays(chain: Chain, loads: Sequence[TableLoad]) -> dict[tuple[str, str], TableReplay]:
-    """The tables of ``loads`` whose changes are replayed as they load (see the module's
-    docstring for which), each with the hashes of the identities its changes name (read
-    from its change files, each checked against the manifest); in a worker thread."""
-    budget = ALL_CHANGE_BYTES
+    """Every table of ``loads`` with changes, to replay as it loads, each with the hashes of
+    the identities its changes name (read from its change files, each checked against the
+    manifest); or none (see the module's docstring for when); in a worker thread."""
+    changed = [(load, _change_files(chain, load.source.key)) for load in loads]
+    changed = [(load, files) for load, files in changed if files]
+    held = sum(entry.bytes for _, files in changed for _, _, entry in files)
+    if not changed or held > REPLAY_BYTES or not all(_replayable(ld) for ld, _ in changed):
+        return {}
     replays: dict[tuple[str, str], TableReplay] = {}
-    for load in loads:
-        key = load.source.key
-        if not _replayable(load):
-            continue
-        files = [
-            (i, increment, entry)
-            for i, increment in enumerate(chain.increments)
-            for table in increment.tables
-            if table.key == key
-            for entry in table.files
-        ]
-        size = sum(entry.bytes for _, _, entry in files)
-        if not files or size > min(TABLE_CHANGE_BYTES, budget):
-            continue
+    for load, files in changed:
         layout = Layout(load.source)
         wanted = _named(layout, files)
         if wanted is None:
-            continue
-        budget -= size
+            return {}
+        table = load.source
+        line = sum(f.bytes for f in table.files) // max(table.rows, 1)
+        held += len(wanted) // 8 * (line + ROW_BYTES)
+        if held > REPLAY_BYTES:
+            return {}
         counts = [0] * len(chain.increments)
-        replays[key] = TableReplay(
-            load, layout, files, chain.upto, wanted, counts, len(load.source.files)
+        replays[table.key] = TableReplay(
+            load, layout, files, chain.upto, wanted, counts, len(table.files)
         )
     return replays
+
+
+def _change_files(chain: Chain, key: tuple[str, str]) -> list[tuple[int, Backup, BackupFile]]:
+    """The table's change files, each with its increment (and which, from 0), in order."""
+    return [
+        (i, increment, entry)
+        for i, increment in enumerate(chain.increments)
+        for table in increment.tables
+        if table.key == key
+        for entry in table.files
+    ]
 
 
 def _named(layout: Layout, files: list[tuple[int, Backup, BackupFile]]) -> bytes | None:

@@ -18,6 +18,7 @@ class RestoredTable:
     rows: int
     seconds: float
     bytes: int = 0  # of its files' NDJSON
+    files: int = 1  # how many of its table's files this committed (a split file: one)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def merge(results: list[RestoredTable]) -> list[RestoredTable]:
                 before.rows + r.rows,
                 before.seconds + r.seconds,
                 before.bytes + r.bytes,
+                before.files + r.files,
             )
         merged[(r.schema, r.name)] = r
     return sorted(merged.values(), key=lambda r: (r.schema, r.name))
@@ -89,13 +91,15 @@ def committed(
     )
     if single:
         return f"nothing was committed (one transaction); {rerun}"
+    # The files each table's committed transactions loaded (a chain's table loads its end
+    # state's rows, not its full backup's: its rows would not say)
     loaded: dict[tuple[str, str], int] = {}
     for r in results:
-        loaded[(r.schema, r.name)] = loaded.get((r.schema, r.name), 0) + r.rows
+        loaded[(r.schema, r.name)] = loaded.get((r.schema, r.name), 0) + r.files
     full = [
         ld.target.qualified
         for ld in plan.loads
-        if loaded.get(ld.target.key) == ld.source.rows and ld.target.key in loaded
+        if ld.target.key in loaded and loaded[ld.target.key] >= len(ld.source.files)
     ]
     part = [
         ld.target.qualified
