@@ -373,6 +373,36 @@ def test_a_forged_change_file_is_refused_as_damaged(
         diff(tmp_path / "full", tmp_path / "inc")
 
 
+def test_changed_rows_too_long_for_the_engine_go_through_files(
+    db: Database, tmp_path: Path
+) -> None:
+    """A chain's differing lines go to the engine as they are, unless one is longer than
+    the engine takes whole (1 MiB): then through scratch files, the long ones as
+    stand-ins; the same answer and rows as the full backups' diff."""
+    db.execute(
+        "CREATE TABLE public.wide (id int PRIMARY KEY, n int, doc text);"
+        " INSERT INTO public.wide SELECT g, g, repeat(md5(g::text), 10)"
+        " FROM generate_series(1, 50) g"
+    )
+    run(dump, db.dsn, output=tmp_path, slot=slot_name(), name="full", with_schema=False)
+    db.execute(
+        "UPDATE public.wide SET doc = repeat(md5(id::text), 50000) WHERE id IN (3, 4);"
+        " UPDATE public.wide SET n = -n WHERE id > 40; DELETE FROM public.wide WHERE id = 7"
+    )
+    run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    run(dump, db.dsn, output=tmp_path, name="end", with_schema=False)
+    got = diff(tmp_path / "full", tmp_path / "inc", rows_dir=tmp_path / "rows")
+    whole = diff(tmp_path / "full", tmp_path / "end", rows_dir=tmp_path / "whole")
+    (ours,) = [t for t in got.tables if t.name == "wide"]
+    (theirs,) = [t for t in whole.tables if t.name == "wide"]
+    assert (ours.rows_before, ours.rows_after, ours.changed, ours.removed) == (50, 49, 12, 1)
+    assert answered(got) == answered(whole)
+    assert ours.rows_file is not None and theirs.rows_file is not None
+    rows = (tmp_path / "rows" / ours.rows_file).read_bytes()
+    assert rows == (tmp_path / "whole" / theirs.rows_file).read_bytes()
+    assert max(map(len, rows.splitlines())) > 1 << 20
+
+
 def test_a_table_without_columns_is_diffed_from_its_changes(db: Database, tmp_path: Path) -> None:
     """A table without columns, REPLICA IDENTITY FULL: a change names its row by the empty
     identity (``"key":{}``), which every line has; one row deleted of five."""

@@ -56,6 +56,7 @@ from ..errors import UsageError, VerificationFailed
 from ..format import Backup, BackupFile, BackupTable
 from ..storage.backup import DataFileReader
 from ..storage.chain import backup_name, open_chain
+from .merge import Differing
 
 
 class CannotDiffChain(UsageError):
@@ -116,7 +117,7 @@ def chain_span(a: Backup, b: Backup, keyed: Callable[[Backup], Backup]) -> Chain
 class TableSpan:
     """One table between the two backups: its row counts in each, and when a change
     between them touched it, the scratch files of the lines each state holds that the
-    other does not (``before``, ``after``), for the engine."""
+    other does not (``before``, ``after``, or ``lines``), for the engine."""
 
     table: BackupTable  # as the engine sees it (``Layout.view``)
     rows_before: int
@@ -124,6 +125,9 @@ class TableSpan:
     before: tuple[BackupFile, ...] = ()
     after: tuple[BackupFile, ...] = ()
     touched: bool = False
+    # or those lines themselves, when no TRUNCATE between the two removed the full
+    # backup's other lines (few: the changes' rows, held already)
+    lines: Differing | None = None
 
 
 def _count(span: ChainSpan, table: BackupTable, upto: int) -> int:
@@ -162,8 +166,8 @@ def table_span(span: ChainSpan, table: BackupTable, scratch: Path, number: int) 
     named = {c.key for _, c in changes if c.key is not None}
     replay = Replay(layout, table.rows)
     if named:
-        for line in _full_lines(span.full, table, layout, named):
-            replay.state.setdefault(layout.line_key(line), []).append(line)
+        for key, line in _named_lines(span.full, table, layout, named):
+            replay.state.setdefault(key, []).append(line)
     for i, change in changes:
         if i > span.before and not replay.recording:
             rows_before = replay.rows
@@ -172,12 +176,16 @@ def table_span(span: ChainSpan, table: BackupTable, scratch: Path, number: int) 
     if not replay.recording:  # pragma: no cover - a change after ``before`` exists
         raise AssertionError("no change between the two backups")
     rows_after = replay.rows
-    removed = (
-        _full_lines(span.full, table, layout, named, unnamed=True)
-        if replay.full_lines_removed
-        else iter(())
-    )
-    before = _write(scratch / f"chain-{number}-before.ndjson", replay.delta, -1, removed)
+    if not replay.full_lines_removed:
+        # the lines each state holds that the other does not, handed over as they are
+        removed = {line + b"\n": -moved for line, moved in replay.delta.items() if moved < 0}
+        added = {line + b"\n": moved for line, moved in replay.delta.items() if moved > 0}
+        if span.swapped:
+            removed, added, rows_before, rows_after = added, removed, rows_after, rows_before
+        lines = Differing(removed, added, sum(removed.values()), sum(added.values()))
+        return TableSpan(layout.view, rows_before, rows_after, touched=True, lines=lines)
+    removed_lines = _full_lines(span.full, table, layout, named, unnamed=True)
+    before = _write(scratch / f"chain-{number}-before.ndjson", replay.delta, -1, removed_lines)
     after = _write(scratch / f"chain-{number}-after.ndjson", replay.delta, 1, iter(()))
     if span.swapped:
         before, after, rows_before, rows_after = after, before, rows_after, rows_before
@@ -209,16 +217,30 @@ def _full_lines(
                     if (layout.full_line_key(line) in named) != unnamed:
                         yield layout.normal(line)
         return
+    yield from (line for _, line in _picked_lines(full, table, layout, named))
+
+
+def _named_lines(
+    full: Backup, table: BackupTable, layout: Layout, named: set[bytes]
+) -> Iterator[tuple[bytes, bytes]]:
+    """The full backup's lines (as held here) whose identity is in ``named``, each with
+    that identity."""
+    if not layout.identity:  # every line is named by its empty identity
+        yield from (
+            (layout.line_key(line), line) for line in _full_lines(full, table, layout, named)
+        )
+        return
     yield from _picked_lines(full, table, layout, named)
 
 
 def _picked_lines(
     full: Backup, table: BackupTable, layout: Layout, named: set[bytes]
-) -> Iterator[bytes]:
-    """The full backup's lines whose identity is in ``named``: each line's identity read
-    natively, by the JSON grammar (``_rows.pick_lines``: a line whose identity hashes as
-    a named one's is a candidate), each candidate read again here and kept if named. The
-    files are read two at a time (the reading and picking let other threads run)."""
+) -> Iterator[tuple[bytes, bytes]]:
+    """The full backup's lines (as held here) whose identity is in ``named``, each with
+    that identity: each line's identity read natively, by the JSON grammar
+    (``_rows.pick_lines``: a line whose identity hashes as a named one's is a candidate),
+    each candidate's again (``_rows.line_keys``) and kept if named. The files are read two
+    at a time (the reading and picking let other threads run)."""
     assert layout.identity
     names = [c.name for c in table.columns]
     identity = tuple(names.index(n) for n in layout.identity)
@@ -253,9 +275,10 @@ def _picked_lines(
     try:
         for found in pool.map(candidates, table.files):
             for picked in found:  # (each block's few lines, split where they are)
-                for line in picked.splitlines():
-                    if layout.full_line_key(line) in named:
-                        yield layout.normal(line)
+                keys = _rows.line_keys(picked, prefixes, identity, False)
+                for key, line in zip(keys, picked.splitlines(), strict=True):
+                    if key in named:
+                        yield key, layout.normal(line)
     finally:
         stop.set()
         pool.shutdown(cancel_futures=True)

@@ -332,9 +332,12 @@ class _TableReader:
         b: Backup | None,
         after: Sequence[BackupFile],
         stand_in: Callable[[bytes, int, int], bytes],
+        lines: Differing | None = None,
     ) -> Any:
         """Fill ``d``; returns the engine's connection, to query it. ``stand_in`` makes the
-        line the engine holds in place of a long one (the key columns' values kept)."""
+        line the engine holds in place of a long one (the key columns' values kept).
+        ``lines``: the lines that differ, known already, in place of the sides (written
+        to scratch files as the sides when the engine cannot take them as they are)."""
         from .batches import LongLines
 
         if self.long_lines is not None:
@@ -343,8 +346,13 @@ class _TableReader:
         directory = self.scratch.path() / f"long-lines-{self.tables}"
         directory.mkdir(mode=0o700)
         self.long_lines = LongLines(directory, stand_in)
-        if self._merged(what, a, before, b, after):
+        found = lines if lines is not None else self._merge(a, before, b, after)
+        if found is not None and self._merged(what, found):
             return self.con
+        if lines is not None:
+            a = b = None
+            before = (_lines_file(directory / "before.ndjson", lines.removed),)
+            after = (_lines_file(directory / "after.ndjson", lines.added),)
         # Pass 1 records each line's identity's first half, per side, in the order read;
         # pass 2 then hashes only the lines recorded as wanted (SHA-256 of every line of
         # both sides again was half of pass 2's CPU).
@@ -375,22 +383,12 @@ class _TableReader:
         except merge.TooFarApart:
             return None
 
-    def _merged(
-        self,
-        what: str,
-        a: Backup | None,
-        before: Sequence[BackupFile],
-        b: Backup | None,
-        after: Sequence[BackupFile],
-    ) -> bool:
-        """``d`` from both sides read in order (``merge``), when their differing lines
-        stay few, each short and UTF-8; False (nothing done) otherwise."""
+    def _merged(self, what: str, found: Differing) -> bool:
+        """``d`` from the lines that differ (both sides read in order, ``merge``, or a
+        chain's), each short and UTF-8; False (nothing done) otherwise."""
         import pyarrow as pa
 
         assert self.long_lines is not None
-        found = self._merge(a, before, b, after)
-        if found is None:
-            return False
         lines = [*found.removed, *found.added]
         if lines and max(map(len, lines)) - 1 > self.long_lines.limit:
             return False  # the engine would hold it whole: the stand-ins' way
@@ -879,7 +877,7 @@ class _DiffRun:
             return TableDiff(*table.key, "unchanged", found.rows_before, found.rows_after, key=pk)
         try:
             sides = (None, found.before, None, found.after)
-            rows_file, counts = self._rows(table.key, view, pk, pairing, sides)
+            rows_file, counts = self._rows(table.key, view, pk, pairing, sides, found.lines)
         finally:
             for entry in (*found.before, *found.after):
                 Path(entry.path).unlink(missing_ok=True)
@@ -894,11 +892,13 @@ class _DiffRun:
         pk: tuple[str, ...],
         pairing: str | None,
         sides: tuple[Backup | None, Sequence[BackupFile], Backup | None, Sequence[BackupFile]],
+        lines: Differing | None = None,
     ) -> tuple[str | None, tuple[int, int, int | None]]:
         """Read both sides' rows: the counts, and the ``--rows`` file when one was
-        asked for and the table did change."""
+        asked for and the table did change. ``lines``: the lines that differ, known
+        already (a chain's), in place of the sides' files."""
         reader = self.reader()
-        con = reader.differing(tb.qualified, *sides, stand_in(tb, pk))
+        con = reader.differing(tb.qualified, *sides, stand_in(tb, pk), lines)
         rows_file = None
         out: BinaryIO | None = None
         if self.out_dir is not None:
@@ -939,6 +939,19 @@ class _DiffRun:
             for path in self.written:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+
+def _lines_file(path: Path, lines: dict[bytes, int]) -> BackupFile:
+    """A scratch file of ``lines`` (each with its newline), each as many times as it
+    counts: a side of lines that differ, for the engine's way through files."""
+    size = rows = 0
+    with new_private_file(path, hint="a scratch file of diff's") as out:
+        for line, copies in lines.items():
+            for _ in range(copies):
+                out.write(line)
+            rows += copies
+            size += len(line) * copies
+    return BackupFile(str(path), rows, size, size, "", longest_line=None)
 
 
 def diff(
