@@ -1424,28 +1424,27 @@ INCREMENT_WHY = {
     "WAL from its restart point: the empty increment below) and a part per change (pgoutput "
     "decoded and each row converted in Python: client CPU below), against a full dump that "
     "streams rows at the server's COPY speed",
-    "chain restore/full restore": "the chain's restore is the full backup's, then the "
-    "changes applied after the indexes exist: the 1% of accounts updated here are one "
-    "UPDATE per 4 MiB of lines (the lines parsed once on the server, each row found by its "
-    "key), but they lie on most of the table's pages, each read, dirtied and written "
-    "again with its index entries: on 2026-12-06 an UPDATE of the same 50,000 rows of a "
-    "freshly restored pgbench_accounts, joined to a table of their keys, took 0.99-1.03 s "
-    "on the server alone (with or without the primary key), a quarter of a full restore. "
-    "Within 1.1 only if the changes are replayed while the full backup's lines are loaded "
-    "(the named lines set aside and replaced), so each row is written once: not built",
+    "chain restore/full restore": "a chain's restore loads the full backup with every "
+    "table's changes replayed on the lines they name as they load (restore/replay.py): the "
+    "server writes each row once, as in a full restore; what is left is the client's: the "
+    "named identities' hashes read from the change lines before the load (0.09 s for "
+    "50,000 updates), every full line's identity hashed as it loads (0.29 s of CPU in the "
+    "loading threads for pgbench_accounts' 5 M lines), and the changes replayed after the "
+    "table's last file (0.14 s) before its rows load. Applied on the server after the "
+    "load (as before 2026-12-07, and still for a chain the replay cannot serve) it was "
+    "1.19-1.31: an UPDATE of 50,000 rows spread over the table's pages is a quarter of a "
+    "restore's time.",
     "increment/full dump (bytes)": "an increment holds each changed row whole (its key "
     "and its new row as the full backup writes it, one line a change) and a line a "
     "transaction; 0.027 of the full dump on 2026-12-05 and 2026-12-06.",
-    "chain diff/full diff": "a diff of a chain must read the full backup's files of each "
-    "changed table to find the rows the changes name (their before images), read each "
-    "change and replay it in Python, then hand the lines the two states do not share to "
-    "the engine; a diff of two full backups passes over the lines both share as bytes "
-    "(2026-12-06, the merge). On 2026-12-06 (evening), 50,000 account updates, whole "
-    "processes: chain diff 2.65-2.71 -> 1.62-1.65 s with the objects' members and the "
-    "named lines read natively (_rows.json_members, pick_lines), against 1.12-1.37 s for "
-    "the full diff; of the chain's (cProfile, 2.7 s) a quarter is picking the named lines "
-    "(reading 650 MB of lines), a quarter parsing and replaying the changes in Python, a "
-    "fifth the engine's diff of the scratch files, 0.18 s importing DuckDB.",
+    "chain diff/full diff": "a diff of a chain reads the full backup's files of each "
+    "changed table to find the rows the changes name (picked natively by their identity's "
+    "hash), reads each change (natively since 2026-12-07) and replays it in Python, then "
+    "hands the engine the lines the two states do not share as they are; a diff of two "
+    "full backups reads both backups' files in order natively and hands the engine the "
+    "lines that differ. On 2026-12-07, 50,000 account updates: chain diff 1.56-1.70 -> "
+    "1.17-1.30 s (the change lines and the keys read natively, no scratch files), the full "
+    "diff 1.22-1.49 s.",
 }
 
 
