@@ -87,7 +87,7 @@ class TableReplay:
 
     def part(self, block: bytes | bytearray) -> bytes | bytearray:
         """A block of the full backup's lines without the ones a change may name (a
-        worker thread's: those are kept for ``lines``)."""
+        worker thread's: those are kept for ``replay``)."""
         if not self._identity:
             return block  # only inserts: no line is named
         try:
@@ -216,26 +216,12 @@ def _named(layout: Layout, files: list[tuple[int, Backup, BackupFile]]) -> bytes
         for block in file_lines(increment, entry):
             if block.startswith(_TRUNCATE) or b"\n" + _TRUNCATE in block:
                 return None
-            keys = NAMED_KEYS.findall(block)
-            if not keys:
-                continue
             try:
-                layout.change_key(keys[0])  # the identity's columns, from the first key
+                named = layout.change_keys(NAMED_KEYS.findall(block))
             except MixedIdentity:
-                return None
-            assert layout.identity is not None
-            if not layout.identity:
-                return None
-            try:
-                # every key exactly the identity's columns, read natively
-                named = _rows.line_keys(
-                    b"\n".join(keys) + b"\n",
-                    tuple(object_prefixes(layout.identity)),
-                    tuple(range(len(layout.identity))),
-                    True,
-                )
-            except _rows.LineError:
                 return None  # REPLICA IDENTITY FULL with values the server did not send
+            if layout.identity == ():
+                return None  # a table without columns: every line is named
             hashes.update(map(_rows.key_hash, named))
     return array.array("Q", sorted(hashes)).tobytes()
 
