@@ -45,21 +45,28 @@ UPDATE public.small SET v = v + 1 WHERE v % 2 = 0;
 """
 
 
+def chain_after(db: Database, tmp_path: Path, workload: str, **options: Any) -> Path:
+    """A full backup of ``db`` (``full``, dump's ``options``), then an increment after
+    ``workload`` (``inc``, its path returned); the slot dropped."""
+    slot = slot_name()
+    try:
+        run(dump, db.dsn, output=tmp_path, slot=slot, name="full", **options)
+        db.execute(workload)
+        run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
+    finally:
+        db.execute("SELECT pg_drop_replication_slot($1)", slot)
+    return tmp_path / "inc"
+
+
 @pytest.fixture
 def chain_of_split_table(db: Database, tmp_path: Path) -> tuple[Database, Path, int]:
     """A full backup whose ``big`` is split into several files, and an increment after
     ``WORKLOAD``; how many files ``big`` has."""
     db.execute(SCHEMA)
-    slot = slot_name()
-    try:
-        run(dump, db.dsn, output=tmp_path, slot=slot, name="full", split_larger_than=1 << 20)
-        db.execute(WORKLOAD)
-        run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
-    finally:
-        db.execute("SELECT pg_drop_replication_slot($1)", slot)
+    inc = chain_after(db, tmp_path, WORKLOAD, split_larger_than=1 << 20)
     files = len(table_entry(tmp_path / "full", "public", "big")["files"])
     assert files >= 4
-    return db, tmp_path / "inc", files
+    return db, inc, files
 
 
 def _xmins(target: Database) -> int:
@@ -166,21 +173,17 @@ def test_tables_a_foreign_key_joins_end_at_one_moment(
         child=GENERATED if generated == "child" else "",
     )
     db.execute(schema)
-    slot = slot_name()
-    try:
-        run(dump, db.dsn, output=tmp_path, slot=slot, name="full")
-        db.execute(
-            "INSERT INTO public.parent (id, v) VALUES (11, 'new');"
-            " UPDATE public.child SET pid = 11 WHERE id = 1;"
-            " DELETE FROM public.parent WHERE id = 3"
-        )
-        run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
-    finally:
-        db.execute("SELECT pg_drop_replication_slot($1)", slot)
+    inc = chain_after(
+        db,
+        tmp_path,
+        "INSERT INTO public.parent (id, v) VALUES (11, 'new');"
+        " UPDATE public.child SET pid = 11 WHERE id = 1;"
+        " DELETE FROM public.parent WHERE id = 3",
+    )
     with fresh_database(db.postgres, "joined") as target:
         if kind == "existing":
             target.execute(schema.split("INSERT")[0])
-        run(restore, tmp_path / "inc", target.dsn, jobs=2)
+        run(restore, inc, target.dsn, jobs=2)
         assert table_digests(target.dsn) == table_digests(db.dsn)
 
 
@@ -196,18 +199,12 @@ def test_the_replays_budget_counts_the_lines_changes_name(
         " INSERT INTO public.fat SELECT g, g, repeat(md5(g::text), 1500)"
         " FROM generate_series(1, 200) g"
     )
-    slot = slot_name()
-    try:
-        run(dump, db.dsn, output=tmp_path, slot=slot, name="full")
-        db.execute("UPDATE public.fat SET n = -n WHERE id % 2 = 0")
-        run(dump_increment, db.dsn, since=tmp_path / "full", name="inc")
-    finally:
-        db.execute("SELECT pg_drop_replication_slot($1)", slot)
-    changes = sum(f["bytes"] for f in table_entry(tmp_path / "inc", "public", "fat")["files"])
+    inc = chain_after(db, tmp_path, "UPDATE public.fat SET n = -n WHERE id % 2 = 0")
+    changes = sum(f["bytes"] for f in table_entry(inc, "public", "fat")["files"])
     assert changes < 100_000  # 100 updates, the 48 KB values not in them
     monkeypatch.setattr(replay, "REPLAY_BYTES", 1 << 20)  # 100 named lines: 4.8 MB
     with fresh_database(db.postgres, "fat") as target:
-        run(restore, tmp_path / "inc", target.dsn)
+        run(restore, inc, target.dsn)
         assert table_digests(target.dsn) == table_digests(db.dsn)
         # applied after the load: the updated rows are the apply's, the others the load's
         assert target.fetchval("SELECT count(DISTINCT xmin::text) FROM public.fat") == 2
