@@ -208,3 +208,30 @@ def test_the_replays_budget_counts_the_lines_changes_name(
         assert table_digests(target.dsn) == table_digests(db.dsn)
         # applied after the load: the updated rows are the apply's, the others the load's
         assert target.fetchval("SELECT count(DISTINCT xmin::text) FROM public.fat") == 2
+
+
+@pytest.mark.parametrize("replayed", [True, False], ids=["replayed", "applied"])
+def test_materialized_views_are_refreshed_on_the_chains_end_state(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replayed: bool
+) -> None:
+    """A restore refreshes materialized views from the rows it restored: a chain's, from
+    its end state, whichever way its changes went (applied after the load, the views were
+    refreshed before them, on the full backup's rows)."""
+    db.execute(
+        "CREATE TABLE public.sales (id int PRIMARY KEY, n int);"
+        " INSERT INTO public.sales SELECT g, g FROM generate_series(1, 100) g;"
+        " CREATE MATERIALIZED VIEW public.totals AS"
+        " SELECT count(*) AS c, sum(n) AS s FROM public.sales"
+    )
+    inc = chain_after(
+        db,
+        tmp_path,
+        "UPDATE public.sales SET n = n * 10 WHERE id <= 20;"
+        " DELETE FROM public.sales WHERE id > 90; INSERT INTO public.sales VALUES (500, 5)",
+    )
+    if not replayed:
+        monkeypatch.setattr(replay, "REPLAY_BYTES", -1)
+    with fresh_database(db.postgres, "views") as target:
+        run(restore, inc, target.dsn)
+        end = db.fetchval("SELECT format('%s %s', count(*), sum(n)) FROM public.sales")
+        assert target.fetchval("SELECT format('%s %s', c, s) FROM public.totals") == end

@@ -310,6 +310,8 @@ class _RestoreRun:
         self.sequences = await finish.set_sequences(
             self.conn, replace(self.plan, sequences=sequences), self.emit
         )
+        if not self.replays:  # refreshed on the chain's end state, not the full backup's
+            self.refreshed = await finish.refresh_views(self.conn, self.plan, self.emit)
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
@@ -446,7 +448,9 @@ class _RestoreRun:
         self.large_objects = await loading.load_large_objects(
             conn, plan, backup, emit, mode=o.mode, single=self.single
         )
-        self.refreshed = await finish.refresh_views(conn, plan, emit)
+        if not self.into.chain.increments or self.replays:
+            self.refreshed = await finish.refresh_views(conn, plan, emit)
+        # else once a chain's changes are applied (``_apply``): the views read their rows
 
     async def complete(self, started: float, compare_step: CompareStep | None) -> RestoreResult:
         """The result; --compare's answer; the created database's own properties, last."""
