@@ -235,3 +235,17 @@ def test_materialized_views_are_refreshed_on_the_chains_end_state(
         run(restore, inc, target.dsn)
         end = db.fetchval("SELECT format('%s %s', count(*), sum(n)) FROM public.sales")
         assert target.fetchval("SELECT format('%s %s', c, s) FROM public.totals") == end
+
+
+def test_a_chain_restored_on_a_cluster_is_applied_after_the_load(
+    chain_of_split_table: tuple[Database, Path, int],
+) -> None:
+    """``restore --cluster``: the workers load the full backup's files as they are, and
+    the coordinator applies the chain's changes after the load (no replay: the set-aside
+    lines would be in the workers' processes); the same rows."""
+    db, inc, files = chain_of_split_table
+    with fresh_database(db.postgres, "cluster") as target:
+        result = run(restore, inc, target.dsn, cluster="local:2")
+        assert table_digests(target.dsn) == table_digests(db.dsn)
+        assert _xmins(target) > files  # big: updated after its files loaded
+        assert result.changes > 0
