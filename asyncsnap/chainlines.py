@@ -43,6 +43,10 @@ NAMED_KEYS = re.compile(
 )
 
 
+class RowNotHeld(VerificationFailed):
+    """A change names a row the chain's state does not hold: the chain is damaged."""
+
+
 class MixedIdentity(ValueError):
     """A table's changes name rows by different columns (REPLICA IDENTITY FULL with values
     the server did not send): no line's identity can be read one way."""
@@ -103,6 +107,13 @@ class Layout:
         return replace(
             self.table, columns=tuple(c for c in self.table.columns if c.generated is None)
         )
+
+    @property
+    def identity_columns(self) -> tuple[int, ...]:
+        """Where the identity's columns are among a full backup's line's (as
+        ``_rows.pick_lines`` and ``_rows.line_keys`` take them)."""
+        names = [c.name for c in self.table.columns]
+        return tuple(names.index(n) for n in self.identity or ())
 
     def values(self, obj: bytes, what: str, *, generated: bool = False) -> dict[str, bytes]:
         """An object's values by column name, in its order (``generated``: it may hold
@@ -310,7 +321,7 @@ class Replay:
     def _take(self, key: bytes) -> bytes:
         lines = self.state.get(key)
         if not lines:
-            raise VerificationFailed(
+            raise RowNotHeld(
                 f"{self.layout.table.qualified}: a change names a row the chain's state does "
                 "not hold",
                 hint="the chain is damaged or not made by asyncsnap (verify says more)",

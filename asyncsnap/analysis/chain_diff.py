@@ -33,7 +33,7 @@ the lines they name, are held while that table is compared.
 from __future__ import annotations
 
 import array
-import os
+import itertools
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -57,6 +57,7 @@ from ..format import Backup, BackupFile, BackupTable
 from ..storage.backup import DataFileReader
 from ..storage.chain import backup_name, open_chain
 from .merge import Differing
+from .readers import lines_file
 
 
 class CannotDiffChain(UsageError):
@@ -242,8 +243,7 @@ def _picked_lines(
     each candidate's again (``_rows.line_keys``) and kept if named. The files are read two
     at a time (the reading and picking let other threads run)."""
     assert layout.identity
-    names = [c.name for c in table.columns]
-    identity = tuple(names.index(n) for n in layout.identity)
+    identity = layout.identity_columns
     wanted = array.array("Q", sorted({_rows.key_hash(k) for k in named})).tobytes()
     prefixes = tuple(layout.all_prefixes)
 
@@ -287,19 +287,8 @@ def _picked_lines(
 def _write(path: Path, delta: Counter[bytes], sign: int, extra: Iterator[bytes]) -> BackupFile:
     """A scratch file of the lines whose count moved by ``sign`` (each as many times as it
     moved), then ``extra``'s lines."""
-    rows = 0
-    size = 0
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-        for line, moved in delta.items():
-            for _ in range(moved * sign):
-                out.write(line + b"\n")
-                rows += 1
-                size += len(line) + 1
-        for line in extra:
-            out.write(line + b"\n")
-            rows += 1
-            size += len(line) + 1
-    return BackupFile(str(path), rows, size, size, "", longest_line=None)
+    moved = (line + b"\n" for line, n in delta.items() for _ in range(n * sign))
+    return lines_file(path, itertools.chain(moved, (line + b"\n" for line in extra)))
 
 
 def describe(span: ChainSpan) -> str:

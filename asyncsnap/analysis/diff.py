@@ -46,7 +46,7 @@ import contextlib
 import difflib
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
@@ -64,6 +64,7 @@ from .readers import (
     engine,
     import_duckdb,
     line_prefixes,
+    lines_file,
     memory_limit_bytes,
     new_private_file,
     opened_backup,
@@ -351,8 +352,9 @@ class _TableReader:
             return self.con
         if lines is not None:
             a = b = None
-            before = (_lines_file(directory / "before.ndjson", lines.removed),)
-            after = (_lines_file(directory / "after.ndjson", lines.added),)
+            # each line as many times as it counts
+            before = (lines_file(directory / "before.ndjson", _copies(lines.removed)),)
+            after = (lines_file(directory / "after.ndjson", _copies(lines.added)),)
         # Pass 1 records each line's identity's first half, per side, in the order read;
         # pass 2 then hashes only the lines recorded as wanted (SHA-256 of every line of
         # both sides again was half of pass 2's CPU).
@@ -941,17 +943,8 @@ class _DiffRun:
                     path.unlink()
 
 
-def _lines_file(path: Path, lines: dict[bytes, int]) -> BackupFile:
-    """A scratch file of ``lines`` (each with its newline), each as many times as it
-    counts: a side of lines that differ, for the engine's way through files."""
-    size = rows = 0
-    with new_private_file(path, hint="a scratch file of diff's") as out:
-        for line, copies in lines.items():
-            for _ in range(copies):
-                out.write(line)
-            rows += copies
-            size += len(line) * copies
-    return BackupFile(str(path), rows, size, size, "", longest_line=None)
+def _copies(lines: dict[bytes, int]) -> Iterator[bytes]:
+    return (line for line, copies in lines.items() for _ in range(copies))
 
 
 def diff(

@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from .. import _rows
 from ..errors import AsyncsnapError, OutputError, UsageError, VerificationFailed
-from ..format import Backup, BackupColumn, BackupTable
+from ..format import Backup, BackupColumn, BackupFile, BackupTable
 from ..plan import file_stem
 from ..scratch import PrivateScratch
 from ..storage.backup import open_backup
@@ -628,3 +628,15 @@ def new_private_file(path: Path, *, hint: str) -> BinaryIO:
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
     return os.fdopen(fd, "wb")
+
+
+def lines_file(path: Path, lines: Iterable[bytes]) -> BackupFile:
+    """A scratch file of ``lines`` (each ending in its newline), made as
+    ``new_private_file`` makes one: a side of lines for the engine to read."""
+    rows = size = 0
+    with new_private_file(path, hint="a scratch file of diff's") as out:
+        for line in lines:
+            out.write(line)
+            rows += 1
+            size += len(line)
+    return BackupFile(str(path), rows, size, size, "", longest_line=None)

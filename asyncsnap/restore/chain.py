@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
 
 import asyncpg
 
@@ -36,7 +35,6 @@ from ..format import Backup, BackupTable
 from ..storage.backup import DataFileReader
 from ..storage.chain import Chain, backup_name
 from .plan import TableLoad, cast_target
-from .replay import TableReplay
 
 
 async def check_can_apply(conn: asyncpg.Connection) -> None:
@@ -58,17 +56,14 @@ async def apply_increments(
     chain: Chain,
     loads: list[TableLoad],
     emit: EventCallback,
-    replayed: Mapping[tuple[str, str], TableReplay] | None = None,
 ) -> int:
     """Every increment of ``chain`` applied to the tables ``loads`` restored, in order,
-    each in one transaction; how many changes were applied. ``replayed``: the tables
-    whose changes were replayed as they loaded (``replay``), counted here."""
+    each in one transaction; how many changes were applied."""
     by_key = {load.source.key: load for load in loads}
-    replayed = replayed or {}
     made: dict[tuple[str, str], str] = {}
     total = 0
-    for number, increment in enumerate(chain.increments):
-        applied = sum(r.counts[number] for r in replayed.values())
+    for increment in chain.increments:
+        applied = 0
         async with conn.transaction():
             await conn.execute("SET LOCAL session_replication_role = replica")
             # Deferrable constraints checked at the commit, as the source's statements
@@ -76,7 +71,7 @@ async def apply_increments(
             await conn.execute("SET CONSTRAINTS ALL DEFERRED")
             for table in increment.tables:
                 load = by_key.get(table.key)
-                if load is None or not table.files or table.key in replayed:
+                if load is None or not table.files:
                     continue
                 function = made.get(table.key)
                 if function is None:
@@ -91,8 +86,13 @@ async def apply_increments(
                     if switch.state in ("A", "R"):
                         await conn.execute(switch.back(_target(load)))
         total += applied
-        emit(Notice(f"applied {backup_name(increment.path)}: {applied:,} changes"))
+        said_applied(increment, applied, emit)
     return total
+
+
+def said_applied(increment: Backup, changes: int, emit: EventCallback) -> None:
+    """An increment's changes are in the target (applied, or replayed as its rows loaded)."""
+    emit(Notice(f"applied {backup_name(increment.path)}: {changes:,} changes"))
 
 
 async def primary_key_equality(conn: asyncpg.Connection, table: int) -> dict[str, str]:

@@ -41,6 +41,7 @@ from ..chainlines import (
     Layout,
     MixedIdentity,
     Replay,
+    RowNotHeld,
     file_lines,
     join_object,
     object_prefixes,
@@ -82,8 +83,7 @@ class TableReplay:
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        names = [c.name for c in self.load.source.columns]
-        self._identity = tuple(names.index(n) for n in self.layout.identity or ())
+        self._identity = self.layout.identity_columns
 
     def part(self, block: bytes | bytearray) -> bytes | bytearray:
         """A block of the full backup's lines without the ones a change may name (a
@@ -132,9 +132,10 @@ class TableReplay:
             for change in read_changes(layout, increment, entry):
                 if self.upto is not None and change.lsn >= self.upto:
                     continue
-                if change.key is not None and not state.get(change.key):
-                    raise self._not_found(change)
-                replay.apply(change)
+                try:
+                    replay.apply(change)
+                except RowNotHeld:
+                    raise self._not_found(change) from None
                 self.counts[i] += 1
         return _blocks(state)
 

@@ -293,13 +293,18 @@ class _RestoreRun:
 
     async def _apply(self, chain: Chain) -> None:
         """The chain's increments, once the full backup is restored (its indexes, which
-        find each changed row, are there), then the last increment's sequences."""
+        find each changed row, are there), unless they were replayed as its rows loaded;
+        then the last increment's sequences."""
         assert self.plan is not None
-        # The target's triggers and rules as they are now (post-data made them).
-        loads = await restore_target.with_switches(self.conn, self.plan.loads, self.o.mode)
-        self.changes = await restore_chain.apply_increments(
-            self.conn, chain, loads, self.emit, self.replays
-        )
+        if self.replays:  # every table's, as its rows loaded
+            for number, increment in enumerate(chain.increments):
+                changes = sum(r.counts[number] for r in self.replays.values())
+                restore_chain.said_applied(increment, changes, self.emit)
+                self.changes += changes
+        else:
+            # The target's triggers and rules as they are now (post-data made them).
+            loads = await restore_target.with_switches(self.conn, self.plan.loads, self.o.mode)
+            self.changes = await restore_chain.apply_increments(self.conn, chain, loads, self.emit)
         last = chain.increments[-1]
         wanted = {(s[0], s[1]) for s in self.plan.sequences}
         sequences = [
