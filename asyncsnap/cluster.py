@@ -106,7 +106,12 @@ def import_distributed() -> Any:
 # worker woke the coordinator's handler and stopped the dump, and once in five SIGKILLs
 # of the coordinator two workers lived on, holding its connection, and with it the
 # snapshot, open (both seen, 2026-12-06; docs/scaling.md).
-_FORK_SERVER_PRELOAD = ["__main__", "distributed", "asyncsnap.cluster"]
+_FORK_SERVER_PRELOAD = [
+    "__main__",
+    "distributed",
+    "asyncsnap.cluster_preload",  # the workers' environment (Dask's configuration read)
+    "asyncsnap.cluster",
+]
 
 
 # Dask starts a worker with MALLOC_TRIM_THRESHOLD_=65536: glibc then gives back to the
@@ -114,37 +119,27 @@ _FORK_SERVER_PRELOAD = ["__main__", "distributed", "asyncsnap.cluster"]
 # cluster's workers allocate as a local dump does, with glibc's defaults (a value in the
 # environment kept): `python -m benchmarks --cluster`, alternating, 2.04-2.20 times the
 # local dump with Dask's value, 1.81-1.83 without (2026-12-06).
-_ALLOCATOR_AS_A_LOCAL_DUMPS = {"MALLOC_TRIM_THRESHOLD_"}
+ALLOCATOR_AS_A_LOCAL_DUMPS = {"MALLOC_TRIM_THRESHOLD_"}
 
 
 def start_local_fork_server(address: ClusterAddress) -> None:
-    """For ``local:N``: the fork server started now, before the cluster (in the background
-    of a dump, as a restore starts), so that its imports overlap the caller's work."""
+    """For ``local:N``: the fork server started now, before the cluster
+    (``BackgroundCluster.serve``), so that its imports overlap the caller's work."""
     if address.local_workers is not None:
         start_fork_server()
 
 
 def start_fork_server() -> None:
     """Start the fork server, importing ``_FORK_SERVER_PRELOAD``, unless one runs: early,
-    so that its imports overlap the coordinator's.
+    so that its imports overlap the coordinator's (this imports nothing of Dask's).
 
-    Its workers inherit its environment, not this process's when they start: so it
-    starts with what Dask's nanny sets in this process for a spawned worker (thread pool
-    settings, ``distributed.nanny.pre-spawn-environ``, a variable already set winning, as
-    Dask has it; not the allocator's) and with the variable that has a worker name itself in
-    ``ps`` ("dask worker [address]"). The rest of a worker's environment is given to it
-    as it starts (``_worker_environment``)."""
+    Its workers inherit its environment, not this process's when they start: the server
+    sets what Dask's nanny sets for a spawned worker as it starts (``cluster_preload``).
+    The rest of a worker's environment is given to it as it starts
+    (``_worker_environment``)."""
     import multiprocessing
     from multiprocessing import forkserver
 
-    import_distributed()  # its absence said as a usage error, before dask's is
-    import dask
-    from distributed.proctitle import enable_proctitle_on_children
-
-    for name, value in dask.config.get("distributed.nanny.pre-spawn-environ").items():
-        if value is not None and name not in _ALLOCATOR_AS_A_LOCAL_DUMPS:
-            os.environ.setdefault(name, str(value))
-    enable_proctitle_on_children()  # type: ignore[no-untyped-call]
     multiprocessing.get_context("forkserver").set_forkserver_preload(_FORK_SERVER_PRELOAD)
     forkserver.ensure_running()
 
@@ -562,6 +557,11 @@ class BackgroundCluster:
 
     async def serve(self) -> None:
         try:
+            # The fork server first, its imports on another core; then the engine's
+            # here, 0.45 s of CPU, in a thread while the event loop connects and plans
+            # (on the loop, it held the caller's first queries back).
+            start_local_fork_server(self.address)
+            await anyio.to_thread.run_sync(import_distributed)
             async with cluster_client(self.address, self.password) as client:
                 self.client = client
                 self._ready.set()
@@ -592,7 +592,6 @@ async def background_cluster(
     from .errors import most_telling
 
     cluster = BackgroundCluster(address, without_password(params)[1])
-    start_local_fork_server(address)  # its imports while this one imports and connects
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(cluster.serve)

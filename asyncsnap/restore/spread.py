@@ -30,8 +30,7 @@ from typing import Any
 import anyio
 
 from ..cluster import (
-    ClusterAddress,
-    background_cluster,
+    BackgroundCluster,
     cancellation_check,
     guarded,
     run_tasks,
@@ -120,33 +119,33 @@ async def load_rows_on_cluster(
     backup: Backup,
     emit: EventCallback,
     results: list[RestoredTable],
-    address: str,
+    running: BackgroundCluster,
     identity_file: str | None,
     mode: Mode,
 ) -> None:
-    """The plan's rows, each unit a task on the cluster at ``address``."""
+    """The plan's rows, each unit a task on the cluster ``running`` (started as the
+    restore began)."""
     params, _ = without_password(session.params)
     location = _location(backup)
-    async with background_cluster(ClusterAddress.parse(address), session.params) as running:
-        client = await running.ready()
-        seen = await client.run(sees_backup, location, backup.manifest.checksum)
-        blind = sorted(worker for worker, ok in seen.items() if not ok)
-        if not seen or blind:
-            raise UsageError(
-                f"worker {blind[0] if blind else '(none)'} cannot read the backup at "
-                f"{location}: with --cluster, workers read the files themselves",
-                hint="keep the backup in an object store, or in a directory every worker "
-                "mounts at the same path",
+    client = await running.ready()
+    seen = await client.run(sees_backup, location, backup.manifest.checksum)
+    blind = sorted(worker for worker, ok in seen.items() if not ok)
+    if not seen or blind:
+        raise UsageError(
+            f"worker {blind[0] if blind else '(none)'} cannot read the backup at "
+            f"{location}: with --cluster, workers read the files themselves",
+            hint="keep the backup in an object store, or in a directory every worker "
+            "mounts at the same path",
+        )
+    for level in plan.levels:
+        level_units = units(plan, level, split_files=True, checks=mode == "refuse")
+        # A split table's first file checks the table is empty; its others follow.
+        first = [u for u in level_units if u.after is None]
+        later = [u for u in level_units if u.after is not None]
+        for phase in (first, later):
+            await _run_phase(
+                client, phase, location, (identity_file, params, session.policy), emit, results
             )
-        for level in plan.levels:
-            level_units = units(plan, level, split_files=True, checks=mode == "refuse")
-            # A split table's first file checks the table is empty; its others follow.
-            first = [u for u in level_units if u.after is None]
-            later = [u for u in level_units if u.after is not None]
-            for phase in (first, later):
-                await _run_phase(
-                    client, phase, location, (identity_file, params, session.policy), emit, results
-                )
 
 
 async def _run_phase(

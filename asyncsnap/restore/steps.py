@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -67,6 +68,9 @@ from .plan import (
 )
 from .replay import TableReplay, plan_replays
 from .result import RestoredTable, RestoreResult, committed, merge, restored_all
+
+if TYPE_CHECKING:  # imported with --cluster only (its engine is an extra)
+    from ..cluster import BackgroundCluster
 
 # restore --compare: run after the rows are in, on the tables loaded (None: every table),
 # while the target is still held; the API layer passes analysis.compare (restore does not
@@ -242,53 +246,70 @@ class _RestoreRun:
         self.lines: list[str] = []
         self.sequences = self.large_objects = self.refreshed = self.changes = 0
         self.replays: dict[TableKey, TableReplay] = {}  # a chain's tables replayed as loaded
+        self.cluster: BackgroundCluster | None = None  # with --cluster (``_cluster_if_any``)
 
     async def load(self, started: float) -> RestoreResult | None:
         """Everything that writes the target but its database's properties; a dry run's
         result, or None."""
-        o, conn, backup = self.o, self.conn, self.backup
-        chain = self.into.chain
         with self._translated():
             # Before anything is looked at: one restore at a time into a database.
-            await restore_target.hold_database(conn, self.session.target.database)
-            if o.cluster is not None and not o.dry_run:
-                from ..cluster import ClusterAddress, start_local_fork_server
+            await restore_target.hold_database(self.conn, self.session.target.database)
+            async with self._cluster_if_any():
+                return await self._steps(started)
 
-                # while this plans (and creates tables)
-                start_local_fork_server(ClusterAddress.parse(o.cluster))
-            if chain.increments:
-                if o.schema_only:
-                    raise UsageError(
-                        "--schema-only restores no rows, and a chain's increments are rows",
-                        hint="give the chain's full backup, or leave out --schema-only",
-                    )
-                await restore_chain.check_can_apply(conn)
-            self.kind, reason, replaced = await restore_target.choose_kind(conn, backup, o)
-            self.lines = [reason, *chain.describe()]
-            steps = None
-            if self.kind == "whole":
-                steps = await self._schema_steps(replaced)
-                if o.dry_run:
-                    await restore_schema.pre_data(conn, steps, backup, rehearse=True)
-                    return self._rehearsed(None, started)
-                await self._pre_data(steps)
-            if truncates_in_one_transaction(self.kind, o):
-                self.single = True
-                self.lines.append(TRUNCATE_IN_ONE)
-            if not o.schema_only and await self._rows():
-                return self._rehearsed(self.plan, started)
-            if steps is not None:
-                await finish.post_data(
-                    conn,
-                    self.session.params,
-                    steps,
-                    backup,
-                    self.emit,
-                    jobs=o.jobs,
-                    schema_only=o.schema_only,
+    @contextlib.asynccontextmanager
+    async def _cluster_if_any(self) -> AsyncIterator[None]:
+        """With --cluster (not a dry run): the cluster started in the background as the
+        restore begins, its workers starting while this plans and creates tables
+        (``self.cluster``); asked to close once the rows are loaded (``_load``), and
+        closed by the block's end, however it ends."""
+        o = self.o
+        if o.cluster is None or o.dry_run:
+            yield
+            return
+        from ..cluster import ClusterAddress, background_cluster
+
+        address = ClusterAddress.parse(o.cluster)
+        async with background_cluster(address, self.session.params) as self.cluster:
+            yield
+
+    async def _steps(self, started: float) -> RestoreResult | None:
+        """``load``'s steps, once the target is held (and the cluster starting)."""
+        o, conn, backup = self.o, self.conn, self.backup
+        chain = self.into.chain
+        if chain.increments:
+            if o.schema_only:
+                raise UsageError(
+                    "--schema-only restores no rows, and a chain's increments are rows",
+                    hint="give the chain's full backup, or leave out --schema-only",
                 )
-            if chain.increments:
-                await self._apply(chain)
+            await restore_chain.check_can_apply(conn)
+        self.kind, reason, replaced = await restore_target.choose_kind(conn, backup, o)
+        self.lines = [reason, *chain.describe()]
+        steps = None
+        if self.kind == "whole":
+            steps = await self._schema_steps(replaced)
+            if o.dry_run:
+                await restore_schema.pre_data(conn, steps, backup, rehearse=True)
+                return self._rehearsed(None, started)
+            await self._pre_data(steps)
+        if truncates_in_one_transaction(self.kind, o):
+            self.single = True
+            self.lines.append(TRUNCATE_IN_ONE)
+        if not o.schema_only and await self._rows():
+            return self._rehearsed(self.plan, started)
+        if steps is not None:
+            await finish.post_data(
+                conn,
+                self.session.params,
+                steps,
+                backup,
+                self.emit,
+                jobs=o.jobs,
+                schema_only=o.schema_only,
+            )
+        if chain.increments:
+            await self._apply(chain)
         return None
 
     async def _apply(self, chain: Chain) -> None:
@@ -446,9 +467,18 @@ class _RestoreRun:
         else:
             from .spread import load_rows_on_cluster
 
+            assert self.cluster is not None
             await load_rows_on_cluster(
-                plan, self.session, backup, emit, self.results, o.cluster, o.identity_file, o.mode
+                plan,
+                self.session,
+                backup,
+                emit,
+                self.results,
+                self.cluster,
+                o.identity_file,
+                o.mode,
             )
+            self.cluster.close()  # in the background, while the rest goes on
         self.sequences = await finish.set_sequences(conn, plan, emit)
         self.large_objects = await loading.load_large_objects(
             conn, plan, backup, emit, mode=o.mode, single=self.single

@@ -1,0 +1,34 @@
+"""Imported by a local cluster's fork server alone, as it starts (``cluster.start_fork_server``
+puts it in the server's preload, after distributed, whose import gives Dask its defaults):
+the server's environment made what Dask's nanny sets for a spawned worker, which the
+workers forked from it inherit.
+
+That is Dask's ``distributed.nanny.pre-spawn-environ`` (thread pools of one thread; a
+variable already set winning, as Dask has it), but not the allocator's setting (a worker
+allocates as a local dump does: ``cluster.ALLOCATOR_AS_A_LOCAL_DUMPS``), and the variable
+that has a worker name itself in ``ps`` ("dask worker [address]"). Set here rather than in
+the coordinator before the server starts: reading Dask's configuration there meant
+importing distributed (0.45 s of CPU) on the coordinator's event loop first, while the
+server waited to start.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dask.config
+
+from .cluster import ALLOCATOR_AS_A_LOCAL_DUMPS
+
+
+def _set_environment() -> None:
+    # (nothing when distributed could not be imported: the coordinator says so)
+    for name, value in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items():
+        if value is not None and name not in ALLOCATOR_AS_A_LOCAL_DUMPS:
+            os.environ.setdefault(name, str(value))
+    # distributed.proctitle's ``enable_proctitle_on_children``, without importing it here
+    # (its workers name themselves when this variable is another process's id)
+    os.environ["__DASK_PARENT_PID"] = str(os.getpid())
+
+
+_set_environment()
