@@ -7,6 +7,7 @@ moment although its files were written by several processes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import importlib
@@ -680,6 +681,70 @@ def test_a_restore_on_a_cluster_is_the_source_and_refuses_one_transaction(
             assert done.returncode == ExitCode.USAGE, done.stderr
             assert f"{option} loads every row in one transaction" in done.stderr
         assert target.fetchval("SELECT count(*) FROM pg_class WHERE relname = 'wide'") == 0
+
+
+@contextlib.contextmanager
+def _table_being_created(dsn: str, name: str) -> Iterator[None]:
+    """Another session's transaction that has created ``name`` and not committed: a
+    CREATE TABLE of the same name waits for it, until the block ends (rolled back)."""
+    import asyncpg
+
+    created, done = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute(f"CREATE TABLE {name} (x int)")
+                created.set()
+                await asyncio.to_thread(done.wait)
+                raise _RolledBack
+        except _RolledBack:
+            pass
+        finally:
+            await conn.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(hold(),))
+    thread.start()
+    try:
+        assert created.wait(30), "the other session did not create its table"
+        yield
+    finally:
+        done.set()
+        thread.join(30)
+
+
+class _RolledBack(Exception):
+    pass
+
+
+def test_a_restores_cluster_starts_with_it_and_a_signal_in_its_pre_data_stops_it(
+    db: Database, tmp_path: Path
+) -> None:
+    """restore --cluster starts its cluster as it begins: the workers are up while the
+    schema is still being created (they started only when rows loaded, after the
+    engine's import held the restore's first queries back). SIGTERM then, pre-data
+    waiting on another session: exit 143, one line, no worker and no session left."""
+    db.execute(SCHEMA)
+    run(dump, db.dsn, output=tmp_path, name="b")
+    with fresh_database(db.postgres, "cluster_target") as target:
+        with _table_being_created(target.dsn, "public.wide"):
+            proc = start_cli("restore", str(tmp_path / "b"), target.dsn, "--cluster", "local:2")
+            try:
+                workers = _worker_pids_of(proc.pid)
+                assert workers, "no worker started while the restore created its schema"
+                assert proc.poll() is None, proc.communicate()
+                proc.send_signal(signal.SIGTERM)
+                _, err = proc.communicate(timeout=60)
+            finally:
+                proc.kill()
+        assert proc.returncode == ExitCode.SIGTERM, err
+        assert "interrupted by SIGTERM" in err and "Traceback" not in err, err
+        deadline = time.monotonic() + 20
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):
+            assert time.monotonic() < deadline, "a worker process outlived the restore"
+            time.sleep(0.1)
+        assert anyio.run(_asyncsnap_backends, target.dsn, backend="asyncio") == 0
 
 
 def test_two_cluster_dumps_at_once_do_not_contend_for_a_port(db: Database, tmp_path: Path) -> None:

@@ -259,12 +259,12 @@ class _RestoreRun:
 
     @contextlib.asynccontextmanager
     async def _cluster_if_any(self) -> AsyncIterator[None]:
-        """With --cluster (not a dry run): the cluster started in the background as the
-        restore begins, its workers starting while this plans and creates tables
-        (``self.cluster``); asked to close once the rows are loaded (``_load``), and
-        closed by the block's end, however it ends."""
+        """With --cluster (rows to load, not a dry run): the cluster started in the
+        background as the restore begins, its workers starting while this plans and
+        creates tables (``self.cluster``); asked to close once the rows are loaded
+        (``_load``), and closed by the block's end, however it ends."""
         o = self.o
-        if o.cluster is None or o.dry_run:
+        if o.cluster is None or o.dry_run or o.schema_only:
             yield
             return
         from ..cluster import ClusterAddress, background_cluster
