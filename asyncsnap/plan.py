@@ -68,6 +68,17 @@ class Chunk:
         return self.table.est_rows * span // self.table.heap_pages
 
     @property
+    def est_bytes(self) -> int:
+        """The table's size shared out by pages (a whole table's, for the first chunk of an
+        unsplit one): how big its COPY will be, roughly."""
+        table = self.table
+        if self.pages is None or table.heap_pages <= 0:
+            return table.table_bytes if self.index == 0 else 0
+        first, end = self.pages
+        span = max(0, (table.heap_pages if end is None else end) - first)
+        return table.table_bytes * span // table.heap_pages
+
+    @property
     def label(self) -> str:
         if self.count == 1:
             return self.table.qualified

@@ -263,3 +263,34 @@ def test_every_name_a_dump_gives_is_one_retention_knows() -> None:
         assert not written_by_dump(other), other
     for fixed in ("manifest.json", "SHA256SUMS", "schema/schema.pgdump", "schema/schema.sql"):
         assert written_by_dump(fixed)
+
+
+def test_a_chunks_bytes_are_its_share_of_the_tables_pages() -> None:
+    """``Chunk.est_bytes``: a whole table's size; a page range's share of it; the last
+    range runs to the table's end."""
+    from dataclasses import replace
+
+    big = replace(table("big", size=80 << 20), heap_pages=10_000)
+    chunks = {c.index: c for c in plan_chunks([big], split_larger_than=20 << 20, jobs=2)}
+    assert len(chunks) == 4
+    assert sum(c.est_bytes for c in chunks.values()) == 80 << 20
+    assert all(c.est_bytes == 20 << 20 for c in chunks.values())
+    (whole,) = plan_chunks([table("small", size=4096)])
+    assert whole.est_bytes == 4096
+
+
+def test_only_a_big_chunks_small_reads_wait_for_more_to_arrive() -> None:
+    """``jobs.read_pause``: a small read of a big chunk waits for the socket to gather
+    more; a big read never waits, and a small table (its whole COPY one small read)
+    never does: 3,000 of them would wait seconds."""
+    from dataclasses import replace
+
+    from asyncsnap.jobs import GATHER_FROM, READ_PAUSE, SMALL_READ, read_pause
+
+    (big,) = plan_chunks([replace(table("big", size=GATHER_FROM), heap_pages=512)])
+    (small,) = plan_chunks([table("small", size=GATHER_FROM - 1)])
+    assert read_pause(big, 8192) == READ_PAUSE > 0
+    assert read_pause(big, SMALL_READ - 1) == READ_PAUSE
+    assert read_pause(big, SMALL_READ) == 0
+    assert read_pause(small, 100) == 0
+    assert read_pause(small, SMALL_READ) == 0
