@@ -534,6 +534,9 @@ def main() -> None:
         "task's round trip)",
     )
     args = parser.parse_args()
+    # Every mode writes its results beside --results, after minutes of runs: a directory
+    # that does not exist yet is made now, not found missing at the end.
+    args.results.parent.mkdir(parents=True, exist_ok=True)
     if args.cluster:
         if args.dsn:
             parser.error("--cluster starts its own server: no --dsn")
