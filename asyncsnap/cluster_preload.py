@@ -18,17 +18,18 @@ import os
 
 import dask.config
 
+# (an ImportError when distributed is not installed, which the fork server passes over:
+# the coordinator says so)
+from distributed.proctitle import enable_proctitle_on_children
+
 from .cluster import ALLOCATOR_AS_A_LOCAL_DUMPS
 
 
 def _set_environment() -> None:
-    # (nothing when distributed could not be imported: the coordinator says so)
     for name, value in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items():
         if value is not None and name not in ALLOCATOR_AS_A_LOCAL_DUMPS:
             os.environ.setdefault(name, str(value))
-    # distributed.proctitle's ``enable_proctitle_on_children``, without importing it here
-    # (its workers name themselves when this variable is another process's id)
-    os.environ["__DASK_PARENT_PID"] = str(os.getpid())
+    enable_proctitle_on_children()  # type: ignore[no-untyped-call]
 
 
 _set_environment()

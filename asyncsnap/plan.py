@@ -61,22 +61,21 @@ class Chunk:
     @property
     def est_rows(self) -> int:
         """The catalog's row estimate, shared out by pages: for progress only."""
-        if self.pages is None or self.table.heap_pages <= 0:
-            return self.table.est_rows if self.index == 0 else 0
-        first, end = self.pages
-        span = max(0, (self.table.heap_pages if end is None else end) - first)
-        return self.table.est_rows * span // self.table.heap_pages
+        return self._share(self.table.est_rows)
 
     @property
     def est_bytes(self) -> int:
-        """The table's size shared out by pages (a whole table's, for the first chunk of an
-        unsplit one): how big its COPY will be, roughly."""
-        table = self.table
-        if self.pages is None or table.heap_pages <= 0:
-            return table.table_bytes if self.index == 0 else 0
+        """The table's size shared out by pages: how big its COPY will be, roughly."""
+        return self._share(self.table.table_bytes)
+
+    def _share(self, whole: int) -> int:
+        """This chunk's share of the table's ``whole``, by its pages (all of it for the
+        first chunk of a table not split by pages)."""
+        if self.pages is None or self.table.heap_pages <= 0:
+            return whole if self.index == 0 else 0
         first, end = self.pages
-        span = max(0, (table.heap_pages if end is None else end) - first)
-        return table.table_bytes * span // table.heap_pages
+        span = max(0, (self.table.heap_pages if end is None else end) - first)
+        return whole * span // self.table.heap_pages
 
     @property
     def label(self) -> str:
