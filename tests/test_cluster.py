@@ -892,6 +892,57 @@ def test_a_backup_the_workers_cannot_read_is_refused_before_rows_load(
         spread.sees_backup = real
 
 
+def test_units_load_here_while_the_cluster_starts_and_commit_once_its_workers_read_the_backup(
+    db: Database, tmp_path: Path
+) -> None:
+    """While the cluster starts, the restore's own connection loads units: the cluster is
+    held back here until such a unit is loaded, and that unit is not committed until the
+    workers said they read the backup (nothing visible to another session then). The
+    rest goes to the workers; every table is the source's."""
+    import asyncpg
+
+    from asyncsnap.api import restore
+    from asyncsnap.events import ChunkFinished
+
+    spread: Any = importlib.import_module("asyncsnap.restore.spread")
+    db.execute(SCHEMA)
+    run(dump, db.dsn, output=tmp_path, name="b", split_larger_than=256 << 10)
+    real = spread._Workers.client
+    seen: dict[str, Any] = {}
+    with fresh_database(db.postgres, "cluster_target") as target:
+
+        async def held_back(workers: Any) -> Any:
+            with anyio.fail_after(60):  # (both run on the restore's event loop)
+                await seen.setdefault("loaded", anyio.Event()).wait()
+            conn = await asyncpg.connect(target.dsn)
+            try:
+                seen.setdefault("visible", []).append(
+                    await conn.fetchval(
+                        "SELECT (SELECT count(*) FROM public.wide) + (SELECT count(*) FROM "
+                        "public.small) + (SELECT count(*) FROM public.other)"
+                    )
+                )
+            finally:
+                await conn.close()
+            return await real(workers)
+
+        def on_event(event: Any) -> None:
+            if isinstance(event, ChunkFinished):
+                seen.setdefault("finished", event.label)
+                seen.setdefault("loaded", anyio.Event()).set()
+                seen["count"] = seen.get("count", 0) + 1
+
+        try:
+            spread._Workers.client = held_back
+            run(restore, tmp_path / "b", target.dsn, cluster="local:2", on_event=on_event)
+        finally:
+            spread._Workers.client = real
+        # (asked again for the split table's later files, by then committed)
+        assert seen["finished"] and seen["visible"][0] == 0, seen
+        assert seen["count"] > 1, seen  # the others were the workers'
+        assert table_digests(target.dsn) == table_digests(db.dsn)
+
+
 def test_a_restore_on_a_cluster_into_existing_tables(db: Database, tmp_path: Path) -> None:
     """The rows of a backup into tables that exist and are empty (a schema-only restore
     first, then --data-only --cluster): parents before children, every table the

@@ -6,7 +6,9 @@ to the target with the restore's session policy, reads its files where the backu
 object store, or a directory the workers share) and loads them in one transaction of its
 own (``load._load_unit``, the local path's code). Level by level, parents before
 children; within a level, a split table's first file (whose transaction checks the table
-is empty) before its others. The schema before and after, the sequences, the large
+is empty) before its others. Until a local cluster is up, the restore's own connection
+loads the units in turn (``_load_here``), each committed once the workers said they read the
+backup. The schema before and after, the sequences, the large
 objects and a chain's changes stay on this machine's connection.
 
 What is not: ``--single-transaction`` and ``--truncate`` (one transaction on one
@@ -21,6 +23,7 @@ restore waits for those answers (at most 10 s) before it reports.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import secrets
 from collections.abc import Sequence
@@ -28,6 +31,7 @@ from dataclasses import replace
 from typing import Any
 
 import anyio
+import asyncpg
 
 from ..cluster import (
     BackgroundCluster,
@@ -37,7 +41,7 @@ from ..cluster import (
     without_password,
 )
 from ..connection import ConnectParams
-from ..errors import UsageError
+from ..errors import UsageError, most_telling
 from ..events import ChunkFinished, ChunkStarted, EventCallback
 from ..format import Backup
 from ..session import Session, SessionPolicy
@@ -61,6 +65,9 @@ def load_unit_task(
     stop_if_cancelled = cancellation_check()
     stop_if_cancelled()  # sent just as its restore failed
 
+    async def still_wanted() -> None:
+        stop_if_cancelled()
+
     async def go() -> list[RestoredTable]:
         backup = open_backup(location)
         if identity_file is not None and backup.encryption:
@@ -77,7 +84,7 @@ def load_unit_task(
                 backup,
                 lambda event: stop_if_cancelled(),
                 own_transaction=True,
-                before_commit=stop_if_cancelled,
+                before_commit=still_wanted,
             )
         finally:
             with anyio.CancelScope(shield=True):
@@ -86,7 +93,7 @@ def load_unit_task(
     return asyncio.run(go())
 
 
-def sees_backup(location: str, checksum: str) -> bool:
+def sees_backup(location: str, checksum: str | None) -> bool:
     """On a worker: whether the backup at ``location`` is there, the same one (its
     manifest's checksum)."""
     try:
@@ -122,30 +129,100 @@ async def load_rows_on_cluster(
     running: BackgroundCluster,
     identity_file: str | None,
     mode: Mode,
+    conn: asyncpg.Connection,
 ) -> None:
     """The plan's rows, each unit a task on the cluster ``running`` (started as the
-    restore began)."""
+    restore began); until it is up, units loaded on the restore's own connection ``conn``
+    (``_load_here``)."""
     params, _ = without_password(session.params)
-    location = _location(backup)
-    client = await running.ready()
-    seen = await client.run(sees_backup, location, backup.manifest.checksum)
-    blind = sorted(worker for worker, ok in seen.items() if not ok)
-    if not seen or blind:
-        raise UsageError(
-            f"worker {blind[0] if blind else '(none)'} cannot read the backup at "
-            f"{location}: with --cluster, workers read the files themselves",
-            hint="keep the backup in an object store, or in a directory every worker "
-            "mounts at the same path",
-        )
+    task = (identity_file, params, session.policy)
+    workers = _Workers(running, _location(backup), backup.manifest.checksum)
     for level in plan.levels:
         level_units = units(plan, level, split_files=True, checks=mode == "refuse")
         # A split table's first file checks the table is empty; its others follow.
         first = [u for u in level_units if u.after is None]
         later = [u for u in level_units if u.after is not None]
         for phase in (first, later):
-            await _run_phase(
-                client, phase, location, (identity_file, params, session.policy), emit, results
+            pending = collections.deque(phase)
+            try:
+                async with anyio.create_task_group() as tg:
+                    if workers.starting_here:
+                        tg.start_soon(_load_here, conn, pending, workers, backup, emit, results)
+                    client = await workers.client()
+                    given = list(pending)  # from now on, every unit is the cluster's
+                    pending.clear()
+                    await _run_phase(client, given, workers.location, task, emit, results)
+            except BaseExceptionGroup as group:
+                raise most_telling(group) from None
+
+
+class _Workers:
+    """The cluster's workers as the restore's rows see them: ``started`` once its client
+    is ready (units taken from then on are theirs), ``checked`` once every worker said it
+    reads the backup where this restore found it."""
+
+    def __init__(self, running: BackgroundCluster, location: str, checksum: str | None) -> None:
+        self.running, self.location, self.checksum = running, location, checksum
+        self.started = False
+        self.checked = anyio.Event()
+
+    @property
+    def starting_here(self) -> bool:
+        """Whether units load here meanwhile (``_load_here``): while a local cluster
+        starts (its processes import Dask, about half a second of two cores). A cluster of
+        one's own is running already: its client is ready as soon as it connects."""
+        return self.running.address.local_workers is not None and not self.started
+
+    async def client(self) -> Any:
+        """The client, once the cluster is up and its workers read the backup.
+
+        :raises UsageError: a worker cannot read it."""
+        client = await self.running.ready()
+        self.started = True
+        if not self.checked.is_set():
+            seen = await client.run(sees_backup, self.location, self.checksum)
+            blind = sorted(worker for worker, ok in seen.items() if not ok)
+            if not seen or blind:
+                raise UsageError(
+                    f"worker {blind[0] if blind else '(none)'} cannot read the backup at "
+                    f"{self.location}: with --cluster, workers read the files themselves",
+                    hint="keep the backup in an object store, or in a directory every "
+                    "worker mounts at the same path",
+                )
+            self.checked.set()
+        return client
+
+
+async def _load_here(
+    conn: asyncpg.Connection,
+    pending: collections.deque[Unit],
+    workers: _Workers,
+    backup: Backup,
+    emit: EventCallback,
+    results: list[RestoredTable],
+) -> None:
+    """While a local cluster starts (about half a second, which the target's server would
+    otherwise spend waiting): the phase's units, one after another, on the restore's
+    own connection, as a local restore loads them. A unit commits only once the workers
+    are known to read the backup (``_Workers.checked``): a backup they cannot read is
+    still refused before a row is committed, and the unit rolls back with the
+    refusal."""
+
+    async def when_workers_read_the_backup() -> None:
+        await workers.checked.wait()
+
+    while pending and workers.starting_here:
+        unit = replace(pending.popleft(), after=None)  # its phase follows the first file's
+        results.extend(
+            await _load_unit(
+                conn,
+                unit,
+                backup,
+                emit,
+                own_transaction=True,
+                before_commit=when_workers_read_the_backup,
             )
+        )
 
 
 async def _run_phase(

@@ -477,6 +477,7 @@ class _RestoreRun:
                 self.cluster,
                 o.identity_file,
                 o.mode,
+                conn,
             )
             self.cluster.close()  # in the background, while the rest goes on
         self.sequences = await finish.set_sequences(conn, plan, emit)
