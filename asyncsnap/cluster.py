@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -180,6 +181,7 @@ def dask_setup(worker: Any) -> None:
     packed = os.environ.pop(_ENVIRONMENT, None)
     if packed is None:  # a worker not started by ``cluster_client``
         return
+    logging.getLogger("distributed.worker").addFilter(_closing_heartbeat)
     wanted: dict[str, str] = json.loads(packed)
     for key in ("distributed.nanny.pre-spawn-environ", "distributed.nanny.environ"):
         for name in dask.config.get(key, {}):
@@ -188,6 +190,16 @@ def dask_setup(worker: Any) -> None:
     for name in [name for name in os.environ if name not in wanted]:
         del os.environ[name]
     os.environ.update(wanted)
+
+
+def _closing_heartbeat(record: logging.LogRecord) -> bool:
+    """False for a local cluster's worker's heartbeat meeting its scheduler closed.
+
+    As a local cluster closes, the scheduler drops its workers' connections while a
+    worker's heartbeat may be under way, and Dask logs that as an error with a traceback
+    (dask/distributed#7105, open): on the terminal after a run that went well. The
+    scheduler lives in the coordinator's process, which says itself when it is lost."""
+    return record.msg != "Failed to communicate with scheduler during heartbeat."
 
 
 @contextlib.contextmanager
