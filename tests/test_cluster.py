@@ -894,25 +894,27 @@ def test_a_backup_the_workers_cannot_read_is_refused_before_rows_load(
     db.execute(SCHEMA)
     run(dump, db.dsn, output=tmp_path, name="b")
     real = spread.sees_backup
+    password = urlsplit(db.dsn).password or ""
     try:
         spread.sees_backup = lambda location, checksum: False
-        with fresh_database(db.postgres, "cluster_target") as target:
+        with (
+            fresh_database(db.postgres, "cluster_target") as target,
+            dask_cluster(password) as address,
+        ):
             with pytest.raises(UsageError, match="cannot read the backup at"):
-                run(restore, tmp_path / "b", target.dsn, cluster="local:1")
+                run(restore, tmp_path / "b", target.dsn, cluster=address)
             assert target.fetchval("SELECT count(*) FROM public.wide") == 0
     finally:
         spread.sees_backup = real
 
 
-def test_units_load_here_while_the_cluster_starts_and_commit_once_its_workers_read_the_backup(
-    db: Database, tmp_path: Path
-) -> None:
-    """While the cluster starts, the restore's own connection loads units: the cluster is
-    held back here until such a unit is loaded, and that unit is not committed until the
-    workers said they read the backup (nothing visible to another session then). The
-    rest goes to the workers; every table is the source's."""
-    import asyncpg
-
+def _restore_with_the_cluster_held_back(
+    db: Database, tmp_path: Path, held_back: Any
+) -> tuple[Database, list[Any]]:
+    """restore --cluster local:2 of ``SCHEMA`` (a table in 30 files) with the rows'
+    wait for the cluster replaced by ``held_back(real, workers, events, loaded)``
+    (``loaded``: set as the first unit is loaded); the target's tables then, and the
+    restore's events."""
     from asyncsnap.api import restore
     from asyncsnap.events import ChunkFinished
 
@@ -920,39 +922,61 @@ def test_units_load_here_while_the_cluster_starts_and_commit_once_its_workers_re
     db.execute(SCHEMA)
     run(dump, db.dsn, output=tmp_path, name="b", split_larger_than=256 << 10)
     real = spread._Workers.client
-    seen: dict[str, Any] = {}
-    with fresh_database(db.postgres, "cluster_target") as target:
+    events: list[Any] = []
+    loaded: list[anyio.Event] = []
 
-        async def held_back(workers: Any) -> Any:
-            with anyio.fail_after(60):  # (both run on the restore's event loop)
-                await seen.setdefault("loaded", anyio.Event()).wait()
-            conn = await asyncpg.connect(target.dsn)
-            try:
-                seen.setdefault("visible", []).append(
-                    await conn.fetchval(
-                        "SELECT (SELECT count(*) FROM public.wide) + (SELECT count(*) FROM "
-                        "public.small) + (SELECT count(*) FROM public.other)"
-                    )
-                )
-            finally:
-                await conn.close()
-            return await real(workers)
+    def on_event(event: Any) -> None:
+        events.append(event)
+        if isinstance(event, ChunkFinished):
+            loaded[0].set()
 
-        def on_event(event: Any) -> None:
-            if isinstance(event, ChunkFinished):
-                seen.setdefault("finished", event.label)
-                seen.setdefault("loaded", anyio.Event()).set()
-                seen["count"] = seen.get("count", 0) + 1
+    async def restored(target: str) -> None:
+        loaded.append(anyio.Event())
+        with anyio.fail_after(60):
+            await restore(tmp_path / "b", target, cluster="local:2", on_event=on_event)
 
-        try:
-            spread._Workers.client = held_back
-            run(restore, tmp_path / "b", target.dsn, cluster="local:2", on_event=on_event)
-        finally:
-            spread._Workers.client = real
-        # (asked again for the split table's later files, by then committed)
-        assert seen["finished"] and seen["visible"][0] == 0, seen
-        assert seen["count"] > 1, seen  # the others were the workers'
-        assert table_digests(target.dsn) == table_digests(db.dsn)
+    try:
+        spread._Workers.client = lambda workers: held_back(real, workers, events, loaded[0])
+        with fresh_database(db.postgres, "cluster_target") as target:
+            anyio.run(restored, target.dsn, backend="asyncio")
+            assert table_digests(target.dsn) == table_digests(db.dsn)
+    finally:
+        spread._Workers.client = real
+    return target, events
+
+
+def test_units_load_here_while_a_local_cluster_starts_and_its_workers_take_the_rest(
+    db: Database, tmp_path: Path
+) -> None:
+    """While a local cluster starts, the restore's own connection loads units (here the
+    cluster is held back until one is loaded); once it is up, the workers take the
+    rest. Every table is the source's."""
+    from asyncsnap.events import ChunkFinished
+
+    here: list[int] = []
+
+    async def held_back(real: Any, workers: Any, events: list[Any], loaded: Any) -> Any:
+        await loaded.wait()
+        here.append(sum(isinstance(e, ChunkFinished) for e in events))
+        return await real(workers)
+
+    _, events = _restore_with_the_cluster_held_back(db, tmp_path, held_back)
+    finished = sum(isinstance(e, ChunkFinished) for e in events)
+    # (one unit may finish here after the hand-over: it was under way)
+    assert here and here[0] >= 1 and finished >= here[0] + 1 + 20, (here, finished)
+
+
+def test_rows_all_loaded_before_the_local_cluster_is_up_do_not_wait_for_it(
+    db: Database, tmp_path: Path
+) -> None:
+    """A cluster that is not up when the restore's own connection has loaded every unit is
+    not waited for (held back here for good): the restore completes, every table the
+    source's."""
+
+    async def never(real: Any, workers: Any, events: list[Any], loaded: Any) -> Any:
+        await anyio.sleep_forever()
+
+    _restore_with_the_cluster_held_back(db, tmp_path, never)
 
 
 def test_a_restore_on_a_cluster_into_existing_tables(db: Database, tmp_path: Path) -> None:

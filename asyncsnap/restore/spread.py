@@ -7,8 +7,9 @@ object store, or a directory the workers share) and loads them in one transactio
 own (``load._load_unit``, the local path's code). Level by level, parents before
 children; within a level, a split table's first file (whose transaction checks the table
 is empty) before its others. Until a local cluster is up, the restore's own connection
-loads the units in turn (``_load_here``), each committed once the workers said they read the
-backup. The schema before and after, the sequences, the large
+loads the units in turn (``_load_here``), as ``-j`` would: its workers are this machine's
+processes, with this one's files and environment, and their check that they read the
+backup comes once they are up. The schema before and after, the sequences, the large
 objects and a chain's changes stay on this machine's connection.
 
 What is not: ``--single-transaction`` and ``--truncate`` (one transaction on one
@@ -146,12 +147,15 @@ async def load_rows_on_cluster(
             pending = collections.deque(phase)
             try:
                 async with anyio.create_task_group() as tg:
-                    if workers.starting_here:
-                        tg.start_soon(_load_here, conn, pending, workers, backup, emit, results)
-                    client = await workers.client()
-                    given = list(pending)  # from now on, every unit is the cluster's
-                    pending.clear()
-                    await _run_phase(client, given, workers.location, task, emit, results)
+                    with anyio.CancelScope() as waiting:
+                        if workers.starting_here:
+                            tg.start_soon(
+                                _load_here, conn, pending, workers, backup, emit, results, waiting
+                            )
+                        client = await workers.client()
+                        given = list(pending)  # from now on, every unit is the cluster's
+                        pending.clear()
+                        await _run_phase(client, given, workers.location, task, emit, results)
             except BaseExceptionGroup as group:
                 raise most_telling(group) from None
 
@@ -200,29 +204,17 @@ async def _load_here(
     backup: Backup,
     emit: EventCallback,
     results: list[RestoredTable],
+    waiting: anyio.CancelScope,
 ) -> None:
     """While a local cluster starts (about half a second, which the target's server would
     otherwise spend waiting): the phase's units, one after another, on the restore's
-    own connection, as a local restore loads them. A unit commits only once the workers
-    are known to read the backup (``_Workers.checked``): a backup they cannot read is
-    still refused before a row is committed, and the unit rolls back with the
-    refusal."""
-
-    async def when_workers_read_the_backup() -> None:
-        await workers.checked.wait()
-
+    own connection, as a local restore loads them. When none is left before the cluster
+    is up, the phase is done: its wait for the cluster (``waiting``) ends."""
     while pending and workers.starting_here:
         unit = replace(pending.popleft(), after=None)  # its phase follows the first file's
-        results.extend(
-            await _load_unit(
-                conn,
-                unit,
-                backup,
-                emit,
-                own_transaction=True,
-                before_commit=when_workers_read_the_backup,
-            )
-        )
+        results.extend(await _load_unit(conn, unit, backup, emit, own_transaction=True))
+    if not workers.started:  # the cluster took nothing of this phase
+        waiting.cancel()
 
 
 async def _run_phase(
