@@ -1611,12 +1611,13 @@ CLUSTER_WHY = {
     "slower than a local dump's (2.3 s of copying against 1.6 s); on a dump of a few "
     "seconds the fixed part is most of the gap, on hours of dump it vanishes "
     "(docs/scaling.md)",
-    "cluster local:2 / local -j 2 (restore)": "the same fixed start as the dump's, with "
-    "little to hide it behind: the cluster starts as the restore begins, and is ready about "
-    "0.55 s after a data-only restore of pgbench has planned (0.4 s after its start; by "
-    "the logs' times, 2026-12-07); the rows then load in the local restore's time (5.2 s "
-    "both), and the cluster's close adds about 0.2 s at the end. A whole restore's "
-    "pre-data hides the start. On a restore of hours it vanishes",
+    "cluster local:2 / local -j 2 (restore)": "the processes' CPU on two cores shared with "
+    "the server: the restore's own connection loads units until the local cluster is up "
+    "(about 1.3 s after the start, by the logs' times, 2026-12-07), and the workers the "
+    "rest, but the fork server, the workers and the coordinator's engine take 3.2 s of "
+    "client CPU against the local restore's 1.7 s, and the cluster's close adds about 0.1 "
+    "s at the end (met on 2026-12-07 midday: 1.08 and 1.14). On a restore of hours it "
+    "vanishes",
 }
 
 

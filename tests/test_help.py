@@ -135,8 +135,20 @@ def test_completion_script_and_completions() -> None:
     """Completion is installable as Typer offers it (--install-completion), and the script
     it installs completes commands and options."""
     env = {**clean_env(), "SHELL": "/bin/bash"}
+    # Typer finds the shell among the process's ancestors (shellingham), not in $SHELL:
+    # run from a bash that stays its parent (pytest may have none, as in a job started
+    # in the background whose shell has exited: "Shell  not supported.").
     script = subprocess.run(
-        [sys.executable, "-m", "asyncsnap", "--show-completion", "bash"],
+        [
+            "bash",
+            "-c",
+            '"$@"; exit $?',
+            "bash",
+            sys.executable,
+            "-m",
+            "asyncsnap",
+            "--show-completion",
+        ],
         capture_output=True,
         text=True,
         env=env,

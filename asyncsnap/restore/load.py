@@ -24,15 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -251,15 +243,14 @@ async def _load_unit(
     emit: EventCallback,
     *,
     own_transaction: bool,
-    before_commit: Callable[[], Awaitable[None]] | None = None,
+    before_commit: Callable[[], None] | None = None,
     replays: Mapping[TableKey, TableReplay] | None = None,
 ) -> list[RestoredTable]:
     """Load a unit in one transaction. Everything it changes besides rows (a cycle's
     constraints dropped and re-created, triggers and rules switched off and back) is
     DDL in that same transaction: a failure or a SIGKILL at any moment rolls all of it
     back, and nothing stays dropped or switched off. ``before_commit`` runs last inside
-    the transaction; raising there rolls the unit back (a cluster's cancelled task), and
-    waiting there holds the commit back (a unit loaded while a cluster starts)."""
+    the transaction; raising there rolls the unit back (a cluster's cancelled task)."""
     strategy = unit.cycle.strategy if unit.cycle is not None else None
     async with _transaction(conn, own=own_transaction):
         if unit.checks:
@@ -308,7 +299,7 @@ async def _load_unit(
         if dropped:
             await _recreate_constraints(conn, dropped, emit)
         if before_commit is not None:
-            await before_commit()
+            before_commit()
     return results
 
 

@@ -66,9 +66,6 @@ def load_unit_task(
     stop_if_cancelled = cancellation_check()
     stop_if_cancelled()  # sent just as its restore failed
 
-    async def still_wanted() -> None:
-        stop_if_cancelled()
-
     async def go() -> list[RestoredTable]:
         backup = open_backup(location)
         if identity_file is not None and backup.encryption:
@@ -85,7 +82,7 @@ def load_unit_task(
                 backup,
                 lambda event: stop_if_cancelled(),
                 own_transaction=True,
-                before_commit=still_wanted,
+                before_commit=stop_if_cancelled,
             )
         finally:
             with anyio.CancelScope(shield=True):
@@ -168,7 +165,7 @@ class _Workers:
     def __init__(self, running: BackgroundCluster, location: str, checksum: str | None) -> None:
         self.running, self.location, self.checksum = running, location, checksum
         self.started = False
-        self.checked = anyio.Event()
+        self.checked = False
 
     @property
     def starting_here(self) -> bool:
@@ -183,7 +180,7 @@ class _Workers:
         :raises UsageError: a worker cannot read it."""
         client = await self.running.ready()
         self.started = True
-        if not self.checked.is_set():
+        if not self.checked:
             seen = await client.run(sees_backup, self.location, self.checksum)
             blind = sorted(worker for worker, ok in seen.items() if not ok)
             if not seen or blind:
@@ -193,7 +190,7 @@ class _Workers:
                     hint="keep the backup in an object store, or in a directory every "
                     "worker mounts at the same path",
                 )
-            self.checked.set()
+            self.checked = True
         return client
 
 
