@@ -41,11 +41,13 @@ from tests.conftest import (
     run_cli,
     start_cli,
 )
+from tests.helpers import read_rows
 from tests.test_increment import run, table_digests
 from tests.test_interrupt import BIG, _asyncsnap_backends, wait_until_writing_big
 from tests.test_restore_create import admin_execute, database_named
 from tests.test_restore_race import gated_backup, restore_with_a_commit_under_way
 from tests.test_store_backups import cli_env
+from throwaway.postgres import client_bindir
 from throwaway.s3 import BUCKET, S3Server, s3_server
 
 pytest.importorskip("distributed")
@@ -95,6 +97,58 @@ def test_a_cluster_dump_is_a_local_dumps_files_and_restores(db: Database, tmp_pa
         if p.is_file()
     }
     assert found - listed == {"SHA256SUMS", "manifest.json"}
+
+
+def test_a_cluster_dump_under_pgbench_load_is_one_moment_across_the_workers_files(
+    db: Database, tmp_path: Path
+) -> None:
+    """`pgbench` runs while `dump --cluster local:2` writes pgbench_accounts in page
+    ranges, each a task on a worker importing the one snapshot: the files add up to
+    pgbench's invariant (the accounts', tellers' and branches' balances and the history's
+    deltas, four equal sums), and hold a moment inside the dump, with pgbench's
+    transactions committed before and after it."""
+    bindir = client_bindir(db.server_version // 10000)
+    subprocess.run(
+        [str(bindir / "pgbench"), "-i", "-s", "2", "-q", db.dsn], check=True, capture_output=True
+    )
+    db.execute("ANALYZE")
+    load = subprocess.Popen(
+        [str(bindir / "pgbench"), "-n", "-T", "120", "-c", "2", db.dsn],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        history = "SELECT count(*) FROM public.pgbench_history"
+        deadline = time.monotonic() + 30
+        while db.fetchval(history) < 100:
+            assert load.poll() is None and time.monotonic() < deadline, "pgbench did not run"
+            time.sleep(0.05)
+        before = db.fetchval(history)
+        result = run(
+            dump, db.dsn, output=tmp_path, name="b", split_larger_than=2 << 20, cluster="local:2"
+        )
+        after = db.fetchval(history)
+    finally:
+        load.terminate()
+        load.wait(timeout=30)
+    rows = read_rows(result.path)
+    accounts = [t for t in result.written.tables if t.name == "pgbench_accounts"]
+    assert len(accounts[0].files) > 4, accounts  # spread over the workers
+
+    def total(table: str, column: str) -> int:
+        return sum(int(r[column]) for r in rows[("public", f"pgbench_{table}")])
+
+    sums = {
+        "accounts": total("accounts", "abalance"),
+        "tellers": total("tellers", "tbalance"),
+        "branches": total("branches", "bbalance"),
+        "history": total("history", "delta"),
+    }
+    assert len(set(sums.values())) == 1, sums
+    assert len(rows[("public", "pgbench_accounts")]) == 200_000
+    moment = len(rows[("public", "pgbench_history")])
+    assert before < moment < after, (before, moment, after)
+    assert verify(result.path).ok
 
 
 def test_a_worker_killed_mid_chunk_leaves_an_exact_backup(db: Database, tmp_path: Path) -> None:
