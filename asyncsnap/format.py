@@ -1238,9 +1238,20 @@ class _Checker:
         )
 
 
-def safe_relative_path(root: Path | None, relpath: str, checker: _Checker, where: str) -> None:
+def safe_relative_path(
+    root: Path | None,
+    relpath: str,
+    checker: _Checker,
+    where: str,
+    checked_dirs: set[str] | None = None,
+) -> None:
     """Refuse paths that could leave the backup: absolute, ``..``, backslashes, symlinks
-    (``root`` None: an object store's keys, where only the name's form matters)."""
+    (``root`` None: an object store's keys, where only the name's form matters).
+
+    ``checked_dirs``: the directories (relative to ``root``) already found to be no
+    symlink and inside it, kept by the caller across one manifest's paths: its thousands
+    of files share two directories, and resolving each file's whole path took a 3,000-table
+    manifest's reading from 0.2 to 0.4 s."""
     pure = PurePosixPath(relpath)
     if (
         not relpath
@@ -1251,15 +1262,22 @@ def safe_relative_path(root: Path | None, relpath: str, checker: _Checker, where
         raise checker.fail(where, f"has an unsafe path {relpath!r}")
     if root is None:
         return
-    target = root / relpath
-    current = root
-    for part in pure.parts:
-        current = current / part
-        if current.is_symlink():
-            raise checker.fail(where, f"path {relpath!r} goes through a symlink")
-    resolved_root = root.resolve()
-    if not str(target.resolve()).startswith(str(resolved_root) + os.sep):
-        raise checker.fail(where, f"path {relpath!r} leaves the backup directory")
+    directory = pure.parent.as_posix()  # "." for a file at the top
+    if checked_dirs is None or directory not in checked_dirs:
+        current = root
+        for part in pure.parent.parts:
+            current = current / part
+            if current.is_symlink():
+                raise checker.fail(where, f"path {relpath!r} goes through a symlink")
+        resolved_root = str(root.resolve())
+        resolved = str((root / directory).resolve())
+        if resolved != resolved_root and not resolved.startswith(resolved_root + os.sep):
+            raise checker.fail(where, f"path {relpath!r} leaves the backup directory")
+        if checked_dirs is not None:
+            checked_dirs.add(directory)
+    # The file itself, not a symlink, is then where its name says: in that directory.
+    if (root / relpath).is_symlink():
+        raise checker.fail(where, f"path {relpath!r} goes through a symlink")
 
 
 def parse(root: Path | str, body: dict[str, Any], source: FileSource) -> Backup:
@@ -1285,6 +1303,7 @@ class _Files:
         self.c = c
         self.local = local
         self.seen: set[str] = set()
+        self.checked_dirs: set[str] = set()  # ``safe_relative_path``'s
 
     def read(self, raw: Any, where: str) -> tuple[BackupFile, ...]:
         return tuple(
@@ -1295,7 +1314,7 @@ class _Files:
         c = self.c
         f = c.obj(raw, fw)
         relpath = c.string(f.get("path"), f"{fw}.path")
-        safe_relative_path(self.local, relpath, c, f"{fw}.path")
+        safe_relative_path(self.local, relpath, c, f"{fw}.path", self.checked_dirs)
         if relpath in self.seen:
             raise c.fail(f"{fw}.path", f"{relpath!r} is listed twice")
         self.seen.add(relpath)
@@ -1325,7 +1344,7 @@ class _Files:
         # The names are fixed: a manifest cannot point restore at another file.
         if f.get("path") != expected:
             raise c.fail(f"{w}.path", f"is not {expected!r}")
-        safe_relative_path(self.local, expected, c, f"{w}.path")
+        safe_relative_path(self.local, expected, c, f"{w}.path", self.checked_dirs)
         digest = c.string(f.get("sha256"), f"{w}.sha256")
         if not _HEX64.fullmatch(digest):
             raise c.fail(f"{w}.sha256", "is not a SHA-256 hex digest")

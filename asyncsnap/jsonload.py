@@ -33,7 +33,19 @@ import orjson
 # follows ``[``, ``:`` or ``,`` (a string holding such text matches too, which only costs
 # orjson's memory); any 19 digits would match most manifests of ten thousand files, whose
 # SHA-256s hold runs of them.
-_ORJSON_ONLY = re.compile(rb"(?:\A|[\[:,])[ \t\n\r]*-?[0-9]{19}|\\u[dD][89a-fA-F]")
+# Three searches, not one alternation: Python's engine then scans for each pattern's first
+# character instead of trying every alternative at every byte (a 4.3 MB manifest of 3,000
+# tables: 49 ms against 117 ms).
+_FIRST_LONG_NUMBER = re.compile(rb"[ \t\n\r]*-?[0-9]{19}")  # at the document's start
+_LONG_NUMBER = re.compile(rb"[\[:,][ \t\n\r]*-?[0-9]{19}")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _orjson_only(raw: bytes) -> bool:
+    """Whether ``raw`` holds text the two parsers could read differently (above)."""
+    return bool(
+        _SURROGATE_ESCAPE.search(raw) or _FIRST_LONG_NUMBER.match(raw) or _LONG_NUMBER.search(raw)
+    )
 
 
 class _Refused(ValueError):
@@ -56,7 +68,7 @@ _DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_co
 
 def loads(raw: bytes) -> Any:
     """``orjson.loads(raw)``'s value, or its ``orjson.JSONDecodeError``."""
-    if _ORJSON_ONLY.search(raw):
+    if _orjson_only(raw):
         return orjson.loads(raw)
     try:
         return _DECODER.decode(raw.decode("utf-8"))
@@ -164,7 +176,7 @@ def loads_streaming(raw: bytes, key: str) -> Any:
     """``loads(raw)``, except that when it is an object whose ``key`` holds an array, that
     array is a ``StreamedArray`` (its ``materialized()`` is ``loads``'s list). The text is
     kept while the array is: about the size of ``raw``."""
-    if _ORJSON_ONLY.search(raw):
+    if _orjson_only(raw):
         return orjson.loads(raw)
     try:
         return _object_streaming(raw.decode("utf-8"), key)

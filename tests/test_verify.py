@@ -143,6 +143,35 @@ def test_symlink_out_of_the_backup_rejected(backup: Path, tmp_path: Path) -> Non
         open_backup(backup)
 
 
+def test_a_data_directory_that_is_a_symlink_is_rejected(backup: Path, tmp_path: Path) -> None:
+    """The data directory a symlink to a copy of itself elsewhere: refused, though the
+    files' own names are plain (each manifest's directories are checked once, for all its
+    files: ``format.safe_relative_path``)."""
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(backup / "data", outside)
+    shutil.rmtree(backup / "data")
+    os.symlink(outside, backup / "data")
+    with pytest.raises(VerificationFailed, match="goes through a symlink"):
+        open_backup(backup)
+
+
+def test_a_symlink_after_plain_files_of_its_directory_is_rejected(
+    backup: Path, tmp_path: Path
+) -> None:
+    """Each file of a directory already checked is still looked at itself: the manifest's
+    last data file a symlink (to a copy of itself) is refused."""
+    manifest = json.loads((backup / "manifest.json").read_text())
+    paths = [f["path"] for t in manifest["tables"] for f in t["files"]]
+    assert len(paths) > 1 and all(p.startswith("data/") for p in paths), paths
+    last = backup / paths[-1]  # checked last
+    outside = tmp_path / last.name
+    shutil.copy(last, outside)
+    last.unlink()
+    os.symlink(outside, last)
+    with pytest.raises(VerificationFailed, match="goes through a symlink"):
+        open_backup(backup)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
