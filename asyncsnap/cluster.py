@@ -86,6 +86,11 @@ class ClusterAddress:
         )
 
 
+# How long a local cluster may take to start (it takes about a second), its start not
+# cancelled meanwhile (``cluster_client``).
+LOCAL_START_LIMIT = 60.0
+
+
 def import_distributed() -> Any:
     try:
         import distributed
@@ -182,6 +187,8 @@ def dask_setup(worker: Any) -> None:
     if packed is None:  # a worker not started by ``cluster_client``
         return
     logging.getLogger("distributed.worker").addFilter(_closing_heartbeat)
+    # (as the fork server's do, ``cluster_preload``: a worker started again is spawned)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     wanted: dict[str, str] = json.loads(packed)
     for key in ("distributed.nanny.pre-spawn-environ", "distributed.nanny.environ"):
         for name in dask.config.get(key, {}):
@@ -518,23 +525,38 @@ async def cluster_client(address: ClusterAddress, password: str | None) -> Async
         return
     import dask
 
-    with _forked_from_server(), dask.config.set(_LOCAL_WORKERS_CONFIG):
-        env = _worker_environment(password)
-        cluster = await distributed.LocalCluster(
-            n_workers=address.local_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            # no dashboard, and the scheduler's HTTP endpoints (health, metrics) on a free
-            # port of this host only: two dumps at once must not contend for :8787
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            asynchronous=True,
-            env=env,
-            silence_logs=40,  # logging.ERROR: a worker's restart is ours to tell
-            preload=["asyncsnap.cluster"],  # imported as a worker starts, not by its first task
+    # Started to its end even when the run is cancelled meanwhile (a failure, a signal),
+    # then closed: a local cluster stopped while its workers start printed tracebacks of
+    # multiprocessing's and Dask's (a semaphore gone as a worker unpickled its process,
+    # "Nanny failed to start"). It takes about a second; LOCAL_START_LIMIT bounds it.
+    with anyio.CancelScope(shield=True) as starting:
+        starting.deadline = anyio.current_time() + LOCAL_START_LIMIT
+        with _forked_from_server(), dask.config.set(_LOCAL_WORKERS_CONFIG):
+            env = _worker_environment(password)
+            cluster = await distributed.LocalCluster(
+                n_workers=address.local_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                # no dashboard, and the scheduler's HTTP endpoints (health, metrics) on a
+                # free port of this host only: two dumps at once must not contend for :8787
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                asynchronous=True,
+                env=env,
+                silence_logs=40,  # logging.ERROR: a worker's restart is ours to tell
+                preload=["asyncsnap.cluster"],  # imported as a worker starts, not by a task
+            )
+        try:
+            client = await distributed.Client(cluster, asynchronous=True)
+        except BaseException:
+            await cluster.close()
+            raise
+    if starting.cancelled_caught:
+        raise DumpFailed(
+            f"the local cluster did not start within {LOCAL_START_LIMIT:.0f} s",
+            hint="the machine may be short of memory or processes; try fewer workers",
         )
     try:
-        client = await distributed.Client(cluster, asynchronous=True)
         try:
             yield client
         finally:

@@ -1,7 +1,7 @@
 """Imported by a local cluster's fork server alone, as it starts (``cluster.start_fork_server``
 puts it in the server's preload, after distributed, whose import gives Dask its defaults):
 the server's environment made what Dask's nanny sets for a spawned worker, which the
-workers forked from it inherit.
+workers forked from it inherit, and SIGINT ignored (the coordinator stops its workers).
 
 That is Dask's ``distributed.nanny.pre-spawn-environ`` (thread pools of one thread; a
 variable already set winning, as Dask has it), but not the allocator's setting (a worker
@@ -15,6 +15,7 @@ server waited to start.
 from __future__ import annotations
 
 import os
+import signal
 
 import dask.config
 
@@ -33,3 +34,8 @@ def _set_environment() -> None:
 
 
 _set_environment()
+# Ctrl-C at a terminal reaches the whole foreground group, the workers too, which then
+# printed KeyboardInterrupt tracebacks from Dask's event loop: the coordinator stops
+# them itself. The server's children get its handlers of now (multiprocessing's fork
+# server takes them after its preload), so they start ignoring it.
+signal.signal(signal.SIGINT, signal.SIG_IGN)

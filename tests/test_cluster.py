@@ -443,6 +443,93 @@ def test_sigterm_of_the_coordinator_keeps_nothing_and_stops_the_workers(
     assert anyio.run(_asyncsnap_backends, db.dsn, backend="asyncio") == 0
 
 
+def test_ctrl_c_at_a_terminal_stops_a_cluster_dump_with_one_line(
+    db: Database, tmp_path: Path
+) -> None:
+    """SIGINT to the whole process group, as Ctrl-C at a terminal sends it, while a local
+    cluster's workers write: the coordinator stops the dump as for SIGINT alone (exit 130,
+    one line, nothing kept, no worker left), and the workers print nothing of their own
+    (each showed KeyboardInterrupt tracebacks from Dask's event loop)."""
+    db.execute(BIG)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asyncsnap", "dump", db.dsn, "-o", str(tmp_path), "--name", "b",
+         "--compress", "none", "--cluster", "local:2"],
+        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # a group of its own, as a terminal's foreground job
+    )  # fmt: skip
+    try:
+        wait_until_writing_big(proc, tmp_path / "b.partial")
+        workers = _worker_pids_of(proc.pid)
+        assert workers
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted by SIGINT" in err, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert list(tmp_path.iterdir()) == [], sorted(map(str, tmp_path.rglob("*")))
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker process outlived the dump"
+        time.sleep(0.1)
+    assert anyio.run(_asyncsnap_backends, db.dsn, backend="asyncio") == 0
+
+
+STARTING_SCRIPT = """
+import os, sys
+from pathlib import Path
+
+import anyio
+
+from asyncsnap.cluster import ClusterAddress, background_cluster
+from asyncsnap.connection import ConnectParams
+
+
+def children(pid):
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+async def body_fails_as_workers_start(delay):
+    async with background_cluster(ClusterAddress.parse("local:2"), ConnectParams(None)):
+        while not any(children(k) for k in children(os.getpid())):  # the fork server's
+            await anyio.sleep(0.002)
+        await anyio.sleep(delay)
+        raise RuntimeError("the body failed as the workers started")
+
+
+if __name__ == "__main__":
+    try:
+        anyio.run(body_fails_as_workers_start, float(sys.argv[1]))
+    except RuntimeError as exc:
+        print(f"failed: {exc}")
+"""
+
+
+@pytest.mark.parametrize("delay", [0.02, 0.05, 0.08])
+def test_a_run_failing_as_its_local_cluster_starts_stops_it_without_a_traceback(
+    delay: float,
+) -> None:
+    """The run fails (a row its target refuses, a signal) just as its local cluster's
+    workers are being forked: the cluster is let finish starting, then closed, and the
+    failure is the run's own. (Stopped mid-start, the workers printed multiprocessing's
+    and Dask's tracebacks, about 70 lines, after the restore's one error line: a
+    semaphore gone as a worker unpickled its process, "Nanny failed to start".)"""
+    done = subprocess.run(
+        [sys.executable, "-c", STARTING_SCRIPT, str(delay)], env=clean_env(),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "failed: the body failed as the workers started"
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+
+
 ENVIRONMENT_SCRIPT = """
 import json, logging, os, sys
 import anyio
