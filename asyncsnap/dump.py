@@ -143,14 +143,16 @@ class DumpResult:
 
     path: Path | str  # the finished backup directory, or its URL in an object store
     snapshot_id: str
-    tables: list[TableResult]
+    # (out of the repr, as the manifest: asyncio.run reprs its main task's result as it
+    # ends, on Python 3.11, twice; ten thousand tables' would be megabytes of text)
+    tables: list[TableResult] = field(repr=False)
     rows: int
     bytes: int
     stored_bytes: int
     files: int
     seconds: float
     snapshot_held_seconds: float  # how long VACUUM was held back on the server
-    skipped: tuple[Skipped, ...]  # selected but not in the backup, with the reason
+    skipped: tuple[Skipped, ...] = field(repr=False)  # selected but not in the backup, and why
     schema: BackupSchema | None  # None: a data-only backup (--no-schema)
     verified: bool  # every file was read back and checked before the rename (--verify)
     large_objects: int = 0  # objects written

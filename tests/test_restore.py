@@ -650,3 +650,17 @@ def test_restore_selects_by_schema_like_dump(db: Database, tmp_path: Path) -> No
     assert run.returncode == 0, run.stderr
     assert db.fetchval("SELECT count(*) FROM customers") == 50
     assert db.fetchval("SELECT count(*) FROM audit.log") == 20  # not loaded twice
+
+
+def test_a_dumps_and_a_restores_result_print_their_totals_not_their_tables(
+    db: Database, empty_copy: Database, tmp_path: Path
+) -> None:
+    """The results' reprs hold no line per table: asyncio.run reprs its main task's
+    result as it ends (twice, on Python 3.11), and a 3,000-table restore's took 0.1 s and
+    6 MB of text there."""
+    db.execute(SHOP)
+    dumped = run_dump(db, tmp_path, jobs=2)
+    restored = run_restore(dumped.path, empty_copy)
+    for result in (dumped, restored):
+        text = repr(result)
+        assert result.tables and "orders" not in text and len(text) < 2000, text
