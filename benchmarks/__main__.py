@@ -1597,7 +1597,13 @@ CLUSTER_TARGETS = {
     "cluster local:2 / local -j 2 (restore)": 1.15,
 }
 CLUSTER_WHY = {
-    "cluster local:2 / local -j 2 (dump)": "the engine's fixed costs, paid once a dump: two "
+    "cluster local:2 / local -j 2 (dump)": "on two cores the CPU alone bounds it: the server "
+    "and the client together spent 1.38-1.47 + 1.49-1.51 s on a local dump of pgbench scale "
+    "50 and 1.64-1.73 + about 2.9 s on a cluster dump (2026-12-07, server CPU from /proc; "
+    "the cluster's more connections and snapshot imports, and the workers, the fork server "
+    "and the engine's imports), so even perfectly overlapped the cluster dump takes at least "
+    "2.3 s against the local dump's 1.7-1.8 s: 1.3. Where it goes: the engine's fixed costs, "
+    "paid once a dump: two "
     "processes import distributed (the coordinator, in a thread while it connects and "
     "plans, and the fork server its workers are forked from, which imports the task's "
     "modules too: each figure below), the local cluster starts and stops, and on two cores "
