@@ -107,8 +107,8 @@ def _location(backup: Backup) -> str:
 
 def _label(unit: Unit) -> str:
     first = unit.loads[0].source.qualified
-    if unit.file_index is not None:
-        return f"{first} (file {unit.file_index + 1})"
+    if unit.file_index is not None:  # as a local load labels it (``load._load_table``)
+        return f"{first} [{unit.file_index + 1}/{len(unit.loads[0].source.files)}]"
     if len(unit.loads) == 1:
         return first
     return (
