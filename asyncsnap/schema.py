@@ -32,7 +32,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -364,9 +364,11 @@ def _python_codec(encoding: str) -> str:
         ) from exc
 
 
-def drop_statements(script: str) -> str:
+def drop_statements(script: str, omit: Collection[str] = ()) -> str:
     """The DROP statements that ``pg_restore --clean --if-exists`` (both sections) puts
-    between its prologue and the first object, one per line, and nothing else.
+    between its prologue and the first object, one per line, and nothing else; those
+    spelled as a line of ``omit`` left out (a statement of its own, never a line inside a
+    quoted name).
 
     A name with a newline in it continues its statement on the next line: a line that
     starts inside a quoted name (an odd count of ``"`` before it; the block holds names,
@@ -387,6 +389,8 @@ def drop_statements(script: str) -> str:
     drops = []
     quotes = 0
     for line in lines[start:]:
+        if quotes % 2 == 0 and line in omit:
+            continue  # (a statement's quotes are even: the lines after it read as before)
         if quotes % 2 or line.startswith(("DROP ", "ALTER TABLE IF EXISTS ")):
             drops.append(line)
             quotes += line.count('"')

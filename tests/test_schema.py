@@ -687,6 +687,20 @@ def test_drop_statements_keep_a_name_with_a_newline_whole() -> None:
         drop_statements(evil)
 
 
+def test_drop_statements_leave_out_the_omitted_statements_only() -> None:
+    """--clean leaves out the drops of inherited constraints (``omit``): a statement spelled
+    as one is left out, the same text inside a quoted name stays in it."""
+    inherited = "ALTER TABLE IF EXISTS ONLY public.p1 DROP CONSTRAINT IF EXISTS p1_pkey;"
+    body = (
+        f"{inherited}\nALTER TABLE IF EXISTS ONLY public.p DROP CONSTRAINT IF EXISTS p_pkey;\n--\n"
+    )
+    assert drop_statements(body, omit={inherited}) == (
+        "ALTER TABLE IF EXISTS ONLY public.p DROP CONSTRAINT IF EXISTS p_pkey;"
+    )
+    quoted = f'DROP TABLE IF EXISTS public."a\n{inherited}\nb";\n--\n'
+    assert drop_statements(quoted, omit={inherited}) == quoted.removesuffix("\n--\n")
+
+
 def test_script_entries_cut_before_each_header() -> None:
     """A large schema commits in batches of entries (restore.schema); the cuts fall
     before pg_restore's headers, and a header spelled inside an entry (a function body)

@@ -329,6 +329,12 @@ async def _transaction(conn: asyncpg.Connection, *, own: bool) -> AsyncIterator[
         await tx.commit()
 
 
+def file_label(load: TableLoad, file_index: int) -> str:
+    """How one file of a split table is named in events and messages: ``schema.table
+    [2/12]``."""
+    return f"{load.source.qualified} [{file_index + 1}/{len(load.source.files)}]"
+
+
 async def _load_table(
     conn: asyncpg.Connection,
     load: TableLoad,
@@ -348,7 +354,7 @@ async def _load_table(
     label = load.source.qualified
     if file_index is not None:
         files = (files[file_index],)
-        label += f" [{file_index + 1}/{len(load.source.files)}]"
+        label = file_label(load, file_index)
     others = [ld.source.qualified for ld in together if ld is not load]
     rolled_back = f"{label} was rolled back" + (
         f", and with it the tables of its transaction, none of them loaded: {some_names(others)}"

@@ -154,7 +154,9 @@ async def _script(conn: asyncpg.Connection, steps: SchemaSteps, section: str) ->
         )
     )
     script = schema.script_statements(sql, await schema.server_settings(conn))
-    return await _without_inherited_drops(conn, schema.drop_statements(script)) if clean else script
+    if not clean:
+        return script
+    return schema.drop_statements(script, omit=await _inherited_drops(conn))
 
 
 # pg_restore --clean --if-exists's drop of a constraint, made by the target's server for
@@ -170,8 +172,8 @@ WHERE NOT con.conislocal
 """
 
 
-async def _without_inherited_drops(conn: asyncpg.Connection, drops: str) -> str:
-    """``drops`` without those of constraints the target's partitions inherit.
+async def _inherited_drops(conn: asyncpg.Connection) -> set[str]:
+    """The drops --clean leaves out: those of constraints the target's partitions inherit.
 
     pg_dump makes a partition's primary key or unique constraint on its own and attaches
     it to its parent's, and pg_restore --clean drops it on its own, before the parent's:
@@ -180,19 +182,7 @@ async def _without_inherited_drops(conn: asyncpg.Connection, drops: str) -> str:
     parent's drop, or the partition's own, takes it with it. A line not spelled as
     rendered here (a name pg_dump and this server quote differently) is kept: it fails
     as before, loudly."""
-    if not drops:
-        return drops
-    inherited = {row[0] for row in await conn.fetch(_INHERITED_DROPS)}
-    if not inherited:
-        return drops
-    kept = []
-    quotes = 0  # a line starting inside a quoted name continues the drop before it
-    for line in drops.split("\n"):
-        if quotes % 2 == 0 and line in inherited:
-            continue  # (its quotes are even: the lines after it are read as before)
-        kept.append(line)
-        quotes += line.count('"')
-    return "\n".join(kept)
+    return {row[0] for row in await conn.fetch(_INHERITED_DROPS)}
 
 
 # A schema of at most this many objects (--clean's drops counted) is made in one

@@ -32,6 +32,7 @@ from dataclasses import replace
 from typing import Any
 
 import anyio
+import anyio.abc
 import asyncpg
 
 from ..cluster import (
@@ -47,7 +48,7 @@ from ..events import ChunkFinished, ChunkStarted, EventCallback
 from ..format import Backup
 from ..session import Session, SessionPolicy
 from ..storage.backup import open_backup
-from .load import _load_unit, loading_connection
+from .load import _load_unit, file_label, loading_connection
 from .options import Mode
 from .plan import RestorePlan, Unit, units
 from .result import RestoredTable
@@ -107,8 +108,8 @@ def _location(backup: Backup) -> str:
 
 def _label(unit: Unit) -> str:
     first = unit.loads[0].source.qualified
-    if unit.file_index is not None:  # as a local load labels it (``load._load_table``)
-        return f"{first} [{unit.file_index + 1}/{len(unit.loads[0].source.files)}]"
+    if unit.file_index is not None:
+        return file_label(unit.loads[0], unit.file_index)
     if len(unit.loads) == 1:
         return first
     return (
@@ -144,15 +145,12 @@ async def load_rows_on_cluster(
             pending = collections.deque(phase)
             try:
                 async with anyio.create_task_group() as tg:
-                    with anyio.CancelScope() as waiting:
-                        if workers.starting_here:
-                            tg.start_soon(
-                                _load_here, conn, pending, workers, backup, emit, results, waiting
-                            )
-                        client = await workers.client()
-                        given = list(pending)  # from now on, every unit is the cluster's
-                        pending.clear()
-                        await _run_phase(client, given, workers.location, task, emit, results)
+                    if workers.starting_here:
+                        tg.start_soon(_load_here, conn, pending, workers, backup, emit, results, tg)
+                    client = await workers.client()
+                    given = list(pending)  # from now on, every unit is the cluster's
+                    pending.clear()
+                    await _run_phase(client, given, workers.location, task, emit, results)
             except BaseExceptionGroup as group:
                 raise most_telling(group) from None
 
@@ -201,17 +199,18 @@ async def _load_here(
     backup: Backup,
     emit: EventCallback,
     results: list[RestoredTable],
-    waiting: anyio.CancelScope,
+    phase: anyio.abc.TaskGroup,
 ) -> None:
     """While a local cluster starts (about half a second, which the target's server would
     otherwise spend waiting): the phase's units, one after another, on the restore's
     own connection, as a local restore loads them. When none is left before the cluster
-    is up, the phase is done: its wait for the cluster (``waiting``) ends."""
+    is up, the phase is done: its wait for the cluster ends (the ``phase`` cancelled, this
+    its last task)."""
     while pending and workers.starting_here:
         unit = replace(pending.popleft(), after=None)  # its phase follows the first file's
         results.extend(await _load_unit(conn, unit, backup, emit, own_transaction=True))
     if not workers.started:  # the cluster took nothing of this phase
-        waiting.cancel()
+        phase.cancel_scope.cancel()
 
 
 async def _run_phase(
